@@ -1,0 +1,40 @@
+"""ttc_jax: compute-optimal test-time compute for LLMs in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="ttc_jax",
+    version="0.1.0",
+    description=(
+        "Compute-optimal test-time compute (Snell et al. 2024) in JAX/Flax NNX: "
+        "policy, PRM and revision models over one sampling core."
+    ),
+    packages=setuptools.find_packages(include=["ttc_jax", "ttc_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "tensorflow-datasets",
+        "array_record",
+        "sentencepiece",
+        "absl-py",
+        "ml-collections",
+        "numpy",
+        "matplotlib",
+    ],
+    extras_require={
+        # torch pinned: 2.13.0 is a CPU build; an unpinned torch pulls a multi-GB CUDA build.
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "scipy",
+            "torch==2.13.0",
+            "transformers",
+        ],
+        "bench": [
+            "torch==2.13.0",
+            "transformers",
+        ],
+    },
+)

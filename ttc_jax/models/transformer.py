@@ -1,0 +1,348 @@
+"""One Llama-style decoder for the policy, the PRM/ORM and the revision model.
+
+RMSNorm, rotary position embeddings (the "rotate half" convention of Llama and
+transformers), SwiGLU MLP and grouped-query attention; an LM head (policy,
+revision) or a scalar value head (PRM/ORM) on the same class.
+
+The model runs in one of two modes through a single ``__call__``:
+
+* without a cache (training, scoring whole sequences): causal attention over the
+  given tokens, with padding handled by ``valid``;
+* with a :class:`KVCache` (prefill, single-token decode, incremental scoring):
+  the new tokens are written at the cache's shared write index and attend to
+  every valid slot written before them.
+
+The cache keeps one write index for the whole batch. A row that has nothing to
+add at some step (it finished, or its chunk is shorter than the others') writes
+an invalid slot there: a hole masked out of attention. RoPE positions are
+per row (``cache.pos``), so holes and left padding never shift positions. This
+keeps every shape fixed and every cache write a single ``dynamic_update_slice``,
+which is what makes tree expansion a plain gather over the batch axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+Array = jax.Array
+
+# Large finite negative used for masked attention scores: a query with no valid
+# key (a padded row) then gets a finite, ignored output instead of NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyper-parameters of the decoder. Frozen and hashable (safe as a static)."""
+
+  vocab_size: int
+  d_model: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int | None = None  # None: multi-head attention (= num_heads).
+  head_dim: int | None = None  # None: d_model // num_heads.
+  mlp_dim: int = 512
+  max_seq_len: int = 512  # The context: no cache may hold more slots.
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  head: Literal["lm", "value"] = "lm"
+  init_std: float = 0.02
+  dtype: str = "float32"  # Activation dtype.
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    kv = self.kv_heads
+    for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim",
+                 "max_seq_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"TransformerConfig.{name} must be > 0, got {getattr(self, name)}.")
+    if kv <= 0 or self.num_heads % kv:
+      raise ValueError(
+          f"num_heads={self.num_heads} must be a positive multiple of "
+          f"num_kv_heads={kv}.")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(
+          f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+          "set head_dim explicitly.")
+    if self.dim_per_head % 2:
+      raise ValueError(f"head_dim={self.dim_per_head} must be even for RoPE.")
+    if self.head not in ("lm", "value"):
+      raise ValueError(f"head={self.head!r}: expected 'lm' or 'value'.")
+    if self.tie_embeddings and self.head != "lm":
+      raise ValueError("tie_embeddings=True needs head='lm'.")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
+
+  def num_params(self, include_embeddings: bool = True) -> int:
+    """Parameter count (matches ``nnx.state(model, nnx.Param)``)."""
+    d, hd = self.d_model, self.dim_per_head
+    attn = d * (self.num_heads + 2 * self.kv_heads) * hd + self.num_heads * hd * d
+    mlp = 3 * d * self.mlp_dim
+    per_layer = attn + mlp + 2 * d
+    n = self.num_layers * per_layer + d  # + final norm
+    emb = self.vocab_size * d
+    if self.head == "lm":
+      head = 0 if self.tie_embeddings else d * self.vocab_size
+    else:
+      head = d + 1
+    if include_embeddings:
+      n += emb + head
+    else:
+      n += head if self.head == "value" else 0
+    return n
+
+
+@struct.dataclass
+class KVCache:
+  """Explicit key/value cache; every leaf but ``index`` has the batch leading.
+
+  k, v: per layer, (B, num_kv_heads, S, head_dim).
+  mask: (B, S) bool, True where the slot holds a token of that row.
+  pos: (B,) int32, the RoPE position the row's next token gets.
+  index: () int32, the next slot to write (shared by all rows).
+  """
+
+  k: tuple[Array, ...]
+  v: tuple[Array, ...]
+  mask: Array
+  pos: Array
+  index: Array
+
+  @property
+  def batch_size(self) -> int:
+    return self.mask.shape[0]
+
+  @property
+  def size(self) -> int:
+    return self.mask.shape[1]
+
+  @classmethod
+  def empty(cls, config: TransformerConfig, batch_size: int, size: int) -> "KVCache":
+    if size > config.max_seq_len:
+      raise ValueError(
+          f"cache size {size} exceeds the model context max_seq_len="
+          f"{config.max_seq_len}.")
+    dt = jnp.dtype(config.dtype)
+    shape = (batch_size, config.kv_heads, size, config.dim_per_head)
+    zeros = lambda: tuple(jnp.zeros(shape, dt) for _ in range(config.num_layers))
+    return cls(
+        k=zeros(), v=zeros(),
+        mask=jnp.zeros((batch_size, size), jnp.bool_),
+        pos=jnp.zeros((batch_size,), jnp.int32),
+        index=jnp.zeros((), jnp.int32))
+
+  def gather(self, rows: Array) -> "KVCache":
+    """Re-selects rows (tree expansion): ``rows`` indexes the batch axis."""
+    take = lambda x: jnp.take(x, rows, axis=0)
+    return KVCache(
+        k=tuple(map(take, self.k)), v=tuple(map(take, self.v)),
+        mask=take(self.mask), pos=take(self.pos), index=self.index)
+
+
+def _init(std):
+  return nnx.initializers.normal(stddev=std)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+
+  def __call__(self, x: Array) -> Array:
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary embedding, "rotate half" convention. x: (B, H, T, D); positions: (B, T)."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  ang = positions.astype(jnp.float32)[:, None, :, None] * inv_freq  # (B,1,T,D/2)
+  cos, sin = jnp.cos(ang), jnp.sin(ang)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with fused QKV projection."""
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, hd, h, kv = cfg.d_model, cfg.dim_per_head, cfg.num_heads, cfg.kv_heads
+    pdt = jnp.dtype(cfg.param_dtype)
+    init = _init(cfg.init_std)
+    self.qkv = nnx.Param(init(rngs.params(), (d, (h + 2 * kv) * hd), pdt))
+    self.out = nnx.Param(init(rngs.params(), (h * hd, d), pdt))
+
+  def __call__(self, x, positions, k_cache, v_cache, attn_mask, index):
+    """x: (B, T, d). attn_mask: (B, T, S) over the keys attended to.
+
+    With caches (B, KV, S, D) the new keys/values are written at ``index`` and
+    the queries attend over all S slots; without (None) they attend over the T
+    new tokens. Returns (output (B, T, d), k_cache, v_cache).
+    """
+    cfg = self.cfg
+    b, t, _ = x.shape
+    h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+    qkv = x @ self.qkv[...].astype(x.dtype)
+    q, k, v = jnp.split(qkv, [h * hd, (h + kv) * hd], axis=-1)
+    q = q.reshape(b, t, h, hd).transpose(0, 2, 1, 3)  # (B, H, T, D)
+    k = k.reshape(b, t, kv, hd).transpose(0, 2, 1, 3)  # (B, KV, T, D)
+    v = v.reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
+    q = rope(q, positions, cfg.rope_theta)
+    k = rope(k, positions, cfg.rope_theta)
+    if k_cache is not None:
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+      k, v = k_cache, v_cache
+    q = q.reshape(b, kv, h // kv, t, hd) * (hd ** -0.5)
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32)
+    scores = jnp.where(attn_mask[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    o = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(x.dtype))
+    o = o.reshape(b, h, t, hd).transpose(0, 2, 1, 3).reshape(b, t, h * hd)
+    return o @ self.out[...].astype(x.dtype), k_cache, v_cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU with fused gate/up projection."""
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    pdt = jnp.dtype(cfg.param_dtype)
+    init = _init(cfg.init_std)
+    self.gate_up = nnx.Param(init(rngs.params(), (cfg.d_model, 2 * cfg.mlp_dim), pdt))
+    self.down = nnx.Param(init(rngs.params(), (cfg.mlp_dim, cfg.d_model), pdt))
+
+  def __call__(self, x):
+    gate, up = jnp.split(x @ self.gate_up[...].astype(x.dtype), 2, axis=-1)
+    return (jax.nn.silu(gate) * up) @ self.down[...].astype(x.dtype)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x, positions, k_cache, v_cache, attn_mask, index):
+    a, k_cache, v_cache = self.attn(self.attn_norm(x), positions, k_cache, v_cache,
+                                    attn_mask, index)
+    x = x + a
+    x = x + self.mlp(self.mlp_norm(x))
+    return x, k_cache, v_cache
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer with an LM head or a scalar value head."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    cfg = config
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.embed = nnx.Param(_init(cfg.init_std)(rngs.params(), (cfg.vocab_size, cfg.d_model), pdt))
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+    if cfg.head == "lm":
+      if not cfg.tie_embeddings:
+        self.lm_head = nnx.Param(_init(cfg.init_std)(rngs.params(), (cfg.d_model, cfg.vocab_size), pdt))
+    else:
+      self.value_head = nnx.Param(_init(cfg.init_std)(rngs.params(), (cfg.d_model,), pdt))
+      self.value_bias = nnx.Param(jnp.zeros((), pdt))
+
+  # ----------------------------------------------------------------- heads
+  def apply_head(self, h: Array) -> Array:
+    """Hidden states (..., d) -> logits (..., V) (float32) or values (...)."""
+    hf = h.astype(jnp.float32)
+    if self.config.head == "value":
+      return hf @ self.value_head[...].astype(jnp.float32) + self.value_bias[...].astype(jnp.float32)
+    w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
+    return hf @ w.astype(jnp.float32)
+
+  # --------------------------------------------------------------- forward
+  def __call__(
+      self,
+      tokens: Array,
+      valid: Array | None = None,
+      cache: KVCache | None = None,
+      *,
+      readout: Literal["all", "last", "hidden"] = "all",
+  ) -> tuple[Array, KVCache | None]:
+    """Runs the decoder over ``tokens`` (B, T).
+
+    Args:
+      tokens: int token ids (B, T).
+      valid: (B, T) bool, False for padding (left, right or holes). Default all True.
+      cache: a KVCache to extend (prefill, decode, incremental scoring), or None.
+      readout: 'all' -> head output at every position, (B, T, V) or (B, T);
+        'last' -> head output at each row's last valid token, (B, V) or (B,)
+        (rows with no valid token give an ignored value); 'hidden' -> (B, T, d).
+
+    Returns:
+      (output, updated cache or None).
+    """
+    cfg = self.config
+    b, t = tokens.shape
+    if valid is None:
+      valid = jnp.ones((b, t), jnp.bool_)
+    valid = valid.astype(jnp.bool_)
+    offsets = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1  # position within chunk
+    dt = jnp.dtype(cfg.dtype)
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+
+    if cache is None:
+      positions = jnp.maximum(offsets, 0)
+      causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
+      attn_mask = causal[None] & valid[:, None, :]
+      index = None
+      ks = vs = (None,) * cfg.num_layers
+    else:
+      if cache.size < t:
+        raise ValueError(f"chunk of {t} tokens does not fit a cache of {cache.size} slots.")
+      positions = cache.pos[:, None] + jnp.maximum(offsets, 0)
+      index = cache.index
+      mask = jax.lax.dynamic_update_slice(cache.mask, valid, (0, index))
+      slots = jnp.arange(cache.size, dtype=jnp.int32)
+      causal = slots[None, :] <= (index + jnp.arange(t, dtype=jnp.int32))[:, None]  # (T, S)
+      attn_mask = causal[None] & mask[:, None, :]
+      ks, vs = cache.k, cache.v
+
+    new_k, new_v = [], []
+    for layer, kc, vc in zip(self.layers, ks, vs):
+      x, kc, vc = layer(x, positions, kc, vc, attn_mask, index)
+      new_k.append(kc)
+      new_v.append(vc)
+    x = self.final_norm(x)
+
+    if cache is not None:
+      n_new = valid.sum(axis=1, dtype=jnp.int32)
+      cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=mask,
+                      pos=cache.pos + n_new, index=index + t)
+
+    if readout == "hidden":
+      return x, cache
+    if readout == "last":
+      last = jnp.maximum(jnp.max(jnp.where(valid, jnp.arange(t)[None], -1), axis=1), 0)
+      x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    elif readout != "all":
+      raise ValueError(f"readout={readout!r}: expected 'all', 'last' or 'hidden'.")
+    return self.apply_head(x), cache

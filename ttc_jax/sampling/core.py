@@ -1,0 +1,459 @@
+"""The sampling core: one jitted prefill and one jitted decode loop for every caller.
+
+Policy sampling, Monte-Carlo rollouts, beam/lookahead expansions and revision
+chains all go through :class:`SamplingCore`; they differ only in their
+:class:`SamplingParams` (temperature, top-k/p, stop at EOS or at the step
+delimiter, token budget) and in how they re-select rows between calls
+(:meth:`SamplingCore.gather`).
+
+Design (after gemma's ``_sampler_loop`` and big_vision's ``predict_fns``):
+
+* Pure functions at the jit boundary: the model is split with ``nnx.split``
+  once; ``nnx.merge`` happens inside the traced function.
+* The whole decode loop is one ``lax.while_loop`` whose state is a
+  ``flax.struct`` dataclass; no host round-trip per token.
+* :class:`DecodeState` (KV cache + next-token logits) is what generation
+  continues from. Every sampled token, including the one that stopped a row,
+  is fed through the model before the loop ends, so a later call continues
+  from the cached logits without re-encoding anything. The state is donated.
+* Randomness is per row: row ``i`` draws its token ``t`` from
+  ``fold_in(keys[i], t)``. A row's samples do not depend on what else is in the
+  batch, on the batch size, or on the number of devices.
+* The batch is sharded over the mesh axis ``'data'`` (parameters replicated;
+  the ``'model'`` axis is kept in the mesh for tensor parallelism). A batch
+  that does not divide the data axis is padded with inactive rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax import struct
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ttc_jax.models.transformer import KVCache
+from ttc_jax.models.transformer import Transformer
+
+Array = jax.Array
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+
+# ----------------------------------------------------------------------------
+# Static configuration
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """How to sample. Frozen and hashable: passed to jit as a static argument.
+
+  temperature: 0 is greedy (argmax); > 0 scales the logits.
+  top_k: keep the k most likely tokens (0: off).
+  top_p: nucleus sampling, keep the smallest set of tokens whose probability
+    reaches top_p (1.0: off).
+  max_new_tokens: at most this many tokens per row per call.
+  min_new_tokens: EOS (and the step delimiter, when stopping on it) cannot be
+    sampled before this many tokens.
+  stop_at_step: also stop a row at the step delimiter (one reasoning step at a
+    time, for tree search). A row always stops at EOS.
+  """
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_new_tokens: int = 128
+  min_new_tokens: int = 0
+  stop_at_step: bool = False
+
+  def __post_init__(self):
+    if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+            and self.temperature >= 0):
+      raise ValueError(f"temperature={self.temperature!r}: expected a finite number >= 0.")
+    if not isinstance(self.top_k, int) or self.top_k < 0:
+      raise ValueError(f"top_k={self.top_k!r}: expected an integer >= 0 (0 disables top-k).")
+    if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+      raise ValueError(f"top_p={self.top_p!r}: expected a number in (0, 1] (1 disables top-p).")
+    if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={self.max_new_tokens!r}: expected an integer >= 1.")
+    if (not isinstance(self.min_new_tokens, int) or
+        not 0 <= self.min_new_tokens <= self.max_new_tokens):
+      raise ValueError(
+          f"min_new_tokens={self.min_new_tokens!r}: expected an integer in "
+          f"[0, max_new_tokens={self.max_new_tokens}].")
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """Token ids the loop needs. eos_id / step_id may be None (never stop on it)."""
+
+  pad_id: int = 0
+  eos_id: int | None = None
+  step_id: int | None = None
+
+
+# ----------------------------------------------------------------------------
+# Pytrees
+# ----------------------------------------------------------------------------
+@struct.dataclass
+class DecodeState:
+  """What generation continues from: the KV cache and the next-token logits.
+
+  ``num_rows`` rows are real; rows beyond it pad the batch to a multiple of the
+  data axis and are never active.
+  """
+
+  cache: KVCache
+  logits: Array  # (B, V) float32, for the token after each row's last token.
+  num_rows: int = struct.field(pytree_node=False, default=-1)
+
+  @property
+  def padded_rows(self) -> int:
+    return self.logits.shape[0]
+
+
+@struct.dataclass
+class SampleOutput:
+  """Result of one :meth:`SamplingCore.sample` call (``num_rows`` rows).
+
+  tokens: (B, max_new_tokens) int32, ``pad_id`` after each row's length.
+  logprobs: (B, max_new_tokens) float32, log-probability of each token under
+    the model's unmodified distribution (temperature 1, no top-k/p); 0 past
+    the row's length.
+  lengths: (B,) int32 number of new tokens.
+  stopped: (B,) bool, True where the row ended on EOS or (if asked) on the
+    step delimiter; False where it ran out of max_new_tokens or was inactive.
+  state: the DecodeState to continue from (all padded rows).
+  """
+
+  tokens: Array
+  logprobs: Array
+  lengths: Array
+  stopped: Array
+  state: DecodeState
+
+
+@struct.dataclass
+class _Loop:
+  step: Array
+  tokens: Array
+  logprobs: Array
+  lengths: Array
+  done: Array
+  stopped: Array
+  logits: Array
+  cache: KVCache
+
+
+# ----------------------------------------------------------------------------
+# Token choice
+# ----------------------------------------------------------------------------
+def process_logits(logits: Array, sp: SamplingParams) -> Array:
+  """Applies temperature, top-k and top-p to float32 logits (B, V).
+
+  Tokens outside the allowed set get -inf.
+  """
+  logits = logits.astype(jnp.float32)
+  if sp.greedy:
+    return logits
+  logits = logits / sp.temperature
+  neg_inf = jnp.array(-jnp.inf, jnp.float32)
+  if sp.top_k and sp.top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, sp.top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, neg_inf, logits)
+  if sp.top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
+    keep = before < sp.top_p  # the most likely token is always kept
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, neg_inf, logits)
+  return logits
+
+
+def choose_tokens(logits: Array, keys: Array, step: Array, sp: SamplingParams) -> Array:
+  """Draws one token per row from processed logits (B, V).
+
+  Row i uses ``fold_in(keys[i], step)``; greedy ignores the keys.
+  """
+  if sp.greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+  return jax.vmap(jax.random.categorical)(step_keys, logits).astype(jnp.int32)
+
+
+def row_keys(seed: int, *ids: Sequence[int] | np.ndarray | int) -> Array:
+  """Per-row keys derived from (seed, id_1, id_2, ...), e.g. (seed, problem, sample).
+
+  Each id argument is broadcast to the batch; key i is
+  ``fold_in(...fold_in(key(seed), ids_1[i])..., ids_n[i])``.
+  """
+  cols = np.broadcast_arrays(*[np.asarray(i, np.uint32) for i in ids]) if ids else []
+  n = cols[0].shape[0] if cols and cols[0].ndim else 1
+  base = jax.random.key(seed)
+  keys = jnp.broadcast_to(base, (n,))
+  for col in cols:
+    keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(jnp.asarray(col), (n,)))
+  return keys
+
+
+# ----------------------------------------------------------------------------
+# Pure functions (the jit boundary)
+# ----------------------------------------------------------------------------
+def _prefill(graphdef, params, tokens, valid, *, cache_size: int):
+  model: Transformer = nnx.merge(graphdef, params)
+  cache = KVCache.empty(model.config, tokens.shape[0], cache_size)
+  logits, cache = model(tokens, valid, cache, readout="last")
+  return cache, logits.astype(jnp.float32)
+
+
+def _extend(graphdef, params, cache, logits, tokens, valid):
+  """Feeds a chunk (B, T) to the cache; rows with no valid token keep their logits."""
+  model: Transformer = nnx.merge(graphdef, params)
+  new_logits, cache = model(tokens, valid, cache, readout="last")
+  has = valid.any(axis=1)
+  return cache, jnp.where(has[:, None], new_logits.astype(jnp.float32), logits)
+
+
+def _sample_loop(graphdef, params, cache, logits, keys, active, *,
+                 sp: SamplingParams, ids: SpecialIds):
+  model: Transformer = nnx.merge(graphdef, params)
+  b, v = logits.shape
+  n = sp.max_new_tokens
+  vocab = jnp.arange(v)
+  stop_ids = [i for i in (ids.eos_id, ids.step_id if sp.stop_at_step else None)
+              if i is not None]
+
+  def body(s: _Loop) -> _Loop:
+    raw = s.logits
+    masked = raw
+    if sp.min_new_tokens and stop_ids:
+      banned = functools.reduce(jnp.logical_or, [vocab == i for i in stop_ids])
+      masked = jnp.where(banned & (s.step < sp.min_new_tokens), -jnp.inf, raw)
+    tok = choose_tokens(process_logits(masked, sp), keys, s.step, sp)
+    alive = ~s.done
+    logp = jnp.take_along_axis(jax.nn.log_softmax(raw, axis=-1), tok[:, None], axis=1)[:, 0]
+    tok = jnp.where(alive, tok, ids.pad_id)
+    logp = jnp.where(alive, logp, 0.0)
+    stop = functools.reduce(jnp.logical_or, [tok == i for i in stop_ids],
+                            jnp.zeros_like(alive)) & alive
+    new_logits, cache = model(tok[:, None], alive[:, None], s.cache, readout="last")
+    return _Loop(
+        step=s.step + 1,
+        tokens=jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (0, s.step)),
+        logprobs=jax.lax.dynamic_update_slice(s.logprobs, logp[:, None], (0, s.step)),
+        lengths=s.lengths + alive.astype(jnp.int32),
+        done=s.done | stop,
+        stopped=s.stopped | stop,
+        logits=jnp.where(alive[:, None], new_logits.astype(jnp.float32), raw),
+        cache=cache)
+
+  def cond(s: _Loop) -> Array:
+    return (s.step < n) & ~jnp.all(s.done)
+
+  init = _Loop(
+      step=jnp.zeros((), jnp.int32),
+      tokens=jnp.full((b, n), ids.pad_id, jnp.int32),
+      logprobs=jnp.zeros((b, n), jnp.float32),
+      lengths=jnp.zeros((b,), jnp.int32),
+      done=~active,
+      stopped=jnp.zeros((b,), jnp.bool_),
+      logits=logits,
+      cache=cache)
+  s = jax.lax.while_loop(cond, body, init)
+  return s.tokens, s.logprobs, s.lengths, s.stopped, s.cache, s.logits
+
+
+def _gather(cache, logits, rows):
+  return cache.gather(rows), jnp.take(logits, rows, axis=0)
+
+
+# ----------------------------------------------------------------------------
+# The core
+# ----------------------------------------------------------------------------
+def make_mesh(num_data: int | None = None, num_model: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'model') mesh; by default every device on 'data'."""
+  devices = list(jax.devices() if devices is None else devices)
+  if num_data is None:
+    num_data = len(devices) // num_model
+  if num_data * num_model > len(devices) or num_data < 1 or num_model < 1:
+    raise ValueError(
+        f"mesh data={num_data} x model={num_model} needs {num_data * num_model} "
+        f"devices; {len(devices)} available.")
+  grid = np.asarray(devices[: num_data * num_model]).reshape(num_data, num_model)
+  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+class SamplingCore:
+  """Binds a model to a mesh and owns the compiled prefill / extend / sample / gather.
+
+  Example::
+
+    core = SamplingCore(model, ids=SpecialIds(pad_id=0, eos_id=2, step_id=5))
+    state = core.prefill(tokens, valid, cache_size=160)
+    out = core.sample(state, row_keys(seed, problem_ids, sample_ids),
+                      SamplingParams(temperature=1.0, max_new_tokens=128))
+    state = core.gather(out.state, parent_rows)   # tree expansion
+    out = core.sample(state, keys, params)       # continue, nothing re-encoded
+  """
+
+  def __init__(self, model: Transformer, ids: SpecialIds = SpecialIds(),
+               mesh: Mesh | None = None):
+    if model.config.head != "lm":
+      raise ValueError(f"SamplingCore needs an LM-head model; got head={model.config.head!r}.")
+    self.config = model.config
+    self.ids = ids
+    for name in ("pad_id", "eos_id", "step_id"):
+      i = getattr(ids, name)
+      if i is not None and not 0 <= i < self.config.vocab_size:
+        raise ValueError(f"{name}={i} is outside the model vocab [0, {self.config.vocab_size}).")
+    self.mesh = mesh if mesh is not None else make_mesh(devices=jax.devices()[:1])
+    self.graphdef, params = nnx.split(model)
+    self._replicated = NamedSharding(self.mesh, P())
+    self._rows = NamedSharding(self.mesh, P(DATA_AXIS))
+    self.params = jax.device_put(params, self._replicated)
+    self._prefill = jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_size",))
+    self._extend = jax.jit(_extend, static_argnums=(0,), donate_argnums=(2, 3))
+    self._sample = jax.jit(_sample_loop, static_argnums=(0,), static_argnames=("sp", "ids"),
+                           donate_argnums=(2, 3))
+    self._gather = jax.jit(_gather)
+
+  # ---------------------------------------------------------------- helpers
+  @property
+  def data_size(self) -> int:
+    return self.mesh.shape[DATA_AXIS]
+
+  def _padded(self, n: int) -> int:
+    d = self.data_size
+    return -(-n // d) * d
+
+  def _put_rows(self, x):
+    return jax.device_put(x, self._rows)
+
+  def _pad_rows(self, x: np.ndarray, n: int, fill) -> np.ndarray:
+    if x.shape[0] == n:
+      return x
+    pad = np.full((n - x.shape[0],) + x.shape[1:], fill, dtype=x.dtype)
+    return np.concatenate([x, pad], axis=0)
+
+  # ------------------------------------------------------------------- API
+  def prefill(self, tokens, valid=None, *, cache_size: int) -> DecodeState:
+    """Encodes prompts (B, L) (left or right padded, ``valid`` marks real tokens).
+
+    ``cache_size`` slots are allocated: the prompt plus every token that will
+    be generated or fed from this state on (tree search needs the total).
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+      raise ValueError(f"tokens must be a non-empty (batch, length) array; got shape {tokens.shape}.")
+    b, length = tokens.shape
+    valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
+    if valid.shape != tokens.shape:
+      raise ValueError(f"valid has shape {valid.shape}; tokens has {tokens.shape}.")
+    if cache_size > self.config.max_seq_len:
+      raise ValueError(
+          f"cache_size={cache_size} exceeds the model context max_seq_len={self.config.max_seq_len}.")
+    longest = int(valid.sum(1).max())
+    if length > cache_size:
+      raise ValueError(
+          f"prompt of length {length} (longest row: {longest} tokens) is longer than the "
+          f"context: cache_size={cache_size}, max_seq_len={self.config.max_seq_len}.")
+    if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+      raise ValueError(
+          f"token ids must lie in [0, {self.config.vocab_size}); got range "
+          f"[{tokens.min()}, {tokens.max()}].")
+    bp = self._padded(b)
+    tok = self._put_rows(self._pad_rows(tokens.astype(np.int32), bp, self.ids.pad_id))
+    val = self._put_rows(self._pad_rows(valid, bp, False))
+    cache, logits = self._prefill(self.graphdef, self.params, tok, val, cache_size=cache_size)
+    return DecodeState(cache=cache, logits=logits, num_rows=b)
+
+  def extend(self, state: DecodeState, tokens, valid=None) -> DecodeState:
+    """Feeds given tokens (B, T) after each row (teacher forcing, e.g. a revision
+    prompt appended to a finished answer). Donates ``state``."""
+    tokens = np.asarray(tokens, np.int32)
+    b, t = tokens.shape
+    if b != state.num_rows:
+      raise ValueError(f"extend got {b} rows for a state of {state.num_rows} rows.")
+    self._check_room(state, t)
+    valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
+    bp = state.padded_rows
+    tok = self._put_rows(self._pad_rows(tokens, bp, self.ids.pad_id))
+    val = self._put_rows(self._pad_rows(valid, bp, False))
+    cache, logits = self._extend(self.graphdef, self.params, state.cache, state.logits, tok, val)
+    return DecodeState(cache=cache, logits=logits, num_rows=state.num_rows)
+
+  def _check_room(self, state: DecodeState, n: int):
+    used = int(state.cache.index)
+    if used + n > state.cache.size:
+      raise ValueError(
+          f"the KV cache has {state.cache.size} slots and {used} are used; {n} more do not "
+          f"fit. Prefill with a larger cache_size (at most max_seq_len={self.config.max_seq_len}).")
+
+  def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
+             active=None) -> SampleOutput:
+    """Samples up to ``sp.max_new_tokens`` per row, continuing from ``state``.
+
+    keys: (num_rows,) typed PRNG keys (see :func:`row_keys`); ignored if greedy.
+    active: optional (num_rows,) bool; inactive rows generate nothing.
+    ``state`` is donated; continue from ``output.state``.
+    """
+    if not isinstance(sp, SamplingParams):
+      raise TypeError(f"sp must be SamplingParams, got {type(sp).__name__}.")
+    b, bp = state.num_rows, state.padded_rows
+    keys = jnp.asarray(keys)
+    if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) or keys.shape != (b,):
+      raise ValueError(
+          f"keys must be typed PRNG keys of shape ({b},) (see row_keys); got "
+          f"{keys.dtype}{tuple(keys.shape)}.")
+    self._check_room(state, sp.max_new_tokens)
+    act = np.ones((b,), bool) if active is None else np.asarray(active, bool)
+    if act.shape != (b,):
+      raise ValueError(f"active has shape {act.shape}; expected ({b},).")
+    act = self._put_rows(self._pad_rows(act, bp, False))
+    if bp != b:
+      keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (bp - b,))])
+    keys = self._put_rows(keys)
+    tokens, logprobs, lengths, stopped, cache, logits = self._sample(
+        self.graphdef, self.params, state.cache, state.logits, keys, act, sp=sp, ids=self.ids)
+    if bp != b:
+      tokens, logprobs, lengths, stopped = (x[:b] for x in (tokens, logprobs, lengths, stopped))
+    return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,
+                        state=DecodeState(cache=cache, logits=logits, num_rows=b))
+
+  def gather(self, state: DecodeState, rows) -> DecodeState:
+    """Re-selects rows of ``state`` (tree expansion): new row i = old row rows[i]."""
+    rows = np.asarray(rows, np.int32)
+    if rows.ndim != 1 or rows.size == 0:
+      raise ValueError(f"rows must be a non-empty 1-D index array; got shape {rows.shape}.")
+    if rows.min() < 0 or rows.max() >= state.num_rows:
+      raise ValueError(f"rows must lie in [0, {state.num_rows}); got [{rows.min()}, {rows.max()}].")
+    n = rows.size
+    idx = self._put_rows(self._pad_rows(rows, self._padded(n), rows[0]))
+    cache, logits = self._gather(state.cache, state.logits, idx)
+    return DecodeState(cache=cache, logits=logits, num_rows=n)
+
+  def generate(self, tokens, valid, keys, sp: SamplingParams, *, cache_size: int | None = None
+               ) -> SampleOutput:
+    """Prefill + sample in one call; the cache holds the prompt and max_new_tokens."""
+    tokens = np.asarray(tokens)
+    size = tokens.shape[1] + sp.max_new_tokens if cache_size is None else cache_size
+    if size > self.config.max_seq_len:
+      raise ValueError(
+          f"prompt length {tokens.shape[1]} + max_new_tokens {sp.max_new_tokens} = {size} "
+          f"exceeds the model context max_seq_len={self.config.max_seq_len}.")
+    state = self.prefill(tokens, valid, cache_size=size)
+    return self.sample(state, keys, sp)

@@ -1,0 +1,197 @@
+"""Task protocol shared by every reasoning task (arithmetic, MATH, GSM8K, ...).
+
+A *task* is an indexed, deterministic collection of problems per split plus the
+text conventions needed to train and evaluate models on it:
+
+* A **solution text** is a sequence of *steps* separated (not terminated) by
+  `Task.step_delimiter`. The last step is the *final-answer line*
+  `f"{answer_marker} {answer}"`, and it counts as a step: the solution
+  `"s1\ns2\nAnswer: 5"` has 3 steps and 2 delimiters.
+* The text a policy is conditioned on is `Task.format_prompt(problem)`; the
+  full training text is `format_prompt(problem) + problem.solution` (the EOS
+  token is added by the tokenizer, not by the task).
+* `extract_answer` and `is_correct` grade arbitrary (possibly malformed,
+  model-generated) text and never raise.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Iterator, Mapping, Sequence
+
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One problem of a task.
+
+  Attributes:
+    uid: Stable id, `f"{task.name}/{split}/{index}"`.
+    index: Index of the problem within its split.
+    split: "train" or "test".
+    question: Problem statement.
+    solution: Reference solution: steps joined by the task's step delimiter,
+      ending in the final-answer line.
+    answer: Canonical final answer (as produced by `Task.normalize_answer`).
+    difficulty: The task's difficulty knob (e.g. number of operations).
+    meta: Extra generation knobs (e.g. operand digits). Excluded from hashing.
+  """
+
+  uid: str
+  index: int
+  split: str
+  question: str
+  solution: str
+  answer: str
+  difficulty: int
+  meta: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+  def __post_init__(self):
+    # Defensive copy so that a caller mutating its dict cannot alter a Problem.
+    object.__setattr__(self, "meta", dict(self.meta))
+
+
+class Task(abc.ABC):
+  """Interface of a reasoning task.
+
+  Subclasses set the class attributes, implement the abstract methods and may
+  override `normalize_answer` / `format_prompt`. The step and answer handling
+  implemented here is generic and shared by all tasks.
+
+  Attributes:
+    name: Registry name of the task; also the prefix of `Problem.uid`.
+    step_delimiter: Separator between solution steps (e.g. "\\n").
+    answer_marker: Prefix of the final-answer line (e.g. "Answer:").
+    meta_keys: Names of the integer-valued entries of `Problem.meta` (used to
+      declare dataset features).
+  """
+
+  name: str
+  step_delimiter: str
+  answer_marker: str
+  meta_keys: tuple[str, ...] = ()
+
+  # ---------------------------------------------------------------------------
+  # Problem access (task specific).
+  # ---------------------------------------------------------------------------
+
+  @property
+  @abc.abstractmethod
+  def params(self) -> Mapping[str, Any]:
+    """JSON-serializable parameters that fully determine the task's problems.
+
+    Used to key on-disk caches (e.g. TFDS configs): two tasks with equal
+    `name` and `params` must produce identical problems.
+    """
+
+  @abc.abstractmethod
+  def num_examples(self, split: str) -> int:
+    """Number of problems in `split`."""
+
+  @abc.abstractmethod
+  def get(self, split: str, index: int) -> Problem:
+    """Returns problem `index` of `split`; deterministic."""
+
+  # ---------------------------------------------------------------------------
+  # Text conventions (generic).
+  # ---------------------------------------------------------------------------
+
+  def format_prompt(self, problem: Problem) -> str:
+    """Text the policy is conditioned on: the question and a step delimiter."""
+    return problem.question + self.step_delimiter
+
+  def split_steps(self, solution_text: str) -> list[str]:
+    """Splits a solution into steps.
+
+    The delimiter is removed and steps that are empty or whitespace-only are
+    dropped; kept steps are returned verbatim (not stripped), so that
+    `join_steps(split_steps(t)) == t` for every canonical solution `t`.
+
+    Args:
+      solution_text: A reference or generated solution.
+
+    Returns:
+      The non-empty steps, final-answer line included.
+    """
+    return [s for s in solution_text.split(self.step_delimiter) if s.strip()]
+
+  def join_steps(self, steps: Sequence[str]) -> str:
+    """Inverse of `split_steps` for canonical steps."""
+    return self.step_delimiter.join(steps)
+
+  def format_answer_line(self, answer: str) -> str:
+    """The final-answer line (last step) of a solution."""
+    return f"{self.answer_marker} {answer}"
+
+  def normalize_answer(self, raw: str) -> str | None:
+    """Canonical form of a raw answer string, or None if it is not an answer.
+
+    The default strips surrounding whitespace and rejects empty strings. Tasks
+    override this with a stricter, task-specific normalization. Must never
+    raise for any `str` input.
+    """
+    raw = raw.strip()
+    return raw or None
+
+  def extract_answer(self, solution_text: str) -> str | None:
+    """Normalized final answer of a solution, or None for "no answer".
+
+    The answer is read from the LAST step that starts (after leading
+    whitespace) with `answer_marker`. Returns None if there is no such step or
+    its remainder does not normalize. Never raises.
+
+    Args:
+      solution_text: A reference or generated solution (any string).
+    """
+    if not isinstance(solution_text, str):
+      return None
+    for step in reversed(solution_text.split(self.step_delimiter)):
+      step = step.lstrip()
+      if step.startswith(self.answer_marker):
+        try:
+          return self.normalize_answer(step[len(self.answer_marker):])
+        except Exception:  # pylint: disable=broad-except
+          # A subclass normalizer must not crash grading of model samples.
+          return None
+    return None
+
+  def is_correct(self, solution_text: str, problem: Problem) -> bool:
+    """Whether `solution_text`'s final answer equals `problem.answer`.
+
+    Both sides are normalized with `normalize_answer`; "no answer" is
+    incorrect. Never raises.
+    """
+    predicted = self.extract_answer(solution_text)
+    if predicted is None:
+      return False
+    try:
+      return predicted == self.normalize_answer(problem.answer)
+    except Exception:  # pylint: disable=broad-except
+      return False
+
+  def corpus(self, split: str, n: int) -> Iterator[str]:
+    """Yields `format_prompt(p) + p.solution` for the first `n` problems.
+
+    Args:
+      split: Split to read.
+      n: Number of texts; clipped to the split size.
+    """
+    for index in range(min(n, self.num_examples(split))):
+      problem = self.get(split, index)
+      yield self.format_prompt(problem) + problem.solution
+
+  # ---------------------------------------------------------------------------
+  # Helpers for subclasses.
+  # ---------------------------------------------------------------------------
+
+  def _check_split_index(self, split: str, index: int) -> None:
+    if split not in SPLITS:
+      raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    n = self.num_examples(split)
+    if not 0 <= index < n:
+      raise IndexError(
+          f"{self.name}: index {index} out of range for split {split!r} "
+          f"with {n} examples."
+      )
