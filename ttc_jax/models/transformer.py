@@ -144,6 +144,22 @@ class KVCache:
         pos=jnp.zeros((batch_size,), jnp.int32),
         index=jnp.zeros((), jnp.int32))
 
+  def resized(self, size: int) -> "KVCache":
+    """The same cache with ``size`` slots: the tail is cut (it must be unused)
+    or padded with empty slots. Decode reads every slot of the cache each step,
+    so the sampler runs on a cache sized to what the current segment needs."""
+    if size == self.size:
+      return self
+    if size < self.size:
+      cut = lambda x: x[:, :, :size]
+      return KVCache(k=tuple(map(cut, self.k)), v=tuple(map(cut, self.v)),
+                     mask=self.mask[:, :size], pos=self.pos, index=self.index)
+    extra = size - self.size
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
+    return KVCache(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)),
+                   mask=jnp.pad(self.mask, ((0, 0), (0, extra))), pos=self.pos,
+                   index=self.index)
+
   def gather(self, rows: Array) -> "KVCache":
     """Re-selects rows (tree expansion): ``rows`` indexes the batch axis."""
     take = lambda x: jnp.take(x, rows, axis=0)
@@ -168,12 +184,19 @@ class RMSNorm(nnx.Module):
     return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rope(x: Array, positions: Array, theta: float) -> Array:
-  """Rotary embedding, "rotate half" convention. x: (B, H, T, D); positions: (B, T)."""
-  d = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-  ang = positions.astype(jnp.float32)[:, None, :, None] * inv_freq  # (B,1,T,D/2)
-  cos, sin = jnp.cos(ang), jnp.sin(ang)
+def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+  """cos and sin of the rotary angles, (B, 1, T, head_dim // 2), float32.
+
+  Computed once per forward and shared by every layer's queries and keys.
+  """
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  ang = positions.astype(jnp.float32)[:, None, :, None] * inv_freq
+  return jnp.cos(ang), jnp.sin(ang)
+
+
+def rope(x: Array, tables: tuple[Array, Array]) -> Array:
+  """Rotary embedding, "rotate half" convention (Llama). x: (B, H, T, D)."""
+  cos, sin = tables
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
@@ -190,8 +213,8 @@ class Attention(nnx.Module):
     self.qkv = nnx.Param(init(rngs.params(), (d, (h + 2 * kv) * hd), pdt))
     self.out = nnx.Param(init(rngs.params(), (h * hd, d), pdt))
 
-  def __call__(self, x, positions, k_cache, v_cache, attn_mask, index):
-    """x: (B, T, d). attn_mask: (B, T, S) over the keys attended to.
+  def __call__(self, x, rope_tabs, k_cache, v_cache, attn_mask, index):
+XX
 
     With caches (B, KV, S, D) the new keys/values are written at ``index`` and
     the queries attend over all S slots; without (None) they attend over the T
@@ -205,8 +228,8 @@ class Attention(nnx.Module):
     q = q.reshape(b, t, h, hd).transpose(0, 2, 1, 3)  # (B, H, T, D)
     k = k.reshape(b, t, kv, hd).transpose(0, 2, 1, 3)  # (B, KV, T, D)
     v = v.reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
-    q = rope(q, positions, cfg.rope_theta)
-    k = rope(k, positions, cfg.rope_theta)
+    q = rope(q, rope_tabs)
+    k = rope(k, rope_tabs)
     if k_cache is not None:
       k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
       v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
@@ -244,8 +267,8 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, positions, k_cache, v_cache, attn_mask, index):
-    a, k_cache, v_cache = self.attn(self.attn_norm(x), positions, k_cache, v_cache,
+  def __call__(self, x, rope_tabs, k_cache, v_cache, attn_mask, index):
+    a, k_cache, v_cache = self.attn(self.attn_norm(x), rope_tabs, k_cache, v_cache,
                                     attn_mask, index)
     x = x + a
     x = x + self.mlp(self.mlp_norm(x))
@@ -326,9 +349,10 @@ class Transformer(nnx.Module):
       attn_mask = causal[None] & mask[:, None, :]
       ks, vs = cache.k, cache.v
 
+    rope_tabs = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
     new_k, new_v = [], []
     for layer, kc, vc in zip(self.layers, ks, vs):
-      x, kc, vc = layer(x, positions, kc, vc, attn_mask, index)
+      x, kc, vc = layer(x, rope_tabs, kc, vc, attn_mask, index)
       new_k.append(kc)
       new_v.append(vc)
     x = self.final_norm(x)

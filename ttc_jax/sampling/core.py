@@ -212,23 +212,33 @@ def row_keys(seed: int, *ids: Sequence[int] | np.ndarray | int) -> Array:
 # ----------------------------------------------------------------------------
 # Pure functions (the jit boundary)
 # ----------------------------------------------------------------------------
-def _prefill(graphdef, params, tokens, valid, *, cache_size: int):
+def _prefill(graphdef, params, tokens, valid, *, cache_size: int, window: int):
   model: Transformer = nnx.merge(graphdef, params)
-  cache = KVCache.empty(model.config, tokens.shape[0], cache_size)
+  cache = KVCache.empty(model.config, tokens.shape[0], window)
   logits, cache = model(tokens, valid, cache, readout="last")
-  return cache, logits.astype(jnp.float32)
+  return cache.resized(cache_size), logits.astype(jnp.float32)
 
 
-def _extend(graphdef, params, cache, logits, tokens, valid):
+def _extend(graphdef, params, cache, logits, tokens, valid, *, window: int):
   """Feeds a chunk (B, T) to the cache; rows with no valid token keep their logits."""
   model: Transformer = nnx.merge(graphdef, params)
-  new_logits, cache = model(tokens, valid, cache, readout="last")
+  size = cache.size
+  new_logits, cache = model(tokens, valid, cache.resized(window), readout="last")
   has = valid.any(axis=1)
-  return cache, jnp.where(has[:, None], new_logits.astype(jnp.float32), logits)
+  return cache.resized(size), jnp.where(has[:, None], new_logits.astype(jnp.float32), logits)
 
 
 def _sample_loop(graphdef, params, cache, logits, keys, active, *,
-                 sp: SamplingParams, ids: SpecialIds):
+                 sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...]):
+  """The decode loop. ``plan`` is a static list of segments (end_step, window):
+  steps before ``end_step`` run on the cache cut to its first ``window`` slots.
+
+  Decode is bound by reading the whole cache every step, so each segment is one
+  ``lax.while_loop`` over a cache sized to what it can reach; between segments
+  the cache grows by a pad (one copy per segment, not per token). Slicing the
+  carried cache inside the loop instead makes XLA copy it every step.
+  All segments exit as soon as every row is done.
+  """
   model: Transformer = nnx.merge(graphdef, params)
   b, v = logits.shape
   n = sp.max_new_tokens
@@ -260,10 +270,7 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, *,
         logits=jnp.where(alive[:, None], new_logits.astype(jnp.float32), raw),
         cache=cache)
 
-  def cond(s: _Loop) -> Array:
-    return (s.step < n) & ~jnp.all(s.done)
-
-  init = _Loop(
+  s = _Loop(
       step=jnp.zeros((), jnp.int32),
       tokens=jnp.full((b, n), ids.pad_id, jnp.int32),
       logprobs=jnp.zeros((b, n), jnp.float32),
@@ -272,8 +279,33 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, *,
       stopped=jnp.zeros((b,), jnp.bool_),
       logits=logits,
       cache=cache)
-  s = jax.lax.while_loop(cond, body, init)
-  return s.tokens, s.logprobs, s.lengths, s.stopped, s.cache, s.logits
+  size = cache.size
+  for end, window in plan:
+    s = s.replace(cache=s.cache.resized(window))
+    s = jax.lax.while_loop(lambda s, end=end: (s.step < end) & ~jnp.all(s.done), body, s)
+  return s.tokens, s.logprobs, s.lengths, s.stopped, s.cache.resized(size), s.logits
+
+
+def window_plan(used: int, steps: int, size: int, granularity: int
+                ) -> tuple[tuple[int, int], ...]:
+  """Segments (end_step, window) for ``steps`` decode steps from ``used`` slots.
+
+  Windows grow in multiples of ``granularity`` (0: one segment over the whole
+  cache), so the number of distinct compiled plans stays small: the plan only
+  depends on ``used`` rounded up to the granularity.
+  """
+  if not granularity:
+    return ((steps, size),)
+  base = -(-used // granularity) * granularity
+  plan = []
+  for end in range(granularity, steps + granularity, granularity):
+    end = min(end, steps)
+    window = min(size, base + end)
+    if plan and plan[-1][1] == window:
+      plan[-1] = (end, window)
+    else:
+      plan.append((end, window))
+  return tuple(plan)
 
 
 def _gather(cache, logits, rows):
@@ -311,7 +343,7 @@ class SamplingCore:
   """
 
   def __init__(self, model: Transformer, ids: SpecialIds = SpecialIds(),
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, window_granularity: int = 32):
     if model.config.head != "lm":
       raise ValueError(f"SamplingCore needs an LM-head model; got head={model.config.head!r}.")
     self.config = model.config
@@ -320,15 +352,20 @@ class SamplingCore:
       i = getattr(ids, name)
       if i is not None and not 0 <= i < self.config.vocab_size:
         raise ValueError(f"{name}={i} is outside the model vocab [0, {self.config.vocab_size}).")
+    if window_granularity < 0:
+      raise ValueError(f"window_granularity={window_granularity} must be >= 0 (0: off).")
+    self.window_granularity = window_granularity
     self.mesh = mesh if mesh is not None else make_mesh(devices=jax.devices()[:1])
     self.graphdef, params = nnx.split(model)
     self._replicated = NamedSharding(self.mesh, P())
     self._rows = NamedSharding(self.mesh, P(DATA_AXIS))
     self.params = jax.device_put(params, self._replicated)
-    self._prefill = jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_size",))
-    self._extend = jax.jit(_extend, static_argnums=(0,), donate_argnums=(2, 3))
-    self._sample = jax.jit(_sample_loop, static_argnums=(0,), static_argnames=("sp", "ids"),
+    self._prefill = jax.jit(_prefill, static_argnums=(0,),
+                            static_argnames=("cache_size", "window"))
+    self._extend = jax.jit(_extend, static_argnums=(0,), static_argnames=("window",),
                            donate_argnums=(2, 3))
+    self._sample = jax.jit(_sample_loop, static_argnums=(0,),
+                           static_argnames=("sp", "ids", "plan"), donate_argnums=(2, 3))
     self._gather = jax.jit(_gather)
 
   # ---------------------------------------------------------------- helpers
@@ -378,7 +415,9 @@ class SamplingCore:
     bp = self._padded(b)
     tok = self._put_rows(self._pad_rows(tokens.astype(np.int32), bp, self.ids.pad_id))
     val = self._put_rows(self._pad_rows(valid, bp, False))
-    cache, logits = self._prefill(self.graphdef, self.params, tok, val, cache_size=cache_size)
+    (_, window), = window_plan(0, length, cache_size, self.window_granularity)
+    cache, logits = self._prefill(self.graphdef, self.params, tok, val, cache_size=cache_size,
+                                  window=window)
     return DecodeState(cache=cache, logits=logits, num_rows=b)
 
   def extend(self, state: DecodeState, tokens, valid=None) -> DecodeState:
@@ -388,20 +427,24 @@ class SamplingCore:
     b, t = tokens.shape
     if b != state.num_rows:
       raise ValueError(f"extend got {b} rows for a state of {state.num_rows} rows.")
-    self._check_room(state, t)
+    used = self._check_room(state, t)
+    (_, window), = window_plan(used, t, state.cache.size, self.window_granularity)
     valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
     bp = state.padded_rows
     tok = self._put_rows(self._pad_rows(tokens, bp, self.ids.pad_id))
     val = self._put_rows(self._pad_rows(valid, bp, False))
-    cache, logits = self._extend(self.graphdef, self.params, state.cache, state.logits, tok, val)
+    cache, logits = self._extend(self.graphdef, self.params, state.cache, state.logits, tok, val,
+                                 window=window)
     return DecodeState(cache=cache, logits=logits, num_rows=state.num_rows)
 
-  def _check_room(self, state: DecodeState, n: int):
+  def _check_room(self, state: DecodeState, n: int) -> int:
+    """Slots used so far (a host sync on the state's index); errors if n more do not fit."""
     used = int(state.cache.index)
     if used + n > state.cache.size:
       raise ValueError(
           f"the KV cache has {state.cache.size} slots and {used} are used; {n} more do not "
           f"fit. Prefill with a larger cache_size (at most max_seq_len={self.config.max_seq_len}).")
+    return used
 
   def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
              active=None) -> SampleOutput:
@@ -419,7 +462,8 @@ class SamplingCore:
       raise ValueError(
           f"keys must be typed PRNG keys of shape ({b},) (see row_keys); got "
           f"{keys.dtype}{tuple(keys.shape)}.")
-    self._check_room(state, sp.max_new_tokens)
+    used = self._check_room(state, sp.max_new_tokens)
+    plan = window_plan(used, sp.max_new_tokens, state.cache.size, self.window_granularity)
     act = np.ones((b,), bool) if active is None else np.asarray(active, bool)
     if act.shape != (b,):
       raise ValueError(f"active has shape {act.shape}; expected ({b},).")
@@ -428,7 +472,8 @@ class SamplingCore:
       keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (bp - b,))])
     keys = self._put_rows(keys)
     tokens, logprobs, lengths, stopped, cache, logits = self._sample(
-        self.graphdef, self.params, state.cache, state.logits, keys, act, sp=sp, ids=self.ids)
+        self.graphdef, self.params, state.cache, state.logits, keys, act, sp=sp, ids=self.ids,
+        plan=plan)
     if bp != b:
       tokens, logprobs, lengths, stopped = (x[:b] for x in (tokens, logprobs, lengths, stopped))
     return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,

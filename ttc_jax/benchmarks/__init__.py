@@ -1,0 +1,1 @@
+"""Benchmarks (throughput measurements, not tests)."""

@@ -1,0 +1,190 @@
+"""Sampling throughput: the JAX sampling core against transformers' ``generate``.
+
+Both frameworks get the same weights (copied with :func:`to_hf_llama`), the same
+prompts and greedy decoding with ``min_new_tokens == max_new_tokens``, so both
+produce exactly ``batch * max_new_tokens`` tokens and the tokens can be compared.
+Runs alternate A/B after a warm-up; each row reports medians.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from ttc_jax.models import Transformer
+from ttc_jax.models import TransformerConfig
+from ttc_jax.models.hf_convert import to_hf_llama
+from ttc_jax.sampling import SamplingCore
+from ttc_jax.sampling import SamplingParams
+from ttc_jax.sampling import SpecialIds
+from ttc_jax.sampling import row_keys
+
+PAD_ID, EOS_ID = 0, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  name: str
+  d_model: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  vocab_size: int = 64
+
+
+CONFIGS = {
+    "a": BenchConfig("a", d_model=128, num_layers=2, num_heads=4, mlp_dim=512),
+    "b": BenchConfig("b", d_model=256, num_layers=4, num_heads=4, mlp_dim=1024),
+}
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """fp32 (n x n) @ (n x n) throughput of this machine under jax, median of repeats."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def model_flops(cfg: TransformerConfig, batch: int, prompt: int, new: int) -> float:
+  """Forward FLOPs of prefill + decode: 2 x matmul params per token, plus attention
+  (QK^T and PV, 4 x layers x heads x head_dim per attended position)."""
+  n_mm = cfg.num_params(include_embeddings=False) + cfg.d_model * cfg.vocab_size
+  attn = 4 * cfg.num_layers * cfg.num_heads * cfg.dim_per_head
+  total = 0.0
+  for pos in range(prompt + new):
+    total += 2 * n_mm + attn * (pos + 1)
+  return batch * total
+
+
+
+def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
+              runs: int, warmup: int, seed: int, peak: float) -> dict:
+  """One (config, batch) row: JAX and transformers alternating, medians."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  cfg = TransformerConfig(
+      vocab_size=bc.vocab_size, d_model=bc.d_model, num_layers=bc.num_layers,
+      num_heads=bc.num_heads, mlp_dim=bc.mlp_dim, max_seq_len=prompt_len + new_tokens)
+  model = Transformer(cfg, rngs=nnx.Rngs(seed))
+  hf = to_hf_llama(model, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+  core = SamplingCore(model, SpecialIds(pad_id=PAD_ID, eos_id=EOS_ID))
+  rng = np.random.default_rng(seed)
+  prompts = rng.integers(EOS_ID + 1, bc.vocab_size, (batch, prompt_len), dtype=np.int32)
+  sp = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+  keys = row_keys(seed, np.arange(batch))
+  input_ids = torch.from_numpy(prompts.astype(np.int64))
+  attention_mask = torch.ones_like(input_ids)
+
+  def run_jax():
+    out = core.generate(prompts, None, keys, sp)
+    return np.asarray(out.tokens)
+
+  def run_hf():
+    with torch.inference_mode():
+      out = hf.generate(input_ids, attention_mask=attention_mask, do_sample=False,
+                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
+                        eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    return out[:, prompt_len:].numpy()
+
+  for _ in range(warmup):
+    jax_tokens = run_jax()
+    hf_tokens = run_hf()
+  jax_t, hf_t = [], []
+  for i in range(runs):
+    # A/B alternation, starting side alternating too.
+    order = (("jax", run_jax), ("hf", run_hf)) if i % 2 == 0 else (("hf", run_hf), ("jax", run_jax))
+    for name, fn in order:
+      t = time.perf_counter()
+      toks = fn()
+      dt = time.perf_counter() - t
+      if name == "jax":
+        jax_t.append(dt)
+        jax_tokens = toks
+      else:
+        hf_t.append(dt)
+        hf_tokens = toks
+    logging.info("config %s batch %d run %d/%d: jax %.3fs hf %.3fs", bc.name, batch, i + 1,
+                 runs, jax_t[-1], hf_t[-1])
+  n_tok = batch * new_tokens
+  jt, ht = statistics.median(jax_t), statistics.median(hf_t)
+  same = bool(jax_tokens.shape == hf_tokens.shape and np.array_equal(jax_tokens, hf_tokens))
+  return {
+      "config": bc.name,
+      "model": dataclasses.asdict(bc),
+      "batch": batch,
+      "prompt_len": prompt_len,
+      "new_tokens": new_tokens,
+      "jax_tokens_per_s": n_tok / jt,
+      "hf_tokens_per_s": n_tok / ht,
+      "speedup": ht / jt,
+      "jax_gflops_per_s": model_flops(cfg, batch, prompt_len, new_tokens) / jt / 1e9,
+      "matmul_peak_gflops_per_s": peak,
+      "same_tokens": same,
+      "jax_times_s": jax_t,
+      "hf_times_s": hf_t,
+  }
+
+
+def run(out_path: str, *, configs: Sequence[str] = ("a", "b"), batches: Sequence[int] = (64, 256),
+        prompt_len: int = 32, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
+        seed: int = 0) -> list[dict]:
+  """Runs every (config, batch) row and writes the JSON list to ``out_path``."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  if runs < 5:
+    raise ValueError(f"runs={runs}: the benchmark reports medians of at least 5 runs.")
+  for c in configs:
+    if c not in CONFIGS:
+      raise ValueError(f"unknown config {c!r}; known: {sorted(CONFIGS)}.")
+  peak = matmul_peak_gflops()
+  logging.info("fp32 matmul peak (jax, 2048^3): %.1f GFLOP/s", peak)
+  env = {"jax": jax.__version__, "torch": torch.__version__,
+         "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
+         "cpu_count": os.cpu_count(), "machine": platform.machine(),
+         "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  rows = []
+  for c in configs:
+    for b in batches:
+      row = bench_row(CONFIGS[c], b, prompt_len=prompt_len, new_tokens=new_tokens, runs=runs,
+                      warmup=warmup, seed=seed, peak=peak)
+      row["env"] = env
+      rows.append(row)
+      logging.info(
+          "config %s batch %d: jax %.0f tok/s, hf %.0f tok/s, speedup %.2fx, %.1f GFLOP/s "
+          "(%.0f%% of peak), same_tokens=%s", c, b, row["jax_tokens_per_s"],
+          row["hf_tokens_per_s"], row["speedup"], row["jax_gflops_per_s"],
+          100 * row["jax_gflops_per_s"] / peak, row["same_tokens"])
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  with open(out_path, "w") as f:
+    json.dump(rows, f, indent=2)
+  return rows
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  lines = ["| config | batch | jax tok/s | hf tok/s | speedup | jax GFLOP/s | % of matmul peak | same tokens |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['config']} | {r['batch']} | {r['jax_tokens_per_s']:.0f} | {r['hf_tokens_per_s']:.0f} "
+        f"| {r['speedup']:.2f} | {r['jax_gflops_per_s']:.1f} | "
+        f"{100 * r['jax_gflops_per_s'] / r['matmul_peak_gflops_per_s']:.0f}% | {r['same_tokens']} |")
+  return "\n".join(lines)
