@@ -214,11 +214,12 @@ class Attention(nnx.Module):
     self.out = nnx.Param(init(rngs.params(), (h * hd, d), pdt))
 
   def __call__(self, x, rope_tabs, k_cache, v_cache, attn_mask, index):
-XX
+    """x: (B, T, d); rope_tabs: :func:`rope_tables` of the tokens' positions.
 
-    With caches (B, KV, S, D) the new keys/values are written at ``index`` and
-    the queries attend over all S slots; without (None) they attend over the T
-    new tokens. Returns (output (B, T, d), k_cache, v_cache).
+    attn_mask: (B, T, S) over the keys attended to. With caches (B, KV, S, D)
+    the new keys/values are written at ``index`` and the queries attend over
+    all S slots; without (None) they attend over the T new tokens.
+    Returns (output (B, T, d), k_cache, v_cache).
     """
     cfg = self.cfg
     b, t, _ = x.shape
