@@ -195,7 +195,7 @@ def test_holes_do_not_change_later_outputs(small):
     n = chunk_valid[r].sum()
     chunk[r, :n] = seqs[r, ptr[r]:ptr[r] + n]
   out, cache = call(chunk, chunk_valid, cache, readout="last")
-  np.testing.assert_allclose(out[[0, 2]], full[[0, 2], [7, 5]], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(out)[[0, 2]], full[[0, 2], [7, 5]], atol=1e-5, rtol=0)
   ptr += chunk_valid.sum(1)
   # Then single-token steps with single-slot holes.
   holes = [[], [0], [0, 1], [2], [], []]

@@ -415,7 +415,7 @@ class SamplingCore:
     bp = self._padded(b)
     tok = self._put_rows(self._pad_rows(tokens.astype(np.int32), bp, self.ids.pad_id))
     val = self._put_rows(self._pad_rows(valid, bp, False))
-    (_, window), = window_plan(0, length, cache_size, self.window_granularity)
+    window = window_plan(0, length, cache_size, self.window_granularity)[-1][1]
     cache, logits = self._prefill(self.graphdef, self.params, tok, val, cache_size=cache_size,
                                   window=window)
     return DecodeState(cache=cache, logits=logits, num_rows=b)
@@ -428,7 +428,7 @@ class SamplingCore:
     if b != state.num_rows:
       raise ValueError(f"extend got {b} rows for a state of {state.num_rows} rows.")
     used = self._check_room(state, t)
-    (_, window), = window_plan(used, t, state.cache.size, self.window_granularity)
+    window = window_plan(used, t, state.cache.size, self.window_granularity)[-1][1]
     valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
     bp = state.padded_rows
     tok = self._put_rows(self._pad_rows(tokens, bp, self.ids.pad_id))

@@ -1,0 +1,126 @@
+"""The sampler gives the same samples on 1 device and on an 8-way 'data' mesh.
+
+conftest.py gives every test process 8 fake CPU devices. Rows on the 8-device
+mesh are compared with the session 1-device core ``core1`` running the same
+prompts and keys (rows are independent of the batch, see test_sampling.py, so
+a 5- or 13-row batch is compared with the matching rows of the 16-row run).
+"""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import CACHE_SIZE
+from conftest import GREEDY
+from conftest import NUM_PROMPTS
+from conftest import SAMPLE
+from conftest import SAMPLE_STEP
+from conftest import TOP_K_P
+from conftest import as_np
+from ttc_jax.sampling.core import SamplingCore
+from ttc_jax.sampling.core import make_mesh
+from ttc_jax.sampling.core import row_keys
+
+B = NUM_PROMPTS
+
+
+@pytest.fixture(scope="module")
+def core8(policy_model, special_ids):
+  assert len(jax.devices()) >= 8, (
+      "needs 8 (fake) devices: XLA_FLAGS must be set before jax initialises (conftest.py)")
+  mesh = make_mesh()
+  assert dict(mesh.shape) == {"data": len(jax.devices()), "model": 1}
+  core = SamplingCore(policy_model, special_ids, mesh=mesh)
+  assert core.data_size == 8
+  return core
+
+
+def assert_same_samples(got, ref):
+  tokens, logprobs, lengths, stopped = got
+  np.testing.assert_array_equal(tokens, ref[0])
+  np.testing.assert_allclose(logprobs, ref[1], atol=1e-5, rtol=0)
+  np.testing.assert_array_equal(lengths, ref[2])
+  np.testing.assert_array_equal(stopped, ref[3])
+
+
+def assert_row_sharded(x, num_devices=8):
+  """x is split over 'data' along the batch axis, one distinct shard per device."""
+  assert x.sharding.spec[0] == "data", x.sharding
+  assert x.sharding.mesh.shape["data"] == num_devices
+  shards = x.addressable_shards
+  assert len(shards) == num_devices
+  assert len({s.device for s in shards}) == num_devices
+  assert all(s.data.shape[0] == x.shape[0] // num_devices for s in shards)
+
+
+@pytest.mark.parametrize("sp", [GREEDY, TOP_K_P, SAMPLE_STEP], ids=["greedy", "top_k_p", "step"])
+def test_8_devices_match_1_device(core1, core8, run, sp):
+  keys = row_keys(50, np.arange(B))
+  ref = as_np(run(core1, sp, keys=keys))
+  out = run(core8, sp, keys=keys)
+  assert_same_samples(as_np(out), ref)
+  assert (ref[2] > 1).sum() >= B // 2  # real multi-token rows were compared
+  # The work really was spread over the 8 devices.
+  for x in (out.state.cache.k[0], out.state.cache.v[-1], out.state.cache.mask,
+            out.state.cache.pos, out.state.logits):
+    assert_row_sharded(x)
+
+
+def test_gather_and_continue_match_1_device(core1, core8, run):
+  keys = row_keys(51, np.arange(B))
+  rows = np.array([3, 3, 0, 7, 7, 7, 1, 2, 12, 12, 15, 4, 4, 9, 9, 9])
+  outs = {}
+  for name, core in (("1", core1), ("8", core8)):
+    first = run(core, SAMPLE_STEP, keys=keys)
+    state = core.gather(first.state, rows)
+    second = core.sample(state, keys[rows], SAMPLE)
+    outs[name] = (as_np(first), as_np(second), state, second)
+  assert_same_samples(outs["8"][0], outs["1"][0])
+  assert_same_samples(outs["8"][1], outs["1"][1])
+  assert_row_sharded(outs["8"][3].state.cache.k[0])
+  # Gathered rows with the same parent and key sample the same continuation.
+  np.testing.assert_array_equal(outs["8"][1][0][0], outs["8"][1][0][1])
+
+
+@pytest.mark.parametrize("num_rows", [5, 13])
+def test_batch_not_dividing_the_mesh_is_padded(core1, core8, run, num_rows):
+  keys = row_keys(52, np.arange(B))
+  ref_out = run(core1, TOP_K_P, keys=keys)
+  ref = as_np(ref_out)
+  rows = np.arange(num_rows)
+  out = run(core8, TOP_K_P, keys=keys[rows], rows=rows)
+  got = as_np(out)
+  assert [x.shape[0] for x in got] == [num_rows] * 4
+  assert_same_samples(got, tuple(x[rows] for x in ref))
+  padded = -(-num_rows // 8) * 8
+  assert out.state.num_rows == num_rows and out.state.padded_rows == padded
+  assert_row_sharded(out.state.cache.k[0])
+  # Gather the padded state to another odd size and continue; on 1 device the
+  # same parents are gathered into a 16-row batch (extra rows: parent 0).
+  parents = np.arange(num_rows)[::-1][:num_rows - 2]
+  child = core8.gather(out.state, parents)
+  assert child.num_rows == num_rows - 2 and child.padded_rows % 8 == 0
+  cont = as_np(core8.sample(child, keys[parents], SAMPLE))
+  assert [x.shape[0] for x in cont] == [num_rows - 2] * 4
+  parents16 = np.concatenate([parents, np.zeros(B - len(parents), int)])
+  ref_cont = as_np(core1.sample(core1.gather(ref_out.state, parents16), keys[parents16], SAMPLE))
+  assert_same_samples(cont, tuple(x[:num_rows - 2] for x in ref_cont))
+
+
+def test_prefill_state_is_sharded(core8, prompts):
+  state = core8.prefill(*prompts, cache_size=CACHE_SIZE)
+  assert_row_sharded(state.cache.k[0])
+  assert_row_sharded(state.logits)
+  # Parameters are replicated on every device.
+  leaf = jax.tree.leaves(core8.params)[0]
+  assert leaf.sharding.spec == P() and len(leaf.addressable_shards) == 8
+
+
+def test_make_mesh():
+  mesh = make_mesh(num_data=4, num_model=2)
+  assert dict(mesh.shape) == {"data": 4, "model": 2}
+  one = make_mesh(devices=jax.devices()[:1])
+  assert dict(one.shape) == {"data": 1, "model": 1}
+  with pytest.raises(ValueError, match=r"data=16 x model=1 needs 16 devices; 8 available"):
+    make_mesh(num_data=16)
