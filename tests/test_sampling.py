@@ -293,6 +293,24 @@ def test_min_new_tokens_prevents_early_stop(stop_runs, special_ids):
     assert not np.isin(toks[:, :4], stops).any()
 
 
+def test_min_new_tokens_bans_stops_exactly_before_min(core1, run, prompts, full_logits,
+                                                      special_ids):
+  """Greedy with min_new_tokens=2 is the argmax with EOS and the step delimiter
+  masked at steps 0 and 1 only (catches off-by-one errors in either direction)."""
+  m = 2
+  stops = [special_ids.eos_id, special_ids.step_id]
+  plain = as_np(run(core1, GREEDY_STEP))
+  assert (plain[2] <= m).any(), "no greedy row stops within min_new_tokens; vacuous"
+  sp = SamplingParams(temperature=0.0, max_new_tokens=N, min_new_tokens=m, stop_at_step=True)
+  toks, _, lens, stopped = check_stop_rules(run(core1, sp), stops)
+  ref = np.array(generated_logits(full_logits, prompts, toks, lens))
+  ref[:, :m, stops] = -np.inf
+  mask = gen_mask(lens)
+  np.testing.assert_array_equal(toks[mask], ref.argmax(-1)[mask])
+  assert (lens[stopped] > m).all()
+  assert (lens[stopped] == m + 1).any(), "no row stops right after the ban; boundary untested"
+
+
 def test_inactive_rows_generate_nothing(core1, run, prompts):
   keys = row_keys(22, np.arange(B))
   full = as_np(run(core1, SAMPLE, keys=keys))

@@ -16,7 +16,9 @@ from conftest import GREEDY
 from conftest import NUM_PROMPTS
 from conftest import SAMPLE
 from conftest import SAMPLE_STEP
+from conftest import TOP_K
 from conftest import TOP_K_P
+from conftest import TOP_P
 from conftest import as_np
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import make_mesh
@@ -54,7 +56,8 @@ def assert_row_sharded(x, num_devices=8):
   assert all(s.data.shape[0] == x.shape[0] // num_devices for s in shards)
 
 
-@pytest.mark.parametrize("sp", [GREEDY, TOP_K_P, SAMPLE_STEP], ids=["greedy", "top_k_p", "step"])
+@pytest.mark.parametrize("sp", [GREEDY, TOP_K, TOP_P, SAMPLE_STEP],
+                         ids=["greedy", "top_k", "top_p", "step"])
 def test_8_devices_match_1_device(core1, core8, run, sp):
   keys = row_keys(50, np.arange(B))
   ref = as_np(run(core1, sp, keys=keys))

@@ -74,7 +74,7 @@ def to_hf_llama(model: Transformer, **config_kwargs):
 
   hf = transformers.LlamaForCausalLM(hf_llama_config(model, **config_kwargs))
   hf = hf.to(torch.float32).eval()
-  sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in llama_state_dict(model).items()}
+  sd = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in llama_state_dict(model).items()}
   missing, unexpected = hf.load_state_dict(sd, strict=False)
   missing = [m for m in missing if not (m == "lm_head.weight" and model.config.tie_embeddings)]
   if missing or unexpected:
