@@ -75,6 +75,21 @@ def model_flops(cfg: TransformerConfig, batch: int, prompt: int, new: int) -> fl
 
 
 
+def first_divergences(model: Transformer, prompts: np.ndarray, a: np.ndarray, b: np.ndarray,
+                      limit: int = 10) -> list[dict]:
+  """Where greedy tokens of two implementations first differ, with the top-2 logit
+  margin of ``model`` there (a margin near fp32 rounding means a near-tie)."""
+  out = []
+  for r in np.where((a != b).any(axis=1))[0][:limit]:
+    t = int(np.argmax(a[r] != b[r]))
+    seq = np.concatenate([prompts[r], a[r, :t]])[None]
+    logits, _ = model(jnp.asarray(seq))
+    top2 = np.sort(np.asarray(logits[0, -1]))[-2:]
+    out.append({"row": int(r), "step": t, "jax_token": int(a[r, t]), "hf_token": int(b[r, t]),
+                "top2_margin": float(top2[1] - top2[0])})
+  return out
+
+
 def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
               runs: int, warmup: int, seed: int, peak: float) -> dict:
   """One (config, batch) row: JAX and transformers alternating, medians."""
@@ -132,6 +147,7 @@ def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
   n_tok = batch * new_tokens
   jt, ht = statistics.median(jax_t), statistics.median(hf_t)
   same = bool(jax_tokens.shape == hf_tokens.shape and np.array_equal(jax_tokens, hf_tokens))
+  mismatches = [] if same else first_divergences(model, prompts, jax_tokens, hf_tokens)
   return {
       "config": bc.name,
       "model": dataclasses.asdict(bc),
@@ -144,6 +160,7 @@ def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
       "jax_gflops_per_s": model_flops(cfg, batch, prompt_len, new_tokens) / jt / 1e9,
       "matmul_peak_gflops_per_s": peak,
       "same_tokens": same,
+      "mismatches": mismatches,
       "jax_times_s": jax_t,
       "hf_times_s": hf_t,
   }
