@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
