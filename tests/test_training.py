@@ -1,0 +1,277 @@
+"""Training loop: data order, objectives, checkpoints, SIGKILL resume, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+import pipeline_utils as pu
+from ttc_jax.models.transformer import Transformer
+from ttc_jax.models.transformer import TransformerConfig
+from ttc_jax.sampling.core import make_mesh
+from ttc_jax.training import data
+from ttc_jax.training import parts
+from ttc_jax.training import trainer
+from ttc_jax import workdir as wd
+
+
+# ---------------------------------------------------------------------------- data order
+def test_batch_order_is_a_function_of_seed_and_step():
+  n, b = 50, 8
+  a = [data.batch_indices(n, b, 3, s) for s in range(20)]
+  again = [data.batch_indices(n, b, 3, s) for s in reversed(range(20))][::-1]
+  for x, y in zip(a, again):
+    np.testing.assert_array_equal(x, y)
+  other_seed = np.concatenate([data.batch_indices(n, b, 4, s) for s in range(6)])
+  assert not np.array_equal(np.concatenate(a[:6]), other_seed)
+
+
+def test_each_epoch_visits_every_example_once():
+  n, b = 40, 8  # 5 batches per epoch
+  flat = np.concatenate([data.batch_indices(n, b, 0, s) for s in range(15)])
+  for epoch in range(3):
+    assert sorted(flat[epoch * n:(epoch + 1) * n]) == list(range(n))
+  assert not np.array_equal(flat[:n], flat[n:2 * n])  # reshuffled per epoch
+
+
+def test_batches_straddle_epoch_boundaries():
+  n, b = 10, 4  # positions 8..11 cross into epoch 1
+  flat = np.concatenate([data.batch_indices(n, b, 0, s) for s in range(5)])
+  assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
+def test_bad_batch_arguments():
+  with pytest.raises(ValueError, match="batch_size"):
+    data.batch_indices(10, 0, 0, 0)
+
+
+# ------------------------------------------------------------------------- datasets
+class _Tok:
+  pad_id, bos_id, eos_id = 0, 1, 2
+
+  def encode(self, text):
+    return [10 + ord(c) % 40 for c in text]
+
+
+class _Task:
+  step_delimiter = "\n"
+
+  def format_prompt(self, p):
+    return p.question + "\n"
+
+
+class _P:
+  def __init__(self, q, s):
+    self.question, self.solution = q, s
+
+
+def test_sft_dataset_masks_the_prompt_and_covers_eos():
+  ds = data.sft_dataset(_Task(), _Tok(), [_P("12", "a\nb"), _P("3", "xyz")], seq_len=12)
+  # Row 0: BOS '1' '2' '\n' | 'a' '\n' 'b' EOS
+  np.testing.assert_array_equal(ds.valid[0], [1] * 8 + [0] * 4)
+  np.testing.assert_array_equal(ds.weights[0], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0])
+  assert ds.tokens[0, 7] == _Tok.eos_id and ds.tokens[0, 0] == _Tok.bos_id
+  assert ds.weights[1].sum() == 4  # 'x' 'y' 'z' EOS
+
+
+def test_sft_dataset_refuses_to_truncate():
+  with pytest.raises(ValueError, match=r"row 1 .* more than seq_len=6"):
+    data.sft_dataset(_Task(), _Tok(), [_P("1", "2"), _P("123", "4567")], seq_len=6)
+
+
+def test_value_dataset_labels_step_ends_and_skips_nan():
+  ds = data.value_dataset([[1, 5, 6, 4, 7, 2], [1, 5, 2]], [[3, 5], [2]],
+                          [[0.25, 1.0], [np.nan]], seq_len=8)
+  np.testing.assert_array_equal(np.nonzero(ds.weights[0])[0], [3, 5])
+  np.testing.assert_allclose(ds.targets[0, [3, 5]], [0.25, 1.0])
+  assert ds.weights[1].sum() == 0
+  with pytest.raises(ValueError, match=r"row 0: label 1.5 outside \[0, 1\]"):
+    data.value_dataset([[1, 2]], [[1]], [[1.5]], seq_len=4)
+  with pytest.raises(ValueError, match=r"row 0: step end 7 outside"):
+    data.value_dataset([[1, 2]], [[7]], [[1.0]], seq_len=4)
+
+
+# ------------------------------------------------------------------------ objectives
+def _tiny(head="lm", seed=0):
+  cfg = TransformerConfig(vocab_size=16, d_model=16, num_layers=1, num_heads=2,
+                          num_kv_heads=1, mlp_dim=32, max_seq_len=16, head=head)
+  return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def _train_cfg(**kw):
+  c = ml_collections.ConfigDict(dict(
+      steps=40, batch_size=8, learning_rate=1e-2, warmup_steps=2, final_lr_fraction=0.1,
+      weight_decay=0.0, b1=0.9, b2=0.98, grad_clip=1.0, checkpoint_every=20, log_every=10,
+      seed=0))
+  c.update(kw)
+  return c
+
+
+def _copy_task(n=32, length=10, seed=0):
+  """Sequences whose second half repeats the first half: learnable by attention."""
+  rs = np.random.RandomState(seed)
+  half = rs.randint(3, 16, (n, length // 2))
+  tokens = np.concatenate([half, half], 1).astype(np.int32)
+  weights = np.zeros(tokens.shape, np.float32)
+  weights[:, length // 2:] = 1
+  return data.TokenDataset(tokens=tokens, valid=np.ones_like(tokens, bool), weights=weights)
+
+
+def _metrics(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_lm_training_reduces_loss(tmp_path):
+  model = _tiny()
+  trainer.train(model, _copy_task(), _train_cfg(steps=60), str(tmp_path), objective="lm",
+                log_fn=lambda s: None)
+  m = _metrics(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in m] == [10, 20, 30, 40, 50, 60]
+  assert m[-1]["loss"] < 0.6 * m[0]["loss"]
+
+
+def test_value_training_fits_soft_labels(tmp_path):
+  rs = np.random.RandomState(1)
+  tokens = rs.randint(3, 16, (32, 6)).astype(np.int32)
+  target = (tokens[:, -1] % 4) / 3.0  # a function of the last token
+  weights = np.zeros(tokens.shape, np.float32)
+  weights[:, -1] = 1
+  targets = np.zeros(tokens.shape, np.float32)
+  targets[:, -1] = target
+  ds = data.TokenDataset(tokens=tokens, valid=np.ones_like(tokens, bool), weights=weights,
+                         targets=targets)
+  model = _tiny("value")
+  trainer.train(model, ds, _train_cfg(steps=150, learning_rate=3e-2), str(tmp_path),
+                objective="value", log_fn=lambda s: None)
+  values, _ = model(tokens)
+  pred = np.asarray(jax.nn.sigmoid(values[:, -1]))
+  assert np.abs(pred - target).mean() < 0.12
+  assert np.corrcoef(pred, target)[0, 1] > 0.9
+
+
+def _params(model):
+  return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def test_resume_is_bit_identical_in_process(tmp_path):
+  ds = _copy_task()
+  full = trainer.train(_tiny(), ds, _train_cfg(steps=30, checkpoint_every=10),
+                       str(tmp_path / "a"), objective="lm", log_fn=lambda s: None)
+  # Stop after 20 steps (a run with steps=20 would decay the lr differently, so
+  # instead train to 30 and delete the last checkpoint to simulate dying at 25).
+  trainer.train(_tiny(), ds, _train_cfg(steps=30, checkpoint_every=10), str(tmp_path / "b"),
+                objective="lm", log_fn=lambda s: None)
+  shutil.rmtree(tmp_path / "b" / "checkpoints" / "30")
+  logs = []
+  resumed = trainer.train(_tiny(seed=5), ds, _train_cfg(steps=30, checkpoint_every=10),
+                          str(tmp_path / "b"), objective="lm", log_fn=logs.append)
+  assert any("resumed from step 20" in line for line in logs)
+  for x, y in zip(_params(full), _params(resumed)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert [r["step"] for r in _metrics(tmp_path / "b" / "metrics.jsonl")] == [10, 20, 30]
+
+
+def test_train_on_an_8_device_mesh_matches_1_device(tmp_path):
+  ds = _copy_task()
+  one = trainer.train(_tiny(), ds, _train_cfg(steps=5), str(tmp_path / "one"), objective="lm",
+                      mesh=make_mesh(devices=jax.devices()[:1]), log_fn=lambda s: None)
+  eight = trainer.train(_tiny(), ds, _train_cfg(steps=5), str(tmp_path / "eight"),
+                        objective="lm", mesh=make_mesh(), log_fn=lambda s: None)
+  assert len(jax.devices()) == 8
+  for x, y in zip(_params(one), _params(eight)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_must_divide_the_data_axis(tmp_path):
+  with pytest.raises(ValueError, match=r"batch_size=12 must be a multiple of .*'data' axis \(8\)"):
+    trainer.train(_tiny(), _copy_task(), _train_cfg(batch_size=12), str(tmp_path),
+                  objective="lm", mesh=make_mesh())
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+  trainer.train(_tiny(), _copy_task(), _train_cfg(steps=10, checkpoint_every=10), str(tmp_path),
+                objective="lm", log_fn=lambda s: None)
+  step_dir = tmp_path / "checkpoints" / "10"
+  for root, _, files in os.walk(step_dir / "params"):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  with pytest.raises(trainer.CheckpointError, match=r"checkpoint step 10 in .*checkpoints"):
+    trainer.train(_tiny(), _copy_task(), _train_cfg(steps=20, checkpoint_every=10),
+                  str(tmp_path), objective="lm", log_fn=lambda s: None)
+  with pytest.raises(trainer.CheckpointError, match=r"checkpoint step 10 in .*checkpoints"):
+    trainer.load_params(str(tmp_path / "checkpoints"), _tiny())
+
+
+# ------------------------------------------------------------- the parts (subprocess)
+def _final_params(workdir, part="policy"):
+  config = pu.tiny_config(part)
+  task = wd.get_task(config)
+  tok = wd.tokenizer(config, workdir, task)
+  model = wd.load_model(config, workdir, part, tok)
+  return [np.asarray(x) for x in _params(model)]
+
+
+def test_sigkill_and_rerun_gives_bit_identical_params(tmp_path):
+  ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
+  pu.run(pu.cli("train.py", "policy", ref))
+  ckpt = os.path.join(killed, "policy", "checkpoints")
+  proc = subprocess.Popen(pu.cli("train.py", "policy", killed), env=pu.env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # Kill it while training: as soon as the second checkpoint is complete.
+  while proc.poll() is None:
+    steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+    if len(steps) >= 2:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "training finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed, "policy", "done.json"))
+  out = pu.run(pu.cli("train.py", "policy", killed))
+  assert "resumed from step" in out.stderr
+  for x, y in zip(_final_params(ref), _final_params(killed)):
+    np.testing.assert_array_equal(x, y)
+  a = json.load(open(os.path.join(ref, "policy", "pass_at_1.json")))
+  b = json.load(open(os.path.join(killed, "policy", "pass_at_1.json")))
+  assert a["problems"] == b["problems"]
+  m = [json.loads(line)["step"] for line in open(os.path.join(killed, "policy", "metrics.jsonl"))]
+  assert m == sorted(set(m)) and m[-1] == 24
+
+
+def test_launch_errors_name_the_problem(tmp_path):
+  workdir = str(tmp_path / "w")
+  # Unknown config key.
+  out = pu.run(pu.cli("train.py", "policy", workdir, "--config.train.stepz=3"), check=False)
+  assert out.returncode != 0 and "stepz" in out.stderr
+  # Missing --workdir.
+  args = [a for a in pu.cli("train.py", "policy", workdir) if not a.startswith("--workdir")]
+  out = pu.run(args, check=False)
+  assert out.returncode != 0 and "--workdir" in out.stderr
+  # A later part before the earlier one.
+  out = pu.run(pu.cli("train.py", "prm", workdir), check=False)
+  assert out.returncode != 0
+  assert "needs part 'policy'" in out.stderr and "done.json" in out.stderr
+  out = pu.run(pu.cli("evaluate.py", "verifiers", workdir), check=False)
+  assert out.returncode != 0 and "needs part 'policy'" in out.stderr
+
+
+def test_parts_refuse_a_workdir_of_another_config(tmp_path):
+  config = pu.tiny_config("policy")
+  wd.check_and_record(config, str(tmp_path))
+  os.makedirs(tmp_path / "policy", exist_ok=True)
+  wd.mark_done(str(tmp_path), "policy", step=24)
+  other = pu.tiny_config("prm", **{"model.d_model": 48})
+  with pytest.raises(wd.WorkdirError, match=r"config.model = .*d_model.: 48.* differs"):
+    wd.check_and_record(other, str(tmp_path))
+  with pytest.raises(ValueError, match="unknown part 'value'"):
+    parts.run(pu.arith.get_config("value"), str(tmp_path))

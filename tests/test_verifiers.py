@@ -1,0 +1,224 @@
+"""Verifiers: aggregation, AUC, MC labels (resumable shards), scoring, the tiny pipeline."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import pipeline_utils as pu
+from conftest import policy_config
+from ttc_jax import difficulty
+from ttc_jax.models.transformer import Transformer
+from ttc_jax.sampling import solutions
+from ttc_jax.sampling.core import SamplingCore
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.sampling.core import SpecialIds
+from ttc_jax.verifiers import aggregation
+from ttc_jax.verifiers import evaluate
+from ttc_jax.verifiers import labels
+from ttc_jax.verifiers.scoring import Scorer
+from ttc_jax.verifiers.scoring import aggregate_steps
+
+
+# ----------------------------------------------------------------------- aggregation
+def test_step_aggregations():
+  s = [np.array([0.9, 0.2, 0.5]), np.array([0.4]), np.array([])]
+  np.testing.assert_allclose(aggregate_steps(s, "last"), [0.5, 0.4, 0.0])
+  np.testing.assert_allclose(aggregate_steps(s, "min"), [0.2, 0.4, 0.0])
+  np.testing.assert_allclose(aggregate_steps(s, "prod"), [0.09, 0.4, 0.0])
+  with pytest.raises(ValueError, match="'mean'"):
+    aggregate_steps(s, "mean")
+
+
+def test_select_methods_on_a_hand_example():
+  # answers: a a b c None ; scores favour b alone, but a's total is larger.
+  ids = np.array([0, 0, 1, 2, -1])
+  scores = np.array([0.4, 0.4, 0.7, 0.1, 0.99])
+  rng = np.random.default_rng(0)
+  all5 = np.arange(5)[None]
+  assert aggregation.select(ids, scores, all5, 3, "majority", rng)[0] == 0
+  assert aggregation.select(ids, scores, all5, 3, "weighted", rng)[0] == 0
+  assert aggregation.select(ids, scores, all5, 3, "best_of_n", rng)[0] == -1  # the None
+  assert aggregation.select(ids, scores, np.array([[0, 2, 3]]), 3, "weighted", rng)[0] == 1
+  assert aggregation.select(ids, scores, np.array([[4]]), 3, "majority", rng)[0] == -1
+
+
+def test_accuracy_curves_match_closed_forms():
+  # One problem, 4 samples, 1 correct ("7"): N=1 accuracy of every method is 1/4;
+  # at N=4 majority must pick among 4 distinct answers uniformly (1/4), weighted
+  # and best-of-N pick the highest score (the correct one).
+  answers = [["7", "1", "2", "3"]]
+  scores = np.array([[0.9, 0.1, 0.2, 0.3]])
+  c = aggregation.accuracy_curves(answers, ["7"], scores, [1, 4],
+                                  ["majority", "best_of_n", "weighted"], subsamples=4000, seed=1)
+  for method in c:
+    assert abs(c[method][0] - 0.25) < 0.03
+  assert abs(c["majority"][1] - 0.25) < 0.03
+  assert c["best_of_n"][1] == 1.0 and c["weighted"][1] == 1.0
+
+
+def test_accuracy_curves_average_over_problems_and_check_input():
+  answers = [["1", "1"], ["2", None]]
+  c = aggregation.accuracy_curves(answers, ["1", "3"], None, [2], ["majority"], 5)
+  assert c["majority"] == [0.5]
+  with pytest.raises(ValueError, match="needs verifier scores"):
+    aggregation.accuracy_curves(answers, ["1", "3"], None, [1], ["weighted"], 5)
+  with pytest.raises(ValueError, match="N=4 exceeds"):
+    aggregation.accuracy_curves(answers, ["1", "3"], None, [4], ["majority"], 5)
+
+
+def test_roc_auc_matches_pairwise_definition():
+  rs = np.random.RandomState(0)
+  s = rs.rand(60).round(1)  # ties
+  y = rs.rand(60) < 0.4
+  pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in s[y] for b in s[~y]]
+  assert evaluate.roc_auc(s, y) == pytest.approx(np.mean(pairs))
+  assert np.isnan(evaluate.roc_auc(s, np.ones(60, bool)))
+
+
+def test_oracle_bins_are_equal_quantiles_easiest_first():
+  p = np.array([0.1, 0.9, 0.5, 0.5, 0.0, 1.0, 0.3, 0.7, 0.2, 0.6])
+  bins = difficulty.oracle_bins(p)
+  assert np.bincount(bins).tolist() == [2] * 5
+  assert set(bins[p >= 0.9]) == {0} and set(bins[p <= 0.1]) == {4}
+
+
+# ------------------------------------------------------------------------- MC labels
+class _Tok:
+  step_id, eos_id, pad_id = 37, 36, 0
+
+  def decode(self, ids):
+    return " ".join(map(str, ids))
+
+
+class _Task:
+  """'Correct' iff the token before the final EOS is even (about half the completions)."""
+
+  def is_correct(self, text, problem):
+    toks = text.split()
+    return len(toks) >= 2 and int(toks[-2]) % 2 == 0
+
+
+class _Problem:
+  def __init__(self, index):
+    self.index, self.split = index, "test"
+
+
+@pytest.fixture(scope="module")
+def core():
+  model = Transformer(policy_config(), rngs=nnx.Rngs(0))
+  return SamplingCore(model, SpecialIds(pad_id=0, eos_id=36, step_id=37))
+
+
+def _samples(core, n_problems=3, n=4, seed=0):
+  problems = [_Problem(i) for i in range(n_problems)]
+  prompts = [[1, 10 + i, 20 + i] for i in range(n_problems)]
+  rows = [prompts[i] for i in range(n_problems) for _ in range(n)]
+  ids = np.array([(2, 1, i, s) for i in range(n_problems) for s in range(n)])
+  sp = SamplingParams(temperature=1.0, max_new_tokens=12)
+  gens = solutions.generate(core, rows, ids, seed, sp, batch_size=8, log_fn=lambda s: None)
+  texts = [_Tok().decode(gens.row(i)) for i in range(len(rows))]
+  correct = np.array([bool(gens.stopped[i]) and _Task().is_correct(t, None)
+                      for i, t in enumerate(texts)])
+  return solutions.ProblemSamples(problems=problems, n=n, prompts=prompts, gens=gens,
+                                  texts=texts, answers=[None] * len(rows), correct=correct)
+
+
+def test_greedy_mc_labels_equal_the_greedy_completion_of_each_prefix(core):
+  samples = _samples(core)
+  greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+  ls = labels.label_samples(core, _Tok(), _Task(), samples, 4, 0, "rollouts", greedy,
+                            batch_size=16, log_fn=lambda s: None)
+  checked = 0
+  for i in range(len(ls)):
+    row, ends = ls.row(i), ls.ends(i)
+    p = len(samples.prompts[i // samples.n])
+    assert row[:p] == samples.prompts[i // samples.n]
+    assert ls.step_labels(i)[-1] == float(samples.correct[i])  # last step: own correctness
+    for j, e in enumerate(ends[:-1]):
+      prefix = row[:e + 1]
+      assert row[e] == _Tok.step_id
+      out = core.generate(np.array([prefix]), None, solutions.row_keys(0, [0]), greedy)
+      gen = np.asarray(out.tokens)[0, :int(out.lengths[0])].tolist()
+      want = bool(out.stopped[0]) and _Task().is_correct(_Tok().decode(row[p:e + 1] + gen), None)
+      assert ls.step_labels(i)[j] == float(want)
+      checked += 1
+  assert checked > 0
+
+
+def test_mc_labels_are_fractions_of_k(core):
+  samples = _samples(core, seed=3)
+  ls = labels.label_samples(core, _Tok(), _Task(), samples, 4, 0, "rollouts",
+                            SamplingParams(temperature=1.0, max_new_tokens=12), batch_size=16,
+                            log_fn=lambda s: None)
+  vals = ls.labels[np.isfinite(ls.labels)]
+  assert vals.size > len(ls)  # more than one step per sample on average
+  np.testing.assert_allclose(vals * 4, np.round(vals * 4))
+  assert 0 < vals.mean() < 1
+
+
+def test_label_shards_resume_without_recomputing(tmp_path, core):
+  calls = []
+
+  def make_shard(chunk):
+    calls.append([p.index for p in chunk])
+    s = _samples(core, n_problems=len(chunk))
+    return labels.label_samples(core, _Tok(), _Task(), s, 2, 0, "rollouts",
+                                SamplingParams(temperature=1.0, max_new_tokens=12),
+                                batch_size=16, log_fn=lambda s: None)
+
+  problems = [_Problem(i) for i in range(5)]
+  spec = {"k": 2}
+  d = str(tmp_path / "labels")
+  first = labels.build_label_shards(d, spec, problems, 2, make_shard, lambda s: None)
+  assert calls == [[0, 1], [2, 3], [4]]
+  os.remove(os.path.join(d, "shard-00001.npz"))  # as if killed while computing shard 1
+  open(os.path.join(d, "shard-00002.npz.tmp.npz"), "wb").close()  # a torn write
+  again = labels.build_label_shards(d, spec, problems, 2, make_shard, lambda s: None)
+  assert calls[3:] == [[2, 3]]
+  np.testing.assert_array_equal(first.rows, again.rows)
+  with pytest.raises(RuntimeError, match=r"holds labels made with \{'k': 2\}"):
+    labels.build_label_shards(d, {"k": 3}, problems, 2, make_shard, lambda s: None)
+
+
+def test_scorer_reads_step_ends_and_matches_a_full_forward():
+  cfg = policy_config()
+  model = Transformer(type(cfg)(**{**cfg.__dict__, "head": "value"}), rngs=nnx.Rngs(1))
+  scorer = Scorer(model)
+  rows = [[1, 5, 6, 37, 8, 36], [1, 7, 36]]
+  got = scorer.step_scores(rows, [[3, 5], [2]], batch_size=4)
+  for row, ends, g in zip(rows, [[3, 5], [2]], got):
+    values, _ = model(np.array([row]))
+    want = 1 / (1 + np.exp(-np.asarray(values[0])[ends]))
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="value-head"):
+    Scorer(Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+# --------------------------------------------------------------- the whole tiny pipeline
+def test_tiny_pipeline_end_to_end(tmp_path):
+  """policy -> prm -> orm -> verifiers in one workdir; every artifact is produced."""
+  w = str(tmp_path)
+  for script, part in [("train.py", "policy"), ("train.py", "prm"), ("train.py", "orm"),
+                       ("evaluate.py", "verifiers")]:
+    pu.run(pu.cli(script, part, w))
+  p1 = json.load(open(os.path.join(w, "policy", "pass_at_1.json")))
+  assert len(p1["problems"]) == 8 and 0 <= p1["summary"]["mean"] <= 1
+  assert os.path.getsize(os.path.join(w, "policy", "pass_at_1.png")) > 0
+  shards = sorted(os.listdir(os.path.join(w, "prm", "labels")))
+  assert shards == ["shard-00000.npz", "shard-00001.npz", "spec.json"]
+  ev = json.load(open(os.path.join(w, "verifiers", "eval.json")))
+  assert ev["n"] == [1, 2, 4]
+  assert set(ev["curves"]) == {"majority", "orm/best_of_n", "orm/weighted"} | {
+      f"prm_{h}/{m}" for h in ("last", "min", "prod") for m in ("best_of_n", "weighted")}
+  for curve in ev["curves"].values():
+    assert len(curve) == 3 and all(0 <= v <= 1 for v in curve)
+  assert ev["auc"]["num_steps"] > 0
+  assert os.path.getsize(os.path.join(w, "verifiers", "eval.png")) > 0
+  # A rerun of a finished part does no work and changes nothing.
+  before = open(os.path.join(w, "policy", "pass_at_1.json")).read()
+  out = pu.run(pu.cli("train.py", "policy", w))
+  assert "pass@1: up to date" in out.stderr
+  assert open(os.path.join(w, "policy", "pass_at_1.json")).read() == before

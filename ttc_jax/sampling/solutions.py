@@ -1,0 +1,170 @@
+"""Whole-solution sampling and Monte-Carlo rollouts over the sampling core.
+
+Callers (pass@1 estimation, PRM labelling, verifier evaluation) hand over
+prompts as token lists and one PRNG id tuple per row; rows are processed in
+fixed-size chunks (the last one padded) so the core compiles once per shape.
+Row ``i`` draws from ``row_keys(seed, *ids[i])``, so a row's sample does not
+depend on chunking, on the other rows or on the device count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ttc_jax.progress import Progress
+from ttc_jax.sampling.core import SamplingCore
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.sampling.core import row_keys
+
+
+def round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """(N, length) int32 tokens left-padded with ``pad_id`` and the (N, length) valid mask."""
+  tokens = np.full((len(rows), length), pad_id, np.int32)
+  valid = np.zeros((len(rows), length), bool)
+  for i, r in enumerate(rows):
+    if len(r) > length:
+      raise ValueError(f"row {i} has {len(r)} tokens, more than {length}.")
+    if len(r):
+      tokens[i, length - len(r):] = r
+      valid[i, length - len(r):] = True
+  return tokens, valid
+
+
+@dataclasses.dataclass(frozen=True)
+class Generations:
+  """Sampled continuations, host numpy.
+
+  tokens: (N, T) int32 new tokens, pad after each row's length.
+  lengths: (N,) int32.
+  stopped: (N,) bool, the row ended on EOS (or on the step delimiter when asked).
+  """
+
+  tokens: np.ndarray
+  lengths: np.ndarray
+  stopped: np.ndarray
+
+  def row(self, i: int) -> list[int]:
+    return self.tokens[i, :self.lengths[i]].tolist()
+
+
+def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarray, seed: int,
+             sp: SamplingParams, *, batch_size: int, pad_multiple: int = 16,
+             desc: str = "sampling", log_fn: Callable[[str], None] | None = None) -> Generations:
+  """Samples one continuation per prompt row.
+
+  Args:
+    core: the policy's sampling core.
+    prompts: N token lists (BOS included), any lengths.
+    ids: (N, k) integer ids of each row's PRNG key: ``row_keys(seed, *ids[i])``.
+    seed: base seed.
+    sp: sampling parameters; ``max_new_tokens`` is cut to what fits the context.
+    batch_size: rows per core call.
+    pad_multiple: prompts are left-padded to the chunk's longest, rounded up to this.
+  """
+  n = len(prompts)
+  ids = np.asarray(ids, np.int64).reshape(n, -1)
+  if n == 0:
+    raise ValueError("no prompts to sample from.")
+  if batch_size <= 0:
+    raise ValueError(f"batch_size={batch_size} must be > 0.")
+  pad_id = core.ids.pad_id
+  max_ctx = core.config.max_seq_len
+  tokens = np.full((n, sp.max_new_tokens), pad_id, np.int32)
+  lengths = np.zeros((n,), np.int32)
+  stopped = np.zeros((n,), bool)
+  # Chunks of similar prompt length waste less padding; results do not depend on order.
+  order = np.argsort([len(p) for p in prompts], kind="stable")
+  kwargs = {} if log_fn is None else {"log_fn": log_fn}
+  progress = Progress(n, desc, unit="rows", **kwargs)
+  for start in range(0, n, batch_size):
+    sel = order[start:start + batch_size]
+    rows = [prompts[i] for i in sel]
+    length = min(round_up(max(len(r) for r in rows), pad_multiple), max_ctx)
+    budget = min(sp.max_new_tokens, max_ctx - length)
+    if budget <= 0:
+      raise ValueError(f"a prompt of {max(len(r) for r in rows)} tokens leaves no room to "
+                       f"generate within max_seq_len={max_ctx}.")
+    csp = dataclasses.replace(sp, max_new_tokens=budget,
+                              min_new_tokens=min(sp.min_new_tokens, budget))
+    fill = batch_size - len(sel)  # Pad the last chunk: one compiled shape.
+    rows = rows + [rows[0]] * fill
+    row_ids = np.concatenate([ids[sel], np.repeat(ids[sel[:1]], fill, 0)])
+    tok, valid = left_pad(rows, length, pad_id)
+    keys = row_keys(seed, *row_ids.T)
+    out = core.generate(tok, valid, keys, csp, cache_size=length + budget)
+    k = len(sel)
+    tokens[sel, :budget] = np.asarray(out.tokens)[:k]
+    lengths[sel] = np.asarray(out.lengths)[:k]
+    stopped[sel] = np.asarray(out.stopped)[:k]
+    progress.update(k)
+  return Generations(tokens=tokens, lengths=lengths, stopped=stopped)
+
+
+def step_ends(tokens: Sequence[int], step_id: int, eos_id: int) -> list[int]:
+  """Indices of each step's last token in a generated solution.
+
+  A step ends at a step delimiter or at EOS. An unfinished solution (no EOS)
+  gets its last token as the end of its last step; an empty one has no steps.
+  """
+  tokens = list(tokens)
+  ends = [i for i, t in enumerate(tokens) if t == step_id or t == eos_id]
+  if tokens and (not ends or ends[-1] != len(tokens) - 1):
+    ends.append(len(tokens) - 1)
+  return ends
+
+
+# Streams of randomness: each use of the policy draws from its own key family
+# row_keys(seed, stream, split, problem index, sample index[, ...]).
+STREAMS = {"pass_at_1": 1, "label_samples": 2, "rollouts": 3, "verifier_eval": 4,
+           "auc_samples": 5, "auc_rollouts": 6}
+SPLIT_IDS = {"train": 0, "test": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemSamples:
+  """``n`` sampled solutions for each of P problems (row p * n + s is sample s of problem p).
+
+  prompts: P token lists (BOS + prompt).
+  gens: the (P * n) generations.
+  texts: decoded solutions; answers: extracted final answers (None: no answer);
+  correct: (P * n,) bool.
+  """
+
+  problems: list
+  n: int
+  prompts: list[list[int]]
+  gens: Generations
+  texts: list[str]
+  answers: list[str | None]
+  correct: np.ndarray
+
+  def correct_matrix(self) -> np.ndarray:
+    return self.correct.reshape(len(self.problems), self.n)
+
+
+def sample_problems(core: SamplingCore, tok, task, problems: Sequence, n: int, seed: int,
+                    stream: str, sp: SamplingParams, *, batch_size: int,
+                    log_fn: Callable[[str], None] | None = None) -> ProblemSamples:
+  """Samples ``n`` full solutions per problem and grades them with the task."""
+  prompts = [tok.encode(task.format_prompt(p), bos=True) for p in problems]
+  rows = [prompts[i] for i in range(len(problems)) for _ in range(n)]
+  ids = np.array([(STREAMS[stream], SPLIT_IDS[p.split], p.index, s)
+                  for p in problems for s in range(n)], np.int64)
+  gens = generate(core, rows, ids, seed, sp, batch_size=batch_size, desc=f"{stream} samples",
+                  log_fn=log_fn)
+  texts = [tok.decode(gens.row(i)) for i in range(len(rows))]
+  answers, correct = [], np.zeros(len(rows), bool)
+  for i, text in enumerate(texts):
+    problem = problems[i // n]
+    answers.append(task.extract_answer(text) if gens.stopped[i] else None)
+    correct[i] = bool(gens.stopped[i]) and task.is_correct(text, problem)
+  return ProblemSamples(problems=list(problems), n=n, prompts=prompts, gens=gens, texts=texts,
+                        answers=answers, correct=correct)

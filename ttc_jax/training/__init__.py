@@ -1,0 +1,1 @@
+"""Training: optax loop with orbax checkpoints, token datasets, and the study's parts."""

@@ -1,0 +1,173 @@
+"""Token datasets for training and their deterministic batch order.
+
+Everything a training objective needs is one :class:`TokenDataset`: right-padded
+token rows plus, per position, a weight and (for value heads) a target. The LM
+objective (policy SFT) predicts ``tokens[:, t + 1]`` at position ``t`` where
+``weights[:, t + 1]`` is set; the value objective (PRM / ORM) fits
+``targets[:, t]`` at positions where ``weights[:, t]`` is set (step-end tokens).
+
+The batch order is a pure function of ``(seed, step)``: sample position
+``p = step * batch_size + j`` is element ``p % N`` of the permutation of epoch
+``p // N``, drawn from ``SeedSequence([seed, epoch])``. Resuming at a step
+therefore needs nothing but the step (the checkpoint also records the data
+position ``step * batch_size`` and checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import numpy as np
+
+from ttc_jax.tasks import base
+from ttc_jax.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenDataset:
+  """Right-padded token rows with per-position loss weights and targets.
+
+  tokens: (N, L) int32, BOS first, padded with the tokenizer's pad id.
+  valid: (N, L) bool, True on real tokens.
+  weights: (N, L) float32 loss weight per position (see module docstring).
+  targets: (N, L) float32 value targets, or None for the LM objective.
+  """
+
+  tokens: np.ndarray
+  valid: np.ndarray
+  weights: np.ndarray
+  targets: np.ndarray | None = None
+
+  def __post_init__(self):
+    shape = self.tokens.shape
+    if len(shape) != 2 or shape[0] == 0:
+      raise ValueError(f"tokens must be a non-empty (N, L) array; got shape {shape}.")
+    for name in ("valid", "weights", "targets"):
+      x = getattr(self, name)
+      if x is not None and x.shape != shape:
+        raise ValueError(f"{name} has shape {x.shape}; tokens has {shape}.")
+    if self.targets is not None and not np.all(np.isfinite(self.targets)):
+      raise ValueError("targets contain NaN or inf.")
+
+  def __len__(self) -> int:
+    return self.tokens.shape[0]
+
+  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    out = {"tokens": self.tokens[indices], "valid": self.valid[indices],
+           "weights": self.weights[indices]}
+    if self.targets is not None:
+      out["targets"] = self.targets[indices]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Example indices of batch ``step`` (see the module docstring)."""
+  if num_examples <= 0 or batch_size <= 0 or step < 0:
+    raise ValueError(f"need num_examples > 0, batch_size > 0, step >= 0; got "
+                     f"{num_examples}, {batch_size}, {step}.")
+  positions = step * batch_size + np.arange(batch_size)
+  epochs = positions // num_examples
+  out = np.empty(batch_size, np.int64)
+  for epoch in np.unique(epochs):
+    sel = epochs == epoch
+    out[sel] = _epoch_permutation(seed, int(epoch), num_examples)[positions[sel] % num_examples]
+  return out
+
+
+def encode_rows(tokenizer: Tokenizer, pieces: Sequence[Sequence[str]], seq_len: int,
+                *, eos: bool = True) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+  """Encodes texts made of consecutive pieces; returns where each piece ends.
+
+  Each row is BOS + encode(piece_1) + encode(piece_2) + ... (+ EOS). Pieces are
+  encoded separately so that a piece boundary is always a token boundary.
+
+  Returns:
+    tokens (N, seq_len) int32, valid (N, seq_len) bool, and per row the index
+    of the last token of each piece (the EOS, when added, ends the last piece).
+
+  Raises:
+    ValueError: naming the row if it does not fit ``seq_len`` tokens.
+  """
+  n = len(pieces)
+  tokens = np.full((n, seq_len), tokenizer.pad_id, np.int32)
+  valid = np.zeros((n, seq_len), bool)
+  ends = []
+  for i, row in enumerate(pieces):
+    ids = [tokenizer.bos_id]
+    row_ends = []
+    for piece in row:
+      ids += tokenizer.encode(piece)
+      row_ends.append(len(ids) - 1)
+    if eos:
+      ids.append(tokenizer.eos_id)
+      row_ends[-1] = len(ids) - 1
+    if len(ids) > seq_len:
+      raise ValueError(
+          f"row {i} ({''.join(row)[:60]!r}...) encodes to {len(ids)} tokens, more than "
+          f"seq_len={seq_len}; raise model.max_seq_len / data.seq_len.")
+    tokens[i, :len(ids)] = ids
+    valid[i, :len(ids)] = True
+    ends.append(row_ends)
+  return tokens, valid, ends
+
+
+def sft_dataset(task: base.Task, tokenizer: Tokenizer, problems: Sequence[base.Problem],
+                seq_len: int) -> TokenDataset:
+  """Policy SFT data: BOS prompt solution EOS; the loss covers solution and EOS."""
+  prompts = [task.format_prompt(p) for p in problems]
+  tokens, valid, ends = encode_rows(
+      tokenizer, [(q, p.solution) for q, p in zip(prompts, problems)], seq_len)
+  weights = np.zeros(tokens.shape, np.float32)
+  for i, (prompt_end, last) in enumerate(ends):
+    weights[i, prompt_end + 1:last + 1] = 1.0
+  return TokenDataset(tokens=tokens, valid=valid, weights=weights)
+
+
+def value_dataset(rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]],
+                  labels: Sequence[Sequence[float]], seq_len: int, pad_id: int = 0
+                  ) -> TokenDataset:
+  """Verifier data from token rows as the sampling core produced them.
+
+  rows[i] is BOS + prompt + sampled solution tokens (ending in EOS when the
+  sample finished); step_ends[i] are the indices (into rows[i]) of each step's
+  last token -- the step delimiter, or EOS for the final step -- so the
+  verifier is trained on exactly the tokens it reads during search.
+  labels[i][j] is the target of step j in [0, 1]; NaN means "no label" (an
+  ORM labels only the last step).
+
+  Raises:
+    ValueError: naming the row for a length mismatch, a row longer than
+      ``seq_len``, a step end outside the row, or a label outside [0, 1].
+  """
+  if not (len(rows) == len(step_ends) == len(labels)) or not rows:
+    raise ValueError(f"need equal, non-zero numbers of rows/step_ends/labels; got "
+                     f"{len(rows)}, {len(step_ends)}, {len(labels)}.")
+  n = len(rows)
+  tokens = np.full((n, seq_len), pad_id, np.int32)
+  valid = np.zeros((n, seq_len), bool)
+  weights = np.zeros((n, seq_len), np.float32)
+  targets = np.zeros((n, seq_len), np.float32)
+  for i, (row, ends, ls) in enumerate(zip(rows, step_ends, labels)):
+    if len(row) > seq_len:
+      raise ValueError(f"row {i} has {len(row)} tokens, more than seq_len={seq_len}.")
+    if len(ends) != len(ls) or not len(ends):
+      raise ValueError(f"row {i}: {len(ends)} step ends but {len(ls)} labels (need >= 1).")
+    tokens[i, :len(row)] = row
+    valid[i, :len(row)] = True
+    for end, label in zip(ends, ls):
+      if not 0 <= end < len(row):
+        raise ValueError(f"row {i}: step end {end} outside the row of {len(row)} tokens.")
+      if not np.isfinite(label):
+        continue
+      if not 0.0 <= label <= 1.0:
+        raise ValueError(f"row {i}: label {label} outside [0, 1].")
+      weights[i, end] = 1.0
+      targets[i, end] = label
+  return TokenDataset(tokens=tokens, valid=valid, weights=weights, targets=targets)

@@ -1,0 +1,1 @@
+"""Verifiers: Monte-Carlo step labels, PRM / ORM scoring, step and answer aggregation."""

@@ -1,0 +1,230 @@
+"""Monte-Carlo step labels for PRM training (the paper's approach, after Math-Shepherd).
+
+For a sampled solution with steps s_1..s_n, step j < n is labelled with the
+fraction of K policy rollouts from ``prompt + s_1..s_j`` that reach the right
+answer; the last step (the final-answer line) is labelled with the sample's
+own correctness (nothing is left to roll out). Rollouts run through the
+sampling core as a tree expansion: each distinct prefix is prefilled once and
+its cache gathered K times.
+
+Labelled data is stored in shards (``shard-00000.npz`` ...) written atomically,
+each covering ``problems_per_shard`` problems; a rerun skips finished shards.
+A shard holds, per sample: problem and sample index, the token row
+(BOS + prompt + solution), its length, the step-end indices into the row (-1
+padded), the step labels (NaN padded) and the sample's correctness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ttc_jax.progress import Progress
+from ttc_jax.sampling.core import SamplingCore
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.sampling.core import row_keys
+from ttc_jax.sampling import solutions
+from ttc_jax.workdir import read_json
+from ttc_jax.workdir import write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledSamples:
+  """Samples with per-step labels (numpy; see the module docstring)."""
+
+  problem_index: np.ndarray  # (N,)
+  sample_index: np.ndarray  # (N,)
+  rows: np.ndarray  # (N, L) int32, right padded
+  lengths: np.ndarray  # (N,)
+  prompt_lengths: np.ndarray  # (N,)
+  step_ends: np.ndarray  # (N, S) int32, -1 padded
+  labels: np.ndarray  # (N, S) float32, NaN padded
+  correct: np.ndarray  # (N,) bool
+
+  def row(self, i: int) -> list[int]:
+    return self.rows[i, :self.lengths[i]].tolist()
+
+  def ends(self, i: int) -> list[int]:
+    return [int(e) for e in self.step_ends[i] if e >= 0]
+
+  def step_labels(self, i: int) -> list[float]:
+    return self.labels[i, :len(self.ends(i))].tolist()
+
+  def save(self, path: str) -> None:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **dataclasses.asdict(self))
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> "LabelledSamples":
+    try:
+      with np.load(path) as z:
+        return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(f"label shard {path} is unreadable ({type(e).__name__}: {e}); "
+                         "delete it and rerun to recompute it.") from e
+
+  @classmethod
+  def concat(cls, parts: Sequence["LabelledSamples"]) -> "LabelledSamples":
+    width = max(p.rows.shape[1] for p in parts)
+    steps = max(p.step_ends.shape[1] for p in parts)
+
+    def pad(x, w, fill):
+      out = np.full((x.shape[0], w), fill, x.dtype)
+      out[:, :x.shape[1]] = x
+      return out
+
+    return cls(
+        problem_index=np.concatenate([p.problem_index for p in parts]),
+        sample_index=np.concatenate([p.sample_index for p in parts]),
+        rows=np.concatenate([pad(p.rows, width, 0) for p in parts]),
+        lengths=np.concatenate([p.lengths for p in parts]),
+        prompt_lengths=np.concatenate([p.prompt_lengths for p in parts]),
+        step_ends=np.concatenate([pad(p.step_ends, steps, -1) for p in parts]),
+        labels=np.concatenate([pad(p.labels, steps, np.nan) for p in parts]),
+        correct=np.concatenate([p.correct for p in parts]))
+
+  def __len__(self) -> int:
+    return self.rows.shape[0]
+
+
+def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes: Sequence,
+                    prefix_ids: np.ndarray, k: int, seed: int, sp: SamplingParams, *,
+                    batch_size: int, log_fn: Callable[[str], None] | None = None
+                    ) -> np.ndarray:
+  """Fraction of ``k`` rollouts from each prefix that end with the right answer.
+
+  Args:
+    prefixes: P tuples (problem position in ``problems``, prompt tokens, solution
+      prefix tokens).
+    prefix_ids: (P, m) ids; rollout r of prefix i uses
+      ``row_keys(seed, *prefix_ids[i], r)``.
+    k: rollouts per prefix.
+    batch_size: rows per core call (a multiple of ``k``).
+  """
+  if batch_size % k:
+    raise ValueError(f"batch_size={batch_size} must be a multiple of rollouts={k}.")
+  per_chunk = batch_size // k
+  n = len(prefixes)
+  rate = np.zeros(n, np.float64)
+  max_ctx = core.config.max_seq_len
+  order = np.argsort([len(p[1]) + len(p[2]) for p in prefixes], kind="stable")
+  kwargs = {} if log_fn is None else {"log_fn": log_fn}
+  progress = Progress(n * k, "rollouts", unit="rows", **kwargs)
+  for start in range(0, n, per_chunk):
+    sel = order[start:start + per_chunk]
+    rows = [list(prefixes[i][1]) + list(prefixes[i][2]) for i in sel]
+    length = min(solutions.round_up(max(len(r) for r in rows), 16), max_ctx)
+    budget = min(sp.max_new_tokens, max_ctx - length)
+    fill = per_chunk - len(sel)
+    rows += [rows[0]] * fill
+    tokens, valid = solutions.left_pad(rows, length, core.ids.pad_id)
+    ids = np.concatenate([prefix_ids[sel], np.repeat(prefix_ids[sel[:1]], fill, 0)])
+    ids = np.repeat(ids, k, axis=0)
+    rollout = np.tile(np.arange(k), per_chunk)
+    keys = row_keys(seed, *ids.T, rollout)
+    state = core.prefill(tokens, valid, cache_size=length + budget)
+    state = core.gather(state, np.repeat(np.arange(per_chunk), k))  # tree expansion
+    out = core.sample(state, keys, dataclasses.replace(sp, max_new_tokens=budget))
+    gen = np.asarray(out.tokens)
+    lengths = np.asarray(out.lengths)
+    stopped = np.asarray(out.stopped)
+    for c, i in enumerate(sel):
+      pos, _, prefix = prefixes[i]
+      wins = 0
+      for r in range(c * k, (c + 1) * k):
+        if stopped[r]:
+          text = tok.decode(list(prefix) + gen[r, :lengths[r]].tolist())
+          wins += task.is_correct(text, problems[pos])
+      rate[i] = wins / k
+    progress.update(len(sel) * k)
+  return rate
+
+
+def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSamples, k: int,
+                  seed: int, stream: str, sp: SamplingParams, *, batch_size: int,
+                  log_fn: Callable[[str], None] | None = None) -> LabelledSamples:
+  """MC step labels for every sample of ``samples`` (see the module docstring)."""
+  step_id, eos_id = tok.step_id, tok.eos_id
+  n_rows = len(samples.texts)
+  ends_all, prefixes, prefix_ids, where = [], [], [], {}
+  refs = []  # per sample: list of (step j, prefix id or None)
+  for i in range(n_rows):
+    pos = i // samples.n
+    problem = samples.problems[pos]
+    gen = samples.gens.row(i)
+    ends = solutions.step_ends(gen, step_id, eos_id)
+    ends_all.append(ends)
+    sample_refs = []
+    for j, e in enumerate(ends):
+      if j == len(ends) - 1:
+        sample_refs.append(None)  # last step: the sample's own correctness
+        continue
+      key = (pos, tuple(gen[:e + 1]))
+      if key not in where:
+        where[key] = len(prefixes)
+        prefixes.append((pos, samples.prompts[pos], gen[:e + 1]))
+        prefix_ids.append((solutions.STREAMS[stream], solutions.SPLIT_IDS[problem.split],
+                           problem.index, i % samples.n, j))
+      sample_refs.append(where[key])
+    refs.append(sample_refs)
+  if prefixes:
+    rates = rollout_success(core, tok, task, samples.problems, prefixes,
+                            np.asarray(prefix_ids, np.int64), k, seed, sp,
+                            batch_size=batch_size, log_fn=log_fn)
+  else:
+    rates = np.zeros(0)
+  max_steps = max(1, max(len(e) for e in ends_all))
+  prompt_lens = [len(samples.prompts[i // samples.n]) for i in range(n_rows)]
+  width = max(p + int(l) for p, l in zip(prompt_lens, samples.gens.lengths))
+  rows = np.zeros((n_rows, width), np.int32)
+  lengths = np.zeros(n_rows, np.int32)
+  step_ends_arr = np.full((n_rows, max_steps), -1, np.int32)
+  labels = np.full((n_rows, max_steps), np.nan, np.float32)
+  for i in range(n_rows):
+    row = samples.prompts[i // samples.n] + samples.gens.row(i)
+    rows[i, :len(row)] = row
+    lengths[i] = len(row)
+    for j, (e, ref) in enumerate(zip(ends_all[i], refs[i])):
+      step_ends_arr[i, j] = prompt_lens[i] + e
+      labels[i, j] = float(samples.correct[i]) if ref is None else rates[ref]
+  return LabelledSamples(
+      problem_index=np.array([samples.problems[i // samples.n].index for i in range(n_rows)]),
+      sample_index=np.arange(n_rows) % samples.n,
+      rows=rows, lengths=lengths, prompt_lengths=np.asarray(prompt_lens, np.int32),
+      step_ends=step_ends_arr, labels=labels, correct=samples.correct.copy())
+
+
+def build_label_shards(directory: str, spec: dict, problems: Sequence, per_shard: int,
+                       make_shard: Callable[[Sequence], LabelledSamples],
+                       log_fn: Callable[[str], None]) -> LabelledSamples:
+  """Computes missing shards (resumable) and returns all of them concatenated.
+
+  ``spec`` describes everything that determines the labels (policy step,
+  sampling, K, seeds...); a directory holding shards of another spec is an error.
+  """
+  os.makedirs(directory, exist_ok=True)
+  spec_path = os.path.join(directory, "spec.json")
+  if os.path.exists(spec_path):
+    saved = read_json(spec_path)
+    if saved != spec:
+      raise RuntimeError(f"{directory} holds labels made with {saved}, not {spec}; delete it "
+                         "(or use a fresh workdir) to relabel.")
+  else:
+    write_json(spec_path, spec)
+  num_shards = -(-len(problems) // per_shard)
+  paths = [os.path.join(directory, f"shard-{s:05d}.npz") for s in range(num_shards)]
+  for stale in glob.glob(os.path.join(directory, "*.tmp.npz")):
+    os.remove(stale)  # a shard being written when the process was killed
+  todo = [s for s, p in enumerate(paths) if not os.path.exists(p)]
+  progress = Progress(num_shards, "label shards", unit="shards", every_s=0,
+                      initial=num_shards - len(todo), log_fn=log_fn)
+  for s in todo:
+    shard = make_shard(problems[s * per_shard:(s + 1) * per_shard])
+    shard.save(paths[s])
+    progress.update(1)
+  return LabelledSamples.concat([LabelledSamples.load(p) for p in paths])

@@ -1,0 +1,97 @@
+"""PRM / ORM scoring of whole solutions, and step-score aggregation.
+
+A verifier is the decoder with a value head; its score at a token is
+``sigmoid(value)``. A solution's step scores are read at each step's last token
+(the step delimiter, or EOS for the final step) -- the same tokens it was
+trained on (``training.data.value_dataset``). ORM scores are read at the last
+token. (Search scores steps incrementally from the verifier's own KV cache; this
+module scores finished solutions in one batched forward pass.)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ttc_jax.models.transformer import Transformer
+from ttc_jax.progress import Progress
+from ttc_jax.sampling.core import DATA_AXIS
+from ttc_jax.sampling.core import make_mesh
+from ttc_jax.sampling.solutions import round_up
+
+STEP_AGGREGATIONS = ("last", "min", "prod")
+
+
+def aggregate_steps(step_scores: Sequence[np.ndarray], how: str) -> np.ndarray:
+  """One score per solution from its step scores: 'last', 'min' or 'prod'.
+
+  A solution without steps scores 0.
+  """
+  if how not in STEP_AGGREGATIONS:
+    raise ValueError(f"step aggregation {how!r}: expected one of {STEP_AGGREGATIONS}.")
+  fn = {"last": lambda s: s[-1], "min": np.min, "prod": np.prod}[how]
+  return np.array([float(fn(s)) if len(s) else 0.0 for s in step_scores], np.float64)
+
+
+def _values(graphdef, params, tokens, valid):
+  model: Transformer = nnx.merge(graphdef, params)
+  values, _ = model(tokens, valid)
+  return jax.nn.sigmoid(values.astype(jnp.float32))
+
+
+class Scorer:
+  """Batched verifier scoring on a mesh (rows sharded over 'data', params replicated)."""
+
+  def __init__(self, model: Transformer, mesh=None, pad_id: int = 0):
+    if model.config.head != "value":
+      raise ValueError(f"a verifier needs a value-head model; got head={model.config.head!r}.")
+    self.config = model.config
+    self.mesh = make_mesh(devices=jax.devices()[:1]) if mesh is None else mesh
+    self.pad_id = pad_id
+    graphdef, params = nnx.split(model)
+    self._graphdef = graphdef
+    self._params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self._rows = NamedSharding(self.mesh, P(DATA_AXIS))
+    self._fn = jax.jit(_values, static_argnums=(0,))
+
+  def token_scores(self, rows: Sequence[Sequence[int]], *, batch_size: int,
+                   desc: str = "scoring", log_fn: Callable[[str], None] | None = None
+                   ) -> list[np.ndarray]:
+    """sigmoid(value) at every token of each row (rows: token lists, BOS first)."""
+    n = len(rows)
+    data = self.mesh.shape[DATA_AXIS]
+    batch_size = round_up(batch_size, data)
+    longest = max(len(r) for r in rows)
+    if longest > self.config.max_seq_len:
+      raise ValueError(f"a row of {longest} tokens exceeds max_seq_len={self.config.max_seq_len}.")
+    length = min(round_up(longest, 16), self.config.max_seq_len)
+    out: list[np.ndarray] = [None] * n  # type: ignore
+    kwargs = {} if log_fn is None else {"log_fn": log_fn}
+    progress = Progress(n, desc, unit="rows", **kwargs)
+    for start in range(0, n, batch_size):
+      chunk = list(range(start, min(n, start + batch_size)))
+      tokens = np.full((batch_size, length), self.pad_id, np.int32)
+      valid = np.zeros((batch_size, length), bool)
+      for c, i in enumerate(chunk):
+        tokens[c, :len(rows[i])] = rows[i]
+        valid[c, :len(rows[i])] = True
+      vals = np.asarray(self._fn(self._graphdef, self._params, jax.device_put(tokens, self._rows),
+                                 jax.device_put(valid, self._rows)))
+      for c, i in enumerate(chunk):
+        out[i] = vals[c, :len(rows[i])]
+      progress.update(len(chunk))
+    return out
+
+  def step_scores(self, rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]], *,
+                  batch_size: int, log_fn=None) -> list[np.ndarray]:
+    """Scores at each step's last token; ``step_ends[i]`` index into ``rows[i]``."""
+    if len(rows) != len(step_ends):
+      raise ValueError(f"{len(rows)} rows but {len(step_ends)} step_ends lists.")
+    per_token = self.token_scores(rows, batch_size=batch_size, log_fn=log_fn)
+    return [t[np.asarray(e, np.int64)] for t, e in zip(per_token, step_ends)]
