@@ -7,7 +7,17 @@ PIP := $(VENV)/bin/pip
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: test bench venv clean-venv
+# Workdir of the study's parts (make verifiers).
+DIR ?= runs/arith
+ARITH := experiments/arith.py
+
+.PHONY: test bench verifiers venv clean-venv
+
+$(VENV)/.installed-base: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
 
 $(VENV)/.installed-%: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +32,14 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(PY) launch/bench_sampling.py --out=runs/bench/sampling.json
+
+# Policy SFT + pass@1, MC-labelled PRM, ORM, verifier evaluation (~15 min on 2 cores).
+# Each step resumes after an interruption; finished steps rerun in seconds.
+verifiers: $(VENV)/.installed-base
+	$(PY) launch/train.py --config=$(ARITH):policy --workdir=$(DIR)
+	$(PY) launch/train.py --config=$(ARITH):prm --workdir=$(DIR)
+	$(PY) launch/train.py --config=$(ARITH):orm --workdir=$(DIR)
+	$(PY) launch/evaluate.py --config=$(ARITH):verifiers --workdir=$(DIR)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,7 +9,7 @@ Parts (run in this order, in one workdir; each reads what the earlier ones wrote
 
 Overrides go inline, e.g. ``--config.train.steps=100``.
 
-* policy (~4 min on 2 CPU cores): tokenizer + SFT of a 4-layer d128 decoder on the
+* policy (~4 min on 2 CPU cores): tokenizer + SFT of a 2-layer d128 decoder on the
   train split; then pass@1 on the test split from 32 samples per problem at
   temperature 1 -> WORKDIR/policy/pass_at_1.json (+ histogram PNG).
   Expected: mean pass@1 in [0.3, 0.6], >= 20% of problems >= 0.7, >= 20% <= 0.2.
@@ -43,6 +43,9 @@ def _train(**overrides) -> ml_collections.ConfigDict:
       checkpoint_every=200,
       log_every=50,
       seed=0,
+      bucket_pool_batches=16,  # batches of similar lengths ...
+      pad_multiple=32,  # ... cut to 32, 64, 96 or 128 tokens: 4 compiled shapes
+      label_smoothing=0.0,
   ))
   train.update(overrides)
   return train
@@ -64,7 +67,7 @@ def get_config(part: str = "policy") -> ml_collections.ConfigDict:
       max_value=999, max_factor=9))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=64, num_texts=5000))
   c.model = ml_collections.ConfigDict(dict(
-      d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, mlp_dim=512,
+      d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=512,
       max_seq_len=128, rope_theta=10_000.0))
   c.seq_len = 128  # Token rows (BOS prompt solution EOS) in training data.
 
@@ -73,14 +76,20 @@ def get_config(part: str = "policy") -> ml_collections.ConfigDict:
       temperature=1.0, max_new_tokens=96, batch_size=512))
 
   if part == "policy":
-    c.train = _train(steps=1000, batch_size=64, learning_rate=1e-3)
+    # Label smoothing 0.01 keeps ~1% of each next-token distribution off the
+    # argmax, so temperature-1 samples make occasional independent slips besides
+    # the policy's systematic errors: per-problem pass@1 is spread out instead of
+    # 0-or-1, and voting / verifiers have something to fix (without it
+    # majority@32 gains ~5 points over pass@1; with it ~19).
+    c.train = _train(steps=2400, batch_size=32, learning_rate=2e-3, log_every=100,
+                     label_smoothing=0.01)
     c.eval = ml_collections.ConfigDict(dict(num_problems=500, samples_per_problem=32))
   elif part == "prm":
     c.labels = ml_collections.ConfigDict(dict(
-        num_problems=1000, samples_per_problem=4, rollouts=16, problems_per_shard=100))
-    c.train = _train(steps=600, batch_size=64, learning_rate=3e-4, warmup_steps=30)
+        num_problems=800, samples_per_problem=4, rollouts=16, problems_per_shard=100))
+    c.train = _train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40)
   elif part == "orm":
-    c.train = _train(steps=600, batch_size=64, learning_rate=3e-4, warmup_steps=30)
+    c.train = _train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40)
   elif part == "verifiers":
     c.eval = ml_collections.ConfigDict(dict(
         num_problems=200, samples_per_problem=64, subsamples=256,

@@ -275,3 +275,40 @@ def test_parts_refuse_a_workdir_of_another_config(tmp_path):
     wd.check_and_record(other, str(tmp_path))
   with pytest.raises(ValueError, match="unknown part 'value'"):
     parts.run(pu.arith.get_config("value"), str(tmp_path))
+
+
+def test_bucketed_batches_cover_each_epoch_and_group_lengths():
+  rs = np.random.RandomState(0)
+  lengths = rs.randint(5, 100, 64)
+  b, per_epoch = 4, 16
+  epoch0 = [data.bucketed_batch_indices(lengths, b, 7, s, pool_batches=4) for s in range(16)]
+  assert sorted(np.concatenate(epoch0).tolist()) == list(range(64))
+  spread = np.mean([np.ptp(lengths[i]) for i in epoch0])
+  random_spread = np.mean([np.ptp(lengths[data.batch_indices(64, b, 7, s)]) for s in range(16)])
+  assert spread < 0.5 * random_spread
+  again = data.bucketed_batch_indices(lengths, b, 7, 20, pool_batches=4)
+  np.testing.assert_array_equal(again, data.bucketed_batch_indices(lengths, b, 7, 20, 4))
+  assert not np.array_equal(again, epoch0[20 - per_epoch])  # next epoch is reshuffled
+
+
+def test_batches_are_cut_to_the_padding_multiple():
+  ds = _copy_task(n=8, length=10)
+  assert ds.batch(np.arange(4), pad_multiple=4)["tokens"].shape == (4, 10)
+  short = data.TokenDataset(tokens=np.ones((2, 40), np.int32),
+                            valid=np.arange(40)[None] < np.array([[5], [9]]),
+                            weights=np.zeros((2, 40), np.float32))
+  np.testing.assert_array_equal(short.lengths, [5, 9])
+  assert short.batch(np.array([0, 1]), pad_multiple=8)["tokens"].shape == (2, 16)
+  assert short.batch(np.array([0]), pad_multiple=8)["tokens"].shape == (1, 8)
+
+
+def test_training_leaves_the_callers_arrays_alive(tmp_path):
+  """The train step donates its buffers; models sharing arrays with the trained one survive."""
+  source = _tiny()
+  model = _tiny(seed=1)
+  nnx.update(model, nnx.state(source))  # the two models now share arrays
+  trainer.train(model, _copy_task(), _train_cfg(steps=3), str(tmp_path), objective="lm",
+                log_fn=lambda s: None)
+  for leaf in _params(source):
+    assert not leaf.is_deleted()
+    np.asarray(leaf)

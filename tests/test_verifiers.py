@@ -222,3 +222,22 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   out = pu.run(pu.cli("train.py", "policy", w))
   assert "pass@1: up to date" in out.stderr
   assert open(os.path.join(w, "policy", "pass_at_1.json")).read() == before
+
+
+def test_prefixes_up_to_the_end_of_the_context_are_rolled_out(core):
+  """A sample cut by the context: its last prefixes leave 1-2 tokens of room."""
+  ctx = core.config.max_seq_len
+  prompt = [1, 11, 21]
+  body = [5, 6, 37] * ((ctx - 4) // 3) + [5]  # ends mid-step: truncated, no answer
+  assert len(prompt) + len(body) == ctx
+  gens = solutions.Generations(tokens=np.array([body]), lengths=np.array([len(body)]),
+                               stopped=np.array([False]))
+  samples = solutions.ProblemSamples(problems=[_Problem(0)], n=1, prompts=[prompt], gens=gens,
+                                     texts=[""], answers=[None], correct=np.array([False]))
+  ls = labels.label_samples(core, _Tok(), _Task(), samples, 2, 0, "rollouts",
+                            SamplingParams(temperature=1.0, max_new_tokens=12), batch_size=16,
+                            log_fn=lambda s: None)
+  lab = np.array(ls.step_labels(0))
+  assert lab.size == (ctx - 4) // 3 + 1 and ls.ends(0)[-1] == ctx - 1
+  assert lab[-1] == 0.0  # the truncated sample itself
+  assert np.all((lab * 2) == np.round(lab * 2)) and np.all((lab >= 0) & (lab <= 1))

@@ -50,14 +50,19 @@ class Progress:
     pct = 100.0 * self.done / max(self.total, 1)
     eta_s = fmt_duration(eta) if eta != float("inf") else "?"
     tail = f" | {extra}" if extra else ""
-    return (f"{self.desc} {self.done}/{self.total} ({pct:.0f}%) | {rate:,.1f} {self.unit}/s | "
+    return (f"{self.desc} {self.done}/{self.total} ({pct:.0f}%) | {self._rate_text(rate)} | "
             f"ETA {eta_s}{tail}")
+
+  def _rate_text(self, rate: float) -> str:
+    if 0 < rate < 1:
+      return f"{1 / rate:,.1f} s/{self.unit.rstrip('s') or self.unit}"
+    return f"{rate:,.1f} {self.unit}/s"
 
   def close(self) -> float:
     """Logs a final line; returns the elapsed seconds."""
     elapsed = time.time() - self.start
     self.log_fn(f"{self.desc} done: {self.done} {self.unit} in {fmt_duration(elapsed)} "
-                f"({self.rate:,.1f} {self.unit}/s)")
+                f"({self._rate_text(self.rate)})")
     return elapsed
 
 
@@ -81,3 +86,5 @@ def quiet_library_logs() -> None:
     handler.addFilter(_LibraryInfoFilter())
   for name in ("orbax", "tensorflow_datasets", "absl.tfds"):
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()

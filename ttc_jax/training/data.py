@@ -10,7 +10,9 @@ The batch order is a pure function of ``(seed, step)``: sample position
 ``p = step * batch_size + j`` is element ``p % N`` of the permutation of epoch
 ``p // N``, drawn from ``SeedSequence([seed, epoch])``. Resuming at a step
 therefore needs nothing but the step (the checkpoint also records the data
-position ``step * batch_size`` and checks it).
+position ``step * batch_size`` and checks it). ``bucketed_batch_indices`` is the
+same with batches of similar lengths, which cuts padding (rows are 20-120
+tokens on the arithmetic task) and is also a pure function of (seed, step).
 """
 
 from __future__ import annotations
@@ -54,17 +56,30 @@ class TokenDataset:
   def __len__(self) -> int:
     return self.tokens.shape[0]
 
-  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    out = {"tokens": self.tokens[indices], "valid": self.valid[indices],
-           "weights": self.weights[indices]}
+  @functools.cached_property
+  def lengths(self) -> np.ndarray:
+    """Tokens per row (right padded: the index after the last valid token)."""
+    last = np.where(self.valid.any(1), self.valid.shape[1] - np.argmax(self.valid[:, ::-1], 1), 0)
+    return last.astype(np.int64)
+
+  def batch(self, indices: np.ndarray, pad_multiple: int | None = None
+            ) -> dict[str, np.ndarray]:
+    """Rows ``indices``; with ``pad_multiple``, cut to the longest row rounded up to it."""
+    width = self.tokens.shape[1]
+    if pad_multiple:
+      width = min(width, -(-int(self.lengths[indices].max()) // pad_multiple) * pad_multiple)
+    out = {"tokens": self.tokens[indices, :width], "valid": self.valid[indices, :width],
+           "weights": self.weights[indices, :width]}
     if self.targets is not None:
-      out["targets"] = self.targets[indices]
+      out["targets"] = self.targets[indices, :width]
     return out
 
 
 @functools.lru_cache(maxsize=8)
 def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+  perm = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+  perm.flags.writeable = False  # cached: shared by every caller
+  return perm
 
 
 def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -79,6 +94,43 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
     sel = epochs == epoch
     out[sel] = _epoch_permutation(seed, int(epoch), num_examples)[positions[sel] % num_examples]
   return out
+
+
+@functools.lru_cache(maxsize=4)
+def _bucketed_epoch(seed: int, epoch: int, lengths: tuple[int, ...], batch_size: int,
+                    pool_batches: int) -> np.ndarray:
+  n = len(lengths)
+  perm = _epoch_permutation(seed, epoch, n)
+  per_epoch = n // batch_size
+  perm = perm[:per_epoch * batch_size].copy()  # never mutate the cached permutation
+  lens = np.asarray(lengths)[perm]
+  pool = pool_batches * batch_size
+  for start in range(0, perm.size, pool):
+    order = np.argsort(lens[start:start + pool], kind="stable")
+    perm[start:start + pool] = perm[start:start + pool][order]
+  batches = perm.reshape(per_epoch, batch_size)
+  shuffle = np.random.default_rng(np.random.SeedSequence([seed, epoch, 1])).permutation(per_epoch)
+  return batches[shuffle]
+
+
+def bucketed_batch_indices(lengths: Sequence[int], batch_size: int, seed: int, step: int,
+                           pool_batches: int = 16) -> np.ndarray:
+  """Like :func:`batch_indices`, with batches of similar lengths (less padding).
+
+  Each epoch's permutation is cut into pools of ``pool_batches`` batches; a pool
+  is sorted by length and split into batches; the epoch's batches are then
+  shuffled. Every example appears at most once per epoch (the last
+  ``N % batch_size`` of each epoch's permutation are skipped). A pure function
+  of (seed, step).
+  """
+  n = len(lengths)
+  if n < batch_size or batch_size <= 0 or step < 0 or pool_batches <= 0:
+    raise ValueError(f"need len(lengths) >= batch_size > 0, step >= 0, pool_batches > 0; got "
+                     f"{n}, {batch_size}, {step}, {pool_batches}.")
+  per_epoch = n // batch_size
+  epoch, k = divmod(step, per_epoch)
+  return _bucketed_epoch(seed, epoch, tuple(int(x) for x in lengths), batch_size,
+                         pool_batches)[k].astype(np.int64)
 
 
 def encode_rows(tokenizer: Tokenizer, pieces: Sequence[Sequence[str]], seq_len: int,

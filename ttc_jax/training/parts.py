@@ -23,6 +23,7 @@ from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling import solutions
 from ttc_jax.training import data
 from ttc_jax.training import trainer
+from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers import labels as labels_lib
 
 
@@ -67,8 +68,14 @@ def evaluate_pass_at_1(config, workdir, task, tok, model) -> dict:
       core, tok, task, probs, config.eval.samples_per_problem, config.seed, "pass_at_1",
       sampling_params(config), batch_size=config.sampling.batch_size)
   p1 = samples.correct_matrix().mean(axis=1)
+  n = config.eval.samples_per_problem
+  majority = aggregation.accuracy_curves(
+      [samples.answers[i * n:(i + 1) * n] for i in range(len(probs))],
+      [task.normalize_answer(p.answer) for p in probs], None, [n], ["majority"], 1,
+      config.seed)["majority"][0]
   diff = [p.difficulty for p in probs]
   summary = difficulty.pass_at_1_summary(p1, diff)
+  summary[f"majority_at_{n}"] = majority
   summary["targets"] = {"mean_in_[0.3,0.6]": 0.3 <= summary["mean"] <= 0.6,
                         "frac_ge_0.7_at_least_0.2": summary["frac_ge_0.7"] >= 0.2,
                         "frac_le_0.2_at_least_0.2": summary["frac_le_0.2"] >= 0.2}
@@ -82,8 +89,9 @@ def evaluate_pass_at_1(config, workdir, task, tok, model) -> dict:
   wd.write_json(path, result)
   difficulty.plot_pass_at_1(p1, diff, os.path.join(out, "pass_at_1.png"))
   logging.info("pass@1 on %d test problems (%d samples each): mean %.3f, >=0.7: %.0f%%, "
-               "<=0.2: %.0f%%; by #ops %s", len(probs), config.eval.samples_per_problem,
+               "<=0.2: %.0f%%; majority@%d %.3f; by #ops %s", len(probs), n,
                summary["mean"], 100 * summary["frac_ge_0.7"], 100 * summary["frac_le_0.2"],
+               n, majority,
                {k: round(v, 2) for k, v in summary["by_difficulty"].items()})
   return result
 

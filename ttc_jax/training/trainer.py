@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -40,6 +41,7 @@ from ttc_jax.sampling.core import DATA_AXIS
 from ttc_jax.sampling.core import make_mesh
 from ttc_jax.training.data import TokenDataset
 from ttc_jax.training.data import batch_indices
+from ttc_jax.training.data import bucketed_batch_indices
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -75,22 +77,29 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransf
 # ----------------------------------------------------------------------------
 # Objectives: (model, batch) -> (loss, metrics)
 # ----------------------------------------------------------------------------
-def lm_loss(model: Transformer, batch: Batch) -> tuple[Array, dict[str, Array]]:
-  """Next-token cross-entropy where ``weights`` of the target token is set."""
+def lm_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0
+            ) -> tuple[Array, dict[str, Array]]:
+  """Next-token cross-entropy where ``weights`` of the target token is set.
+
+  With ``label_smoothing`` a > 0 the target is (1 - a) one-hot + a uniform
+  (optax.smooth_labels); the reported loss is then the smoothed cross-entropy.
+  """
   tokens, valid = batch["tokens"], batch["valid"]
   logits, _ = model(tokens[:, :-1], valid[:, :-1])
   targets = tokens[:, 1:]
   w = batch["weights"][:, 1:]
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
+  nll = optax.softmax_cross_entropy(logits, labels)
   denom = jnp.maximum(w.sum(), 1.0)
   loss = (nll * w).sum() / denom
   acc = ((jnp.argmax(logits, -1) == targets) * w).sum() / denom
   return loss, {"loss": loss, "accuracy": acc, "weight": w.sum()}
 
 
-def value_loss(model: Transformer, batch: Batch) -> tuple[Array, dict[str, Array]]:
+def value_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0
+               ) -> tuple[Array, dict[str, Array]]:
   """Binary cross-entropy (soft labels) of the value head where ``weights`` is set."""
+  del label_smoothing  # The targets are already soft.
   logits, _ = model(batch["tokens"], batch["valid"])
   w, y = batch["weights"], batch["targets"]
   bce = optax.sigmoid_binary_cross_entropy(logits, y)
@@ -164,10 +173,10 @@ def load_params(directory: str, model: Transformer, *, expect_step: int | None =
 # ----------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------
-def _train_step(graphdef, params, opt_state, batch, *, tx, objective):
+def _train_step(graphdef, params, opt_state, batch, *, tx, objective, label_smoothing):
   def loss_fn(p):
     model = nnx.merge(graphdef, p)
-    return OBJECTIVES[objective](model, batch)
+    return OBJECTIVES[objective](model, batch, label_smoothing)
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
@@ -199,7 +208,10 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
     dataset: training data.
     cfg: ``train`` section: steps, batch_size, learning_rate, warmup_steps,
       final_lr_fraction, weight_decay, b1, b2, grad_clip, checkpoint_every,
-      log_every, seed.
+      log_every, seed; optional bucket_pool_batches (> 0: batches of similar
+      lengths, see ``data.bucketed_batch_indices``), label_smoothing (LM
+      objective) and pad_multiple (cut each
+      batch to its longest row rounded up to this; one compile per width).
     part_dir: output directory of this part (checkpoints/, metrics.jsonl).
     objective: 'lm' or 'value'.
     mesh: a ('data', 'model') mesh; default: all devices on 'data'.
@@ -222,7 +234,9 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   graphdef, params = nnx.split(model)
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P(DATA_AXIS))
-  params = jax.device_put(params, replicated)
+  # Copy first: the train step donates its inputs, and the caller's model (or
+  # another model sharing arrays with it) must not lose its buffers.
+  params = jax.device_put(jax.tree.map(jnp.copy, params), replicated)
   opt_state = jax.device_put(tx.init(params), replicated)
 
   manager = checkpoint_manager(os.path.join(part_dir, "checkpoints"))
@@ -251,8 +265,10 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
     f.writelines(kept)
   os.replace(metrics_path + ".tmp", metrics_path)
 
-  step_fn = jax.jit(_train_step, static_argnums=(0,), static_argnames=("tx", "objective"),
-                    donate_argnums=(1, 2))
+  step_fn = functools.partial(
+      jax.jit(_train_step, static_argnums=(0,),
+              static_argnames=("tx", "objective", "label_smoothing"), donate_argnums=(1, 2)),
+      label_smoothing=float(cfg.get("label_smoothing", 0.0)))
 
   def save(step):
     manager.save(step, args=ocp.args.Composite(
@@ -265,8 +281,12 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   last_t, last_step, tokens_since = t0, start, 0
   with open(metrics_path, "a") as mf:
     for step in range(start, cfg.steps):
-      idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
-      host = dataset.batch(idx)
+      if cfg.get("bucket_pool_batches", 0):
+        idx = bucketed_batch_indices(dataset.lengths, cfg.batch_size, cfg.seed, step,
+                                     cfg.bucket_pool_batches)
+      else:
+        idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
+      host = dataset.batch(idx, cfg.get("pad_multiple", None))
       tokens_since += int(host["valid"].sum())
       batch = jax.device_put(host, rows)
       params, opt_state, metrics = step_fn(graphdef, params, opt_state, batch, tx=tx,

@@ -94,8 +94,8 @@ class LabelledSamples:
 
 def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes: Sequence,
                     prefix_ids: np.ndarray, k: int, seed: int, sp: SamplingParams, *,
-                    batch_size: int, log_fn: Callable[[str], None] | None = None
-                    ) -> np.ndarray:
+                    batch_size: int, expected_lengths: Sequence[int] | None = None,
+                    log_fn: Callable[[str], None] | None = None) -> np.ndarray:
   """Fraction of ``k`` rollouts from each prefix that end with the right answer.
 
   Args:
@@ -105,6 +105,9 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
       ``row_keys(seed, *prefix_ids[i], r)``.
     k: rollouts per prefix.
     batch_size: rows per core call (a multiple of ``k``).
+    expected_lengths: optional guess of each prefix's rollout length. A chunk
+      decodes until its longest rollout ends, so chunks are formed from
+      prefixes of similar expected length (results do not depend on it).
   """
   if batch_size % k:
     raise ValueError(f"batch_size={batch_size} must be a multiple of rollouts={k}.")
@@ -112,13 +115,19 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
   n = len(prefixes)
   rate = np.zeros(n, np.float64)
   max_ctx = core.config.max_seq_len
-  order = np.argsort([len(p[1]) + len(p[2]) for p in prefixes], kind="stable")
+  sort_key = ([len(p[1]) + len(p[2]) for p in prefixes] if expected_lengths is None
+              else expected_lengths)
+  order = np.argsort(sort_key, kind="stable")
   kwargs = {} if log_fn is None else {"log_fn": log_fn}
   progress = Progress(n * k, "rollouts", unit="rows", **kwargs)
   for start in range(0, n, per_chunk):
     sel = order[start:start + per_chunk]
     rows = [list(prefixes[i][1]) + list(prefixes[i][2]) for i in sel]
-    length = min(solutions.round_up(max(len(r) for r in rows), 16), max_ctx)
+    longest = max(len(r) for r in rows)
+    if longest >= max_ctx:
+      raise ValueError(f"a prefix of {longest} tokens leaves no room for a rollout within "
+                       f"max_seq_len={max_ctx}.")
+    length = max(longest, min(solutions.round_up(longest, 16), max_ctx - 16))
     budget = min(sp.max_new_tokens, max_ctx - length)
     fill = per_chunk - len(sel)
     rows += [rows[0]] * fill
@@ -151,7 +160,7 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
   """MC step labels for every sample of ``samples`` (see the module docstring)."""
   step_id, eos_id = tok.step_id, tok.eos_id
   n_rows = len(samples.texts)
-  ends_all, prefixes, prefix_ids, where = [], [], [], {}
+  ends_all, prefixes, prefix_ids, remaining, where = [], [], [], [], {}
   refs = []  # per sample: list of (step j, prefix id or None)
   for i in range(n_rows):
     pos = i // samples.n
@@ -168,6 +177,7 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
       if key not in where:
         where[key] = len(prefixes)
         prefixes.append((pos, samples.prompts[pos], gen[:e + 1]))
+        remaining.append(len(gen) - e - 1)  # the source sample's own continuation
         prefix_ids.append((solutions.STREAMS[stream], solutions.SPLIT_IDS[problem.split],
                            problem.index, i % samples.n, j))
       sample_refs.append(where[key])
@@ -175,7 +185,7 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
   if prefixes:
     rates = rollout_success(core, tok, task, samples.problems, prefixes,
                             np.asarray(prefix_ids, np.int64), k, seed, sp,
-                            batch_size=batch_size, log_fn=log_fn)
+                            batch_size=batch_size, expected_lengths=remaining, log_fn=log_fn)
   else:
     rates = np.zeros(0)
   max_steps = max(1, max(len(e) for e in ends_all))

@@ -1,0 +1,238 @@
+"""Search: vectorized beam / lookahead search against a plain reference; budgets; pools."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import policy_config
+from ttc_jax.models.transformer import Transformer
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.sampling.core import choose_tokens
+from ttc_jax.sampling.core import process_logits
+from ttc_jax.sampling.core import row_keys
+from ttc_jax.search import BeamSearch
+from ttc_jax.search import BestOfN
+from ttc_jax.search import SearchContext
+from ttc_jax.search import common
+from ttc_jax.verifiers.incremental import IncrementalScorer
+
+
+class _Tok:
+  """Token ids are their own text; the 'answer' is the token before EOS."""
+
+  pad_id, bos_id = 0, 1
+
+  def __init__(self, eos_id, step_id):
+    self.eos_id, self.step_id = eos_id, step_id
+
+  def encode(self, text, bos=False):
+    return ([self.bos_id] if bos else []) + [int(t) for t in text.split()]
+
+  def decode(self, ids):
+    return " ".join(str(i) for i in ids)
+
+
+class _Task:
+  def format_prompt(self, p):
+    return p.question
+
+  def extract_answer(self, text):
+    toks = text.split()
+    return toks[-2] if len(toks) >= 2 else None
+
+  def normalize_answer(self, a):
+    return a
+
+  def is_correct(self, text, p):
+    return self.extract_answer(text) == p.answer
+
+
+class _Problem:
+  def __init__(self, index, question, answer):
+    self.index, self.question, self.answer = index, question, answer
+
+
+PROBLEMS = [_Problem(3, "5 9 12 7", "20"), _Problem(8, "14 3", "11"),
+            _Problem(11, "30 31 2 9 9 4", "6")]
+
+
+@pytest.fixture(scope="module")
+def ctx(core1, special_ids):
+  cfg = policy_config()
+  prm_model = Transformer(type(cfg)(**{**cfg.__dict__, "head": "value"}), rngs=nnx.Rngs(7))
+  tok = _Tok(special_ids.eos_id, special_ids.step_id)
+  # Rounds x step length stay inside the context, so no candidate is cut by it.
+  return SearchContext(core=core1, prm=IncrementalScorer(prm_model), task=_Task(), tokenizer=tok,
+                       seed=3, temperature=1.0, max_new_tokens=48, max_step_tokens=8)
+
+
+_FORWARDS = {}
+
+
+def _padded_forward(graphdef, params, length=64):
+  """Full forward pass (no cache) of one right-padded row; output at its last token."""
+  key = (id(graphdef), id(params))
+  if key not in _FORWARDS:
+    @jax.jit
+    def fwd(tokens, valid, last):
+      out, _ = nnx.merge(graphdef, params)(tokens[None], valid[None])
+      return out[0, last]
+
+    def call(seq):
+      tokens = np.zeros(length, np.int32)
+      tokens[:len(seq)] = seq
+      return fwd(tokens, np.arange(length) < len(seq), len(seq) - 1)
+
+    _FORWARDS[key] = call
+  return _FORWARDS[key]
+
+
+def _reference_beam(strategy, ctx, problem):
+  """Unvectorized beam search: one problem, one candidate at a time, every prefix
+  re-encoded by a full forward pass (no cache), same keys and selection rule."""
+  policy = _padded_forward(ctx.core.graphdef, ctx.core.params)
+  prm = _padded_forward(ctx.prm.graphdef, ctx.prm.params)
+  tok = ctx.tokenizer
+  prompt = tok.encode(ctx.task.format_prompt(problem), bos=True)
+  n, m = strategy.n, strategy.width
+  sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_step_tokens,
+                      stop_at_step=True)
+  greedy = SamplingParams(temperature=0.0, max_new_tokens=ctx.max_step_tokens, stop_at_step=True)
+  tokens_policy = tokens_prm = len(prompt)
+
+  def step(seq, key, params):
+    out = []
+    for t in range(params.max_new_tokens):
+      logits = policy(prompt + seq + out)[None]
+      nxt = int(choose_tokens(process_logits(logits, params), key[None], jnp.int32(t), params)[0])
+      out.append(nxt)
+      if nxt in (tok.eos_id, tok.step_id):
+        break
+    return out
+
+  def score(seq):
+    return float(jax.nn.sigmoid(prm(prompt + seq)))
+
+  seqs = [[] for _ in range(n)]
+  active = [True] * n
+  pool = []
+  for rnd in range(strategy.max_rounds):
+    if not any(active):
+      break
+    scores, select, ended = {}, {}, {}
+    for j in range(n):
+      if not active[j]:
+        continue
+      key = row_keys(ctx.seed, common.SEARCH_STREAM, problem.index, j, rnd)[0]
+      new = step(seqs[j], key, sp)
+      tokens_policy += len(new)
+      tokens_prm += len(new)
+      seqs[j] = seqs[j] + new
+      ended[j] = new[-1] == tok.eos_id
+      scores[j] = select[j] = score(seqs[j])
+      if strategy.lookahead and not ended[j]:
+        roll = list(seqs[j])
+        for _ in range(strategy.lookahead):
+          extra = step(roll, key, greedy)
+          tokens_policy += len(extra)
+          tokens_prm += len(extra)
+          roll += extra
+          if extra[-1] == tok.eos_id:
+            break
+        select[j] = score(roll)
+    for j in sorted(ended):
+      if ended[j]:
+        pool.append((seqs[j], scores[j]))
+    alive = [j for j in sorted(select) if not ended[j]]
+    kept = sorted(alive, key=lambda j: (-select[j], j))[:n // m]
+    parents = [kept[i // m] if i // m < len(kept) else None for i in range(n)]
+    seqs = [list(seqs[p]) if p is not None else [] for p in parents]
+    active = [p is not None for p in parents]
+  pool = sorted(pool, key=lambda c: -c[1])[:n]
+  return pool, tokens_policy, tokens_prm
+
+
+def _as_pool(result):
+  return [(c.tokens, c.score) for c in result.candidates]
+
+
+@pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=4),
+                                      BeamSearch(n=4, width=4, max_rounds=3),
+                                      BeamSearch(n=4, width=2, lookahead=1, max_rounds=3)],
+                         ids=["beam-4-2", "beam-4-4", "lookahead-1"])
+def test_vectorized_search_matches_the_reference(ctx, strategy):
+  results = strategy.run(ctx, PROBLEMS)
+  total_finished = 0
+  for problem, res in zip(PROBLEMS, results):
+    pool, tokens_policy, tokens_prm = _reference_beam(strategy, ctx, problem)
+    got = _as_pool(res)
+    assert [c[0] for c in got] == [c[0] for c in pool]
+    np.testing.assert_allclose([c[1] for c in got], [c[1] for c in pool], rtol=1e-4, atol=1e-5)
+    # Budgets are exact: every token through each model once, prompts once.
+    assert res.budget.policy_tokens == tokens_policy
+    assert res.budget.prm_tokens == tokens_prm
+    assert res.budget.generations == strategy.n * (strategy.lookahead + 1)
+    assert res.budget.flops == pytest.approx(2 * ctx.policy_params * tokens_policy
+                                             + 2 * ctx.prm_params * tokens_prm)
+    total_finished += len(got)
+  assert total_finished > 0, "the tiny model should finish some beams"
+
+
+def test_only_finished_candidates_are_returned(ctx):
+  eos = ctx.tokenizer.eos_id
+  one_round = BeamSearch(n=4, width=2, max_rounds=1).run(ctx, PROBLEMS)
+  longer = BeamSearch(n=4, width=2, max_rounds=4).run(ctx, PROBLEMS)
+  for a, b in zip(one_round, longer):
+    for c in a.candidates + b.candidates:
+      assert c.tokens[-1] == eos
+    assert len(a.candidates) <= len(b.candidates) <= 4
+    # After one round, exactly the first steps that ended in EOS are returned.
+    assert all(len(c.tokens) <= ctx.max_step_tokens for c in a.candidates)
+  assert sum(len(b.candidates) for b in longer) > sum(len(a.candidates) for a in one_round)
+
+
+@pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=4), BestOfN(n=4)],
+                         ids=["beam", "best-of-n"])
+def test_problems_do_not_mix_in_a_batch(ctx, strategy):
+  together = strategy.run(ctx, PROBLEMS)
+  for problem, res in zip(PROBLEMS, together):
+    alone = strategy.run(ctx, [problem])[0]
+    assert [c[0] for c in _as_pool(alone)] == [c[0] for c in _as_pool(res)]
+    np.testing.assert_allclose([c[1] for c in _as_pool(alone)], [c[1] for c in _as_pool(res)],
+                               rtol=1e-5, atol=1e-6)
+    assert alone.answer == res.answer
+    assert alone.budget.policy_tokens == res.budget.policy_tokens
+
+
+def test_best_of_n_scores_every_step_and_counts_tokens(ctx):
+  res = BestOfN(n=4, step_aggregation="min").run(ctx, PROBLEMS[:1])[0]
+  prm = nnx.merge(ctx.prm.graphdef, ctx.prm.params)
+  prompt = ctx.tokenizer.encode(PROBLEMS[0].question, bos=True)
+  total = len(prompt)
+  for c in res.candidates:
+    values = np.asarray(jax.nn.sigmoid(prm(jnp.asarray([prompt + c.tokens]))[0][0]))
+    ends = [len(prompt) + i for i, t in enumerate(c.tokens)
+            if t in (ctx.tokenizer.eos_id, ctx.tokenizer.step_id)]
+    if c.tokens and (not ends or ends[-1] != len(prompt) + len(c.tokens) - 1):
+      ends.append(len(prompt) + len(c.tokens) - 1)
+    assert c.score == pytest.approx(values[ends].min(), rel=1e-4, abs=1e-5)
+    total += len(c.tokens)
+  assert res.budget.policy_tokens == res.budget.prm_tokens == total
+  assert res.budget.generations == 4
+
+
+def test_weighted_select_sums_scores_per_answer():
+  cands = [common.Candidate([], 0.9, "1", False), common.Candidate([], 0.5, "2", True),
+           common.Candidate([], 0.5, "2", True), common.Candidate([], 0.3, None, False)]
+  assert common.weighted_select(cands) == "2"
+  assert common.weighted_select(cands[:1] + cands[3:]) == "1"
+  assert common.weighted_select(cands[3:]) is None
+
+
+def test_bad_search_arguments():
+  with pytest.raises(ValueError, match="M dividing n"):
+    BeamSearch(n=6, width=4)
+  with pytest.raises(ValueError, match="selection 'best'"):
+    BestOfN(n=4, selection="best")

@@ -1,0 +1,12 @@
+"""Search strategies over the sampling core and the PRM: best-of-N, beam, lookahead."""
+
+from ttc_jax.search.beam import BeamSearch
+from ttc_jax.search.beam import default_width
+from ttc_jax.search.best_of_n import BestOfN
+from ttc_jax.search.common import Candidate
+from ttc_jax.search.common import SearchContext
+from ttc_jax.search.common import SearchResult
+from ttc_jax.search.common import weighted_select
+
+__all__ = ["BeamSearch", "BestOfN", "Candidate", "SearchContext", "SearchResult",
+           "default_width", "weighted_select"]

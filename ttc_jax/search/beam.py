@@ -1,0 +1,184 @@
+"""Step-level beam search and lookahead search as vectorized tree expansions.
+
+The frontier is a fixed-shape batch of P problems x N slots. Each round:
+
+1. every active slot samples one step (the sampling core stops it at the step
+   delimiter or EOS), continuing from its own KV cache;
+2. the PRM, which keeps its own cache, is extended by exactly the new tokens and
+   read at each step's last token (lookahead: each candidate is first rolled out
+   k more steps at temperature 0 on a copy of both caches and scored at the end
+   of the rollout; the copies are discarded);
+3. per problem, candidates that ended with EOS join the problem's finished pool
+   (kept, never expanded); among the others the top N / M by score are kept and
+   each is expanded M ways: slot j of the next round continues kept beam j // M.
+   Selection is a gather over the batch axis of tokens and both caches; no
+   prefix is ever re-encoded. Problems never mix: selection is per problem.
+
+Search ends when no slot is active or after ``max_rounds``; only finished
+candidates are returned (at most N: the best-scoring ones, as in
+search-and-learn, since beams finishing in different rounds can add up to more),
+and the answer is chosen among them by weighted best-of-N (sum of PRM scores per
+distinct final answer). Candidates cut by the context never finish.
+
+Budget (the paper's accounting): generations = N for beam search, N x (k + 1)
+for lookahead; tokens count every token run through each model (prompts once
+per problem; lookahead rollouts included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ttc_jax.budget import Budget
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.sampling.core import row_keys
+from ttc_jax.search import common
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamSearch:
+  """Beam search with budget ``n`` and beam width ``width`` (M); ``lookahead`` = k."""
+
+  n: int
+  width: int
+  lookahead: int = 0
+  max_rounds: int = 40
+
+  def __post_init__(self):
+    if self.n < 1 or self.width < 1 or self.n % self.width:
+      raise ValueError(f"beam search needs n >= 1 and a beam width M dividing n; got n={self.n}, "
+                       f"M={self.width}.")
+    if self.lookahead < 0 or self.max_rounds < 1:
+      raise ValueError(f"lookahead={self.lookahead} must be >= 0 and max_rounds="
+                       f"{self.max_rounds} >= 1.")
+
+  @property
+  def name(self) -> str:
+    return "lookahead" if self.lookahead else "beam"
+
+  @property
+  def generations(self) -> int:
+    return self.n * (self.lookahead + 1)
+
+  def run(self, ctx: common.SearchContext, problems: Sequence) -> list[common.SearchResult]:
+    return beam_search(self, ctx, problems)
+
+
+def _step_params(ctx, room: int, temperature: float) -> SamplingParams:
+  return SamplingParams(temperature=temperature, max_new_tokens=max(1, min(ctx.max_step_tokens,
+                                                                          room)),
+                        stop_at_step=True)
+
+
+def beam_search(strategy: BeamSearch, ctx: common.SearchContext, problems: Sequence
+                ) -> list[common.SearchResult]:
+  """Runs ``strategy`` on ``problems`` in one batch (see the module docstring)."""
+  n, m, k = strategy.n, strategy.width, strategy.lookahead
+  keep = n // m
+  num = len(problems)
+  rows = num * n
+  eos, step_id = ctx.tokenizer.eos_id, ctx.tokenizer.step_id
+  prompts, tokens, valid = ctx.encode_prompts(problems)
+  size = ctx.cache_size(tokens.shape[1])
+  budgets = [Budget(generations=strategy.generations) for _ in problems]
+  for b, p in zip(budgets, prompts):
+    b.add_policy(len(p), ctx.policy_params)
+    b.add_prm(len(p), ctx.prm_params)
+
+  expand = np.repeat(np.arange(num), n)
+  pol = ctx.core.gather(ctx.core.prefill(tokens, valid, cache_size=size), expand)
+  prm = ctx.prm.gather(ctx.prm.prefill(tokens, valid, cache_size=size), expand)
+  seqs: list[list[int]] = [[] for _ in range(rows)]
+  active = np.ones(rows, bool)
+  pools: list[list[common.Candidate]] = [[] for _ in problems]
+  problem_ids = np.asarray([p.index for p in problems], np.int64)[expand]
+  slots = np.tile(np.arange(n), num)
+
+  for rnd in range(strategy.max_rounds):
+    # All rows share one cache index (fixed shapes); a round advances it by the
+    # longest new step, for the policy and (fed exactly that width) the PRM.
+    room = size - int(pol.cache.index)
+    if not active.any() or room <= 0:
+      break
+    sp = _step_params(ctx, room, ctx.temperature)
+    keys = row_keys(ctx.seed, common.SEARCH_STREAM, problem_ids, slots, rnd)
+    out = ctx.core.sample(pol, keys, sp, active=active)
+    pol = out.state
+    lengths = np.asarray(out.lengths)
+    step = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
+    step_valid = np.arange(step.shape[1])[None] < lengths[:, None]
+    prm = ctx.prm.extend(prm, step, step_valid)
+    scores = ctx.prm.scores(prm)
+    ended = np.zeros(rows, bool)
+    for r in np.nonzero(active)[0]:
+      new = step[r, :lengths[r]].tolist()
+      seqs[r] = seqs[r] + new
+      ended[r] = bool(new) and new[-1] == eos
+      budgets[r // n].add_policy(len(new), ctx.policy_params)
+      budgets[r // n].add_prm(len(new), ctx.prm_params)
+
+    select_scores = scores
+    if k:
+      select_scores = _lookahead_scores(ctx, pol, prm, active & ~ended, scores, k, size,
+                                        budgets, n)
+
+    # Per problem: finished candidates join the pool; the best unfinished are expanded.
+    parents = np.full(rows, -1, np.int64)
+    for q in range(num):
+      block = np.arange(q * n, (q + 1) * n)
+      for r in block[active[block] & ended[block]]:
+        pools[q].append(common.make_candidate(ctx, problems[q], seqs[r], scores[r]))
+      alive = block[active[block] & ~ended[block]]
+      if alive.size == 0:
+        continue
+      order = alive[np.lexsort((alive, -select_scores[alive]))][:keep]
+      parents[q * n: q * n + order.size * m] = np.repeat(order, m)
+    active = parents >= 0
+    if not active.any():
+      break
+    src = np.where(active, parents, np.arange(rows))
+    pol = ctx.core.gather(pol, src)
+    prm = ctx.prm.gather(prm, src)
+    seqs = [list(seqs[s]) for s in src]
+  # Finished beams accumulate over rounds; like search-and-learn, keep the N best.
+  pools = [sorted(pool, key=lambda c: -c.score)[:n] for pool in pools]
+  return common.finish(ctx, problems, pools, budgets)
+
+
+def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, n) -> np.ndarray:
+  """PRM score after rolling each candidate out k steps at temperature 0 (on copies)."""
+  rows = scores.shape[0]
+  ident = np.arange(rows)
+  pol_la = ctx.core.gather(pol, ident)
+  prm_la = ctx.prm.gather(prm, ident)
+  live = rollout.copy()
+  keys = row_keys(ctx.seed, common.SEARCH_STREAM, ident, 0)  # unused: greedy
+  for _ in range(k):
+    room = size - int(pol_la.cache.index)
+    if not live.any() or room <= 0:
+      break  # no room left in the context: score where the rollout stands
+    sp = _step_params(ctx, room, 0.0)
+    out = ctx.core.sample(pol_la, keys, sp, active=live)
+    pol_la = out.state
+    lengths = np.asarray(out.lengths)
+    step = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
+    prm_la = ctx.prm.extend(prm_la, step, np.arange(step.shape[1])[None] < lengths[:, None])
+    for r in np.nonzero(live)[0]:
+      budgets[r // n].add_policy(int(lengths[r]), ctx.policy_params)
+      budgets[r // n].add_prm(int(lengths[r]), ctx.prm_params)
+    ended = np.asarray(out.stopped) & (step[ident, np.maximum(lengths - 1, 0)]
+                                       == ctx.tokenizer.eos_id)
+    live &= ~ended
+  return np.where(rollout, ctx.prm.scores(prm_la), scores)
+
+
+def default_width(n: int) -> int:
+  """M = sqrt(N) rounded to a divisor of N (the paper's second beam width)."""
+  m = max(1, int(round(math.sqrt(n))))
+  while n % m:
+    m -= 1
+  return m
