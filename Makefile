@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2 -q
 DIR ?= runs/arith
 ARITH := experiments/arith.py
 
-.PHONY: test bench verifiers venv clean-venv
+.PHONY: study test bench verifiers venv clean-venv
 
 $(VENV)/.installed-base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(PY) launch/bench_sampling.py --out=runs/bench/sampling.json
+
+# The main job: trains (or reuses) policy, PRM and ORM, then the search sweep ->
+# $(DIR)/study/report.md, results.json and figures. Resumable.
+study: $(VENV)/.installed-base
+	$(PY) launch/study.py --config=$(ARITH):study --workdir=$(DIR)
 
 # Policy SFT + pass@1, MC-labelled PRM, ORM, verifier evaluation (~15 min on 2 cores).
 # Each step resumes after an interruption; finished steps rerun in seconds.

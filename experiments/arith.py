@@ -7,7 +7,12 @@ Parts (run in this order, in one workdir; each reads what the earlier ones wrote
   python launch/train.py --config=experiments/arith.py:orm --workdir=runs/arith
   python launch/evaluate.py --config=experiments/arith.py:verifiers --workdir=runs/arith
 
-Overrides go inline, e.g. ``--config.train.steps=100``.
+The study (the main job, ``make study``) runs all of it and then the search sweep:
+
+  python launch/study.py --config=experiments/arith.py:study --workdir=runs/arith
+
+Overrides go inline, e.g. ``--config.train.steps=100`` (study:
+``--config.policy.train.steps=100``, ``--config.study.num_problems=50``).
 
 * policy (~4 min on 2 CPU cores): tokenizer + SFT of a 2-layer d128 decoder on the
   train split; then pass@1 on the test split from 32 samples per problem at
@@ -26,7 +31,7 @@ Overrides go inline, e.g. ``--config.train.steps=100``.
 
 import ml_collections
 
-PARTS = ("policy", "prm", "orm", "verifiers")
+PARTS = ("policy", "prm", "orm", "verifiers", "study")
 
 
 def _train(**overrides) -> ml_collections.ConfigDict:
@@ -51,8 +56,50 @@ def _train(**overrides) -> ml_collections.ConfigDict:
   return train
 
 
+def _part_sections(part: str) -> dict:
+  """The sections specific to one part (train / eval / labels)."""
+  if part == "policy":
+    # Label smoothing 0.01 keeps ~1% of each next-token distribution off the
+    # argmax, so temperature-1 samples make occasional independent slips besides
+    # the policy's systematic errors: per-problem pass@1 is spread out instead of
+    # 0-or-1, and voting / verifiers have something to fix (without it
+    # majority@32 gains ~5 points over pass@1; with it ~19).
+    return dict(
+        train=_train(steps=2400, batch_size=32, learning_rate=2e-3, log_every=100,
+                     label_smoothing=0.01),
+        eval=ml_collections.ConfigDict(dict(num_problems=500, samples_per_problem=32)))
+  if part == "prm":
+    return dict(
+        labels=ml_collections.ConfigDict(dict(
+            num_problems=800, samples_per_problem=4, rollouts=16, problems_per_shard=100)),
+        train=_train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40))
+  if part == "orm":
+    return dict(train=_train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40))
+  if part == "verifiers":
+    return dict(eval=ml_collections.ConfigDict(dict(
+        num_problems=200, samples_per_problem=64, subsamples=256,
+        auc_problems=100, auc_samples_per_problem=2, rollouts=16)))
+  if part == "study":
+    return dict(study=ml_collections.ConfigDict(dict(
+        num_problems=200,  # test problems searched by every cell
+        difficulty_samples=64,  # pass@1 samples per problem for the oracle bins
+        budgets=(1, 2, 4, 8, 16, 32, 64),  # N
+        beam_width=4,  # M (the other beam search uses M = sqrt(N))
+        lookahead_steps=(1, 3),  # k
+        max_rounds=40,
+        max_step_tokens=24,
+        problems_per_call=2048,  # rows per search call: problems x N
+    )))
+  raise ValueError(f"unknown part {part!r}; expected one of {PARTS}.")
+
+
 def get_config(part: str = "policy") -> ml_collections.ConfigDict:
-  """Config of one part; see the module docstring."""
+  """Config of one part; see the module docstring.
+
+  The 'study' config holds the shared sections plus every training part's own
+  sections under its name (``policy.train``, ``prm.labels``, ...), so the whole
+  study is configured in one place (e.g. ``--config.policy.train.steps=100``).
+  """
   if part not in PARTS:
     raise ValueError(f"unknown part {part!r}; expected one of {PARTS}.")
   c = ml_collections.ConfigDict()
@@ -71,27 +118,13 @@ def get_config(part: str = "policy") -> ml_collections.ConfigDict:
       max_seq_len=128, rope_theta=10_000.0))
   c.seq_len = 128  # Token rows (BOS prompt solution EOS) in training data.
 
-  # Sampling used by every part (pass@1, labels, verifier eval).
+  # Sampling used by every part (pass@1, labels, verifier eval, search).
   c.sampling = ml_collections.ConfigDict(dict(
       temperature=1.0, max_new_tokens=96, batch_size=512))
 
-  if part == "policy":
-    # Label smoothing 0.01 keeps ~1% of each next-token distribution off the
-    # argmax, so temperature-1 samples make occasional independent slips besides
-    # the policy's systematic errors: per-problem pass@1 is spread out instead of
-    # 0-or-1, and voting / verifiers have something to fix (without it
-    # majority@32 gains ~5 points over pass@1; with it ~19).
-    c.train = _train(steps=2400, batch_size=32, learning_rate=2e-3, log_every=100,
-                     label_smoothing=0.01)
-    c.eval = ml_collections.ConfigDict(dict(num_problems=500, samples_per_problem=32))
-  elif part == "prm":
-    c.labels = ml_collections.ConfigDict(dict(
-        num_problems=800, samples_per_problem=4, rollouts=16, problems_per_shard=100))
-    c.train = _train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40)
-  elif part == "orm":
-    c.train = _train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40)
-  elif part == "verifiers":
-    c.eval = ml_collections.ConfigDict(dict(
-        num_problems=200, samples_per_problem=64, subsamples=256,
-        auc_problems=100, auc_samples_per_problem=2, rollouts=16))
+  for key, value in _part_sections(part).items():
+    c[key] = value
+  if part == "study":
+    for sub in ("policy", "prm", "orm", "verifiers"):
+      c[sub] = ml_collections.ConfigDict(_part_sections(sub))
   return c

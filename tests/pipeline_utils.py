@@ -36,7 +36,15 @@ TINY_PART = {
 }
 
 
+TINY_STUDY = {"study.num_problems": 6, "study.difficulty_samples": 4, "study.budgets": (1, 2, 4),
+              "study.beam_width": 2, "study.lookahead_steps": (1,), "study.max_step_tokens": 8,
+              "study.problems_per_call": 16}
+
+
 def overrides(part: str) -> dict:
+  if part == "study":
+    nested = {f"{sub}.{k}": v for sub in ("policy", "prm", "orm") for k, v in TINY_PART[sub].items()}
+    return {**TINY, **nested, **TINY_STUDY}
   return {**TINY, **TINY_PART[part]}
 
 
@@ -55,7 +63,7 @@ def cli(script: str, part: str, workdir: str, *extra: str) -> list[str]:
   args = [sys.executable, os.path.join(REPO, "launch", script),
           f"--config={os.path.join(REPO, 'experiments', 'arith.py')}:{part}",
           f"--workdir={workdir}"]
-  args += [f"--config.{k}={v}" for k, v in overrides(part).items()]
+  args += [f"--config.{k}={v}".replace(" ", "") for k, v in overrides(part).items()]
   return args + list(extra)
 
 

@@ -37,7 +37,7 @@ from ttc_jax.training import trainer
 # Sections of the config that must agree between all parts of one workdir.
 SHARED_SECTIONS = ("task", "tokenizer", "model", "seq_len")
 PART_INPUTS = {"policy": (), "prm": ("policy",), "orm": ("policy", "prm"),
-               "verifiers": ("policy", "prm", "orm")}
+               "verifiers": ("policy", "prm", "orm"), "study": ("policy", "prm", "orm")}
 
 
 class WorkdirError(RuntimeError):
@@ -164,3 +164,18 @@ def policy_core(config: ml_collections.ConfigDict, workdir: str, tok: Tokenizer,
                 model: Transformer | None = None) -> SamplingCore:
   model = load_model(config, workdir, "policy", tok) if model is None else model
   return SamplingCore(model, special_ids(tok))
+
+
+def part_config(config: ml_collections.ConfigDict, part: str) -> ml_collections.ConfigDict:
+  """The config of ``part`` inside a study config (shared sections + ``config[part]``)."""
+  if part not in config:
+    raise KeyError(f"the config has no section {part!r}.")
+  c = ml_collections.ConfigDict()
+  c.part = part
+  c.seed = config.seed
+  for key in SHARED_SECTIONS + ("sampling",):
+    value = config[key]
+    c[key] = ml_collections.ConfigDict(value.to_dict()) if hasattr(value, "to_dict") else value
+  for key, value in config[part].items():
+    c[key] = ml_collections.ConfigDict(value.to_dict()) if hasattr(value, "to_dict") else value
+  return c

@@ -1,0 +1,1 @@
+"""The study: the search sweep over budgets and difficulty bins, its report and figures."""
