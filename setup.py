@@ -22,6 +22,7 @@ setuptools.setup(
         "ml-collections",
         "numpy",
         "matplotlib",
+        "scipy",
     ],
     extras_require={
         # torch pinned: 2.13.0 is a CPU build; an unpinned torch pulls a multi-GB CUDA build.
@@ -29,6 +30,9 @@ setuptools.setup(
             "pytest",
             "pytest-xdist",
             "scipy",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
             "torch==2.13.0",
             "transformers",
         ],

@@ -88,7 +88,7 @@ def _part_sections(part: str) -> dict:
         lookahead_steps=(1, 3),  # k
         max_rounds=40,
         max_step_tokens=24,
-        problems_per_call=2048,  # rows per search call: problems x N
+        rows_per_call=512,  # problems x N per search call (larger batches decode slower here)
     )))
   raise ValueError(f"unknown part {part!r}; expected one of {PARTS}.")
 

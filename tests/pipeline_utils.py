@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-from ml_collections import config_flags  # noqa: F401  (documents the override syntax)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -38,7 +37,7 @@ TINY_PART = {
 
 TINY_STUDY = {"study.num_problems": 6, "study.difficulty_samples": 4, "study.budgets": (1, 2, 4),
               "study.beam_width": 2, "study.lookahead_steps": (1,), "study.max_step_tokens": 8,
-              "study.problems_per_call": 16}
+              "study.rows_per_call": 16}
 
 
 def overrides(part: str) -> dict:

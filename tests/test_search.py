@@ -236,3 +236,23 @@ def test_bad_search_arguments():
     BeamSearch(n=6, width=4)
   with pytest.raises(ValueError, match="selection 'best'"):
     BestOfN(n=4, selection="best")
+
+
+def test_compacting_the_cache_does_not_change_what_is_generated(core1, prompts):
+  """Rows of uneven lengths leave holes; compacting them keeps every continuation."""
+  tokens, valid = prompts
+  greedy_step = SamplingParams(temperature=0.0, max_new_tokens=8, stop_at_step=True)
+  greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+  keys = row_keys(0, np.arange(tokens.shape[0]))
+  outs = []
+  for compact in (False, True):
+    state = core1.prefill(tokens, valid, cache_size=40)
+    first = core1.sample(state, keys, greedy_step)  # uneven step lengths -> holes
+    state = core1.gather(first.state, np.arange(tokens.shape[0]), compact=compact)
+    outs.append((np.asarray(first.lengths), int(state.cache.index),
+                 core1.sample(state, keys, greedy)))
+  (lengths, loose, a), (_, tight, b) = outs
+  assert tight < loose
+  assert tight == int((valid.sum(1) + lengths).max())  # the longest row, not the sum
+  np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+  np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)

@@ -49,6 +49,7 @@ def test_study_survives_sigkill_and_reruns_to_the_same_results(tmp_path):
     assert 0 <= c["accuracy"] <= 1 and len(c["accuracy_by_bin"]) == 5
     assert c["policy_tokens"] > 0 and c["prm_tokens"] == c["policy_tokens"]
   assert ref_res["perf"]["prm_tokens_per_policy_token"] == 1.0
+  assert ref_res["perf"]["beam_vs_bon_wall_ratio"] > 0
   for name in ("report.md", "accuracy_vs_budget.png", "accuracy_by_difficulty.png"):
     assert os.path.getsize(os.path.join(base, "study", name)) > 0
 

@@ -44,12 +44,13 @@ def oracle_bins(pass_at_1: np.ndarray, num_bins: int = NUM_BINS) -> np.ndarray:
 def plot_pass_at_1(pass_at_1: np.ndarray, difficulty: Sequence[int], path: str,
                    title: str = "policy pass@1") -> None:
   """Histogram of per-problem pass@1 and mean pass@1 per difficulty knob -> PNG."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # The Figure API needs no pyplot backend: nothing global changes (notebooks keep
+  # their inline backend).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   p = np.asarray(pass_at_1)
   d = np.asarray(difficulty)
-  fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+  fig = Figure(figsize=(10, 3.6))
+  a, b = fig.subplots(1, 2)
   a.hist(p, bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
   a.axvline(p.mean(), color="k", ls="--", label=f"mean {p.mean():.2f}")
   a.set_xlabel("pass@1 (per test problem)")
@@ -64,4 +65,3 @@ def plot_pass_at_1(pass_at_1: np.ndarray, difficulty: Sequence[int], path: str,
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=110)
-  plt.close(fig)

@@ -88,3 +88,32 @@ def quiet_library_logs() -> None:
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
+
+
+class CompileClock:
+  """Seconds spent tracing, lowering and compiling with XLA since the process started.
+
+  Benchmarks subtract it from wall time so that a measurement is not dominated
+  by one-off compilation of new shapes. One listener per process.
+  """
+
+  _EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+             "/jax/core/compile/jaxpr_to_mlir_module_duration",
+             "/jax/core/compile/backend_compile_duration")
+  _instance: "CompileClock | None" = None
+
+  def __init__(self):
+    self.seconds = 0.0
+
+  @classmethod
+  def get(cls) -> "CompileClock":
+    if cls._instance is None:
+      import jax  # pylint: disable=g-import-not-at-top
+      cls._instance = cls()
+      jax.monitoring.register_event_duration_secs_listener(cls._instance._on_event)
+    return cls._instance
+
+  def _on_event(self, event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    if event in self._EVENTS:
+      self.seconds += duration

@@ -179,3 +179,19 @@ def part_config(config: ml_collections.ConfigDict, part: str) -> ml_collections.
   for key, value in config[part].items():
     c[key] = ml_collections.ConfigDict(value.to_dict()) if hasattr(value, "to_dict") else value
   return c
+
+
+def search_context(config: ml_collections.ConfigDict, workdir: str, **kwargs):
+  """A SearchContext over the workdir's trained policy and PRM (``config``: any part's or
+  the study's config; kwargs override SearchContext fields, e.g. max_step_tokens)."""
+  from ttc_jax.search.common import SearchContext  # pylint: disable=g-import-not-at-top
+  from ttc_jax.verifiers.incremental import IncrementalScorer  # pylint: disable=g-import-not-at-top
+  task = get_task(config)
+  tok = tokenizer(config, workdir, task)
+  fields = dict(seed=config.seed, temperature=config.sampling.temperature,
+                max_new_tokens=config.sampling.max_new_tokens)
+  fields.update(kwargs)
+  return SearchContext(
+      core=policy_core(config, workdir, tok),
+      prm=IncrementalScorer(load_model(config, workdir, "prm", tok), pad_id=tok.pad_id),
+      task=task, tokenizer=tok, **fields)

@@ -160,6 +160,21 @@ class KVCache:
                    mask=jnp.pad(self.mask, ((0, 0), (0, extra))), pos=self.pos,
                    index=self.index)
 
+  def compact(self) -> "KVCache":
+    """Moves each row's filled slots to the front (order kept) and resets ``index``.
+
+    All rows share one write index, so a row that adds fewer tokens than the
+    longest row in a call leaves masked holes; a tree search compacts after
+    each round so that the cache holds the longest row, not the sum of the
+    longest steps. Attention only sees the mask, and keys carry their RoPE
+    rotation, so moving slots does not change what the model computes.
+    """
+    order = jnp.argsort(jnp.logical_not(self.mask).astype(jnp.int8), axis=1, stable=True)
+    take = lambda x: jnp.take_along_axis(x, order[:, None, :, None], axis=2)
+    return KVCache(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)),
+                   mask=jnp.take_along_axis(self.mask, order, axis=1), pos=self.pos,
+                   index=jnp.max(jnp.sum(self.mask, axis=1)).astype(jnp.int32))
+
   def gather(self, rows: Array) -> "KVCache":
     """Re-selects rows (tree expansion): ``rows`` indexes the batch axis."""
     take = lambda x: jnp.take(x, rows, axis=0)

@@ -308,8 +308,9 @@ def window_plan(used: int, steps: int, size: int, granularity: int
   return tuple(plan)
 
 
-def _gather(cache, logits, rows):
-  return cache.gather(rows), jnp.take(logits, rows, axis=0)
+def _gather(cache, logits, rows, *, compact: bool = False):
+  cache = cache.gather(rows)
+  return cache.compact() if compact else cache, jnp.take(logits, rows, axis=0)
 
 
 # ----------------------------------------------------------------------------
@@ -366,7 +367,7 @@ class SamplingCore:
                            donate_argnums=(2, 3))
     self._sample = jax.jit(_sample_loop, static_argnums=(0,),
                            static_argnames=("sp", "ids", "plan"), donate_argnums=(2, 3))
-    self._gather = jax.jit(_gather)
+    self._gather = jax.jit(_gather, static_argnames=("compact",))
 
   # ---------------------------------------------------------------- helpers
   @property
@@ -479,8 +480,12 @@ class SamplingCore:
     return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,
                         state=DecodeState(cache=cache, logits=logits, num_rows=b))
 
-  def gather(self, state: DecodeState, rows) -> DecodeState:
-    """Re-selects rows of ``state`` (tree expansion): new row i = old row rows[i]."""
+  def gather(self, state: DecodeState, rows, compact: bool = False) -> DecodeState:
+    """Re-selects rows of ``state`` (tree expansion): new row i = old row rows[i].
+
+    compact: also reclaim the cache slots left empty by rows that generated
+    fewer tokens than the longest (see ``KVCache.compact``).
+    """
     rows = np.asarray(rows, np.int32)
     if rows.ndim != 1 or rows.size == 0:
       raise ValueError(f"rows must be a non-empty 1-D index array; got shape {rows.shape}.")
@@ -488,7 +493,7 @@ class SamplingCore:
       raise ValueError(f"rows must lie in [0, {state.num_rows}); got [{rows.min()}, {rows.max()}].")
     n = rows.size
     idx = self._put_rows(self._pad_rows(rows, self._padded(n), rows[0]))
-    cache, logits = self._gather(state.cache, state.logits, idx)
+    cache, logits = self._gather(state.cache, state.logits, idx, compact=compact)
     return DecodeState(cache=cache, logits=logits, num_rows=n)
 
   def generate(self, tokens, valid, keys, sp: SamplingParams, *, cache_size: int | None = None

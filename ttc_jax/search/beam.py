@@ -1,6 +1,7 @@
 """Step-level beam search and lookahead search as vectorized tree expansions.
 
-The frontier is a fixed-shape batch of P problems x N slots. Each round:
+The frontier is a batch of the live beams of P problems (at most N each), padded
+to one of a few bucket sizes so that shapes stay fixed. Each round:
 
 1. every active slot samples one step (the sampling core stops it at the step
    delimiter or EOS), continuing from its own KV cache;
@@ -74,38 +75,56 @@ def _step_params(ctx, room: int, temperature: float) -> SamplingParams:
                         stop_at_step=True)
 
 
+def _bucket(n: int) -> int:
+  """Padded frontier size: few distinct shapes (powers of two, then multiples of 128)."""
+  if n <= 128:
+    return max(8, 1 << (n - 1).bit_length())
+  return -(-n // 128) * 128
+
+
 def beam_search(strategy: BeamSearch, ctx: common.SearchContext, problems: Sequence
                 ) -> list[common.SearchResult]:
-  """Runs ``strategy`` on ``problems`` in one batch (see the module docstring)."""
+  """Runs ``strategy`` on ``problems`` in one batch (see the module docstring).
+
+  The frontier holds only live beams: after each round the kept beams' children
+  are gathered into a batch padded to a few bucket sizes, so problems and beams
+  that have finished stop costing compute. Row r of the frontier is slot
+  ``row_slot[r]`` of problem ``row_problem[r]``; its key depends on (problem
+  index, slot, round) only, so results do not depend on the batch.
+  """
   n, m, k = strategy.n, strategy.width, strategy.lookahead
   keep = n // m
   num = len(problems)
-  rows = num * n
-  eos, step_id = ctx.tokenizer.eos_id, ctx.tokenizer.step_id
+  eos = ctx.tokenizer.eos_id
   prompts, tokens, valid = ctx.encode_prompts(problems)
   size = ctx.cache_size(tokens.shape[1])
   budgets = [Budget(generations=strategy.generations) for _ in problems]
   for b, p in zip(budgets, prompts):
     b.add_policy(len(p), ctx.policy_params)
     b.add_prm(len(p), ctx.prm_params)
+  index_of = np.asarray([p.index for p in problems], np.int64)
 
-  expand = np.repeat(np.arange(num), n)
-  pol = ctx.core.gather(ctx.core.prefill(tokens, valid, cache_size=size), expand)
-  prm = ctx.prm.gather(ctx.prm.prefill(tokens, valid, cache_size=size), expand)
-  seqs: list[list[int]] = [[] for _ in range(rows)]
-  active = np.ones(rows, bool)
+  row_problem = np.repeat(np.arange(num), n)
+  row_slot = np.tile(np.arange(n), num)
+  src = _padded(row_problem)
+  pol = ctx.core.gather(ctx.core.prefill(tokens, valid, cache_size=size), src, compact=True)
+  prm = ctx.prm.gather(ctx.prm.prefill(tokens, valid, cache_size=size), src, compact=True)
+  seqs: list[list[int]] = [[] for _ in range(row_problem.size)]
   pools: list[list[common.Candidate]] = [[] for _ in problems]
-  problem_ids = np.asarray([p.index for p in problems], np.int64)[expand]
-  slots = np.tile(np.arange(n), num)
 
   for rnd in range(strategy.max_rounds):
+    live = row_problem.size
     # All rows share one cache index (fixed shapes); a round advances it by the
-    # longest new step, for the policy and (fed exactly that width) the PRM.
+    # longest new step, for the policy and (fed exactly that width) the PRM; the
+    # gathers compact both caches, so the index tracks the longest row.
     room = size - int(pol.cache.index)
-    if not active.any() or room <= 0:
+    if live == 0 or room <= 0:
       break
+    width = pol.num_rows
+    active = np.arange(width) < live
     sp = _step_params(ctx, room, ctx.temperature)
-    keys = row_keys(ctx.seed, common.SEARCH_STREAM, problem_ids, slots, rnd)
+    keys = row_keys(ctx.seed, common.SEARCH_STREAM, _padded(index_of[row_problem], width),
+                    _padded(row_slot, width), rnd)
     out = ctx.core.sample(pol, keys, sp, active=active)
     pol = out.state
     lengths = np.asarray(out.lengths)
@@ -113,43 +132,53 @@ def beam_search(strategy: BeamSearch, ctx: common.SearchContext, problems: Seque
     step_valid = np.arange(step.shape[1])[None] < lengths[:, None]
     prm = ctx.prm.extend(prm, step, step_valid)
     scores = ctx.prm.scores(prm)
-    ended = np.zeros(rows, bool)
-    for r in np.nonzero(active)[0]:
+    ended = np.zeros(width, bool)
+    for r in range(live):
       new = step[r, :lengths[r]].tolist()
       seqs[r] = seqs[r] + new
       ended[r] = bool(new) and new[-1] == eos
-      budgets[r // n].add_policy(len(new), ctx.policy_params)
-      budgets[r // n].add_prm(len(new), ctx.prm_params)
+      budgets[row_problem[r]].add_policy(len(new), ctx.policy_params)
+      budgets[row_problem[r]].add_prm(len(new), ctx.prm_params)
 
     select_scores = scores
     if k:
       select_scores = _lookahead_scores(ctx, pol, prm, active & ~ended, scores, k, size,
-                                        budgets, n)
+                                        budgets, _padded(row_problem, width))
 
     # Per problem: finished candidates join the pool; the best unfinished are expanded.
-    parents = np.full(rows, -1, np.int64)
+    parents, next_problem, next_slot = [], [], []
     for q in range(num):
-      block = np.arange(q * n, (q + 1) * n)
-      for r in block[active[block] & ended[block]]:
+      rows = np.nonzero(row_problem == q)[0]
+      for r in rows[ended[rows]]:
         pools[q].append(common.make_candidate(ctx, problems[q], seqs[r], scores[r]))
-      alive = block[active[block] & ~ended[block]]
+      alive = rows[~ended[rows]]
       if alive.size == 0:
         continue
-      order = alive[np.lexsort((alive, -select_scores[alive]))][:keep]
-      parents[q * n: q * n + order.size * m] = np.repeat(order, m)
-    active = parents >= 0
-    if not active.any():
+      kept = alive[np.lexsort((row_slot[alive], -select_scores[alive]))][:keep]
+      parents.append(np.repeat(kept, m))
+      next_problem.append(np.full(kept.size * m, q))
+      next_slot.append(np.arange(kept.size * m))
+    if not parents:
       break
-    src = np.where(active, parents, np.arange(rows))
-    pol = ctx.core.gather(pol, src)
-    prm = ctx.prm.gather(prm, src)
-    seqs = [list(seqs[s]) for s in src]
+    parents = np.concatenate(parents)
+    row_problem, row_slot = np.concatenate(next_problem), np.concatenate(next_slot)
+    src = _padded(parents)
+    pol = ctx.core.gather(pol, src, compact=True)
+    prm = ctx.prm.gather(prm, src, compact=True)
+    seqs = [list(seqs[s]) for s in parents]
   # Finished beams accumulate over rounds; like search-and-learn, keep the N best.
   pools = [sorted(pool, key=lambda c: -c.score)[:n] for pool in pools]
   return common.finish(ctx, problems, pools, budgets)
 
 
-def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, n) -> np.ndarray:
+def _padded(x: np.ndarray, width: int | None = None) -> np.ndarray:
+  """``x`` padded (with its first element) to ``width`` or to its bucket size."""
+  width = _bucket(x.size) if width is None else width
+  return np.concatenate([x, np.repeat(x[:1], width - x.size)])
+
+
+def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_problem
+                      ) -> np.ndarray:
   """PRM score after rolling each candidate out k steps at temperature 0 (on copies)."""
   rows = scores.shape[0]
   ident = np.arange(rows)
@@ -168,8 +197,8 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, n) -> np
     step = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
     prm_la = ctx.prm.extend(prm_la, step, np.arange(step.shape[1])[None] < lengths[:, None])
     for r in np.nonzero(live)[0]:
-      budgets[r // n].add_policy(int(lengths[r]), ctx.policy_params)
-      budgets[r // n].add_prm(int(lengths[r]), ctx.prm_params)
+      budgets[row_problem[r]].add_policy(int(lengths[r]), ctx.policy_params)
+      budgets[row_problem[r]].add_prm(int(lengths[r]), ctx.prm_params)
     ended = np.asarray(out.stopped) & (step[ident, np.maximum(lengths - 1, 0)]
                                        == ctx.tokenizer.eos_id)
     live &= ~ended

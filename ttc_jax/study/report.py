@@ -26,13 +26,14 @@ def _series(curves, method):
 
 
 def plot(result: dict, study_dir: str) -> list[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # The Figure API needs no pyplot backend: nothing global changes (notebooks keep
+  # their inline backend).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   curves = result["curves"]
   methods = _methods(curves)
   paths = []
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  fig = Figure(figsize=(6.5, 4.5))
+  ax = fig.subplots()
   for method in methods:
     rows = _series(curves, method)
     ax.plot([r["budget_generations"] for r in rows], [r["accuracy"] for r in rows], marker="o",
@@ -47,11 +48,11 @@ def plot(result: dict, study_dir: str) -> list[str]:
   fig.tight_layout()
   paths.append(os.path.join(study_dir, "accuracy_vs_budget.png"))
   fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
 
   budgets = sorted({c["budget_generations"] for c in curves})
   low, high = _low_high(budgets)
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+  fig = Figure(figsize=(12, 4.2))
+  axes = fig.subplots(1, 2, sharey=True)
   width = 0.8 / max(1, len(methods))
   for ax, budget in zip(axes, (low, high)):
     for i, method in enumerate(methods):
@@ -67,10 +68,10 @@ def plot(result: dict, study_dir: str) -> list[str]:
     ax.set_title(f"generation budget {budget}")
   axes[0].set_ylabel("accuracy")
   axes[0].legend(fontsize=7)
+  axes[1].legend(fontsize=7)
   fig.tight_layout()
   paths.append(os.path.join(study_dir, "accuracy_by_difficulty.png"))
   fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
   return paths
 
 
@@ -95,8 +96,8 @@ def write(result: dict, study_dir: str, config) -> str:
       "",
       "## What was run",
       "",
-      f"- Policy, PRM (Monte-Carlo step labels) and ORM trained in this workdir (configs in "
-      f"`policy/`, `prm/`, `orm/`).",
+      "- Policy, PRM (Monte-Carlo step labels) and ORM trained in this workdir (configs in "
+      "`policy/`, `prm/`, `orm/`).",
       f"- Oracle difficulty: pass@1 of the policy from {d['samples_per_problem']} samples on "
       f"each of {d['num_problems']} test problems (mean {d['mean_pass_at_1']:.3f}); 5 quantile "
       f"bins, mean pass@1 per bin (easiest first): "
@@ -137,7 +138,8 @@ def write(result: dict, study_dir: str, config) -> str:
       lines.append(f"| {LABELS.get(c['method'], c['method'])} | {c['budget_generations']} | "
                    f"{c['policy_tokens']:,} | {c['prm_tokens']:,} | {c['flops']:.3g} | "
                    f"{c['wall_s']:.1f} |")
-  lines += ["", f"- Beam search (M=4) over best-of-N wall time at N={perf['beam_vs_bon_n']}: "
+  lines += ["", f"- {LABELS.get(perf['beam_method'], perf['beam_method'])} over best-of-N wall time "
+            f"at N={perf['beam_vs_bon_n']} (compilation excluded): "
             f"{_fmt(perf['beam_vs_bon_wall_ratio'])}.",
             f"- PRM tokens per policy token over all beam and lookahead runs: "
             f"{_fmt(perf['prm_tokens_per_policy_token'])} (every token goes through the PRM once; "

@@ -25,15 +25,14 @@ import numpy as np
 
 from ttc_jax import difficulty
 from ttc_jax import workdir as wd
+from ttc_jax.progress import CompileClock
 from ttc_jax.progress import Progress
 from ttc_jax.sampling import solutions
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
-from ttc_jax.search import SearchContext
 from ttc_jax.search import default_width
 from ttc_jax.study import report
 from ttc_jax.training import parts
-from ttc_jax.verifiers.incremental import IncrementalScorer
 
 
 def sweep(config: ml_collections.ConfigDict) -> list[dict]:
@@ -143,26 +142,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   todo = [c for c in cells if cell_key(c) not in done]
   logging.info("study: %d cells, %d already done", len(cells), len(cells) - len(todo))
   if todo:
-    prm = IncrementalScorer(wd.load_model(pcfg, workdir, "prm", tok), pad_id=tok.pad_id)
-    ctx = SearchContext(core=core, prm=prm, task=task, tokenizer=tok, seed=config.seed,
-                        temperature=config.sampling.temperature,
-                        max_new_tokens=config.sampling.max_new_tokens,
-                        max_step_tokens=config.study.max_step_tokens)
+    ctx = wd.search_context(pcfg, workdir, max_step_tokens=config.study.max_step_tokens)
     progress = Progress(len(cells), "study cells", unit="cells", every_s=0,
                         initial=len(cells) - len(todo))
-    chunk = config.study.problems_per_call
+    chunk = config.study.rows_per_call
+    clock = CompileClock.get()
     with open(cells_path, "a") as f:
       for cell in todo:
         strategy = cell["strategy"]
         calls = _chunks(len(probs), max(1, chunk // strategy.n))
-        # Warm-up (untimed): compiles this cell's shapes, so wall_s measures the
-        # search, not XLA compilation; every call has the same number of problems.
-        strategy.run(ctx, [probs[i] for i in calls[0]])
-        t0 = time.time()
+        compiled0, t0 = clock.seconds, time.time()
         results = []
         for idx in calls:
           results += strategy.run(ctx, [probs[i] for i in idx])[:len(set(idx))]
-        wall = time.time() - t0
+        # wall_s excludes XLA tracing / compilation of new shapes (compile_s).
+        compile_s = clock.seconds - compiled0
+        wall = time.time() - t0 - compile_s
         correct = np.array([r.correct for r in results], float)
         budget = sum((r.budget for r in results[1:]), results[0].budget)
         row = {"key": cell_key(cell), "spec": spec, "method": cell["method"],
@@ -171,7 +166,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "accuracy": float(correct.mean()),
                "accuracy_by_bin": [float(correct[bins == b].mean()) for b in range(5)],
                "policy_tokens": budget.policy_tokens, "prm_tokens": budget.prm_tokens,
-               "flops": budget.flops, "wall_s": wall}
+               "flops": budget.flops, "wall_s": wall, "compile_s": compile_s}
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -180,9 +175,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     done = _read_cells(cells_path, spec)
 
   # 3. results.json, figures, report.
-  curves = [{k: v for k, v in done[cell_key(c)].items() if k not in ("key", "spec")}
+  curves = [{k: v for k, v in done[cell_key(c)].items() if k not in ("key", "spec", "compile_s")}
             for c in cells]
-  result = {"curves": curves, "perf": perf(curves), "difficulty": {
+  result = {"curves": curves, "perf": perf(curves, f"beam_m{config.study.beam_width}"),
+            "difficulty": {
       "num_problems": len(probs), "samples_per_problem": config.study.difficulty_samples,
       "mean_pass_at_1": diff["mean_pass_at_1"],
       "bin_mean_pass_at_1": [float(np.asarray(diff["pass_at_1"])[bins == b].mean())
@@ -195,7 +191,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
-def perf(curves: list[dict]) -> dict:
+def perf(curves: list[dict], beam_method: str = "beam_m4") -> dict:
+  """Beam search (M = study.beam_width) over best-of-N wall time at the largest N, and
+  PRM tokens per policy token over every beam and lookahead cell."""
   def find(method, n):
     for c in curves:
       if c["method"] == method and c["params"]["n"] == n:
@@ -203,12 +201,13 @@ def perf(curves: list[dict]) -> dict:
     return None
 
   nmax = max(c["params"]["n"] for c in curves)
-  beam, bon = find("beam_m4", nmax), find("best_of_n_weighted", nmax)
+  beam, bon = find(beam_method, nmax), find("best_of_n_weighted", nmax)
   search = [c for c in curves if c["method"].startswith(("beam", "lookahead"))]
   pol = sum(c["policy_tokens"] for c in search)
   return {
       "beam_vs_bon_wall_ratio": beam["wall_s"] / bon["wall_s"] if beam and bon else None,
       "beam_vs_bon_n": nmax,
+      "beam_method": beam_method,
       "prm_tokens_per_policy_token": sum(c["prm_tokens"] for c in search) / pol if pol else None,
   }
 

@@ -164,10 +164,11 @@ def _sample_and_score(config, workdir, task, tok, sp, eval_probs, auc_probs) -> 
 
 
 def plot(result: dict, auc_scores: np.ndarray, positive: np.ndarray, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+  # The Figure API needs no pyplot backend: nothing global changes (notebooks keep
+  # their inline backend).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(12, 4.5))
+  a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
   ns = result["n"]
   styles = {"best_of_n": "--", "weighted": "-"}
   colors = {"prm_last": "tab:blue", "prm_min": "tab:cyan", "prm_prod": "tab:purple",
@@ -194,4 +195,3 @@ def plot(result: dict, auc_scores: np.ndarray, positive: np.ndarray, path: str) 
   b.set_title(f"PRM steps vs MC labels: AUC {result['auc']['prm_step_auc']:.3f}")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)

@@ -58,8 +58,9 @@ def _extend(graphdef, params, cache, scores, tokens, valid, *, window: int):
   return cache.resized(size), jnp.where(last >= 0, latest, scores), per_token
 
 
-def _gather(cache, scores, rows):
-  return cache.gather(rows), jnp.take(scores, rows, axis=0)
+def _gather(cache, scores, rows, *, compact: bool = False):
+  cache = cache.gather(rows)
+  return cache.compact() if compact else cache, jnp.take(scores, rows, axis=0)
 
 
 class IncrementalScorer:
@@ -79,7 +80,7 @@ class IncrementalScorer:
     self._prefill = jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_size", "window"))
     self._extend = jax.jit(_extend, static_argnums=(0,), static_argnames=("window",),
                            donate_argnums=(2, 3))
-    self._gather = jax.jit(_gather)
+    self._gather = jax.jit(_gather, static_argnames=("compact",))
 
   def _padded(self, n: int) -> int:
     d = self.mesh.shape[DATA_AXIS]
@@ -130,13 +131,14 @@ class IncrementalScorer:
     return (VerifierState(cache=cache, scores=scores, num_rows=state.num_rows),
             np.asarray(per_token)[:state.num_rows])
 
-  def gather(self, state: VerifierState, rows) -> VerifierState:
+  def gather(self, state: VerifierState, rows, compact: bool = False) -> VerifierState:
+    """Re-selects rows (new row i = old row rows[i]); ``compact`` reclaims empty slots."""
     rows = np.asarray(rows, np.int32)
     if rows.ndim != 1 or rows.size == 0 or rows.min() < 0 or rows.max() >= state.num_rows:
       raise ValueError(f"rows must be a non-empty 1-D array in [0, {state.num_rows}).")
     n = rows.size
     idx = self._put(rows, self._padded(n), rows[0])
-    cache, scores = self._gather(state.cache, state.scores, idx)
+    cache, scores = self._gather(state.cache, state.scores, idx, compact=compact)
     return VerifierState(cache=cache, scores=scores, num_rows=n)
 
   def scores(self, state: VerifierState) -> np.ndarray:
