@@ -14,19 +14,25 @@ The study (the main job, ``make study``) runs all of it and then the search swee
 Overrides go inline, e.g. ``--config.train.steps=100`` (study:
 ``--config.policy.train.steps=100``, ``--config.study.num_problems=50``).
 
-* policy (~4 min on 2 CPU cores): tokenizer + SFT of a 2-layer d128 decoder on the
-  train split; then pass@1 on the test split from 32 samples per problem at
+Runtimes and results measured on 2 CPU cores (fresh clone, default config):
+
+* policy (~4.5 min): tokenizer + SFT of a 2-layer d128 decoder (0.5M params) on the
+  train split; then pass@1 on the 500 test problems from 32 samples each at
   temperature 1 -> WORKDIR/policy/pass_at_1.json (+ histogram PNG).
-  Expected: mean pass@1 in [0.3, 0.6], >= 20% of problems >= 0.7, >= 20% <= 0.2.
-* prm: policy samples on train problems, each step labelled by the fraction of
-  16 policy rollouts from its prefix that reach the right answer
-  (WORKDIR/prm/labels, resumable shards); then a value head on the policy
-  backbone trained with BCE on those soft labels.
-* orm: the same samples, one label per sample (final-answer correctness).
-* verifiers: 64 policy samples per test problem scored by PRM and ORM ->
-  WORKDIR/verifiers/eval.json + eval.png (step AUC; majority / best-of-N /
-  weighted best-of-N for N = 1..64). Expected: PRM-weighted best-of-64 beats
-  the mean pass@1 by >= 10 points.
+  Measured: mean 0.406, 30% of problems >= 0.7, 42% <= 0.2, majority@32 0.598.
+* prm (~5 min): 4 policy samples on each of 800 train problems, each step
+  labelled by the fraction of 16 policy rollouts from its prefix that reach the
+  right answer (WORKDIR/prm/labels, resumable shards); then a value head on the
+  policy backbone trained with BCE on those soft labels.
+* orm (~1.7 min): the same samples, one label per sample (final correctness).
+* verifiers (~2 min): 64 policy samples per test problem (200) scored by PRM and
+  ORM -> WORKDIR/verifiers/eval.json + eval.png (step AUC; majority / best-of-N /
+  weighted best-of-N for N = 1..64). Measured: pass@1 0.392, PRM(last)-weighted
+  best-of-64 0.560, ORM-weighted 0.510, majority 0.606, PRM step AUC 0.91.
+* study (~26 min from an empty workdir, training included; ~15 min of it is
+  the sweep): oracle difficulty from 64 samples on 200 test problems, then
+  best-of-N, beam search (M=4, sqrt(N)) and lookahead (k=1, 3) for N = 1..64
+  -> WORKDIR/study/report.md, results.json, figures.
 """
 
 import ml_collections
