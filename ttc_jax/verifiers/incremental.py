@@ -108,11 +108,15 @@ class IncrementalScorer:
 
   def extend(self, state: VerifierState, tokens, valid) -> VerifierState:
     """Feeds each row's new tokens (B, T); donates ``state``."""
-    return self.extend_scores(state, tokens, valid)[0]
+    return self._extend_impl(state, tokens, valid)[0]
 
   def extend_scores(self, state: VerifierState, tokens, valid
                     ) -> tuple[VerifierState, np.ndarray]:
     """Like :meth:`extend`; also returns the (num_rows, T) scores at every new token."""
+    state, per_token = self._extend_impl(state, tokens, valid)
+    return state, np.asarray(per_token)[:state.num_rows]
+
+  def _extend_impl(self, state: VerifierState, tokens, valid):
     tokens = np.asarray(tokens, np.int32)
     valid = np.asarray(valid, bool)
     if tokens.shape[0] != state.num_rows or valid.shape != tokens.shape:
@@ -128,8 +132,7 @@ class IncrementalScorer:
     cache, scores, per_token = self._extend(
         self.graphdef, self.params, state.cache, state.scores,
         self._put(tokens, bp, self.pad_id), self._put(valid, bp, False), window=window)
-    return (VerifierState(cache=cache, scores=scores, num_rows=state.num_rows),
-            np.asarray(per_token)[:state.num_rows])
+    return VerifierState(cache=cache, scores=scores, num_rows=state.num_rows), per_token
 
   def gather(self, state: VerifierState, rows, compact: bool = False) -> VerifierState:
     """Re-selects rows (new row i = old row rows[i]); ``compact`` reclaims empty slots."""
