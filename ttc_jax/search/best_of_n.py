@@ -20,7 +20,6 @@ from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import row_keys
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import common
-from ttc_jax.verifiers.aggregation import METHODS
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 from ttc_jax.verifiers.scoring import aggregate_steps
 
@@ -41,7 +40,6 @@ class BestOfN:
     if self.step_aggregation not in STEP_AGGREGATIONS:
       raise ValueError(f"step_aggregation {self.step_aggregation!r}: expected one of "
                        f"{STEP_AGGREGATIONS}.")
-    assert SELECTIONS[self.selection] in METHODS
 
   name = "best_of_n"
 
