@@ -6,8 +6,17 @@ Configs (a) d_model 128 / 2 layers and (b) d_model 256 / 4 layers (4 heads,
 vocab 64), batches 64 and 256, prompt 32, 128 new greedy tokens. Writes a JSON
 list of rows {config, batch, jax_tokens_per_s, hf_tokens_per_s, speedup,
 jax_gflops_per_s, matmul_peak_gflops_per_s, same_tokens} and prints a table.
+
+The JAX side runs over a 'data' mesh of one XLA CPU device per core (set here,
+before JAX starts, unless XLA_FLAGS already gives a host device count); each
+row also reports the same sampler on one device (jax_1dev_tokens_per_s).
 """
 
+from ttc_jax import host
+
+host.cpu_device_per_core()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging

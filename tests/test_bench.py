@@ -1,0 +1,56 @@
+"""The sampling benchmark's row and the host-device setup of the launch scripts."""
+
+import json
+
+import jax
+import pytest
+
+from ttc_jax import host
+from ttc_jax.benchmarks import sampling_bench
+
+TINY = sampling_bench.BenchConfig("tiny", d_model=32, num_layers=1, num_heads=2, mlp_dim=64)
+
+
+def test_bench_row_times_both_sides_and_compares_tokens():
+  assert jax.device_count() == 8  # conftest: the JAX side runs over an 8-device mesh.
+  row = sampling_bench.bench_row(TINY, 8, prompt_len=8, new_tokens=8, runs=5, warmup=1,
+                                 seed=0, peak=100.0)
+  assert row["jax_devices"] == 8
+  assert row["same_tokens"] and row["mismatches"] == []
+  assert row["jax_1dev_same_tokens"]  # 1 device and 8 devices: identical greedy tokens
+  for side in ("jax", "hf", "jax_1dev"):
+    assert len(row[f"{side}_times_s"]) == 5 and min(row[f"{side}_times_s"]) > 0
+  assert row["speedup"] == pytest.approx(row["jax_tokens_per_s"] / row["hf_tokens_per_s"])
+  json.dumps(row)  # the row is written as JSON
+  table = sampling_bench.markdown_table([row])
+  assert "| tiny | 8 |" in table and table.count("\n") == 2
+
+
+def test_bench_refuses_fewer_than_five_runs(tmp_path):
+  with pytest.raises(ValueError, match="at least 5 runs"):
+    sampling_bench.run(str(tmp_path / "x.json"), configs=("a",), runs=3)
+
+
+def test_cpu_device_per_core_respects_an_explicit_count():
+  env = {"XLA_FLAGS": "--xla_cpu_foo=1 --xla_force_host_platform_device_count=3"}
+  assert host.cpu_device_per_core(env) == 3
+  assert env["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=3"
+
+
+def test_cpu_device_per_core_refuses_after_backend_start(monkeypatch):
+  monkeypatch.setattr(host.os, "cpu_count", lambda: 2)
+  jax.devices()  # backends are up in this process
+  with pytest.raises(RuntimeError, match="after JAX initialised"):
+    host.cpu_device_per_core({"XLA_FLAGS": "--xla_cpu_foo=1"})
+
+
+def test_cpu_device_per_core_in_a_fresh_process():
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  code = ("from ttc_jax import host; n = host.cpu_device_per_core(); import jax; "
+          "print(n, jax.device_count(), flush=True)")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout.split()
+  assert out == [str(os.cpu_count()), str(os.cpu_count())]
