@@ -77,11 +77,16 @@ def test_gather_and_continue_match_1_device(core1, core8, run):
   for name, core in (("1", core1), ("8", core8)):
     first = run(core, SAMPLE_STEP, keys=keys)
     state = core.gather(first.state, rows)
+    index = int(state.cache.index)  # before sample() donates the state
     second = core.sample(state, keys[rows], SAMPLE)
-    outs[name] = (as_np(first), as_np(second), state, second)
+    outs[name] = (as_np(first), as_np(second), index, second)
   assert_same_samples(outs["8"][0], outs["1"][0])
   assert_same_samples(outs["8"][1], outs["1"][1])
   assert_row_sharded(outs["8"][3].state.cache.k[0])
+  # Each shard's decode loop stops with its own rows; the shared write index is
+  # still the furthest any row got, as on one device.
+  assert outs["8"][2] == outs["1"][2]
+  assert int(outs["8"][3].state.cache.index) == int(outs["1"][3].state.cache.index)
   # Gathered rows with the same parent and key sample the same continuation.
   np.testing.assert_array_equal(outs["8"][1][0][0], outs["8"][1][0][1])
 

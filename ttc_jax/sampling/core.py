@@ -229,7 +229,8 @@ def _extend(graphdef, params, cache, logits, tokens, valid, *, window: int):
 
 
 def _sample_loop(graphdef, params, cache, logits, keys, active, *,
-                 sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...]):
+                 sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
+                 axis: str | None = None):
   """The decode loop. ``plan`` is a static list of segments (end_step, window):
   steps before ``end_step`` run on the cache cut to its first ``window`` slots.
 
@@ -270,20 +271,50 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, *,
         logits=jnp.where(alive[:, None], new_logits.astype(jnp.float32), raw),
         cache=cache)
 
+  # Per-row buffers vary across shards under shard_map (their updates do).
+  per_row = ((lambda x: jax.lax.pcast(x, (axis,), to="varying")) if axis is not None
+             else (lambda x: x))
   s = _Loop(
       step=jnp.zeros((), jnp.int32),
-      tokens=jnp.full((b, n), ids.pad_id, jnp.int32),
-      logprobs=jnp.zeros((b, n), jnp.float32),
-      lengths=jnp.zeros((b,), jnp.int32),
+      tokens=per_row(jnp.full((b, n), ids.pad_id, jnp.int32)),
+      logprobs=per_row(jnp.zeros((b, n), jnp.float32)),
+      lengths=per_row(jnp.zeros((b,), jnp.int32)),
       done=~active,
-      stopped=jnp.zeros((b,), jnp.bool_),
+      stopped=per_row(jnp.zeros((b,), jnp.bool_)),
       logits=logits,
       cache=cache)
   size = cache.size
   for end, window in plan:
     s = s.replace(cache=s.cache.resized(window))
     s = jax.lax.while_loop(lambda s, end=end: (s.step < end) & ~jnp.all(s.done), body, s)
-  return s.tokens, s.logprobs, s.lengths, s.stopped, s.cache.resized(size), s.logits
+  cache = s.cache.resized(size)
+  if axis is not None:
+    # Each shard's loop stops when its own rows are done; the shared write index
+    # is the furthest any shard got (the others' unwritten slots are masked holes).
+    cache = cache.replace(index=jax.lax.pmax(cache.index, axis))
+  return s.tokens, s.logprobs, s.lengths, s.stopped, cache, s.logits
+
+
+def _cache_spec(cache: KVCache, rows: P) -> KVCache:
+  """shard_map specs of a cache: every leaf split by rows, the write index replicated."""
+  return KVCache(k=(rows,) * len(cache.k), v=(rows,) * len(cache.v), mask=rows, pos=rows,
+                 index=P())
+
+
+def _sample_sharded(graphdef, params, cache, logits, keys, active, *, sp: SamplingParams,
+                    ids: SpecialIds, plan: tuple[tuple[int, int], ...], mesh: Mesh):
+  """The decode loop run per shard of the 'data' axis (``jax.shard_map``).
+
+  Every row's computation is local to its shard, so each device runs its own
+  ``while_loop`` with no collective per token (under plain jit the loop's
+  "all rows done?" test is an all-reduce, a cross-device barrier every step).
+  """
+  rows = P(DATA_AXIS)
+  cspec = _cache_spec(cache, rows)
+  loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, axis=DATA_AXIS)
+  return jax.shard_map(
+      loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows),
+      out_specs=(rows, rows, rows, rows, cspec, rows))(params, cache, logits, keys, active)
 
 
 def window_plan(used: int, steps: int, size: int, granularity: int
@@ -365,8 +396,8 @@ class SamplingCore:
                             static_argnames=("cache_size", "window"))
     self._extend = jax.jit(_extend, static_argnums=(0,), static_argnames=("window",),
                            donate_argnums=(2, 3))
-    self._sample = jax.jit(_sample_loop, static_argnums=(0,),
-                           static_argnames=("sp", "ids", "plan"), donate_argnums=(2, 3))
+    self._sample = jax.jit(_sample_sharded, static_argnums=(0,),
+                           static_argnames=("sp", "ids", "plan", "mesh"), donate_argnums=(2, 3))
     self._gather = jax.jit(_gather, static_argnames=("compact",))
 
   # ---------------------------------------------------------------- helpers
@@ -474,7 +505,7 @@ class SamplingCore:
     keys = self._put_rows(keys)
     tokens, logprobs, lengths, stopped, cache, logits = self._sample(
         self.graphdef, self.params, state.cache, state.logits, keys, act, sp=sp, ids=self.ids,
-        plan=plan)
+        plan=plan, mesh=self.mesh)
     if bp != b:
       tokens, logprobs, lengths, stopped = (x[:b] for x in (tokens, logprobs, lengths, stopped))
     return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,
