@@ -405,6 +405,28 @@ def test_extend_equals_prefill_of_concatenation(core1, prompts):
   assert np.abs(after[0] - before[0]).max() > 1e-3
 
 
+
+def test_extend_outputs_equal_full_forward_at_every_token(core1, prompts, full_logits):
+  tokens, valid = prompts
+  chunk = np.random.RandomState(3).randint(1, VOCAB, (B, 6)).astype(np.int32)
+  chunk_valid = np.ones((B, 6), bool)
+  chunk_valid[1, 4:] = False  # a row whose chunk ends early (right padding)
+  chunk_valid[2] = False  # a row that adds nothing
+  state = core1.prefill(tokens, valid, cache_size=CACHE_SIZE)
+  before = np.asarray(state.logits)
+  state, every = core1.extend_outputs(state, chunk, chunk_valid)
+  every = np.asarray(every)[:B]
+  assert every.shape == (B, 6, VOCAB)
+  ref = full_logits(np.concatenate([tokens, chunk], 1), np.concatenate([valid, chunk_valid], 1))
+  ref = ref[:, PROMPT_LEN:]
+  np.testing.assert_allclose(every[chunk_valid], ref[chunk_valid], atol=1e-5)
+  # The state's logits are those at each row's last valid token (or unchanged).
+  last = np.asarray(state.logits)
+  np.testing.assert_allclose(last[0], ref[0, 5], atol=1e-5)
+  np.testing.assert_allclose(last[1], ref[1, 3], atol=1e-5)
+  np.testing.assert_array_equal(last[2], before[2])
+
+
 # ----------------------------------------------------------------------------
 # Per-row randomness
 # ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The sampling core shared by every generator in ttc_jax."""
 
+from ttc_jax.sampling.core import CachedModel
 from ttc_jax.sampling.core import DecodeState
 from ttc_jax.sampling.core import SampleOutput
 from ttc_jax.sampling.core import SamplingCore
@@ -11,6 +12,6 @@ from ttc_jax.sampling.core import process_logits
 from ttc_jax.sampling.core import row_keys
 
 __all__ = [
-    "DecodeState", "SampleOutput", "SamplingCore", "SamplingParams", "SpecialIds",
+    "CachedModel", "DecodeState", "SampleOutput", "SamplingCore", "SamplingParams", "SpecialIds",
     "choose_tokens", "make_mesh", "process_logits", "row_keys",
 ]

@@ -4,7 +4,9 @@ Policy sampling, Monte-Carlo rollouts, beam/lookahead expansions and revision
 chains all go through :class:`SamplingCore`; they differ only in their
 :class:`SamplingParams` (temperature, top-k/p, stop at EOS or at the step
 delimiter, token budget) and in how they re-select rows between calls
-(:meth:`SamplingCore.gather`).
+(:meth:`SamplingCore.gather`). Its prefill / extend / gather live in the
+head-agnostic :class:`CachedModel`, which the PRM's incremental scorer (a
+value-head model) uses as they are.
 
 Design (after gemma's ``_sampler_loop`` and big_vision's ``predict_fns``):
 
@@ -21,7 +23,9 @@ Design (after gemma's ``_sampler_loop`` and big_vision's ``predict_fns``):
   batch, on the batch size, or on the number of devices.
 * The batch is sharded over the mesh axis ``'data'`` (parameters replicated;
   the ``'model'`` axis is kept in the mesh for tensor parallelism). A batch
-  that does not divide the data axis is padded with inactive rows.
+  that does not divide the data axis is padded with inactive rows. The decode
+  loop runs under ``jax.shard_map``: each device loops over its own rows with
+  no collective per token.
 """
 
 from __future__ import annotations
@@ -116,7 +120,9 @@ class DecodeState:
   """
 
   cache: KVCache
-  logits: Array  # (B, V) float32, for the token after each row's last token.
+  # The head's output at each row's last token, float32: next-token logits (B, V)
+  # for an LM head, the value logit (B,) for a value head.
+  logits: Array
   num_rows: int = struct.field(pytree_node=False, default=-1)
 
   @property
@@ -219,13 +225,26 @@ def _prefill(graphdef, params, tokens, valid, *, cache_size: int, window: int):
   return cache.resized(cache_size), logits.astype(jnp.float32)
 
 
-def _extend(graphdef, params, cache, logits, tokens, valid, *, window: int):
-  """Feeds a chunk (B, T) to the cache; rows with no valid token keep their logits."""
+def _extend(graphdef, params, cache, logits, tokens, valid, *, window: int,
+            per_token: bool = False):
+  """Feeds a chunk (B, T) to the cache.
+
+  Returns the cache, the head output at each row's last new token (rows with no
+  valid token keep ``logits``) and, if ``per_token``, the head output at every
+  new token (else None).
+  """
   model: Transformer = nnx.merge(graphdef, params)
   size = cache.size
-  new_logits, cache = model(tokens, valid, cache.resized(window), readout="last")
-  has = valid.any(axis=1)
-  return cache.resized(size), jnp.where(has[:, None], new_logits.astype(jnp.float32), logits)
+  new, cache = model(tokens, valid, cache.resized(window), readout="all" if per_token else "last")
+  new = new.astype(jnp.float32)
+  every = None
+  if per_token:
+    every = new
+    last = jnp.max(jnp.where(valid, jnp.arange(tokens.shape[1])[None], -1), axis=1)
+    idx = jnp.maximum(last, 0).reshape((-1, 1) + (1,) * (new.ndim - 2))
+    new = jnp.take_along_axis(new, idx, axis=1)[:, 0]
+  has = valid.any(axis=1).reshape((-1,) + (1,) * (logits.ndim - 1))
+  return cache.resized(size), jnp.where(has, new, logits), every
 
 
 def _sample_loop(graphdef, params, cache, logits, keys, active, *,
@@ -361,31 +380,24 @@ def make_mesh(num_data: int | None = None, num_model: int = 1,
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
-class SamplingCore:
-  """Binds a model to a mesh and owns the compiled prefill / extend / sample / gather.
+class CachedModel:
+  """A model bound to a mesh, with the compiled prefill / extend / gather over its
+  KV cache. Head-agnostic: :class:`SamplingCore` (LM head) adds sampling, and the
+  PRM's :class:`~ttc_jax.verifiers.incremental.IncrementalScorer` (value head)
+  reads scores from the same states.
 
-  Example::
-
-    core = SamplingCore(model, ids=SpecialIds(pad_id=0, eos_id=2, step_id=5))
-    state = core.prefill(tokens, valid, cache_size=160)
-    out = core.sample(state, row_keys(seed, problem_ids, sample_ids),
-                      SamplingParams(temperature=1.0, max_new_tokens=128))
-    state = core.gather(out.state, parent_rows)   # tree expansion
-    out = core.sample(state, keys, params)       # continue, nothing re-encoded
+  Rows are sharded over the mesh axis ``'data'``, parameters replicated; a batch
+  that does not divide the data axis is padded with rows that are never read.
   """
 
-  def __init__(self, model: Transformer, ids: SpecialIds = SpecialIds(),
-               mesh: Mesh | None = None, window_granularity: int = 32):
-    if model.config.head != "lm":
-      raise ValueError(f"SamplingCore needs an LM-head model; got head={model.config.head!r}.")
+  def __init__(self, model: Transformer, mesh: Mesh | None = None, pad_id: int = 0,
+               window_granularity: int = 32):
     self.config = model.config
-    self.ids = ids
-    for name in ("pad_id", "eos_id", "step_id"):
-      i = getattr(ids, name)
-      if i is not None and not 0 <= i < self.config.vocab_size:
-        raise ValueError(f"{name}={i} is outside the model vocab [0, {self.config.vocab_size}).")
+    if not 0 <= pad_id < self.config.vocab_size:
+      raise ValueError(f"pad_id={pad_id} is outside the model vocab [0, {self.config.vocab_size}).")
     if window_granularity < 0:
       raise ValueError(f"window_granularity={window_granularity} must be >= 0 (0: off).")
+    self.pad_id = pad_id
     self.window_granularity = window_granularity
     self.mesh = mesh if mesh is not None else make_mesh(devices=jax.devices()[:1])
     self.graphdef, params = nnx.split(model)
@@ -394,10 +406,8 @@ class SamplingCore:
     self.params = jax.device_put(params, self._replicated)
     self._prefill = jax.jit(_prefill, static_argnums=(0,),
                             static_argnames=("cache_size", "window"))
-    self._extend = jax.jit(_extend, static_argnums=(0,), static_argnames=("window",),
+    self._extend = jax.jit(_extend, static_argnums=(0,), static_argnames=("window", "per_token"),
                            donate_argnums=(2, 3))
-    self._sample = jax.jit(_sample_sharded, static_argnums=(0,),
-                           static_argnames=("sp", "ids", "plan", "mesh"), donate_argnums=(2, 3))
     self._gather = jax.jit(_gather, static_argnames=("compact",))
 
   # ---------------------------------------------------------------- helpers
@@ -417,6 +427,15 @@ class SamplingCore:
       return x
     pad = np.full((n - x.shape[0],) + x.shape[1:], fill, dtype=x.dtype)
     return np.concatenate([x, pad], axis=0)
+
+  def _check_room(self, state: DecodeState, n: int) -> int:
+    """Slots used so far (a host sync on the state's index); errors if n more do not fit."""
+    used = int(state.cache.index)
+    if used + n > state.cache.size:
+      raise ValueError(
+          f"the KV cache has {state.cache.size} slots and {used} are used; {n} more do not "
+          f"fit. Prefill with a larger cache_size (at most max_seq_len={self.config.max_seq_len}).")
+    return used
 
   # ------------------------------------------------------------------- API
   def prefill(self, tokens, valid=None, *, cache_size: int) -> DecodeState:
@@ -445,7 +464,7 @@ class SamplingCore:
           f"token ids must lie in [0, {self.config.vocab_size}); got range "
           f"[{tokens.min()}, {tokens.max()}].")
     bp = self._padded(b)
-    tok = self._put_rows(self._pad_rows(tokens.astype(np.int32), bp, self.ids.pad_id))
+    tok = self._put_rows(self._pad_rows(tokens.astype(np.int32), bp, self.pad_id))
     val = self._put_rows(self._pad_rows(valid, bp, False))
     window = window_plan(0, length, cache_size, self.window_granularity)[-1][1]
     cache, logits = self._prefill(self.graphdef, self.params, tok, val, cache_size=cache_size,
@@ -453,30 +472,77 @@ class SamplingCore:
     return DecodeState(cache=cache, logits=logits, num_rows=b)
 
   def extend(self, state: DecodeState, tokens, valid=None) -> DecodeState:
-    """Feeds given tokens (B, T) after each row (teacher forcing, e.g. a revision
-    prompt appended to a finished answer). Donates ``state``."""
+    """Feeds given tokens (B, T) after each row (teacher forcing: a revision prompt
+    appended to an answer, or a sampled step fed to the PRM). Donates ``state``."""
+    return self._extend_impl(state, tokens, valid, per_token=False)[0]
+
+  def extend_outputs(self, state: DecodeState, tokens, valid=None
+                     ) -> tuple[DecodeState, Array]:
+    """Like :meth:`extend`; also returns the head output at every new token,
+    (padded rows, T, V) logits or (padded rows, T) values."""
+    return self._extend_impl(state, tokens, valid, per_token=True)
+
+  def _extend_impl(self, state: DecodeState, tokens, valid, *, per_token: bool):
     tokens = np.asarray(tokens, np.int32)
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be a (batch, length) array; got shape {tokens.shape}.")
     b, t = tokens.shape
     if b != state.num_rows:
       raise ValueError(f"extend got {b} rows for a state of {state.num_rows} rows.")
+    valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
+    if valid.shape != tokens.shape:
+      raise ValueError(f"valid has shape {valid.shape}; tokens has {tokens.shape}.")
     used = self._check_room(state, t)
     window = window_plan(used, t, state.cache.size, self.window_granularity)[-1][1]
-    valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
     bp = state.padded_rows
-    tok = self._put_rows(self._pad_rows(tokens, bp, self.ids.pad_id))
+    tok = self._put_rows(self._pad_rows(tokens, bp, self.pad_id))
     val = self._put_rows(self._pad_rows(valid, bp, False))
-    cache, logits = self._extend(self.graphdef, self.params, state.cache, state.logits, tok, val,
-                                 window=window)
-    return DecodeState(cache=cache, logits=logits, num_rows=state.num_rows)
+    cache, logits, every = self._extend(self.graphdef, self.params, state.cache, state.logits,
+                                        tok, val, window=window, per_token=per_token)
+    return DecodeState(cache=cache, logits=logits, num_rows=state.num_rows), every
 
-  def _check_room(self, state: DecodeState, n: int) -> int:
-    """Slots used so far (a host sync on the state's index); errors if n more do not fit."""
-    used = int(state.cache.index)
-    if used + n > state.cache.size:
-      raise ValueError(
-          f"the KV cache has {state.cache.size} slots and {used} are used; {n} more do not "
-          f"fit. Prefill with a larger cache_size (at most max_seq_len={self.config.max_seq_len}).")
-    return used
+  def gather(self, state: DecodeState, rows, compact: bool = False) -> DecodeState:
+    """Re-selects rows of ``state`` (tree expansion): new row i = old row rows[i].
+
+    compact: also reclaim the cache slots left empty by rows that generated
+    fewer tokens than the longest (see ``KVCache.compact``).
+    """
+    rows = np.asarray(rows, np.int32)
+    if rows.ndim != 1 or rows.size == 0:
+      raise ValueError(f"rows must be a non-empty 1-D index array; got shape {rows.shape}.")
+    if rows.min() < 0 or rows.max() >= state.num_rows:
+      raise ValueError(f"rows must lie in [0, {state.num_rows}); got [{rows.min()}, {rows.max()}].")
+    n = rows.size
+    idx = self._put_rows(self._pad_rows(rows, self._padded(n), rows[0]))
+    cache, logits = self._gather(state.cache, state.logits, idx, compact=compact)
+    return DecodeState(cache=cache, logits=logits, num_rows=n)
+
+
+class SamplingCore(CachedModel):
+  """An LM-head :class:`CachedModel` that samples: the one decode loop of ttc_jax.
+
+  Example::
+
+    core = SamplingCore(model, ids=SpecialIds(pad_id=0, eos_id=2, step_id=5))
+    state = core.prefill(tokens, valid, cache_size=160)
+    out = core.sample(state, row_keys(seed, problem_ids, sample_ids),
+                      SamplingParams(temperature=1.0, max_new_tokens=128))
+    state = core.gather(out.state, parent_rows)   # tree expansion
+    out = core.sample(state, keys, params)       # continue, nothing re-encoded
+  """
+
+  def __init__(self, model: Transformer, ids: SpecialIds = SpecialIds(),
+               mesh: Mesh | None = None, window_granularity: int = 32):
+    if model.config.head != "lm":
+      raise ValueError(f"SamplingCore needs an LM-head model; got head={model.config.head!r}.")
+    for name in ("pad_id", "eos_id", "step_id"):
+      i = getattr(ids, name)
+      if i is not None and not 0 <= i < model.config.vocab_size:
+        raise ValueError(f"{name}={i} is outside the model vocab [0, {model.config.vocab_size}).")
+    super().__init__(model, mesh=mesh, pad_id=ids.pad_id, window_granularity=window_granularity)
+    self.ids = ids
+    self._sample = jax.jit(_sample_sharded, static_argnums=(0,),
+                           static_argnames=("sp", "ids", "plan", "mesh"), donate_argnums=(2, 3))
 
   def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
              active=None) -> SampleOutput:
@@ -510,22 +576,6 @@ class SamplingCore:
       tokens, logprobs, lengths, stopped = (x[:b] for x in (tokens, logprobs, lengths, stopped))
     return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,
                         state=DecodeState(cache=cache, logits=logits, num_rows=b))
-
-  def gather(self, state: DecodeState, rows, compact: bool = False) -> DecodeState:
-    """Re-selects rows of ``state`` (tree expansion): new row i = old row rows[i].
-
-    compact: also reclaim the cache slots left empty by rows that generated
-    fewer tokens than the longest (see ``KVCache.compact``).
-    """
-    rows = np.asarray(rows, np.int32)
-    if rows.ndim != 1 or rows.size == 0:
-      raise ValueError(f"rows must be a non-empty 1-D index array; got shape {rows.shape}.")
-    if rows.min() < 0 or rows.max() >= state.num_rows:
-      raise ValueError(f"rows must lie in [0, {state.num_rows}); got [{rows.min()}, {rows.max()}].")
-    n = rows.size
-    idx = self._put_rows(self._pad_rows(rows, self._padded(n), rows[0]))
-    cache, logits = self._gather(state.cache, state.logits, idx, compact=compact)
-    return DecodeState(cache=cache, logits=logits, num_rows=n)
 
   def generate(self, tokens, valid, keys, sp: SamplingParams, *, cache_size: int | None = None
                ) -> SampleOutput:
