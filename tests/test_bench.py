@@ -53,4 +53,6 @@ def test_cpu_device_per_core_in_a_fresh_process():
           "print(n, jax.device_count(), flush=True)")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True).stdout.split()
-  assert out == [str(os.cpu_count()), str(os.cpu_count())]
+  n = host.default_cpu_devices()
+  assert out == [str(n), str(n)]
+  assert n & (n - 1) == 0 and 1 <= n <= min(8, os.cpu_count())

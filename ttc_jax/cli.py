@@ -1,4 +1,5 @@
-"""What every launch script shares: the --config / --workdir flags and logging setup.
+"""What every launch script shares: the --config / --workdir flags, logging setup,
+and one XLA CPU device per core on CPU hosts (:func:`ttc_jax.host.cpu_device_per_core`).
 
 A launch script is its docstring plus one call::
 
@@ -16,6 +17,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from ttc_jax import host
 from ttc_jax import progress
 
 
@@ -27,11 +29,16 @@ def run(fn: Callable[[ml_collections.ConfigDict, str], object], example: str) ->
   workdir = flags.DEFINE_string("workdir", None, "Directory shared by all parts of a study.")
   flags.mark_flags_as_required(["config", "workdir"])
 
+  # Before JAX starts: on a CPU host, one device per core (see ttc_jax/host.py).
+  host.cpu_device_per_core()
+
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     progress.quiet_library_logs()
+    import jax  # pylint: disable=g-import-not-at-top
+    logging.info("JAX devices: %s", jax.devices())
     fn(config.value, workdir.value)
 
   app.run(main)

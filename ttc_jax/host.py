@@ -14,7 +14,8 @@ _FLAG = "--xla_force_host_platform_device_count"
 
 
 def cpu_device_per_core(environ: MutableMapping[str, str] = os.environ) -> int:
-  """Exposes one XLA CPU device per core (unless XLA_FLAGS already sets a count).
+  """Exposes one XLA CPU device per core (:func:`default_cpu_devices`), unless
+  XLA_FLAGS already sets a count.
 
   On the CPU backend one device runs its attention kernels (batched matrix-vector
   products during decode) on a single thread, and decode-sized matmuls gain little
@@ -33,6 +34,17 @@ def cpu_device_per_core(environ: MutableMapping[str, str] = os.environ) -> int:
       raise RuntimeError(
           "cpu_device_per_core() was called after JAX initialised its backends; call it "
           "before the first JAX computation (at the top of the launch script).")
-  n = os.cpu_count() or 1
+  n = default_cpu_devices()
   environ["XLA_FLAGS"] = f"{flags} {_FLAG}={n}".strip()
   return n
+
+
+def default_cpu_devices(max_devices: int = 8) -> int:
+  """The usable cores rounded down to a power of two, at most ``max_devices``: batch
+  sizes (powers of two in the configs) then divide the 'data' axis, and a large
+  host keeps several cores per device for the matmuls."""
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    cores = os.cpu_count() or 1
+  return min(max_devices, 1 << (max(1, cores).bit_length() - 1))

@@ -30,6 +30,7 @@ from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SpecialIds
+from ttc_jax.sampling.core import make_mesh
 from ttc_jax.tasks import tfds_builder
 from ttc_jax.tokenizer import Tokenizer
 from ttc_jax.training import trainer
@@ -162,8 +163,10 @@ def _materialize(abstract: Transformer) -> Transformer:
 
 def policy_core(config: ml_collections.ConfigDict, workdir: str, tok: Tokenizer,
                 model: Transformer | None = None) -> SamplingCore:
+  """The policy's sampling core over every device (rows on 'data'; samples do not
+  depend on the device count)."""
   model = load_model(config, workdir, "policy", tok) if model is None else model
-  return SamplingCore(model, special_ids(tok))
+  return SamplingCore(model, special_ids(tok), mesh=make_mesh())
 
 
 def part_config(config: ml_collections.ConfigDict, part: str) -> ml_collections.ConfigDict:
@@ -193,5 +196,6 @@ def search_context(config: ml_collections.ConfigDict, workdir: str, **kwargs):
   fields.update(kwargs)
   return SearchContext(
       core=policy_core(config, workdir, tok),
-      prm=IncrementalScorer(load_model(config, workdir, "prm", tok), pad_id=tok.pad_id),
+      prm=IncrementalScorer(load_model(config, workdir, "prm", tok), mesh=make_mesh(),
+                            pad_id=tok.pad_id),
       task=task, tokenizer=tok, **fields)
