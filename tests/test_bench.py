@@ -1,4 +1,4 @@
-"""The sampling benchmark's row and the host-device setup of the launch scripts."""
+"""The sampling benchmark's row and the host setup of the launch scripts (ttc_jax/host.py)."""
 
 import json
 
@@ -56,3 +56,16 @@ def test_cpu_device_per_core_in_a_fresh_process():
   n = host.default_cpu_devices()
   assert out == [str(n), str(n)]
   assert n & (n - 1) == 0 and 1 <= n <= min(8, os.cpu_count())
+
+
+def test_free_compiled_code_unmaps_and_programs_still_run():
+  f = jax.jit(lambda x: x * 2 + 1)
+  assert int(f(3)) == 7
+  for i in range(20):  # some programs of its own, whatever ran before in this process
+    assert float(jax.jit(lambda x, i=i: jax.numpy.sin(x) * i)(0.0)) == 0.0
+  before = host.map_count_fraction()
+  assert before is not None and 0 < before < 1  # Linux: /proc tells
+  assert not host.free_compiled_code(threshold=1.0)  # below the limit: nothing dropped
+  assert host.free_compiled_code(threshold=0.0)
+  assert host.map_count_fraction() < before  # compiled code was unmapped
+  assert int(f(4)) == 9  # recompiled on demand

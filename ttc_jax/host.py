@@ -48,3 +48,37 @@ def default_cpu_devices(max_devices: int = 8) -> int:
   except AttributeError:  # not on Linux
     cores = os.cpu_count() or 1
   return min(max_devices, 1 << (max(1, cores).bit_length() - 1))
+
+
+def map_count_fraction() -> float | None:
+  """Memory mappings of this process over the kernel's limit (vm.max_map_count);
+  None where /proc does not tell (not Linux)."""
+  try:
+    with open("/proc/sys/vm/max_map_count") as f:
+      limit = int(f.read())
+    with open("/proc/self/maps") as f:
+      count = sum(1 for _ in f)
+  except (OSError, ValueError):
+    return None
+  return count / limit
+
+
+def free_compiled_code(threshold: float = 0.5) -> bool:
+  """Drops JAX's compiled programs when this process nears its memory-map limit.
+
+  XLA:CPU maps every JIT-compiled kernel into memory regions of its own (code,
+  constants, data: about 80 mappings per program here), and a long run that
+  compiles many shapes (the study: on the order of a thousand programs) reaches
+  Linux's vm.max_map_count (65530 by default); LLVM then fails with "Cannot
+  allocate memory" and the process segfaults (seen in `make study`). Clearing
+  JAX's caches unmaps them; programs needed again are recompiled. Call between
+  units of work (parts, sweep cells). Returns whether the caches were dropped.
+  """
+  fraction = map_count_fraction()
+  if fraction is None or fraction < threshold:
+    return False
+  import gc  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+  gc.collect()
+  return True

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from ttc_jax import difficulty
+from ttc_jax import host
 from ttc_jax import workdir as wd
 from ttc_jax.progress import CompileClock
 from ttc_jax.progress import Progress
@@ -109,6 +110,14 @@ def oracle_difficulty(config, workdir, task, tok, core, probs) -> dict:
   return result
 
 
+def _free_compiled_code() -> None:
+  """Unmaps compiled programs when the process nears vm.max_map_count (see
+  :func:`ttc_jax.host.free_compiled_code`); a sweep compiles hundreds of shapes."""
+  if host.free_compiled_code():
+    logging.info("study: dropped JAX's compiled programs (memory-map limit); shapes "
+                 "needed again are recompiled")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.part != "study":
     raise ValueError(f"the study runs part 'study', not {config.part!r}.")
@@ -120,6 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for part in ("policy", "prm", "orm"):
     if not os.path.exists(os.path.join(wd.part_dir(workdir, part), "done.json")):
       logging.info("study: training part %r", part)
+      _free_compiled_code()
       parts.run(part_config(config, part), workdir)
   wd.check_and_record(config, workdir)
   pcfg = part_config(config, "policy")
@@ -149,6 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     clock = CompileClock.get()
     with open(cells_path, "a") as f:
       for cell in todo:
+        _free_compiled_code()
         strategy = cell["strategy"]
         calls = _chunks(len(probs), max(1, chunk // strategy.n))
         compiled0, t0 = clock.seconds, time.time()
