@@ -162,11 +162,12 @@ def _materialize(abstract: Transformer) -> Transformer:
 
 
 def policy_core(config: ml_collections.ConfigDict, workdir: str, tok: Tokenizer,
-                model: Transformer | None = None) -> SamplingCore:
-  """The policy's sampling core over every device (rows on 'data'; samples do not
-  depend on the device count)."""
+                model: Transformer | None = None, all_devices: bool = True) -> SamplingCore:
+  """The policy's sampling core, over every device (rows on 'data'; samples do not
+  depend on the device count) or, with ``all_devices=False``, over the first."""
   model = load_model(config, workdir, "policy", tok) if model is None else model
-  return SamplingCore(model, special_ids(tok), mesh=make_mesh())
+  mesh = make_mesh() if all_devices else make_mesh(devices=jax.devices()[:1])
+  return SamplingCore(model, special_ids(tok), mesh=mesh)
 
 
 def part_config(config: ml_collections.ConfigDict, part: str) -> ml_collections.ConfigDict:
@@ -194,8 +195,12 @@ def search_context(config: ml_collections.ConfigDict, workdir: str, **kwargs):
   fields = dict(seed=config.seed, temperature=config.sampling.temperature,
                 max_new_tokens=config.sampling.max_new_tokens)
   fields.update(kwargs)
+  # Search runs on one device. Its row re-selection (a gather over the batch axis
+  # of both caches, every round) is a cross-device all-gather on a 'data' mesh:
+  # measured on 2 CPU devices, beam search gained ~5% while best-of-N gained 1.5x.
+  one = make_mesh(devices=jax.devices()[:1])
   return SearchContext(
-      core=policy_core(config, workdir, tok),
-      prm=IncrementalScorer(load_model(config, workdir, "prm", tok), mesh=make_mesh(),
+      core=policy_core(config, workdir, tok, all_devices=False),
+      prm=IncrementalScorer(load_model(config, workdir, "prm", tok), mesh=one,
                             pad_id=tok.pad_id),
       task=task, tokenizer=tok, **fields)
