@@ -1,5 +1,4 @@
-"""What every launch script shares: the --config / --workdir flags, logging setup,
-and one XLA CPU device per core on CPU hosts (:func:`ttc_jax.host.cpu_device_per_core`).
+"""What every launch script shares: the --config / --workdir flags and logging setup.
 
 A launch script is its docstring plus one call::
 
@@ -17,7 +16,6 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-from ttc_jax import host
 from ttc_jax import progress
 
 
@@ -28,9 +26,6 @@ def run(fn: Callable[[ml_collections.ConfigDict, str], object], example: str) ->
       "config", None, f"Experiment config file and part, e.g. {example}.", lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, "Directory shared by all parts of a study.")
   flags.mark_flags_as_required(["config", "workdir"])
-
-  # Before JAX starts: on a CPU host, one device per core (see ttc_jax/host.py).
-  host.cpu_device_per_core()
 
   def main(argv):
     if len(argv) > 1:

@@ -26,7 +26,6 @@ from scipy import stats
 
 from ttc_jax import workdir as wd
 from ttc_jax.sampling import solutions
-from ttc_jax.sampling.core import make_mesh
 from ttc_jax.training import parts
 from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers import labels as labels_lib
@@ -146,12 +145,12 @@ def _sample_and_score(config, workdir, task, tok, sp, eval_probs, auc_probs) -> 
                                     "auc_rollouts", sp, batch_size=config.sampling.batch_size)
   del core, policy
   bs = config.sampling.batch_size
-  prm = Scorer(wd.load_model(config, workdir, "prm", tok), mesh=make_mesh(), pad_id=tok.pad_id)
+  prm = Scorer(wd.load_model(config, workdir, "prm", tok), pad_id=tok.pad_id)
   prm_steps = prm.step_scores(rows, ends, batch_size=bs)
   auc_rows = [auc_ls.row(i) for i in range(len(auc_ls))]
   auc_steps = prm.step_scores(auc_rows, [auc_ls.ends(i) for i in range(len(auc_ls))],
                               batch_size=bs)
-  orm = Scorer(wd.load_model(config, workdir, "orm", tok), mesh=make_mesh(), pad_id=tok.pad_id)
+  orm = Scorer(wd.load_model(config, workdir, "orm", tok), pad_id=tok.pad_id)
   orm_scores = aggregate_steps(orm.step_scores(rows, [[len(r) - 1] for r in rows],
                                                batch_size=bs), "last")
   d = {"answers": np.array(["" if a is None else a for a in samples.answers]),
