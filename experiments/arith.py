@@ -29,8 +29,9 @@ Runtimes and results measured on 2 CPU cores (fresh clone, default config):
   ORM -> WORKDIR/verifiers/eval.json + eval.png (step AUC; majority / best-of-N /
   weighted best-of-N for N = 1..64). Measured: pass@1 0.392, PRM(last)-weighted
   best-of-64 0.560, ORM-weighted 0.510, majority 0.606, PRM step AUC 0.91.
-* study (~26 min from an empty workdir, training included; ~15 min of it is
-  the sweep): oracle difficulty from 64 samples on 200 test problems, then
+* study (~28.5 min from an empty workdir, training included; ~17 min of it is
+  the sweep, of which ~8 min XLA compilation): oracle difficulty from 64
+  samples on 200 test problems, then
   best-of-N, beam search (M=4, sqrt(N)) and lookahead (k=1, 3) for N = 1..64
   -> WORKDIR/study/report.md, results.json, figures.
 """
