@@ -535,7 +535,7 @@ class SamplingCore(CachedModel):
                mesh: Mesh | None = None, window_granularity: int = 32):
     if model.config.head != "lm":
       raise ValueError(f"SamplingCore needs an LM-head model; got head={model.config.head!r}.")
-    for name in ("pad_id", "eos_id", "step_id"):
+    for name in ("eos_id", "step_id"):  # pad_id: checked by CachedModel
       i = getattr(ids, name)
       if i is not None and not 0 <= i < model.config.vocab_size:
         raise ValueError(f"{name}={i} is outside the model vocab [0, {model.config.vocab_size}).")
