@@ -1,7 +1,8 @@
 """Host-platform setup that must happen before JAX initialises its backends.
 
-This module imports nothing from JAX: call :func:`cpu_device_per_core` at the
-top of a launch script, before anything imports ``jax``.
+This module imports nothing from JAX at import time. XLA_FLAGS is read when JAX
+initialises its backends (the first computation or ``jax.devices()``), so call
+:func:`cpu_device_per_core` at the top of a launch script, before that.
 """
 
 from __future__ import annotations
