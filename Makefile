@@ -33,18 +33,15 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(PY) launch/bench_sampling.py --out=runs/bench/sampling.json
 
-# The main job: trains (or reuses) policy, PRM and ORM, then the search sweep ->
-# $(DIR)/study/report.md, results.json and figures. Resumable.
+# The main job: every stage of the study (policy, difficulty, MC labels, PRM, ORM, verifier
+# evaluation, search sweep) -> $(DIR)/report/latest/report.md, results.json and figures.
+# Resumable; finished stages are reused.
 study: $(VENV)/.installed-base
-	$(PY) launch/study.py --config=$(ARITH):study --workdir=$(DIR)
+	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR)
 
-# Policy SFT + pass@1, MC-labelled PRM, ORM, verifier evaluation (~15 min on 2 cores).
-# Each step resumes after an interruption; finished steps rerun in seconds.
+# The stages up to the verifier evaluation (policy, MC-labelled PRM, ORM).
 verifiers: $(VENV)/.installed-base
-	$(PY) launch/train.py --config=$(ARITH):policy --workdir=$(DIR)
-	$(PY) launch/train.py --config=$(ARITH):prm --workdir=$(DIR)
-	$(PY) launch/train.py --config=$(ARITH):orm --workdir=$(DIR)
-	$(PY) launch/evaluate.py --config=$(ARITH):verifiers --workdir=$(DIR)
+	$(PY) launch/run.py --config=$(ARITH):verifier_eval --workdir=$(DIR)
 
 clean-venv:
 	rm -rf $(VENV)

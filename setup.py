@@ -35,6 +35,8 @@ setuptools.setup(
             "ipykernel",
             "torch==2.13.0",
             "transformers",
+            "import-linter",
+            "filelock",
         ],
         "bench": [
             "torch==2.13.0",

@@ -1,13 +1,9 @@
-r"""Evaluates the verifiers of a study (the 'verifiers' part).
+r"""Evaluates the verifiers (an alias of launch/run.py with the stage verifier_eval).
 
   python launch/evaluate.py --config=experiments/arith.py:verifiers --workdir=runs/arith
-
-Needs the policy, prm and orm parts of launch/train.py in the same workdir.
-Writes WORKDIR/verifiers/eval.json and eval.png.
 """
 
-from ttc_jax import cli
-from ttc_jax.verifiers import evaluate
+from ttc_jax.pipeline import cli
 
 if __name__ == "__main__":
-  cli.run(evaluate.run, example="experiments/arith.py:verifiers")
+  cli.main()

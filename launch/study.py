@@ -1,13 +1,9 @@
-r"""Runs the study (the main job): trains or reuses the models, then the search sweep.
+r"""Runs the whole study (an alias of launch/run.py, whose default stage is "report").
 
   python launch/study.py --config=experiments/arith.py:study --workdir=runs/arith
-
-Writes WORKDIR/study/report.md, results.json and figures. Rerunning after an
-interruption resumes without redoing finished work.
 """
 
-from ttc_jax import cli
-from ttc_jax.study import runner
+from ttc_jax.pipeline import cli
 
 if __name__ == "__main__":
-  cli.run(runner.run, example="experiments/arith.py:study")
+  cli.main()

@@ -1,14 +1,9 @@
-r"""Trains one part of a study: policy, prm or orm.
+r"""Trains one model of the study and what it needs (an alias of launch/run.py).
 
-  python launch/train.py --config=experiments/arith.py:policy --workdir=runs/arith \
-      [--config.train.steps=100]
-
-Parts must run in order in one workdir (policy, prm, orm); rerunning a command
-after an interruption resumes it.
+  python launch/train.py --config=experiments/arith.py:policy --workdir=runs/arith   # or :prm, :orm
 """
 
-from ttc_jax import cli
-from ttc_jax.training import parts
+from ttc_jax.pipeline import cli
 
 if __name__ == "__main__":
-  cli.run(parts.run, example="experiments/arith.py:policy")
+  cli.main()

@@ -21,6 +21,11 @@ os.environ["XLA_FLAGS"] = f"{_flags} {_DEVICE_FLAG}".strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+
+from ttc_jax import host  # noqa: E402
+
+# Compiled programs persist across test processes (and runs): see host.py.
+host.enable_compilation_cache(os.environ.get("TTC_JAX_CACHE_DIR") or host.default_cache_dir())
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -58,6 +63,21 @@ def policy_config() -> TransformerConfig:
   # yet broad enough for the statistical tests to see many tokens.
   return TransformerConfig(vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4,
                            num_kv_heads=2, mlp_dim=64, max_seq_len=64, init_std=0.3)
+
+
+# float32 results differ between CPU models (kernels sum in different orders): a
+# fresh clone on an AMD EPYC was off by 1.01e-5 on logits of scale ~5. Every
+# comparison of float32 model outputs is relative to the compared values' scale,
+# with a tolerance far above that rounding and far below any real difference.
+F32_REL_TOL = 1e-4
+
+
+def assert_close(actual, desired, tol: float = F32_REL_TOL, err_msg: str = ""):
+  """``actual`` == ``desired`` within ``tol`` times the scale of ``desired`` (at least 1)."""
+  actual = np.asarray(actual, np.float64)
+  desired = np.asarray(desired, np.float64)
+  scale = max(1.0, float(np.abs(desired).max())) if desired.size else 1.0
+  np.testing.assert_allclose(actual, desired, rtol=0, atol=tol * scale, err_msg=err_msg)
 
 
 def make_prompts(seed: int, num: int = NUM_PROMPTS, length: int = PROMPT_LEN):
@@ -132,7 +152,7 @@ def special_ids(policy_model, full_logits, prompts):
   step_id = int(rows_with.argmax())
   mean_probs[[PAD_ID, step_id]] = -1
   eos_id = int(mean_probs.argmax())
-  return SpecialIds(pad_id=PAD_ID, eos_id=eos_id, step_id=step_id)
+  return SpecialIds(pad_id=PAD_ID, eos_ids=(eos_id,), step_ids=(step_id,))
 
 
 @pytest.fixture(scope="session")

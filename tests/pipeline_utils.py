@@ -1,55 +1,49 @@
-"""A tiny configuration of experiments/arith.py for tests of the training parts."""
+"""A tiny configuration of experiments/arith.py, and running the launch scripts on it."""
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 
+import filelock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
 sys.path.insert(0, REPO)
 
 from experiments import arith  # noqa: E402
+from ttc_jax import host  # noqa: E402
 
-# Flat overrides, usable in-process (apply_overrides) and on the command line
-# (as --config.KEY=VALUE). Small task, 1-layer d32 model, a few steps.
+# Flat overrides, usable in-process (tiny_config) and on the command line
+# (as --config.KEY=VALUE). Small task, 1-layer d32 models, a few steps.
 TINY = {
     "task.num_train": 200, "task.num_test": 40, "task.max_ops": 2,
     "task.max_operand_digits": 1,
     "tokenizer.num_texts": 200,
-    "model.d_model": 32, "model.num_layers": 1, "model.num_heads": 2, "model.num_kv_heads": 1,
-    "model.mlp_dim": 64, "model.max_seq_len": 64, "seq_len": 64,
+    "policy.model.d_model": 32, "policy.model.num_layers": 1, "policy.model.num_heads": 2,
+    "policy.model.num_kv_heads": 1, "policy.model.mlp_dim": 64, "policy.model.max_seq_len": 64,
     "sampling.max_new_tokens": 32, "sampling.batch_size": 32,
+    "policy.train.steps": 24, "policy.train.batch_size": 8, "policy.train.checkpoint_every": 4,
+    "policy.train.log_every": 4, "policy.train.warmup_steps": 2,
+    "test_problems": 8, "difficulty.samples_per_problem": 4,
+    "mc_labels.num_problems": 8, "mc_labels.samples_per_problem": 2, "mc_labels.rollouts": 4,
+    "mc_labels.problems_per_shard": 4,
+    "prm.train.steps": 6, "prm.train.batch_size": 8, "prm.train.checkpoint_every": 3,
+    "prm.train.log_every": 3, "prm.train.warmup_steps": 1,
+    "orm.train.steps": 6, "orm.train.batch_size": 8, "orm.train.checkpoint_every": 3,
+    "orm.train.log_every": 3, "orm.train.warmup_steps": 1,
+    "verifier_eval.subsamples": 8, "verifier_eval.auc_problems": 3,
+    "verifier_eval.auc_samples_per_problem": 2, "verifier_eval.rollouts": 4,
+    "search.budgets": (1, 2, 4), "search.beam_width": 2, "search.lookahead_steps": (1,),
+    "search.max_step_tokens": 8, "search.rows_per_call": 16,
 }
-TINY_PART = {
-    "policy": {"train.steps": 24, "train.batch_size": 8, "train.checkpoint_every": 4,
-               "train.log_every": 4, "train.warmup_steps": 2,
-               "eval.num_problems": 8, "eval.samples_per_problem": 4},
-    "prm": {"labels.num_problems": 8, "labels.samples_per_problem": 2, "labels.rollouts": 4,
-            "labels.problems_per_shard": 4, "train.steps": 6, "train.batch_size": 8,
-            "train.checkpoint_every": 3, "train.log_every": 3, "train.warmup_steps": 1},
-    "orm": {"train.steps": 6, "train.batch_size": 8, "train.checkpoint_every": 3,
-            "train.log_every": 3, "train.warmup_steps": 1},
-    "verifiers": {"eval.num_problems": 6, "eval.samples_per_problem": 4, "eval.subsamples": 8,
-                  "eval.auc_problems": 3, "eval.auc_samples_per_problem": 2,
-                  "eval.rollouts": 4},
-}
 
 
-TINY_STUDY = {"study.num_problems": 6, "study.difficulty_samples": 4, "study.budgets": (1, 2, 4),
-              "study.beam_width": 2, "study.lookahead_steps": (1,), "study.max_step_tokens": 8,
-              "study.rows_per_call": 16}
-
-
-def overrides(part: str) -> dict:
-  if part == "study":
-    nested = {f"{sub}.{k}": v for sub in ("policy", "prm", "orm") for k, v in TINY_PART[sub].items()}
-    return {**TINY, **nested, **TINY_STUDY}
-  return {**TINY, **TINY_PART[part]}
-
-
-def tiny_config(part: str, **extra):
-  config = arith.get_config(part)
-  for key, value in {**overrides(part), **extra}.items():
+def tiny_config(arg: str | None = None, **extra):
+  """The experiment config with TINY (and ``extra``, keys with dots as '__') applied."""
+  config = arith.get_config(arg)
+  for key, value in {**TINY, **{k.replace("__", "."): v for k, v in extra.items()}}.items():
     node = config
     *path, leaf = key.split(".")
     for p in path:
@@ -58,19 +52,29 @@ def tiny_config(part: str, **extra):
   return config
 
 
-def cli(script: str, part: str, workdir: str, *extra: str) -> list[str]:
-  args = [sys.executable, os.path.join(REPO, "launch", script),
-          f"--config={os.path.join(REPO, 'experiments', 'arith.py')}:{part}",
+def _flag(key, value) -> str:
+  return f"--config.{key}={value}".replace(" ", "")
+
+
+def cli(stage: str | None, workdir: str, *extra: str, script: str = "run.py",
+        overrides: dict | None = None) -> list[str]:
+  """The command line of a launch script on the tiny config (``stage``: the config arg)."""
+  spec = os.path.join(REPO, "experiments", "arith.py") + (f":{stage}" if stage else "")
+  args = [sys.executable, os.path.join(REPO, "launch", script), f"--config={spec}",
           f"--workdir={workdir}"]
-  args += [f"--config.{k}={v}".replace(" ", "") for k, v in overrides(part).items()]
+  tiny = {k: v for k, v in TINY.items()
+          if not (k.startswith("task.") and "task=" in (stage or ""))}  # another task's keys
+  args += [_flag(k, v) for k, v in {**tiny, **(overrides or {})}.items()]
   return args + list(extra)
 
 
 def env() -> dict:
   e = dict(os.environ)
   e["XLA_FLAGS"] = ""  # one CPU device in subprocesses: fast startup
-  e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
+  e["PYTHONPATH"] = os.pathsep.join([REPO, TESTS, e.get("PYTHONPATH", "")])
   e["JAX_PLATFORMS"] = "cpu"
+  # Compiled programs persist across the suite's processes (the launch scripts' default).
+  e.setdefault("TTC_JAX_CACHE_DIR", host.default_cache_dir())
   return e
 
 
@@ -79,3 +83,28 @@ def run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
   if check and proc.returncode != 0:
     raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return proc
+
+
+def shared_study(tmp_path_factory, name: str = "tiny_study", stage: str | None = None) -> str:
+  """A workdir where the tiny study ran once per test session (shared by xdist workers:
+  the first one runs it under a file lock, the others wait). Copy it before changing it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  workdir = str(root / name)
+  with filelock.FileLock(workdir + ".lock"):
+    if not os.path.exists(workdir + ".done"):
+      shutil.rmtree(workdir, ignore_errors=True)
+      run(cli(stage, workdir))
+      open(workdir + ".done", "w").close()
+  return workdir
+
+
+@contextlib.contextmanager
+def chdir(path):
+  old = os.getcwd()
+  os.chdir(path)
+  try:
+    yield
+  finally:
+    os.chdir(old)

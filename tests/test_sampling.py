@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from conftest import assert_close
 from conftest import CACHE_SIZE
 from conftest import GREEDY
 from conftest import GREEDY_STEP
@@ -60,7 +61,7 @@ def assert_same_samples(got, ref, rows=None):
   names = ("tokens", "logprobs", "lengths", "stopped")
   for name, a, b in zip(names, got, ref):
     if name == "logprobs":
-      np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+      assert_close(a, b, err_msg=name)
     else:
       np.testing.assert_array_equal(a, b, err_msg=name)
 
@@ -87,14 +88,14 @@ def check_stop_rules(out, stop_ids, n=N):
 # Token choice
 # ----------------------------------------------------------------------------
 def test_greedy_is_argmax_of_full_forward(core1, run, prompts, full_logits, special_ids):
-  toks, logp, lens, stopped = check_stop_rules(run(core1, GREEDY), [special_ids.eos_id])
+  toks, logp, lens, stopped = check_stop_rules(run(core1, GREEDY), [special_ids.eos_ids[0]])
   ref = generated_logits(full_logits, prompts, toks, lens)
   mask = gen_mask(lens)
   assert mask.sum() >= 4 * B, "too few generated tokens to compare"
   np.testing.assert_array_equal(toks[mask], ref.argmax(-1)[mask])
   # logprobs are the model's log-probabilities of the chosen tokens.
   ref_logp = np.take_along_axis(log_softmax(ref), toks[..., None], -1)[..., 0]
-  np.testing.assert_allclose(logp[mask], ref_logp[mask], atol=1e-4)
+  assert_close(logp[mask], ref_logp[mask])
 
 
 def _chisquare_pvalue(counts, probs):
@@ -135,7 +136,7 @@ def test_first_token_frequencies_match_softmax(core1, prompts, full_logits, temp
   assert p_right > 1e-3, (p_right, counts)
   assert p_wrong < 1e-3, (p_wrong, counts)
   # logprobs are under the unmodified (temperature 1) distribution.
-  np.testing.assert_allclose(np.asarray(out.logprobs)[:, 0], log_softmax(ref)[toks], atol=1e-4)
+  assert_close(np.asarray(out.logprobs)[:, 0], log_softmax(ref)[toks])
 
 
 def _allowed(logits, sp, tol=1e-4):
@@ -162,7 +163,7 @@ def _allowed(logits, sp, tol=1e-4):
 @pytest.mark.parametrize("sp", [TOP_K, TOP_P, TOP_K_P], ids=["top_k", "top_p", "top_k_p"])
 def test_top_k_top_p_stay_in_allowed_set(core1, run, prompts, full_logits, special_ids, sp):
   out = run(core1, sp, keys=row_keys(1, np.arange(B)))
-  toks, logp, lens, _ = check_stop_rules(out, [special_ids.eos_id])
+  toks, logp, lens, _ = check_stop_rules(out, [special_ids.eos_ids[0]])
   ref = generated_logits(full_logits, prompts, toks, lens)
   mask = gen_mask(lens)
   allowed = _allowed(ref, sp)
@@ -177,7 +178,7 @@ def test_top_k_top_p_stay_in_allowed_set(core1, run, prompts, full_logits, speci
   assert (toks[mask] != ref.argmax(-1)[mask]).mean() > 0.1
   # logprobs are under the model's unmodified distribution, not the truncated one.
   ref_logp = np.take_along_axis(log_softmax(ref), toks[..., None], -1)[..., 0]
-  np.testing.assert_allclose(logp[mask], ref_logp[mask], atol=1e-4)
+  assert_close(logp[mask], ref_logp[mask])
 
 
 def test_top_k_1_equals_greedy(core1, run):
@@ -194,8 +195,7 @@ def _finite(x):
 
 def test_process_logits_temperature_and_greedy():
   logits = jnp.array([[1.0, -2.0, 0.5, 3.0]])
-  np.testing.assert_allclose(process_logits(logits, SamplingParams(temperature=0.5)),
-                             logits / 0.5, rtol=1e-6)
+  assert_close(process_logits(logits, SamplingParams(temperature=0.5)), logits / 0.5)
   # Greedy leaves the logits alone (top-k/p are irrelevant to argmax).
   greedy = SamplingParams(temperature=0.0, top_k=1, top_p=0.1)
   np.testing.assert_array_equal(process_logits(logits, greedy), logits)
@@ -217,7 +217,7 @@ def test_process_logits_top_p(top_p, kept):
   logits = jnp.asarray(np.log(probs)[None], jnp.float32)
   out = np.asarray(process_logits(logits, SamplingParams(top_p=top_p)))
   assert _finite(out[0]) == kept
-  np.testing.assert_allclose(out[0, list(kept)], np.log(probs)[list(kept)], rtol=1e-6)
+  assert_close(out[0, list(kept)], np.log(probs)[list(kept)])
 
 
 def test_process_logits_top_p_after_top_k_renormalises():
@@ -258,7 +258,7 @@ def stop_runs(core1, run):
 
 
 def test_rows_stop_at_eos_only(stop_runs, special_ids):
-  eos, step = special_ids.eos_id, special_ids.step_id
+  eos, step = special_ids.eos_ids[0], special_ids.step_ids[0]
   for out in stop_runs["eos"]:
     toks, _, lens, stopped = check_stop_rules(out, [eos])
   all_toks = np.concatenate([as_np(o)[0] for o in stop_runs["eos"]])
@@ -271,7 +271,7 @@ def test_rows_stop_at_eos_only(stop_runs, special_ids):
 
 
 def test_rows_stop_at_step_delimiter(stop_runs, special_ids):
-  eos, step = special_ids.eos_id, special_ids.step_id
+  eos, step = special_ids.eos_ids[0], special_ids.step_ids[0]
   ends = []
   for out in stop_runs["step"]:
     toks, _, lens, stopped = check_stop_rules(out, [eos, step])
@@ -284,7 +284,7 @@ def test_rows_stop_at_step_delimiter(stop_runs, special_ids):
 
 
 def test_min_new_tokens_prevents_early_stop(stop_runs, special_ids):
-  stops = [special_ids.eos_id, special_ids.step_id]
+  stops = [special_ids.eos_ids[0], special_ids.step_ids[0]]
   lens_step = np.concatenate([as_np(o)[2] for o in stop_runs["step"]])
   assert (lens_step < 4).any(), "no early stop to prevent; the check would be vacuous"
   for out in stop_runs["min4"]:
@@ -298,7 +298,7 @@ def test_min_new_tokens_bans_stops_exactly_before_min(core1, run, prompts, full_
   """Greedy with min_new_tokens=2 is the argmax with EOS and the step delimiter
   masked at steps 0 and 1 only (catches off-by-one errors in either direction)."""
   m = 2
-  stops = [special_ids.eos_id, special_ids.step_id]
+  stops = [special_ids.eos_ids[0], special_ids.step_ids[0]]
   plain = as_np(run(core1, GREEDY_STEP))
   assert (plain[2] <= m).any(), "no greedy row stops within min_new_tokens; vacuous"
   sp = SamplingParams(temperature=0.0, max_new_tokens=N, min_new_tokens=m, stop_at_step=True)
@@ -334,7 +334,7 @@ def test_inactive_rows_generate_nothing(core1, run, prompts):
 # Continuation and gather
 # ----------------------------------------------------------------------------
 def test_greedy_continuation_after_step_stop_equals_one_call(core1, run, special_ids):
-  eos = special_ids.eos_id
+  eos = special_ids.eos_ids[0]
   keys = row_keys(0, np.arange(B))
   one = as_np(run(core1, SamplingParams(temperature=0.0, max_new_tokens=2 * N)))
   first = run(core1, GREEDY_STEP)
@@ -391,7 +391,7 @@ def test_extend_equals_prefill_of_concatenation(core1, prompts):
   ref = as_np(core1.sample(whole, row_keys(0, np.arange(B)), GREEDY))
   part = core1.prefill(tokens[:, :5], valid[:, :5], cache_size=CACHE_SIZE)
   part = core1.extend(part, tokens[:, 5:], valid[:, 5:])
-  np.testing.assert_allclose(np.asarray(part.logits), ref_logits, atol=1e-5)
+  assert_close(np.asarray(part.logits), ref_logits)
   got = as_np(core1.sample(part, row_keys(0, np.arange(B)), GREEDY))
   np.testing.assert_array_equal(got[0], ref[0])
   # A row with nothing valid in the chunk keeps its logits.
@@ -419,11 +419,11 @@ def test_extend_outputs_equal_full_forward_at_every_token(core1, prompts, full_l
   assert every.shape == (B, 6, VOCAB)
   ref = full_logits(np.concatenate([tokens, chunk], 1), np.concatenate([valid, chunk_valid], 1))
   ref = ref[:, PROMPT_LEN:]
-  np.testing.assert_allclose(every[chunk_valid], ref[chunk_valid], atol=1e-5)
+  assert_close(every[chunk_valid], ref[chunk_valid])
   # The state's logits are those at each row's last valid token (or unchanged).
   last = np.asarray(state.logits)
-  np.testing.assert_allclose(last[0], ref[0, 5], atol=1e-5)
-  np.testing.assert_allclose(last[1], ref[1, 3], atol=1e-5)
+  assert_close(last[0], ref[0, 5])
+  assert_close(last[1], ref[1, 3])
   np.testing.assert_array_equal(last[2], before[2])
 
 
@@ -446,7 +446,7 @@ def test_row_samples_do_not_depend_on_the_rest_of_the_batch(core1, run, prompts)
   # A row alone.
   alone = as_np(run(core1, SAMPLE, keys=keys[3:4], rows=[3]))
   np.testing.assert_array_equal(alone[0][0], base[0][3])
-  np.testing.assert_allclose(alone[1][0], base[1][3], atol=1e-5)
+  assert_close(alone[1][0], base[1][3])
 
 
 def test_same_keys_same_samples_different_keys_different(core1, run, prompts):
@@ -501,11 +501,11 @@ def test_chunks_longer_than_window_granularity(core1, core_g8):
   tokens, valid = make_prompts(7, num=4, length=12)
   ref = core1.prefill(tokens, valid, cache_size=CACHE_SIZE)
   state = core_g8.prefill(tokens, valid, cache_size=CACHE_SIZE)
-  np.testing.assert_allclose(np.asarray(state.logits), np.asarray(ref.logits), atol=1e-5)
+  assert_close(np.asarray(state.logits), np.asarray(ref.logits))
   chunk = np.random.RandomState(8).randint(1, VOCAB, (4, 12))
   ref = core1.extend(ref, chunk)
   state = core_g8.extend(state, chunk)
-  np.testing.assert_allclose(np.asarray(state.logits), np.asarray(ref.logits), atol=1e-5)
+  assert_close(np.asarray(state.logits), np.asarray(ref.logits))
 
 
 # ----------------------------------------------------------------------------
@@ -527,11 +527,12 @@ def test_sampling_params_reject_bad_values(kwargs, match):
 
 
 def test_prefill_rejects_bad_prompts(core1):
-  with pytest.raises(ValueError, match=r"prompt of length 12 .*cache_size=10"):
+  with pytest.raises(ValueError, match=r"prompts of length 12 .*do not fit cache_size=10"):
     core1.prefill(np.ones((2, 12), np.int32), cache_size=10)
-  with pytest.raises(ValueError, match=r"cache_size=65 exceeds .*max_seq_len=64"):
-    core1.prefill(np.ones((2, 8), np.int32), cache_size=65)
-  with pytest.raises(ValueError, match=r"60 \+ max_new_tokens 8 = 68 .*max_seq_len=64"):
+  with pytest.raises(ValueError, match=r"a prompt of 65 tokens exceeds .*max_seq_len=64"):
+    core1.prefill(np.ones((2, 65), np.int32), cache_size=80)
+  with pytest.raises(ValueError, match=r"longest prompt \(60 tokens\) \+ max_new_tokens \(8\) = 68 "
+                     r".*max_seq_len=64"):
     core1.generate(np.ones((1, 60), np.int32), None, row_keys(0, [0]),
                    SamplingParams(max_new_tokens=8))
   with pytest.raises(ValueError, match=r"\[0, 64\); got range \[1, 64\]"):
@@ -545,8 +546,12 @@ def test_prefill_rejects_bad_prompts(core1):
 
 
 def test_bad_ids_and_settings(policy_model):
-  with pytest.raises(ValueError, match=r"eos_id=64 .*\[0, 64\)"):
-    SamplingCore(policy_model, SpecialIds(eos_id=64))
+  with pytest.raises(ValueError, match=r"eos_ids holds 64, outside .*\[0, 64\)"):
+    SamplingCore(policy_model, SpecialIds(eos_ids=(64,)))
+  with pytest.raises(ValueError, match=r"step_ids holds 70"):
+    SamplingCore(policy_model, SpecialIds(step_ids=(4, 70)))
+  with pytest.raises(TypeError, match=r"step_ids=4: expected a tuple"):
+    SpecialIds(step_ids=4)
   with pytest.raises(ValueError, match=r"pad_id=-1"):
     SamplingCore(policy_model, SpecialIds(pad_id=-1))
   with pytest.raises(ValueError, match=r"window_granularity=-1"):
@@ -570,6 +575,9 @@ def test_sample_gather_extend_reject_bad_inputs(core1, run):
     core1.sample(state, raw, SAMPLE)
   with pytest.raises(ValueError, match=r"active has shape \(3,\)"):
     core1.sample(state, keys, SAMPLE, active=np.ones(3, bool))
+  with pytest.raises(ValueError, match=r"limits must be \(16,\) integers in \[0, max_new_tokens=16\]"
+                     r".*\[2, 17\]"):
+    core1.sample(state, keys, SAMPLE, limits=np.arange(B) + 2)
   with pytest.raises(TypeError, match="SamplingParams"):
     core1.sample(state, keys, {"temperature": 1.0})
   for rows, match in [([16], r"\[0, 16\); got \[16, 16\]"), ([0, -1], r"\[0, 16\); got \[-1, 0\]"),
@@ -579,3 +587,56 @@ def test_sample_gather_extend_reject_bad_inputs(core1, run):
   # Rejected calls did not consume (donate) the state: it still continues.
   cont = as_np(core1.sample(state, keys, GREEDY))
   assert (cont[2] >= 1).all()
+
+
+# ----------------------------------------------------------------------------
+# Per-row token caps and the context: a row's stop never depends on the others
+# ----------------------------------------------------------------------------
+def test_per_row_limits_cut_each_row_where_its_own_limit_says(core1, run, prompts):
+  full = as_np(run(core1, GREEDY))
+  limits = np.array([0, 1, 2, 3, 5, 8, 13, 16] * 2)
+  tokens, valid = prompts
+  state = core1.prefill(tokens, valid, cache_size=CACHE_SIZE)
+  out = core1.sample(state, row_keys(0, np.arange(B)), GREEDY, limits=limits)
+  toks, logp, lens, stopped = as_np(out)
+  np.testing.assert_array_equal(lens, np.minimum(full[2], limits))
+  for r in range(B):
+    np.testing.assert_array_equal(toks[r, :lens[r]], full[0][r, :lens[r]])
+    np.testing.assert_array_equal(toks[r, lens[r]:], PAD_ID)
+    # A row cut by its limit did not stop; one that stopped first still did.
+    assert stopped[r] == (full[3][r] and full[2][r] <= limits[r])
+  # Continuing a cut row gives the rest of its unlimited sample.
+  cont = as_np(core1.sample(out.state, row_keys(0, np.arange(B)),
+                            SamplingParams(temperature=0.0, max_new_tokens=N)))
+  r = 6  # limit 13
+  if not stopped[r]:
+    rest = full[2][r] - lens[r]
+    np.testing.assert_array_equal(cont[0][r, :rest], full[0][r, lens[r]:full[2][r]])
+
+
+def test_rows_stop_at_the_context_whatever_the_cache_size(core1, prompts):
+  """A prompt near the context and short ones share a cache larger than the context:
+  the long row stops at max_seq_len (not stopped), the others are unaffected."""
+  ctx = core1.config.max_seq_len  # 64
+  tokens, valid = prompts
+  rs = np.random.RandomState(5)
+  long_prompt = rs.randint(1, VOCAB, ctx - 3).astype(np.int32)
+  width = ctx - 3
+  rows = np.full((3, width), PAD_ID, np.int32)
+  mask = np.zeros((3, width), bool)
+  rows[0] = long_prompt
+  mask[0] = True
+  for i, r in enumerate((1, 2), start=1):
+    n = int(valid[r].sum())
+    rows[i, width - n:] = tokens[r, valid[r]]
+    mask[i, width - n:] = True
+  keys = row_keys(0, np.arange(3))
+  state = core1.prefill(rows, mask, cache_size=width + N)  # 77 slots > the context of 64
+  toks, _, lens, stopped = as_np(core1.sample(state, keys, GREEDY))
+  assert lens[0] <= 3
+  if not stopped[0]:
+    assert lens[0] == 3  # cut by the context: 61 + 3 = 64 tokens
+  alone = as_np(core1.generate(tokens[1:3], valid[1:3], keys[1:], GREEDY))
+  for i in (1, 2):
+    np.testing.assert_array_equal(toks[i, :lens[i]], alone[0][i - 1, :alone[2][i - 1]])
+    assert lens[i] == alone[2][i - 1] and stopped[i] == alone[3][i - 1]

@@ -6,16 +6,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import assert_close
 from conftest import policy_config
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import choose_tokens
 from ttc_jax.sampling.core import process_logits
 from ttc_jax.sampling.core import row_keys
+from ttc_jax.sampling import streams
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
 from ttc_jax.search import SearchContext
 from ttc_jax.search import common
+from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers.incremental import IncrementalScorer
 
 
@@ -26,6 +29,7 @@ class _Tok:
 
   def __init__(self, eos_id, step_id):
     self.eos_id, self.step_id = eos_id, step_id
+    self.eos_ids, self.step_ids = (eos_id,), (step_id,)
 
   def encode(self, text, bos=False):
     return ([self.bos_id] if bos else []) + [int(t) for t in text.split()]
@@ -59,12 +63,17 @@ PROBLEMS = [_Problem(3, "5 9 12 7", "20"), _Problem(8, "14 3", "11"),
 
 
 @pytest.fixture(scope="module")
-def ctx(core1, special_ids):
+def prm(core1):
   cfg = policy_config()
-  prm_model = Transformer(type(cfg)(**{**cfg.__dict__, "head": "value"}), rngs=nnx.Rngs(7))
-  tok = _Tok(special_ids.eos_id, special_ids.step_id)
-  # Rounds x step length stay inside the context, so no candidate is cut by it.
-  return SearchContext(core=core1, prm=IncrementalScorer(prm_model), task=_Task(), tokenizer=tok,
+  return IncrementalScorer(Transformer(type(cfg)(**{**cfg.__dict__, "head": "value"}),
+                                       rngs=nnx.Rngs(7)))
+
+
+@pytest.fixture(scope="module")
+def ctx(core1, prm, special_ids):
+  tok = _Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
+  # Rounds x step length stay inside the context and the token cap: nothing is cut.
+  return SearchContext(core=core1, prm=prm, task=_Task(), tokenizer=tok,
                        seed=3, temperature=1.0, max_new_tokens=48, max_step_tokens=8)
 
 
@@ -91,7 +100,7 @@ def _padded_forward(graphdef, params, length=64):
 
 def _reference_beam(strategy, ctx, problem):
   """Unvectorized beam search: one problem, one candidate at a time, every prefix
-  re-encoded by a full forward pass (no cache), same keys and selection rule."""
+  re-encoded by a full forward pass (no cache), same keys, caps and selection rule."""
   policy = _padded_forward(ctx.core.graphdef, ctx.core.params)
   prm = _padded_forward(ctx.prm.graphdef, ctx.prm.params)
   tok = ctx.tokenizer
@@ -102,9 +111,14 @@ def _reference_beam(strategy, ctx, problem):
   greedy = SamplingParams(temperature=0.0, max_new_tokens=ctx.max_step_tokens, stop_at_step=True)
   tokens_policy = tokens_prm = len(prompt)
 
+  def room(length):
+    """Tokens a solution of ``length`` may still add in one step: its cap, the context."""
+    return max(0, min(ctx.max_step_tokens, ctx.max_new_tokens - length,
+                      ctx.core.config.max_seq_len - len(prompt) - length))
+
   def step(seq, key, params):
     out = []
-    for t in range(params.max_new_tokens):
+    for t in range(room(len(seq))):
       logits = policy(prompt + seq + out)[None]
       nxt = int(choose_tokens(process_logits(logits, params), key[None], jnp.int32(t), params)[0])
       out.append(nxt)
@@ -125,17 +139,19 @@ def _reference_beam(strategy, ctx, problem):
     for j in range(n):
       if not active[j]:
         continue
-      key = row_keys(ctx.seed, common.SEARCH_STREAM, problem.index, j, rnd)[0]
+      key = streams.keys(ctx.seed, "search", problem.index, j, rnd)[0]
       new = step(seqs[j], key, sp)
       tokens_policy += len(new)
       tokens_prm += len(new)
       seqs[j] = seqs[j] + new
       ended[j] = new[-1] == tok.eos_id
       scores[j] = select[j] = score(seqs[j])
-      if strategy.lookahead and not ended[j]:
+      if strategy.lookahead and not ended[j] and room(len(seqs[j])):
         roll = list(seqs[j])
         for _ in range(strategy.lookahead):
           extra = step(roll, key, greedy)
+          if not extra:
+            break
           tokens_policy += len(extra)
           tokens_prm += len(extra)
           roll += extra
@@ -145,7 +161,8 @@ def _reference_beam(strategy, ctx, problem):
     for j in sorted(ended):
       if ended[j]:
         pool.append((seqs[j], scores[j]))
-    alive = [j for j in sorted(select) if not ended[j]]
+    # Unfinished beams without room left (cap or context) are cut, never expanded.
+    alive = [j for j in sorted(select) if not ended[j] and room(len(seqs[j]))]
     kept = sorted(alive, key=lambda j: (-select[j], j))[:n // m]
     parents = [kept[i // m] if i // m < len(kept) else None for i in range(n)]
     seqs = [list(seqs[p]) if p is not None else [] for p in parents]
@@ -169,7 +186,7 @@ def test_vectorized_search_matches_the_reference(ctx, strategy):
     pool, tokens_policy, tokens_prm = _reference_beam(strategy, ctx, problem)
     got = _as_pool(res)
     assert [c[0] for c in got] == [c[0] for c in pool]
-    np.testing.assert_allclose([c[1] for c in got], [c[1] for c in pool], rtol=1e-4, atol=1e-5)
+    assert_close([c[1] for c in got], [c[1] for c in pool])
     # Budgets are exact: every token through each model once, prompts once.
     assert res.budget.policy_tokens == tokens_policy
     assert res.budget.prm_tokens == tokens_prm
@@ -200,8 +217,7 @@ def test_problems_do_not_mix_in_a_batch(ctx, strategy):
   for problem, res in zip(PROBLEMS, together):
     alone = strategy.run(ctx, [problem])[0]
     assert [c[0] for c in _as_pool(alone)] == [c[0] for c in _as_pool(res)]
-    np.testing.assert_allclose([c[1] for c in _as_pool(alone)], [c[1] for c in _as_pool(res)],
-                               rtol=1e-5, atol=1e-6)
+    assert_close([c[1] for c in _as_pool(alone)], [c[1] for c in _as_pool(res)])
     assert alone.answer == res.answer
     assert alone.budget.policy_tokens == res.budget.policy_tokens
 
@@ -223,18 +239,26 @@ def test_best_of_n_scores_every_step_and_counts_tokens(ctx):
   assert res.budget.generations == 4
 
 
-def test_weighted_select_sums_scores_per_answer():
+def test_search_selects_answers_with_the_one_aggregation(ctx):
+  """finish() chooses by verifiers.aggregation: weighted sums, ties to the first seen."""
   cands = [common.Candidate([], 0.9, "1", False), common.Candidate([], 0.5, "2", True),
-           common.Candidate([], 0.5, "2", True), common.Candidate([], 0.3, None, False)]
-  assert common.weighted_select(cands) == "2"
-  assert common.weighted_select(cands[:1] + cands[3:]) == "1"
-  assert common.weighted_select(cands[3:]) is None
+           common.Candidate([], 0.45, "2", True), common.Candidate([], 0.3, None, False)]
+  (res,) = common.finish(ctx, [PROBLEMS[0]], [cands], [None])
+  assert res.answer == "2" == aggregation.select_answer(["1", "2", "2", None],
+                                                        [0.9, 0.5, 0.45, 0.3])
+  # An exact tie (0.5 + 0.4 = 0.9) goes to the answer seen first.
+  assert aggregation.select_answer(["1", "2", "2"], [0.9, 0.5, 0.4]) == "1"
+  assert aggregation.select_answer(["2", "1", "2"], [0.5, 0.9, 0.4]) == "2"
+  (res,) = common.finish(ctx, [PROBLEMS[0]], [cands], [None], selection="vanilla")
+  assert res.answer == "1"
+  (res,) = common.finish(ctx, [PROBLEMS[0]], [cands[3:]], [None])
+  assert res.answer is None and not res.correct
 
 
 def test_bad_search_arguments():
   with pytest.raises(ValueError, match="M dividing n"):
     BeamSearch(n=6, width=4)
-  with pytest.raises(ValueError, match="selection 'best'"):
+  with pytest.raises(ValueError, match=r"selection 'best'.*\('majority', 'vanilla', 'weighted'\)"):
     BestOfN(n=4, selection="best")
 
 
@@ -255,4 +279,57 @@ def test_compacting_the_cache_does_not_change_what_is_generated(core1, prompts):
   assert tight < loose
   assert tight == int((valid.sum(1) + lengths).max())  # the longest row, not the sum
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
-  np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+  assert_close(np.asarray(a.logprobs), np.asarray(b.logprobs))
+
+
+# ------------------------------------------------------------------- the edges
+# A problem whose beams fill the context, batched with short ones; and token caps
+# that bind. Every problem's result must equal the reference (and itself alone).
+LONG = _Problem(21, " ".join(str(3 + i % 50) for i in range(44)), "7")
+LONG_PROMPT = 45  # BOS + 44 tokens: 19 tokens of room in the 64-token context
+
+
+@pytest.fixture(scope="module")
+def edge_ctx(core1, prm, special_ids):
+  tok = _Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
+  # The long problem reaches the 64-token context after ~19 new tokens; the short
+  # ones are cut by their cap of 40 tokens.
+  return SearchContext(core=core1, prm=prm, task=_Task(), tokenizer=tok, seed=5,
+                       temperature=1.0, max_new_tokens=40, max_step_tokens=8)
+
+
+@pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=8),
+                                      BeamSearch(n=4, width=2, lookahead=2, max_rounds=8)],
+                         ids=["beam", "lookahead-2"])
+def test_search_at_the_context_limit_is_batch_independent(edge_ctx, strategy):
+  problems = [LONG] + PROBLEMS
+  together = strategy.run(edge_ctx, problems)
+  longest_short = 0
+  for problem, res in zip(problems, together):
+    alone = strategy.run(edge_ctx, [problem])[0]
+    pool, tokens_policy, _ = _reference_beam(strategy, edge_ctx, problem)
+    for got in (res, alone):
+      assert [c[0] for c in _as_pool(got)] == [c[0] for c in pool]
+      assert_close([c[1] for c in _as_pool(got)], [c[1] for c in pool])
+      assert got.budget.policy_tokens == tokens_policy
+    assert alone.answer == res.answer
+    for c in res.candidates:
+      assert len(c.tokens) <= edge_ctx.max_new_tokens
+      assert len(c.tokens) + len(problem.question.split()) + 1 <= edge_ctx.core.config.max_seq_len
+    if problem is not LONG:
+      longest_short = max([longest_short] + [len(c.tokens) for c in res.candidates])
+  # The check has teeth: short problems finished beams longer than the long problem's
+  # room (a shared context would have cut them).
+  assert longest_short > edge_ctx.core.config.max_seq_len - LONG_PROMPT, longest_short
+
+
+def test_best_of_n_caps_each_solution_and_stops_at_the_context(edge_ctx):
+  problems = [LONG] + PROBLEMS
+  together = BestOfN(n=4).run(edge_ctx, problems)
+  for problem, res in zip(problems, together):
+    alone = BestOfN(n=4).run(edge_ctx, [problem])[0]
+    assert [c.tokens for c in alone.candidates] == [c.tokens for c in res.candidates]
+    room = min(edge_ctx.max_new_tokens, edge_ctx.core.config.max_seq_len - LONG_PROMPT) \
+        if problem is LONG else edge_ctx.max_new_tokens
+    assert all(len(c.tokens) <= room for c in res.candidates)
+    assert sum(len(c.tokens) == room for c in res.candidates) or problem is not LONG

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from conftest import assert_close
 from conftest import CACHE_SIZE
 from conftest import GREEDY
 from conftest import NUM_PROMPTS
@@ -21,7 +22,7 @@ from conftest import TOP_K_P
 from conftest import TOP_P
 from conftest import as_np
 from ttc_jax.sampling.core import SamplingCore
-from ttc_jax.sampling.core import make_mesh
+from ttc_jax.parallel import make_mesh
 from ttc_jax.sampling.core import row_keys
 
 B = NUM_PROMPTS
@@ -41,7 +42,7 @@ def core8(policy_model, special_ids):
 def assert_same_samples(got, ref):
   tokens, logprobs, lengths, stopped = got
   np.testing.assert_array_equal(tokens, ref[0])
-  np.testing.assert_allclose(logprobs, ref[1], atol=1e-5, rtol=0)
+  assert_close(logprobs, ref[1])
   np.testing.assert_array_equal(lengths, ref[2])
   np.testing.assert_array_equal(stopped, ref[3])
 

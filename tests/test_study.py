@@ -1,25 +1,30 @@
-"""The study: sweep cells, resume after SIGKILL with identical results, report files."""
+"""The study: sweep cells, resume after SIGKILL and a torn cell log, the report."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 
+import numpy as np
+
 import pipeline_utils as pu
-from ttc_jax.study import runner
+from ttc_jax.pipeline.stages import cell_key
+from ttc_jax.pipeline.stages import sweep
+from ttc_jax.report import markdown
+from ttc_jax.search.common import call_chunks
 
 
-def _curves(workdir):
-  with open(os.path.join(workdir, "study", "results.json")) as f:
+def _results(workdir):
+  with open(os.path.join(workdir, "report", "latest", "results.json")) as f:
     res = json.load(f)
   return [{k: v for k, v in c.items() if k != "wall_s"} for c in res["curves"]], res
 
 
 def test_sweep_cells_follow_the_config():
-  config = pu.tiny_config("study")
-  cells = runner.sweep(config)
+  cells = sweep(pu.tiny_config().search)
   names = [(c["method"], c["params"]["n"]) for c in cells]
   assert names[:3] == [("best_of_n_weighted", 1), ("best_of_n_weighted", 2),
                        ("best_of_n_weighted", 4)]
@@ -27,53 +32,88 @@ def test_sweep_cells_follow_the_config():
   # Lookahead k=1 costs N x 2 generations: only N = 2 fits a budget range up to 4.
   assert [c["params"] for c in cells if c["method"] == "lookahead_k1"] == [
       {"n": 2, "m": 2, "k": 1}]
-  assert len({runner.cell_key(c) for c in cells}) == len(cells)
+  assert len({cell_key(c) for c in cells}) == len(cells)
 
 
-def test_chunks_have_equal_sizes_and_cover_every_problem():
-  calls = runner._chunks(10, 4)  # pylint: disable=protected-access
+def test_calls_have_equal_sizes_and_cover_every_problem():
+  calls = call_chunks(10, 4)
   assert [len(c) for c in calls] == [4, 4, 4]
   assert sorted(set(i for c in calls for i in c)) == list(range(10))
 
 
-def test_study_survives_sigkill_and_reruns_to_the_same_results(tmp_path):
-  base, killed = str(tmp_path / "base"), str(tmp_path / "killed")
-  # Train the parts once; both runs start from copies of the same trained models.
-  for part in ("policy", "prm", "orm"):
-    pu.run(pu.cli("train.py", part, base))
-  shutil.copytree(base, killed)
-  pu.run(pu.cli("study.py", "study", base))
-  ref, ref_res = _curves(base)
-  assert len(ref) == len(runner.sweep(pu.tiny_config("study")))
-  for c in ref:
+def test_the_report_is_generic(tmp_path_factory, tmp_path):
+  base = pu.shared_study(tmp_path_factory)
+  curves, res = _results(base)
+  assert len(curves) == len(sweep(pu.tiny_config().search))
+  for c in curves:
     assert 0 <= c["accuracy"] <= 1 and len(c["accuracy_by_bin"]) == 5
     assert c["policy_tokens"] > 0 and c["prm_tokens"] == c["policy_tokens"]
-  assert ref_res["perf"]["prm_tokens_per_policy_token"] == 1.0
-  assert ref_res["perf"]["beam_vs_bon_wall_ratio"] > 0
+  assert res["perf"]["prm_tokens_per_policy_token"] == 1.0
+  assert res["perf"]["beam_method"] == "beam_m2" and res["perf"]["beam_vs_bon_wall_ratio"] > 0
+  assert set(res["models"]) == {"policy", "prm", "orm"} and res["task"] == "arith"
+  report_dir = os.path.join(base, "report", "latest")
+  text = open(os.path.join(report_dir, "report.md")).read()
+  assert "beam search M=2" in text and "M=4" not in text  # the width comes from the config
+  rows = [line for line in text.splitlines() if line.startswith("| beam search M=2 | 4 |")]
+  assert len(rows) == 2, rows  # one bins row and one cost row: budget 4 shown once
   for name in ("report.md", "accuracy_vs_budget.png", "accuracy_by_difficulty.png"):
-    assert os.path.getsize(os.path.join(base, "study", name)) > 0
+    assert os.path.getsize(os.path.join(report_dir, name)) > 0
+  assert markdown.low_high([1, 2, 4]) == [4] and markdown.low_high([1, 2, 8]) == [1, 8]
+  # Another number of difficulty bins: only the report is redone.
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  out = pu.run(pu.cli(None, workdir, overrides={"report.difficulty_bins": 3}))
+  assert "search_sweep: up to date" in out.stderr and "report: running" in out.stderr
+  curves3, res3 = _results(workdir)
+  assert all(len(c["accuracy_by_bin"]) == 3 for c in curves3)
+  assert len(res3["difficulty"]["bin_mean_pass_at_1"]) == 3
+  assert "| bin 1 | bin 2 | bin 3 |" in open(
+      os.path.join(workdir, "report", "latest", "report.md")).read()
 
-  cells = os.path.join(killed, "study", "cells.jsonl")
-  proc = subprocess.Popen(pu.cli("study.py", "study", killed), env=pu.env(),
+
+def test_study_survives_sigkill_and_a_torn_cell_line(tmp_path_factory, tmp_path):
+  base = pu.shared_study(tmp_path_factory)
+  ref, _ = _results(base)
+  killed = str(tmp_path / "killed")
+  shutil.copytree(base, killed, symlinks=True)
+  for stage in ("search_sweep", "report"):  # everything before the sweep is reused
+    shutil.rmtree(os.path.join(killed, stage))
+  proc = subprocess.Popen(pu.cli(None, killed), env=pu.env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  cells = None
   while proc.poll() is None:
-    if os.path.exists(cells) and sum(1 for _ in open(cells)) >= 3:
+    found = [os.path.join(killed, "search_sweep", d, "cells.jsonl")
+             for d in (os.listdir(os.path.join(killed, "search_sweep"))
+                       if os.path.isdir(os.path.join(killed, "search_sweep")) else [])]
+    cells = next((f for f in found if os.path.exists(f)), None)
+    if cells and sum(1 for _ in open(cells)) >= 3:
       break
     time.sleep(0.02)
   assert proc.poll() is None, "the study finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  done_before = 0
-  for line in open(cells):
-    try:
-      json.loads(line)
-      done_before += 1
-    except ValueError:
-      pass  # a line torn by the kill does not count
-  out = pu.run(pu.cli("study.py", "study", killed))
-  assert f"{done_before} already done" in out.stderr
-  got, _ = _curves(killed)
+  with open(cells) as f:
+    done_before = sum(1 for line in f if line.endswith("\n"))
+  with open(cells, "a") as f:
+    f.write('{"key": "beam_m2/m=2,n=4", "correct": [1, 0')  # a row torn by a kill mid-write
+  out = pu.run(pu.cli(None, killed))
+  assert re.search(rf"search: \d+ cells, {done_before} already done", out.stderr), \
+      out.stderr[-3000:]
+  got, _ = _results(killed)
   assert got == ref
-  # A rerun of a finished study redoes no cell.
-  out = pu.run(pu.cli("study.py", "study", killed))
-  assert f"{len(ref)} cells, {len(ref)} already done" in out.stderr
+  with open(cells) as f:
+    rows = [json.loads(line) for line in f]  # every line is whole again
+  assert len(rows) == len(ref)
+  # A rerun of a finished study redoes nothing.
+  out = pu.run(pu.cli(None, killed))
+  assert "search_sweep: up to date" in out.stderr and "report: up to date" in out.stderr
+
+
+def test_cells_store_per_problem_outcomes(tmp_path_factory):
+  base = pu.shared_study(tmp_path_factory)
+  cells = json.load(open(os.path.join(base, "search_sweep", "latest", "cells.json")))
+  curves, _ = _results(base)
+  for cell, curve in zip(cells, curves):
+    assert len(cell["correct"]) == len(cell["problems"]) == 8
+    assert np.mean(cell["correct"]) == curve["accuracy"]
+    assert sum(cell["policy_tokens"]) == curve["policy_tokens"]

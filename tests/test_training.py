@@ -1,5 +1,6 @@
 """Training loop: data order, objectives, checkpoints, SIGKILL resume, bad input."""
 
+import glob
 import json
 import os
 import shutil
@@ -14,13 +15,14 @@ import pytest
 from flax import nnx
 
 import pipeline_utils as pu
+from conftest import assert_close
+from ttc_jax.models import checkpoints
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
-from ttc_jax.sampling.core import make_mesh
+from ttc_jax.parallel import make_mesh
+from ttc_jax.pipeline import artifacts
 from ttc_jax.training import data
-from ttc_jax.training import parts
 from ttc_jax.training import trainer
-from ttc_jax import workdir as wd
 
 
 # ---------------------------------------------------------------------------- data order
@@ -188,7 +190,7 @@ def test_train_on_an_8_device_mesh_matches_1_device(tmp_path):
                         objective="lm", mesh=make_mesh(), log_fn=lambda s: None)
   assert len(jax.devices()) == 8
   for x, y in zip(_params(one), _params(eight)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    assert_close(np.asarray(x), np.asarray(y))
 
 
 def test_batch_must_divide_the_data_axis(tmp_path):
@@ -205,76 +207,58 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     for f in files:
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"garbage")
-  with pytest.raises(trainer.CheckpointError, match=r"checkpoint step 10 in .*checkpoints"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint step 10 in .*checkpoints"):
     trainer.train(_tiny(), _copy_task(), _train_cfg(steps=20, checkpoint_every=10),
                   str(tmp_path), objective="lm", log_fn=lambda s: None)
-  with pytest.raises(trainer.CheckpointError, match=r"checkpoint step 10 in .*checkpoints"):
-    trainer.load_params(str(tmp_path / "checkpoints"), _tiny())
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint step 10 in .*checkpoints"):
+    checkpoints.restore_params(str(tmp_path / "checkpoints"), _tiny())
 
 
-# ------------------------------------------------------------- the parts (subprocess)
-def _final_params(workdir, part="policy"):
-  config = pu.tiny_config(part)
-  task = wd.get_task(config)
-  tok = wd.tokenizer(config, workdir, task)
-  model = wd.load_model(config, workdir, part, tok)
-  return [np.asarray(x) for x in _params(model)]
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(warmup_steps=40), r"train.warmup_steps=40 must be an integer in \[0, train.steps=40\)"),
+    (dict(steps=0), r"train.steps=0 must be an integer > 0"),
+    (dict(learning_rate=0.0), r"train.learning_rate=0.0 must be > 0"),
+])
+def test_a_train_section_that_cannot_run_is_named(tmp_path, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    trainer.train(_tiny(), _copy_task(), _train_cfg(**kwargs), str(tmp_path), objective="lm")
+  assert not os.listdir(tmp_path)
+
+
+# ------------------------------------------------------------- the policy stage (subprocess)
+def _final_params(workdir, stage="policy"):
+  art = artifacts.load_model(os.path.join(workdir, stage, "latest"))
+  return [np.asarray(x) for x in _params(art.model)]
 
 
 def test_sigkill_and_rerun_gives_bit_identical_params(tmp_path):
   ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
-  pu.run(pu.cli("train.py", "policy", ref))
-  ckpt = os.path.join(killed, "policy", "checkpoints")
-  proc = subprocess.Popen(pu.cli("train.py", "policy", killed), env=pu.env(),
+  pu.run(pu.cli("policy", ref))
+  proc = subprocess.Popen(pu.cli("policy", killed), env=pu.env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   # Kill it while training: as soon as the second checkpoint is complete.
+  steps = []
   while proc.poll() is None:
-    steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+    ckpts = [os.path.join(d, "checkpoints") for d in
+             glob.glob(os.path.join(killed, "policy", "*")) if not d.endswith("latest")]
+    steps = [s for c in ckpts if os.path.isdir(c) for s in os.listdir(c) if s.isdigit()]
     if len(steps) >= 2:
       break
     time.sleep(0.05)
   assert proc.poll() is None, "training finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert not os.path.exists(os.path.join(killed, "policy", "done.json"))
-  out = pu.run(pu.cli("train.py", "policy", killed))
-  assert "resumed from step" in out.stderr
+  assert not os.path.exists(os.path.join(killed, "policy", "latest"))
+  out = pu.run(pu.cli("policy", killed))
+  assert "policy: resuming" in out.stderr and "resumed from step" in out.stderr
   for x, y in zip(_final_params(ref), _final_params(killed)):
     np.testing.assert_array_equal(x, y)
-  a = json.load(open(os.path.join(ref, "policy", "pass_at_1.json")))
-  b = json.load(open(os.path.join(killed, "policy", "pass_at_1.json")))
-  assert a["problems"] == b["problems"]
-  m = [json.loads(line)["step"] for line in open(os.path.join(killed, "policy", "metrics.jsonl"))]
+  m = [json.loads(line)["step"]
+       for line in open(os.path.join(killed, "policy", "latest", "metrics.jsonl"))]
   assert m == sorted(set(m)) and m[-1] == 24
-
-
-def test_launch_errors_name_the_problem(tmp_path):
-  workdir = str(tmp_path / "w")
-  # Unknown config key.
-  out = pu.run(pu.cli("train.py", "policy", workdir, "--config.train.stepz=3"), check=False)
-  assert out.returncode != 0 and "stepz" in out.stderr
-  # Missing --workdir.
-  args = [a for a in pu.cli("train.py", "policy", workdir) if not a.startswith("--workdir")]
-  out = pu.run(args, check=False)
-  assert out.returncode != 0 and "--workdir" in out.stderr
-  # A later part before the earlier one.
-  out = pu.run(pu.cli("train.py", "prm", workdir), check=False)
-  assert out.returncode != 0
-  assert "needs part 'policy'" in out.stderr and "done.json" in out.stderr
-  out = pu.run(pu.cli("evaluate.py", "verifiers", workdir), check=False)
-  assert out.returncode != 0 and "needs part 'policy'" in out.stderr
-
-
-def test_parts_refuse_a_workdir_of_another_config(tmp_path):
-  config = pu.tiny_config("policy")
-  wd.check_and_record(config, str(tmp_path))
-  os.makedirs(tmp_path / "policy", exist_ok=True)
-  wd.mark_done(str(tmp_path), "policy", step=24)
-  other = pu.tiny_config("prm", **{"model.d_model": 48})
-  with pytest.raises(wd.WorkdirError, match=r"config.model = .*d_model.: 48.* differs"):
-    wd.check_and_record(other, str(tmp_path))
-  with pytest.raises(ValueError, match="unknown part 'value'"):
-    parts.run(pu.arith.get_config("value"), str(tmp_path))
+  # The artifact describes itself: architecture and tokenizer from its own files.
+  desc = json.load(open(os.path.join(killed, "policy", "latest", "model.json")))
+  assert desc["config"]["d_model"] == 32 and desc["tokenizer"]["path"].endswith("tokenizer.model")
 
 
 def test_bucketed_batches_cover_each_epoch_and_group_lengths():

@@ -83,3 +83,26 @@ def free_compiled_code(threshold: float = 0.5) -> bool:
   jax.clear_caches()
   gc.collect()
   return True
+
+
+def default_cache_dir() -> str:
+  """Where compiled XLA programs persist: $TTC_JAX_CACHE_DIR, else ~/.cache/ttc_jax/xla."""
+  return os.environ.get("TTC_JAX_CACHE_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "ttc_jax", "xla")
+
+
+def enable_compilation_cache(directory: str | None) -> str | None:
+  """Turns on JAX's persistent compilation cache in ``directory`` (None/'': off).
+
+  Every program is cached (no minimum compile time or size): a process that
+  compiles a shape another process (or this one, before its caches were dropped
+  by :func:`free_compiled_code`) already compiled loads it from disk instead.
+  """
+  if not directory:
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return directory

@@ -6,7 +6,7 @@ Vocabulary layout (fixed by construction):
   id 1          <s>     (BOS)
   id 2          </s>    (EOS)
   id 3          <unk>
-  id 4          the task's step delimiter (e.g. "\\n")      -> `step_id`
+  id 4          the task's step delimiter (e.g. "\\n")      -> `step_ids`
   id 5          the task's answer marker (e.g. "Answer:")   -> `answer_id`
   ...           learned pieces (digits are always single pieces)
   ...           "<unused{i}>" pieces padding the vocab up to `vocab_size`
@@ -126,16 +126,18 @@ def _escape_piece(piece: str) -> str:
 class Tokenizer:
   """SentencePiece wrapper with fixed special ids and batch helpers."""
 
-  def __init__(self, model_proto: bytes):
+  def __init__(self, model_proto: bytes, path: str | None = None):
     """Builds a tokenizer from a serialized `ModelProto`.
 
     Args:
       model_proto: Bytes of a `.model` file written by `Tokenizer.train`.
+      path: The file it was read from (None: in memory only).
 
     Raises:
       ValueError: If the model does not have the expected special pieces.
     """
     self._model_proto = bytes(model_proto)
+    self.path = path
     self._sp = spm.SentencePieceProcessor(model_proto=self._model_proto)
     spec = sentencepiece_model_pb2.ModelProto.FromString(
         self._model_proto
@@ -187,7 +189,7 @@ class Tokenizer:
         vocab_size=vocab_size,
         model_type=model_type,
     )
-    tokenizer = cls(proto)
+    tokenizer = cls(proto, path=model_prefix + ".model")
     directory = os.path.dirname(model_prefix)
     if directory:
       os.makedirs(directory, exist_ok=True)
@@ -201,9 +203,21 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
-    """Loads a `.model` file written by `Tokenizer.train`."""
+    """Loads a `.model` file written by `Tokenizer.train`.
+
+    Raises:
+      ValueError: naming the path, if the file is not such a model.
+    """
     with open(path, "rb") as f:
-      return cls(f.read())
+      blob = f.read()
+    try:
+      return cls(blob, path=path)
+    except Exception as e:  # pylint: disable=broad-except
+      # sentencepiece reports a damaged proto as an INTERNAL RuntimeError without the path.
+      raise ValueError(
+          f"{path} is not a tokenizer model written by Tokenizer.train ({type(e).__name__}: "
+          f"{str(e).strip()[:200]}); delete it to retrain it, or point to the right file."
+      ) from e
 
   # ---------------------------------------------------------------------------
   # Vocabulary.
@@ -235,9 +249,15 @@ class Tokenizer:
     return UNK_ID
 
   @property
-  def step_id(self) -> int:
-    """Id of the step-delimiter piece."""
-    return STEP_ID
+  def eos_ids(self) -> tuple[int, ...]:
+    """Ids that end a sample (sampling stops at any of them)."""
+    return (EOS_ID,)
+
+  @property
+  def step_ids(self) -> tuple[int, ...]:
+    """Ids that end a step: the step-delimiter piece (one piece by construction;
+    tokenizers of real models end a step with many tokens)."""
+    return (STEP_ID,)
 
   @property
   def answer_id(self) -> int:

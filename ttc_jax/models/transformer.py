@@ -48,7 +48,7 @@ class TransformerConfig:
   num_kv_heads: int | None = None  # None: multi-head attention (= num_heads).
   head_dim: int | None = None  # None: d_model // num_heads.
   mlp_dim: int = 512
-  max_seq_len: int = 512  # The context: no cache may hold more slots.
+  max_seq_len: int = 512  # The context: tokens per row (RoPE positions 0 .. max_seq_len - 1).
   rope_theta: float = 10000.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
@@ -131,10 +131,10 @@ class KVCache:
 
   @classmethod
   def empty(cls, config: TransformerConfig, batch_size: int, size: int) -> "KVCache":
-    if size > config.max_seq_len:
-      raise ValueError(
-          f"cache size {size} exceeds the model context max_seq_len="
-          f"{config.max_seq_len}.")
+    """A cache of ``size`` slots. Slots are storage: with the shared write index a
+    row may leave holes, so ``size`` may exceed the context ``max_seq_len``."""
+    if size <= 0:
+      raise ValueError(f"cache size {size} must be > 0.")
     dt = jnp.dtype(config.dtype)
     shape = (batch_size, config.kv_heads, size, config.dim_per_head)
     zeros = lambda: tuple(jnp.zeros(shape, dt) for _ in range(config.num_layers))

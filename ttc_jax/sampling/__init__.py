@@ -1,5 +1,6 @@
 """The sampling core shared by every generator in ttc_jax."""
 
+from ttc_jax.parallel import make_mesh
 from ttc_jax.sampling.core import CachedModel
 from ttc_jax.sampling.core import DecodeState
 from ttc_jax.sampling.core import SampleOutput
@@ -7,7 +8,6 @@ from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import SpecialIds
 from ttc_jax.sampling.core import choose_tokens
-from ttc_jax.sampling.core import make_mesh
 from ttc_jax.sampling.core import process_logits
 from ttc_jax.sampling.core import row_keys
 

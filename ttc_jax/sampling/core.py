@@ -46,11 +46,10 @@ from jax.sharding import PartitionSpec as P
 
 from ttc_jax.models.transformer import KVCache
 from ttc_jax.models.transformer import Transformer
+from ttc_jax.parallel import DATA_AXIS
+from ttc_jax.parallel import local_mesh
 
 Array = jax.Array
-
-DATA_AXIS = "data"
-MODEL_AXIS = "model"
 
 
 # ----------------------------------------------------------------------------
@@ -101,11 +100,27 @@ class SamplingParams:
 
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
-  """Token ids the loop needs. eos_id / step_id may be None (never stop on it)."""
+  """Token ids the loop needs.
+
+  eos_ids: a row ends at any of these (a chat model may have several).
+  step_ids: a step ends at any of these (with ``stop_at_step``); a real
+    tokenizer ends a step ("\\n\\n") with many different tokens.
+  Both may be empty (never stop on them).
+  """
 
   pad_id: int = 0
-  eos_id: int | None = None
-  step_id: int | None = None
+  eos_ids: tuple[int, ...] = ()
+  step_ids: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    for name in ("eos_ids", "step_ids"):
+      value = getattr(self, name)
+      if isinstance(value, (int, np.integer)) or value is None:
+        raise TypeError(f"{name}={value!r}: expected a tuple of token ids, e.g. ({value},).")
+      ids = tuple(int(i) for i in value)
+      if any(i < 0 for i in ids):
+        raise ValueError(f"{name}={ids}: token ids must be >= 0.")
+      object.__setattr__(self, name, ids)
 
 
 # ----------------------------------------------------------------------------
@@ -247,11 +262,15 @@ def _extend(graphdef, params, cache, logits, tokens, valid, *, window: int,
   return cache.resized(size), jnp.where(has, new, logits), every
 
 
-def _sample_loop(graphdef, params, cache, logits, keys, active, *,
+def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
                  sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
                  axis: str | None = None):
   """The decode loop. ``plan`` is a static list of segments (end_step, window):
   steps before ``end_step`` run on the cache cut to its first ``window`` slots.
+
+  Row i generates at most ``limits[i]`` tokens, and never a token past the model
+  context: its RoPE position (``cache.pos``) stays below ``max_seq_len``. Both are
+  the row's own quantities, so where a row stops never depends on the others.
 
   Decode is bound by reading the whole cache every step, so each segment is one
   ``lax.while_loop`` over a cache sized to what it can reach; between segments
@@ -263,8 +282,8 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, *,
   b, v = logits.shape
   n = sp.max_new_tokens
   vocab = jnp.arange(v)
-  stop_ids = [i for i in (ids.eos_id, ids.step_id if sp.stop_at_step else None)
-              if i is not None]
+  stop_ids = ids.eos_ids + (ids.step_ids if sp.stop_at_step else ())
+  limits = jnp.minimum(limits, model.config.max_seq_len - cache.pos)
 
   def body(s: _Loop) -> _Loop:
     raw = s.logits
@@ -280,12 +299,13 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, *,
     stop = functools.reduce(jnp.logical_or, [tok == i for i in stop_ids],
                             jnp.zeros_like(alive)) & alive
     new_logits, cache = model(tok[:, None], alive[:, None], s.cache, readout="last")
+    lengths = s.lengths + alive.astype(jnp.int32)
     return _Loop(
         step=s.step + 1,
         tokens=jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (0, s.step)),
         logprobs=jax.lax.dynamic_update_slice(s.logprobs, logp[:, None], (0, s.step)),
-        lengths=s.lengths + alive.astype(jnp.int32),
-        done=s.done | stop,
+        lengths=lengths,
+        done=s.done | stop | (lengths >= limits),
         stopped=s.stopped | stop,
         logits=jnp.where(alive[:, None], new_logits.astype(jnp.float32), raw),
         cache=cache)
@@ -298,7 +318,7 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, *,
       tokens=per_row(jnp.full((b, n), ids.pad_id, jnp.int32)),
       logprobs=per_row(jnp.zeros((b, n), jnp.float32)),
       lengths=per_row(jnp.zeros((b,), jnp.int32)),
-      done=~active,
+      done=~active | (limits <= 0),
       stopped=per_row(jnp.zeros((b,), jnp.bool_)),
       logits=logits,
       cache=cache)
@@ -320,7 +340,7 @@ def _cache_spec(cache: KVCache, rows: P) -> KVCache:
                  index=P())
 
 
-def _sample_sharded(graphdef, params, cache, logits, keys, active, *, sp: SamplingParams,
+def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, *, sp: SamplingParams,
                     ids: SpecialIds, plan: tuple[tuple[int, int], ...], mesh: Mesh):
   """The decode loop run per shard of the 'data' axis (``jax.shard_map``).
 
@@ -332,8 +352,9 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, *, sp: Sampli
   cspec = _cache_spec(cache, rows)
   loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, axis=DATA_AXIS)
   return jax.shard_map(
-      loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows),
-      out_specs=(rows, rows, rows, rows, cspec, rows))(params, cache, logits, keys, active)
+      loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows),
+      out_specs=(rows, rows, rows, rows, cspec, rows))(params, cache, logits, keys, active,
+                                                       limits)
 
 
 def window_plan(used: int, steps: int, size: int, granularity: int
@@ -366,20 +387,6 @@ def _gather(cache, logits, rows, *, compact: bool = False):
 # ----------------------------------------------------------------------------
 # The core
 # ----------------------------------------------------------------------------
-def make_mesh(num_data: int | None = None, num_model: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'model') mesh; by default every device on 'data'."""
-  devices = list(jax.devices() if devices is None else devices)
-  if num_data is None:
-    num_data = len(devices) // num_model
-  if num_data * num_model > len(devices) or num_data < 1 or num_model < 1:
-    raise ValueError(
-        f"mesh data={num_data} x model={num_model} needs {num_data * num_model} "
-        f"devices; {len(devices)} available.")
-  grid = np.asarray(devices[: num_data * num_model]).reshape(num_data, num_model)
-  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
-
-
 class CachedModel:
   """A model bound to a mesh, with the compiled prefill / extend / gather over its
   KV cache. Head-agnostic: :class:`SamplingCore` (LM head) adds sampling, and the
@@ -399,7 +406,7 @@ class CachedModel:
       raise ValueError(f"window_granularity={window_granularity} must be >= 0 (0: off).")
     self.pad_id = pad_id
     self.window_granularity = window_granularity
-    self.mesh = mesh if mesh is not None else make_mesh(devices=jax.devices()[:1])
+    self.mesh = mesh if mesh is not None else local_mesh()
     self.graphdef, params = nnx.split(model)
     self._replicated = NamedSharding(self.mesh, P())
     self._rows = NamedSharding(self.mesh, P(DATA_AXIS))
@@ -434,7 +441,7 @@ class CachedModel:
     if used + n > state.cache.size:
       raise ValueError(
           f"the KV cache has {state.cache.size} slots and {used} are used; {n} more do not "
-          f"fit. Prefill with a larger cache_size (at most max_seq_len={self.config.max_seq_len}).")
+          "fit. Prefill with a larger cache_size.")
     return used
 
   # ------------------------------------------------------------------- API
@@ -443,6 +450,11 @@ class CachedModel:
 
     ``cache_size`` slots are allocated: the prompt plus every token that will
     be generated or fed from this state on (tree search needs the total).
+    Slots are storage, not context: all rows write at one shared index, so a
+    row that adds fewer tokens than the longest leaves masked holes, and a
+    cache may have more slots than ``max_seq_len``. The context is per row: no
+    row's prompt may exceed ``max_seq_len`` tokens, and sampling stops a row
+    at ``max_seq_len`` (its RoPE position), whatever the cache size.
     """
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
@@ -451,14 +463,15 @@ class CachedModel:
     valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
     if valid.shape != tokens.shape:
       raise ValueError(f"valid has shape {valid.shape}; tokens has {tokens.shape}.")
-    if cache_size > self.config.max_seq_len:
-      raise ValueError(
-          f"cache_size={cache_size} exceeds the model context max_seq_len={self.config.max_seq_len}.")
     longest = int(valid.sum(1).max())
+    if longest > self.config.max_seq_len:
+      raise ValueError(
+          f"a prompt of {longest} tokens exceeds the model context "
+          f"max_seq_len={self.config.max_seq_len}.")
     if length > cache_size:
       raise ValueError(
-          f"prompt of length {length} (longest row: {longest} tokens) is longer than the "
-          f"context: cache_size={cache_size}, max_seq_len={self.config.max_seq_len}.")
+          f"prompts of length {length} (longest row: {longest} tokens) do not fit "
+          f"cache_size={cache_size}.")
     if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
       raise ValueError(
           f"token ids must lie in [0, {self.config.vocab_size}); got range "
@@ -523,7 +536,7 @@ class SamplingCore(CachedModel):
 
   Example::
 
-    core = SamplingCore(model, ids=SpecialIds(pad_id=0, eos_id=2, step_id=5))
+    core = SamplingCore(model, ids=SpecialIds(pad_id=0, eos_ids=(2,), step_ids=(5,)))
     state = core.prefill(tokens, valid, cache_size=160)
     out = core.sample(state, row_keys(seed, problem_ids, sample_ids),
                       SamplingParams(temperature=1.0, max_new_tokens=128))
@@ -535,21 +548,26 @@ class SamplingCore(CachedModel):
                mesh: Mesh | None = None, window_granularity: int = 32):
     if model.config.head != "lm":
       raise ValueError(f"SamplingCore needs an LM-head model; got head={model.config.head!r}.")
-    for name in ("eos_id", "step_id"):  # pad_id: checked by CachedModel
-      i = getattr(ids, name)
-      if i is not None and not 0 <= i < model.config.vocab_size:
-        raise ValueError(f"{name}={i} is outside the model vocab [0, {model.config.vocab_size}).")
+    for name in ("eos_ids", "step_ids"):  # pad_id: checked by CachedModel
+      for i in getattr(ids, name):
+        if not 0 <= i < model.config.vocab_size:
+          raise ValueError(f"{name} holds {i}, outside the model vocab "
+                           f"[0, {model.config.vocab_size}).")
     super().__init__(model, mesh=mesh, pad_id=ids.pad_id, window_granularity=window_granularity)
     self.ids = ids
     self._sample = jax.jit(_sample_sharded, static_argnums=(0,),
                            static_argnames=("sp", "ids", "plan", "mesh"), donate_argnums=(2, 3))
 
   def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
-             active=None) -> SampleOutput:
+             active=None, limits=None) -> SampleOutput:
     """Samples up to ``sp.max_new_tokens`` per row, continuing from ``state``.
 
     keys: (num_rows,) typed PRNG keys (see :func:`row_keys`); ignored if greedy.
     active: optional (num_rows,) bool; inactive rows generate nothing.
+    limits: optional (num_rows,) ints in [0, max_new_tokens]: row i generates at
+      most ``limits[i]`` tokens (a per-solution token cap). Whatever the limits,
+      no row goes past the model context (``max_seq_len`` tokens).
+    A row that reaches its limit or the context is done but not ``stopped``.
     ``state`` is donated; continue from ``output.state``.
     """
     if not isinstance(sp, SamplingParams):
@@ -566,25 +584,37 @@ class SamplingCore(CachedModel):
     if act.shape != (b,):
       raise ValueError(f"active has shape {act.shape}; expected ({b},).")
     act = self._put_rows(self._pad_rows(act, bp, False))
+    lim = (np.full((b,), sp.max_new_tokens, np.int32) if limits is None
+           else np.asarray(limits, np.int32))
+    if lim.shape != (b,) or lim.min() < 0 or lim.max() > sp.max_new_tokens:
+      raise ValueError(f"limits must be ({b},) integers in [0, max_new_tokens="
+                       f"{sp.max_new_tokens}]; got shape {lim.shape}, range "
+                       f"[{lim.min()}, {lim.max()}].")
+    lim = self._put_rows(self._pad_rows(lim, bp, 0))
     if bp != b:
       keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (bp - b,))])
     keys = self._put_rows(keys)
     tokens, logprobs, lengths, stopped, cache, logits = self._sample(
-        self.graphdef, self.params, state.cache, state.logits, keys, act, sp=sp, ids=self.ids,
-        plan=plan, mesh=self.mesh)
+        self.graphdef, self.params, state.cache, state.logits, keys, act, lim, sp=sp,
+        ids=self.ids, plan=plan, mesh=self.mesh)
     if bp != b:
       tokens, logprobs, lengths, stopped = (x[:b] for x in (tokens, logprobs, lengths, stopped))
     return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,
                         state=DecodeState(cache=cache, logits=logits, num_rows=b))
 
-  def generate(self, tokens, valid, keys, sp: SamplingParams, *, cache_size: int | None = None
-               ) -> SampleOutput:
-    """Prefill + sample in one call; the cache holds the prompt and max_new_tokens."""
+  def generate(self, tokens, valid, keys, sp: SamplingParams, *, limits=None) -> SampleOutput:
+    """Prefill + sample in one call; the cache holds the prompts and max_new_tokens.
+
+    Every row must have room for ``max_new_tokens`` within the context (an
+    error otherwise, never a silent cut); ``limits`` as in :meth:`sample`.
+    """
     tokens = np.asarray(tokens)
-    size = tokens.shape[1] + sp.max_new_tokens if cache_size is None else cache_size
-    if size > self.config.max_seq_len:
+    valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
+    longest = int(valid.sum(1).max()) if valid.size else 0
+    if longest + sp.max_new_tokens > self.config.max_seq_len:
       raise ValueError(
-          f"prompt length {tokens.shape[1]} + max_new_tokens {sp.max_new_tokens} = {size} "
-          f"exceeds the model context max_seq_len={self.config.max_seq_len}.")
-    state = self.prefill(tokens, valid, cache_size=size)
-    return self.sample(state, keys, sp)
+          f"the longest prompt ({longest} tokens) + max_new_tokens ({sp.max_new_tokens}) = "
+          f"{longest + sp.max_new_tokens} exceeds the model context max_seq_len="
+          f"{self.config.max_seq_len}.")
+    state = self.prefill(tokens, valid, cache_size=tokens.shape[1] + sp.max_new_tokens)
+    return self.sample(state, keys, sp, limits=limits)

@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ttc_jax import parallel
 from ttc_jax.progress import Progress
+from ttc_jax.sampling import streams
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import row_keys
@@ -62,12 +64,16 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
 
   Args:
     core: the policy's sampling core.
-    prompts: N token lists (BOS included), any lengths.
+    prompts: N token lists (BOS included), any lengths up to the model context.
     ids: (N, k) integer ids of each row's PRNG key: ``row_keys(seed, *ids[i])``.
     seed: base seed.
-    sp: sampling parameters; ``max_new_tokens`` is cut to what fits the context.
+    sp: sampling parameters: at most ``max_new_tokens`` per row, and never past
+      the model context (a row cut there is not ``stopped``).
     batch_size: rows per core call.
     pad_multiple: prompts are left-padded to the chunk's longest, rounded up to this.
+
+  Chunks are split over processes (:func:`ttc_jax.parallel.map_chunks`); every
+  process returns all rows.
   """
   n = len(prompts)
   ids = np.asarray(ids, np.int64).reshape(n, -1)
@@ -76,56 +82,48 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
   if batch_size <= 0:
     raise ValueError(f"batch_size={batch_size} must be > 0.")
   pad_id = core.ids.pad_id
-  max_ctx = core.config.max_seq_len
-  tokens = np.full((n, sp.max_new_tokens), pad_id, np.int32)
-  lengths = np.zeros((n,), np.int32)
-  stopped = np.zeros((n,), bool)
   # Chunks of similar prompt length waste less padding; results do not depend on order.
   order = np.argsort([len(p) for p in prompts], kind="stable")
+  chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
   kwargs = {} if log_fn is None else {"log_fn": log_fn}
   progress = Progress(n, desc, unit="rows", **kwargs)
-  for start in range(0, n, batch_size):
-    sel = order[start:start + batch_size]
+
+  def run(c: int):
+    sel = chunks[c]
     rows = [prompts[i] for i in sel]
-    length = min(round_up(max(len(r) for r in rows), pad_multiple), max_ctx)
-    budget = min(sp.max_new_tokens, max_ctx - length)
-    if budget <= 0:
-      raise ValueError(f"a prompt of {max(len(r) for r in rows)} tokens leaves no room to "
-                       f"generate within max_seq_len={max_ctx}.")
-    csp = dataclasses.replace(sp, max_new_tokens=budget,
-                              min_new_tokens=min(sp.min_new_tokens, budget))
+    length = round_up(max(len(r) for r in rows), pad_multiple)
     fill = batch_size - len(sel)  # Pad the last chunk: one compiled shape.
     rows = rows + [rows[0]] * fill
     row_ids = np.concatenate([ids[sel], np.repeat(ids[sel[:1]], fill, 0)])
     tok, valid = left_pad(rows, length, pad_id)
-    keys = row_keys(seed, *row_ids.T)
-    out = core.generate(tok, valid, keys, csp, cache_size=length + budget)
+    state = core.prefill(tok, valid, cache_size=length + sp.max_new_tokens)
+    out = core.sample(state, row_keys(seed, *row_ids.T), sp)
     k = len(sel)
-    tokens[sel, :budget] = np.asarray(out.tokens)[:k]
-    lengths[sel] = np.asarray(out.lengths)[:k]
-    stopped[sel] = np.asarray(out.stopped)[:k]
-    progress.update(k)
+    progress.update(k * parallel.process_count())
+    return (np.asarray(out.tokens)[:k], np.asarray(out.lengths)[:k],
+            np.asarray(out.stopped)[:k])
+
+  tokens = np.full((n, sp.max_new_tokens), pad_id, np.int32)
+  lengths = np.zeros((n,), np.int32)
+  stopped = np.zeros((n,), bool)
+  for sel, (t, l, st) in zip(chunks, parallel.map_chunks(run, len(chunks))):
+    tokens[sel], lengths[sel], stopped[sel] = t, l, st
   return Generations(tokens=tokens, lengths=lengths, stopped=stopped)
 
 
-def step_ends(tokens: Sequence[int], step_id: int, eos_id: int) -> list[int]:
+def step_ends(tokens: Sequence[int], step_ids: Sequence[int], eos_ids: Sequence[int]
+              ) -> list[int]:
   """Indices of each step's last token in a generated solution.
 
-  A step ends at a step delimiter or at EOS. An unfinished solution (no EOS)
-  gets its last token as the end of its last step; an empty one has no steps.
+  A step ends at any step delimiter id or at EOS. An unfinished solution (no
+  EOS) gets its last token as the end of its last step; an empty one has no steps.
   """
   tokens = list(tokens)
-  ends = [i for i, t in enumerate(tokens) if t == step_id or t == eos_id]
+  stops = set(step_ids) | set(eos_ids)
+  ends = [i for i, t in enumerate(tokens) if t in stops]
   if tokens and (not ends or ends[-1] != len(tokens) - 1):
     ends.append(len(tokens) - 1)
   return ends
-
-
-# Streams of randomness: each use of the policy draws from its own key family
-# row_keys(seed, stream, split, problem index, sample index[, ...]).
-STREAMS = {"pass_at_1": 1, "label_samples": 2, "rollouts": 3, "verifier_eval": 4,
-           "auc_samples": 5, "auc_rollouts": 6}
-SPLIT_IDS = {"train": 0, "test": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,15 +151,28 @@ class ProblemSamples:
 def sample_problems(core: SamplingCore, tok, task, problems: Sequence, n: int, seed: int,
                     stream: str, sp: SamplingParams, *, batch_size: int,
                     log_fn: Callable[[str], None] | None = None) -> ProblemSamples:
-  """Samples ``n`` full solutions per problem and grades them with the task."""
+  """Samples ``n`` full solutions per problem and grades them with the task.
+
+  Sample s of a problem draws from ``keys(seed, stream, split, problem index, s)``.
+  """
   prompts = [tok.encode(task.format_prompt(p), bos=True) for p in problems]
   rows = [prompts[i] for i in range(len(problems)) for _ in range(n)]
-  ids = np.array([(STREAMS[stream], SPLIT_IDS[p.split], p.index, s)
+  ids = np.array([(streams.stream_id(stream), streams.split_id(p.split), p.index, s)
                   for p in problems for s in range(n)], np.int64)
   gens = generate(core, rows, ids, seed, sp, batch_size=batch_size, desc=f"{stream} samples",
                   log_fn=log_fn)
-  texts = [tok.decode(gens.row(i)) for i in range(len(rows))]
-  answers, correct = [], np.zeros(len(rows), bool)
+  return grade(tok, task, problems, n, prompts, gens)
+
+
+def grade(tok, task, problems: Sequence, n: int, prompts: list[list[int]], gens: Generations
+          ) -> ProblemSamples:
+  """Decodes and grades generations (row p * n + s: sample s of problem p).
+
+  A solution that did not end (no EOS: cut by its token cap or the context)
+  has no answer and is wrong.
+  """
+  texts = [tok.decode(gens.row(i)) for i in range(gens.tokens.shape[0])]
+  answers, correct = [], np.zeros(len(texts), bool)
   for i, text in enumerate(texts):
     problem = problems[i // n]
     answers.append(task.extract_answer(text) if gens.stopped[i] else None)

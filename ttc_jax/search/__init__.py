@@ -6,7 +6,8 @@ from ttc_jax.search.best_of_n import BestOfN
 from ttc_jax.search.common import Candidate
 from ttc_jax.search.common import SearchContext
 from ttc_jax.search.common import SearchResult
-from ttc_jax.search.common import weighted_select
+from ttc_jax.search.common import Strategy
+from ttc_jax.search.common import search_problems
 
-__all__ = ["BeamSearch", "BestOfN", "Candidate", "SearchContext", "SearchResult",
-           "default_width", "weighted_select"]
+__all__ = ["BeamSearch", "BestOfN", "Candidate", "SearchContext", "SearchResult", "Strategy",
+           "default_width", "search_problems"]

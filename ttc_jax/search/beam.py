@@ -19,7 +19,15 @@ Search ends when no slot is active or after ``max_rounds``; only finished
 candidates are returned (at most N: the best-scoring ones, as in
 search-and-learn, since beams finishing in different rounds can add up to more),
 and the answer is chosen among them by weighted best-of-N (sum of PRM scores per
-distinct final answer). Candidates cut by the context never finish.
+distinct final answer). A beam that reaches its solution cap
+(``max_new_tokens``) or the model context without EOS is cut: it never
+finishes and is not expanded.
+
+Batch independence: every row's step is limited by its own numbers only (a
+step, what is left of its own token cap and of its own context), and the cache
+has one step of slack past the longest row (:meth:`SearchContext.tree_cache_size`),
+so a long beam of one problem never shortens the steps of another: a problem's
+result is the same alone or batched with any others.
 
 Budget (the paper's accounting): generations = N for beam search, N x (k + 1)
 for lookahead; tokens count every token run through each model (prompts once
@@ -36,7 +44,6 @@ import numpy as np
 
 from ttc_jax.budget import Budget
 from ttc_jax.sampling.core import SamplingParams
-from ttc_jax.sampling.core import row_keys
 from ttc_jax.search import common
 
 
@@ -69,12 +76,6 @@ class BeamSearch:
     return beam_search(self, ctx, problems)
 
 
-def _step_params(ctx, room: int, temperature: float) -> SamplingParams:
-  return SamplingParams(temperature=temperature, max_new_tokens=max(1, min(ctx.max_step_tokens,
-                                                                          room)),
-                        stop_at_step=True)
-
-
 def _bucket(n: int) -> int:
   """Padded frontier size: few distinct shapes (powers of two, then multiples of 128)."""
   if n <= 128:
@@ -95,14 +96,17 @@ def beam_search(strategy: BeamSearch, ctx: common.SearchContext, problems: Seque
   n, m, k = strategy.n, strategy.width, strategy.lookahead
   keep = n // m
   num = len(problems)
-  eos = ctx.tokenizer.eos_id
+  eos = set(ctx.tokenizer.eos_ids)
   prompts, tokens, valid = ctx.encode_prompts(problems)
-  size = ctx.cache_size(tokens.shape[1])
+  prompt_len = np.asarray([len(p) for p in prompts], np.int64)
+  size = ctx.tree_cache_size(tokens.shape[1])
   budgets = [Budget(generations=strategy.generations) for _ in problems]
   for b, p in zip(budgets, prompts):
     b.add_policy(len(p), ctx.policy_params)
     b.add_prm(len(p), ctx.prm_params)
   index_of = np.asarray([p.index for p in problems], np.int64)
+  sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_step_tokens,
+                      stop_at_step=True)
 
   row_problem = np.repeat(np.arange(num), n)
   row_slot = np.tile(np.arange(n), num)
@@ -114,18 +118,14 @@ def beam_search(strategy: BeamSearch, ctx: common.SearchContext, problems: Seque
 
   for rnd in range(strategy.max_rounds):
     live = row_problem.size
-    # All rows share one cache index (fixed shapes); a round advances it by the
-    # longest new step, for the policy and (fed exactly that width) the PRM; the
-    # gathers compact both caches, so the index tracks the longest row.
-    room = size - int(pol.cache.index)
-    if live == 0 or room <= 0:
+    if live == 0:
       break
     width = pol.num_rows
     active = np.arange(width) < live
-    sp = _step_params(ctx, room, ctx.temperature)
-    keys = row_keys(ctx.seed, common.SEARCH_STREAM, _padded(index_of[row_problem], width),
-                    _padded(row_slot, width), rnd)
-    out = ctx.core.sample(pol, keys, sp, active=active)
+    used = np.asarray([len(q) for q in seqs], np.int64)
+    limits = ctx.step_limits(prompt_len[row_problem], used)  # > 0: cut rows were dropped
+    keys = ctx.keys(_padded(index_of[row_problem], width), _padded(row_slot, width), rnd)
+    out = ctx.core.sample(pol, keys, sp, active=active, limits=_padded(limits, width))
     pol = out.state
     lengths = np.asarray(out.lengths)
     step = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
@@ -136,14 +136,20 @@ def beam_search(strategy: BeamSearch, ctx: common.SearchContext, problems: Seque
     for r in range(live):
       new = step[r, :lengths[r]].tolist()
       seqs[r] = seqs[r] + new
-      ended[r] = bool(new) and new[-1] == eos
+      ended[r] = bool(new) and new[-1] in eos
       budgets[row_problem[r]].add_policy(len(new), ctx.policy_params)
       budgets[row_problem[r]].add_prm(len(new), ctx.prm_params)
+    used = np.asarray([len(q) for q in seqs], np.int64)
+    # A beam with no room left (its cap or the context) can never finish: cut it.
+    room = np.zeros(width, bool)
+    room[:live] = ctx.step_limits(prompt_len[row_problem], used) > 0
 
     select_scores = scores
     if k:
-      select_scores = _lookahead_scores(ctx, pol, prm, active & ~ended, scores, k, size,
-                                        budgets, _padded(row_problem, width))
+      select_scores = _lookahead_scores(ctx, pol, prm, active & ~ended & room, scores, k, size,
+                                        budgets, _padded(row_problem, width),
+                                        _padded(prompt_len[row_problem], width),
+                                        _padded(used, width))
 
     # Per problem: finished candidates join the pool; the best unfinished are expanded.
     parents, next_problem, next_slot = [], [], []
@@ -151,7 +157,7 @@ def beam_search(strategy: BeamSearch, ctx: common.SearchContext, problems: Seque
       rows = np.nonzero(row_problem == q)[0]
       for r in rows[ended[rows]]:
         pools[q].append(common.make_candidate(ctx, problems[q], seqs[r], scores[r]))
-      alive = rows[~ended[rows]]
+      alive = rows[~ended[rows] & room[rows]]
       if alive.size == 0:
         continue
       kept = alive[np.lexsort((row_slot[alive], -select_scores[alive]))][:keep]
@@ -177,30 +183,44 @@ def _padded(x: np.ndarray, width: int | None = None) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[:1], width - x.size)])
 
 
-def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_problem
-                      ) -> np.ndarray:
-  """PRM score after rolling each candidate out k steps at temperature 0 (on copies)."""
+def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_problem,
+                      prompt_len, used) -> np.ndarray:
+  """PRM score after rolling each candidate out k steps at temperature 0 (on copies).
+
+  Rollout tokens count against the candidate's own token cap and context, as
+  if the solution went on; the copies of both caches are discarded.
+  """
   rows = scores.shape[0]
   ident = np.arange(rows)
-  pol_la = ctx.core.gather(pol, ident)
-  prm_la = ctx.prm.gather(prm, ident)
+  step = ctx.max_step_tokens
+  # Compact the copies only when a step would not fit (the round's holes): slots
+  # are storage, and compacting moves them.
+  compact = int(pol.cache.index) + step > size
+  pol_la = ctx.core.gather(pol, ident, compact=compact)
+  prm_la = ctx.prm.gather(prm, ident, compact=compact)
   live = rollout.copy()
-  keys = row_keys(ctx.seed, common.SEARCH_STREAM, ident, 0)  # unused: greedy
+  used = used.copy()
+  keys = ctx.keys(ident, 0, 0)  # unused: greedy
+  sp = SamplingParams(temperature=0.0, max_new_tokens=step, stop_at_step=True)
+  eos = np.asarray(ctx.tokenizer.eos_ids)
   for _ in range(k):
-    room = size - int(pol_la.cache.index)
-    if not live.any() or room <= 0:
-      break  # no room left in the context: score where the rollout stands
-    sp = _step_params(ctx, room, 0.0)
-    out = ctx.core.sample(pol_la, keys, sp, active=live)
+    limits = np.where(live, ctx.step_limits(prompt_len, used), 0)
+    live &= limits > 0
+    if not live.any():
+      break  # no room left: score where the rollouts stand
+    if int(pol_la.cache.index) + step > size:
+      pol_la = ctx.core.gather(pol_la, ident, compact=True)
+      prm_la = ctx.prm.gather(prm_la, ident, compact=True)
+    out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
     pol_la = out.state
     lengths = np.asarray(out.lengths)
-    step = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
-    prm_la = ctx.prm.extend(prm_la, step, np.arange(step.shape[1])[None] < lengths[:, None])
+    new = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
+    prm_la = ctx.prm.extend(prm_la, new, np.arange(new.shape[1])[None] < lengths[:, None])
     for r in np.nonzero(live)[0]:
       budgets[row_problem[r]].add_policy(int(lengths[r]), ctx.policy_params)
       budgets[row_problem[r]].add_prm(int(lengths[r]), ctx.prm_params)
-    ended = np.asarray(out.stopped) & (step[ident, np.maximum(lengths - 1, 0)]
-                                       == ctx.tokenizer.eos_id)
+    used = used + lengths
+    ended = np.asarray(out.stopped) & np.isin(new[ident, np.maximum(lengths - 1, 0)], eos)
     live &= ~ended
   return np.where(rollout, ctx.prm.scores(prm_la), scores)
 

@@ -5,7 +5,8 @@ the PRM reads every new token once and scores each step at its last token, so
 the step scores are aggregated (last / min / prod) without a second pass.
 
 Selection: 'weighted' (sum of scores per distinct final answer, the paper's
-best-of-N weighted), 'vanilla' (the single best-scoring sample) or 'majority'.
+best-of-N weighted), 'vanilla' (the single best-scoring sample) or 'majority';
+all three are :func:`ttc_jax.verifiers.aggregation.select_answer`.
 """
 
 from __future__ import annotations
@@ -17,26 +18,28 @@ import numpy as np
 
 from ttc_jax.budget import Budget
 from ttc_jax.sampling.core import SamplingParams
-from ttc_jax.sampling.core import row_keys
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import common
+from ttc_jax.verifiers.aggregation import METHODS
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 from ttc_jax.verifiers.scoring import aggregate_steps
-
-SELECTIONS = {"weighted": "weighted", "vanilla": "best_of_n", "majority": "majority"}
 
 
 @dataclasses.dataclass(frozen=True)
 class BestOfN:
+  """N independent samples per problem; the answer chosen by ``selection``
+  (weighted, vanilla or majority; see :mod:`ttc_jax.verifiers.aggregation`) over
+  their PRM scores aggregated over steps by ``step_aggregation``."""
+
   n: int
   selection: str = "weighted"
   step_aggregation: str = "last"
 
   def __post_init__(self):
-    if self.n < 1:
-      raise ValueError(f"best-of-N needs n >= 1, got {self.n}.")
-    if self.selection not in SELECTIONS:
-      raise ValueError(f"selection {self.selection!r}: expected one of {sorted(SELECTIONS)}.")
+    if not isinstance(self.n, int) or self.n < 1:
+      raise ValueError(f"best-of-N needs an integer n >= 1, got {self.n!r}.")
+    if self.selection not in METHODS:
+      raise ValueError(f"selection {self.selection!r}: expected one of {METHODS}.")
     if self.step_aggregation not in STEP_AGGREGATIONS:
       raise ValueError(f"step_aggregation {self.step_aggregation!r}: expected one of "
                        f"{STEP_AGGREGATIONS}.")
@@ -55,13 +58,14 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
               ) -> list[common.SearchResult]:
   n, num = strategy.n, len(problems)
   prompts, tokens, valid = ctx.encode_prompts(problems)
-  size = ctx.cache_size(tokens.shape[1])
+  # Slots for the prompts and max_new_tokens; each row also stops at the context.
+  size = tokens.shape[1] + ctx.max_new_tokens
   expand = np.repeat(np.arange(num), n)
   pol = ctx.core.gather(ctx.core.prefill(tokens, valid, cache_size=size), expand)
   prm = ctx.prm.gather(ctx.prm.prefill(tokens, valid, cache_size=size), expand)
   ids = np.asarray([p.index for p in problems], np.int64)[expand]
-  keys = row_keys(ctx.seed, common.SEARCH_STREAM, ids, np.tile(np.arange(n), num), 0)
-  sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=size - tokens.shape[1])
+  keys = ctx.keys(ids, np.tile(np.arange(n), num), 0)
+  sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_new_tokens)
   out = ctx.core.sample(pol, keys, sp)
   lengths = np.asarray(out.lengths)
   gen = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
@@ -77,26 +81,10 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
     toks = gen[r, :lengths[r]].tolist()
     budgets[q].add_policy(len(toks), ctx.policy_params)
     budgets[q].add_prm(len(toks), ctx.prm_params)
-    ends = step_ends(toks, ctx.tokenizer.step_id, ctx.tokenizer.eos_id)
+    ends = step_ends(toks, ctx.tokenizer.step_ids, ctx.tokenizer.eos_ids)
     score = aggregate_steps([per_token[r, ends]], strategy.step_aggregation)[0]
     cand = common.make_candidate(ctx, problems[q], toks, score)
     if not stopped[r]:
       cand = dataclasses.replace(cand, answer=None, correct=False)  # truncated: no answer
     pools[q].append(cand)
-  results = common.finish(ctx, problems, pools, budgets)
-  if strategy.selection != "weighted":
-    for res in results:
-      res.answer = _select(res.candidates, strategy.selection)
-      res.correct = (res.answer is not None
-                     and res.answer == ctx.task.normalize_answer(res.problem.answer))
-  return results
-
-
-def _select(cands: Sequence[common.Candidate], selection: str) -> str | None:
-  if selection == "vanilla":
-    return max(cands, key=lambda c: c.score).answer if cands else None
-  counts: dict[str, int] = {}
-  for c in cands:
-    if c.answer is not None:
-      counts[c.answer] = counts.get(c.answer, 0) + 1
-  return max(counts, key=lambda a: counts[a]) if counts else None
+  return common.finish(ctx, problems, pools, budgets, strategy.selection)

@@ -1,29 +1,30 @@
-"""What every search strategy shares: the models, the budget, the result, final selection."""
+"""What every search strategy shares: the models, token caps, the result, final selection."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
+from ttc_jax import parallel
 from ttc_jax.budget import Budget
+from ttc_jax.sampling import streams
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.solutions import left_pad
 from ttc_jax.sampling.solutions import round_up
+from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers.incremental import IncrementalScorer
-
-# Key stream of search samples: row_keys(seed, SEARCH_STREAM, problem, slot, round).
-SEARCH_STREAM = 7
 
 
 @dataclasses.dataclass
 class SearchContext:
   """The policy's sampling core, the PRM's incremental scorer and the task's grading.
 
-  max_new_tokens: cap on a solution's length (tokens after the prompt).
+  max_new_tokens: cap on a solution's length (tokens after the prompt), per
+    solution: a candidate that reaches it without EOS is cut and never finishes.
   max_step_tokens: cap on one step's length (a longer step is cut and scored).
+  No row ever goes past the model context (``max_seq_len`` tokens, prompt included).
   """
 
   core: SamplingCore
@@ -50,8 +51,27 @@ class SearchContext:
     tokens, valid = left_pad(prompts, length, self.tokenizer.pad_id)
     return prompts, tokens, valid
 
-  def cache_size(self, prompt_len: int) -> int:
-    return min(self.core.config.max_seq_len, prompt_len + self.max_new_tokens)
+  def keys(self, problem_index, slot, rnd: int):
+    """Row keys of search samples: (seed, 'search', problem index, slot, round)."""
+    return streams.keys(self.seed, "search", problem_index, slot, rnd)
+
+  def step_limits(self, prompt_len: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Tokens each row may add in its next step: at most a step, what is left of its
+    solution cap, and what is left of the context (each row's own numbers only)."""
+    left = np.minimum(self.max_new_tokens - used,
+                      self.core.config.max_seq_len - prompt_len - used)
+    return np.clip(left, 0, self.max_step_tokens).astype(np.int32)
+
+  def tree_cache_size(self, prompt_width: int) -> int:
+    """KV slots of a step-wise tree search over prompts padded to ``prompt_width``.
+
+    All rows write at one index; after each round's compaction the index is the
+    longest row, at most min(context, prompt + max_new_tokens), and a round
+    appends up to one step: so one step of slack past that. The slack is storage
+    (masked holes), not context: every row still stops at ``max_seq_len``.
+    """
+    longest = min(self.core.config.max_seq_len, prompt_width + self.max_new_tokens)
+    return max(prompt_width, longest) + self.max_step_tokens
 
 
 @dataclasses.dataclass
@@ -75,15 +95,15 @@ class SearchResult:
   budget: Budget
 
 
-def weighted_select(candidates: Sequence[Candidate]) -> str | None:
-  """Weighted best-of-N: the answer with the largest total score (ties: first seen)."""
-  totals: dict[str, float] = collections.OrderedDict()
-  for c in candidates:
-    if c.answer is not None:
-      totals[c.answer] = totals.get(c.answer, 0.0) + c.score
-  if not totals:
-    return None
-  return max(totals, key=lambda a: totals[a])
+class Strategy(Protocol):
+  """A search strategy: frozen, hashable data plus a run function."""
+
+  n: int
+
+  @property
+  def generations(self) -> float: ...
+
+  def run(self, ctx: SearchContext, problems: Sequence) -> list[SearchResult]: ...
 
 
 def make_candidate(ctx: SearchContext, problem, tokens: list[int], score: float) -> Candidate:
@@ -93,11 +113,41 @@ def make_candidate(ctx: SearchContext, problem, tokens: list[int], score: float)
                    correct=bool(answer is not None and ctx.task.is_correct(text, problem)))
 
 
-def finish(ctx: SearchContext, problems, pools, budgets) -> list[SearchResult]:
+def finish(ctx: SearchContext, problems, pools, budgets, selection: str = "weighted"
+           ) -> list[SearchResult]:
+  """One result per problem: its candidate pool, the answer chosen among the pool by
+  ``selection`` (see :mod:`ttc_jax.verifiers.aggregation`) and whether it is right."""
   results = []
   for p, pool, budget in zip(problems, pools, budgets):
-    answer = weighted_select(pool)
+    answer = aggregation.select_answer([c.answer for c in pool], [c.score for c in pool],
+                                       selection)
     correct = answer is not None and answer == ctx.task.normalize_answer(p.answer)
     results.append(SearchResult(problem=p, candidates=pool, answer=answer, correct=correct,
                                 budget=budget))
   return results
+
+
+def call_chunks(num: int, cap: int) -> list[list[int]]:
+  """Problem indices per search call: equal-size calls of at most ``cap`` problems; the
+  last is padded by repeating its first problem (those duplicates are dropped)."""
+  calls = -(-num // max(1, cap))
+  size = -(-num // calls)
+  out = []
+  for s in range(0, num, size):
+    idx = list(range(s, min(num, s + size)))
+    out.append(idx + [idx[0]] * (size - len(idx)))
+  return out
+
+
+def search_problems(strategy: Strategy, ctx: SearchContext, problems: Sequence, *,
+                    rows_per_call: int) -> list[SearchResult]:
+  """Runs ``strategy`` on every problem, ``rows_per_call // n`` problems per call
+  (calls of equal size: few compiled shapes), calls split over processes. A
+  problem's result does not depend on the call it lands in."""
+  calls = call_chunks(len(problems), rows_per_call // strategy.n)
+
+  def run(c: int) -> list[SearchResult]:
+    idx = calls[c]
+    return strategy.run(ctx, [problems[i] for i in idx])[:len(set(idx))]
+
+  return [r for chunk in parallel.map_chunks(run, len(calls)) for r in chunk]

@@ -90,6 +90,11 @@ class ArithmeticTask(base.Task):
   step_delimiter = "\n"
   answer_marker = "Answer:"
   meta_keys = ("operand_digits",)
+  difficulty_label = "number of operations"
+  # The task's config section (keyword arguments of __init__ and their defaults).
+  DEFAULTS = dict(seed=0, num_train=20_000, num_test=500, min_ops=1, max_ops=8,
+                  min_operand_digits=1, max_operand_digits=2, max_value=999, max_factor=9,
+                  operations=_OPERATIONS)
 
   def __init__(
       self,

@@ -66,12 +66,14 @@ class Task(abc.ABC):
     answer_marker: Prefix of the final-answer line (e.g. "Answer:").
     meta_keys: Names of the integer-valued entries of `Problem.meta` (used to
       declare dataset features).
+    difficulty_label: What `Problem.difficulty` counts, for figures and reports.
   """
 
   name: str
   step_delimiter: str
   answer_marker: str
   meta_keys: tuple[str, ...] = ()
+  difficulty_label: str = "difficulty"  # What Problem.difficulty measures (figure axes).
 
   # ---------------------------------------------------------------------------
   # Problem access (task specific).

@@ -6,14 +6,17 @@
   ``nnx.merge`` inside); the batch is sharded over the mesh ``'data'`` axis,
   parameters and optimizer state are replicated.
 * Data order is a pure function of (seed, step) (see ``training.data``).
-* orbax ``CheckpointManager`` under ``<part_dir>/checkpoints`` holds params,
+* orbax ``CheckpointManager`` under ``<out_dir>/checkpoints`` holds params,
   optimizer state, step and data position, saved every ``checkpoint_every``
   steps and at the end. A rerun restores the latest complete checkpoint and
   continues; since every step is deterministic the final parameters are
   bit-identical to an uninterrupted run. A checkpoint being written when the
-  process dies is left as an orbax tmp directory and ignored.
+  process dies is left as an orbax tmp directory and ignored. The directory
+  belongs to one training run: the pipeline gives each (config, data) its own.
 * Metrics (loss, accuracy, tokens/s, lr) are appended to
-  ``<part_dir>/metrics.jsonl``; on resume, lines past the restored step are dropped.
+  ``<out_dir>/metrics.jsonl``; on resume, lines past the restored step are dropped.
+* Multi-host: the batch is the global batch (built identically on every
+  process), sharded over a global 'data' axis; only process 0 writes metrics.
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ttc_jax import parallel
+from ttc_jax.models import checkpoints
+from ttc_jax.models.checkpoints import CheckpointError
 from ttc_jax.models.transformer import Transformer
+from ttc_jax.parallel import DATA_AXIS
+from ttc_jax.parallel import make_mesh
 from ttc_jax.progress import fmt_duration
-from ttc_jax.sampling.core import DATA_AXIS
-from ttc_jax.sampling.core import make_mesh
 from ttc_jax.training.data import TokenDataset
 from ttc_jax.training.data import batch_indices
 from ttc_jax.training.data import bucketed_batch_indices
@@ -47,21 +53,15 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint directory exists but cannot be restored."""
-
-
 # ----------------------------------------------------------------------------
 # Optimizer
 # ----------------------------------------------------------------------------
 def make_optimizer(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                              optax.Schedule]:
   """AdamW + warmup/cosine schedule + clipping from a ``train`` config section."""
-  if cfg.steps <= 0:
-    raise ValueError(f"train.steps={cfg.steps} must be > 0.")
-  warmup = min(cfg.warmup_steps, cfg.steps)
+  check_config(cfg)
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
+      init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
       decay_steps=cfg.steps, end_value=cfg.learning_rate * cfg.final_lr_fraction)
 
   def decay_mask(params):
@@ -72,6 +72,22 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransf
       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
                   mask=decay_mask))
   return tx, schedule
+
+
+def check_config(cfg: ml_collections.ConfigDict, prefix: str = "train") -> None:
+  """Raises ValueError naming the key for a ``train`` section that cannot run."""
+  for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
+    if not isinstance(cfg[key], int) or cfg[key] <= 0:
+      raise ValueError(f"{prefix}.{key}={cfg[key]!r} must be an integer > 0.")
+  if not isinstance(cfg.warmup_steps, int) or not 0 <= cfg.warmup_steps < cfg.steps:
+    raise ValueError(f"{prefix}.warmup_steps={cfg.warmup_steps!r} must be an integer in "
+                     f"[0, {prefix}.steps={cfg.steps}): the cosine decay needs steps after "
+                     "the warmup.")
+  if not cfg.learning_rate > 0 or not 0 <= cfg.final_lr_fraction <= 1:
+    raise ValueError(f"{prefix}.learning_rate={cfg.learning_rate!r} must be > 0 and "
+                     f"{prefix}.final_lr_fraction={cfg.final_lr_fraction!r} in [0, 1].")
+  if not 0 <= cfg.get("label_smoothing", 0.0) < 1:
+    raise ValueError(f"{prefix}.label_smoothing={cfg.label_smoothing!r} must be in [0, 1).")
 
 
 # ----------------------------------------------------------------------------
@@ -114,63 +130,6 @@ OBJECTIVES: dict[str, Callable[[Transformer, Batch], tuple[Array, dict[str, Arra
 
 
 # ----------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------
-def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
-
-
-def _restore(manager: ocp.CheckpointManager, step: int, **items) -> Any:
-  """Restores the named items of ``step``; a clear error if the checkpoint is damaged."""
-  try:
-    return manager.restore(step, args=ocp.args.Composite(**items))
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(
-        f"checkpoint step {step} in {manager.directory} cannot be restored "
-        f"({type(e).__name__}: {str(e)[:300]}). Delete that step directory (or the whole "
-        f"checkpoints directory to retrain from scratch) and rerun.") from e
-
-
-def _abstract(tree, sharding=None):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
-def load_params(directory: str, model: Transformer, *, expect_step: int | None = None
-                ) -> Transformer:
-  """Loads the params of the latest checkpoint written by :func:`train` into ``model``.
-
-  Args:
-    directory: a ``checkpoints`` directory.
-    model: a model of the same architecture; updated in place and returned.
-    expect_step: if given, the checkpoint must be the final one of a run of
-      this many steps.
-
-  Raises:
-    FileNotFoundError: no complete checkpoint in ``directory``.
-    CheckpointError: damaged checkpoint, or training has not reached ``expect_step``.
-  """
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint directory {directory}.")
-  manager = checkpoint_manager(directory)
-  try:
-    latest = manager.latest_step()
-    if latest is None:
-      raise FileNotFoundError(f"no complete checkpoint in {directory}.")
-    if expect_step is not None and latest != expect_step:
-      raise CheckpointError(
-          f"{directory} holds step {latest}, but that part trains for {expect_step} steps: "
-          "it has not finished; rerun it to resume.")
-    params = nnx.state(model, nnx.Param)
-    tree = _restore(manager, latest, params=ocp.args.StandardRestore(_abstract(params)))
-  finally:
-    manager.close()
-  nnx.update(model, tree["params"])
-  return model
-
-
-# ----------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------
 def _train_step(graphdef, params, opt_state, batch, *, tx, objective, label_smoothing):
@@ -200,8 +159,9 @@ def _read_metrics(path: str, upto_step: int) -> list[str]:
 
 
 def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigDict,
-          part_dir: str, *, objective: str, mesh=None, log_fn=logging.info) -> Transformer:
-  """Trains ``model`` in place on ``dataset``; resumes from ``part_dir/checkpoints``.
+          out_dir: str, *, objective: str, mesh=None, log_fn=logging.info,
+          name: str = "train") -> Transformer:
+  """Trains ``model`` in place on ``dataset``; resumes from ``out_dir/checkpoints``.
 
   Args:
     model: initial model (its params are replaced by a checkpoint's if one exists).
@@ -212,24 +172,23 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
       lengths, see ``data.bucketed_batch_indices``), label_smoothing (LM
       objective) and pad_multiple (cut each
       batch to its longest row rounded up to this; one compile per width).
-    part_dir: output directory of this part (checkpoints/, metrics.jsonl).
+    out_dir: output directory of this training run (checkpoints/, metrics.jsonl).
     objective: 'lm' or 'value'.
-    mesh: a ('data', 'model') mesh; default: all devices on 'data'.
+    mesh: a ('data', 'model') mesh; default: all devices (of all processes) on 'data'.
+    name: shown in the progress lines.
 
   Returns:
     The trained model (the same object).
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"objective={objective!r}: expected one of {sorted(OBJECTIVES)}.")
-  for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
-    if int(cfg[key]) <= 0:
-      raise ValueError(f"train.{key}={cfg[key]} must be > 0.")
+  check_config(cfg)
   mesh = make_mesh() if mesh is None else mesh
   data_size = mesh.shape[DATA_AXIS]
   if cfg.batch_size % data_size:
     raise ValueError(f"train.batch_size={cfg.batch_size} must be a multiple of the mesh "
                      f"'data' axis ({data_size}).")
-  os.makedirs(part_dir, exist_ok=True)
+  os.makedirs(out_dir, exist_ok=True)
   tx, schedule = make_optimizer(cfg)
   graphdef, params = nnx.split(model)
   replicated = NamedSharding(mesh, P())
@@ -239,14 +198,15 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   params = jax.device_put(jax.tree.map(jnp.copy, params), replicated)
   opt_state = jax.device_put(tx.init(params), replicated)
 
-  manager = checkpoint_manager(os.path.join(part_dir, "checkpoints"))
+  manager = checkpoints.manager(os.path.join(out_dir, "checkpoints"))
   start = 0
   latest = manager.latest_step()
   if latest is not None:
-    tree = _restore(manager, latest,
-                    params=ocp.args.StandardRestore(_abstract(params, replicated)),
-                    opt_state=ocp.args.StandardRestore(_abstract(opt_state, replicated)),
-                    meta=ocp.args.JsonRestore())
+    tree = checkpoints.restore(
+        manager, latest,
+        params=ocp.args.StandardRestore(checkpoints.abstract(params, replicated)),
+        opt_state=ocp.args.StandardRestore(checkpoints.abstract(opt_state, replicated)),
+        meta=ocp.args.JsonRestore())
     start = int(tree["meta"]["step"])
     if start != latest or tree["meta"]["data_position"] != start * cfg.batch_size:
       raise CheckpointError(
@@ -259,11 +219,13 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
     params, opt_state = tree["params"], tree["opt_state"]
     log_fn(f"resumed from step {start} ({manager.directory})")
 
-  metrics_path = os.path.join(part_dir, "metrics.jsonl")
-  kept = _read_metrics(metrics_path, start)
-  with open(metrics_path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(metrics_path + ".tmp", metrics_path)
+  metrics_path = os.path.join(out_dir, "metrics.jsonl")
+  primary = parallel.is_primary()
+  if primary:
+    kept = _read_metrics(metrics_path, start)
+    with open(metrics_path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(metrics_path + ".tmp", metrics_path)
 
   step_fn = functools.partial(
       jax.jit(_train_step, static_argnums=(0,),
@@ -271,15 +233,16 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
       label_smoothing=float(cfg.get("label_smoothing", 0.0)))
 
   def save(step):
-    manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+    checkpoints.save(
+        manager, step, params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave({"step": step, "data_position": step * cfg.batch_size,
-                                "seed": cfg.seed})))
+                                "seed": cfg.seed}))
 
   n = len(dataset)
   t0 = time.time()
   last_t, last_step, tokens_since = t0, start, 0
-  with open(metrics_path, "a") as mf:
+  with open(metrics_path if primary else os.devnull, "a") as mf:
     for step in range(start, cfg.steps):
       if cfg.get("bucket_pool_batches", 0):
         idx = bucketed_batch_indices(dataset.lengths, cfg.batch_size, cfg.seed, step,
@@ -304,7 +267,7 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
                   "tokens_per_s": tok_rate}
         mf.write(json.dumps(record) + "\n")
         mf.flush()
-        log_fn(f"[{os.path.basename(part_dir)}] step {done}/{cfg.steps} loss {m['loss']:.4f} "
+        log_fn(f"[{name}] step {done}/{cfg.steps} loss {m['loss']:.4f} "
                f"acc {m['accuracy']:.3f} | {rate:.2f} steps/s {tok_rate:,.0f} tok/s | "
                f"ETA {fmt_duration((cfg.steps - done) / max(rate, 1e-9))}")
         last_t, last_step, tokens_since = now, done, 0

@@ -3,33 +3,33 @@
 For a sampled solution with steps s_1..s_n, step j < n is labelled with the
 fraction of K policy rollouts from ``prompt + s_1..s_j`` that reach the right
 answer; the last step (the final-answer line) is labelled with the sample's
-own correctness (nothing is left to roll out). Rollouts run through the
-sampling core as a tree expansion: each distinct prefix is prefilled once and
-its cache gathered K times.
+own correctness (nothing is left to roll out). A rollout continues the
+solution under the sample's own token cap (``max_new_tokens`` for the whole
+solution, prefix included), so a label is the value of the prefix under the
+sampling procedure that produced it. Rollouts run through the sampling core as
+a tree expansion: each distinct prefix is prefilled once and its cache
+gathered K times.
 
-Labelled data is stored in shards (``shard-00000.npz`` ...) written atomically,
-each covering ``problems_per_shard`` problems; a rerun skips finished shards.
-A shard holds, per sample: problem and sample index, the token row
-(BOS + prompt + solution), its length, the step-end indices into the row (-1
-padded), the step labels (NaN padded) and the sample's correctness.
+:class:`LabelledSamples` holds, per sample: problem and sample index, the token
+row (BOS + prompt + solution), its length, the step-end indices into the row
+(-1 padded), the step labels (NaN padded) and the sample's correctness. This
+module does no file IO (the pipeline stores labels in resumable shards).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ttc_jax import parallel
 from ttc_jax.progress import Progress
+from ttc_jax.sampling import solutions
+from ttc_jax.sampling import streams
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import row_keys
-from ttc_jax.sampling import solutions
-from ttc_jax.workdir import read_json
-from ttc_jax.workdir import write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +54,15 @@ class LabelledSamples:
   def step_labels(self, i: int) -> list[float]:
     return self.labels[i, :len(self.ends(i))].tolist()
 
-  def save(self, path: str) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **dataclasses.asdict(self))
-    os.replace(tmp, path)
+  def arrays(self) -> dict[str, np.ndarray]:
+    return dataclasses.asdict(self)
 
   @classmethod
-  def load(cls, path: str) -> "LabelledSamples":
-    try:
-      with np.load(path) as z:
-        return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
-    except Exception as e:  # pylint: disable=broad-except
-      raise RuntimeError(f"label shard {path} is unreadable ({type(e).__name__}: {e}); "
-                         "delete it and rerun to recompute it.") from e
+  def from_arrays(cls, arrays) -> "LabelledSamples":
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in arrays]
+    if missing:
+      raise ValueError(f"labelled samples lack the arrays {missing}.")
+    return cls(**{f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls)})
 
   @classmethod
   def concat(cls, parts: Sequence["LabelledSamples"]) -> "LabelledSamples":
@@ -104,6 +100,9 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
     prefix_ids: (P, m) ids; rollout r of prefix i uses
       ``row_keys(seed, *prefix_ids[i], r)``.
     k: rollouts per prefix.
+    sp: sampling parameters; ``max_new_tokens`` caps the whole solution, so a
+      rollout from a prefix of j solution tokens generates at most
+      ``max_new_tokens - j`` (and never past the model context).
     batch_size: rows per core call (a multiple of ``k``).
     expected_lengths: optional guess of each prefix's rollout length. A chunk
       decodes until its longest rollout ends, so chunks are formed from
@@ -113,52 +112,55 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
     raise ValueError(f"batch_size={batch_size} must be a multiple of rollouts={k}.")
   per_chunk = batch_size // k
   n = len(prefixes)
-  rate = np.zeros(n, np.float64)
-  max_ctx = core.config.max_seq_len
   sort_key = ([len(p[1]) + len(p[2]) for p in prefixes] if expected_lengths is None
               else expected_lengths)
   order = np.argsort(sort_key, kind="stable")
+  chunks = [order[s:s + per_chunk] for s in range(0, n, per_chunk)]
   kwargs = {} if log_fn is None else {"log_fn": log_fn}
   progress = Progress(n * k, "rollouts", unit="rows", **kwargs)
-  for start in range(0, n, per_chunk):
-    sel = order[start:start + per_chunk]
+
+  def run(c: int) -> np.ndarray:
+    sel = chunks[c]
     rows = [list(prefixes[i][1]) + list(prefixes[i][2]) for i in sel]
-    longest = max(len(r) for r in rows)
-    if longest >= max_ctx:
-      raise ValueError(f"a prefix of {longest} tokens leaves no room for a rollout within "
-                       f"max_seq_len={max_ctx}.")
-    length = max(longest, min(solutions.round_up(longest, 16), max_ctx - 16))
-    budget = min(sp.max_new_tokens, max_ctx - length)
+    limits = [max(0, sp.max_new_tokens - len(prefixes[i][2])) for i in sel]
+    length = solutions.round_up(max(len(r) for r in rows), 16)
     fill = per_chunk - len(sel)
     rows += [rows[0]] * fill
+    limits += [0] * fill
     tokens, valid = solutions.left_pad(rows, length, core.ids.pad_id)
     ids = np.concatenate([prefix_ids[sel], np.repeat(prefix_ids[sel[:1]], fill, 0)])
     ids = np.repeat(ids, k, axis=0)
     rollout = np.tile(np.arange(k), per_chunk)
     keys = row_keys(seed, *ids.T, rollout)
-    state = core.prefill(tokens, valid, cache_size=length + budget)
+    state = core.prefill(tokens, valid, cache_size=length + sp.max_new_tokens)
     state = core.gather(state, np.repeat(np.arange(per_chunk), k))  # tree expansion
-    out = core.sample(state, keys, dataclasses.replace(sp, max_new_tokens=budget))
+    out = core.sample(state, keys, sp, limits=np.repeat(limits, k))
     gen = np.asarray(out.tokens)
     lengths = np.asarray(out.lengths)
     stopped = np.asarray(out.stopped)
-    for c, i in enumerate(sel):
+    rate = np.zeros(len(sel))
+    for c_, i in enumerate(sel):
       pos, _, prefix = prefixes[i]
       wins = 0
-      for r in range(c * k, (c + 1) * k):
+      for r in range(c_ * k, (c_ + 1) * k):
         if stopped[r]:
           text = tok.decode(list(prefix) + gen[r, :lengths[r]].tolist())
           wins += task.is_correct(text, problems[pos])
-      rate[i] = wins / k
-    progress.update(len(sel) * k)
-  return rate
+      rate[c_] = wins / k
+    progress.update(len(sel) * k * parallel.process_count())
+    return rate
+
+  out = np.zeros(n, np.float64)
+  for sel, rate in zip(chunks, parallel.map_chunks(run, len(chunks))):
+    out[sel] = rate
+  return out
 
 
 def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSamples, k: int,
                   seed: int, stream: str, sp: SamplingParams, *, batch_size: int,
                   log_fn: Callable[[str], None] | None = None) -> LabelledSamples:
   """MC step labels for every sample of ``samples`` (see the module docstring)."""
-  step_id, eos_id = tok.step_id, tok.eos_id
+  step_ids, eos_ids = tok.step_ids, tok.eos_ids
   n_rows = len(samples.texts)
   ends_all, prefixes, prefix_ids, remaining, where = [], [], [], [], {}
   refs = []  # per sample: list of (step j, prefix id or None)
@@ -166,7 +168,7 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
     pos = i // samples.n
     problem = samples.problems[pos]
     gen = samples.gens.row(i)
-    ends = solutions.step_ends(gen, step_id, eos_id)
+    ends = solutions.step_ends(gen, step_ids, eos_ids)
     ends_all.append(ends)
     sample_refs = []
     for j, e in enumerate(ends):
@@ -178,7 +180,7 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
         where[key] = len(prefixes)
         prefixes.append((pos, samples.prompts[pos], gen[:e + 1]))
         remaining.append(len(gen) - e - 1)  # the source sample's own continuation
-        prefix_ids.append((solutions.STREAMS[stream], solutions.SPLIT_IDS[problem.split],
+        prefix_ids.append((streams.stream_id(stream), streams.split_id(problem.split),
                            problem.index, i % samples.n, j))
       sample_refs.append(where[key])
     refs.append(sample_refs)
@@ -207,34 +209,3 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
       sample_index=np.arange(n_rows) % samples.n,
       rows=rows, lengths=lengths, prompt_lengths=np.asarray(prompt_lens, np.int32),
       step_ends=step_ends_arr, labels=labels, correct=samples.correct.copy())
-
-
-def build_label_shards(directory: str, spec: dict, problems: Sequence, per_shard: int,
-                       make_shard: Callable[[Sequence], LabelledSamples],
-                       log_fn: Callable[[str], None]) -> LabelledSamples:
-  """Computes missing shards (resumable) and returns all of them concatenated.
-
-  ``spec`` describes everything that determines the labels (policy step,
-  sampling, K, seeds...); a directory holding shards of another spec is an error.
-  """
-  os.makedirs(directory, exist_ok=True)
-  spec_path = os.path.join(directory, "spec.json")
-  if os.path.exists(spec_path):
-    saved = read_json(spec_path)
-    if saved != spec:
-      raise RuntimeError(f"{directory} holds labels made with {saved}, not {spec}; delete it "
-                         "(or use a fresh workdir) to relabel.")
-  else:
-    write_json(spec_path, spec)
-  num_shards = -(-len(problems) // per_shard)
-  paths = [os.path.join(directory, f"shard-{s:05d}.npz") for s in range(num_shards)]
-  for stale in glob.glob(os.path.join(directory, "*.tmp.npz")):
-    os.remove(stale)  # a shard being written when the process was killed
-  todo = [s for s, p in enumerate(paths) if not os.path.exists(p)]
-  progress = Progress(num_shards, "label shards", unit="shards", every_s=0,
-                      initial=num_shards - len(todo), log_fn=log_fn)
-  for s in todo:
-    shard = make_shard(problems[s * per_shard:(s + 1) * per_shard])
-    shard.save(paths[s])
-    progress.update(1)
-  return LabelledSamples.concat([LabelledSamples.load(p) for p in paths])

@@ -19,10 +19,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ttc_jax import parallel
 from ttc_jax.models.transformer import Transformer
+from ttc_jax.parallel import DATA_AXIS
 from ttc_jax.progress import Progress
-from ttc_jax.sampling.core import DATA_AXIS
-from ttc_jax.sampling.core import make_mesh
 from ttc_jax.sampling.solutions import round_up
 
 STEP_AGGREGATIONS = ("last", "min", "prod")
@@ -52,7 +52,7 @@ class Scorer:
     if model.config.head != "value":
       raise ValueError(f"a verifier needs a value-head model; got head={model.config.head!r}.")
     self.config = model.config
-    self.mesh = make_mesh(devices=jax.devices()[:1]) if mesh is None else mesh
+    self.mesh = parallel.local_mesh() if mesh is None else mesh
     self.pad_id = pad_id
     graphdef, params = nnx.split(model)
     self._graphdef = graphdef
@@ -71,22 +71,23 @@ class Scorer:
     if longest > self.config.max_seq_len:
       raise ValueError(f"a row of {longest} tokens exceeds max_seq_len={self.config.max_seq_len}.")
     length = min(round_up(longest, 16), self.config.max_seq_len)
-    out: list[np.ndarray] = [None] * n  # type: ignore
     kwargs = {} if log_fn is None else {"log_fn": log_fn}
     progress = Progress(n, desc, unit="rows", **kwargs)
-    for start in range(0, n, batch_size):
-      chunk = list(range(start, min(n, start + batch_size)))
+    starts = list(range(0, n, batch_size))
+
+    def run(c: int) -> list[np.ndarray]:
+      chunk = list(range(starts[c], min(n, starts[c] + batch_size)))
       tokens = np.full((batch_size, length), self.pad_id, np.int32)
       valid = np.zeros((batch_size, length), bool)
-      for c, i in enumerate(chunk):
-        tokens[c, :len(rows[i])] = rows[i]
-        valid[c, :len(rows[i])] = True
+      for j, i in enumerate(chunk):
+        tokens[j, :len(rows[i])] = rows[i]
+        valid[j, :len(rows[i])] = True
       vals = np.asarray(self._fn(self._graphdef, self._params, jax.device_put(tokens, self._rows),
                                  jax.device_put(valid, self._rows)))
-      for c, i in enumerate(chunk):
-        out[i] = vals[c, :len(rows[i])]
-      progress.update(len(chunk))
-    return out
+      progress.update(len(chunk) * parallel.process_count())
+      return [vals[j, :len(rows[i])] for j, i in enumerate(chunk)]
+
+    return [v for chunk in parallel.map_chunks(run, len(starts)) for v in chunk]
 
   def step_scores(self, rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]], *,
                   batch_size: int, log_fn=None) -> list[np.ndarray]:

@@ -1,0 +1,267 @@
+"""The pipeline: stores, identities (stale work never reused), validation, errors, CLI."""
+
+import errno
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import pipeline_utils as pu
+from ttc_jax import tasks
+from ttc_jax.models import checkpoints
+from ttc_jax.pipeline import STAGES
+from ttc_jax.pipeline import Pipeline
+from ttc_jax.pipeline import store
+from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.tokenizer import Tokenizer
+
+
+# ------------------------------------------------------------------------- store
+def test_cell_log_survives_a_torn_line(tmp_path):
+  log = store.CellLog(str(tmp_path / "cells.jsonl"))
+  log.append([{"key": "a", "v": 1}, {"key": "b", "v": 2}])
+  with open(log.path, "a") as f:
+    f.write('{"key": "c", "v": ')  # killed mid-write
+  assert sorted(log.read()) == ["a", "b"]
+  log.append([{"key": "c", "v": 3}])
+  assert {k: r["v"] for k, r in log.read().items()} == {"a": 1, "b": 2, "c": 3}
+  with open(log.path) as f:
+    assert [json.loads(line)["key"] for line in f] == ["a", "b", "c"]
+
+
+def test_shards_list_the_missing_work(tmp_path):
+  shards = store.Shards(str(tmp_path), "labels", 3)
+  shards.save(1, {"x": np.arange(3)})
+  open(str(tmp_path / "labels-00002.npz.tmp-123"), "w").close()  # torn write of a killed run
+  assert shards.todo() == [0, 2]
+  assert not os.path.exists(tmp_path / "labels-00002.npz.tmp-123")
+  np.testing.assert_array_equal(shards.load(1)["x"], np.arange(3))
+  with open(shards.path(1), "wb") as f:
+    f.write(b"garbage")
+  with pytest.raises(store.StoreError, match=r"labels-00001.npz is unreadable.*delete it"):
+    shards.load(1)
+
+
+def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(json, "dump", full)
+  with pytest.raises(store.StoreError, match=r"could not write .*x.json: \[Errno 28\] No space "
+                     r"left on device \(the disk is full\)"):
+    store.write_json(str(tmp_path / "x.json"), {"a": 1})
+  assert os.listdir(tmp_path) == []  # no temporary file left behind
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+  mgr = checkpoints.manager(str(tmp_path / "ckpt"))
+
+  def full(*args, **kwargs):
+    raise RuntimeError("orbax failed") from OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(mgr, "save", full)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"could not write checkpoint step 3 to .*ckpt: \[Errno 28\] No space "
+                           r"left on device \(free some disk space"):
+    checkpoints.save(mgr, 3, params=ocp.args.StandardSave({"w": np.zeros(2)}))
+
+
+# -------------------------------------------------------------------- identities
+def _ids(config, workdir="/nonexistent"):
+  p = Pipeline(config, workdir)
+  return {name: p.identity(name) for name in STAGES}
+
+
+def _changed(a, b):
+  return sorted(k for k in a if a[k] != b[k])
+
+
+def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
+  base = _ids(pu.tiny_config())
+  downstream_of_policy = ["difficulty", "mc_labels", "orm", "policy", "prm", "report",
+                          "search_sweep", "verifier_eval"]
+  assert _changed(base, _ids(pu.tiny_config(policy__train__learning_rate=1e-3))) == \
+      downstream_of_policy
+  assert _changed(base, _ids(pu.tiny_config(policy__train__seed=1))) == downstream_of_policy
+  assert _changed(base, _ids(pu.tiny_config(prm__train__steps=7))) == [
+      "prm", "report", "search_sweep", "verifier_eval"]
+  assert _changed(base, _ids(pu.tiny_config(search__max_rounds=5))) == [
+      "report", "search_sweep"]
+  assert _changed(base, _ids(pu.tiny_config(tokenizer__vocab_size=48))) == [
+      s for s in sorted(STAGES) if s != "data"]
+  assert _changed(base, _ids(pu.tiny_config(report__difficulty_bins=3))) == ["report"]
+  # Speed-only fields never change a result, so they never change an identity.
+  for key, value in [("sampling__batch_size", 64), ("search__rows_per_call", 8),
+                     ("policy__train__checkpoint_every", 8), ("prm__train__log_every", 1)]:
+    assert _changed(base, _ids(pu.tiny_config(**{key: value}))) == [], key
+
+
+def test_stages_declare_what_they_read():
+  config = pu.tiny_config()
+  order = list(STAGES)
+  for name, stage in STAGES.items():
+    for section in stage.sections:
+      assert section in config, (name, section)
+    for i in stage.inputs:
+      assert order.index(i) < order.index(name), (name, i)
+  assert Pipeline(config, "/x").plan("prm") == ["data", "tokenizer", "policy", "mc_labels",
+                                                 "prm"]
+
+
+# -------------------------------------------------------------------- validation
+@pytest.mark.parametrize("overrides, match", [
+    (dict(prm__train__warmup_steps=6), r"prm.train.warmup_steps=6 must be an integer in "
+                                        r"\[0, prm.train.steps=6\)"),
+    (dict(policy__model__d_model=30), r"policy.model: head_dim=15 must be even for RoPE"),
+    (dict(task__max_ops=0), r"config.task \(arith\): Need 1 <= min_ops <= max_ops"),
+    (dict(test_problems=41), r"test_problems=41: expected an integer \[1, 40\]"),
+    (dict(mc_labels__rollouts=5), r"sampling.batch_size=32 must be a multiple of "
+                                   r"mc_labels.rollouts=5"),
+    (dict(search__beam_width=3), r"search.beam_width=3 must divide every budget"),
+    (dict(search__max_step_tokens=40), r"search.max_step_tokens=40: expected an integer "
+                                        r"\[1, 32\]"),
+    (dict(prm__model__d_model=64), r"prm.model.d_model=64 differs from the policy's 32: .*"
+                                    r"prm.init='scratch'"),
+    (dict(orm__init="random"), r"orm.init='random': expected 'policy' or 'scratch'"),
+    (dict(report__difficulty_bins=9), r"report.difficulty_bins=9: expected an integer \[1, 8\]"),
+    (dict(stage="verifiers"), r"stage='verifiers': expected one of \['data'"),
+])
+def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, match):
+  p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))
+  with pytest.raises(ConfigError, match=match):
+    p.run()
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_scratch_verifier_may_have_its_own_size():
+  from ttc_jax.models.transformer import TransformerConfig
+  from ttc_jax.pipeline.stages import verifier_config
+  config = pu.tiny_config(prm__init="scratch", prm__model__d_model=64, prm__model__num_layers=2)
+  policy = TransformerConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2,
+                             num_kv_heads=1, mlp_dim=64, max_seq_len=64)
+  prm = verifier_config(policy, config.prm, "prm")
+  assert (prm.d_model, prm.num_layers, prm.head, prm.mlp_dim) == (64, 2, "value", 64)
+  Pipeline(config, "/x").validate()  # a valid config
+
+
+def test_lengths_are_checked_with_their_numbers(tmp_path):
+  workdir = str(tmp_path / "w")
+  Pipeline(pu.tiny_config(), workdir).run("tokenizer")
+  short = Pipeline(pu.tiny_config(sampling__max_new_tokens=8, search__max_step_tokens=8),
+                   workdir)
+  with pytest.raises(ConfigError, match=r"sampling.max_new_tokens=8 is shorter than the longest "
+                                        r"reference solution \((\d+) tokens with EOS"):
+    short.run("policy")
+  tight = Pipeline(pu.tiny_config(policy__model__max_seq_len=36), workdir)
+  with pytest.raises(ConfigError, match=r"the longest prompt \(\d+ tokens, arith/\w+/\d+\) \+ "
+                                        r"sampling.max_new_tokens=32 = \d+ exceeds "
+                                        r"policy.model.max_seq_len=36"):
+    tight.run("policy")
+  assert sorted(os.listdir(workdir)) == ["data", "tokenizer"]  # no policy was started
+
+
+def test_a_task_section_belongs_to_its_task():
+  section = tasks.default_config("arith")
+  section.name = "nope"
+  with pytest.raises(ValueError, match=r"Unknown task 'nope'; known tasks: \[.*'arith'"):
+    tasks.build(section)
+  import heldout_task  # noqa: F401  registers 'modsum'
+  section = tasks.default_config("arith")
+  section.name = "modsum"
+  with pytest.raises(ValueError, match=r"not a section of task 'modsum': unexpected keys "
+                                       r"\['max_factor'.*task=modsum"):
+    tasks.build(section)
+  assert tasks.build(tasks.default_config("modsum")).name == "modsum"
+
+
+def test_a_damaged_tokenizer_file_names_its_path(tmp_path):
+  path = str(tmp_path / "tokenizer.model")
+  with open(path, "wb") as f:
+    f.write(b"\x00garbage")
+  with pytest.raises(ValueError, match=re.escape(path) + r" is not a tokenizer model"):
+    Tokenizer.load(path)
+
+
+def test_a_stage_that_dies_is_rerun_not_reused(tmp_path, monkeypatch):
+  """An artifact is done only after every output is written (no done marker first)."""
+  import dataclasses
+  from ttc_jax.pipeline import runner
+  workdir = str(tmp_path / "w")
+  stage = STAGES["tokenizer"]
+
+  def dies(ctx):
+    ctx.out.write_text("half", "...")
+    raise KeyboardInterrupt  # killed mid-stage
+  monkeypatch.setitem(runner.STAGES, "tokenizer", dataclasses.replace(stage, run=dies))
+  with pytest.raises(KeyboardInterrupt):
+    Pipeline(pu.tiny_config(), workdir).run("tokenizer")
+  p = Pipeline(pu.tiny_config(), workdir)
+  assert not p.is_done("tokenizer")
+  assert json.load(open(os.path.join(p.directory("tokenizer"), "stage.json")))["status"] == \
+      "running"
+  monkeypatch.setitem(runner.STAGES, "tokenizer", stage)
+  Pipeline(pu.tiny_config(), workdir).run("tokenizer")
+  assert p.is_done("tokenizer")
+
+
+# --------------------------------------------------------------- the command line
+def test_a_typo_in_a_first_run_writes_nothing_and_the_fix_runs(tmp_path):
+  workdir = str(tmp_path / "w")
+  for flag, message in [("--config.task.name=gsm8k", r"Unknown task 'gsm8k'; known tasks"),
+                        ("--config.policy.model.d_model=30", r"head_dim=15 must be even"),
+                        ("--config.policy.train.stepz=3", r"stepz")]:
+    out = pu.run(pu.cli("tokenizer", workdir, flag), check=False)
+    assert out.returncode != 0 and re.search(message, out.stderr), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr or "stepz" in flag
+    assert not os.path.exists(workdir)
+  pu.run(pu.cli("tokenizer", workdir))
+  assert sorted(os.listdir(workdir)) == ["data", "tokenizer"]
+
+
+def test_missing_workdir_and_help(tmp_path):
+  args = [a for a in pu.cli(None, str(tmp_path)) if not a.startswith("--workdir")]
+  out = pu.run(args, check=False)
+  assert out.returncode != 0 and "--workdir" in out.stderr
+  out = pu.run(pu.cli(None, str(tmp_path), "--help")[:3] + ["--help"], check=False)
+  text = " ".join((out.stdout + out.stderr).split())  # absl wraps long lines
+  for needle in ["--workdir", "--config", "--task_module", "--[no]distributed",
+                 "--config.policy.train.steps=2400", "--config.search.budgets=",
+                 "prm: process reward model", "(reads mc_labels, policy)"]:
+    assert needle in text, needle
+
+
+def test_retraining_the_policy_makes_new_artifacts_and_says_why(tmp_path_factory, tmp_path):
+  base = pu.shared_study(tmp_path_factory)
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  old_policy = os.readlink(os.path.join(workdir, "policy", "latest"))
+  old_prm = os.readlink(os.path.join(workdir, "prm", "latest"))
+  out = pu.run(pu.cli("prm", workdir, overrides={"policy.train.learning_rate": 0.001}))
+  assert re.search(r"policy: differs from its latest artifact \w+ \(config.policy.train."
+                   r"learning_rate: 0.002 -> 0.001\)", out.stderr), out.stderr[-3000:]
+  assert "tokenizer: up to date" in out.stderr and "data: up to date" in out.stderr
+  assert re.search(r"prm: differs from its latest artifact \w+ \(inputs.mc_labels: ", out.stderr)
+  new_policy = os.readlink(os.path.join(workdir, "policy", "latest"))
+  assert new_policy != old_policy and os.readlink(os.path.join(workdir, "prm", "latest")) != old_prm
+  # The old artifacts are kept, and the old config finds them again without work.
+  assert os.path.isdir(os.path.join(workdir, "policy", old_policy))
+  out = pu.run(pu.cli("prm", workdir))
+  assert "policy: up to date" in out.stderr and "prm: up to date" in out.stderr
+
+
+def test_a_task_of_ones_own_runs_the_pipeline_with_its_own_keys(tmp_path):
+  workdir = str(tmp_path / "w")
+  out = pu.run(pu.cli("search_sweep,task=modsum", workdir, "--task_module=heldout_task",
+                      overrides={"task.terms": 2, "task.modulus": 5, "task.num_test": 20}))
+  assert "search_sweep: done" in out.stderr, out.stderr[-3000:]
+  data = json.load(open(os.path.join(workdir, "data", "latest", "stage.json")))
+  assert data["key"]["config"]["task"] == {"name": "modsum", "terms": 2, "modulus": 5,
+                                           "num_train": 300, "num_test": 20, "seed": 0}
+  cells = json.load(open(os.path.join(workdir, "search_sweep", "latest", "cells.json")))
+  assert cells and all(len(c["correct"]) == 8 and c["problems"][0].startswith("modsum/")
+                       for c in cells)
+  # Without the module the task is unknown, with a clear error.
+  out = pu.run(pu.cli("tokenizer,task=modsum", str(tmp_path / "x")), check=False)
+  assert out.returncode != 0 and "Unknown task 'modsum'" in out.stderr

@@ -1,0 +1,223 @@
+"""Artifacts: what a stage writes, and the self-describing objects read back from it.
+
+Layout of a workdir::
+
+  WORKDIR/<stage>/<id>/        one artifact: its stage.json and the stage's outputs
+  WORKDIR/<stage>/latest       symlink to the newest finished artifact of the stage
+
+``<id>`` is the artifact's identity: a hash of the stage's key (its own config
+sections and the identities of the artifacts it read; see ``pipeline.stages``).
+Another config, or another upstream artifact, is another directory: nothing is
+ever resumed or reused across a change, and switching back reuses the old one.
+
+``stage.json`` says what the directory is: stage, identity, key, status
+('running' until every output is written, then 'done'), a summary and
+provenance. A model artifact also has ``model.json``: its architecture
+(``TransformerConfig``), its tokenizer (a path relative to the artifact and the
+file's sha256) and how it was made; loading a model reads only that, never an
+experiment config, so a PRM may differ in size from its policy and an imported
+checkpoint describes itself the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import socket
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from ttc_jax import parallel
+from ttc_jax import tasks
+from ttc_jax.models import checkpoints
+from ttc_jax.models.transformer import Transformer
+from ttc_jax.models.transformer import TransformerConfig
+from ttc_jax.pipeline import store
+from ttc_jax.sampling.core import SamplingCore
+from ttc_jax.sampling.core import SpecialIds
+from ttc_jax.tasks import tfds_builder
+from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.verifiers.incremental import IncrementalScorer
+from ttc_jax.verifiers.scoring import Scorer
+
+STAGE_FILE = "stage.json"
+MODEL_FILE = "model.json"
+
+
+class ArtifactError(RuntimeError):
+  """An artifact is missing, unfinished, or not what its reader expects."""
+
+
+class StageDir:
+  """The directory of one artifact, as its stage sees it: named files inside it only."""
+
+  def __init__(self, path: str, stage: str, identity: str):
+    self.dir, self.stage, self.identity = path, stage, identity
+
+  @property
+  def primary(self) -> bool:
+    return parallel.is_primary()
+
+  def path(self, *names: str) -> str:
+    return os.path.join(self.dir, *names)
+
+  def exists(self, name: str) -> bool:
+    return os.path.exists(self.path(name))
+
+  def write_json(self, name: str, obj: Any) -> None:
+    store.write_json(self.path(name), obj)
+
+  def read_json(self, name: str) -> Any:
+    return store.read_json(self.path(name))
+
+  def write_text(self, name: str, text: str) -> None:
+    store.write_text(self.path(name), text)
+
+  def save_npz(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+    store.save_npz(self.path(name), arrays)
+
+  def load_npz(self, name: str) -> dict[str, np.ndarray]:
+    return store.load_npz(self.path(name))
+
+  def save_figure(self, name: str, fig) -> None:
+    store.save_figure(self.path(name), fig)
+
+  def shards(self, name: str, count: int) -> store.Shards:
+    return store.Shards(self.dir, name, count)
+
+  def cells(self, name: str) -> store.CellLog:
+    return store.CellLog(self.path(name))
+
+  def barrier(self) -> None:
+    parallel.barrier(f"{self.stage}/{self.identity}")
+
+
+def provenance() -> dict:
+  return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "host": socket.gethostname(), "python": platform.python_version(),
+          "jax": jax.__version__, "processes": parallel.process_count(),
+          "devices": [str(d) for d in jax.devices()[:8]]}
+
+
+def read_stage(path: str) -> dict | None:
+  f = os.path.join(path, STAGE_FILE)
+  return store.read_json(f) if os.path.exists(f) else None
+
+
+# ----------------------------------------------------------------------------
+# The task's data
+# ----------------------------------------------------------------------------
+class TaskData:
+  """A task and its problems, materialized as TFDS array_record in the artifact."""
+
+  def __init__(self, task: tasks.Task, data_dir: str):
+    self.task, self.data_dir = task, data_dir
+    self._sources = {}
+
+  def build(self) -> None:
+    for split in tasks.SPLITS:
+      self._source(split)
+
+  def _source(self, split: str):
+    if split not in self._sources:
+      self._sources[split] = tfds_builder.build_data_source(self.task, split, self.data_dir)
+    return self._sources[split]
+
+  def problems(self, split: str, num: int | None = None, start: int = 0) -> list[tasks.Problem]:
+    """Problems ``start .. start + num - 1`` of ``split`` (default: to the end)."""
+    source = self._source(split)
+    end = len(source) if num is None else start + num
+    if not 0 <= start < end <= len(source):
+      raise ValueError(f"asked for {split} problems {start}..{end - 1}; the task has "
+                       f"{len(source)} {split} problems (task.num_{split}).")
+    return [tfds_builder.record_to_problem(source[i], self.task.meta_keys)
+            for i in range(start, end)]
+
+
+# ----------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class ModelArtifact:
+  """A trained (or imported) model, read from its own description."""
+
+  identity: str
+  path: str
+  description: dict
+  model: Transformer
+  tokenizer: Tokenizer
+  _core: SamplingCore | None = dataclasses.field(default=None, repr=False)
+
+  @property
+  def config(self) -> TransformerConfig:
+    return self.model.config
+
+  @property
+  def special_ids(self) -> SpecialIds:
+    tok = self.tokenizer
+    return SpecialIds(pad_id=tok.pad_id, eos_ids=tok.eos_ids, step_ids=tok.step_ids)
+
+  def sampling_core(self) -> SamplingCore:
+    """The model's sampling core on one local device (kept: its compiled functions are
+    reused by every stage that samples from this model)."""
+    if self._core is None:
+      self._core = SamplingCore(self.model, self.special_ids)
+    return self._core
+
+  def scorer(self, mesh=None) -> Scorer:
+    return Scorer(self.model, mesh=mesh, pad_id=self.tokenizer.pad_id)
+
+  def incremental_scorer(self, mesh=None) -> IncrementalScorer:
+    return IncrementalScorer(self.model, mesh=mesh, pad_id=self.tokenizer.pad_id)
+
+  def summary(self) -> dict:
+    c = self.config
+    return {"id": self.identity, "params": c.num_params(), "d_model": c.d_model,
+            "num_layers": c.num_layers, "head": c.head}
+
+
+def tokenizer_ref(artifact_dir: str, tokenizer_path: str) -> dict:
+  """How a model artifact names its tokenizer: a relative path and the file's sha256."""
+  return {"path": os.path.relpath(tokenizer_path, artifact_dir),
+          "sha256": store.file_digest(tokenizer_path)}
+
+
+def write_model(out: StageDir, config: TransformerConfig, tokenizer: dict, *, step: int,
+                made_by: dict) -> None:
+  """Writes ``model.json`` next to the trainer's ``checkpoints/`` (final step ``step``)."""
+  out.write_json(MODEL_FILE, {
+      "config": checkpoints.config_to_dict(config),
+      "tokenizer": tokenizer,
+      "checkpoint": {"dir": "checkpoints", "step": step},
+      "made_by": made_by,
+  })
+
+
+def load_tokenizer(artifact_dir: str, ref: dict) -> Tokenizer:
+  path = os.path.normpath(os.path.join(artifact_dir, ref["path"]))
+  if not os.path.exists(path):
+    raise ArtifactError(f"the tokenizer of {artifact_dir} is missing: {path}.")
+  if ref.get("sha256") and store.file_digest(path) != ref["sha256"]:
+    raise ArtifactError(f"{path} is not the tokenizer the model in {artifact_dir} was trained "
+                        "with (sha256 differs).")
+  return Tokenizer.load(path)
+
+
+def load_model(artifact_dir: str, identity: str | None = None) -> ModelArtifact:
+  """Reads a model artifact: architecture and tokenizer from its ``model.json``."""
+  desc_path = os.path.join(artifact_dir, MODEL_FILE)
+  if not os.path.exists(desc_path):
+    raise ArtifactError(f"{artifact_dir} is not a model artifact (no {MODEL_FILE}).")
+  desc = store.read_json(desc_path)
+  config = checkpoints.config_from_dict(desc["config"])
+  tok = load_tokenizer(artifact_dir, desc["tokenizer"])
+  tok.check_vocab(config.vocab_size)
+  model = checkpoints.restore_params(
+      os.path.join(artifact_dir, desc["checkpoint"]["dir"]), checkpoints.abstract_model(config),
+      step=desc["checkpoint"]["step"])
+  return ModelArtifact(identity=identity or os.path.basename(os.path.normpath(artifact_dir)),
+                       path=artifact_dir, description=desc, model=model, tokenizer=tok)

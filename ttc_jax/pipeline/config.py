@@ -1,0 +1,180 @@
+"""Validation of an experiment config, before any stage writes anything.
+
+:func:`validate` checks every section that needs no data (types, ranges, steps
+after warmup, model shapes, search strategies) and builds the task, which
+validates its own keys. :func:`validate_lengths` checks what needs the task's
+text and the tokenizer: training rows fit the context, the longest reference
+solution fits ``sampling.max_new_tokens``, every prompt leaves room for it.
+Each error names the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+
+from ttc_jax import tasks
+from ttc_jax.models.transformer import TransformerConfig
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.search import BeamSearch
+from ttc_jax.search import BestOfN
+from ttc_jax.search import default_width
+from ttc_jax.training import trainer
+
+
+class ConfigError(ValueError):
+  """The experiment config cannot run; the message names the key."""
+
+
+def _int(value, key: str, low: int = 1, high: int | None = None) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+      high is not None and value > high):
+    bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+    raise ConfigError(f"{key}={value!r}: expected an integer {bound}.")
+  return value
+
+
+def arch_fields(section: ml_collections.ConfigDict) -> dict:
+  return {k: v for k, v in section.to_dict().items()}
+
+
+def verifier_arch(policy_arch: dict, section: ml_collections.ConfigDict, key: str) -> dict:
+  """A verifier's architecture: the policy's, with the non-None fields of ``key.model``.
+
+  ``init='policy'`` (the backbone copied from the policy) requires the policy's
+  shape; ``init='scratch'`` may set any other.
+  """
+  init = section.init
+  if init not in ("policy", "scratch"):
+    raise ConfigError(f"{key}.init={init!r}: expected 'policy' or 'scratch'.")
+  arch = dict(policy_arch)
+  for field, value in section.model.to_dict().items():
+    if value is None:
+      continue
+    if field not in arch:
+      raise ConfigError(f"{key}.model.{field}: not a model field ({sorted(arch)}).")
+    if init == "policy" and value != arch[field]:
+      raise ConfigError(
+          f"{key}.model.{field}={value!r} differs from the policy's {arch[field]!r}: a "
+          f"verifier initialised from the policy ({key}.init='policy') has the policy's "
+          f"shape; set {key}.init='scratch' to train one of another size.")
+    arch[field] = value
+  return arch
+
+
+def _model(fields: dict, vocab: int, head: str, key: str) -> TransformerConfig:
+  try:
+    return TransformerConfig(vocab_size=vocab, head=head, **fields)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{key}: {e}") from e
+
+
+def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> tasks.Task:
+  """Checks everything that needs no data; returns the task. Raises ConfigError."""
+  c = config
+  if c.stage not in stage_names:
+    raise ConfigError(f"stage={c.stage!r}: expected one of {list(stage_names)}.")
+  _int(c.seed, "seed", 0)
+  try:
+    task = tasks.build(c.task)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  num_train, num_test = task.num_examples("train"), task.num_examples("test")
+  vocab = _int(c.tokenizer.vocab_size, "tokenizer.vocab_size", 8)
+  _int(c.tokenizer.num_texts, "tokenizer.num_texts", 1)
+  _int(c.test_problems, "test_problems", 1, num_test)
+  try:
+    SamplingParams(temperature=c.sampling.temperature, max_new_tokens=c.sampling.max_new_tokens)
+  except ValueError as e:
+    raise ConfigError(f"sampling: {e}") from e
+  _int(c.sampling.batch_size, "sampling.batch_size", 1)
+
+  policy = _model(arch_fields(c.policy.model), vocab, "lm", "policy.model")
+  for part in ("policy", "prm", "orm"):
+    try:
+      trainer.check_config(c[part].train, prefix=f"{part}.train")
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+  for part in ("prm", "orm"):
+    arch = verifier_arch(arch_fields(c.policy.model), c[part], part)
+    model = _model(arch, vocab, "value", f"{part}.model")
+    if model.max_seq_len < policy.max_seq_len:
+      raise ConfigError(f"{part}.model.max_seq_len={model.max_seq_len} is shorter than the "
+                        f"policy's {policy.max_seq_len}: a verifier reads whole policy samples.")
+
+  _int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
+  ml = c.mc_labels
+  _int(ml.num_problems, "mc_labels.num_problems", 1, num_train)
+  _int(ml.samples_per_problem, "mc_labels.samples_per_problem", 1)
+  _int(ml.rollouts, "mc_labels.rollouts", 1)
+  _int(ml.problems_per_shard, "mc_labels.problems_per_shard", 1)
+  ve = c.verifier_eval
+  _int(ve.subsamples, "verifier_eval.subsamples", 1)
+  _int(ve.auc_problems, "verifier_eval.auc_problems", 1, num_test - c.test_problems)
+  _int(ve.auc_samples_per_problem, "verifier_eval.auc_samples_per_problem", 1)
+  _int(ve.rollouts, "verifier_eval.rollouts", 1)
+  for key, k in (("mc_labels.rollouts", ml.rollouts), ("verifier_eval.rollouts", ve.rollouts)):
+    if c.sampling.batch_size % k:
+      raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
+                        f"{key}={k} (a prefix's rollouts share one call).")
+
+  s = c.search
+  budgets = list(s.budgets)
+  if not budgets or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                        for n in budgets) or budgets != sorted(set(budgets)):
+    raise ConfigError(f"search.budgets={s.budgets!r}: expected increasing integers >= 1.")
+  _int(s.beam_width, "search.beam_width", 1)
+  _int(s.max_rounds, "search.max_rounds", 1)
+  _int(s.max_step_tokens, "search.max_step_tokens", 1, c.sampling.max_new_tokens)
+  _int(s.rows_per_call, "search.rows_per_call", 1)
+  for k in s.lookahead_steps:
+    _int(k, "search.lookahead_steps[]", 1)
+  try:
+    for n in budgets:
+      BestOfN(n=n)
+      BeamSearch(n=n, width=min(s.beam_width, n), max_rounds=s.max_rounds)
+      BeamSearch(n=n, width=default_width(n), max_rounds=s.max_rounds)
+  except ValueError as e:
+    raise ConfigError(f"search: {e} (search.beam_width={s.beam_width} must divide every "
+                      f"budget >= it; budgets {budgets}).") from e
+  _int(c.report.difficulty_bins, "report.difficulty_bins", 1, c.test_problems)
+  return task
+
+
+def validate_lengths(config: ml_collections.ConfigDict, task: tasks.Task, tok,
+                     problems: dict[str, list[tasks.Problem]]) -> dict:
+  """Checks token lengths against the config; returns the longest of each kind.
+
+  ``problems``: split -> the problems that will be read (train: SFT and MC
+  labels; test: evaluation).
+  """
+  c = config
+  max_new = c.sampling.max_new_tokens
+  context = c.policy.model.max_seq_len
+  longest = {"prompt": (0, None), "solution": (0, None), "row": (0, None)}
+  for split, probs in problems.items():
+    for p in probs:
+      prompt = len(tok.encode(task.format_prompt(p), bos=True))
+      solution = len(tok.encode(p.solution)) + 1  # + EOS
+      for kind, n in (("prompt", prompt), ("solution", solution), ("row", prompt + solution)):
+        if n > longest[kind][0]:
+          longest[kind] = (n, p.uid)
+  sol, sol_uid = longest["solution"]
+  if sol > max_new:
+    raise ConfigError(
+        f"sampling.max_new_tokens={max_new} is shorter than the longest reference solution "
+        f"({sol} tokens with EOS, {sol_uid}): samples that long would be cut and graded wrong. "
+        f"Set sampling.max_new_tokens >= {sol}.")
+  row, row_uid = longest["row"]
+  if row > context:
+    raise ConfigError(
+        f"policy.model.max_seq_len={context} is shorter than the longest training row "
+        f"({row} tokens: BOS + prompt + solution + EOS, {row_uid}). Set it >= {row}.")
+  prompt, prompt_uid = longest["prompt"]
+  if prompt + max_new > context:
+    raise ConfigError(
+        f"the longest prompt ({prompt} tokens, {prompt_uid}) + sampling.max_new_tokens="
+        f"{max_new} = {prompt + max_new} exceeds policy.model.max_seq_len={context}: solutions "
+        "would be cut by the context. Lower sampling.max_new_tokens or raise the context.")
+  return {k: v[0] for k, v in longest.items()}

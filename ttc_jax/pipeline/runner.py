@@ -1,0 +1,201 @@
+"""Runs a stage and the inputs it is missing: identities, reuse, resume, validation.
+
+``Pipeline(config, workdir).run('report')`` validates the whole config (nothing
+is written before), then walks the stages the target needs in order: a stage
+whose artifact (same identity) is finished is reused; an unfinished one
+resumes (its own checkpoints, shards or cell log); a new identity starts a new
+artifact and says which config keys or inputs differ from the stage's latest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+import ml_collections
+
+from ttc_jax import host
+from ttc_jax import parallel
+from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline import store
+from ttc_jax.pipeline.stages import Context
+from ttc_jax.pipeline.stages import SPEED_ONLY
+from ttc_jax.pipeline.stages import STAGES
+from ttc_jax.progress import fmt_duration
+
+
+def _section(config: ml_collections.ConfigDict, name: str) -> Any:
+  value = config[name]
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _drop_speed_only(obj: Any, path: str = "") -> Any:
+  if not isinstance(obj, dict):
+    return obj
+  out = {}
+  for k, v in obj.items():
+    p = f"{path}.{k}" if path else k
+    if not any(fnmatch.fnmatchcase(p, pattern) for pattern in SPEED_ONLY):
+      out[k] = _drop_speed_only(v, p)
+  return out
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(obj, dict):
+    out = {}
+    for k, v in obj.items():
+      out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+  return {prefix: obj}
+
+
+class Pipeline:
+  """The stages of one experiment config over one workdir."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               log: Callable[[str], None] = logging.info):
+    if not workdir:
+      raise config_lib.ConfigError("--workdir is required (the directory of the study's "
+                                   "artifacts).")
+    self.config, self.workdir, self.log = config, workdir, log
+    self._ids: dict[str, str] = {}
+    self._loaded: dict[str, Any] = {}
+    self._lengths_checked = False
+    self.task = None
+
+  # ------------------------------------------------------------- identities
+  def key(self, name: str) -> dict:
+    stage = STAGES[name]
+    sections = {s: _section(self.config, s) for s in stage.sections}
+    return store.canonical({
+        "stage": name, "version": stage.version, "config": _drop_speed_only(sections),
+        "inputs": {i: self.identity(i) for i in stage.inputs}})
+
+  def identity(self, name: str) -> str:
+    if name not in self._ids:
+      self._ids[name] = store.digest(self.key(name))
+    return self._ids[name]
+
+  def directory(self, name: str) -> str:
+    return os.path.join(self.workdir, name, self.identity(name))
+
+  def stage_dir(self, name: str) -> artifacts.StageDir:
+    return artifacts.StageDir(self.directory(name), name, self.identity(name))
+
+  def plan(self, target: str) -> list[str]:
+    """The stages ``target`` needs, inputs first (registry order)."""
+    if target not in STAGES:
+      raise config_lib.ConfigError(f"stage {target!r}: expected one of {list(STAGES)}.")
+    need, todo = set(), [target]
+    while todo:
+      name = todo.pop()
+      if name not in need:
+        need.add(name)
+        todo.extend(STAGES[name].inputs)
+    return [s for s in STAGES if s in need]
+
+  def is_done(self, name: str) -> bool:
+    rec = artifacts.read_stage(self.directory(name))
+    return bool(rec) and rec.get("status") == "done" and rec.get("id") == self.identity(name)
+
+  # ------------------------------------------------------------------- run
+  def validate(self) -> None:
+    """Everything that needs no data; nothing has been written when this raises."""
+    self.task = config_lib.validate(self.config, list(STAGES))
+
+  def run(self, target: str | None = None) -> Any:
+    """Runs ``target`` (default: ``config.stage``) and whatever it is missing."""
+    target = target or self.config.stage
+    self.validate()
+    order = self.plan(target)
+    t0 = time.time()
+    for name in order:
+      if self.is_done(name):
+        self.log(f"{name}: up to date ({self.directory(name)})")
+        continue
+      if name not in ("data", "tokenizer"):
+        self.check_lengths()
+      self._run_stage(name)
+    self.log(f"{target}: done in {fmt_duration(time.time() - t0)} -> {self.directory(target)}")
+    return self.load(target)
+
+  def check_lengths(self) -> None:
+    """Token lengths against the config (needs the tokenizer): before any later stage."""
+    if self._lengths_checked:
+      return
+    data, tok = self.load("data"), self.load("tokenizer")
+    longest = config_lib.validate_lengths(
+        self.config, data.task, tok, {"train": data.problems("train"),
+                                      "test": data.problems("test")})
+    self.log(f"lengths: longest prompt {longest['prompt']}, solution {longest['solution']} "
+             f"(with EOS), training row {longest['row']} tokens")
+    self._lengths_checked = True
+
+  def load(self, name: str) -> Any:
+    """The loaded artifact of ``name`` (it must be done)."""
+    if name not in self._loaded:
+      if not self.is_done(name):
+        raise artifacts.ArtifactError(
+            f"stage {name!r} has no finished artifact {self.directory(name)}; run it first.")
+      self._loaded[name] = STAGES[name].load(self.stage_dir(name), self.key(name))
+    return self._loaded[name]
+
+  def _run_stage(self, name: str) -> None:
+    stage = STAGES[name]
+    out = self.stage_dir(name)
+    self._log_change(name)
+    key = self.key(name)
+    previous = artifacts.read_stage(out.dir)
+    resumed = previous is not None
+    record = {"stage": name, "id": out.identity, "key": key, "status": "running",
+              "provenance": artifacts.provenance(), "doc": stage.doc}
+    if previous and "started" in previous:
+      record["started"] = previous["started"]
+    record.setdefault("started", record["provenance"]["created"])
+    store.write_json(out.path(artifacts.STAGE_FILE), record)
+    self.log(f"{name}: {'resuming' if resumed else 'running'} -> {out.dir}")
+    inputs = {i: self.load(i) for i in stage.inputs}
+    sections = ml_collections.ConfigDict({s: self.config[s] for s in stage.sections})
+    sections.lock()
+    t0 = time.time()
+    host.free_compiled_code()
+    summary = stage.run(Context(config=sections, inputs=inputs, out=out, log=self.log))
+    parallel.barrier(f"{name}/outputs")
+    missing = [o for o in stage.outputs if not os.path.exists(out.path(o))]
+    if missing:
+      raise artifacts.ArtifactError(f"stage {name!r} did not write {missing} in {out.dir}.")
+    record.update(status="done", summary=summary, seconds=time.time() - t0,
+                  finished=artifacts.provenance()["created"])
+    store.write_json(out.path(artifacts.STAGE_FILE), record)
+    self._point_latest(name)
+    parallel.barrier(f"{name}/done")
+    self.log(f"{name}: done in {fmt_duration(time.time() - t0)}")
+
+  def _point_latest(self, name: str) -> None:
+    if not parallel.is_primary():
+      return
+    link = os.path.join(self.workdir, name, "latest")
+    tmp = f"{link}.tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+    os.symlink(self.identity(name), tmp)
+    os.replace(tmp, link)
+
+  def _log_change(self, name: str) -> None:
+    """Says why a new artifact is made when the stage has an earlier one."""
+    link = os.path.join(self.workdir, name, "latest")
+    if not os.path.lexists(link):
+      return
+    old = artifacts.read_stage(os.path.realpath(link))
+    if not old or old.get("id") == self.identity(name):
+      return
+    before, after = flatten(old.get("key", {})), flatten(self.key(name))
+    changed = [f"{k}: {before.get(k, '(none)')!r} -> {after.get(k, '(none)')!r}"
+               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    self.log(f"{name}: differs from its latest artifact {old.get('id')} "
+             f"({'; '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}); a new artifact "
+             "is made, the old one is kept")

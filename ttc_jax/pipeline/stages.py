@@ -1,0 +1,523 @@
+"""The one registry of stages: what each reads, which config sections are its own,
+what it writes, and the function that runs it.
+
+A stage's run function receives a :class:`Context`: its own config sections
+(nothing else of the config is visible to it), its inputs as loaded objects
+(the task's data, a tokenizer, model artifacts with their sampling core or
+scorer, labelled samples, ...) and a :class:`~ttc_jax.pipeline.artifacts.StageDir`
+for its own outputs; never a workdir path. The library does the work; a run
+function only wires it.
+
+An artifact's identity is a hash of its stage's key: the stage name and
+version, its config sections (minus fields that only change speed, which
+results never depend on) and the identities of its inputs. Any change upstream
+therefore gives every downstream artifact a new identity (a new directory), and
+nothing else changes.
+
+To add a stage: write its run function (and a loader for what it writes),
+append a :class:`Stage` to ``STAGES`` after the stages it reads, give it a
+config section in the experiment config, and say what it writes in ``outputs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ttc_jax import host
+from ttc_jax import parallel
+from ttc_jax.analysis import difficulty as difficulty_lib
+from ttc_jax.analysis import study as study_lib
+from ttc_jax.analysis import verifiers as verifier_metrics
+from ttc_jax.models import checkpoints
+from ttc_jax.models.transformer import Transformer
+from ttc_jax.models.transformer import TransformerConfig
+from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline import config as config_lib
+from ttc_jax.progress import CompileClock
+from ttc_jax.progress import Progress
+from ttc_jax.report import figures
+from ttc_jax.report import markdown
+from ttc_jax.sampling import solutions
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.search import BeamSearch
+from ttc_jax.search import BestOfN
+from ttc_jax.search import SearchContext
+from ttc_jax.search import default_width
+from ttc_jax.search import search_problems
+from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.training import data as data_lib
+from ttc_jax.training import trainer
+from ttc_jax.verifiers import aggregation
+from ttc_jax.verifiers import labels as labels_lib
+from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
+from ttc_jax.verifiers.scoring import aggregate_steps
+
+# Config fields that change how fast a stage runs, never what it computes: they
+# are left out of artifact identities (results do not depend on the batch).
+SPEED_ONLY = ("sampling.batch_size", "search.rows_per_call", "*.checkpoint_every", "*.log_every")
+
+
+@dataclasses.dataclass
+class Context:
+  """What a stage's run function receives."""
+
+  config: ml_collections.ConfigDict  # the stage's own sections only
+  inputs: dict[str, Any]  # input stage name -> loaded artifact
+  out: artifacts.StageDir  # this stage's outputs
+  log: Callable[[str], None] = logging.info
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  doc: str
+  inputs: tuple[str, ...]  # stages whose artifacts it reads
+  sections: tuple[str, ...]  # its config sections (top-level keys of the experiment config)
+  outputs: tuple[str, ...]  # files it writes in its directory
+  run: Callable[[Context], dict]  # computes and writes; returns a JSON summary
+  load: Callable[[artifacts.StageDir, dict], Any]  # (directory, key) -> loaded artifact
+  version: int = 1  # bump when the stage computes something else from the same key
+
+
+def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:
+  return SamplingParams(temperature=c.sampling.temperature,
+                        max_new_tokens=c.sampling.max_new_tokens)
+
+
+# ----------------------------------------------------------------------------
+# data, tokenizer
+# ----------------------------------------------------------------------------
+def run_data(ctx: Context) -> dict:
+  from ttc_jax import tasks  # pylint: disable=g-import-not-at-top
+  data = artifacts.TaskData(tasks.build(ctx.config.task), ctx.out.path("tfds"))
+  if ctx.out.primary:
+    data.build()
+  ctx.out.barrier()
+  return {"task": data.task.name, "params": dict(data.task.params),
+          "num_train": data.task.num_examples("train"),
+          "num_test": data.task.num_examples("test")}
+
+
+def load_data(out: artifacts.StageDir, key: dict) -> artifacts.TaskData:
+  from ttc_jax import tasks  # pylint: disable=g-import-not-at-top
+  return artifacts.TaskData(tasks.build(key["config"]["task"]), out.path("tfds"))
+
+
+def run_tokenizer(ctx: Context) -> dict:
+  data = ctx.inputs["data"]
+  if ctx.out.primary:
+    Tokenizer.train(data.task, ctx.out.path("tokenizer"), vocab_size=ctx.config.tokenizer.vocab_size,
+                    num_texts=ctx.config.tokenizer.num_texts)
+  ctx.out.barrier()
+  tok = Tokenizer.load(ctx.out.path("tokenizer.model"))
+  return {"vocab_size": tok.vocab_size}
+
+
+def load_tokenizer(out: artifacts.StageDir, key: dict) -> Tokenizer:
+  del key
+  return Tokenizer.load(out.path("tokenizer.model"))
+
+
+# ----------------------------------------------------------------------------
+# policy
+# ----------------------------------------------------------------------------
+def run_policy(ctx: Context) -> dict:
+  cfg = ctx.config.policy
+  data, tok = ctx.inputs["data"], ctx.inputs["tokenizer"]
+  model_cfg = TransformerConfig(vocab_size=tok.vocab_size, head="lm", **cfg.model.to_dict())
+  model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+  problems = data.problems("train")
+  dataset = data_lib.sft_dataset(data.task, tok, problems, model_cfg.max_seq_len)
+  stats = {"train_problems": len(problems), "target_tokens": int(dataset.weights.sum()),
+           "params": model_cfg.num_params()}
+  ctx.log(f"policy: {stats['params']:,} params, {len(problems)} train problems, "
+          f"{stats['target_tokens']:,} target tokens")
+  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="lm", name="policy")
+  artifacts.write_model(
+      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok.path), step=cfg.train.steps,
+      made_by={"stage": "policy", "objective": "lm (SFT)", "train": cfg.train.to_dict(),
+               "data": stats})
+  return stats
+
+
+def load_model(out: artifacts.StageDir, key: dict) -> artifacts.ModelArtifact:
+  del key
+  return artifacts.load_model(out.dir, out.identity)
+
+
+# ----------------------------------------------------------------------------
+# difficulty (pass@1)
+# ----------------------------------------------------------------------------
+def run_difficulty(ctx: Context) -> dict:
+  c = ctx.config
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("test", c.test_problems)
+  n = c.difficulty.samples_per_problem
+  samples = solutions.sample_problems(policy.sampling_core(), tok, task, probs, n, c.seed,
+                                      "pass_at_1", sampling_params(c),
+                                      batch_size=c.sampling.batch_size)
+  p1 = samples.correct_matrix().mean(axis=1)
+  summary = difficulty_lib.pass_at_1_summary(p1, [p.difficulty for p in probs])
+  answers = [samples.answers[i * n:(i + 1) * n] for i in range(len(probs))]
+  summary[f"majority_at_{n}"] = aggregation.accuracy_curves(
+      answers, [task.normalize_answer(p.answer) for p in probs], None, [n], ["majority"], 1,
+      c.seed)["majority"][0]
+  ctx.out.save_npz("samples.npz", {"tokens": samples.gens.tokens,
+                                   "lengths": samples.gens.lengths,
+                                   "stopped": samples.gens.stopped,
+                                   "samples_per_problem": np.array(n)})
+  ctx.out.write_json("pass_at_1.json", {
+      "summary": summary,
+      "problems": [{"index": p.index, "uid": p.uid, "difficulty": p.difficulty,
+                    "meta": dict(p.meta), "pass_at_1": float(v)} for p, v in zip(probs, p1)]})
+  ctx.out.save_figure("pass_at_1.png", figures.pass_at_1(p1, [p.difficulty for p in probs],
+                                                         task.difficulty_label))
+  ctx.log(f"pass@1 on {len(probs)} test problems ({n} samples each): mean {summary['mean']:.3f}, "
+          f">=0.7: {100 * summary['frac_ge_0.7']:.0f}%, <=0.2: {100 * summary['frac_le_0.2']:.0f}%; "
+          f"majority@{n} {summary[f'majority_at_{n}']:.3f}")
+  return summary
+
+
+@dataclasses.dataclass
+class Difficulty:
+  """The difficulty artifact: per-problem pass@1 and the samples it was measured on."""
+
+  pass_at_1: np.ndarray
+  record: dict
+  gens: solutions.Generations
+  n: int
+
+  def samples(self, tok, task, problems) -> solutions.ProblemSamples:
+    """The graded samples of ``problems`` (the artifact's problems, in order)."""
+    if len(problems) * self.n != self.gens.tokens.shape[0]:
+      raise artifacts.ArtifactError(f"the difficulty artifact holds {self.gens.tokens.shape[0]} "
+                                    f"samples, not {len(problems)} x {self.n}.")
+    prompts = [tok.encode(task.format_prompt(p), bos=True) for p in problems]
+    return solutions.grade(tok, task, problems, self.n, prompts, self.gens)
+
+
+def load_difficulty(out: artifacts.StageDir, key: dict) -> Difficulty:
+  del key
+  record = out.read_json("pass_at_1.json")
+  z = out.load_npz("samples.npz")
+  return Difficulty(pass_at_1=np.array([p["pass_at_1"] for p in record["problems"]]),
+                    record=record,
+                    gens=solutions.Generations(tokens=z["tokens"], lengths=z["lengths"],
+                                               stopped=z["stopped"]),
+                    n=int(z["samples_per_problem"]))
+
+
+# ----------------------------------------------------------------------------
+# MC labels, PRM, ORM
+# ----------------------------------------------------------------------------
+def run_mc_labels(ctx: Context) -> dict:
+  c = ctx.config
+  lc = c.mc_labels
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("train", lc.num_problems)
+  per = lc.problems_per_shard
+  shards = ctx.out.shards("labels", math.ceil(len(probs) / per))
+  todo = shards.todo()
+  core = policy.sampling_core()
+  sp = sampling_params(c)
+  progress = Progress(shards.count, "label shards", unit="shards", every_s=0,
+                      initial=shards.count - len(todo), log_fn=ctx.log)
+  for s in todo:
+    chunk = probs[s * per:(s + 1) * per]
+    samples = solutions.sample_problems(core, tok, task, chunk, lc.samples_per_problem, c.seed,
+                                        "label_samples", sp, batch_size=c.sampling.batch_size)
+    ls = labels_lib.label_samples(core, tok, task, samples, lc.rollouts, c.seed, "rollouts", sp,
+                                  batch_size=c.sampling.batch_size)
+    shards.save(s, ls.arrays())
+    progress.update(1)
+  ctx.out.barrier()
+  return label_stats(_concat_shards(shards))
+
+
+def _concat_shards(shards) -> labels_lib.LabelledSamples:
+  return labels_lib.LabelledSamples.concat(
+      [labels_lib.LabelledSamples.from_arrays(a) for a in shards.load_all()])
+
+
+def load_mc_labels(out: artifacts.StageDir, key: dict) -> labels_lib.LabelledSamples:
+  lc = key["config"]["mc_labels"]
+  count = math.ceil(lc["num_problems"] / lc["problems_per_shard"])
+  return _concat_shards(out.shards("labels", count))
+
+
+def label_stats(ls: labels_lib.LabelledSamples) -> dict:
+  steps = ls.labels[np.isfinite(ls.labels)]
+  return {"samples": len(ls), "problems": int(np.unique(ls.problem_index).size),
+          "steps": int(steps.size), "sample_accuracy": float(ls.correct.mean()),
+          "mean_step_label": float(steps.mean()),
+          "frac_steps_label_ge_0.5": float((steps >= 0.5).mean())}
+
+
+def verifier_config(policy: TransformerConfig, section: ml_collections.ConfigDict, kind: str
+                    ) -> TransformerConfig:
+  """A verifier's architecture: the policy artifact's, changed where ``kind.model`` says."""
+  arch = {k: getattr(policy, k) for k in section.model.keys()}
+  arch = config_lib.verifier_arch(arch, section, kind)
+  return dataclasses.replace(policy, head="value", tie_embeddings=False, **arch)
+
+
+def train_verifier(ctx: Context, kind: str) -> dict:
+  """PRM (every step's MC label) or ORM (the last step: the sample's correctness)."""
+  cfg = ctx.config[kind]
+  policy, ls = ctx.inputs["policy"], ctx.inputs["mc_labels"]
+  model_cfg = verifier_config(policy.config, cfg, kind)
+  model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+  if cfg.init == "policy":
+    checkpoints.copy_backbone(policy.model, model)
+  if kind == "prm":
+    targets = [ls.step_labels(i) for i in range(len(ls))]
+  else:
+    targets = [[np.nan] * (len(ls.ends(i)) - 1) + [float(ls.correct[i])] for i in range(len(ls))]
+  keep = [i for i in range(len(ls)) if ls.ends(i)]
+  dataset = data_lib.value_dataset([ls.row(i) for i in keep], [ls.ends(i) for i in keep],
+                                   [targets[i] for i in keep], model_cfg.max_seq_len,
+                                   policy.tokenizer.pad_id)
+  stats = label_stats(ls)
+  stats["params"] = model_cfg.num_params()
+  ctx.log(f"{kind}: {stats['params']:,} params ({cfg.init} init); data {stats}")
+  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="value", name=kind)
+  tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
+  artifacts.write_model(
+      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=cfg.train.steps,
+      made_by={"stage": kind, "objective": "value (BCE on MC step labels)" if kind == "prm"
+               else "value (BCE on final correctness)", "init": cfg.init,
+               "policy": policy.identity, "train": cfg.train.to_dict(), "data": stats})
+  return stats
+
+
+# ----------------------------------------------------------------------------
+# verifier evaluation
+# ----------------------------------------------------------------------------
+def run_verifier_eval(ctx: Context) -> dict:
+  c = ctx.config
+  ec = c.verifier_eval
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  prm, orm = ctx.inputs["prm"], ctx.inputs["orm"]
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("test", c.test_problems)
+  samples = ctx.inputs["difficulty"].samples(tok, task, probs)
+  m = samples.n
+  rows = [samples.prompts[i // m] + samples.gens.row(i) for i in range(len(samples.texts))]
+  ends = [[len(samples.prompts[i // m]) + e
+           for e in solutions.step_ends(samples.gens.row(i), tok.step_ids, tok.eos_ids)]
+          for i in range(len(rows))]
+  bs = c.sampling.batch_size
+  prm_scorer = prm.scorer()
+  prm_steps = prm_scorer.step_scores(rows, ends, batch_size=bs)
+  orm_scores = aggregate_steps(orm.scorer().step_scores(rows, [[len(r) - 1] for r in rows],
+                                                        batch_size=bs), "last")
+  # Step AUC: held-out test problems, their own samples and MC labels (streams used nowhere else).
+  auc_probs = data.problems("test", ec.auc_problems, start=c.test_problems)
+  core, sp = policy.sampling_core(), sampling_params(c)
+  auc_samples = solutions.sample_problems(core, tok, task, auc_probs, ec.auc_samples_per_problem,
+                                          c.seed, "auc_samples", sp, batch_size=bs)
+  auc_ls = labels_lib.label_samples(core, tok, task, auc_samples, ec.rollouts, c.seed,
+                                    "auc_rollouts", sp, batch_size=bs)
+  auc_steps = prm_scorer.step_scores([auc_ls.row(i) for i in range(len(auc_ls))],
+                                     [auc_ls.ends(i) for i in range(len(auc_ls))], batch_size=bs)
+  auc_scores = np.concatenate([s for s in auc_steps]).astype(np.float64)
+  auc_labels = np.concatenate([auc_ls.labels[i, :len(auc_ls.ends(i))]
+                               for i in range(len(auc_ls))]).astype(np.float64)
+  scores = {f"prm_{h}": aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
+  scores["orm"] = orm_scores
+  answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
+  result = verifier_metrics.evaluate(
+      answers, [task.normalize_answer(p.answer) for p in probs],
+      samples.correct_matrix(), scores, auc_scores, auc_labels, subsamples=ec.subsamples,
+      seed=c.seed)
+  result["auc"].update({"problems": len(auc_probs), "rollouts": ec.rollouts,
+                        "samples_per_problem": ec.auc_samples_per_problem})
+  ctx.out.save_npz("scored.npz", {**{k: np.asarray(v) for k, v in scores.items()},
+                                  "correct": samples.correct, "auc_scores": auc_scores,
+                                  "auc_labels": auc_labels})
+  ctx.out.write_json("eval.json", result)
+  ctx.out.save_figure("eval.png", figures.verifier_eval(result, auc_scores, auc_labels >= 0.5))
+  ctx.log(f"verifiers: pass@1 {result['pass_at_1']:.3f}; at N={result['n'][-1]}: "
+          f"{ {k: round(v, 3) for k, v in result['accuracy_at_max_n'].items()} }; PRM step AUC "
+          f"{result['auc']['prm_step_auc']:.3f}")
+  return {"pass_at_1": result["pass_at_1"], "accuracy_at_max_n": result["accuracy_at_max_n"],
+          "prm_step_auc": result["auc"]["prm_step_auc"]}
+
+
+def load_json(name: str):
+  def load(out: artifacts.StageDir, key: dict) -> dict:
+    del key
+    return out.read_json(name)
+  return load
+
+
+# ----------------------------------------------------------------------------
+# the search sweep
+# ----------------------------------------------------------------------------
+def sweep(search: ml_collections.ConfigDict) -> list[dict]:
+  """The cells of the sweep: {method, params, strategy} in run order."""
+  cells = []
+  for n in search.budgets:
+    cells.append({"method": "best_of_n_weighted", "params": {"n": n},
+                  "strategy": BestOfN(n=n, selection="weighted", step_aggregation="last")})
+  for n in search.budgets:
+    m = min(search.beam_width, n)
+    cells.append({"method": f"beam_m{search.beam_width}", "params": {"n": n, "m": m},
+                  "strategy": BeamSearch(n=n, width=m, max_rounds=search.max_rounds)})
+    m = default_width(n)
+    cells.append({"method": "beam_sqrt", "params": {"n": n, "m": m},
+                  "strategy": BeamSearch(n=n, width=m, max_rounds=search.max_rounds)})
+  for k in search.lookahead_steps:
+    for n in search.budgets:
+      if n < search.beam_width or n * (k + 1) > max(search.budgets):
+        continue  # the budget N x (k + 1) must fit the sweep's range
+      cells.append({"method": f"lookahead_k{k}",
+                    "params": {"n": n, "m": search.beam_width, "k": k},
+                    "strategy": BeamSearch(n=n, width=search.beam_width, lookahead=k,
+                                           max_rounds=search.max_rounds)})
+  return cells
+
+
+def cell_key(cell: dict) -> str:
+  return f"{cell['method']}/" + ",".join(f"{k}={v}" for k, v in sorted(cell["params"].items()))
+
+
+def run_search_sweep(ctx: Context) -> dict:
+  c = ctx.config
+  sc = c.search
+  data, policy, prm = ctx.inputs["data"], ctx.inputs["policy"], ctx.inputs["prm"]
+  probs = data.problems("test", c.test_problems)
+  cells = sweep(sc)
+  log = ctx.out.cells("cells.jsonl")
+  done = log.read()
+  todo = [cell for cell in cells if cell_key(cell) not in done]
+  ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done")
+  if todo:
+    search_ctx = SearchContext(
+        core=policy.sampling_core(), prm=prm.incremental_scorer(), task=data.task,
+        tokenizer=policy.tokenizer, seed=c.seed, temperature=c.sampling.temperature,
+        max_new_tokens=c.sampling.max_new_tokens, max_step_tokens=sc.max_step_tokens)
+    progress = Progress(len(cells), "search cells", unit="cells", every_s=0,
+                        initial=len(cells) - len(todo), log_fn=ctx.log)
+    clock = CompileClock.get()
+    for cell in todo:
+      _free_compiled_code(ctx)
+      strategy = cell["strategy"]
+      compiled0, t0 = clock.seconds, time.time()
+      results = search_problems(strategy, search_ctx, probs, rows_per_call=sc.rows_per_call)
+      # wall_s excludes XLA tracing / compilation of new shapes (compile_s).
+      compile_s = clock.seconds - compiled0
+      row = {"key": cell_key(cell), "method": cell["method"], "params": cell["params"],
+             "budget_generations": strategy.generations,
+             "problems": [r.problem.uid for r in results],
+             "correct": [int(r.correct) for r in results],
+             "answers": [r.answer for r in results],
+             "finished": [len(r.candidates) for r in results],
+             "policy_tokens": [r.budget.policy_tokens for r in results],
+             "prm_tokens": [r.budget.prm_tokens for r in results],
+             "flops": [r.budget.flops for r in results],
+             "wall_s": time.time() - t0 - compile_s, "compile_s": compile_s}
+      log.append([row])
+      progress.update(1, extra=f"{cell['method']} {cell['params']}: acc "
+                               f"{np.mean(row['correct']):.3f} in {row['wall_s']:.1f}s")
+    ctx.out.barrier()
+    done = log.read()
+  rows = [done[cell_key(cell)] for cell in cells]
+  ctx.out.write_json("cells.json", rows)
+  return {"cells": len(rows)}
+
+
+def _free_compiled_code(ctx: Context) -> None:
+  """Unmaps compiled programs when the process nears vm.max_map_count (see
+  :func:`ttc_jax.host.free_compiled_code`); programs needed again come back
+  from the persistent compilation cache."""
+  if host.free_compiled_code():
+    ctx.log("dropped JAX's compiled programs (memory-map limit); shapes needed again are "
+            "reloaded from the compilation cache or recompiled")
+
+
+# ----------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------
+def run_report(ctx: Context) -> dict:
+  c = ctx.config
+  diff, cells = ctx.inputs["difficulty"], ctx.inputs["search_sweep"]
+  p1 = diff.pass_at_1
+  num_bins = c.report.difficulty_bins
+  bins = difficulty_lib.oracle_bins(p1, num_bins)
+  curves = [study_lib.summarize(cell, bins, num_bins) for cell in cells]
+  beam = next((cv["method"] for cv in curves if cv["method"].startswith("beam_m")), "beam_sqrt")
+  ver = ctx.inputs["verifier_eval"]
+  result = {
+      "task": ctx.inputs["data"].task.name,
+      "models": {role: ctx.inputs[role].summary() for role in ("policy", "prm", "orm")},
+      "curves": curves,
+      "perf": study_lib.perf(curves, beam),
+      "difficulty": {
+          "num_problems": int(p1.size), "samples_per_problem": diff.n,
+          "mean_pass_at_1": float(p1.mean()),
+          "bin_mean_pass_at_1": [float(p1[bins == b].mean()) for b in range(num_bins)]},
+      "verifiers": {k: ver[k] for k in ("n", "pass_at_1", "accuracy_at_max_n", "auc",
+                                        "num_problems", "samples_per_problem")},
+  }
+  ctx.out.write_json("results.json", result)
+  low_high = markdown.low_high(sorted({cv["budget_generations"] for cv in curves}))
+  figs = {"accuracy_vs_budget.png": figures.accuracy_vs_budget(
+              curves, result["difficulty"]["mean_pass_at_1"], int(p1.size)),
+          "accuracy_by_difficulty.png": figures.accuracy_by_difficulty(curves, low_high)}
+  for name, fig in figs.items():
+    ctx.out.save_figure(name, fig)
+  ctx.out.write_text("report.md", markdown.study_report(result, list(figs)))
+  ctx.log(f"report: {ctx.out.path('report.md')}")
+  return {"curves": len(curves)}
+
+
+def load_cells(out: artifacts.StageDir, key: dict) -> list[dict]:
+  del key
+  return out.read_json("cells.json")
+
+
+MODEL_OUTPUTS = ("model.json", "checkpoints", "metrics.jsonl")
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("data", "the task's problems as TFDS array_record", (), ("task",), ("tfds",),
+          run_data, load_data),
+    Stage("tokenizer", "sentencepiece trained on the task's train texts", ("data",),
+          ("tokenizer",), ("tokenizer.model",), run_tokenizer, load_tokenizer),
+    Stage("policy", "SFT of the policy (LM head) on the train problems",
+          ("data", "tokenizer"), ("policy",), MODEL_OUTPUTS, run_policy, load_model),
+    Stage("difficulty", "pass@1 per test problem from the policy's samples (oracle bins)",
+          ("data", "policy"), ("seed", "sampling", "test_problems", "difficulty"),
+          ("pass_at_1.json", "samples.npz", "pass_at_1.png"), run_difficulty, load_difficulty),
+    Stage("mc_labels", "policy samples on train problems, steps labelled by MC rollouts",
+          ("data", "policy"), ("seed", "sampling", "mc_labels"), (), run_mc_labels,
+          load_mc_labels),
+    Stage("prm", "process reward model: value head trained on the MC step labels",
+          ("mc_labels", "policy"), ("prm",), MODEL_OUTPUTS,
+          lambda ctx: train_verifier(ctx, "prm"), load_model),
+    Stage("orm", "outcome reward model: value head trained on final correctness",
+          ("mc_labels", "policy"), ("orm",), MODEL_OUTPUTS,
+          lambda ctx: train_verifier(ctx, "orm"), load_model),
+    Stage("verifier_eval", "best-of-N curves per verifier and the PRM's step AUC",
+          ("data", "policy", "difficulty", "prm", "orm"),
+          ("seed", "sampling", "test_problems", "verifier_eval"),
+          ("eval.json", "scored.npz", "eval.png"), run_verifier_eval, load_json("eval.json")),
+    Stage("search_sweep", "best-of-N, beam and lookahead search at every budget",
+          ("data", "policy", "prm"), ("seed", "sampling", "test_problems", "search"),
+          ("cells.jsonl", "cells.json"), run_search_sweep, load_cells),
+    Stage("report", "results.json, figures and report.md of the study",
+          ("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "search_sweep"),
+          ("report",), ("results.json", "report.md", "accuracy_vs_budget.png",
+                        "accuracy_by_difficulty.png"), run_report, load_json("results.json")),
+]}

@@ -1,0 +1,44 @@
+"""The registry of random streams: every random draw of ttc_jax comes from one of these.
+
+A row's key is ``row_keys(seed, stream, ...ids)`` (see :func:`keys`): the stream
+separates the uses of the policy (pass@1 samples, MC-label samples, their
+rollouts, search...), the ids say which problem, sample and round the row is.
+Two uses never share a stream, so no sample is silently reused as another's.
+The numbers are part of every stored result: never renumber an existing stream;
+add new ones at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ttc_jax.sampling.core import row_keys
+
+STREAMS = {
+    "pass_at_1": 1,  # policy samples on test problems (difficulty, verifier evaluation)
+    "label_samples": 2,  # policy samples on train problems (MC-labelled PRM / ORM data)
+    "rollouts": 3,  # MC rollouts from each step prefix of those samples
+    "verifier_eval": 4,  # (unused since the verifier evaluation scores the pass@1 samples)
+    "auc_samples": 5,  # held-out samples for the PRM's step AUC
+    "auc_rollouts": 6,  # their MC rollouts
+    "search": 7,  # search: row_keys(seed, 7, problem, slot, round)
+}
+SPLIT_IDS = {"train": 0, "test": 1}
+
+
+def stream_id(name: str) -> int:
+  if name not in STREAMS:
+    raise ValueError(f"unknown random stream {name!r}; known: {sorted(STREAMS)} "
+                     "(add new streams to ttc_jax/sampling/streams.py).")
+  return STREAMS[name]
+
+
+def split_id(split: str) -> int:
+  if split not in SPLIT_IDS:
+    raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_IDS)}.")
+  return SPLIT_IDS[split]
+
+
+def keys(seed: int, stream: str, *ids) -> "jax.Array":  # noqa: F821
+  """Per-row keys ``row_keys(seed, STREAMS[stream], *ids)``."""
+  return row_keys(seed, stream_id(stream), *[np.asarray(i) for i in ids])

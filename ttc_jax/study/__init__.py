@@ -1,1 +1,0 @@
-"""The study: the search sweep over budgets and difficulty bins, its report and figures."""
