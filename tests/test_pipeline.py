@@ -159,6 +159,10 @@ def test_lengths_are_checked_with_their_numbers(tmp_path):
                                         r"sampling.max_new_tokens=32 = \d+ exceeds "
                                         r"policy.model.max_seq_len=36"):
     tight.run("policy")
+  tiny = Pipeline(pu.tiny_config(policy__model__max_seq_len=16), workdir)
+  with pytest.raises(ConfigError, match=r"policy.model.max_seq_len=16 is shorter than the longest "
+                                        r"training row \(\d+ tokens: BOS \+ prompt \+ solution"):
+    tiny.run("policy")
   assert sorted(os.listdir(workdir)) == ["data", "tokenizer"]  # no policy was started
 
 

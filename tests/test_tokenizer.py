@@ -43,7 +43,7 @@ class TestVocabulary:
   def test_layout(self, tok, task):
     assert tok.vocab_size == 64
     assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (0, 1, 2, 3)
-    assert (tok.step_id, tok.answer_id) == (4, 5)
+    assert (tok.step_ids, tok.eos_ids, tok.answer_id) == ((4,), (2,), 5)
     assert [tok.id_to_piece(i) for i in range(6)] == [
         "<pad>", "<s>", "</s>", "<unk>", task.step_delimiter,
         task.answer_marker]
@@ -80,7 +80,7 @@ class TestVocabulary:
   def test_bpe(self, task, tmp_path, problems):
     bpe = Tokenizer.train(task, str(tmp_path / "bpe"), vocab_size=48,
                           num_texts=500, model_type="bpe")
-    assert bpe.vocab_size == 48 and (bpe.step_id, bpe.answer_id) == (4, 5)
+    assert bpe.vocab_size == 48 and (bpe.step_ids, bpe.answer_id) == ((4,), 5)
     for p in problems[:200]:
       text = task.format_prompt(p) + p.solution
       assert bpe.decode(bpe.encode(text)) == text
@@ -125,15 +125,15 @@ class TestEncoding:
               tok.encode(prompt + p.solution))
 
   def test_step_and_answer_pieces(self, tok, task, problems):
-    assert tok.encode("\n") == [tok.step_id]
+    assert tok.encode("\n") == [tok.step_ids[0]]
     assert tok.encode("Answer:") == [tok.answer_id]
     for p in problems[:300]:
       ids = tok.encode(p.solution)
       num_steps = len(task.split_steps(p.solution))
       assert num_steps == p.difficulty + 1  # The answer line is a step.
-      assert ids.count(tok.step_id) == num_steps - 1
+      assert ids.count(tok.step_ids[0]) == num_steps - 1
       assert ids.count(tok.answer_id) == 1
-      assert tok.encode(task.format_prompt(p)).count(tok.step_id) == 1
+      assert tok.encode(task.format_prompt(p)).count(tok.step_ids[0]) == 1
 
   def test_digits_are_single_pieces(self, tok, problems, task):
     digit_ids = [tok.encode(d) for d in "0123456789"]

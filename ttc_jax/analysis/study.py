@@ -29,6 +29,17 @@ def summarize(cell: dict, bins: np.ndarray, num_bins: int) -> dict:
           "flops": float(np.sum(cell["flops"])), "wall_s": cell["wall_s"]}
 
 
+def methods(curves: Sequence[dict]) -> list[str]:
+  """The methods of ``curves`` in sweep order."""
+  return list(dict.fromkeys(c["method"] for c in curves))
+
+
+def point(curves: Sequence[dict], method: str, budget: float) -> dict | None:
+  """The curve point of ``method`` at generation budget ``budget`` (None if not swept)."""
+  return next((c for c in curves if c["method"] == method and c["budget_generations"] == budget),
+              None)
+
+
 def perf(curves: Sequence[dict], beam_method: str, baseline: str = "best_of_n_weighted") -> dict:
   """Wall time of ``beam_method`` over ``baseline`` at the largest N, and PRM tokens per
   policy token over every beam and lookahead cell."""

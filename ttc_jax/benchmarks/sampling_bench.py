@@ -115,7 +115,7 @@ def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
       init_std=0.05)
   model = Transformer(cfg, rngs=nnx.Rngs(seed))
   hf = to_hf_llama(model, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-  ids = SpecialIds(pad_id=PAD_ID, eos_id=EOS_ID)
+  ids = SpecialIds(pad_id=PAD_ID, eos_ids=(EOS_ID,))
   mesh = make_mesh()
   if batch % mesh.shape["data"]:
     raise ValueError(f"batch {batch} does not divide the {mesh.shape['data']} devices.")

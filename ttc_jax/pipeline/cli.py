@@ -10,6 +10,7 @@ entry point under their old names.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from typing import Sequence
 
@@ -44,15 +45,52 @@ def _load_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
+def _field_comments(path: str) -> tuple[dict[str, str], dict[str, str]]:
+  """``# comments`` of a config file's fields: (by dotted path, by field name).
+
+  Paths come from ``c.a.b = value  # ...`` and from ``name=value,  # ...`` inside a
+  ``c.a = ml_collections.ConfigDict(...)`` block; field names from helper functions
+  (e.g. the ``train`` and ``model`` sections).
+  """
+  paths, names, section = {}, {}, None
+  try:
+    lines = open(path).read().splitlines()
+  except OSError:
+    return paths, names
+  for line in lines:
+    block = re.match(r"\s*c\.([\w.]+)\s*=\s*ml_collections\.ConfigDict\(", line)
+    if block:
+      section = block.group(1)
+      continue
+    top = re.match(r"\s*c\.([\w.]+)\s*=.*?#\s*(.+)$", line)
+    if top:
+      paths.setdefault(top.group(1), top.group(2).strip())
+      section = None
+      continue
+    entry = re.match(r"\s*(\w+)\s*=[^=].*?#\s*(.+)$", line)
+    if entry:
+      key = f"{section}.{entry.group(1)}" if section else entry.group(1)
+      (paths if section else names).setdefault(key, entry.group(2).strip())
+    elif re.match(r"\s*\)\)", line):
+      section = None
+  return paths, names
+
+
 def config_help(spec: str) -> str:
-  """The config keys and their values, for --help."""
+  """The config keys, their values and comments, for --help."""
   from ttc_jax.pipeline import runner  # pylint: disable=g-import-not-at-top
   from ttc_jax.pipeline.stages import STAGES  # pylint: disable=g-import-not-at-top
   try:
     config = _load_config(spec)
   except Exception as e:  # pylint: disable=broad-except
     return f"(could not load {spec} to list its keys: {type(e).__name__}: {e})"
-  keys = "\n".join(f"    --config.{k}={v!r}" for k, v in runner.flatten(config.to_dict()).items())
+  paths, names = _field_comments(spec.partition(":")[0])
+
+  def line(key, value):
+    parent, _, leaf = key.rpartition(".")
+    note = paths.get(key) or (names.get(leaf) if parent.endswith((".train", ".model")) else None)
+    return f"    --config.{key}={value!r}" + (f"  # {note}" if note else "")
+  keys = "\n".join(line(k, v) for k, v in runner.flatten(config.to_dict()).items())
   stages = "\n".join(f"    {name}: {s.doc} (reads {', '.join(s.inputs) or 'nothing'})"
                      for name, s in STAGES.items())
   return (f"Experiment config file, optionally ':STAGE' and/or 'task=NAME' (comma separated), "

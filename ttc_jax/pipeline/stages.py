@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from ttc_jax import host
-from ttc_jax import parallel
+from ttc_jax import tasks
 from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.analysis import verifiers as verifier_metrics
@@ -97,7 +97,6 @@ def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:
 # data, tokenizer
 # ----------------------------------------------------------------------------
 def run_data(ctx: Context) -> dict:
-  from ttc_jax import tasks  # pylint: disable=g-import-not-at-top
   data = artifacts.TaskData(tasks.build(ctx.config.task), ctx.out.path("tfds"))
   if ctx.out.primary:
     data.build()
@@ -108,7 +107,6 @@ def run_data(ctx: Context) -> dict:
 
 
 def load_data(out: artifacts.StageDir, key: dict) -> artifacts.TaskData:
-  from ttc_jax import tasks  # pylint: disable=g-import-not-at-top
   return artifacts.TaskData(tasks.build(key["config"]["task"]), out.path("tfds"))
 
 

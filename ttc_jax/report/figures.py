@@ -12,6 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ttc_jax.analysis import verifiers as verifier_metrics
+from ttc_jax.analysis.study import methods as _methods
+from ttc_jax.analysis.study import point
 
 
 def method_label(method: str, params: dict | None = None) -> str:
@@ -83,14 +85,6 @@ def verifier_eval(result: dict, auc_scores: np.ndarray, positive: np.ndarray) ->
   return fig
 
 
-def _methods(curves):
-  out = []
-  for c in curves:
-    if c["method"] not in out:
-      out.append(c["method"])
-  return out
-
-
 def _params_of(curves, method):
   return next(c["params"] for c in curves if c["method"] == method)
 
@@ -122,8 +116,7 @@ def accuracy_by_difficulty(curves: Sequence[dict], budgets: Sequence[int]) -> Fi
   width = 0.8 / max(1, len(methods))
   for ax, budget in zip(axes, budgets):
     for i, method in enumerate(methods):
-      row = next((c for c in curves if c["method"] == method
-                  and c["budget_generations"] == budget), None)
+      row = point(curves, method, budget)
       if row is None:
         continue
       ax.bar(np.arange(num_bins) + i * width, row["accuracy_by_bin"], width,

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ttc_jax.analysis.study import methods as _methods
+from ttc_jax.analysis.study import point as _row
 from ttc_jax.report.figures import method_label
 
 
@@ -14,19 +16,6 @@ def low_high(budgets: Sequence[int]) -> list[int]:
   budgets = sorted(budgets)
   low = 4 if 4 in budgets else budgets[0]
   return sorted({low, budgets[-1]})
-
-
-def _methods(curves):
-  out = []
-  for c in curves:
-    if c["method"] not in out:
-      out.append(c["method"])
-  return out
-
-
-def _row(curves, method, budget):
-  return next((c for c in curves if c["method"] == method and c["budget_generations"] == budget),
-              None)
 
 
 def _label(curves, method):

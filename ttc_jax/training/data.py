@@ -163,7 +163,7 @@ def encode_rows(tokenizer: Tokenizer, pieces: Sequence[Sequence[str]], seq_len: 
     if len(ids) > seq_len:
       raise ValueError(
           f"row {i} ({''.join(row)[:60]!r}...) encodes to {len(ids)} tokens, more than "
-          f"seq_len={seq_len}; raise model.max_seq_len / data.seq_len.")
+          f"seq_len={seq_len} (the model's max_seq_len); raise the context.")
     tokens[i, :len(ids)] = ids
     valid[i, :len(ids)] = True
     ends.append(row_ends)
