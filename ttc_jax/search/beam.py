@@ -128,7 +128,7 @@ def beam_search(strategy: BeamSearch, ctx: common.SearchContext, problems: Seque
     out = ctx.core.sample(pol, keys, sp, active=active, limits=_padded(limits, width))
     pol = out.state
     lengths = np.asarray(out.lengths)
-    step = np.asarray(out.tokens)[:, :common.chunk_width(lengths.max(), ctx.max_step_tokens)]
+    step = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
     step_valid = np.arange(step.shape[1])[None] < lengths[:, None]
     prm = ctx.prm.extend(prm, step, step_valid)
     scores = ctx.prm.scores(prm)
@@ -195,9 +195,7 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
   step = ctx.max_step_tokens
   # Compact the copies only when a step would not fit (the round's holes): slots
   # are storage, and compacting moves them.
-  def full(p, v):
-    return max(int(p.cache.index), int(v.cache.index)) + step > size
-  compact = full(pol, prm)
+  compact = int(pol.cache.index) + step > size
   pol_la = ctx.core.gather(pol, ident, compact=compact)
   prm_la = ctx.prm.gather(prm, ident, compact=compact)
   live = rollout.copy()
@@ -210,13 +208,13 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
     live &= limits > 0
     if not live.any():
       break  # no room left: score where the rollouts stand
-    if full(pol_la, prm_la):
+    if int(pol_la.cache.index) + step > size:
       pol_la = ctx.core.gather(pol_la, ident, compact=True)
       prm_la = ctx.prm.gather(prm_la, ident, compact=True)
     out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
     pol_la = out.state
     lengths = np.asarray(out.lengths)
-    new = np.asarray(out.tokens)[:, :common.chunk_width(lengths.max(), step)]
+    new = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
     prm_la = ctx.prm.extend(prm_la, new, np.arange(new.shape[1])[None] < lengths[:, None])
     for r in np.nonzero(live)[0]:
       budgets[row_problem[r]].add_policy(int(lengths[r]), ctx.policy_params)

@@ -68,7 +68,7 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_new_tokens)
   out = ctx.core.sample(pol, keys, sp)
   lengths = np.asarray(out.lengths)
-  gen = np.asarray(out.tokens)[:, :common.chunk_width(lengths.max(), ctx.max_new_tokens, 16)]
+  gen = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
   stopped = np.asarray(out.stopped)
   prm, per_token = ctx.prm.extend_scores(prm, gen, np.arange(gen.shape[1])[None] < lengths[:, None])
   budgets = [Budget(generations=n) for _ in problems]

@@ -127,13 +127,6 @@ def finish(ctx: SearchContext, problems, pools, budgets, selection: str = "weigh
   return results
 
 
-def chunk_width(longest: int, cap: int, multiple: int = 8) -> int:
-  """Columns of a chunk of new tokens fed to a model: the longest row rounded up to
-  ``multiple`` (at most ``cap``), so that few shapes are ever compiled; the padding
-  is invalid (masked) tokens."""
-  return max(1, min(cap, -(-max(1, int(longest)) // multiple) * multiple))
-
-
 def call_chunks(num: int, cap: int) -> list[list[int]]:
   """Problem indices per search call: equal-size calls of at most ``cap`` problems; the
   last is padded by repeating its first problem (those duplicates are dropped)."""
