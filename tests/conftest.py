@@ -1,8 +1,9 @@
 """Shared fixtures for the model / sampling / sharding tests.
 
-Every test process gets 8 fake CPU devices (XLA_FLAGS is set here, before jax
-initialises its backend), so the sharding tests can build an 8-way 'data' mesh
-while the other tests run on a 1-device mesh (the SamplingCore default).
+Every test process gets 8 fake CPU devices and unoptimised (fast-compiling) XLA
+code (XLA_FLAGS is set here, before jax initialises its backend), so the sharding
+tests can build an 8-way 'data' mesh while the other tests run on a 1-device mesh
+(the SamplingCore default).
 
 Compiled functions are cached per SamplingCore instance and static arguments,
 so the expensive objects (the tiny policy model, its SamplingCore, the jitted
@@ -15,9 +16,13 @@ import os
 import re
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
-_flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
+# Tests check what programs compute, not how fast: without LLVM's optimisation
+# passes XLA:CPU compiles faster (compiling is about half of the suite's CPU time
+# on an empty compilation cache). Launch scripts run by the tests inherit it.
+_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+_flags = re.sub(r"--xla_(force_host_platform_device_count|backend_optimization_level)=\S*", "",
                 os.environ.get("XLA_FLAGS", ""))
-os.environ["XLA_FLAGS"] = f"{_flags} {_DEVICE_FLAG}".strip()
+os.environ["XLA_FLAGS"] = f"{_flags} {_COMPILE_FLAG} {_DEVICE_FLAG}".strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,9 +69,15 @@ def cli(stage: str | None, workdir: str, *extra: str, script: str = "run.py",
   return args + list(extra)
 
 
+def subprocess_xla_flags() -> str:
+  """The suite's XLA_FLAGS (conftest.py) but one CPU device: fast startup."""
+  return re.sub(r"--xla_force_host_platform_device_count=\S*", "",
+                os.environ.get("XLA_FLAGS", "")).strip()
+
+
 def env() -> dict:
   e = dict(os.environ)
-  e["XLA_FLAGS"] = ""  # one CPU device in subprocesses: fast startup
+  e["XLA_FLAGS"] = subprocess_xla_flags()
   e["PYTHONPATH"] = os.pathsep.join([REPO, TESTS, e.get("PYTHONPATH", "")])
   e["JAX_PLATFORMS"] = "cpu"
   # Compiled programs persist across the suite's processes (the launch scripts' default).

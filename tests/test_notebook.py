@@ -5,13 +5,15 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
+import pipeline_utils as pu
+
 NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "experiments", "colab", "quickstart.ipynb")
 
 
 def test_quickstart_notebook_executes(monkeypatch):
   monkeypatch.setenv("TTC_QUICK", "1")
-  monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device in the kernel
+  monkeypatch.setenv("XLA_FLAGS", pu.subprocess_xla_flags())  # one CPU device in the kernel
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = nbformat.read(NOTEBOOK, as_version=4)
   NotebookClient(nb, kernel_name="python3", timeout=None,
