@@ -35,6 +35,7 @@ from ttc_jax.sampling.core import SpecialIds
 from ttc_jax.sampling.core import choose_tokens
 from ttc_jax.sampling.core import process_logits
 from ttc_jax.sampling.core import row_keys
+from ttc_jax.sampling.solutions import step_ends
 
 N, L, B = NEW_TOKENS, PROMPT_LEN, NUM_PROMPTS
 
@@ -281,6 +282,27 @@ def test_rows_stop_at_step_delimiter(stop_runs, special_ids):
   lens_step = np.concatenate([as_np(o)[2] for o in stop_runs["step"]])
   lens_eos = np.concatenate([as_np(o)[2] for o in stop_runs["eos"]])
   assert lens_step.sum() < lens_eos.sum()
+
+
+def test_a_step_ends_at_any_of_several_step_ids(policy_model, run, stop_runs, special_ids):
+  """Real tokenizers end a step (a blank line) with many different tokens."""
+  eos, step = special_ids.eos_ids[0], special_ids.step_ids[0]
+  # A second delimiter: the token sampled most often mid-row (other than the stops).
+  toks = np.concatenate([as_np(o)[0] for o in stop_runs["eos"]])
+  counts = np.bincount(toks[:, :N // 2].ravel(), minlength=VOCAB)
+  counts[[PAD_ID, eos, step]] = -1
+  other = int(counts.argmax())
+  core = SamplingCore(policy_model, SpecialIds(pad_id=PAD_ID, eos_ids=(eos,),
+                                               step_ids=(step, other)))
+  ends = []
+  for seed in (20, 21):  # the keys of stop_runs
+    out = run(core, SAMPLE_STEP, keys=row_keys(seed, np.arange(B)))
+    t, _, lens, stopped = check_stop_rules(out, [eos, step, other])
+    ends += [int(r[n - 1]) for r, n, st in zip(t, lens, stopped) if st]
+  assert step in ends and other in ends, ends
+  # The solution-level view splits steps the same way.
+  assert step_ends([4, step, 5, other, 6, eos], (step, other), (eos,)) == [1, 3, 5]
+  assert step_ends([4, other, 5], (step, other), (eos,)) == [1, 2]  # unfinished: last token
 
 
 def test_min_new_tokens_prevents_early_stop(stop_runs, special_ids):
