@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# Tests that need several devices get 8 fake CPU devices (tests/conftest.py sets it too).
+# Tests that need several devices get 8 fake CPU devices; tests/conftest.py sets it too, and
+# compiles without LLVM optimisation (--xla_backend_optimization_level=0: faster compiles).
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 PYTEST_ARGS ?= -n 2 -q
 
