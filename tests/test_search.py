@@ -233,7 +233,7 @@ def test_best_of_n_scores_every_step_and_counts_tokens(ctx):
             if t in (ctx.tokenizer.eos_id, ctx.tokenizer.step_id)]
     if c.tokens and (not ends or ends[-1] != len(prompt) + len(c.tokens) - 1):
       ends.append(len(prompt) + len(c.tokens) - 1)
-    assert c.score == pytest.approx(values[ends].min(), rel=1e-4, abs=1e-5)
+    assert_close(c.score, values[ends].min())
     total += len(c.tokens)
   assert res.budget.policy_tokens == res.budget.prm_tokens == total
   assert res.budget.generations == 4
