@@ -11,9 +11,9 @@ Overrides go inline, e.g. ``--config.policy.train.steps=100``. Another task:
 
 Runtime: 71 min on 2 cores of an Intel Xeon @ 2.50GHz with an empty XLA cache
 (policy 10 min, MC labels 12 min, search sweep 38 min of which 14 min compiling);
-the previous code took 25-28 min on faster 2-core machines. Expected result (README.md, "The study", has the
-tables): policy pass@1 about 0.4; majority and PRM-weighted best-of-64 near 0.6;
-beam search below best-of-N at budgets above 2. Training results differ a little
+the previous code took 25-28 min on faster 2-core machines. Expected result
+(README.md, "The study", has the tables): policy pass@1 about 0.4; majority and
+PRM-weighted best-of-64 near 0.6; beam search below best-of-N at budgets above 2. Training results differ a little
 between CPU models (float32 summation order): never rely on one machine's numbers.
 
 * tokenizer, policy: sentencepiece on the task; SFT of a 2-layer d128 decoder

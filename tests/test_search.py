@@ -14,6 +14,7 @@ from ttc_jax.sampling.core import choose_tokens
 from ttc_jax.sampling.core import process_logits
 from ttc_jax.sampling.core import row_keys
 from ttc_jax.sampling import streams
+from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
 from ttc_jax.search import SearchContext
@@ -229,10 +230,8 @@ def test_best_of_n_scores_every_step_and_counts_tokens(ctx):
   total = len(prompt)
   for c in res.candidates:
     values = np.asarray(jax.nn.sigmoid(prm(jnp.asarray([prompt + c.tokens]))[0][0]))
-    ends = [len(prompt) + i for i, t in enumerate(c.tokens)
-            if t in (ctx.tokenizer.eos_id, ctx.tokenizer.step_id)]
-    if c.tokens and (not ends or ends[-1] != len(prompt) + len(c.tokens) - 1):
-      ends.append(len(prompt) + len(c.tokens) - 1)
+    ends = [len(prompt) + i for i in step_ends(c.tokens, ctx.tokenizer.step_ids,
+                                               ctx.tokenizer.eos_ids)]
     assert_close(c.score, values[ends].min())
     total += len(c.tokens)
   assert res.budget.policy_tokens == res.budget.prm_tokens == total
