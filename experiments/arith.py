@@ -134,8 +134,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       problems_per_shard=100,  # resumable unit of work (a shard file)
   ))
   c.prm = ml_collections.ConfigDict(dict(
-      init="policy",  # 'policy': value head on the policy's backbone; 'scratch': random init
-      model=_verifier_arch(),  # None: the policy's; 'scratch' may set another size
+      init="policy",  # 'policy': the policy's backbone (+ new blocks if deeper); 'scratch'
+      model=_verifier_arch(),  # None: the policy's; 'policy' may add layers, 'scratch' any size
+      labels="soft",  # 'soft': MC value of each step; 'hard': 1 if any rollout succeeds
       train=_train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40),
   ))
   c.orm = ml_collections.ConfigDict(dict(

@@ -98,6 +98,30 @@ def test_greedy_is_argmax_of_full_forward(core1, run, prompts, full_logits, spec
   ref_logp = np.take_along_axis(log_softmax(ref), toks[..., None], -1)[..., 0]
   assert_close(logp[mask], ref_logp[mask])
 
+def test_suppressed_ids_are_never_sampled(policy_model, core1, run, prompts, full_logits,
+                                          special_ids):
+  """Suppressed tokens (the unused pieces of a padded vocab) never appear; greedy takes the
+  best other token; log-probabilities stay the model's own."""
+  toks = np.concatenate([as_np(run(core1, sp))[0] for sp in (GREEDY, SAMPLE)])
+  counts = np.bincount(toks.ravel(), minlength=VOCAB)
+  counts[[PAD_ID, *special_ids.eos_ids]] = -1
+  suppress = tuple(int(i) for i in np.argsort(-counts)[:3])  # what the model emits most
+  core = SamplingCore(policy_model, SpecialIds(pad_id=PAD_ID, eos_ids=special_ids.eos_ids,
+                                               suppress_ids=suppress))
+  toks, logp, lens, _ = check_stop_rules(run(core, GREEDY), special_ids.eos_ids)
+  mask = gen_mask(lens)
+  ref = generated_logits(full_logits, prompts, toks, lens)
+  allowed = ref.copy()
+  allowed[..., list(suppress)] = -np.inf
+  np.testing.assert_array_equal(toks[mask], allowed.argmax(-1)[mask])
+  ref_logp = np.take_along_axis(log_softmax(ref), toks[..., None], -1)[..., 0]
+  assert_close(logp[mask], ref_logp[mask])
+  sampled = as_np(run(core, SAMPLE))[0]
+  assert not np.isin(sampled, suppress).any()
+  with pytest.raises(ValueError, match="also eos/step ids"):
+    SpecialIds(eos_ids=(2,), suppress_ids=(2, 5))
+
+
 
 def _chisquare_pvalue(counts, probs):
   """Chi-square goodness of fit; the least likely bins are merged until every

@@ -17,6 +17,8 @@ from ttc_jax.sampling import streams
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
+from ttc_jax.search import DVTS
+from ttc_jax.search import ParticleFilter
 from ttc_jax.search import SearchContext
 from ttc_jax.search import common
 from ttc_jax.verifiers import aggregation
@@ -106,7 +108,7 @@ def _reference_beam(strategy, ctx, problem):
   prm = _padded_forward(ctx.prm.graphdef, ctx.prm.params)
   tok = ctx.tokenizer
   prompt = tok.encode(ctx.task.format_prompt(problem), bos=True)
-  n, m = strategy.n, strategy.width
+  n, m = strategy.n, getattr(strategy, "width", 1)
   sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_step_tokens,
                       stop_at_step=True)
   greedy = SamplingParams(temperature=0.0, max_new_tokens=ctx.max_step_tokens, stop_at_step=True)
@@ -164,11 +166,30 @@ def _reference_beam(strategy, ctx, problem):
         pool.append((seqs[j], scores[j]))
     # Unfinished beams without room left (cap or context) are cut, never expanded.
     alive = [j for j in sorted(select) if not ended[j] and room(len(seqs[j]))]
-    kept = sorted(alive, key=lambda j: (-select[j], j))[:n // m]
-    parents = [kept[i // m] if i // m < len(kept) else None for i in range(n)]
+    if isinstance(strategy, ParticleFilter):
+      if alive:  # resample N particles from the unfinished and the finished ones
+        logits = [np.log(min(max(x, 1e-7), 1 - 1e-7) / (1 - min(max(x, 1e-7), 1 - 1e-7)))
+                  / strategy.temperature for x in [select[j] for j in alive] + [c[1] for c in pool]]
+        w = np.exp(np.array(logits) - max(logits))
+        rng = np.random.default_rng([ctx.seed, streams.STREAMS["resample"], problem.index, rnd])
+        draws = sorted(rng.choice(len(w), size=n, replace=True, p=w / w.sum()).tolist())
+        parents = [alive[d] for d in draws if d < len(alive)]
+        pool = [pool[d - len(alive)] for d in draws if d >= len(alive)]
+      else:
+        parents = []
+      parents += [None] * (n - len(parents))
+    elif isinstance(strategy, DVTS):  # subtree g: slots g*M..g*M+M-1, its best row goes on
+      parents = []
+      for g in range(n // m):
+        best = sorted((j for j in alive if j // m == g), key=lambda j: (-select[j], j))[:1]
+        parents += [best[0] if best else None] * m
+    else:
+      kept = sorted(alive, key=lambda j: (-select[j], j))[:n // m]
+      parents = [kept[i // m] if i // m < len(kept) else None for i in range(n)]
     seqs = [list(seqs[p]) if p is not None else [] for p in parents]
     active = [p is not None for p in parents]
-  pool = sorted(pool, key=lambda c: -c[1])[:n]
+  if not isinstance(strategy, ParticleFilter):
+    pool = sorted(pool, key=lambda c: -c[1])[:n]
   return pool, tokens_policy, tokens_prm
 
 
@@ -178,8 +199,12 @@ def _as_pool(result):
 
 @pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=4),
                                       BeamSearch(n=4, width=4, max_rounds=3),
-                                      BeamSearch(n=4, width=2, lookahead=1, max_rounds=3)],
-                         ids=["beam-4-2", "beam-4-4", "lookahead-1"])
+                                      BeamSearch(n=4, width=2, lookahead=1, max_rounds=3),
+                                      DVTS(n=4, width=2, max_rounds=4),
+                                      ParticleFilter(n=4, max_rounds=4),
+                                      ParticleFilter(n=3, temperature=0.5, max_rounds=4)],
+                         ids=["beam-4-2", "beam-4-4", "lookahead-1", "dvts-4-2", "particles-4",
+                              "particles-3-t0.5"])
 def test_vectorized_search_matches_the_reference(ctx, strategy):
   results = strategy.run(ctx, PROBLEMS)
   total_finished = 0
@@ -211,8 +236,9 @@ def test_only_finished_candidates_are_returned(ctx):
   assert sum(len(b.candidates) for b in longer) > sum(len(a.candidates) for a in one_round)
 
 
-@pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=4), BestOfN(n=4)],
-                         ids=["beam", "best-of-n"])
+@pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=4), BestOfN(n=4),
+                                      ParticleFilter(n=4, max_rounds=6)],
+                         ids=["beam", "best-of-n", "particles"])
 def test_problems_do_not_mix_in_a_batch(ctx, strategy):
   together = strategy.run(ctx, PROBLEMS)
   for problem, res in zip(PROBLEMS, together):
@@ -298,8 +324,10 @@ def edge_ctx(core1, prm, special_ids):
 
 
 @pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=8),
-                                      BeamSearch(n=4, width=2, lookahead=2, max_rounds=8)],
-                         ids=["beam", "lookahead-2"])
+                                      BeamSearch(n=4, width=2, lookahead=2, max_rounds=8),
+                                      DVTS(n=4, width=2, max_rounds=8),
+                                      ParticleFilter(n=4, max_rounds=8)],
+                         ids=["beam", "lookahead-2", "dvts", "particles"])
 def test_search_at_the_context_limit_is_batch_independent(edge_ctx, strategy):
   problems = [LONG] + PROBLEMS
   together = strategy.run(edge_ctx, problems)
@@ -332,3 +360,26 @@ def test_best_of_n_caps_each_solution_and_stops_at_the_context(edge_ctx):
         if problem is LONG else edge_ctx.max_new_tokens
     assert all(len(c.tokens) <= room for c in res.candidates)
     assert sum(len(c.tokens) == room for c in res.candidates) or problem is not LONG
+
+
+def test_dvts_and_particles_are_not_beam_search(ctx):
+  """The checks above have teeth: on these problems DVTS keeps other beams than beam
+  search of the same width, and particle filtering's resampling duplicates particles."""
+  beam = BeamSearch(n=4, width=2, max_rounds=4).run(ctx, PROBLEMS)
+  dvts = DVTS(n=4, width=2, max_rounds=4).run(ctx, PROBLEMS)
+  assert any(_as_pool(a) != _as_pool(b) for a, b in zip(beam, dvts))
+  particles = ParticleFilter(n=4, max_rounds=4).run(ctx, PROBLEMS)
+  pools = [[tuple(c.tokens) for c in r.candidates] for r in particles]
+  assert any(len(set(p)) < len(p) for p in pools), pools
+
+
+def test_resampling_weights():
+  from ttc_jax.search.beam import resampling_weights
+  w = resampling_weights(np.array([0.5, 0.75, 0.0, 1.0]), 1.0)
+  odds = np.array([1.0, 3.0, 1e-7 / (1 - 1e-7), (1 - 1e-7) / 1e-7])
+  assert_close(w, odds / odds.sum())
+  assert_close(resampling_weights(np.array([0.5, 0.75]), 0.5), np.array([1, 9]) / 10)
+  with pytest.raises(ValueError, match="temperature"):
+    ParticleFilter(n=4, temperature=0)
+  with pytest.raises(ValueError, match="dividing n"):
+    DVTS(n=6, width=4)

@@ -101,6 +101,97 @@ def test_roc_auc_matches_pairwise_definition():
   assert np.isnan(verifier_metrics.roc_auc(s, np.ones(60, bool)))
 
 
+def test_within_problem_auc_ignores_difficulty_and_pools_pairs():
+  # Problem 0: every right sample above every wrong one; problem 1: the reverse; a
+  # pooled AUC would be high (problem 0 is easy and scored high), within-problem 0.5.
+  scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.5, 0.5]])
+  correct = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], bool)
+  w = verifier_metrics.within_problem_auc(scores, correct)
+  assert w["problems"] == 2 and w["of"] == 3  # the all-right problem has no pairs
+  assert w["mean_auc"] == pytest.approx(0.5)  # (1 + 0) / 2
+  assert w["pairwise_accuracy"] == pytest.approx(3 / 6)  # 3 of 3 pairs, 0 of 3
+  assert w["mean_auc_ci"][0] <= 0.5 <= w["mean_auc_ci"][1]
+  assert verifier_metrics.roc_auc(scores.ravel(), correct.ravel()) > 0.6
+  # Grouped 1-D input gives the same; ties count one half.
+  g = verifier_metrics.within_problem_auc(scores.ravel(), correct.ravel(), np.repeat([0, 1, 2], 4))
+  assert g["mean_auc"] == pytest.approx(0.5)
+  t = verifier_metrics.within_problem_auc(np.array([[0.5, 0.5]]), np.array([[1, 0]], bool))
+  assert t["mean_auc"] == pytest.approx(0.5)
+
+
+def test_top_of_subsets_is_exact():
+  """Expected value of the top-scored sample of a random N-subset, against brute force."""
+  import itertools
+  rs = np.random.RandomState(1)
+  scores = rs.rand(3, 6).round(1)  # ties share their probability
+  values = rs.rand(3, 6)
+  got = verifier_metrics.top_of_subsets(scores, values, [1, 2, 3, 6])
+  for i, n in enumerate([1, 2, 3, 6]):
+    for p in range(3):
+      want = []
+      for sub in itertools.combinations(range(6), n):
+        top = max(scores[p, j] for j in sub)
+        want.append(np.mean([values[p, j] for j in sub if scores[p, j] == top]))
+      assert got[i, p] == pytest.approx(np.mean(want))
+
+
+def test_calibration_bins_scores_and_counts():
+  cal = verifier_metrics.calibration(np.array([0.05, 0.05, 0.95, 0.95, 0.55]),
+                                     np.array([0, 1, 1, 1, 0]), bins=10)
+  assert cal["count"] == [2, 1, 2]
+  assert_close(cal["mean_score"], [0.05, 0.55, 0.95])
+  assert_close(cal["frac_correct"], [0.5, 0.0, 1.0])
+  assert cal["ece"] == pytest.approx((2 * 0.45 + 0.55 + 2 * 0.05) / 5)
+
+
+def test_bootstrap_interval_matches_the_normal_interval_of_a_proportion():
+  """Known answer: for 0/1 outcomes the 95% percentile bootstrap interval of the mean
+  is close to p +- 1.96 sqrt(p (1 - p) / n); a constant has a point interval."""
+  from ttc_jax.analysis import stats
+  x = np.zeros(400)
+  x[:120] = 1  # p = 0.3
+  est = stats.mean_ci(x, seed=0)
+  half = 1.96 * np.sqrt(0.3 * 0.7 / 400)
+  assert est.mean == pytest.approx(0.3)
+  assert est.low == pytest.approx(0.3 - half, abs=0.15 * half)
+  assert est.high == pytest.approx(0.3 + half, abs=0.15 * half)
+  assert stats.mean_ci(np.ones(50)).to_json()["ci"] == [1.0, 1.0]
+  assert stats.mean_ci(x, seed=0) == est  # deterministic given the seed
+  with pytest.raises(ValueError, match="not finite"):
+    stats.mean_ci(np.array([0.1, np.nan]))
+
+
+def test_bootstrap_intervals_cover_the_truth_about_95_percent():
+  """Coverage over repeated experiments with a known mean (Bernoulli 0.4, 200 problems)."""
+  from ttc_jax.analysis import stats
+  rs = np.random.RandomState(3)
+  hits = [stats.mean_ci((rs.rand(200) < 0.4).astype(float), resamples=1000, seed=i)
+          for i in range(200)]
+  cover = np.mean([e.low <= 0.4 <= e.high for e in hits])
+  assert 0.9 <= cover <= 0.99, cover
+
+
+def test_paired_bootstrap_sees_a_consistent_small_gain_that_unpaired_noise_hides():
+  from ttc_jax.analysis import stats
+  rs = np.random.RandomState(4)
+  base = (rs.rand(300) < 0.5).astype(float)
+  better = base.copy()
+  better[np.nonzero(base == 0)[0][:15]] = 1  # +5 points on the same problems, never worse
+  cmp = stats.paired_diff(better, base, names=("new", "old"))
+  assert cmp.significant and cmp.verdict == "new better"
+  assert cmp.diff.mean == pytest.approx(0.05)
+  # Unpaired intervals of the two accuracies overlap: only the pairing shows it.
+  a, b = stats.mean_ci(better), stats.mean_ci(base)
+  assert a.low < b.high
+  same = stats.paired_diff(base, base[::-1].copy(), names=("x", "y"))
+  assert not same.significant and same.verdict == "no significant difference"
+  with pytest.raises(ValueError, match="same problems"):
+    stats.paired_diff(base, base[:10])
+  spread = stats.seed_spread([[1, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]])
+  assert spread["per_seed"] == [0.75, 1.0, 0.5]
+  assert spread["std"] == pytest.approx(0.25)
+
+
 def test_oracle_bins_are_equal_quantiles_easiest_first():
   p = np.array([0.1, 0.9, 0.5, 0.5, 0.0, 1.0, 0.3, 0.7, 0.2, 0.6])
   bins = difficulty.oracle_bins(p)

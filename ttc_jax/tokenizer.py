@@ -260,6 +260,13 @@ class Tokenizer:
     return (STEP_ID,)
 
   @property
+  def suppress_ids(self) -> tuple[int, ...]:
+    """Ids a model never generates: pad, BOS, <unk> and the unused pieces that pad
+    the vocabulary (encoding never produces them, so no training text has them)."""
+    return tuple(i for i in range(self.vocab_size)
+                 if i in (PAD_ID, BOS_ID, UNK_ID) or self._sp.is_unused(i))
+
+  @property
   def answer_id(self) -> int:
     """Id of the answer-marker piece."""
     return ANSWER_ID

@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -131,16 +132,32 @@ def restore_params(directory: str, model: Transformer, *, step: int | None = Non
 
 
 def copy_backbone(source: Transformer, target: Transformer) -> Transformer:
-  """Copies the embeddings, blocks and final norm of ``source`` into ``target`` (same
-  backbone shape, any heads): e.g. a value-head PRM initialised from its policy."""
-  if (dataclasses.replace(source.config, head="lm", tie_embeddings=False)
-      != dataclasses.replace(target.config, head="lm", tie_embeddings=False)):
-    raise ValueError(f"backbones differ: {source.config} vs {target.config}.")
+  """Copies the embeddings, blocks and final norm of ``source`` into ``target`` (any
+  heads): e.g. a value-head PRM initialised from its policy.
+
+  ``target`` may be deeper than ``source`` (otherwise the same backbone shape): its
+  first blocks are the source's, and each extra block starts as the identity (its
+  attention output and MLP down projections are zero, so it adds nothing to the
+  residual stream), so the deeper model computes the source's function at
+  initialisation and training grows checks on top of it.
+  """
+  src_cfg = dataclasses.replace(source.config, head="lm", tie_embeddings=False)
+  tgt_cfg = dataclasses.replace(target.config, head="lm", tie_embeddings=False)
+  extra = tgt_cfg.num_layers - src_cfg.num_layers
+  if extra < 0 or dataclasses.replace(tgt_cfg, num_layers=src_cfg.num_layers) != src_cfg:
+    raise ValueError(f"backbones differ (the target may only be deeper): {source.config} vs "
+                     f"{target.config}.")
   state = nnx.state(target)
   pure = nnx.to_pure_dict(state)
   src = nnx.to_pure_dict(nnx.state(source))
-  for key in ("embed", "layers", "final_norm"):
-    pure[key] = src[key]
+  pure["embed"], pure["final_norm"] = src["embed"], src["final_norm"]
+  for i in range(tgt_cfg.num_layers):
+    if i < src_cfg.num_layers:
+      pure["layers"][i] = src["layers"][i]
+    else:
+      block = pure["layers"][i]
+      block["attn"]["out"] = jnp.zeros_like(block["attn"]["out"])
+      block["mlp"]["down"] = jnp.zeros_like(block["mlp"]["down"])
   nnx.replace_by_pure_dict(state, pure)
   nnx.update(target, state)
   return target

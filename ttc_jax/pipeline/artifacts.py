@@ -159,7 +159,8 @@ class ModelArtifact:
   @property
   def special_ids(self) -> SpecialIds:
     tok = self.tokenizer
-    return SpecialIds(pad_id=tok.pad_id, eos_ids=tok.eos_ids, step_ids=tok.step_ids)
+    return SpecialIds(pad_id=tok.pad_id, eos_ids=tok.eos_ids, step_ids=tok.step_ids,
+                      suppress_ids=tok.suppress_ids)
 
   def sampling_core(self) -> SamplingCore:
     """The model's sampling core on one local device (kept: its compiled functions are

@@ -43,7 +43,8 @@ def verifier_arch(policy_arch: dict, section: ml_collections.ConfigDict, key: st
   """A verifier's architecture: the policy's, with the non-None fields of ``key.model``.
 
   ``init='policy'`` (the backbone copied from the policy) requires the policy's
-  shape; ``init='scratch'`` may set any other.
+  shape or more layers (the extra blocks start as the identity); ``init='scratch'``
+  may set any other.
   """
   init = section.init
   if init not in ("policy", "scratch"):
@@ -54,11 +55,13 @@ def verifier_arch(policy_arch: dict, section: ml_collections.ConfigDict, key: st
       continue
     if field not in arch:
       raise ConfigError(f"{key}.model.{field}: not a model field ({sorted(arch)}).")
-    if init == "policy" and value != arch[field]:
+    deeper = field == "num_layers" and value >= arch[field]
+    if init == "policy" and value != arch[field] and not deeper:
       raise ConfigError(
           f"{key}.model.{field}={value!r} differs from the policy's {arch[field]!r}: a "
           f"verifier initialised from the policy ({key}.init='policy') has the policy's "
-          f"shape; set {key}.init='scratch' to train one of another size.")
+          f"shape, or more layers (new blocks on top); set {key}.init='scratch' to train "
+          "one of another size.")
     arch[field] = value
   return arch
 
@@ -103,6 +106,9 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
       raise ConfigError(f"{part}.model.max_seq_len={model.max_seq_len} is shorter than the "
                         f"policy's {policy.max_seq_len}: a verifier reads whole policy samples.")
 
+  if c.prm.labels not in ("soft", "hard"):
+    raise ConfigError(f"prm.labels={c.prm.labels!r}: expected 'soft' (the MC value) or 'hard' "
+                      "(1 if any rollout reaches the right answer).")
   _int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
   ml = c.mc_labels
   _int(ml.num_problems, "mc_labels.num_problems", 1, num_train)

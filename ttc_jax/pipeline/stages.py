@@ -279,7 +279,7 @@ def train_verifier(ctx: Context, kind: str) -> dict:
   if cfg.init == "policy":
     checkpoints.copy_backbone(policy.model, model)
   if kind == "prm":
-    targets = [ls.step_labels(i) for i in range(len(ls))]
+    targets = [ls.step_labels(i, cfg.labels) for i in range(len(ls))]
   else:
     targets = [[np.nan] * (len(ls.ends(i)) - 1) + [float(ls.correct[i])] for i in range(len(ls))]
   keep = [i for i in range(len(ls)) if ls.ends(i)]
@@ -293,7 +293,8 @@ def train_verifier(ctx: Context, kind: str) -> dict:
   tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
   artifacts.write_model(
       ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=cfg.train.steps,
-      made_by={"stage": kind, "objective": "value (BCE on MC step labels)" if kind == "prm"
+      made_by={"stage": kind, "objective": f"value (BCE on {cfg.labels} MC step labels)"
+               if kind == "prm"
                else "value (BCE on final correctness)", "init": cfg.init,
                "policy": policy.identity, "train": cfg.train.to_dict(), "data": stats})
   return stats
@@ -332,25 +333,29 @@ def run_verifier_eval(ctx: Context) -> dict:
   auc_scores = np.concatenate([s for s in auc_steps]).astype(np.float64)
   auc_labels = np.concatenate([auc_ls.labels[i, :len(auc_ls.ends(i))]
                                for i in range(len(auc_ls))]).astype(np.float64)
+  auc_groups = np.concatenate([np.full(len(auc_ls.ends(i)), auc_ls.problem_index[i])
+                               for i in range(len(auc_ls))]).astype(np.int64)
   scores = {f"prm_{h}": aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
   scores["orm"] = orm_scores
   answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
-  result = verifier_metrics.evaluate(
+  result, per_problem = verifier_metrics.evaluate(
       answers, [task.normalize_answer(p.answer) for p in probs],
-      samples.correct_matrix(), scores, auc_scores, auc_labels, subsamples=ec.subsamples,
-      seed=c.seed)
+      samples.correct_matrix(), scores, auc_scores, auc_labels, auc_groups,
+      subsamples=ec.subsamples, seed=c.seed)
   result["auc"].update({"problems": len(auc_probs), "rollouts": ec.rollouts,
                         "samples_per_problem": ec.auc_samples_per_problem})
   ctx.out.save_npz("scored.npz", {**{k: np.asarray(v) for k, v in scores.items()},
                                   "correct": samples.correct, "auc_scores": auc_scores,
-                                  "auc_labels": auc_labels})
+                                  "auc_labels": auc_labels, "auc_problems": auc_groups,
+                                  **{f"per_problem/{k}": v for k, v in per_problem.items()}})
   ctx.out.write_json("eval.json", result)
   ctx.out.save_figure("eval.png", figures.verifier_eval(result, auc_scores, auc_labels >= 0.5))
+  within = {k: round(v["mean_auc"], 3) for k, v in result["within_problem"].items()}
   ctx.log(f"verifiers: pass@1 {result['pass_at_1']:.3f}; at N={result['n'][-1]}: "
           f"{ {k: round(v, 3) for k, v in result['accuracy_at_max_n'].items()} }; PRM step AUC "
-          f"{result['auc']['prm_step_auc']:.3f}")
+          f"{result['auc']['prm_step_auc']:.3f}; within-problem AUC {within}")
   return {"pass_at_1": result["pass_at_1"], "accuracy_at_max_n": result["accuracy_at_max_n"],
-          "prm_step_auc": result["auc"]["prm_step_auc"]}
+          "prm_step_auc": result["auc"]["prm_step_auc"], "within_problem_auc": within}
 
 
 def load_json(name: str):
@@ -497,10 +502,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("data", "tokenizer"), ("policy",), MODEL_OUTPUTS, run_policy, load_model),
     Stage("difficulty", "pass@1 per test problem from the policy's samples (oracle bins)",
           ("data", "policy"), ("seed", "sampling", "test_problems", "difficulty"),
-          ("pass_at_1.json", "samples.npz", "pass_at_1.png"), run_difficulty, load_difficulty),
+          ("pass_at_1.json", "samples.npz", "pass_at_1.png"), run_difficulty, load_difficulty,
+          version=2),
     Stage("mc_labels", "policy samples on train problems, steps labelled by MC rollouts",
           ("data", "policy"), ("seed", "sampling", "mc_labels"), (), run_mc_labels,
-          load_mc_labels),
+          load_mc_labels,
+          version=2),
     Stage("prm", "process reward model: value head trained on the MC step labels",
           ("mc_labels", "policy"), ("prm",), MODEL_OUTPUTS,
           lambda ctx: train_verifier(ctx, "prm"), load_model),
@@ -510,10 +517,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("verifier_eval", "best-of-N curves per verifier and the PRM's step AUC",
           ("data", "policy", "difficulty", "prm", "orm"),
           ("seed", "sampling", "test_problems", "verifier_eval"),
-          ("eval.json", "scored.npz", "eval.png"), run_verifier_eval, load_json("eval.json")),
+          ("eval.json", "scored.npz", "eval.png"), run_verifier_eval, load_json("eval.json"),
+          version=2),
     Stage("search_sweep", "best-of-N, beam and lookahead search at every budget",
           ("data", "policy", "prm"), ("seed", "sampling", "test_problems", "search"),
-          ("cells.jsonl", "cells.json"), run_search_sweep, load_cells),
+          ("cells.jsonl", "cells.json"), run_search_sweep, load_cells,
+          version=2),
     Stage("report", "results.json, figures and report.md of the study",
           ("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "search_sweep"),
           ("report",), ("results.json", "report.md", "accuracy_vs_budget.png",

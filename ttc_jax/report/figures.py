@@ -53,34 +53,90 @@ def pass_at_1(p1: np.ndarray, difficulty: Sequence[int], difficulty_label: str,
   return fig
 
 
+VERIFIER_COLORS = {"prm_last": "tab:blue", "prm_min": "tab:cyan", "prm_prod": "tab:purple",
+                   "orm": "tab:red"}
+
+
 def verifier_eval(result: dict, auc_scores: np.ndarray, positive: np.ndarray) -> Figure:
-  """Accuracy against N per selection method and verifier; the PRM's step ROC curve."""
-  fig = Figure(figsize=(12, 4.5))
-  a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+  """Best-of-N accuracy against N with 95% bands; within-problem AUC; calibration;
+  the exploitation curve; the PRM's step ROC curve."""
+  fig = Figure(figsize=(15, 8.5))
+  axes = fig.subplots(2, 3)
+  a, w, e = axes[0]
+  r, x, b = axes[1]
   ns = result["n"]
   styles = {"vanilla": "--", "weighted": "-"}
-  colors = {"prm_last": "tab:blue", "prm_min": "tab:cyan", "prm_prod": "tab:purple",
-            "orm": "tab:red"}
+  bands = result.get("curves_ci", {})
   for name, curve in result["curves"].items():
     if name == "majority":
       a.plot(ns, curve, "k:", marker="o", ms=3, label="majority")
-      continue
-    verifier, method = name.split("/")
-    a.plot(ns, curve, styles.get(method, "-"), color=colors.get(verifier), marker="o", ms=3,
-           label=f"{verifier} {method}")
+      color = "k"
+    else:
+      verifier, method = name.split("/")
+      color = VERIFIER_COLORS.get(verifier)
+      a.plot(ns, curve, styles.get(method, "-"), color=color, marker="o", ms=3,
+             label=f"{verifier} {method}")
+    if name in bands:
+      lo, hi = np.asarray(bands[name]).T
+      a.fill_between(ns, lo, hi, color=color, alpha=0.08, lw=0)
   a.axhline(result["pass_at_1"], color="gray", lw=0.8, label="pass@1")
   a.set_xscale("log", base=2)
   a.set_xlabel("N (samples per problem)")
-  a.set_ylabel("accuracy")
+  a.set_ylabel("accuracy (95% CI over problems)")
   a.set_title(f"best-of-N on {result['num_problems']} test problems "
               f"(mean of {result['subsamples']} subsets)")
-  a.legend(fontsize=7, ncol=2)
+  a.legend(fontsize=6, ncol=2)
+  within = result.get("within_problem", {})
+  if within:
+    names = list(within)
+    means = [within[k]["mean_auc"] for k in names]
+    err = np.array([[m - within[k]["mean_auc_ci"][0], within[k]["mean_auc_ci"][1] - m]
+                    for k, m in zip(names, means)]).T
+    pos = np.arange(len(names))
+    w.bar(pos - 0.2, means, 0.4, yerr=err, capsize=3, label="mean per-problem AUC",
+          color=[VERIFIER_COLORS.get(k, "gray") for k in names])
+    w.bar(pos + 0.2, [within[k]["pairwise_accuracy"] for k in names], 0.4, color="lightgray",
+          label="pairwise ranking accuracy")
+    w.axhline(0.5, color="k", lw=0.8, ls=":")
+    w.set_xticks(pos)
+    w.set_xticklabels(names)
+    w.set_ylim(0, 1)
+    w.set_title(f"within-problem AUC ({within[names[0]]['problems']} problems with right and "
+                "wrong samples)", fontsize=9)
+    w.legend(fontsize=7, loc="lower right")
+  for name, cal in result.get("calibration", {}).items():
+    e.plot(cal["mean_score"], cal["frac_correct"], marker="o", ms=3,
+           color=VERIFIER_COLORS.get(name), label=f"{name} (ECE {cal['ece']:.3f})")
+  e.plot([0, 1], [0, 1], "k:", lw=0.8)
+  e.set_xlabel("final score (binned)")
+  e.set_ylabel("fraction of samples correct")
+  e.set_title("calibration (reliability curve)")
+  e.legend(fontsize=7)
+  for name, ex in result.get("exploitation", {}).items():
+    color = VERIFIER_COLORS.get(name)
+    r.plot(ns, ex["top_score"], "--", color=color, marker="o", ms=3, label=f"{name} top score")
+    r.plot(ns, ex["top_correct"], "-", color=color, marker="o", ms=3,
+           label=f"{name} top sample correct")
+  r.axhline(result["pass_at_1"], color="gray", lw=0.8, label="pass@1")
+  r.set_xscale("log", base=2)
+  r.set_xlabel("N")
+  r.set_title("exploitation: the top-scored sample of N")
+  r.legend(fontsize=6, ncol=2)
+  auc = result["auc"]
+  step_within = auc.get("prm_step_auc_within_problems")
+  labels = [("step AUC pooled", auc["prm_step_auc"])]
+  if step_within:
+    labels.append(("step AUC within problems", step_within["mean_auc"]))
+  x.barh([k for k, _ in labels], [v for _, v in labels], color="tab:blue")
+  x.axvline(0.5, color="k", lw=0.8, ls=":")
+  x.set_xlim(0, 1)
+  x.set_title("PRM steps vs held-out MC labels (>= 0.5)")
   fpr, tpr = verifier_metrics.roc_curve(auc_scores, positive)
   b.plot(fpr, tpr, color="tab:blue")
   b.plot([0, 1], [0, 1], "k:", lw=0.8)
   b.set_xlabel("false positive rate")
   b.set_ylabel("true positive rate")
-  b.set_title(f"PRM steps vs MC labels: AUC {result['auc']['prm_step_auc']:.3f}")
+  b.set_title(f"PRM step ROC (pooled): AUC {auc['prm_step_auc']:.3f}")
   fig.tight_layout()
   return fig
 

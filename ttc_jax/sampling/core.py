@@ -106,14 +106,19 @@ class SpecialIds:
   step_ids: a step ends at any of these (with ``stop_at_step``); a real
     tokenizer ends a step ("\\n\\n") with many different tokens.
   Both may be empty (never stop on them).
+  suppress_ids: never sampled (pad, BOS, unknown and unused vocabulary pieces;
+    ``suppress_tokens`` in transformers): their logits are -inf before the
+    temperature / top-k / top-p, so a model never emits text it was never
+    trained to produce. Log-probabilities stay those of the model.
   """
 
   pad_id: int = 0
   eos_ids: tuple[int, ...] = ()
   step_ids: tuple[int, ...] = ()
+  suppress_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
-    for name in ("eos_ids", "step_ids"):
+    for name in ("eos_ids", "step_ids", "suppress_ids"):
       value = getattr(self, name)
       if isinstance(value, (int, np.integer)) or value is None:
         raise TypeError(f"{name}={value!r}: expected a tuple of token ids, e.g. ({value},).")
@@ -121,6 +126,10 @@ class SpecialIds:
       if any(i < 0 for i in ids):
         raise ValueError(f"{name}={ids}: token ids must be >= 0.")
       object.__setattr__(self, name, ids)
+    clash = set(self.suppress_ids) & set(self.eos_ids + self.step_ids)
+    if clash:
+      raise ValueError(f"suppress_ids {sorted(clash)} are also eos/step ids: a row could never "
+                       "stop on them.")
 
 
 # ----------------------------------------------------------------------------
@@ -285,12 +294,15 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
   stop_ids = ids.eos_ids + (ids.step_ids if sp.stop_at_step else ())
   limits = jnp.minimum(limits, model.config.max_seq_len - cache.pos)
 
+  suppressed = (jnp.zeros((v,), bool).at[jnp.array(ids.suppress_ids, jnp.int32)].set(True)
+                if ids.suppress_ids else None)
+
   def body(s: _Loop) -> _Loop:
     raw = s.logits
-    masked = raw
+    masked = raw if suppressed is None else jnp.where(suppressed, -jnp.inf, raw)
     if sp.min_new_tokens and stop_ids:
       banned = functools.reduce(jnp.logical_or, [vocab == i for i in stop_ids])
-      masked = jnp.where(banned & (s.step < sp.min_new_tokens), -jnp.inf, raw)
+      masked = jnp.where(banned & (s.step < sp.min_new_tokens), -jnp.inf, masked)
     tok = choose_tokens(process_logits(masked, sp), keys, s.step, sp)
     alive = ~s.done
     logp = jnp.take_along_axis(jax.nn.log_softmax(raw, axis=-1), tok[:, None], axis=1)[:, 0]
@@ -548,7 +560,7 @@ class SamplingCore(CachedModel):
                mesh: Mesh | None = None, window_granularity: int = 32):
     if model.config.head != "lm":
       raise ValueError(f"SamplingCore needs an LM-head model; got head={model.config.head!r}.")
-    for name in ("eos_ids", "step_ids"):  # pad_id: checked by CachedModel
+    for name in ("eos_ids", "step_ids", "suppress_ids"):  # pad_id: checked by CachedModel
       for i in getattr(ids, name):
         if not 0 <= i < model.config.vocab_size:
           raise ValueError(f"{name} holds {i}, outside the model vocab "

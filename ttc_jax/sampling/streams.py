@@ -22,6 +22,7 @@ STREAMS = {
     "auc_samples": 5,  # held-out samples for the PRM's step AUC
     "auc_rollouts": 6,  # their MC rollouts
     "search": 7,  # search: row_keys(seed, 7, problem, slot, round)
+    "resample": 8,  # particle filtering's resampling: generator(seed, 8, problem, round)
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 
@@ -37,6 +38,12 @@ def split_id(split: str) -> int:
   if split not in SPLIT_IDS:
     raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_IDS)}.")
   return SPLIT_IDS[split]
+
+
+def generator(seed: int, stream: str, *ids: int) -> np.random.Generator:
+  """A host-side numpy generator for draws made outside the model (e.g. resampling),
+  seeded by (seed, stream, *ids) like the row keys."""
+  return np.random.default_rng([int(seed), stream_id(stream), *[int(i) for i in ids]])
 
 
 def keys(seed: int, stream: str, *ids) -> "jax.Array":  # noqa: F821

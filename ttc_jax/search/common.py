@@ -55,6 +55,10 @@ class SearchContext:
     """Row keys of search samples: (seed, 'search', problem index, slot, round)."""
     return streams.keys(self.seed, "search", problem_index, slot, rnd)
 
+  def generator(self, stream: str, *ids: int) -> np.random.Generator:
+    """Host-side draws of a search (e.g. resampling): (seed, stream, *ids)."""
+    return streams.generator(self.seed, stream, *ids)
+
   def step_limits(self, prompt_len: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Tokens each row may add in its next step: at most a step, what is left of its
     solution cap, and what is left of the context (each row's own numbers only)."""

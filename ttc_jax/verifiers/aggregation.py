@@ -83,7 +83,18 @@ def select_answer(answers: Sequence[str | None], scores: Sequence[float] | None,
 def accuracy_curves(answers: Sequence[Sequence[str | None]], correct_answers: Sequence[str],
                     scores: np.ndarray | None, ns: Sequence[int], methods: Sequence[str],
                     subsamples: int, seed: int = 0) -> dict[str, list[float]]:
-  """Mean accuracy of each method at each N, averaged over ``subsamples`` N-subsets.
+  """Mean accuracy of each method at each N, averaged over ``subsamples`` N-subsets
+  (the mean over problems of :func:`per_problem_accuracy`)."""
+  per = per_problem_accuracy(answers, correct_answers, scores, ns, methods, subsamples, seed)
+  return {method: [float(x) for x in a.mean(axis=1)] for method, a in per.items()}
+
+
+def per_problem_accuracy(answers: Sequence[Sequence[str | None]],
+                         correct_answers: Sequence[str], scores: np.ndarray | None,
+                         ns: Sequence[int], methods: Sequence[str], subsamples: int,
+                         seed: int = 0) -> dict[str, np.ndarray]:
+  """Per method, a (len(ns), P) array: problem p's accuracy at N, the fraction of
+  ``subsamples`` random ordered N-subsets of its M samples whose choice is right.
 
   Args:
     answers: per problem, its M samples' normalized final answers (None: none).
@@ -104,16 +115,13 @@ def accuracy_curves(answers: Sequence[Sequence[str | None]], correct_answers: Se
   for method in methods:
     _check_method(method, scores)
   rng = np.random.default_rng(seed)
-  out = {method: [] for method in methods}
-  for n in ns:
-    acc = {method: 0.0 for method in methods}
+  out = {method: np.zeros((len(ns), num)) for method in methods}
+  for i, n in enumerate(ns):
     for p in range(num):
       ids, distinct = answer_ids(answers[p])
       right = np.array([a == correct_answers[p] for a in distinct] + [False])  # -1 -> False
       subsets = np.argsort(rng.random((subsamples, m)), axis=1)[:, :n]
       s = None if scores is None else np.asarray(scores[p], np.float64)[subsets]
       for method in methods:
-        acc[method] += right[choose(ids[subsets], s, method)].mean()
-    for method in methods:
-      out[method].append(acc[method] / num)
+        out[method][i, p] = right[choose(ids[subsets], s, method)].mean()
   return out

@@ -51,8 +51,16 @@ class LabelledSamples:
   def ends(self, i: int) -> list[int]:
     return [int(e) for e in self.step_ends[i] if e >= 0]
 
-  def step_labels(self, i: int) -> list[float]:
-    return self.labels[i, :len(self.ends(i))].tolist()
+  def step_labels(self, i: int, kind: str = "soft") -> list[float]:
+    """Sample i's step labels: 'soft', the MC value (the fraction of rollouts that
+    reach the right answer), or 'hard', 1 if any rollout does (Math-Shepherd's hard
+    estimate: the step can still lead to a right answer)."""
+    v = self.labels[i, :len(self.ends(i))]
+    if kind == "hard":
+      return (v > 0).astype(np.float64).tolist()
+    if kind != "soft":
+      raise ValueError(f"step label kind {kind!r}: expected 'soft' or 'hard'.")
+    return v.tolist()
 
   def arrays(self) -> dict[str, np.ndarray]:
     return dataclasses.asdict(self)

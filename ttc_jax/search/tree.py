@@ -1,0 +1,242 @@
+"""The step-wise tree search loop shared by beam search, lookahead, DVTS and particle
+filtering: a vectorized tree expansion over the sampling core.
+
+The frontier is a batch of the live rows of P problems (at most N each), padded
+to one of a few bucket sizes so that shapes stay fixed. Each round:
+
+1. every active row samples one step (the sampling core stops it at the step
+   delimiter or EOS), continuing from its own KV cache;
+2. the PRM, which keeps its own cache, is extended by exactly the new tokens and
+   read at each step's last token (lookahead: each candidate is first rolled out
+   k more steps at temperature 0 on a copy of both caches and scored at the end
+   of the rollout; the copies are discarded);
+3. per problem, rows that ended with EOS join the problem's pool of finished
+   candidates; then the strategy's ``select`` says which unfinished rows are
+   continued (with repetition: a row continued M times is expanded M ways) and
+   which pool entries stay. Continuing is a gather over the batch axis of tokens
+   and both caches; no prefix is ever re-encoded. Problems never mix.
+
+Search ends when no row is active or after ``max_rounds``; the strategy's
+``final`` pool is returned and the answer is chosen among it by weighted
+best-of-N (sum of PRM scores per distinct final answer). A row that reaches its
+solution cap (``max_new_tokens``) or the model context without EOS is cut: it
+never finishes and is never continued.
+
+Batch independence: every row's step is limited by its own numbers only (a
+step, what is left of its own token cap and of its own context), the cache has
+one step of slack past the longest row (:meth:`SearchContext.tree_cache_size`),
+and every random draw is keyed by (seed, problem index, slot, round), so a
+problem's result is the same alone or batched with any others.
+
+Budget (the paper's accounting): generations = N, N x (k + 1) with lookahead;
+tokens count every token run through each model (prompts once per problem;
+lookahead rollouts included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ttc_jax.budget import Budget
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.search import common
+
+
+@dataclasses.dataclass
+class Frontier:
+  """One problem's view of a round, handed to the strategy's ``select``.
+
+  alive_scores / alive_slots: the unfinished rows that may be continued (with room
+    left), their selection scores (after lookahead) and slots (in row order).
+  pool_scores: scores of the problem's pool of finished candidates (this round's
+    newly finished included).
+  rng: a generator keyed by (seed, 'resample', problem index, round), for
+    strategies that draw at random.
+  """
+
+  alive_scores: np.ndarray
+  alive_slots: np.ndarray
+  pool_scores: np.ndarray
+  rng_factory: object
+
+  @property
+  def rng(self) -> np.random.Generator:
+    return self.rng_factory()
+
+
+class TreeStrategy(Protocol):
+  n: int
+  lookahead: int
+  max_rounds: int
+
+  def select(self, f: Frontier) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(parents: positions into the alive rows, one per next-round row, with
+    repetition; their slots; pool positions kept, with repetition)."""
+
+  def final(self, pool: list[common.Candidate]) -> list[common.Candidate]:
+    """The returned candidates, from the pool left after the last round."""
+
+
+def bucket(n: int) -> int:
+  """Padded frontier size: few distinct shapes (powers of two, then multiples of 128)."""
+  if n <= 128:
+    return max(8, 1 << (n - 1).bit_length())
+  return -(-n // 128) * 128
+
+
+def padded(x: np.ndarray, width: int | None = None) -> np.ndarray:
+  """``x`` padded (with its first element) to ``width`` or to its bucket size."""
+  width = bucket(x.size) if width is None else width
+  return np.concatenate([x, np.repeat(x[:1], width - x.size)])
+
+
+def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Sequence
+                ) -> list[common.SearchResult]:
+  """Runs ``strategy`` on ``problems`` in one batch (see the module docstring).
+
+  The frontier holds only live rows: after each round the continued rows are
+  gathered into a batch padded to a few bucket sizes, so problems and rows that
+  have finished stop costing compute. Row r of the frontier is slot
+  ``row_slot[r]`` of problem ``row_problem[r]``; its key depends on (problem
+  index, slot, round) only, so results do not depend on the batch.
+  """
+  n, k = strategy.n, strategy.lookahead
+  num = len(problems)
+  eos = set(ctx.tokenizer.eos_ids)
+  prompts, tokens, valid = ctx.encode_prompts(problems)
+  prompt_len = np.asarray([len(p) for p in prompts], np.int64)
+  size = ctx.tree_cache_size(tokens.shape[1])
+  budgets = [Budget(generations=strategy.generations) for _ in problems]
+  for b, p in zip(budgets, prompts):
+    b.add_policy(len(p), ctx.policy_params)
+    b.add_prm(len(p), ctx.prm_params)
+  index_of = np.asarray([p.index for p in problems], np.int64)
+  sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_step_tokens,
+                      stop_at_step=True)
+
+  row_problem = np.repeat(np.arange(num), n)
+  row_slot = np.tile(np.arange(n), num)
+  src = padded(row_problem)
+  pol = ctx.core.gather(ctx.core.prefill(tokens, valid, cache_size=size), src, compact=True)
+  prm = ctx.prm.gather(ctx.prm.prefill(tokens, valid, cache_size=size), src, compact=True)
+  seqs: list[list[int]] = [[] for _ in range(row_problem.size)]
+  pools: list[list[common.Candidate]] = [[] for _ in problems]
+
+  for rnd in range(strategy.max_rounds):
+    live = row_problem.size
+    if live == 0:
+      break
+    width = pol.num_rows
+    active = np.arange(width) < live
+    used = np.asarray([len(q) for q in seqs], np.int64)
+    limits = ctx.step_limits(prompt_len[row_problem], used)  # > 0: cut rows were dropped
+    keys = ctx.keys(padded(index_of[row_problem], width), padded(row_slot, width), rnd)
+    out = ctx.core.sample(pol, keys, sp, active=active, limits=padded(limits, width))
+    pol = out.state
+    lengths = np.asarray(out.lengths)
+    step = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
+    step_valid = np.arange(step.shape[1])[None] < lengths[:, None]
+    prm = ctx.prm.extend(prm, step, step_valid)
+    scores = ctx.prm.scores(prm)
+    ended = np.zeros(width, bool)
+    for r in range(live):
+      new = step[r, :lengths[r]].tolist()
+      seqs[r] = seqs[r] + new
+      ended[r] = bool(new) and new[-1] in eos
+      budgets[row_problem[r]].add_policy(len(new), ctx.policy_params)
+      budgets[row_problem[r]].add_prm(len(new), ctx.prm_params)
+    used = np.asarray([len(q) for q in seqs], np.int64)
+    # A row with no room left (its cap or the context) can never finish: cut it.
+    room = np.zeros(width, bool)
+    room[:live] = ctx.step_limits(prompt_len[row_problem], used) > 0
+
+    select_scores = scores
+    if k:
+      select_scores = _lookahead_scores(ctx, pol, prm, active & ~ended & room, scores, k, size,
+                                        budgets, padded(row_problem, width),
+                                        padded(prompt_len[row_problem], width),
+                                        padded(used, width))
+
+    # Per problem: finished rows join the pool; the strategy picks what continues.
+    parents, next_problem, next_slot = [], [], []
+    for q in range(num):
+      rows = np.nonzero(row_problem == q)[0]
+      for r in rows[ended[rows]]:
+        pools[q].append(common.make_candidate(ctx, problems[q], seqs[r], scores[r]))
+      alive = rows[~ended[rows] & room[rows]]
+      frontier = Frontier(
+          alive_scores=np.asarray(select_scores[alive], np.float64),
+          alive_slots=row_slot[alive],
+          pool_scores=np.asarray([c.score for c in pools[q]], np.float64),
+          rng_factory=lambda q=q, rnd=rnd: ctx.generator("resample", problems[q].index, rnd))
+      chosen, slots, kept = strategy.select(frontier)
+      pools[q] = [pools[q][i] for i in kept]
+      if len(chosen):
+        parents.append(alive[chosen])
+        next_problem.append(np.full(len(chosen), q))
+        next_slot.append(np.asarray(slots, np.int64))
+    if not parents:
+      break
+    parents = np.concatenate(parents)
+    row_problem, row_slot = np.concatenate(next_problem), np.concatenate(next_slot)
+    src = padded(parents)
+    pol = ctx.core.gather(pol, src, compact=True)
+    prm = ctx.prm.gather(prm, src, compact=True)
+    seqs = [list(seqs[s]) for s in parents]
+  return common.finish(ctx, problems, [strategy.final(pool) for pool in pools], budgets)
+
+
+def top_per_group(scores: np.ndarray, slots: np.ndarray, groups: np.ndarray, keep: int
+                  ) -> np.ndarray:
+  """Positions of the ``keep`` best rows of each group (score descending, then slot),
+  groups in increasing order."""
+  out = []
+  for g in np.unique(groups):
+    idx = np.nonzero(groups == g)[0]
+    out.append(idx[np.lexsort((slots[idx], -scores[idx]))][:keep])
+  return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_problem,
+                      prompt_len, used) -> np.ndarray:
+  """PRM score after rolling each candidate out k steps at temperature 0 (on copies).
+
+  Rollout tokens count against the candidate's own token cap and context, as
+  if the solution went on; the copies of both caches are discarded.
+  """
+  rows = scores.shape[0]
+  ident = np.arange(rows)
+  step = ctx.max_step_tokens
+  # Compact the copies only when a step would not fit (the round's holes): slots
+  # are storage, and compacting moves them.
+  compact = int(pol.cache.index) + step > size
+  pol_la = ctx.core.gather(pol, ident, compact=compact)
+  prm_la = ctx.prm.gather(prm, ident, compact=compact)
+  live = rollout.copy()
+  used = used.copy()
+  keys = ctx.keys(ident, 0, 0)  # unused: greedy
+  sp = SamplingParams(temperature=0.0, max_new_tokens=step, stop_at_step=True)
+  eos = np.asarray(ctx.tokenizer.eos_ids)
+  for _ in range(k):
+    limits = np.where(live, ctx.step_limits(prompt_len, used), 0)
+    live &= limits > 0
+    if not live.any():
+      break  # no room left: score where the rollouts stand
+    if int(pol_la.cache.index) + step > size:
+      pol_la = ctx.core.gather(pol_la, ident, compact=True)
+      prm_la = ctx.prm.gather(prm_la, ident, compact=True)
+    out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
+    pol_la = out.state
+    lengths = np.asarray(out.lengths)
+    new = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
+    prm_la = ctx.prm.extend(prm_la, new, np.arange(new.shape[1])[None] < lengths[:, None])
+    for r in np.nonzero(live)[0]:
+      budgets[row_problem[r]].add_policy(int(lengths[r]), ctx.policy_params)
+      budgets[row_problem[r]].add_prm(int(lengths[r]), ctx.prm_params)
+    used = used + lengths
+    ended = np.asarray(out.stopped) & np.isin(new[ident, np.maximum(lengths - 1, 0)], eos)
+    live &= ~ended
+  return np.where(rollout, ctx.prm.scores(prm_la), scores)
