@@ -137,6 +137,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       init="policy",  # 'policy': the policy's backbone (+ new blocks if deeper); 'scratch'
       model=_verifier_arch(),  # None: the policy's; 'policy' may add layers, 'scratch' any size
       labels="soft",  # 'soft': MC value of each step; 'hard': 1 if any rollout succeeds
+      # Where the value head is trained: 'step_end' (where it is read) or 'every_token'
+      # (each token of a step gets the step's label: dense supervision).
+      label_positions="step_end",
       train=_train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40),
   ))
   c.orm = ml_collections.ConfigDict(dict(
@@ -150,9 +153,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       auc_samples_per_problem=2,  # their policy samples
       rollouts=16,  # MC rollouts per step prefix of those samples
   ))
+  c.ablation = ml_collections.ConfigDict(dict(
+      # PRM variants, each a comma-separated list of config overrides (the study's own PRM
+      # is the first row); trained once per identity, reused on reruns.
+      variants=("prm.model.num_layers=4", "prm.labels=hard", "prm.init=scratch",
+                "prm.train.steps=2400"),
+      n=(4, 16, 64),  # best-of-N sizes of the table
+  ))
   c.search = ml_collections.ConfigDict(dict(
       budgets=(1, 2, 4, 8, 16, 32, 64),  # generation budgets N
-      beam_width=4,  # M of the first beam search (the second uses M = sqrt(N))
+      seeds=(0, 1, 2),  # independent repeats of every search cell (own random streams)
+      # Methods, each at every budget: best_of_n (PRM-weighted), beam (M = beam_width),
+      # beam_sqrt (M = sqrt(N)), dvts (subtrees of width beam_width), particles
+      # (particle filtering), lookahead (beam with k-step rollouts, k in lookahead_steps).
+      methods=("best_of_n", "beam", "beam_sqrt", "dvts", "particles", "lookahead"),
+      beam_width=4,  # M of beam search, DVTS and lookahead
+      particle_temperature=1.0,  # particle filtering: resample by softmax(logit(score) / T)
       lookahead_steps=(1, 3),  # k of the lookahead searches (beam width M = beam_width)
       max_rounds=40,  # beam search rounds (steps per solution)
       max_step_tokens=24,  # cap on one step's tokens

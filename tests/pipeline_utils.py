@@ -37,7 +37,8 @@ TINY = {
     "verifier_eval.subsamples": 8, "verifier_eval.auc_problems": 3,
     "verifier_eval.auc_samples_per_problem": 2, "verifier_eval.rollouts": 4,
     "search.budgets": (1, 2, 4), "search.beam_width": 2, "search.lookahead_steps": (1,),
-    "search.max_step_tokens": 8, "search.rows_per_call": 16,
+    "search.max_step_tokens": 8, "search.rows_per_call": 16, "search.seeds": (0,),
+    "ablation.variants": ("prm.labels=hard",), "ablation.n": (2, 4),
 }
 
 

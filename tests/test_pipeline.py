@@ -81,12 +81,14 @@ def _changed(a, b):
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
   downstream_of_policy = ["difficulty", "mc_labels", "orm", "policy", "prm", "report",
-                          "search_sweep", "verifier_eval"]
+                          "search_sweep", "verifier_ablation", "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(policy__train__learning_rate=1e-3))) == \
       downstream_of_policy
   assert _changed(base, _ids(pu.tiny_config(policy__train__seed=1))) == downstream_of_policy
   assert _changed(base, _ids(pu.tiny_config(prm__train__steps=7))) == [
-      "prm", "report", "search_sweep", "verifier_eval"]
+      "prm", "report", "search_sweep", "verifier_ablation", "verifier_eval"]
+  assert _changed(base, _ids(pu.tiny_config(ablation__variants=("prm.init=scratch",)))) == [
+      "report", "verifier_ablation"]
   assert _changed(base, _ids(pu.tiny_config(search__max_rounds=5))) == [
       "report", "search_sweep"]
   assert _changed(base, _ids(pu.tiny_config(tokenizer__vocab_size=48))) == [

@@ -77,7 +77,7 @@ def ctx(core1, prm, special_ids):
   tok = _Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
   # Rounds x step length stay inside the context and the token cap: nothing is cut.
   return SearchContext(core=core1, prm=prm, task=_Task(), tokenizer=tok,
-                       seed=3, temperature=1.0, max_new_tokens=48, max_step_tokens=8)
+                       seed=3, run=2, temperature=1.0, max_new_tokens=48, max_step_tokens=8)
 
 
 _FORWARDS = {}
@@ -142,7 +142,7 @@ def _reference_beam(strategy, ctx, problem):
     for j in range(n):
       if not active[j]:
         continue
-      key = streams.keys(ctx.seed, "search", problem.index, j, rnd)[0]
+      key = streams.keys(ctx.seed, "search", problem.index, j, rnd, ctx.run)[0]
       new = step(seqs[j], key, sp)
       tokens_policy += len(new)
       tokens_prm += len(new)
@@ -171,7 +171,8 @@ def _reference_beam(strategy, ctx, problem):
         logits = [np.log(min(max(x, 1e-7), 1 - 1e-7) / (1 - min(max(x, 1e-7), 1 - 1e-7)))
                   / strategy.temperature for x in [select[j] for j in alive] + [c[1] for c in pool]]
         w = np.exp(np.array(logits) - max(logits))
-        rng = np.random.default_rng([ctx.seed, streams.STREAMS["resample"], problem.index, rnd])
+        rng = np.random.default_rng([ctx.seed, streams.STREAMS["resample"], problem.index, rnd,
+                                     ctx.run])
         draws = sorted(rng.choice(len(w), size=n, replace=True, p=w / w.sum()).tolist())
         parents = [alive[d] for d in draws if d < len(alive)]
         pool = [pool[d - len(alive)] for d in draws if d >= len(alive)]

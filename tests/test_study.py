@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 
 import pipeline_utils as pu
 from ttc_jax.pipeline.stages import cell_key
@@ -33,6 +34,33 @@ def test_sweep_cells_follow_the_config():
   assert [c["params"] for c in cells if c["method"] == "lookahead_k1"] == [
       {"n": 2, "m": 2, "k": 1}]
   assert len({cell_key(c) for c in cells}) == len(cells)
+  assert {c["method"] for c in cells} >= {"dvts_m2", "particles"}
+  # Every cell runs once per search seed, the first seed's curves complete first.
+  two = sweep(pu.tiny_config(search__seeds=(0, 3)).search)
+  assert len(two) == 2 * len(cells) and [c["seed"] for c in two] == [0] * len(cells) + [3] * len(
+      cells)
+  assert len({cell_key(c) for c in two}) == len(two)
+
+
+def test_points_average_seeds_per_problem_with_intervals():
+  from ttc_jax.analysis import study as study_lib
+  def cell(seed, correct):
+    return {"key": f"m/{seed}", "method": "m", "params": {"n": 4}, "seed": seed,
+            "budget_generations": 4, "problems": ["a", "b", "c", "d"], "correct": correct,
+            "policy_tokens": [1, 1, 1, 1], "prm_tokens": [1, 1, 1, 1], "flops": [2.0] * 4,
+            "wall_s": 1.0}
+  cells = [cell(0, [1, 0, 1, 0]), cell(1, [1, 1, 0, 0]), cell(2, [1, 0, 0, 0])]
+  (pt,) = study_lib.points(cells)
+  got = study_lib.summarize(pt, np.array([0, 0, 1, 1]), 2)
+  assert got["per_problem"] == [1.0, 1 / 3, 1 / 3, 0.0]
+  assert got["accuracy"] == np.mean([1.0, 1 / 3, 1 / 3, 0.0])
+  assert got["ci"][0] <= got["accuracy"] <= got["ci"][1]
+  assert got["seed_accuracy"] == [0.5, 0.5, 0.25] and got["seeds"] == [0, 1, 2]
+  assert got["accuracy_by_bin"] == [2 / 3, 1 / 6]
+  bad = cell(3, [1, 1, 1, 1])
+  bad["problems"] = ["a", "b", "c", "e"]
+  with pytest.raises(ValueError, match="other problems"):
+    study_lib.summarize(cells + [bad], np.zeros(4), 1)
 
 
 def test_calls_have_equal_sizes_and_cover_every_problem():
@@ -56,8 +84,22 @@ def test_the_report_is_generic(tmp_path_factory, tmp_path):
   assert "beam search M=2" in text and "M=4" not in text  # the width comes from the config
   rows = [line for line in text.splitlines() if line.startswith("| beam search M=2 | 4 |")]
   assert len(rows) == 2, rows  # one bins row and one cost row: budget 4 shown once
-  for name in ("report.md", "accuracy_vs_budget.png", "accuracy_by_difficulty.png"):
+  for name in ("report.md", "accuracy_vs_budget.png", "accuracy_by_difficulty.png",
+               "verifiers.png"):
     assert os.path.getsize(os.path.join(report_dir, name)) > 0
+  # Verifier quality within problems, the ablation, and the paper's findings with verdicts.
+  ver = res["verifiers"]
+  assert set(ver["within_problem"]) == {"prm_last", "prm_min", "prm_prod", "orm"}
+  assert all(len(ci) == 2 for ci in ver["curves_ci"]["majority"])
+  assert "within-problem AUC" in text and "Exploitation" in text
+  rows_ab = res["ablation"]["rows"]
+  assert [r["name"] for r in rows_ab] == ["default (this study's PRM)", "prm.labels=hard"]
+  assert rows_ab[0]["prm"] == res["models"]["prm"]["id"] and rows_ab[1]["prm"] != rows_ab[0]["prm"]
+  assert "## Verifier ablation" in text and "| prm.labels=hard |" in text
+  assert res["claims"] and all(c["verdict"] in ("reproduced", "not reproduced",
+                                                "not significant") for c in res["claims"])
+  assert any(c["claim"].startswith("(b)") for c in res["claims"])
+  assert "## The paper's findings, tested" in text and "**not significant**" in text
   assert markdown.low_high([1, 2, 4]) == [4] and markdown.low_high([1, 2, 8]) == [1, 8]
   # Another number of difficulty bins: only the report is redone.
   workdir = str(tmp_path / "w")
@@ -113,7 +155,11 @@ def test_cells_store_per_problem_outcomes(tmp_path_factory):
   base = pu.shared_study(tmp_path_factory)
   cells = json.load(open(os.path.join(base, "search_sweep", "latest", "cells.json")))
   curves, _ = _results(base)
+  assert len(cells) == len(curves)  # one seed: one cell per point
   for cell, curve in zip(cells, curves):
-    assert len(cell["correct"]) == len(cell["problems"]) == 8
-    assert np.mean(cell["correct"]) == curve["accuracy"]
+    assert len(cell["correct"]) == len(cell["problems"]) == len(cell["answers"]) == 8
+    assert cell["seed"] == 0 and curve["seeds"] == [0]
+    assert np.mean(cell["correct"]) == pytest.approx(curve["accuracy"])
+    assert curve["per_problem"] == [float(x) for x in cell["correct"]]  # outcomes round-trip
+    assert curve["ci"][0] <= curve["accuracy"] <= curve["ci"][1]
     assert sum(cell["policy_tokens"]) == curve["policy_tokens"]

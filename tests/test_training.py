@@ -99,6 +99,13 @@ def test_value_dataset_labels_step_ends_and_skips_nan():
     data.value_dataset([[1, 2]], [[1]], [[1.5]], seq_len=4)
   with pytest.raises(ValueError, match=r"row 0: step end 7 outside"):
     data.value_dataset([[1, 2]], [[7]], [[1.0]], seq_len=4)
+  # Dense: every token of a step (the first starts after the prompt) has its label.
+  dense = data.value_dataset([[1, 5, 6, 4, 7, 8, 4, 9, 2]], [[3, 6, 8]], [[0.5, np.nan, 0.0]],
+                             seq_len=12, every_token=True, prompt_lengths=[2])
+  np.testing.assert_array_equal(np.nonzero(dense.weights[0])[0], [2, 3, 7, 8])
+  np.testing.assert_allclose(dense.targets[0, [2, 3, 7, 8]], [0.5, 0.5, 0.0, 0.0])
+  with pytest.raises(ValueError, match="prompt length"):
+    data.value_dataset([[1, 2]], [[1]], [[1.0]], seq_len=4, every_token=True)
 
 
 # ------------------------------------------------------------------------ objectives

@@ -1,8 +1,11 @@
 """Summaries of the study's stored cells: accuracy per budget and difficulty bin, cost.
 
-A cell is one (method, params) of the search sweep run on every study problem;
-it stores per-problem outcomes (correct, budget), so every summary here is a
-re-slicing of stored outcomes.
+A cell is one (method, params, seed) of the search sweep run on every study
+problem; it stores per-problem outcomes (correct, answer, budget), so every
+summary here is a re-slicing of stored outcomes. A curve point is a
+(method, params) over its seeds: its accuracy is the mean over problems of
+each problem's outcome averaged over seeds, with a bootstrap interval over
+problems (:mod:`ttc_jax.analysis.stats`); comparisons are paired.
 """
 
 from __future__ import annotations
@@ -11,22 +14,71 @@ from typing import Sequence
 
 import numpy as np
 
+from ttc_jax.analysis import stats as stats_lib
 
-def summarize(cell: dict, bins: np.ndarray, num_bins: int) -> dict:
-  """One curve point of a stored cell: accuracy overall and per difficulty bin, costs."""
-  correct = np.asarray(cell["correct"], np.float64)
+
+def points(cells: Sequence[dict]) -> list[list[dict]]:
+  """The cells grouped by (method, params) in sweep order: one curve point's seeds."""
+  groups: dict[tuple, list[dict]] = {}
+  for cell in cells:
+    key = (cell["method"], tuple(sorted(cell["params"].items())))
+    groups.setdefault(key, []).append(cell)
+  return list(groups.values())
+
+
+def outcomes(seeds: Sequence[dict]) -> np.ndarray:
+  """(seeds, problems) 0/1 outcomes of one point's cells (every seed on the same problems)."""
+  problems = seeds[0]["problems"]
+  for cell in seeds[1:]:
+    if cell["problems"] != problems:
+      raise ValueError(f"cell {cell['key']} was run on other problems than "
+                       f"{seeds[0]['key']}: seeds of a point must share their problems.")
+  return np.asarray([c["correct"] for c in seeds], np.float64)
+
+
+def summarize(seeds: Sequence[dict], bins: np.ndarray, num_bins: int, seed: int = 0) -> dict:
+  """One curve point from its cells (one per search seed): accuracy with a 95%
+  bootstrap interval over problems (each problem's outcome averaged over seeds),
+  per difficulty bin likewise, the spread of the seeds, and mean costs per seed."""
+  runs = outcomes(seeds)
   bins = np.asarray(bins)
-  if correct.shape != bins.shape:
-    raise ValueError(f"cell {cell['method']} {cell['params']} has {correct.size} outcomes for "
-                     f"{bins.size} problems.")
-  by_bin = [float(correct[bins == b].mean()) if np.any(bins == b) else float("nan")
+  if runs.shape[1] != bins.size:
+    raise ValueError(f"cell {seeds[0]['method']} {seeds[0]['params']} has {runs.shape[1]} "
+                     f"outcomes for {bins.size} problems.")
+  per_problem = stats_lib.per_problem_mean(runs)
+  est = stats_lib.mean_ci(per_problem, seed=seed)
+  by_bin = [stats_lib.mean_ci(per_problem[bins == b], seed=seed) if np.any(bins == b) else None
             for b in range(num_bins)]
-  return {"method": cell["method"], "params": cell["params"],
-          "budget_generations": cell["budget_generations"],
-          "accuracy": float(correct.mean()), "accuracy_by_bin": by_bin,
-          "policy_tokens": int(np.sum(cell["policy_tokens"])),
-          "prm_tokens": int(np.sum(cell["prm_tokens"])),
-          "flops": float(np.sum(cell["flops"])), "wall_s": cell["wall_s"]}
+  first = seeds[0]
+  k = len(seeds)
+  return {"method": first["method"], "params": first["params"],
+          "budget_generations": first["budget_generations"],
+          "seeds": [c["seed"] for c in seeds],
+          "accuracy": est.mean, "ci": [est.low, est.high],
+          "seed_accuracy": stats_lib.seed_spread(runs)["per_seed"],
+          "seed_std": stats_lib.seed_spread(runs)["std"],
+          "accuracy_by_bin": [float("nan") if e is None else e.mean for e in by_bin],
+          "ci_by_bin": [[float("nan")] * 2 if e is None else [e.low, e.high] for e in by_bin],
+          "per_problem": [float(x) for x in per_problem],
+          "policy_tokens": int(round(sum(np.sum(c["policy_tokens"]) for c in seeds) / k)),
+          "prm_tokens": int(round(sum(np.sum(c["prm_tokens"]) for c in seeds) / k)),
+          "flops": float(sum(np.sum(c["flops"]) for c in seeds) / k),
+          "wall_s": float(sum(c["wall_s"] for c in seeds) / k)}
+
+
+def compare(curves: Sequence[dict], a: tuple[str, float], b: tuple[str, float],
+            mask: np.ndarray | None = None, seed: int = 0) -> stats_lib.Comparison | None:
+  """Paired bootstrap over problems of point a = (method, budget) minus point b
+  (on the problems where ``mask`` is set); None if either point was not swept."""
+  pa, pb = point(curves, *a), point(curves, *b)
+  if pa is None or pb is None:
+    return None
+  x, y = np.asarray(pa["per_problem"]), np.asarray(pb["per_problem"])
+  if mask is not None:
+    x, y = x[np.asarray(mask)], y[np.asarray(mask)]
+  if x.size == 0:
+    return None
+  return stats_lib.paired_diff(x, y, names=(f"{a[0]}@{a[1]}", f"{b[0]}@{b[1]}"), seed=seed)
 
 
 def methods(curves: Sequence[dict]) -> list[str]:
@@ -42,13 +94,14 @@ def point(curves: Sequence[dict], method: str, budget: float) -> dict | None:
 
 def perf(curves: Sequence[dict], beam_method: str, baseline: str = "best_of_n_weighted") -> dict:
   """Wall time of ``beam_method`` over ``baseline`` at the largest N, and PRM tokens per
-  policy token over every beam and lookahead cell."""
+  policy token over every tree-search cell (beam, lookahead, DVTS, particles)."""
   def find(method, n):
     return next((c for c in curves if c["method"] == method and c["params"]["n"] == n), None)
 
   nmax = max(c["params"]["n"] for c in curves)
   beam, bon = find(beam_method, nmax), find(baseline, nmax)
-  search = [c for c in curves if c["method"].startswith(("beam", "lookahead"))]
+  search = [c for c in curves if c["method"].startswith(("beam", "lookahead", "dvts",
+                                                           "particles"))]
   pol = sum(c["policy_tokens"] for c in search)
   return {
       "beam_vs_bon_wall_ratio": beam["wall_s"] / bon["wall_s"] if beam and bon else None,

@@ -22,6 +22,9 @@ from ttc_jax.search import BestOfN
 from ttc_jax.search import default_width
 from ttc_jax.training import trainer
 
+# The search methods a sweep can run (search.methods); see pipeline.stages.sweep.
+SWEEP_METHODS = ("best_of_n", "beam", "beam_sqrt", "dvts", "particles", "lookahead")
+
 
 class ConfigError(ValueError):
   """The experiment config cannot run; the message names the key."""
@@ -109,6 +112,9 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
   if c.prm.labels not in ("soft", "hard"):
     raise ConfigError(f"prm.labels={c.prm.labels!r}: expected 'soft' (the MC value) or 'hard' "
                       "(1 if any rollout reaches the right answer).")
+  if c.prm.label_positions not in ("step_end", "every_token"):
+    raise ConfigError(f"prm.label_positions={c.prm.label_positions!r}: expected 'step_end' or "
+                      "'every_token'.")
   _int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
   ml = c.mc_labels
   _int(ml.num_problems, "mc_labels.num_problems", 1, num_train)
@@ -131,6 +137,17 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
                         for n in budgets) or budgets != sorted(set(budgets)):
     raise ConfigError(f"search.budgets={s.budgets!r}: expected increasing integers >= 1.")
   _int(s.beam_width, "search.beam_width", 1)
+  seeds = list(s.seeds)
+  if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds) \
+      or len(set(seeds)) != len(seeds):
+    raise ConfigError(f"search.seeds={s.seeds!r}: expected distinct integers >= 0.")
+  unknown = [m for m in s.methods if m not in SWEEP_METHODS]
+  if not s.methods or unknown or len(set(s.methods)) != len(s.methods):
+    raise ConfigError(f"search.methods={s.methods!r}: expected distinct names among "
+                      f"{SWEEP_METHODS}.")
+  if not (isinstance(s.particle_temperature, (int, float)) and s.particle_temperature > 0):
+    raise ConfigError(f"search.particle_temperature={s.particle_temperature!r}: expected a "
+                      "number > 0.")
   _int(s.max_rounds, "search.max_rounds", 1)
   _int(s.max_step_tokens, "search.max_step_tokens", 1, c.sampling.max_new_tokens)
   _int(s.rows_per_call, "search.rows_per_call", 1)

@@ -9,6 +9,7 @@ artifact and says which config keys or inputs differ from the stage's latest.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import os
 import time
@@ -57,11 +58,12 @@ class Pipeline:
   """The stages of one experiment config over one workdir."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               log: Callable[[str], None] = logging.info):
+               log: Callable[[str], None] = logging.info, point_latest: bool = True):
     if not workdir:
       raise config_lib.ConfigError("--workdir is required (the directory of the study's "
                                    "artifacts).")
     self.config, self.workdir, self.log = config, workdir, log
+    self.point_latest = point_latest  # False for variants: 'latest' stays the study's
     self._ids: dict[str, str] = {}
     self._loaded: dict[str, Any] = {}
     self._lengths_checked = False
@@ -123,6 +125,28 @@ class Pipeline:
     self.log(f"{target}: done in {fmt_duration(time.time() - t0)} -> {self.directory(target)}")
     return self.load(target)
 
+  def variant(self, stage: str, overrides: dict[str, Any]) -> tuple[Any, dict]:
+    """The artifact of ``stage`` under this config with ``overrides`` (dotted keys),
+    and its stage record: reused if that identity is done, else run with whatever it
+    is missing (in this workdir, like any other artifact)."""
+    if not overrides:
+      return self.load(stage), artifacts.read_stage(self.directory(stage))
+    config = copy.deepcopy(self.config)
+    for key, value in overrides.items():
+      path = key.split(".")
+      parent = config
+      for p in path[:-1]:
+        if p not in parent:
+          raise config_lib.ConfigError(f"variant key {key!r}: no section {p!r}.")
+        parent = parent[p]
+      if path[-1] not in parent:
+        raise config_lib.ConfigError(f"variant key {key!r}: not a config key.")
+      parent[path[-1]] = value
+    sub = Pipeline(config, self.workdir, self.log, point_latest=False)
+    self.log(f"variant {overrides}: {stage} -> {sub.directory(stage)}")
+    artifact = sub.run(stage)
+    return artifact, artifacts.read_stage(sub.directory(stage))
+
   def check_lengths(self) -> None:
     """Token lengths against the config (needs the tokenizer): before any later stage."""
     if self._lengths_checked:
@@ -163,7 +187,8 @@ class Pipeline:
     sections.lock()
     t0 = time.time()
     host.free_compiled_code()
-    summary = stage.run(Context(config=sections, inputs=inputs, out=out, log=self.log))
+    summary = stage.run(Context(config=sections, inputs=inputs, out=out, log=self.log,
+                                variant=self.variant))
     parallel.barrier(f"{name}/outputs")
     missing = [o for o in stage.outputs if not os.path.exists(out.path(o))]
     if missing:
@@ -176,7 +201,7 @@ class Pipeline:
     self.log(f"{name}: done in {fmt_duration(time.time() - t0)}")
 
   def _point_latest(self, name: str) -> None:
-    if not parallel.is_primary():
+    if not parallel.is_primary() or not self.point_latest:
       return
     link = os.path.join(self.workdir, name, "latest")
     tmp = f"{link}.tmp-{os.getpid()}"

@@ -21,6 +21,7 @@ config section in the experiment config, and say what it writes in ``outputs``.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 import os
@@ -34,6 +35,7 @@ from flax import nnx
 
 from ttc_jax import host
 from ttc_jax import tasks
+from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.analysis import verifiers as verifier_metrics
@@ -50,6 +52,8 @@ from ttc_jax.sampling import solutions
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
+from ttc_jax.search import DVTS
+from ttc_jax.search import ParticleFilter
 from ttc_jax.search import SearchContext
 from ttc_jax.search import default_width
 from ttc_jax.search import search_problems
@@ -74,6 +78,10 @@ class Context:
   inputs: dict[str, Any]  # input stage name -> loaded artifact
   out: artifacts.StageDir  # this stage's outputs
   log: Callable[[str], None] = logging.info
+  # variant(stage, overrides) -> (loaded artifact, its stage record): the artifact of
+  # ``stage`` under the experiment config with ``overrides`` ({dotted key: value}),
+  # run (with what it is missing) or reused by identity (the ablation's variants).
+  variant: Callable[[str, dict], tuple[Any, dict]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,9 +291,11 @@ def train_verifier(ctx: Context, kind: str) -> dict:
   else:
     targets = [[np.nan] * (len(ls.ends(i)) - 1) + [float(ls.correct[i])] for i in range(len(ls))]
   keep = [i for i in range(len(ls)) if ls.ends(i)]
+  dense = kind == "prm" and cfg.label_positions == "every_token"
   dataset = data_lib.value_dataset([ls.row(i) for i in keep], [ls.ends(i) for i in keep],
                                    [targets[i] for i in keep], model_cfg.max_seq_len,
-                                   policy.tokenizer.pad_id)
+                                   policy.tokenizer.pad_id, every_token=dense,
+                                   prompt_lengths=[int(ls.prompt_lengths[i]) for i in keep])
   stats = label_stats(ls)
   stats["params"] = model_cfg.num_params()
   ctx.log(f"{kind}: {stats['params']:,} params ({cfg.init} init); data {stats}")
@@ -312,10 +322,7 @@ def run_verifier_eval(ctx: Context) -> dict:
   probs = data.problems("test", c.test_problems)
   samples = ctx.inputs["difficulty"].samples(tok, task, probs)
   m = samples.n
-  rows = [samples.prompts[i // m] + samples.gens.row(i) for i in range(len(samples.texts))]
-  ends = [[len(samples.prompts[i // m]) + e
-           for e in solutions.step_ends(samples.gens.row(i), tok.step_ids, tok.eos_ids)]
-          for i in range(len(rows))]
+  rows, ends = _rows_and_step_ends(samples, tok)
   bs = c.sampling.batch_size
   prm_scorer = prm.scorer()
   prm_steps = prm_scorer.step_scores(rows, ends, batch_size=bs)
@@ -358,6 +365,77 @@ def run_verifier_eval(ctx: Context) -> dict:
           "prm_step_auc": result["auc"]["prm_step_auc"], "within_problem_auc": within}
 
 
+def _rows_and_step_ends(samples: solutions.ProblemSamples, tok) -> tuple[list, list]:
+  """Each sample as prompt + generation, and the positions of its step ends."""
+  m = samples.n
+  rows = [samples.prompts[i // m] + samples.gens.row(i) for i in range(len(samples.texts))]
+  ends = [[len(samples.prompts[i // m]) + e
+           for e in solutions.step_ends(samples.gens.row(i), tok.step_ids, tok.eos_ids)]
+          for i in range(len(rows))]
+  return rows, ends
+
+
+# ----------------------------------------------------------------------------
+# verifier ablation
+# ----------------------------------------------------------------------------
+def parse_variant(text: str) -> dict[str, Any]:
+  """'prm.model.num_layers=4,prm.labels=hard' -> {dotted key: value}; '' -> {}.
+
+  Values are Python literals where they parse as one (4, 1e-3, (1, 2)), else strings."""
+  out = {}
+  for part in filter(None, (x.strip() for x in text.split(","))):
+    if "=" not in part:
+      raise config_lib.ConfigError(f"ablation variant {text!r}: {part!r} is not KEY=VALUE.")
+    key, value = part.split("=", 1)
+    try:
+      out[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value.strip()
+  return out
+
+
+def run_verifier_ablation(ctx: Context) -> dict:
+  """Each variant's PRM (trained, or reused by identity) scores the difficulty samples:
+  within-problem AUC and vanilla / weighted best-of-N at a few N."""
+  c = ctx.config
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("test", c.test_problems)
+  samples = ctx.inputs["difficulty"].samples(tok, task, probs)
+  rows, ends = _rows_and_step_ends(samples, tok)
+  m = samples.n
+  ns = [n for n in c.ablation.n if n <= m]
+  answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
+  truth = [task.normalize_answer(p.answer) for p in probs]
+  correct = samples.correct_matrix()
+  table = []
+  for text in ("",) + tuple(c.ablation.variants):
+    prm, record = ctx.variant("prm", parse_variant(text))
+    steps = prm.scorer().step_scores(rows, ends, batch_size=c.sampling.batch_size)
+    s = np.asarray(aggregate_steps(steps, "last"), np.float64).reshape(len(probs), m)
+    within = verifier_metrics.within_problem_auc(s, correct, seed=c.seed)
+    acc = aggregation.accuracy_curves(answers, truth, s, ns, ["vanilla", "weighted"],
+                                      c.verifier_eval.subsamples, c.seed)
+    row = {"name": text or "default (this study's PRM)", "overrides": parse_variant(text),
+           "prm": prm.identity, "params": prm.config.num_params(),
+           "train_s": float(record.get("seconds", float("nan"))),
+           "within_auc": within["mean_auc"], "within_auc_ci": within["mean_auc_ci"],
+           "pairwise_accuracy": within["pairwise_accuracy"],
+           "weighted": acc["weighted"], "vanilla": acc["vanilla"]}
+    table.append(row)
+    ctx.log(f"ablation {row['name']}: within-problem AUC {row['within_auc']:.3f}; weighted "
+            f"{[round(x, 3) for x in row['weighted']]}, vanilla "
+            f"{[round(x, 3) for x in row['vanilla']]} at N={ns}")
+  result = {"n": ns, "rows": table, "aggregation": "last",
+            "doc": "Each row is a PRM trained with the study's config changed as named (the "
+                   "first is the study's own); all score the same difficulty samples. Within-"
+                   "problem AUC of the PRM's last-step score [95% CI]; best-of-N accuracy "
+                   "(mean over random N-subsets) with weighted and vanilla selection; training "
+                   "time of that PRM (its stage's wall time on the machine that trained it)."}
+  ctx.out.write_json("ablation.json", result)
+  return {"variants": len(table)}
+
+
 def load_json(name: str):
   def load(out: artifacts.StageDir, key: dict) -> dict:
     del key
@@ -369,31 +447,44 @@ def load_json(name: str):
 # the search sweep
 # ----------------------------------------------------------------------------
 def sweep(search: ml_collections.ConfigDict) -> list[dict]:
-  """The cells of the sweep: {method, params, strategy} in run order."""
-  cells = []
-  for n in search.budgets:
-    cells.append({"method": "best_of_n_weighted", "params": {"n": n},
-                  "strategy": BestOfN(n=n, selection="weighted", step_aggregation="last")})
-  for n in search.budgets:
-    m = min(search.beam_width, n)
-    cells.append({"method": f"beam_m{search.beam_width}", "params": {"n": n, "m": m},
-                  "strategy": BeamSearch(n=n, width=m, max_rounds=search.max_rounds)})
-    m = default_width(n)
-    cells.append({"method": "beam_sqrt", "params": {"n": n, "m": m},
-                  "strategy": BeamSearch(n=n, width=m, max_rounds=search.max_rounds)})
-  for k in search.lookahead_steps:
+  """The cells of the sweep: {method, params, seed, strategy} in run order (by seed,
+  then method, then budget: the first seed's curves are complete first)."""
+  m, rounds = search.beam_width, search.max_rounds
+  per_seed = []
+  for method in search.methods:
     for n in search.budgets:
-      if n < search.beam_width or n * (k + 1) > max(search.budgets):
-        continue  # the budget N x (k + 1) must fit the sweep's range
-      cells.append({"method": f"lookahead_k{k}",
-                    "params": {"n": n, "m": search.beam_width, "k": k},
-                    "strategy": BeamSearch(n=n, width=search.beam_width, lookahead=k,
-                                           max_rounds=search.max_rounds)})
-  return cells
+      if method == "best_of_n":
+        per_seed.append({"method": "best_of_n_weighted", "params": {"n": n},
+                         "strategy": BestOfN(n=n, selection="weighted", step_aggregation="last")})
+      elif method == "beam":
+        w = min(m, n)
+        per_seed.append({"method": f"beam_m{m}", "params": {"n": n, "m": w},
+                         "strategy": BeamSearch(n=n, width=w, max_rounds=rounds)})
+      elif method == "beam_sqrt":
+        w = default_width(n)
+        per_seed.append({"method": "beam_sqrt", "params": {"n": n, "m": w},
+                         "strategy": BeamSearch(n=n, width=w, max_rounds=rounds)})
+      elif method == "dvts":
+        w = min(m, n)
+        per_seed.append({"method": f"dvts_m{m}", "params": {"n": n, "m": w},
+                         "strategy": DVTS(n=n, width=w, max_rounds=rounds)})
+      elif method == "particles":
+        per_seed.append({"method": "particles", "params": {"n": n},
+                         "strategy": ParticleFilter(n=n, temperature=search.particle_temperature,
+                                                    max_rounds=rounds)})
+    if method == "lookahead":
+      for k in search.lookahead_steps:
+        for n in search.budgets:
+          if n < m or n * (k + 1) > max(search.budgets):
+            continue  # the budget N x (k + 1) must fit the sweep's range
+          per_seed.append({"method": f"lookahead_k{k}", "params": {"n": n, "m": m, "k": k},
+                           "strategy": BeamSearch(n=n, width=m, lookahead=k, max_rounds=rounds)})
+  return [{**cell, "seed": s} for s in search.seeds for cell in per_seed]
 
 
 def cell_key(cell: dict) -> str:
-  return f"{cell['method']}/" + ",".join(f"{k}={v}" for k, v in sorted(cell["params"].items()))
+  return (f"{cell['method']}/" + ",".join(f"{k}={v}" for k, v in sorted(cell["params"].items()))
+          + f"/seed={cell['seed']}")
 
 
 def run_search_sweep(ctx: Context) -> dict:
@@ -407,22 +498,23 @@ def run_search_sweep(ctx: Context) -> dict:
   todo = [cell for cell in cells if cell_key(cell) not in done]
   ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done")
   if todo:
-    search_ctx = SearchContext(
-        core=policy.sampling_core(), prm=prm.incremental_scorer(), task=data.task,
-        tokenizer=policy.tokenizer, seed=c.seed, temperature=c.sampling.temperature,
-        max_new_tokens=c.sampling.max_new_tokens, max_step_tokens=sc.max_step_tokens)
+    core, scorer = policy.sampling_core(), prm.incremental_scorer()
     progress = Progress(len(cells), "search cells", unit="cells", every_s=0,
                         initial=len(cells) - len(todo), log_fn=ctx.log)
     clock = CompileClock.get()
     for cell in todo:
       _free_compiled_code(ctx)
       strategy = cell["strategy"]
+      search_ctx = SearchContext(
+          core=core, prm=scorer, task=data.task, tokenizer=policy.tokenizer, seed=c.seed,
+          run=cell["seed"], temperature=c.sampling.temperature,
+          max_new_tokens=c.sampling.max_new_tokens, max_step_tokens=sc.max_step_tokens)
       compiled0, t0 = clock.seconds, time.time()
       results = search_problems(strategy, search_ctx, probs, rows_per_call=sc.rows_per_call)
       # wall_s excludes XLA tracing / compilation of new shapes (compile_s).
       compile_s = clock.seconds - compiled0
       row = {"key": cell_key(cell), "method": cell["method"], "params": cell["params"],
-             "budget_generations": strategy.generations,
+             "seed": cell["seed"], "budget_generations": strategy.generations,
              "problems": [r.problem.uid for r in results],
              "correct": [int(r.correct) for r in results],
              "answers": [r.answer for r in results],
@@ -432,7 +524,7 @@ def run_search_sweep(ctx: Context) -> dict:
              "flops": [r.budget.flops for r in results],
              "wall_s": time.time() - t0 - compile_s, "compile_s": compile_s}
       log.append([row])
-      progress.update(1, extra=f"{cell['method']} {cell['params']}: acc "
+      progress.update(1, extra=f"{cell['method']} {cell['params']} seed {cell['seed']}: acc "
                                f"{np.mean(row['correct']):.3f} in {row['wall_s']:.1f}s")
     ctx.out.barrier()
     done = log.read()
@@ -459,9 +551,11 @@ def run_report(ctx: Context) -> dict:
   p1 = diff.pass_at_1
   num_bins = c.report.difficulty_bins
   bins = difficulty_lib.oracle_bins(p1, num_bins)
-  curves = [study_lib.summarize(cell, bins, num_bins) for cell in cells]
+  curves = [study_lib.summarize(pt, bins, num_bins, c.seed) for pt in study_lib.points(cells)]
   beam = next((cv["method"] for cv in curves if cv["method"].startswith("beam_m")), "beam_sqrt")
   ver = ctx.inputs["verifier_eval"]
+  claims = (claims_lib.verifier_claims(ver)
+            + claims_lib.search_claims(curves, bins, num_bins, beam, c.seed))
   result = {
       "task": ctx.inputs["data"].task.name,
       "models": {role: ctx.inputs[role].summary() for role in ("policy", "prm", "orm")},
@@ -471,14 +565,21 @@ def run_report(ctx: Context) -> dict:
           "num_problems": int(p1.size), "samples_per_problem": diff.n,
           "mean_pass_at_1": float(p1.mean()),
           "bin_mean_pass_at_1": [float(p1[bins == b].mean()) for b in range(num_bins)]},
-      "verifiers": {k: ver[k] for k in ("n", "pass_at_1", "accuracy_at_max_n", "auc",
-                                        "num_problems", "samples_per_problem")},
+      "verifiers": {k: ver[k] for k in ("n", "pass_at_1", "pass_at_1_ci", "accuracy_at_max_n",
+                                        "auc", "num_problems", "samples_per_problem",
+                                        "curves", "curves_ci", "within_problem", "calibration",
+                                        "exploitation", "best_within_problem_auc", "paired")
+                    if k in ver},
+      "bins": [int(b) for b in bins],
+      "ablation": ctx.inputs["verifier_ablation"],
+      "claims": claims,
   }
   ctx.out.write_json("results.json", result)
   low_high = markdown.low_high(sorted({cv["budget_generations"] for cv in curves}))
   figs = {"accuracy_vs_budget.png": figures.accuracy_vs_budget(
               curves, result["difficulty"]["mean_pass_at_1"], int(p1.size)),
-          "accuracy_by_difficulty.png": figures.accuracy_by_difficulty(curves, low_high)}
+          "accuracy_by_difficulty.png": figures.accuracy_by_difficulty(curves, low_high),
+          "verifiers.png": figures.verifier_eval(ver)}
   for name, fig in figs.items():
     ctx.out.save_figure(name, fig)
   ctx.out.write_text("report.md", markdown.study_report(result, list(figs)))
@@ -519,12 +620,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("seed", "sampling", "test_problems", "verifier_eval"),
           ("eval.json", "scored.npz", "eval.png"), run_verifier_eval, load_json("eval.json"),
           version=2),
-    Stage("search_sweep", "best-of-N, beam and lookahead search at every budget",
+    Stage("verifier_ablation", "PRM variants (config overrides) scored on the difficulty "
+          "samples: within-problem AUC, best-of-N",
+          ("data", "policy", "difficulty"),
+          ("seed", "sampling", "test_problems", "mc_labels", "prm", "verifier_eval", "ablation"),
+          ("ablation.json",), run_verifier_ablation, load_json("ablation.json")),
+    Stage("search_sweep", "best-of-N, beam, DVTS, particle filtering and lookahead search at "
+          "every budget and search seed",
           ("data", "policy", "prm"), ("seed", "sampling", "test_problems", "search"),
           ("cells.jsonl", "cells.json"), run_search_sweep, load_cells,
           version=2),
     Stage("report", "results.json, figures and report.md of the study",
-          ("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "search_sweep"),
-          ("report",), ("results.json", "report.md", "accuracy_vs_budget.png",
-                        "accuracy_by_difficulty.png"), run_report, load_json("results.json")),
+          ("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "verifier_ablation",
+           "search_sweep"),
+          ("seed", "report"), ("results.json", "report.md", "accuracy_vs_budget.png",
+                        "accuracy_by_difficulty.png", "verifiers.png"), run_report,
+          load_json("results.json"), version=2),
 ]}

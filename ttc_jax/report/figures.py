@@ -25,6 +25,10 @@ def method_label(method: str, params: dict | None = None) -> str:
     return "beam search M=sqrt(N)"
   if method.startswith("beam_m"):
     return f"beam search M={method[len('beam_m'):]}"
+  if method.startswith("dvts_m"):
+    return f"DVTS M={method[len('dvts_m'):]}"
+  if method == "particles":
+    return "particle filtering"
   if method.startswith("lookahead_k"):
     m = params.get("m")
     return f"lookahead k={method[len('lookahead_k'):]}" + (f" (M={m})" if m else "")
@@ -57,9 +61,10 @@ VERIFIER_COLORS = {"prm_last": "tab:blue", "prm_min": "tab:cyan", "prm_prod": "t
                    "orm": "tab:red"}
 
 
-def verifier_eval(result: dict, auc_scores: np.ndarray, positive: np.ndarray) -> Figure:
+def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
+                  positive: np.ndarray | None = None) -> Figure:
   """Best-of-N accuracy against N with 95% bands; within-problem AUC; calibration;
-  the exploitation curve; the PRM's step ROC curve."""
+  the exploitation curve; the PRM's step ROC curve (if its scores are given)."""
   fig = Figure(figsize=(15, 8.5))
   axes = fig.subplots(2, 3)
   a, w, e = axes[0]
@@ -131,12 +136,15 @@ def verifier_eval(result: dict, auc_scores: np.ndarray, positive: np.ndarray) ->
   x.axvline(0.5, color="k", lw=0.8, ls=":")
   x.set_xlim(0, 1)
   x.set_title("PRM steps vs held-out MC labels (>= 0.5)")
-  fpr, tpr = verifier_metrics.roc_curve(auc_scores, positive)
-  b.plot(fpr, tpr, color="tab:blue")
-  b.plot([0, 1], [0, 1], "k:", lw=0.8)
-  b.set_xlabel("false positive rate")
-  b.set_ylabel("true positive rate")
-  b.set_title(f"PRM step ROC (pooled): AUC {auc['prm_step_auc']:.3f}")
+  if auc_scores is not None:
+    fpr, tpr = verifier_metrics.roc_curve(auc_scores, positive)
+    b.plot(fpr, tpr, color="tab:blue")
+    b.plot([0, 1], [0, 1], "k:", lw=0.8)
+    b.set_xlabel("false positive rate")
+    b.set_ylabel("true positive rate")
+    b.set_title(f"PRM step ROC (pooled): AUC {auc['prm_step_auc']:.3f}")
+  else:
+    b.set_axis_off()
   fig.tight_layout()
   return fig
 
@@ -145,29 +153,40 @@ def _params_of(curves, method):
   return next(c["params"] for c in curves if c["method"] == method)
 
 
+def _color(method: str, i: int):
+  return f"C{i % 10}"
+
+
 def accuracy_vs_budget(curves: Sequence[dict], pass_at_1: float, num_problems: int) -> Figure:
-  fig = Figure(figsize=(6.5, 4.5))
+  """Accuracy (mean over search seeds) against the generation budget, 95% bands."""
+  fig = Figure(figsize=(7.5, 5))
   ax = fig.subplots()
-  for method in _methods(curves):
+  for i, method in enumerate(_methods(curves)):
     rows = sorted((c for c in curves if c["method"] == method),
                   key=lambda c: c["budget_generations"])
-    ax.plot([r["budget_generations"] for r in rows], [r["accuracy"] for r in rows], marker="o",
-            ms=3, label=method_label(method, _params_of(curves, method)))
+    x = [r["budget_generations"] for r in rows]
+    ax.plot(x, [r["accuracy"] for r in rows], marker="o", ms=3, color=_color(method, i),
+            label=method_label(method, _params_of(curves, method)))
+    if all("ci" in r for r in rows):
+      ax.fill_between(x, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows],
+                      color=_color(method, i), alpha=0.1, lw=0)
   ax.axhline(pass_at_1, color="gray", lw=0.8, ls=":", label="pass@1")
   ax.set_xscale("log", base=2)
   ax.set_xlabel("generation budget")
-  ax.set_ylabel("accuracy")
-  ax.set_title(f"search against the PRM ({num_problems} test problems)")
-  ax.legend(fontsize=8)
+  ax.set_ylabel("accuracy (95% CI over problems)")
+  seeds = len(curves[0].get("seeds", [0])) if curves else 0
+  ax.set_title(f"search against the PRM ({num_problems} test problems, {seeds} seed"
+               f"{'s' if seeds != 1 else ''})")
+  ax.legend(fontsize=7)
   fig.tight_layout()
   return fig
 
 
 def accuracy_by_difficulty(curves: Sequence[dict], budgets: Sequence[int]) -> Figure:
-  """Accuracy per oracle difficulty bin, one panel per budget in ``budgets``."""
+  """Accuracy per oracle difficulty bin with 95% error bars, one panel per budget."""
   methods = _methods(curves)
   num_bins = len(curves[0]["accuracy_by_bin"])
-  fig = Figure(figsize=(6 * len(budgets), 4.2))
+  fig = Figure(figsize=(6.5 * len(budgets), 4.4))
   axes = np.atleast_1d(fig.subplots(1, len(budgets), sharey=True))
   width = 0.8 / max(1, len(methods))
   for ax, budget in zip(axes, budgets):
@@ -175,13 +194,18 @@ def accuracy_by_difficulty(curves: Sequence[dict], budgets: Sequence[int]) -> Fi
       row = point(curves, method, budget)
       if row is None:
         continue
-      ax.bar(np.arange(num_bins) + i * width, row["accuracy_by_bin"], width,
-             label=method_label(method, row["params"]))
+      acc = np.asarray(row["accuracy_by_bin"])
+      err = None
+      if "ci_by_bin" in row:
+        ci = np.asarray(row["ci_by_bin"])
+        err = np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc]))
+      ax.bar(np.arange(num_bins) + i * width, acc, width, yerr=err, capsize=2,
+             color=_color(method, i), label=method_label(method, row["params"]))
     ax.set_xticks(np.arange(num_bins) + width * (len(methods) - 1) / 2)
     ax.set_xticklabels([f"bin {b + 1}" for b in range(num_bins)])
     ax.set_xlabel("oracle difficulty bin (1 = easiest)")
     ax.set_title(f"generation budget {budget}")
     ax.legend(fontsize=7)
-  axes[0].set_ylabel("accuracy")
+  axes[0].set_ylabel("accuracy (95% CI)")
   fig.tight_layout()
   return fig

@@ -26,6 +26,18 @@ def _fmt(x):
   return "n/a" if x is None else f"{x:.2f}"
 
 
+def _acc(c) -> str:
+  if c is None:
+    return ""
+  if "ci" in c:
+    return f"{c['accuracy']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]"
+  return f"{c['accuracy']:.3f}"
+
+
+def _ci(x, ci) -> str:
+  return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def study_report(result: dict, figures: Sequence[str]) -> str:
   """Markdown of the study (``figures``: file names next to the report)."""
   curves = result["curves"]
@@ -34,6 +46,7 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
   d = result["difficulty"]
   num_bins = len(d["bin_mean_pass_at_1"])
   models = result.get("models", {})
+  seeds = curves[0].get("seeds", [0]) if curves else [0]
   lines = [
       f"# Study: test-time search on the task '{result.get('task', '?')}'",
       "",
@@ -51,19 +64,30 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
       "- Methods, all selecting the final answer by PRM-weighted voting over finished "
       f"candidates: {', '.join(_label(curves, m) for m in methods)}; generation budgets "
       f"{', '.join(str(b) for b in budgets)}. Lookahead with k steps costs N x (k + 1) "
-      "generations.",
+      f"generations. Every search cell was run with {len(seeds)} search seed"
+      f"{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}).",
+      "- Statistics: an accuracy is the mean over problems of each problem's outcome averaged "
+      "over the seeds; [low, high] is its 95% percentile bootstrap interval over problems. A "
+      "comparison is a paired bootstrap over problems of the difference; it is called "
+      "significant only when that interval excludes zero.",
       "",
-      "## Results",
-      "",
-      "Accuracy on the test problems by generation budget (rows) and method (columns):",
-      "",
-      "| budget | " + " | ".join(_label(curves, m) for m in methods) + " |",
-      "|---|" + "---|" * len(methods),
   ]
+  ver = result.get("verifiers")
+  if ver:
+    lines += verifier_section(ver)
+  lines += ["## Search", "",
+            "Accuracy on the test problems by generation budget (rows) and method (columns), "
+            "mean [95% CI]:", "",
+            "| budget | " + " | ".join(_label(curves, m) for m in methods) + " |",
+            "|---|" + "---|" * len(methods)]
   for b in budgets:
     cells = [_row(curves, m, b) for m in methods]
-    lines.append(f"| {b} | " + " | ".join("" if c is None else f"{c['accuracy']:.3f}"
-                                          for c in cells) + " |")
+    lines.append(f"| {b} | " + " | ".join(_acc(c) for c in cells) + " |")
+  if len(seeds) > 1:
+    lines += ["", "Spread of the search seeds (standard deviation of the per-seed accuracies) "
+              "at the largest budget: " + ", ".join(
+                  f"{_label(curves, m)} {_row(curves, m, budgets[-1])['seed_std']:.3f}"
+                  for m in methods if _row(curves, m, budgets[-1])) + "."]
   shown = low_high(budgets)
   lines += ["", f"Accuracy per oracle difficulty bin (1 = easiest) at budget"
             f"{'s' if len(shown) > 1 else ''} {' and '.join(map(str, shown))}:", "",
@@ -76,7 +100,7 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
         lines.append(f"| {_label(curves, m)} | {b} | "
                      + " | ".join(f"{x:.2f}" for x in row["accuracy_by_bin"]) + " |")
   perf = result["perf"]
-  lines += ["", "Cost:", "",
+  lines += ["", "Cost (per seed):", "",
             "| method | budget | policy tokens | PRM tokens | FLOPs | wall s |",
             "|---|---|---|---|---|---|"]
   for b in shown:
@@ -88,64 +112,88 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
   lines += ["", f"- {method_label(perf['beam_method'])} over best-of-N wall time at "
             f"N={perf['beam_vs_bon_n']} (compilation excluded): "
             f"{_fmt(perf['beam_vs_bon_wall_ratio'])}.",
-            "- PRM tokens per policy token over all beam and lookahead runs: "
+            "- PRM tokens per policy token over all tree searches: "
             f"{_fmt(perf['prm_tokens_per_policy_token'])} (every token goes through the PRM "
             "once; lookahead rollouts included).", ""]
-  ver = result.get("verifiers")
-  if ver:
-    lines += ["## Verifiers", "",
-              f"On {ver['num_problems']} test problems with {ver['samples_per_problem']} policy "
-              f"samples each (pass@1 {ver['pass_at_1']:.3f}); accuracy at N = "
-              f"{ver['n'][-1]}:", "", "| selection | accuracy |", "|---|---|"]
-    for name, acc in ver["accuracy_at_max_n"].items():
-      lines.append(f"| {name} | {acc:.3f} |")
-    lines += ["", f"PRM step ROC AUC against held-out Monte-Carlo labels: "
-              f"{ver['auc']['prm_step_auc']:.3f} ({ver['auc']['num_steps']} steps).", ""]
-  lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
-  lines += ["", "## Reading (generated from the numbers above)", ""]
-  lines += reading(result, budgets)
+  if result.get("ablation"):
+    lines += ablation_section(result["ablation"])
+  lines += ["## The paper's findings, tested", ""]
+  lines += claims_section(result.get("claims", []))
+  lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
   return "\n".join(lines) + "\n"
 
 
-def reading(result: dict, budgets: Sequence[int]) -> list[str]:
-  """Short statements comparing the measured curves with the paper's claims."""
-  curves = result["curves"]
-  out = []
+def verifier_section(ver: dict) -> list[str]:
+  """Within-problem verifier quality, calibration, exploitation, best-of-N with CIs."""
+  ns = ver["n"]
+  lines = ["## Verifiers", "",
+           f"On {ver['num_problems']} test problems with {ver['samples_per_problem']} policy "
+           f"samples each (pass@1 {_ci(ver['pass_at_1'], ver.get('pass_at_1_ci', [0, 0]))}).",
+           ""]
+  within = ver.get("within_problem")
+  if within:
+    lines += ["Does the verifier tell a right sample from a wrong one of the same problem? "
+              "(problems with both; AUC averaged over problems [95% CI]; pairwise ranking "
+              "accuracy pools all right/wrong pairs; ECE of the reliability curve):", "",
+              "| verifier | within-problem AUC | pairwise accuracy | problems | ECE |",
+              "|---|---|---|---|---|"]
+    for name, w in within.items():
+      ece = ver.get("calibration", {}).get(name, {}).get("ece")
+      lines.append(f"| {name} | {_ci(w['mean_auc'], w['mean_auc_ci'])} | "
+                   f"{w['pairwise_accuracy']:.3f} | {w['problems']} | {_fmt(ece)} |")
+    auc = ver["auc"]
+    step = auc.get("prm_step_auc_within_problems")
+    lines += ["", f"PRM step AUC against held-out MC labels (>= 0.5): pooled "
+              f"{auc['prm_step_auc']:.3f} ({auc['num_steps']} steps), within problems "
+              + (f"{_ci(step['mean_auc'], step['mean_auc_ci'])} ({step['problems']} problems)"
+                 if step else "n/a") + ". A pooled AUC also ranks problems by difficulty; "
+              "the within-problem AUC is what search needs.", ""]
+  exploit = ver.get("exploitation")
+  if exploit:
+    lines += ["Exploitation: the top-scored sample of N (exact expectation over N-subsets): "
+              "its score and whether it is right.", "",
+              "| verifier | " + " | ".join(f"N={n}" for n in ns) + " |",
+              "|---|" + "---|" * len(ns)]
+    for name, e in exploit.items():
+      lines.append(f"| {name} score | " + " | ".join(f"{x:.3f}" for x in e["top_score"]) + " |")
+      lines.append(f"| {name} right | " + " | ".join(f"{x:.3f}" for x in e["top_correct"])
+                   + " |")
+    lines.append("")
+  curves, cis = ver.get("curves", {}), ver.get("curves_ci", {})
+  if curves:
+    lines += ["Best-of-N from one pool of samples per problem (mean over random N-subsets) "
+              "[95% CI]:", "", "| selection | " + " | ".join(f"N={n}" for n in ns) + " |",
+              "|---|" + "---|" * len(ns)]
+    for name, curve in curves.items():
+      ci = cis.get(name)
+      lines.append(f"| {name} | " + " | ".join(
+          _ci(x, ci[i]) if ci else f"{x:.3f}" for i, x in enumerate(curve)) + " |")
+    lines.append("")
+  return lines
 
-  def acc(method, budget):
-    row = _row(curves, method, budget)
-    return None if row is None else row["accuracy"]
 
-  low, high = low_high(budgets)[0], low_high(budgets)[-1]
-  beam = result["perf"]["beam_method"]
-  b_low, b_high = acc(beam, low), acc(beam, high)
-  n_low, n_high = acc("best_of_n_weighted", low), acc("best_of_n_weighted", high)
-  name = method_label(beam)
-  if None not in (b_low, n_low, b_high, n_high):
-    out.append(
-        f"- Paper: beam search beats best-of-N at low budgets, and the gap closes or reverses at "
-        f"high budgets. Here: at budget {low} {name} {b_low:.3f} vs best-of-N {n_low:.3f} "
-        f"({b_low - n_low:+.3f}); at budget {high} {b_high:.3f} vs {n_high:.3f} "
-        f"({b_high - n_high:+.3f}).")
-  for budget in low_high(budgets):
-    rows = [c for c in curves if c["budget_generations"] == budget]
-    if not rows:
-      continue
-    bins = len(rows[0]["accuracy_by_bin"])
-    hard = slice(bins // 2, bins)
-    easy = max(rows, key=lambda c: c["accuracy_by_bin"][0])
-    hardest = max(rows, key=lambda c: np.mean(c["accuracy_by_bin"][hard]))
-    out.append(f"- Budget {budget}: best on the easiest bin: "
-               f"{method_label(easy['method'], easy['params'])} "
-               f"({easy['accuracy_by_bin'][0]:.2f}); best on bins {bins // 2 + 1}-{bins}: "
-               f"{method_label(hardest['method'], hardest['params'])} "
-               f"({np.mean(hardest['accuracy_by_bin'][hard]):.2f}). Paper: on easy questions "
-               "best-of-N is as good or better; on medium/hard ones beam search helps more.")
-  looks = sorted({c["method"] for c in curves if c["method"].startswith("lookahead")})
-  if looks:
-    parts = ", ".join(f"{method_label(m)} {_fmt(acc(m, high))}" for m in looks)
-    out.append(f"- Paper: lookahead underperforms at equal generation budget (its rollouts cost "
-               f"budget). Here at budget {high}: {parts}; {name} {_fmt(b_high)}.")
-  out.append("- These are single runs without confidence intervals; differences of a few "
-             "points are within noise at this number of problems.")
-  return out
+def ablation_section(ablation: dict) -> list[str]:
+  rows = ablation["rows"]
+  ns = ablation["n"]
+  lines = ["## Verifier ablation", "", ablation.get("doc", ""), "",
+           "| choice | within-problem AUC | " + " | ".join(
+               f"weighted@{n} | vanilla@{n}" for n in ns) + " | train s | params |",
+           "|---|---|" + "---|---|" * len(ns) + "---|---|"]
+  for r in rows:
+    lines.append(f"| {r['name']} | {_ci(r['within_auc'], r['within_auc_ci'])} | " + " | ".join(
+        f"{r['weighted'][i]:.3f} | {r['vanilla'][i]:.3f}" for i in range(len(ns)))
+        + f" | {r['train_s']:.0f} | {r['params']:,} |")
+  return lines + [""]
+
+
+def claims_section(claims: Sequence[dict]) -> list[str]:
+  if not claims:
+    return ["No claim could be tested (the sweep lacks the methods or budgets)."]
+  lines = ["| finding | paper | difference [95% CI] | verdict |", "|---|---|---|---|"]
+  for c in claims:
+    cmp = c["comparison"]
+    lines.append(f"| {c['claim']} | {c['paper']} | {cmp['diff']:+.3f} "
+                 f"[{cmp['ci'][0]:+.3f}, {cmp['ci'][1]:+.3f}] | **{c['verdict']}** |")
+  return lines + ["", "reproduced: the 95% interval of the paired difference excludes zero in "
+                  "the paper's direction; not reproduced: it excludes zero the other way; not "
+                  "significant: it contains zero (no difference can be claimed)."]

@@ -228,14 +228,21 @@ def row_keys(seed: int, *ids: Sequence[int] | np.ndarray | int) -> Array:
   """Per-row keys derived from (seed, id_1, id_2, ...), e.g. (seed, problem, sample).
 
   Each id argument is broadcast to the batch; key i is
-  ``fold_in(...fold_in(key(seed), ids_1[i])..., ids_n[i])``.
+  ``fold_in(...fold_in(key(seed), ids_1[i])..., ids_n[i])`` (one compiled call).
   """
   cols = np.broadcast_arrays(*[np.asarray(i, np.uint32) for i in ids]) if ids else []
   n = cols[0].shape[0] if cols and cols[0].ndim else 1
   base = jax.random.key(seed)
-  keys = jnp.broadcast_to(base, (n,))
+  if not cols:
+    return jnp.broadcast_to(base, (n,))
+  return _fold_in_columns(base, jnp.asarray(np.stack([np.broadcast_to(c, (n,)) for c in cols])))
+
+
+@jax.jit
+def _fold_in_columns(key: Array, cols: Array) -> Array:
+  keys = jnp.broadcast_to(key, (cols.shape[1],))
   for col in cols:
-    keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(jnp.asarray(col), (n,)))
+    keys = jax.vmap(jax.random.fold_in)(keys, col)
   return keys
 
 
@@ -396,6 +403,9 @@ def _gather(cache, logits, rows, *, compact: bool = False):
   return cache.compact() if compact else cache, jnp.take(logits, rows, axis=0)
 
 
+_GATHER = jax.jit(_gather, static_argnames=("compact",))
+
+
 # ----------------------------------------------------------------------------
 # The core
 # ----------------------------------------------------------------------------
@@ -427,7 +437,7 @@ class CachedModel:
                             static_argnames=("cache_size", "window"))
     self._extend = jax.jit(_extend, static_argnums=(0,), static_argnames=("window", "per_token"),
                            donate_argnums=(2, 3))
-    self._gather = jax.jit(_gather, static_argnames=("compact",))
+    self._gather = _GATHER  # shared: a policy and a PRM of one shape compile it once
 
   # ---------------------------------------------------------------- helpers
   @property

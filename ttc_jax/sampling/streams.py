@@ -21,8 +21,8 @@ STREAMS = {
     "verifier_eval": 4,  # (unused since the verifier evaluation scores the pass@1 samples)
     "auc_samples": 5,  # held-out samples for the PRM's step AUC
     "auc_rollouts": 6,  # their MC rollouts
-    "search": 7,  # search: row_keys(seed, 7, problem, slot, round)
-    "resample": 8,  # particle filtering's resampling: generator(seed, 8, problem, round)
+    "search": 7,  # search: row_keys(seed, 7, problem, slot, round, run)
+    "resample": 8,  # particle filtering's resampling: generator(seed, 8, problem, round, run)
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

@@ -20,6 +20,7 @@ from ttc_jax.budget import Budget
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import common
+from ttc_jax.search.tree import chunk_width
 from ttc_jax.verifiers.aggregation import METHODS
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 from ttc_jax.verifiers.scoring import aggregate_steps
@@ -68,7 +69,7 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_new_tokens)
   out = ctx.core.sample(pol, keys, sp)
   lengths = np.asarray(out.lengths)
-  gen = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
+  gen = np.asarray(out.tokens)[:, :chunk_width(int(lengths.max()), ctx.max_new_tokens, 16)]
   stopped = np.asarray(out.stopped)
   prm, per_token = ctx.prm.extend_scores(prm, gen, np.arange(gen.shape[1])[None] < lengths[:, None])
   budgets = [Budget(generations=n) for _ in problems]

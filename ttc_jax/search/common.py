@@ -24,6 +24,7 @@ class SearchContext:
   max_new_tokens: cap on a solution's length (tokens after the prompt), per
     solution: a candidate that reaches it without EOS is cut and never finishes.
   max_step_tokens: cap on one step's length (a longer step is cut and scored).
+  run: which independent repeat of the search this is: folded into every key.
   No row ever goes past the model context (``max_seq_len`` tokens, prompt included).
   """
 
@@ -32,6 +33,7 @@ class SearchContext:
   task: object
   tokenizer: object
   seed: int = 0
+  run: int = 0  # independent repeat of a search (the study's search seeds)
   temperature: float = 1.0
   max_new_tokens: int = 96
   max_step_tokens: int = 24
@@ -52,12 +54,12 @@ class SearchContext:
     return prompts, tokens, valid
 
   def keys(self, problem_index, slot, rnd: int):
-    """Row keys of search samples: (seed, 'search', problem index, slot, round)."""
-    return streams.keys(self.seed, "search", problem_index, slot, rnd)
+    """Row keys of search samples: (seed, 'search', problem index, slot, round, run)."""
+    return streams.keys(self.seed, "search", problem_index, slot, rnd, self.run)
 
   def generator(self, stream: str, *ids: int) -> np.random.Generator:
-    """Host-side draws of a search (e.g. resampling): (seed, stream, *ids)."""
-    return streams.generator(self.seed, stream, *ids)
+    """Host-side draws of a search (e.g. resampling): (seed, stream, *ids, run)."""
+    return streams.generator(self.seed, stream, *ids, self.run)
 
   def step_limits(self, prompt_len: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Tokens each row may add in its next step: at most a step, what is left of its

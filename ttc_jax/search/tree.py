@@ -81,10 +81,24 @@ class TreeStrategy(Protocol):
 
 
 def bucket(n: int) -> int:
-  """Padded frontier size: few distinct shapes (powers of two, then multiples of 128)."""
-  if n <= 128:
-    return max(8, 1 << (n - 1).bit_length())
-  return -(-n // 128) * 128
+  """Padded frontier size: a power of two >= 8 (few distinct compiled shapes; at most
+  half of a frontier is padding)."""
+  return max(8, 1 << (n - 1).bit_length())
+
+
+def chunk_width(longest: int, cap: int, multiple: int = 8) -> int:
+  """Width of a chunk of new tokens fed to the PRM: the longest rounded up to a
+  multiple of ``multiple`` (at most ``cap``), so the PRM compiles a few widths, not
+  every one."""
+  return min(cap, -(-max(1, longest) // multiple) * multiple)
+
+
+def step_chunk(out, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(lengths, tokens (rows, chunk_width), valid) of a sampling call's new tokens."""
+  lengths = np.asarray(out.lengths)
+  width = chunk_width(int(lengths.max()), cap)
+  tokens = np.asarray(out.tokens)[:, :width]
+  return lengths, tokens, np.arange(width)[None] < lengths[:, None]
 
 
 def padded(x: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -136,9 +150,7 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
     keys = ctx.keys(padded(index_of[row_problem], width), padded(row_slot, width), rnd)
     out = ctx.core.sample(pol, keys, sp, active=active, limits=padded(limits, width))
     pol = out.state
-    lengths = np.asarray(out.lengths)
-    step = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
-    step_valid = np.arange(step.shape[1])[None] < lengths[:, None]
+    lengths, step, step_valid = step_chunk(out, ctx.max_step_tokens)
     prm = ctx.prm.extend(prm, step, step_valid)
     scores = ctx.prm.scores(prm)
     ended = np.zeros(width, bool)
@@ -212,7 +224,8 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
   step = ctx.max_step_tokens
   # Compact the copies only when a step would not fit (the round's holes): slots
   # are storage, and compacting moves them.
-  compact = int(pol.cache.index) + step > size
+  # (The PRM's cache may run ahead of the policy's: its chunks are rounded up.)
+  compact = max(int(pol.cache.index), int(prm.cache.index)) + step > size
   pol_la = ctx.core.gather(pol, ident, compact=compact)
   prm_la = ctx.prm.gather(prm, ident, compact=compact)
   live = rollout.copy()
@@ -225,14 +238,13 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
     live &= limits > 0
     if not live.any():
       break  # no room left: score where the rollouts stand
-    if int(pol_la.cache.index) + step > size:
+    if max(int(pol_la.cache.index), int(prm_la.cache.index)) + step > size:
       pol_la = ctx.core.gather(pol_la, ident, compact=True)
       prm_la = ctx.prm.gather(prm_la, ident, compact=True)
     out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
     pol_la = out.state
-    lengths = np.asarray(out.lengths)
-    new = np.asarray(out.tokens)[:, :max(1, int(lengths.max()))]
-    prm_la = ctx.prm.extend(prm_la, new, np.arange(new.shape[1])[None] < lengths[:, None])
+    lengths, new, new_valid = step_chunk(out, step)
+    prm_la = ctx.prm.extend(prm_la, new, new_valid)
     for r in np.nonzero(live)[0]:
       budgets[row_problem[r]].add_policy(int(lengths[r]), ctx.policy_params)
       budgets[row_problem[r]].add_prm(int(lengths[r]), ctx.prm_params)

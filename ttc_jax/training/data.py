@@ -183,8 +183,9 @@ def sft_dataset(task: base.Task, tokenizer: Tokenizer, problems: Sequence[base.P
 
 
 def value_dataset(rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]],
-                  labels: Sequence[Sequence[float]], seq_len: int, pad_id: int = 0
-                  ) -> TokenDataset:
+                  labels: Sequence[Sequence[float]], seq_len: int, pad_id: int = 0,
+                  every_token: bool = False,
+                  prompt_lengths: Sequence[int] | None = None) -> TokenDataset:
   """Verifier data from token rows as the sampling core produced them.
 
   rows[i] is BOS + prompt + sampled solution tokens (ending in EOS when the
@@ -192,7 +193,11 @@ def value_dataset(rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[in
   last token -- the step delimiter, or EOS for the final step -- so the
   verifier is trained on exactly the tokens it reads during search.
   labels[i][j] is the target of step j in [0, 1]; NaN means "no label" (an
-  ORM labels only the last step).
+  ORM labels only the last step). ``every_token``: every token of step j (after
+  the previous step's end) is a target with step j's label (dense supervision,
+  as Cobbe et al. 2021 trained token-level verifiers), not only its last token;
+  the verifier is still read at step ends. The first step starts after the
+  prompt: ``prompt_lengths[i]`` (BOS included) is needed then.
 
   Raises:
     ValueError: naming the row for a length mismatch, a row longer than
@@ -202,6 +207,8 @@ def value_dataset(rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[in
     raise ValueError(f"need equal, non-zero numbers of rows/step_ends/labels; got "
                      f"{len(rows)}, {len(step_ends)}, {len(labels)}.")
   n = len(rows)
+  if every_token and (prompt_lengths is None or len(prompt_lengths) != n):
+    raise ValueError("every_token needs the prompt length of every row.")
   tokens = np.full((n, seq_len), pad_id, np.int32)
   valid = np.zeros((n, seq_len), bool)
   weights = np.zeros((n, seq_len), np.float32)
@@ -213,13 +220,16 @@ def value_dataset(rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[in
       raise ValueError(f"row {i}: {len(ends)} step ends but {len(ls)} labels (need >= 1).")
     tokens[i, :len(row)] = row
     valid[i, :len(row)] = True
-    for end, label in zip(ends, ls):
+    for j, (end, label) in enumerate(zip(ends, ls)):
       if not 0 <= end < len(row):
         raise ValueError(f"row {i}: step end {end} outside the row of {len(row)} tokens.")
       if not np.isfinite(label):
         continue
       if not 0.0 <= label <= 1.0:
         raise ValueError(f"row {i}: label {label} outside [0, 1].")
-      weights[i, end] = 1.0
-      targets[i, end] = label
+      first = end
+      if every_token:
+        first = ends[j - 1] + 1 if j else prompt_lengths[i]
+      weights[i, first:end + 1] = 1.0
+      targets[i, first:end + 1] = label
   return TokenDataset(tokens=tokens, valid=valid, weights=weights, targets=targets)

@@ -16,8 +16,8 @@ row and keep their previous score.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
+import scipy.special
 from jax.sharding import Mesh
 
 from ttc_jax.models.transformer import Transformer
@@ -34,13 +34,17 @@ class IncrementalScorer(CachedModel):
     if model.config.head != "value":
       raise ValueError(f"a verifier needs a value-head model; got head={model.config.head!r}.")
     super().__init__(model, mesh=mesh, pad_id=pad_id, window_granularity=window_granularity)
-    self._sigmoid = jax.jit(jax.nn.sigmoid)
 
   def scores(self, state: DecodeState) -> np.ndarray:
     """(num_rows,) score at each row's last token."""
-    return np.asarray(self._sigmoid(state.logits))[:state.num_rows]
+    return _sigmoid(np.asarray(state.logits)[:state.num_rows])
 
   def extend_scores(self, state: DecodeState, tokens, valid) -> tuple[DecodeState, np.ndarray]:
     """Like :meth:`extend`; also returns the (num_rows, T) scores at every new token."""
     state, values = self.extend_outputs(state, tokens, valid)
-    return state, np.asarray(self._sigmoid(values))[:state.num_rows]
+    return state, _sigmoid(np.asarray(values)[:state.num_rows])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+  """The value head's score, on the host (float32, like the model's output)."""
+  return scipy.special.expit(np.asarray(x, np.float32))

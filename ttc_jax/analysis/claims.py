@@ -1,0 +1,109 @@
+"""The paper's verifier-search findings, tested on the study's stored outcomes.
+
+Each claim is a paired bootstrap over problems (:mod:`ttc_jax.analysis.stats`)
+in the direction the paper states, and gets one verdict:
+
+* ``reproduced``: the interval of the difference excludes zero in the paper's
+  direction;
+* ``not reproduced``: it excludes zero in the other direction;
+* ``not significant``: it contains zero.
+
+No threshold or budget is chosen after looking at the numbers: the budgets are
+the sweep's low one (4 if swept) and its largest, the difficulty halves are the
+easier and the harder half of the oracle bins.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ttc_jax.analysis import study as study_lib
+from ttc_jax.analysis.stats import Comparison
+
+REPRODUCED, NOT_REPRODUCED, NOT_SIGNIFICANT = "reproduced", "not reproduced", "not significant"
+
+
+def verdict(cmp: Comparison | None, paper_sign: int = 1) -> str | None:
+  """``paper_sign`` = +1: the paper says a > b; -1: a < b."""
+  if cmp is None:
+    return None
+  if not cmp.significant:
+    return NOT_SIGNIFICANT
+  return REPRODUCED if np.sign(cmp.diff.mean) == paper_sign else NOT_REPRODUCED
+
+
+def _claim(name: str, paper: str, cmp: Comparison | None, paper_sign: int = 1,
+           **extra) -> dict | None:
+  if cmp is None:
+    return None
+  return {"claim": name, "paper": paper, "verdict": verdict(cmp, paper_sign),
+          "comparison": cmp.to_json(), **extra}
+
+
+def low_high(budgets: Sequence[int]) -> tuple[int, int]:
+  budgets = sorted(budgets)
+  return (4 if 4 in budgets else budgets[0]), budgets[-1]
+
+
+def verifier_claims(ver: dict) -> list[dict]:
+  """(a) PRM over ORM as N grows, from verifier_eval's paired comparisons (PRM 'last',
+  the aggregation search uses), at the low N (4) and the largest."""
+  pairs = ver.get("paired", {}).get("prm_last/weighted vs orm/weighted")
+  if not pairs:
+    return []
+  ns = ver["n"]
+  out = []
+  low, high = low_high(ns)
+  for i in sorted({ns.index(low), ns.index(high)}):
+    c = pairs[i]
+    sig = c["significant"]
+    v = NOT_SIGNIFICANT if not sig else (REPRODUCED if c["diff"] > 0 else NOT_REPRODUCED)
+    out.append({"claim": f"(a) PRM over ORM, weighted best-of-N at N={ns[i]}",
+                "paper": "the PRM beats the ORM, by more as N grows (Figure 3)",
+                "verdict": v, "comparison": c})
+  return out
+
+
+def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam: str,
+                  seed: int = 0) -> list[dict]:
+  """(b) beam vs best-of-N by budget and difficulty, (c) lookahead at equal budget,
+  and DVTS and particle filtering against beam search and best-of-N."""
+  budgets = sorted({c["budget_generations"] for c in curves})
+  low, high = low_high(budgets)
+  bins = np.asarray(bins)
+  easy = bins < num_bins // 2 if num_bins > 1 else np.ones_like(bins, bool)
+  hard = bins >= num_bins - num_bins // 2 if num_bins > 1 else np.ones_like(bins, bool)
+  bon = "best_of_n_weighted"
+  cmp = lambda a, b, mask=None: study_lib.compare(curves, a, b, mask, seed)  # noqa: E731
+  out = [
+      _claim(f"(b) {beam} over best-of-N at budget {low}",
+             "beam search beats best-of-N at low budgets (Figure 3, right)",
+             cmp((beam, low), (bon, low))),
+      _claim(f"(b) {beam} over best-of-N at budget {low}, harder half of the bins",
+             "beam search helps most on harder problems", cmp((beam, low), (bon, low), hard)),
+      _claim(f"(b) {beam} vs best-of-N at budget {high}, easier half of the bins",
+             "at high budgets best-of-N catches up or wins on easy problems (Figure 3)",
+             cmp((beam, high), (bon, high), easy), paper_sign=-1),
+  ]
+  looks = sorted({c["method"] for c in curves if c["method"].startswith("lookahead")})
+  for look in looks:
+    shared = sorted({c["budget_generations"] for c in curves if c["method"] == look}
+                    & {c["budget_generations"] for c in curves if c["method"] == beam})
+    if shared:
+      b = shared[-1]
+      out.append(_claim(f"(c) {look} vs {beam} at equal generation budget {b}",
+                        "lookahead underperforms beam search at equal budget (Figure 3)",
+                        cmp((look, b), (beam, b)), paper_sign=-1))
+  for method, paper in (
+      ("dvts", "DVTS beats beam search at high budgets and best-of-N (Beeching et al. 2024)"),
+      ("particles", "particle filtering beats beam search and best-of-N (Puri et al. 2025)")):
+    name = next((c["method"] for c in curves if c["method"].startswith(method)), None)
+    if name is None:
+      continue
+    for b in (low, high):
+      out.append(_claim(f"{name} over {beam} at budget {b}", paper, cmp((name, b), (beam, b))))
+    out.append(_claim(f"{name} over best-of-N at budget {high}", paper,
+                      cmp((name, high), (bon, high))))
+  return [c for c in out if c is not None]
