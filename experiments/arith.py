@@ -156,20 +156,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ablation = ml_collections.ConfigDict(dict(
       # PRM variants, each a comma-separated list of config overrides (the study's own PRM
       # is the first row); trained once per identity, reused on reruns.
-      variants=("prm.model.num_layers=4", "prm.labels=hard", "prm.init=scratch",
-                "prm.train.steps=2400"),
+      # (arith_paper_scale.py adds a deeper PRM, scratch init, longer training, more data.)
+      variants=("prm.labels=hard", "prm.label_positions=every_token"),
       n=(4, 16, 64),  # best-of-N sizes of the table
   ))
   c.search = ml_collections.ConfigDict(dict(
-      budgets=(1, 2, 4, 8, 16, 32, 64),  # generation budgets N
+      # Generation budgets N (arith_paper_scale: 1, 2, 4, ..., 64). The verifier evaluation
+      # covers best-of-N up to 64 from its sample pool either way.
+      budgets=(1, 4, 16),
       seeds=(0, 1, 2),  # independent repeats of every search cell (own random streams)
       # Methods, each at every budget: best_of_n (PRM-weighted), beam (M = beam_width),
       # beam_sqrt (M = sqrt(N)), dvts (subtrees of width beam_width), particles
       # (particle filtering), lookahead (beam with k-step rollouts, k in lookahead_steps).
-      methods=("best_of_n", "beam", "beam_sqrt", "dvts", "particles", "lookahead"),
+      methods=("best_of_n", "beam", "dvts", "particles", "lookahead"),
       beam_width=4,  # M of beam search, DVTS and lookahead
       particle_temperature=1.0,  # particle filtering: resample by softmax(logit(score) / T)
-      lookahead_steps=(1, 3),  # k of the lookahead searches (beam width M = beam_width)
+      # k of the lookahead searches (beam width M = beam_width); a lookahead cell costs
+      # N x (k + 1) generations: k = 3 puts N = 4 at beam search's budget 16.
+      lookahead_steps=(3,),
       max_rounds=40,  # beam search rounds (steps per solution)
       max_step_tokens=24,  # cap on one step's tokens
       rows_per_call=512,  # problems x N per search call (speed only)

@@ -15,7 +15,9 @@ from ttc_jax.models import checkpoints
 from ttc_jax.pipeline import STAGES
 from ttc_jax.pipeline import Pipeline
 from ttc_jax.pipeline import store
+from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.pipeline.stages import sweep
 from ttc_jax.tokenizer import Tokenizer
 
 
@@ -271,3 +273,15 @@ def test_a_task_of_ones_own_runs_the_pipeline_with_its_own_keys(tmp_path):
   # Without the module the task is unknown, with a clear error.
   out = pu.run(pu.cli("tokenizer,task=modsum", str(tmp_path / "x")), check=False)
   assert out.returncode != 0 and "Unknown task 'modsum'" in out.stderr
+
+
+def test_the_paper_scale_config_is_the_study_at_500_problems():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "paper_scale", os.path.join(pu.REPO, "experiments", "arith_paper_scale.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("prm")
+  assert c.stage == "prm" and c.test_problems == 500 and len(c.search.seeds) >= 3
+  config_lib.validate(c, list(STAGES))
+  assert len(sweep(c.search)) > len(sweep(pu.arith.get_config().search))

@@ -89,7 +89,8 @@ def test_the_report_is_generic(tmp_path_factory, tmp_path):
     assert os.path.getsize(os.path.join(report_dir, name)) > 0
   # Verifier quality within problems, the ablation, and the paper's findings with verdicts.
   ver = res["verifiers"]
-  assert set(ver["within_problem"]) == {"prm_last", "prm_min", "prm_prod", "orm"}
+  assert set(ver["within_problem"]) == {"prm_last", "prm_min", "prm_prod", "orm",
+                                       "policy_likelihood"}
   assert all(len(ci) == 2 for ci in ver["curves_ci"]["majority"])
   assert "within-problem AUC" in text and "Exploitation" in text
   rows_ab = res["ablation"]["rows"]

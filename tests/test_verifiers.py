@@ -1,5 +1,6 @@
 """Verifiers: answer selection, AUC, MC labels, scoring."""
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -288,8 +289,17 @@ def test_scorer_reads_step_ends_and_matches_a_full_forward():
     values, _ = model(np.array([row]))
     want = 1 / (1 + np.exp(-np.asarray(values[0])[ends]))
     assert_close(g, want)
-  with pytest.raises(ValueError, match="value-head"):
-    Scorer(Transformer(cfg, rngs=nnx.Rngs(0)))
+  # An LM head scores each token by its probability given the prefix (the policy's
+  # likelihood as a reference verifier).
+  lm = Transformer(cfg, rngs=nnx.Rngs(0))
+  probs = Scorer(lm).token_scores(rows, batch_size=4)
+  for row, p in zip(rows, probs):
+    logits, _ = lm(np.array([row]))
+    logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float32), axis=-1))
+    assert_close(p, np.exp([0.0] + [logp[t - 1, row[t]] for t in range(1, len(row))]))
+  from ttc_jax.verifiers.scoring import min_token_prob
+  assert min_token_prob([np.array([1.0, 0.5, 0.2, 0.9])], [2]).tolist() == [0.2]
+  assert min_token_prob([np.array([1.0, 0.5])], [2]).tolist() == [0.0]  # nothing generated
 
 
 def test_prefixes_up_to_the_end_of_the_context_are_rolled_out(core):

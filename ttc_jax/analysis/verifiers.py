@@ -203,7 +203,7 @@ def evaluate(answers: Sequence[Sequence[str | None]], truth: Sequence[str],
   pairs = [(f"{v}/weighted", "majority") for v in scores]
   pairs += [(f"{v}/vanilla", "pass@1") for v in scores]
   if "orm" in scores:
-    pairs += [(f"{v}/weighted", "orm/weighted") for v in scores if v != "orm"]
+    pairs += [(f"{v}/weighted", "orm/weighted") for v in scores if v.startswith("prm")]
   per_pass1 = np.broadcast_to(correct.mean(axis=1), (len(ns), p))
   result["paired"] = {
       f"{a} vs {b}": [stats_lib.paired_diff(per[a][i], per_pass1[i] if b == "pass@1" else per[b][i],

@@ -64,6 +64,7 @@ from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers import labels as labels_lib
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 from ttc_jax.verifiers.scoring import aggregate_steps
+from ttc_jax.verifiers.scoring import min_token_prob
 
 # Config fields that change how fast a stage runs, never what it computes: they
 # are left out of artifact identities (results do not depend on the batch).
@@ -344,6 +345,11 @@ def run_verifier_eval(ctx: Context) -> dict:
                                for i in range(len(auc_ls))]).astype(np.int64)
   scores = {f"prm_{h}": aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
   scores["orm"] = orm_scores
+  # A reference that needs no training: the policy's own likelihood (its least likely
+  # generated token). It shows what a model of the policy's size can tell apart.
+  scores["policy_likelihood"] = min_token_prob(
+      policy.scorer().token_scores(rows, batch_size=bs, desc="policy likelihood"),
+      [len(samples.prompts[i // m]) for i in range(len(rows))])
   answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
   result, per_problem = verifier_metrics.evaluate(
       answers, [task.normalize_answer(p.answer) for p in probs],

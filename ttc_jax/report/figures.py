@@ -58,7 +58,7 @@ def pass_at_1(p1: np.ndarray, difficulty: Sequence[int], difficulty_label: str,
 
 
 VERIFIER_COLORS = {"prm_last": "tab:blue", "prm_min": "tab:cyan", "prm_prod": "tab:purple",
-                   "orm": "tab:red"}
+                   "orm": "tab:red", "policy_likelihood": "tab:olive"}
 
 
 def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,

@@ -45,12 +45,30 @@ def _values(graphdef, params, tokens, valid):
   return jax.nn.sigmoid(values.astype(jnp.float32))
 
 
+def _token_probs(graphdef, params, tokens, valid):
+  """p(x_t | x_<t) under an LM at every position t (1 at t = 0)."""
+  model: Transformer = nnx.merge(graphdef, params)
+  logits, _ = model(tokens, valid)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nxt = jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+  return jnp.exp(jnp.concatenate([jnp.zeros_like(nxt[:, :1]), nxt], axis=1))
+
+
+def min_token_prob(per_token: Sequence[np.ndarray], starts: Sequence[int]) -> np.ndarray:
+  """Per row, the smallest probability of a token from ``starts[i]`` on (the LM's
+  likelihood as a verifier: one unlikely token, e.g. a slip, sinks the solution)."""
+  return np.array([float(np.min(t[s:])) if len(t) > s else 0.0
+                   for t, s in zip(per_token, starts)], np.float64)
+
+
 class Scorer:
-  """Batched verifier scoring on a mesh (rows sharded over 'data', params replicated)."""
+  """Batched scoring on a mesh (rows sharded over 'data', params replicated): a
+  value-head verifier's sigmoid(value) at each token, or for an LM head the
+  probability of each token given its prefix (the policy's own likelihood)."""
 
   def __init__(self, model: Transformer, mesh=None, pad_id: int = 0):
-    if model.config.head != "value":
-      raise ValueError(f"a verifier needs a value-head model; got head={model.config.head!r}.")
+    if model.config.head not in ("value", "lm"):
+      raise ValueError(f"a scorer needs a value or LM head; got head={model.config.head!r}.")
     self.config = model.config
     self.mesh = parallel.local_mesh() if mesh is None else mesh
     self.pad_id = pad_id
@@ -58,7 +76,8 @@ class Scorer:
     self._graphdef = graphdef
     self._params = jax.device_put(params, NamedSharding(self.mesh, P()))
     self._rows = NamedSharding(self.mesh, P(DATA_AXIS))
-    self._fn = jax.jit(_values, static_argnums=(0,))
+    self._fn = jax.jit(_values if model.config.head == "value" else _token_probs,
+                       static_argnums=(0,))
 
   def token_scores(self, rows: Sequence[Sequence[int]], *, batch_size: int,
                    desc: str = "scoring", log_fn: Callable[[str], None] | None = None
