@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2 -q
 DIR ?= runs/arith
 ARITH := experiments/arith.py
 
-.PHONY: study test bench verifiers venv clean-venv
+.PHONY: study study-paper-scale test bench verifiers venv clean-venv
 
 $(VENV)/.installed-base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(VENV)/.installed-bench
 # Resumable; finished stages are reused.
 study: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR)
+
+# The same study at the paper's scale (500 problems, every budget and method, 3 seeds, the wider
+# verifier ablation): several hours on 2 CPU cores.
+study-paper-scale: $(VENV)/.installed-base
+	$(PY) launch/run.py --config=experiments/arith_paper_scale.py --workdir=runs/arith_paper
 
 # The stages up to the verifier evaluation (policy, MC-labelled PRM, ORM).
 verifiers: $(VENV)/.installed-base
