@@ -25,7 +25,8 @@ def _results(workdir):
 
 
 def test_sweep_cells_follow_the_config():
-  cells = sweep(pu.tiny_config().search)
+  from ttc_jax.pipeline.config import SWEEP_METHODS
+  cells = sweep(pu.tiny_config(search__methods=SWEEP_METHODS).search)
   names = [(c["method"], c["params"]["n"]) for c in cells]
   assert names[:3] == [("best_of_n_weighted", 1), ("best_of_n_weighted", 2),
                        ("best_of_n_weighted", 4)]
@@ -35,8 +36,10 @@ def test_sweep_cells_follow_the_config():
       {"n": 2, "m": 2, "k": 1}]
   assert len({cell_key(c) for c in cells}) == len(cells)
   assert {c["method"] for c in cells} >= {"dvts_m2", "particles"}
+  only = sweep(pu.tiny_config(search__methods=("particles", "best_of_n")).search)
+  assert [c["method"] for c in only] == ["particles"] * 3 + ["best_of_n_weighted"] * 3
   # Every cell runs once per search seed, the first seed's curves complete first.
-  two = sweep(pu.tiny_config(search__seeds=(0, 3)).search)
+  two = sweep(pu.tiny_config(search__methods=SWEEP_METHODS, search__seeds=(0, 3)).search)
   assert len(two) == 2 * len(cells) and [c["seed"] for c in two] == [0] * len(cells) + [3] * len(
       cells)
   assert len({cell_key(c) for c in two}) == len(two)
