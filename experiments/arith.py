@@ -127,11 +127,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.difficulty = ml_collections.ConfigDict(dict(
       samples_per_problem=64,  # policy samples per test problem (pass@1, oracle bins)
   ))
+  # 3200 problems x 4 rollouts costs what 800 x 16 did and gives a better verifier (within-
+  # problem AUC 0.68-0.70 against 0.64-0.66; ORM-weighted best-of-64 0.615 against 0.52).
   c.mc_labels = ml_collections.ConfigDict(dict(
-      num_problems=800,  # train problems sampled for PRM / ORM data
+      num_problems=3200,  # train problems sampled for PRM / ORM data
       samples_per_problem=4,  # policy samples per problem
-      rollouts=16,  # MC rollouts per step prefix (the label is their success rate)
-      problems_per_shard=100,  # resumable unit of work (a shard file)
+      rollouts=4,  # MC rollouts per step prefix (the label is their success rate)
+      problems_per_shard=400,  # resumable unit of work (a shard file)
   ))
   c.prm = ml_collections.ConfigDict(dict(
       init="policy",  # 'policy': the policy's backbone (+ new blocks if deeper); 'scratch'
