@@ -102,7 +102,7 @@ def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam:
     name = next((c["method"] for c in curves if c["method"].startswith(method)), None)
     if name is None:
       continue
-    for b in (low, high):
+    for b in sorted({low, high}):
       out.append(_claim(f"{name} over {beam} at budget {b}", paper, cmp((name, b), (beam, b))))
     out.append(_claim(f"{name} over best-of-N at budget {high}", paper,
                       cmp((name, high), (bon, high))))
