@@ -167,3 +167,32 @@ def test_cells_store_per_problem_outcomes(tmp_path_factory):
     assert curve["per_problem"] == [float(x) for x in cell["correct"]]  # outcomes round-trip
     assert curve["ci"][0] <= curve["accuracy"] <= curve["ci"][1]
     assert sum(cell["policy_tokens"]) == curve["policy_tokens"]
+
+
+def test_claims_follow_the_paired_interval_and_the_papers_direction():
+  from ttc_jax.analysis import claims
+  rs = np.random.RandomState(0)
+  n = 200
+  bins = np.repeat(np.arange(4), n // 4)
+  bon = (rs.rand(n) < 0.5).astype(float)
+  better = np.maximum(bon, rs.rand(n) < 0.3)  # beam: right wherever best-of-N is, and more
+
+  def point(method, budget, per_problem):
+    return {"method": method, "params": {"n": budget}, "budget_generations": budget,
+            "per_problem": list(map(float, per_problem)), "accuracy": float(np.mean(per_problem))}
+
+  curves = [point("best_of_n_weighted", 4, bon), point("beam_m4", 4, better),
+            point("best_of_n_weighted", 16, better), point("beam_m4", 16, bon),
+            point("lookahead_k3", 16, bon), point("dvts_m4", 4, bon), point("dvts_m4", 16, bon)]
+  got = {c["claim"]: c["verdict"] for c in claims.search_claims(curves, bins, 4, "beam_m4")}
+  assert got["(b) beam_m4 over best-of-N at budget 4"] == "reproduced"
+  # At the high budget best-of-N wins on easy problems: the paper's direction (-1).
+  assert got["(b) beam_m4 vs best-of-N at budget 16, easier half of the bins"] == "reproduced"
+  assert got["(c) lookahead_k3 vs beam_m4 at equal generation budget 16"] == "not significant"
+  assert got["dvts_m4 over beam_m4 at budget 4"] == "not reproduced"
+  assert len(got) == 7  # one comparison per distinct budget, no duplicates
+  ver = {"n": [1, 4, 64], "paired": {"prm_last/weighted vs orm/weighted": [
+      {"diff": 0.0, "ci": [0, 0], "significant": False},
+      {"diff": 0.05, "ci": [0.01, 0.09], "significant": True},
+      {"diff": -0.04, "ci": [-0.07, -0.01], "significant": True}]}}
+  assert [c["verdict"] for c in claims.verifier_claims(ver)] == ["reproduced", "not reproduced"]
