@@ -51,12 +51,12 @@ def summarize(seeds: Sequence[dict], bins: np.ndarray, num_bins: int, seed: int 
             for b in range(num_bins)]
   first = seeds[0]
   k = len(seeds)
+  spread = stats_lib.seed_spread(runs)
   return {"method": first["method"], "params": first["params"],
           "budget_generations": first["budget_generations"],
           "seeds": [c["seed"] for c in seeds],
           "accuracy": est.mean, "ci": [est.low, est.high],
-          "seed_accuracy": stats_lib.seed_spread(runs)["per_seed"],
-          "seed_std": stats_lib.seed_spread(runs)["std"],
+          "seed_accuracy": spread["per_seed"], "seed_std": spread["std"],
           "accuracy_by_bin": [float("nan") if e is None else e.mean for e in by_bin],
           "ci_by_bin": [[float("nan")] * 2 if e is None else [e.low, e.high] for e in by_bin],
           "per_problem": [float(x) for x in per_problem],

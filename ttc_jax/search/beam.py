@@ -34,8 +34,18 @@ from ttc_jax.search import common
 from ttc_jax.search import tree
 
 
+class _TreeSearch:
+  """What the tree strategies share: run on the tree loop; return the N best finished."""
+
+  def final(self, pool):
+    return sorted(pool, key=lambda c: -c.score)[:self.n]
+
+  def run(self, ctx: common.SearchContext, problems: Sequence) -> list[common.SearchResult]:
+    return tree.tree_search(self, ctx, problems)
+
+
 @dataclasses.dataclass(frozen=True)
-class BeamSearch:
+class BeamSearch(_TreeSearch):
   """Beam search with budget ``n`` and beam width ``width`` (M); ``lookahead`` = k."""
 
   n: int
@@ -65,15 +75,10 @@ class BeamSearch:
                               np.zeros(f.alive_scores.size, np.int64), self.n // m)
     return np.repeat(kept, m), np.arange(kept.size * m), np.arange(f.pool_scores.size)
 
-  def final(self, pool):
-    return sorted(pool, key=lambda c: -c.score)[:self.n]
-
-  def run(self, ctx: common.SearchContext, problems: Sequence) -> list[common.SearchResult]:
-    return tree.tree_search(self, ctx, problems)
 
 
 @dataclasses.dataclass(frozen=True)
-class DVTS:
+class DVTS(_TreeSearch):
   """Diverse verifier tree search: ``n / width`` subtrees, each a beam search of width
   M = ``width`` keeping its best row."""
 
@@ -102,11 +107,6 @@ class DVTS:
     slots = (tree_of[kept][:, None] * m + np.arange(m)[None]).ravel()
     return np.repeat(kept, m), slots, np.arange(f.pool_scores.size)
 
-  def final(self, pool):
-    return sorted(pool, key=lambda c: -c.score)[:self.n]
-
-  def run(self, ctx: common.SearchContext, problems: Sequence) -> list[common.SearchResult]:
-    return tree.tree_search(self, ctx, problems)
 
 
 def resampling_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -118,7 +118,7 @@ def resampling_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class ParticleFilter:
+class ParticleFilter(_TreeSearch):
   """Particle filtering with ``n`` particles resampled each step in proportion to
   softmax(logit(PRM score) / ``temperature``)."""
 
@@ -152,9 +152,6 @@ class ParticleFilter:
 
   def final(self, pool):
     return list(pool)
-
-  def run(self, ctx: common.SearchContext, problems: Sequence) -> list[common.SearchResult]:
-    return tree.tree_search(self, ctx, problems)
 
 
 def default_width(n: int) -> int:
