@@ -10,6 +10,8 @@ PYTEST_ARGS ?= -n 2 -q
 
 # Workdir of the study's parts (make verifiers).
 DIR ?= runs/arith
+# Stage processes at a time (independent stages side by side; --jobs in launch/run.py).
+JOBS ?= 2
 ARITH := experiments/arith.py
 
 .PHONY: study study-paper-scale test bench verifiers venv clean-venv
@@ -38,12 +40,13 @@ bench: $(VENV)/.installed-bench
 # evaluation, search sweep) -> $(DIR)/report/latest/report.md, results.json and figures.
 # Resumable; finished stages are reused.
 study: $(VENV)/.installed-base
-	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR)
+	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)
 
 # The same study at the paper's scale (500 problems, every budget and method, 3 seeds, the wider
 # verifier ablation): several hours on 2 CPU cores.
 study-paper-scale: $(VENV)/.installed-base
-	$(PY) launch/run.py --config=experiments/arith_paper_scale.py --workdir=runs/arith_paper
+	$(PY) launch/run.py --config=experiments/arith_paper_scale.py --workdir=runs/arith_paper \
+	  --jobs=$(JOBS)
 
 # The stages up to the verifier evaluation (policy, MC-labelled PRM, ORM).
 verifiers: $(VENV)/.installed-base

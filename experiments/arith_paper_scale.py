@@ -36,8 +36,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search.methods = ("best_of_n", "beam", "beam_sqrt", "dvts", "particles", "lookahead")
   c.search.lookahead_steps = (1, 3)
   c.search.seeds = (0, 1, 2)
+  # The policy and MC data of the study before it was cut to fit 30 minutes.
+  c.policy.train.steps = 2400
+  c.mc_labels.num_problems = 3200
   # Less Monte-Carlo data at the same cost: a quarter of the problems, 4x the rollouts.
   c.ablation.variants = tuple(c.ablation.variants) + (
-      "prm.model.num_layers=4", "prm.init=scratch", "prm.train.steps=2400",
+      "prm.label_positions=every_token", "prm.model.num_layers=4", "prm.init=scratch", "prm.train.steps=2400",
       "mc_labels.num_problems=800,mc_labels.rollouts=16,mc_labels.problems_per_shard=100")
   return c

@@ -95,7 +95,8 @@ def run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
 
 def shared_study(tmp_path_factory, name: str = "tiny_study", stage: str | None = None) -> str:
   """A workdir where the tiny study ran once per test session (shared by xdist workers:
-  the first one runs it under a file lock, the others wait). Copy it before changing it."""
+  the first one runs it under a file lock, the others wait; its log is WORKDIR.log).
+  Copy it before changing it."""
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent
@@ -103,7 +104,10 @@ def shared_study(tmp_path_factory, name: str = "tiny_study", stage: str | None =
   with filelock.FileLock(workdir + ".lock"):
     if not os.path.exists(workdir + ".done"):
       shutil.rmtree(workdir, ignore_errors=True)
-      run(cli(stage, workdir))
+      # Two stage processes at a time, as make study runs it; the log is kept.
+      proc = run(cli(stage, workdir, "--jobs=2"))
+      with open(workdir + ".log", "w") as f:
+        f.write(proc.stderr)
       open(workdir + ".done", "w").close()
   return workdir
 

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import assert_close
 import pipeline_utils as pu
 from ttc_jax import tasks
 from ttc_jax.models import checkpoints
@@ -131,6 +132,11 @@ def test_stages_declare_what_they_read():
     (dict(orm__init="random"), r"orm.init='random': expected 'policy' or 'scratch'"),
     (dict(report__difficulty_bins=9), r"report.difficulty_bins=9: expected an integer \[1, 8\]"),
     (dict(stage="verifiers"), r"stage='verifiers': expected one of \['data'"),
+    (dict(ablation__variants=("search.beam_width=2",)),
+     r"ablation variant 'search.beam_width=2': 'search.beam_width' does not change the PRM"),
+    (dict(ablation__variants=("prm.labels=bogus",)),
+     r"ablation variant 'prm.labels=bogus': prm.labels='bogus': expected 'soft'"),
+    (dict(ablation__variants=("prm.nokey=1",)), r"variant key 'prm.nokey': not a config key"),
 ])
 def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, match):
   p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))
@@ -235,7 +241,7 @@ def test_missing_workdir_and_help(tmp_path):
   out = pu.run(pu.cli(None, str(tmp_path), "--help")[:3] + ["--help"], check=False)
   text = " ".join((out.stdout + out.stderr).split())  # absl wraps long lines
   for needle in ["--workdir", "--config", "--task_module", "--[no]distributed",
-                 "--config.policy.train.steps=2400", "--config.search.budgets=",
+                 "--config.policy.train.steps=2000", "--config.search.budgets=", "--jobs",
                  "prm: process reward model", "(reads mc_labels, policy)"]:
     assert needle in text, needle
 
@@ -285,3 +291,50 @@ def test_the_paper_scale_config_is_the_study_at_500_problems():
   assert c.stage == "prm" and c.test_problems == 500 and len(c.search.seeds) >= 3
   config_lib.validate(c, list(STAGES))
   assert len(sweep(c.search)) > len(sweep(pu.arith.get_config().search))
+
+
+# -------------------------------------------------------------------- stage processes
+def test_the_longest_chain_starts_first():
+  from ttc_jax.pipeline import jobs
+  cost = lambda name: jobs.path_cost(name, "report")
+  assert cost("prm") > cost("orm") and cost("search_sweep") > cost("verifier_eval")
+  assert cost("policy") == max(cost(s) for s in STAGES if s not in ("data", "tokenizer"))
+  # A stage that does not lead to the target costs only itself.
+  assert jobs.path_cost("orm", "search_sweep") == jobs.COST["orm"]
+
+
+def test_stage_processes_run_side_by_side_and_rerun_the_same(tmp_path_factory, tmp_path):
+  base = pu.shared_study(tmp_path_factory)
+  log = open(base + ".log").read()
+  # The shared study ran with --jobs=2: independent stages started beside each other.
+  assert re.search(r"(prm|orm): started in process \d+ \(beside (orm|prm)\)", log), log[-3000:]
+  assert re.search(r"\[search_sweep\] .*search cells", log)
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  for stage in ("prm", "orm", "verifier_eval"):
+    for d in os.listdir(os.path.join(workdir, stage)):
+      if d != "latest":
+        shutil.rmtree(os.path.join(workdir, stage, d))
+  out = pu.run(pu.cli("verifier_eval", workdir, "--jobs=2"))
+  assert re.search(r"(prm|orm): started in process \d+ \(beside (orm|prm)\)", out.stderr)
+  for stage in ("prm", "orm", "verifier_eval"):
+    assert (os.readlink(os.path.join(workdir, stage, "latest"))
+            == os.readlink(os.path.join(base, stage, "latest"))), stage
+  ref = json.load(open(os.path.join(base, "verifier_eval", "latest", "eval.json")))
+  got = json.load(open(os.path.join(workdir, "verifier_eval", "latest", "eval.json")))
+  for name, row in ref["within_problem"].items():
+    assert_close(got["within_problem"][name]["mean_auc"], row["mean_auc"], err_msg=name)
+  keys = sorted(ref["accuracy_at_max_n"])
+  assert_close(np.array([got["accuracy_at_max_n"][k] for k in keys]),
+               np.array([ref["accuracy_at_max_n"][k] for k in keys]))
+
+
+def test_a_failing_stage_process_stops_the_run_with_one_line(tmp_path_factory, tmp_path):
+  base = pu.shared_study(tmp_path_factory)
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  shutil.rmtree(os.path.realpath(os.path.join(workdir, "verifier_eval", "latest")))
+  os.remove(os.path.join(workdir, "difficulty", "latest", "samples.npz"))
+  out = pu.run(pu.cli("verifier_eval", workdir, "--jobs=2"), check=False)
+  assert out.returncode == 1
+  assert re.search(r"StageFailed: stage 'verifier_eval' failed in process \d+", out.stderr)

@@ -31,13 +31,15 @@ def test_sweep_cells_follow_the_config():
   assert names[:3] == [("best_of_n_weighted", 1), ("best_of_n_weighted", 2),
                        ("best_of_n_weighted", 4)]
   assert ("beam_m2", 4) in names and ("beam_sqrt", 4) in names
+  # A one-generation search is one policy sample: only best-of-1 measures it.
+  assert [m for m, n in names if n == 1] == ["best_of_n_weighted"]
   # Lookahead k=1 costs N x 2 generations: only N = 2 fits a budget range up to 4.
   assert [c["params"] for c in cells if c["method"] == "lookahead_k1"] == [
       {"n": 2, "m": 2, "k": 1}]
   assert len({cell_key(c) for c in cells}) == len(cells)
   assert {c["method"] for c in cells} >= {"dvts_m2", "particles"}
   only = sweep(pu.tiny_config(search__methods=("particles", "best_of_n")).search)
-  assert [c["method"] for c in only] == ["particles"] * 3 + ["best_of_n_weighted"] * 3
+  assert [c["method"] for c in only] == ["particles"] * 2 + ["best_of_n_weighted"] * 3
   # Every cell runs once per search seed, the first seed's curves complete first.
   two = sweep(pu.tiny_config(search__methods=SWEEP_METHODS, search__seeds=(0, 3)).search)
   assert len(two) == 2 * len(cells) and [c["seed"] for c in two] == [0] * len(cells) + [3] * len(

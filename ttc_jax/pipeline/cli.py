@@ -115,9 +115,13 @@ def main(argv: Sequence[str] | None = None) -> None:
       "or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); process 0 writes.")
   cache = flags.DEFINE_string("xla_cache_dir", host.default_cache_dir(),
                               "Persistent XLA compilation cache ('' disables).")
+  jobs = flags.DEFINE_integer(
+      "jobs", 1, "Stage processes at a time: independent stages (e.g. PRM and ORM, the search "
+      "sweep and the verifier evaluation) run side by side. For CPU hosts (make study: 2); "
+      "keep 1 on a GPU or TPU and with --distributed.", lower_bound=1)
   flags.mark_flags_as_required(["config", "workdir"])
   # --help shows the main module's key flags: make these the launch script's.
-  for name in ("config", "workdir", "task_module", "distributed", "xla_cache_dir"):
+  for name in ("config", "workdir", "task_module", "distributed", "xla_cache_dir", "jobs"):
     flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS[name])
 
   def run(args):
@@ -125,6 +129,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       raise app.UsageError(f"Unexpected arguments: {args[1:]}")
     logging.set_verbosity(logging.INFO)
     progress.quiet_library_logs()
+    if jobs.value > 1:
+      if distributed.value:
+        raise app.UsageError("--jobs > 1 runs stages in separate processes of one host; "
+                             "with --distributed use --jobs=1.")
+      # The parent only schedules: it starts no JAX backend (each stage process does).
+      run_pipeline(config.value, workdir.value, jobs=jobs.value,
+                   task_modules=flags.FLAGS.task_module, cache_dir=cache.value)
+      return
     from ttc_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize(distributed.value)
     host.enable_compilation_cache(cache.value)
@@ -136,15 +148,22 @@ def main(argv: Sequence[str] | None = None) -> None:
   app.run(run, argv=argv)
 
 
-def run_pipeline(config, workdir: str):
-  """Runs ``config.stage``; a known failure is one line on stderr and exit status 1."""
+def run_pipeline(config, workdir: str, *, stage: str | None = None, jobs: int = 1,
+                 task_modules=(), cache_dir: str | None = None, lengths_checked: bool = False):
+  """Runs ``stage`` (default ``config.stage``) in this process, or with ``jobs`` > 1 its
+  stages in up to ``jobs`` processes at a time (:mod:`ttc_jax.pipeline.jobs`); a known
+  failure is one line on stderr and exit status 1."""
   from ttc_jax.models.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
   from ttc_jax.pipeline import Pipeline  # pylint: disable=g-import-not-at-top
   from ttc_jax.pipeline.artifacts import ArtifactError  # pylint: disable=g-import-not-at-top
   from ttc_jax.pipeline.config import ConfigError  # pylint: disable=g-import-not-at-top
   from ttc_jax.pipeline.store import StoreError  # pylint: disable=g-import-not-at-top
+  from ttc_jax.pipeline import jobs as jobs_lib  # pylint: disable=g-import-not-at-top
   try:
-    return Pipeline(config, workdir).run()
-  except (ConfigError, ArtifactError, StoreError, CheckpointError) as e:
+    if jobs > 1:
+      return jobs_lib.run(Pipeline(config, workdir), stage or config.stage, jobs,
+                          task_modules=task_modules, cache_dir=cache_dir)
+    return Pipeline(config, workdir, lengths_checked=lengths_checked).run(stage)
+  except (ConfigError, ArtifactError, StoreError, CheckpointError, jobs_lib.StageFailed) as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(1)

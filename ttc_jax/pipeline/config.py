@@ -10,7 +10,8 @@ Each error names the key, the value and what was expected.
 
 from __future__ import annotations
 
-from typing import Sequence
+import ast
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -163,6 +164,22 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
                       f"budget >= it; budgets {budgets}).") from e
   _int(c.report.difficulty_bins, "report.difficulty_bins", 1, c.test_problems)
   return task
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+  """'prm.model.num_layers=4,prm.labels=hard' -> {dotted key: value}; '' -> {}.
+
+  Values are Python literals where they parse as one (4, 1e-3, (1, 2)), else strings."""
+  out = {}
+  for part in filter(None, (x.strip() for x in text.split(","))):
+    if "=" not in part:
+      raise ConfigError(f"ablation variant {text!r}: {part!r} is not KEY=VALUE.")
+    key, value = part.split("=", 1)
+    try:
+      out[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value.strip()
+  return out
 
 
 def validate_lengths(config: ml_collections.ConfigDict, task: tasks.Task, tok,

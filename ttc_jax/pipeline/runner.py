@@ -54,11 +54,32 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix: obj}
 
 
+def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
+                   ) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``overrides`` (dotted keys that must exist) set."""
+  config = copy.deepcopy(config)
+  for key, value in overrides.items():
+    path = key.split(".")
+    parent = config
+    for p in path[:-1]:
+      if not isinstance(parent, ml_collections.ConfigDict) or p not in parent:
+        raise config_lib.ConfigError(f"variant key {key!r}: no section {p!r}.")
+      parent = parent[p]
+    if not isinstance(parent, ml_collections.ConfigDict) or path[-1] not in parent:
+      raise config_lib.ConfigError(f"variant key {key!r}: not a config key.")
+    try:
+      parent[path[-1]] = value
+    except TypeError as e:
+      raise config_lib.ConfigError(f"variant key {key!r}={value!r}: {e}") from e
+  return config
+
+
 class Pipeline:
   """The stages of one experiment config over one workdir."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               log: Callable[[str], None] = logging.info, point_latest: bool = True):
+               log: Callable[[str], None] = logging.info, point_latest: bool = True,
+               lengths_checked: bool = False):
     if not workdir:
       raise config_lib.ConfigError("--workdir is required (the directory of the study's "
                                    "artifacts).")
@@ -66,7 +87,9 @@ class Pipeline:
     self.point_latest = point_latest  # False for variants: 'latest' stays the study's
     self._ids: dict[str, str] = {}
     self._loaded: dict[str, Any] = {}
-    self._lengths_checked = False
+    # True when the caller checked the token lengths of this config (a stage process
+    # of pipeline.jobs: its parent did, once).
+    self._lengths_checked = lengths_checked
     self.task = None
 
   # ------------------------------------------------------------- identities
@@ -108,6 +131,26 @@ class Pipeline:
   def validate(self) -> None:
     """Everything that needs no data; nothing has been written when this raises."""
     self.task = config_lib.validate(self.config, list(STAGES))
+    self._validate_variants()
+
+  def _validate_variants(self) -> None:
+    """The ablation's variants: keys that exist and change the PRM, values that validate."""
+    if "ablation" not in self.config:
+      return
+    sections = {s for name in self.plan("prm") for s in STAGES[name].sections}
+    for text in self.config.ablation.variants:
+      overrides = config_lib.parse_variant(text)
+      if not overrides:
+        raise config_lib.ConfigError(f"ablation.variants: {text!r} names no KEY=VALUE.")
+      for key in overrides:
+        if key.split(".")[0] not in sections:
+          raise config_lib.ConfigError(
+              f"ablation variant {text!r}: {key!r} does not change the PRM (it reads the "
+              f"sections {sorted(sections)}).")
+      try:
+        config_lib.validate(with_overrides(self.config, overrides), list(STAGES))
+      except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(f"ablation variant {text!r}: {e}") from e
 
   def run(self, target: str | None = None) -> Any:
     """Runs ``target`` (default: ``config.stage``) and whatever it is missing."""
@@ -131,17 +174,7 @@ class Pipeline:
     is missing (in this workdir, like any other artifact)."""
     if not overrides:
       return self.load(stage), artifacts.read_stage(self.directory(stage))
-    config = copy.deepcopy(self.config)
-    for key, value in overrides.items():
-      path = key.split(".")
-      parent = config
-      for p in path[:-1]:
-        if p not in parent:
-          raise config_lib.ConfigError(f"variant key {key!r}: no section {p!r}.")
-        parent = parent[p]
-      if path[-1] not in parent:
-        raise config_lib.ConfigError(f"variant key {key!r}: not a config key.")
-      parent[path[-1]] = value
+    config = with_overrides(self.config, overrides)
     sub = Pipeline(config, self.workdir, self.log, point_latest=False)
     self.log(f"variant {overrides}: {stage} -> {sub.directory(stage)}")
     artifact = sub.run(stage)

@@ -21,7 +21,6 @@ config section in the experiment config, and say what it writes in ``outputs``.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
 import os
@@ -384,22 +383,6 @@ def _rows_and_step_ends(samples: solutions.ProblemSamples, tok) -> tuple[list, l
 # ----------------------------------------------------------------------------
 # verifier ablation
 # ----------------------------------------------------------------------------
-def parse_variant(text: str) -> dict[str, Any]:
-  """'prm.model.num_layers=4,prm.labels=hard' -> {dotted key: value}; '' -> {}.
-
-  Values are Python literals where they parse as one (4, 1e-3, (1, 2)), else strings."""
-  out = {}
-  for part in filter(None, (x.strip() for x in text.split(","))):
-    if "=" not in part:
-      raise config_lib.ConfigError(f"ablation variant {text!r}: {part!r} is not KEY=VALUE.")
-    key, value = part.split("=", 1)
-    try:
-      out[key.strip()] = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-      out[key.strip()] = value.strip()
-  return out
-
-
 def run_verifier_ablation(ctx: Context) -> dict:
   """Each variant's PRM (trained, or reused by identity) scores the difficulty samples:
   within-problem AUC and vanilla / weighted best-of-N at a few N."""
@@ -416,13 +399,14 @@ def run_verifier_ablation(ctx: Context) -> dict:
   correct = samples.correct_matrix()
   table = []
   for text in ("",) + tuple(c.ablation.variants):
-    prm, record = ctx.variant("prm", parse_variant(text))
+    prm, record = ctx.variant("prm", config_lib.parse_variant(text))
     steps = prm.scorer().step_scores(rows, ends, batch_size=c.sampling.batch_size)
     s = np.asarray(aggregate_steps(steps, "last"), np.float64).reshape(len(probs), m)
     within = verifier_metrics.within_problem_auc(s, correct, seed=c.seed)
     acc = aggregation.accuracy_curves(answers, truth, s, ns, ["vanilla", "weighted"],
                                       c.verifier_eval.subsamples, c.seed)
-    row = {"name": text or "default (this study's PRM)", "overrides": parse_variant(text),
+    row = {"name": text or "default (this study's PRM)",
+           "overrides": config_lib.parse_variant(text),
            "prm": prm.identity, "params": prm.config.num_params(),
            "train_s": float(record.get("seconds", float("nan"))),
            "within_auc": within["mean_auc"], "within_auc_ci": within["mean_auc_ci"],
@@ -459,6 +443,8 @@ def sweep(search: ml_collections.ConfigDict) -> list[dict]:
   per_seed = []
   for method in search.methods:
     for n in search.budgets:
+      if n == 1 and method != "best_of_n":
+        continue  # one generation is one policy sample, whatever the search: best-of-1
       if method == "best_of_n":
         per_seed.append({"method": "best_of_n_weighted", "params": {"n": n},
                          "strategy": BestOfN(n=n, selection="weighted", step_aggregation="last")})
@@ -628,7 +614,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           version=2),
     Stage("verifier_ablation", "PRM variants (config overrides) scored on the difficulty "
           "samples: within-problem AUC, best-of-N",
-          ("data", "policy", "difficulty"),
+          ("data", "policy", "difficulty", "mc_labels", "prm"),
           ("seed", "sampling", "test_problems", "mc_labels", "prm", "verifier_eval", "ablation"),
           ("ablation.json",), run_verifier_ablation, load_json("ablation.json")),
     Stage("search_sweep", "best-of-N, beam, DVTS, particle filtering and lookahead search at "

@@ -61,6 +61,9 @@ def min_token_prob(per_token: Sequence[np.ndarray], starts: Sequence[int]) -> np
                    for t, s in zip(per_token, starts)], np.float64)
 
 
+LENGTH_MULTIPLE = 32  # a scoring call's padded length is a multiple of this
+
+
 class Scorer:
   """Batched scoring on a mesh (rows sharded over 'data', params replicated): a
   value-head verifier's sigmoid(value) at each token, or for an LM head the
@@ -89,13 +92,17 @@ class Scorer:
     longest = max(len(r) for r in rows)
     if longest > self.config.max_seq_len:
       raise ValueError(f"a row of {longest} tokens exceeds max_seq_len={self.config.max_seq_len}.")
-    length = min(round_up(longest, 16), self.config.max_seq_len)
     kwargs = {} if log_fn is None else {"log_fn": log_fn}
     progress = Progress(n, desc, unit="rows", **kwargs)
+    # Rows in order of length, each call padded to its own longest row (rounded up to
+    # LENGTH_MULTIPLE: few compiled shapes): no call pays for the longest row of all.
+    order = np.argsort([len(r) for r in rows], kind="stable")
     starts = list(range(0, n, batch_size))
 
     def run(c: int) -> list[np.ndarray]:
-      chunk = list(range(starts[c], min(n, starts[c] + batch_size)))
+      chunk = order[starts[c]:starts[c] + batch_size]
+      length = min(round_up(max(len(rows[i]) for i in chunk), LENGTH_MULTIPLE),
+                   self.config.max_seq_len)
       tokens = np.full((batch_size, length), self.pad_id, np.int32)
       valid = np.zeros((batch_size, length), bool)
       for j, i in enumerate(chunk):
@@ -106,7 +113,11 @@ class Scorer:
       progress.update(len(chunk) * parallel.process_count())
       return [vals[j, :len(rows[i])] for j, i in enumerate(chunk)]
 
-    return [v for chunk in parallel.map_chunks(run, len(starts)) for v in chunk]
+    out: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    for i, v in zip(order, (v for chunk in parallel.map_chunks(run, len(starts))
+                            for v in chunk)):
+      out[i] = v
+    return out
 
   def step_scores(self, rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]], *,
                   batch_size: int, log_fn=None) -> list[np.ndarray]:

@@ -1,0 +1,158 @@
+"""Runs a target's stages as concurrent processes: independent stages side by side.
+
+The stages form a graph (each reads its inputs' artifacts), so after the policy the
+MC labels and the difficulty samples, then the PRM and the ORM, then the search
+sweep, the verifier evaluation and the ablation can run at the same time. On a CPU
+host one JAX process keeps about 1.3-1.6 cores busy (decode is a chain of small
+kernels; XLA compiles on one thread), so two stage processes on 2 cores finish the
+study in about two thirds of the time of one (measured: README, "The study").
+
+Each stage runs in a fresh ``spawn`` child process that runs ``Pipeline.run(stage)``
+(its inputs are finished, so it only loads them); a stage starts when all its
+inputs are finished, the one on the longest remaining path (by :data:`COST`) first.
+A child that fails stops the others (their work resumes on the next run) and the
+parent raises :class:`StageFailed` naming the stage. Artifacts, identities and
+resumption are those of the one-process run: only the order in time differs.
+
+For accelerators use one job (a GPU or TPU serves one process well, and several
+processes would each claim its memory); ``--jobs`` is meant for CPU hosts.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+from multiprocessing import connection
+import time
+from typing import Any, Callable, Sequence
+
+from absl import logging
+
+from ttc_jax.pipeline.stages import STAGES
+from ttc_jax.progress import fmt_duration
+
+# Relative cost of each stage on the default study (its measured share of the serial
+# wall time, rounded): the scheduler starts the ready stage with the costliest path to
+# the target first, so the long chain (policy -> MC labels -> PRM -> search sweep) is
+# never waiting for a slot held by a short side branch. Only the order depends on it.
+COST = {"data": 1, "tokenizer": 1, "policy": 10, "difficulty": 1, "mc_labels": 10, "prm": 3,
+        "orm": 3, "verifier_eval": 4, "verifier_ablation": 5, "search_sweep": 12, "report": 1}
+
+# Stages that only train: their child process gets one XLA CPU device per core, and the
+# trainer's 'data' mesh spans them (measured 1.24x more steps/s on 2 cores). Sampling
+# stages keep one device (see BUILD.md: search gathers become all-gathers on 2 devices).
+TRAINING = ("policy", "prm", "orm")
+
+
+class StageFailed(RuntimeError):
+  """A stage's process exited with an error (its log says why)."""
+
+
+class _Prefix:
+  """Prefixes a stage process's log lines with the stage name (lines of concurrent
+  stages interleave)."""
+
+  def __init__(self, stage: str):
+    self.prefix = f"[{stage}] "
+
+  def filter(self, record) -> bool:
+    if isinstance(record.msg, str) and not record.msg.startswith(self.prefix):
+      record.msg = self.prefix + record.msg
+    return True
+
+
+def _child(config, workdir: str, stage: str, task_modules: Sequence[str],
+           cache_dir: str | None, lengths_checked: bool) -> None:
+  """Runs one stage in a spawned process (module-level: spawn pickles it by name)."""
+  from ttc_jax import host  # pylint: disable=g-import-not-at-top
+  if stage in TRAINING:
+    host.cpu_device_per_core()  # before JAX starts its backends
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from ttc_jax import progress  # pylint: disable=g-import-not-at-top
+  from ttc_jax import tasks  # pylint: disable=g-import-not-at-top
+  absl_logging.use_absl_handler()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  absl_logging.get_absl_logger().addFilter(_Prefix(stage))
+  progress.quiet_library_logs()
+  tasks.import_modules(task_modules)
+  host.enable_compilation_cache(cache_dir)
+  from ttc_jax.pipeline import cli  # pylint: disable=g-import-not-at-top
+  cli.run_pipeline(config, workdir, stage=stage, lengths_checked=lengths_checked)
+
+
+@functools.lru_cache(maxsize=None)
+def _ancestors(target: str) -> frozenset[str]:
+  out, todo = set(), list(STAGES[target].inputs)
+  while todo:
+    s = todo.pop()
+    if s not in out:
+      out.add(s)
+      todo.extend(STAGES[s].inputs)
+  return frozenset(out)
+
+
+@functools.lru_cache(maxsize=None)
+def path_cost(name: str, target: str) -> int:
+  """The costliest chain of stages from ``name`` to ``target`` (both included)."""
+  if name == target:
+    return COST.get(name, 1)
+  after = [s for s, st in STAGES.items()
+           if name in st.inputs and (s == target or s in _ancestors(target))]
+  return COST.get(name, 1) + max((path_cost(s, target) for s in after), default=0)
+
+
+def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
+        cache_dir: str | None = None, log: Callable[[str], None] = logging.info,
+        poll_s: float | None = None) -> Any:
+  """Runs ``target`` and what it is missing with up to ``jobs`` stage processes at once;
+  returns the loaded artifact of ``target`` (like :meth:`Pipeline.run`)."""
+  if jobs < 1:
+    raise ValueError(f"jobs={jobs}: expected at least 1 stage process at a time.")
+  pipeline.validate()
+  order = pipeline.plan(target)
+  todo = []
+  for name in order:
+    if pipeline.is_done(name):
+      log(f"{name}: up to date ({pipeline.directory(name)})")
+    else:
+      todo.append(name)
+  ctx = multiprocessing.get_context("spawn")
+  running: dict[int, tuple[str, Any, float]] = {}
+  t0 = time.time()
+  try:
+    while todo or running:
+      ready = [n for n in todo if all(pipeline.is_done(i) for i in STAGES[n].inputs)]
+      ready.sort(key=lambda n: (-path_cost(n, target), order.index(n)))
+      for name in ready[:max(0, jobs - len(running))]:
+        checked = name not in ("data", "tokenizer")
+        if checked:
+          pipeline.check_lengths()  # once, here, instead of in every stage process
+        proc = ctx.Process(target=_child, name=f"ttc_jax-{name}",
+                           args=(pipeline.config, pipeline.workdir, name, tuple(task_modules),
+                                 cache_dir, checked))
+        proc.start()
+        running[proc.sentinel] = (name, proc, time.time())
+        todo.remove(name)
+        others = [r[0] for r in running.values() if r[0] != name]
+        log(f"{name}: started in process {proc.pid}"
+            + (f" (beside {', '.join(others)})" if others else ""))
+      if not running:
+        raise StageFailed(f"stages {todo} cannot start: their inputs are not finished.")
+      for sentinel in connection.wait(list(running), timeout=poll_s):
+        name, proc, started = running.pop(sentinel)
+        proc.join()
+        if proc.exitcode != 0 or not pipeline.is_done(name):
+          raise StageFailed(
+              f"stage {name!r} failed in process {proc.pid} (exit code {proc.exitcode}); its "
+              f"log is above. Finished stages are kept; rerun to resume.")
+        log(f"{name}: finished in {fmt_duration(time.time() - started)}")
+  finally:
+    for name, proc, _ in running.values():
+      if proc.is_alive():
+        log(f"{name}: stopping process {proc.pid}")
+        proc.terminate()
+        proc.join()
+  log(f"{target}: done in {fmt_duration(time.time() - t0)} ({jobs} stage processes at a time) "
+      f"-> {pipeline.directory(target)}")
+  return pipeline.load(target)
+
