@@ -128,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # argmax, so temperature-1 samples make occasional independent slips besides
       # the policy's systematic errors: per-problem pass@1 is spread out instead of
       # 0-or-1, and voting / verifiers have something to fix.
-      train=_train(steps=2000, batch_size=32, learning_rate=2e-3, log_every=100,
+      train=_train(steps=2400, batch_size=32, learning_rate=2e-3, log_every=100,
                    label_smoothing=0.01),
   ))
   c.difficulty = ml_collections.ConfigDict(dict(

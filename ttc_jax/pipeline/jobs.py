@@ -38,9 +38,12 @@ from ttc_jax.progress import fmt_duration
 COST = {"data": 1, "tokenizer": 1, "policy": 10, "difficulty": 1, "mc_labels": 10, "prm": 3,
         "orm": 3, "verifier_eval": 4, "verifier_ablation": 5, "search_sweep": 12, "report": 1}
 
-# Stages that only train: their child process gets one XLA CPU device per core, and the
-# trainer's 'data' mesh spans them (measured 1.24x more steps/s on 2 cores). Sampling
-# stages keep one device (see BUILD.md: search gathers become all-gathers on 2 devices).
+# Stages that only train: started with nothing beside them (the policy), their process
+# gets one XLA CPU device per core and the trainer's 'data' mesh spans them (1.24x the
+# steps/s of one device on 2 cores). Beside another stage they keep one device: two
+# processes of two devices each on 2 cores trained the PRM and the ORM in 305 s, little
+# less than one after the other. Sampling stages keep one device (BUILD.md: search
+# gathers become all-gathers on 2 devices).
 TRAINING = ("policy", "prm", "orm")
 
 
@@ -62,10 +65,10 @@ class _Prefix:
 
 
 def _child(config, workdir: str, stage: str, task_modules: Sequence[str],
-           cache_dir: str | None, lengths_checked: bool) -> None:
+           cache_dir: str | None, lengths_checked: bool, device_per_core: bool) -> None:
   """Runs one stage in a spawned process (module-level: spawn pickles it by name)."""
   from ttc_jax import host  # pylint: disable=g-import-not-at-top
-  if stage in TRAINING:
+  if device_per_core:
     host.cpu_device_per_core()  # before JAX starts its backends
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   from ttc_jax import progress  # pylint: disable=g-import-not-at-top
@@ -123,19 +126,22 @@ def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
     while todo or running:
       ready = [n for n in todo if all(pipeline.is_done(i) for i in STAGES[n].inputs)]
       ready.sort(key=lambda n: (-path_cost(n, target), order.index(n)))
-      for name in ready[:max(0, jobs - len(running))]:
+      starting = ready[:max(0, jobs - len(running))]
+      for name in starting:
         checked = name not in ("data", "tokenizer")
+        per_core = len(starting) == 1 and not running and name in TRAINING
         if checked:
           pipeline.check_lengths()  # once, here, instead of in every stage process
         proc = ctx.Process(target=_child, name=f"ttc_jax-{name}",
                            args=(pipeline.config, pipeline.workdir, name, tuple(task_modules),
-                                 cache_dir, checked))
+                                 cache_dir, checked, per_core))
         proc.start()
         running[proc.sentinel] = (name, proc, time.time())
         todo.remove(name)
         others = [r[0] for r in running.values() if r[0] != name]
         log(f"{name}: started in process {proc.pid}"
-            + (f" (beside {', '.join(others)})" if others else ""))
+            + (f" (beside {', '.join(others)})" if others else "")
+            + (" on one XLA CPU device per core" if per_core else ""))
       if not running:
         raise StageFailed(f"stages {todo} cannot start: their inputs are not finished.")
       for sentinel in connection.wait(list(running), timeout=poll_s):
