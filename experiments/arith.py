@@ -2,36 +2,38 @@ r"""The embedded arithmetic study: policy SFT, MC-labelled PRM, ORM, verifier ev
 
 Command (the whole study, ``make study``; resumable, reruns skip finished work):
 
-  python launch/run.py --config=experiments/arith.py --workdir=runs/arith
+  python launch/run.py --config=experiments/arith.py --workdir=runs/arith --jobs=2
 
-One stage and the inputs it is missing: ``--config=experiments/arith.py:STAGE``, e.g.
+(--jobs=2: independent stages side by side, each in its own process; CPU hosts.) One stage and the inputs it is missing: ``--config=experiments/arith.py:STAGE``, e.g.
 ``:policy``, ``:prm``, ``:verifier_eval`` (stages: ``python launch/run.py --help``).
 Overrides go inline, e.g. ``--config.policy.train.steps=100``. Another task:
 ``--task_module=my.module --config=experiments/arith.py:task=mytask`` (README).
 
-Runtime: 57 min on 2 cores of an Intel Xeon @ 2.50GHz with an empty XLA cache
-(policy 10 min, MC labels 11 min, verifier ablation 10 min, search sweep 12 min);
-this CPU ran the previous study in 71 min, other 2-core machines in 25-28 min.
+Runtime: 40 min on 2 cores of an Intel Xeon @ 2.50GHz with an empty XLA cache (venv
+1.5 min; pipeline 39 min with --jobs=2: policy 8.5 min, MC labels 9 min, PRM and ORM
+side by side 5.5 min, search sweep 15 min beside the verifier evaluation and ablation);
+earlier studies ran about 2.2x faster on other 2-core machines.
 Expected result (README.md, "The study", has the tables; training results differ a
 little between CPU models, so never rely on one machine's numbers): policy pass@1
-about 0.46; majority and PRM-weighted best-of-64 near 0.61; a within-problem PRM
-AUC near 0.68 (the policy's own likelihood: 0.84); vanilla best-of-N falling far
-below pass@1 as N grows (the PRM is exploited).
+about 0.46-0.49; majority and PRM-weighted best-of-64 near 0.61-0.65; a within-problem
+PRM AUC near 0.66-0.68 (the policy's own likelihood: 0.84-0.85); vanilla best-of-N
+falling far below pass@1 as N grows (the PRM is exploited).
 
 * tokenizer, policy: sentencepiece on the task; SFT of a 2-layer d128 decoder
   (0.5M params) on the 20k train problems. Sampling never emits unused pieces.
 * difficulty: pass@1 of the first ``test_problems`` test problems from 64
   samples each (temperature 1): oracle difficulty bins.
-* mc_labels, prm, orm: 4 policy samples on each of 3200 train problems, each
+* mc_labels, prm, orm: 4 policy samples on each of 2400 train problems, each
   step labelled by the fraction of 4 rollouts from its prefix that reach the
   right answer; a value head on the policy backbone (PRM: every step; ORM: the
   last step).
 * verifier_eval: PRM / ORM / the policy's likelihood on the difficulty samples:
   majority, vanilla and weighted best-of-N for N = 1..64 with 95% CIs,
   within-problem AUC, calibration, the exploitation curve, step AUCs.
-* verifier_ablation: PRM variants (``ablation.variants``) on the same samples.
+* verifier_ablation: PRM variants (``ablation.variants``: hard labels) on the same
+  samples.
 * search_sweep, report: best-of-N weighted, beam search (M = 4), DVTS (M = 4),
-  particle filtering and lookahead (k = 3) at budgets 1, 4, 16, each with 3
+  particle filtering and lookahead (k = 3) at budgets 4, 16 (and best-of-1), each with 3
   search seeds -> WORKDIR/report/latest/report.md (CIs, paired tests of the
   paper's findings). experiments/arith_paper_scale.py is the same at 500
   problems and budgets up to 64.

@@ -148,22 +148,18 @@ def main(argv: Sequence[str] | None = None) -> None:
   app.run(run, argv=argv)
 
 
-def run_pipeline(config, workdir: str, *, stage: str | None = None, jobs: int = 1,
-                 task_modules=(), cache_dir: str | None = None, lengths_checked: bool = False):
-  """Runs ``stage`` (default ``config.stage``) in this process, or with ``jobs`` > 1 its
-  stages in up to ``jobs`` processes at a time (:mod:`ttc_jax.pipeline.jobs`); a known
-  failure is one line on stderr and exit status 1."""
-  from ttc_jax.models.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
-  from ttc_jax.pipeline import Pipeline  # pylint: disable=g-import-not-at-top
-  from ttc_jax.pipeline.artifacts import ArtifactError  # pylint: disable=g-import-not-at-top
-  from ttc_jax.pipeline.config import ConfigError  # pylint: disable=g-import-not-at-top
-  from ttc_jax.pipeline.store import StoreError  # pylint: disable=g-import-not-at-top
+def run_pipeline(config, workdir: str, *, jobs: int = 1, task_modules=(),
+                 cache_dir: str | None = None):
+  """Runs ``config.stage`` in this process, or with ``jobs`` > 1 its stages in up to
+  ``jobs`` processes at a time (:mod:`ttc_jax.pipeline.jobs`); a known failure is one
+  line on stderr and exit status 1."""
   from ttc_jax.pipeline import jobs as jobs_lib  # pylint: disable=g-import-not-at-top
+  from ttc_jax.pipeline import runner  # pylint: disable=g-import-not-at-top
   try:
     if jobs > 1:
-      return jobs_lib.run(Pipeline(config, workdir), stage or config.stage, jobs,
+      return jobs_lib.run(runner.Pipeline(config, workdir), config.stage, jobs,
                           task_modules=task_modules, cache_dir=cache_dir)
-    return Pipeline(config, workdir, lengths_checked=lengths_checked).run(stage)
-  except (ConfigError, ArtifactError, StoreError, CheckpointError, jobs_lib.StageFailed) as e:
+    return runner.Pipeline(config, workdir).run()
+  except runner.KNOWN_ERRORS + (jobs_lib.StageFailed,) as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(1)

@@ -23,11 +23,16 @@ from __future__ import annotations
 import functools
 import multiprocessing
 from multiprocessing import connection
+import sys
 import time
 from typing import Any, Callable, Sequence
 
 from absl import logging
 
+from ttc_jax import host
+from ttc_jax import progress
+from ttc_jax import tasks
+from ttc_jax.pipeline import runner
 from ttc_jax.pipeline.stages import STAGES
 from ttc_jax.progress import fmt_duration
 
@@ -38,12 +43,10 @@ from ttc_jax.progress import fmt_duration
 COST = {"data": 1, "tokenizer": 1, "policy": 10, "difficulty": 1, "mc_labels": 10, "prm": 3,
         "orm": 3, "verifier_eval": 4, "verifier_ablation": 5, "search_sweep": 12, "report": 1}
 
-# Stages that only train: started with nothing beside them (the policy), their process
-# gets one XLA CPU device per core and the trainer's 'data' mesh spans them (1.24x the
-# steps/s of one device on 2 cores). Beside another stage they keep one device: two
-# processes of two devices each on 2 cores trained the PRM and the ORM in 305 s, little
-# less than one after the other. Sampling stages keep one device (BUILD.md: search
-# gathers become all-gathers on 2 devices).
+# Stages that only train: their process gets one XLA CPU device per core and the trainer's
+# 'data' mesh spans them (alone on 2 cores: 1.24x the steps/s of one device; the PRM and
+# the ORM side by side took 305 s with two devices each, 330 s with one). Sampling stages
+# keep one device (BUILD.md: search gathers become all-gathers on 2 devices).
 TRAINING = ("policy", "prm", "orm")
 
 
@@ -67,20 +70,19 @@ class _Prefix:
 def _child(config, workdir: str, stage: str, task_modules: Sequence[str],
            cache_dir: str | None, lengths_checked: bool, device_per_core: bool) -> None:
   """Runs one stage in a spawned process (module-level: spawn pickles it by name)."""
-  from ttc_jax import host  # pylint: disable=g-import-not-at-top
   if device_per_core:
     host.cpu_device_per_core()  # before JAX starts its backends
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  from ttc_jax import progress  # pylint: disable=g-import-not-at-top
-  from ttc_jax import tasks  # pylint: disable=g-import-not-at-top
-  absl_logging.use_absl_handler()
-  absl_logging.set_verbosity(absl_logging.INFO)
-  absl_logging.get_absl_logger().addFilter(_Prefix(stage))
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_logger().addFilter(_Prefix(stage))
   progress.quiet_library_logs()
   tasks.import_modules(task_modules)
   host.enable_compilation_cache(cache_dir)
-  from ttc_jax.pipeline import cli  # pylint: disable=g-import-not-at-top
-  cli.run_pipeline(config, workdir, stage=stage, lengths_checked=lengths_checked)
+  try:
+    runner.Pipeline(config, workdir, lengths_checked=lengths_checked).run(stage)
+  except runner.KNOWN_ERRORS as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,7 +131,7 @@ def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
       starting = ready[:max(0, jobs - len(running))]
       for name in starting:
         checked = name not in ("data", "tokenizer")
-        per_core = len(starting) == 1 and not running and name in TRAINING
+        per_core = name in TRAINING
         if checked:
           pipeline.check_lengths()  # once, here, instead of in every stage process
         proc = ctx.Process(target=_child, name=f"ttc_jax-{name}",

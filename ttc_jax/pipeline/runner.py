@@ -20,6 +20,7 @@ import ml_collections
 
 from ttc_jax import host
 from ttc_jax import parallel
+from ttc_jax.models.checkpoints import CheckpointError
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline import store
@@ -52,6 +53,11 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
       out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
   return {prefix: obj}
+
+
+# Failures with a message that says it all: the launch script prints one line, no traceback.
+KNOWN_ERRORS = (config_lib.ConfigError, artifacts.ArtifactError, store.StoreError,
+                CheckpointError)
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
