@@ -23,6 +23,7 @@ setuptools.setup(
         "numpy",
         "matplotlib",
         "scipy",
+        "rapidfuzz",  # edit distances of the revision data (training/revisions.py)
     ],
     extras_require={
         # torch pinned: 2.13.0 is a CPU build; an unpinned torch pulls a multi-GB CUDA build.

@@ -104,6 +104,21 @@ class Task(abc.ABC):
     """Text the policy is conditioned on: the question and a step delimiter."""
     return problem.question + self.step_delimiter
 
+  def format_revision_prompt(self, problem: Problem, attempts: Sequence[str]) -> str:
+    """Text the revision model is conditioned on (Snell et al. 2024, section 6).
+
+    The question, each earlier attempt (a solution text, verbatim) followed by a step
+    delimiter, then the question again: the revision model writes its next attempt
+    after the repeated question, as the policy writes one after the question. Only
+    text the task's own corpus contains is used, so a tokenizer trained on the task
+    encodes it. With no attempts it is ``format_prompt(problem)``: a chain's first
+    answer is conditioned like the policy's. Tasks with a chat format override it.
+    """
+    prompt = self.format_prompt(problem)
+    if not attempts:
+      return prompt
+    return prompt + "".join(a + self.step_delimiter for a in attempts) + prompt
+
   def split_steps(self, solution_text: str) -> list[str]:
     """Splits a solution into steps.
 

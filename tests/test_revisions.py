@@ -1,0 +1,109 @@
+"""Revision training data: the task's revision prompt and the trajectories (paper section 6.1)."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from ttc_jax import tasks
+from ttc_jax.training import revisions
+
+
+def _edit_distance(a: str, b: str) -> int:
+  """Plain dynamic-programming Levenshtein distance (the reference for rapidfuzz's)."""
+  row = list(range(len(b) + 1))
+  for i, ca in enumerate(a, 1):
+    prev, row[0] = row[0], i
+    for j, cb in enumerate(b, 1):
+      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+  return row[-1]
+
+
+@pytest.fixture(scope="module")
+def task():
+  return tasks.build(tasks.default_config("arith"))
+
+
+def test_the_revision_prompt_holds_the_attempts_between_two_questions(task):
+  p = task.get("train", 5)
+  assert task.format_revision_prompt(p, []) == task.format_prompt(p)
+  a, b = "1+2=3\nAnswer: 3", "1+2=4\nAnswer: 4"
+  text = task.format_revision_prompt(p, [a, b])
+  q = task.format_prompt(p)
+  assert text == q + a + "\n" + b + "\n" + q
+  # Only characters of the task's own corpus: a tokenizer trained on it encodes the prompt.
+  corpus = set("".join(task.corpus("train", 200)))
+  assert set(text) <= corpus | set(a + b)
+
+
+def test_attempts_are_the_closest_incorrect_answers_farthest_first():
+  texts = ["12+3=15\nAnswer: 15",  # 0 right
+           "12+3=16\nAnswer: 16",  # 1 close
+           "12+3=15\nAnswer: 16",  # 2 closest
+           "99*9=891\nAnswer: 891",  # 3 far
+           "12-3=9\nAnswer: 9"]  # 4 middle
+  wrong = [1, 2, 3, 4]
+  dist = {w: _edit_distance(texts[0], texts[w]) for w in wrong}
+  for k in range(5):
+    got = revisions.closest_incorrect(texts, 0, wrong, k)
+    want = sorted(wrong, key=lambda w: (dist[w], w))[:k][::-1]
+    assert list(got) == want, (k, dist)
+  assert revisions.closest_incorrect(texts, 0, [], 3) == ()
+  # Ties: the lower sample index counts as closer.
+  assert revisions.closest_incorrect(["ab", "xb", "ax"], 0, [2, 1], 1) == (1,)
+
+
+def test_trajectories_follow_the_paper_and_skip_problems_without_a_right_answer():
+  rng = np.random.default_rng(0)
+  texts, correct = [], []
+  for p in range(30):
+    answers = [f"{p}+{i}={p + i}\nAnswer: {p + i}" for i in range(12)]
+    right = rng.random(12) < (0.0 if p % 5 == 0 else 0.3)
+    texts.append(answers)
+    correct.append(right)
+  rngs = [np.random.default_rng([7, p]) for p in range(30)]
+  trajs, stats = revisions.build_trajectories(texts, correct, rngs, per_problem=20)
+  no_right = sum(1 for c in correct if not c.any())
+  assert stats["without_correct"] == no_right >= 6
+  assert stats["trajectories"] == len(trajs) == 20 * (30 - no_right)
+  assert sum(stats["attempts_histogram"]) == len(trajs)
+  for t in trajs:
+    assert correct[t.problem][t.target]
+    bad = np.flatnonzero(~correct[t.problem])
+    assert len(t.attempts) <= min(4, len(bad))
+    assert all(not correct[t.problem][a] for a in t.attempts)
+    assert t.attempts == revisions.closest_incorrect(texts[t.problem], t.target, bad,
+                                                     len(t.attempts))
+  # Every k from 0 to 4 occurs, near uniformly where enough wrong answers exist.
+  ks = collections.Counter(len(t.attempts) for t in trajs
+                           if (~correct[t.problem]).sum() >= 4)
+  assert set(ks) == set(range(5))
+  total = sum(ks.values())
+  for k in range(5):
+    assert abs(ks[k] / total - 0.2) < 0.06, ks
+  # A problem's trajectories depend only on its own answers and generator.
+  one, _ = revisions.build_trajectories(texts[3:4], correct[3:4],
+                                        [np.random.default_rng([7, 3])], per_problem=20)
+  assert [(t.attempts, t.target) for t in one] == [
+      (t.attempts, t.target) for t in trajs if t.problem == 3]
+
+
+def test_revision_texts_window_the_last_attempts(task):
+  problems = [task.get("train", i) for i in range(2)]
+  texts = [[f"a{i}\nAnswer: {i}" for i in range(6)], ["b\nAnswer: 1"]]
+  trajs = [revisions.Trajectory(problem=0, attempts=(1, 2, 3, 4, 5), target=0),
+           revisions.Trajectory(problem=1, attempts=(), target=0)]
+  (p0, t0), (p1, t1) = revisions.revision_texts(task, problems, texts, trajs, window=4)
+  assert p0 == task.format_revision_prompt(problems[0], [texts[0][i] for i in (2, 3, 4, 5)])
+  assert t0 == texts[0][0]
+  assert p1 == task.format_prompt(problems[1]) and t1 == texts[1][0]
+
+
+def test_bad_input_is_named():
+  with pytest.raises(ValueError, match="one entry per problem"):
+    revisions.build_trajectories([["a"]], [], [], per_problem=1)
+  with pytest.raises(ValueError, match="problem 0: 2 answers but 1 correctness"):
+    revisions.build_trajectories([["a", "b"]], [[True]], [np.random.default_rng(0)],
+                                 per_problem=1)
+  with pytest.raises(ValueError, match="per_problem=0"):
+    revisions.build_trajectories([["a"]], [[True]], [np.random.default_rng(0)], per_problem=0)

@@ -1,0 +1,111 @@
+"""Training data of the revision model (Snell et al. 2024, section 6.1), without file IO.
+
+From K policy answers to a problem, a *trajectory* is k incorrect answers followed by a
+correct one, the target the revision model learns to write after them. As in the paper:
+
+* k is uniform in 0..``max_attempts`` (capped by the incorrect answers there are);
+* the incorrect answers are the k closest to the target in character edit distance
+  (Levenshtein, computed by rapidfuzz), so the errors of a chain are correlated with
+  its answer rather than arbitrary;
+* problems with no correct answer give no trajectory (counted in the stats).
+
+The attempts are ordered farthest first, so each is closer to the target than the one
+before it (ties by sample index). Every draw comes from the problem's own generator:
+a problem's trajectories do not depend on which other problems are built with it.
+The prompt text is the task's (:meth:`ttc_jax.tasks.Task.format_revision_prompt`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
+
+from ttc_jax.tasks import Problem
+from ttc_jax.tasks import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+  """Sample indices of one problem: ``attempts`` (incorrect, in order) then ``target``."""
+
+  problem: int  # position in the problems given to build_trajectories
+  attempts: tuple[int, ...]
+  target: int
+
+
+def closest_incorrect(texts: Sequence[str], target: int, wrong: Sequence[int], k: int
+                      ) -> tuple[int, ...]:
+  """The ``k`` samples of ``wrong`` closest to ``texts[target]`` in edit distance,
+  farthest first (ties: lower sample index counts as closer)."""
+  if k <= 0 or len(wrong) == 0:
+    return ()
+  dist = process.cdist([texts[target]], [texts[w] for w in wrong],
+                       scorer=Levenshtein.distance, dtype=np.int64)[0]
+  wrong = np.asarray(wrong, np.int64)
+  closest = np.lexsort((wrong, dist))[:k]  # by distance, then index
+  return tuple(int(wrong[i]) for i in closest[::-1])
+
+
+def build_trajectories(texts: Sequence[Sequence[str]], correct: Sequence[Sequence[bool]],
+                       rngs: Sequence[np.random.Generator], *, per_problem: int,
+                       max_attempts: int = 4) -> tuple[list[Trajectory], dict]:
+  """``per_problem`` trajectories for each problem that has a correct answer.
+
+  Args:
+    texts: per problem, its K answer texts (solutions as sampled).
+    correct: per problem, whether each answer is correct.
+    rngs: per problem, the generator of its draws (target, k).
+    per_problem: trajectories drawn per problem (targets drawn with replacement).
+    max_attempts: the largest k (the paper: 4).
+
+  Returns:
+    The trajectories, and counts: problems, problems without a correct answer
+    (they contribute nothing), trajectories, and how many have each k.
+  """
+  if not len(texts) == len(correct) == len(rngs):
+    raise ValueError(f"texts, correct and rngs must have one entry per problem; got "
+                     f"{len(texts)}, {len(correct)} and {len(rngs)}.")
+  if per_problem < 1 or max_attempts < 0:
+    raise ValueError(f"per_problem={per_problem} must be >= 1 and max_attempts="
+                     f"{max_attempts} >= 0.")
+  out, skipped = [], 0
+  hist = np.zeros(max_attempts + 1, np.int64)
+  for p, (answers, right, rng) in enumerate(zip(texts, correct, rngs)):
+    right = np.asarray(right, bool)
+    if len(right) != len(answers):
+      raise ValueError(f"problem {p}: {len(answers)} answers but {len(right)} correctness "
+                       "flags.")
+    good, bad = np.flatnonzero(right), np.flatnonzero(~right)
+    if not len(good):
+      skipped += 1
+      continue
+    for _ in range(per_problem):
+      target = int(rng.choice(good))
+      k = min(int(rng.integers(0, max_attempts + 1)), len(bad))
+      attempts = closest_incorrect(answers, target, bad, k)
+      hist[len(attempts)] += 1
+      out.append(Trajectory(problem=p, attempts=attempts, target=target))
+  stats = {"problems": len(texts), "without_correct": skipped, "trajectories": len(out),
+           "attempts_histogram": hist.tolist()}
+  return out, stats
+
+
+def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequence[str]],
+                   trajectories: Sequence[Trajectory], window: int = 4
+                   ) -> list[tuple[str, str]]:
+  """(prompt, target) texts of each trajectory: the last ``window`` attempts in the
+  task's revision prompt (the sliding window of inference), the correct answer as the
+  target."""
+  if window < 0:
+    raise ValueError(f"window={window}: expected >= 0 previous attempts.")
+  out = []
+  for t in trajectories:
+    answers = texts[t.problem]
+    shown = t.attempts[-window:] if window else ()
+    out.append((task.format_revision_prompt(problems[t.problem], [answers[i] for i in shown]),
+                answers[t.target]))
+  return out
