@@ -146,6 +146,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       rollouts=4,  # MC rollouts per step prefix (the label is their success rate)
       problems_per_shard=400,  # resumable unit of work (a shard file)
   ))
+  # Revision data (paper section 6.1; the revision stages run on their own for now:
+  # --config=experiments/arith.py:revision_data). The paper samples 64 answers per problem.
+  c.revision_data = ml_collections.ConfigDict(dict(
+      num_problems=1000,  # train problems
+      samples_per_problem=16,  # policy answers per problem (paper: 64)
+      trajectories_per_problem=4,  # trajectories drawn per problem with a correct answer
+      max_attempts=4,  # k ~ U{0..max_attempts} incorrect answers before the correct one
+      problems_per_shard=250,  # resumable unit of work (a shard file)
+  ))
   c.prm = ml_collections.ConfigDict(dict(
       init="policy",  # 'policy': the policy's backbone (+ new blocks if deeper); 'scratch'
       model=_verifier_arch(),  # None: the policy's; 'policy' may add layers, 'scratch' any size

@@ -1,11 +1,15 @@
 """Revision training data: the task's revision prompt and the trajectories (paper section 6.1)."""
 
 import collections
+import os
+import shutil
 
 import numpy as np
 import pytest
 
+import pipeline_utils as pu
 from ttc_jax import tasks
+from ttc_jax.pipeline import Pipeline
 from ttc_jax.training import revisions
 
 
@@ -107,3 +111,38 @@ def test_bad_input_is_named():
                                  per_problem=1)
   with pytest.raises(ValueError, match="per_problem=0"):
     revisions.build_trajectories([["a"]], [[True]], [np.random.default_rng(0)], per_problem=0)
+
+
+def test_the_revision_data_stage_is_resumable_and_does_not_depend_on_its_shards(
+    tmp_path_factory, tmp_path):
+  base = pu.shared_study(tmp_path_factory)
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  rd = Pipeline(pu.tiny_config(), workdir).run("revision_data")
+  pipe = Pipeline(pu.tiny_config(), workdir)
+  task, tok = pipe.load("data").task, pipe.load("policy").tokenizer
+  k = rd.samples_per_problem
+  assert len(rd.problem_index) == 8 and rd.samples.tokens.shape[0] == 8 * k
+  texts = rd.texts(tok)
+  problems = [task.get("train", int(i)) for i in rd.problem_index]
+  per = rd.correct.reshape(8, k)
+  # Grading and trajectories follow the stored answers: targets right, attempts wrong.
+  for p in range(8):
+    for s in range(k):
+      assert per[p, s] == (bool(rd.samples.stopped[p * k + s])
+                           and task.is_correct(texts[p][s], problems[p]))
+  assert len(rd.trajectories) == 3 * int(per.any(1).sum())
+  for t in rd.trajectories:
+    assert per[t.problem, t.target] and not any(per[t.problem, a] for a in t.attempts)
+  # A killed run resumes from its shards; one shard per problem gives the same data.
+  shard = os.path.join(pipe.directory("revision_data"), "revisions-00001.npz")
+  assert os.path.exists(shard)
+  os.remove(shard)
+  os.remove(os.path.join(pipe.directory("revision_data"), "stage.json"))
+  again = Pipeline(pu.tiny_config(), workdir).run("revision_data")
+  one = Pipeline(pu.tiny_config(revision_data__problems_per_shard=1), workdir).run(
+      "revision_data")
+  for other in (again, one):
+    assert [other.samples.row(i) for i in range(8 * k)] == [rd.samples.row(i)
+                                                            for i in range(8 * k)]
+    assert other.trajectories == rd.trajectories

@@ -122,6 +122,13 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
   _int(ml.samples_per_problem, "mc_labels.samples_per_problem", 1)
   _int(ml.rollouts, "mc_labels.rollouts", 1)
   _int(ml.problems_per_shard, "mc_labels.problems_per_shard", 1)
+  if "revision_data" in c:
+    rd = c.revision_data
+    _int(rd.num_problems, "revision_data.num_problems", 1, num_train)
+    _int(rd.samples_per_problem, "revision_data.samples_per_problem", 1)
+    _int(rd.trajectories_per_problem, "revision_data.trajectories_per_problem", 1)
+    _int(rd.max_attempts, "revision_data.max_attempts", 0)
+    _int(rd.problems_per_shard, "revision_data.problems_per_shard", 1)
   ve = c.verifier_eval
   _int(ve.subsamples, "verifier_eval.subsamples", 1)
   _int(ve.auc_problems, "verifier_eval.auc_problems", 1, num_test - c.test_problems)

@@ -48,6 +48,7 @@ from ttc_jax.progress import Progress
 from ttc_jax.report import figures
 from ttc_jax.report import markdown
 from ttc_jax.sampling import solutions
+from ttc_jax.sampling import streams
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
@@ -58,6 +59,7 @@ from ttc_jax.search import default_width
 from ttc_jax.search import search_problems
 from ttc_jax.tokenizer import Tokenizer
 from ttc_jax.training import data as data_lib
+from ttc_jax.training import revisions
 from ttc_jax.training import trainer
 from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers import labels as labels_lib
@@ -260,6 +262,125 @@ def load_mc_labels(out: artifacts.StageDir, key: dict) -> labels_lib.LabelledSam
   lc = key["config"]["mc_labels"]
   count = math.ceil(lc["num_problems"] / lc["problems_per_shard"])
   return _concat_shards(out.shards("labels", count))
+
+
+# ----------------------------------------------------------------------------
+# revision data
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class RevisionData:
+  """The revision data: K policy answers per train problem, and trajectories over them
+  (sample indices within a problem; see :mod:`ttc_jax.training.revisions`)."""
+
+  problem_index: np.ndarray  # (P,) train-split indices
+  samples: solutions.Generations  # row p * K + s: answer s to problem p
+  correct: np.ndarray  # (P * K,) bool
+  trajectories: list[revisions.Trajectory]  # .problem: position in problem_index
+  samples_per_problem: int
+
+  def texts(self, tok) -> list[list[str]]:
+    """Per problem, its answers as text (what the revision prompt shows)."""
+    k = self.samples_per_problem
+    return [[tok.decode(self.samples.row(p * k + s)) for s in range(k)]
+            for p in range(len(self.problem_index))]
+
+  def arrays(self, max_attempts: int) -> dict[str, np.ndarray]:
+    attempts = np.full((len(self.trajectories), max_attempts), -1, np.int32)
+    for i, t in enumerate(self.trajectories):
+      attempts[i, :len(t.attempts)] = t.attempts
+    return {"problem_index": self.problem_index, "tokens": self.samples.tokens,
+            "lengths": self.samples.lengths, "stopped": self.samples.stopped,
+            "correct": self.correct, "samples_per_problem": np.int64(self.samples_per_problem),
+            "traj_problem": np.asarray([t.problem for t in self.trajectories], np.int32),
+            "traj_target": np.asarray([t.target for t in self.trajectories], np.int32),
+            "traj_attempts": attempts}
+
+  @classmethod
+  def from_arrays(cls, a: dict) -> "RevisionData":
+    trajs = [revisions.Trajectory(problem=int(p), attempts=tuple(int(x) for x in row if x >= 0),
+                                  target=int(t))
+             for p, t, row in zip(a["traj_problem"], a["traj_target"], a["traj_attempts"])]
+    return cls(problem_index=a["problem_index"],
+               samples=solutions.Generations(tokens=a["tokens"], lengths=a["lengths"],
+                                             stopped=a["stopped"]),
+               correct=a["correct"], trajectories=trajs,
+               samples_per_problem=int(a["samples_per_problem"]))
+
+  @classmethod
+  def concat(cls, parts: list["RevisionData"]) -> "RevisionData":
+    k = parts[0].samples_per_problem
+    width = max(p.samples.tokens.shape[1] for p in parts)
+    pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
+    trajs, offset = [], 0
+    for part in parts:
+      trajs += [dataclasses.replace(t, problem=t.problem + offset) for t in part.trajectories]
+      offset += len(part.problem_index)
+    return cls(problem_index=np.concatenate([p.problem_index for p in parts]),
+               samples=solutions.Generations(
+                   tokens=np.concatenate([pad(p.samples.tokens) for p in parts]),
+                   lengths=np.concatenate([p.samples.lengths for p in parts]),
+                   stopped=np.concatenate([p.samples.stopped for p in parts])),
+               correct=np.concatenate([p.correct for p in parts]), trajectories=trajs,
+               samples_per_problem=k)
+
+
+def run_revision_data(ctx: Context) -> dict:
+  """K policy answers to each of the first ``num_problems`` train problems (shards of
+  ``problems_per_shard``, resumable), and trajectories of incorrect answers closest to
+  a correct one (paper section 6.1)."""
+  c = ctx.config
+  rc = c.revision_data
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("train", rc.num_problems)
+  per = rc.problems_per_shard
+  shards = ctx.out.shards("revisions", math.ceil(len(probs) / per))
+  todo = shards.todo()
+  core, sp = policy.sampling_core(), sampling_params(c)
+  progress = Progress(shards.count, "revision shards", unit="shards", every_s=0,
+                      initial=shards.count - len(todo), log_fn=ctx.log)
+  for s in todo:
+    chunk = probs[s * per:(s + 1) * per]
+    k = rc.samples_per_problem
+    samples = solutions.sample_problems(core, tok, task, chunk, k, c.seed, "revision_samples",
+                                        sp, batch_size=c.sampling.batch_size)
+    correct = samples.correct_matrix()
+    texts = [samples.texts[i * k:(i + 1) * k] for i in range(len(chunk))]
+    rngs = [streams.generator(c.seed, "revision_pairs", streams.split_id(p.split), p.index)
+            for p in chunk]
+    trajs, _ = revisions.build_trajectories(texts, correct, rngs,
+                                            per_problem=rc.trajectories_per_problem,
+                                            max_attempts=rc.max_attempts)
+    part = RevisionData(problem_index=np.asarray([p.index for p in chunk], np.int64),
+                        samples=samples.gens, correct=samples.correct, trajectories=trajs,
+                        samples_per_problem=k)
+    shards.save(s, part.arrays(rc.max_attempts))
+    progress.update(1)
+  ctx.out.barrier()
+  rd = RevisionData.concat([RevisionData.from_arrays(a) for a in shards.load_all()])
+  stats = revision_stats(rd, rc.max_attempts)
+  prompt_lengths = [len(tok.encode(task.format_revision_prompt(probs[t.problem], [
+      tok.decode(rd.samples.row(t.problem * rd.samples_per_problem + a)) for a in t.attempts]),
+      bos=True)) for t in rd.trajectories]
+  stats["longest_prompt_tokens"] = max(prompt_lengths, default=0)
+  ctx.log(f"revision data: {stats}")
+  return stats
+
+
+def revision_stats(rd: RevisionData, max_attempts: int) -> dict:
+  per = rd.correct.reshape(len(rd.problem_index), rd.samples_per_problem)
+  hist = np.bincount([len(t.attempts) for t in rd.trajectories], minlength=max_attempts + 1)
+  return {"problems": int(len(rd.problem_index)),
+          "without_correct": int((~per.any(1)).sum()),
+          "sample_accuracy": float(rd.correct.mean()),
+          "trajectories": len(rd.trajectories), "attempts_histogram": hist.tolist()}
+
+
+def load_revision_data(out: artifacts.StageDir, key: dict) -> RevisionData:
+  rc = key["config"]["revision_data"]
+  count = math.ceil(rc["num_problems"] / rc["problems_per_shard"])
+  return RevisionData.concat([RevisionData.from_arrays(a)
+                              for a in out.shards("revisions", count).load_all()])
 
 
 def label_stats(ls: labels_lib.LabelledSamples) -> dict:
@@ -601,6 +722,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("data", "policy"), ("seed", "sampling", "mc_labels"), (), run_mc_labels,
           load_mc_labels,
           version=2),
+    Stage("revision_data", "policy answers to train problems and revision trajectories (incorrect "
+          "answers closest to a correct one)", ("data", "policy"),
+          ("seed", "sampling", "revision_data"), (), run_revision_data, load_revision_data),
     Stage("prm", "process reward model: value head trained on the MC step labels",
           ("mc_labels", "policy"), ("prm",), MODEL_OUTPUTS,
           lambda ctx: train_verifier(ctx, "prm"), load_model),

@@ -23,6 +23,8 @@ STREAMS = {
     "auc_rollouts": 6,  # their MC rollouts
     "search": 7,  # search: row_keys(seed, 7, problem, slot, round, run)
     "resample": 8,  # particle filtering's resampling: generator(seed, 8, problem, round, run)
+    "revision_samples": 9,  # policy answers to train problems for the revision data
+    "revision_pairs": 10,  # their trajectories' draws: generator(seed, 10, split, problem)
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 
