@@ -155,6 +155,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_attempts=4,  # k ~ U{0..max_attempts} incorrect answers before the correct one
       problems_per_shard=250,  # resumable unit of work (a shard file)
   ))
+  c.revision_model = ml_collections.ConfigDict(dict(
+      # The policy's backbone with room for the question, `window` earlier attempts (up to
+      # max_new_tokens each) and the answer: the longest prompt of the default revision
+      # data was 409 tokens.
+      max_seq_len=512,
+      window=4,  # earlier attempts shown (the paper's sliding window)
+      train=_train(steps=800, batch_size=32, learning_rate=1e-3, log_every=100),
+  ))
   c.prm = ml_collections.ConfigDict(dict(
       init="policy",  # 'policy': the policy's backbone (+ new blocks if deeper); 'scratch'
       model=_verifier_arch(),  # None: the policy's; 'policy' may add layers, 'scratch' any size

@@ -41,6 +41,9 @@ TINY = {
     "ablation.variants": ("prm.labels=hard",), "ablation.n": (2, 4),
     "revision_data.num_problems": 8, "revision_data.samples_per_problem": 6,
     "revision_data.trajectories_per_problem": 3, "revision_data.problems_per_shard": 4,
+    "revision_model.max_seq_len": 192, "revision_model.train.steps": 6,
+    "revision_model.train.batch_size": 8, "revision_model.train.checkpoint_every": 3,
+    "revision_model.train.log_every": 3, "revision_model.train.warmup_steps": 1,
 }
 
 

@@ -84,7 +84,8 @@ def _changed(a, b):
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
   downstream_of_policy = ["difficulty", "mc_labels", "orm", "policy", "prm", "report",
-                          "revision_data", "search_sweep", "verifier_ablation", "verifier_eval"]
+                          "revision_data", "revision_model", "search_sweep", "verifier_ablation",
+                          "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(policy__train__learning_rate=1e-3))) == \
       downstream_of_policy
   assert _changed(base, _ids(pu.tiny_config(policy__train__seed=1))) == downstream_of_policy
@@ -98,7 +99,7 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
       s for s in sorted(STAGES) if s != "data"]
   assert _changed(base, _ids(pu.tiny_config(report__difficulty_bins=3))) == ["report"]
   assert _changed(base, _ids(pu.tiny_config(revision_data__samples_per_problem=8))) == [
-      "revision_data"]
+      "revision_data", "revision_model"]
   # Speed-only fields never change a result, so they never change an identity.
   for key, value in [("sampling__batch_size", 64), ("search__rows_per_call", 8),
                      ("policy__train__checkpoint_every", 8), ("prm__train__log_every", 1)]:

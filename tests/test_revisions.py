@@ -23,6 +23,19 @@ def _edit_distance(a: str, b: str) -> int:
   return row[-1]
 
 
+# A policy trained long enough on one-operation problems to answer some of them right
+# (the shared tiny study's policy answers none, so trajectories would be vacuous).
+TRAINED = dict(task__max_ops=1, policy__train__steps=240, policy__train__checkpoint_every=120,
+               policy__train__log_every=60, revision_data__samples_per_problem=8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("revisions") / "w")
+  Pipeline(pu.tiny_config(**TRAINED), workdir).run("revision_data")
+  return workdir
+
+
 @pytest.fixture(scope="module")
 def task():
   return tasks.build(tasks.default_config("arith"))
@@ -114,24 +127,24 @@ def test_bad_input_is_named():
 
 
 def test_the_revision_data_stage_is_resumable_and_does_not_depend_on_its_shards(
-    tmp_path_factory, tmp_path):
-  base = pu.shared_study(tmp_path_factory)
+    trained, tmp_path):
   workdir = str(tmp_path / "w")
-  shutil.copytree(base, workdir, symlinks=True)
-  rd = Pipeline(pu.tiny_config(), workdir).run("revision_data")
-  pipe = Pipeline(pu.tiny_config(), workdir)
+  shutil.copytree(trained, workdir, symlinks=True)
+  pipe = Pipeline(pu.tiny_config(**TRAINED), workdir)
+  rd = pipe.load("revision_data")
   task, tok = pipe.load("data").task, pipe.load("policy").tokenizer
   k = rd.samples_per_problem
   assert len(rd.problem_index) == 8 and rd.samples.tokens.shape[0] == 8 * k
   texts = rd.texts(tok)
   problems = [task.get("train", int(i)) for i in rd.problem_index]
   per = rd.correct.reshape(8, k)
+  assert per.any(), "the trained tiny policy should answer some problems right"
   # Grading and trajectories follow the stored answers: targets right, attempts wrong.
   for p in range(8):
     for s in range(k):
       assert per[p, s] == (bool(rd.samples.stopped[p * k + s])
                            and task.is_correct(texts[p][s], problems[p]))
-  assert len(rd.trajectories) == 3 * int(per.any(1).sum())
+  assert len(rd.trajectories) == 3 * int(per.any(1).sum()) > 0
   for t in rd.trajectories:
     assert per[t.problem, t.target] and not any(per[t.problem, a] for a in t.attempts)
   # A killed run resumes from its shards; one shard per problem gives the same data.
@@ -139,10 +152,34 @@ def test_the_revision_data_stage_is_resumable_and_does_not_depend_on_its_shards(
   assert os.path.exists(shard)
   os.remove(shard)
   os.remove(os.path.join(pipe.directory("revision_data"), "stage.json"))
-  again = Pipeline(pu.tiny_config(), workdir).run("revision_data")
-  one = Pipeline(pu.tiny_config(revision_data__problems_per_shard=1), workdir).run(
+  again = Pipeline(pu.tiny_config(**TRAINED), workdir).run("revision_data")
+  one = Pipeline(pu.tiny_config(**TRAINED, revision_data__problems_per_shard=1), workdir).run(
       "revision_data")
   for other in (again, one):
     assert [other.samples.row(i) for i in range(8 * k)] == [rd.samples.row(i)
                                                             for i in range(8 * k)]
     assert other.trajectories == rd.trajectories
+
+
+def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, tmp_path):
+  from ttc_jax.training import data as data_lib
+  workdir = str(tmp_path / "w")
+  shutil.copytree(trained, workdir, symlinks=True)
+  pipe = Pipeline(pu.tiny_config(**TRAINED), workdir)
+  model = pipe.run("revision_model")
+  assert model.config.max_seq_len == 192 and model.config.head == "lm"
+  policy = pipe.load("policy")
+  assert model.config.num_params() == policy.config.num_params()
+  # The loss covers the target and EOS only, never the question or the attempts.
+  tok = policy.tokenizer
+  prompt_text = "2 +3\n2+3=6\nAnswer: 6\n2 +3\n"
+  ds = data_lib.prompt_target_dataset(tok, [(prompt_text, "2+3=5\nAnswer: 5")], 64)
+  prompt = len(tok.encode(prompt_text)) + 1  # + BOS
+  row = ds.valid[0].sum()
+  assert ds.weights[0, :prompt].sum() == 0 and ds.weights[0, prompt:row].all()
+  assert ds.weights[0, row:].sum() == 0
+  # A context shorter than the policy's is named before anything runs.
+  with pytest.raises(Exception, match=r"revision_model.max_seq_len=40: expected an integer "
+                                      r">= 64"):
+    Pipeline(pu.tiny_config(**TRAINED, revision_model__max_seq_len=40), workdir).run(
+        "revision_model")

@@ -135,7 +135,9 @@ def copy_backbone(source: Transformer, target: Transformer) -> Transformer:
   """Copies the embeddings, blocks and final norm of ``source`` into ``target`` (any
   heads): e.g. a value-head PRM initialised from its policy.
 
-  ``target`` may be deeper than ``source`` (otherwise the same backbone shape): its
+  ``target`` may have a longer context (``max_seq_len``: RoPE has no parameters; e.g.
+  the revision model, which reads earlier attempts) and may be deeper than ``source``
+  (otherwise the same backbone shape): its
   first blocks are the source's, and each extra block starts as the identity (its
   attention output and MLP down projections are zero, so it adds nothing to the
   residual stream), so the deeper model computes the source's function at
@@ -144,9 +146,11 @@ def copy_backbone(source: Transformer, target: Transformer) -> Transformer:
   src_cfg = dataclasses.replace(source.config, head="lm", tie_embeddings=False)
   tgt_cfg = dataclasses.replace(target.config, head="lm", tie_embeddings=False)
   extra = tgt_cfg.num_layers - src_cfg.num_layers
-  if extra < 0 or dataclasses.replace(tgt_cfg, num_layers=src_cfg.num_layers) != src_cfg:
-    raise ValueError(f"backbones differ (the target may only be deeper): {source.config} vs "
-                     f"{target.config}.")
+  same = dataclasses.replace(tgt_cfg, num_layers=src_cfg.num_layers,
+                             max_seq_len=src_cfg.max_seq_len)
+  if extra < 0 or tgt_cfg.max_seq_len < src_cfg.max_seq_len or same != src_cfg:
+    raise ValueError(f"backbones differ (the target may only be deeper or have a longer "
+                     f"context): {source.config} vs {target.config}.")
   state = nnx.state(target)
   pure = nnx.to_pure_dict(state)
   src = nnx.to_pure_dict(nnx.state(source))

@@ -103,6 +103,14 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
       trainer.check_config(c[part].train, prefix=f"{part}.train")
     except ValueError as e:
       raise ConfigError(str(e)) from e
+  if "revision_model" in c:
+    rm = c.revision_model
+    try:
+      trainer.check_config(rm.train, prefix="revision_model.train")
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    _int(rm.window, "revision_model.window", 0)
+    _int(rm.max_seq_len, "revision_model.max_seq_len", policy.max_seq_len)
   for part in ("prm", "orm"):
     arch = verifier_arch(arch_fields(c.policy.model), c[part], part)
     model = _model(arch, vocab, "value", f"{part}.model")

@@ -383,6 +383,41 @@ def load_revision_data(out: artifacts.StageDir, key: dict) -> RevisionData:
                               for a in out.shards("revisions", count).load_all()])
 
 
+def run_revision_model(ctx: Context) -> dict:
+  """The revision model: the policy's backbone with a longer context, fine-tuned on each
+  trajectory's correct answer given the question and the last ``window`` incorrect
+  attempts (the loss on the answer and EOS only; paper section 6.1)."""
+  cfg = ctx.config.revision_model
+  data, policy, rd = ctx.inputs["data"], ctx.inputs["policy"], ctx.inputs["revision_data"]
+  tok, task = policy.tokenizer, data.task
+  model_cfg = dataclasses.replace(policy.config, max_seq_len=cfg.max_seq_len)
+  model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+  checkpoints.copy_backbone(policy.model, model)
+  problems = [task.get("train", int(i)) for i in rd.problem_index]
+  pairs = revisions.revision_texts(task, problems, rd.texts(tok), rd.trajectories,
+                                   window=cfg.window)
+  if not pairs:
+    raise artifacts.ArtifactError("revision_data has no trajectory (no train problem had a "
+                                  "correct answer): nothing to train the revision model on.")
+  try:
+    dataset = data_lib.prompt_target_dataset(tok, pairs, model_cfg.max_seq_len)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"revision_model.max_seq_len={cfg.max_seq_len}: {e}") from e
+  lengths = dataset.valid.sum(1)
+  stats = {"trajectories": len(pairs), "target_tokens": int(dataset.weights.sum()),
+           "longest_row": int(lengths.max()), "mean_row": float(lengths.mean()),
+           "params": model_cfg.num_params()}
+  ctx.log(f"revision model: {stats}")
+  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="lm", name="revision_model")
+  tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
+  artifacts.write_model(
+      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=cfg.train.steps,
+      made_by={"stage": "revision_model", "objective": "lm (answer given earlier attempts)",
+               "init": "policy", "policy": policy.identity, "window": cfg.window,
+               "train": cfg.train.to_dict(), "data": stats})
+  return stats
+
+
 def label_stats(ls: labels_lib.LabelledSamples) -> dict:
   steps = ls.labels[np.isfinite(ls.labels)]
   return {"samples": len(ls), "problems": int(np.unique(ls.problem_index).size),
@@ -725,6 +760,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("revision_data", "policy answers to train problems and revision trajectories (incorrect "
           "answers closest to a correct one)", ("data", "policy"),
           ("seed", "sampling", "revision_data"), (), run_revision_data, load_revision_data),
+    Stage("revision_model", "the policy fine-tuned to answer after its earlier incorrect attempts",
+          ("data", "policy", "revision_data"), ("revision_model",), MODEL_OUTPUTS,
+          run_revision_model, load_model),
     Stage("prm", "process reward model: value head trained on the MC step labels",
           ("mc_labels", "policy"), ("prm",), MODEL_OUTPUTS,
           lambda ctx: train_verifier(ctx, "prm"), load_model),

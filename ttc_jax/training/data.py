@@ -173,9 +173,16 @@ def encode_rows(tokenizer: Tokenizer, pieces: Sequence[Sequence[str]], seq_len: 
 def sft_dataset(task: base.Task, tokenizer: Tokenizer, problems: Sequence[base.Problem],
                 seq_len: int) -> TokenDataset:
   """Policy SFT data: BOS prompt solution EOS; the loss covers solution and EOS."""
-  prompts = [task.format_prompt(p) for p in problems]
-  tokens, valid, ends = encode_rows(
-      tokenizer, [(q, p.solution) for q, p in zip(prompts, problems)], seq_len)
+  return prompt_target_dataset(
+      tokenizer, [(task.format_prompt(p), p.solution) for p in problems], seq_len)
+
+
+def prompt_target_dataset(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
+                          seq_len: int) -> TokenDataset:
+  """BOS prompt target EOS per (prompt, target) text pair; the loss covers the target
+  and EOS only (SFT of the policy; the revision model, whose prompt holds its earlier
+  attempts)."""
+  tokens, valid, ends = encode_rows(tokenizer, [tuple(pair) for pair in pairs], seq_len)
   weights = np.zeros(tokens.shape, np.float32)
   for i, (prompt_end, last) in enumerate(ends):
     weights[i, prompt_end + 1:last + 1] = 1.0
