@@ -109,8 +109,9 @@ def shared_study(tmp_path_factory, name: str = "tiny_study", stage: str | None =
   with filelock.FileLock(workdir + ".lock"):
     if not os.path.exists(workdir + ".done"):
       shutil.rmtree(workdir, ignore_errors=True)
-      # Two stage processes at a time, as make study runs it; the log is kept.
-      proc = run(cli(stage, workdir, "--jobs=2"))
+      # One process (a stage process per stage costs each its own JAX start-up); the log
+      # is kept. test_pipeline reruns stages with --jobs=2.
+      proc = run(cli(stage, workdir))
       with open(workdir + ".log", "w") as f:
         f.write(proc.stderr)
       open(workdir + ".done", "w").close()
