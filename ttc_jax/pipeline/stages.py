@@ -228,28 +228,36 @@ def load_difficulty(out: artifacts.StageDir, key: dict) -> Difficulty:
 # ----------------------------------------------------------------------------
 # MC labels, PRM, ORM
 # ----------------------------------------------------------------------------
+def problem_shards(ctx: Context, name: str, problems: list, per: int,
+                   make: Callable[[list], dict[str, np.ndarray]]):
+  """Resumable work over problems: shard i holds ``make(problems[i * per:(i + 1) * per])``;
+  finished shards are kept, the missing ones computed. Returns the shards."""
+  shards = ctx.out.shards(name, math.ceil(len(problems) / per))
+  todo = shards.todo()
+  progress = Progress(shards.count, f"{name} shards", unit="shards", every_s=0,
+                      initial=shards.count - len(todo), log_fn=ctx.log)
+  for s in todo:
+    shards.save(s, make(problems[s * per:(s + 1) * per]))
+    progress.update(1)
+  ctx.out.barrier()
+  return shards
+
+
 def run_mc_labels(ctx: Context) -> dict:
   c = ctx.config
   lc = c.mc_labels
   data, policy = ctx.inputs["data"], ctx.inputs["policy"]
   tok, task = policy.tokenizer, data.task
   probs = data.problems("train", lc.num_problems)
-  per = lc.problems_per_shard
-  shards = ctx.out.shards("labels", math.ceil(len(probs) / per))
-  todo = shards.todo()
-  core = policy.sampling_core()
-  sp = sampling_params(c)
-  progress = Progress(shards.count, "label shards", unit="shards", every_s=0,
-                      initial=shards.count - len(todo), log_fn=ctx.log)
-  for s in todo:
-    chunk = probs[s * per:(s + 1) * per]
+  core, sp = policy.sampling_core(), sampling_params(c)
+
+  def label(chunk):
     samples = solutions.sample_problems(core, tok, task, chunk, lc.samples_per_problem, c.seed,
                                         "label_samples", sp, batch_size=c.sampling.batch_size)
-    ls = labels_lib.label_samples(core, tok, task, samples, lc.rollouts, c.seed, "rollouts", sp,
-                                  batch_size=c.sampling.batch_size)
-    shards.save(s, ls.arrays())
-    progress.update(1)
-  ctx.out.barrier()
+    return labels_lib.label_samples(core, tok, task, samples, lc.rollouts, c.seed, "rollouts",
+                                    sp, batch_size=c.sampling.batch_size).arrays()
+
+  shards = problem_shards(ctx, "labels", probs, lc.problems_per_shard, label)
   return label_stats(_concat_shards(shards))
 
 
@@ -333,30 +341,23 @@ def run_revision_data(ctx: Context) -> dict:
   data, policy = ctx.inputs["data"], ctx.inputs["policy"]
   tok, task = policy.tokenizer, data.task
   probs = data.problems("train", rc.num_problems)
-  per = rc.problems_per_shard
-  shards = ctx.out.shards("revisions", math.ceil(len(probs) / per))
-  todo = shards.todo()
   core, sp = policy.sampling_core(), sampling_params(c)
-  progress = Progress(shards.count, "revision shards", unit="shards", every_s=0,
-                      initial=shards.count - len(todo), log_fn=ctx.log)
-  for s in todo:
-    chunk = probs[s * per:(s + 1) * per]
+
+  def sample(chunk):
     k = rc.samples_per_problem
     samples = solutions.sample_problems(core, tok, task, chunk, k, c.seed, "revision_samples",
                                         sp, batch_size=c.sampling.batch_size)
-    correct = samples.correct_matrix()
     texts = [samples.texts[i * k:(i + 1) * k] for i in range(len(chunk))]
     rngs = [streams.generator(c.seed, "revision_pairs", streams.split_id(p.split), p.index)
             for p in chunk]
-    trajs, _ = revisions.build_trajectories(texts, correct, rngs,
+    trajs, _ = revisions.build_trajectories(texts, samples.correct_matrix(), rngs,
                                             per_problem=rc.trajectories_per_problem,
                                             max_attempts=rc.max_attempts)
-    part = RevisionData(problem_index=np.asarray([p.index for p in chunk], np.int64),
+    return RevisionData(problem_index=np.asarray([p.index for p in chunk], np.int64),
                         samples=samples.gens, correct=samples.correct, trajectories=trajs,
-                        samples_per_problem=k)
-    shards.save(s, part.arrays(rc.max_attempts))
-    progress.update(1)
-  ctx.out.barrier()
+                        samples_per_problem=k).arrays(rc.max_attempts)
+
+  shards = problem_shards(ctx, "revisions", probs, rc.problems_per_shard, sample)
   rd = RevisionData.concat([RevisionData.from_arrays(a) for a in shards.load_all()])
   stats = revision_stats(rd, rc.max_attempts)
   prompt_lengths = [len(tok.encode(task.format_revision_prompt(probs[t.problem], [
