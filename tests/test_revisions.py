@@ -110,10 +110,12 @@ def test_revision_texts_window_the_last_attempts(task):
   texts = [[f"a{i}\nAnswer: {i}" for i in range(6)], ["b\nAnswer: 1"]]
   trajs = [revisions.Trajectory(problem=0, attempts=(1, 2, 3, 4, 5), target=0),
            revisions.Trajectory(problem=1, attempts=(), target=0)]
-  (p0, t0), (p1, t1) = revisions.revision_texts(task, problems, texts, trajs, window=4)
-  assert p0 == task.format_revision_prompt(problems[0], [texts[0][i] for i in (2, 3, 4, 5)])
+  (*p0, t0), (*p1, t1) = revisions.revision_texts(task, problems, texts, trajs, window=4)
+  shown = [texts[0][i] for i in (2, 3, 4, 5)]
+  assert "".join(p0) == task.format_revision_prompt(problems[0], shown)
+  assert p0 == task.revision_prompt_pieces(problems[0], shown) and len(p0) == 6
   assert t0 == texts[0][0]
-  assert p1 == task.format_prompt(problems[1]) and t1 == texts[1][0]
+  assert p1 == [task.format_prompt(problems[1])] and t1 == texts[1][0]
 
 
 def test_bad_input_is_named():
@@ -183,3 +185,87 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
                                       r">= 64"):
     Pipeline(pu.tiny_config(**TRAINED, revision_model__max_seq_len=40), workdir).run(
         "revision_model")
+
+
+# ----------------------------------------------------------------------------
+# revision chains (inference)
+# ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def revision_model(trained):
+  return Pipeline(pu.tiny_config(**TRAINED), trained).run("revision_model")
+
+
+def _chains(model, task, problems, lengths, rows_per_call, max_new_tokens=24):
+  from ttc_jax.sampling.core import SamplingParams
+  from ttc_jax.search import revisions as chains_lib
+  sp = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
+  return chains_lib.run_chains(chains_lib.RevisionChains(lengths=lengths, window=4),
+                               model.sampling_core(), model.tokenizer, task, problems, seed=3,
+                               stream="revision_chains", sp=sp, run=1,
+                               rows_per_call=rows_per_call)
+
+
+def test_revision_chains_slide_their_window_and_match_one_answer_at_a_time(
+    trained, revision_model):
+  """Each answer is what the model writes, alone, after the revision prompt showing exactly
+  the chain's last 4 answers (same key); the budget counts the shared prefix once and each
+  answer's extension and tokens."""
+  from ttc_jax.sampling import streams
+  from ttc_jax.sampling.core import SamplingParams
+  pipe = Pipeline(pu.tiny_config(**TRAINED), trained)
+  data = pipe.load("data")
+  task, tok = data.task, revision_model.tokenizer
+  problems = data.problems("test", 3)
+  lengths = (6, 2, 1)
+  out = _chains(revision_model, task, problems, lengths, rows_per_call=4)
+  core = revision_model.sampling_core()
+  sp = SamplingParams(temperature=1.0, max_new_tokens=24)
+  for pc, p in zip(out, problems):
+    assert [len(ch) for ch in pc.chains] == list(lengths)
+    assert pc.prefix == tok.encode(task.format_prompt(p), bos=True)
+    expected_tokens = len(pc.prefix)
+    for c, chain in enumerate(pc.chains):
+      for step, a in enumerate(chain):
+        shown = [x.text for x in chain[max(0, step - 4):step]]
+        assert a.prompt == revisions.encode_revision_prompt(tok, task, p, shown)
+        assert a.prompt[:len(pc.prefix)] == pc.prefix
+        if step == 5:  # the window slid: answer 0 is no longer shown
+          assert tok.decode(a.prompt) == task.format_revision_prompt(p, shown)
+          assert len(shown) == 4 and shown == [x.text for x in chain[1:5]]
+        keys = streams.keys(3, "revision_chains", [streams.split_id(p.split)], [p.index], [c],
+                            step, 1)
+        ref = core.generate(np.asarray([a.prompt]), None, keys, sp)
+        n = int(ref.lengths[0])
+        assert a.tokens == np.asarray(ref.tokens)[0, :n].tolist(), (p.uid, c, step)
+        assert a.finished == bool(ref.stopped[0])
+        assert a.extension_tokens == len(a.prompt) - len(pc.prefix)
+        assert a.correct == (a.finished and task.is_correct(a.text, p))
+        expected_tokens += len(a.prompt) - len(pc.prefix) + n
+    assert pc.policy_tokens() == expected_tokens
+    assert pc.policy_tokens(1, 2) == len(pc.prefix) + sum(
+        a.extension_tokens + len(a.tokens) for a in pc.chains[0][:2])
+
+
+def test_revision_chains_do_not_depend_on_the_batch(trained, revision_model):
+  """A problem's chains are the same alone or with others, in calls of any size, and a
+  shorter run is a prefix of a longer one."""
+  pipe = Pipeline(pu.tiny_config(**TRAINED), trained)
+  data = pipe.load("data")
+  problems = data.problems("test", 4)
+  many = _chains(revision_model, data.task, problems, (3, 2, 1, 1), rows_per_call=3)
+  alone = _chains(revision_model, data.task, problems[2:3], (3, 1), rows_per_call=512)
+  toks = lambda chain: [a.tokens for a in chain]  # noqa: E731
+  assert toks(alone[0].chains[0]) == toks(many[2].chains[0])
+  assert toks(alone[0].chains[1]) == toks(many[2].chains[1])[:1]
+
+
+def test_a_revision_prompt_past_the_context_is_named(trained, revision_model):
+  import dataclasses
+  pipe = Pipeline(pu.tiny_config(**TRAINED), trained)
+  data = pipe.load("data")
+  p = data.problems("test", 1)[0]
+  long = dataclasses.replace(p, question=" + ".join(["1"] * 120))
+  with pytest.raises(ValueError, match=rf"problem {p.uid}, chain 0, revision 0: the revision "
+                                       r"prompt has \d+ tokens; the revision model's context "
+                                       r"is 192 tokens"):
+    _chains(revision_model, data.task, [p, long], (2,), rows_per_call=8)

@@ -360,9 +360,9 @@ def run_revision_data(ctx: Context) -> dict:
   shards = problem_shards(ctx, "revisions", probs, rc.problems_per_shard, sample)
   rd = RevisionData.concat([RevisionData.from_arrays(a) for a in shards.load_all()])
   stats = revision_stats(rd, rc.max_attempts)
-  prompt_lengths = [len(tok.encode(task.format_revision_prompt(probs[t.problem], [
-      tok.decode(rd.samples.row(t.problem * rd.samples_per_problem + a)) for a in t.attempts]),
-      bos=True)) for t in rd.trajectories]
+  prompt_lengths = [len(revisions.encode_revision_prompt(tok, task, probs[t.problem], [
+      tok.decode(rd.samples.row(t.problem * rd.samples_per_problem + a)) for a in t.attempts]))
+      for t in rd.trajectories]
   stats["longest_prompt_tokens"] = max(prompt_lengths, default=0)
   ctx.log(f"revision data: {stats}")
   return stats

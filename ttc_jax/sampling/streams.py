@@ -25,6 +25,7 @@ STREAMS = {
     "resample": 8,  # particle filtering's resampling: generator(seed, 8, problem, round, run)
     "revision_samples": 9,  # policy answers to train problems for the revision data
     "revision_pairs": 10,  # their trajectories' draws: generator(seed, 10, split, problem)
+    "revision_chains": 11,  # revision chains: row_keys(seed, 11, split, problem, chain, step, run)
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

@@ -114,10 +114,18 @@ class Task(abc.ABC):
     encodes it. With no attempts it is ``format_prompt(problem)``: a chain's first
     answer is conditioned like the policy's. Tasks with a chat format override it.
     """
+    return "".join(self.revision_prompt_pieces(problem, attempts))
+
+  def revision_prompt_pieces(self, problem: Problem, attempts: Sequence[str]) -> list[str]:
+    """:meth:`format_revision_prompt` as pieces that are tokenized one by one (training
+    and inference alike, :func:`ttc_jax.training.revisions.encode_revision_prompt`): the
+    prompt, each attempt with its delimiter, the prompt again. A piece boundary is a
+    token boundary, so the first piece's tokens -- the policy's own prompt -- are a
+    prefix of every revision prompt of the problem, and a chain reuses their KV cache."""
     prompt = self.format_prompt(problem)
     if not attempts:
-      return prompt
-    return prompt + "".join(a + self.step_delimiter for a in attempts) + prompt
+      return [prompt]
+    return [prompt] + [a + self.step_delimiter for a in attempts] + [prompt]
 
   def split_steps(self, solution_text: str) -> list[str]:
     """Splits a solution into steps.

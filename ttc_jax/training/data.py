@@ -177,15 +177,20 @@ def sft_dataset(task: base.Task, tokenizer: Tokenizer, problems: Sequence[base.P
       tokenizer, [(task.format_prompt(p), p.solution) for p in problems], seq_len)
 
 
-def prompt_target_dataset(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
+def prompt_target_dataset(tokenizer: Tokenizer, rows: Sequence[Sequence[str]],
                           seq_len: int) -> TokenDataset:
-  """BOS prompt target EOS per (prompt, target) text pair; the loss covers the target
-  and EOS only (SFT of the policy; the revision model, whose prompt holds its earlier
-  attempts)."""
-  tokens, valid, ends = encode_rows(tokenizer, [tuple(pair) for pair in pairs], seq_len)
+  """BOS prompt target EOS per row of texts (prompt pieces..., target), each piece
+  tokenized on its own; the loss covers the target and EOS only (SFT of the policy:
+  (prompt, target); the revision model: its prompt's pieces, then the target)."""
+  rows = [tuple(row) for row in rows]
+  short = next((i for i, row in enumerate(rows) if len(row) < 2), None)
+  if short is not None:
+    raise ValueError(f"row {short} has {len(rows[short])} texts; expected prompt piece(s) "
+                     "then a target.")
+  tokens, valid, ends = encode_rows(tokenizer, rows, seq_len)
   weights = np.zeros(tokens.shape, np.float32)
-  for i, (prompt_end, last) in enumerate(ends):
-    weights[i, prompt_end + 1:last + 1] = 1.0
+  for i, row_ends in enumerate(ends):
+    weights[i, row_ends[-2] + 1:row_ends[-1] + 1] = 1.0
   return TokenDataset(tokens=tokens, valid=valid, weights=weights)
 
 

@@ -94,18 +94,35 @@ def build_trajectories(texts: Sequence[Sequence[str]], correct: Sequence[Sequenc
   return out, stats
 
 
-def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequence[str]],
-                   trajectories: Sequence[Trajectory], window: int = 4
-                   ) -> list[tuple[str, str]]:
-  """(prompt, target) texts of each trajectory: the last ``window`` attempts in the
-  task's revision prompt (the sliding window of inference), the correct answer as the
-  target."""
+def shown_attempts(attempts: Sequence, window: int) -> list:
+  """The attempts a revision prompt shows: the last ``window`` (the sliding window)."""
   if window < 0:
     raise ValueError(f"window={window}: expected >= 0 previous attempts.")
+  return list(attempts[-window:]) if window else []
+
+
+def encode_revision_prompt(tokenizer, task: Task, problem: Problem, attempts: Sequence[str]
+                           ) -> list[int]:
+  """BOS + the task's revision prompt pieces, each tokenized on its own (as
+  :func:`ttc_jax.training.data.prompt_target_dataset` tokenizes them at training): the
+  first piece's tokens, BOS + the policy's prompt, are a prefix of every revision prompt
+  of the problem."""
+  ids = [tokenizer.bos_id]
+  for piece in task.revision_prompt_pieces(problem, attempts):
+    ids += tokenizer.encode(piece)
+  return ids
+
+
+def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequence[str]],
+                   trajectories: Sequence[Trajectory], window: int = 4
+                   ) -> list[tuple[str, ...]]:
+  """(prompt pieces..., target) texts of each trajectory: the task's revision prompt
+  showing the last ``window`` attempts (the sliding window of inference) as its pieces,
+  then the correct answer, the target."""
   out = []
   for t in trajectories:
     answers = texts[t.problem]
-    shown = t.attempts[-window:] if window else ()
-    out.append((task.format_revision_prompt(problems[t.problem], [answers[i] for i in shown]),
+    shown = shown_attempts(t.attempts, window)
+    out.append((*task.revision_prompt_pieces(problems[t.problem], [answers[i] for i in shown]),
                 answers[t.target]))
   return out

@@ -1,0 +1,206 @@
+"""Sequential revisions (Snell et al. 2024, section 6): revision chains as a batch on the
+sampling core.
+
+A chain's answer l is written by the revision model after the task's revision prompt
+showing the chain's last ``window`` answers (:func:`ttc_jax.training.revisions.
+encode_revision_prompt`, the tokenization of training); answer 0 sees the plain prompt,
+so it is the revision model's own first attempt (not the policy's; the paper's k = 0
+trajectories train exactly that). Chain c has length ``lengths[c]``; chains of
+different lengths run side by side.
+
+How it runs (one step of every chain at a time, never a per-chain loop over tokens):
+
+* each problem's question prefix (BOS + the policy's prompt, the first piece of every
+  revision prompt, so its tokens are a prefix of each) is prefilled once; its KV cache
+  is gathered to the problem's chains at every step and reused there;
+* step l of all chains that reach it is a batch: gather the prefixes, extend them by
+  each row's windowed attempts and the repeated question (one compiled call), then one
+  sampling call. Rows are bucketed (a power of two) and extension widths rounded up to
+  powers of two, so a handful of shapes compile.
+
+Keys: answer l of chain c of problem i draws from ``keys(seed, stream, split, i, c, l,
+run)``, and everything a row sees is its own (its windowed prompt, its token cap, the
+model context), so a chain's answers do not depend on the other chains or problems in
+the batch, and a prefix of a chain is the chain a shorter run would have produced.
+
+Context: a revision prompt longer than the model context minus one token is an error
+naming the problem, chain and step (raise ``revision_model.max_seq_len``); an answer
+that runs into the context stops there unfinished, like any other truncated answer
+(no final answer), and is still shown to the next revision.
+
+Budget (the paper's accounting, prefill included): each answer is one generation; the
+revision model runs each problem's prefix once, then for every answer its extension
+(windowed attempts + the repeated question) and its generated tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ttc_jax.progress import Progress
+from ttc_jax.sampling import streams
+from ttc_jax.sampling.core import SamplingCore
+from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.sampling.solutions import left_pad
+from ttc_jax.sampling.solutions import round_up
+from ttc_jax.search.tree import bucket
+from ttc_jax.training import revisions as revisions_lib
+
+EXTEND_MULTIPLE = 32  # extension widths: a power-of-two multiple of this
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionChains:
+  """Chains of the given ``lengths`` (chain c has ``lengths[c]`` answers), each answer
+  conditioned on the chain's last ``window`` answers."""
+
+  lengths: tuple[int, ...]
+  window: int = 4
+
+  def __post_init__(self):
+    lengths = tuple(self.lengths)
+    if not lengths or any(not isinstance(n, (int, np.integer)) or n < 1 for n in lengths):
+      raise ValueError(f"lengths={self.lengths!r}: expected a non-empty tuple of integers "
+                       ">= 1 (one per chain).")
+    if not isinstance(self.window, int) or self.window < 1:
+      raise ValueError(f"window={self.window!r}: expected an integer >= 1 earlier answers.")
+    object.__setattr__(self, "lengths", tuple(int(n) for n in lengths))
+
+  @property
+  def generations(self) -> int:
+    return sum(self.lengths)
+
+
+@dataclasses.dataclass
+class Answer:
+  """One answer of a chain: its tokens as sampled (EOS included when it finished), the
+  revision prompt it was written after, and its grade."""
+
+  tokens: list[int]
+  prompt: list[int]  # BOS + revision prompt pieces (the prefix included)
+  text: str
+  answer: str | None  # None when unfinished (cut by its cap or the context)
+  correct: bool
+  finished: bool
+  extension_tokens: int  # prompt tokens past the shared prefix, run for this answer
+
+
+@dataclasses.dataclass
+class ProblemChains:
+  """A problem's chains (``chains[c][l]``: answer l of chain c) and its shared prefix."""
+
+  problem: object
+  prefix: list[int]
+  chains: list[list[Answer]]
+
+  def policy_tokens(self, chains: int | None = None, length: int | None = None) -> int:
+    """Tokens the revision model ran for the first ``chains`` chains cut to ``length``
+    answers (all by default): the prefix once, then every answer's extension and
+    generated tokens."""
+    return len(self.prefix) + sum(a.extension_tokens + len(a.tokens)
+                                  for chain in self.chains[:chains] for a in chain[:length])
+
+
+def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
+               problems: Sequence, *, seed: int, stream: str, sp: SamplingParams,
+               run: int = 0, rows_per_call: int = 512,
+               log_fn: Callable[[str], None] | None = None) -> list[ProblemChains]:
+  """Runs ``strategy``'s chains on ``problems`` (see the module docstring)."""
+  if sp.stop_at_step:
+    raise ValueError("revision chains sample whole answers: sp.stop_at_step must be False.")
+  num = len(problems)
+  context = core.config.max_seq_len
+  prefixes = [revisions_lib.encode_revision_prompt(tokenizer, task, p, []) for p in problems]
+  width = round_up(max(len(p) for p in prefixes), 16)
+  # Slots: the prefix, the widest extension (at most the context, rounded up) and the
+  # answer. Slots are storage: every row still stops at the model context.
+  size = width + bucket_width(context) + sp.max_new_tokens
+  tokens, valid = left_pad(prefixes, width, tokenizer.pad_id)
+  _check_context(problems, prefixes, context, 0, 0)
+  base = core.prefill(tokens, valid, cache_size=size)
+  out = [ProblemChains(problem=p, prefix=prefix, chains=[[] for _ in strategy.lengths])
+         for p, prefix in zip(problems, prefixes)]
+  lengths = np.asarray(strategy.lengths)
+  total = num * int(lengths.sum())
+  kwargs = {} if log_fn is None else {"log_fn": log_fn}
+  progress = Progress(total, "revision answers", unit="answers", **kwargs)
+  split = np.asarray([streams.split_id(p.split) for p in problems], np.int64)
+  index = np.asarray([p.index for p in problems], np.int64)
+  for step in range(int(lengths.max())):
+    chains = np.flatnonzero(lengths > step)
+    rows = [(q, int(c)) for q in range(num) for c in chains]
+    for start in range(0, len(rows), rows_per_call):
+      part = rows[start:start + rows_per_call]
+      _step(core, tokenizer, task, strategy, sp, seed, stream, run, base, out, part, step,
+            split, index, context)
+      progress.update(len(part))
+  return out
+
+
+def bucket_width(n: int) -> int:
+  """An extension's padded width: a power-of-two multiple of EXTEND_MULTIPLE."""
+  units = -(-max(n, 1) // EXTEND_MULTIPLE)
+  return EXTEND_MULTIPLE * (1 << (units - 1).bit_length())
+
+
+def _check_context(problems, prompts, context: int, chain: int, step: int,
+                   which: Sequence[int] | None = None) -> None:
+  for j, prompt in enumerate(prompts):
+    if len(prompt) + 1 > context:
+      q = j if which is None else which[j]
+      raise ValueError(
+          f"problem {problems[q].uid}, chain {chain}, revision {step}: the revision prompt "
+          f"has {len(prompt)} tokens; the revision model's context is {context} tokens "
+          "(max_seq_len), which leaves no room for an answer. Raise revision_model."
+          "max_seq_len or lower the window.")
+
+
+def _step(core, tokenizer, task, strategy, sp, seed, stream, run, base, out, part, step,
+          split, index, context):
+  """Answer ``step`` of the chains ``part`` ([(problem, chain)]) in one batch."""
+  n = len(part)
+  padded_n = bucket(n)
+  q_of = np.asarray([q for q, _ in part], np.int64)
+  c_of = np.asarray([c for _, c in part], np.int64)
+  prompts, extensions = [], []
+  for q, c in part:
+    shown = revisions_lib.shown_attempts([a.text for a in out[q].chains[c]], strategy.window)
+    prompt = revisions_lib.encode_revision_prompt(tokenizer, task, out[q].problem, shown)
+    prefix = out[q].prefix
+    if prompt[:len(prefix)] != prefix:  # guaranteed by the pieces; a task override could break it
+      raise ValueError(f"task {task.name!r}: the revision prompt of problem {out[q].problem.uid} "
+                       "does not start with the tokens of its plain prompt; "
+                       "revision_prompt_pieces must begin with format_prompt(problem).")
+    if len(prompt) + 1 > context:
+      _check_context([out[q].problem], [prompt], context, c, step)
+    prompts.append(prompt)
+    extensions.append(prompt[len(prefix):])
+  src = np.concatenate([q_of, np.repeat(q_of[:1], padded_n - n)])
+  state = core.gather(base, src)
+  longest = max(len(e) for e in extensions)
+  if longest:
+    ext = np.full((padded_n, bucket_width(longest)), tokenizer.pad_id, np.int32)
+    ext_valid = np.zeros(ext.shape, bool)
+    for r, e in enumerate(extensions):
+      ext[r, :len(e)] = e
+      ext_valid[r, :len(e)] = True
+    state = core.extend(state, ext, ext_valid)
+  pad = lambda x: np.concatenate([x, np.repeat(x[:1], padded_n - n)])  # noqa: E731
+  keys = streams.keys(seed, stream, pad(split[q_of]), pad(index[q_of]), pad(c_of), step, run)
+  result = core.sample(state, keys, sp, active=np.arange(padded_n) < n)
+  lengths = np.asarray(result.lengths)
+  gen = np.asarray(result.tokens)
+  stopped = np.asarray(result.stopped)
+  for r, (q, c) in enumerate(part):
+    toks = gen[r, :lengths[r]].tolist()
+    text = tokenizer.decode(toks)
+    problem = out[q].problem
+    finished = bool(stopped[r])
+    answer = task.extract_answer(text) if finished else None
+    out[q].chains[c].append(Answer(
+        tokens=toks, prompt=prompts[r], text=text, answer=answer,
+        correct=bool(finished and answer is not None and task.is_correct(text, problem)),
+        finished=finished, extension_tokens=len(extensions[r])))
