@@ -45,12 +45,12 @@ from ml_collections import config_dict
 from ttc_jax import tasks
 
 # Old part names of the launch scripts, kept as aliases.
-ALIASES = {"study": "report", "verifiers": "verifier_eval"}
+ALIASES = {"verifiers": "verifier_eval"}
 
 
 def _parse(arg: str | None) -> tuple[str, str]:
   """'STAGE', 'task=NAME' or 'STAGE,task=NAME' -> (stage, task)."""
-  stage, task = "report", "arith"
+  stage, task = "study", "arith"
   for part in filter(None, (arg or "").split(",")):
     if part.startswith("task="):
       task = part[len("task="):]
@@ -102,11 +102,11 @@ def _verifier_arch() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The study config; ``arg``: a stage to run (default 'report', the whole study),
+  """The study config; ``arg``: a stage to run (default 'study', the whole study),
   ``task=NAME`` (a registered task; its own section), or both: ``prm,task=NAME``."""
   stage, task = _parse(arg)
   c = ml_collections.ConfigDict()
-  c.stage = stage  # The stage to run, with the inputs it is missing ('report': everything).
+  c.stage = stage  # The stage to run, with the inputs it is missing ('study': everything).
   c.seed = 0  # Seed of every random stream: row_keys(seed, stream, problem, sample, ...).
 
   # The task's own section: its keys are the task's (see the task's DEFAULTS).
@@ -162,6 +162,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_seq_len=512,
       window=4,  # earlier attempts shown (the paper's sliding window)
       train=_train(steps=800, batch_size=32, learning_rate=1e-3, log_every=100),
+  ))
+  # The revision ORM (paper section 6.1): a value head on the revision model's backbone,
+  # trained on the revision model's own answers with its earlier answers in context.
+  c.revision_orm = ml_collections.ConfigDict(dict(
+      first_problem=1000,  # train problems after the revision model's (revision_data)
+      num_problems=400,
+      chains=2,  # revision chains per problem
+      length=4,  # answers per chain: contexts of 0..3 earlier answers
+      problems_per_shard=100,  # resumable unit of work (a shard file)
+      train=_train(steps=600, batch_size=32, learning_rate=5e-4, warmup_steps=40),
+  ))
+  # Sequential revisions against parallel sampling (paper section 6.2): on the test
+  # problems, every split of each budget N into C chains of length N / C.
+  c.revisions = ml_collections.ConfigDict(dict(
+      budgets=(1, 2, 4, 8, 16),  # powers of two (arith_paper_scale: up to 64)
+      seeds=(0, 1, 2),  # independent repeats (own random streams)
+      problems_per_shard=50,  # resumable unit of work (a shard file per seed)
   ))
   c.prm = ml_collections.ConfigDict(dict(
       init="policy",  # 'policy': the policy's backbone (+ new blocks if deeper); 'scratch'

@@ -269,3 +269,113 @@ def test_a_revision_prompt_past_the_context_is_named(trained, revision_model):
                                        r"prompt has \d+ tokens; the revision model's context "
                                        r"is 192 tokens"):
     _chains(revision_model, data.task, [p, long], (2,), rows_per_call=8)
+
+
+# ----------------------------------------------------------------------------
+# the revision stages, the revision report and the study
+# ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def revision_study(trained, tmp_path_factory):
+  """The whole study (search and revisions) on the trained tiny policy."""
+  workdir = str(tmp_path_factory.mktemp("revision_study") / "w")
+  shutil.copytree(trained, workdir, symlinks=True)
+  Pipeline(pu.tiny_config(**TRAINED), workdir).run("study")
+  return workdir
+
+
+def _latest(workdir, stage, name):
+  import json
+  with open(os.path.join(workdir, stage, "latest", name)) as f:
+    return json.load(f)
+
+
+def test_no_test_problem_reaches_the_revision_model_or_its_orm(revision_study):
+  pipe = Pipeline(pu.tiny_config(**TRAINED), revision_study)
+  data = pipe.load("data")
+  test_questions = {p.question for p in data.problems("test")}
+  rd = pipe.load("revision_data")
+  train = [data.task.get("train", int(i)) for i in rd.problem_index]
+  assert all(p.split == "train" for p in train)
+  pairs = revisions.revision_texts(data.task, train, rd.texts(pipe.load("policy").tokenizer),
+                                   rd.trajectories)
+  assert pairs and not {pair[0] for pair in pairs} & {data.task.format_prompt(p)
+                                                       for p in data.problems("test")}
+  orm = pipe.load("revision_orm")
+  made = orm.description["made_by"]
+  assert made["revision_model"] == pipe.load("revision_model").identity and made["window"] == 4
+  # The ORM's chains ran on train problems after the revision model's.
+  cfg = pu.tiny_config(**TRAINED).revision_orm
+  assert cfg.first_problem >= len(rd.problem_index)
+  shards = [f for f in os.listdir(pipe.directory("revision_orm")) if f.startswith("answers-")]
+  from ttc_jax.pipeline import store
+  for f in shards:
+    idx = store.load_npz(os.path.join(pipe.directory("revision_orm"), f))["problem_index"]
+    assert idx.min() >= cfg.first_problem and idx.max() < cfg.first_problem + cfg.num_problems
+    assert not {data.task.get("train", int(i)).question for i in idx} & test_questions
+
+
+def test_the_revision_report_has_every_split_selection_and_claim(revision_study):
+  from ttc_jax.analysis import revisions as rev_lib
+  rev = _latest(revision_study, "revision_report", "revisions.json")
+  cells = _latest(revision_study, "revision_sweep", "cells.json")
+  config = pu.tiny_config(**TRAINED)
+  budgets = list(config.revisions.budgets)
+  want = {(f"revisions_{s}", n, c) for s in rev_lib.SELECTIONS for n in budgets
+          for c, _ in rev_lib.splits(n)}
+  assert {(c["method"], c["params"]["n"], c["params"]["chains"]) for c in rev["curves"]} == want
+  assert len(cells) == len(want) * len(config.revisions.seeds)
+  for cell in cells:
+    assert len(cell["correct"]) == config.test_problems
+    assert cell["params"]["chains"] * cell["params"]["length"] == cell["budget_generations"]
+  for curve in rev["curves"]:
+    assert curve["ci"][0] <= curve["accuracy"] <= curve["ci"][1]
+  # A budget's pure-parallel split with majority voting is plain majority over the first
+  # answers of N chains: more budget never costs fewer tokens.
+  par = sorted((c for c in rev["curves"] if c["method"] == "revisions_majority"
+                and c["params"]["length"] == 1), key=lambda c: c["params"]["n"])
+  assert [c["params"]["n"] for c in par] == budgets
+  assert all(a["policy_tokens"] < b["policy_tokens"] for a, b in zip(par, par[1:]))
+  assert rev["transitions"]["by_step"] and rev["chain_lengths"] == rev_lib.chain_lengths(4)
+  assert {c["verdict"] for c in rev["claims"]} <= {"reproduced", "not reproduced",
+                                                   "not significant"}
+  assert any(c["claim"].startswith("(d) sequential revisions over parallel")
+             for c in rev["claims"])
+  md = open(os.path.join(revision_study, "revision_report", "latest", "revisions.md")).read()
+  assert "## Sequential revisions" in md and "revisions_vs_budget.png" in md
+  claims = _latest(revision_study, "study", "claims.json")
+  assert len(claims) == len(_latest(revision_study, "report", "results.json")["claims"]) + len(
+      rev["claims"])
+
+
+def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_path):
+  import signal
+  import subprocess
+  import time
+  killed = str(tmp_path / "killed")
+  shutil.copytree(revision_study, killed, symlinks=True)
+  for stage in ("revision_sweep", "revision_report", "study"):
+    shutil.rmtree(os.path.join(killed, stage))
+  overrides = {k.replace("__", "."): v for k, v in TRAINED.items()}
+  args = pu.cli("revision_sweep", killed, overrides=overrides)
+  proc = subprocess.Popen(args, env=pu.env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  sweep_dir = os.path.join(killed, "revision_sweep")
+  shard = None
+  while proc.poll() is None:
+    dirs = os.listdir(sweep_dir) if os.path.isdir(sweep_dir) else []
+    found = [os.path.join(sweep_dir, d, "chains-seed0-00000.npz") for d in dirs]
+    shard = next((f for f in found if os.path.exists(f)), None)
+    if shard:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the revision sweep finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(os.path.dirname(shard), "chains-seed0-00001.npz"))
+  out = pu.run(args)
+  assert "chains-seed0 shards 2/2" in out.stderr and "1/2" not in out.stderr.split(
+      "chains-seed0 shards")[1][:8], out.stderr[-3000:]
+  timeless = lambda cells: [{k: v for k, v in c.items() if k != "wall_s"}  # noqa: E731
+                            for c in cells]
+  assert timeless(_latest(killed, "revision_sweep", "cells.json")) == timeless(_latest(
+      revision_study, "revision_sweep", "cells.json"))

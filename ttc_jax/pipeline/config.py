@@ -109,7 +109,7 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
       trainer.check_config(rm.train, prefix="revision_model.train")
     except ValueError as e:
       raise ConfigError(str(e)) from e
-    _int(rm.window, "revision_model.window", 0)
+    _int(rm.window, "revision_model.window", 1)
     _int(rm.max_seq_len, "revision_model.max_seq_len", policy.max_seq_len)
   for part in ("prm", "orm"):
     arch = verifier_arch(arch_fields(c.policy.model), c[part], part)
@@ -137,6 +137,29 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
     _int(rd.trajectories_per_problem, "revision_data.trajectories_per_problem", 1)
     _int(rd.max_attempts, "revision_data.max_attempts", 0)
     _int(rd.problems_per_shard, "revision_data.problems_per_shard", 1)
+  if "revision_orm" in c:
+    ro = c.revision_orm
+    try:
+      trainer.check_config(ro.train, prefix="revision_orm.train")
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    _int(ro.first_problem, "revision_orm.first_problem", 0, num_train - 1)
+    _int(ro.num_problems, "revision_orm.num_problems", 1, num_train - ro.first_problem)
+    _int(ro.chains, "revision_orm.chains", 1)
+    _int(ro.length, "revision_orm.length", 1)
+    _int(ro.problems_per_shard, "revision_orm.problems_per_shard", 1)
+  if "revisions" in c:
+    rv = c.revisions
+    budgets = list(rv.budgets)
+    if not budgets or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 or n & (n - 1)
+                          for n in budgets) or budgets != sorted(set(budgets)):
+      raise ConfigError(f"revisions.budgets={rv.budgets!r}: expected increasing powers of two "
+                        "(each budget is split into C chains of length N / C).")
+    seeds = list(rv.seeds)
+    if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds) \
+        or len(set(seeds)) != len(seeds):
+      raise ConfigError(f"revisions.seeds={rv.seeds!r}: expected distinct integers >= 0.")
+    _int(rv.problems_per_shard, "revisions.problems_per_shard", 1)
   ve = c.verifier_eval
   _int(ve.subsamples, "verifier_eval.subsamples", 1)
   _int(ve.auc_problems, "verifier_eval.auc_problems", 1, num_test - c.test_problems)

@@ -36,6 +36,7 @@ from ttc_jax import host
 from ttc_jax import tasks
 from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import difficulty as difficulty_lib
+from ttc_jax.analysis import revisions as revision_analysis
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.analysis import verifiers as verifier_metrics
 from ttc_jax.models import checkpoints
@@ -57,6 +58,7 @@ from ttc_jax.search import ParticleFilter
 from ttc_jax.search import SearchContext
 from ttc_jax.search import default_width
 from ttc_jax.search import search_problems
+from ttc_jax.search import revisions as chains_lib
 from ttc_jax.tokenizer import Tokenizer
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import revisions
@@ -419,6 +421,173 @@ def run_revision_model(ctx: Context) -> dict:
   return stats
 
 
+def _revision_window(revision_model: artifacts.ModelArtifact) -> int:
+  return int(revision_model.description["made_by"]["window"])
+
+
+def _answers_arrays(pcs: list[chains_lib.ProblemChains]) -> dict[str, np.ndarray]:
+  """Every answer of ``pcs`` as a verifier row (its revision prompt + its tokens) and its
+  correctness (the revision ORM's data)."""
+  answers = [(q, step, a) for q, pc in enumerate(pcs) for chain in pc.chains
+             for step, a in enumerate(chain)]
+  rows = [a.prompt + a.tokens for _, _, a in answers]
+  tokens = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, :len(r)] = r
+  return {"tokens": tokens, "lengths": np.asarray([len(r) for r in rows], np.int32),
+          "correct": np.asarray([a.correct for _, _, a in answers], bool),
+          "step": np.asarray([step for _, step, _ in answers], np.int32),
+          "problem_index": np.asarray([pcs[q].problem.index for q, _, _ in answers], np.int64)}
+
+
+def run_revision_orm(ctx: Context) -> dict:
+  """The revision ORM (paper section 6.1): revision chains on train problems the revision
+  model was not trained on (resumable shards), each answer labelled by its correctness
+  and read at its last token with the chain's earlier answers in context; a value head
+  on the revision model's backbone."""
+  c = ctx.config
+  oc = c.revision_orm
+  data, rev = ctx.inputs["data"], ctx.inputs["revision_model"]
+  tok, task = rev.tokenizer, data.task
+  probs = data.problems("train", oc.num_problems, start=oc.first_problem)
+  strategy = chains_lib.RevisionChains(lengths=(oc.length,) * oc.chains,
+                                       window=_revision_window(rev))
+  core, sp = rev.sampling_core(), sampling_params(c)
+
+  def make(chunk):
+    pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
+                                stream="revision_chains", sp=sp,
+                                rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+    return _answers_arrays(pcs)
+
+  parts = problem_shards(ctx, "answers", probs, oc.problems_per_shard, make).load_all()
+  rows = [part["tokens"][i, :n].tolist() for part in parts for i, n in enumerate(part["lengths"])]
+  correct = np.concatenate([part["correct"] for part in parts])
+  step = np.concatenate([part["step"] for part in parts])
+  model_cfg = dataclasses.replace(rev.config, head="value", tie_embeddings=False)
+  model = Transformer(model_cfg, rngs=nnx.Rngs(oc.train.seed))
+  checkpoints.copy_backbone(rev.model, model)
+  dataset = data_lib.value_dataset(rows, [[len(r) - 1] for r in rows],
+                                   [[float(x)] for x in correct], model_cfg.max_seq_len,
+                                   tok.pad_id)
+  stats = {"problems": len(probs), "answers": len(rows),
+           "accuracy": float(correct.mean()),
+           "accuracy_by_step": [float(correct[step == k].mean()) for k in range(oc.length)],
+           "longest_row": max(len(r) for r in rows), "params": model_cfg.num_params()}
+  ctx.log(f"revision ORM: data {stats}")
+  trainer.train(model, dataset, oc.train, ctx.out.dir, objective="value", name="revision_orm")
+  tok_path = os.path.join(rev.path, rev.description["tokenizer"]["path"])
+  artifacts.write_model(
+      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=oc.train.steps,
+      made_by={"stage": "revision_orm", "objective": "value (BCE on the correctness of "
+               "revision-model answers, earlier answers in context)", "init": "revision_model",
+               "revision_model": rev.identity, "window": strategy.window,
+               "train": oc.train.to_dict(), "data": stats})
+  return stats
+
+
+def run_revision_sweep(ctx: Context) -> dict:
+  """Revision chains on the test problems for every seed (resumable shards), each answer
+  scored by the revision ORM (its earlier answers in context) and by the single-answer
+  PRM; every split of every budget into chains is a cell (paper section 6.2)."""
+  c = ctx.config
+  rc = c.revisions
+  data, rev = ctx.inputs["data"], ctx.inputs["revision_model"]
+  orm, prm = ctx.inputs["revision_orm"], ctx.inputs["prm"]
+  tok, task = rev.tokenizer, data.task
+  probs = data.problems("test", c.test_problems)
+  lengths = tuple(revision_analysis.chain_lengths(max(rc.budgets)))
+  strategy = chains_lib.RevisionChains(lengths=lengths, window=_revision_window(rev))
+  core, sp = rev.sampling_core(), sampling_params(c)
+  orm_scorer, prm_scorer = orm.scorer(), prm.scorer()
+  params = {"policy_params": rev.config.num_params(), "orm_params": orm.config.num_params(),
+            "prm_params": prm.config.num_params()}
+
+  def make(seed):
+    def chunk_arrays(chunk):
+      t0 = time.time()
+      pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
+                                  stream="revision_chains", sp=sp, run=seed,
+                                  rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+      return chain_arrays(pcs, lengths, orm_scorer, prm_scorer, tok,
+                          batch_size=c.sampling.batch_size, wall_s=time.time() - t0)
+    return chunk_arrays
+
+  for seed in rc.seeds:
+    problem_shards(ctx, f"chains-seed{seed}", probs, rc.problems_per_shard, make(seed))
+  ctx.out.write_json("params.json", params)
+  sweep = load_revision_sweep(ctx.out, {"config": {"test_problems": c.test_problems,
+                                                   "revisions": rc.to_dict()}})
+  cells = revision_analysis.revision_cells(sweep.by_seed, rc.budgets)
+  ctx.out.write_json("cells.json", cells)
+  return {"cells": len(cells), "answers_per_problem": strategy.generations}
+
+
+@dataclasses.dataclass
+class RevisionSweep:
+  """The revision chains of every seed (the chains dicts of
+  :mod:`ttc_jax.analysis.revisions`) and the budgets they cover."""
+
+  by_seed: list[dict]
+  budgets: list[int]
+
+
+def load_revision_sweep(out: artifacts.StageDir, key: dict) -> RevisionSweep:
+  rc = key["config"]["revisions"]
+  count = math.ceil(key["config"]["test_problems"] / rc["problems_per_shard"])
+  params = out.read_json("params.json")
+  by_seed = [{**concat_chain_arrays(out.shards(f"chains-seed{seed}", count).load_all()),
+              **params, "seed": seed} for seed in rc["seeds"]]
+  return RevisionSweep(by_seed=by_seed, budgets=list(rc["budgets"]))
+
+
+def chain_arrays(pcs: list[chains_lib.ProblemChains], lengths: tuple[int, ...], orm_scorer,
+                 prm_scorer, tok, *, batch_size: int, wall_s: float) -> dict[str, np.ndarray]:
+  """(problems, chains, steps) arrays of chains: grades, answers, verifier scores, tokens."""
+  shape = (len(pcs), len(lengths), max(lengths))
+  out = {"mask": np.zeros(shape, bool), "correct": np.zeros(shape, bool),
+         "has_answer": np.zeros(shape, bool), "answers": np.full(shape, "", object),
+         "orm": np.zeros(shape), "prm": np.zeros(shape),
+         "policy_tokens": np.zeros(shape, np.int64), "orm_tokens": np.zeros(shape, np.int64),
+         "prm_tokens": np.zeros(shape, np.int64)}
+  where, orm_rows, prm_rows, prm_ends = [], [], [], []
+  for q, pc in enumerate(pcs):
+    for ch, chain in enumerate(pc.chains):
+      for step, a in enumerate(chain):
+        i = (q, ch, step)
+        where.append(i)
+        out["mask"][i], out["correct"][i] = True, a.correct
+        out["has_answer"][i] = a.answer is not None
+        out["answers"][i] = a.answer or ""
+        out["policy_tokens"][i] = a.extension_tokens + len(a.tokens)
+        orm_rows.append(a.prompt + a.tokens)
+        prm_rows.append(pc.prefix + a.tokens)
+        prm_ends.append([len(pc.prefix) + e for e in solutions.step_ends(
+            a.tokens, tok.step_ids, tok.eos_ids)] or [len(pc.prefix) - 1])
+  orm_scores = orm_scorer.token_scores(orm_rows, batch_size=batch_size, desc="revision ORM")
+  prm_scores = prm_scorer.step_scores(prm_rows, prm_ends, batch_size=batch_size)
+  for i, o, p, orow, prow in zip(where, orm_scores, prm_scores, orm_rows, prm_rows):
+    out["orm"][i], out["prm"][i] = float(o[-1]), float(aggregate_steps([p], "last")[0])
+    out["orm_tokens"][i], out["prm_tokens"][i] = len(orow), len(prow)
+  out["answers"] = out["answers"].astype(str)
+  out["prefix_tokens"] = np.asarray([len(pc.prefix) for pc in pcs], np.int64)
+  out["problems"] = np.asarray([pc.problem.uid for pc in pcs], str)
+  out["wall_s"] = np.float64(wall_s)
+  return out
+
+
+def concat_chain_arrays(parts: list[dict[str, np.ndarray]]) -> dict:
+  """One seed's shards as the chains dict of :mod:`ttc_jax.analysis.revisions`."""
+  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
+         if k not in ("wall_s", "answers", "has_answer", "problems")}
+  answers = np.concatenate([p["answers"] for p in parts]).astype(object)
+  answers[~np.concatenate([p["has_answer"] for p in parts])] = None
+  out["answers"] = answers
+  out["problems"] = [str(u) for p in parts for u in p["problems"]]
+  out["wall_s"] = float(sum(float(p["wall_s"]) for p in parts))
+  return out
+
+
 def label_stats(ls: labels_lib.LabelledSamples) -> dict:
   steps = ls.labels[np.isfinite(ls.labels)]
   return {"samples": len(ls), "problems": int(np.unique(ls.problem_index).size),
@@ -736,6 +905,50 @@ def run_report(ctx: Context) -> dict:
   return {"curves": len(curves)}
 
 
+def run_revision_report(ctx: Context) -> dict:
+  """Sequential revisions against parallel sampling and search (paper section 6):
+  revisions.json, figures 6 and 7, the transition rates, revisions.md."""
+  c = ctx.config
+  p1 = ctx.inputs["difficulty"].pass_at_1
+  num_bins = c.report.difficulty_bins
+  bins = difficulty_lib.oracle_bins(p1, num_bins)
+  search_curves = [study_lib.summarize(pt, bins, num_bins, c.seed)
+                   for pt in study_lib.points(ctx.inputs["search_sweep"])]
+  sweep = ctx.inputs["revision_sweep"]
+  rev = revision_analysis.summary(sweep.by_seed, sweep.budgets, bins, num_bins, search_curves,
+                                  c.seed)
+  rev["models"] = {role: ctx.inputs[role].summary()
+                   for role in ("revision_model", "revision_orm", "prm")}
+  ctx.out.write_json("revisions.json", rev)
+  figs = {"revisions_vs_budget.png": figures.revisions_vs_budget(rev),
+          "revisions_by_difficulty.png": figures.revisions_by_difficulty(rev),
+          "revision_transitions.png": figures.revision_transitions(rev)}
+  for name, fig in figs.items():
+    ctx.out.save_figure(name, fig)
+  ctx.out.write_text("revisions.md", "\n".join(
+      ["# Sequential revisions (Snell et al. 2024, section 6)", ""]
+      + markdown.revisions_section(rev, list(figs))) + "\n")
+  pooled = rev["transitions"]["pooled"]["correct_to_incorrect"]
+  ctx.log(f"revisions: correct->incorrect {pooled['rate']}; report "
+          f"{ctx.out.path('revisions.md')}")
+  return {"curves": len(rev["curves"]), "claims": len(rev["claims"])}
+
+
+def run_study(ctx: Context) -> dict:
+  """The study's index: every claim's verdict (search, verifiers, revisions) and links to
+  the two reports."""
+  report, rev = ctx.inputs["report"], ctx.inputs["revision_report"]
+  claims = report["claims"] + rev["claims"]
+  ctx.out.write_json("claims.json", claims)
+  lines = ["# The study", "",
+           "- Verifiers and search: `report/latest/report.md` (results.json, figures).",
+           "- Sequential revisions: `revision_report/latest/revisions.md` (revisions.json, "
+           "figures).", ""] + markdown.claims_section(claims)
+  ctx.out.write_text("study.md", "\n".join(lines) + "\n")
+  ctx.log(f"study: {ctx.out.path('study.md')}")
+  return {"claims": len(claims)}
+
+
 def load_cells(out: artifacts.StageDir, key: dict) -> list[dict]:
   del key
   return out.read_json("cells.json")
@@ -770,6 +983,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("orm", "outcome reward model: value head trained on final correctness",
           ("mc_labels", "policy"), ("orm",), MODEL_OUTPUTS,
           lambda ctx: train_verifier(ctx, "orm"), load_model),
+    Stage("revision_orm", "the revision ORM: value head on the revision model's own answers, "
+          "earlier answers in context", ("data", "revision_model"),
+          ("seed", "sampling", "revision_orm"), MODEL_OUTPUTS, run_revision_orm, load_model),
+    Stage("revision_sweep", "revision chains on the test problems: every split of each budget "
+          "into sequential chains, three selections", ("data", "revision_model", "revision_orm",
+                                                       "prm"),
+          ("seed", "sampling", "test_problems", "revisions"), ("params.json", "cells.json"),
+          run_revision_sweep, load_revision_sweep),
     Stage("verifier_eval", "best-of-N curves per verifier and the PRM's step AUC",
           ("data", "policy", "difficulty", "prm", "orm"),
           ("seed", "sampling", "test_problems", "verifier_eval"),
@@ -791,4 +1012,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("seed", "report"), ("results.json", "report.md", "accuracy_vs_budget.png",
                         "accuracy_by_difficulty.png", "verifiers.png"), run_report,
           load_json("results.json"), version=2),
+    Stage("revision_report", "sequential revisions vs parallel sampling and search: "
+          "revisions.json, figures 6 and 7, revisions.md",
+          ("data", "difficulty", "search_sweep", "revision_sweep", "revision_model",
+           "revision_orm", "prm"),
+          ("seed", "report"), ("revisions.json", "revisions.md", "revisions_vs_budget.png",
+                               "revisions_by_difficulty.png", "revision_transitions.png"),
+          run_revision_report, load_json("revisions.json")),
+    Stage("study", "the whole study: every claim's verdict and the two reports",
+          ("report", "revision_report"), (), ("claims.json", "study.md"), run_study,
+          load_json("claims.json")),
 ]}

@@ -209,3 +209,134 @@ def accuracy_by_difficulty(curves: Sequence[dict], budgets: Sequence[int]) -> Fi
   axes[0].set_ylabel("accuracy (95% CI)")
   fig.tight_layout()
   return fig
+
+
+REVISION_COLORS = {"majority": "k", "flat_orm": "tab:red", "hier_orm": "tab:purple",
+                   "flat_prm": "tab:blue"}
+
+
+def _rev_rows(curves: Sequence[dict], selection: str) -> list[dict]:
+  return [c for c in curves if c["method"] == f"revisions_{selection}"]
+
+
+def _rev_find(rows: Sequence[dict], n: int, chains: int) -> dict | None:
+  return next((r for r in rows if r["params"]["n"] == n and r["params"]["chains"] == chains),
+              None)
+
+
+def revisions_vs_budget(rev_summary: dict) -> Figure:
+  """Paper Figure 6: accuracy against the budget for pure parallel sampling (C = N chains of
+  one answer) and pure sequential revisions (one chain of N), each selection, 95% bands;
+  accuracy against the sequential/parallel ratio L/C at each budget (hierarchical ORM)."""
+  curves = rev_summary["curves"]
+  budgets = sorted(rev_summary["budgets"])
+  fig = Figure(figsize=(13, 4.8))
+  a, r = fig.subplots(1, 2)
+  for sel in rev_summary["selections"]:
+    rows = _rev_rows(curves, sel)
+    color = REVISION_COLORS.get(sel)
+    for name, style, chains in (("parallel", "--", lambda n: n), ("sequential", "-",
+                                                                     lambda n: 1)):
+      pts = [(n, p) for n in budgets if (p := _rev_find(rows, n, chains(n))) is not None]
+      if not pts:
+        continue
+      x = [n for n, _ in pts]
+      a.plot(x, [p["accuracy"] for _, p in pts], style, color=color, marker="o", ms=3,
+             label=f"{sel} {name}")
+      a.fill_between(x, [p["ci"][0] for _, p in pts], [p["ci"][1] for _, p in pts],
+                     color=color, alpha=0.07, lw=0)
+  a.set_xscale("log", base=2)
+  a.set_xlabel("generation budget N")
+  a.set_ylabel("accuracy (95% CI over problems)")
+  a.set_title("parallel sampling (--) vs sequential revisions (-)")
+  a.legend(fontsize=6, ncol=2)
+  rows = _rev_rows(curves, "hier_orm")
+  for i, n in enumerate(budgets):
+    pts = sorted((r_ for r_ in rows if r_["params"]["n"] == n),
+                 key=lambda p: p["params"]["length"] / p["params"]["chains"])
+    if not pts:
+      continue
+    x = [p["params"]["length"] / p["params"]["chains"] for p in pts]
+    acc = np.array([p["accuracy"] for p in pts])
+    ci = np.array([p["ci"] for p in pts], np.float64)
+    r.errorbar(x, acc, yerr=np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc])), marker="o",
+               ms=3, capsize=2, color=f"C{i % 10}", label=f"N={n}")
+  r.set_xscale("log", base=2)
+  r.set_xlabel("sequential / parallel ratio L / C")
+  r.set_ylabel("accuracy (95% CI)")
+  r.set_title("hierarchical ORM selection, by ratio")
+  r.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def revisions_by_difficulty(rev_summary: dict) -> Figure:
+  """Paper Figure 7: accuracy per oracle difficulty bin against the ratio L/C at the largest
+  budget (hierarchical ORM selection), 95% error bars."""
+  n = max(rev_summary["budgets"])
+  pts = sorted((p for p in _rev_rows(rev_summary["curves"], "hier_orm")
+                if p["params"]["n"] == n),
+               key=lambda p: p["params"]["length"] / p["params"]["chains"])
+  num_bins = len(pts[0]["accuracy_by_bin"]) if pts else 0
+  fig = Figure(figsize=(7.5, 4.8))
+  ax = fig.subplots()
+  x = np.array([p["params"]["length"] / p["params"]["chains"] for p in pts], np.float64)
+  for b in range(num_bins):
+    acc = np.array([p["accuracy_by_bin"][b] for p in pts], np.float64)
+    ci = np.array([p["ci_by_bin"][b] for p in pts], np.float64)
+    if np.all(np.isnan(acc)):
+      continue
+    shift = 2.0 ** (0.06 * (b - (num_bins - 1) / 2))  # side by side on the log axis
+    ax.errorbar(x * shift, acc, yerr=np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc])),
+                marker="o", ms=3, capsize=2, color=f"C{b % 10}", label=f"bin {b + 1}")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("sequential / parallel ratio L / C")
+  ax.set_ylabel("accuracy (95% CI)")
+  ax.set_title(f"by oracle difficulty bin (1 = easiest), N={n}, hierarchical ORM")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def _rate_bars(ax, rows: Sequence[dict], x: np.ndarray, key: str | None, label: str,
+               color: str) -> None:
+  got = [(xi, r[key] if key else r) for xi, r in zip(x, rows)]
+  got = [(xi, e) for xi, e in got if e["rate"] is not None]
+  if not got:
+    return
+  xs = np.array([xi for xi, _ in got], np.float64)
+  rate = np.array([e["rate"] for _, e in got], np.float64)
+  ci = np.array([e["ci"] for _, e in got], np.float64)
+  ax.errorbar(xs, rate, yerr=np.abs(np.stack([rate - ci[:, 0], ci[:, 1] - rate])), marker="o",
+              ms=3, capsize=2, color=color, label=label)
+
+
+def revision_transitions(rev_summary: dict) -> Figure:
+  """Correct -> incorrect and incorrect -> correct rates by revision step, and the accuracy
+  of the answers at each step, 95% bootstrap intervals over problems."""
+  tr = rev_summary["transitions"]
+  fig = Figure(figsize=(11, 4.2))
+  a, b = fig.subplots(1, 2)
+  steps = tr["by_step"]
+  x = np.array([s["step"] for s in steps], np.float64)
+  _rate_bars(a, steps, x, "correct_to_incorrect", "correct -> incorrect", "tab:red")
+  _rate_bars(a, steps, x, "incorrect_to_correct", "incorrect -> correct", "tab:green")
+  pooled = tr["pooled"]["correct_to_incorrect"]
+  if pooled["rate"] is not None:
+    a.axhline(pooled["rate"], color="tab:red", lw=0.8, ls=":",
+              label=f"pooled correct -> incorrect {pooled['rate']:.2f}")
+  a.set_xlabel("revision step l (answer l against answer l - 1)")
+  a.set_ylabel("fraction of answers (95% CI)")
+  a.set_ylim(0, 1)
+  a.set_title("how revisions change correctness")
+  a.legend(fontsize=7)
+  acc = tr["accuracy_by_step"]
+  _rate_bars(b, acc, np.array([s["step"] for s in acc], np.float64), None,
+             "accuracy at step", "tab:purple")
+  b.set_xlabel("revision step l (0 = first answer)")
+  b.set_ylabel("accuracy (95% CI)")
+  b.set_ylim(0, 1)
+  b.set_title("accuracy of the answers by step")
+  b.legend(fontsize=7)
+  fig.tight_layout()
+  return fig

@@ -197,3 +197,97 @@ def claims_section(claims: Sequence[dict]) -> list[str]:
   return lines + ["", "reproduced: the 95% interval of the paired difference excludes zero in "
                   "the paper's direction; not reproduced: it excludes zero the other way; not "
                   "significant: it contains zero (no difference can be claimed)."]
+
+
+def _rate(e: dict) -> str:
+  if e["rate"] is None:
+    return "n/a (no pairs)"
+  return f"{e['rate']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}] ({e['count']}/{e['of']})"
+
+
+def _rev_point(curves, selection, n, chains):
+  return next((c for c in curves if c["method"] == f"revisions_{selection}"
+               and c["params"]["n"] == n and c["params"]["chains"] == chains), None)
+
+
+def _flops_pp(c) -> str:
+  return "" if c is None else f"{c['flops'] / len(c['per_problem']):.3g}"
+
+
+def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
+  """Sequential revisions against parallel sampling (paper section 6) from the revision
+  summary (:func:`ttc_jax.analysis.revisions.summary`); ``figures``: file names."""
+  curves = rev["curves"]
+  budgets = sorted(rev["budgets"])
+  selections = [s for s in rev["selections"]
+                if any(c["method"] == f"revisions_{s}" for c in curves)]
+  tr = rev["transitions"]
+  pooled = tr["pooled"]
+  lines = ["## Sequential revisions", "",
+           f"A budget of N answers is split into C parallel chains of L = N / C revisions each "
+           f"(chain lengths stored: {', '.join(map(str, rev['chain_lengths']))}). Selections: "
+           "majority (all C x L answers vote), flat ORM (weighted best-of-N over all answers by "
+           "the revision ORM), hierarchical ORM (per chain its best answer by the ORM, then "
+           "weighted best-of-N over the chain winners), flat PRM (weighted best-of-N by the "
+           "single-answer PRM). Accuracies: mean [95% bootstrap CI over problems].", "",
+           f"Transitions over {tr['problems']} problems and {tr['seeds']} seed"
+           f"{'s' if tr['seeds'] != 1 else ''}, pooled over all revision steps (rate [95% CI] "
+           "(count/of)):", "",
+           f"- correct -> incorrect: {_rate(pooled['correct_to_incorrect'])} of the correct "
+           "answers are revised into incorrect ones (the paper: about 38%).",
+           f"- incorrect -> correct: {_rate(pooled['incorrect_to_correct'])} of the incorrect "
+           "answers are revised into correct ones.", "",
+           "| step | correct -> incorrect | incorrect -> correct | accuracy at the step |",
+           "|---|---|---|---|"]
+  acc = {a["step"]: a for a in tr["accuracy_by_step"]}
+  if 0 in acc:
+    lines.append(f"| 0 | | | {_rate(acc[0])} |")
+  for s in tr["by_step"]:
+    lines.append(f"| {s['step']} | {_rate(s['correct_to_incorrect'])} | "
+                 f"{_rate(s['incorrect_to_correct'])} | "
+                 + (_rate(acc[s["step"]]) if s["step"] in acc else "") + " |")
+  lines += ["", "Accuracy by budget N and split C chains x L revisions (rows), selection "
+            "(columns); FLOPs per problem (policy, plus the verifier a selection runs):", "",
+            "| N | C x L | L / C | " + " | ".join(selections)
+            + " | FLOPs/problem majority | ORM selections | PRM selection |",
+            "|---|---|---|" + "---|" * len(selections) + "---|---|---|"]
+  for n in budgets:
+    for c in sorted({p["params"]["chains"] for p in curves if p["params"]["n"] == n},
+                    reverse=True):
+      l = n // c
+      cells = [_rev_point(curves, s, n, c) for s in selections]
+      lines.append(f"| {n} | {c} x {l} | {l / c:g} | " + " | ".join(_acc(x) for x in cells)
+                   + f" | {_flops_pp(_rev_point(curves, 'majority', n, c))} | "
+                   f"{_flops_pp(_rev_point(curves, 'hier_orm', n, c))} | "
+                   f"{_flops_pp(_rev_point(curves, 'flat_prm', n, c))} |")
+  best = [b for b in rev.get("best_ratio_by_bin", []) if b["budget"] == budgets[-1]]
+  if best:
+    lines += ["", f"The best split per oracle difficulty bin (1 = easiest) at N={budgets[-1]}, "
+              f"{best[0]['selection']} selection (descriptive; ties: the more parallel split):",
+              "", "| bin | problems | best C x L | L / C | accuracy in the bin | tied splits |",
+              "|---|---|---|---|---|---|"]
+    for b in best[0]["bins"]:
+      if b["accuracy"] is None:
+        lines.append(f"| {b['bin'] + 1} | {b['problems']} | n/a | | | |")
+      else:
+        lines.append(f"| {b['bin'] + 1} | {b['problems']} | {b['chains']} x {b['length']} | "
+                     f"{b['ratio']:g} | {_ci(b['accuracy'], b['ci'])} | {b['ties']} |")
+  lines += ["", "The paper's findings on revisions, tested (hierarchical ORM, largest budget):",
+            ""]
+  lines += claims_section(rev.get("claims", []))
+  vs = rev.get("vs_search", [])
+  if vs:
+    lines += ["", "Revisions against search at equal generation budget (difference: revisions "
+              "minus search, paired over problems):", "",
+              "| N | revisions | accuracy | FLOPs/problem | search | accuracy | FLOPs/problem "
+              "| difference [95% CI] | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in vs:
+      a, s, cmp = r["revisions"], r["search"], r["comparison"]
+      lines.append(
+          f"| {r['budget']} | {a['chains']} x {a['length']} ({a['role']}) | "
+          f"{_ci(a['accuracy'], a['ci'])} | {a['flops_per_problem']:.3g} | "
+          f"{method_label(s['method'])} | {_ci(s['accuracy'], s['ci'])} | "
+          f"{s['flops_per_problem']:.3g} | {cmp['diff']:+.3f} [{cmp['ci'][0]:+.3f}, "
+          f"{cmp['ci'][1]:+.3f}] | {cmp['verdict']} |")
+  lines += [""] + [f"![{f}]({f})" for f in figures] + [""]
+  return lines

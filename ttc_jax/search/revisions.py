@@ -2,7 +2,7 @@
 sampling core.
 
 A chain's answer l is written by the revision model after the task's revision prompt
-showing the chain's last ``window`` answers (:func:`ttc_jax.training.revisions.
+showing the chain's last ``window`` answers (:func:`ttc_jax.tasks.base.
 encode_revision_prompt`, the tokenization of training); answer 0 sees the plain prompt,
 so it is the revision model's own first attempt (not the policy's; the paper's k = 0
 trajectories train exactly that). Chain c has length ``lengths[c]``; chains of
@@ -47,7 +47,8 @@ from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.solutions import left_pad
 from ttc_jax.sampling.solutions import round_up
 from ttc_jax.search.tree import bucket
-from ttc_jax.training import revisions as revisions_lib
+from ttc_jax.tasks.base import encode_revision_prompt
+from ttc_jax.tasks.base import shown_attempts
 
 EXTEND_MULTIPLE = 32  # extension widths: a power-of-two multiple of this
 
@@ -113,7 +114,7 @@ def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
     raise ValueError("revision chains sample whole answers: sp.stop_at_step must be False.")
   num = len(problems)
   context = core.config.max_seq_len
-  prefixes = [revisions_lib.encode_revision_prompt(tokenizer, task, p, []) for p in problems]
+  prefixes = [encode_revision_prompt(tokenizer, task, p, []) for p in problems]
   width = round_up(max(len(p) for p in prefixes), 16)
   # Slots: the prefix, the widest extension (at most the context, rounded up) and the
   # answer. Slots are storage: every row still stops at the model context.
@@ -167,8 +168,8 @@ def _step(core, tokenizer, task, strategy, sp, seed, stream, run, base, out, par
   c_of = np.asarray([c for _, c in part], np.int64)
   prompts, extensions = [], []
   for q, c in part:
-    shown = revisions_lib.shown_attempts([a.text for a in out[q].chains[c]], strategy.window)
-    prompt = revisions_lib.encode_revision_prompt(tokenizer, task, out[q].problem, shown)
+    shown = shown_attempts([a.text for a in out[q].chains[c]], strategy.window)
+    prompt = encode_revision_prompt(tokenizer, task, out[q].problem, shown)
     prefix = out[q].prefix
     if prompt[:len(prefix)] != prefix:  # guaranteed by the pieces; a task override could break it
       raise ValueError(f"task {task.name!r}: the revision prompt of problem {out[q].problem.uid} "

@@ -220,3 +220,22 @@ class Task(abc.ABC):
           f"{self.name}: index {index} out of range for split {split!r} "
           f"with {n} examples."
       )
+
+
+def shown_attempts(attempts: Sequence, window: int) -> list:
+  """The attempts a revision prompt shows: the last ``window`` (the sliding window)."""
+  if window < 0:
+    raise ValueError(f"window={window}: expected >= 0 previous attempts.")
+  return list(attempts[-window:]) if window else []
+
+
+def encode_revision_prompt(tokenizer, task: "Task", problem: Problem, attempts: Sequence[str]
+                           ) -> list[int]:
+  """BOS + the task's revision prompt pieces, each tokenized on its own (as
+  :func:`ttc_jax.training.data.prompt_target_dataset` tokenizes them at training): the
+  first piece's tokens, BOS + the policy's prompt, are a prefix of every revision prompt
+  of the problem."""
+  ids = [tokenizer.bos_id]
+  for piece in task.revision_prompt_pieces(problem, attempts):
+    ids += tokenizer.encode(piece)
+  return ids

@@ -26,6 +26,8 @@ from rapidfuzz.distance import Levenshtein
 
 from ttc_jax.tasks import Problem
 from ttc_jax.tasks import Task
+from ttc_jax.tasks.base import encode_revision_prompt  # noqa: F401  (re-exported)
+from ttc_jax.tasks.base import shown_attempts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,25 +94,6 @@ def build_trajectories(texts: Sequence[Sequence[str]], correct: Sequence[Sequenc
   stats = {"problems": len(texts), "without_correct": skipped, "trajectories": len(out),
            "attempts_histogram": hist.tolist()}
   return out, stats
-
-
-def shown_attempts(attempts: Sequence, window: int) -> list:
-  """The attempts a revision prompt shows: the last ``window`` (the sliding window)."""
-  if window < 0:
-    raise ValueError(f"window={window}: expected >= 0 previous attempts.")
-  return list(attempts[-window:]) if window else []
-
-
-def encode_revision_prompt(tokenizer, task: Task, problem: Problem, attempts: Sequence[str]
-                           ) -> list[int]:
-  """BOS + the task's revision prompt pieces, each tokenized on its own (as
-  :func:`ttc_jax.training.data.prompt_target_dataset` tokenizes them at training): the
-  first piece's tokens, BOS + the policy's prompt, are a prefix of every revision prompt
-  of the problem."""
-  ids = [tokenizer.bos_id]
-  for piece in task.revision_prompt_pieces(problem, attempts):
-    ids += tokenizer.encode(piece)
-  return ids
 
 
 def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequence[str]],

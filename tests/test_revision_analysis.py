@@ -1,0 +1,375 @@
+"""Sequential revisions analysis (paper section 6) on hand-made and synthetic chains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ttc_jax.analysis import revisions as rev
+from ttc_jax.analysis import study as study_lib
+from ttc_jax.report import figures
+from ttc_jax.report import markdown
+
+
+def make_chains(answers, correct=None, orm=None, prm=None, *, seed=0, uids=None,
+                policy_tokens=None, prefix_tokens=None, orm_tokens=None, prm_tokens=None,
+                policy_params=10, orm_params=3, prm_params=5, wall_s=8.0):
+  """A chains dict from ragged per problem, per chain lists (None entries of ``answers``
+  are answers without a final answer; a shorter list: the chain stops there)."""
+  p = len(answers)
+  cmax = max(len(a) for a in answers)
+  lmax = max(len(ch) for a in answers for ch in a)
+  shape = (p, cmax, lmax)
+
+  def fill(values, dtype, default):
+    out = np.full(shape, default, dtype)
+    if values is None:
+      return out
+    for i, per_problem in enumerate(values):
+      for c, chain in enumerate(per_problem):
+        for l, v in enumerate(chain):
+          out[i, c, l] = v
+    return out
+
+  mask = np.zeros(shape, bool)
+  for i, per_problem in enumerate(answers):
+    for c, chain in enumerate(per_problem):
+      mask[i, c, :len(chain)] = True
+  ans = np.empty(shape, object)
+  for i, per_problem in enumerate(answers):
+    for c, chain in enumerate(per_problem):
+      for l, a in enumerate(chain):
+        ans[i, c, l] = a
+  return {"problems": uids or [f"q{i}" for i in range(p)], "mask": mask,
+          "correct": fill(correct, bool, False) & mask, "answers": ans,
+          "orm": fill(orm, np.float64, 0.5), "prm": fill(prm, np.float64, 0.5),
+          "policy_tokens": fill(policy_tokens, np.int64, 1),
+          "prefix_tokens": np.asarray(prefix_tokens if prefix_tokens is not None else [0] * p,
+                                      np.int64),
+          "orm_tokens": fill(orm_tokens, np.int64, 1), "prm_tokens": fill(prm_tokens, np.int64, 1),
+          "policy_params": policy_params, "orm_params": orm_params, "prm_params": prm_params,
+          "wall_s": wall_s, "seed": seed}
+
+
+def random_chains(num_problems, max_n, seed, rng_seed=0):
+  """Random synthetic chains over every split up to ``max_n`` (problem i's reference is
+  'r'; easier problems give it more often)."""
+  rng = np.random.default_rng(rng_seed * 1000 + seed)
+  lengths = rev.chain_lengths(max_n)
+  answers, correct, orm, prm, toks = [], [], [], [], []
+  for i in range(num_problems):
+    p_right = 0.9 - 0.8 * i / max(1, num_problems - 1)
+    a_i, c_i, o_i, r_i, t_i = [], [], [], [], []
+    for length in lengths:
+      right = rng.random(length) < p_right
+      a = ["r" if r else rng.choice(["x", "y", None]) for r in right]
+      a_i.append(a)
+      c_i.append([x == "r" for x in a])
+      o_i.append(np.clip(0.5 + 0.3 * (right - 0.5) + 0.2 * rng.normal(size=length), 0.01, 0.99))
+      r_i.append(rng.random(length))
+      t_i.append(rng.integers(5, 20, length))
+    answers.append(a_i)
+    correct.append(c_i)
+    orm.append(o_i)
+    prm.append(r_i)
+    toks.append(t_i)
+  return make_chains(answers, correct, orm, prm, seed=seed, policy_tokens=toks,
+                     prefix_tokens=rng.integers(3, 9, num_problems), wall_s=10.0 + seed)
+
+
+def test_splits_and_chain_lengths():
+  assert rev.splits(1) == [(1, 1)]
+  assert rev.splits(2) == [(2, 1), (1, 2)]
+  assert rev.splits(4) == [(4, 1), (2, 2), (1, 4)]
+  assert rev.splits(8) == [(8, 1), (4, 2), (2, 4), (1, 8)]
+  assert rev.splits(16) == [(16, 1), (8, 2), (4, 4), (2, 8), (1, 16)]
+  assert rev.chain_lengths(1) == [1]
+  assert rev.chain_lengths(2) == [2, 1]
+  assert rev.chain_lengths(4) == [4, 2, 1, 1]
+  assert rev.chain_lengths(8) == [8, 4, 2, 2, 1, 1, 1, 1]
+  assert rev.chain_lengths(16) == [16, 8, 4, 4] + [2] * 4 + [1] * 8
+  for bad in (0, 3, 6, -4, 2.0, True):
+    with pytest.raises(ValueError, match=rf"max_n={bad!r}: expected a power of two"):
+      rev.chain_lengths(bad)
+  with pytest.raises(ValueError, match="n=12"):
+    rev.splits(12)
+  assert [rev.balanced(n) for n in (1, 2, 4, 8, 16, 32)] == [
+      (1, 1), (1, 2), (2, 2), (2, 4), (4, 4), (4, 8)]
+
+
+# One problem, split 2 chains x 4 answers, where every selection picks another answer.
+POOL = dict(
+    answers=[[["a", "a", "b", "d"], ["a", "c", "c", "d"]]],
+    correct=[[[False, False, False, True], [False, False, False, True]]],
+    orm=[[[0.1, 0.1, 0.9, 0.2], [0.1, 0.5, 0.5, 0.45]]],
+    prm=[[[0.1, 0.1, 0.1, 0.9], [0.1, 0.1, 0.1, 0.9]]])
+
+
+def test_each_selection_picks_its_own_answer():
+  ch = make_chains(**POOL)
+  a, o, p = ch["answers"][0], ch["orm"][0], ch["prm"][0]
+  # majority: a x3; flat ORM sums: a .3, b .9, c 1.0, d .65; chain winners b (.9), c (.5);
+  # flat PRM sums: d 1.8.
+  assert rev.select(a, o, p, "majority") == "a"
+  assert rev.select(a, o, p, "flat_orm") == "c"
+  assert rev.select(a, o, p, "hier_orm") == "b"
+  assert rev.select(a, o, p, "flat_prm") == "d"
+  with pytest.raises(ValueError, match="selection 'best'"):
+    rev.select(a, o, p, "best")
+  # Through the cells: only d is marked correct, so only flat_prm's choice is right.
+  cells = [c for c in rev.revision_cells([_full(ch, 8)], [8])
+           if c["params"] == {"n": 8, "chains": 2, "length": 4}]
+  got = {c["method"]: (c["answers"][0], c["correct"][0]) for c in cells}
+  assert got == {"revisions_majority": ("a", 0), "revisions_flat_orm": ("c", 0),
+                 "revisions_hier_orm": ("b", 0), "revisions_flat_prm": ("d", 1)}
+
+
+def _full(ch, max_n):
+  """``ch`` with every answer the splits of ``max_n`` need that it lacks added as a wrong
+  answer 'z' (scores 0, one token each)."""
+  lengths = rev.chain_lengths(max_n)
+  p, cmax, lmax = ch["mask"].shape
+  shape = (p, len(lengths), max(lengths[0], lmax))
+  out = dict(ch)
+  for k in ("mask", "correct", "answers", "orm", "prm", "policy_tokens", "orm_tokens",
+            "prm_tokens"):
+    new = np.zeros(shape, ch[k].dtype)
+    new[:, :cmax, :lmax] = ch[k]
+    out[k] = new
+  need = np.zeros(shape, bool)
+  for c, length in enumerate(lengths):
+    need[:, c, :length] = True
+  add = need & ~out["mask"]
+  out["mask"] = out["mask"] | add
+  out["answers"][add] = "z"
+  for k in ("policy_tokens", "orm_tokens", "prm_tokens"):
+    out[k][add] = 1
+  return out
+
+
+def test_hierarchical_ties_and_missing_answers():
+  # Chain 0: a tie between x (first) and y: x is the chain's winner; a None answer with the
+  # highest score is not eligible. Chain 1: only None: it gives no winner.
+  answers = np.array([["x", "y", None], [None, None, None]], object)
+  orm = np.array([[0.6, 0.6, 0.99], [0.9, 0.9, 0.9]])
+  assert rev.select(answers, orm, orm, "hier_orm") == "x"
+  assert rev.select(answers[::-1], orm[::-1], orm, "hier_orm") == "x"
+  assert rev.select(np.array([[None, None]], object), orm[:1, :2], orm[:1, :2],
+                    "hier_orm") is None
+  # None never wins the pooled votes either, however many or high-scored.
+  pooled = np.array([[None, None, "k"]], object)
+  for sel in ("majority", "flat_orm", "flat_prm"):
+    assert rev.select(pooled, np.array([[0.9, 0.9, 0.1]]), np.array([[0.9, 0.9, 0.1]]),
+                      sel) == "k"
+
+
+def test_tokens_flops_and_wall_time_are_exact():
+  # Two problems, max_n = 2: chain 0 has 2 answers, chain 1 one answer.
+  ch = make_chains(
+      answers=[[["a", "b"], ["b"]], [[None, "c"], ["c"]]],
+      correct=[[[True, False], [False]], [[False, True], [True]]],
+      policy_tokens=[[[10, 20], [30]], [[1, 2], [4]]], prefix_tokens=[100, 7],
+      orm_tokens=[[[5, 6], [7]], [[1, 1], [1]]], prm_tokens=[[[50, 60], [70]], [[2, 2], [2]]],
+      policy_params=10, orm_params=3, prm_params=5, wall_s=6.0, seed=4)
+  cells = {c["key"]: c for c in rev.revision_cells([ch], [1, 2])}
+  assert len(cells) == 4 * 3
+  one = cells["revisions_majority/chains=1,length=1,n=1/seed=4"]
+  assert one["policy_tokens"] == [110, 8] and one["prm_tokens"] == [0, 0]
+  assert one["flops"] == [2 * 10 * 110, 2 * 10 * 8]
+  assert one["finished"] == [1, 0] and one["answers"] == ["a", None]
+  assert one["correct"] == [1, 0]
+  assert one["wall_s"] == pytest.approx(6.0 * 2 / 6) and one["compile_s"] == 0.0
+  par = cells["revisions_flat_orm/chains=2,length=1,n=2/seed=4"]
+  # The question prefix is counted once per problem, not once per chain.
+  assert par["policy_tokens"] == [140, 12] and par["prm_tokens"] == [12, 2]
+  assert par["flops"] == [2 * 10 * 140 + 2 * 3 * 12, 2 * 10 * 12 + 2 * 3 * 2]
+  assert par["params"] == {"n": 2, "chains": 2, "length": 1}
+  assert par["budget_generations"] == 2 and par["method"] == "revisions_flat_orm"
+  assert par["finished"] == [2, 1] and par["problems"] == ["q0", "q1"]
+  assert par["wall_s"] == pytest.approx(6.0 * 4 / 6)
+  seq = cells["revisions_flat_prm/chains=1,length=2,n=2/seed=4"]
+  assert seq["policy_tokens"] == [130, 10] and seq["prm_tokens"] == [110, 4]
+  assert seq["flops"] == [2 * 10 * 130 + 2 * 5 * 110, 2 * 10 * 10 + 2 * 5 * 4]
+  hier = cells["revisions_hier_orm/chains=1,length=2,n=2/seed=4"]
+  assert hier["prm_tokens"] == [11, 2]
+  # 'c' is correct somewhere in the pool, so choosing it is right.
+  assert hier["answers"][1] == "c" and hier["correct"][1] == 1
+  assert seq["wall_s"] == pytest.approx(6.0 * 4 / 6)
+
+
+def test_a_split_needing_a_missing_answer_raises():
+  # max_n = 4 needs chain lengths [4, 2, 1, 1]; chain 1 of problem 'hard' has one answer.
+  answers = [[["a"] * 4, ["a", "a"], ["a"], ["a"]], [["a"] * 4, ["a"], ["a"], ["a"]]]
+  ch = make_chains(answers, uids=["easy", "hard"], seed=2)
+  rev.revision_cells([ch], [1, 2])
+  with pytest.raises(ValueError, match=r"seed 2: the split 2 chains x 2 answers needs answer 1 "
+                     r"\(0-based step\) of chain 1 of problem 'hard'"):
+    rev.revision_cells([ch], [4])
+  with pytest.raises(ValueError, match="needs more than the stored 4 chains x 4 answers"):
+    rev.revision_cells([ch], [8])
+  with pytest.raises(ValueError, match="budget=3"):
+    rev.revision_cells([ch], [3])
+  other = make_chains(answers, uids=["hard", "easy"], seed=5)
+  with pytest.raises(ValueError, match="seed 5 are on other problems"):
+    rev.revision_cells([ch, other], [1])
+
+
+def test_transitions_count_known_chains():
+  # right, wrong, right, right: of the 2 correct predecessors 1 turns wrong; of the 1
+  # incorrect one, 1 turns right.
+  one = make_chains([[["r", "w", "r", "r"]]], [[[True, False, True, True]]])
+  t = rev.transitions([one])
+  c2i, i2c = t["pooled"]["correct_to_incorrect"], t["pooled"]["incorrect_to_correct"]
+  assert (c2i["count"], c2i["of"], c2i["rate"]) == (1, 2, 0.5)
+  assert (i2c["count"], i2c["of"], i2c["rate"]) == (1, 1, 1.0)
+  assert [s["step"] for s in t["by_step"]] == [1, 2, 3]
+  assert [s["correct_to_incorrect"]["rate"] for s in t["by_step"]] == [1.0, None, 0.0]
+  assert [s["incorrect_to_correct"]["rate"] for s in t["by_step"]] == [None, 1.0, None]
+  assert [a["rate"] for a in t["accuracy_by_step"]] == [1.0, 0.0, 1.0, 1.0]
+  # A second seed (wrong, wrong; a one-answer second chain) pools into the counts.
+  two = make_chains([[["w", "w", "w", "w"], ["r"]]], [[[False] * 4, [True]]], seed=1)
+  t = rev.transitions([one, two])
+  i2c = t["pooled"]["incorrect_to_correct"]
+  assert (i2c["count"], i2c["of"]) == (1, 4)
+  assert t["accuracy_by_step"][0]["count"] == 2 and t["accuracy_by_step"][0]["of"] == 3
+  # Over several problems the interval is a bootstrap over problems, deterministic by seed.
+  many = make_chains([[["r", "w"]], [["r", "r"]], [["r", "w"]], [["r", "r"]], [["w", "r"]]],
+                     [[[True, False]], [[True, True]], [[True, False]], [[True, True]],
+                      [[False, True]]])
+  t = rev.transitions([many], seed=3)
+  c2i = t["pooled"]["correct_to_incorrect"]
+  assert (c2i["count"], c2i["of"], c2i["rate"], c2i["problems"]) == (2, 4, 0.5, 4)
+  assert 0.0 <= c2i["ci"][0] < 0.5 < c2i["ci"][1] <= 1.0
+  assert rev.transitions([many], seed=3) == t
+
+
+def _pt(c, l, per_problem, sel="hier_orm"):
+  return {"method": f"revisions_{sel}", "params": {"n": c * l, "chains": c, "length": l},
+          "budget_generations": c * l, "per_problem": list(map(float, per_problem))}
+
+
+def test_revision_claims_verdicts():
+  bins = np.repeat(np.arange(4), 5)  # 20 problems; easy: bins 0, 1; hard: bins 2, 3
+  par = np.zeros(20)
+  seq = np.concatenate([np.zeros(10), np.tile([1.0, 0.0], 5)])
+  bal = np.concatenate([np.ones(10), np.tile([0.0, 1.0], 5)])
+  curves = [_pt(4, 1, par), _pt(2, 2, bal), _pt(1, 4, seq),
+            # A smaller budget and another selection: never the claims' points.
+            _pt(2, 1, np.ones(20)), _pt(1, 2, np.zeros(20)), _pt(1, 4, par, "majority")]
+  got = {c["claim"]: c for c in rev.revision_claims(curves, bins, 4, seed=0)}
+  assert list(got) == [
+      "(d) sequential revisions over parallel sampling at budget 4",
+      "(d) pure sequential over the balanced ratio (2x2) on the easier half at budget 4",
+      "(d) the balanced ratio (2x2) over pure sequential on the harder half at budget 4"]
+  first, easy_c, hard_c = got.values()
+  # seq - par: 0 on the easy half, 1, 0, 1, 0 ... on the hard half (mean 0.25 > 0).
+  assert first["verdict"] == "reproduced" and first["comparison"]["diff"] == 0.25
+  assert first["budget"] == 4 and first["selection"] == "hier_orm"
+  assert easy_c["verdict"] == "not reproduced" and easy_c["comparison"]["diff"] == -1.0
+  assert easy_c["comparison"]["n"] == 10
+  assert hard_c["verdict"] == "not significant" and hard_c["comparison"]["diff"] == 0.0
+  # Budget 2: the balanced split is pure sequential, so only one claim; budget 1: none.
+  two = rev.revision_claims([_pt(2, 1, np.zeros(20)), _pt(1, 2, np.ones(20))], bins, 4)
+  assert [c["claim"] for c in two] == [
+      "(d) sequential revisions over parallel sampling at budget 2"]
+  assert two[0]["verdict"] == "reproduced"
+  assert rev.revision_claims([_pt(1, 1, np.ones(20))], bins, 4) == []
+  assert rev.revision_claims([_pt(1, 4, seq, "majority")], bins, 4) == []
+
+
+def test_summarize_works_on_revision_cells_and_best_ratio():
+  chains = [random_chains(12, 4, s) for s in (0, 1)]
+  cells = rev.revision_cells(chains, [1, 2, 4])
+  assert len(cells) == 2 * 4 * (1 + 2 + 3)
+  assert len({c["key"] for c in cells}) == len(cells)
+  bins = np.repeat(np.arange(3), 4)
+  pts = rev.curves(cells, bins, 3, seed=0)
+  assert len(pts) == 4 * 6
+  for p in pts:
+    assert p["seeds"] == [0, 1]
+    assert p["ci"][0] <= p["accuracy"] <= p["ci"][1]
+    mine = [c for c in cells if c["method"] == p["method"] and c["params"] == p["params"]]
+    assert p["accuracy"] == pytest.approx(np.mean([c["correct"] for c in mine]))
+    assert p["flops"] == pytest.approx(np.mean([np.sum(c["flops"]) for c in mine]))
+  best = rev.best_ratio_by_bin(pts, bins, 3)
+  assert [b["budget"] for b in best] == [1, 2, 4]
+  for b in best[-1]["bins"]:
+    accs = [rev.find(pts, "hier_orm", 4, c)["accuracy_by_bin"][b["bin"]] for c in (4, 2, 1)]
+    assert b["accuracy"] == max(accs)
+    assert b["chains"] * b["length"] == 4 and b["ratio"] == b["length"] / b["chains"]
+    assert b["ci"][0] <= b["accuracy"] <= b["ci"][1]
+
+
+def _search_curves(num_problems, bins, num_bins):
+  rng = np.random.default_rng(7)
+  cells = []
+  for method, budgets in (("best_of_n_weighted", (1, 2, 4)), ("beam_sqrt", (4,)),
+                          ("beam_m2", (2, 4))):
+    for n in budgets:
+      for s in (0, 1):
+        cells.append({"key": f"{method}/{n}/{s}", "method": method, "params": {"n": n},
+                      "seed": s, "budget_generations": n,
+                      "problems": [f"q{i}" for i in range(num_problems)],
+                      "correct": list(rng.integers(0, 2, num_problems)),
+                      "policy_tokens": [10] * num_problems, "prm_tokens": [5] * num_problems,
+                      "flops": [100.0 * n] * num_problems, "wall_s": 1.0})
+  return [study_lib.summarize(p, bins, num_bins) for p in study_lib.points(cells)]
+
+
+def test_compare_to_search_rows():
+  bins = np.repeat(np.arange(3), 4)
+  pts = rev.curves(rev.revision_cells([random_chains(12, 4, 0)], [1, 2, 4]), bins, 3)
+  search = _search_curves(12, bins, 3)
+  rows = rev.compare_to_search(pts, search, seed=0)
+  got = [(r["budget"], r["revisions"]["chains"], r["revisions"]["role"], r["search"]["method"])
+         for r in rows]
+  assert got == [(1, 1, "pure sequential = balanced", "best_of_n_weighted"),
+                 (2, 1, "pure sequential = balanced", "best_of_n_weighted"),
+                 (2, 1, "pure sequential = balanced", "beam_m2"),
+                 (4, 1, "pure sequential", "best_of_n_weighted"),
+                 (4, 1, "pure sequential", "beam_m2"),
+                 (4, 2, "balanced", "best_of_n_weighted"), (4, 2, "balanced", "beam_m2")]
+  r = rows[3]
+  mine = rev.find(pts, "hier_orm", 4, 1)
+  theirs = study_lib.point(search, "best_of_n_weighted", 4)
+  assert r["comparison"]["diff"] == pytest.approx(mine["accuracy"] - theirs["accuracy"])
+  assert r["search"]["flops_per_problem"] == 400.0
+  assert r["revisions"]["flops_per_problem"] == pytest.approx(mine["flops"] / 12)
+  assert rev.compare_to_search(pts, None) == []
+
+
+def test_figures_and_report_section_render(tmp_path):
+  num_bins = 3
+  bins = np.repeat(np.arange(num_bins), 4)
+  chains = [random_chains(12, 8, s) for s in (0, 1)]
+  out = rev.summary(chains, [1, 2, 4, 8], bins, num_bins,
+                    _search_curves(12, bins, num_bins), seed=0)
+  assert set(out) >= {"curves", "claims", "transitions", "best_ratio_by_bin", "vs_search",
+                      "budgets", "selections", "chain_lengths"}
+  assert out["chain_lengths"] == [8, 4, 2, 2, 1, 1, 1, 1] and out["budgets"] == [1, 2, 4, 8]
+  assert len(out["claims"]) == 3 and out["vs_search"]
+  import json
+  json.dumps(out)  # JSON-able (NaN allowed, as in results.json)
+  names = []
+  for name, fn in (("revisions_vs_budget.png", figures.revisions_vs_budget),
+                   ("revisions_by_difficulty.png", figures.revisions_by_difficulty),
+                   ("revision_transitions.png", figures.revision_transitions)):
+    fig = fn(out)
+    fig.savefig(tmp_path / name)
+    assert (tmp_path / name).stat().st_size > 1000
+    names.append(name)
+  lines = markdown.revisions_section(out, names)
+  text = "\n".join(lines)
+  assert lines[0] == "## Sequential revisions"
+  assert "the paper: about 38%" in text
+  c2i = out["transitions"]["pooled"]["correct_to_incorrect"]
+  assert f"{c2i['rate']:.3f} [{c2i['ci'][0]:.3f}, {c2i['ci'][1]:.3f}]" in text
+  for n in (1, 2, 4, 8):
+    for c, l in rev.splits(n):
+      row = next(x for x in lines if x.startswith(f"| {n} | {c} x {l} |"))
+      assert row.count("[") == 4  # an accuracy with its CI per selection
+  for c in out["claims"]:
+    assert c["claim"] in text and f"**{c['verdict']}**" in text
+  assert "beam search M=2" in text and "best-of-N weighted" in text
+  for name in names:
+    assert f"![{name}]({name})" in text

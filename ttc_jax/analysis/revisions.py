@@ -1,0 +1,444 @@
+"""Sequential revisions against parallel sampling (paper section 6), from stored chains.
+
+A revision model writes answer ``l`` of a chain given the chain's last answers.
+For every test problem and search seed the revision stage stores chains
+``c = 0 .. C_max - 1`` of lengths :func:`chain_lengths`; a budget of ``N``
+generations split into ``C`` chains of length ``L = N / C`` uses chains
+``0 .. C - 1`` truncated to their first ``L`` answers (a prefix of a chain is a
+chain). Every split of every budget is therefore a re-slicing of one stored run
+per seed, as the search sweep's cells are re-slicings of its outcomes.
+
+A seed's chains are a dict of numpy arrays (P problems, ``Cmax`` chains,
+``Lmax`` answers): ``problems`` (P uids), ``mask`` (answer exists), ``correct``,
+``answers`` (normalized final answer or None), ``orm`` (the revision ORM's score
+of an answer given its chain's earlier answers), ``prm`` (the single-answer
+PRM's score), ``policy_tokens`` (per answer, beyond the shared question prefix),
+``prefix_tokens`` (P: the question prefix, encoded once per problem),
+``orm_tokens``, ``prm_tokens`` (per answer); scalars ``policy_params``,
+``orm_params``, ``prm_params``, ``wall_s``, ``seed``.
+
+Selections (:data:`SELECTIONS`) choose one answer per problem from a split's
+``C x L`` answers with :func:`ttc_jax.verifiers.aggregation.select_answer`
+(answers that are None never win):
+
+* ``majority``: majority vote over the pooled answers;
+* ``flat_orm``: weighted best-of-N over the pooled answers, by the ORM score;
+* ``hier_orm``: per chain, its answer with the highest ORM score (ties: the
+  earliest in the chain; answers that are None are not eligible; a chain with
+  no answer gives none), then weighted best-of-N over the chain winners with
+  their ORM scores (the paper's hierarchical selection);
+* ``flat_prm``: weighted best-of-N over the pooled answers, by the PRM score.
+
+The paper's findings are tested as in :mod:`ttc_jax.analysis.claims`: paired
+bootstraps over problems at the largest budget, pre-specified.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ttc_jax.analysis import claims as claims_lib
+from ttc_jax.analysis import stats as stats_lib
+from ttc_jax.analysis import study as study_lib
+from ttc_jax.verifiers import aggregation
+
+SELECTIONS = ("majority", "flat_orm", "hier_orm", "flat_prm")
+BEST = "hier_orm"  # the paper's best selection: every claim is tested with it
+# The verifier each selection runs: its scores, token counts and parameters.
+_VERIFIER = {"majority": None, "flat_orm": "orm", "hier_orm": "orm", "flat_prm": "prm"}
+_PER_ANSWER = ("mask", "correct", "answers", "orm", "prm", "policy_tokens", "orm_tokens",
+               "prm_tokens")
+
+
+def _power_of_two(n, name: str = "n") -> int:
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n & (n - 1):
+    raise ValueError(f"{name}={n!r}: expected a power of two >= 1.")
+  return int(n)
+
+
+def splits(n: int) -> list[tuple[int, int]]:
+  """All (chains C, length L) with C * L = n, both powers of two, from pure parallel
+  (C = n, L = 1) to pure sequential (C = 1, L = n)."""
+  n = _power_of_two(n)
+  out, c = [], n
+  while c >= 1:
+    out.append((c, n // c))
+    c //= 2
+  return out
+
+
+def chain_lengths(max_n: int) -> list[int]:
+  """lengths[c]: the longest prefix of chain c any split of any budget <= ``max_n``
+  needs (chain c is used by splits with C > c, whose length is at most max_n / (c + 1)
+  rounded down to a power of two): [max_n, max_n / 2, max_n / 4 (x2), ..., 1 (x max_n / 2)]."""
+  max_n = _power_of_two(max_n, "max_n")
+  return [max(l for c_, l in splits(max_n) if c_ > c) for c in range(max_n)]
+
+
+def balanced(n: int) -> tuple[int, int]:
+  """The balanced split of budget n: C = L = sqrt(n) if n is a perfect square, else L = 2C."""
+  n = _power_of_two(n)
+  k = n.bit_length() - 1
+  c = 1 << (k // 2)
+  return c, n // c
+
+
+def _method(selection: str) -> str:
+  return f"revisions_{selection}"
+
+
+def _check(chains_by_seed: Sequence[dict]) -> list[str]:
+  if not chains_by_seed:
+    raise ValueError("revision cells need the chains of at least one seed.")
+  problems = list(chains_by_seed[0]["problems"])
+  for ch in chains_by_seed:
+    if list(ch["problems"]) != problems:
+      raise ValueError(f"the chains of seed {ch['seed']} are on other problems (or in another "
+                       f"order) than those of seed {chains_by_seed[0]['seed']}: every seed needs "
+                       "the same problems in the same order.")
+    shape = np.shape(ch["mask"])
+    if len(shape) != 3 or shape[0] != len(problems):
+      raise ValueError(f"seed {ch['seed']}: mask has shape {shape}; expected "
+                       f"({len(problems)}, chains, length).")
+    for k in _PER_ANSWER:
+      if np.shape(ch[k]) != shape:
+        raise ValueError(f"seed {ch['seed']}: {k} has shape {np.shape(ch[k])}; expected {shape} "
+                         "like mask.")
+    if np.shape(ch["prefix_tokens"]) != (len(problems),):
+      raise ValueError(f"seed {ch['seed']}: prefix_tokens has shape "
+                       f"{np.shape(ch['prefix_tokens'])}; expected ({len(problems)},).")
+  return problems
+
+
+def _require(ch: dict, c: int, l: int) -> None:
+  """Every answer of the split (chains < c, steps < l) exists, or a ValueError names one."""
+  cmax, lmax = np.shape(ch["mask"])[1:]
+  if c > cmax or l > lmax:
+    raise ValueError(f"seed {ch['seed']}: the split {c} chains x {l} answers needs more than "
+                     f"the stored {cmax} chains x {lmax} answers.")
+  missing = np.argwhere(~np.asarray(ch["mask"], bool)[:, :c, :l])
+  if missing.size:
+    p, ci, li = (int(x) for x in missing[0])
+    raise ValueError(f"seed {ch['seed']}: the split {c} chains x {l} answers needs answer {li} "
+                     f"(0-based step) of chain {ci} of problem {ch['problems'][p]!r}, which the "
+                     f"chains lack ({len(missing)} missing answers in all).")
+
+
+def select(answers: np.ndarray, orm: np.ndarray, prm: np.ndarray, selection: str) -> str | None:
+  """One problem's chosen answer among a split's (C, L) answers (None: no answer)."""
+  answers = np.asarray(answers, object)
+  if selection == "hier_orm":
+    winners, scores = [], []
+    for row, s in zip(answers, np.asarray(orm, np.float64)):
+      ok = np.array([a is not None for a in row], bool)
+      if ok.any():
+        j = int(np.argmax(np.where(ok, s, -np.inf)))  # first maximum: the earliest answer
+        winners.append(row[j])
+        scores.append(float(s[j]))
+    return aggregation.select_answer(winners, scores, "weighted")
+  pooled = list(answers.reshape(-1))
+  if selection == "majority":
+    return aggregation.select_answer(pooled, None, "majority")
+  if selection == "flat_orm":
+    return aggregation.select_answer(pooled, np.asarray(orm, np.float64).reshape(-1), "weighted")
+  if selection == "flat_prm":
+    return aggregation.select_answer(pooled, np.asarray(prm, np.float64).reshape(-1), "weighted")
+  raise ValueError(f"selection {selection!r}: expected one of {SELECTIONS}.")
+
+
+def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> dict:
+  answers = np.asarray(ch["answers"], object)[:, :c, :l]
+  correct = np.asarray(ch["correct"], bool)[:, :c, :l]
+  orm = np.asarray(ch["orm"], np.float64)[:, :c, :l]
+  prm = np.asarray(ch["prm"], np.float64)[:, :c, :l]
+  chosen, right = [], []
+  for p in range(answers.shape[0]):
+    a = select(answers[p], orm[p], prm[p], selection)
+    chosen.append(a)
+    pool = answers[p].reshape(-1)
+    ok = correct[p].reshape(-1)
+    right.append(int(a is not None and any(x == a and y for x, y in zip(pool, ok))))
+  policy = (np.asarray(ch["prefix_tokens"], np.int64)
+            + np.asarray(ch["policy_tokens"], np.int64)[:, :c, :l].sum(axis=(1, 2)))
+  verifier = _VERIFIER[selection]
+  if verifier is None:
+    ver_tokens, ver_params = np.zeros_like(policy), 0
+  else:
+    ver_tokens = np.asarray(ch[f"{verifier}_tokens"], np.int64)[:, :c, :l].sum(axis=(1, 2))
+    ver_params = int(ch[f"{verifier}_params"])
+  flops = 2.0 * int(ch["policy_params"]) * policy + 2.0 * ver_params * ver_tokens
+  generated = int(np.asarray(ch["mask"], bool).sum())
+  used = answers.shape[0] * c * l
+  method = _method(selection)
+  return {"key": f"{method}/chains={c},length={l},n={n}/seed={ch['seed']}", "method": method,
+          "params": {"n": n, "chains": c, "length": l}, "seed": int(ch["seed"]),
+          "budget_generations": n, "problems": list(ch["problems"]), "correct": right,
+          "answers": chosen,
+          "finished": [int(sum(a is not None for a in answers[p].reshape(-1)))
+                       for p in range(answers.shape[0])],
+          "policy_tokens": [int(x) for x in policy], "prm_tokens": [int(x) for x in ver_tokens],
+          "flops": [float(x) for x in flops],
+          "wall_s": float(ch["wall_s"]) * used / generated if generated else 0.0,
+          "compile_s": 0.0}
+
+
+def revision_cells(chains_by_seed: Sequence[dict], budgets: Sequence[int],
+                   selections: Sequence[str] = SELECTIONS) -> list[dict]:
+  """One cell per (seed, selection, budget N, split (C, L)), in the search sweep's cell
+  format (:func:`ttc_jax.analysis.study.summarize` reads them). The first seed's cells
+  come first.
+
+  Args:
+    chains_by_seed: one chains dict per search seed, on the same problems in the same order.
+    budgets: generation budgets, powers of two.
+    selections: a subset of :data:`SELECTIONS`.
+
+  Raises:
+    ValueError: seeds disagree on the problems, a budget is not a power of two, an unknown
+      selection, or a split needs an answer the chains lack.
+  """
+  _check(chains_by_seed)
+  for s in selections:
+    if s not in SELECTIONS:
+      raise ValueError(f"selection {s!r}: expected one of {SELECTIONS}.")
+  budgets = [_power_of_two(n, "budget") for n in budgets]
+  for ch in chains_by_seed:
+    for n in budgets:
+      for c, l in splits(n):
+        _require(ch, c, l)
+  return [_cell(ch, sel, n, c, l) for ch in chains_by_seed for sel in selections
+          for n in budgets for c, l in splits(n)]
+
+
+def curves(cells: Sequence[dict], bins: np.ndarray, num_bins: int, seed: int = 0) -> list[dict]:
+  """One curve point per (selection, budget, split): its seeds summarized."""
+  return [study_lib.summarize(pt, bins, num_bins, seed) for pt in study_lib.points(cells)]
+
+
+def find(curves_: Sequence[dict], selection: str, n: int, c: int) -> dict | None:
+  """The curve point of ``selection`` at budget ``n`` split into ``c`` chains (None: not swept)."""
+  return next((r for r in curves_ if r["method"] == _method(selection)
+               and r["params"]["n"] == n and r["params"]["chains"] == c), None)
+
+
+# --- transitions between consecutive answers of a chain --------------------------------------
+
+
+def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0,
+             resamples: int = stats_lib.RESAMPLES,
+             confidence: float = stats_lib.CONFIDENCE) -> dict:
+  """sum(num) / sum(den) with a percentile bootstrap over problems (``num[i]``, ``den[i]``:
+  problem i's counts), deterministic given ``seed``; rate None if sum(den) is 0."""
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  total = float(den.sum())
+  out = {"rate": None, "ci": [None, None], "count": int(num.sum()), "of": int(total),
+         "problems": int((den > 0).sum())}
+  if total == 0:
+    return out
+  rate = float(num.sum() / total)
+  idx = np.random.default_rng(seed).integers(0, num.size, (resamples, num.size))
+  d = den[idx].sum(axis=1)
+  r = num[idx].sum(axis=1)[d > 0] / d[d > 0]  # a resample without any pair has no rate
+  alpha = (1 - confidence) / 2
+  low, high = np.percentile(r, [100 * alpha, 100 * (1 - alpha)]) if r.size else (rate, rate)
+  out.update(rate=rate, ci=[float(low), float(high)])
+  return out
+
+
+def transition_counts(chains_by_seed: Sequence[dict]) -> dict[str, np.ndarray]:
+  """Per problem and step, pooled over seeds and chains: ``correct`` (P, Lmax) answers at
+  each step, ``exists`` (P, Lmax); for step l >= 1 (column l - 1 of the (P, Lmax - 1)
+  arrays) over the pairs where answers l - 1 and l both exist: ``prev_correct``,
+  ``c2i`` (correct then incorrect), ``prev_incorrect``, ``i2c`` (incorrect then correct)."""
+  _check(chains_by_seed)
+  lmax = max(np.shape(ch["mask"])[2] for ch in chains_by_seed)
+  p = len(chains_by_seed[0]["problems"])
+  out = {k: np.zeros((p, lmax), np.int64) for k in ("correct", "exists")}
+  out.update({k: np.zeros((p, max(lmax - 1, 0)), np.int64)
+              for k in ("prev_correct", "c2i", "prev_incorrect", "i2c")})
+  for ch in chains_by_seed:
+    m = np.asarray(ch["mask"], bool)
+    y = np.asarray(ch["correct"], bool) & m
+    k = m.shape[2]
+    out["exists"][:, :k] += m.sum(axis=1)
+    out["correct"][:, :k] += y.sum(axis=1)
+    if k < 2:
+      continue
+    both = m[:, :, :-1] & m[:, :, 1:]
+    before, after = y[:, :, :-1], y[:, :, 1:]
+    out["prev_correct"][:, :k - 1] += (both & before).sum(axis=1)
+    out["c2i"][:, :k - 1] += (both & before & ~after).sum(axis=1)
+    out["prev_incorrect"][:, :k - 1] += (both & ~before).sum(axis=1)
+    out["i2c"][:, :k - 1] += (both & ~before & after).sum(axis=1)
+  return out
+
+
+def transitions(chains_by_seed: Sequence[dict], seed: int = 0) -> dict:
+  """How revisions change correctness: per step l >= 1 and pooled over the steps, the
+  fraction of correct answers at l - 1 that are incorrect at l and of incorrect ones that
+  become correct; the accuracy of the answers at each step. Every rate is a ratio of
+  counts summed over problems (each problem's counts pooled over seeds and chains) with a
+  95% bootstrap interval over problems."""
+  n = transition_counts(chains_by_seed)
+  steps = [{"step": l + 1,
+            "correct_to_incorrect": ratio_ci(n["c2i"][:, l], n["prev_correct"][:, l], seed),
+            "incorrect_to_correct": ratio_ci(n["i2c"][:, l], n["prev_incorrect"][:, l], seed)}
+           for l in range(n["c2i"].shape[1])]
+  accuracy = [{"step": l, **ratio_ci(n["correct"][:, l], n["exists"][:, l], seed)}
+              for l in range(n["exists"].shape[1])]
+  return {"by_step": steps, "accuracy_by_step": accuracy,
+          "pooled": {"correct_to_incorrect": ratio_ci(n["c2i"].sum(1), n["prev_correct"].sum(1),
+                                                      seed),
+                     "incorrect_to_correct": ratio_ci(n["i2c"].sum(1),
+                                                      n["prev_incorrect"].sum(1), seed)},
+          "problems": int(n["exists"].shape[0]), "seeds": len(chains_by_seed)}
+
+
+# --- the paper's findings -------------------------------------------------------------------
+
+
+def halves(bins: np.ndarray, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
+  """The easier and the harder half of the oracle bins, as claims.search_claims defines them."""
+  bins = np.asarray(bins)
+  easy = bins < num_bins // 2 if num_bins > 1 else np.ones_like(bins, bool)
+  hard = bins >= num_bins - num_bins // 2 if num_bins > 1 else np.ones_like(bins, bool)
+  return easy, hard
+
+
+def _label(pt: dict) -> str:
+  if "chains" not in pt["params"]:
+    return f"{pt['method']}@{pt['budget_generations']}"
+  return f"{pt['method']} {pt['params']['chains']}x{pt['params']['length']}"
+
+
+def _paired(a: dict | None, b: dict | None, mask: np.ndarray | None = None,
+            seed: int = 0) -> stats_lib.Comparison | None:
+  """a - b over the problems of ``mask``; None if either point is missing, they are the same
+  point, or the mask is empty."""
+  if a is None or b is None or a is b:
+    return None
+  x, y = np.asarray(a["per_problem"]), np.asarray(b["per_problem"])
+  if mask is not None:
+    x, y = x[np.asarray(mask)], y[np.asarray(mask)]
+  if x.size == 0:
+    return None
+  return stats_lib.paired_diff(x, y, names=(_label(a), _label(b)), seed=seed)
+
+
+def revision_claims(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,
+                    seed: int = 0) -> list[dict]:
+  """(d) sequential against parallel at the largest budget with hierarchical ORM selection:
+  on all problems, on the easier half (pure sequential best) and on the harder half (a
+  balanced ratio best). A claim whose two points are missing or coincide is left out."""
+  rows = [r for r in curves_ if r["method"] == _method(BEST)]
+  if not rows:
+    return []
+  n = max(r["params"]["n"] for r in rows)
+  easy, hard = halves(bins, num_bins)
+  seq, par = find(rows, BEST, n, 1), find(rows, BEST, n, n)
+  bc, bl = balanced(n)
+  bal = find(rows, BEST, n, bc)
+  extra = {"budget": n, "selection": BEST}
+  out = [
+      claims_lib._claim(f"(d) sequential revisions over parallel sampling at budget {n}",
+                        "sequential revisions outperform parallel sampling at equal budget "
+                        "(Figure 6, left)", _paired(seq, par, seed=seed), **extra,
+                        a=[1, n], b=[n, 1]),
+      claims_lib._claim(f"(d) pure sequential over the balanced ratio ({bc}x{bl}) on the easier "
+                        f"half at budget {n}",
+                        "easy problems do best fully sequential (Figure 7)",
+                        _paired(seq, bal, easy, seed), **extra, a=[1, n], b=[bc, bl]),
+      claims_lib._claim(f"(d) the balanced ratio ({bc}x{bl}) over pure sequential on the "
+                        f"harder half at budget {n}",
+                        "harder problems need a balance of sequential and parallel (Figure 7)",
+                        _paired(bal, seq, hard, seed), **extra, a=[bc, bl], b=[1, n]),
+  ]
+  return [c for c in out if c is not None]
+
+
+def best_ratio_by_bin(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,
+                      selection: str = BEST) -> list[dict]:
+  """Per budget and difficulty bin, the split with the highest accuracy in that bin (ties:
+  the more parallel split), its accuracy and CI; descriptive only (Figure 7)."""
+  counts = np.bincount(np.asarray(bins, np.int64), minlength=num_bins)
+  rows = [r for r in curves_ if r["method"] == _method(selection)]
+  out = []
+  for n in sorted({r["params"]["n"] for r in rows}):
+    pts = [p for p in (find(rows, selection, n, c) for c, _ in splits(n)) if p is not None]
+    by_bin = []
+    for b in range(num_bins):
+      accs = [p["accuracy_by_bin"][b] for p in pts]
+      if not counts[b] or not pts or all(np.isnan(a) for a in accs):
+        by_bin.append({"bin": b, "problems": int(counts[b]), "chains": None, "length": None,
+                       "ratio": None, "accuracy": None, "ci": [None, None], "ties": 0})
+        continue
+      best = max(a for a in accs if not np.isnan(a))
+      i = accs.index(best)
+      p = pts[i]
+      by_bin.append({"bin": b, "problems": int(counts[b]), "chains": p["params"]["chains"],
+                     "length": p["params"]["length"],
+                     "ratio": p["params"]["length"] / p["params"]["chains"],
+                     "accuracy": float(best), "ci": [float(x) for x in p["ci_by_bin"][b]],
+                     "ties": int(sum(a == best for a in accs))})
+    out.append({"budget": n, "selection": selection, "bins": by_bin})
+  return out
+
+
+def _search_beam(search_curves: Sequence[dict]) -> str | None:
+  names = study_lib.methods(search_curves)
+  return next((m for m in names if m.startswith("beam_m")),
+              "beam_sqrt" if "beam_sqrt" in names else None)
+
+
+def _per_problem_flops(pt: dict) -> float:
+  return float(pt["flops"]) / len(pt["per_problem"])
+
+
+def compare_to_search(rev_curves: Sequence[dict], search_curves: Sequence[dict] | None,
+                      seed: int = 0) -> list[dict]:
+  """At each budget swept by both, the pure-sequential and the balanced hierarchical-ORM
+  points (one row if they coincide) against best-of-N weighted and beam search at equal
+  generation budget: the paired difference over problems (revisions - search) and the mean
+  FLOPs per problem of each. The revisions' problems must be the search's, in its order."""
+  if not search_curves:
+    return []
+  beam = _search_beam(search_curves)
+  others = ["best_of_n_weighted"] + ([beam] if beam else [])
+  rows = [r for r in rev_curves if r["method"] == _method(BEST)]
+  out = []
+  for n in sorted({r["params"]["n"] for r in rows}):
+    bc, _ = balanced(n)
+    mine = {}
+    for role, c in (("pure sequential", 1), ("balanced", bc)):
+      pt = find(rows, BEST, n, c)
+      if pt is not None:
+        mine.setdefault(c, (pt, []))[1].append(role)
+    for c, (pt, roles) in mine.items():
+      for method in others:
+        other = study_lib.point(search_curves, method, n)
+        if other is None:
+          continue
+        cmp = _paired(pt, other, seed=seed)
+        out.append({"budget": n, "revisions": {
+            "method": pt["method"], "chains": c, "length": pt["params"]["length"],
+            "role": " = ".join(roles), "accuracy": pt["accuracy"], "ci": pt["ci"],
+            "flops_per_problem": _per_problem_flops(pt)},
+            "search": {"method": method, "accuracy": other["accuracy"], "ci": other["ci"],
+                       "flops_per_problem": _per_problem_flops(other)},
+            "comparison": cmp.to_json()})
+  return out
+
+
+def summary(chains_by_seed: Sequence[dict], budgets: Sequence[int], bins: np.ndarray,
+            num_bins: int, search_curves: Sequence[dict] | None = None, seed: int = 0) -> dict:
+  """Every revision result in one JSON-able dict (the cells: :func:`revision_cells`)."""
+  budgets = sorted(_power_of_two(n, "budget") for n in budgets)
+  pts = curves(revision_cells(chains_by_seed, budgets), bins, num_bins, seed)
+  return {"curves": pts, "claims": revision_claims(pts, bins, num_bins, seed),
+          "transitions": transitions(chains_by_seed, seed),
+          "best_ratio_by_bin": best_ratio_by_bin(pts, bins, num_bins),
+          "vs_search": compare_to_search(pts, search_curves, seed),
+          "budgets": budgets, "selections": list(SELECTIONS),
+          "chain_lengths": chain_lengths(budgets[-1]), "num_bins": int(num_bins)}
