@@ -1,6 +1,7 @@
 r"""The embedded study at the paper's scale: 500 test problems (MATH-500's size), every
 budget 1..64, every search method (beam M=4 and M=sqrt(N), lookahead k=1 and 3, DVTS,
-particle filtering), 3 search seeds.
+particle filtering), 3 search seeds; revision chains for budgets up to 64 from 64 answers per
+train problem.
 
 Command (resumable; shares nothing with ``make study``'s workdir unless pointed at it):
 
@@ -38,6 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search.seeds = (0, 1, 2)
   # The MC data of the study before it was cut to fit 30 minutes.
   c.mc_labels.num_problems = 3200
+  # Revisions as in the paper: 64 answers per train problem for the trajectories, budgets
+  # up to 64 (chains of up to 64 revisions; 256 answers per problem and seed).
+  c.revision_data.samples_per_problem = 64
+  c.revisions.budgets = (1, 2, 4, 8, 16, 32, 64)
   # Less Monte-Carlo data at the same cost: a quarter of the problems, 4x the rollouts.
   c.ablation.variants = tuple(c.ablation.variants) + (
       "prm.label_positions=every_token", "prm.model.num_layers=4", "prm.init=scratch", "prm.train.steps=2400",

@@ -1,4 +1,4 @@
-r"""Runs the whole study (an alias of launch/run.py, whose default stage is "report").
+r"""Runs the whole study (an alias of launch/run.py, whose default stage is "study").
 
   python launch/study.py --config=experiments/arith.py:study --workdir=runs/arith
 """

@@ -373,3 +373,22 @@ def test_figures_and_report_section_render(tmp_path):
   assert "beam search M=2" in text and "best-of-N weighted" in text
   for name in names:
     assert f"![{name}]({name})" in text
+
+
+def test_compare_at_equal_flops_gives_search_at_least_the_revisions_flops():
+  bins = np.repeat(np.arange(3), 4)
+  pts = rev.curves(rev.revision_cells([random_chains(12, 4, 0)], [1, 2, 4]), bins, 3)
+  search = _search_curves(12, bins, 3)  # best-of-N at 100, 200, 400 FLOPs per problem
+  bon = {c["budget_generations"]: c for c in search if c["method"] == "best_of_n_weighted"}
+  rows = rev.compare_at_equal_flops(pts, search, seed=0)
+  assert [(r["budget"], r["revisions"]["role"]) for r in rows] == [
+      (1, "pure sequential"), (2, "pure sequential"), (4, "pure sequential"), (4, "balanced")]
+  for r in rows:
+    mine = rev.find(pts, "hier_orm", r["budget"], r["revisions"]["chains"])
+    flops = mine["flops"] / 12
+    assert r["revisions"]["flops_per_problem"] == pytest.approx(flops)
+    enough = [n for n in sorted(bon) if 100.0 * n >= flops]
+    want = enough[0] if enough else 4
+    assert r["search"]["budget"] == want and r["search_flops_at_least"] == bool(enough)
+    assert r["comparison"]["diff"] == pytest.approx(mine["accuracy"] - bon[want]["accuracy"])
+  assert rev.compare_at_equal_flops(pts, None) == []

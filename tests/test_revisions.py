@@ -379,3 +379,19 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
                             for c in cells]
   assert timeless(_latest(killed, "revision_sweep", "cells.json")) == timeless(_latest(
       revision_study, "revision_sweep", "cells.json"))
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(revision_orm__train__steps=0), r"revision_orm.train.steps=0 must be an integer > 0"),
+    (dict(revisions__budgets=(1, 3)), r"revisions.budgets=\(1, 3\): expected increasing "
+                                      r"powers of two"),
+    (dict(revision_orm__first_problem=190, revision_orm__num_problems=20),
+     r"revision_orm.num_problems=20: expected an integer \[1, 10\]"),
+    (dict(revisions__seeds=(0, 0)), r"revisions.seeds=\(0, 0\): expected distinct"),
+    (dict(revision_model__window=0), r"revision_model.window=0: expected an integer >= 1"),
+])
+def test_bad_revision_configs_are_named_before_anything_runs(override, message):
+  from ttc_jax.pipeline import config as config_lib
+  from ttc_jax.pipeline.stages import STAGES
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(pu.tiny_config(**override), list(STAGES))

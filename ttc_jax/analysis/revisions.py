@@ -431,6 +431,39 @@ def compare_to_search(rev_curves: Sequence[dict], search_curves: Sequence[dict] 
   return out
 
 
+def compare_at_equal_flops(rev_curves: Sequence[dict], search_curves: Sequence[dict] | None,
+                           seed: int = 0, method: str = "best_of_n_weighted") -> list[dict]:
+  """Revisions against search at (at least) equal FLOPs: each pure-sequential and balanced
+  hierarchical-ORM point against the cheapest point of ``method`` that spent at least as
+  many FLOPs per problem (search gets the benefit of the doubt); where every swept point
+  of ``method`` spent fewer, its most expensive one (``search_flops_at_least`` False).
+  Paired difference over problems, revisions - search."""
+  if not search_curves:
+    return []
+  theirs = sorted((c for c in search_curves if c["method"] == method), key=_per_problem_flops)
+  if not theirs:
+    return []
+  rows = [r for r in rev_curves if r["method"] == _method(BEST)]
+  out = []
+  for n in sorted({r["params"]["n"] for r in rows}):
+    bc, _ = balanced(n)
+    for role, c in (("pure sequential", 1), ("balanced", bc)):
+      pt = find(rows, BEST, n, c)
+      if pt is None or (role == "balanced" and bc == 1):
+        continue
+      flops = _per_problem_flops(pt)
+      other = next((o for o in theirs if _per_problem_flops(o) >= flops), theirs[-1])
+      out.append({"budget": n, "revisions": {
+          "chains": c, "length": pt["params"]["length"], "role": role,
+          "accuracy": pt["accuracy"], "ci": pt["ci"], "flops_per_problem": flops},
+          "search": {"method": method, "budget": other["budget_generations"],
+                     "accuracy": other["accuracy"], "ci": other["ci"],
+                     "flops_per_problem": _per_problem_flops(other)},
+          "search_flops_at_least": _per_problem_flops(other) >= flops,
+          "comparison": _paired(pt, other, seed=seed).to_json()})
+  return out
+
+
 def summary(chains_by_seed: Sequence[dict], budgets: Sequence[int], bins: np.ndarray,
             num_bins: int, search_curves: Sequence[dict] | None = None, seed: int = 0) -> dict:
   """Every revision result in one JSON-able dict (the cells: :func:`revision_cells`)."""
@@ -440,5 +473,6 @@ def summary(chains_by_seed: Sequence[dict], budgets: Sequence[int], bins: np.nda
           "transitions": transitions(chains_by_seed, seed),
           "best_ratio_by_bin": best_ratio_by_bin(pts, bins, num_bins),
           "vs_search": compare_to_search(pts, search_curves, seed),
+          "vs_search_flops": compare_at_equal_flops(pts, search_curves, seed),
           "budgets": budgets, "selections": list(SELECTIONS),
           "chain_lengths": chain_lengths(budgets[-1]), "num_bins": int(num_bins)}

@@ -98,17 +98,14 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
   _int(c.sampling.batch_size, "sampling.batch_size", 1)
 
   policy = _model(arch_fields(c.policy.model), vocab, "lm", "policy.model")
-  for part in ("policy", "prm", "orm"):
-    try:
-      trainer.check_config(c[part].train, prefix=f"{part}.train")
-    except ValueError as e:
-      raise ConfigError(str(e)) from e
+  for part in ("policy", "prm", "orm", "revision_model", "revision_orm"):
+    if part in c:
+      try:
+        trainer.check_config(c[part].train, prefix=f"{part}.train")
+      except ValueError as e:
+        raise ConfigError(str(e)) from e
   if "revision_model" in c:
     rm = c.revision_model
-    try:
-      trainer.check_config(rm.train, prefix="revision_model.train")
-    except ValueError as e:
-      raise ConfigError(str(e)) from e
     _int(rm.window, "revision_model.window", 1)
     _int(rm.max_seq_len, "revision_model.max_seq_len", policy.max_seq_len)
   for part in ("prm", "orm"):
@@ -139,10 +136,6 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
     _int(rd.problems_per_shard, "revision_data.problems_per_shard", 1)
   if "revision_orm" in c:
     ro = c.revision_orm
-    try:
-      trainer.check_config(ro.train, prefix="revision_orm.train")
-    except ValueError as e:
-      raise ConfigError(str(e)) from e
     _int(ro.first_problem, "revision_orm.first_problem", 0, num_train - 1)
     _int(ro.num_problems, "revision_orm.num_problems", 1, num_train - ro.first_problem)
     _int(ro.chains, "revision_orm.chains", 1)

@@ -987,7 +987,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "earlier answers in context", ("data", "revision_model"),
           ("seed", "sampling", "revision_orm"), MODEL_OUTPUTS, run_revision_orm, load_model),
     Stage("revision_sweep", "revision chains on the test problems: every split of each budget "
-          "into sequential chains, three selections", ("data", "revision_model", "revision_orm",
+          "into sequential chains; majority, revision-ORM (flat, hierarchical), PRM selection", ("data", "revision_model", "revision_orm",
                                                        "prm"),
           ("seed", "sampling", "test_problems", "revisions"), ("params.json", "cells.json"),
           run_revision_sweep, load_revision_sweep),

@@ -289,5 +289,20 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
           f"{method_label(s['method'])} | {_ci(s['accuracy'], s['ci'])} | "
           f"{s['flops_per_problem']:.3g} | {cmp['diff']:+.3f} [{cmp['ci'][0]:+.3f}, "
           f"{cmp['ci'][1]:+.3f}] | {cmp['verdict']} |")
+  vf = rev.get("vs_search_flops", [])
+  if vf:
+    lines += ["", "Revisions against best-of-N weighted at equal FLOPs: the cheapest best-of-N "
+              "point that spent at least the revisions' FLOPs per problem (marked * where every "
+              "swept best-of-N point spent fewer: its largest):", "",
+              "| N | revisions | accuracy | FLOPs/problem | best-of-N at N | accuracy | "
+              "FLOPs/problem | difference [95% CI] | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in vf:
+      a, s, cmp = r["revisions"], r["search"], r["comparison"]
+      star = "" if r["search_flops_at_least"] else "*"
+      lines.append(
+          f"| {r['budget']} | {a['chains']} x {a['length']} ({a['role']}) | "
+          f"{_ci(a['accuracy'], a['ci'])} | {a['flops_per_problem']:.3g} | {s['budget']}{star} | "
+          f"{_ci(s['accuracy'], s['ci'])} | {s['flops_per_problem']:.3g} | {cmp['diff']:+.3f} "
+          f"[{cmp['ci'][0]:+.3f}, {cmp['ci'][1]:+.3f}] | {cmp['verdict']} |")
   lines += [""] + [f"![{f}]({f})" for f in figures] + [""]
   return lines
