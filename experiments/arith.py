@@ -178,7 +178,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.revisions = ml_collections.ConfigDict(dict(
       budgets=(1, 2, 4, 8, 16),  # powers of two (arith_paper_scale: up to 64)
       seeds=(0, 1, 2),  # independent repeats (own random streams)
-      problems_per_shard=50,  # resumable unit of work (a shard file per seed)
+      problems_per_shard=100,  # resumable unit of work (shard files per seed)
   ))
   c.prm = ml_collections.ConfigDict(dict(
       init="policy",  # 'policy': the policy's backbone (+ new blocks if deeper); 'scratch'

@@ -133,12 +133,32 @@ def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
   for step in range(int(lengths.max())):
     chains = np.flatnonzero(lengths > step)
     rows = [(q, int(c)) for q in range(num) for c in chains]
-    for start in range(0, len(rows), rows_per_call):
-      part = rows[start:start + rows_per_call]
-      _step(core, tokenizer, task, strategy, sp, seed, stream, run, base, out, part, step,
-            split, index, context)
-      progress.update(len(part))
+    prompts = [_prompt(tokenizer, task, strategy, out[q], c, step, context) for q, c in rows]
+    # Rows grouped by their extension's padded width: no row pays for a longer one's
+    # attempts (in the extension nor in the decode window after it).
+    groups: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+      groups.setdefault(bucket_width(len(prompt) - len(out[rows[i][0]].prefix)), []).append(i)
+    for _, members in sorted(groups.items()):
+      for start in range(0, len(members), rows_per_call):
+        part = members[start:start + rows_per_call]
+        _step(core, tokenizer, task, sp, seed, stream, run, base, out,
+              [rows[i] for i in part], [prompts[i] for i in part], step, split, index)
+        progress.update(len(part))
   return out
+
+
+def _prompt(tokenizer, task, strategy, pc: ProblemChains, chain: int, step: int, context: int
+            ) -> list[int]:
+  """The revision prompt of answer ``step`` of ``chain``: the chain's last answers."""
+  shown = shown_attempts([a.text for a in pc.chains[chain]], strategy.window)
+  prompt = encode_revision_prompt(tokenizer, task, pc.problem, shown)
+  if prompt[:len(pc.prefix)] != pc.prefix:  # guaranteed by the pieces; an override could break it
+    raise ValueError(f"task {task.name!r}: the revision prompt of problem {pc.problem.uid} "
+                     "does not start with the tokens of its plain prompt; "
+                     "revision_prompt_pieces must begin with format_prompt(problem).")
+  _check_context([pc.problem], [prompt], context, chain, step)
+  return prompt
 
 
 def bucket_width(n: int) -> int:
@@ -147,38 +167,25 @@ def bucket_width(n: int) -> int:
   return EXTEND_MULTIPLE * (1 << (units - 1).bit_length())
 
 
-def _check_context(problems, prompts, context: int, chain: int, step: int,
-                   which: Sequence[int] | None = None) -> None:
-  for j, prompt in enumerate(prompts):
+def _check_context(problems, prompts, context: int, chain: int, step: int) -> None:
+  for problem, prompt in zip(problems, prompts):
     if len(prompt) + 1 > context:
-      q = j if which is None else which[j]
       raise ValueError(
-          f"problem {problems[q].uid}, chain {chain}, revision {step}: the revision prompt "
+          f"problem {problem.uid}, chain {chain}, revision {step}: the revision prompt "
           f"has {len(prompt)} tokens; the revision model's context is {context} tokens "
           "(max_seq_len), which leaves no room for an answer. Raise revision_model."
           "max_seq_len or lower the window.")
 
 
-def _step(core, tokenizer, task, strategy, sp, seed, stream, run, base, out, part, step,
-          split, index, context):
-  """Answer ``step`` of the chains ``part`` ([(problem, chain)]) in one batch."""
+def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts, step, split,
+          index):
+  """Answer ``step`` of the chains ``part`` ([(problem, chain)]) after ``prompts``, in one
+  batch."""
   n = len(part)
   padded_n = bucket(n)
   q_of = np.asarray([q for q, _ in part], np.int64)
   c_of = np.asarray([c for _, c in part], np.int64)
-  prompts, extensions = [], []
-  for q, c in part:
-    shown = shown_attempts([a.text for a in out[q].chains[c]], strategy.window)
-    prompt = encode_revision_prompt(tokenizer, task, out[q].problem, shown)
-    prefix = out[q].prefix
-    if prompt[:len(prefix)] != prefix:  # guaranteed by the pieces; a task override could break it
-      raise ValueError(f"task {task.name!r}: the revision prompt of problem {out[q].problem.uid} "
-                       "does not start with the tokens of its plain prompt; "
-                       "revision_prompt_pieces must begin with format_prompt(problem).")
-    if len(prompt) + 1 > context:
-      _check_context([out[q].problem], [prompt], context, c, step)
-    prompts.append(prompt)
-    extensions.append(prompt[len(prefix):])
+  extensions = [prompt[len(out[q].prefix):] for (q, _), prompt in zip(part, prompts)]
   src = np.concatenate([q_of, np.repeat(q_of[:1], padded_n - n)])
   state = core.gather(base, src)
   longest = max(len(e) for e in extensions)
