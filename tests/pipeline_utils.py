@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from typing import Callable
 
 import filelock
 
@@ -106,10 +107,9 @@ def run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
   return proc
 
 
-def shared_study(tmp_path_factory, name: str = "tiny_study", stage: str | None = None) -> str:
-  """A workdir where the tiny study ran once per test session (shared by xdist workers:
-  the first one runs it under a file lock, the others wait; its log is WORKDIR.log).
-  Copy it before changing it."""
+def shared_workdir(tmp_path_factory, name: str, build: Callable[[str], object]) -> str:
+  """A workdir made once per test session by ``build(workdir)`` (shared by xdist workers:
+  the first one builds it under a file lock, the others wait). Copy it before changing it."""
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent
@@ -117,13 +117,22 @@ def shared_study(tmp_path_factory, name: str = "tiny_study", stage: str | None =
   with filelock.FileLock(workdir + ".lock"):
     if not os.path.exists(workdir + ".done"):
       shutil.rmtree(workdir, ignore_errors=True)
-      # One process (a stage process per stage costs each its own JAX start-up); the log
-      # is kept. test_pipeline reruns stages with --jobs=2.
-      proc = run(cli(stage, workdir))
-      with open(workdir + ".log", "w") as f:
-        f.write(proc.stderr)
+      build(workdir)
       open(workdir + ".done", "w").close()
   return workdir
+
+
+def shared_study(tmp_path_factory, name: str = "tiny_study", stage: str | None = None) -> str:
+  """A workdir where the tiny study ran once per test session (see :func:`shared_workdir`;
+  its log is WORKDIR.log). Copy it before changing it."""
+  def build(workdir):
+    # One process (a stage process per stage costs each its own JAX start-up); the log
+    # is kept. test_pipeline reruns stages with --jobs=2.
+    proc = run(cli(stage, workdir))
+    with open(workdir + ".log", "w") as f:
+      f.write(proc.stderr)
+
+  return shared_workdir(tmp_path_factory, name, build)
 
 
 @contextlib.contextmanager

@@ -31,9 +31,11 @@ TRAINED = dict(task__max_ops=1, policy__train__steps=240, policy__train__checkpo
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("revisions") / "w")
-  Pipeline(pu.tiny_config(**TRAINED), workdir).run("revision_data")
-  return workdir
+  """The trained tiny policy, its revision data and revision model (built once per
+  session, shared by the xdist workers; copy it before changing it)."""
+  return pu.shared_workdir(
+      tmp_path_factory, "revision_trained",
+      lambda workdir: Pipeline(pu.tiny_config(**TRAINED), workdir).run("revision_model"))
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,7 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
 # ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def revision_model(trained):
-  return Pipeline(pu.tiny_config(**TRAINED), trained).run("revision_model")
+  return Pipeline(pu.tiny_config(**TRAINED), trained).load("revision_model")
 
 
 def _chains(model, task, problems, lengths, rows_per_call, max_new_tokens=24):
@@ -212,6 +214,7 @@ def test_revision_chains_slide_their_window_and_match_one_answer_at_a_time(
   answer's extension and tokens."""
   from ttc_jax.sampling import streams
   from ttc_jax.sampling.core import SamplingParams
+  from ttc_jax.sampling.solutions import left_pad
   pipe = Pipeline(pu.tiny_config(**TRAINED), trained)
   data = pipe.load("data")
   task, tok = data.task, revision_model.tokenizer
@@ -234,7 +237,9 @@ def test_revision_chains_slide_their_window_and_match_one_answer_at_a_time(
           assert len(shown) == 4 and shown == [x.text for x in chain[1:5]]
         keys = streams.keys(3, "revision_chains", [streams.split_id(p.split)], [p.index], [c],
                             step, 1)
-        ref = core.generate(np.asarray([a.prompt]), None, keys, sp)
+        width = -(-len(a.prompt) // 64) * 64  # left-padded: a few compiled shapes
+        tokens, valid = left_pad([a.prompt], width, tok.pad_id)
+        ref = core.generate(tokens, valid, keys, sp)
         n = int(ref.lengths[0])
         assert a.tokens == np.asarray(ref.tokens)[0, :n].tolist(), (p.uid, c, step)
         assert a.finished == bool(ref.stopped[0])
@@ -274,13 +279,19 @@ def test_a_revision_prompt_past_the_context_is_named(trained, revision_model):
 # ----------------------------------------------------------------------------
 # the revision stages, the revision report and the study
 # ----------------------------------------------------------------------------
+# The search part of that study cut to what the revision report compares with.
+STUDY = dict(search__methods=("best_of_n", "beam"), ablation__variants=())
+
+
 @pytest.fixture(scope="module")
 def revision_study(trained, tmp_path_factory):
-  """The whole study (search and revisions) on the trained tiny policy."""
-  workdir = str(tmp_path_factory.mktemp("revision_study") / "w")
-  shutil.copytree(trained, workdir, symlinks=True)
-  Pipeline(pu.tiny_config(**TRAINED), workdir).run("study")
-  return workdir
+  """The whole study (search and revisions) on the trained tiny policy (built once per
+  session)."""
+  def build(workdir):
+    shutil.copytree(trained, workdir, symlinks=True)
+    Pipeline(pu.tiny_config(**TRAINED, **STUDY), workdir).run("study")
+
+  return pu.shared_workdir(tmp_path_factory, "revision_study", build)
 
 
 def _latest(workdir, stage, name):
@@ -318,7 +329,7 @@ def test_the_revision_report_has_every_split_selection_and_claim(revision_study)
   from ttc_jax.analysis import revisions as rev_lib
   rev = _latest(revision_study, "revision_report", "revisions.json")
   cells = _latest(revision_study, "revision_sweep", "cells.json")
-  config = pu.tiny_config(**TRAINED)
+  config = pu.tiny_config(**TRAINED, **STUDY)
   budgets = list(config.revisions.budgets)
   want = {(f"revisions_{s}", n, c) for s in rev_lib.SELECTIONS for n in budgets
           for c, _ in rev_lib.splits(n)}
@@ -355,7 +366,7 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
   shutil.copytree(revision_study, killed, symlinks=True)
   for stage in ("revision_sweep", "revision_report", "study"):
     shutil.rmtree(os.path.join(killed, stage))
-  overrides = {k.replace("__", "."): v for k, v in TRAINED.items()}
+  overrides = {k.replace("__", "."): v for k, v in {**TRAINED, **STUDY}.items()}
   args = pu.cli("revision_sweep", killed, overrides=overrides)
   proc = subprocess.Popen(args, env=pu.env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
