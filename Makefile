@@ -37,7 +37,9 @@ bench: $(VENV)/.installed-bench
 	$(PY) launch/bench_sampling.py --out=runs/bench/sampling.json
 
 # The main job: every stage of the study (policy, difficulty, MC labels, PRM, ORM, verifier
-# evaluation, search sweep) -> $(DIR)/report/latest/report.md, results.json and figures.
+# evaluation, search sweep; revision data, revision model and ORM, revision chains)
+# -> $(DIR)/study/latest/study.md (every verdict), report/latest/report.md and
+# revision_report/latest/revisions.md with their figures.
 # Resumable; finished stages are reused.
 study: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)

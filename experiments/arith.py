@@ -1,4 +1,5 @@
-r"""The embedded arithmetic study: policy SFT, MC-labelled PRM, ORM, verifier evaluation, search.
+r"""The embedded arithmetic study: policy SFT, MC-labelled PRM, ORM, verifier evaluation, search,
+sequential revisions.
 
 Command (the whole study, ``make study``; resumable, reruns skip finished work):
 
@@ -37,6 +38,17 @@ falling far below pass@1 as N grows (the PRM is exploited).
   search seeds -> WORKDIR/report/latest/report.md (CIs, paired tests of the
   paper's findings). experiments/arith_paper_scale.py is the same at 500
   problems and budgets up to 64.
+* revision_data, revision_model, revision_orm: 16 policy answers on each of 1000 train
+  problems, trajectories of up to 4 incorrect answers closest (edit distance) to a
+  correct one; the policy fine-tuned to write the correct answer after them (512-token
+  context); a value head on its backbone trained on its own answers to 400 other train
+  problems, earlier answers in context.
+* revision_sweep, revision_report: 16 revision chains per test problem (lengths 16, 8,
+  4, 4, 2 x 4, 1 x 8; 48 answers) for each of 3 seeds; every split of N = 1..16 into C
+  chains of N / C revisions with majority, revision-ORM (flat, hierarchical) and PRM
+  selection -> WORKDIR/revision_report/latest/revisions.md (Figures 6 and 7, the
+  correct->incorrect rate, revisions against search at equal budgets and FLOPs).
+* study: every finding's verdict -> WORKDIR/study/latest/study.md.
 """
 
 import ml_collections

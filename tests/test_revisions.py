@@ -400,6 +400,8 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
      r"revision_orm.num_problems=20: expected an integer \[1, 10\]"),
     (dict(revisions__seeds=(0, 0)), r"revisions.seeds=\(0, 0\): expected distinct"),
     (dict(revision_model__window=0), r"revision_model.window=0: expected an integer >= 1"),
+    (dict(revision_orm__first_problem=4), r"revision_orm.first_problem=4: expected >= "
+                                          r"revision_data.num_problems=8"),
 ])
 def test_bad_revision_configs_are_named_before_anything_runs(override, message):
   from ttc_jax.pipeline import config as config_lib

@@ -141,6 +141,11 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
     _int(ro.chains, "revision_orm.chains", 1)
     _int(ro.length, "revision_orm.length", 1)
     _int(ro.problems_per_shard, "revision_orm.problems_per_shard", 1)
+    if "revision_data" in c and ro.first_problem < c.revision_data.num_problems:
+      raise ConfigError(
+          f"revision_orm.first_problem={ro.first_problem}: expected >= revision_data."
+          f"num_problems={c.revision_data.num_problems} (the revision model was trained on "
+          "those problems; its answers there would flatter the ORM's data).")
   if "revisions" in c:
     rv = c.revisions
     budgets = list(rv.budgets)
