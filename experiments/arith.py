@@ -10,15 +10,18 @@ Command (the whole study, ``make study``; resumable, reruns skip finished work):
 Overrides go inline, e.g. ``--config.policy.train.steps=100``. Another task:
 ``--task_module=my.module --config=experiments/arith.py:task=mytask`` (README).
 
-Runtime: 40 min on 2 cores of an Intel Xeon @ 2.50GHz with an empty XLA cache (venv
-1.5 min; pipeline 39 min with --jobs=2: policy 8.5 min, MC labels 9 min, PRM and ORM
-side by side 5.5 min, search sweep 15 min beside the verifier evaluation and ablation);
-earlier studies ran about 2.2x faster on other 2-core machines.
+Runtime: 60 min on 2 cores of an Intel Xeon @ 2.50GHz with an empty XLA cache (venv
+1.3 min; pipeline 58 min with --jobs=2: policy 7 min, then two chains side by side,
+MC labels 12 min -> PRM 4 min -> search sweep 18 min and revision data 2 min -> revision
+model 11 min -> revision ORM 13.5 min -> revision sweep 22 min); 40 min without the
+revision stages. Earlier studies ran about 2.2x faster on other 2-core machines.
 Expected result (README.md, "The study", has the tables; training results differ a
 little between CPU models, so never rely on one machine's numbers): policy pass@1
 about 0.46-0.49; majority and PRM-weighted best-of-64 near 0.61-0.65; a within-problem
 PRM AUC near 0.66-0.68 (the policy's own likelihood: 0.84-0.85); vanilla best-of-N
-falling far below pass@1 as N grows (the PRM is exploited).
+falling far below pass@1 as N grows (the PRM is exploited). Revisions: about 19% of
+correct answers revised into incorrect ones and 13% of incorrect ones into correct ones;
+parallel sampling beats sequential revisions at N = 16.
 
 * tokenizer, policy: sentencepiece on the task; SFT of a 2-layer d128 decoder
   (0.5M params) on the 20k train problems. Sampling never emits unused pieces.
