@@ -15,8 +15,9 @@ How it runs (one step of every chain at a time, never a per-chain loop over toke
   is gathered to the problem's chains at every step and reused there;
 * step l of all chains that reach it is a batch: gather the prefixes, extend them by
   each row's windowed attempts and the repeated question (one compiled call), then one
-  sampling call. Rows are bucketed (a power of two) and extension widths rounded up to
-  powers of two, so a handful of shapes compile.
+  sampling call. A step's rows are grouped by their extension's width (rounded up to a
+  power-of-two multiple of 32), so no row pays for another's longer attempts, and calls
+  are padded to a power-of-two number of rows: a handful of shapes compile.
 
 Keys: answer l of chain c of problem i draws from ``keys(seed, stream, split, i, c, l,
 run)``, and everything a row sees is its own (its windowed prompt, its token cap, the
