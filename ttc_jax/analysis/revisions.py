@@ -319,12 +319,7 @@ def _paired(a: dict | None, b: dict | None, mask: np.ndarray | None = None,
   point, or the mask is empty."""
   if a is None or b is None or a is b:
     return None
-  x, y = np.asarray(a["per_problem"]), np.asarray(b["per_problem"])
-  if mask is not None:
-    x, y = x[np.asarray(mask)], y[np.asarray(mask)]
-  if x.size == 0:
-    return None
-  return stats_lib.paired_diff(x, y, names=(_label(a), _label(b)), seed=seed)
+  return study_lib.compare_points(a, b, (_label(a), _label(b)), mask, seed)
 
 
 def revision_claims(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,

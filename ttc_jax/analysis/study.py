@@ -70,7 +70,15 @@ def compare(curves: Sequence[dict], a: tuple[str, float], b: tuple[str, float],
             mask: np.ndarray | None = None, seed: int = 0) -> stats_lib.Comparison | None:
   """Paired bootstrap over problems of point a = (method, budget) minus point b
   (on the problems where ``mask`` is set); None if either point was not swept."""
-  pa, pb = point(curves, *a), point(curves, *b)
+  return compare_points(point(curves, *a), point(curves, *b), (f"{a[0]}@{a[1]}",
+                                                                f"{b[0]}@{b[1]}"), mask, seed)
+
+
+def compare_points(pa: dict | None, pb: dict | None, names: tuple[str, str],
+                   mask: np.ndarray | None = None, seed: int = 0
+                   ) -> stats_lib.Comparison | None:
+  """Paired bootstrap over problems of curve point pa minus pb (on the problems where
+  ``mask`` is set); None if either is missing or the mask is empty."""
   if pa is None or pb is None:
     return None
   x, y = np.asarray(pa["per_problem"]), np.asarray(pb["per_problem"])
@@ -78,7 +86,7 @@ def compare(curves: Sequence[dict], a: tuple[str, float], b: tuple[str, float],
     x, y = x[np.asarray(mask)], y[np.asarray(mask)]
   if x.size == 0:
     return None
-  return stats_lib.paired_diff(x, y, names=(f"{a[0]}@{a[1]}", f"{b[0]}@{b[1]}"), seed=seed)
+  return stats_lib.paired_diff(x, y, names=names, seed=seed)
 
 
 def methods(curves: Sequence[dict]) -> list[str]:
