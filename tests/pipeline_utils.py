@@ -51,6 +51,13 @@ TINY = {
     "revision_orm.train.checkpoint_every": 3, "revision_orm.train.log_every": 3,
     "revision_orm.train.warmup_steps": 1,
     "revisions.budgets": (1, 2, 4), "revisions.seeds": (0,), "revisions.problems_per_shard": 4,
+    # The exchange's larger policy: 2.6x the tiny policy (its training follows the policy's).
+    "large_policy.model.d_model": 48, "large_policy.model.num_layers": 1,
+    "large_policy.model.num_heads": 2, "large_policy.model.num_kv_heads": 1,
+    "large_policy.model.mlp_dim": 96, "large_policy.model.max_seq_len": 64,
+    "large_policy.train.checkpoint_every": 4, "large_policy.train.log_every": 4,
+    "large_policy.train.warmup_steps": 2,
+    "exchange.samples_per_problem": 4, "exchange.subsamples": 8,
 }
 
 

@@ -98,12 +98,37 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
   _int(c.sampling.batch_size, "sampling.batch_size", 1)
 
   policy = _model(arch_fields(c.policy.model), vocab, "lm", "policy.model")
-  for part in ("policy", "prm", "orm", "revision_model", "revision_orm"):
+  for part in ("policy", "large_policy", "prm", "orm", "revision_model", "revision_orm"):
     if part in c:
       try:
         trainer.check_config(c[part].train, prefix=f"{part}.train")
       except ValueError as e:
         raise ConfigError(str(e)) from e
+  if "large_policy" in c:
+    large = _model(arch_fields(c.large_policy.model), vocab, "lm", "large_policy.model")
+    if large.max_seq_len < policy.max_seq_len:
+      raise ConfigError(f"large_policy.model.max_seq_len={large.max_seq_len}: expected >= the "
+                        f"policy's {policy.max_seq_len} (it answers the same prompts).")
+    if large.num_params() <= policy.num_params():
+      raise ConfigError(f"large_policy.model has {large.num_params():,} parameters: expected "
+                        f"more than the policy's {policy.num_params():,} (the exchange compares "
+                        "test-time compute with a larger model).")
+    # The same pretraining tokens: the data order is a function of these (training.data).
+    for field in ("steps", "batch_size", "seed", "pad_multiple", "bucket_pool_batches"):
+      if c.large_policy.train[field] != c.policy.train[field]:
+        raise ConfigError(
+            f"large_policy.train.{field}={c.large_policy.train[field]!r} differs from "
+            f"policy.train.{field}={c.policy.train[field]!r}: the larger policy is trained on the "
+            "same rows in the same order (the exchange's D_pretrain).")
+  if "exchange" in c:
+    ex = c.exchange
+    _int(ex.samples_per_problem, "exchange.samples_per_problem", 1)
+    _int(ex.subsamples, "exchange.subsamples", 1)
+    rs = list(ex.r_values)
+    if not rs or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0
+                     for r in rs):
+      raise ConfigError(f"exchange.r_values={ex.r_values!r}: expected numbers > 0 "
+                        "(D_inference / D_pretrain).")
   if "revision_model" in c:
     rm = c.revision_model
     _int(rm.window, "revision_model.window", 1)

@@ -43,13 +43,14 @@ from ttc_jax.progress import fmt_duration
 COST = {"data": 1, "tokenizer": 1, "policy": 10, "difficulty": 1, "mc_labels": 10, "prm": 3,
         "orm": 3, "verifier_eval": 4, "verifier_ablation": 5, "search_sweep": 12,
         "revision_data": 1, "revision_model": 6, "revision_orm": 5, "revision_sweep": 8,
-        "report": 1, "revision_report": 1, "study": 1}
+        "report": 1, "revision_report": 1, "study": 1, "large_policy": 30,
+        "large_policy_eval": 4, "compute_optimal": 1}
 
 # Stages that only train: their process gets one XLA CPU device per core and the trainer's
 # 'data' mesh spans them (alone on 2 cores: 1.24x the steps/s of one device; the PRM and
 # the ORM side by side took 305 s with two devices each, 330 s with one). Sampling stages
 # keep one device (BUILD.md: search gathers become all-gathers on 2 devices).
-TRAINING = ("policy", "prm", "orm", "revision_model")
+TRAINING = ("policy", "large_policy", "prm", "orm", "revision_model")
 
 
 class StageFailed(RuntimeError):

@@ -5,6 +5,9 @@ is written before), then walks the stages the target needs in order: a stage
 whose artifact (same identity) is finished is reused; an unfinished one
 resumes (its own checkpoints, shards or cell log); a new identity starts a new
 artifact and says which config keys or inputs differ from the stage's latest.
+A stage's optional inputs (``Stage.optional``) are read when their artifact is
+finished and never run for it; whether each was there is part of its identity,
+so finishing one later (``make exchange``) makes the stage run again.
 """
 
 from __future__ import annotations
@@ -102,9 +105,13 @@ class Pipeline:
   def key(self, name: str) -> dict:
     stage = STAGES[name]
     sections = {s: _section(self.config, s) for s in stage.sections}
-    return store.canonical({
-        "stage": name, "version": stage.version, "config": _drop_speed_only(sections),
-        "inputs": {i: self.identity(i) for i in stage.inputs}})
+    key = {"stage": name, "version": stage.version, "config": _drop_speed_only(sections),
+           "inputs": {i: self.identity(i) for i in stage.inputs}}
+    if stage.optional:
+      # Read when finished, never run for this stage: its result depends on whether they were.
+      key["optional"] = {i: self.identity(i) if self.is_done(i) else None
+                         for i in stage.optional}
+    return store.canonical(key)
 
   def identity(self, name: str) -> str:
     if name not in self._ids:
@@ -222,6 +229,7 @@ class Pipeline:
     store.write_json(out.path(artifacts.STAGE_FILE), record)
     self.log(f"{name}: {'resuming' if resumed else 'running'} -> {out.dir}")
     inputs = {i: self.load(i) for i in stage.inputs}
+    inputs.update({i: self.load(i) for i in stage.optional if key["optional"][i] is not None})
     sections = ml_collections.ConfigDict({s: self.config[s] for s in stage.sections})
     sections.lock()
     t0 = time.time()

@@ -98,6 +98,8 @@ class Stage:
   run: Callable[[Context], dict]  # computes and writes; returns a JSON summary
   load: Callable[[artifacts.StageDir, dict], Any]  # (directory, key) -> loaded artifact
   version: int = 1  # bump when the stage computes something else from the same key
+  # Stages read when their artifact is finished, never run for this one (part of its identity).
+  optional: tuple[str, ...] = ()
 
 
 def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:
@@ -140,21 +142,27 @@ def load_tokenizer(out: artifacts.StageDir, key: dict) -> Tokenizer:
 # ----------------------------------------------------------------------------
 # policy
 # ----------------------------------------------------------------------------
-def run_policy(ctx: Context) -> dict:
-  cfg = ctx.config.policy
+def run_policy(ctx: Context, section: str = "policy") -> dict:
+  """SFT of a policy on the train problems; ``section``: 'policy' or 'large_policy' (the
+  exchange's larger model: the same data, tokens and training config, other shape)."""
+  cfg = ctx.config[section]
   data, tok = ctx.inputs["data"], ctx.inputs["tokenizer"]
   model_cfg = TransformerConfig(vocab_size=tok.vocab_size, head="lm", **cfg.model.to_dict())
   model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
   problems = data.problems("train")
   dataset = data_lib.sft_dataset(data.task, tok, problems, model_cfg.max_seq_len)
+  # D of the 6 N D pretraining FLOPs: the steps' rows times the mean row length (every
+  # policy of one study sees the same rows in the same order: same data, seed and steps).
   stats = {"train_problems": len(problems), "target_tokens": int(dataset.weights.sum()),
-           "params": model_cfg.num_params()}
-  ctx.log(f"policy: {stats['params']:,} params, {len(problems)} train problems, "
+           "params": model_cfg.num_params(),
+           "train_tokens": int(round(cfg.train.steps * cfg.train.batch_size
+                                     * float(dataset.valid.sum(1).mean())))}
+  ctx.log(f"{section}: {stats['params']:,} params, {len(problems)} train problems, "
           f"{stats['target_tokens']:,} target tokens")
-  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="lm", name="policy")
+  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="lm", name=section)
   artifacts.write_model(
       ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok.path), step=cfg.train.steps,
-      made_by={"stage": "policy", "objective": "lm (SFT)", "train": cfg.train.to_dict(),
+      made_by={"stage": section, "objective": "lm (SFT)", "train": cfg.train.to_dict(),
                "data": stats})
   return stats
 
@@ -225,6 +233,52 @@ def load_difficulty(out: artifacts.StageDir, key: dict) -> Difficulty:
                     gens=solutions.Generations(tokens=z["tokens"], lengths=z["lengths"],
                                                stopped=z["stopped"]),
                     n=int(z["samples_per_problem"]))
+
+
+# ----------------------------------------------------------------------------
+# the larger policy (pretraining vs test-time FLOPs, paper section 7)
+# ----------------------------------------------------------------------------
+def run_large_policy_eval(ctx: Context) -> dict:
+  """The larger policy on the study's test problems: greedy pass@1 (the paper's Figure 9
+  reference) and ``exchange.samples_per_problem`` samples for its majority curve."""
+  c = ctx.config
+  data, large = ctx.inputs["data"], ctx.inputs["large_policy"]
+  tok, task = large.tokenizer, data.task
+  probs = data.problems("test", c.test_problems)
+  core, bs = large.sampling_core(), c.sampling.batch_size
+  greedy_sp = SamplingParams(temperature=0.0, max_new_tokens=c.sampling.max_new_tokens)
+  greedy = solutions.sample_problems(core, tok, task, probs, 1, c.seed, "large_policy_samples",
+                                     greedy_sp, batch_size=bs, log_fn=ctx.log)
+  n = c.exchange.samples_per_problem
+  samples = solutions.sample_problems(core, tok, task, probs, n, c.seed, "large_policy_samples",
+                                      sampling_params(c), batch_size=bs, log_fn=ctx.log)
+  truths = [task.normalize_answer(p.answer) for p in probs]
+  ns = verifier_metrics.powers_of_two(n)
+  answers = [samples.answers[i * n:(i + 1) * n] for i in range(len(probs))]
+  majority = aggregation.per_problem_accuracy(answers, truths, None, ns, ["majority"],
+                                              c.exchange.subsamples, c.seed)["majority"]
+  sampled = np.asarray(samples.gens.lengths, np.int64).reshape(len(probs), n)
+  result = {
+      "params": large.config.num_params(),
+      "model": large.summary(),
+      "train_tokens": large.description.get("made_by", {}).get("data", {}).get("train_tokens"),
+      "problems": [p.uid for p in probs],
+      "greedy_correct": [int(x) for x in greedy.correct],
+      "greedy_pass_at_1": float(np.mean(greedy.correct)),
+      "sampled_pass_at_1": [float(x) for x in samples.correct_matrix().mean(axis=1)],
+      "majority": {"n": ns, "per_problem": [[float(x) for x in row] for row in majority],
+                   "accuracy": [float(row.mean()) for row in majority]},
+      "samples_per_problem": n,
+      "prompt_tokens": [len(x) for x in greedy.prompts],
+      "greedy_tokens": [int(x) for x in greedy.gens.lengths],
+      "sample_tokens_mean": float(sampled.mean()),
+  }
+  ctx.out.write_json("large_policy_eval.json", result)
+  ctx.log(f"large policy ({result['params']:,} params): greedy pass@1 "
+          f"{result['greedy_pass_at_1']:.3f}, sampled pass@1 "
+          f"{np.mean(result['sampled_pass_at_1']):.3f}, majority@{ns[-1]} "
+          f"{result['majority']['accuracy'][-1]:.3f}")
+  return {k: result[k] for k in ("params", "greedy_pass_at_1")}
 
 
 # ----------------------------------------------------------------------------
@@ -963,6 +1017,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("tokenizer",), ("tokenizer.model",), run_tokenizer, load_tokenizer),
     Stage("policy", "SFT of the policy (LM head) on the train problems",
           ("data", "tokenizer"), ("policy",), MODEL_OUTPUTS, run_policy, load_model),
+    Stage("large_policy", "a larger policy (the exchange's M x parameters) trained like the "
+          "policy: same data, tokens and training config", ("data", "tokenizer"),
+          ("large_policy",), MODEL_OUTPUTS, lambda ctx: run_policy(ctx, "large_policy"),
+          load_model),
+    Stage("large_policy_eval", "the larger policy's greedy pass@1 and majority curve on the "
+          "test problems", ("data", "large_policy"),
+          ("seed", "sampling", "test_problems", "exchange"), ("large_policy_eval.json",),
+          run_large_policy_eval, load_json("large_policy_eval.json")),
     Stage("difficulty", "pass@1 per test problem from the policy's samples (oracle bins)",
           ("data", "policy"), ("seed", "sampling", "test_problems", "difficulty"),
           ("pass_at_1.json", "samples.npz", "pass_at_1.png"), run_difficulty, load_difficulty,

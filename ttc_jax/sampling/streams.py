@@ -26,6 +26,7 @@ STREAMS = {
     "revision_samples": 9,  # policy answers to train problems for the revision data
     "revision_pairs": 10,  # their trajectories' draws: generator(seed, 10, split, problem)
     "revision_chains": 11,  # revision chains: row_keys(seed, 11, split, problem, chain, step, run)
+    "large_policy_samples": 12,  # the exchange's larger policy on test problems
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 
