@@ -14,7 +14,7 @@ DIR ?= runs/arith
 JOBS ?= 2
 ARITH := experiments/arith.py
 
-.PHONY: study study-paper-scale test bench verifiers venv clean-venv
+.PHONY: study exchange study-paper-scale test bench verifiers venv clean-venv
 
 $(VENV)/.installed-base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: $(VENV)/.installed-bench
 # revision_report/latest/revisions.md with their figures.
 # Resumable; finished stages are reused.
 study: $(VENV)/.installed-base
+	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)
+
+# Pretraining vs test-time FLOPs (paper section 7): the larger policy (13x the parameters,
+# trained on the same rows; about 35 min of training on 2 cores) and its greedy pass@1 and
+# majority curve, then the study, whose compute-optimal report adds the exchange table and
+# Figure 9 (`make study` alone picks this up whenever it was run). Resumable.
+exchange: $(VENV)/.installed-base
+	$(PY) launch/run.py --config=$(ARITH):large_policy_eval --workdir=$(DIR) --jobs=1
 	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)
 
 # The same study at the paper's scale (500 problems, every budget and method, 3 seeds, the wider

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ttc_jax.accounting import ModelCost
 from ttc_jax.analysis import revisions as rev
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.report import figures
@@ -13,9 +14,10 @@ from ttc_jax.report import markdown
 
 def make_chains(answers, correct=None, orm=None, prm=None, *, seed=0, uids=None,
                 policy_tokens=None, prefix_tokens=None, orm_tokens=None, prm_tokens=None,
-                policy_params=10, orm_params=3, prm_params=5, wall_s=8.0):
+                policy_cost=(10, 1, 1), orm_cost=(3, 1, 2), prm_cost=(5, 2, 1), wall_s=8.0):
   """A chains dict from ragged per problem, per chain lists (None entries of ``answers``
-  are answers without a final answer; a shorter list: the chain stops there)."""
+  are answers without a final answer; a shorter list: the chain stops there). The costs:
+  (params, num_layers, attn_width) of each model, stored as ModelCost.to_dict()."""
   p = len(answers)
   cmax = max(len(a) for a in answers)
   lmax = max(len(ch) for a in answers for ch in a)
@@ -47,7 +49,8 @@ def make_chains(answers, correct=None, orm=None, prm=None, *, seed=0, uids=None,
           "prefix_tokens": np.asarray(prefix_tokens if prefix_tokens is not None else [0] * p,
                                       np.int64),
           "orm_tokens": fill(orm_tokens, np.int64, 1), "prm_tokens": fill(prm_tokens, np.int64, 1),
-          "policy_params": policy_params, "orm_params": orm_params, "prm_params": prm_params,
+          **{f"{role}_cost": ModelCost(*cost).to_dict() for role, cost in (
+              ("policy", policy_cost), ("orm", orm_cost), ("prm", prm_cost))},
           "wall_s": wall_s, "seed": seed}
 
 
@@ -163,38 +166,70 @@ def test_hierarchical_ties_and_missing_answers():
                       sel) == "k"
 
 
+def _fwd(params, layers, width, start, stop):
+  """Forward FLOPs of positions [start, stop), summed token by token (2N + 4 L d (t + 1))."""
+  return sum(2 * params + 4 * layers * width * (t + 1) for t in range(start, stop))
+
+
 def test_tokens_flops_and_wall_time_are_exact():
   # Two problems, max_n = 2: chain 0 has 2 answers, chain 1 one answer.
+  pol, orm, prm = (10, 1, 1), (3, 1, 2), (5, 2, 1)
   ch = make_chains(
       answers=[[["a", "b"], ["b"]], [[None, "c"], ["c"]]],
       correct=[[[True, False], [False]], [[False, True], [True]]],
       policy_tokens=[[[10, 20], [30]], [[1, 2], [4]]], prefix_tokens=[100, 7],
       orm_tokens=[[[5, 6], [7]], [[1, 1], [1]]], prm_tokens=[[[50, 60], [70]], [[2, 2], [2]]],
-      policy_params=10, orm_params=3, prm_params=5, wall_s=6.0, seed=4)
+      policy_cost=pol, orm_cost=orm, prm_cost=prm, wall_s=6.0, seed=4)
   cells = {c["key"]: c for c in rev.revision_cells([ch], [1, 2])}
   assert len(cells) == 4 * 3
+
+  def policy_flops(prefix, answers):
+    """The prefix once from position 0, every answer (extension + generated) after it."""
+    return _fwd(*pol, 0, prefix) + sum(_fwd(*pol, prefix, prefix + a) for a in answers)
+
+  def check_flops(cell, policy, verifier):
+    assert cell["policy_flops"] == pytest.approx(policy, rel=1e-12)
+    assert cell["prm_flops"] == pytest.approx(verifier, rel=1e-12)
+    assert cell["flops"] == pytest.approx([a + b for a, b in zip(policy, verifier)], rel=1e-12)
+
   one = cells["revisions_majority/chains=1,length=1,n=1/seed=4"]
   assert one["policy_tokens"] == [110, 8] and one["prm_tokens"] == [0, 0]
-  assert one["flops"] == [2 * 10 * 110, 2 * 10 * 8]
+  check_flops(one, [policy_flops(100, [10]), policy_flops(7, [1])], [0, 0])
+  # Attention counts: more than 2 x params x tokens, by the quadratic term.
+  assert one["flops"][0] == 2 * 10 * 110 + 2 * 1 * 1 * 110 * 111
   assert one["finished"] == [1, 0] and one["answers"] == ["a", None]
   assert one["correct"] == [1, 0]
   assert one["wall_s"] == pytest.approx(6.0 * 2 / 6) and one["compile_s"] == 0.0
   par = cells["revisions_flat_orm/chains=2,length=1,n=2/seed=4"]
   # The question prefix is counted once per problem, not once per chain.
   assert par["policy_tokens"] == [140, 12] and par["prm_tokens"] == [12, 2]
-  assert par["flops"] == [2 * 10 * 140 + 2 * 3 * 12, 2 * 10 * 12 + 2 * 3 * 2]
+  # The ORM reads each answer's whole sequence from position 0.
+  check_flops(par, [policy_flops(100, [10, 30]), policy_flops(7, [1, 4])],
+              [_fwd(*orm, 0, 5) + _fwd(*orm, 0, 7), 2 * _fwd(*orm, 0, 1)])
   assert par["params"] == {"n": 2, "chains": 2, "length": 1}
   assert par["budget_generations"] == 2 and par["method"] == "revisions_flat_orm"
   assert par["finished"] == [2, 1] and par["problems"] == ["q0", "q1"]
   assert par["wall_s"] == pytest.approx(6.0 * 4 / 6)
   seq = cells["revisions_flat_prm/chains=1,length=2,n=2/seed=4"]
   assert seq["policy_tokens"] == [130, 10] and seq["prm_tokens"] == [110, 4]
-  assert seq["flops"] == [2 * 10 * 130 + 2 * 5 * 110, 2 * 10 * 10 + 2 * 5 * 4]
+  check_flops(seq, [policy_flops(100, [10, 20]), policy_flops(7, [1, 2])],
+              [_fwd(*prm, 0, 50) + _fwd(*prm, 0, 60), 2 * _fwd(*prm, 0, 2)])
   hier = cells["revisions_hier_orm/chains=1,length=2,n=2/seed=4"]
   assert hier["prm_tokens"] == [11, 2]
   # 'c' is correct somewhere in the pool, so choosing it is right.
   assert hier["answers"][1] == "c" and hier["correct"][1] == 1
   assert seq["wall_s"] == pytest.approx(6.0 * 4 / 6)
+
+
+def test_chains_without_model_costs_fail_clearly():
+  """Chains stored before the FLOPs counted attention hold only bare parameter counts."""
+  ch = make_chains([[["a"]]])
+  old = {k: v for k, v in ch.items() if not k.endswith("_cost")}
+  old.update(policy_params=10, orm_params=3, prm_params=5)
+  with pytest.raises(ValueError, match=r"lack 'policy_cost'.*re-run the revision sweep"):
+    rev.revision_cells([old], [1])
+  with pytest.raises(ValueError, match=r"model cost .*expected a dict with exactly the keys"):
+    rev.revision_cells([{**ch, "orm_cost": {"params": 3}}], [1])
 
 
 def test_a_split_needing_a_missing_answer_raises():

@@ -8,6 +8,7 @@ from flax import nnx
 
 from conftest import assert_close
 from conftest import policy_config
+from ttc_jax.accounting import forward_flops
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import choose_tokens
@@ -103,7 +104,9 @@ def _padded_forward(graphdef, params, length=64):
 
 def _reference_beam(strategy, ctx, problem):
   """Unvectorized beam search: one problem, one candidate at a time, every prefix
-  re-encoded by a full forward pass (no cache), same keys, caps and selection rule."""
+  re-encoded by a full forward pass (no cache), same keys, caps and selection rule.
+  Returns the pool, the policy and PRM token counts and the (start, count) position
+  ranges the cached search runs through both models (what its FLOPs count)."""
   policy = _padded_forward(ctx.core.graphdef, ctx.core.params)
   prm = _padded_forward(ctx.prm.graphdef, ctx.prm.params)
   tok = ctx.tokenizer
@@ -113,6 +116,7 @@ def _reference_beam(strategy, ctx, problem):
                       stop_at_step=True)
   greedy = SamplingParams(temperature=0.0, max_new_tokens=ctx.max_step_tokens, stop_at_step=True)
   tokens_policy = tokens_prm = len(prompt)
+  segments = [(0, len(prompt))]  # the prompt once, from position 0
 
   def room(length):
     """Tokens a solution of ``length`` may still add in one step: its cap, the context."""
@@ -145,6 +149,7 @@ def _reference_beam(strategy, ctx, problem):
       key = streams.keys(ctx.seed, "search", problem.index, j, rnd, ctx.run)[0]
       new = step(seqs[j], key, sp)
       tokens_policy += len(new)
+      segments.append((len(prompt) + len(seqs[j]), len(new)))
       tokens_prm += len(new)
       seqs[j] = seqs[j] + new
       ended[j] = new[-1] == tok.eos_id
@@ -156,6 +161,7 @@ def _reference_beam(strategy, ctx, problem):
           if not extra:
             break
           tokens_policy += len(extra)
+          segments.append((len(prompt) + len(roll), len(extra)))
           tokens_prm += len(extra)
           roll += extra
           if extra[-1] == tok.eos_id:
@@ -191,7 +197,7 @@ def _reference_beam(strategy, ctx, problem):
     active = [p is not None for p in parents]
   if not isinstance(strategy, ParticleFilter):
     pool = sorted(pool, key=lambda c: -c[1])[:n]
-  return pool, tokens_policy, tokens_prm
+  return pool, tokens_policy, tokens_prm, segments
 
 
 def _as_pool(result):
@@ -210,7 +216,7 @@ def test_vectorized_search_matches_the_reference(ctx, strategy):
   results = strategy.run(ctx, PROBLEMS)
   total_finished = 0
   for problem, res in zip(PROBLEMS, results):
-    pool, tokens_policy, tokens_prm = _reference_beam(strategy, ctx, problem)
+    pool, tokens_policy, tokens_prm, segments = _reference_beam(strategy, ctx, problem)
     got = _as_pool(res)
     assert [c[0] for c in got] == [c[0] for c in pool]
     assert_close([c[1] for c in got], [c[1] for c in pool])
@@ -218,8 +224,12 @@ def test_vectorized_search_matches_the_reference(ctx, strategy):
     assert res.budget.policy_tokens == tokens_policy
     assert res.budget.prm_tokens == tokens_prm
     assert res.budget.generations == strategy.n * (strategy.lookahead + 1)
-    assert res.budget.flops == pytest.approx(2 * ctx.policy_params * tokens_policy
-                                             + 2 * ctx.prm_params * tokens_prm)
+    # FLOPs: each run of tokens at its positions (attention included), models apart.
+    for cost, flops in ((ctx.policy_cost, res.budget.policy_flops),
+                        (ctx.prm_cost, res.budget.prm_flops)):
+      assert flops == pytest.approx(sum(forward_flops(cost, s, s + c) for s, c in segments),
+                                    rel=1e-12)
+    assert res.budget.flops == res.budget.policy_flops + res.budget.prm_flops
     total_finished += len(got)
   assert total_finished > 0, "the tiny model should finish some beams"
 
@@ -335,7 +345,7 @@ def test_search_at_the_context_limit_is_batch_independent(edge_ctx, strategy):
   longest_short = 0
   for problem, res in zip(problems, together):
     alone = strategy.run(edge_ctx, [problem])[0]
-    pool, tokens_policy, _ = _reference_beam(strategy, edge_ctx, problem)
+    pool, tokens_policy, _, _ = _reference_beam(strategy, edge_ctx, problem)
     for got in (res, alone):
       assert [c[0] for c in _as_pool(got)] == [c[0] for c in pool]
       assert_close([c[1] for c in _as_pool(got)], [c[1] for c in pool])

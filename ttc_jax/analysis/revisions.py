@@ -14,8 +14,10 @@ A seed's chains are a dict of numpy arrays (P problems, ``Cmax`` chains,
 of an answer given its chain's earlier answers), ``prm`` (the single-answer
 PRM's score), ``policy_tokens`` (per answer, beyond the shared question prefix),
 ``prefix_tokens`` (P: the question prefix, encoded once per problem),
-``orm_tokens``, ``prm_tokens`` (per answer); scalars ``policy_params``,
-``orm_params``, ``prm_params``, ``wall_s``, ``seed``.
+``orm_tokens``, ``prm_tokens`` (per answer); ``policy_cost``, ``orm_cost``,
+``prm_cost`` (each model's :meth:`ttc_jax.accounting.ModelCost.to_dict`: the FLOPs,
+attention included, are computed from them and the token counts); scalars
+``wall_s``, ``seed``.
 
 Selections (:data:`SELECTIONS`) choose one answer per problem from a split's
 ``C x L`` answers with :func:`ttc_jax.verifiers.aggregation.select_answer`
@@ -39,6 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ttc_jax import accounting
 from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
@@ -148,6 +151,42 @@ def select(answers: np.ndarray, orm: np.ndarray, prm: np.ndarray, selection: str
   raise ValueError(f"selection {selection!r}: expected one of {SELECTIONS}.")
 
 
+def _model_cost(ch: dict, role: str) -> accounting.ModelCost:
+  """The chains' ``{role}_cost`` (a :meth:`ttc_jax.accounting.ModelCost.to_dict`)."""
+  key = f"{role}_cost"
+  if key not in ch:
+    raise ValueError(
+        f"seed {ch.get('seed')!r}: the chains lack {key!r} (the {role} model's "
+        "ModelCost.to_dict(): params, num_layers, attn_width), which the FLOPs with "
+        "attention need; chains stored with only bare parameter counts "
+        f"({role}_params) predate it: re-run the revision sweep.")
+  return accounting.ModelCost.from_dict(ch[key])
+
+
+def _chain_flops(ch: dict, verifier: str | None, prefix: np.ndarray, per_answer: np.ndarray,
+                 c: int, l: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per problem, the (policy, verifier) forward FLOPs of the first ``l`` answers of
+  chains ``0 .. c - 1`` (:func:`ttc_jax.accounting.forward_flops`, attention included).
+
+  Positions: the revision model runs the problem's prefix once at [0, prefix); each
+  answer's prompt is the prefix plus the answer's extension, and its generation
+  follows, so the answer's ``policy_tokens`` (extension + generated) sit at
+  [prefix, prefix + policy_tokens). The verifiers score each answer's whole sequence
+  from scratch (the ORM its revision prompt and answer, the PRM the prefix and
+  answer): ``{verifier}_tokens`` at [0, {verifier}_tokens). Missing answers (0
+  tokens) cost nothing.
+  """
+  pol = _model_cost(ch, "policy")
+  start = prefix[:, None, None]
+  policy = (accounting.forward_flops(pol, 0, prefix)
+            + accounting.forward_flops(pol, start, start + per_answer).sum(axis=(1, 2)))
+  if verifier is None:
+    return policy, np.zeros_like(policy)
+  tokens = np.asarray(ch[f"{verifier}_tokens"], np.int64)[:, :c, :l]
+  ver = accounting.forward_flops(_model_cost(ch, verifier), 0, tokens).sum(axis=(1, 2))
+  return policy, ver
+
+
 def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> dict:
   answers = np.asarray(ch["answers"], object)[:, :c, :l]
   correct = np.asarray(ch["correct"], bool)[:, :c, :l]
@@ -160,15 +199,16 @@ def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> dict:
     pool = answers[p].reshape(-1)
     ok = correct[p].reshape(-1)
     right.append(int(a is not None and any(x == a and y for x, y in zip(pool, ok))))
-  policy = (np.asarray(ch["prefix_tokens"], np.int64)
-            + np.asarray(ch["policy_tokens"], np.int64)[:, :c, :l].sum(axis=(1, 2)))
+  prefix = np.asarray(ch["prefix_tokens"], np.int64)
+  per_answer = np.asarray(ch["policy_tokens"], np.int64)[:, :c, :l]
+  policy = prefix + per_answer.sum(axis=(1, 2))
   verifier = _VERIFIER[selection]
+  policy_flops, ver_flops = _chain_flops(ch, verifier, prefix, per_answer, c, l)
   if verifier is None:
-    ver_tokens, ver_params = np.zeros_like(policy), 0
+    ver_tokens = np.zeros_like(policy)
   else:
     ver_tokens = np.asarray(ch[f"{verifier}_tokens"], np.int64)[:, :c, :l].sum(axis=(1, 2))
-    ver_params = int(ch[f"{verifier}_params"])
-  flops = 2.0 * int(ch["policy_params"]) * policy + 2.0 * ver_params * ver_tokens
+  flops = policy_flops + ver_flops
   generated = int(np.asarray(ch["mask"], bool).sum())
   used = answers.shape[0] * c * l
   method = _method(selection)
@@ -180,6 +220,8 @@ def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> dict:
                        for p in range(answers.shape[0])],
           "policy_tokens": [int(x) for x in policy], "prm_tokens": [int(x) for x in ver_tokens],
           "flops": [float(x) for x in flops],
+          "policy_flops": [float(x) for x in policy_flops],
+          "prm_flops": [float(x) for x in ver_flops],
           "wall_s": float(ch["wall_s"]) * used / generated if generated else 0.0,
           "compile_s": 0.0}
 

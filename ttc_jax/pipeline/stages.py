@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from ttc_jax import accounting
 from ttc_jax import host
 from ttc_jax import tasks
 from ttc_jax.analysis import claims as claims_lib
@@ -554,8 +555,10 @@ def run_revision_sweep(ctx: Context) -> dict:
   strategy = chains_lib.RevisionChains(lengths=lengths, window=_revision_window(rev))
   core, sp = rev.sampling_core(), sampling_params(c)
   orm_scorer, prm_scorer = orm.scorer(), prm.scorer()
-  params = {"policy_params": rev.config.num_params(), "orm_params": orm.config.num_params(),
-            "prm_params": prm.config.num_params()}
+  models = (("policy", rev), ("orm", orm), ("prm", prm))
+  params = {**{f"{role}_params": m.config.num_params() for role, m in models},
+            **{f"{role}_cost": accounting.ModelCost.from_config(m.config).to_dict()
+               for role, m in models}}
 
   def make(seed):
     def chunk_arrays(chunk):
@@ -894,6 +897,8 @@ def run_search_sweep(ctx: Context) -> dict:
              "policy_tokens": [r.budget.policy_tokens for r in results],
              "prm_tokens": [r.budget.prm_tokens for r in results],
              "flops": [r.budget.flops for r in results],
+             "policy_flops": [r.budget.policy_flops for r in results],
+             "prm_flops": [r.budget.prm_flops for r in results],
              "wall_s": time.time() - t0 - compile_s, "compile_s": compile_s}
       log.append([row])
       progress.update(1, extra=f"{cell['method']} {cell['params']} seed {cell['seed']}: acc "
@@ -1052,7 +1057,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "into sequential chains; majority, revision-ORM (flat, hierarchical), PRM selection", ("data", "revision_model", "revision_orm",
                                                        "prm"),
           ("seed", "sampling", "test_problems", "revisions"), ("params.json", "cells.json"),
-          run_revision_sweep, load_revision_sweep),
+          run_revision_sweep, load_revision_sweep, version=2),  # 2: model costs (FLOPs)
     Stage("verifier_eval", "best-of-N curves per verifier and the PRM's step AUC",
           ("data", "policy", "difficulty", "prm", "orm"),
           ("seed", "sampling", "test_problems", "verifier_eval"),
@@ -1067,7 +1072,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "every budget and search seed",
           ("data", "policy", "prm"), ("seed", "sampling", "test_problems", "search"),
           ("cells.jsonl", "cells.json"), run_search_sweep, load_cells,
-          version=2),
+          version=3),  # 3: FLOPs with attention, policy and PRM apart
     Stage("report", "results.json, figures and report.md of the study",
           ("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "verifier_ablation",
            "search_sweep"),

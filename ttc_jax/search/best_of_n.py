@@ -4,6 +4,9 @@ Each prompt is encoded once (policy and PRM) and its caches gathered N ways;
 the PRM reads every new token once and scores each step at its last token, so
 the step scores are aggregated (last / min / prod) without a second pass.
 
+Budget: each prompt once per model (positions 0 .. len - 1), then each sample's
+tokens at the positions after its prompt (:mod:`ttc_jax.budget`).
+
 Selection: 'weighted' (sum of scores per distinct final answer, the paper's
 best-of-N weighted), 'vanilla' (the single best-scoring sample) or 'majority';
 all three are :func:`ttc_jax.verifiers.aggregation.select_answer`.
@@ -74,14 +77,16 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   prm, per_token = ctx.prm.extend_scores(prm, gen, np.arange(gen.shape[1])[None] < lengths[:, None])
   budgets = [Budget(generations=n) for _ in problems]
   pools: list[list[common.Candidate]] = [[] for _ in problems]
-  for q, p in enumerate(prompts):
-    budgets[q].add_policy(len(p), ctx.policy_params)
-    budgets[q].add_prm(len(p), ctx.prm_params)
+  pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
+  for q, p in enumerate(prompts):  # each prompt encoded once per model, positions from 0
+    budgets[q].add_policy(pol_cost, 0, len(p))
+    budgets[q].add_prm(prm_cost, 0, len(p))
   for r in range(num * n):
     q = r // n
     toks = gen[r, :lengths[r]].tolist()
-    budgets[q].add_policy(len(toks), ctx.policy_params)
-    budgets[q].add_prm(len(toks), ctx.prm_params)
+    # Every sample continues its own copy of the prompt: positions after the prompt.
+    budgets[q].add_policy(pol_cost, len(prompts[q]), len(toks))
+    budgets[q].add_prm(prm_cost, len(prompts[q]), len(toks))
     ends = step_ends(toks, ctx.tokenizer.step_ids, ctx.tokenizer.eos_ids)
     score = aggregate_steps([per_token[r, ends]], strategy.step_aggregation)[0]
     cand = common.make_candidate(ctx, problems[q], toks, score)

@@ -7,6 +7,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from ttc_jax import accounting
 from ttc_jax import parallel
 from ttc_jax.budget import Budget
 from ttc_jax.sampling import streams
@@ -39,12 +40,14 @@ class SearchContext:
   max_step_tokens: int = 24
 
   @property
-  def policy_params(self) -> int:
-    return self.core.config.num_params()
+  def policy_cost(self) -> accounting.ModelCost:
+    """The policy's FLOPs model (parameters, layers, attention width), from its config."""
+    return accounting.ModelCost.from_config(self.core.config)
 
   @property
-  def prm_params(self) -> int:
-    return self.prm.config.num_params()
+  def prm_cost(self) -> accounting.ModelCost:
+    """The PRM's FLOPs model, from its config."""
+    return accounting.ModelCost.from_config(self.prm.config)
 
   def encode_prompts(self, problems: Sequence) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
     """Token lists (BOS + prompt) and their left-padded (P, L) array and mask."""

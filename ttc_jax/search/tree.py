@@ -30,7 +30,9 @@ problem's result is the same alone or batched with any others.
 
 Budget (the paper's accounting): generations = N, N x (k + 1) with lookahead;
 tokens count every token run through each model (prompts once per problem;
-lookahead rollouts included).
+lookahead rollouts included); FLOPs (policy and PRM apart, attention included,
+:mod:`ttc_jax.budget`) count each token at its position in its row: a prompt
+from 0, a step or a rollout step at the row's length before it.
 """
 
 from __future__ import annotations
@@ -124,9 +126,10 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
   prompt_len = np.asarray([len(p) for p in prompts], np.int64)
   size = ctx.tree_cache_size(tokens.shape[1])
   budgets = [Budget(generations=strategy.generations) for _ in problems]
-  for b, p in zip(budgets, prompts):
-    b.add_policy(len(p), ctx.policy_params)
-    b.add_prm(len(p), ctx.prm_params)
+  pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
+  for b, p in zip(budgets, prompts):  # each prompt encoded once per model, from position 0
+    b.add_policy(pol_cost, 0, len(p))
+    b.add_prm(prm_cost, 0, len(p))
   index_of = np.asarray([p.index for p in problems], np.int64)
   sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_step_tokens,
                       stop_at_step=True)
@@ -156,10 +159,12 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
     ended = np.zeros(width, bool)
     for r in range(live):
       new = step[r, :lengths[r]].tolist()
+      # The step continues the row at its current length: its prompt and earlier steps.
+      start = int(prompt_len[row_problem[r]]) + len(seqs[r])
+      budgets[row_problem[r]].add_policy(pol_cost, start, len(new))
+      budgets[row_problem[r]].add_prm(prm_cost, start, len(new))
       seqs[r] = seqs[r] + new
       ended[r] = bool(new) and new[-1] in eos
-      budgets[row_problem[r]].add_policy(len(new), ctx.policy_params)
-      budgets[row_problem[r]].add_prm(len(new), ctx.prm_params)
     used = np.asarray([len(q) for q in seqs], np.int64)
     # A row with no room left (its cap or the context) can never finish: cut it.
     room = np.zeros(width, bool)
@@ -222,6 +227,7 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
   rows = scores.shape[0]
   ident = np.arange(rows)
   step = ctx.max_step_tokens
+  pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
   # Compact the copies only when a step would not fit (the round's holes): slots
   # are storage, and compacting moves them.
   # (The PRM's cache may run ahead of the policy's: its chunks are rounded up.)
@@ -245,9 +251,10 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
     pol_la = out.state
     lengths, new, new_valid = step_chunk(out, step)
     prm_la = ctx.prm.extend(prm_la, new, new_valid)
-    for r in np.nonzero(live)[0]:
-      budgets[row_problem[r]].add_policy(int(lengths[r]), ctx.policy_params)
-      budgets[row_problem[r]].add_prm(int(lengths[r]), ctx.prm_params)
+    for r in np.nonzero(live)[0]:  # the rollout continues the row past its solution so far
+      start = int(prompt_len[r] + used[r])
+      budgets[row_problem[r]].add_policy(pol_cost, start, int(lengths[r]))
+      budgets[row_problem[r]].add_prm(prm_cost, start, int(lengths[r]))
     used = used + lengths
     ended = np.asarray(out.stopped) & np.isin(new[ident, np.maximum(lengths - 1, 0)], eos)
     live &= ~ended
