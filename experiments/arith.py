@@ -163,7 +163,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.exchange = ml_collections.ConfigDict(dict(
       samples_per_problem=16,  # the larger policy's samples per test problem (majority curve)
       subsamples=64,  # random N-subsets per problem for its majority accuracy at each N
-      r_values=(0.16, 0.79, 22.0),  # D_inference / D_pretrain (the paper's points)
   ))
   c.difficulty = ml_collections.ConfigDict(dict(
       samples_per_problem=64,  # policy samples per test problem (pass@1, oracle bins)
@@ -257,6 +256,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_rounds=40,  # beam search rounds (steps per solution)
       max_step_tokens=24,  # cap on one step's tokens
       rows_per_call=512,  # problems x N per search call (speed only)
+  ))
+  # Compute-optimal scaling (paper sections 3, 5.3, 6.3): per difficulty bin and budget, the
+  # candidate (every search and revision cell) best on one fold of problems, applied to the
+  # other; oracle bins and bins predicted from the verifier alone.
+  c.compute_optimal = ml_collections.ConfigDict(dict(
+      folds=2,  # cross-validation folds over problems (the paper: 2)
+      repeats=25,  # random fold splits, each problem's outcome averaged over them
+      predictor="prm_last",  # the verifier score averaged per problem for predicted bins
+      predictor_samples=config_dict.placeholder(int),  # None: all the difficulty samples
+      r_values=(0.16, 0.79, 22.0),  # the exchange's D_inference / D_pretrain (paper section 7)
   ))
   c.report = ml_collections.ConfigDict(dict(
       difficulty_bins=5,  # oracle difficulty quantile bins (the paper's 5 levels)

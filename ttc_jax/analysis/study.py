@@ -39,7 +39,8 @@ def outcomes(seeds: Sequence[dict]) -> np.ndarray:
 def summarize(seeds: Sequence[dict], bins: np.ndarray, num_bins: int, seed: int = 0) -> dict:
   """One curve point from its cells (one per search seed): accuracy with a 95%
   bootstrap interval over problems (each problem's outcome averaged over seeds),
-  per difficulty bin likewise, the spread of the seeds, and mean costs per seed."""
+  per difficulty bin likewise, the spread of the seeds, and mean costs per seed (FLOPs also
+  per problem: ``flops_by_problem``)."""
   runs = outcomes(seeds)
   bins = np.asarray(bins)
   if runs.shape[1] != bins.size:
@@ -63,6 +64,11 @@ def summarize(seeds: Sequence[dict], bins: np.ndarray, num_bins: int, seed: int 
           "policy_tokens": int(round(sum(np.sum(c["policy_tokens"]) for c in seeds) / k)),
           "prm_tokens": int(round(sum(np.sum(c["prm_tokens"]) for c in seeds) / k)),
           "flops": float(sum(np.sum(c["flops"]) for c in seeds) / k),
+          # Each problem's FLOPs, mean over seeds: what a policy that runs this point on
+          # some problems only spends (compute_optimal).
+          "flops_by_problem": [float(x) for x in
+                               np.mean([np.asarray(c["flops"], np.float64) for c in seeds],
+                                       axis=0)],
           "wall_s": float(sum(c["wall_s"] for c in seeds) / k)}
 
 

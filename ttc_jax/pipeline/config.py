@@ -124,11 +124,19 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
     ex = c.exchange
     _int(ex.samples_per_problem, "exchange.samples_per_problem", 1)
     _int(ex.subsamples, "exchange.subsamples", 1)
-    rs = list(ex.r_values)
+  if "compute_optimal" in c:
+    cc = c.compute_optimal
+    _int(cc.folds, "compute_optimal.folds", 2)
+    _int(cc.repeats, "compute_optimal.repeats", 1)
+    if cc.predictor_samples is not None:
+      _int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
+           c.difficulty.samples_per_problem)
+    rs = list(cc.r_values)
     if not rs or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0
                      for r in rs):
-      raise ConfigError(f"exchange.r_values={ex.r_values!r}: expected numbers > 0 "
+      raise ConfigError(f"compute_optimal.r_values={cc.r_values!r}: expected numbers > 0 "
                         "(D_inference / D_pretrain).")
+    _int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
   if "revision_model" in c:
     rm = c.revision_model
     _int(rm.window, "revision_model.window", 1)

@@ -36,6 +36,7 @@ from ttc_jax import accounting
 from ttc_jax import host
 from ttc_jax import tasks
 from ttc_jax.analysis import claims as claims_lib
+from ttc_jax.analysis import compute_optimal as co_lib
 from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import revisions as revision_analysis
 from ttc_jax.analysis import study as study_lib
@@ -993,19 +994,112 @@ def run_revision_report(ctx: Context) -> dict:
   return {"curves": len(rev["curves"]), "claims": len(rev["claims"])}
 
 
+def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
+  """What predicting a problem's difficulty costs: ``k`` policy samples (prompt and
+  generation) and the PRM reading each whole sample, in generations and FLOPs per problem."""
+  c = ctx.config
+  diff, policy, prm = ctx.inputs["difficulty"], ctx.inputs["policy"], ctx.inputs["prm"]
+  probs = ctx.inputs["data"].problems("test", c.test_problems)
+  tok, task = policy.tokenizer, ctx.inputs["data"].task
+  prompts = np.array([len(tok.encode(task.format_prompt(p), bos=True)) for p in probs])
+  lengths = np.asarray(diff.gens.lengths, np.int64).reshape(len(probs), diff.n)[:, :k]
+  rows = prompts[:, None] + lengths
+  pol_cost = accounting.ModelCost.from_config(policy.config)
+  prm_cost = accounting.ModelCost.from_config(prm.config)
+  pol = float(np.sum(accounting.forward_flops(pol_cost, 0, rows))) / len(probs)
+  ver = float(np.sum(accounting.forward_flops(prm_cost, 0, rows))) / len(probs)
+  return float(k), pol + ver, {"samples": k, "policy_flops_per_problem": pol,
+                               "prm_flops_per_problem": ver}
+
+
+def run_compute_optimal(ctx: Context) -> dict:
+  """Compute-optimal scaling (paper sections 3, 5.3, 6.3, 7): predicted difficulty, per-bin
+  strategy selection with cross-validation over problems, efficiency over best-of-N, and the
+  pretraining / test-time FLOPs exchange when the larger policy was evaluated."""
+  c = ctx.config
+  cc = c.compute_optimal
+  diff, ver = ctx.inputs["difficulty"], ctx.inputs["verifier_eval"]
+  num_bins = c.report.difficulty_bins
+  scored = ver["scored"]
+  n_probs = diff.pass_at_1.size
+  if cc.predictor not in scored:
+    raise artifacts.ArtifactError(
+        f"compute_optimal.predictor={cc.predictor!r}: the verifier evaluation scored "
+        f"{sorted(k for k in scored if '/' not in k)}.")
+  k = diff.n if cc.predictor_samples is None else cc.predictor_samples
+  if not 1 <= k <= diff.n:
+    raise config_lib.ConfigError(f"compute_optimal.predictor_samples={k}: expected an integer "
+                                 f"in [1, {diff.n}] (difficulty.samples_per_problem).")
+  scores = np.asarray(scored[cc.predictor], np.float64).reshape(n_probs, diff.n)[:, :k]
+  correct = np.asarray(scored["correct"], np.float64).reshape(n_probs, diff.n)
+  gens, flops, cost = _prediction_cost(ctx, k)
+  search_points = ctx.inputs["report"]["curves"]
+  revision_points = ctx.inputs["revision_report"]["curves"]
+  large = ctx.inputs.get("large_policy_eval")
+  exchange_inputs = None
+  if large is not None:
+    exchange_inputs = {"small_params": ctx.inputs["policy"].config.num_params(),
+                       "large_params": large["params"],
+                       "large_greedy": large["greedy_correct"],
+                       "large_majority": large["majority"],
+                       "r_values": tuple(cc.r_values)}
+  result = co_lib.compute_optimal_summary(
+      search_points, revision_points, correct, scores.mean(axis=1), num_bins, gens, flops,
+      exchange_inputs=exchange_inputs, folds=cc.folds, repeats=cc.repeats, seed=c.seed,
+      revision_selection=None)
+  result["difficulty"]["prediction_cost"].update(cost)
+  result["difficulty"].update(predictor=cc.predictor, samples_per_problem=diff.n)
+  if large is not None:
+    result["large_policy"] = {k: large[k] for k in ("model", "params", "greedy_pass_at_1",
+                                                    "train_tokens", "samples_per_problem")}
+    result["large_policy"]["majority"] = {"n": large["majority"]["n"],
+                                          "accuracy": large["majority"]["accuracy"]}
+  ctx.out.write_json("compute_optimal.json", result)
+  figs = {"compute_optimal.png": figures.compute_optimal_curves(result),
+          "compute_optimal_efficiency.png": figures.compute_optimal_efficiency(result),
+          "difficulty_bins.png": figures.bin_confusion(result)}
+  if result["exchange"] is not None:
+    figs["exchange.png"] = figures.compute_optimal_exchange(result)
+  for name, fig in figs.items():
+    ctx.out.save_figure(name, fig)
+  ctx.out.write_text("compute_optimal.md", "\n".join(
+      ["# Compute-optimal test-time compute (Snell et al. 2024, sections 3, 5.3, 6.3, 7)", ""]
+      + markdown.compute_optimal_section(result, list(figs))) + "\n")
+  ctx.log(f"compute-optimal: {ctx.out.path('compute_optimal.md')}"
+          + ("" if large is not None else " (no exchange: `make exchange` runs the larger policy)"))
+  return {"claims": len(result["claims"]), "exchange": result["exchange"] is not None}
+
+
 def run_study(ctx: Context) -> dict:
   """The study's index: every claim's verdict (search, verifiers, revisions) and links to
   the two reports."""
-  report, rev = ctx.inputs["report"], ctx.inputs["revision_report"]
-  claims = report["claims"] + rev["claims"]
+  report, rev, co = (ctx.inputs[k] for k in ("report", "revision_report", "compute_optimal"))
+  exchange = (co.get("exchange") or {}).get("claims", [])
+  claims = report["claims"] + rev["claims"] + co["claims"] + exchange
   ctx.out.write_json("claims.json", claims)
   lines = ["# The study", "",
            "- Verifiers and search: `report/latest/report.md` (results.json, figures).",
            "- Sequential revisions: `revision_report/latest/revisions.md` (revisions.json, "
-           "figures).", ""] + markdown.claims_section(claims)
+           "figures).",
+           "- Compute-optimal scaling and the FLOPs exchange: "
+           "`compute_optimal/latest/compute_optimal.md` (compute_optimal.json, figures)"
+           + ("." if co.get("exchange") else "; the exchange needs `make exchange`."), ""]
+  lines += markdown.claims_section([c for c in claims if c.get("verdict") is not None])
+  untested = [c for c in claims if c.get("verdict") is None]
+  if untested:
+    lines += ["", "Not tested:"] + [f"- {c['claim']}: {c.get('reason', 'no comparison')}"
+                                     for c in untested]
   ctx.out.write_text("study.md", "\n".join(lines) + "\n")
   ctx.log(f"study: {ctx.out.path('study.md')}")
   return {"claims": len(claims)}
+
+
+def load_verifier_eval(out: artifacts.StageDir, key: dict) -> dict:
+  """eval.json, with the per-sample scores of scored.npz under "scored"."""
+  del key
+  result = out.read_json("eval.json")
+  result["scored"] = dict(out.load_npz("scored.npz"))
+  return result
 
 
 def load_cells(out: artifacts.StageDir, key: dict) -> list[dict]:
@@ -1061,7 +1155,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("verifier_eval", "best-of-N curves per verifier and the PRM's step AUC",
           ("data", "policy", "difficulty", "prm", "orm"),
           ("seed", "sampling", "test_problems", "verifier_eval"),
-          ("eval.json", "scored.npz", "eval.png"), run_verifier_eval, load_json("eval.json"),
+          ("eval.json", "scored.npz", "eval.png"), run_verifier_eval, load_verifier_eval,
           version=2),
     Stage("verifier_ablation", "PRM variants (config overrides) scored on the difficulty "
           "samples: within-problem AUC, best-of-N",
@@ -1086,7 +1180,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("seed", "report"), ("revisions.json", "revisions.md", "revisions_vs_budget.png",
                                "revisions_by_difficulty.png", "revision_transitions.png"),
           run_revision_report, load_json("revisions.json")),
-    Stage("study", "the whole study: every claim's verdict and the two reports",
-          ("report", "revision_report"), (), ("claims.json", "study.md"), run_study,
-          load_json("claims.json")),
+    Stage("compute_optimal", "predicted difficulty, per-bin strategy selection with "
+          "cross-validation, efficiency over best-of-N, the pretraining / test-time FLOPs "
+          "exchange (with the larger policy when `make exchange` ran)",
+          ("data", "policy", "prm", "difficulty", "verifier_eval", "report", "revision_report"),
+          ("seed", "test_problems", "report", "compute_optimal"),
+          ("compute_optimal.json", "compute_optimal.md", "compute_optimal.png",
+           "compute_optimal_efficiency.png", "difficulty_bins.png"),
+          run_compute_optimal, load_json("compute_optimal.json"),
+          optional=("large_policy_eval",)),
+    Stage("study", "the whole study: every claim's verdict and the three reports",
+          ("report", "revision_report", "compute_optimal"), (), ("claims.json", "study.md"),
+          run_study, load_json("claims.json"), version=2),
 ]}

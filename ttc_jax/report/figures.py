@@ -10,6 +10,9 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import LogLocator
+from matplotlib.ticker import NullLocator
 
 from ttc_jax.analysis import verifiers as verifier_metrics
 from ttc_jax.analysis.study import methods as _methods
@@ -338,5 +341,238 @@ def revision_transitions(rev_summary: dict) -> Figure:
   b.set_ylim(0, 1)
   b.set_title("accuracy of the answers by step")
   b.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+# --- compute-optimal scaling (paper Figures 4, 8, 9) -----------------------------------------
+
+CO_LABELS = {"oracle": "compute-optimal (oracle bins)",
+             "predicted": "compute-optimal (predicted bins)",
+             "predicted_charged": "compute-optimal (predicted, prediction cost charged)"}
+CO_COLORS = {"oracle": "tab:red", "predicted": "tab:green", "predicted_charged": "tab:olive"}
+CO_FAMILY_TITLES = {"search": "search against the PRM (Figure 4)",
+                    "revisions": "sequential revisions (Figure 8)",
+                    "combined": "search + revisions"}
+
+
+def _plain_log2(ax, which: str = "x") -> None:
+  """A base-2 log axis labelled with plain numbers (1, 2, 4, ...): budgets read as budgets."""
+  axis = ax.xaxis if which == "x" else ax.yaxis
+  (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=2)
+  axis.set_major_locator(LogLocator(base=2))
+  axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+  axis.set_minor_locator(NullLocator())
+
+
+def _band(ax, pts: Sequence[dict], label: str, color, style: str = "-", marker: str = "o") -> None:
+  """Accuracy against the generation budget with its 95% band (nothing if ``pts`` is empty)."""
+  pts = sorted(pts, key=lambda p: p["budget_generations"])
+  if not pts:
+    return
+  x = [p["budget_generations"] for p in pts]
+  ax.plot(x, [p["accuracy"] for p in pts], style, marker=marker, ms=3, color=color, label=label)
+  if all(p.get("ci") for p in pts):
+    ax.fill_between(x, [p["ci"][0] for p in pts], [p["ci"][1] for p in pts], color=color,
+                    alpha=0.1, lw=0)
+
+
+def compute_optimal_curves(co: dict) -> Figure:
+  """Compute-optimal accuracy against the generation budget, 95% bands, one panel per family
+  present: search (best-of-N weighted, beam search, compute-optimal with oracle and predicted
+  bins, the predicted curve with the prediction's cost charged dashed; paper Figure 4),
+  revisions (pure parallel, pure sequential, compute-optimal; Figure 8), and the combined
+  search + revisions curve against each family's compute-optimal curve.
+
+  Args:
+    co: :func:`ttc_jax.analysis.compute_optimal.compute_optimal_summary`'s result.
+  """
+  curves, base = co["curves"], co["baselines"]
+  fams = [f for f in ("search", "revisions", "combined") if f"{f}_oracle" in curves]
+  fig = Figure(figsize=(6.2 * len(fams), 4.8))
+  axes = np.atleast_1d(fig.subplots(1, len(fams), sharey=True))
+  for ax, fam in zip(axes, fams):
+    if fam == "search":
+      _band(ax, base["best_of_n"], "best-of-N weighted", "tab:blue")
+      if base.get("beam"):
+        _band(ax, base["beam"], method_label(base["beam"][0]["method"]), "tab:orange")
+    elif fam == "revisions":
+      _band(ax, base["revisions_parallel"], "parallel (N chains x 1)", "tab:blue")
+      _band(ax, base["revisions_sequential"], "sequential (1 chain x N)", "tab:purple")
+    else:
+      _band(ax, base["best_of_n"], "best-of-N weighted", "tab:blue")
+      _band(ax, curves["search_oracle"], "compute-optimal search (oracle)", "tab:orange")
+      _band(ax, curves.get("revisions_oracle", []), "compute-optimal revisions (oracle)",
+            "tab:purple")
+    for kind in ("oracle", "predicted", "predicted_charged"):
+      pts = curves.get(f"{fam}_{kind}", [])
+      label = CO_LABELS[kind] if fam != "combined" else f"combined {CO_LABELS[kind]}"
+      _band(ax, pts, label, CO_COLORS[kind], "--" if kind.endswith("charged") else "-",
+            "s" if kind == "oracle" else "o")
+    _plain_log2(ax)
+    ax.set_xlabel("generation budget per problem")
+    ax.set_title(CO_FAMILY_TITLES[fam], fontsize=10)
+    ax.legend(fontsize=6)
+  axes[0].set_ylabel("accuracy (95% CI over problems)")
+  fig.suptitle(f"compute-optimal scaling ({co['num_problems']} problems, {co['folds']}-fold "
+               f"cross-validation x {co['repeats']})", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def _efficiency_series(ax, eff: dict, axis: str, label: str, color, style: str, top: float,
+                       shift: float) -> None:
+  """One compute-optimal curve's needed cost against the baseline's, 95% whiskers; a triangle
+  at ``top`` where never reached. ``shift``: horizontal factor that keeps whiskers apart."""
+  rows = eff["rows"]
+  if axis == "generations":
+    x = np.array([r["n"] for r in rows], np.float64)
+    y = [r["budget"] for r in rows]
+    lo_hi = [r["budget_ci"] for r in rows]
+  else:
+    x = np.array([r["baseline_flops_per_problem"] for r in rows], np.float64)
+    y = [r["co_flops_per_problem"] for r in rows]
+    lo_hi = [[None if not hi else f / hi, None if not lo else f / lo]
+             for f, (lo, hi) in zip(x, (r["flops_ratio_ci"] for r in rows))]
+  x = x * shift
+  reached = np.array([v is not None for v in y])
+  yv = np.array([top if v is None else v for v in y], np.float64)
+  lo = np.array([top if a is None else a for a, _ in lo_hi], np.float64)
+  hi = np.array([top if b is None else b for _, b in lo_hi], np.float64)
+  err = np.abs(np.stack([yv - np.minimum(lo, yv), np.maximum(hi, yv) - yv]))
+  ax.errorbar(x[reached], yv[reached], yerr=err[:, reached], fmt=style, marker="o", ms=4,
+              capsize=2, color=color, label=label)
+  if (~reached).any():
+    ax.errorbar(x[~reached], yv[~reached], yerr=err[:, ~reached], fmt="none", capsize=2,
+                color=color, alpha=0.5)
+    ax.scatter(x[~reached], yv[~reached], marker="^", s=40, color=color)
+
+
+def compute_optimal_efficiency(co: dict) -> Figure:
+  """For each baseline budget N, the compute-optimal budget that matches its accuracy (95%
+  bootstrap interval over problems), on generations (left) and FLOPs per problem (right), one
+  row per family (search, revisions, combined), with the y = x line (equal cost) and the
+  y = x / 4 line (the paper's 4x); a triangle on the top line: never reached (an interval
+  running to the top line: some resamples never reach it)."""
+  eff = co["efficiency"]
+  fams = [f for f in ("search", "revisions", "combined")
+          if any(k.startswith(f + "_") for k in eff)]
+  fig = Figure(figsize=(12, 4.4 * max(1, len(fams))))
+  grid = np.atleast_2d(fig.subplots(max(1, len(fams)), 2))
+  for row, fam in zip(grid, fams):
+    mine = {k: e for k, e in eff.items() if k.startswith(fam + "_")}
+    for ax, axis in zip(row, ("generations", "flops")):
+      vals = []
+      for e in mine.values():
+        for r in e["rows"]:
+          if axis == "generations":
+            vals += [r["n"]] + [v for v in [r["budget"]] + r["budget_ci"] if v]
+          else:
+            vals += [r["baseline_flops_per_problem"]] + ([r["co_flops_per_problem"]]
+                                                          if r["co_flops_per_problem"] else [])
+      vmin, vmax = min(vals), max(vals)
+      top = vmax * 2.0
+      for i, (name, e) in enumerate(mine.items()):
+        kind = name[len(fam) + 1:]
+        _efficiency_series(ax, e, axis, CO_LABELS.get(kind, kind), CO_COLORS.get(kind, f"C{i}"),
+                           "--" if kind.endswith("charged") else "-", top,
+                           2.0 ** (0.06 * (i - (len(mine) - 1) / 2)))
+      line = np.array([vmin / 2, top])
+      ax.plot(line, line, "k:", lw=0.8, label="y = x (no saving)")
+      ax.plot(line, line / 4, "k--", lw=0.8, label="y = x / 4 (4x saving)")
+      ax.axhline(top, color="gray", lw=0.5)
+      if axis == "generations":
+        _plain_log2(ax, "x")
+        _plain_log2(ax, "y")
+      else:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_locator(NullLocator())
+      unit = "generations" if axis == "generations" else "FLOPs per problem"
+      baseline = next(iter(mine.values())).get("baseline") or next(
+          iter(mine.values()))["baseline_method"]
+      ax.set_xlabel(f"{baseline} ({unit})")
+      ax.set_ylabel(f"compute-optimal {unit} to match")
+      ax.set_title(f"{fam}: {unit} to match the baseline (95% CI; top line: never)", fontsize=9)
+      if axis == "generations":
+        ax.legend(fontsize=6, loc="lower right")
+  fig.tight_layout()
+  return fig
+
+
+def compute_optimal_exchange(co: dict) -> Figure:
+  """Paper Figure 9: per oracle difficulty bin (and over all problems), the small model's
+  compute-optimal accuracy at the FLOPs-matched budget for each R minus the larger model's
+  greedy accuracy, 95% paired bootstrap whiskers; out-of-range R marked with its needed budget,
+  capped R (the sweep ends below the matched budget) hatched. Needs ``co["exchange"]``."""
+  ex = co.get("exchange")
+  if not ex:
+    raise ValueError("compute_optimal_exchange: the result has no exchange (the larger model "
+                     "was not run).")
+  names = list(ex["curves"])
+  fig = Figure(figsize=(7 * len(names), 4.6))
+  axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
+  num_bins = co["num_bins"]
+  rs = ex["r_values"]
+  width = 0.8 / max(1, len(rs))
+  for ax, name in zip(axes, names):
+    rows = ex["curves"][name]["rows"]
+    for i, row in enumerate(rows):
+      cmps = row["by_bin"] + [row["overall"]]
+      x = np.arange(num_bins + 1) + i * width
+      color = f"C{i % 10}"
+      if row["status"] == "out of range":
+        for xi in x:
+          ax.text(xi, 0, f"needs {row['matched_generations']:.3g}", rotation=90, fontsize=6,
+                  ha="center", va="bottom", color=color)
+        ax.bar([], [], color=color, label=f"R={row['r']:g}: out of range")
+        continue
+      d = np.array([np.nan if c is None else c["diff"] for c in cmps], np.float64)
+      lo = np.array([np.nan if c is None else c["ci"][0] for c in cmps], np.float64)
+      hi = np.array([np.nan if c is None else c["ci"][1] for c in cmps], np.float64)
+      capped = row["status"] == "capped"
+      ax.bar(x, np.nan_to_num(d), width, yerr=np.abs(np.stack([d - lo, hi - d])), capsize=2,
+             color=color, hatch="//" if capped else None, edgecolor="white" if capped else None,
+             label=f"R={row['r']:g}: X={row['matched_generations']:.3g}, budget "
+                   f"{row['budget']:g}" + (" (capped)" if capped else ""))
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(num_bins + 1) + width * (len(rs) - 1) / 2)
+    ax.set_xticklabels([f"bin {b + 1}" for b in range(num_bins)] + ["all"])
+    ax.set_xlabel("oracle difficulty bin (1 = easiest)")
+    ax.set_title(f"{name}: small compute-optimal - {ex['param_ratio']:.3g}x larger model "
+                 "(greedy)", fontsize=9)
+    ax.legend(fontsize=6)
+  axes[0].set_ylabel("accuracy difference (95% CI)")
+  fig.tight_layout()
+  return fig
+
+
+def bin_confusion(co: dict) -> Figure:
+  """Oracle against predicted difficulty bins (counts), and the oracle bins of one half of
+  each problem's samples against the other half's (the oracle's own stability)."""
+  d = co["difficulty"]
+  fig = Figure(figsize=(10.5, 4.4))
+  axes = fig.subplots(1, 2)
+  for ax, agr, (ylab, xlab) in zip(
+      axes, (d["agreement"], d["split_half"]),
+      (("oracle bin (pass@1)", "predicted bin (mean verifier score)"),
+       (f"oracle bin, first {d['split_half']['samples_per_half']} samples",
+        f"oracle bin, next {d['split_half']['samples_per_half']} samples"))):
+    m = np.asarray(agr["confusion"])
+    ax.imshow(m, cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+      ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+              color="white" if v > m.max() / 2 else "black")
+    ticks = np.arange(m.shape[0])
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels([str(t + 1) for t in ticks])
+    ax.set_yticklabels([str(t + 1) for t in ticks])
+    ax.set_xlabel(xlab)
+    ax.set_ylabel(ylab)
+    rho = "n/a" if agr["spearman"] is None else f"{agr['spearman']:.2f}"
+    ax.set_title(f"exact {agr['exact']:.2f}, within one bin {agr['within_one']:.2f}, "
+                 f"Spearman {rho}", fontsize=9)
   fig.tight_layout()
   return fig

@@ -306,3 +306,196 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
           f"[{cmp['ci'][0]:+.3f}, {cmp['ci'][1]:+.3f}] | {cmp['verdict']} |")
   lines += [""] + [f"![{f}]({f})" for f in figures] + [""]
   return lines
+
+
+# --- compute-optimal scaling ---------------------------------------------------------------
+
+CO_KINDS = {"oracle": "oracle bins", "predicted": "predicted bins",
+            "predicted_charged": "predicted bins, prediction cost charged"}
+
+
+def _co_name(name: str) -> str:
+  fam, _, kind = name.partition("_")
+  return f"{fam} ({CO_KINDS.get(kind, kind)})"
+
+
+def candidate_label(candidate: dict) -> str:
+  """A reader's name for a compute-optimal candidate (search method at N, or revision split)."""
+  p = candidate.get("params") or {}
+  if "chains" in p:
+    sel = candidate["method"].split("_", 1)[-1]
+    return f"revisions {sel} {p['chains']}x{p['length']}"
+  return f"{method_label(candidate['method'], p)} N={p.get('n', candidate['budget_generations'])}"
+
+
+def _g(x) -> str:
+  return "n/a" if x is None else f"{x:g}"
+
+
+def _ratio(x, floor) -> str:
+  if x is None:
+    return "n/a"
+  return f"< {floor:.3g}" if x == 0 else f"{x:.3g}"
+
+
+def _ratio_ci(ci, floor) -> str:
+  return f"[{_ratio(ci[0], floor)}, {_ratio(ci[1], floor)}]"
+
+
+def _cmp_cell(c: dict | None) -> str:
+  if c is None:
+    return "n/a"
+  return f"{c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+
+
+def _best_line(name: str, e: dict) -> str:
+  b = e["best"]
+  floor = min(r["floor"] for r in e["rows"])
+  return (f"- {_co_name(name)} vs {e.get('baseline', e['baseline_method'])}: up to "
+          f"**{_ratio(b['generations_ratio'], floor)}x** fewer generations (at N={b['n']:g}; "
+          f"95% CI {_ratio_ci(b['generations_ratio_ci'], floor)}), up to "
+          f"{_ratio(b['flops_ratio'], floor)}x fewer FLOPs (at N={b['n_flops']:g}; 95% CI "
+          f"{_ratio_ci(b['flops_ratio_ci'], floor)}).")
+
+
+def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
+  """Compute-optimal scaling (paper sections 5.3, 6.3, 7) from
+  :func:`ttc_jax.analysis.compute_optimal.compute_optimal_summary`'s result; ``figures``: file
+  names next to the report."""
+  d = result["difficulty"]
+  cost = d["prediction_cost"]
+  curves, eff = result["curves"], result["efficiency"]
+  cands = result["candidates"]
+  num_bins = result["num_bins"]
+  lines = ["## Compute-optimal scaling", "",
+           f"A compute-optimal policy at generation budget B runs, per difficulty bin, the "
+           f"candidate strategy with budget <= B (a budget is a cap) that was most accurate on "
+           f"the bin's training problems. Choices are cross-validated: {result['folds']} folds "
+           f"stratified by bin, {result['repeats']} random splits, each problem scored only by "
+           "choices made without it (its outcome averaged over the splits). Ties: fewer FLOPs "
+           "per problem, then fewer generations, then the name. Oracle bins: quantiles of the "
+           f"policy's pass@1 ({d['samples_per_problem']} samples); predicted bins: quantiles of "
+           "the PRM's mean final score over the same samples (no ground truth); predicting "
+           f"costs {cost['generations']:g} generations and {cost['flops']:.3g} FLOPs per "
+           "problem, added to the budget in the charged curves. Candidates: every search "
+           "point; revision splits of the "
+           f"{result.get('revision_selection') or 'every'} selection.", "",
+           "Efficiency over the baseline (best-of-N weighted for search and combined, pure "
+           "parallel sampling for revisions): the largest ratio over the baseline's budgets N "
+           "of N to the smallest compute-optimal budget reaching its accuracy; '< x': not "
+           "reached (x = N over the largest swept budget).", ""]
+  lines += [_best_line(name, e) for name, e in eff.items()]
+  lines += ["", "The paper's findings, tested (the 4x rule: reproduced if the 95% CI of the best "
+            "ratio starts at >= 4, not reproduced if it ends below 4; the column shows ratio - "
+            "4):", ""]
+  lines += claims_section(result.get("claims", []))
+  budgets = sorted({p["budget_generations"] for v in curves.values() for p in v
+                    if not p["method"].endswith("charged")})
+  bases = {"best-of-N weighted": result["baselines"]["best_of_n"],
+           **({method_label(result["baselines"]["beam"][0]["method"]): result["baselines"]["beam"]}
+              if result["baselines"].get("beam") else {}),
+           "revisions parallel": result["baselines"]["revisions_parallel"],
+           "revisions sequential": result["baselines"]["revisions_sequential"]}
+  cols = [(k, v) for k, v in bases.items() if v] + [
+      (f"compute-optimal {_co_name(k)}", v) for k, v in curves.items()
+      if not k.endswith("charged")]
+  lines += ["", "Accuracy by generation budget, mean [95% CI]:", "",
+            "| budget | " + " | ".join(k for k, _ in cols) + " |", "|---|" + "---|" * len(cols)]
+  for b in budgets:
+    lines.append(f"| {b:g} | " + " | ".join(
+        _acc(next((p for p in v if p["budget_generations"] == b), None)) for _, v in cols)
+        + " |")
+  lines += ["", "Efficiency per baseline budget N: the smallest compute-optimal budget b "
+            "reaching the baseline's accuracy (95% CI of b), N / b and the FLOPs ratio "
+            "(baseline / compute-optimal at b) with 95% CIs; 'unreached': bootstrap resamples "
+            "where no budget reaches it:", "",
+            "| compute-optimal | baseline | N | baseline accuracy | b | b 95% CI | N / b "
+            "[95% CI] | FLOPs ratio [95% CI] | unreached |",
+            "|---|---|---|---|---|---|---|---|---|"]
+  for name, e in eff.items():
+    for r in e["rows"]:
+      b_ci = r["budget_ci"]
+      lines.append(
+          f"| {_co_name(name)} | {e.get('baseline', e['baseline_method'])} | {r['n']:g} | "
+          f"{r['baseline_accuracy']:.3f} | {_g(r['budget']) if r['reached'] else 'not reached'} "
+          f"| [{_g(b_ci[0]) if b_ci[0] else 'never'}, {_g(b_ci[1]) if b_ci[1] else 'never'}] | "
+          f"{_ratio(r['generations_ratio'], r['floor'])} "
+          f"{_ratio_ci(r['generations_ratio_ci'], r['floor'])} | "
+          f"{_ratio(r['flops_ratio'], r['floor'])} {_ratio_ci(r['flops_ratio_ci'], r['floor'])} | "
+          f"{r['unreached_resamples']}/{e['resamples']} |")
+  lines += ["", "The learned policy: the strategy chosen per oracle-or-predicted bin (1 = "
+            "easiest) and budget on all problems; (x%): the share of the cross-validation "
+            "choices that agree with it:", ""]
+  for name, pts in curves.items():
+    if name.endswith("charged"):
+      continue
+    lines += [f"{_co_name(name)}:", "",
+              "| budget | " + " | ".join(f"bin {b + 1}" for b in range(num_bins)) + " |",
+              "|---|" + "---|" * num_bins]
+    for p in pts:
+      lines.append(f"| {p['budget_generations']:g} | " + " | ".join(
+          f"{candidate_label(cands[c]) if c in cands else c} ({100 * a:.0f}%)"
+          for c, a in zip(p["choice"], p["choice_agreement"])) + " |")
+    lines.append("")
+  agr, half = d["agreement"], d["split_half"]
+  lines += ["Difficulty bins: oracle (rows) against predicted (columns), problem counts:", "",
+            "| oracle \\ predicted | " + " | ".join(str(b + 1) for b in range(num_bins)) + " |",
+            "|---|" + "---|" * num_bins]
+  for i, row in enumerate(agr["confusion"]):
+    lines.append(f"| {i + 1} | " + " | ".join(str(v) for v in row) + " |")
+  rho = lambda a: "n/a" if a["spearman"] is None else f"{a['spearman']:.3f}"  # noqa: E731
+  lines += ["", f"- Oracle vs predicted: same bin {agr['exact']:.3f}, within one bin "
+            f"{agr['within_one']:.3f}, Spearman {rho(agr)} (pass@1 against the mean score).",
+            f"- Split-half stability of the oracle bins ({half['samples_per_half']} samples "
+            f"against the next {half['samples_per_half']}): same bin {half['exact']:.3f}, within "
+            f"one bin {half['within_one']:.3f}, Spearman {rho(half)}: the agreement the "
+            "oracle itself reaches at this sample count.", ""]
+  lines += exchange_lines(result.get("exchange"))
+  lines += [f"![{f}]({f})" for f in figures] + [""]
+  return lines
+
+
+def exchange_lines(ex: dict | None) -> list[str]:
+  """The pretraining-versus-test-time exchange (paper section 7) table and its verdicts."""
+  lines = ["### Exchanging pretraining for test-time compute (paper section 7)", ""]
+  if not ex:
+    return lines + ["The larger model was not run: `make exchange` trains it and evaluates its "
+                    "greedy answers, then this section compares it with the small model's "
+                    "compute-optimal curves at FLOPs-matched budgets.", ""]
+  g = ex["groups"]
+  lg = ex["large_greedy"]
+  lines += [f"The larger model has M = {ex['param_ratio']:.3g}x the parameters "
+            f"({ex['large_params']:,.0f} against {ex['small_params']:,.0f}); its greedy "
+            f"accuracy: {_ci(lg['accuracy'], lg['ci'])}. At a ratio R of inference to "
+            "pretraining tokens the small model may spend X = M + 3 (M - 1) / R generations "
+            "per problem for the same FLOPs; it runs its compute-optimal (oracle bins) point at "
+            "the largest swept budget <= X ('capped': X exceeds the sweep, so it gets less than "
+            "X; 'out of range': every swept budget exceeds X). Cells: small - large, paired "
+            "bootstrap over problems, mean [95% CI]. Easy/medium: bins "
+            + ", ".join(str(b + 1) for b in g["easy"]) + "; hard: bins "
+            + (", ".join(str(b + 1) for b in g["hard"]) or "none") + ".", ""]
+  if ex.get("large_majority"):
+    lines += ["Larger model, majority vote: " + ", ".join(
+        f"N={m['n']} {_ci(m['accuracy'], m['ci'])}" for m in ex["large_majority"]) + ".", ""]
+  num_bins = len(lg["accuracy_by_bin"])
+  lines += ["| curve | R | M | X | budget used | " + " | ".join(
+      f"bin {b + 1}" for b in range(num_bins)) + " | all |",
+      "|---|---|---|---|---|" + "---|" * (num_bins + 1)]
+  for name, cv in ex["curves"].items():
+    for r in cv["rows"]:
+      used = (f"out of range (needs {r['matched_generations']:.3g} generations)"
+              if r["budget"] is None else f"{r['budget']:g}"
+              + (" (capped)" if r["status"] == "capped" else ""))
+      lines.append(f"| {name} | {r['r']:g} | {ex['param_ratio']:.3g} | "
+                   f"{r['matched_generations']:.3g} | {used} | "
+                   + " | ".join(_cmp_cell(c) for c in r["by_bin"]) + f" | "
+                   f"{_cmp_cell(r['overall'])} |")
+  lines += ["", "| finding | paper | difference [95% CI] | verdict |", "|---|---|---|---|"]
+  for c in ex["claims"]:
+    v = f"**{c['verdict']}**" if c["verdict"] else f"none: {c['reason']}"
+    lines.append(f"| {c['claim']} | {c['paper']} | {_cmp_cell(c['comparison'])} | {v} |")
+  return lines + ["", "Rules: at R < 1 the paper says the small model wins on easy/medium bins "
+                  "and the larger one on hard bins; at R > 1 the larger one wins on all "
+                  "problems. Verdicts as above; none where the point is out of range, or where "
+                  "the sweep is capped below X and the larger model is not significantly "
+                  "beaten (its win could be the cap's).", ""]
