@@ -354,8 +354,73 @@ def test_the_revision_report_has_every_split_selection_and_claim(revision_study)
   md = open(os.path.join(revision_study, "revision_report", "latest", "revisions.md")).read()
   assert "## Sequential revisions" in md and "revisions_vs_budget.png" in md
   claims = _latest(revision_study, "study", "claims.json")
-  assert len(claims) == len(_latest(revision_study, "report", "results.json")["claims"]) + len(
-      rev["claims"])
+  assert len(claims) == (len(_latest(revision_study, "report", "results.json")["claims"])
+                         + len(rev["claims"])
+                         + len(_latest(revision_study, "compute_optimal",
+                                       "compute_optimal.json")["claims"]))
+
+
+def test_the_study_selects_strategies_per_difficulty_bin_out_of_fold(revision_study):
+  """The compute-optimal stage reads every search and revision cell of the study."""
+  co = _latest(revision_study, "compute_optimal", "compute_optimal.json")
+  config = pu.tiny_config(**TRAINED, **STUDY)
+  fams = ("search", "revisions", "combined")
+  assert set(co["curves"]) == {f"{f}_{k}" for f in fams
+                               for k in ("oracle", "predicted", "predicted_charged")}
+  search_budgets = sorted(set(config.search.budgets))
+  assert [p["budget_generations"] for p in co["curves"]["search_oracle"]] == search_budgets
+  revision_budgets = sorted(set(config.revisions.budgets))
+  assert [p["budget_generations"] for p in co["curves"]["combined_oracle"]] == sorted(
+      set(search_budgets) | set(revision_budgets))
+  # Charged curves pay the difficulty samples: every budget moves by their number.
+  k = config.difficulty.samples_per_problem
+  assert [p["budget_generations"] for p in co["curves"]["search_predicted_charged"]] == [
+      b + k for b in search_budgets]
+  for name, points in co["curves"].items():
+    for p in points:
+      assert len(p["per_problem"]) == config.test_problems
+      assert p["ci"][0] <= p["accuracy"] <= p["ci"][1], name
+  cost = co["difficulty"]["prediction_cost"]
+  assert cost["samples"] == k and cost["policy_flops_per_problem"] > 0 < cost[
+      "prm_flops_per_problem"]
+  assert co["exchange"] is None and {c["verdict"] for c in co["claims"]} <= {
+      "reproduced", "not reproduced", "not significant"}
+  md = open(os.path.join(revision_study, "compute_optimal", "latest",
+                         "compute_optimal.md")).read()
+  assert "The learned policy" in md and "`make exchange`" in md
+  study_md = open(os.path.join(revision_study, "study", "latest", "study.md")).read()
+  assert "compute_optimal.md" in study_md and "make exchange" in study_md
+
+
+def test_the_study_picks_up_the_larger_policy_when_make_exchange_ran(revision_study, tmp_path):
+  from ttc_jax.pipeline import artifacts
+  work = str(tmp_path / "exchange")
+  shutil.copytree(revision_study, work, symlinks=True)
+  config = pu.tiny_config(**TRAINED, **STUDY)
+  pipe = Pipeline(config, work)
+  before = pipe.identity("compute_optimal")
+  assert pipe.is_done("compute_optimal") and not pipe.is_done("large_policy_eval")
+  Pipeline(config, work).run("large_policy_eval")
+  pipe = Pipeline(config, work)
+  assert pipe.identity("compute_optimal") != before and not pipe.is_done("compute_optimal")
+  pipe.run("study")
+  # The larger policy saw the policy's rows in the policy's order, with more parameters.
+  small, large = pipe.load("policy"), pipe.load("large_policy")
+  s_made, l_made = small.description["made_by"], large.description["made_by"]
+  assert l_made["data"]["train_tokens"] == s_made["data"]["train_tokens"]
+  for field in ("steps", "batch_size", "seed", "pad_multiple", "bucket_pool_batches"):
+    assert l_made["train"][field] == s_made["train"][field]
+  assert large.config.num_params() > small.config.num_params()
+  co = _latest(work, "compute_optimal", "compute_optimal.json")
+  ex = co["exchange"]
+  assert ex["param_ratio"] == pytest.approx(large.config.num_params()
+                                            / small.config.num_params())
+  assert ex["r_values"] == list(config.compute_optimal.r_values)
+  assert os.path.exists(os.path.join(work, "compute_optimal", "latest", "exchange.png"))
+  claims = _latest(work, "study", "claims.json")
+  assert {c["claim"] for c in ex["claims"]} <= {c["claim"] for c in claims}
+  # The artifact without the exchange is kept beside the new one.
+  assert artifacts.read_stage(os.path.join(work, "compute_optimal", before))["status"] == "done"
 
 
 def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_path):

@@ -1084,6 +1084,7 @@ def run_study(ctx: Context) -> dict:
            "- Compute-optimal scaling and the FLOPs exchange: "
            "`compute_optimal/latest/compute_optimal.md` (compute_optimal.json, figures)"
            + ("." if co.get("exchange") else "; the exchange needs `make exchange`."), ""]
+  lines += markdown.study_headline(co) + ["## Every finding", ""]
   lines += markdown.claims_section([c for c in claims if c.get("verdict") is not None])
   untested = [c for c in claims if c.get("verdict") is None]
   if untested:

@@ -499,3 +499,21 @@ def exchange_lines(ex: dict | None) -> list[str]:
                   "problems. Verdicts as above; none where the point is out of range, or where "
                   "the sweep is capped below X and the larger model is not significantly "
                   "beaten (its win could be the cap's).", ""]
+
+
+def study_headline(co: dict) -> list[str]:
+  """The study's headline (study.md): compute-optimal efficiency over best-of-N, oracle and
+  predicted bins, and the exchange's verdicts, from the compute-optimal result."""
+  lines = ["## Headline", ""]
+  for name in ("search_oracle", "search_predicted", "revisions_oracle", "revisions_predicted",
+               "combined_oracle", "combined_predicted"):
+    if name in co["efficiency"]:
+      lines.append(_best_line(name, co["efficiency"][name]))
+  ex = co.get("exchange")
+  if not ex:
+    lines += ["- Pretraining against test-time compute: not run (`make exchange`)."]
+  else:
+    for c in ex["claims"]:
+      v = f"**{c['verdict']}**" if c["verdict"] else f"not tested ({c['reason']})"
+      lines.append(f"- {c['claim']}: {_cmp_cell(c['comparison'])}, {v}")
+  return lines + [""]
