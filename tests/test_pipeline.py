@@ -83,31 +83,37 @@ def _changed(a, b):
 
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
-  downstream_of_policy = ["difficulty", "mc_labels", "orm", "policy", "prm", "report",
-                          "revision_data", "revision_model", "revision_orm", "revision_report",
-                          "revision_sweep", "search_sweep", "study", "verifier_ablation",
-                          "verifier_eval"]
+  downstream_of_policy = ["compute_optimal", "difficulty", "mc_labels", "orm", "policy", "prm",
+                          "report", "revision_data", "revision_model", "revision_orm",
+                          "revision_report", "revision_sweep", "search_sweep", "study",
+                          "verifier_ablation", "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(policy__train__learning_rate=1e-3))) == \
       downstream_of_policy
-  assert _changed(base, _ids(pu.tiny_config(policy__train__seed=1))) == downstream_of_policy
+  # The data order is the larger policy's too (the exchange's same pretraining tokens).
+  assert _changed(base, _ids(pu.tiny_config(policy__train__seed=1))) == sorted(
+      downstream_of_policy + ["large_policy", "large_policy_eval"])
+  assert _changed(base, _ids(pu.tiny_config(large_policy__train__learning_rate=1e-3))) == [
+      "large_policy", "large_policy_eval"]
   assert _changed(base, _ids(pu.tiny_config(prm__train__steps=7))) == [
-      "prm", "report", "revision_report", "revision_sweep", "search_sweep", "study",
-      "verifier_ablation", "verifier_eval"]
+      "compute_optimal", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
+      "study", "verifier_ablation", "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(ablation__variants=("prm.init=scratch",)))) == [
-      "report", "study", "verifier_ablation"]
+      "compute_optimal", "report", "study", "verifier_ablation"]
   assert _changed(base, _ids(pu.tiny_config(search__max_rounds=5))) == [
-      "report", "revision_report", "search_sweep", "study"]
+      "compute_optimal", "report", "revision_report", "search_sweep", "study"]
+  assert _changed(base, _ids(pu.tiny_config(compute_optimal__repeats=3))) == [
+      "compute_optimal", "study"]
   assert _changed(base, _ids(pu.tiny_config(tokenizer__vocab_size=48))) == [
       s for s in sorted(STAGES) if s != "data"]
   assert _changed(base, _ids(pu.tiny_config(report__difficulty_bins=3))) == [
-      "report", "revision_report", "study"]
+      "compute_optimal", "report", "revision_report", "study"]
   assert _changed(base, _ids(pu.tiny_config(revision_data__samples_per_problem=8))) == [
-      "revision_data", "revision_model", "revision_orm", "revision_report", "revision_sweep",
-      "study"]
+      "compute_optimal", "revision_data", "revision_model", "revision_orm", "revision_report",
+      "revision_sweep", "study"]
   assert _changed(base, _ids(pu.tiny_config(revisions__seeds=(0, 1)))) == [
-      "revision_report", "revision_sweep", "study"]
+      "compute_optimal", "revision_report", "revision_sweep", "study"]
   assert _changed(base, _ids(pu.tiny_config(revision_orm__length=3))) == [
-      "revision_orm", "revision_report", "revision_sweep", "study"]
+      "compute_optimal", "revision_orm", "revision_report", "revision_sweep", "study"]
   # Speed-only fields never change a result, so they never change an identity.
   for key, value in [("sampling__batch_size", 64), ("search__rows_per_call", 8),
                      ("policy__train__checkpoint_every", 8), ("prm__train__log_every", 1)]:

@@ -91,7 +91,8 @@ def config_help(spec: str) -> str:
     note = paths.get(key) or (names.get(leaf) if parent.endswith((".train", ".model")) else None)
     return f"    --config.{key}={value!r}" + (f"  # {note}" if note else "")
   keys = "\n".join(line(k, v) for k, v in runner.flatten(config.to_dict()).items())
-  stages = "\n".join(f"    {name}: {s.doc} (reads {', '.join(s.inputs) or 'nothing'})"
+  stages = "\n".join(f"    {name}: {s.doc} (reads {', '.join(s.inputs) or 'nothing'}"
+                     + (f"; if finished: {', '.join(s.optional)}" if s.optional else "") + ")"
                      for name, s in STAGES.items())
   return (f"Experiment config file, optionally ':STAGE' and/or 'task=NAME' (comma separated), "
           f"e.g. {EXAMPLE}:prm. Stages:\n{stages}\n  Keys of {spec} (override any with "
