@@ -10,18 +10,20 @@ Command (the whole study, ``make study``; resumable, reruns skip finished work):
 Overrides go inline, e.g. ``--config.policy.train.steps=100``. Another task:
 ``--task_module=my.module --config=experiments/arith.py:task=mytask`` (README).
 
-Runtime: 60 min on 2 cores of an Intel Xeon @ 2.50GHz with an empty XLA cache (venv
-1.3 min; pipeline 58 min with --jobs=2: policy 7 min, then two chains side by side,
-MC labels 12 min -> PRM 4 min -> search sweep 18 min and revision data 2 min -> revision
-model 11 min -> revision ORM 13.5 min -> revision sweep 22 min); 40 min without the
-revision stages. Earlier studies ran about 2.2x faster on other 2-core machines.
+Runtime: 45.9 min on 2 cores of an Intel Xeon @ 2.50GHz with an empty XLA cache (venv
+1.3 min; pipeline 44.5 min with --jobs=2: policy 6.5 min, then two chains side by side,
+MC labels 11 min -> PRM 4 min -> search sweep 17.5 min and revision data 1.5 min ->
+revision model 6 min -> revision ORM 8 min -> revision sweep 13.5 min; compute-optimal
+13 s). ``make exchange`` adds the 13x policy: about 35 min of training alone on 2 cores.
 Expected result (README.md, "The study", has the tables; training results differ a
 little between CPU models, so never rely on one machine's numbers): policy pass@1
 about 0.46-0.49; majority and PRM-weighted best-of-64 near 0.61-0.65; a within-problem
 PRM AUC near 0.66-0.68 (the policy's own likelihood: 0.84-0.85); vanilla best-of-N
 falling far below pass@1 as N grows (the PRM is exploited). Revisions: about 19% of
 correct answers revised into incorrect ones and 13% of incorrect ones into correct ones;
-parallel sampling beats sequential revisions at N = 16.
+parallel sampling beats sequential revisions at N = 16. Compute-optimal selection matches,
+but does not beat, best-of-N weighted (the PRM is the weak part: search has little to
+choose from).
 
 * tokenizer, policy: sentencepiece on the task; SFT of a 2-layer d128 decoder
   (0.5M params) on the 20k train problems. Sampling never emits unused pieces.
@@ -51,7 +53,12 @@ parallel sampling beats sequential revisions at N = 16.
   chains of N / C revisions with majority, revision-ORM (flat, hierarchical) and PRM
   selection -> WORKDIR/revision_report/latest/revisions.md (Figures 6 and 7, the
   correct->incorrect rate, revisions against search at equal budgets and FLOPs).
-* study: every finding's verdict -> WORKDIR/study/latest/study.md.
+* compute_optimal: per difficulty bin (oracle, and predicted from the PRM's mean score) and
+  budget, the search / revision cell best on one fold of problems applied to the other (2
+  folds x 25 splits); efficiency over best-of-N; with ``make exchange``, the 13x policy
+  against the small one at FLOPs-matched budgets (paper Figure 9) ->
+  WORKDIR/compute_optimal/latest/compute_optimal.md.
+* study: the headline and every finding's verdict -> WORKDIR/study/latest/study.md.
 """
 
 import ml_collections
