@@ -36,15 +36,16 @@ from ttc_jax.pipeline import runner
 from ttc_jax.pipeline.stages import STAGES
 from ttc_jax.progress import fmt_duration
 
-# Relative cost of each stage on the default study (its measured share of the serial
-# wall time, rounded): the scheduler starts the ready stage with the costliest path to
-# the target first, so the long chain (policy -> MC labels -> PRM -> search sweep) is
-# never waiting for a slot held by a short side branch. Only the order depends on it.
-COST = {"data": 1, "tokenizer": 1, "policy": 10, "difficulty": 1, "mc_labels": 10, "prm": 3,
-        "orm": 3, "verifier_eval": 4, "verifier_ablation": 5, "search_sweep": 12,
-        "revision_data": 1, "revision_model": 6, "revision_orm": 5, "revision_sweep": 8,
-        "report": 1, "revision_report": 1, "study": 1, "large_policy": 30,
-        "large_policy_eval": 4, "compute_optimal": 1}
+# Cost of each stage on the default study: its measured seconds with an empty XLA cache, on
+# one of 2 cores beside another stage (README, "The study"). The scheduler starts the ready
+# stage with the costliest path to the target first, so the long chain (policy -> MC labels
+# -> PRM -> search sweep) is never waiting for a slot held by a short side branch. Only the
+# order depends on it; other configs keep the proportions roughly.
+COST = {"data": 20, "tokenizer": 10, "policy": 390, "difficulty": 65, "mc_labels": 680,
+        "prm": 260, "orm": 220, "verifier_eval": 175, "verifier_ablation": 50,
+        "search_sweep": 780, "revision_data": 100, "revision_model": 350, "revision_orm": 485,
+        "revision_sweep": 810, "report": 10, "revision_report": 25, "compute_optimal": 15,
+        "study": 5, "large_policy": 2100, "large_policy_eval": 300}
 
 # Stages that only train: their process gets one XLA CPU device per core and the trainer's
 # 'data' mesh spans them (alone on 2 cores: 1.24x the steps/s of one device; the PRM and
