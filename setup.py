@@ -36,8 +36,19 @@ setuptools.setup(
             "ipykernel",
             "torch==2.13.0",
             "transformers",
+            "safetensors",
+            "tokenizers",
+            "jinja2>=3.1.6",
             "import-linter",
             "filelock",
+        ],
+        # Imported checkpoints (ttc_jax.models.hf_import, ttc_jax.hf_tokenizer): safetensors,
+        # HF tokenizers, and transformers for chat-template rendering (no torch needed).
+        "hf": [
+            "safetensors",
+            "tokenizers",
+            "transformers",
+            "jinja2>=3.1.6",
         ],
         "bench": [
             "torch==2.13.0",

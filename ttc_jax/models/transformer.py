@@ -38,6 +38,44 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """RoPE frequency scaling of a long-context checkpoint (transformers' rope_parameters).
+
+  kind 'llama3': Llama 3.1+ (wavelengths above original_max_position / low_freq_factor
+  are divided by ``factor``, those below original_max_position / high_freq_factor kept,
+  the band between interpolated); 'linear': every frequency divided by ``factor``.
+  """
+
+  kind: str
+  factor: float
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position: int = 8192
+
+  def __post_init__(self):
+    if self.kind not in ("llama3", "linear"):
+      raise ValueError(f"RoPE scaling {self.kind!r}: supported are 'llama3' and 'linear'.")
+    if not self.factor > 0:
+      raise ValueError(f"RoPE scaling factor={self.factor}: expected > 0.")
+    if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+      raise ValueError(f"llama3 RoPE scaling needs high_freq_factor > low_freq_factor; got "
+                       f"{self.high_freq_factor} and {self.low_freq_factor}.")
+
+  def apply(self, inv_freq: Array) -> Array:
+    if self.kind == "linear":
+      return inv_freq / self.factor
+    wavelen = 2 * jnp.pi / inv_freq
+    low_wavelen = self.original_max_position / self.low_freq_factor
+    high_wavelen = self.original_max_position / self.high_freq_factor
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
+    smooth = ((self.original_max_position / wavelen - self.low_freq_factor)
+              / (self.high_freq_factor - self.low_freq_factor))
+    mid = (1 - smooth) * scaled / self.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, mid, scaled)
+
+
+@dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Hyper-parameters of the decoder. Frozen and hashable (safe as a static)."""
 
@@ -56,6 +94,21 @@ class TransformerConfig:
   init_std: float = 0.02
   dtype: str = "float32"  # Activation dtype.
   param_dtype: str = "float32"
+  # Architecture variants of imported checkpoints (ttc_jax.models.hf_import); the defaults
+  # are the Llama-style decoder trained here.
+  qkv_bias: bool = False  # biases on the query/key/value projections (Qwen2)
+  rope_scaling: RopeScaling | None = None  # Llama 3's frequency-dependent RoPE scaling
+  norm_offset: float = 0.0  # RMSNorm multiplies by (norm_offset + scale) (Gemma: 1)
+  embed_scale: bool = False  # embeddings times sqrt(d_model) (Gemma)
+  activation: Literal["silu", "gelu", "gelu_tanh"] = "silu"  # the gated MLP's gate
+  post_norms: bool = False  # RMSNorm on the attention and MLP outputs too (Gemma 2)
+  query_scale: float | None = None  # None: head_dim ** -0.5 (Gemma 2: query_pre_attn_scalar ** -0.5)
+  attn_softcap: float | None = None  # cap * tanh(logit / cap) on attention logits (Gemma 2)
+  final_softcap: float | None = None  # the same on the LM head's logits (Gemma 2)
+  # Layers marked 'sliding' attend to keys at most ``sliding_window - 1`` positions back
+  # (Gemma 2 alternates them with 'full' layers). None: every layer is 'full'.
+  layer_types: tuple[str, ...] | None = None
+  sliding_window: int | None = None
 
   def __post_init__(self):
     kv = self.kv_heads
@@ -77,6 +130,26 @@ class TransformerConfig:
       raise ValueError(f"head={self.head!r}: expected 'lm' or 'value'.")
     if self.tie_embeddings and self.head != "lm":
       raise ValueError("tie_embeddings=True needs head='lm'.")
+    if self.activation not in ("silu", "gelu", "gelu_tanh"):
+      raise ValueError(f"activation={self.activation!r}: expected 'silu', 'gelu' or 'gelu_tanh'.")
+    if isinstance(self.layer_types, list):
+      object.__setattr__(self, "layer_types", tuple(self.layer_types))
+    if isinstance(self.rope_scaling, dict):
+      object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+    if self.layer_types is not None:
+      bad = [t for t in self.layer_types if t not in ("full", "sliding")]
+      if len(self.layer_types) != self.num_layers or bad:
+        raise ValueError(f"layer_types={self.layer_types}: expected num_layers={self.num_layers} "
+                         "entries, each 'full' or 'sliding'.")
+      if "sliding" in self.layer_types and not (self.sliding_window or 0) > 0:
+        raise ValueError(f"sliding layers need sliding_window > 0; got {self.sliding_window}.")
+    for name in ("attn_softcap", "final_softcap", "query_scale"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"{name}={value}: expected None or a number > 0.")
+
+  def is_sliding(self, layer: int) -> bool:
+    return self.layer_types is not None and self.layer_types[layer] == "sliding"
 
   @property
   def kv_heads(self) -> int:
@@ -90,8 +163,10 @@ class TransformerConfig:
     """Parameter count (matches ``nnx.state(model, nnx.Param)``)."""
     d, hd = self.d_model, self.dim_per_head
     attn = d * (self.num_heads + 2 * self.kv_heads) * hd + self.num_heads * hd * d
+    if self.qkv_bias:
+      attn += (self.num_heads + 2 * self.kv_heads) * hd
     mlp = 3 * d * self.mlp_dim
-    per_layer = attn + mlp + 2 * d
+    per_layer = attn + mlp + (4 if self.post_norms else 2) * d
     n = self.num_layers * per_layer + d  # + final norm
     emb = self.vocab_size * d
     if self.head == "lm":
@@ -188,23 +263,35 @@ def _init(std):
 
 
 class RMSNorm(nnx.Module):
+  """RMSNorm; the output is multiplied by ``offset + scale`` (Gemma stores scale - 1:
+  offset 1, and the scale starts at 0)."""
 
-  def __init__(self, dim: int, eps: float, param_dtype):
+  def __init__(self, dim: int, eps: float, param_dtype, offset: float = 0.0):
     self.eps = eps
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+    self.offset = offset
+    self.scale = nnx.Param(jnp.full((dim,), 1.0 - offset, param_dtype))
 
   def __call__(self, x: Array) -> Array:
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+    scale = self.scale[...].astype(jnp.float32)
+    return (y * (scale + self.offset if self.offset else scale)).astype(x.dtype)
 
 
-def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+def softcap(x: Array, cap: float | None) -> Array:
+  """cap * tanh(x / cap) (Gemma 2's logit soft cap); ``x`` itself when cap is None."""
+  return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float,
+                scaling: RopeScaling | None = None) -> tuple[Array, Array]:
   """cos and sin of the rotary angles, (B, 1, T, head_dim // 2), float32.
 
   Computed once per forward and shared by every layer's queries and keys.
   """
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if scaling is not None:
+    inv_freq = scaling.apply(inv_freq)
   ang = positions.astype(jnp.float32)[:, None, :, None] * inv_freq
   return jnp.cos(ang), jnp.sin(ang)
 
@@ -226,6 +313,8 @@ class Attention(nnx.Module):
     pdt = jnp.dtype(cfg.param_dtype)
     init = _init(cfg.init_std)
     self.qkv = nnx.Param(init(rngs.params(), (d, (h + 2 * kv) * hd), pdt))
+    if cfg.qkv_bias:
+      self.qkv_bias = nnx.Param(jnp.zeros(((h + 2 * kv) * hd,), pdt))
     self.out = nnx.Param(init(rngs.params(), (h * hd, d), pdt))
 
   def __call__(self, x, rope_tabs, k_cache, v_cache, attn_mask, index):
@@ -240,6 +329,8 @@ class Attention(nnx.Module):
     b, t, _ = x.shape
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
     qkv = x @ self.qkv[...].astype(x.dtype)
+    if cfg.qkv_bias:
+      qkv = qkv + self.qkv_bias[...].astype(x.dtype)
     q, k, v = jnp.split(qkv, [h * hd, (h + kv) * hd], axis=-1)
     q = q.reshape(b, t, h, hd).transpose(0, 2, 1, 3)  # (B, H, T, D)
     k = k.reshape(b, t, kv, hd).transpose(0, 2, 1, 3)  # (B, KV, T, D)
@@ -250,9 +341,11 @@ class Attention(nnx.Module):
       k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
       v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
       k, v = k_cache, v_cache
-    q = q.reshape(b, kv, h // kv, t, hd) * (hd ** -0.5)
+    scale = hd ** -0.5 if cfg.query_scale is None else cfg.query_scale
+    q = q.reshape(b, kv, h // kv, t, hd) * scale
     scores = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(q.dtype),
                         preferred_element_type=jnp.float32)
+    scores = softcap(scores, cfg.attn_softcap)
     scores = jnp.where(attn_mask[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
     o = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(x.dtype))
@@ -261,7 +354,7 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """SwiGLU with fused gate/up projection."""
+  """Gated MLP (SwiGLU; GeGLU for Gemma) with fused gate/up projection."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     pdt = jnp.dtype(cfg.param_dtype)
@@ -269,25 +362,38 @@ class MLP(nnx.Module):
     self.gate_up = nnx.Param(init(rngs.params(), (cfg.d_model, 2 * cfg.mlp_dim), pdt))
     self.down = nnx.Param(init(rngs.params(), (cfg.mlp_dim, cfg.d_model), pdt))
 
+    self.activation = cfg.activation
+
   def __call__(self, x):
     gate, up = jnp.split(x @ self.gate_up[...].astype(x.dtype), 2, axis=-1)
-    return (jax.nn.silu(gate) * up) @ self.down[...].astype(x.dtype)
+    if self.activation == "silu":
+      gate = jax.nn.silu(gate)
+    else:
+      gate = jax.nn.gelu(gate, approximate=self.activation == "gelu_tanh")
+    return (gate * up) @ self.down[...].astype(x.dtype)
 
 
 class Block(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     pdt = jnp.dtype(cfg.param_dtype)
-    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+    norm = lambda: RMSNorm(cfg.d_model, cfg.norm_eps, pdt, cfg.norm_offset)
+    self.attn_norm = norm()
     self.attn = Attention(cfg, rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+    self.mlp_norm = norm()
     self.mlp = MLP(cfg, rngs)
+    self.post_norms = cfg.post_norms
+    if cfg.post_norms:  # Gemma 2: each sublayer's output is normalised before the residual add
+      self.attn_post_norm = norm()
+      self.mlp_post_norm = norm()
 
   def __call__(self, x, rope_tabs, k_cache, v_cache, attn_mask, index):
     a, k_cache, v_cache = self.attn(self.attn_norm(x), rope_tabs, k_cache, v_cache,
                                     attn_mask, index)
-    x = x + a
-    x = x + self.mlp(self.mlp_norm(x))
+    m = self.attn_post_norm(a) if self.post_norms else a
+    x = x + m
+    m = self.mlp(self.mlp_norm(x))
+    x = x + (self.mlp_post_norm(m) if self.post_norms else m)
     return x, k_cache, v_cache
 
 
@@ -300,7 +406,7 @@ class Transformer(nnx.Module):
     pdt = jnp.dtype(cfg.param_dtype)
     self.embed = nnx.Param(_init(cfg.init_std)(rngs.params(), (cfg.vocab_size, cfg.d_model), pdt))
     self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
-    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt, cfg.norm_offset)
     if cfg.head == "lm":
       if not cfg.tie_embeddings:
         self.lm_head = nnx.Param(_init(cfg.init_std)(rngs.params(), (cfg.d_model, cfg.vocab_size), pdt))
@@ -315,7 +421,7 @@ class Transformer(nnx.Module):
     if self.config.head == "value":
       return hf @ self.value_head[...].astype(jnp.float32) + self.value_bias[...].astype(jnp.float32)
     w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
-    return hf @ w.astype(jnp.float32)
+    return softcap(hf @ w.astype(jnp.float32), self.config.final_softcap)
 
   # --------------------------------------------------------------- forward
   def __call__(
@@ -347,6 +453,8 @@ class Transformer(nnx.Module):
     offsets = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1  # position within chunk
     dt = jnp.dtype(cfg.dtype)
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.d_model ** 0.5, dt)
 
     if cache is None:
       positions = jnp.maximum(offsets, 0)
@@ -363,12 +471,21 @@ class Transformer(nnx.Module):
       slots = jnp.arange(cache.size, dtype=jnp.int32)
       causal = slots[None, :] <= (index + jnp.arange(t, dtype=jnp.int32))[:, None]  # (T, S)
       attn_mask = causal[None] & mask[:, None, :]
+      # A row's filled slots hold its positions 0, 1, ... in order (holes are masked and
+      # compaction keeps the order), so a slot's position is the count of filled slots before it.
+      key_positions = lambda: jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
       ks, vs = cache.k, cache.v
+    local_mask = attn_mask
+    if cfg.layer_types is not None and "sliding" in cfg.layer_types:
+      keys_at = key_positions() if cache is not None else positions
+      near = positions[:, :, None] - keys_at[:, None, :] < cfg.sliding_window
+      local_mask = attn_mask & near
 
-    rope_tabs = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
+    rope_tabs = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling)
     new_k, new_v = [], []
-    for layer, kc, vc in zip(self.layers, ks, vs):
-      x, kc, vc = layer(x, rope_tabs, kc, vc, attn_mask, index)
+    for i, (layer, kc, vc) in enumerate(zip(self.layers, ks, vs)):
+      x, kc, vc = layer(x, rope_tabs, kc, vc, local_mask if cfg.is_sliding(i) else attn_mask,
+                        index)
       new_k.append(kc)
       new_v.append(vc)
     x = self.final_norm(x)
