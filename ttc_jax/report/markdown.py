@@ -349,13 +349,18 @@ def _cmp_cell(c: dict | None) -> str:
 
 
 def _best_line(name: str, e: dict) -> str:
+  """The best efficiency ratio: the baseline's budget N over the budget compute-optimal needs
+  to match it (above 1: compute-optimal needs less; below 1: more)."""
   b = e["best"]
   floor = min(r["floor"] for r in e["rows"])
-  return (f"- {_co_name(name)} vs {e.get('baseline', e['baseline_method'])}: up to "
-          f"**{_ratio(b['generations_ratio'], floor)}x** fewer generations (at N={b['n']:g}; "
-          f"95% CI {_ratio_ci(b['generations_ratio_ci'], floor)}), up to "
-          f"{_ratio(b['flops_ratio'], floor)}x fewer FLOPs (at N={b['n_flops']:g}; 95% CI "
-          f"{_ratio_ci(b['flops_ratio_ci'], floor)}).")
+  r = b["generations_ratio"]
+  note = (f"; it needs {1 / r:.3g}x the generations" if r and r < 1 else
+          "; it never matches the baseline" if r == 0 else "")
+  return (f"- {_co_name(name)} vs {e.get('baseline', e['baseline_method'])}: best efficiency "
+          f"**{_ratio(r, floor)}x** in generations (N over the budget compute-optimal needs to "
+          f"match the baseline at N; at N={b['n']:g}; 95% CI "
+          f"{_ratio_ci(b['generations_ratio_ci'], floor)}{note}), {_ratio(b['flops_ratio'], floor)}x "
+          f"in FLOPs (at N={b['n_flops']:g}; 95% CI {_ratio_ci(b['flops_ratio_ci'], floor)}).")
 
 
 def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:

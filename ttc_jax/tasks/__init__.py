@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping
 import ml_collections
 
 from ttc_jax.tasks.arithmetic import ArithmeticTask
+from ttc_jax.tasks.math_benchmarks import GSM8KTask
+from ttc_jax.tasks.math_benchmarks import MathTask
 from ttc_jax.tasks.base import Problem
 from ttc_jax.tasks.base import SPLITS
 from ttc_jax.tasks.base import Task
@@ -114,9 +116,13 @@ def import_modules(modules) -> None:
 
 
 register_task(ArithmeticTask.name, ArithmeticTask, ArithmeticTask.DEFAULTS)
+register_task(MathTask.name, MathTask, MathTask.DEFAULTS)
+register_task(GSM8KTask.name, GSM8KTask, GSM8KTask.DEFAULTS)
 
 __all__ = [
     "ArithmeticTask",
+    "GSM8KTask",
+    "MathTask",
     "Problem",
     "SPLITS",
     "Task",

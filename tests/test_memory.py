@@ -1,0 +1,58 @@
+"""The memory planner against the arrays it predicts."""
+
+import dataclasses
+
+import jax
+import pytest
+
+from ttc_jax.models import memory
+from ttc_jax.models.transformer import KVCache
+from ttc_jax.models.transformer import TransformerConfig
+
+BASE = TransformerConfig(vocab_size=96, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2,
+                         mlp_dim=64, max_seq_len=64)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(tie_embeddings=True), dict(head="value"), dict(qkv_bias=True, post_norms=True),
+    dict(param_dtype="bfloat16", dtype="bfloat16"),
+])
+def test_unsharded_parameters_are_the_model_bytes(kwargs):
+  cfg = dataclasses.replace(BASE, **kwargs)
+  itemsize = 2 if cfg.param_dtype == "bfloat16" else 4
+  assert memory.param_bytes(cfg) == cfg.num_params() * itemsize
+
+
+def test_model_shards_split_heads_mlp_and_vocab():
+  one, four = memory.param_bytes(BASE), memory.param_bytes(BASE, model_shards=4)
+  d, hd, v = 32, 8, 96
+  # Per layer: 4 query heads -> 1 per shard; 2 kv heads < 4 shards stay replicated; MLP / 4.
+  attn = d * (1 + 2 * 2) * hd + 1 * hd * d
+  layer = attn + 3 * d * 64 / 4 + 2 * d
+  assert four == 4 * (3 * layer + d + v * d + d * v / 4)
+  assert four < one
+
+
+def test_kv_cache_bytes_match_the_cache_arrays():
+  for cfg, rows in ((BASE, 5), (dataclasses.replace(BASE, dtype="bfloat16"), 3)):
+    cache = KVCache.empty(cfg, rows, 40)
+    actual = sum(x.nbytes for x in jax.tree.leaves((cache.k, cache.v, cache.mask, cache.pos)))
+    assert memory.kv_cache_bytes(cfg, rows, 40) == actual
+  # Rows split over 'data' (rounded up), kv heads over 'model' when there are enough.
+  assert memory.kv_cache_bytes(BASE, 5, 40, data_shards=2) == memory.kv_cache_bytes(BASE, 3, 40)
+  mha = dataclasses.replace(BASE, num_kv_heads=4)
+  per_row = 2 * 3 * 8 * 40 * 4
+  assert memory.kv_cache_bytes(mha, 1, 40, model_shards=4) == per_row + 40 + 4
+
+
+def test_check_names_the_need_and_the_remedy():
+  p = memory.plan([memory.Use("policy", BASE, rows=512, cache_size=160),
+                   memory.Use("prm", dataclasses.replace(BASE, head="value"), rows=512,
+                              cache_size=160, copies=2)])
+  assert p.total == sum(b for _, b in p.parts)
+  memory.check(p, available=int(p.total / 0.9) + 1)
+  with pytest.raises(memory.OutOfMemoryPlan,
+                     match=r"needs [\d.]+ GiB per device \(policy parameters .*prm KV cache.*\), "
+                           r"[\d.]+ GiB available.*lower rows_per_call.*'model' shards"):
+    memory.check(p, available=int(p.total))
+  assert memory.device_bytes() > 0  # CPU: the host's memory per local device

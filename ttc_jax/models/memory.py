@@ -1,0 +1,135 @@
+"""Memory per device of a run, checked before it starts.
+
+A run holds, on each device: its share of every model's parameters and of the KV caches
+of the rows it decodes, plus the next-token logits of those rows. With a mesh of
+``data`` x ``model`` devices, rows are split over 'data'; over 'model' each layer's
+attention heads (query heads, and key/value heads when there are at least as many as
+shards; fewer are replicated) and MLP hidden units are split, as is the LM head's
+vocabulary; embeddings and norms are replicated. A search that copies its caches (the
+lookahead rollouts) counts them twice.
+
+The estimate is a lower bound on what XLA allocates (temporaries of one layer's forward
+come on top), so :func:`check` keeps a margin: by default the plan must fit in 90% of
+the device's memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from ttc_jax.models.transformer import TransformerConfig
+
+GIB = 1024 ** 3
+
+
+class OutOfMemoryPlan(ValueError):
+  """A run's planned memory per device exceeds what the device has."""
+
+
+def _bytes(dtype: str) -> int:
+  return np.dtype(jax.numpy.dtype(dtype)).itemsize
+
+
+def _split(n: int, shards: int) -> float:
+  """Per-shard share of ``n`` units split over ``shards`` (replicated if fewer units)."""
+  return n / shards if n >= shards else n
+
+
+def param_bytes(config: TransformerConfig, model_shards: int = 1) -> float:
+  """Bytes of ``config``'s parameters on one device of a 'model' axis of ``model_shards``."""
+  c, m = config, model_shards
+  d, hd = c.d_model, c.dim_per_head
+  q, kv = _split(c.num_heads, m), _split(c.kv_heads, m)
+  attn = d * (q + 2 * kv) * hd + q * hd * d + ((q + 2 * kv) * hd if c.qkv_bias else 0)
+  mlp = 3 * d * c.mlp_dim / m
+  norms = (4 if c.post_norms else 2) * d
+  n = c.num_layers * (attn + mlp + norms) + d + c.vocab_size * d  # + final norm, embedding
+  if c.head == "lm":
+    n += 0 if c.tie_embeddings else d * c.vocab_size / m
+  else:
+    n += d + 1
+  return n * _bytes(c.param_dtype)
+
+
+def kv_cache_bytes(config: TransformerConfig, rows: int, cache_size: int,
+                   data_shards: int = 1, model_shards: int = 1) -> float:
+  """Bytes of the KV cache of ``rows`` rows of ``cache_size`` slots on one device."""
+  c = config
+  per_row = 2 * c.num_layers * _split(c.kv_heads, model_shards) * cache_size * c.dim_per_head
+  per_row = per_row * _bytes(c.dtype) + cache_size + 4  # + the slot mask, the position
+  return np.ceil(rows / data_shards) * per_row
+
+
+@dataclasses.dataclass(frozen=True)
+class Use:
+  """One model in a run: its config, the rows it holds caches for and their slots;
+  ``copies`` of the caches at once (2 for lookahead's rollout copies)."""
+
+  name: str
+  config: TransformerConfig
+  rows: int
+  cache_size: int
+  copies: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+  """Bytes per device, by part."""
+
+  parts: tuple[tuple[str, float], ...]
+
+  @property
+  def total(self) -> float:
+    return sum(b for _, b in self.parts)
+
+  def describe(self) -> str:
+    return ", ".join(f"{name} {b / GIB:.2f} GiB" for name, b in self.parts if b)
+
+
+def plan(uses: Sequence[Use], *, data_shards: int = 1, model_shards: int = 1) -> MemoryPlan:
+  """The memory per device of ``uses`` on a (data_shards x model_shards) mesh."""
+  parts = []
+  for u in uses:
+    parts.append((f"{u.name} parameters", param_bytes(u.config, model_shards)))
+    parts.append((f"{u.name} KV cache", u.copies * kv_cache_bytes(
+        u.config, u.rows, u.cache_size, data_shards, model_shards)))
+    out = u.config.vocab_size / model_shards if u.config.head == "lm" else 1
+    parts.append((f"{u.name} logits", np.ceil(u.rows / data_shards) * out * 4 * u.copies))
+  return MemoryPlan(parts=tuple(parts))
+
+
+def device_bytes(device=None) -> int | None:
+  """Memory of ``device`` (default: the first local one): the accelerator's limit, or on
+  CPU the host's physical memory shared by its local devices; None if unknown."""
+  device = device or jax.local_devices()[0]
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    pass
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  if device.platform == "cpu":
+    try:
+      host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+      return None
+    return host // max(1, jax.local_device_count())
+  return None
+
+
+def check(p: MemoryPlan, available: int | None = None, *, fraction: float = 0.9) -> None:
+  """Raises :class:`OutOfMemoryPlan` if ``p`` needs more than ``fraction`` of the device's
+  memory (``available``: default :func:`device_bytes`; unknown memory is not checked)."""
+  available = device_bytes() if available is None else available
+  if available is None or p.total <= fraction * available:
+    return
+  raise OutOfMemoryPlan(
+      f"needs {p.total / GIB:.1f} GiB per device ({p.describe()}), {available / GIB:.1f} GiB "
+      f"available (the plan must fit {fraction:.0%} of it): lower rows_per_call or the batch "
+      "size, or add 'model' shards.")
