@@ -39,16 +39,20 @@ setuptools.setup(
             "safetensors",
             "tokenizers",
             "jinja2>=3.1.6",
+            "math-verify",
+            "hypothesis",
             "import-linter",
             "filelock",
         ],
         # Imported checkpoints (ttc_jax.models.hf_import, ttc_jax.hf_tokenizer): safetensors,
-        # HF tokenizers, and transformers for chat-template rendering (no torch needed).
+        # HF tokenizers, transformers for chat-template rendering (no torch needed); the
+        # MATH / GSM8K grader (ttc_jax.tasks.grading): math-verify.
         "hf": [
             "safetensors",
             "tokenizers",
             "transformers",
             "jinja2>=3.1.6",
+            "math-verify",
         ],
         "bench": [
             "torch==2.13.0",

@@ -160,3 +160,16 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
   except (OSError, ValueError, IndexError):
     return None
+
+
+_SHARED: dict[float, Grader] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_grader(time_limit_s: float = 1.0) -> Grader:
+  """One grader (one worker process) per time limit for the whole process: every task
+  instance and thread shares it, and its verdict cache."""
+  with _SHARED_LOCK:
+    if time_limit_s not in _SHARED:
+      _SHARED[time_limit_s] = Grader(time_limit_s)
+    return _SHARED[time_limit_s]

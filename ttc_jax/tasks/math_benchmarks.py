@@ -21,7 +21,7 @@ import re
 from typing import Any, Mapping
 
 from ttc_jax.tasks import base
-from ttc_jax.tasks.grading import Grader
+from ttc_jax.tasks import grading
 
 
 def last_boxed(text: str) -> str | None:
@@ -76,7 +76,6 @@ class _JsonlTask(base.Task):
       raise ValueError(f"task {self.name!r}: data files {missing} not found under "
                        f"data_dir={data_dir!r}.")
     self.grading_time_limit_s = grading_time_limit_s
-    self._grader = None
 
   @functools.cached_property
   def params(self) -> Mapping[str, Any]:
@@ -101,15 +100,8 @@ class _JsonlTask(base.Task):
     return self._problem(split, index, self._rows[split][index])
 
   @property
-  def grader(self) -> Grader:
-    if self._grader is None:
-      self._grader = Grader(self.grading_time_limit_s)
-    return self._grader
-
-  def __getstate__(self):  # a grader's worker process is not picklable: each copy starts its own
-    state = dict(self.__dict__)
-    state["_grader"] = None
-    return state
+  def grader(self) -> grading.Grader:
+    return grading.shared_grader(self.grading_time_limit_s)
 
   def normalize_answer(self, raw: str) -> str | None:
     raw = raw.strip() if isinstance(raw, str) else ""
