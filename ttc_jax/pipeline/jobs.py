@@ -36,11 +36,12 @@ from ttc_jax.pipeline import runner
 from ttc_jax.pipeline.stages import STAGES
 from ttc_jax.progress import fmt_duration
 
-# Cost of each stage on the default study: its measured seconds with an empty XLA cache, on
-# one of 2 cores beside another stage (README, "The study"). The scheduler starts the ready
-# stage with the costliest path to the target first, so the long chain (policy -> MC labels
-# -> PRM -> search sweep) is never waiting for a slot held by a short side branch. Only the
-# order depends on it; other configs keep the proportions roughly.
+# Cost of each stage on the default study: its seconds with an empty XLA cache, on one of 2
+# cores beside another stage, measured at 0f5300a (search_sweep scaled to its 2 seeds); a model
+# of the scheduler with these costs gives the order and the time measured at 9ed78c0. The
+# scheduler starts the ready stage with the costliest path to the target first, so the long
+# chain (policy -> MC labels -> PRM -> search sweep) is never waiting for a slot held by a
+# short side branch. Only the order depends on it.
 COST = {"data": 20, "tokenizer": 10, "policy": 390, "difficulty": 65, "mc_labels": 680,
         "prm": 260, "orm": 220, "verifier_eval": 175, "verifier_ablation": 50,
         "search_sweep": 780, "revision_data": 100, "revision_model": 350, "revision_orm": 485,
