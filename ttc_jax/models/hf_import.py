@@ -288,6 +288,11 @@ def _reader(tensors: _Tensors, src: Source, shape: tuple[int, ...], dtype
   return read
 
 
+def _path(keys) -> tuple:
+  """A pytree key path of ``nnx.to_pure_dict`` as the plain tuple of :func:`tensor_sources`."""
+  return tuple(k.key if hasattr(k, "key") else k.idx for k in keys)
+
+
 def load(directory: str, *, max_seq_len: int | None = None, param_dtype: str | None = None,
          dtype: str | None = None,
          sharding: Callable[[tuple, tuple[int, ...]], jax.sharding.Sharding] | None = None
@@ -304,8 +309,7 @@ def load(directory: str, *, max_seq_len: int | None = None, param_dtype: str | N
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
   pure = nnx.to_pure_dict(abstract)
   sources = tensor_sources(config)
-  flat = {tuple(k.key if hasattr(k, "key") else k.idx for k in path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(pure)}
+  flat = {_path(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(pure)}
   missing = sorted(set(flat) - set(sources))
   if missing:  # a parameter without a mapping: a bug of this module, not of the checkpoint
     raise AssertionError(f"no checkpoint source for parameters {missing}")
@@ -326,8 +330,6 @@ def load(directory: str, *, max_seq_len: int | None = None, param_dtype: str | N
       sh = default if sharding is None else sharding(path, leaf.shape)
       arrays[path] = jax.make_array_from_callback(leaf.shape, sh, readers[path])
 
-  def put(path, leaf):
-    return arrays[tuple(k.key if hasattr(k, "key") else k.idx for k in path)]
-
-  nnx.replace_by_pure_dict(abstract, jax.tree_util.tree_map_with_path(put, pure))
+  nnx.replace_by_pure_dict(
+      abstract, jax.tree_util.tree_map_with_path(lambda path, _: arrays[_path(path)], pure))
   return nnx.merge(graphdef, abstract)

@@ -471,13 +471,12 @@ class Transformer(nnx.Module):
       slots = jnp.arange(cache.size, dtype=jnp.int32)
       causal = slots[None, :] <= (index + jnp.arange(t, dtype=jnp.int32))[:, None]  # (T, S)
       attn_mask = causal[None] & mask[:, None, :]
-      # A row's filled slots hold its positions 0, 1, ... in order (holes are masked and
-      # compaction keeps the order), so a slot's position is the count of filled slots before it.
-      key_positions = lambda: jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
       ks, vs = cache.k, cache.v
     local_mask = attn_mask
     if cfg.layer_types is not None and "sliding" in cfg.layer_types:
-      keys_at = key_positions() if cache is not None else positions
+      # A row's filled slots hold its positions 0, 1, ... in order (holes are masked and
+      # compaction keeps the order), so a slot's position is the count of filled slots before it.
+      keys_at = positions if cache is None else jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
       near = positions[:, :, None] - keys_at[:, None, :] < cfg.sliding_window
       local_mask = attn_mask & near
 
