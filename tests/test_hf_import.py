@@ -14,8 +14,11 @@ import pytest
 import torch
 import transformers
 
+from jax.sharding import PartitionSpec as P
+
 from conftest import assert_close
 from ttc_jax.models import hf_import
+from ttc_jax.parallel import make_mesh
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import row_keys
@@ -86,6 +89,15 @@ def _hf_logits(ref, tokens, mask):
                ).logits.numpy()
 
 
+def _hf_greedy(ref, tokens, mask, n):
+  """transformers' greedy continuation of exactly ``n`` tokens per row."""
+  with torch.no_grad():
+    return ref.generate(input_ids=torch.from_numpy(tokens),
+                        attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                        do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                        pad_token_id=0).numpy()[:, tokens.shape[1]:]
+
+
 @pytest.mark.parametrize("left", [True, False], ids=["left_padded", "right_padded"])
 def test_logits_match_transformers(checkpoint, left):
   name, _, ref, model = checkpoint
@@ -103,13 +115,31 @@ def test_greedy_continuations_match_transformers(checkpoint):
   name, _, ref, model = checkpoint
   tokens, mask = _batch(np.random.RandomState(1), [9, 3, 6], 9, left=True)
   n = 12
-  with torch.no_grad():
-    theirs = ref.generate(input_ids=torch.from_numpy(tokens),
-                          attention_mask=torch.from_numpy(mask.astype(np.int64)),
-                          do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                          pad_token_id=0).numpy()[:, 9:]
+  theirs = _hf_greedy(ref, tokens, mask, n)
   out = SamplingCore(model).generate(tokens, mask, row_keys(0, np.arange(3)),
                                      SamplingParams(temperature=0.0, max_new_tokens=n))
+  np.testing.assert_array_equal(np.asarray(out.tokens), theirs, err_msg=name)
+
+
+# Each family on a tensor-parallel mesh: (data, model) shards. 4 'model' shards hold one
+# query head each and replicate the 1-2 key/value heads; 2 shards split the 2 KV heads.
+TP_MESH = {"llama": (4, 2), "qwen2": (2, 4), "gemma": (2, 4), "gemma2": (4, 2)}
+
+
+def test_tensor_parallel_import_matches_transformers(checkpoint):
+  """Loaded straight onto a ('data', 'model') mesh, each device reading its own shards:
+  the same greedy continuations as transformers."""
+  name, directory, ref, _ = checkpoint
+  mesh = make_mesh(*TP_MESH[name])
+  model = hf_import.load(directory, param_dtype="float32", mesh=mesh)
+  q = model.layers[0].attn.q[...]
+  assert q.sharding.spec == P(None, "model")
+  assert q.addressable_shards[0].data.shape[1] == q.shape[1] // mesh.shape["model"]
+  tokens, mask = _batch(np.random.RandomState(2), [9, 3, 6, 8], 9, left=True)
+  n = 8
+  theirs = _hf_greedy(ref, tokens, mask, n)
+  out = SamplingCore(model, mesh=mesh).generate(
+      tokens, mask, row_keys(0, np.arange(4)), SamplingParams(temperature=0.0, max_new_tokens=n))
   np.testing.assert_array_equal(np.asarray(out.tokens), theirs, err_msg=name)
 
 

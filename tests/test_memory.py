@@ -31,6 +31,9 @@ def test_model_shards_split_heads_mlp_and_vocab():
   layer = attn + 3 * d * 64 / 4 + 2 * d
   assert four == 4 * (3 * layer + d + v * d + d * v / 4)
   assert four < one
+  with pytest.raises(ValueError, match=r"mlp_dim=64 does not split over a 'model' axis of 3"):
+    memory.param_bytes(dataclasses.replace(BASE, num_heads=3, num_kv_heads=1, head_dim=8),
+                       model_shards=3)
 
 
 def test_kv_cache_bytes_match_the_cache_arrays():

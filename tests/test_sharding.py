@@ -21,8 +21,9 @@ from conftest import TOP_K
 from conftest import TOP_K_P
 from conftest import TOP_P
 from conftest import as_np
-from ttc_jax.sampling.core import SamplingCore
+from ttc_jax.models import memory
 from ttc_jax.parallel import make_mesh
+from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import row_keys
 
 B = NUM_PROMPTS
@@ -121,7 +122,7 @@ def test_prefill_state_is_sharded(core8, prompts):
   state = core8.prefill(*prompts, cache_size=CACHE_SIZE)
   assert_row_sharded(state.cache.k[0])
   assert_row_sharded(state.logits)
-  # Parameters are replicated on every device.
+  # Parameters are replicated on every device (a mesh without 'model' shards).
   leaf = jax.tree.leaves(core8.params)[0]
   assert leaf.sharding.spec == P() and len(leaf.addressable_shards) == 8
 
@@ -133,3 +134,52 @@ def test_make_mesh():
   assert dict(one.shape) == {"data": 1, "model": 1}
   with pytest.raises(ValueError, match=r"data=16 x model=1 needs 16 devices; 8 available"):
     make_mesh(num_data=16)
+
+
+# ------------------------------------------------------------------- tensor parallelism
+@pytest.fixture(scope="module", params=[(2, 4), (4, 2)], ids=["data2-model4", "data4-model2"])
+def core_tp(request, policy_model, special_ids):
+  num_data, num_model = request.param
+  return SamplingCore(policy_model, special_ids,
+                      mesh=make_mesh(num_data=num_data, num_model=num_model))
+
+
+def test_tensor_parallel_matches_1_device(core1, core_tp, run):
+  """Heads, MLP units and the vocabulary split over 'model' (4 shards: 1 query head each,
+  the 2 key/value heads replicated; 2 shards: key/value heads split too): same tokens."""
+  cfg, m = core_tp.config, core_tp.mesh.shape["model"]
+  keys = row_keys(53, np.arange(B))
+  rows = np.array([3, 3, 0, 7, 7, 7, 1, 2, 12, 12, 15, 4, 4, 9, 9, 9])
+  outs = {}
+  for name, core in (("1", core1), ("tp", core_tp)):
+    first = run(core, SAMPLE_STEP, keys=keys)
+    second = core.sample(core.gather(first.state, rows, compact=True), keys[rows], GREEDY)
+    outs[name] = (as_np(first), as_np(second), second)
+  assert_same_samples(outs["tp"][0], outs["1"][0])
+  assert_same_samples(outs["tp"][1], outs["1"][1])
+  assert (outs["1"][1][2] > 1).sum() >= B // 2
+  # Parameters and caches really are split: each device holds 1/m of the query heads
+  # and of the MLP, and of the key/value heads when they divide.
+  layer = core_tp.params["layers"][0]
+  for name, axis, size in (("q", 1, cfg.num_heads * cfg.dim_per_head),
+                           ("out", 0, cfg.num_heads * cfg.dim_per_head)):
+    shard = layer["attn"][name][...].addressable_shards[0].data
+    assert shard.shape[axis] == size // m, name
+  assert layer["mlp"]["gate"][...].addressable_shards[0].data.shape[1] == cfg.mlp_dim // m
+  kv_heads = outs["tp"][2].state.cache.k[0].addressable_shards[0].data.shape[1]
+  assert kv_heads == (cfg.kv_heads // m if cfg.kv_heads % m == 0 else cfg.kv_heads)
+  # The memory planner counts what each device really holds.
+  held = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(core_tp.params))
+  assert memory.param_bytes(cfg, m) == held
+  cache = outs["tp"][2].state.cache
+  held = sum(x.addressable_shards[0].data.nbytes
+             for x in jax.tree.leaves((cache.k, cache.v, cache.mask, cache.pos)))
+  assert memory.kv_cache_bytes(cfg, B, cache.size, core_tp.data_size, m) == held
+  mask = outs["tp"][2].state.cache.mask
+  assert mask.sharding.spec[0] == "data"
+  assert {s.data.shape[0] for s in mask.addressable_shards} == {B // core_tp.data_size}
+
+
+def test_a_model_that_does_not_split_is_named(policy_model, special_ids):
+  with pytest.raises(ValueError, match=r"num_heads=4 does not split over a 'model' axis of 8"):
+    SamplingCore(policy_model, special_ids, mesh=make_mesh(num_data=1, num_model=8))

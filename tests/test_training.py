@@ -180,13 +180,52 @@ def test_resume_is_bit_identical_in_process(tmp_path):
   trainer.train(_tiny(), ds, _train_cfg(steps=30, checkpoint_every=10), str(tmp_path / "b"),
                 objective="lm", log_fn=lambda s: None)
   shutil.rmtree(tmp_path / "b" / "checkpoints" / "30")
-  logs = []
-  resumed = trainer.train(_tiny(seed=5), ds, _train_cfg(steps=30, checkpoint_every=10),
-                          str(tmp_path / "b"), objective="lm", log_fn=logs.append)
-  assert any("resumed from step 20" in line for line in logs)
-  for x, y in zip(_params(full), _params(resumed)):
+  # The same checkpoint in the fused layout of older ttc_jax (qkv, gate_up) resumes too.
+  shutil.copytree(tmp_path / "b", tmp_path / "c")
+  _rewrite_fused(str(tmp_path / "c" / "checkpoints"), 20)
+  for name in ("b", "c"):
+    logs = []
+    resumed = trainer.train(_tiny(seed=5), ds, _train_cfg(steps=30, checkpoint_every=10),
+                            str(tmp_path / name), objective="lm", log_fn=logs.append)
+    assert any("resumed from step 20" in line for line in logs)
+    for x, y in zip(_params(full), _params(resumed)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert [r["step"] for r in _metrics(tmp_path / name / "metrics.jsonl")] == [10, 20, 30]
+  # A finished model of the fused layout loads as well.
+  _rewrite_fused(str(tmp_path / "a" / "checkpoints"), 30)
+  loaded = checkpoints.restore_params(str(tmp_path / "a" / "checkpoints"),
+                                      checkpoints.abstract_model(full.config), step=30)
+  for x, y in zip(_params(full), _params(loaded)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert [r["step"] for r in _metrics(tmp_path / "b" / "metrics.jsonl")] == [10, 20, 30]
+
+
+def _fuse(tree):
+  """Params / optimizer state as older ttc_jax saved them: q|k|v and gate|up fused."""
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_fuse(v) for v in tree)
+  if not isinstance(tree, dict):
+    return tree
+  out = {k: _fuse(v) for k, v in tree.items()
+         if k not in ("q", "k", "v", "q_bias", "k_bias", "v_bias", "gate", "up")}
+  for fused, parts in (("qkv", ("q", "k", "v")), ("gate_up", ("gate", "up"))):
+    if all(p in tree for p in parts):
+      out[fused] = {"value": np.concatenate([np.asarray(tree[p]["value"]) for p in parts], -1)}
+  return out
+
+
+def _rewrite_fused(directory, step):
+  import orbax.checkpoint as ocp
+  mgr = checkpoints.manager(directory)
+  names = [n for n in ("params", "opt_state") if os.path.isdir(os.path.join(directory, str(step), n))]
+  raw = mgr.restore(step, args=ocp.args.Composite(
+      **{n: ocp.args.StandardRestore() for n in names}, meta=ocp.args.JsonRestore()))
+  mgr.delete(step)
+  checkpoints.save(mgr, step, **{n: ocp.args.StandardSave(_fuse(raw[n])) for n in names},
+                   meta=ocp.args.JsonSave(raw["meta"]))
+  mgr.close()
+  from etils import epath
+  meta = ocp.StandardCheckpointHandler().metadata(epath.Path(directory) / str(step) / "params")
+  assert "'qkv'" in str(meta) and "'gate_up'" in str(meta) and "'q'" not in str(meta)
 
 
 def test_train_on_an_8_device_mesh_matches_1_device(tmp_path):

@@ -50,9 +50,91 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
                                            enable_async_checkpointing=False))
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, **items) -> Any:
-  """Restores the named items of ``step``; a clear error if the checkpoint is damaged."""
+# Checkpoints written before the attention and MLP projections were separate parameters
+# (ttc_jax up to commit 740255b) hold fused 'qkv' (and 'qkv_bias') and 'gate_up' matrices:
+# their columns are [q | k | v] and [gate | up]. :func:`restore` splits them.
+_FUSED = {"qkv": ("q", "k", "v"), "qkv_bias": ("q_bias", "k_bias", "v_bias"),
+          "gate_up": ("gate", "up")}
+
+
+def _has_fused(tree) -> bool:
+  if isinstance(tree, dict):
+    return any(k in _FUSED or _has_fused(v) for k, v in tree.items())
+  if isinstance(tree, (list, tuple)):
+    return any(_has_fused(v) for v in tree)
+  return False
+
+
+def _split_fused(tree, config: TransformerConfig):
+  """``tree`` (a raw restored params or optimizer state) with fused matrices split."""
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_split_fused(v, config) for v in tree)
+  if not isinstance(tree, dict):
+    return tree
+  h, kv, hd = config.num_heads, config.kv_heads, config.dim_per_head
+  out = {}
+  for key, value in tree.items():
+    if key not in _FUSED:
+      out[key] = _split_fused(value, config)
+      continue
+    wrapped = isinstance(value, dict)  # {'value': array} of an nnx.Variable
+    x = np.asarray(value["value"] if wrapped else value)
+    cuts = [h * hd, (h + kv) * hd] if key.startswith("qkv") else [x.shape[-1] // 2]
+    for name, part in zip(_FUSED[key], np.split(x, cuts, axis=-1)):
+      out[name] = {"value": part} if wrapped else part
+  return out
+
+
+def _norm_path(keypath) -> tuple[str, ...]:
+  names = []
+  for k in keypath:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        names.append(str(getattr(k, attr)))
+        break
+  return tuple(names)
+
+
+def _restore_fused(mgr, step, config, items):
+  """Restores a checkpoint of the fused layout into the targets of ``items``."""
+  raw_args = {name: ocp.args.StandardRestore() if isinstance(arg, ocp.args.StandardRestore)
+              else arg for name, arg in items.items()}
+  raw = mgr.restore(step, args=ocp.args.Composite(**raw_args))
+  out = {}
+  for name, arg in items.items():
+    if not isinstance(arg, ocp.args.StandardRestore):
+      out[name] = raw[name]
+      continue
+    tree = _split_fused(raw[name], config)
+    flat = {_norm_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+    def place(path, target):
+      key = _norm_path(path)
+      if key not in flat:
+        raise KeyError(f"{'.'.join(key)} is not in the checkpoint")
+      x = np.asarray(flat[key])
+      if x.shape != tuple(target.shape):
+        raise ValueError(f"{'.'.join(key)}: shape {x.shape} in the checkpoint, "
+                         f"{tuple(target.shape)} expected")
+      return jax.device_put(x.astype(target.dtype), target.sharding)
+
+    out[name] = jax.tree_util.tree_map_with_path(place, arg.item)
+  return out
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, config: TransformerConfig | None = None,
+            **items) -> Any:
+  """Restores the named items of ``step``; a clear error if the checkpoint is damaged.
+
+  config: the model's config, to read a checkpoint of the fused layout (see _FUSED) into
+    a model's params and their optimizer state.
+  """
   try:
+    if config is not None and "params" in items:
+      meta = ocp.StandardCheckpointHandler().metadata(
+          mgr.directory / str(step) / "params")
+      if _has_fused(getattr(meta, "tree", meta)):
+        return _restore_fused(mgr, step, config, items)
     return mgr.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
@@ -124,7 +206,8 @@ def restore_params(directory: str, model: Transformer, *, step: int | None = Non
     # Onto this process's first device: each process of a multi-host run holds the
     # whole model (its users shard rows, not parameters).
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    tree = restore(mgr, latest, params=ocp.args.StandardRestore(abstract(params, local)))
+    tree = restore(mgr, latest, model.config,
+                   params=ocp.args.StandardRestore(abstract(params, local)))
   finally:
     mgr.close()
   nnx.update(model, tree["params"])

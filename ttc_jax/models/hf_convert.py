@@ -42,7 +42,6 @@ def hf_llama_config(model: Transformer, *, eos_token_id=None, pad_token_id=None,
 def llama_state_dict(model: Transformer) -> dict[str, np.ndarray]:
   """transformers-layout (out_features, in_features) float32 arrays of ``model``."""
   cfg = model.config
-  h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
   f = lambda p: np.asarray(p[...], np.float32)
   sd = {"model.embed_tokens.weight": f(model.embed),
         "model.norm.weight": f(model.final_norm.scale)}
@@ -50,16 +49,13 @@ def llama_state_dict(model: Transformer) -> dict[str, np.ndarray]:
     sd["lm_head.weight"] = f(model.lm_head).T
   for i, blk in enumerate(model.layers):
     pre = f"model.layers.{i}."
-    qkv = f(blk.attn.qkv)
-    q, k, v = np.split(qkv, [h * hd, (h + kv) * hd], axis=1)
-    gate, up = np.split(f(blk.mlp.gate_up), 2, axis=1)
     sd.update({
-        pre + "self_attn.q_proj.weight": q.T,
-        pre + "self_attn.k_proj.weight": k.T,
-        pre + "self_attn.v_proj.weight": v.T,
+        pre + "self_attn.q_proj.weight": f(blk.attn.q).T,
+        pre + "self_attn.k_proj.weight": f(blk.attn.k).T,
+        pre + "self_attn.v_proj.weight": f(blk.attn.v).T,
         pre + "self_attn.o_proj.weight": f(blk.attn.out).T,
-        pre + "mlp.gate_proj.weight": gate.T,
-        pre + "mlp.up_proj.weight": up.T,
+        pre + "mlp.gate_proj.weight": f(blk.mlp.gate).T,
+        pre + "mlp.up_proj.weight": f(blk.mlp.up).T,
         pre + "mlp.down_proj.weight": f(blk.mlp.down).T,
         pre + "input_layernorm.weight": f(blk.attn_norm.scale),
         pre + "post_attention_layernorm.weight": f(blk.mlp_norm.scale),

@@ -12,8 +12,7 @@ Loading never materialises the model twice: the model is built abstractly
 (``nnx.eval_shape``: no random init), and each parameter is one
 ``jax.make_array_from_callback`` with its target sharding, whose callback reads only
 that device's slice of the checkpoint tensors (safetensors' lazy ``get_slice`` over a
-memory map), transposed (transformers stores ``(out, in)``) and fused (q/k/v, gate/up)
-on the fly. With a 'model'-sharded layout each device reads its own shard; replicated
+memory map), transposed on the fly (transformers stores ``(out, in)``). With a 'model'-sharded layout each device reads its own shard; replicated
 parameters are read once per device.
 """
 
@@ -30,10 +29,14 @@ import jax
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
 
+from ttc_jax.models import sharding
 from ttc_jax.models.transformer import RopeScaling
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
+from ttc_jax.parallel import MODEL_AXIS
 
 FAMILIES = ("llama", "qwen2", "gemma", "gemma2")
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
@@ -158,35 +161,35 @@ def _layer_types(hf: dict[str, Any], default: str) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A parameter as checkpoint tensors: ``parts`` concatenated along ``axis`` (in the
-  parameter's orientation); 2-D parts are transposed from transformers' (out, in)."""
+  """A parameter as a checkpoint tensor; 2-D weights are transposed from transformers'
+  (out, in) layout."""
 
-  parts: tuple[str, ...]
-  axis: int = 1
+  name: str
   transpose: bool = True
 
 
 def tensor_sources(config: TransformerConfig) -> dict[tuple, Source]:
   """Each parameter path of the decoder (as in ``nnx.to_pure_dict``) -> its checkpoint tensors."""
   out: dict[tuple, Source] = {
-      ("embed",): Source(("model.embed_tokens.weight",), axis=0, transpose=False),
-      ("final_norm", "scale"): Source(("model.norm.weight",), axis=0, transpose=False),
+      ("embed",): Source("model.embed_tokens.weight", transpose=False),
+      ("final_norm", "scale"): Source("model.norm.weight", transpose=False),
   }
   if config.head != "lm":
     raise HFImportError(f"head={config.head!r}: checkpoint import builds LM-head models.")
   if not config.tie_embeddings:
-    out[("lm_head",)] = Source(("lm_head.weight",))
-  vec = lambda *names: Source(names, axis=0, transpose=False)
+    out[("lm_head",)] = Source("lm_head.weight")
+  vec = lambda name: Source(name, transpose=False)
   for i in range(config.num_layers):
     pre = f"model.layers.{i}."
     attn = pre + "self_attn."
-    out[("layers", i, "attn", "qkv")] = Source(tuple(attn + f"{p}_proj.weight" for p in "qkv"))
-    if config.qkv_bias:
-      out[("layers", i, "attn", "qkv_bias")] = vec(*(attn + f"{p}_proj.bias" for p in "qkv"))
-    out[("layers", i, "attn", "out")] = Source((attn + "o_proj.weight",))
-    out[("layers", i, "mlp", "gate_up")] = Source(
-        (pre + "mlp.gate_proj.weight", pre + "mlp.up_proj.weight"))
-    out[("layers", i, "mlp", "down")] = Source((pre + "mlp.down_proj.weight",))
+    for p in "qkv":
+      out[("layers", i, "attn", p)] = Source(attn + f"{p}_proj.weight")
+      if config.qkv_bias:
+        out[("layers", i, "attn", f"{p}_bias")] = vec(attn + f"{p}_proj.bias")
+    out[("layers", i, "attn", "out")] = Source(attn + "o_proj.weight")
+    out[("layers", i, "mlp", "gate")] = Source(pre + "mlp.gate_proj.weight")
+    out[("layers", i, "mlp", "up")] = Source(pre + "mlp.up_proj.weight")
+    out[("layers", i, "mlp", "down")] = Source(pre + "mlp.down_proj.weight")
     out[("layers", i, "attn_norm", "scale")] = vec(pre + "input_layernorm.weight")
     if config.post_norms:  # Gemma 2's names
       out[("layers", i, "attn_post_norm", "scale")] = vec(pre + "post_attention_layernorm.weight")
@@ -254,53 +257,26 @@ def _bounds(index, shape) -> list[tuple[int, int]]:
 def _reader(tensors: _Tensors, src: Source, shape: tuple[int, ...], dtype
             ) -> Callable[[tuple[slice, ...]], np.ndarray]:
   """A make_array_from_callback callback: the slice ``index`` of the parameter."""
-  # Each part's extent along the concatenation axis, in the parameter's orientation.
-  sizes = []
-  for name in src.parts:
-    s = tensors.shape(name)
-    s = s[::-1] if src.transpose else s
-    want = tuple(shape[d] if d != src.axis else s[d] for d in range(len(shape)))
-    if len(s) != len(shape) or s != want:
-      raise HFImportError(f"tensor {name!r} has shape {tensors.shape(name)}; the model "
-                          f"expects {want[::-1] if src.transpose else want}.")
-    sizes.append(s[src.axis])
-  if sum(sizes) != shape[src.axis]:
-    raise HFImportError(f"tensors {src.parts} give {sum(sizes)} along axis {src.axis}; the "
-                        f"model expects {shape[src.axis]}.")
-  offsets = np.cumsum([0] + sizes)
+  stored = tensors.shape(src.name)
+  want = shape[::-1] if src.transpose else shape
+  if stored != want:
+    raise HFImportError(f"tensor {src.name!r} has shape {stored}; the model expects {want}.")
 
   def read(index) -> np.ndarray:
-    bounds = _bounds(index, shape)
-    lo, hi = bounds[src.axis]
-    pieces = []
-    for name, off, size in zip(src.parts, offsets, sizes):
-      a, b = max(lo, off) - off, min(hi, off + size) - off
-      if a >= b:
-        continue
-      part = list(bounds)
-      part[src.axis] = (a, b)
-      sl = tuple(slice(x, y) for x, y in part)
-      x = tensors.read(name, sl[::-1] if src.transpose else sl)
-      pieces.append(x.T if src.transpose else x)
-    out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=src.axis)
-    return np.asarray(out, dtype)
+    sl = tuple(slice(a, b) for a, b in _bounds(index, shape))
+    x = tensors.read(src.name, sl[::-1] if src.transpose else sl)
+    return np.asarray(x.T if src.transpose else x, dtype)
 
   return read
 
 
-def _path(keys) -> tuple:
-  """A pytree key path of ``nnx.to_pure_dict`` as the plain tuple of :func:`tensor_sources`."""
-  return tuple(k.key if hasattr(k, "key") else k.idx for k in keys)
-
-
 def load(directory: str, *, max_seq_len: int | None = None, param_dtype: str | None = None,
-         dtype: str | None = None,
-         sharding: Callable[[tuple, tuple[int, ...]], jax.sharding.Sharding] | None = None
-         ) -> Transformer:
+         dtype: str | None = None, mesh: Mesh | None = None) -> Transformer:
   """The checkpoint in ``directory`` as a :class:`Transformer` (LM head).
 
-  sharding: (parameter path, shape) -> its Sharding; default: the process's first
-    device (as trained models load). Each device's shard is read from disk directly.
+  mesh: each parameter is laid out on it as :mod:`ttc_jax.models.sharding` says (split
+    over 'model', replicated over 'data'), each device reading its own shard from disk;
+    default: the process's first device (as trained models load).
   Raises HFImportError (unsupported family or option, missing or misshapen tensors)
   before any parameter is read.
   """
@@ -309,16 +285,21 @@ def load(directory: str, *, max_seq_len: int | None = None, param_dtype: str | N
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
   pure = nnx.to_pure_dict(abstract)
   sources = tensor_sources(config)
-  flat = {_path(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(pure)}
+  flat = {sharding.param_path(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(pure)}
   missing = sorted(set(flat) - set(sources))
   if missing:  # a parameter without a mapping: a bug of this module, not of the checkpoint
     raise AssertionError(f"no checkpoint source for parameters {missing}")
-  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  if mesh is None:
+    place = lambda path: jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  else:
+    sharding.check(config, mesh.shape[MODEL_AXIS])
+    place = lambda path: NamedSharding(
+        mesh, sharding.param_spec(path, config, mesh.shape[MODEL_AXIS]))
   with contextlib.ExitStack() as stack:
     tensors = _Tensors(directory, stack)
     readers = {path: _reader(tensors, sources[path], leaf.shape, leaf.dtype)
                for path, leaf in flat.items()}  # every shape checked before any read
-    used = {n for s in sources.values() for n in s.parts}
+    used = {s.name for s in sources.values()}
     unused = sorted(n for n in tensors.names - used
                     if not _IGNORED.match(n) and not (n == "lm_head.weight"
                                                       and config.tie_embeddings))
@@ -327,9 +308,8 @@ def load(directory: str, *, max_seq_len: int | None = None, param_dtype: str | N
                       len(unused), unused[:5], " ..." if len(unused) > 5 else "")
     arrays = {}
     for path, leaf in flat.items():
-      sh = default if sharding is None else sharding(path, leaf.shape)
-      arrays[path] = jax.make_array_from_callback(leaf.shape, sh, readers[path])
+      arrays[path] = jax.make_array_from_callback(leaf.shape, place(path), readers[path])
 
   nnx.replace_by_pure_dict(
-      abstract, jax.tree_util.tree_map_with_path(lambda path, _: arrays[_path(path)], pure))
+      abstract, jax.tree_util.tree_map_with_path(lambda path, _: arrays[sharding.param_path(path)], pure))
   return nnx.merge(graphdef, abstract)

@@ -2,10 +2,10 @@
 
 A run holds, on each device: its share of every model's parameters and of the KV caches
 of the rows it decodes, plus the next-token logits of those rows. With a mesh of
-``data`` x ``model`` devices, rows are split over 'data'; over 'model' each layer's
-attention heads (query heads, and key/value heads when there are at least as many as
-shards; fewer are replicated) and MLP hidden units are split, as is the LM head's
-vocabulary; embeddings and norms are replicated. A search that copies its caches (the
+``data`` x ``model`` devices, rows are split over 'data'; parameters and caches over
+'model' as :mod:`ttc_jax.models.sharding` lays them out (query heads, key/value heads
+when they divide evenly, MLP hidden units and the LM head's vocabulary split; embeddings
+and norms replicated). A search that copies its caches (the
 lookahead rollouts) counts them twice.
 
 The estimate is a lower bound on what XLA allocates (temporaries of one layer's forward
@@ -21,8 +21,12 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 
+from ttc_jax.models import sharding
+from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
+from ttc_jax.parallel import MODEL_AXIS
 
 GIB = 1024 ** 3
 
@@ -35,32 +39,25 @@ def _bytes(dtype: str) -> int:
   return np.dtype(jax.numpy.dtype(dtype)).itemsize
 
 
-def _split(n: int, shards: int) -> float:
-  """Per-shard share of ``n`` units split over ``shards`` (replicated if fewer units)."""
-  return n / shards if n >= shards else n
-
-
 def param_bytes(config: TransformerConfig, model_shards: int = 1) -> float:
-  """Bytes of ``config``'s parameters on one device of a 'model' axis of ``model_shards``."""
-  c, m = config, model_shards
-  d, hd = c.d_model, c.dim_per_head
-  q, kv = _split(c.num_heads, m), _split(c.kv_heads, m)
-  attn = d * (q + 2 * kv) * hd + q * hd * d + ((q + 2 * kv) * hd if c.qkv_bias else 0)
-  mlp = 3 * d * c.mlp_dim / m
-  norms = (4 if c.post_norms else 2) * d
-  n = c.num_layers * (attn + mlp + norms) + d + c.vocab_size * d  # + final norm, embedding
-  if c.head == "lm":
-    n += 0 if c.tie_embeddings else d * c.vocab_size / m
-  else:
-    n += d + 1
-  return n * _bytes(c.param_dtype)
+  """Bytes of ``config``'s parameters on one device of a 'model' axis of ``model_shards``
+  (laid out as :mod:`ttc_jax.models.sharding` places them)."""
+  sharding.check(config, model_shards)
+  shapes = nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param)
+  total = 0.0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+    spec = sharding.param_spec(sharding.param_path(path), config, model_shards)
+    split = model_shards if MODEL_AXIS in tuple(spec) else 1
+    total += np.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize / split
+  return total
 
 
 def kv_cache_bytes(config: TransformerConfig, rows: int, cache_size: int,
                    data_shards: int = 1, model_shards: int = 1) -> float:
   """Bytes of the KV cache of ``rows`` rows of ``cache_size`` slots on one device."""
   c = config
-  per_row = 2 * c.num_layers * _split(c.kv_heads, model_shards) * cache_size * c.dim_per_head
+  heads = c.kv_heads // model_shards if sharding.kv_split(c, model_shards) else c.kv_heads
+  per_row = 2 * c.num_layers * heads * cache_size * c.dim_per_head
   per_row = per_row * _bytes(c.dtype) + cache_size + 4  # + the slot mask, the position
   return np.ceil(rows / data_shards) * per_row
 
@@ -98,7 +95,7 @@ def plan(uses: Sequence[Use], *, data_shards: int = 1, model_shards: int = 1) ->
     parts.append((f"{u.name} parameters", param_bytes(u.config, model_shards)))
     parts.append((f"{u.name} KV cache", u.copies * kv_cache_bytes(
         u.config, u.rows, u.cache_size, data_shards, model_shards)))
-    out = u.config.vocab_size / model_shards if u.config.head == "lm" else 1
+    out = u.config.vocab_size if u.config.head == "lm" else 1  # whole rows of logits
     parts.append((f"{u.name} logits", np.ceil(u.rows / data_shards) * out * 4 * u.copies))
   return MemoryPlan(parts=tuple(parts))
 

@@ -305,16 +305,24 @@ def rope(x: Array, tables: tuple[Array, Array]) -> Array:
 
 
 class Attention(nnx.Module):
-  """Grouped-query attention with fused QKV projection."""
+  """Grouped-query attention."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     d, hd, h, kv = cfg.d_model, cfg.dim_per_head, cfg.num_heads, cfg.kv_heads
     pdt = jnp.dtype(cfg.param_dtype)
     init = _init(cfg.init_std)
-    self.qkv = nnx.Param(init(rngs.params(), (d, (h + 2 * kv) * hd), pdt))
+    # Separate projections (not one fused matrix): sharded over 'model', each shard holds
+    # whole query heads and whole key/value heads (ttc_jax.models.sharding).
+    # Drawn as one matrix and split: the initial values of the fused layout of earlier
+    # versions, so a training run started with a seed reproduces across the change.
+    q, k, v = jnp.split(init(rngs.params(), (d, (h + 2 * kv) * hd), pdt),
+                        [h * hd, (h + kv) * hd], axis=1)
+    self.q, self.k, self.v = nnx.Param(q), nnx.Param(k), nnx.Param(v)
     if cfg.qkv_bias:
-      self.qkv_bias = nnx.Param(jnp.zeros(((h + 2 * kv) * hd,), pdt))
+      self.q_bias = nnx.Param(jnp.zeros((h * hd,), pdt))
+      self.k_bias = nnx.Param(jnp.zeros((kv * hd,), pdt))
+      self.v_bias = nnx.Param(jnp.zeros((kv * hd,), pdt))
     self.out = nnx.Param(init(rngs.params(), (h * hd, d), pdt))
 
   def __call__(self, x, rope_tabs, k_cache, v_cache, attn_mask, index):
@@ -328,10 +336,10 @@ class Attention(nnx.Module):
     cfg = self.cfg
     b, t, _ = x.shape
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
-    qkv = x @ self.qkv[...].astype(x.dtype)
-    if cfg.qkv_bias:
-      qkv = qkv + self.qkv_bias[...].astype(x.dtype)
-    q, k, v = jnp.split(qkv, [h * hd, (h + kv) * hd], axis=-1)
+    def project(name):
+      y = x @ getattr(self, name)[...].astype(x.dtype)
+      return y + getattr(self, name + "_bias")[...].astype(x.dtype) if cfg.qkv_bias else y
+    q, k, v = project("q"), project("k"), project("v")
     q = q.reshape(b, t, h, hd).transpose(0, 2, 1, 3)  # (B, H, T, D)
     k = k.reshape(b, t, kv, hd).transpose(0, 2, 1, 3)  # (B, KV, T, D)
     v = v.reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
@@ -354,18 +362,19 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """Gated MLP (SwiGLU; GeGLU for Gemma) with fused gate/up projection."""
+  """Gated MLP (SwiGLU; GeGLU for Gemma)."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     pdt = jnp.dtype(cfg.param_dtype)
     init = _init(cfg.init_std)
-    self.gate_up = nnx.Param(init(rngs.params(), (cfg.d_model, 2 * cfg.mlp_dim), pdt))
+    gate, up = jnp.split(init(rngs.params(), (cfg.d_model, 2 * cfg.mlp_dim), pdt), 2, axis=1)
+    self.gate, self.up = nnx.Param(gate), nnx.Param(up)  # one draw, as for q/k/v above
     self.down = nnx.Param(init(rngs.params(), (cfg.mlp_dim, cfg.d_model), pdt))
-
     self.activation = cfg.activation
 
   def __call__(self, x):
-    gate, up = jnp.split(x @ self.gate_up[...].astype(x.dtype), 2, axis=-1)
+    gate = x @ self.gate[...].astype(x.dtype)
+    up = x @ self.up[...].astype(x.dtype)
     if self.activation == "silu":
       gate = jax.nn.silu(gate)
     else:

@@ -21,11 +21,13 @@ Design (after gemma's ``_sampler_loop`` and big_vision's ``predict_fns``):
 * Randomness is per row: row ``i`` draws its token ``t`` from
   ``fold_in(keys[i], t)``. A row's samples do not depend on what else is in the
   batch, on the batch size, or on the number of devices.
-* The batch is sharded over the mesh axis ``'data'`` (parameters replicated;
-  the ``'model'`` axis is kept in the mesh for tensor parallelism). A batch
-  that does not divide the data axis is padded with inactive rows. The decode
-  loop runs under ``jax.shard_map``: each device loops over its own rows with
-  no collective per token.
+* The batch is sharded over the mesh axis ``'data'``; parameters and KV caches
+  over ``'model'`` (attention heads, MLP units, the LM head's vocabulary:
+  :mod:`ttc_jax.models.sharding`; replicated when the axis has one device). A
+  batch that does not divide the data axis is padded with inactive rows. The
+  decode loop runs under ``jax.shard_map``, manual over 'data' only: each data
+  shard loops over its own rows with no collective per token across shards
+  (within a shard, XLA partitions each layer over 'model').
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ttc_jax.models import sharding
 from ttc_jax.models.transformer import KVCache
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.parallel import DATA_AXIS
+from ttc_jax.parallel import MODEL_AXIS
 from ttc_jax.parallel import local_mesh
 
 Array = jax.Array
@@ -249,15 +253,24 @@ def _fold_in_columns(key: Array, cols: Array) -> Array:
 # ----------------------------------------------------------------------------
 # Pure functions (the jit boundary)
 # ----------------------------------------------------------------------------
-def _prefill(graphdef, params, tokens, valid, *, cache_size: int, window: int):
+def _place(cache: KVCache, kv: NamedSharding | None) -> KVCache:
+  """The cache's keys and values laid out as ``kv`` (None: as XLA chooses)."""
+  if kv is None:
+    return cache
+  put = lambda x: jax.lax.with_sharding_constraint(x, kv)
+  return cache.replace(k=tuple(map(put, cache.k)), v=tuple(map(put, cache.v)))
+
+
+def _prefill(graphdef, params, tokens, valid, *, cache_size: int, window: int,
+             kv: NamedSharding | None = None):
   model: Transformer = nnx.merge(graphdef, params)
-  cache = KVCache.empty(model.config, tokens.shape[0], window)
+  cache = _place(KVCache.empty(model.config, tokens.shape[0], window), kv)
   logits, cache = model(tokens, valid, cache, readout="last")
-  return cache.resized(cache_size), logits.astype(jnp.float32)
+  return _place(cache.resized(cache_size), kv), logits.astype(jnp.float32)
 
 
 def _extend(graphdef, params, cache, logits, tokens, valid, *, window: int,
-            per_token: bool = False):
+            per_token: bool = False, kv: NamedSharding | None = None):
   """Feeds a chunk (B, T) to the cache.
 
   Returns the cache, the head output at each row's last new token (rows with no
@@ -275,7 +288,7 @@ def _extend(graphdef, params, cache, logits, tokens, valid, *, window: int,
     idx = jnp.maximum(last, 0).reshape((-1, 1) + (1,) * (new.ndim - 2))
     new = jnp.take_along_axis(new, idx, axis=1)[:, 0]
   has = valid.any(axis=1).reshape((-1,) + (1,) * (logits.ndim - 1))
-  return cache.resized(size), jnp.where(has, new, logits), every
+  return _place(cache.resized(size), kv), jnp.where(has, new, logits), every
 
 
 def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
@@ -370,10 +383,13 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, *, sp
   rows = P(DATA_AXIS)
   cspec = _cache_spec(cache, rows)
   loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, axis=DATA_AXIS)
+  # With 'model' shards the loop is manual over 'data' only; XLA partitions each layer
+  # over 'model' (parameters and caches keep their 'model' layout).
+  manual = {DATA_AXIS} if mesh.shape[MODEL_AXIS] > 1 else set(mesh.axis_names)
   return jax.shard_map(
       loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows),
-      out_specs=(rows, rows, rows, rows, cspec, rows))(params, cache, logits, keys, active,
-                                                       limits)
+      out_specs=(rows, rows, rows, rows, cspec, rows), axis_names=manual)(
+          params, cache, logits, keys, active, limits)
 
 
 def window_plan(used: int, steps: int, size: int, granularity: int
@@ -415,8 +431,9 @@ class CachedModel:
   PRM's :class:`~ttc_jax.verifiers.incremental.IncrementalScorer` (value head)
   reads scores from the same states.
 
-  Rows are sharded over the mesh axis ``'data'``, parameters replicated; a batch
-  that does not divide the data axis is padded with rows that are never read.
+  Rows are sharded over the mesh axis ``'data'``, parameters and caches over
+  ``'model'`` (:mod:`ttc_jax.models.sharding`); a batch that does not divide the data
+  axis is padded with rows that are never read.
   """
 
   def __init__(self, model: Transformer, mesh: Mesh | None = None, pad_id: int = 0,
@@ -430,13 +447,18 @@ class CachedModel:
     self.window_granularity = window_granularity
     self.mesh = mesh if mesh is not None else local_mesh()
     self.graphdef, params = nnx.split(model)
-    self._replicated = NamedSharding(self.mesh, P())
     self._rows = NamedSharding(self.mesh, P(DATA_AXIS))
-    self.params = jax.device_put(params, self._replicated)
-    self._prefill = jax.jit(_prefill, static_argnums=(0,),
-                            static_argnames=("cache_size", "window"))
-    self._extend = jax.jit(_extend, static_argnums=(0,), static_argnames=("window", "per_token"),
-                           donate_argnums=(2, 3))
+    self.params = jax.device_put(params, sharding.param_shardings(params, self.config,
+                                                                  self.mesh))
+    model_shards = self.mesh.shape[MODEL_AXIS]
+    self._kv = (NamedSharding(self.mesh, sharding.cache_spec(self.config, model_shards))
+                if model_shards > 1 else None)
+    self._prefill = functools.partial(
+        jax.jit(_prefill, static_argnums=(0,), static_argnames=("cache_size", "window", "kv")),
+        kv=self._kv)
+    self._extend = functools.partial(
+        jax.jit(_extend, static_argnums=(0,), static_argnames=("window", "per_token", "kv"),
+                donate_argnums=(2, 3)), kv=self._kv)
     self._gather = _GATHER  # shared: a policy and a PRM of one shape compile it once
 
   # ---------------------------------------------------------------- helpers

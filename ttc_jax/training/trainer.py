@@ -203,7 +203,7 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   latest = manager.latest_step()
   if latest is not None:
     tree = checkpoints.restore(
-        manager, latest,
+        manager, latest, model.config,
         params=ocp.args.StandardRestore(checkpoints.abstract(params, replicated)),
         opt_state=ocp.args.StandardRestore(checkpoints.abstract(opt_state, replicated)),
         meta=ocp.args.JsonRestore())
