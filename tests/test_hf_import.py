@@ -17,6 +17,8 @@ import transformers
 from jax.sharding import PartitionSpec as P
 
 from conftest import assert_close
+from hf_fixtures import randomize
+from hf_fixtures import write_step_classifier
 from ttc_jax.models import hf_import
 from ttc_jax.parallel import make_mesh
 from ttc_jax.sampling.core import SamplingCore
@@ -34,6 +36,10 @@ FAMILIES = {
         **_COMMON, tie_word_embeddings=True, rope_parameters=dict(
             rope_type="llama3", rope_theta=500_000.0, factor=8.0, low_freq_factor=1.0,
             high_freq_factor=4.0, original_max_position_embeddings=8)),
+    # Mistral (Math-Shepherd's base): Llama's layout with a sliding window of 4 on every
+    # layer, shorter than the test rows.
+    "mistral": lambda: transformers.MistralConfig(**_COMMON, sliding_window=4,
+                                                  tie_word_embeddings=False),
     # Qwen2.5: q/k/v biases, untied embeddings, its RoPE base.
     "qwen2": lambda: transformers.Qwen2Config(
         **_COMMON, tie_word_embeddings=False, rope_parameters=dict(rope_theta=1_000_000.0,
@@ -49,13 +55,6 @@ FAMILIES = {
 }
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-
-
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def checkpoint(request, tmp_path_factory):
   """(family, directory, transformers reference loaded from it, our model)."""
@@ -63,7 +62,7 @@ def checkpoint(request, tmp_path_factory):
   directory = str(tmp_path_factory.mktemp(name))
   hf = transformers.AutoModelForCausalLM.from_config(FAMILIES[name](),
                                                      attn_implementation="eager")
-  _randomize(hf, seed=sorted(FAMILIES).index(name))
+  randomize(hf, seed=sorted(FAMILIES).index(name))
   # Qwen2 is written in shards (model.safetensors.index.json), the others in one file.
   hf.save_pretrained(directory, max_shard_size="40KB" if name == "qwen2" else "1GB")
   ref = transformers.AutoModelForCausalLM.from_pretrained(
@@ -123,7 +122,8 @@ def test_greedy_continuations_match_transformers(checkpoint):
 
 # Each family on a tensor-parallel mesh: (data, model) shards. 4 'model' shards hold one
 # query head each and replicate the 1-2 key/value heads; 2 shards split the 2 KV heads.
-TP_MESH = {"llama": (4, 2), "qwen2": (2, 4), "gemma": (2, 4), "gemma2": (4, 2)}
+TP_MESH = {"llama": (4, 2), "mistral": (2, 4), "qwen2": (2, 4), "gemma": (2, 4),
+           "gemma2": (4, 2)}
 
 
 def test_tensor_parallel_import_matches_transformers(checkpoint):
@@ -151,8 +151,30 @@ def test_config_mapping(checkpoint):
   assert cfg.tie_embeddings == ref.config.tie_word_embeddings
   if name == "gemma2":
     assert cfg.layer_types == ("sliding", "full", "sliding") and cfg.sliding_window == 4
+  if name == "mistral":
+    assert cfg.layer_types == ("sliding",) * 3 and cfg.sliding_window == 4
   if name == "qwen2":
     assert os.path.isfile(os.path.join(directory, "model.safetensors.index.json"))
+
+
+def test_a_step_classifier_prm_matches_its_reference(tmp_path):
+  """Qwen2.5-Math-PRM's layout (a Qwen2 backbone under ``model.``, and ``score``: Linear,
+  ReLU, Linear to 2 labels): our classifier head gives its label logits at every token,
+  as the same torch modules do (transformers' Qwen2Model and torch.nn layers)."""
+  backbone, score = write_step_classifier(
+      str(tmp_path), transformers.Qwen2Config(**_COMMON, tie_word_embeddings=False), seed=20)
+  model = hf_import.load(str(tmp_path), param_dtype="float32")
+  assert model.config.head == "classifier" and model.config.num_labels == 2
+  assert model.config.num_params() == sum(
+      p.numel() for m in (backbone, score) for p in m.parameters())
+  tokens, mask = _batch(np.random.RandomState(3), [10, 4, 7], 10, left=False)
+  with torch.no_grad():
+    hidden = backbone(input_ids=torch.from_numpy(tokens),
+                      attention_mask=torch.from_numpy(mask.astype(np.int64))).last_hidden_state
+    theirs = score(hidden).numpy()
+  ours = np.asarray(model(tokens, mask)[0])
+  assert ours.shape == (3, 10, 2)
+  assert_close(ours[mask], theirs[mask])
 
 
 def test_bfloat16_checkpoint(tmp_path):
@@ -160,7 +182,7 @@ def test_bfloat16_checkpoint(tmp_path):
   float32 ones that match transformers on the same (upcast) weights."""
   hf = transformers.AutoModelForCausalLM.from_config(FAMILIES["llama"](),
                                                      attn_implementation="eager")
-  _randomize(hf, seed=7)
+  randomize(hf, seed=7)
   hf.to(torch.bfloat16).save_pretrained(str(tmp_path))
   model = hf_import.load(str(tmp_path))
   assert model.config.param_dtype == "bfloat16" and model.config.dtype == "bfloat16"
@@ -185,9 +207,13 @@ def test_clear_errors(tmp_path):
   base = FAMILIES["llama"]().to_dict()
   with pytest.raises(hf_import.HFImportError, match="no config.json"):
     hf_import.load(str(tmp_path / "nothing"))
-  _write(tmp_path / "mistral", {**base, "model_type": "mistral"}, {})
-  with pytest.raises(hf_import.HFImportError, match=r"model_type 'mistral' is not supported"):
-    hf_import.load(str(tmp_path / "mistral"))
+  _write(tmp_path / "phi3", {**base, "model_type": "phi3"}, {})
+  with pytest.raises(hf_import.HFImportError, match=r"model_type 'phi3' is not supported"):
+    hf_import.load(str(tmp_path / "phi3"))
+  _write(tmp_path / "seqcls", {**base, "architectures": ["LlamaForSequenceClassification"]}, {})
+  with pytest.raises(hf_import.HFImportError,
+                     match=r"\['LlamaForSequenceClassification'\]: supported are \*ForCausalLM"):
+    hf_import.load(str(tmp_path / "seqcls"))
   yarn = {**base, "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}
   _write(tmp_path / "yarn", yarn, {})
   with pytest.raises(hf_import.HFImportError, match=r"RoPE type 'yarn' is not supported"):

@@ -1,59 +1,23 @@
 """Tokenizers of imported checkpoints against transformers' own tokenizer of the same files."""
 
-import json
-import os
-
 import pytest
-import tokenizers
 import transformers
-from tokenizers import decoders
-from tokenizers import models
-from tokenizers import pre_tokenizers
-from tokenizers import trainers
 
+from hf_fixtures import CHATML
+from hf_fixtures import LLAMA3
+from hf_fixtures import SPECIAL
+from hf_fixtures import write_tokenizer
 from ttc_jax.hf_tokenizer import HFTokenizer
 from ttc_jax.hf_tokenizer import TokenizerError
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
-          "<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
-          "{% endif %}")
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
-           "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-CORPUS = [
-    "Let x = 3.\n\nThen 2x = 6.\n\nThe answer is $\\boxed{6}$.",
-    "First, add the numbers.\n\nSecond: 12 + 30 = 42.\n\nSo the answer is 42.",
-    "We have $\\frac{1}{2} + \\frac{1}{3} = \\frac{5}{6}$.\n\nFinal answer: 5/6",
-] * 20
-
-
-def _write(directory, *, template, config_extra, generation_eos):
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-      vocab_size=300, special_tokens=SPECIAL,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  os.makedirs(directory, exist_ok=True)
-  tok.save(os.path.join(directory, "tokenizer.json"))
-  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-    json.dump({"chat_template": template, "tokenizer_class": "PreTrainedTokenizerFast",
-               **config_extra}, f)
-  with open(os.path.join(directory, "generation_config.json"), "w") as f:
-    json.dump({"eos_token_id": generation_eos}, f)
-  return tok
-
 
 @pytest.fixture(scope="module", params=["chatml", "llama3"])
 def tokenizer_dir(request, tmp_path_factory):
   d = str(tmp_path_factory.mktemp(request.param))
   if request.param == "chatml":  # Qwen2.5's layout: EOS <|im_end|>, pad <|endoftext|>
-    _write(d, template=CHATML, generation_eos=[2, 0],
+    write_tokenizer(d, template=CHATML, generation_eos=[2, 0],
            config_extra={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
   else:  # Llama 3's: BOS written by the template, EOS ids from generation_config
-    _write(d, template=LLAMA3, generation_eos=[0, 6],
+    write_tokenizer(d, template=LLAMA3, generation_eos=[0, 6],
            config_extra={"bos_token": "<|begin_of_text|>", "eos_token": "<|endoftext|>"})
   return request.param, d
 
@@ -106,7 +70,7 @@ def test_step_ids_end_steps_and_text_round_trips(tokenizer_dir):
 def test_errors(tmp_path):
   with pytest.raises(TokenizerError, match="no tokenizer.json"):
     HFTokenizer.load(str(tmp_path))
-  _write(str(tmp_path / "plain"), template=None, generation_eos=[0],
+  write_tokenizer(str(tmp_path / "plain"), template=None, generation_eos=[0],
          config_extra={"eos_token": "<|endoftext|>"})
   with pytest.raises(TokenizerError, match="no chat template"):
     HFTokenizer.load(str(tmp_path / "plain")).render_chat(MESSAGES)

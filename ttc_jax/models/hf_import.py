@@ -2,6 +2,7 @@
 safetensors (one file, or shards with ``model.safetensors.index.json``).
 
 Families (``model_type``): ``llama`` (Llama 2 / 3.x, with Llama 3's RoPE scaling),
+``mistral`` (Llama's layout; a sliding window on every layer when the config sets one),
 ``qwen2`` (Qwen2 / Qwen2.5: q/k/v biases, tied or untied embeddings), ``gemma`` and
 ``gemma2`` (embeddings scaled by sqrt(d_model), RMSNorm by 1 + w, GeGLU; Gemma 2's
 norms after each sublayer, logit soft caps, query_pre_attn_scalar and sliding-window
@@ -38,7 +39,10 @@ from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.parallel import MODEL_AXIS
 
-FAMILIES = ("llama", "qwen2", "gemma", "gemma2")
+FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2")
+# Architectures (config.json "architectures") whose head is not the LM head: the step
+# classifier of Qwen2.5-Math-PRM (``score``: Linear(d, d), ReLU, Linear(d, num_labels)).
+CLASSIFIER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
            "torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
@@ -110,6 +114,14 @@ def config_from_hf(hf: dict[str, Any], *, max_seq_len: int | None = None,
   if act_name not in _ACTIVATIONS:
     raise HFImportError(f"activation {act_name!r} is not supported; supported: "
                         f"{sorted(_ACTIVATIONS)}.")
+  architectures = tuple(hf.get("architectures") or ())
+  head = {}
+  if any(a in CLASSIFIER_ARCHITECTURES for a in architectures):
+    labels = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
+    head = dict(head="classifier", num_labels=int(labels), tie_embeddings=False)
+  elif any(not a.endswith("ForCausalLM") for a in architectures):
+    raise HFImportError(f"architectures {list(architectures)}: supported are *ForCausalLM and "
+                        f"{list(CLASSIFIER_ARCHITECTURES)}.")
   fields = dict(
       vocab_size=int(hf["vocab_size"]),
       d_model=int(hf["hidden_size"]),
@@ -127,6 +139,9 @@ def config_from_hf(hf: dict[str, Any], *, max_seq_len: int | None = None,
       param_dtype=pdt,
       dtype=_dtype(dtype, "dtype") if dtype else pdt,
   )
+  fields.update(head)
+  if family == "mistral" and hf.get("sliding_window"):
+    fields.update(_layer_types(hf, default="sliding"))
   if family == "qwen2":
     fields["qkv_bias"] = True
     if hf.get("use_sliding_window"):
@@ -174,9 +189,14 @@ def tensor_sources(config: TransformerConfig) -> dict[tuple, Source]:
       ("embed",): Source("model.embed_tokens.weight", transpose=False),
       ("final_norm", "scale"): Source("model.norm.weight", transpose=False),
   }
-  if config.head != "lm":
-    raise HFImportError(f"head={config.head!r}: checkpoint import builds LM-head models.")
-  if not config.tie_embeddings:
+  if config.head == "classifier":
+    out[("score_hidden",)] = Source("score.0.weight")
+    out[("score_hidden_bias",)] = Source("score.0.bias", transpose=False)
+    out[("score_out",)] = Source("score.2.weight")
+    out[("score_out_bias",)] = Source("score.2.bias", transpose=False)
+  elif config.head != "lm":
+    raise HFImportError(f"head={config.head!r}: checkpoints hold LM or classifier heads.")
+  elif not config.tie_embeddings:
     out[("lm_head",)] = Source("lm_head.weight")
   vec = lambda name: Source(name, transpose=False)
   for i in range(config.num_layers):
@@ -272,7 +292,8 @@ def _reader(tensors: _Tensors, src: Source, shape: tuple[int, ...], dtype
 
 def load(directory: str, *, max_seq_len: int | None = None, param_dtype: str | None = None,
          dtype: str | None = None, mesh: Mesh | None = None) -> Transformer:
-  """The checkpoint in ``directory`` as a :class:`Transformer` (LM head).
+  """The checkpoint in ``directory`` as a :class:`Transformer` (its LM head, or the step
+  classifier of a Qwen2.5-Math-PRM-style process reward model).
 
   mesh: each parameter is laid out on it as :mod:`ttc_jax.models.sharding` says (split
     over 'model', replicated over 'data'), each device reading its own shard from disk;

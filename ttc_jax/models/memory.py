@@ -95,7 +95,8 @@ def plan(uses: Sequence[Use], *, data_shards: int = 1, model_shards: int = 1) ->
     parts.append((f"{u.name} parameters", param_bytes(u.config, model_shards)))
     parts.append((f"{u.name} KV cache", u.copies * kv_cache_bytes(
         u.config, u.rows, u.cache_size, data_shards, model_shards)))
-    out = u.config.vocab_size if u.config.head == "lm" else 1  # whole rows of logits
+    out = {"lm": u.config.vocab_size, "value": 1,  # whole rows of outputs
+           "classifier": u.config.num_labels}[u.config.head]
     parts.append((f"{u.name} logits", np.ceil(u.rows / data_shards) * out * 4 * u.copies))
   return MemoryPlan(parts=tuple(parts))
 

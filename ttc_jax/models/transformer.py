@@ -90,7 +90,10 @@ class TransformerConfig:
   rope_theta: float = 10000.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
-  head: Literal["lm", "value"] = "lm"
+  # 'lm': next-token logits; 'value': one scalar (our PRM / ORM); 'classifier': logits over
+  # num_labels from a two-layer head, Linear-ReLU-Linear (Qwen2.5-Math-PRM's step classifier).
+  head: Literal["lm", "value", "classifier"] = "lm"
+  num_labels: int = 2  # outputs of the 'classifier' head
   init_std: float = 0.02
   dtype: str = "float32"  # Activation dtype.
   param_dtype: str = "float32"
@@ -126,8 +129,10 @@ class TransformerConfig:
           "set head_dim explicitly.")
     if self.dim_per_head % 2:
       raise ValueError(f"head_dim={self.dim_per_head} must be even for RoPE.")
-    if self.head not in ("lm", "value"):
-      raise ValueError(f"head={self.head!r}: expected 'lm' or 'value'.")
+    if self.head not in ("lm", "value", "classifier"):
+      raise ValueError(f"head={self.head!r}: expected 'lm', 'value' or 'classifier'.")
+    if self.head == "classifier" and self.num_labels < 2:
+      raise ValueError(f"num_labels={self.num_labels}: a classifier head needs >= 2.")
     if self.tie_embeddings and self.head != "lm":
       raise ValueError("tie_embeddings=True needs head='lm'.")
     if self.activation not in ("silu", "gelu", "gelu_tanh"):
@@ -171,12 +176,14 @@ class TransformerConfig:
     emb = self.vocab_size * d
     if self.head == "lm":
       head = 0 if self.tie_embeddings else d * self.vocab_size
-    else:
+    elif self.head == "value":
       head = d + 1
+    else:
+      head = d * d + d + d * self.num_labels + self.num_labels
     if include_embeddings:
       n += emb + head
     else:
-      n += head if self.head == "value" else 0
+      n += head if self.head != "lm" else 0
     return n
 
 
@@ -419,16 +426,27 @@ class Transformer(nnx.Module):
     if cfg.head == "lm":
       if not cfg.tie_embeddings:
         self.lm_head = nnx.Param(_init(cfg.init_std)(rngs.params(), (cfg.d_model, cfg.vocab_size), pdt))
-    else:
+    elif cfg.head == "value":
       self.value_head = nnx.Param(_init(cfg.init_std)(rngs.params(), (cfg.d_model,), pdt))
       self.value_bias = nnx.Param(jnp.zeros((), pdt))
+    else:
+      d, n = cfg.d_model, cfg.num_labels
+      self.score_hidden = nnx.Param(_init(cfg.init_std)(rngs.params(), (d, d), pdt))
+      self.score_hidden_bias = nnx.Param(jnp.zeros((d,), pdt))
+      self.score_out = nnx.Param(_init(cfg.init_std)(rngs.params(), (d, n), pdt))
+      self.score_out_bias = nnx.Param(jnp.zeros((n,), pdt))
 
   # ----------------------------------------------------------------- heads
   def apply_head(self, h: Array) -> Array:
-    """Hidden states (..., d) -> logits (..., V) (float32) or values (...)."""
+    """Hidden states (..., d) -> logits (..., V), values (...) or label logits (..., L);
+    float32."""
     hf = h.astype(jnp.float32)
+    f32 = lambda p: p[...].astype(jnp.float32)
     if self.config.head == "value":
-      return hf @ self.value_head[...].astype(jnp.float32) + self.value_bias[...].astype(jnp.float32)
+      return hf @ f32(self.value_head) + f32(self.value_bias)
+    if self.config.head == "classifier":
+      hidden = jax.nn.relu(hf @ f32(self.score_hidden) + f32(self.score_hidden_bias))
+      return hidden @ f32(self.score_out) + f32(self.score_out_bias)
     w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
     return softcap(hf @ w.astype(jnp.float32), self.config.final_softcap)
 
@@ -448,7 +466,7 @@ class Transformer(nnx.Module):
       valid: (B, T) bool, False for padding (left, right or holes). Default all True.
       cache: a KVCache to extend (prefill, decode, incremental scoring), or None.
       readout: 'all' -> head output at every position, (B, T, V) or (B, T);
-        'last' -> head output at each row's last valid token, (B, V) or (B,)
+        'last' -> head output at each row's last valid token, (B, V), (B,) or (B, L)
         (rows with no valid token give an ignored value); 'hidden' -> (B, T, d).
 
     Returns:

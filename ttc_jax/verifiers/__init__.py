@@ -1,1 +1,2 @@
-"""Verifiers: Monte-Carlo step labels, PRM / ORM scoring, step and answer aggregation."""
+"""Verifiers: Monte-Carlo step labels, PRM / ORM scoring, step and answer aggregation, and
+adapters for the public PRMs' formats (adapters.py)."""

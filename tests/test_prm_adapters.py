@@ -1,0 +1,182 @@
+"""PRM adapters: each public PRM's recipe, computed with transformers on a tiny random
+checkpoint of its architecture, against ttc_jax's full and incremental scoring.
+
+* Math-Shepherd (Mistral LM): ``f"{question} {steps joined by ' ки\\n'} ки"``; the softmax
+  of the "+" / "-" logits at every " ки" token, "+" kept (its model card's code).
+* RLHFlow (Llama 3.1 LM, chat): step k scored by rendering the conversation of the first
+  k steps, each a user turn answered "+", and reading "+" vs "-" three tokens from the end
+  (before "+<|eot_id|>"), as its model card does.
+* Qwen2.5-Math-PRM (Qwen2 backbone + 2-label head): the steps joined by "<extra_0>" in one
+  assistant turn after the system and user turns; the softmax of the head at every
+  "<extra_0>", label 1 kept.
+"""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import assert_close
+from hf_fixtures import CHATML
+from hf_fixtures import LLAMA3
+from hf_fixtures import SPECIAL
+from hf_fixtures import randomize
+from hf_fixtures import write_step_classifier
+from hf_fixtures import write_tokenizer
+from ttc_jax.hf_tokenizer import HFTokenizer
+from ttc_jax.models import hf_import
+from ttc_jax.verifiers import adapters
+
+V = 320
+_COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+               bos_token_id=3, eos_token_id=0, pad_token_id=0)
+TAGS = [" ки", "<extra_0>"]
+SOLUTIONS = [
+    ("What is 12 + 30?", ["First, add the numbers.", "Second: 12 + 30 = 42.",
+                          "So the answer is 42."]),
+    ("Let x = 3. What is 2x?", ["Then 2x = 6.", "The answer is $\\boxed{6}$."]),
+    ("What is 1/2 + 1/3?", ["We have $\\frac{1}{2} + \\frac{1}{3} = \\frac{5}{6}$."]),
+]
+
+
+def _hf_tokenizer(directory):
+  return transformers.PreTrainedTokenizerFast.from_pretrained(directory)
+
+
+def _reference_math_shepherd(ref, tok, question, steps):
+  ids = tok.encode(f"{question} " + "\n".join(s + " ки" for s in steps),
+                   add_special_tokens=False)
+  pair = [tok.convert_tokens_to_ids(t) for t in ("+", "-")]
+  with torch.no_grad():
+    logits = ref(torch.tensor([ids])).logits[0][:, pair]
+  probs = logits.softmax(-1)[:, 0].numpy()
+  return probs[np.array(ids) == tok.convert_tokens_to_ids(" ки")]
+
+
+def _reference_rlhflow(ref, tok, question, steps):
+  pair = [tok.convert_tokens_to_ids(t) for t in ("+", "-")]
+  out, chat = [], []
+  for k, step in enumerate(steps):
+    chat += [{"role": "user", "content": f"{question} {step}" if k == 0 else step},
+             {"role": "assistant", "content": "+"}]
+    ids = tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=False)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    with torch.no_grad():
+      logits = ref(torch.tensor([ids])).logits[0, -3, pair]
+    out.append(float(logits.softmax(-1)[0]))
+  return np.array(out)
+
+
+def _reference_qwen_prm(ref, tok, question, steps):
+  backbone, score = ref
+  chat = [{"role": "system", "content": adapters.QWEN_PRM.system},
+          {"role": "user", "content": question},
+          {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]
+  text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
+  ids = tok.encode(text, add_special_tokens=False)
+  with torch.no_grad():
+    probs = score(backbone(input_ids=torch.tensor([ids])).last_hidden_state)[0].softmax(-1)
+  return probs[:, 1].numpy()[np.array(ids) == tok.convert_tokens_to_ids("<extra_0>")]
+
+
+@pytest.fixture(scope="module", params=["math-shepherd", "rlhflow", "qwen2.5-math-prm"])
+def prm(request, tmp_path_factory):
+  """(format, our AdaptedPRM, reference scorer(question, steps) -> per-step scores)."""
+  name = request.param
+  d = str(tmp_path_factory.mktemp(name))
+  special = SPECIAL + TAGS
+  if name == "math-shepherd":
+    write_tokenizer(d, template=None, special=special, generation_eos=[0],
+                    config_extra={"eos_token": "<|endoftext|>"})
+    ref = transformers.MistralForCausalLM(transformers.MistralConfig(
+        **_COMMON, sliding_window=None, tie_word_embeddings=False)).eval()
+    randomize(ref, seed=30)
+    ref.save_pretrained(d)
+    reference = _reference_math_shepherd
+  elif name == "rlhflow":
+    write_tokenizer(d, template=LLAMA3, special=special, generation_eos=[0, 6],
+                    config_extra={"bos_token": "<|begin_of_text|>", "eos_token": "<|endoftext|>"})
+    ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **_COMMON, tie_word_embeddings=False)).eval()
+    randomize(ref, seed=31)
+    ref.save_pretrained(d)
+    reference = _reference_rlhflow
+  else:
+    write_tokenizer(d, template=CHATML, special=special, generation_eos=[2, 0],
+                    config_extra={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    ref = write_step_classifier(d, transformers.Qwen2Config(**_COMMON), seed=32)
+    reference = _reference_qwen_prm
+  model = hf_import.load(d, param_dtype="float32")
+  fmt = adapters.FORMATS[name]
+  ours = adapters.AdaptedPRM(model, HFTokenizer.load(d), fmt)
+  tok = _hf_tokenizer(d)
+  return name, ours, lambda question, steps: reference(ref, tok, question, steps)
+
+
+def test_full_scores_match_the_reference(prm):
+  name, ours, reference = prm
+  got = ours.full_scores(SOLUTIONS)
+  for (question, steps), scores in zip(SOLUTIONS, got):
+    want = reference(question, steps)
+    assert want.shape == scores.shape == (len(steps),), name
+    assert want.std() > 1e-3 or len(steps) == 1  # the steps' scores differ: positions matter
+    assert_close(scores, want, err_msg=name)
+
+
+def test_incremental_scores_match_the_reference(prm):
+  """One chunk per step on the PRM's KV cache; rows that add no step keep their score."""
+  name, ours, reference = prm
+  state = ours.start([q for q, _ in SOLUTIONS], cache_size=200)
+  steps_seen = [[] for _ in SOLUTIONS]
+  for k in range(max(len(s) for _, s in SOLUTIONS)):
+    new = [steps[k] if k < len(steps) else None for _, steps in SOLUTIONS]
+    state, scores = ours.step(state, new)
+    for i, (question, steps) in enumerate(SOLUTIONS):
+      if new[i] is not None:
+        steps_seen[i].append(new[i])
+      want = reference(question, steps_seen[i])[-1]
+      assert_close(np.array([scores[i]]), np.array([want]), err_msg=f"{name} row {i} step {k}")
+
+
+def test_a_solution_scores_the_same_alone_and_batched(prm):
+  _, ours, _ = prm
+  batched = ours.full_scores(SOLUTIONS)
+  for sol, scores in zip(SOLUTIONS, batched):
+    assert_close(ours.full_scores([sol])[0], scores)
+
+
+def test_format_errors_are_named(prm):
+  name, ours, _ = prm
+  with pytest.raises(adapters.FormatError, match="at least one step"):
+    ours.full_scores([("q", [])])
+  if name == "qwen2.5-math-prm":
+    with pytest.raises(adapters.FormatError, match=r"reads a 'lm' head; the model has 'classifier'"):
+      adapters.AdaptedPRM(ours.model, ours.tokenizer, adapters.MATH_SHEPHERD)
+
+
+def test_the_value_format_reads_what_the_search_scorer_reads(tmp_path):
+  """ttc_jax's own value-head PRM behind the adapter: the same scores as the
+  IncrementalScorer the search uses, fed the same tokens one step at a time."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from ttc_jax.models.transformer import Transformer
+  from ttc_jax.models.transformer import TransformerConfig
+  from ttc_jax.verifiers.incremental import IncrementalScorer
+  write_tokenizer(str(tmp_path), template=None, generation_eos=[0],
+                  config_extra={"eos_token": "<|endoftext|>"})
+  tok = HFTokenizer.load(str(tmp_path))
+  model = Transformer(TransformerConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=4,
+                                        mlp_dim=64, max_seq_len=256, head="value",
+                                        init_std=0.3), rngs=nnx.Rngs(3))
+  ours = adapters.AdaptedPRM(model, tok, adapters.VALUE_AT_STEP_ENDS)
+  scorer = IncrementalScorer(model, pad_id=tok.pad_id)
+  question, steps = SOLUTIONS[0]
+  ids, ends = ours.encode(question, steps)
+  starts = [0] + [e + 1 for e in ends[:-1]]
+  state = scorer.prefill(np.array([ids[:ends[0] + 1]]), cache_size=200)
+  want = [scorer.scores(state)[0]]
+  for s, e in zip(starts[1:], ends[1:]):
+    state = scorer.extend(state, np.array([ids[s:e + 1]]))
+    want.append(scorer.scores(state)[0])
+  assert_close(ours.full_scores([(question, steps)])[0], np.array(want))
+  assert tok.decode(ids) == question + "\n\n" + "\n\n".join(steps)
