@@ -64,3 +64,20 @@ def test_two_processes_sample_and_train_like_one(tmp_path_factory, tmp_path):
       return np.array([json.loads(line)["loss"] for line in f])
   assert losses(two).shape == losses(base).shape == (6,)
   np.testing.assert_allclose(losses(two), losses(base), rtol=1e-3)
+
+
+def test_the_tpu_vm_launcher_runs_the_study_on_every_host():
+  """launch/tpu_vm.sh (DRY_RUN: the gcloud commands it would run): one process per host
+  of the slice, distributed, with the caller's flags."""
+  script = os.path.join(pu.REPO, "launch", "tpu_vm.sh")
+  env = dict(os.environ, DRY_RUN="1", GCLOUD_FLAGS="--project=p")
+  out = subprocess.run([script, "run", "slice", "us-central2-b", "--",
+                        "--config=experiments/arith.py", "--workdir=/mnt/ttc/runs/a"],
+                       env=env, capture_output=True, text=True, check=True).stdout
+  assert out.startswith("gcloud compute tpus tpu-vm ssh slice --zone=us-central2-b "
+                        "--worker=all --project=p ")
+  for needle in ("launch/run.py", "--config=experiments/arith.py",
+                 "--workdir=/mnt/ttc/runs/a", "--distributed", "--jobs=1", "nohup"):
+    assert needle in out, needle
+  bad = subprocess.run([script, "run", "slice"], env=env, capture_output=True, text=True)
+  assert bad.returncode == 2 and "launch/tpu_vm.sh setup TPU_NAME ZONE" in bad.stderr

@@ -258,7 +258,7 @@ def test_missing_workdir_and_help(tmp_path):
   out = pu.run(pu.cli(None, str(tmp_path), "--help")[:3] + ["--help"], check=False)
   text = " ".join((out.stdout + out.stderr).split())  # absl wraps long lines
   for needle in ["--workdir", "--config", "--task_module", "--[no]distributed",
-                 "--config.policy.train.steps=2400", "--config.search.budgets=", "--jobs",
+                 "--config.policy.train.steps=2400", "--config.search.budgets=", "--jobs", "--mesh",
                  "prm: process reward model", "(reads mc_labels, policy)"]:
     assert needle in text, needle
 

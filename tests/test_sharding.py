@@ -127,6 +127,23 @@ def test_prefill_state_is_sharded(core8, prompts):
   assert leaf.sharding.spec == P() and len(leaf.addressable_shards) == 8
 
 
+def test_the_sampling_mesh_of_a_process(policy_model, special_ids):
+  """--mesh: cores and scorers built without a mesh use the process's sampling mesh."""
+  from ttc_jax import parallel
+  assert dict(SamplingCore(policy_model, special_ids).mesh.shape) == {"data": 1, "model": 1}
+  try:
+    parallel.set_sampling_mesh(-1, 4)
+    assert dict(parallel.local_mesh().shape) == {"data": 2, "model": 4}
+    with pytest.raises(ValueError, match=r"model shards 3: expected a divisor of this "
+                                         r"process's 8 devices"):
+      parallel.set_sampling_mesh(1, 3)
+    with pytest.raises(ValueError, match=r"--mesh 4,4 needs 16 devices; this process has 8"):
+      parallel.set_sampling_mesh(4, 4)
+  finally:
+    parallel.set_sampling_mesh(1, 1)
+  assert dict(parallel.local_mesh().shape) == {"data": 1, "model": 1}
+
+
 def test_make_mesh():
   mesh = make_mesh(num_data=4, num_model=2)
   assert dict(mesh.shape) == {"data": 4, "model": 2}

@@ -40,15 +40,37 @@ def make_mesh(num_data: int | None = None, num_model: int = 1,
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
-def local_mesh(num_devices: int | None = 1) -> Mesh:
-  """A 'data' mesh over this process's first ``num_devices`` devices (None: all).
+# The local mesh that sampling and scoring use unless given one: (data, model) shards.
+_SAMPLING_MESH = (1, 1)
 
-  Sampling and scoring default to one local device: their work is split over
-  processes by chunks, and on CPU one device runs a whole batch fastest when the
-  host has few cores (see BUILD.md).
+
+def set_sampling_mesh(num_data: int, num_model: int = 1) -> None:
+  """Sets the mesh of this process's devices that :func:`local_mesh` returns (the launch
+  flag ``--mesh``). ``num_data`` -1: every local device not used by ``num_model``.
+
+  One device is the default: on a CPU host with few cores it runs a whole batch fastest
+  (see BUILD.md); on a GPU or TPU host use every device, with 'model' shards when a model's
+  parameters and caches do not fit one device.
   """
-  devices = jax.local_devices()
-  return make_mesh(devices=devices if num_devices is None else devices[:num_devices])
+  n = jax.local_device_count()
+  if num_model < 1 or n % num_model:
+    raise ValueError(f"--mesh model shards {num_model}: expected a divisor of this process's "
+                     f"{n} devices.")
+  if num_data == -1:
+    num_data = n // num_model
+  if num_data < 1 or num_data * num_model > n:
+    raise ValueError(f"--mesh {num_data},{num_model} needs {num_data * num_model} devices; this "
+                     f"process has {n}.")
+  global _SAMPLING_MESH
+  _SAMPLING_MESH = (num_data, num_model)
+
+
+def local_mesh() -> Mesh:
+  """The ('data', 'model') mesh of this process's devices that sampling and scoring use
+  (:func:`set_sampling_mesh`; by default its first device). Their work is split over
+  processes by chunks (:func:`map_chunks`)."""
+  num_data, num_model = _SAMPLING_MESH
+  return make_mesh(num_data, num_model, devices=jax.local_devices()[:num_data * num_model])
 
 
 # ----------------------------------------------------------------------------

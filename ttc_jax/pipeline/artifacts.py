@@ -163,8 +163,9 @@ class ModelArtifact:
                       suppress_ids=tok.suppress_ids)
 
   def sampling_core(self) -> SamplingCore:
-    """The model's sampling core on one local device (kept: its compiled functions are
-    reused by every stage that samples from this model)."""
+    """The model's sampling core on the process's sampling mesh (``parallel.local_mesh``:
+    one device unless the launch flag --mesh says otherwise; kept: its compiled functions
+    are reused by every stage that samples from this model)."""
     if self._core is None:
       self._core = SamplingCore(self.model, self.special_ids)
     return self._core

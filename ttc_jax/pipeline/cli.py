@@ -120,9 +120,15 @@ def main(argv: Sequence[str] | None = None) -> None:
       "jobs", 1, "Stage processes at a time: independent stages (e.g. PRM and ORM, the search "
       "sweep and the verifier evaluation) run side by side. For CPU hosts (make study: 2); "
       "keep 1 on a GPU or TPU and with --distributed.", lower_bound=1)
+  mesh = flags.DEFINE_list(
+      "mesh", ["1", "1"], "DATA,MODEL: the devices of each process that sample and score, as a "
+      "'data' x 'model' mesh (rows split over 'data'; attention heads, MLP units and the "
+      "vocabulary over 'model'). 1,1 (one device) is fastest on a CPU host; -1,1 uses every "
+      "device of a GPU or TPU host; -1,4 adds 4-way tensor parallelism for a model that does "
+      "not fit one device. Results do not depend on it.")
   flags.mark_flags_as_required(["config", "workdir"])
   # --help shows the main module's key flags: make these the launch script's.
-  for name in ("config", "workdir", "task_module", "distributed", "xla_cache_dir", "jobs"):
+  for name in ("config", "workdir", "task_module", "distributed", "xla_cache_dir", "jobs", "mesh"):
     flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS[name])
 
   def run(args):
@@ -130,10 +136,19 @@ def main(argv: Sequence[str] | None = None) -> None:
       raise app.UsageError(f"Unexpected arguments: {args[1:]}")
     logging.set_verbosity(logging.INFO)
     progress.quiet_library_logs()
+    try:
+      shape = tuple(int(x) for x in mesh.value)
+    except ValueError:
+      shape = ()
+    if len(shape) != 2:
+      raise app.UsageError(f"--mesh={','.join(mesh.value)}: expected DATA,MODEL (two integers).")
     if jobs.value > 1:
       if distributed.value:
         raise app.UsageError("--jobs > 1 runs stages in separate processes of one host; "
                              "with --distributed use --jobs=1.")
+      if shape != (1, 1):
+        raise app.UsageError("--jobs > 1 shares one CPU host between stage processes; with "
+                             "--mesh use --jobs=1.")
       # The parent only schedules: it starts no JAX backend (each stage process does).
       run_pipeline(config.value, workdir.value, jobs=jobs.value,
                    task_modules=flags.FLAGS.task_module, cache_dir=cache.value)
@@ -141,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ttc_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize(distributed.value)
     host.enable_compilation_cache(cache.value)
+    try:
+      parallel.set_sampling_mesh(*shape)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
     import jax  # pylint: disable=g-import-not-at-top
     logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
