@@ -162,6 +162,17 @@ def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, m
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_a_plan_that_does_not_fit_memory_stops_before_a_model_stage(tmp_path):
+  """The memory planner runs before the first model stage: a search call of 2^24 rows
+  needs far more than a device has; only the data and tokenizer stages were written."""
+  p = Pipeline(pu.tiny_config(search__rows_per_call=2 ** 24), str(tmp_path / "w"))
+  with pytest.raises(ConfigError, match=r"memory per device: needs [\d.]+ GiB per device "
+                                        r"\(policy parameters .* prm KV cache .*\), [\d.]+ GiB "
+                                        r"available.*rows_per_call"):
+    p.run("difficulty")
+  assert sorted(os.listdir(tmp_path / "w")) == ["data", "tokenizer"]
+
+
 def test_a_scratch_verifier_may_have_its_own_size():
   from ttc_jax.models.transformer import TransformerConfig
   from ttc_jax.pipeline.stages import verifier_config

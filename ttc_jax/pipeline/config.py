@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from ttc_jax import tasks
+from ttc_jax.models import memory
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.search import BeamSearch
@@ -287,3 +288,19 @@ def validate_lengths(config: ml_collections.ConfigDict, task: tasks.Task, tok,
         f"{max_new} = {prompt + max_new} exceeds policy.model.max_seq_len={context}: solutions "
         "would be cut by the context. Lower sampling.max_new_tokens or raise the context.")
   return {k: v[0] for k, v in longest.items()}
+
+
+def memory_uses(config: ml_collections.ConfigDict) -> list[memory.Use]:
+  """The models a sampling stage holds on a device at once, with their rows and KV slots:
+  the policy (rows of a sampling batch or a search call) and the PRM (a search call's rows,
+  twice for lookahead's rollout copies). Slots are an upper bound: the whole context plus
+  one step of a tree search's slack."""
+  c = config
+  vocab = c.tokenizer.vocab_size
+  policy = _model(arch_fields(c.policy.model), vocab, "lm", "policy.model")
+  prm = _model(verifier_arch(arch_fields(c.policy.model), c.prm, "prm"), vocab, "value",
+               "prm.model")
+  slots = policy.max_seq_len + c.search.max_step_tokens
+  rows = max(c.sampling.batch_size, c.search.rows_per_call)
+  return [memory.Use("policy", policy, rows=rows, cache_size=slots),
+          memory.Use("prm", prm, rows=c.search.rows_per_call, cache_size=slots, copies=2)]

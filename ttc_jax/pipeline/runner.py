@@ -23,6 +23,7 @@ import ml_collections
 
 from ttc_jax import host
 from ttc_jax import parallel
+from ttc_jax.models import memory
 from ttc_jax.models.checkpoints import CheckpointError
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
@@ -99,6 +100,7 @@ class Pipeline:
     # True when the caller checked the token lengths of this config (a stage process
     # of pipeline.jobs: its parent did, once).
     self._lengths_checked = lengths_checked
+    self._memory_checked = False  # per process: its own devices and --mesh
     self.task = None
 
   # ------------------------------------------------------------- identities
@@ -177,6 +179,7 @@ class Pipeline:
         continue
       if name not in ("data", "tokenizer"):
         self.check_lengths()
+        self.check_memory()
       self._run_stage(name)
     self.log(f"{target}: done in {fmt_duration(time.time() - t0)} -> {self.directory(target)}")
     return self.load(target)
@@ -192,6 +195,22 @@ class Pipeline:
     self.log(f"variant {overrides}: {stage} -> {sub.directory(stage)}")
     artifact = sub.run(stage)
     return artifact, artifacts.read_stage(sub.directory(stage))
+
+  def check_memory(self) -> None:
+    """The memory planner: parameters, KV caches and logits per device of this process's
+    sampling mesh (--mesh) must fit, before a model stage starts."""
+    if self._memory_checked:
+      return
+    mesh = parallel.local_mesh()
+    try:
+      plan = memory.plan(config_lib.memory_uses(self.config), data_shards=mesh.shape["data"],
+                         model_shards=mesh.shape["model"])
+      memory.check(plan)
+    except ValueError as e:  # OutOfMemoryPlan, or a model that does not split over 'model'
+      raise config_lib.ConfigError(f"memory per device: {e}") from None
+    self.log(f"memory per device ({mesh.shape['data']} x {mesh.shape['model']} mesh): "
+             f"{plan.total / memory.GIB:.2f} GiB ({plan.describe()})")
+    self._memory_checked = True
 
   def check_lengths(self) -> None:
     """Token lengths against the config (needs the tokenizer): before any later stage."""
