@@ -8,6 +8,9 @@ import pytest
 from flax import nnx
 
 from conftest import policy_config
+from search_fixtures import Problem
+from search_fixtures import Task
+from search_fixtures import Tok
 from ttc_jax import accounting
 from ttc_jax.accounting import ModelCost
 from ttc_jax.accounting import attention_flops
@@ -190,54 +193,17 @@ def test_budget_keeps_policy_and_verifier_flops_apart():
 
 
 # ----------------------------------------------------------- budgets in the search
-class _Tok:
-  """Token ids are their own text."""
-
-  pad_id, bos_id = 0, 1
-
-  def __init__(self, eos_id, step_id):
-    self.eos_ids, self.step_ids = (eos_id,), (step_id,)
-
-  def encode(self, text, bos=False):
-    return ([self.bos_id] if bos else []) + [int(t) for t in text.split()]
-
-  def decode(self, ids):
-    return " ".join(str(i) for i in ids)
-
-
-class _Task:
-  def format_prompt(self, p):
-    return p.question
-
-  def extract_answer(self, text):
-    toks = text.split()
-    return toks[-2] if len(toks) >= 2 else None
-
-  def normalize_answer(self, a):
-    return a
-
-  def is_correct(self, text, p):
-    return self.extract_answer(text) == p.answer
-
-
-@dataclasses.dataclass
-class _Problem:
-  index: int
-  question: str
-  answer: str
-
-
 def test_best_of_n_budget_is_the_closed_form(core1, special_ids):
   cfg = policy_config()
   # A PRM of another shape than the policy, so the two costs differ.
   prm_cfg = dataclasses.replace(cfg, head="value", num_layers=1, num_heads=2, num_kv_heads=1)
   prm = IncrementalScorer(Transformer(prm_cfg, rngs=nnx.Rngs(7)))
-  ctx = SearchContext(core=core1, prm=prm, task=_Task(),
-                      tokenizer=_Tok(special_ids.eos_ids[0], special_ids.step_ids[0]),
+  ctx = SearchContext(core=core1, prm=prm, task=Task(),
+                      tokenizer=Tok(special_ids.eos_ids[0], special_ids.step_ids[0]),
                       seed=1, max_new_tokens=24, max_step_tokens=8)
   assert ctx.policy_cost == ModelCost.from_config(cfg)
   assert ctx.prm_cost == ModelCost.from_config(prm_cfg) != ctx.policy_cost
-  problems = [_Problem(0, "5 9 12 7", "20"), _Problem(1, "14 3 8 8 8 8 8 8 8 2", "11")]
+  problems = [Problem(0, "5 9 12 7", "20"), Problem(1, "14 3 8 8 8 8 8 8 8 2", "11")]
   results = BestOfN(n=3).run(ctx, problems)
   for problem, res in zip(problems, results):
     p = len(problem.question.split()) + 1  # BOS + the prompt

@@ -180,3 +180,60 @@ def test_the_value_format_reads_what_the_search_scorer_reads(tmp_path):
     want.append(scorer.scores(state)[0])
   assert_close(ours.full_scores([(question, steps)])[0], np.array(want))
   assert tok.decode(ids) == question + "\n\n" + "\n\n".join(steps)
+
+
+# ------------------------------------------------------------------ search through an adapter
+@pytest.fixture(scope="module")
+def bridged(core1, special_ids, tmp_path_factory):
+  """A search context whose PRM is a Qwen2.5-Math-PRM-layout checkpoint with its own
+  tokenizer and format, fed the test policy's steps as text."""
+  from search_fixtures import Task
+  from search_fixtures import Tok
+  from ttc_jax.search import SearchContext
+  d = str(tmp_path_factory.mktemp("bridge_prm"))
+  write_tokenizer(d, template=CHATML, special=SPECIAL + TAGS, generation_eos=[2, 0],
+                  config_extra={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+  write_step_classifier(d, transformers.Qwen2Config(**_COMMON), seed=33)
+  prm = adapters.AdaptedPRM(hf_import.load(d, param_dtype="float32"), HFTokenizer.load(d),
+                            adapters.QWEN_PRM)
+  tok = Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
+  ctx = SearchContext(core=core1, prm=adapters.PolicyBridge(prm, tok), task=Task(),
+                      tokenizer=tok, seed=3, run=0, temperature=1.0, max_new_tokens=40,
+                      max_step_tokens=40)  # no step is cut: the PRM's steps end at delimiters
+  return ctx, prm
+
+
+def _steps(ctx, tokens):
+  from ttc_jax.sampling.solutions import step_ends
+  ends = step_ends(tokens, ctx.tokenizer.step_ids, ctx.tokenizer.eos_ids)
+  texts = [ctx.prm._step_text(tokens[a:e + 1])  # pylint: disable=protected-access
+           for a, e in zip([0] + [e + 1 for e in ends[:-1]], ends)]
+  return [t for t in texts if t is not None]
+
+
+@pytest.mark.parametrize("strategy", ["best_of_n", "beam"])
+def test_search_through_an_adapted_prm(bridged, strategy):
+  """Best-of-N and beam search score the policy's steps with the adapted PRM: every
+  candidate's score is the PRM's score of its last step read from the whole solution, and
+  the budget counts the PRM's own tokens (its prompt is the question in its chat format)."""
+  from search_fixtures import PROBLEMS
+  from ttc_jax.search import BeamSearch
+  from ttc_jax.search import BestOfN
+  ctx, prm = bridged
+  search = BestOfN(n=4) if strategy == "best_of_n" else BeamSearch(n=4, width=2)
+  results = search.run(ctx, PROBLEMS[:2])
+  checked = 0
+  for problem, res in zip(PROBLEMS[:2], results):
+    for c in res.candidates:
+      steps = _steps(ctx, c.tokens)
+      if not steps:
+        continue
+      full = prm.full_scores([(problem.question, steps)])[0]
+      assert_close(np.array([c.score]), full[-1:], err_msg=f"{strategy} {c.tokens}")
+      checked += 1
+    if strategy == "best_of_n":  # the prompt once, then each sample's own PRM tokens
+      head = len(prm.tokenizer.encode(prm.format.head(prm.tokenizer, problem.question)))
+      want = head + sum(len(prm.encode(problem.question, _steps(ctx, c.tokens))[0]) - head
+                        for c in res.candidates if _steps(ctx, c.tokens))
+      assert res.budget.prm_tokens == want
+  assert checked >= 2

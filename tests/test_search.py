@@ -8,6 +8,10 @@ from flax import nnx
 
 from conftest import assert_close
 from conftest import policy_config
+from search_fixtures import PROBLEMS
+from search_fixtures import Problem
+from search_fixtures import Task
+from search_fixtures import Tok
 from ttc_jax.accounting import forward_flops
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.sampling.core import SamplingParams
@@ -26,46 +30,6 @@ from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers.incremental import IncrementalScorer
 
 
-class _Tok:
-  """Token ids are their own text; the 'answer' is the token before EOS."""
-
-  pad_id, bos_id = 0, 1
-
-  def __init__(self, eos_id, step_id):
-    self.eos_id, self.step_id = eos_id, step_id
-    self.eos_ids, self.step_ids = (eos_id,), (step_id,)
-
-  def encode(self, text, bos=False):
-    return ([self.bos_id] if bos else []) + [int(t) for t in text.split()]
-
-  def decode(self, ids):
-    return " ".join(str(i) for i in ids)
-
-
-class _Task:
-  def format_prompt(self, p):
-    return p.question
-
-  def extract_answer(self, text):
-    toks = text.split()
-    return toks[-2] if len(toks) >= 2 else None
-
-  def normalize_answer(self, a):
-    return a
-
-  def is_correct(self, text, p):
-    return self.extract_answer(text) == p.answer
-
-
-class _Problem:
-  def __init__(self, index, question, answer):
-    self.index, self.question, self.answer = index, question, answer
-
-
-PROBLEMS = [_Problem(3, "5 9 12 7", "20"), _Problem(8, "14 3", "11"),
-            _Problem(11, "30 31 2 9 9 4", "6")]
-
-
 @pytest.fixture(scope="module")
 def prm(core1):
   cfg = policy_config()
@@ -75,9 +39,9 @@ def prm(core1):
 
 @pytest.fixture(scope="module")
 def ctx(core1, prm, special_ids):
-  tok = _Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
+  tok = Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
   # Rounds x step length stay inside the context and the token cap: nothing is cut.
-  return SearchContext(core=core1, prm=prm, task=_Task(), tokenizer=tok,
+  return SearchContext(core=core1, prm=prm, task=Task(), tokenizer=tok,
                        seed=3, run=2, temperature=1.0, max_new_tokens=48, max_step_tokens=8)
 
 
@@ -321,16 +285,16 @@ def test_compacting_the_cache_does_not_change_what_is_generated(core1, prompts):
 # ------------------------------------------------------------------- the edges
 # A problem whose beams fill the context, batched with short ones; and token caps
 # that bind. Every problem's result must equal the reference (and itself alone).
-LONG = _Problem(21, " ".join(str(3 + i % 50) for i in range(44)), "7")
+LONG = Problem(21, " ".join(str(3 + i % 50) for i in range(44)), "7")
 LONG_PROMPT = 45  # BOS + 44 tokens: 19 tokens of room in the 64-token context
 
 
 @pytest.fixture(scope="module")
 def edge_ctx(core1, prm, special_ids):
-  tok = _Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
+  tok = Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
   # The long problem reaches the 64-token context after ~19 new tokens; the short
   # ones are cut by their cap of 40 tokens.
-  return SearchContext(core=core1, prm=prm, task=_Task(), tokenizer=tok, seed=5,
+  return SearchContext(core=core1, prm=prm, task=Task(), tokenizer=tok, seed=5,
                        temperature=1.0, max_new_tokens=40, max_step_tokens=8)
 
 

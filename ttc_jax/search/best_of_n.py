@@ -66,7 +66,9 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   size = tokens.shape[1] + ctx.max_new_tokens
   expand = np.repeat(np.arange(num), n)
   pol = ctx.core.gather(ctx.core.prefill(tokens, valid, cache_size=size), expand)
-  prm = ctx.prm.gather(ctx.prm.prefill(tokens, valid, cache_size=size), expand)
+  prm = ctx.prm_prefill(problems, tokens, valid, size)
+  head = ctx.prm_lengths(prm)  # the PRM's own prompt tokens (an adapted PRM), else None
+  prm = ctx.prm.gather(prm, expand)
   ids = np.asarray([p.index for p in problems], np.int64)[expand]
   keys = ctx.keys(ids, np.tile(np.arange(n), num), 0)
   sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_new_tokens)
@@ -75,18 +77,20 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   gen = np.asarray(out.tokens)[:, :chunk_width(int(lengths.max()), ctx.max_new_tokens, 16)]
   stopped = np.asarray(out.stopped)
   prm, per_token = ctx.prm.extend_scores(prm, gen, np.arange(gen.shape[1])[None] < lengths[:, None])
+  fed = ctx.prm_lengths(prm)
   budgets = [Budget(generations=n) for _ in problems]
   pools: list[list[common.Candidate]] = [[] for _ in problems]
   pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
   for q, p in enumerate(prompts):  # each prompt encoded once per model, positions from 0
     budgets[q].add_policy(pol_cost, 0, len(p))
-    budgets[q].add_prm(prm_cost, 0, len(p))
+    budgets[q].add_prm(prm_cost, 0, len(p) if head is None else int(head[q]))
   for r in range(num * n):
     q = r // n
     toks = gen[r, :lengths[r]].tolist()
     # Every sample continues its own copy of the prompt: positions after the prompt.
     budgets[q].add_policy(pol_cost, len(prompts[q]), len(toks))
-    budgets[q].add_prm(prm_cost, len(prompts[q]), len(toks))
+    budgets[q].add_prm(prm_cost, *common.prm_span(None if head is None else head[expand], fed,
+                                                  r, len(prompts[q]), len(toks)))
     ends = step_ends(toks, ctx.tokenizer.step_ids, ctx.tokenizer.eos_ids)
     score = aggregate_steps([per_token[r, ends]], strategy.step_aggregation)[0]
     cand = common.make_candidate(ctx, problems[q], toks, score)

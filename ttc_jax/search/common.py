@@ -15,6 +15,7 @@ from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.solutions import left_pad
 from ttc_jax.sampling.solutions import round_up
 from ttc_jax.verifiers import aggregation
+from ttc_jax.verifiers.adapters import PolicyBridge
 from ttc_jax.verifiers.incremental import IncrementalScorer
 
 
@@ -30,7 +31,7 @@ class SearchContext:
   """
 
   core: SamplingCore
-  prm: IncrementalScorer
+  prm: IncrementalScorer | PolicyBridge  # a PRM of the policy's tokens, or an adapted one
   task: object
   tokenizer: object
   seed: int = 0
@@ -55,6 +56,27 @@ class SearchContext:
     length = round_up(max(len(p) for p in prompts), 16)
     tokens, valid = left_pad(prompts, length, self.tokenizer.pad_id)
     return prompts, tokens, valid
+
+  @property
+  def reads_policy_tokens(self) -> bool:
+    """False for an adapted PRM (verifiers.adapters.PolicyBridge): its own tokenizer and
+    format, its prompt the question's text."""
+    return not hasattr(self.prm, "prefill_questions")
+
+  def prm_prefill(self, problems: Sequence, tokens: np.ndarray, valid: np.ndarray,
+                  cache_size: int):
+    """The PRM's state of the prompts: the policy's prompt tokens, or for an adapted PRM
+    the questions' text (its cache sized to its context plus a few steps' slack: its
+    tokens are not the policy's)."""
+    if self.reads_policy_tokens:
+      return self.prm.prefill(tokens, valid, cache_size=cache_size)
+    slack = 4 * self.max_step_tokens + 16
+    return self.prm.prefill_questions([p.question for p in problems],
+                                      cache_size=self.prm.config.max_seq_len + slack)
+
+  def prm_lengths(self, state) -> np.ndarray | None:
+    """The PRM tokens of each row so far, or None when they are the policy's tokens."""
+    return None if self.reads_policy_tokens else self.prm.lengths(state)
 
   def keys(self, problem_index, slot, rnd: int):
     """Row keys of search samples: (seed, 'search', problem index, slot, round, run)."""
@@ -160,3 +182,13 @@ def search_problems(strategy: Strategy, ctx: SearchContext, problems: Sequence, 
     return strategy.run(ctx, [problems[i] for i in idx])[:len(set(idx))]
 
   return [r for chunk in parallel.map_chunks(run, len(calls)) for r in chunk]
+
+
+def prm_span(before: np.ndarray | None, after: np.ndarray | None, row: int, start: int,
+             n: int) -> tuple[int, int]:
+  """The PRM tokens (first position, count) a row's last feed added: the policy's
+  (``start``, ``n``) when the PRM reads the policy's tokens (``before`` None), else the
+  adapted PRM's own (``SearchContext.prm_lengths`` before and after the feed)."""
+  if before is None:
+    return start, n
+  return int(before[row]), int(after[row] - before[row])

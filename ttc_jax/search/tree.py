@@ -127,9 +127,11 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
   size = ctx.tree_cache_size(tokens.shape[1])
   budgets = [Budget(generations=strategy.generations) for _ in problems]
   pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
-  for b, p in zip(budgets, prompts):  # each prompt encoded once per model, from position 0
+  prm = ctx.prm_prefill(problems, tokens, valid, size)
+  head = ctx.prm_lengths(prm)  # the PRM's own prompt tokens (an adapted PRM), else None
+  for q, (b, p) in enumerate(zip(budgets, prompts)):  # each prompt once per model, from 0
     b.add_policy(pol_cost, 0, len(p))
-    b.add_prm(prm_cost, 0, len(p))
+    b.add_prm(prm_cost, 0, len(p) if head is None else int(head[q]))
   index_of = np.asarray([p.index for p in problems], np.int64)
   sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_step_tokens,
                       stop_at_step=True)
@@ -138,7 +140,7 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
   row_slot = np.tile(np.arange(n), num)
   src = padded(row_problem)
   pol = ctx.core.gather(ctx.core.prefill(tokens, valid, cache_size=size), src, compact=True)
-  prm = ctx.prm.gather(ctx.prm.prefill(tokens, valid, cache_size=size), src, compact=True)
+  prm = ctx.prm.gather(prm, src, compact=True)
   seqs: list[list[int]] = [[] for _ in range(row_problem.size)]
   pools: list[list[common.Candidate]] = [[] for _ in problems]
 
@@ -154,7 +156,9 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
     out = ctx.core.sample(pol, keys, sp, active=active, limits=padded(limits, width))
     pol = out.state
     lengths, step, step_valid = step_chunk(out, ctx.max_step_tokens)
+    before = ctx.prm_lengths(prm)
     prm = ctx.prm.extend(prm, step, step_valid)
+    after = ctx.prm_lengths(prm)
     scores = ctx.prm.scores(prm)
     ended = np.zeros(width, bool)
     for r in range(live):
@@ -162,7 +166,8 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
       # The step continues the row at its current length: its prompt and earlier steps.
       start = int(prompt_len[row_problem[r]]) + len(seqs[r])
       budgets[row_problem[r]].add_policy(pol_cost, start, len(new))
-      budgets[row_problem[r]].add_prm(prm_cost, start, len(new))
+      budgets[row_problem[r]].add_prm(prm_cost, *common.prm_span(before, after, r, start,
+                                                                  len(new)))
       seqs[r] = seqs[r] + new
       ended[r] = bool(new) and new[-1] in eos
     used = np.asarray([len(q) for q in seqs], np.int64)
@@ -250,11 +255,14 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
     out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
     pol_la = out.state
     lengths, new, new_valid = step_chunk(out, step)
+    before = ctx.prm_lengths(prm_la)
     prm_la = ctx.prm.extend(prm_la, new, new_valid)
+    after = ctx.prm_lengths(prm_la)
     for r in np.nonzero(live)[0]:  # the rollout continues the row past its solution so far
       start = int(prompt_len[r] + used[r])
       budgets[row_problem[r]].add_policy(pol_cost, start, int(lengths[r]))
-      budgets[row_problem[r]].add_prm(prm_cost, start, int(lengths[r]))
+      budgets[row_problem[r]].add_prm(prm_cost, *common.prm_span(before, after, r, start,
+                                                                  int(lengths[r])))
     used = used + lengths
     ended = np.asarray(out.stopped) & np.isin(new[ident, np.maximum(lengths - 1, 0)], eos)
     live &= ~ended

@@ -39,6 +39,7 @@ from flax import nnx
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.sampling.core import CachedModel
 from ttc_jax.sampling.core import DecodeState
+from ttc_jax.sampling.solutions import step_ends
 
 
 class FormatError(ValueError):
@@ -86,6 +87,15 @@ class PRMFormat:
                        "'classifier'.")
     if self.layout not in ("plain", "assistant", "turns"):
       raise ValueError(f"layout={self.layout!r}: expected 'plain', 'assistant' or 'turns'.")
+
+  def head(self, tokenizer: PRMTokenizer, question: str) -> str:
+    """The text every solution of ``question`` starts with (before its first step's own
+    text): the common prefix of two one-step solutions."""
+    a, b = (self.texts(tokenizer, question, [s])[0] for s in ("A", "B"))
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+      n += 1
+    return a[:n]
 
   def texts(self, tokenizer: PRMTokenizer, question: str, steps: Sequence[str]) -> list[str]:
     """``texts[k]``: the PRM's input up to the read position of step k (0-based)."""
@@ -201,13 +211,27 @@ class AdaptedPRM:
 
   # ------------------------------------------------------------ incremental
   def start(self, questions: Sequence[str], *, cache_size: int) -> "StepState":
-    """A state holding no step yet of each question's solution."""
-    return StepState(questions=list(questions), steps=[[] for _ in questions],
-                     fed=[[] for _ in questions], decode=None, cache_size=cache_size)
+    """A state of each question with no step yet: the PRM's cache holds the text every
+    solution starts with (:meth:`PRMFormat.head`)."""
+    fed = [self.tokenizer.encode(self.format.head(self.tokenizer, q)) for q in questions]
+    tokens, valid = _right_padded(fed, self.tokenizer.pad_id)
+    decode = self.cached.prefill(tokens, valid, cache_size=cache_size)
+    return StepState(decode=decode, questions=list(questions), steps=[[] for _ in fed],
+                     fed=fed, last=np.full(len(fed), np.nan, np.float32))
 
-  def step(self, state: "StepState", steps: Sequence[str | None]) -> tuple["StepState", np.ndarray]:
+  def gather(self, state: "StepState", rows, compact: bool = False) -> "StepState":
+    """Re-selects rows (tree expansion), as CachedModel.gather."""
+    rows = np.asarray(rows)
+    return StepState(decode=self.cached.gather(state.decode, rows, compact=compact),
+                     questions=[state.questions[r] for r in rows],
+                     steps=[list(state.steps[r]) for r in rows],
+                     fed=[list(state.fed[r]) for r in rows], last=state.last[rows].copy())
+
+  def step(self, state: "StepState", steps: Sequence[str | None]
+           ) -> tuple["StepState", np.ndarray]:
     """Adds one step to each row (None: the row adds nothing and keeps its last score);
-    returns the new state and each row's score of its latest step (NaN before any)."""
+    returns the state and each row's score of its latest step (NaN before any). The
+    state is updated in place (its cache is donated)."""
     if len(steps) != len(state.questions):
       raise ValueError(f"{len(steps)} steps for {len(state.questions)} rows.")
     chunks = []
@@ -229,21 +253,24 @@ class AdaptedPRM:
                           "adds no PRM token.")
       chunks.append(ids[len(fed):])
       state.steps[i], state.fed[i] = new_steps, ids
-    width = max(1, max(len(c) for c in chunks))
-    tokens = np.full((len(chunks), width), self.tokenizer.pad_id, np.int32)
-    valid = np.zeros((len(chunks), width), bool)
-    for i, c in enumerate(chunks):
-      tokens[i, :len(c)], valid[i, :len(c)] = c, True
-    if state.decode is None:
-      decode = self.cached.prefill(tokens, valid, cache_size=state.cache_size)
-    else:
-      decode = self.cached.extend(state.decode, tokens, valid)
-    state.decode = decode
-    out = np.asarray(decode.logits)[:decode.num_rows]
-    if self._columns is not None:
-      out = out[:, list(self._columns)]
-    scores = self._probs(out)
-    return state, np.where([bool(s) for s in state.steps], scores, np.nan)
+    if any(chunks):
+      tokens, valid = _right_padded(chunks, self.tokenizer.pad_id)
+      state.decode = self.cached.extend(state.decode, tokens, valid)
+      out = np.asarray(state.decode.logits)[:state.decode.num_rows]
+      if self._columns is not None:
+        out = out[:, list(self._columns)]
+      state.last = np.where([bool(c) for c in chunks], self._probs(out),
+                            state.last).astype(np.float32)
+    return state, state.last
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  width = max(1, max(len(r) for r in rows))
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  valid = np.zeros((len(rows), width), bool)
+  for i, r in enumerate(rows):
+    tokens[i, :len(r)], valid[i, :len(r)] = r, True
+  return tokens, valid
 
 
 def _valid(encoded, width: int) -> np.ndarray:
@@ -255,10 +282,92 @@ def _valid(encoded, width: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class StepState:
-  """Incremental scoring state: each row's question, steps and PRM tokens fed so far."""
+  """Partial solutions as an adapted PRM sees them: its KV cache (``decode``) and, per
+  row, the question, the steps so far (text), the PRM tokens fed and the latest step's
+  score (NaN before the first)."""
 
+  decode: DecodeState
   questions: list[str]
   steps: list[list[str]]
   fed: list[list[int]]
-  decode: DecodeState | None
-  cache_size: int
+  last: np.ndarray
+
+  @property
+  def num_rows(self) -> int:
+    return self.decode.num_rows
+
+  @property
+  def cache(self):
+    return self.decode.cache
+
+
+# ----------------------------------------------------------------------------
+# The search's PRM interface over an adapted PRM
+# ----------------------------------------------------------------------------
+class PolicyTokenizer(Protocol):
+  step_ids: Sequence[int]
+  eos_ids: Sequence[int]
+
+  def decode(self, ids) -> str: ...
+
+
+class PolicyBridge:
+  """An :class:`AdaptedPRM` behind the interface the search uses for its PRM (prefill,
+  gather, extend, scores, extend_scores), fed the policy's tokens.
+
+  Each chunk of policy tokens the search feeds a row is one step: decoded with the
+  policy's tokenizer (its step delimiter and surrounding space stripped), written in the
+  PRM's format, and the tokens that text adds are fed to the PRM's cache (one extend per
+  step, as :meth:`AdaptedPRM.step`). A chunk that decodes to nothing (an EOS alone) adds
+  no step and keeps the row's score. The PRM's prompt is the question's text, not the
+  policy's prompt: :meth:`prefill_questions`.
+  """
+
+  def __init__(self, prm: AdaptedPRM, policy_tokenizer: PolicyTokenizer):
+    self.prm, self.policy_tokenizer = prm, policy_tokenizer
+    self.config = prm.cached.config
+
+  def prefill_questions(self, questions: Sequence[str], *, cache_size: int) -> StepState:
+    return self.prm.start(questions, cache_size=cache_size)
+
+  def gather(self, state: StepState, rows, compact: bool = False) -> StepState:
+    return self.prm.gather(state, rows, compact=compact)
+
+  def scores(self, state: StepState) -> np.ndarray:
+    return state.last
+
+  def lengths(self, state: StepState) -> np.ndarray:
+    """The PRM tokens of each row so far (the budget counts these, not the policy's)."""
+    return np.asarray([len(f) for f in state.fed], np.int64)
+
+  def _step_text(self, ids) -> str | None:
+    eos = set(self.policy_tokenizer.eos_ids)
+    text = self.policy_tokenizer.decode([int(i) for i in ids if int(i) not in eos]).strip()
+    return text or None
+
+  def extend(self, state: StepState, tokens, valid) -> StepState:
+    """One step per row: its valid policy tokens (none: the row adds nothing)."""
+    tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
+    steps = [self._step_text(tokens[r][valid[r]]) if valid[r].any() else None
+             for r in range(state.num_rows)]
+    return self.prm.step(state, steps)[0]
+
+  def extend_scores(self, state: StepState, tokens, valid) -> tuple[StepState, np.ndarray]:
+    """Whole solutions at once (best-of-N): each row's tokens split at the policy's step
+    ends and fed one step at a time; returns each step's score at the position of its
+    last token (NaN elsewhere)."""
+    tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
+    out = np.full(tokens.shape, np.nan, np.float32)
+    spans = []
+    for r in range(tokens.shape[0]):
+      ends = step_ends(tokens[r][valid[r]].tolist(), self.policy_tokenizer.step_ids,
+                       self.policy_tokenizer.eos_ids)
+      spans.append(list(zip([0] + [e + 1 for e in ends[:-1]], ends)))
+    for j in range(max((len(s) for s in spans), default=0)):
+      steps = [self._step_text(tokens[r][sp[j][0]:sp[j][1] + 1]) if j < len(sp) else None
+               for r, sp in enumerate(spans)]
+      state, last = self.prm.step(state, steps)
+      for r, sp in enumerate(spans):
+        if j < len(sp):
+          out[r, sp[j][1]] = last[r]
+    return state, out
