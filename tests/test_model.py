@@ -179,9 +179,32 @@ def test_padding_does_not_change_a_rows_logits(small):
     assert_close(out[:, 0], np.broadcast_to(ref[7 + t], (3, V)))
 
 
+# Gemma 2 / Mistral style: a sliding window of 3 on the first layer. With holes in the
+# cache, a key's position is its row's count of filled slots before it, not its slot.
+_SLIDING = dataclasses.replace(_SMALL, layer_types=("sliding", "full"), sliding_window=3)
+
+
+@pytest.fixture(scope="module")
+def sliding():
+  model = Transformer(_SLIDING, rngs=nnx.Rngs(4))
+  return model, jit_model(model), make_forward(model)
+
+
 def test_holes_do_not_change_later_outputs(small):
   """Rows that skip a step (invalid slot) continue exactly as if they had not."""
-  model, call, fwd = small
+  _check_holes(*small)
+
+
+def test_a_sliding_window_sees_through_holes_and_compaction(small, sliding):
+  """The same with a sliding-window layer (the window counts tokens, not slots), and the
+  cache compacted afterwards (slots move; positions do not)."""
+  _check_holes(*sliding)
+  model, call, fwd = sliding
+  small_out = small[2](np.arange(12)[None] % V, np.ones((1, 12), bool))
+  assert not np.allclose(fwd(np.arange(12)[None] % V, np.ones((1, 12), bool)), small_out)
+
+
+def _check_holes(model, call, fwd):
   rs = np.random.RandomState(8)
   seqs = rs.randint(0, V, (3, 12))
   full = fwd(seqs, np.ones_like(seqs, bool))
@@ -212,6 +235,17 @@ def test_holes_do_not_change_later_outputs(small):
   np.testing.assert_array_equal(cache.pos, ptr)
   assert int(cache.index) == 5 + 3 + len(holes)
   assert cache.mask.sum(1).tolist() == ptr.tolist()
+  # Compacted, each row continues where it stood (rows 1 and 2 with their next tokens).
+  cache = cache.compact()
+  assert int(cache.index) == 12
+  more = rs.randint(0, V, (3, 2))
+  nxt = np.stack([np.concatenate([seqs[r, :ptr[r]], more[r]])[ptr[r]:ptr[r] + 2]
+                  for r in range(3)])
+  out, cache = call(nxt, cache=cache)
+  for r in range(3):
+    whole = np.concatenate([seqs[r, :ptr[r]], more[r]])[None]
+    ref = fwd(whole, np.ones_like(whole, bool))[0]
+    assert_close(out[r], ref[ptr[r]:ptr[r] + 2], err_msg=f"row {r} after compaction")
 
 
 def test_kv_cache_gather_selects_rows(small):
