@@ -34,14 +34,14 @@ case "$action" in
   setup)
     [[ $# -ge 1 ]] || usage
     repo=$1 ref=${2:-main}
-    on_all_hosts "set -e; test -d $dir || git clone -q '$repo' $dir; cd $dir; git fetch -q origin;
-      git checkout -q '$ref'; python3 -m venv .venv; .venv/bin/pip install -q -U pip;
+    on_all_hosts "set -e; test -d $dir || git clone -q '$repo' $dir; cd $dir;
+      git fetch -q origin '$ref'; git checkout -q --detach FETCH_HEAD; python3 -m venv .venv; .venv/bin/pip install -q -U pip;
       .venv/bin/pip install -q -U 'jax[tpu]'; .venv/bin/pip install -q -e '.[hf]';
       .venv/bin/python -c 'import jax; print(jax.process_index(), jax.local_device_count())'"
     ;;
   mount)
     [[ $# -eq 1 ]] || usage
-    on_all_hosts "set -e; sudo apt-get -qq install -y nfs-common; sudo mkdir -p /mnt/ttc;
+    on_all_hosts "set -e; sudo apt-get -qq update; sudo apt-get -qq install -y nfs-common; sudo mkdir -p /mnt/ttc;
       mountpoint -q /mnt/ttc || sudo mount -t nfs -o rw,hard '$1' /mnt/ttc; sudo chmod 777 /mnt/ttc"
     ;;
   run)

@@ -26,11 +26,14 @@ CORPUS = [
 ] * 20
 
 
-def write_tokenizer(directory, *, template, config_extra, generation_eos, special=SPECIAL):
+def write_tokenizer(directory, *, template, config_extra, generation_eos, special=SPECIAL,
+                    use_regex=False):
   """A byte-level BPE tokenizer of 300 ids (``special`` first, in order) trained on CORPUS,
-  written as a checkpoint's tokenizer.json / tokenizer_config.json / generation_config.json."""
+  written as a checkpoint's tokenizer.json / tokenizer_config.json / generation_config.json.
+  use_regex: GPT-2's pre-tokenizer split (a word takes the space before it: "q " + "First"
+  encodes as "q", " First")."""
   tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
   tok.decoder = decoders.ByteLevel()
   tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
       vocab_size=300, special_tokens=list(special),

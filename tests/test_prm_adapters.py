@@ -1,8 +1,9 @@
 """PRM adapters: each public PRM's recipe, computed with transformers on a tiny random
 checkpoint of its architecture, against ttc_jax's full and incremental scoring.
 
-* Math-Shepherd (Mistral LM): ``f"{question} {steps joined by ' ки\\n'} ки"``; the softmax
-  of the "+" / "-" logits at every " ки" token, "+" kept (its model card's code).
+* Math-Shepherd (Mistral LM): ``f"{question} {steps joined by ' ки\\n'} ки"`` after BOS
+  (Mistral's ``tokenizer.encode`` adds it); the softmax of the "+" / "-" logits at every
+  " ки" token, "+" kept (its model card's code).
 * RLHFlow (Llama 3.1 LM, chat): step k scored by rendering the conversation of the first
   k steps, each a user turn answered "+", and reading "+" vs "-" three tokens from the end
   (before "+<|eot_id|>"), as its model card does.
@@ -45,8 +46,8 @@ def _hf_tokenizer(directory):
 
 
 def _reference_math_shepherd(ref, tok, question, steps):
-  ids = tok.encode(f"{question} " + "\n".join(s + " ки" for s in steps),
-                   add_special_tokens=False)
+  ids = [tok.bos_token_id] + tok.encode(f"{question} " + "\n".join(s + " ки" for s in steps),
+                                        add_special_tokens=False)
   pair = [tok.convert_tokens_to_ids(t) for t in ("+", "-")]
   with torch.no_grad():
     logits = ref(torch.tensor([ids])).logits[0][:, pair]
@@ -88,7 +89,7 @@ def prm(request, tmp_path_factory):
   special = SPECIAL + TAGS
   if name == "math-shepherd":
     write_tokenizer(d, template=None, special=special, generation_eos=[0],
-                    config_extra={"eos_token": "<|endoftext|>"})
+                    config_extra={"eos_token": "<|endoftext|>", "bos_token": "<|begin_of_text|>"})
     ref = transformers.MistralForCausalLM(transformers.MistralConfig(
         **_COMMON, sliding_window=None, tie_word_embeddings=False)).eval()
     randomize(ref, seed=30)
@@ -231,9 +232,35 @@ def test_search_through_an_adapted_prm(bridged, strategy):
       full = prm.full_scores([(problem.question, steps)])[0]
       assert_close(np.array([c.score]), full[-1:], err_msg=f"{strategy} {c.tokens}")
       checked += 1
-    if strategy == "best_of_n":  # the prompt once, then each sample's own PRM tokens
-      head = len(prm.tokenizer.encode(prm.format.head(prm.tokenizer, problem.question)))
+    if strategy == "best_of_n":  # the prompt once (but its last token, fed with each
+      # sample's first step), then each sample's own PRM tokens
+      head = len(prm.tokenizer.encode(prm.format.head(prm.tokenizer, problem.question))) - 1
       want = head + sum(len(prm.encode(problem.question, _steps(ctx, c.tokens))[0]) - head
                         for c in res.candidates if _steps(ctx, c.tokens))
       assert res.budget.prm_tokens == want
   assert checked >= 2
+
+
+def test_a_space_before_the_first_step_may_merge_with_it(tmp_path):
+  """With GPT-2's pre-tokenizer "question " ends in a lone space token but "question
+  First" encodes " First": the head's last token is fed with the first step, so
+  incremental scoring still equals the full pass (Math-Shepherd's plain layout, whose
+  head ends in the question separator)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from ttc_jax.models.transformer import Transformer
+  from ttc_jax.models.transformer import TransformerConfig
+  d = str(tmp_path / "regex")
+  write_tokenizer(d, template=None, special=SPECIAL + TAGS, generation_eos=[0], use_regex=True,
+                  config_extra={"eos_token": "<|endoftext|>", "bos_token": "<|begin_of_text|>"})
+  model = Transformer(TransformerConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=4,
+                                        mlp_dim=64, max_seq_len=256, init_std=0.3),
+                      rngs=nnx.Rngs(5))
+  regex = adapters.AdaptedPRM(model, HFTokenizer.load(d), adapters.MATH_SHEPHERD)
+  # " answer" is a word of the tokenizer's corpus: "question " + "answer" merges the space.
+  question, steps = "What is 12 + 30?", ["answer is 42.", "So the answer is 42."]
+  head = regex.tokenizer.encode(adapters.MATH_SHEPHERD.head(regex.tokenizer, question), bos=True)
+  first = regex.encode(question, steps[:1])[0]
+  assert first[:len(head)] != head  # the boundary really merges
+  state = regex.start([question], cache_size=200)
+  got = [regex.step(state, [s])[1][0] for s in steps]
+  assert_close(np.array(got), regex.full_scores([(question, steps)])[0])

@@ -58,6 +58,8 @@ def set_sampling_mesh(num_data: int, num_model: int = 1) -> None:
                      f"{n} devices.")
   if num_data == -1:
     num_data = n // num_model
+  elif num_data < 1:
+    raise ValueError(f"--mesh data shards {num_data}: expected >= 1, or -1 for every device.")
   if num_data < 1 or num_data * num_model > n:
     raise ValueError(f"--mesh {num_data},{num_model} needs {num_data * num_model} devices; this "
                      f"process has {n}.")

@@ -292,8 +292,9 @@ def validate_lengths(config: ml_collections.ConfigDict, task: tasks.Task, tok,
 
 def memory_uses(config: ml_collections.ConfigDict) -> list[memory.Use]:
   """The models a sampling stage holds on a device at once, with their rows and KV slots:
-  the policy (rows of a sampling batch or a search call) and the PRM (a search call's rows,
-  twice for lookahead's rollout copies). Slots are an upper bound: the whole context plus
+  the policy and the PRM, each at the rows of a sampling batch or of a search call (a tree
+  search pads its rows up to a power of two: up to twice rows_per_call) and twice over
+  (lookahead's rollouts copy both caches). Slots are an upper bound: the whole context plus
   one step of a tree search's slack."""
   c = config
   vocab = c.tokenizer.vocab_size
@@ -301,6 +302,7 @@ def memory_uses(config: ml_collections.ConfigDict) -> list[memory.Use]:
   prm = _model(verifier_arch(arch_fields(c.policy.model), c.prm, "prm"), vocab, "value",
                "prm.model")
   slots = policy.max_seq_len + c.search.max_step_tokens
-  rows = max(c.sampling.batch_size, c.search.rows_per_call)
-  return [memory.Use("policy", policy, rows=rows, cache_size=slots),
-          memory.Use("prm", prm, rows=c.search.rows_per_call, cache_size=slots, copies=2)]
+  search_rows = 2 * c.search.rows_per_call
+  return [memory.Use("policy", policy, rows=max(c.sampling.batch_size, search_rows),
+                     cache_size=slots, copies=2),
+          memory.Use("prm", prm, rows=search_rows, cache_size=slots, copies=2)]

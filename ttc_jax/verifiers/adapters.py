@@ -51,7 +51,7 @@ class PRMTokenizer(Protocol):
 
   pad_id: int
 
-  def encode(self, text: str) -> list[int]: ...
+  def encode(self, text: str, *, bos: bool = False) -> list[int]: ...
 
   def render_chat(self, messages, *, add_generation_prompt: bool = True) -> str: ...
 
@@ -80,6 +80,7 @@ class PRMFormat:
   system: str | None = None
   good: str = "+"
   bad: str = "-"
+  bos: bool = False  # the text starts with the tokenizer's BOS (Mistral's encode adds <s>)
 
   def __post_init__(self):
     if self.readout not in ("value", "token_pair", "classifier"):
@@ -125,7 +126,7 @@ class PRMFormat:
 
 # The formats of the public PRMs (their model cards' recipes).
 MATH_SHEPHERD = PRMFormat("math-shepherd", "token_pair", "plain", tag=" ки", question_sep=" ",
-                          step_sep="\n")
+                          step_sep="\n", bos=True)
 RLHFLOW = PRMFormat("rlhflow", "token_pair", "turns", question_sep=" ")
 QWEN_PRM = PRMFormat("qwen2.5-math-prm", "classifier", "assistant", tag="<extra_0>",
                      system="Please reason step by step, and put your final answer within "
@@ -175,11 +176,14 @@ class AdaptedPRM:
                        _single_id(tokenizer, fmt.bad, "bad token"))
 
   # -------------------------------------------------------------- encoding
+  def _ids(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text, bos=self.format.bos)
+
   def encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
     """The PRM's token ids of a solution and the position of each step's score."""
     texts = self.format.texts(self.tokenizer, question, steps)
-    ids = self.tokenizer.encode(texts[-1])
-    ends = [len(self.tokenizer.encode(t)) for t in texts[:-1]] + [len(ids)]
+    ids = self._ids(texts[-1])
+    ends = [len(self._ids(t)) for t in texts[:-1]] + [len(ids)]
     return ids, [e - 1 for e in ends]
 
   def _probs(self, out: np.ndarray) -> np.ndarray:
@@ -212,12 +216,14 @@ class AdaptedPRM:
   # ------------------------------------------------------------ incremental
   def start(self, questions: Sequence[str], *, cache_size: int) -> "StepState":
     """A state of each question with no step yet: the PRM's cache holds the text every
-    solution starts with (:meth:`PRMFormat.head`)."""
-    fed = [self.tokenizer.encode(self.format.head(self.tokenizer, q)) for q in questions]
+    solution starts with (:meth:`PRMFormat.head`) but its last token, which a tokenizer
+    may merge with the first step's text (" " + "First" -> " First"): it is fed with the
+    first step. A solution with no step scores 0."""
+    fed = [self._ids(self.format.head(self.tokenizer, q))[:-1] for q in questions]
     tokens, valid = _right_padded(fed, self.tokenizer.pad_id)
     decode = self.cached.prefill(tokens, valid, cache_size=cache_size)
     return StepState(decode=decode, questions=list(questions), steps=[[] for _ in fed],
-                     fed=fed, last=np.full(len(fed), np.nan, np.float32))
+                     fed=fed, last=np.zeros(len(fed), np.float32))
 
   def gather(self, state: "StepState", rows, compact: bool = False) -> "StepState":
     """Re-selects rows (tree expansion), as CachedModel.gather."""
@@ -229,19 +235,19 @@ class AdaptedPRM:
 
   def step(self, state: "StepState", steps: Sequence[str | None]
            ) -> tuple["StepState", np.ndarray]:
-    """Adds one step to each row (None: the row adds nothing and keeps its last score);
-    returns the state and each row's score of its latest step (NaN before any). The
-    state is updated in place (its cache is donated)."""
+    """Adds one step to each row (None: the row adds nothing and keeps its score);
+    returns the state and each row's score of its latest step. The state is updated in
+    place (its cache is donated), only once every row's step is known to be valid."""
     if len(steps) != len(state.questions):
       raise ValueError(f"{len(steps)} steps for {len(state.questions)} rows.")
-    chunks = []
+    context = self.cached.config.max_seq_len
+    chunks, new = [], {}
     for i, step in enumerate(steps):
       if step is None:
         chunks.append([])
         continue
       new_steps = state.steps[i] + [step]
-      ids = self.tokenizer.encode(self.format.texts(self.tokenizer, state.questions[i],
-                                                    new_steps)[-1])
+      ids = self._ids(self.format.texts(self.tokenizer, state.questions[i], new_steps)[-1])
       fed = state.fed[i]
       if ids[:len(fed)] != fed:
         raise FormatError(
@@ -251,21 +257,34 @@ class AdaptedPRM:
       if len(ids) == len(fed):
         raise FormatError(f"{self.format.name}: step {len(new_steps)} of row {i} ({step!r}) "
                           "adds no PRM token.")
+      if len(ids) > context:
+        raise FormatError(f"{self.format.name}: row {i} is {len(ids)} PRM tokens after step "
+                          f"{len(new_steps)}; the PRM's context is {context}.")
       chunks.append(ids[len(fed):])
+      new[i] = (new_steps, ids)
+    if not new:
+      return state, state.last
+    # Chunk widths rounded up (few compiled shapes); the cache compacted when the shared
+    # write index would run past its slots (rows that added less leave holes).
+    width = -(-max(len(c) for c in chunks) // 8) * 8
+    decode = state.decode
+    if int(decode.cache.index) + width > decode.cache.size:
+      decode = self.cached.gather(decode, np.arange(decode.num_rows), compact=True)
+    tokens, valid = _right_padded(chunks, self.tokenizer.pad_id, width)
+    state.decode = self.cached.extend(decode, tokens, valid)
+    for i, (new_steps, ids) in new.items():
       state.steps[i], state.fed[i] = new_steps, ids
-    if any(chunks):
-      tokens, valid = _right_padded(chunks, self.tokenizer.pad_id)
-      state.decode = self.cached.extend(state.decode, tokens, valid)
-      out = np.asarray(state.decode.logits)[:state.decode.num_rows]
-      if self._columns is not None:
-        out = out[:, list(self._columns)]
-      state.last = np.where([bool(c) for c in chunks], self._probs(out),
-                            state.last).astype(np.float32)
+    out = np.asarray(state.decode.logits)[:state.decode.num_rows]
+    if self._columns is not None:
+      out = out[:, list(self._columns)]
+    state.last = np.where([bool(c) for c in chunks], self._probs(out),
+                          state.last).astype(np.float32)
     return state, state.last
 
 
-def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  width = max(1, max(len(r) for r in rows))
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int, width: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  width = max(1, width, max(len(r) for r in rows))
   tokens = np.full((len(rows), width), pad_id, np.int32)
   valid = np.zeros((len(rows), width), bool)
   for i, r in enumerate(rows):
@@ -284,7 +303,7 @@ def _valid(encoded, width: int) -> np.ndarray:
 class StepState:
   """Partial solutions as an adapted PRM sees them: its KV cache (``decode``) and, per
   row, the question, the steps so far (text), the PRM tokens fed and the latest step's
-  score (NaN before the first)."""
+  score (0 before the first: a solution with no step scores 0)."""
 
   decode: DecodeState
   questions: list[str]
@@ -321,6 +340,11 @@ class PolicyBridge:
   step, as :meth:`AdaptedPRM.step`). A chunk that decodes to nothing (an EOS alone) adds
   no step and keeps the row's score. The PRM's prompt is the question's text, not the
   policy's prompt: :meth:`prefill_questions`.
+
+  A step the search cuts at its ``max_step_tokens`` is fed as a step too: the PRM then
+  sees a step separator inside what the policy wrote as one step (and the space at the
+  cut is stripped). With an adapted PRM, set the search's step cap above the policy's
+  longest steps (the real-model experiment does); best-of-N never cuts.
   """
 
   def __init__(self, prm: AdaptedPRM, policy_tokenizer: PolicyTokenizer):
@@ -355,7 +379,7 @@ class PolicyBridge:
   def extend_scores(self, state: StepState, tokens, valid) -> tuple[StepState, np.ndarray]:
     """Whole solutions at once (best-of-N): each row's tokens split at the policy's step
     ends and fed one step at a time; returns each step's score at the position of its
-    last token (NaN elsewhere)."""
+    last token, NaN elsewhere and at a span that adds no step (an EOS alone)."""
     tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
     out = np.full(tokens.shape, np.nan, np.float32)
     spans = []
@@ -368,6 +392,6 @@ class PolicyBridge:
                for r, sp in enumerate(spans)]
       state, last = self.prm.step(state, steps)
       for r, sp in enumerate(spans):
-        if j < len(sp):
+        if steps[r] is not None:
           out[r, sp[j][1]] = last[r]
     return state, out

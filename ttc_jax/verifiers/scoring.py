@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ttc_jax import parallel
+from ttc_jax.models import sharding
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.parallel import DATA_AXIS
 from ttc_jax.progress import Progress
@@ -65,7 +66,8 @@ LENGTH_MULTIPLE = 32  # a scoring call's padded length is a multiple of this
 
 
 class Scorer:
-  """Batched scoring on a mesh (rows sharded over 'data', params replicated): a
+  """Batched scoring on a mesh (rows sharded over 'data', params laid out over 'model' by
+  :mod:`ttc_jax.models.sharding`): a
   value-head verifier's sigmoid(value) at each token, or for an LM head the
   probability of each token given its prefix (the policy's own likelihood)."""
 
@@ -77,7 +79,8 @@ class Scorer:
     self.pad_id = pad_id
     graphdef, params = nnx.split(model)
     self._graphdef = graphdef
-    self._params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self._params = jax.device_put(params, sharding.param_shardings(params, self.config,
+                                                                   self.mesh))
     self._rows = NamedSharding(self.mesh, P(DATA_AXIS))
     self._fn = jax.jit(_values if model.config.head == "value" else _token_probs,
                        static_argnums=(0,))
