@@ -13,8 +13,9 @@ Loading never materialises the model twice: the model is built abstractly
 (``nnx.eval_shape``: no random init), and each parameter is one
 ``jax.make_array_from_callback`` with its target sharding, whose callback reads only
 that device's slice of the checkpoint tensors (safetensors' lazy ``get_slice`` over a
-memory map), transposed on the fly (transformers stores ``(out, in)``). With a 'model'-sharded layout each device reads its own shard; replicated
-parameters are read once per device.
+memory map), transposed on the fly (transformers stores ``(out, in)``). On a mesh
+(``load(mesh=...)``, laid out by :mod:`ttc_jax.models.sharding`) each device reads its
+own shard of a 'model'-split parameter; a replicated one is read once per device.
 """
 
 from __future__ import annotations
