@@ -220,7 +220,12 @@ def _rewrite_fused(directory, step):
   raw = mgr.restore(step, args=ocp.args.Composite(
       **{n: ocp.args.StandardRestore() for n in names}, meta=ocp.args.JsonRestore()))
   mgr.delete(step)
-  checkpoints.save(mgr, step, **{n: ocp.args.StandardSave(_fuse(raw[n])) for n in names},
+  # Placed as the trainer places its state (a NamedSharding of a one-device mesh): the
+  # checkpoint records that sharding, as real ones do.
+  placed = jax.sharding.NamedSharding(make_mesh(devices=jax.devices()[:1]),
+                                      jax.sharding.PartitionSpec())
+  put = lambda tree: jax.tree.map(lambda x: jax.device_put(np.asarray(x), placed), tree)
+  checkpoints.save(mgr, step, **{n: ocp.args.StandardSave(put(_fuse(raw[n]))) for n in names},
                    meta=ocp.args.JsonSave(raw["meta"]))
   mgr.close()
   from etils import epath

@@ -97,8 +97,19 @@ def _norm_path(keypath) -> tuple[str, ...]:
 
 def _restore_fused(mgr, step, config, items):
   """Restores a checkpoint of the fused layout into the targets of ``items``."""
-  raw_args = {name: ocp.args.StandardRestore() if isinstance(arg, ocp.args.StandardRestore)
-              else arg for name, arg in items.items()}
+  # The stored trees as they are (fused), onto this process's first device: a checkpoint
+  # written on another mesh (e.g. a 2-device 'data' axis) restores only with a target.
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  raw_args = {}
+  for name, arg in items.items():
+    if isinstance(arg, ocp.args.StandardRestore):
+      meta = ocp.StandardCheckpointHandler().metadata(mgr.directory / str(step) / name)
+      raw_args[name] = ocp.args.StandardRestore(jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local)
+          if hasattr(m, "shape") else m, getattr(meta, "tree", meta),
+          is_leaf=lambda m: hasattr(m, "shape")))
+    else:
+      raw_args[name] = arg
   raw = mgr.restore(step, args=ocp.args.Composite(**raw_args))
   out = {}
   for name, arg in items.items():
