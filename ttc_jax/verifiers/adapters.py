@@ -198,18 +198,16 @@ class AdaptedPRM:
   def full_scores(self, solutions: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
     """Each solution's per-step scores from one forward pass over the batch (right padded)."""
     encoded = [self.encode(q, steps) for q, steps in solutions]
-    width = max(len(ids) for ids, _ in encoded)
-    k = max(len(pos) for _, pos in encoded)
-    if width > self.cached.config.max_seq_len:
-      raise FormatError(f"a solution is {width} PRM tokens; the PRM's context is "
+    longest = max(len(ids) for ids, _ in encoded)
+    if longest > self.cached.config.max_seq_len:
+      raise FormatError(f"a solution is {longest} PRM tokens; the PRM's context is "
                         f"{self.cached.config.max_seq_len}.")
-    tokens = np.full((len(encoded), width), self.tokenizer.pad_id, np.int32)
-    positions = np.zeros((len(encoded), k), np.int32)
-    for i, (ids, pos) in enumerate(encoded):
-      tokens[i, :len(ids)] = ids
-      positions[i, :len(pos)] = pos
-    out = _OUTPUTS_AT(self.cached.graphdef, self.cached.params, tokens, _valid(encoded, width),
-                      positions, columns=self._columns)
+    # Widths rounded up to multiples of 8: few compiled shapes.
+    tokens, valid = _right_padded([ids for ids, _ in encoded], self.tokenizer.pad_id,
+                                  -(-longest // 8) * 8)
+    positions, _ = _right_padded([pos for _, pos in encoded], 0)
+    out = _OUTPUTS_AT(self.cached.graphdef, self.cached.params, tokens, valid, positions,
+                      columns=self._columns)
     scores = self._probs(np.asarray(out))
     return [scores[i, :len(pos)] for i, (_, pos) in enumerate(encoded)]
 
@@ -290,13 +288,6 @@ def _right_padded(rows: Sequence[Sequence[int]], pad_id: int, width: int = 0
   for i, r in enumerate(rows):
     tokens[i, :len(r)], valid[i, :len(r)] = r, True
   return tokens, valid
-
-
-def _valid(encoded, width: int) -> np.ndarray:
-  valid = np.zeros((len(encoded), width), bool)
-  for i, (ids, _) in enumerate(encoded):
-    valid[i, :len(ids)] = True
-  return valid
 
 
 @dataclasses.dataclass
