@@ -151,6 +151,15 @@ def test_format_errors_are_named(prm):
   name, ours, _ = prm
   with pytest.raises(adapters.FormatError, match="at least one step"):
     ours.full_scores([("q", [])])
+  # Past the PRM's context (256): named, in a full pass and step by step, nothing fed.
+  long_step = "12 + 30 = 42. " * 60
+  with pytest.raises(adapters.FormatError, match=r"PRM tokens; the PRM's context is 256"):
+    ours.full_scores([("q", [long_step])])
+  state = ours.start(["q", "q"], cache_size=300)
+  with pytest.raises(adapters.FormatError, match=r"row 1 is \d+ PRM tokens after step 1; the "
+                                                 r"PRM's context is 256"):
+    ours.step(state, ["Then 2x = 6.", long_step])
+  assert state.steps == [[], []]
   if name == "qwen2.5-math-prm":
     with pytest.raises(adapters.FormatError, match=r"reads a 'lm' head; the model has 'classifier'"):
       adapters.AdaptedPRM(ours.model, ours.tokenizer, adapters.MATH_SHEPHERD)
