@@ -14,7 +14,15 @@ DIR ?= runs/arith
 JOBS ?= 2
 ARITH := experiments/arith.py
 
-.PHONY: study exchange study-paper-scale test bench verifiers venv clean-venv
+# The real-model study (make study-math): checkpoint directories, the MATH data folder,
+# the sampling mesh (DATA,MODEL; -1: every device) and its workdir.
+POLICY ?=
+PRM ?=
+DATA ?= ../shared/data
+MESH ?= -1,1
+MATH_DIR ?= runs/math_qwen
+
+.PHONY: study exchange study-paper-scale study-math test bench verifiers venv venv-hf clean-venv
 
 # --no-compile: no .pyc files for the whole of torch and transformers at install (about 40 s
 # of a fresh `make test`); the modules that are imported compile on first import.
@@ -59,6 +67,17 @@ exchange: $(VENV)/.installed-base
 study-paper-scale: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=experiments/arith_paper_scale.py --workdir=runs/arith_paper \
 	  --jobs=$(JOBS)
+
+# The study on real open models (experiments/math_qwen.py; its docstring gives the accelerator
+# and runtime): an imported policy and PRM (local checkpoint directories) on MATH-500.
+# On a TPU VM or GPU host, install its jax first (BUILD.md). Resumable.
+study-math: $(VENV)/.installed-hf
+	test -n "$(POLICY)" -a -n "$(PRM)" || { echo "make study-math needs POLICY=DIR PRM=DIR (checkpoint directories)"; exit 2; }
+	$(PY) launch/run.py --config=experiments/math_qwen.py --workdir=$(MATH_DIR) \
+	  --config.task.data_dir=$(DATA) --config.hf_policy.path=$(POLICY) \
+	  --config.hf_prm.path=$(PRM) --mesh=$(MESH)
+
+venv-hf: $(VENV)/.installed-hf
 
 # The stages up to the verifier evaluation (policy, MC-labelled PRM, ORM).
 verifiers: $(VENV)/.installed-base

@@ -13,6 +13,9 @@ class Tok:
   def encode(self, text, bos=False):
     return ([self.bos_id] if bos else []) + [int(t) for t in text.split()]
 
+  def encode_prompt(self, text):
+    return self.encode(text, bos=True)
+
   def decode(self, ids):
     return " ".join(str(i) for i in ids)
 

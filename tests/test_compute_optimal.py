@@ -212,6 +212,24 @@ def test_efficiency_when_best_of_n_is_never_reached():
   assert co.efficiency_claim(eff, "co", "x")["verdict"] == claims_lib.NOT_REPRODUCED
 
 
+def test_a_flat_baseline_gets_no_credit_for_the_budget_it_wastes():
+  """All outcomes zero (random models): best-of-1 already matches best-of-16, so a
+  compute-optimal curve at budget 1 is not 16x more efficient; its ratio is N' / b = 1."""
+  zeros = np.zeros(20)
+  bon = [_pt("best_of_n_weighted", {"n": n}, n, zeros, 10.0 * n) for n in (1, 4, 16)]
+  cos = [_pt("co", {}, n, zeros, 10.0 * n) for n in (1, 4, 16)]
+  eff = co.efficiency(cos, bon, resamples=200)
+  for r in eff["rows"]:
+    assert r["baseline_budget"] == 1 and r["budget"] == 1 and r["generations_ratio"] == 1.0
+    assert r["generations_ratio_ci"] == [1.0, 1.0] and r["flops_ratio"] == 1.0
+  assert co.efficiency_claim(eff, "co", "x")["verdict"] == claims_lib.NOT_REPRODUCED
+  # A baseline that rises from 4 to 16 but not from 1 to 4: N' is 1 at N = 4, 16 at N = 16.
+  bon = [_pt("best_of_n_weighted", {"n": n}, n, np.r_[np.zeros(10), np.ones(10) * (n == 16)],
+             10.0 * n) for n in (1, 4, 16)]
+  rows = {r["n"]: r for r in co.efficiency(cos, bon, resamples=50)["rows"]}
+  assert rows[4]["baseline_budget"] == 1 and rows[16]["baseline_budget"] == 16
+
+
 def test_efficiency_claim_rule():
   def claim(ratio, ci):
     eff = {"best": {"generations_ratio": ratio, "generations_ratio_ci": ci, "n": 16.0},

@@ -47,6 +47,7 @@ class HFTokenizer:
     self.chat_template = chat_template
     self.step_delimiter = step_delimiter
     self.add_bos = add_bos
+    self.prompt_chat, self.prompt_system = False, None  # see with_prompt
     ids = lambda name: (None if name not in self.special_tokens
                         else tokenizer.token_to_id(self.special_tokens[name]))
     self._bos = ids("bos_token")
@@ -133,6 +134,27 @@ class HFTokenizer:
         raise TokenizerError("bos=True, but the tokenizer has no BOS token.")
       ids = [self._bos] + ids
     return ids + [self.eos_id] if eos else ids
+
+  def with_prompt(self, *, chat: bool, system: str | None = None) -> "HFTokenizer":
+    """How :meth:`encode_prompt` frames a task's prompt: ``chat`` renders it as the user
+    turn of the chat template (after a ``system`` turn when given) with the assistant's
+    generation prompt, as an instruct model expects; else it is plain text (BOS first
+    when the checkpoint adds one)."""
+    if chat and not self.chat_template:
+      raise TokenizerError("chat prompts asked for, but this tokenizer has no chat template "
+                           "(tokenizer_config.json or chat_template.jinja).")
+    if system is not None and not chat:
+      raise TokenizerError("a system prompt needs chat prompts (chat=True).")
+    self.prompt_chat, self.prompt_system = chat, system
+    return self
+
+  def encode_prompt(self, text: str) -> list[int]:
+    """A task prompt's ids, framed as :meth:`with_prompt` says (default: plain text)."""
+    if self.prompt_chat:
+      messages = ([{"role": "system", "content": self.prompt_system}]
+                  if self.prompt_system is not None else [])
+      return self.encode_chat(messages + [{"role": "user", "content": text.strip()}])
+    return self.encode(text, bos=self.add_bos and self._bos is not None)
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -300,6 +300,10 @@ class Tokenizer:
     ids = self._sp.encode(text)
     return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
 
+  def encode_prompt(self, text: str) -> list[int]:
+    """A prompt's ids as the policy was trained on them: BOS + ``text``."""
+    return self.encode(text, bos=True)
+
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """Text of `ids`: stops at the first EOS and skips PAD and BOS.
 

@@ -434,8 +434,10 @@ def efficiency(co_points: Sequence[dict], bon_points: Sequence[dict], seed: int 
   each baseline point.
 
   For each baseline point (budget N, accuracy a_N): the smallest compute-optimal budget b with
-  accuracy >= a_N (up to 1e-12); ``generations_ratio`` N / b, ``flops_ratio`` the baseline's
-  FLOPs per problem over the compute-optimal point's at b. A bootstrap over problems (the
+  accuracy >= a_N (up to 1e-12); ``generations_ratio`` N' / b, ``flops_ratio`` the baseline's
+  FLOPs per problem at N' over the compute-optimal point's at b, where N' is the baseline's
+  own smallest budget with accuracy >= a_N (N wherever its curve still rises; a flat curve
+  gets no credit for the budgets it wastes: all-zero accuracies give ratios <= 1). A bootstrap over problems (the
   same resamples for every point) gives each ratio's percentile interval; a resample in which
   no budget reaches a_N counts in ``unreached_resamples`` and has ratio 0, read as "below
   N / b_max" (``floor``). ``best``: the largest ratio over the baseline's budgets, its interval
@@ -463,33 +465,39 @@ def efficiency(co_points: Sequence[dict], bon_points: Sequence[dict], seed: int 
   w = np.asarray([c["per_problem"] for c in bon], np.float64)
   b_co = np.asarray([float(c["budget_generations"]) for c in co])
   f_co = np.asarray([c["flops"] / p for c in co], np.float64)
+  b_bon = np.asarray([float(c["budget_generations"]) for c in bon])
+  f_bon_all = np.asarray([c["flops"] / p for c in bon], np.float64)
   counts = _resample_counts(p, resamples, seed)
   boot_co, boot_bon = counts @ v.T / p, counts @ w.T / p  # (resamples, points)
   acc_co, acc_bon = v.mean(axis=1), w.mean(axis=1)
   rows, gen_r, flops_r = [], [], []
   for j, pt in enumerate(bon):
     n = float(pt["budget_generations"])
-    f_bon = pt["flops"] / p
     reach = boot_co >= boot_bon[:, j:j + 1] - _TOL
     hit = reach.any(axis=1)
     first = np.argmax(reach, axis=1)
+    # The baseline's own smallest budget reaching its accuracy at N (j itself at the latest).
+    own = np.argmax(boot_bon[:, :j + 1] >= boot_bon[:, j:j + 1] - _TOL, axis=1)
     needed = np.where(hit, b_co[first], np.inf)
-    g = np.where(hit, n / b_co[first], 0.0)
-    fl = np.where(hit, f_bon / f_co[first], 0.0)
+    g = np.where(hit, b_bon[own] / b_co[first], 0.0)
+    fl = np.where(hit, f_bon_all[own] / f_co[first], 0.0)
     gen_r.append(g)
     flops_r.append(fl)
     ok = acc_co >= acc_bon[j] - _TOL
     k = int(np.argmax(ok)) if ok.any() else None
+    o = int(np.argmax(acc_bon[:j + 1] >= acc_bon[j] - _TOL))
+    f_bon = float(f_bon_all[o])
     rows.append({
         "n": n, "baseline_accuracy": float(acc_bon[j]), "baseline_ci": pt.get("ci"),
+        "baseline_budget": float(b_bon[o]),
         "reached": k is not None, "budget": None if k is None else float(b_co[k]),
         "budget_ci": _interval(needed, confidence),
         "co_accuracy": None if k is None else float(acc_co[k]),
-        "generations_ratio": None if k is None else n / float(b_co[k]),
+        "generations_ratio": None if k is None else float(b_bon[o]) / float(b_co[k]),
         "generations_ratio_ci": _interval(g, confidence),
         "flops_ratio": None if k is None else float(f_bon / f_co[k]),
         "flops_ratio_ci": _interval(fl, confidence),
-        "baseline_flops_per_problem": float(f_bon),
+        "baseline_flops_per_problem": f_bon,
         "co_flops_per_problem": None if k is None else float(f_co[k]),
         "floor": n / float(b_co[-1]), "unreached_resamples": int((~hit).sum())})
   gen_point = [r["generations_ratio"] or 0.0 for r in rows]

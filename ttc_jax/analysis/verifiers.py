@@ -177,11 +177,14 @@ def evaluate(answers: Sequence[Sequence[str | None]], truth: Sequence[str],
         for k, v in per.items()}
   pass1 = float(np.mean(correct))
   positive = np.asarray(auc_labels) >= 0.5
-  auc = {"prm_step_auc": roc_auc(auc_scores, positive),
-         "num_steps": int(np.size(auc_labels)), "num_positive": int(positive.sum()),
-         "pearson_r": _pearson(auc_scores, auc_labels),
-         "positive_means": "MC label >= 0.5"}
-  if auc_groups is not None:
+  if not np.size(auc_labels):  # no MC-labelled steps: the step AUC is not measured
+    auc = {"prm_step_auc": None, "num_steps": 0}
+  else:
+    auc = {"prm_step_auc": roc_auc(auc_scores, positive),
+           "num_steps": int(np.size(auc_labels)), "num_positive": int(positive.sum()),
+           "pearson_r": _pearson(auc_scores, auc_labels),
+           "positive_means": "MC label >= 0.5"}
+  if auc_groups is not None and np.size(auc_labels):
     auc["prm_step_auc_within_problems"] = within_problem_auc(auc_scores, positive, auc_groups,
                                                              seed=seed)
   at_max = {k: float(v[-1]) for k, v in curves.items()}

@@ -33,7 +33,9 @@ import numpy as np
 
 from ttc_jax import parallel
 from ttc_jax import tasks
+from ttc_jax.hf_tokenizer import HFTokenizer
 from ttc_jax.models import checkpoints
+from ttc_jax.models import hf_import
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.pipeline import store
@@ -41,6 +43,7 @@ from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SpecialIds
 from ttc_jax.tasks import tfds_builder
 from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.verifiers import adapters
 from ttc_jax.verifiers.incremental import IncrementalScorer
 from ttc_jax.verifiers.scoring import Scorer
 
@@ -149,7 +152,10 @@ class ModelArtifact:
   path: str
   description: dict
   model: Transformer
-  tokenizer: Tokenizer
+  tokenizer: Tokenizer | HFTokenizer
+  # An imported PRM's format (how it reads a solution); None: a value head over the
+  # policy's own tokens (the PRMs ttc_jax trains).
+  prm_format: adapters.PRMFormat | None = None
   _core: SamplingCore | None = dataclasses.field(default=None, repr=False)
 
   @property
@@ -176,10 +182,34 @@ class ModelArtifact:
   def incremental_scorer(self, mesh=None) -> IncrementalScorer:
     return IncrementalScorer(self.model, mesh=mesh, pad_id=self.tokenizer.pad_id)
 
+  def search_scorer(self, policy_tokenizer) -> IncrementalScorer | adapters.PolicyBridge:
+    """The PRM as search reads it: over the policy's tokens (a trained value head), or an
+    imported PRM fed the policy's decoded steps in its own format."""
+    if self.prm_format is None:
+      return self.incremental_scorer()
+    return adapters.PolicyBridge(adapters.AdaptedPRM(self.model, self.tokenizer,
+                                                     self.prm_format), policy_tokenizer)
+
+  def solution_step_scores(self, policy_tokenizer, questions: list[str], rows: list,
+                           prompt_lengths: list[int], ends: list, *, batch_size: int
+                           ) -> list[np.ndarray]:
+    """The PRM's score of each step of finished policy samples (``rows``: prompt and
+    generation tokens; ``ends``: each step's last position in its row)."""
+    if self.prm_format is None:
+      return self.scorer().step_scores(rows, ends, batch_size=batch_size)
+    bridge = self.search_scorer(policy_tokenizer)
+    return bridge.solution_scores(questions, [r[n:] for r, n in zip(rows, prompt_lengths)],
+                                  batch_size=batch_size)
+
   def summary(self) -> dict:
     c = self.config
-    return {"id": self.identity, "params": c.num_params(), "d_model": c.d_model,
-            "num_layers": c.num_layers, "head": c.head}
+    out = {"id": self.identity, "params": c.num_params(), "d_model": c.d_model,
+           "num_layers": c.num_layers, "head": c.head}
+    if self.description.get("checkpoint", {}).get("format") == "hf":
+      out["imported"] = self.description["checkpoint"]["dir"]
+    if self.prm_format is not None:
+      out["prm_format"] = self.prm_format.name
+    return out
 
 
 def tokenizer_ref(artifact_dir: str, tokenizer_path: str) -> dict:
@@ -209,6 +239,28 @@ def load_tokenizer(artifact_dir: str, ref: dict) -> Tokenizer:
   return Tokenizer.load(path)
 
 
+def hf_tokenizer(directory: str, *, step_delimiter: str, chat: bool, system: str | None
+                 ) -> HFTokenizer:
+  """An imported checkpoint's tokenizer, its prompts framed as ``chat`` / ``system`` say."""
+  return HFTokenizer.load(directory, step_delimiter=step_delimiter).with_prompt(
+      chat=chat, system=system)
+
+
+def write_imported_model(out: StageDir, config: TransformerConfig, directory: str, *,
+                         tokenizer: dict, files: dict, prm_format: str | None,
+                         made_by: dict) -> None:
+  """``model.json`` of a Hugging Face checkpoint used in place (its weights are not copied):
+  the architecture it imports as, its directory and files' sha256, its tokenizer's prompt
+  framing and, for a PRM, its format (:data:`ttc_jax.verifiers.adapters.FORMATS`)."""
+  out.write_json(MODEL_FILE, {
+      "config": checkpoints.config_to_dict(config),
+      "tokenizer": {"format": "hf", **tokenizer},
+      "checkpoint": {"format": "hf", "dir": os.path.abspath(directory), "files": files},
+      "prm_format": prm_format,
+      "made_by": made_by,
+  })
+
+
 def load_model(artifact_dir: str, identity: str | None = None) -> ModelArtifact:
   """Reads a model artifact: architecture and tokenizer from its ``model.json``."""
   desc_path = os.path.join(artifact_dir, MODEL_FILE)
@@ -216,10 +268,25 @@ def load_model(artifact_dir: str, identity: str | None = None) -> ModelArtifact:
     raise ArtifactError(f"{artifact_dir} is not a model artifact (no {MODEL_FILE}).")
   desc = store.read_json(desc_path)
   config = checkpoints.config_from_dict(desc["config"])
-  tok = load_tokenizer(artifact_dir, desc["tokenizer"])
-  tok.check_vocab(config.vocab_size)
-  model = checkpoints.restore_params(
-      os.path.join(artifact_dir, desc["checkpoint"]["dir"]), checkpoints.abstract_model(config),
-      step=desc["checkpoint"]["step"])
+  ckpt, fmt = desc["checkpoint"], None
+  if ckpt.get("format") == "hf":
+    t = desc["tokenizer"]
+    tok = hf_tokenizer(ckpt["dir"], step_delimiter=t["step_delimiter"], chat=t["chat"],
+                       system=t["system"])
+    tok.check_vocab(config.vocab_size)
+    model = hf_import.load(ckpt["dir"], max_seq_len=config.max_seq_len,
+                           param_dtype=config.param_dtype, dtype=config.dtype)
+    if model.config != config:
+      raise ArtifactError(f"{ckpt['dir']} now imports as another architecture than "
+                          f"{artifact_dir} recorded: re-run its stage.")
+    if desc.get("prm_format"):
+      fmt = adapters.FORMATS[desc["prm_format"]]
+  else:
+    tok = load_tokenizer(artifact_dir, desc["tokenizer"])
+    tok.check_vocab(config.vocab_size)
+    model = checkpoints.restore_params(
+        os.path.join(artifact_dir, ckpt["dir"]), checkpoints.abstract_model(config),
+        step=ckpt["step"])
   return ModelArtifact(identity=identity or os.path.basename(os.path.normpath(artifact_dir)),
-                       path=artifact_dir, description=desc, model=model, tokenizer=tok)
+                       path=artifact_dir, description=desc, model=model, tokenizer=tok,
+                       prm_format=fmt)

@@ -11,11 +11,15 @@ Each error names the key, the value and what was expected.
 from __future__ import annotations
 
 import ast
+import glob
+import os
 from typing import Any, Sequence
 
 import ml_collections
 
+from ttc_jax import hf_tokenizer
 from ttc_jax import tasks
+from ttc_jax.models import hf_import
 from ttc_jax.models import memory
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.sampling.core import SamplingParams
@@ -78,6 +82,69 @@ def _model(fields: dict, vocab: int, head: str, key: str) -> TransformerConfig:
     raise ConfigError(f"{key}: {e}") from e
 
 
+# Files of a Hugging Face checkpoint directory that an import reads (its identity).
+HF_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+            "chat_template.jinja")
+
+
+def hf_files(path: str) -> list[str]:
+  """The files of checkpoint directory ``path`` that its import reads."""
+  names = [n for n in HF_FILES if os.path.isfile(os.path.join(path, n))]
+  return names + sorted(os.path.basename(f) for f in glob.glob(os.path.join(path, "*.safetensors")))
+
+
+def hf_model_config(section: ml_collections.ConfigDict, key: str) -> TransformerConfig:
+  """The architecture a checkpoint section (``hf_policy`` / ``hf_prm``) imports as."""
+  path = section.path
+  if not isinstance(path, str) or not os.path.isdir(path):
+    raise ConfigError(f"{key}.path={path!r}: expected a Hugging Face checkpoint directory "
+                      "(config.json, *.safetensors, tokenizer.json).")
+  if section.max_seq_len is not None:
+    _int(section.max_seq_len, f"{key}.max_seq_len", 2)
+  try:
+    return hf_import.config_from_hf(hf_import.read_config(path), max_seq_len=section.max_seq_len,
+                                    param_dtype=section.param_dtype, dtype=section.dtype)
+  except (hf_import.HFImportError, ValueError, KeyError) as e:
+    raise ConfigError(f"{key}.path={path!r}: {e}") from e
+
+
+def _validate_imports(c: ml_collections.ConfigDict) -> None:
+  """The imported checkpoints' sections: directories, architectures, tokenizers, PRM format."""
+  if "hf_policy" in c:
+    model = hf_model_config(c.hf_policy, "hf_policy")
+    if model.head != "lm":
+      raise ConfigError(f"hf_policy.path={c.hf_policy.path!r} is a {model.head!r} model: the "
+                        "policy must be a causal LM (*ForCausalLM).")
+    try:
+      tok = hf_tokenizer.HFTokenizer.load(c.hf_policy.path,
+                                          step_delimiter=c.hf_policy.step_delimiter)
+      tok.with_prompt(chat=c.hf_policy.chat, system=c.hf_policy.system)
+      tok.check_vocab(model.vocab_size)
+    except hf_tokenizer.TokenizerError as e:
+      raise ConfigError(f"hf_policy: {e}") from e
+    if not tok.step_ids:
+      raise ConfigError(f"hf_policy.step_delimiter={c.hf_policy.step_delimiter!r}: no token "
+                        "of the tokenizer contains it (steps would never end).")
+  if "hf_prm" in c:
+    from ttc_jax.verifiers import adapters  # pylint: disable=g-import-not-at-top
+    fmt = adapters.FORMATS.get(c.hf_prm.format)
+    if fmt is None:
+      raise ConfigError(f"hf_prm.format={c.hf_prm.format!r}: expected one of "
+                        f"{sorted(adapters.FORMATS)}.")
+    model = hf_model_config(c.hf_prm, "hf_prm")
+    want = {"value": "value", "token_pair": "lm", "classifier": "classifier"}[fmt.readout]
+    if model.head != want:
+      raise ConfigError(f"hf_prm.format={fmt.name!r} reads a {want!r} head; "
+                        f"{c.hf_prm.path} imports with a {model.head!r} head.")
+    try:
+      tok = hf_tokenizer.HFTokenizer.load(c.hf_prm.path)
+      tok.check_vocab(model.vocab_size)
+      adapters.AdaptedPRM.check_tokenizer(tok, fmt)
+    except (hf_tokenizer.TokenizerError, adapters.FormatError) as e:
+      raise ConfigError(f"hf_prm: {e}") from e
+
+
 def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> tasks.Task:
   """Checks everything that needs no data; returns the task. Raises ConfigError."""
   c = config
@@ -89,15 +156,50 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
   except ValueError as e:
     raise ConfigError(str(e)) from e
   num_train, num_test = task.num_examples("train"), task.num_examples("test")
-  vocab = _int(c.tokenizer.vocab_size, "tokenizer.vocab_size", 8)
-  _int(c.tokenizer.num_texts, "tokenizer.num_texts", 1)
   _int(c.test_problems, "test_problems", 1, num_test)
   try:
     SamplingParams(temperature=c.sampling.temperature, max_new_tokens=c.sampling.max_new_tokens)
   except ValueError as e:
     raise ConfigError(f"sampling: {e}") from e
   _int(c.sampling.batch_size, "sampling.batch_size", 1)
+  _validate_imports(c)
+  if "policy" in c:
+    _validate_trained(c, num_train)
+  if "difficulty" in c:
+    _int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
+  if "compute_optimal" in c:
+    cc = c.compute_optimal
+    _int(cc.folds, "compute_optimal.folds", 2)
+    _int(cc.repeats, "compute_optimal.repeats", 1)
+    if cc.predictor_samples is not None:
+      _int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
+           c.difficulty.samples_per_problem)
+    rs = list(cc.r_values)
+    if not rs or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0
+                     for r in rs):
+      raise ConfigError(f"compute_optimal.r_values={cc.r_values!r}: expected numbers > 0 "
+                        "(D_inference / D_pretrain).")
+    _int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
+  if "verifier_eval" in c:
+    ve = c.verifier_eval
+    _int(ve.subsamples, "verifier_eval.subsamples", 1)
+    _int(ve.auc_problems, "verifier_eval.auc_problems", 0, num_test - c.test_problems)
+    _int(ve.auc_samples_per_problem, "verifier_eval.auc_samples_per_problem", 1)
+    _int(ve.rollouts, "verifier_eval.rollouts", 1)
+    if c.sampling.batch_size % ve.rollouts:
+      raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
+                        f"verifier_eval.rollouts={ve.rollouts} (a prefix's rollouts share one "
+                        "call).")
+  if "search" in c:
+    _validate_search(c)
+  _int(c.report.difficulty_bins, "report.difficulty_bins", 1, c.test_problems)
+  return task
 
+
+def _validate_trained(c: ml_collections.ConfigDict, num_train: int) -> None:
+  """The sections of models trained here: tokenizer, policy, verifiers, revisions."""
+  vocab = _int(c.tokenizer.vocab_size, "tokenizer.vocab_size", 8)
+  _int(c.tokenizer.num_texts, "tokenizer.num_texts", 1)
   policy = _model(arch_fields(c.policy.model), vocab, "lm", "policy.model")
   for part in ("policy", "large_policy", "prm", "orm", "revision_model", "revision_orm"):
     if part in c:
@@ -125,19 +227,6 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
     ex = c.exchange
     _int(ex.samples_per_problem, "exchange.samples_per_problem", 1)
     _int(ex.subsamples, "exchange.subsamples", 1)
-  if "compute_optimal" in c:
-    cc = c.compute_optimal
-    _int(cc.folds, "compute_optimal.folds", 2)
-    _int(cc.repeats, "compute_optimal.repeats", 1)
-    if cc.predictor_samples is not None:
-      _int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
-           c.difficulty.samples_per_problem)
-    rs = list(cc.r_values)
-    if not rs or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0
-                     for r in rs):
-      raise ConfigError(f"compute_optimal.r_values={cc.r_values!r}: expected numbers > 0 "
-                        "(D_inference / D_pretrain).")
-    _int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
   if "revision_model" in c:
     rm = c.revision_model
     _int(rm.window, "revision_model.window", 1)
@@ -155,7 +244,6 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
   if c.prm.label_positions not in ("step_end", "every_token"):
     raise ConfigError(f"prm.label_positions={c.prm.label_positions!r}: expected 'step_end' or "
                       "'every_token'.")
-  _int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
   ml = c.mc_labels
   _int(ml.num_problems, "mc_labels.num_problems", 1, num_train)
   _int(ml.samples_per_problem, "mc_labels.samples_per_problem", 1)
@@ -192,16 +280,13 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
         or len(set(seeds)) != len(seeds):
       raise ConfigError(f"revisions.seeds={rv.seeds!r}: expected distinct integers >= 0.")
     _int(rv.problems_per_shard, "revisions.problems_per_shard", 1)
-  ve = c.verifier_eval
-  _int(ve.subsamples, "verifier_eval.subsamples", 1)
-  _int(ve.auc_problems, "verifier_eval.auc_problems", 1, num_test - c.test_problems)
-  _int(ve.auc_samples_per_problem, "verifier_eval.auc_samples_per_problem", 1)
-  _int(ve.rollouts, "verifier_eval.rollouts", 1)
-  for key, k in (("mc_labels.rollouts", ml.rollouts), ("verifier_eval.rollouts", ve.rollouts)):
+  for key, k in (("mc_labels.rollouts", ml.rollouts),):
     if c.sampling.batch_size % k:
       raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
                         f"{key}={k} (a prefix's rollouts share one call).")
 
+
+def _validate_search(c: ml_collections.ConfigDict) -> None:
   s = c.search
   budgets = list(s.budgets)
   if not budgets or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
@@ -232,8 +317,6 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
   except ValueError as e:
     raise ConfigError(f"search: {e} (search.beam_width={s.beam_width} must divide every "
                       f"budget >= it; budgets {budgets}).") from e
-  _int(c.report.difficulty_bins, "report.difficulty_bins", 1, c.test_problems)
-  return task
 
 
 def parse_variant(text: str) -> dict[str, Any]:
@@ -253,39 +336,44 @@ def parse_variant(text: str) -> dict[str, Any]:
 
 
 def validate_lengths(config: ml_collections.ConfigDict, task: tasks.Task, tok,
-                     problems: dict[str, list[tasks.Problem]]) -> dict:
+                     problems: dict[str, list[tasks.Problem]], *, context: int | None = None
+                     ) -> dict:
   """Checks token lengths against the config; returns the longest of each kind.
 
   ``problems``: split -> the problems that will be read (train: SFT and MC
-  labels; test: evaluation).
+  labels; test: evaluation). ``context``: an imported policy's context (its prompts are
+  checked; reference solutions are not: it was not trained on them here); default the
+  trained policy's (``policy.model.max_seq_len``).
   """
   c = config
   max_new = c.sampling.max_new_tokens
-  context = c.policy.model.max_seq_len
+  trained = context is None
+  context = c.policy.model.max_seq_len if trained else context
   longest = {"prompt": (0, None), "solution": (0, None), "row": (0, None)}
   for split, probs in problems.items():
     for p in probs:
-      prompt = len(tok.encode(task.format_prompt(p), bos=True))
+      prompt = len(tok.encode_prompt(task.format_prompt(p)))
       solution = len(tok.encode(p.solution)) + 1  # + EOS
       for kind, n in (("prompt", prompt), ("solution", solution), ("row", prompt + solution)):
         if n > longest[kind][0]:
           longest[kind] = (n, p.uid)
   sol, sol_uid = longest["solution"]
-  if sol > max_new:
+  if trained and sol > max_new:
     raise ConfigError(
         f"sampling.max_new_tokens={max_new} is shorter than the longest reference solution "
         f"({sol} tokens with EOS, {sol_uid}): samples that long would be cut and graded wrong. "
         f"Set sampling.max_new_tokens >= {sol}.")
   row, row_uid = longest["row"]
-  if row > context:
+  if trained and row > context:
     raise ConfigError(
         f"policy.model.max_seq_len={context} is shorter than the longest training row "
         f"({row} tokens: BOS + prompt + solution + EOS, {row_uid}). Set it >= {row}.")
   prompt, prompt_uid = longest["prompt"]
   if prompt + max_new > context:
+    key = "policy.model.max_seq_len" if trained else "the imported policy's context"
     raise ConfigError(
         f"the longest prompt ({prompt} tokens, {prompt_uid}) + sampling.max_new_tokens="
-        f"{max_new} = {prompt + max_new} exceeds policy.model.max_seq_len={context}: solutions "
+        f"{max_new} = {prompt + max_new} exceeds {key}={context}: solutions "
         "would be cut by the context. Lower sampling.max_new_tokens or raise the context.")
   return {k: v[0] for k, v in longest.items()}
 
@@ -293,16 +381,25 @@ def validate_lengths(config: ml_collections.ConfigDict, task: tasks.Task, tok,
 def memory_uses(config: ml_collections.ConfigDict) -> list[memory.Use]:
   """The models a sampling stage holds on a device at once, with their rows and KV slots:
   the policy and the PRM, each at the rows of a sampling batch or of a search call (a tree
-  search pads its rows up to a power of two: up to twice rows_per_call) and twice over
-  (lookahead's rollouts copy both caches). Slots are an upper bound: the whole context plus
-  one step of a tree search's slack."""
+  search pads its rows up to a power of two: up to twice rows_per_call), twice over when the
+  sweep runs lookahead (its rollouts copy both caches). Slots are an upper bound: the whole context plus
+  one step of a tree search's slack. Imported checkpoints (``hf_policy`` / ``hf_prm``)
+  count with the architecture they import as."""
   c = config
-  vocab = c.tokenizer.vocab_size
-  policy = _model(arch_fields(c.policy.model), vocab, "lm", "policy.model")
-  prm = _model(verifier_arch(arch_fields(c.policy.model), c.prm, "prm"), vocab, "value",
-               "prm.model")
+  if "hf_policy" in c:
+    policy = hf_model_config(c.hf_policy, "hf_policy")
+  else:
+    policy = _model(arch_fields(c.policy.model), c.tokenizer.vocab_size, "lm", "policy.model")
+  if "hf_prm" in c:
+    prm = hf_model_config(c.hf_prm, "hf_prm")
+  else:
+    prm = _model(verifier_arch(arch_fields(c.policy.model), c.prm, "prm"),
+                 c.tokenizer.vocab_size, "value", "prm.model")
   slots = policy.max_seq_len + c.search.max_step_tokens
   search_rows = 2 * c.search.rows_per_call
+  copies = 2 if "lookahead" in c.search.methods else 1
   return [memory.Use("policy", policy, rows=max(c.sampling.batch_size, search_rows),
-                     cache_size=slots, copies=2),
-          memory.Use("prm", prm, rows=search_rows, cache_size=slots, copies=2)]
+                     cache_size=slots, copies=copies),
+          memory.Use("prm", prm, rows=search_rows,
+                     cache_size=max(slots, prm.max_seq_len + 4 * c.search.max_step_tokens + 16),
+                     copies=copies)]

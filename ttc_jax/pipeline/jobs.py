@@ -20,7 +20,6 @@ processes would each claim its memory); ``--jobs`` is meant for CPU hosts.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 from multiprocessing import connection
 import sys
@@ -33,7 +32,7 @@ from ttc_jax import host
 from ttc_jax import progress
 from ttc_jax import tasks
 from ttc_jax.pipeline import runner
-from ttc_jax.pipeline.stages import STAGES
+from ttc_jax.pipeline.stages import BEFORE_CHECKS
 from ttc_jax.progress import fmt_duration
 
 # Cost of each stage on the default study: its seconds with an empty XLA cache, on one of 2
@@ -90,25 +89,24 @@ def _child(config, workdir: str, stage: str, task_modules: Sequence[str],
     sys.exit(1)
 
 
-@functools.lru_cache(maxsize=None)
-def _ancestors(target: str) -> frozenset[str]:
-  out, todo = set(), list(STAGES[target].inputs)
+def _ancestors(deps: dict[str, list[str]], target: str) -> set[str]:
+  out, todo = set(), list(deps[target])
   while todo:
     s = todo.pop()
     if s not in out:
       out.add(s)
-      todo.extend(STAGES[s].inputs)
-  return frozenset(out)
+      todo.extend(deps[s])
+  return out
 
 
-@functools.lru_cache(maxsize=None)
-def path_cost(name: str, target: str) -> int:
-  """The costliest chain of stages from ``name`` to ``target`` (both included)."""
+def path_cost(deps: dict[str, list[str]], name: str, target: str) -> int:
+  """The costliest chain of stages from ``name`` to ``target`` (both included), over
+  ``deps`` (stage -> the stages it reads)."""
   if name == target:
     return COST.get(name, 1)
-  after = [s for s, st in STAGES.items()
-           if name in st.inputs and (s == target or s in _ancestors(target))]
-  return COST.get(name, 1) + max((path_cost(s, target) for s in after), default=0)
+  above = _ancestors(deps, target)
+  after = [s for s, ins in deps.items() if name in ins and (s == target or s in above)]
+  return COST.get(name, 1) + max((path_cost(deps, s, target) for s in after), default=0)
 
 
 def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
@@ -119,7 +117,9 @@ def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
   if jobs < 1:
     raise ValueError(f"jobs={jobs}: expected at least 1 stage process at a time.")
   pipeline.validate()
+  target = pipeline.resolve(target) or target
   order = pipeline.plan(target)
+  deps = {n: [s for s in pipeline.inputs_of(n).values() if s] for n in order}
   todo = []
   for name in order:
     if pipeline.is_done(name):
@@ -131,11 +131,11 @@ def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
   t0 = time.time()
   try:
     while todo or running:
-      ready = [n for n in todo if all(pipeline.is_done(i) for i in STAGES[n].inputs)]
-      ready.sort(key=lambda n: (-path_cost(n, target), order.index(n)))
+      ready = [n for n in todo if all(pipeline.is_done(i) for i in deps[n])]
+      ready.sort(key=lambda n: (-path_cost(deps, n, target), order.index(n)))
       starting = ready[:max(0, jobs - len(running))]
       for name in starting:
-        checked = name not in ("data", "tokenizer")
+        checked = name not in BEFORE_CHECKS
         per_core = name in TRAINING
         if checked:
           pipeline.check_lengths()  # once, here, instead of in every stage process

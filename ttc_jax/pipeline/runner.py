@@ -28,6 +28,7 @@ from ttc_jax.models.checkpoints import CheckpointError
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline import store
+from ttc_jax.pipeline.stages import BEFORE_CHECKS
 from ttc_jax.pipeline.stages import Context
 from ttc_jax.pipeline.stages import SPEED_ONLY
 from ttc_jax.pipeline.stages import STAGES
@@ -103,16 +104,48 @@ class Pipeline:
     self._memory_checked = False  # per process: its own devices and --mesh
     self.task = None
 
+  # ------------------------------------------------------------------ roles
+  def resolve(self, role: str) -> str | None:
+    """The stage that fills ``role`` in this experiment (its ``stages`` config: e.g.
+    'policy' -> 'hf_policy'; None: left out); default the stage of that name."""
+    roles = self.config.get("stages") or {}
+    return roles.get(role, role)
+
+  def inputs_of(self, name: str) -> dict[str, str | None]:
+    """{role: the stage filling it, or None} of stage ``name``'s inputs."""
+    return {role: self.resolve(role) for role in STAGES[name].inputs}
+
+  def _validate_roles(self) -> None:
+    roles = dict(self.config.get("stages") or {})
+    for role, name in roles.items():
+      if name is None:
+        continue
+      if name not in STAGES or (name != role and STAGES[name].fills != role):
+        fill = sorted(s for s, st in STAGES.items() if s == role or st.fills == role)
+        raise config_lib.ConfigError(f"stages.{role}={name!r}: expected a stage that fills "
+                                     f"the role {role!r}: one of {fill} (or None).")
+    for name in self.plan(self.resolve(self.config.stage) or self.config.stage):
+      for role, filled in self.inputs_of(name).items():
+        if filled is None and role not in STAGES[name].may_lack:
+          raise config_lib.ConfigError(
+              f"stages.{role}=None: stage {name!r} needs a {role!r} (it may do without "
+              f"{list(STAGES[name].may_lack) or 'none of its inputs'}).")
+
   # ------------------------------------------------------------- identities
   def key(self, name: str) -> dict:
     stage = STAGES[name]
     sections = {s: _section(self.config, s) for s in stage.sections}
     key = {"stage": name, "version": stage.version, "config": _drop_speed_only(sections),
-           "inputs": {i: self.identity(i) for i in stage.inputs}}
+           "inputs": {role: self.identity(s) if s else None
+                      for role, s in self.inputs_of(name).items()}}
+    if stage.fingerprint is not None:
+      key["content"] = stage.fingerprint(
+          ml_collections.ConfigDict({s: self.config[s] for s in stage.sections}),
+          os.path.join(self.workdir, ".digests.json"))
     if stage.optional:
       # Read when finished, never run for this stage: its result depends on whether they were.
-      key["optional"] = {i: self.identity(i) if self.is_done(i) else None
-                         for i in stage.optional}
+      key["optional"] = {i: self.identity(s) if s and self.is_done(s) else None
+                         for i, s in ((i, self.resolve(i)) for i in stage.optional)}
     return store.canonical(key)
 
   def identity(self, name: str) -> str:
@@ -135,7 +168,7 @@ class Pipeline:
       name = todo.pop()
       if name not in need:
         need.add(name)
-        todo.extend(STAGES[name].inputs)
+        todo.extend(s for s in self.inputs_of(name).values() if s)
     return [s for s in STAGES if s in need]
 
   def is_done(self, name: str) -> bool:
@@ -146,6 +179,7 @@ class Pipeline:
   def validate(self) -> None:
     """Everything that needs no data; nothing has been written when this raises."""
     self.task = config_lib.validate(self.config, list(STAGES))
+    self._validate_roles()
     self._validate_variants()
 
   def _validate_variants(self) -> None:
@@ -171,13 +205,14 @@ class Pipeline:
     """Runs ``target`` (default: ``config.stage``) and whatever it is missing."""
     target = target or self.config.stage
     self.validate()
+    target = self.resolve(target) or target
     order = self.plan(target)
     t0 = time.time()
     for name in order:
       if self.is_done(name):
         self.log(f"{name}: up to date ({self.directory(name)})")
         continue
-      if name not in ("data", "tokenizer"):
+      if name not in BEFORE_CHECKS:
         self.check_lengths()
         self.check_memory()
       self._run_stage(name)
@@ -216,10 +251,18 @@ class Pipeline:
     """Token lengths against the config (needs the tokenizer): before any later stage."""
     if self._lengths_checked:
       return
-    data, tok = self.load("data"), self.load("tokenizer")
-    longest = config_lib.validate_lengths(
-        self.config, data.task, tok, {"train": data.problems("train"),
-                                      "test": data.problems("test")})
+    data = self.load("data")
+    if "hf_policy" in self.config and self.resolve("policy") == "hf_policy":
+      h = self.config.hf_policy
+      tok = artifacts.hf_tokenizer(h.path, step_delimiter=h.step_delimiter, chat=h.chat,
+                                   system=h.system)
+      longest = config_lib.validate_lengths(
+          self.config, data.task, tok, {"test": data.problems("test", self.config.test_problems)},
+          context=config_lib.hf_model_config(h, "hf_policy").max_seq_len)
+    else:
+      longest = config_lib.validate_lengths(
+          self.config, data.task, self.load("tokenizer"),
+          {"train": data.problems("train"), "test": data.problems("test")})
     self.log(f"lengths: longest prompt {longest['prompt']}, solution {longest['solution']} "
              f"(with EOS), training row {longest['row']} tokens")
     self._lengths_checked = True
@@ -247,8 +290,9 @@ class Pipeline:
     record.setdefault("started", record["provenance"]["created"])
     store.write_json(out.path(artifacts.STAGE_FILE), record)
     self.log(f"{name}: {'resuming' if resumed else 'running'} -> {out.dir}")
-    inputs = {i: self.load(i) for i in stage.inputs}
-    inputs.update({i: self.load(i) for i in stage.optional if key["optional"][i] is not None})
+    inputs = {role: self.load(s) for role, s in self.inputs_of(name).items() if s}
+    inputs.update({i: self.load(self.resolve(i)) for i in stage.optional
+                   if key["optional"][i] is not None})
     sections = ml_collections.ConfigDict({s: self.config[s] for s in stage.sections})
     sections.lock()
     t0 = time.time()

@@ -46,6 +46,7 @@ from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline import store
 from ttc_jax.progress import CompileClock
 from ttc_jax.progress import Progress
 from ttc_jax.report import figures
@@ -102,6 +103,15 @@ class Stage:
   version: int = 1  # bump when the stage computes something else from the same key
   # Stages read when their artifact is finished, never run for this one (part of its identity).
   optional: tuple[str, ...] = ()
+  # The role this stage can fill for others (an experiment's ``stages`` config maps a role,
+  # e.g. 'policy', to a stage that fills it, e.g. 'hf_policy'); default: its own name.
+  fills: str | None = None
+  # Inputs an experiment may leave out (its ``stages`` maps them to None); the run
+  # function then finds no such key in ``ctx.inputs``.
+  may_lack: tuple[str, ...] = ()
+  # (its config sections, a digest cache path) -> what its result depends on beyond the
+  # config (e.g. the sha256 of an imported checkpoint's files): part of its identity.
+  fingerprint: Callable[[ml_collections.ConfigDict, str], dict] | None = None
 
 
 def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:
@@ -175,6 +185,47 @@ def load_model(out: artifacts.StageDir, key: dict) -> artifacts.ModelArtifact:
 
 
 # ----------------------------------------------------------------------------
+# imported checkpoints (Hugging Face directories, used in place)
+# ----------------------------------------------------------------------------
+def checkpoint_fingerprint(section: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
+  """The sha256 of every file the import of ``section``'s checkpoint reads: a changed
+  checkpoint is another artifact, and so is everything computed from it."""
+  def fingerprint(config: ml_collections.ConfigDict, cache_path: str) -> dict:
+    path = config[section].path
+    if not isinstance(path, str) or not os.path.isdir(path):
+      raise config_lib.ConfigError(f"{section}.path={path!r}: expected a Hugging Face "
+                                   "checkpoint directory.")
+    return {"files": store.directory_digests(path, config_lib.hf_files(path), cache_path)}
+  return fingerprint
+
+
+def run_hf_model(ctx: Context, section: str) -> dict:
+  """Describes an imported checkpoint (``hf_policy``: the policy, ``hf_prm``: a PRM and
+  its format) as a model artifact; its weights stay in its directory."""
+  c = ctx.config[section]
+  model_cfg = config_lib.hf_model_config(c, section)
+  prm_format = c.format if section == "hf_prm" else None
+  tokenizer = ({"step_delimiter": c.step_delimiter, "chat": c.chat, "system": c.system}
+               if section == "hf_policy" else
+               {"step_delimiter": "\n\n", "chat": False, "system": None})
+  tok = artifacts.hf_tokenizer(c.path, **tokenizer)
+  tok.check_vocab(model_cfg.vocab_size)
+  files = store.directory_digests(c.path, config_lib.hf_files(c.path))
+  artifacts.write_imported_model(
+      ctx.out, model_cfg, c.path, tokenizer=tokenizer, files=files, prm_format=prm_format,
+      made_by={"stage": section, "imported": os.path.abspath(c.path)})
+  stats = {"params": model_cfg.num_params(), "head": model_cfg.head,
+           "max_seq_len": model_cfg.max_seq_len, "param_dtype": model_cfg.param_dtype,
+           "vocab_size": model_cfg.vocab_size, "files": len(files)}
+  if prm_format:
+    stats["prm_format"] = prm_format
+  ctx.log(f"{section}: {c.path} ({stats['params']:,} params, {model_cfg.head} head, context "
+          f"{model_cfg.max_seq_len}, {model_cfg.param_dtype}"
+          + (f", PRM format {prm_format}" if prm_format else "") + ")")
+  return stats
+
+
+# ----------------------------------------------------------------------------
 # difficulty (pass@1)
 # ----------------------------------------------------------------------------
 def run_difficulty(ctx: Context) -> dict:
@@ -222,7 +273,7 @@ class Difficulty:
     if len(problems) * self.n != self.gens.tokens.shape[0]:
       raise artifacts.ArtifactError(f"the difficulty artifact holds {self.gens.tokens.shape[0]} "
                                     f"samples, not {len(problems)} x {self.n}.")
-    prompts = [tok.encode(task.format_prompt(p), bos=True) for p in problems]
+    prompts = [tok.encode_prompt(task.format_prompt(p)) for p in problems]
     return solutions.grade(tok, task, problems, self.n, prompts, self.gens)
 
 
@@ -698,47 +749,58 @@ def train_verifier(ctx: Context, kind: str) -> dict:
 # verifier evaluation
 # ----------------------------------------------------------------------------
 def run_verifier_eval(ctx: Context) -> dict:
+  """Best-of-N curves of the PRM's step aggregations, the ORM (when the study has one) and
+  the policy's own likelihood on the difficulty samples; the PRM's step AUC against MC
+  labels of held-out problems (``verifier_eval.auc_problems``; 0: none)."""
   c = ctx.config
   ec = c.verifier_eval
   data, policy = ctx.inputs["data"], ctx.inputs["policy"]
-  prm, orm = ctx.inputs["prm"], ctx.inputs["orm"]
+  prm, orm = ctx.inputs["prm"], ctx.inputs.get("orm")
   tok, task = policy.tokenizer, data.task
   probs = data.problems("test", c.test_problems)
   samples = ctx.inputs["difficulty"].samples(tok, task, probs)
   m = samples.n
   rows, ends = _rows_and_step_ends(samples, tok)
   bs = c.sampling.batch_size
-  prm_scorer = prm.scorer()
-  prm_steps = prm_scorer.step_scores(rows, ends, batch_size=bs)
-  orm_scores = aggregate_steps(orm.scorer().step_scores(rows, [[len(r) - 1] for r in rows],
-                                                        batch_size=bs), "last")
-  # Step AUC: held-out test problems, their own samples and MC labels (streams used nowhere else).
-  auc_probs = data.problems("test", ec.auc_problems, start=c.test_problems)
-  core, sp = policy.sampling_core(), sampling_params(c)
-  auc_samples = solutions.sample_problems(core, tok, task, auc_probs, ec.auc_samples_per_problem,
-                                          c.seed, "auc_samples", sp, batch_size=bs)
-  auc_ls = labels_lib.label_samples(core, tok, task, auc_samples, ec.rollouts, c.seed,
-                                    "auc_rollouts", sp, batch_size=bs)
-  auc_steps = prm_scorer.step_scores([auc_ls.row(i) for i in range(len(auc_ls))],
-                                     [auc_ls.ends(i) for i in range(len(auc_ls))], batch_size=bs)
-  auc_scores = np.concatenate([s for s in auc_steps]).astype(np.float64)
-  auc_labels = np.concatenate([auc_ls.labels[i, :len(auc_ls.ends(i))]
-                               for i in range(len(auc_ls))]).astype(np.float64)
-  auc_groups = np.concatenate([np.full(len(auc_ls.ends(i)), auc_ls.problem_index[i])
-                               for i in range(len(auc_ls))]).astype(np.int64)
+  prompt_lengths = [len(samples.prompts[i // m]) for i in range(len(rows))]
+  prm_steps = prm.solution_step_scores(tok, [probs[i // m].question for i in range(len(rows))],
+                                       rows, prompt_lengths, ends, batch_size=bs)
   scores = {f"prm_{h}": aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
-  scores["orm"] = orm_scores
+  if orm is not None:
+    scores["orm"] = aggregate_steps(orm.scorer().step_scores(
+        rows, [[len(r) - 1] for r in rows], batch_size=bs), "last")
   # A reference that needs no training: the policy's own likelihood (its least likely
   # generated token). It shows what a model of the policy's size can tell apart.
   scores["policy_likelihood"] = min_token_prob(
       policy.scorer().token_scores(rows, batch_size=bs, desc="policy likelihood"),
-      [len(samples.prompts[i // m]) for i in range(len(rows))])
+      prompt_lengths)
+  # Step AUC: held-out test problems, their own samples and MC labels (streams used nowhere else).
+  auc_scores = auc_labels = auc_groups = np.zeros(0)
+  if ec.auc_problems:
+    auc_probs = data.problems("test", ec.auc_problems, start=c.test_problems)
+    core, sp = policy.sampling_core(), sampling_params(c)
+    auc_samples = solutions.sample_problems(core, tok, task, auc_probs,
+                                            ec.auc_samples_per_problem, c.seed, "auc_samples",
+                                            sp, batch_size=bs)
+    auc_ls = labels_lib.label_samples(core, tok, task, auc_samples, ec.rollouts, c.seed,
+                                      "auc_rollouts", sp, batch_size=bs)
+    idx = range(len(auc_ls))
+    question = {p.index: p.question for p in auc_probs}
+    auc_steps = prm.solution_step_scores(
+        tok, [question[int(auc_ls.problem_index[i])] for i in idx],
+        [auc_ls.row(i) for i in idx], [int(auc_ls.prompt_lengths[i]) for i in idx],
+        [auc_ls.ends(i) for i in idx], batch_size=bs)
+    auc_scores = np.concatenate([s for s in auc_steps]).astype(np.float64)
+    auc_labels = np.concatenate([auc_ls.labels[i, :len(auc_ls.ends(i))]
+                                 for i in idx]).astype(np.float64)
+    auc_groups = np.concatenate([np.full(len(auc_ls.ends(i)), auc_ls.problem_index[i])
+                                 for i in idx]).astype(np.int64)
   answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
   result, per_problem = verifier_metrics.evaluate(
       answers, [task.normalize_answer(p.answer) for p in probs],
       samples.correct_matrix(), scores, auc_scores, auc_labels, auc_groups,
       subsamples=ec.subsamples, seed=c.seed)
-  result["auc"].update({"problems": len(auc_probs), "rollouts": ec.rollouts,
+  result["auc"].update({"problems": ec.auc_problems, "rollouts": ec.rollouts,
                         "samples_per_problem": ec.auc_samples_per_problem})
   ctx.out.save_npz("scored.npz", {**{k: np.asarray(v) for k, v in scores.items()},
                                   "correct": samples.correct, "auc_scores": auc_scores,
@@ -747,11 +809,12 @@ def run_verifier_eval(ctx: Context) -> dict:
   ctx.out.write_json("eval.json", result)
   ctx.out.save_figure("eval.png", figures.verifier_eval(result, auc_scores, auc_labels >= 0.5))
   within = {k: round(v["mean_auc"], 3) for k, v in result["within_problem"].items()}
+  auc = result["auc"].get("prm_step_auc")
   ctx.log(f"verifiers: pass@1 {result['pass_at_1']:.3f}; at N={result['n'][-1]}: "
           f"{ {k: round(v, 3) for k, v in result['accuracy_at_max_n'].items()} }; PRM step AUC "
-          f"{result['auc']['prm_step_auc']:.3f}; within-problem AUC {within}")
+          f"{'n/a' if auc is None else f'{auc:.3f}'}; within-problem AUC {within}")
   return {"pass_at_1": result["pass_at_1"], "accuracy_at_max_n": result["accuracy_at_max_n"],
-          "prm_step_auc": result["auc"]["prm_step_auc"], "within_problem_auc": within}
+          "prm_step_auc": auc, "within_problem_auc": within}
 
 
 def _rows_and_step_ends(samples: solutions.ProblemSamples, tok) -> tuple[list, list]:
@@ -874,7 +937,7 @@ def run_search_sweep(ctx: Context) -> dict:
   todo = [cell for cell in cells if cell_key(cell) not in done]
   ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done")
   if todo:
-    core, scorer = policy.sampling_core(), prm.incremental_scorer()
+    core, scorer = policy.sampling_core(), prm.search_scorer(policy.tokenizer)
     progress = Progress(len(cells), "search cells", unit="cells", every_s=0,
                         initial=len(cells) - len(todo), log_fn=ctx.log)
     clock = CompileClock.get()
@@ -936,7 +999,8 @@ def run_report(ctx: Context) -> dict:
             + claims_lib.search_claims(curves, bins, num_bins, beam, c.seed))
   result = {
       "task": ctx.inputs["data"].task.name,
-      "models": {role: ctx.inputs[role].summary() for role in ("policy", "prm", "orm")},
+      "models": {role: ctx.inputs[role].summary() for role in ("policy", "prm", "orm")
+                 if role in ctx.inputs},
       "curves": curves,
       "perf": study_lib.perf(curves, beam),
       "difficulty": {
@@ -949,7 +1013,7 @@ def run_report(ctx: Context) -> dict:
                                         "exploitation", "best_within_problem_auc", "paired")
                     if k in ver},
       "bins": [int(b) for b in bins],
-      "ablation": ctx.inputs["verifier_ablation"],
+      "ablation": ctx.inputs.get("verifier_ablation"),
       "claims": claims,
   }
   ctx.out.write_json("results.json", result)
@@ -1001,7 +1065,7 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
   diff, policy, prm = ctx.inputs["difficulty"], ctx.inputs["policy"], ctx.inputs["prm"]
   probs = ctx.inputs["data"].problems("test", c.test_problems)
   tok, task = policy.tokenizer, ctx.inputs["data"].task
-  prompts = np.array([len(tok.encode(task.format_prompt(p), bos=True)) for p in probs])
+  prompts = np.array([len(tok.encode_prompt(task.format_prompt(p))) for p in probs])
   lengths = np.asarray(diff.gens.lengths, np.int64).reshape(len(probs), diff.n)[:, :k]
   rows = prompts[:, None] + lengths
   pol_cost = accounting.ModelCost.from_config(policy.config)
@@ -1034,7 +1098,8 @@ def run_compute_optimal(ctx: Context) -> dict:
   correct = np.asarray(scored["correct"], np.float64).reshape(n_probs, diff.n)
   gens, flops, cost = _prediction_cost(ctx, k)
   search_points = ctx.inputs["report"]["curves"]
-  revision_points = ctx.inputs["revision_report"]["curves"]
+  revision_points = (ctx.inputs["revision_report"]["curves"]
+                     if "revision_report" in ctx.inputs else None)
   large = ctx.inputs.get("large_policy_eval")
   exchange_inputs = None
   if large is not None:
@@ -1066,24 +1131,28 @@ def run_compute_optimal(ctx: Context) -> dict:
       ["# Compute-optimal test-time compute (Snell et al. 2024, sections 3, 5.3, 6.3, 7)", ""]
       + markdown.compute_optimal_section(result, list(figs))) + "\n")
   ctx.log(f"compute-optimal: {ctx.out.path('compute_optimal.md')}"
-          + ("" if large is not None else " (no exchange: `make exchange` runs the larger policy)"))
+          + ("" if large is not None else " (no exchange: no larger policy was evaluated; in "
+                                          "the embedded study `make exchange` trains one)"))
   return {"claims": len(result["claims"]), "exchange": result["exchange"] is not None}
 
 
 def run_study(ctx: Context) -> dict:
   """The study's index: every claim's verdict (search, verifiers, revisions) and links to
   the two reports."""
-  report, rev, co = (ctx.inputs[k] for k in ("report", "revision_report", "compute_optimal"))
+  report, co = ctx.inputs["report"], ctx.inputs["compute_optimal"]
+  rev = ctx.inputs.get("revision_report")
   exchange = (co.get("exchange") or {}).get("claims", [])
-  claims = report["claims"] + rev["claims"] + co["claims"] + exchange
+  claims = report["claims"] + (rev["claims"] if rev else []) + co["claims"] + exchange
   ctx.out.write_json("claims.json", claims)
   lines = ["# The study", "",
            "- Verifiers and search: `report/latest/report.md` (results.json, figures).",
            "- Sequential revisions: `revision_report/latest/revisions.md` (revisions.json, "
-           "figures).",
+           "figures)." if rev else "- Sequential revisions: not in this experiment (no "
+           "revision model).",
            "- Compute-optimal scaling and the FLOPs exchange: "
            "`compute_optimal/latest/compute_optimal.md` (compute_optimal.json, figures)"
-           + ("." if co.get("exchange") else "; the exchange needs `make exchange`."), ""]
+           + ("." if co.get("exchange") else "; the exchange needs a larger policy's evaluation (`make exchange` in the "
+              "embedded study)."), ""]
   lines += markdown.study_headline(co) + ["## Every finding", ""]
   lines += markdown.claims_section([c for c in claims if c.get("verdict") is not None])
   untested = [c for c in claims if c.get("verdict") is None]
@@ -1109,6 +1178,9 @@ def load_cells(out: artifacts.StageDir, key: dict) -> list[dict]:
 
 
 MODEL_OUTPUTS = ("model.json", "checkpoints", "metrics.jsonl")
+# Stages that run before the token-length and memory checks (they need no model, or are
+# what the checks read).
+BEFORE_CHECKS = ("data", "tokenizer", "hf_policy", "hf_prm")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("data", "the task's problems as TFDS array_record", (), ("task",), ("tfds",),
@@ -1117,6 +1189,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("tokenizer",), ("tokenizer.model",), run_tokenizer, load_tokenizer),
     Stage("policy", "SFT of the policy (LM head) on the train problems",
           ("data", "tokenizer"), ("policy",), MODEL_OUTPUTS, run_policy, load_model),
+    Stage("hf_policy", "an imported Hugging Face causal LM as the policy (used in place; "
+          "keyed by its files' sha256)", (), ("hf_policy",), ("model.json",),
+          lambda ctx: run_hf_model(ctx, "hf_policy"), load_model, fills="policy",
+          fingerprint=checkpoint_fingerprint("hf_policy")),
     Stage("large_policy", "a larger policy (the exchange's M x parameters) trained like the "
           "policy: same data, tokens and training config", ("data", "tokenizer"),
           ("large_policy",), MODEL_OUTPUTS, lambda ctx: run_policy(ctx, "large_policy"),
@@ -1142,6 +1218,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("prm", "process reward model: value head trained on the MC step labels",
           ("mc_labels", "policy"), ("prm",), MODEL_OUTPUTS,
           lambda ctx: train_verifier(ctx, "prm"), load_model),
+    Stage("hf_prm", "an imported Hugging Face process reward model and its format "
+          "(verifiers.adapters.FORMATS; used in place, keyed by its files' sha256)", (),
+          ("hf_prm",), ("model.json",), lambda ctx: run_hf_model(ctx, "hf_prm"), load_model,
+          fills="prm", fingerprint=checkpoint_fingerprint("hf_prm")),
     Stage("orm", "outcome reward model: value head trained on final correctness",
           ("mc_labels", "policy"), ("orm",), MODEL_OUTPUTS,
           lambda ctx: train_verifier(ctx, "orm"), load_model),
@@ -1157,7 +1237,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("data", "policy", "difficulty", "prm", "orm"),
           ("seed", "sampling", "test_problems", "verifier_eval"),
           ("eval.json", "scored.npz", "eval.png"), run_verifier_eval, load_verifier_eval,
-          version=2),
+          version=2, may_lack=("orm",)),
     Stage("verifier_ablation", "PRM variants (config overrides) scored on the difficulty "
           "samples: within-problem AUC, best-of-N",
           ("data", "policy", "difficulty", "mc_labels", "prm"),
@@ -1173,7 +1253,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
            "search_sweep"),
           ("seed", "report"), ("results.json", "report.md", "accuracy_vs_budget.png",
                         "accuracy_by_difficulty.png", "verifiers.png"), run_report,
-          load_json("results.json"), version=2),
+          load_json("results.json"), version=2, may_lack=("orm", "verifier_ablation")),
     Stage("revision_report", "sequential revisions vs parallel sampling and search: "
           "revisions.json, figures 6 and 7, revisions.md",
           ("data", "difficulty", "search_sweep", "revision_sweep", "revision_model",
@@ -1189,8 +1269,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("compute_optimal.json", "compute_optimal.md", "compute_optimal.png",
            "compute_optimal_efficiency.png", "difficulty_bins.png"),
           run_compute_optimal, load_json("compute_optimal.json"),
-          optional=("large_policy_eval",)),
+          optional=("large_policy_eval",), may_lack=("revision_report",)),
     Stage("study", "the whole study: every claim's verdict and the three reports",
           ("report", "revision_report", "compute_optimal"), (), ("claims.json", "study.md"),
-          run_study, load_json("claims.json"), version=2),
+          run_study, load_json("claims.json"), version=2, may_lack=("revision_report",)),
 ]}

@@ -36,8 +36,43 @@ def digest(obj: Any, length: int = 12) -> str:
 
 
 def file_digest(path: str) -> str:
+  """The sha256 of a file's bytes (read in blocks: checkpoint shards are gigabytes)."""
   with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def directory_digests(directory: str, names: list[str], cache_path: str | None = None
+                      ) -> dict[str, str]:
+  """{name: sha256} of files in ``directory``. Digests are remembered per process and, with
+  ``cache_path``, in that JSON file across processes, keyed by (path, size, mtime_ns): a
+  changed file is hashed again."""
+  stored = {}
+  if cache_path and os.path.exists(cache_path):
+    try:
+      with open(cache_path) as f:
+        stored = json.load(f)
+    except (OSError, ValueError):
+      stored = {}
+  out, changed = {}, False
+  for name in names:
+    path = os.path.join(directory, name)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    entry = stored.get(key[0])
+    if key not in _DIGESTS and entry and [entry.get("size"), entry.get("mtime_ns")] == [
+        st.st_size, st.st_mtime_ns]:
+      _DIGESTS[key] = entry["sha256"]
+    if key not in _DIGESTS:
+      _DIGESTS[key] = file_digest(path)
+      stored[key[0]] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _DIGESTS[key]}
+      changed = True
+    out[name] = _DIGESTS[key]
+  if changed and cache_path:
+    write_json(cache_path, stored)
+  return out
 
 
 def _json_default(x):

@@ -131,15 +131,17 @@ def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
   r.set_title("exploitation: the top-scored sample of N")
   r.legend(fontsize=6, ncol=2)
   auc = result["auc"]
+  measured = auc.get("prm_step_auc") is not None
   step_within = auc.get("prm_step_auc_within_problems")
-  labels = [("step AUC pooled", auc["prm_step_auc"])]
+  labels = [("step AUC pooled", auc["prm_step_auc"])] if measured else []
   if step_within:
     labels.append(("step AUC within problems", step_within["mean_auc"]))
   x.barh([k for k, _ in labels], [v for _, v in labels], color="tab:blue")
   x.axvline(0.5, color="k", lw=0.8, ls=":")
   x.set_xlim(0, 1)
-  x.set_title("PRM steps vs held-out MC labels (>= 0.5)")
-  if auc_scores is not None:
+  x.set_title("PRM steps vs held-out MC labels (>= 0.5)" if measured
+              else "PRM step AUC: not measured (verifier_eval.auc_problems=0)")
+  if auc_scores is not None and measured:
     fpr, tpr = verifier_metrics.roc_curve(auc_scores, positive)
     b.plot(fpr, tpr, color="tab:blue")
     b.plot([0, 1], [0, 1], "k:", lw=0.8)

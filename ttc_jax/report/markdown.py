@@ -55,7 +55,10 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
   ]
   for role, info in models.items():
     lines.append(f"- {role}: artifact `{info['id']}`, {info['params']:,} parameters "
-                 f"({info['d_model']}d x {info['num_layers']} layers, {info['head']} head).")
+                 f"({info['d_model']}d x {info['num_layers']} layers, {info['head']} head"
+                 + (f", imported from `{info['imported']}`" if info.get("imported") else "")
+                 + (f", PRM format {info['prm_format']}" if info.get("prm_format") else "")
+                 + ").")
   lines += [
       f"- Oracle difficulty: pass@1 of the policy from {d['samples_per_problem']} samples on "
       f"each of {d['num_problems']} test problems (mean {d['mean_pass_at_1']:.3f}); {num_bins} "
@@ -143,11 +146,15 @@ def verifier_section(ver: dict) -> list[str]:
                    f"{w['pairwise_accuracy']:.3f} | {w['problems']} | {_fmt(ece)} |")
     auc = ver["auc"]
     step = auc.get("prm_step_auc_within_problems")
-    lines += ["", f"PRM step AUC against held-out MC labels (>= 0.5): pooled "
-              f"{auc['prm_step_auc']:.3f} ({auc['num_steps']} steps), within problems "
-              + (f"{_ci(step['mean_auc'], step['mean_auc_ci'])} ({step['problems']} problems)"
-                 if step else "n/a") + ". A pooled AUC also ranks problems by difficulty; "
-              "the within-problem AUC is what search needs.", ""]
+    if auc.get("prm_step_auc") is None:
+      lines += ["", "PRM step AUC against MC labels: not measured (verifier_eval.auc_problems"
+                "=0).", ""]
+    else:
+      lines += ["", f"PRM step AUC against held-out MC labels (>= 0.5): pooled "
+                f"{auc['prm_step_auc']:.3f} ({auc['num_steps']} steps), within problems "
+                + (f"{_ci(step['mean_auc'], step['mean_auc_ci'])} ({step['problems']} problems)"
+                   if step else "n/a") + ". A pooled AUC also ranks problems by difficulty; "
+                "the within-problem AUC is what search needs.", ""]
   exploit = ver.get("exploitation")
   if exploit:
     lines += ["Exploitation: the top-scored sample of N (exact expectation over N-subsets): "
@@ -349,16 +356,18 @@ def _cmp_cell(c: dict | None) -> str:
 
 
 def _best_line(name: str, e: dict) -> str:
-  """The best efficiency ratio: the baseline's budget N over the budget compute-optimal needs
-  to match it (above 1: compute-optimal needs less; below 1: more)."""
+  """The best efficiency ratio: the baseline's own budget N' reaching its accuracy at N over
+  the budget compute-optimal needs to match it (above 1: compute-optimal needs less; below 1:
+  more)."""
   b = e["best"]
   floor = min(r["floor"] for r in e["rows"])
   r = b["generations_ratio"]
   note = (f"; it needs {1 / r:.3g}x the generations" if r and r < 1 else
           "; it never matches the baseline" if r == 0 else "")
   return (f"- {_co_name(name)} vs {e.get('baseline', e['baseline_method'])}: best efficiency "
-          f"**{_ratio(r, floor)}x** in generations (N over the budget compute-optimal needs to "
-          f"match the baseline at N; at N={b['n']:g}; 95% CI "
+          f"**{_ratio(r, floor)}x** in generations (the baseline's smallest budget N' reaching its "
+          f"accuracy at N, over the budget compute-optimal needs to match it; at N={b['n']:g}; "
+          f"95% CI "
           f"{_ratio_ci(b['generations_ratio_ci'], floor)}{note}), {_ratio(b['flops_ratio'], floor)}x "
           f"in FLOPs (at N={b['n_flops']:g}; 95% CI {_ratio_ci(b['flops_ratio_ci'], floor)}).")
 
@@ -411,10 +420,11 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
         _acc(next((p for p in v if p["budget_generations"] == b), None)) for _, v in cols)
         + " |")
   lines += ["", "Efficiency per baseline budget N: the smallest compute-optimal budget b "
-            "reaching the baseline's accuracy (95% CI of b), N / b and the FLOPs ratio "
-            "(baseline / compute-optimal at b) with 95% CIs; 'unreached': bootstrap resamples "
-            "where no budget reaches it:", "",
-            "| compute-optimal | baseline | N | baseline accuracy | b | b 95% CI | N / b "
+            "reaching the baseline's accuracy (95% CI of b); N' / b, where N' is the baseline's own "
+            "smallest budget with that accuracy (N where its curve still rises), and the FLOPs "
+            "ratio (baseline at N' / compute-optimal at b) with 95% CIs; 'unreached': "
+            "bootstrap resamples where no budget reaches it:", "",
+            "| compute-optimal | baseline | N | baseline accuracy | b | b 95% CI | N' / b "
             "[95% CI] | FLOPs ratio [95% CI] | unreached |",
             "|---|---|---|---|---|---|---|---|---|"]
   for name, e in eff.items():

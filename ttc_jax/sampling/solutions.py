@@ -155,7 +155,7 @@ def sample_problems(core: SamplingCore, tok, task, problems: Sequence, n: int, s
 
   Sample s of a problem draws from ``keys(seed, stream, split, problem index, s)``.
   """
-  prompts = [tok.encode(task.format_prompt(p), bos=True) for p in problems]
+  prompts = [tok.encode_prompt(task.format_prompt(p)) for p in problems]
   rows = [prompts[i] for i in range(len(problems)) for _ in range(n)]
   ids = np.array([(streams.stream_id(stream), streams.split_id(p.split), p.index, s)
                   for p in problems for s in range(n)], np.int64)

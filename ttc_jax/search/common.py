@@ -52,7 +52,7 @@ class SearchContext:
 
   def encode_prompts(self, problems: Sequence) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
     """Token lists (BOS + prompt) and their left-padded (P, L) array and mask."""
-    prompts = [self.tokenizer.encode(self.task.format_prompt(p), bos=True) for p in problems]
+    prompts = [self.tokenizer.encode_prompt(self.task.format_prompt(p)) for p in problems]
     length = round_up(max(len(p) for p in prompts), 16)
     tokens, valid = left_pad(prompts, length, self.tokenizer.pad_id)
     return prompts, tokens, valid

@@ -169,11 +169,22 @@ class AdaptedPRM:
     if head != want:
       raise FormatError(f"format {fmt.name!r} reads a {want!r} head; the model has {head!r}.")
     self.model, self.format, self.tokenizer = model, fmt, tokenizer
+    self._columns = self.check_tokenizer(tokenizer, fmt)
     self.cached = CachedModel(model, mesh=mesh, pad_id=tokenizer.pad_id)
-    self._columns = None
-    if fmt.readout == "token_pair":
-      self._columns = (_single_id(tokenizer, fmt.good, "good token"),
-                       _single_id(tokenizer, fmt.bad, "bad token"))
+
+  @staticmethod
+  def check_tokenizer(tokenizer: PRMTokenizer, fmt: PRMFormat) -> tuple[int, int] | None:
+    """Raises FormatError when ``tokenizer`` cannot write ``fmt`` (no chat template for a
+    chat layout; a good / bad token that is not one token); returns the token pair's ids."""
+    if fmt.layout != "plain":
+      try:
+        fmt.head(tokenizer, "?")
+      except ValueError as e:  # the tokenizer's TokenizerError: no chat template
+        raise FormatError(f"format {fmt.name!r} writes chat turns: {e}") from e
+    if fmt.readout != "token_pair":
+      return None
+    return (_single_id(tokenizer, fmt.good, "good token"),
+            _single_id(tokenizer, fmt.bad, "bad token"))
 
   # -------------------------------------------------------------- encoding
   def _ids(self, text: str) -> list[int]:
@@ -367,17 +378,47 @@ class PolicyBridge:
              for r in range(state.num_rows)]
     return self.prm.step(state, steps)[0]
 
+  def _spans(self, generation: Sequence[int]) -> list[tuple[int, int]]:
+    """(first, last) token of each step of a generation (policy tokens after the prompt)."""
+    ends = step_ends(list(generation), self.policy_tokenizer.step_ids,
+                     self.policy_tokenizer.eos_ids)
+    return list(zip([0] + [e + 1 for e in ends[:-1]], ends))
+
+  def solution_scores(self, questions: Sequence[str], generations: Sequence[Sequence[int]], *,
+                      batch_size: int) -> list[np.ndarray]:
+    """Finished solutions scored in full passes (:meth:`AdaptedPRM.full_scores`,
+    ``batch_size`` at a time): one score per policy step (as
+    :func:`~ttc_jax.sampling.solutions.step_ends` splits them), a span that adds no step
+    (an EOS alone) keeping the score before it (0 before the first), as in search."""
+    out = []
+    for lo in range(0, len(generations), batch_size):
+      texts, spans = [], []
+      for q, gen in zip(questions[lo:lo + batch_size], generations[lo:lo + batch_size]):
+        gen = [int(t) for t in gen]
+        sp = self._spans(gen)
+        steps = [self._step_text(gen[a:b + 1]) for a, b in sp]
+        texts.append((q, [t for t in steps if t is not None]))
+        spans.append(steps)
+      scored = self.prm.full_scores([t for t in texts if t[1]]) if any(t[1] for t in texts) \
+          else []
+      it = iter(scored)
+      for (_, kept), steps in zip(texts, spans):
+        real = next(it) if kept else np.zeros(0, np.float32)
+        row, j, last = np.zeros(len(steps), np.float32), 0, 0.0
+        for k, step in enumerate(steps):
+          if step is not None:
+            last, j = float(real[j]), j + 1
+          row[k] = last
+        out.append(row)
+    return out
+
   def extend_scores(self, state: StepState, tokens, valid) -> tuple[StepState, np.ndarray]:
     """Whole solutions at once (best-of-N): each row's tokens split at the policy's step
     ends and fed one step at a time; returns each step's score at the position of its
     last token, NaN elsewhere and at a span that adds no step (an EOS alone)."""
     tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
     out = np.full(tokens.shape, np.nan, np.float32)
-    spans = []
-    for r in range(tokens.shape[0]):
-      ends = step_ends(tokens[r][valid[r]].tolist(), self.policy_tokenizer.step_ids,
-                       self.policy_tokenizer.eos_ids)
-      spans.append(list(zip([0] + [e + 1 for e in ends[:-1]], ends)))
+    spans = [self._spans(tokens[r][valid[r]].tolist()) for r in range(tokens.shape[0])]
     for j in range(max((len(s) for s in spans), default=0)):
       steps = [self._step_text(tokens[r][sp[j][0]:sp[j][1] + 1]) if j < len(sp) else None
                for r, sp in enumerate(spans)]

@@ -1,0 +1,149 @@
+r"""Test-time compute on MATH-500 with real open models: an imported policy and PRM.
+
+Command (checkpoint directories downloaded beforehand: nothing is fetched at run time):
+
+  python launch/run.py --config=experiments/math_qwen.py --workdir=runs/math_qwen \
+      --config.task.data_dir=/data --config.hf_policy.path=/ckpt/Qwen2.5-Math-1.5B-Instruct \
+      --config.hf_prm.path=/ckpt/Qwen2.5-Math-PRM-7B --mesh=-1,4
+
+``/data`` holds ``math/test.jsonl`` (MATH-500) and ``math/train_reconstructed.jsonl`` (see
+shared/data/README.md). ``--mesh=-1,4``: every device of the host with 4-way tensor
+parallelism (data=2 x model=4 on a TPU v5e-8 host or on 8 GPUs). One stage:
+``--config=experiments/math_qwen.py:STAGE`` (``hf_policy``, ``hf_prm``, ``difficulty``,
+``verifier_eval``, ``search_sweep``, ``report``, ``compute_optimal``, ``study``).
+
+Stages (the embedded study's, with imported models in the policy and PRM roles):
+
+* hf_policy, hf_prm: the checkpoints, used in place and keyed by their files' sha256 (a
+  changed checkpoint is a new artifact, and so is everything computed from it). The
+  policy's prompts are its chat template's user turn after the system prompt below; its
+  steps end at any token containing "\n\n". The PRM reads solutions in its own format
+  (``hf_prm.format``: ``qwen2.5-math-prm``, ``math-shepherd``, ``rlhflow`` or ``value``;
+  ttc_jax.verifiers.adapters).
+* difficulty: pass@1 of each test problem from ``difficulty.samples_per_problem``
+  samples (oracle bins).
+* verifier_eval: the PRM's step aggregations and the policy's likelihood as best-of-N
+  selectors on those samples (no ORM: none is imported); the PRM's step AUC against MC
+  labels when ``verifier_eval.auc_problems`` > 0.
+* search_sweep, report: best-of-N (PRM-weighted), beam search, DVTS and particle filtering
+  at each budget; the PRM scores each step incrementally on its own KV cache.
+* compute_optimal, study: per-bin strategy selection with cross-validation, efficiency over
+  best-of-N; every claim's verdict. There is no revision model for these checkpoints, so the
+  revision stages are not part of this experiment (``stages`` below).
+
+Accelerator and runtime: an estimate from the memory planner and FLOPs, not a measurement
+(nothing here has run on an accelerator yet; BUILD.md says what was verified where). With
+the defaults below (bfloat16; contexts 4096; 64 rows per sampling call, 32 problems x N per
+search call) and Qwen2.5-Math-1.5B-Instruct (1.54B parameters; 2 KV heads, replicated over
+'model') with Qwen2.5-Math-PRM-7B (7.08B), ttc_jax.models.memory.plan gives per device:
+
+  data=2 x model=4 (a TPU v5e-8 host, 16 GiB chips): 11.7 GiB (policy 1.08 GiB parameters,
+    3.94 GiB KV cache; PRM 4.08 GiB parameters, 2.63 GiB KV cache);
+  one 80 GiB GPU (--mesh=1,1): 45.0 GiB.
+
+FLOPs (ttc_jax.accounting, 1000-token context): 3.2 GFLOPs per policy token, 13.3 GFLOPs per
+PRM token. The sweep below makes 500 x (16 + 2 x (85 + 3 x 84)) = 345k solutions; assuming
+~600 tokens each (not measured here), about 2.1e8 policy tokens and as many PRM tokens: 3.5e18 FLOPs. That is 37
+minutes at a v5e-8's bf16 peak (8 x 197 TFLOP/s) and 3.1 hours at one A100's (312 TFLOP/s);
+decoding reaches a fraction of peak, so expect several times more (a few hours on a v5e-8).
+
+Expected result: not yet measured with real checkpoints. The paper (Snell et al. 2024,
+PaLM 2-S* on MATH) reports beam search over best-of-N at low budgets and on hard
+problems, and compute-optimal search matching best-of-N with up to 4x fewer generations.
+
+The CPU smoke test (tests/test_math_study.py) runs this config end to end with tiny random
+checkpoints of the same architectures (Qwen2 LM, Qwen2 + 2-label step head) on 4 MATH-500
+problems.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from ttc_jax import tasks
+
+# Qwen2.5-Math-Instruct's system prompt for chain-of-thought answers (its model card).
+QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def _optional(value, kind) -> config_dict.FieldReference:
+  """A field that may also be set to None."""
+  return config_dict.FieldReference(value, field_type=kind)
+
+
+def _parse(arg: str | None) -> str:
+  stage = (arg or "study").strip()
+  if "=" in stage or "," in stage:
+    raise ValueError(f"config argument {arg!r}: expected a stage name.")
+  return stage
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The real-model study config; ``arg``: a stage to run (default 'study')."""
+  c = ml_collections.ConfigDict()
+  c.stage = _parse(arg)  # The stage to run, with the inputs it is missing.
+  c.seed = 0  # Seed of every random stream.
+  # Which stage fills each role: imported checkpoints as policy and PRM; no ORM, verifier
+  # ablation, revisions or larger policy (None: the stages that read them do without).
+  c.stages = ml_collections.ConfigDict(dict(
+      policy="hf_policy", prm="hf_prm", orm=None, verifier_ablation=None,
+      revision_report=None, large_policy_eval=None))
+  c.task = tasks.default_config("math")  # data_dir: the folder holding math/*.jsonl
+  c.test_problems = 500  # The first N MATH-500 problems.
+  c.sampling = ml_collections.ConfigDict(dict(
+      temperature=0.7,  # sampling temperature (Qwen2.5-Math's recommended range)
+      max_new_tokens=2048,  # cap on a solution's tokens
+      batch_size=64,  # rows per sampling call (speed only; memory: see the docstring)
+  ))
+  c.hf_policy = ml_collections.ConfigDict(dict(
+      path="",  # the policy checkpoint directory (config.json, *.safetensors, tokenizer.json)
+      # context served (None: the checkpoint's max_position_embeddings)
+      max_seq_len=_optional(4096, int),
+      param_dtype=_optional("bfloat16", str),  # weights in memory (None: as stored)
+      dtype=_optional("bfloat16", str),  # activations (None: param_dtype)
+      chat=True,  # prompts as the chat template's user turn (an instruct model)
+      system=_optional(QWEN_MATH_SYSTEM, str),  # system turn before it (None: none)
+      step_delimiter="\n\n",  # a step ends at any token whose text contains this
+  ))
+  c.hf_prm = ml_collections.ConfigDict(dict(
+      path="",  # the PRM checkpoint directory
+      # How it reads a solution (verifiers.adapters.FORMATS): 'qwen2.5-math-prm',
+      # 'math-shepherd', 'rlhflow' or 'value'.
+      format="qwen2.5-math-prm",
+      max_seq_len=_optional(4096, int),  # its context (None: the checkpoint's)
+      param_dtype=_optional("bfloat16", str),
+      dtype=_optional("bfloat16", str),
+  ))
+  c.difficulty = ml_collections.ConfigDict(dict(
+      samples_per_problem=16,  # policy samples per problem (pass@1, oracle bins)
+  ))
+  c.verifier_eval = ml_collections.ConfigDict(dict(
+      subsamples=64,  # random N-subsets per problem for each best-of-N accuracy
+      auc_problems=0,  # held-out problems for the PRM's step AUC against MC labels (0: none)
+      auc_samples_per_problem=2,  # their policy samples
+      rollouts=8,  # MC rollouts per step prefix
+  ))
+  c.search = ml_collections.ConfigDict(dict(
+      budgets=(1, 4, 16, 64),  # generation budgets N
+      seeds=(0, 1),  # independent repeats of every cell
+      methods=("best_of_n", "beam", "dvts", "particles"),
+      beam_width=4,  # M of beam search and DVTS
+      particle_temperature=1.0,  # particle filtering: softmax(logit(score) / T) resampling
+      lookahead_steps=(),  # lookahead (k steps) is left out at this scale
+      max_rounds=40,  # steps per solution
+      # Cap on one step's tokens. An adapted PRM scores whatever the search feeds it as a
+      # step, so the cap sits above the policy's step lengths (a cut step would be scored
+      # as two).
+      max_step_tokens=512,
+      rows_per_call=32,  # problems x N per search call (speed only; memory: the docstring)
+  ))
+  c.compute_optimal = ml_collections.ConfigDict(dict(
+      folds=2,  # cross-validation folds over problems
+      repeats=25,  # random fold splits
+      predictor="prm_last",  # the verifier score averaged per problem (predicted bins)
+      predictor_samples=config_dict.placeholder(int),  # None: all samples
+      r_values=(0.16, 0.79, 22.0),  # D_inference / D_pretrain (needs a larger policy's eval)
+  ))
+  c.report = ml_collections.ConfigDict(dict(
+      difficulty_bins=5,  # oracle difficulty quantile bins
+  ))
+  return c

@@ -1,0 +1,204 @@
+"""experiments/math_qwen.py end to end on CPU: tiny random checkpoints of its architectures
+(a Qwen2 causal LM with a ChatML template as the policy; a Qwen2 backbone with a 2-label
+step head, Qwen2.5-Math-PRM's layout, as the PRM) and the first MATH-500 problems.
+
+The models are random, so every answer is wrong: the test checks that each stage runs and
+wires what it should (chat prompts, the PRM's own format and tokens, the budget, the
+reports), not accuracies.
+"""
+
+import glob
+import importlib.util
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import transformers
+
+from hf_fixtures import CHATML
+from hf_fixtures import SPECIAL
+from hf_fixtures import randomize
+from hf_fixtures import write_step_classifier
+from hf_fixtures import write_tokenizer
+from ttc_jax.pipeline import Pipeline
+from ttc_jax.pipeline import config as config_lib
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+V = 320
+_COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+               bos_token_id=None, eos_token_id=2, pad_token_id=0)
+_QUESTIONS = ["What is $2 + 3$?", "Compute $\\frac{1}{2} + \\frac{1}{3}$.",
+              "Let $x = 3$. What is $2x$?", "How many primes are less than 10?"]
+
+
+def _math_data(directory):
+  """shared/data when it is next to the repo (its first MATH-500 problems are read), else a
+  few problems in its JSON Lines format."""
+  if os.path.isfile(os.path.join(SHARED, "math", "test.jsonl")):
+    return SHARED
+  os.makedirs(os.path.join(directory, "math"), exist_ok=True)
+  rows = [{"problem": q, "solution": f"The answer is $\\boxed{{{i}}}$.", "answer": str(i),
+           "level": 1 + i % 5} for i, q in enumerate(_QUESTIONS * 3)]
+  for name in ("test.jsonl", "train_reconstructed.jsonl"):
+    with open(os.path.join(directory, "math", name), "w") as f:
+      f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+  return directory
+
+
+def _load_experiment():
+  spec = importlib.util.spec_from_file_location(
+      "math_qwen", os.path.join(ROOT, "experiments", "math_qwen.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+  root = tmp_path_factory.mktemp("math_ckpts")
+  policy, prm = str(root / "policy"), str(root / "prm")
+  extra = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+  write_tokenizer(policy, template=CHATML, generation_eos=[2, 0], config_extra=extra)
+  lm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**_COMMON,
+                                                              tie_word_embeddings=False)).eval()
+  randomize(lm, seed=41)
+  lm.save_pretrained(policy)
+  write_tokenizer(prm, template=CHATML, special=SPECIAL + ["<extra_0>"], generation_eos=[2, 0],
+                  config_extra=extra)
+  write_step_classifier(prm, transformers.Qwen2Config(**_COMMON), seed=42)
+  return {"policy": policy, "prm": prm, "data": _math_data(str(root / "data"))}
+
+
+def smoke_config(checkpoints, stage: str = "study") -> ml_collections.ConfigDict:
+  c = _load_experiment().get_config(stage)
+  c.task.data_dir = checkpoints["data"]
+  c.test_problems = 4
+  c.sampling.update(temperature=1.0, max_new_tokens=48, batch_size=16)
+  c.hf_policy.update(path=checkpoints["policy"], max_seq_len=1024, param_dtype="float32",
+                     dtype="float32")
+  c.hf_prm.update(path=checkpoints["prm"], max_seq_len=1024, param_dtype="float32",
+                  dtype="float32")
+  c.difficulty.samples_per_problem = 4
+  c.verifier_eval.update(subsamples=4, auc_problems=1, auc_samples_per_problem=1, rollouts=2)
+  c.search.update(budgets=(1, 4), seeds=(0,), beam_width=2, max_rounds=4, max_step_tokens=16,
+                  rows_per_call=16)
+  c.compute_optimal.update(repeats=2)
+  c.report.difficulty_bins = 2
+  return c
+
+
+@pytest.fixture(scope="module")
+def study(checkpoints, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("math_study"))
+  pipeline = Pipeline(smoke_config(checkpoints), workdir)
+  pipeline.run("study")
+  return pipeline, workdir
+
+
+def _read(workdir, stage, name):
+  with open(os.path.join(workdir, stage, "latest", name)) as f:
+    return json.load(f) if name.endswith(".json") else f.read()
+
+
+def test_the_study_runs_end_to_end(study):
+  pipeline, workdir = study
+  ran = sorted(os.path.basename(os.path.dirname(p))
+               for p in glob.glob(os.path.join(workdir, "*", "latest")))
+  assert ran == sorted(["data", "hf_policy", "hf_prm", "difficulty", "verifier_eval",
+                        "search_sweep", "report", "compute_optimal", "study"])
+  study_md = _read(workdir, "study", "study.md")
+  assert "not in this experiment" in study_md  # no revision model
+  for name in ("report.md", "accuracy_vs_budget.png", "verifiers.png"):
+    assert os.path.exists(os.path.join(workdir, "report", "latest", name))
+  report = _read(workdir, "report", "results.json")
+  assert set(report["models"]) == {"policy", "prm"}
+  assert report["models"]["prm"]["prm_format"] == "qwen2.5-math-prm"
+  assert os.path.exists(os.path.join(workdir, "compute_optimal", "latest", "compute_optimal.md"))
+
+
+def test_search_cells_count_the_prm_tokens(study):
+  pipeline, workdir = study
+  cells = _read(workdir, "search_sweep", "cells.json")
+  methods = {c["method"] for c in cells}
+  assert methods == {"best_of_n_weighted", "beam_m2", "dvts_m2", "particles"}
+  uids = [p.uid for p in pipeline.load("data").problems("test", 4)]
+  for cell in cells:
+    assert cell["problems"] == uids
+    assert all(t > 0 for t in cell["policy_tokens"])
+    # The PRM reads its own chat-formatted text: more tokens than the policy's steps alone.
+    assert all(p > 0 for p in cell["prm_tokens"]), cell["key"]
+    assert all(f > pf for f, pf in zip(cell["flops"], cell["policy_flops"]))
+
+
+def test_policy_prompts_are_the_chat_template_s(study, checkpoints):
+  pipeline, _ = study
+  policy, data = pipeline.load("hf_policy"), pipeline.load("data")
+  problem = data.problems("test", 1)[0]
+  ref = transformers.PreTrainedTokenizerFast.from_pretrained(checkpoints["policy"])
+  messages = [{"role": "system", "content": _load_experiment().QWEN_MATH_SYSTEM},
+              {"role": "user", "content": problem.question.strip()}]
+  want = ref.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                 return_dict=False)
+  got = policy.tokenizer.encode_prompt(data.task.format_prompt(problem))
+  assert got == list(want)
+  difficulty = pipeline.load("difficulty")
+  assert difficulty.gens.tokens.shape[0] == 4 * 4
+
+
+def test_verifier_eval_scores_with_the_adapted_prm(study):
+  pipeline, workdir = study
+  ev = _read(workdir, "verifier_eval", "eval.json")
+  assert "orm/weighted" not in ev["curves"] and "prm_last/weighted" in ev["curves"]
+  scored = pipeline.load("verifier_eval")["scored"]
+  s = np.asarray(scored["prm_last"])
+  assert s.shape == (16,) and np.all((s >= 0) & (s <= 1))
+  assert ev["auc"]["num_steps"] > 0  # MC labels of a held-out problem, PRM-scored
+
+
+def test_a_changed_checkpoint_is_a_new_artifact(checkpoints, tmp_path):
+  c = smoke_config(checkpoints)
+  workdir = str(tmp_path / "w")
+  before = Pipeline(c, workdir)
+  ids = {s: before.identity(s) for s in ("hf_policy", "difficulty", "search_sweep")}
+  copy = str(tmp_path / "policy")
+  os.makedirs(copy)
+  for name in os.listdir(checkpoints["policy"]):
+    with open(os.path.join(checkpoints["policy"], name), "rb") as f:
+      blob = f.read()
+    with open(os.path.join(copy, name), "wb") as f:
+      f.write(blob)
+  c.hf_policy.path = copy
+  moved = Pipeline(c, workdir)
+  assert moved.identity("hf_policy") != ids["hf_policy"]  # the path is part of the config
+  with open(os.path.join(copy, "generation_config.json"), "w") as f:
+    json.dump({"eos_token_id": [2]}, f)
+  changed = Pipeline(c, workdir)
+  for stage, old in ids.items():
+    assert changed.identity(stage) not in (old, moved.identity(stage)), stage
+
+
+def test_roles_are_checked(checkpoints, tmp_path):
+  c = smoke_config(checkpoints)
+  c.stages.prm = None
+  with pytest.raises(config_lib.ConfigError, match=r"stages.prm=None: stage 'verifier_eval' "
+                                                   r"needs a 'prm'"):
+    Pipeline(c, str(tmp_path)).validate()
+  c = smoke_config(checkpoints)
+  c.stages.policy = "hf_prm"
+  with pytest.raises(config_lib.ConfigError, match=r"stages.policy='hf_prm': expected a stage "
+                                                   r"that fills the role 'policy'"):
+    Pipeline(c, str(tmp_path)).validate()
+  c = smoke_config(checkpoints)
+  c.hf_prm.format = "math-shepherd"  # reads an LM head; this checkpoint has a classifier
+  with pytest.raises(config_lib.ConfigError, match=r"hf_prm.format='math-shepherd' reads a "
+                                                   r"'lm' head"):
+    Pipeline(c, str(tmp_path)).validate()
+  c = smoke_config(checkpoints)
+  c.hf_policy.path = str(tmp_path / "missing")
+  with pytest.raises(config_lib.ConfigError, match=r"hf_policy.path=.*missing"):
+    Pipeline(c, str(tmp_path)).validate()
+  assert not os.listdir(tmp_path)  # nothing written
