@@ -273,3 +273,43 @@ def test_a_space_before_the_first_step_may_merge_with_it(tmp_path):
   state = regex.start([question], cache_size=200)
   got = [regex.step(state, [s])[1][0] for s in steps]
   assert_close(np.array(got), regex.full_scores([(question, steps)])[0])
+
+
+def test_a_step_boundary_the_tokenizer_merges_is_rescored_in_full(tmp_path):
+  """With no tag between steps, "...the answ" + "er is 42." encodes "answer" as one token:
+  the text's tokens no longer extend those in the cache. That row is re-scored in full (its
+  cache emptied, its whole text fed again; the other row keeps its cache), and the scores
+  still equal full passes; the budget's PRM tokens count the re-fed text."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from ttc_jax.models.transformer import Transformer
+  from ttc_jax.models.transformer import TransformerConfig
+  d = str(tmp_path / "merge")
+  write_tokenizer(d, template=None, special=SPECIAL + TAGS, generation_eos=[0],
+                  config_extra={"eos_token": "<|endoftext|>", "bos_token": "<|begin_of_text|>"})
+  model = Transformer(TransformerConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=4,
+                                        mlp_dim=64, max_seq_len=256, init_std=0.3),
+                      rngs=nnx.Rngs(6))
+  fmt = dataclasses.replace(adapters.MATH_SHEPHERD, name="untagged", tag="", step_sep="")
+  prm = adapters.AdaptedPRM(model, HFTokenizer.load(d), fmt)
+  question = "What is 12 + 30?"
+  merging, plain = ["So the answ", "er is 42."], ["Then 2x = 6.", " The answer is 42."]
+  ids0 = prm.encode(question, merging[:1])[0]
+  ids1 = prm.encode(question, merging)[0]
+  assert ids1[:len(ids0)] != ids0  # the boundary really merges
+  assert prm.encode(question, plain)[0][:len(prm.encode(question, plain[:1])[0])] == \
+      prm.encode(question, plain[:1])[0]  # and this one does not
+  state = prm.start([question, question], cache_size=40)  # small: the re-score grows it
+  got, consumed = [], [state.consumed.copy()]
+  for k in range(2):
+    state, last = prm.step(state, [merging[k], plain[k]])
+    got.append(last.copy())
+    consumed.append(state.consumed.copy())
+  assert state.rescores.tolist() == [1, 0]
+  assert state.cache.size > 40  # the re-score did not fit the cache after compaction
+  for r, steps in enumerate((merging, plain)):
+    want = [prm.full_scores([(question, steps[:k + 1])])[0][-1] for k in range(2)]
+    assert_close(np.array([g[r] for g in got]), np.array(want))
+  # Row 0's second step fed its whole text again; row 1's only its new tokens.
+  assert consumed[2][0] - consumed[1][0] == len(ids1)
+  assert consumed[2][1] == len(prm.encode(question, plain)[0])

@@ -200,3 +200,27 @@ def test_tensor_parallel_matches_1_device(core1, core_tp, run):
 def test_a_model_that_does_not_split_is_named(policy_model, special_ids):
   with pytest.raises(ValueError, match=r"num_heads=4 does not split over a 'model' axis of 8"):
     SamplingCore(policy_model, special_ids, mesh=make_mesh(num_data=1, num_model=8))
+
+
+@pytest.mark.parametrize("name", ["1", "8"])
+def test_a_reset_row_reads_what_it_is_fed_next_as_a_fresh_prompt(core1, core8, prompts, name):
+  """reset_rows empties one row's cache (an adapted PRM's full re-score): what it is fed
+  next gives the logits of a fresh prefill of that text; the other rows are untouched,
+  on one device and over 8 'data' shards; grow keeps every row's logits."""
+  core = {"1": core1, "8": core8}[name]
+  tokens, valid = prompts
+  b = tokens.shape[0]
+  state = core.prefill(tokens, valid, cache_size=CACHE_SIZE)
+  state = core.grow(state, CACHE_SIZE + 8)
+  before = np.asarray(state.logits)[:b]
+  reset = np.zeros(b, bool)
+  reset[1] = True
+  state = core.reset_rows(state, reset)
+  fresh = tokens[2][valid[2]]  # row 1 now reads row 2's prompt from position 0
+  chunk = np.zeros((b, fresh.size), np.int32)
+  chunk_valid = np.zeros((b, fresh.size), bool)
+  chunk[1], chunk_valid[1] = fresh, True
+  state = core.extend(state, chunk, chunk_valid)
+  after = np.asarray(state.logits)[:b]
+  assert_close(after[1], before[2])
+  np.testing.assert_array_equal(np.delete(after, 1, 0), np.delete(before, 1, 0))

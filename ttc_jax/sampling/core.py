@@ -558,6 +558,27 @@ class CachedModel:
                                         tok, val, window=window, per_token=per_token)
     return DecodeState(cache=cache, logits=logits, num_rows=state.num_rows), every
 
+  def reset_rows(self, state: DecodeState, rows) -> DecodeState:
+    """Empties the cache of ``rows`` (a (num_rows,) bool mask): their slots are masked
+    and their next token gets RoPE position 0, so what is fed to them next is encoded
+    as a fresh prompt (an adapted PRM re-scoring a row in full). Donates ``state``."""
+    rows = np.asarray(rows, bool)
+    if rows.shape != (state.num_rows,):
+      raise ValueError(f"rows must be a ({state.num_rows},) bool mask; got shape {rows.shape}.")
+    mask = self._put_rows(self._pad_rows(rows, state.padded_rows, False))
+    return DecodeState(cache=_RESET_ROWS(state.cache, mask), logits=state.logits,
+                       num_rows=state.num_rows)
+
+  def grow(self, state: DecodeState, size: int) -> DecodeState:
+    """The state with a cache of ``size`` slots (>= its current size; new slots empty)."""
+    if size < state.cache.size:
+      raise ValueError(f"grow to {size} slots: the cache already has {state.cache.size}.")
+    cache = state.cache.resized(size)
+    if self._kv is not None:
+      put = lambda x: jax.device_put(x, self._kv)
+      cache = cache.replace(k=tuple(map(put, cache.k)), v=tuple(map(put, cache.v)))
+    return DecodeState(cache=cache, logits=state.logits, num_rows=state.num_rows)
+
   def gather(self, state: DecodeState, rows, compact: bool = False) -> DecodeState:
     """Re-selects rows of ``state`` (tree expansion): new row i = old row rows[i].
 
@@ -573,6 +594,13 @@ class CachedModel:
     idx = self._put_rows(self._pad_rows(rows, self._padded(n), rows[0]))
     cache, logits = self._gather(state.cache, state.logits, idx, compact=compact)
     return DecodeState(cache=cache, logits=logits, num_rows=n)
+
+
+def _reset_rows(cache: KVCache, rows: Array) -> KVCache:
+  return cache.replace(mask=cache.mask & ~rows[:, None], pos=jnp.where(rows, 0, cache.pos))
+
+
+_RESET_ROWS = jax.jit(_reset_rows, donate_argnums=(0,))
 
 
 class SamplingCore(CachedModel):

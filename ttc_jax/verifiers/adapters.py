@@ -22,7 +22,8 @@ and a finished solution is scored in one forward pass reading at every step's po
 (:meth:`full_scores`). Tokens are those of the whole text (the PRM's tokenizer encodes
 each ``texts[k]``); where a tokenizer would merge across a step boundary so that the
 tokens of ``texts[k]`` are not a prefix of those of ``texts[k + 1]``, incremental scoring
-is not exact and :meth:`step` raises :class:`FormatError`: re-score in full instead.
+is not exact: :meth:`step` then re-scores that row in full (its cache emptied, its whole
+text fed again, the tokens counted in the budget).
 """
 
 from __future__ import annotations
@@ -232,7 +233,9 @@ class AdaptedPRM:
     tokens, valid = _right_padded(fed, self.tokenizer.pad_id)
     decode = self.cached.prefill(tokens, valid, cache_size=cache_size)
     return StepState(decode=decode, questions=list(questions), steps=[[] for _ in fed],
-                     fed=fed, last=np.zeros(len(fed), np.float32))
+                     fed=fed, last=np.zeros(len(fed), np.float32),
+                     consumed=np.asarray([len(f) for f in fed], np.int64),
+                     rescores=np.zeros(len(fed), np.int64))
 
   def gather(self, state: "StepState", rows, compact: bool = False) -> "StepState":
     """Re-selects rows (tree expansion), as CachedModel.gather."""
@@ -240,17 +243,24 @@ class AdaptedPRM:
     return StepState(decode=self.cached.gather(state.decode, rows, compact=compact),
                      questions=[state.questions[r] for r in rows],
                      steps=[list(state.steps[r]) for r in rows],
-                     fed=[list(state.fed[r]) for r in rows], last=state.last[rows].copy())
+                     fed=[list(state.fed[r]) for r in rows], last=state.last[rows].copy(),
+                     consumed=state.consumed[rows].copy(), rescores=state.rescores[rows].copy())
 
   def step(self, state: "StepState", steps: Sequence[str | None]
            ) -> tuple["StepState", np.ndarray]:
     """Adds one step to each row (None: the row adds nothing and keeps its score);
     returns the state and each row's score of its latest step. The state is updated in
-    place (its cache is donated), only once every row's step is known to be valid."""
+    place (its cache is donated), only once every row's step is known to be valid.
+
+    Where the tokenizer merges across the step boundary (the tokens of the text so far
+    do not extend those already fed), the row is re-scored in full: its cache is emptied
+    and its whole text fed again, and those tokens count in ``state.consumed`` (the
+    budget's PRM tokens) and ``state.rescores``."""
     if len(steps) != len(state.questions):
       raise ValueError(f"{len(steps)} steps for {len(state.questions)} rows.")
     context = self.cached.config.max_seq_len
     chunks, new = [], {}
+    rescore = np.zeros(len(steps), bool)
     for i, step in enumerate(steps):
       if step is None:
         chunks.append([])
@@ -259,10 +269,8 @@ class AdaptedPRM:
       ids = self._ids(self.format.texts(self.tokenizer, state.questions[i], new_steps)[-1])
       fed = state.fed[i]
       if ids[:len(fed)] != fed:
-        raise FormatError(
-            f"{self.format.name}: after step {len(new_steps)} of row {i} the tokens of the text "
-            "so far are not an extension of those already scored (the tokenizer merges "
-            "across the step boundary): score this solution with full_scores.")
+        rescore[i] = True
+        fed = []
       if len(ids) == len(fed):
         raise FormatError(f"{self.format.name}: step {len(new_steps)} of row {i} ({step!r}) "
                           "adds no PRM token.")
@@ -274,15 +282,22 @@ class AdaptedPRM:
     if not new:
       return state, state.last
     # Chunk widths rounded up (few compiled shapes); the cache compacted when the shared
-    # write index would run past its slots (rows that added less leave holes).
+    # write index would run past its slots (rows that added less leave holes), and grown
+    # when a full re-score still does not fit.
     width = -(-max(len(c) for c in chunks) // 8) * 8
     decode = state.decode
+    if rescore.any():
+      decode = self.cached.reset_rows(decode, rescore)
     if int(decode.cache.index) + width > decode.cache.size:
       decode = self.cached.gather(decode, np.arange(decode.num_rows), compact=True)
+    if int(decode.cache.index) + width > decode.cache.size:
+      decode = self.cached.grow(decode, int(decode.cache.index) + width)
     tokens, valid = _right_padded(chunks, self.tokenizer.pad_id, width)
     state.decode = self.cached.extend(decode, tokens, valid)
     for i, (new_steps, ids) in new.items():
       state.steps[i], state.fed[i] = new_steps, ids
+      state.consumed[i] += len(chunks[i])
+    state.rescores += rescore
     out = np.asarray(state.decode.logits)[:state.decode.num_rows]
     if self._columns is not None:
       out = out[:, list(self._columns)]
@@ -304,14 +319,18 @@ def _right_padded(rows: Sequence[Sequence[int]], pad_id: int, width: int = 0
 @dataclasses.dataclass
 class StepState:
   """Partial solutions as an adapted PRM sees them: its KV cache (``decode``) and, per
-  row, the question, the steps so far (text), the PRM tokens fed and the latest step's
-  score (0 before the first: a solution with no step scores 0)."""
+  row, the question, the steps so far (text), the PRM tokens of the text so far (``fed``:
+  what the cache holds), the latest step's score (0 before the first: a solution with no
+  step scores 0), the PRM tokens processed so far (``consumed``: ``fed`` plus every full
+  re-score's tokens; what the budget counts) and the number of full re-scores."""
 
   decode: DecodeState
   questions: list[str]
   steps: list[list[str]]
   fed: list[list[int]]
   last: np.ndarray
+  consumed: np.ndarray
+  rescores: np.ndarray
 
   @property
   def num_rows(self) -> int:
@@ -363,8 +382,10 @@ class PolicyBridge:
     return state.last
 
   def lengths(self, state: StepState) -> np.ndarray:
-    """The PRM tokens of each row so far (the budget counts these, not the policy's)."""
-    return np.asarray([len(f) for f in state.fed], np.int64)
+    """The PRM tokens each row has processed so far, full re-scores included (the budget
+    counts these, not the policy's; a re-score's tokens are counted at the positions after
+    the row's earlier ones, so its attention FLOPs are an upper bound)."""
+    return state.consumed.copy()
 
   def _step_text(self, ids) -> str | None:
     eos = set(self.policy_tokenizer.eos_ids)
