@@ -130,9 +130,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       particle_temperature=1.0,  # particle filtering: softmax(logit(score) / T) resampling
       lookahead_steps=(),  # lookahead (k steps) is left out at this scale
       max_rounds=40,  # steps per solution
-      # Cap on one step's tokens. An adapted PRM scores whatever the search feeds it as a
-      # step, so the cap sits above the policy's step lengths (a cut step would be scored
-      # as two).
+      # Cap on one step's tokens. A step cut at the cap is scored as it stands and, when it
+      # goes on, the PRM re-scores the row in full (counted in the budget): a cap above the
+      # policy's usual step lengths keeps that rare.
       max_step_tokens=512,
       rows_per_call=32,  # problems x N per search call (speed only; memory: the docstring)
   ))

@@ -221,17 +221,27 @@ def _steps(ctx, tokens):
   return [t for t in texts if t is not None]
 
 
-@pytest.mark.parametrize("strategy", ["best_of_n", "beam"])
-def test_search_through_an_adapted_prm(bridged, strategy):
+@pytest.mark.parametrize("strategy", ["best_of_n", "beam", "beam_cut_steps"])
+def test_search_through_an_adapted_prm(bridged, strategy, monkeypatch):
   """Best-of-N and beam search score the policy's steps with the adapted PRM: every
   candidate's score is the PRM's score of its last step read from the whole solution, and
-  the budget counts the PRM's own tokens (its prompt is the question in its chat format)."""
+  the budget counts the PRM's own tokens (its prompt is the question in its chat format).
+  With a step cap of 3 tokens (beam_cut_steps) most steps are cut and continued: the PRM
+  still sees the policy's steps whole."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from search_fixtures import PROBLEMS
   from ttc_jax.search import BeamSearch
   from ttc_jax.search import BestOfN
   ctx, prm = bridged
-  search = BestOfN(n=4) if strategy == "best_of_n" else BeamSearch(n=4, width=2)
+  if strategy == "beam_cut_steps":
+    ctx = dataclasses.replace(ctx, max_step_tokens=3)
+  continued, step = [], prm.step
+  monkeypatch.setattr(prm, "step", lambda state, steps, continues=None: (
+      continued.append(any(continues or ())), step(state, steps, continues))[1])
+  search = BestOfN(n=4) if strategy == "best_of_n" else BeamSearch(n=4, width=2,
+                                                                   max_rounds=40)
   results = search.run(ctx, PROBLEMS[:2])
+  assert any(continued) == (strategy == "beam_cut_steps")
   checked = 0
   for problem, res in zip(PROBLEMS[:2], results):
     for c in res.candidates:

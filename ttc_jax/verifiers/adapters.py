@@ -235,7 +235,8 @@ class AdaptedPRM:
     return StepState(decode=decode, questions=list(questions), steps=[[] for _ in fed],
                      fed=fed, last=np.zeros(len(fed), np.float32),
                      consumed=np.asarray([len(f) for f in fed], np.int64),
-                     rescores=np.zeros(len(fed), np.int64))
+                     rescores=np.zeros(len(fed), np.int64), pending=[[] for _ in fed],
+                     pending_added=np.zeros(len(fed), bool))
 
   def gather(self, state: "StepState", rows, compact: bool = False) -> "StepState":
     """Re-selects rows (tree expansion), as CachedModel.gather."""
@@ -244,13 +245,17 @@ class AdaptedPRM:
                      questions=[state.questions[r] for r in rows],
                      steps=[list(state.steps[r]) for r in rows],
                      fed=[list(state.fed[r]) for r in rows], last=state.last[rows].copy(),
-                     consumed=state.consumed[rows].copy(), rescores=state.rescores[rows].copy())
+                     consumed=state.consumed[rows].copy(), rescores=state.rescores[rows].copy(),
+                     pending=[list(state.pending[r]) for r in rows],
+                     pending_added=state.pending_added[rows].copy())
 
-  def step(self, state: "StepState", steps: Sequence[str | None]
-           ) -> tuple["StepState", np.ndarray]:
+  def step(self, state: "StepState", steps: Sequence[str | None],
+           continues: Sequence[bool] | None = None) -> tuple["StepState", np.ndarray]:
     """Adds one step to each row (None: the row adds nothing and keeps its score);
     returns the state and each row's score of its latest step. The state is updated in
     place (its cache is donated), only once every row's step is known to be valid.
+    ``continues[i]``: row i's text replaces its last step instead (that step was cut
+    short and has gone on: the whole step is scored, re-scoring the row in full).
 
     Where the tokenizer merges across the step boundary (the tokens of the text so far
     do not extend those already fed), the row is re-scored in full: its cache is emptied
@@ -258,6 +263,10 @@ class AdaptedPRM:
     budget's PRM tokens) and ``state.rescores``."""
     if len(steps) != len(state.questions):
       raise ValueError(f"{len(steps)} steps for {len(state.questions)} rows.")
+    continues = [False] * len(steps) if continues is None else list(continues)
+    if len(continues) != len(steps) or any(c and not state.steps[i]
+                                           for i, c in enumerate(continues)):
+      raise ValueError("continues: one flag per row, True only for a row with a step.")
     context = self.cached.config.max_seq_len
     chunks, new = [], {}
     rescore = np.zeros(len(steps), bool)
@@ -265,7 +274,7 @@ class AdaptedPRM:
       if step is None:
         chunks.append([])
         continue
-      new_steps = state.steps[i] + [step]
+      new_steps = state.steps[i][:-1 if continues[i] else None] + [step]
       ids = self._ids(self.format.texts(self.tokenizer, state.questions[i], new_steps)[-1])
       fed = state.fed[i]
       if ids[:len(fed)] != fed:
@@ -322,7 +331,9 @@ class StepState:
   row, the question, the steps so far (text), the PRM tokens of the text so far (``fed``:
   what the cache holds), the latest step's score (0 before the first: a solution with no
   step scores 0), the PRM tokens processed so far (``consumed``: ``fed`` plus every full
-  re-score's tokens; what the budget counts) and the number of full re-scores."""
+  re-score's tokens; what the budget counts) and the number of full re-scores. ``pending``:
+  the policy tokens of a step that was cut short and has not ended yet (``pending_added``:
+  it is already the last of ``steps``), kept by :class:`PolicyBridge`."""
 
   decode: DecodeState
   questions: list[str]
@@ -331,6 +342,8 @@ class StepState:
   last: np.ndarray
   consumed: np.ndarray
   rescores: np.ndarray
+  pending: list[list[int]]
+  pending_added: np.ndarray
 
   @property
   def num_rows(self) -> int:
@@ -362,10 +375,12 @@ class PolicyBridge:
   no step and keeps the row's score. The PRM's prompt is the question's text, not the
   policy's prompt: :meth:`prefill_questions`.
 
-  A step the search cuts at its ``max_step_tokens`` is fed as a step too: the PRM then
-  sees a step separator inside what the policy wrote as one step (and the space at the
-  cut is stripped). With an adapted PRM, set the search's step cap above the policy's
-  longest steps (the real-model experiment does); best-of-N never cuts.
+  A step the search cuts at its ``max_step_tokens`` (its chunk ends without a step
+  delimiter or EOS) is scored as it stands, a partial step, so that the search can select
+  on it; when it goes on, the next chunk is joined to it and the whole step replaces it
+  (:meth:`AdaptedPRM.step` with ``continues``): the row is re-scored in full, those PRM
+  tokens counted. A step cap above the policy's usual step lengths keeps this rare (the
+  real-model experiment sets one); best-of-N never cuts.
   """
 
   def __init__(self, prm: AdaptedPRM, policy_tokenizer: PolicyTokenizer):
@@ -393,11 +408,30 @@ class PolicyBridge:
     return text or None
 
   def extend(self, state: StepState, tokens, valid) -> StepState:
-    """One step per row: its valid policy tokens (none: the row adds nothing)."""
+    """One step per row: its valid policy tokens (none: the row adds nothing); a row
+    whose last step was cut short continues it."""
     tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
-    steps = [self._step_text(tokens[r][valid[r]]) if valid[r].any() else None
-             for r in range(state.num_rows)]
-    return self.prm.step(state, steps)[0]
+    ends = set(self.policy_tokenizer.step_ids) | set(self.policy_tokenizer.eos_ids)
+    steps, continues, wholes, closed = [], [], [], []
+    for r in range(state.num_rows):
+      chunk = [int(t) for t in tokens[r][valid[r]]]
+      whole = state.pending[r] + chunk
+      text = self._step_text(whole) if chunk else None
+      cont = text is not None and bool(state.pending_added[r])
+      if cont and text == state.steps[r][-1]:
+        text, cont = None, False  # the continuation adds no text (an EOS, a space)
+      steps.append(text)
+      continues.append(cont)
+      wholes.append(whole if chunk else None)
+      closed.append(bool(chunk) and chunk[-1] in ends)
+    state = self.prm.step(state, steps, continues)[0]
+    for r in range(state.num_rows):
+      if wholes[r] is None:
+        continue  # nothing fed to this row
+      added = bool(state.pending_added[r]) or steps[r] is not None
+      state.pending[r] = [] if closed[r] else wholes[r]
+      state.pending_added[r] = added and not closed[r]
+    return state
 
   def _spans(self, generation: Sequence[int]) -> list[tuple[int, int]]:
     """(first, last) token of each step of a generation (policy tokens after the prompt)."""
