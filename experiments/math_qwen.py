@@ -10,7 +10,8 @@ Command (checkpoint directories downloaded beforehand: nothing is fetched at run
 shared/data/README.md). ``--mesh=-1,4``: every device of the host with 4-way tensor
 parallelism (data=2 x model=4 on a TPU v5e-8 host or on 8 GPUs). One stage:
 ``--config=experiments/math_qwen.py:STAGE`` (``hf_policy``, ``hf_prm``, ``difficulty``,
-``verifier_eval``, ``search_sweep``, ``report``, ``compute_optimal``, ``study``).
+``verifier_eval``, ``search_sweep``, ``report``, ``compute_optimal``, ``study``); GSM8K
+instead of MATH-500: ``--config=experiments/math_qwen.py:task=gsm8k``.
 
 Stages (the embedded study's, with imported models in the policy and PRM roles):
 
@@ -70,25 +71,36 @@ def _optional(value, kind) -> config_dict.FieldReference:
   return config_dict.FieldReference(value, field_type=kind)
 
 
-def _parse(arg: str | None) -> str:
-  stage = (arg or "study").strip()
-  if "=" in stage or "," in stage:
-    raise ValueError(f"config argument {arg!r}: expected a stage name.")
-  return stage
+def _parse(arg: str | None) -> tuple[str, str]:
+  """'STAGE', 'task=NAME' or 'STAGE,task=NAME' -> (stage, task)."""
+  stage, task = "study", "math"
+  for part in filter(None, (x.strip() for x in (arg or "").split(","))):
+    if part.startswith("task="):
+      task = part[len("task="):]
+    elif "=" in part:
+      raise ValueError(f"config argument {part!r}: expected a stage name or task=NAME.")
+    else:
+      stage = part
+  if task not in ("math", "gsm8k"):
+    raise ValueError(f"config argument task={task!r}: expected 'math' or 'gsm8k'.")
+  return stage, task
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The real-model study config; ``arg``: a stage to run (default 'study')."""
+  """The real-model study config; ``arg``: a stage to run (default 'study'), ``task=gsm8k``
+  (default MATH), or both: ``difficulty,task=gsm8k``."""
+  stage, task = _parse(arg)
   c = ml_collections.ConfigDict()
-  c.stage = _parse(arg)  # The stage to run, with the inputs it is missing.
+  c.stage = stage  # The stage to run, with the inputs it is missing.
   c.seed = 0  # Seed of every random stream.
   # Which stage fills each role: imported checkpoints as policy and PRM; no ORM, verifier
   # ablation, revisions or larger policy (None: the stages that read them do without).
   c.stages = ml_collections.ConfigDict(dict(
       policy="hf_policy", prm="hf_prm", orm=None, verifier_ablation=None,
       revision_report=None, large_policy_eval=None))
-  c.task = tasks.default_config("math")  # data_dir: the folder holding math/*.jsonl
-  c.test_problems = 500  # The first N MATH-500 problems.
+  # data_dir: the folder holding math/*.jsonl and gsm8k/*.jsonl (shared/data's layout).
+  c.task = tasks.default_config(task)
+  c.test_problems = 500  # The first N test problems (MATH-500; GSM8K has 1319).
   c.sampling = ml_collections.ConfigDict(dict(
       temperature=0.7,  # sampling temperature (Qwen2.5-Math's recommended range)
       max_new_tokens=2048,  # cap on a solution's tokens

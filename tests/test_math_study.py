@@ -38,14 +38,20 @@ _QUESTIONS = ["What is $2 + 3$?", "Compute $\\frac{1}{2} + \\frac{1}{3}$.",
 def _math_data(directory):
   """shared/data when it is next to the repo (its first MATH-500 problems are read), else a
   few problems in its JSON Lines format."""
-  if os.path.isfile(os.path.join(SHARED, "math", "test.jsonl")):
+  if all(os.path.isfile(os.path.join(SHARED, *f))
+         for f in (("math", "test.jsonl"), ("gsm8k", "test.jsonl"))):
     return SHARED
-  os.makedirs(os.path.join(directory, "math"), exist_ok=True)
-  rows = [{"problem": q, "solution": f"The answer is $\\boxed{{{i}}}$.", "answer": str(i),
-           "level": 1 + i % 5} for i, q in enumerate(_QUESTIONS * 3)]
-  for name in ("test.jsonl", "train_reconstructed.jsonl"):
-    with open(os.path.join(directory, "math", name), "w") as f:
-      f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+  rows = {"math": [{"problem": q, "solution": f"The answer is $\\boxed{{{i}}}$.",
+                    "answer": str(i), "level": 1 + i % 5} for i, q in enumerate(_QUESTIONS * 3)],
+          "gsm8k": [{"question": q, "answer": f"It is {i}.\n#### {i}"}
+                    for i, q in enumerate(_QUESTIONS * 3)]}
+  names = {"math": ("test.jsonl", "train_reconstructed.jsonl"),
+           "gsm8k": ("test.jsonl", "train.jsonl")}
+  for task, files in names.items():
+    os.makedirs(os.path.join(directory, task), exist_ok=True)
+    for name in files:
+      with open(os.path.join(directory, task, name), "w") as f:
+        f.write("\n".join(json.dumps(r) for r in rows[task]) + "\n")
   return directory
 
 
@@ -75,6 +81,11 @@ def checkpoints(tmp_path_factory):
 
 def smoke_config(checkpoints, stage: str = "study") -> ml_collections.ConfigDict:
   c = _load_experiment().get_config(stage)
+  c = _shrink(c, checkpoints)
+  return c
+
+
+def _shrink(c, checkpoints):
   c.task.data_dir = checkpoints["data"]
   c.test_problems = 4
   c.sampling.update(temperature=1.0, max_new_tokens=48, batch_size=16)
@@ -202,3 +213,13 @@ def test_roles_are_checked(checkpoints, tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r"hf_policy.path=.*missing"):
     Pipeline(c, str(tmp_path)).validate()
   assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_gsm8k_is_the_same_study_on_another_task(checkpoints, tmp_path):
+  c = _shrink(_load_experiment().get_config("search_sweep,task=gsm8k"), checkpoints)
+  p = Pipeline(c, str(tmp_path))
+  p.validate()
+  assert p.task.name == "gsm8k" and c.stage == "search_sweep"
+  assert p.plan("search_sweep") == ["data", "hf_policy", "hf_prm", "search_sweep"]
+  with pytest.raises(ValueError, match=r"task='x': expected 'math' or 'gsm8k'"):
+    _load_experiment().get_config("task=x")
