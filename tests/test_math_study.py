@@ -223,3 +223,32 @@ def test_gsm8k_is_the_same_study_on_another_task(checkpoints, tmp_path):
   assert p.plan("search_sweep") == ["data", "hf_policy", "hf_prm", "search_sweep"]
   with pytest.raises(ValueError, match=r"task='x': expected 'math' or 'gsm8k'"):
     _load_experiment().get_config("task=x")
+
+
+def test_a_tensor_parallel_mesh_gives_the_same_study(study, checkpoints, tmp_path):
+  """The same config on a data=2 x model=4 mesh of fake CPU devices (checkpoints loaded
+  straight onto it): the same samples, search answers and budgets as on one device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ttc_jax import parallel  # pylint: disable=g-import-not-at-top
+  if jax.local_device_count() < 8:
+    pytest.skip("needs the 8 fake CPU devices of make test (XLA_FLAGS)")
+  pipeline, workdir = study
+  c = smoke_config(checkpoints, "search_sweep")
+  c.search.methods = ("best_of_n", "beam")
+  parallel.set_sampling_mesh(2, 4)
+  try:
+    tp = Pipeline(c, str(tmp_path))
+    tp.run("search_sweep")
+    tp.run("difficulty")
+    policy = tp.load("hf_policy")
+    leaf = policy.model.embed[...]
+    assert len(leaf.sharding.device_set) == 8
+  finally:
+    parallel.set_sampling_mesh(1, 1)
+  one, two = pipeline.load("difficulty"), tp.load("difficulty")
+  np.testing.assert_array_equal(two.gens.tokens, one.gens.tokens)
+  ref = {c["key"]: c for c in pipeline.load("search_sweep")}
+  for cell in tp.load("search_sweep"):
+    want = ref[cell["key"]]
+    for field in ("answers", "correct", "policy_tokens", "prm_tokens", "finished"):
+      assert cell[field] == want[field], (cell["key"], field)

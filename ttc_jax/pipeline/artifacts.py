@@ -274,8 +274,11 @@ def load_model(artifact_dir: str, identity: str | None = None) -> ModelArtifact:
     tok = hf_tokenizer(ckpt["dir"], step_delimiter=t["step_delimiter"], chat=t["chat"],
                        system=t["system"])
     tok.check_vocab(config.vocab_size)
+    # Straight onto the sampling mesh, each device reading its own shards (a 7B PRM does
+    # not fit one chip whole).
     model = hf_import.load(ckpt["dir"], max_seq_len=config.max_seq_len,
-                           param_dtype=config.param_dtype, dtype=config.dtype)
+                           param_dtype=config.param_dtype, dtype=config.dtype,
+                           mesh=parallel.local_mesh())
     if model.config != config:
       raise ArtifactError(f"{ckpt['dir']} now imports as another architecture than "
                           f"{artifact_dir} recorded: re-run its stage.")
