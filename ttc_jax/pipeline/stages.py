@@ -1269,7 +1269,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("compute_optimal.json", "compute_optimal.md", "compute_optimal.png",
            "compute_optimal_efficiency.png", "difficulty_bins.png"),
           run_compute_optimal, load_json("compute_optimal.json"),
-          optional=("large_policy_eval",), may_lack=("revision_report",)),
+          optional=("large_policy_eval",), may_lack=("revision_report",),
+          version=2),  # 2: efficiency against the baseline's own smallest budget
     Stage("study", "the whole study: every claim's verdict and the three reports",
           ("report", "revision_report", "compute_optimal"), (), ("claims.json", "study.md"),
           run_study, load_json("claims.json"), version=2, may_lack=("revision_report",)),
