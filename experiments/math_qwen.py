@@ -19,7 +19,7 @@ Stages (the embedded study's, with imported models in the policy and PRM roles):
   changed checkpoint is a new artifact, and so is everything computed from it). The
   policy's prompts are its chat template's user turn after the system prompt below; its
   steps end at any token containing "\n\n". The PRM reads solutions in its own format
-  (``hf_prm.format``: ``qwen2.5-math-prm``, ``math-shepherd``, ``rlhflow`` or ``value``;
+  (``hf_prm.format``: ``qwen2.5-math-prm``, ``math-shepherd`` or ``rlhflow``;
   ttc_jax.verifiers.adapters).
 * difficulty: pass@1 of each test problem from ``difficulty.samples_per_problem``
   samples (oracle bins).
@@ -118,8 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   c.hf_prm = ml_collections.ConfigDict(dict(
       path="",  # the PRM checkpoint directory
-      # How it reads a solution (verifiers.adapters.FORMATS): 'qwen2.5-math-prm',
-      # 'math-shepherd', 'rlhflow' or 'value'.
+      # How it reads a solution (verifiers.adapters.FORMATS): 'qwen2.5-math-prm' (a
+      # 2-label step head), 'math-shepherd' or 'rlhflow' (an LM's "+"/"-" tokens).
       format="qwen2.5-math-prm",
       max_seq_len=_optional(4096, int),  # its context (None: the checkpoint's)
       param_dtype=_optional("bfloat16", str),

@@ -252,3 +252,15 @@ def test_a_tensor_parallel_mesh_gives_the_same_study(study, checkpoints, tmp_pat
     want = ref[cell["key"]]
     for field in ("answers", "correct", "policy_tokens", "prm_tokens", "finished"):
       assert cell[field] == want[field], (cell["key"], field)
+
+
+def test_a_left_out_target_and_unknown_roles_are_named(checkpoints, tmp_path):
+  c = smoke_config(checkpoints, "revision_report")
+  with pytest.raises(config_lib.ConfigError, match=r"stage 'revision_report': this experiment "
+                                                   r"leaves it out"):
+    Pipeline(c, str(tmp_path)).run()
+  c = smoke_config(checkpoints)
+  with pytest.raises(config_lib.ConfigError, match=r"stages.ormm: not a role any stage reads"):
+    c.stages.ormm = None
+    Pipeline(c, str(tmp_path)).validate()
+  assert not os.listdir(tmp_path)

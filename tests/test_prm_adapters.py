@@ -323,3 +323,30 @@ def test_a_step_boundary_the_tokenizer_merges_is_rescored_in_full(tmp_path):
   # Row 0's second step fed its whole text again; row 1's only its new tokens.
   assert consumed[2][0] - consumed[1][0] == len(ids1)
   assert consumed[2][1] == len(prm.encode(question, plain)[0])
+
+
+def test_finished_solutions_score_each_step_and_skip_an_eos_alone(bridged):
+  """verifier_eval's full passes through the bridge: one score per policy step, equal to
+  the PRM's full pass; an EOS alone after the last delimiter is no step (NaN, skipped by
+  every aggregation), and a solution without steps has none; scores do not depend on the
+  batch size."""
+  from ttc_jax.verifiers.scoring import aggregate_steps
+  ctx, prm = bridged
+  tok, bridge = ctx.tokenizer, ctx.prm
+  step, eos = tok.step_ids[0], tok.eos_ids[0]
+  gens = [[11, 12, step, 13, step, eos], [14, 15, eos], [eos]]
+  questions = ["What is 12 + 30?", "Let x = 3. What is 2x?", "What is 1/2 + 1/3?"]
+  got = bridge.solution_scores(questions, gens, batch_size=2)
+  assert [len(g) for g in got] == [3, 1, 1]
+  assert np.isnan(got[0][2]) and np.isnan(got[2][0])
+  want = prm.full_scores([(questions[0], ["11 12 " + str(step), "13 " + str(step)])])[0]
+  assert_close(got[0][:2], want)
+  for b in (1, 3):
+    again = bridge.solution_scores(questions, gens, batch_size=b)
+    for x, y in zip(again, got):
+      np.testing.assert_allclose(x, y, rtol=1e-5)
+  assert_close(aggregate_steps(got, "last"), np.array([got[0][1], got[1][0], 0.0]))
+  assert_close(aggregate_steps(got, "prod"), np.array([got[0][0] * got[0][1], got[1][0], 0.0]))
+  lengths = bridge.solution_lengths(questions, gens)
+  assert lengths[2] == 0 and lengths[0] == len(prm.encode(questions[0], [
+      "11 12 " + str(step), "13 " + str(step)])[0])

@@ -440,7 +440,7 @@ def efficiency(co_points: Sequence[dict], bon_points: Sequence[dict], seed: int 
   gets no credit for the budgets it wastes: all-zero accuracies give ratios <= 1). A bootstrap over problems (the
   same resamples for every point) gives each ratio's percentile interval; a resample in which
   no budget reaches a_N counts in ``unreached_resamples`` and has ratio 0, read as "below
-  N / b_max" (``floor``). ``best``: the largest ratio over the baseline's budgets, its interval
+  N' / b_max" (``floor``). ``best``: the largest ratio over the baseline's budgets, its interval
   from the per-resample maximum.
 
   Returns:
@@ -499,7 +499,7 @@ def efficiency(co_points: Sequence[dict], bon_points: Sequence[dict], seed: int 
         "flops_ratio_ci": _interval(fl, confidence),
         "baseline_flops_per_problem": f_bon,
         "co_flops_per_problem": None if k is None else float(f_co[k]),
-        "floor": n / float(b_co[-1]), "unreached_resamples": int((~hit).sum())})
+        "floor": float(b_bon[o]) / float(b_co[-1]), "unreached_resamples": int((~hit).sum())})
   gen_point = [r["generations_ratio"] or 0.0 for r in rows]
   flops_point = [r["flops_ratio"] or 0.0 for r in rows]
   jg, jf = int(np.argmax(gen_point)), int(np.argmax(flops_point))

@@ -201,6 +201,15 @@ class ModelArtifact:
     return bridge.solution_scores(questions, [r[n:] for r, n in zip(rows, prompt_lengths)],
                                   batch_size=batch_size)
 
+  def solution_tokens(self, policy_tokenizer, questions: list[str], rows: list,
+                      prompt_lengths: list[int]) -> np.ndarray:
+    """The PRM tokens of each finished policy sample as the PRM reads it: the row itself
+    (a PRM over the policy's tokens), or its steps in the imported PRM's own format."""
+    if self.prm_format is None:
+      return np.asarray([len(r) for r in rows], np.int64)
+    return self.search_scorer(policy_tokenizer).solution_lengths(
+        questions, [r[n:] for r, n in zip(rows, prompt_lengths)])
+
   def summary(self) -> dict:
     c = self.config
     out = {"id": self.identity, "params": c.num_params(), "d_model": c.d_model,

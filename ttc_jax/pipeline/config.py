@@ -386,20 +386,28 @@ def memory_uses(config: ml_collections.ConfigDict) -> list[memory.Use]:
   one step of a tree search's slack. Imported checkpoints (``hf_policy`` / ``hf_prm``)
   count with the architecture they import as."""
   c = config
-  if "hf_policy" in c:
+  if filled_by(c, "policy") == "hf_policy":
     policy = hf_model_config(c.hf_policy, "hf_policy")
   else:
     policy = _model(arch_fields(c.policy.model), c.tokenizer.vocab_size, "lm", "policy.model")
-  if "hf_prm" in c:
+  slots = policy.max_seq_len + c.search.max_step_tokens
+  if filled_by(c, "prm") == "hf_prm":
     prm = hf_model_config(c.hf_prm, "hf_prm")
+    # Its own tokens: its context and the search's slack (SearchContext.prm_prefill). A row
+    # re-scored in full may grow it further (AdaptedPRM.step): not counted here.
+    prm_slots = prm.max_seq_len + 4 * c.search.max_step_tokens + 16
   else:
     prm = _model(verifier_arch(arch_fields(c.policy.model), c.prm, "prm"),
                  c.tokenizer.vocab_size, "value", "prm.model")
-  slots = policy.max_seq_len + c.search.max_step_tokens
+    prm_slots = slots
   search_rows = 2 * c.search.rows_per_call
   copies = 2 if "lookahead" in c.search.methods else 1
   return [memory.Use("policy", policy, rows=max(c.sampling.batch_size, search_rows),
                      cache_size=slots, copies=copies),
-          memory.Use("prm", prm, rows=search_rows,
-                     cache_size=max(slots, prm.max_seq_len + 4 * c.search.max_step_tokens + 16),
-                     copies=copies)]
+          memory.Use("prm", prm, rows=search_rows, cache_size=prm_slots, copies=copies)]
+
+
+def filled_by(config: ml_collections.ConfigDict, role: str) -> str | None:
+  """The stage that fills ``role`` in this experiment (its ``stages`` section; default
+  the stage of that name; None: left out)."""
+  return (config.get("stages") or {}).get(role, role)

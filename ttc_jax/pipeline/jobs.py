@@ -117,7 +117,8 @@ def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
   if jobs < 1:
     raise ValueError(f"jobs={jobs}: expected at least 1 stage process at a time.")
   pipeline.validate()
-  target = pipeline.resolve(target) or target
+  pipeline.validate_roles(target)
+  target = pipeline.target(target)
   order = pipeline.plan(target)
   deps = {n: [s for s in pipeline.inputs_of(n).values() if s] for n in order}
   todo = []

@@ -108,23 +108,38 @@ class Pipeline:
   def resolve(self, role: str) -> str | None:
     """The stage that fills ``role`` in this experiment (its ``stages`` config: e.g.
     'policy' -> 'hf_policy'; None: left out); default the stage of that name."""
-    roles = self.config.get("stages") or {}
-    return roles.get(role, role)
+    return config_lib.filled_by(self.config, role)
 
   def inputs_of(self, name: str) -> dict[str, str | None]:
     """{role: the stage filling it, or None} of stage ``name``'s inputs."""
     return {role: self.resolve(role) for role in STAGES[name].inputs}
 
-  def _validate_roles(self) -> None:
+  def target(self, name: str | None = None) -> str:
+    """The stage that runs for ``name`` (default ``config.stage``): the stage filling that
+    role in this experiment; a ConfigError if the experiment leaves it out."""
+    name = name or self.config.stage
+    resolved = self.resolve(name)
+    if resolved is None:
+      raise config_lib.ConfigError(f"stage {name!r}: this experiment leaves it out "
+                                   f"(stages.{name}=None).")
+    return resolved
+
+  def validate_roles(self, target: str | None = None) -> None:
+    """The ``stages`` config: known roles, each filled by a stage that can fill it, and no
+    role left out (None) that a stage ``target`` needs does not declare in may_lack."""
     roles = dict(self.config.get("stages") or {})
+    known = set(STAGES) | {i for st in STAGES.values() for i in st.inputs + st.optional}
     for role, name in roles.items():
+      if role not in known:
+        raise config_lib.ConfigError(f"stages.{role}: not a role any stage reads (roles: "
+                                     f"{sorted(known)}).")
       if name is None:
         continue
       if name not in STAGES or (name != role and STAGES[name].fills != role):
         fill = sorted(s for s, st in STAGES.items() if s == role or st.fills == role)
         raise config_lib.ConfigError(f"stages.{role}={name!r}: expected a stage that fills "
                                      f"the role {role!r}: one of {fill} (or None).")
-    for name in self.plan(self.resolve(self.config.stage) or self.config.stage):
+    for name in self.plan(self.target(target)):
       for role, filled in self.inputs_of(name).items():
         if filled is None and role not in STAGES[name].may_lack:
           raise config_lib.ConfigError(
@@ -179,7 +194,7 @@ class Pipeline:
   def validate(self) -> None:
     """Everything that needs no data; nothing has been written when this raises."""
     self.task = config_lib.validate(self.config, list(STAGES))
-    self._validate_roles()
+    self.validate_roles()
     self._validate_variants()
 
   def _validate_variants(self) -> None:
@@ -203,9 +218,9 @@ class Pipeline:
 
   def run(self, target: str | None = None) -> Any:
     """Runs ``target`` (default: ``config.stage``) and whatever it is missing."""
-    target = target or self.config.stage
     self.validate()
-    target = self.resolve(target) or target
+    self.validate_roles(target)
+    target = self.target(target)
     order = self.plan(target)
     t0 = time.time()
     for name in order:
@@ -252,19 +267,23 @@ class Pipeline:
     if self._lengths_checked:
       return
     data = self.load("data")
-    if "hf_policy" in self.config and self.resolve("policy") == "hf_policy":
-      h = self.config.hf_policy
+    if self.resolve("policy") == "hf_policy":
+      c = self.config
+      h = c.hf_policy
       tok = artifacts.hf_tokenizer(h.path, step_delimiter=h.step_delimiter, chat=h.chat,
                                    system=h.system)
+      auc = c.verifier_eval.auc_problems if "verifier_eval" in c else 0
       longest = config_lib.validate_lengths(
-          self.config, data.task, tok, {"test": data.problems("test", self.config.test_problems)},
+          c, data.task, tok, {"test": data.problems("test", c.test_problems + auc)},
           context=config_lib.hf_model_config(h, "hf_policy").max_seq_len)
+      self.log(f"lengths: longest prompt {longest['prompt']} tokens (the imported policy's "
+               f"chat prompt), reference solution {longest['solution']}")
     else:
       longest = config_lib.validate_lengths(
           self.config, data.task, self.load("tokenizer"),
           {"train": data.problems("train"), "test": data.problems("test")})
-    self.log(f"lengths: longest prompt {longest['prompt']}, solution {longest['solution']} "
-             f"(with EOS), training row {longest['row']} tokens")
+      self.log(f"lengths: longest prompt {longest['prompt']}, solution {longest['solution']} "
+               f"(with EOS), training row {longest['row']} tokens")
     self._lengths_checked = True
 
   def load(self, name: str) -> Any:

@@ -795,6 +795,8 @@ def run_verifier_eval(ctx: Context) -> dict:
                                  for i in idx]).astype(np.float64)
     auc_groups = np.concatenate([np.full(len(auc_ls.ends(i)), auc_ls.problem_index[i])
                                  for i in idx]).astype(np.int64)
+    steps = ~np.isnan(auc_scores)  # an adapted PRM's span that is no step has no score
+    auc_scores, auc_labels, auc_groups = auc_scores[steps], auc_labels[steps], auc_groups[steps]
   answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
   result, per_problem = verifier_metrics.evaluate(
       answers, [task.normalize_answer(p.answer) for p in probs],
@@ -1065,13 +1067,20 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
   diff, policy, prm = ctx.inputs["difficulty"], ctx.inputs["policy"], ctx.inputs["prm"]
   probs = ctx.inputs["data"].problems("test", c.test_problems)
   tok, task = policy.tokenizer, ctx.inputs["data"].task
-  prompts = np.array([len(tok.encode_prompt(task.format_prompt(p))) for p in probs])
+  prompt_ids = [tok.encode_prompt(task.format_prompt(p)) for p in probs]
+  prompts = np.array([len(x) for x in prompt_ids])
   lengths = np.asarray(diff.gens.lengths, np.int64).reshape(len(probs), diff.n)[:, :k]
   rows = prompts[:, None] + lengths
+  # The PRM's own tokens of each sample (an imported PRM reads its own format).
+  picked = [(p, s) for p in range(len(probs)) for s in range(k)]
+  prm_rows = prm.solution_tokens(
+      tok, [probs[p].question for p, _ in picked],
+      [prompt_ids[p] + list(diff.gens.row(p * diff.n + s)) for p, s in picked],
+      [len(prompt_ids[p]) for p, _ in picked]).reshape(len(probs), k)
   pol_cost = accounting.ModelCost.from_config(policy.config)
   prm_cost = accounting.ModelCost.from_config(prm.config)
   pol = float(np.sum(accounting.forward_flops(pol_cost, 0, rows))) / len(probs)
-  ver = float(np.sum(accounting.forward_flops(prm_cost, 0, rows))) / len(probs)
+  ver = float(np.sum(accounting.forward_flops(prm_cost, 0, prm_rows))) / len(probs)
   return float(k), pol + ver, {"samples": k, "policy_flops_per_problem": pol,
                                "prm_flops_per_problem": ver}
 
@@ -1273,5 +1282,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           version=2),  # 2: efficiency against the baseline's own smallest budget
     Stage("study", "the whole study: every claim's verdict and the three reports",
           ("report", "revision_report", "compute_optimal"), (), ("claims.json", "study.md"),
-          run_study, load_json("claims.json"), version=2, may_lack=("revision_report",)),
+          run_study, load_json("claims.json"), version=3,  # 3: its text without revisions
+          may_lack=("revision_report",)),
 ]}

@@ -37,8 +37,11 @@ def digest(obj: Any, length: int = 12) -> str:
 
 def file_digest(path: str) -> str:
   """The sha256 of a file's bytes (read in blocks: checkpoint shards are gigabytes)."""
+  h = hashlib.sha256()
   with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
 
 
 _DIGESTS: dict[tuple, str] = {}
@@ -47,8 +50,8 @@ _DIGESTS: dict[tuple, str] = {}
 def directory_digests(directory: str, names: list[str], cache_path: str | None = None
                       ) -> dict[str, str]:
   """{name: sha256} of files in ``directory``. Digests are remembered per process and, with
-  ``cache_path``, in that JSON file across processes, keyed by (path, size, mtime_ns): a
-  changed file is hashed again."""
+  ``cache_path``, in that JSON file across processes, keyed by (path, inode, size, mtime and
+  ctime in ns): a changed or replaced file is hashed again."""
   stored = {}
   if cache_path and os.path.exists(cache_path):
     try:
@@ -60,14 +63,15 @@ def directory_digests(directory: str, names: list[str], cache_path: str | None =
   for name in names:
     path = os.path.join(directory, name)
     st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    stamp = {"inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+             "ctime_ns": st.st_ctime_ns}
+    key = (os.path.abspath(path),) + tuple(stamp.values())
     entry = stored.get(key[0])
-    if key not in _DIGESTS and entry and [entry.get("size"), entry.get("mtime_ns")] == [
-        st.st_size, st.st_mtime_ns]:
+    if key not in _DIGESTS and entry and {k: entry.get(k) for k in stamp} == stamp:
       _DIGESTS[key] = entry["sha256"]
     if key not in _DIGESTS:
       _DIGESTS[key] = file_digest(path)
-      stored[key[0]] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _DIGESTS[key]}
+      stored[key[0]] = {**stamp, "sha256": _DIGESTS[key]}
       changed = True
     out[name] = _DIGESTS[key]
   if changed and cache_path:

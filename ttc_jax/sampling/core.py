@@ -479,6 +479,12 @@ class CachedModel:
     pad = np.full((n - x.shape[0],) + x.shape[1:], fill, dtype=x.dtype)
     return np.concatenate([x, pad], axis=0)
 
+  def put_rows(self, x, fill) -> Array:
+    """Host rows ``x`` (rows first), padded with ``fill`` to a multiple of the 'data'
+    axis and split over it (a full pass over a batch of rows, e.g. a PRM's)."""
+    x = np.asarray(x)
+    return self._put_rows(self._pad_rows(x, self._padded(x.shape[0]), fill))
+
   def _check_room(self, state: DecodeState, n: int) -> int:
     """Slots used so far (a host sync on the state's index); errors if n more do not fit."""
     used = int(state.cache.index)

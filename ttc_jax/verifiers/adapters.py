@@ -37,9 +37,11 @@ import numpy as np
 import scipy.special
 from flax import nnx
 
+from ttc_jax import parallel
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.sampling.core import CachedModel
 from ttc_jax.sampling.core import DecodeState
+from ttc_jax.sampling.solutions import round_up
 from ttc_jax.sampling.solutions import step_ends
 
 
@@ -207,21 +209,43 @@ class AdaptedPRM:
     return p[..., 0] if self.format.readout == "token_pair" else p[..., 1]
 
   # ------------------------------------------------------------- full passes
-  def full_scores(self, solutions: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
-    """Each solution's per-step scores from one forward pass over the batch (right padded)."""
+  def full_scores(self, solutions: Sequence[tuple[str, Sequence[str]]], *,
+                  batch_size: int | None = None) -> list[np.ndarray]:
+    """Each solution's per-step scores from full forward passes: ``batch_size`` solutions
+    per pass (default: all), in order of length (each pass padded to its own longest),
+    rows split over the 'data' axis and the passes over the processes."""
     encoded = [self.encode(q, steps) for q, steps in solutions]
+    if not encoded:
+      return []
     longest = max(len(ids) for ids, _ in encoded)
     if longest > self.cached.config.max_seq_len:
       raise FormatError(f"a solution is {longest} PRM tokens; the PRM's context is "
                         f"{self.cached.config.max_seq_len}.")
-    # Widths rounded up to multiples of 8: few compiled shapes.
-    tokens, valid = _right_padded([ids for ids, _ in encoded], self.tokenizer.pad_id,
-                                  -(-longest // 8) * 8)
-    positions, _ = _right_padded([pos for _, pos in encoded], 0)
-    out = _OUTPUTS_AT(self.cached.graphdef, self.cached.params, tokens, valid, positions,
-                      columns=self._columns)
-    scores = self._probs(np.asarray(out))
-    return [scores[i, :len(pos)] for i, (_, pos) in enumerate(encoded)]
+    n = len(encoded)
+    size = round_up(batch_size or n, self.cached.data_size)
+    order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
+    starts = list(range(0, n, size))
+
+    def run(c: int) -> list[np.ndarray]:
+      chunk = order[starts[c]:starts[c] + size]
+      # Widths rounded up to multiples of 8: few compiled shapes.
+      width = round_up(max(len(encoded[i][0]) for i in chunk), 8)
+      steps = round_up(max(len(encoded[i][1]) for i in chunk), 8)
+      tokens, valid = _right_padded([encoded[i][0] for i in chunk], self.tokenizer.pad_id,
+                                    width)
+      positions, _ = _right_padded([encoded[i][1] for i in chunk], 0, steps)
+      out = _OUTPUTS_AT(self.cached.graphdef, self.cached.params,
+                        self.cached.put_rows(tokens, self.tokenizer.pad_id),
+                        self.cached.put_rows(valid, False), self.cached.put_rows(positions, 0),
+                        columns=self._columns)
+      scores = self._probs(np.asarray(out))
+      return [scores[j, :len(encoded[i][1])] for j, i in enumerate(chunk)]
+
+    out: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    for i, v in zip(order, (v for chunk in parallel.map_chunks(run, len(starts))
+                            for v in chunk)):
+      out[i] = v
+    return out
 
   # ------------------------------------------------------------ incremental
   def start(self, questions: Sequence[str], *, cache_size: int) -> "StepState":
@@ -443,29 +467,35 @@ class PolicyBridge:
                       batch_size: int) -> list[np.ndarray]:
     """Finished solutions scored in full passes (:meth:`AdaptedPRM.full_scores`,
     ``batch_size`` at a time): one score per policy step (as
-    :func:`~ttc_jax.sampling.solutions.step_ends` splits them), a span that adds no step
-    (an EOS alone) keeping the score before it (0 before the first), as in search."""
+    :func:`~ttc_jax.sampling.solutions.step_ends` splits them), NaN at a span that adds no
+    step (an EOS alone; search skips those too). A solution with no step at all: no score."""
+    texts, kept = [], []
+    for q, gen in zip(questions, generations):
+      gen = [int(t) for t in gen]
+      steps = [self._step_text(gen[a:b + 1]) for a, b in self._spans(gen)]
+      kept.append([t is not None for t in steps])
+      texts.append((q, [t for t in steps if t is not None]))
+    todo = [i for i, (_, steps) in enumerate(texts) if steps]
+    scored = dict(zip(todo, self.prm.full_scores([texts[i] for i in todo],
+                                                 batch_size=batch_size)))
     out = []
-    for lo in range(0, len(generations), batch_size):
-      texts, spans = [], []
-      for q, gen in zip(questions[lo:lo + batch_size], generations[lo:lo + batch_size]):
-        gen = [int(t) for t in gen]
-        sp = self._spans(gen)
-        steps = [self._step_text(gen[a:b + 1]) for a, b in sp]
-        texts.append((q, [t for t in steps if t is not None]))
-        spans.append(steps)
-      scored = self.prm.full_scores([t for t in texts if t[1]]) if any(t[1] for t in texts) \
-          else []
-      it = iter(scored)
-      for (_, kept), steps in zip(texts, spans):
-        real = next(it) if kept else np.zeros(0, np.float32)
-        row, j, last = np.zeros(len(steps), np.float32), 0, 0.0
-        for k, step in enumerate(steps):
-          if step is not None:
-            last, j = float(real[j]), j + 1
-          row[k] = last
-        out.append(row)
+    for i, mask in enumerate(kept):
+      row = np.full(len(mask), np.nan, np.float32)
+      if i in scored:
+        row[np.asarray(mask, bool)] = scored[i]
+      out.append(row)
     return out
+
+  def solution_lengths(self, questions: Sequence[str], generations: Sequence[Sequence[int]]
+                       ) -> np.ndarray:
+    """The PRM tokens of each finished solution in the PRM's own format (0: no step)."""
+    out = []
+    for q, gen in zip(questions, generations):
+      gen = [int(t) for t in gen]
+      steps = [t for t in (self._step_text(gen[a:b + 1]) for a, b in self._spans(gen))
+               if t is not None]
+      out.append(len(self.prm.encode(q, steps)[0]) if steps else 0)
+    return np.asarray(out, np.int64)
 
   def extend_scores(self, state: StepState, tokens, valid) -> tuple[StepState, np.ndarray]:
     """Whole solutions at once (best-of-N): each row's tokens split at the policy's step

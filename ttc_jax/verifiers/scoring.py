@@ -30,14 +30,20 @@ STEP_AGGREGATIONS = ("last", "min", "prod")
 
 
 def aggregate_steps(step_scores: Sequence[np.ndarray], how: str) -> np.ndarray:
-  """One score per solution from its step scores: 'last', 'min' or 'prod'.
+  """One score per solution from its step scores: 'last', 'min' or 'prod'. NaN marks a
+  span that is not a step (an adapted PRM's EOS alone) and is skipped.
 
   A solution without steps scores 0.
   """
   if how not in STEP_AGGREGATIONS:
     raise ValueError(f"step aggregation {how!r}: expected one of {STEP_AGGREGATIONS}.")
   fn = {"last": lambda s: s[-1], "min": np.min, "prod": np.prod}[how]
-  return np.array([float(fn(s)) if len(s) else 0.0 for s in step_scores], np.float64)
+  out = []
+  for s in step_scores:
+    s = np.asarray(s, np.float64)
+    s = s[~np.isnan(s)]
+    out.append(float(fn(s)) if len(s) else 0.0)
+  return np.array(out, np.float64)
 
 
 def _values(graphdef, params, tokens, valid):
