@@ -39,7 +39,8 @@ search call) and Qwen2.5-Math-1.5B-Instruct (1.54B parameters; 2 KV heads, repli
 'model') with Qwen2.5-Math-PRM-7B (7.08B), ttc_jax.models.memory.plan gives per device:
 
   data=2 x model=4 (a TPU v5e-8 host, 16 GiB chips): 11.7 GiB (policy 1.08 GiB parameters,
-    3.94 GiB KV cache; PRM 4.08 GiB parameters, 2.63 GiB KV cache);
+    3.94 GiB KV cache; PRM 4.08 GiB parameters, 2.63 GiB KV cache; the verifier
+    evaluation's full passes of 8 rows, in another stage, 4.3 GiB instead of the caches);
   one 80 GiB GPU (--mesh=1,1): 45.0 GiB.
 
 FLOPs (ttc_jax.accounting, 1000-token context): 3.2 GFLOPs per policy token, 13.3 GFLOPs per
@@ -129,6 +130,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       samples_per_problem=16,  # policy samples per problem (pass@1, oracle bins)
   ))
   c.verifier_eval = ml_collections.ConfigDict(dict(
+      # Rows per full forward pass of the PRM and of the policy's likelihood over finished
+      # samples (speed only; memory: one layer's rows x heads x length^2 attention scores).
+      batch_size=8,
       subsamples=64,  # random N-subsets per problem for each best-of-N accuracy
       auc_problems=0,  # held-out problems for the PRM's step AUC against MC labels (0: none)
       auc_samples_per_problem=2,  # their policy samples

@@ -52,10 +52,27 @@ def test_check_names_the_need_and_the_remedy():
   p = memory.plan([memory.Use("policy", BASE, rows=512, cache_size=160),
                    memory.Use("prm", dataclasses.replace(BASE, head="value"), rows=512,
                               cache_size=160, copies=2)])
-  assert p.total == sum(b for _, b in p.parts)
+  assert p.total == sum(b for _, b in p.parts)  # no full pass planned
   memory.check(p, available=int(p.total / 0.9) + 1)
   with pytest.raises(memory.OutOfMemoryPlan,
                      match=r"needs [\d.]+ GiB per device \(policy parameters .*prm KV cache.*\), "
                            r"[\d.]+ GiB available.*lower rows_per_call.*'model' shards"):
     memory.check(p, available=int(p.total))
   assert memory.device_bytes() > 0  # CPU: the host's memory per local device
+
+
+def test_full_passes_count_beside_decoding_not_on_top():
+  """A stage scoring whole rows holds one layer's attention scores (rows x heads x
+  length^2) instead of KV caches: a plan is the parameters plus the larger of the two."""
+  cfg = dataclasses.replace(BASE, max_seq_len=512)
+  decode = memory.plan([memory.Use("prm", cfg, rows=4, cache_size=512)], data_shards=2)
+  both = memory.plan([memory.Use("prm", cfg, rows=4, cache_size=512, full_pass_rows=8)],
+                     data_shards=2)
+  params = memory.param_bytes(cfg)
+  full = memory.full_pass_bytes(cfg, 8, 512, data_shards=2)
+  assert full == 4 * (cfg.num_heads * 512 * 512 * 4 + 512 * (3 * cfg.d_model + 2 * cfg.mlp_dim) * 4)
+  assert both.total == params + max(decode.total - params, full)
+  assert "full pass" in both.describe()
+  # Query heads and MLP units split over 'model'.
+  assert memory.full_pass_bytes(cfg, 8, 512, model_shards=2) == 8 * (
+      2 * 512 * 512 * 4 + 512 * (3 * 32 + 2 * 32) * 4)

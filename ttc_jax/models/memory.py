@@ -8,9 +8,13 @@ when they divide evenly, MLP hidden units and the LM head's vocabulary split; em
 and norms replicated). A search that copies its caches (the
 lookahead rollouts) counts them twice.
 
-The estimate is a lower bound on what XLA allocates (temporaries of one layer's forward
-come on top), so :func:`check` keeps a margin: by default the plan must fit in 90% of
-the device's memory.
+Full forward passes over whole rows (a verifier scoring finished samples, the policy's
+likelihood) hold no cache but one layer's temporaries at a time: its attention scores
+(rows x query heads x length^2, float32) and hidden states. They run in other stages than
+the cached decoding, so a plan holds the parameters plus the larger of the two.
+
+The estimate is a lower bound on what XLA allocates (other temporaries come on top), so
+:func:`check` keeps a margin: by default the plan must fit in 90% of the device's memory.
 """
 
 from __future__ import annotations
@@ -62,35 +66,57 @@ def kv_cache_bytes(config: TransformerConfig, rows: int, cache_size: int,
   return np.ceil(rows / data_shards) * per_row
 
 
+def full_pass_bytes(config: TransformerConfig, rows: int, length: int, data_shards: int = 1,
+                    model_shards: int = 1) -> float:
+  """Bytes of one layer's temporaries in a full forward pass of ``rows`` rows of
+  ``length`` tokens on one device: float32 attention scores of the device's query heads
+  and the hidden states (residual, attention output, the MLP's hidden units)."""
+  c = config
+  sharding.check(c, model_shards)
+  scores = (c.num_heads // model_shards) * length * length * 4
+  hidden = length * (3 * c.d_model + 2 * c.mlp_dim // model_shards) * 4
+  return np.ceil(rows / data_shards) * (scores + hidden)
+
+
 @dataclasses.dataclass(frozen=True)
 class Use:
   """One model in a run: its config, the rows it holds caches for and their slots;
-  ``copies`` of the caches at once (2 for lookahead's rollout copies)."""
+  ``copies`` of the caches at once (2 for lookahead's rollout copies); the rows of a full
+  forward pass over whole rows of ``cache_size`` tokens at once (0: none)."""
 
   name: str
   config: TransformerConfig
   rows: int
   cache_size: int
   copies: int = 1
+  full_pass_rows: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
-  """Bytes per device, by part."""
+  """Bytes per device, by part: parameters (always held), the decoding parts (KV caches,
+  logits) and the full-pass parts (in other stages: the larger of the two counts)."""
 
   parts: tuple[tuple[str, float], ...]
+  full_pass: tuple[tuple[str, float], ...] = ()
 
   @property
   def total(self) -> float:
-    return sum(b for _, b in self.parts)
+    held = sum(b for name, b in self.parts if name.endswith("parameters"))
+    decode = sum(b for name, b in self.parts if not name.endswith("parameters"))
+    return held + max(decode, sum(b for _, b in self.full_pass))
 
   def describe(self) -> str:
-    return ", ".join(f"{name} {b / GIB:.2f} GiB" for name, b in self.parts if b)
+    out = ", ".join(f"{name} {b / GIB:.2f} GiB" for name, b in self.parts if b)
+    if any(b for _, b in self.full_pass):
+      out += "; or, in full passes: " + ", ".join(
+          f"{name} {b / GIB:.2f} GiB" for name, b in self.full_pass if b)
+    return out
 
 
 def plan(uses: Sequence[Use], *, data_shards: int = 1, model_shards: int = 1) -> MemoryPlan:
   """The memory per device of ``uses`` on a (data_shards x model_shards) mesh."""
-  parts = []
+  parts, full = [], []
   for u in uses:
     parts.append((f"{u.name} parameters", param_bytes(u.config, model_shards)))
     parts.append((f"{u.name} KV cache", u.copies * kv_cache_bytes(
@@ -98,7 +124,11 @@ def plan(uses: Sequence[Use], *, data_shards: int = 1, model_shards: int = 1) ->
     out = {"lm": u.config.vocab_size, "value": 1,  # whole rows of outputs
            "classifier": u.config.num_labels}[u.config.head]
     parts.append((f"{u.name} logits", np.ceil(u.rows / data_shards) * out * 4 * u.copies))
-  return MemoryPlan(parts=tuple(parts))
+    if u.full_pass_rows:
+      full.append((f"{u.name} full pass", full_pass_bytes(
+          u.config, u.full_pass_rows, min(u.cache_size, u.config.max_seq_len), data_shards,
+          model_shards)))
+  return MemoryPlan(parts=tuple(parts), full_pass=tuple(full))
 
 
 def device_bytes(device=None) -> int | None:

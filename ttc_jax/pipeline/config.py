@@ -402,9 +402,20 @@ def memory_uses(config: ml_collections.ConfigDict) -> list[memory.Use]:
     prm_slots = slots
   search_rows = 2 * c.search.rows_per_call
   copies = 2 if "lookahead" in c.search.methods else 1
+  scoring = scoring_batch_size(c)  # the verifier evaluation's full passes
   return [memory.Use("policy", policy, rows=max(c.sampling.batch_size, search_rows),
-                     cache_size=slots, copies=copies),
-          memory.Use("prm", prm, rows=search_rows, cache_size=prm_slots, copies=copies)]
+                     cache_size=slots, copies=copies, full_pass_rows=scoring),
+          memory.Use("prm", prm, rows=search_rows, cache_size=prm_slots, copies=copies,
+                     full_pass_rows=scoring)]
+
+
+def scoring_batch_size(config: ml_collections.ConfigDict) -> int:
+  """Rows per full forward pass of a verifier or the policy's likelihood over finished
+  samples: ``verifier_eval.batch_size`` where the experiment sets one, else the sampling
+  batch (speed only: scores do not depend on it)."""
+  c = config
+  ve = c.get("verifier_eval") or {}
+  return ve.get("batch_size") or c.sampling.batch_size
 
 
 def filled_by(config: ml_collections.ConfigDict, role: str) -> str | None:

@@ -74,7 +74,8 @@ from ttc_jax.verifiers.scoring import min_token_prob
 
 # Config fields that change how fast a stage runs, never what it computes: they
 # are left out of artifact identities (results do not depend on the batch).
-SPEED_ONLY = ("sampling.batch_size", "search.rows_per_call", "*.checkpoint_every", "*.log_every")
+SPEED_ONLY = ("sampling.batch_size", "search.rows_per_call", "verifier_eval.batch_size",
+              "*.checkpoint_every", "*.log_every")
 
 
 @dataclasses.dataclass
@@ -761,7 +762,7 @@ def run_verifier_eval(ctx: Context) -> dict:
   samples = ctx.inputs["difficulty"].samples(tok, task, probs)
   m = samples.n
   rows, ends = _rows_and_step_ends(samples, tok)
-  bs = c.sampling.batch_size
+  bs = config_lib.scoring_batch_size(c)
   prompt_lengths = [len(samples.prompts[i // m]) for i in range(len(rows))]
   prm_steps = prm.solution_step_scores(tok, [probs[i // m].question for i in range(len(rows))],
                                        rows, prompt_lengths, ends, batch_size=bs)
@@ -781,9 +782,9 @@ def run_verifier_eval(ctx: Context) -> dict:
     core, sp = policy.sampling_core(), sampling_params(c)
     auc_samples = solutions.sample_problems(core, tok, task, auc_probs,
                                             ec.auc_samples_per_problem, c.seed, "auc_samples",
-                                            sp, batch_size=bs)
+                                            sp, batch_size=c.sampling.batch_size)
     auc_ls = labels_lib.label_samples(core, tok, task, auc_samples, ec.rollouts, c.seed,
-                                      "auc_rollouts", sp, batch_size=bs)
+                                      "auc_rollouts", sp, batch_size=c.sampling.batch_size)
     idx = range(len(auc_ls))
     question = {p.index: p.question for p in auc_probs}
     auc_steps = prm.solution_step_scores(
