@@ -463,6 +463,11 @@ class PolicyBridge:
                      self.policy_tokenizer.eos_ids)
     return list(zip([0] + [e + 1 for e in ends[:-1]], ends))
 
+  def _texts(self, generation: Sequence[int]) -> list[str | None]:
+    """Each step's text of a finished generation (None: a span that is no step)."""
+    gen = [int(t) for t in generation]
+    return [self._step_text(gen[a:b + 1]) for a, b in self._spans(gen)]
+
   def solution_scores(self, questions: Sequence[str], generations: Sequence[Sequence[int]], *,
                       batch_size: int) -> list[np.ndarray]:
     """Finished solutions scored in full passes (:meth:`AdaptedPRM.full_scores`,
@@ -471,8 +476,7 @@ class PolicyBridge:
     step (an EOS alone; search skips those too). A solution with no step at all: no score."""
     texts, kept = [], []
     for q, gen in zip(questions, generations):
-      gen = [int(t) for t in gen]
-      steps = [self._step_text(gen[a:b + 1]) for a, b in self._spans(gen)]
+      steps = self._texts(gen)
       kept.append([t is not None for t in steps])
       texts.append((q, [t for t in steps if t is not None]))
     todo = [i for i, (_, steps) in enumerate(texts) if steps]
@@ -491,9 +495,7 @@ class PolicyBridge:
     """The PRM tokens of each finished solution in the PRM's own format (0: no step)."""
     out = []
     for q, gen in zip(questions, generations):
-      gen = [int(t) for t in gen]
-      steps = [t for t in (self._step_text(gen[a:b + 1]) for a, b in self._spans(gen))
-               if t is not None]
+      steps = [t for t in self._texts(gen) if t is not None]
       out.append(len(self.prm.encode(q, steps)[0]) if steps else 0)
     return np.asarray(out, np.int64)
 
