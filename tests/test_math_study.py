@@ -264,3 +264,14 @@ def test_a_left_out_target_and_unknown_roles_are_named(checkpoints, tmp_path):
     c.stages.ormm = None
     Pipeline(c, str(tmp_path)).validate()
   assert not os.listdir(tmp_path)
+
+
+def test_an_imported_model_reads_its_weights_on_first_use(study, checkpoints):
+  """Stages that need only an imported model's architecture or tokenizer (the report, the
+  prediction cost) never read its weights; the first sampling or scoring does."""
+  pipeline, _ = study
+  fresh = Pipeline(smoke_config(checkpoints), pipeline.workdir)
+  prm = fresh.load("hf_prm")
+  assert prm._model is None  # pylint: disable=protected-access
+  assert prm.summary()["params"] == prm.config.num_params() and prm.config.head == "classifier"
+  assert prm.model.config == prm.config and prm._model is not None  # pylint: disable=protected-access

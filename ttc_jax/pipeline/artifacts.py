@@ -26,7 +26,7 @@ import os
 import platform
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -151,16 +151,25 @@ class ModelArtifact:
   identity: str
   path: str
   description: dict
-  model: Transformer
+  config: TransformerConfig
   tokenizer: Tokenizer | HFTokenizer
+  # Reads the parameters (an imported checkpoint's on first use: a stage that only needs
+  # the architecture or the tokenizer never reads gigabytes of weights).
+  loader: Callable[[], Transformer] = dataclasses.field(repr=False)
   # An imported PRM's format (how it reads a solution); None: a value head over the
   # policy's own tokens (the PRMs ttc_jax trains).
   prm_format: adapters.PRMFormat | None = None
+  _model: Transformer | None = dataclasses.field(default=None, repr=False)
   _core: SamplingCore | None = dataclasses.field(default=None, repr=False)
 
   @property
-  def config(self) -> TransformerConfig:
-    return self.model.config
+  def model(self) -> Transformer:
+    if self._model is None:
+      self._model = self.loader()
+      if self._model.config != self.config:
+        raise ArtifactError(f"the parameters of {self.path} are not of the architecture its "
+                            f"{MODEL_FILE} records (re-run its stage).")
+    return self._model
 
   @property
   def special_ids(self) -> SpecialIds:
@@ -207,8 +216,8 @@ class ModelArtifact:
     (a PRM over the policy's tokens), or its steps in the imported PRM's own format."""
     if self.prm_format is None:
       return np.asarray([len(r) for r in rows], np.int64)
-    return self.search_scorer(policy_tokenizer).solution_lengths(
-        questions, [r[n:] for r, n in zip(rows, prompt_lengths)])
+    return adapters.solution_lengths(self.prm_format, self.tokenizer, policy_tokenizer,
+                                     questions, [r[n:] for r, n in zip(rows, prompt_lengths)])
 
   def summary(self) -> dict:
     c = self.config
@@ -284,21 +293,20 @@ def load_model(artifact_dir: str, identity: str | None = None) -> ModelArtifact:
                        system=t["system"])
     tok.check_vocab(config.vocab_size)
     # Straight onto the sampling mesh, each device reading its own shards (a 7B PRM does
-    # not fit one chip whole).
-    model = hf_import.load(ckpt["dir"], max_seq_len=config.max_seq_len,
-                           param_dtype=config.param_dtype, dtype=config.dtype,
-                           mesh=parallel.local_mesh())
-    if model.config != config:
-      raise ArtifactError(f"{ckpt['dir']} now imports as another architecture than "
-                          f"{artifact_dir} recorded: re-run its stage.")
+    # not fit one chip whole); on first use.
+    loader = lambda: hf_import.load(ckpt["dir"], max_seq_len=config.max_seq_len,
+                                    param_dtype=config.param_dtype, dtype=config.dtype,
+                                    mesh=parallel.local_mesh())
+    model = None
     if desc.get("prm_format"):
       fmt = adapters.FORMATS[desc["prm_format"]]
   else:
     tok = load_tokenizer(artifact_dir, desc["tokenizer"])
     tok.check_vocab(config.vocab_size)
-    model = checkpoints.restore_params(
+    loader = lambda: checkpoints.restore_params(
         os.path.join(artifact_dir, ckpt["dir"]), checkpoints.abstract_model(config),
         step=ckpt["step"])
+    model = loader()  # small: read at once, so a damaged checkpoint is named at load
   return ModelArtifact(identity=identity or os.path.basename(os.path.normpath(artifact_dir)),
-                       path=artifact_dir, description=desc, model=model, tokenizer=tok,
-                       prm_format=fmt)
+                       path=artifact_dir, description=desc, config=config, tokenizer=tok,
+                       loader=loader, prm_format=fmt, _model=model)

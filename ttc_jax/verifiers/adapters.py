@@ -138,6 +138,49 @@ VALUE_AT_STEP_ENDS = PRMFormat("value", "value", "plain", question_sep="\n\n", s
 FORMATS = {f.name: f for f in (MATH_SHEPHERD, RLHFLOW, QWEN_PRM, VALUE_AT_STEP_ENDS)}
 
 
+def encode_solution(fmt: PRMFormat, tokenizer: PRMTokenizer, question: str,
+                    steps: Sequence[str]) -> tuple[list[int], list[int]]:
+  """A PRM's token ids of a solution in ``fmt`` and the position of each step's score."""
+  ids_of = lambda text: tokenizer.encode(text, bos=fmt.bos)
+  texts = fmt.texts(tokenizer, question, steps)
+  ids = ids_of(texts[-1])
+  ends = [len(ids_of(t)) for t in texts[:-1]] + [len(ids)]
+  return ids, [e - 1 for e in ends]
+
+
+def step_text(policy_tokenizer, ids) -> str | None:
+  """A policy step's text as a PRM reads it: decoded, EOS dropped, the step delimiter and
+  surrounding space stripped (None: nothing is left)."""
+  eos = set(policy_tokenizer.eos_ids)
+  text = policy_tokenizer.decode([int(i) for i in ids if int(i) not in eos]).strip()
+  return text or None
+
+
+def step_spans(policy_tokenizer, generation: Sequence[int]) -> list[tuple[int, int]]:
+  """(first, last) token of each step of a generation (policy tokens after the prompt)."""
+  ends = step_ends(list(generation), policy_tokenizer.step_ids, policy_tokenizer.eos_ids)
+  return list(zip([0] + [e + 1 for e in ends[:-1]], ends))
+
+
+def step_texts(policy_tokenizer, generation: Sequence[int]) -> list[str | None]:
+  """Each step's text of a finished generation (None: a span that is no step)."""
+  gen = [int(t) for t in generation]
+  return [step_text(policy_tokenizer, gen[a:b + 1])
+          for a, b in step_spans(policy_tokenizer, gen)]
+
+
+def solution_lengths(fmt: PRMFormat, tokenizer: PRMTokenizer, policy_tokenizer,
+                     questions: Sequence[str], generations: Sequence[Sequence[int]]
+                     ) -> np.ndarray:
+  """The PRM tokens of each finished policy generation written in ``fmt`` (0: no step);
+  tokenization only, no model."""
+  out = []
+  for q, gen in zip(questions, generations):
+    steps = [t for t in step_texts(policy_tokenizer, gen) if t is not None]
+    out.append(len(encode_solution(fmt, tokenizer, q, steps)[0]) if steps else 0)
+  return np.asarray(out, np.int64)
+
+
 def _single_id(tokenizer: PRMTokenizer, text: str, what: str) -> int:
   ids = tokenizer.encode(text)
   if len(ids) != 1:
@@ -195,10 +238,7 @@ class AdaptedPRM:
 
   def encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
     """The PRM's token ids of a solution and the position of each step's score."""
-    texts = self.format.texts(self.tokenizer, question, steps)
-    ids = self._ids(texts[-1])
-    ends = [len(self._ids(t)) for t in texts[:-1]] + [len(ids)]
-    return ids, [e - 1 for e in ends]
+    return encode_solution(self.format, self.tokenizer, question, steps)
 
   def _probs(self, out: np.ndarray) -> np.ndarray:
     """Scores from head outputs (..., ) values or (..., 2) label / token-pair logits."""
@@ -427,9 +467,7 @@ class PolicyBridge:
     return state.consumed.copy()
 
   def _step_text(self, ids) -> str | None:
-    eos = set(self.policy_tokenizer.eos_ids)
-    text = self.policy_tokenizer.decode([int(i) for i in ids if int(i) not in eos]).strip()
-    return text or None
+    return step_text(self.policy_tokenizer, ids)
 
   def extend(self, state: StepState, tokens, valid) -> StepState:
     """One step per row: its valid policy tokens (none: the row adds nothing); a row
@@ -458,15 +496,10 @@ class PolicyBridge:
     return state
 
   def _spans(self, generation: Sequence[int]) -> list[tuple[int, int]]:
-    """(first, last) token of each step of a generation (policy tokens after the prompt)."""
-    ends = step_ends(list(generation), self.policy_tokenizer.step_ids,
-                     self.policy_tokenizer.eos_ids)
-    return list(zip([0] + [e + 1 for e in ends[:-1]], ends))
+    return step_spans(self.policy_tokenizer, generation)
 
   def _texts(self, generation: Sequence[int]) -> list[str | None]:
-    """Each step's text of a finished generation (None: a span that is no step)."""
-    gen = [int(t) for t in generation]
-    return [self._step_text(gen[a:b + 1]) for a, b in self._spans(gen)]
+    return step_texts(self.policy_tokenizer, generation)
 
   def solution_scores(self, questions: Sequence[str], generations: Sequence[Sequence[int]], *,
                       batch_size: int) -> list[np.ndarray]:
@@ -493,11 +526,8 @@ class PolicyBridge:
   def solution_lengths(self, questions: Sequence[str], generations: Sequence[Sequence[int]]
                        ) -> np.ndarray:
     """The PRM tokens of each finished solution in the PRM's own format (0: no step)."""
-    out = []
-    for q, gen in zip(questions, generations):
-      steps = [t for t in self._texts(gen) if t is not None]
-      out.append(len(self.prm.encode(q, steps)[0]) if steps else 0)
-    return np.asarray(out, np.int64)
+    return solution_lengths(self.prm.format, self.prm.tokenizer, self.policy_tokenizer,
+                            questions, generations)
 
   def extend_scores(self, state: StepState, tokens, valid) -> tuple[StepState, np.ndarray]:
     """Whole solutions at once (best-of-N): each row's tokens split at the policy's step
