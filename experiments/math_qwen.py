@@ -39,8 +39,9 @@ search call) and Qwen2.5-Math-1.5B-Instruct (1.54B parameters; 2 KV heads, repli
 'model') with Qwen2.5-Math-PRM-7B (7.08B), ttc_jax.models.memory.plan gives per device:
 
   data=2 x model=4 (a TPU v5e-8 host, 16 GiB chips): 11.7 GiB (policy 1.08 GiB parameters,
-    3.94 GiB KV cache; PRM 4.08 GiB parameters, 2.63 GiB KV cache; the verifier
-    evaluation's full passes of 8 rows, in another stage, 4.3 GiB instead of the caches);
+    3.94 GiB KV cache; PRM 4.08 GiB parameters, 2.63 GiB KV cache; in another stage, the
+    verifier evaluation's full passes of 8 rows instead of the caches: PRM 2.98 GiB, the
+    policy's likelihood 2.46 GiB);
   one 80 GiB GPU (--mesh=1,1): 45.0 GiB.
 
 FLOPs (ttc_jax.accounting, 1000-token context): 3.2 GFLOPs per policy token, 13.3 GFLOPs per

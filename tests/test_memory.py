@@ -70,9 +70,16 @@ def test_full_passes_count_beside_decoding_not_on_top():
                      data_shards=2)
   params = memory.param_bytes(cfg)
   full = memory.full_pass_bytes(cfg, 8, 512, data_shards=2)
-  assert full == 4 * (cfg.num_heads * 512 * 512 * 4 + 512 * (3 * cfg.d_model + 2 * cfg.mlp_dim) * 4)
+  assert full == 4 * (cfg.num_heads * 512 * 512 * 4 + 512 * (3 * cfg.d_model + 2 * cfg.mlp_dim) * 4
+                      + 2 * 256 * cfg.vocab_size * 4)  # an LM head: one chunk of logits
   assert both.total == params + max(decode.total - params, full)
   assert "full pass" in both.describe()
   # Query heads and MLP units split over 'model'.
-  assert memory.full_pass_bytes(cfg, 8, 512, model_shards=2) == 8 * (
+  value = dataclasses.replace(cfg, head="value")
+  assert memory.full_pass_bytes(value, 8, 512, model_shards=2) == 8 * (
       2 * 512 * 512 * 4 + 512 * (3 * 32 + 2 * 32) * 4)
+  # Two models' full passes run one after the other: the larger counts.
+  two = memory.plan([memory.Use("a", cfg, rows=1, cache_size=512, full_pass_rows=8),
+                     memory.Use("b", value, rows=1, cache_size=512, full_pass_rows=8)])
+  assert two.total == (memory.param_bytes(cfg) + memory.param_bytes(value)
+                       + memory.full_pass_bytes(cfg, 8, 512))

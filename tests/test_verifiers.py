@@ -320,3 +320,19 @@ def test_prefixes_up_to_the_end_of_the_context_are_rolled_out(core):
   assert lab.size == (ctx - 4) // 3 + 1 and ls.ends(0)[-1] == ctx - 1
   assert lab[-1] == 0.0  # the truncated sample itself
   assert np.all((lab * 2) == np.round(lab * 2)) and np.all((lab >= 0) & (lab <= 1))
+
+
+def test_token_probs_apply_the_head_in_chunks(monkeypatch):
+  """The policy's likelihood applies its LM head a few positions at a time (no
+  rows x length x vocabulary array): rows longer than a chunk, and of a length that is
+  not a multiple of it, get each token's probability under the full forward."""
+  from ttc_jax.verifiers import scoring
+  monkeypatch.setattr(scoring, "HEAD_CHUNK", 8)
+  lm = Transformer(policy_config(), rngs=nnx.Rngs(2))
+  rng = np.random.RandomState(0)
+  rows = [[1] + rng.randint(3, 30, size=n).tolist() for n in (40, 19, 5)]
+  probs = Scorer(lm).token_scores(rows, batch_size=3)
+  for row, p in zip(rows, probs):
+    logits, _ = lm(np.array([row]))
+    logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float32), axis=-1))
+    assert_close(p, np.exp([0.0] + [logp[t - 1, row[t]] for t in range(1, len(row))]))

@@ -10,8 +10,9 @@ lookahead rollouts) counts them twice.
 
 Full forward passes over whole rows (a verifier scoring finished samples, the policy's
 likelihood) hold no cache but one layer's temporaries at a time: its attention scores
-(rows x query heads x length^2, float32) and hidden states. They run in other stages than
-the cached decoding, so a plan holds the parameters plus the larger of the two.
+(rows x query heads x length^2, float32) and hidden states, and for an LM head read at
+every position one chunk of logits. They run in other stages than the cached decoding, one
+model at a time, so a plan holds the parameters plus the largest of these.
 
 The estimate is a lower bound on what XLA allocates (other temporaries come on top), so
 :func:`check` keeps a margin: by default the plan must fit in 90% of the device's memory.
@@ -28,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from ttc_jax.models import sharding
+from ttc_jax.models.transformer import HEAD_CHUNK
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.parallel import MODEL_AXIS
@@ -70,12 +72,15 @@ def full_pass_bytes(config: TransformerConfig, rows: int, length: int, data_shar
                     model_shards: int = 1) -> float:
   """Bytes of one layer's temporaries in a full forward pass of ``rows`` rows of
   ``length`` tokens on one device: float32 attention scores of the device's query heads
-  and the hidden states (residual, attention output, the MLP's hidden units)."""
+  and the hidden states (residual, attention output, the MLP's hidden units); for an LM
+  head read at every position, one chunk of :data:`HEAD_CHUNK` positions' logits and
+  their log-softmax (the whole vocabulary: an upper bound where it is split)."""
   c = config
   sharding.check(c, model_shards)
   scores = (c.num_heads // model_shards) * length * length * 4
   hidden = length * (3 * c.d_model + 2 * c.mlp_dim // model_shards) * 4
-  return np.ceil(rows / data_shards) * (scores + hidden)
+  head = 2 * min(HEAD_CHUNK, length) * c.vocab_size * 4 if c.head == "lm" else 0
+  return np.ceil(rows / data_shards) * (scores + hidden + head)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +109,8 @@ class MemoryPlan:
   def total(self) -> float:
     held = sum(b for name, b in self.parts if name.endswith("parameters"))
     decode = sum(b for name, b in self.parts if not name.endswith("parameters"))
-    return held + max(decode, sum(b for _, b in self.full_pass))
+    # Full passes run one model at a time (the policy's likelihood, then the verifiers).
+    return held + max([decode] + [b for _, b in self.full_pass])
 
   def describe(self) -> str:
     out = ", ".join(f"{name} {b / GIB:.2f} GiB" for name, b in self.parts if b)

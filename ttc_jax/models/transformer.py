@@ -187,6 +187,11 @@ class TransformerConfig:
     return n
 
 
+# Positions whose vocabulary logits exist at once when a full pass reads an LM head at every
+# position (the policy's likelihood: ttc_jax.verifiers.scoring); the memory planner counts it.
+HEAD_CHUNK = 256
+
+
 @struct.dataclass
 class KVCache:
   """Explicit key/value cache; every leaf but ``index`` has the batch leading.

@@ -161,6 +161,7 @@ class ModelArtifact:
   prm_format: adapters.PRMFormat | None = None
   _model: Transformer | None = dataclasses.field(default=None, repr=False)
   _core: SamplingCore | None = dataclasses.field(default=None, repr=False)
+  _adapted: adapters.AdaptedPRM | None = dataclasses.field(default=None, repr=False)
 
   @property
   def model(self) -> Transformer:
@@ -196,8 +197,9 @@ class ModelArtifact:
     imported PRM fed the policy's decoded steps in its own format."""
     if self.prm_format is None:
       return self.incremental_scorer()
-    return adapters.PolicyBridge(adapters.AdaptedPRM(self.model, self.tokenizer,
-                                                     self.prm_format), policy_tokenizer)
+    if self._adapted is None:  # kept: its parameters placed once, its functions compiled
+      self._adapted = adapters.AdaptedPRM(self.model, self.tokenizer, self.prm_format)
+    return adapters.PolicyBridge(self._adapted, policy_tokenizer)
 
   def solution_step_scores(self, policy_tokenizer, questions: list[str], rows: list,
                            prompt_lengths: list[int], ends: list, *, batch_size: int

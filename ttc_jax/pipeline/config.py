@@ -182,6 +182,8 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
     _int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
   if "verifier_eval" in c:
     ve = c.verifier_eval
+    if "batch_size" in ve:
+      _int(ve.batch_size, "verifier_eval.batch_size", 1)
     _int(ve.subsamples, "verifier_eval.subsamples", 1)
     _int(ve.auc_problems, "verifier_eval.auc_problems", 0, num_test - c.test_problems)
     _int(ve.auc_samples_per_problem, "verifier_eval.auc_samples_per_problem", 1)

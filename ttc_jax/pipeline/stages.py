@@ -850,7 +850,7 @@ def run_verifier_ablation(ctx: Context) -> dict:
   table = []
   for text in ("",) + tuple(c.ablation.variants):
     prm, record = ctx.variant("prm", config_lib.parse_variant(text))
-    steps = prm.scorer().step_scores(rows, ends, batch_size=c.sampling.batch_size)
+    steps = prm.scorer().step_scores(rows, ends, batch_size=config_lib.scoring_batch_size(c))
     s = np.asarray(aggregate_steps(steps, "last"), np.float64).reshape(len(probs), m)
     within = verifier_metrics.within_problem_auc(s, correct, seed=c.seed)
     acc = aggregation.accuracy_curves(answers, truth, s, ns, ["vanilla", "weighted"],
@@ -1247,7 +1247,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           ("data", "policy", "difficulty", "prm", "orm"),
           ("seed", "sampling", "test_problems", "verifier_eval"),
           ("eval.json", "scored.npz", "eval.png"), run_verifier_eval, load_verifier_eval,
-          version=2, may_lack=("orm",)),
+          version=3,  # 3: an imported PRM's spans that are no step skipped (NaN)
+          may_lack=("orm",)),
     Stage("verifier_ablation", "PRM variants (config overrides) scored on the difficulty "
           "samples: within-problem AUC, best-of-N",
           ("data", "policy", "difficulty", "mc_labels", "prm"),
@@ -1280,7 +1281,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
            "compute_optimal_efficiency.png", "difficulty_bins.png"),
           run_compute_optimal, load_json("compute_optimal.json"),
           optional=("large_policy_eval",), may_lack=("revision_report",),
-          version=2),  # 2: efficiency against the baseline's own smallest budget
+          # 2: efficiency against the baseline's own smallest budget; 3: the prediction
+          # cost counts an imported PRM's own tokens, the floor N' / b_max
+          version=3),
     Stage("study", "the whole study: every claim's verdict and the three reports",
           ("report", "revision_report", "compute_optimal"), (), ("claims.json", "study.md"),
           run_study, load_json("claims.json"), version=3,  # 3: its text without revisions

@@ -51,7 +51,8 @@ def directory_digests(directory: str, names: list[str], cache_path: str | None =
                       ) -> dict[str, str]:
   """{name: sha256} of files in ``directory``. Digests are remembered per process and, with
   ``cache_path``, in that JSON file across processes, keyed by (path, inode, size, mtime and
-  ctime in ns): a changed or replaced file is hashed again."""
+  ctime in ns): a changed or replaced file is hashed again (so is one whose metadata changed,
+  e.g. after chmod, or on a file system whose inodes change between mounts: speed only)."""
   stored = {}
   if cache_path and os.path.exists(cache_path):
     try:

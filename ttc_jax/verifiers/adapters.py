@@ -177,7 +177,8 @@ def solution_lengths(fmt: PRMFormat, tokenizer: PRMTokenizer, policy_tokenizer,
   out = []
   for q, gen in zip(questions, generations):
     steps = [t for t in step_texts(policy_tokenizer, gen) if t is not None]
-    out.append(len(encode_solution(fmt, tokenizer, q, steps)[0]) if steps else 0)
+    text = fmt.texts(tokenizer, q, steps)[-1] if steps else None
+    out.append(0 if text is None else len(tokenizer.encode(text, bos=fmt.bos)))
   return np.asarray(out, np.int64)
 
 
@@ -269,7 +270,8 @@ class AdaptedPRM:
     def run(c: int) -> list[np.ndarray]:
       chunk = order[starts[c]:starts[c] + size]
       # Widths rounded up to multiples of 8: few compiled shapes.
-      width = round_up(max(len(encoded[i][0]) for i in chunk), 8)
+      width = min(round_up(max(len(encoded[i][0]) for i in chunk), 8),
+                  self.cached.config.max_seq_len)
       steps = round_up(max(len(encoded[i][1]) for i in chunk), 8)
       tokens, valid = _right_padded([encoded[i][0] for i in chunk], self.tokenizer.pad_id,
                                     width)
@@ -506,7 +508,8 @@ class PolicyBridge:
     """Finished solutions scored in full passes (:meth:`AdaptedPRM.full_scores`,
     ``batch_size`` at a time): one score per policy step (as
     :func:`~ttc_jax.sampling.solutions.step_ends` splits them), NaN at a span that adds no
-    step (an EOS alone; search skips those too). A solution with no step at all: no score."""
+    step (an EOS alone; search skips those too): a solution with no step at all is all NaN
+    (aggregated, it scores 0)."""
     texts, kept = [], []
     for q, gen in zip(questions, generations):
       steps = self._texts(gen)

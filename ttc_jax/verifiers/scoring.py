@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from ttc_jax import parallel
 from ttc_jax.models import sharding
+from ttc_jax.models.transformer import HEAD_CHUNK
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.parallel import DATA_AXIS
 from ttc_jax.progress import Progress
@@ -53,11 +54,28 @@ def _values(graphdef, params, tokens, valid):
 
 
 def _token_probs(graphdef, params, tokens, valid):
-  """p(x_t | x_<t) under an LM at every position t (1 at t = 0)."""
+  """p(x_t | x_<t) under an LM at every position t (1 at t = 0). The LM head is applied
+  HEAD_CHUNK (ttc_jax.models.transformer) positions at a time: no (rows, length,
+  vocabulary) array is built (4 rows of 4096 tokens over Qwen's 152k vocabulary would be
+  9 GiB of float32)."""
   model: Transformer = nnx.merge(graphdef, params)
-  logits, _ = model(tokens, valid)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nxt = jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+  hidden, _ = model(tokens, valid, readout="hidden")
+  b, t = tokens.shape
+  chunk = HEAD_CHUNK
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  # Position i predicts token i + 1 (the last position predicts nothing: a pad target).
+  targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, pad + 1)))
+  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+  chunks = lambda x: jnp.moveaxis(x.reshape((b, n, chunk) + x.shape[2:]), 1, 0)
+
+  def logp(args):
+    h, target = args
+    lp = jax.nn.log_softmax(model.apply_head(h), axis=-1)
+    return jnp.take_along_axis(lp, target[..., None], axis=-1)[..., 0]
+
+  nxt = jnp.moveaxis(jax.lax.map(logp, (chunks(hidden), chunks(targets))), 0, 1)
+  nxt = nxt.reshape(b, n * chunk)[:, :t - 1]
   return jnp.exp(jnp.concatenate([jnp.zeros_like(nxt[:, :1]), nxt], axis=1))
 
 
