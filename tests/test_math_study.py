@@ -209,6 +209,11 @@ def test_roles_are_checked(checkpoints, tmp_path):
                                                    r"'lm' head"):
     Pipeline(c, str(tmp_path)).validate()
   c = smoke_config(checkpoints)
+  c.hf_prm.max_seq_len = 4096  # past the checkpoint's max_position_embeddings (1024)
+  with pytest.raises(config_lib.ConfigError, match=r"hf_prm.max_seq_len=4096: expected an "
+                                                   r"integer \[2, 1024\]"):
+    Pipeline(c, str(tmp_path)).validate()
+  c = smoke_config(checkpoints)
   c.hf_policy.path = str(tmp_path / "missing")
   with pytest.raises(config_lib.ConfigError, match=r"hf_policy.path=.*missing"):
     Pipeline(c, str(tmp_path)).validate()

@@ -100,10 +100,15 @@ def hf_model_config(section: ml_collections.ConfigDict, key: str) -> Transformer
   if not isinstance(path, str) or not os.path.isdir(path):
     raise ConfigError(f"{key}.path={path!r}: expected a Hugging Face checkpoint directory "
                       "(config.json, *.safetensors, tokenizer.json).")
-  if section.max_seq_len is not None:
-    _int(section.max_seq_len, f"{key}.max_seq_len", 2)
   try:
-    return hf_import.config_from_hf(hf_import.read_config(path), max_seq_len=section.max_seq_len,
+    hf = hf_import.read_config(path)
+  except hf_import.HFImportError as e:
+    raise ConfigError(f"{key}.path={path!r}: {e}") from e
+  trained = hf.get("max_position_embeddings")
+  if section.max_seq_len is not None:
+    _int(section.max_seq_len, f"{key}.max_seq_len", 2, trained)
+  try:
+    return hf_import.config_from_hf(hf, max_seq_len=section.max_seq_len,
                                     param_dtype=section.param_dtype, dtype=section.dtype)
   except (hf_import.HFImportError, ValueError, KeyError) as e:
     raise ConfigError(f"{key}.path={path!r}: {e}") from e
