@@ -5,6 +5,7 @@ class Tok:
   """Token ids are their own text; the 'answer' is the token before EOS."""
 
   pad_id, bos_id = 0, 1
+  step_pairs = ()
 
   def __init__(self, eos_id, step_id):
     self.eos_id, self.step_id = eos_id, step_id

@@ -74,3 +74,24 @@ def test_errors(tmp_path):
          config_extra={"eos_token": "<|endoftext|>"})
   with pytest.raises(TokenizerError, match="no chat template"):
     HFTokenizer.load(str(tmp_path / "plain")).render_chat(MESSAGES)
+
+
+def test_a_delimiter_split_over_two_tokens_ends_a_step(tokenizer_dir):
+  """"...\\n" then "\\n..." completes "\\n\\n": the pair ends a step where the text has the
+  delimiter, and ids that hold it whole are not in any pair."""
+  from ttc_jax.sampling.solutions import step_ends
+  _, d = tokenizer_dir
+  tok = HFTokenizer.load(d)
+  assert tok.step_pairs, "the byte-level vocabulary has '\\n' (and words ending in it)"
+  for before, after in tok.step_pairs:
+    assert all(tok.tokenizer.decode([i]).endswith("\n") for i in before)
+    assert all(tok.tokenizer.decode([i]).startswith("\n") for i in after)
+    assert not set(before + after) & set(tok.step_ids + tok.eos_ids)
+  (before, after), = tok.step_pairs
+  newline = tok.encode("\n")
+  assert len(newline) == 1 and newline[0] in before and newline[0] in after
+  ids = tok.encode("Let x") + newline + newline + tok.encode("So 2x = 6.") + [tok.eos_id]
+  assert "\n\n" in tok.decode(ids)
+  ends = step_ends(ids, tok.step_ids, tok.eos_ids, tok.step_pairs)
+  assert ends == [len(tok.encode("Let x")) + 1, len(ids) - 1]
+  assert step_ends(ids, tok.step_ids, tok.eos_ids) == [len(ids) - 1]  # without the pairs

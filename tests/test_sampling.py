@@ -6,6 +6,7 @@ shapes of conftest.py (16 prompts x 8 tokens, 40-slot cache, 16 new tokens),
 so most tests reuse the same compiled prefill and decode loop.
 """
 
+import collections
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -327,6 +328,39 @@ def test_a_step_ends_at_any_of_several_step_ids(policy_model, run, stop_runs, sp
   # The solution-level view splits steps the same way.
   assert step_ends([4, step, 5, other, 6, eos], (step, other), (eos,)) == [1, 3, 5]
   assert step_ends([4, other, 5], (step, other), (eos,)) == [1, 2]  # unfinished: last token
+
+
+def test_a_step_ends_where_two_tokens_complete_the_delimiter(policy_model, run, stop_runs,
+                                                             special_ids):
+  """A delimiter split over two tokens ("\\n" then "\\n"): with a pair (before, after) a
+  step ends at a token of ``after`` right after one of ``before`` sampled in the same call,
+  and nowhere else; the rows' tokens up to there are the EOS-only run's (same keys)."""
+  eos = special_ids.eos_ids[0]
+  toks = np.concatenate([as_np(o)[0] for o in stop_runs["eos"]])
+  lens = np.concatenate([as_np(o)[2] for o in stop_runs["eos"]])
+  bigrams = collections.Counter(
+      (int(r[i]), int(r[i + 1])) for r, n in zip(toks, lens) for i in range(n - 1)
+      if eos not in (r[i], r[i + 1]))
+  (a, b), _ = bigrams.most_common(1)[0]  # the most frequent adjacent pair
+  pairs = (((a,), (b,)),)
+  core = SamplingCore(policy_model, SpecialIds(pad_id=PAD_ID, eos_ids=(eos,), step_pairs=pairs))
+  got = [as_np(run(core, SAMPLE_STEP, keys=row_keys(seed, np.arange(B)))) for seed in (20, 21)]
+  g_toks = np.concatenate([o[0] for o in got])
+  g_lens = np.concatenate([o[2] for o in got])
+  g_stop = np.concatenate([o[3] for o in got])
+  hits = 0
+  for r in range(len(g_lens)):
+    full = toks[r, :lens[r]].tolist()
+    want = step_ends(full, (), (eos,), pairs)[0] + 1 if full else 0  # the first step's end
+    assert g_lens[r] == want, (r, full, g_toks[r, :g_lens[r]])
+    np.testing.assert_array_equal(g_toks[r, :g_lens[r]], full[:want])
+    if want < lens[r] or (want and full[want - 1] == eos):
+      assert g_stop[r]
+    hits += int(want >= 2 and full[want - 2] == a and full[want - 1] == b)
+  assert hits, "no row completed the split delimiter: the check would be vacuous"
+  # The solution-level view: the pair ends a step only in that order and adjacent.
+  assert step_ends([a, b, 5, b, a, 6, eos], (), (eos,), pairs) == [1, 6]
+  assert step_ends([b, a], (), (eos,), pairs) == [1]  # unfinished: its last token
 
 
 def test_min_new_tokens_prevents_early_stop(stop_runs, special_ids):

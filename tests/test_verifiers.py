@@ -203,7 +203,7 @@ def test_oracle_bins_are_equal_quantiles_easiest_first():
 # ------------------------------------------------------------------------- MC labels
 class _Tok:
   step_id, eos_id, pad_id = 37, 36, 0
-  step_ids, eos_ids = (37,), (36,)
+  step_ids, eos_ids, step_pairs = (37,), (36,), ()
 
   def decode(self, ids):
     return " ".join(map(str, ids))

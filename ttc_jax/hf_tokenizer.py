@@ -5,10 +5,11 @@ A checkpoint directory holds tokenizer.json, tokenizer_config.json (special toke
 chat template, unless it is in chat_template.jinja) and optionally generation_config.json
 (the EOS ids generation stops at; chat models often have several).
 
-Steps: a step ends at any token whose text contains the step delimiter ("\\n\\n" for
-MATH-style solutions): those ids are :attr:`HFTokenizer.step_ids`, the sampling core's
-stop set. A delimiter split over two tokens ("\\n" then "\\n") is not an id and does not
-stop a step; the solution's steps are still split on the text afterwards.
+Steps: a step ends at any token whose text completes the step delimiter ("\\n\\n" for
+MATH-style solutions): a token whose text contains it (:attr:`HFTokenizer.step_ids`), or
+one that starts with the delimiter's rest right after a token that ends with its first
+part ("\\n" then "\\n": :attr:`HFTokenizer.step_pairs`). The sampling core stops on both
+(the pair within one sampling call).
 """
 
 from __future__ import annotations
@@ -110,11 +111,32 @@ class HFTokenizer:
     return ()
 
   @functools.cached_property
+  def _texts(self) -> list[str]:
+    """Each id's own text (special tokens included)."""
+    return [self.tokenizer.decode([i], skip_special_tokens=False)
+            for i in range(self.vocab_size)]
+
+  @functools.cached_property
   def step_ids(self) -> tuple[int, ...]:
     """Every id whose text contains the step delimiter (EOS ids excluded)."""
-    return tuple(i for i in range(self.vocab_size)
-                 if i not in self._eos
-                 and self.step_delimiter in self.tokenizer.decode([i], skip_special_tokens=False))
+    return tuple(i for i, text in enumerate(self._texts)
+                 if i not in self._eos and self.step_delimiter in text)
+
+  @functools.cached_property
+  def step_pairs(self) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """The delimiter split over two tokens: for each split D = a + b, (the ids whose text
+    ends with a, the ids whose text starts with b); neither holds the whole delimiter nor
+    an EOS id. A step ends at the second of two such tokens in a row."""
+    d, step = self.step_delimiter, set(self.step_ids)
+    plain = [(i, t) for i, t in enumerate(self._texts)
+             if t and i not in self._eos and i not in step]
+    out = []
+    for k in range(1, len(d)):
+      before = tuple(i for i, t in plain if t.endswith(d[:k]))
+      after = tuple(i for i, t in plain if t.startswith(d[k:]))
+      if before and after:
+        out.append((before, after))
+    return tuple(out)
 
   def id_to_piece(self, token_id: int) -> str:
     return self.tokenizer.id_to_token(int(token_id))

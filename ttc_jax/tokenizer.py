@@ -260,6 +260,11 @@ class Tokenizer:
     return (STEP_ID,)
 
   @property
+  def step_pairs(self) -> tuple:
+    """None: the step delimiter is one piece (see HFTokenizer.step_pairs)."""
+    return ()
+
+  @property
   def suppress_ids(self) -> tuple[int, ...]:
     """Ids a model never generates: pad, BOS, <unk> and the unused pieces that pad
     the vocabulary (encoding never produces them, so no training text has them)."""

@@ -176,7 +176,7 @@ class ModelArtifact:
   def special_ids(self) -> SpecialIds:
     tok = self.tokenizer
     return SpecialIds(pad_id=tok.pad_id, eos_ids=tok.eos_ids, step_ids=tok.step_ids,
-                      suppress_ids=tok.suppress_ids)
+                      suppress_ids=tok.suppress_ids, step_pairs=tok.step_pairs)
 
   def sampling_core(self) -> SamplingCore:
     """The model's sampling core on the process's sampling mesh (``parallel.local_mesh``:

@@ -673,7 +673,7 @@ def chain_arrays(pcs: list[chains_lib.ProblemChains], lengths: tuple[int, ...], 
         orm_rows.append(a.prompt + a.tokens)
         prm_rows.append(pc.prefix + a.tokens)
         prm_ends.append([len(pc.prefix) + e for e in solutions.step_ends(
-            a.tokens, tok.step_ids, tok.eos_ids)] or [len(pc.prefix) - 1])
+            a.tokens, tok.step_ids, tok.eos_ids, tok.step_pairs)] or [len(pc.prefix) - 1])
   orm_scores = orm_scorer.token_scores(orm_rows, batch_size=batch_size, desc="revision ORM")
   prm_scores = prm_scorer.step_scores(prm_rows, prm_ends, batch_size=batch_size)
   for i, o, p, orow, prow in zip(where, orm_scores, prm_scores, orm_rows, prm_rows):
@@ -825,7 +825,8 @@ def _rows_and_step_ends(samples: solutions.ProblemSamples, tok) -> tuple[list, l
   m = samples.n
   rows = [samples.prompts[i // m] + samples.gens.row(i) for i in range(len(samples.texts))]
   ends = [[len(samples.prompts[i // m]) + e
-           for e in solutions.step_ends(samples.gens.row(i), tok.step_ids, tok.eos_ids)]
+           for e in solutions.step_ends(samples.gens.row(i), tok.step_ids, tok.eos_ids,
+                                        tok.step_pairs)]
           for i in range(len(rows))]
   return rows, ends
 

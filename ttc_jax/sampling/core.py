@@ -110,6 +110,9 @@ class SpecialIds:
   step_ids: a step ends at any of these (with ``stop_at_step``); a real
     tokenizer ends a step ("\\n\\n") with many different tokens.
   Both may be empty (never stop on them).
+  step_pairs: (before, after) id sets: a step also ends at a token of ``after`` right
+    after a token of ``before`` generated in the same call (a delimiter split over two
+    tokens, "\\n" then "\\n"; ``HFTokenizer.step_pairs``).
   suppress_ids: never sampled (pad, BOS, unknown and unused vocabulary pieces;
     ``suppress_tokens`` in transformers): their logits are -inf before the
     temperature / top-k / top-p, so a model never emits text it was never
@@ -120,6 +123,7 @@ class SpecialIds:
   eos_ids: tuple[int, ...] = ()
   step_ids: tuple[int, ...] = ()
   suppress_ids: tuple[int, ...] = ()
+  step_pairs: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
 
   def __post_init__(self):
     for name in ("eos_ids", "step_ids", "suppress_ids"):
@@ -130,6 +134,11 @@ class SpecialIds:
       if any(i < 0 for i in ids):
         raise ValueError(f"{name}={ids}: token ids must be >= 0.")
       object.__setattr__(self, name, ids)
+    pairs = tuple((tuple(int(i) for i in a), tuple(int(i) for i in b))
+                  for a, b in self.step_pairs)
+    if any(i < 0 for a, b in pairs for i in a + b):
+      raise ValueError("step_pairs: token ids must be >= 0.")
+    object.__setattr__(self, "step_pairs", pairs)
     clash = set(self.suppress_ids) & set(self.eos_ids + self.step_ids)
     if clash:
       raise ValueError(f"suppress_ids {sorted(clash)} are also eos/step ids: a row could never "
@@ -189,6 +198,7 @@ class _Loop:
   stopped: Array
   logits: Array
   cache: KVCache
+  prev: Array  # (B,) each row's last token of this call (-1 before its first)
 
 
 # ----------------------------------------------------------------------------
@@ -316,6 +326,10 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
 
   suppressed = (jnp.zeros((v,), bool).at[jnp.array(ids.suppress_ids, jnp.int32)].set(True)
                 if ids.suppress_ids else None)
+  table = lambda members: jnp.zeros((v + 1,), bool).at[jnp.array(members, jnp.int32)].set(True)
+  # Lookup tables of (before, after) split delimiters; index v stands for "no token yet".
+  pairs = ([(table(a), table(b)) for a, b in ids.step_pairs if a and b]
+           if sp.stop_at_step else [])
 
   def body(s: _Loop) -> _Loop:
     raw = s.logits
@@ -329,7 +343,11 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
     tok = jnp.where(alive, tok, ids.pad_id)
     logp = jnp.where(alive, logp, 0.0)
     stop = functools.reduce(jnp.logical_or, [tok == i for i in stop_ids],
-                            jnp.zeros_like(alive)) & alive
+                            jnp.zeros_like(alive))
+    prev = jnp.where(s.prev < 0, v, s.prev)
+    for before, after in pairs:
+      stop = stop | (before[prev] & after[tok])
+    stop = stop & alive
     new_logits, cache = model(tok[:, None], alive[:, None], s.cache, readout="last")
     lengths = s.lengths + alive.astype(jnp.int32)
     return _Loop(
@@ -340,7 +358,8 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
         done=s.done | stop | (lengths >= limits),
         stopped=s.stopped | stop,
         logits=jnp.where(alive[:, None], new_logits.astype(jnp.float32), raw),
-        cache=cache)
+        cache=cache,
+        prev=jnp.where(alive, tok, s.prev))
 
   # Per-row buffers vary across shards under shard_map (their updates do).
   per_row = ((lambda x: jax.lax.pcast(x, (axis,), to="varying")) if axis is not None
@@ -353,7 +372,8 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
       done=~active | (limits <= 0),
       stopped=per_row(jnp.zeros((b,), jnp.bool_)),
       logits=logits,
-      cache=cache)
+      cache=cache,
+      prev=per_row(jnp.full((b,), -1, jnp.int32)))
   size = cache.size
   for end, window in plan:
     s = s.replace(cache=s.cache.resized(window))
@@ -626,8 +646,9 @@ class SamplingCore(CachedModel):
                mesh: Mesh | None = None, window_granularity: int = 32):
     if model.config.head != "lm":
       raise ValueError(f"SamplingCore needs an LM-head model; got head={model.config.head!r}.")
-    for name in ("eos_ids", "step_ids", "suppress_ids"):  # pad_id: checked by CachedModel
-      for i in getattr(ids, name):
+    pair_ids = tuple(i for a, b in ids.step_pairs for i in a + b)
+    for name in ("eos_ids", "step_ids", "suppress_ids", "step_pairs"):  # pad_id: CachedModel's
+      for i in (pair_ids if name == "step_pairs" else getattr(ids, name)):
         if not 0 <= i < model.config.vocab_size:
           raise ValueError(f"{name} holds {i}, outside the model vocab "
                            f"[0, {model.config.vocab_size}).")

@@ -111,16 +111,20 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
   return Generations(tokens=tokens, lengths=lengths, stopped=stopped)
 
 
-def step_ends(tokens: Sequence[int], step_ids: Sequence[int], eos_ids: Sequence[int]
-              ) -> list[int]:
+def step_ends(tokens: Sequence[int], step_ids: Sequence[int], eos_ids: Sequence[int],
+              step_pairs: Sequence[tuple[Sequence[int], Sequence[int]]] = ()) -> list[int]:
   """Indices of each step's last token in a generated solution.
 
-  A step ends at any step delimiter id or at EOS. An unfinished solution (no
-  EOS) gets its last token as the end of its last step; an empty one has no steps.
+  A step ends at any step delimiter id, at a token of a pair's ``after`` set right after
+  one of its ``before`` set (a delimiter split over two tokens: SpecialIds.step_pairs),
+  or at EOS. An unfinished solution (no EOS) gets its last token as the end of its last
+  step; an empty one has no steps.
   """
-  tokens = list(tokens)
+  tokens = [int(t) for t in tokens]
   stops = set(step_ids) | set(eos_ids)
-  ends = [i for i, t in enumerate(tokens) if t in stops]
+  pairs = [(set(a), set(b)) for a, b in step_pairs]
+  ends = [i for i, t in enumerate(tokens)
+          if t in stops or (i and any(tokens[i - 1] in a and t in b for a, b in pairs))]
   if tokens and (not ends or ends[-1] != len(tokens) - 1):
     ends.append(len(tokens) - 1)
   return ends

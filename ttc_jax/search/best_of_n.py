@@ -91,7 +91,8 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
     budgets[q].add_policy(pol_cost, len(prompts[q]), len(toks))
     budgets[q].add_prm(prm_cost, *common.prm_span(None if head is None else head[expand], fed,
                                                   r, len(prompts[q]), len(toks)))
-    ends = step_ends(toks, ctx.tokenizer.step_ids, ctx.tokenizer.eos_ids)
+    ends = step_ends(toks, ctx.tokenizer.step_ids, ctx.tokenizer.eos_ids,
+                     ctx.tokenizer.step_pairs)
     steps = per_token[r, ends]  # an adapted PRM leaves NaN where a span adds no step
     score = aggregate_steps([steps[~np.isnan(steps)]], strategy.step_aggregation)[0]
     cand = common.make_candidate(ctx, problems[q], toks, score)

@@ -156,9 +156,22 @@ def step_text(policy_tokenizer, ids) -> str | None:
   return text or None
 
 
+def ends_step(policy_tokenizer, tokens: Sequence[int]) -> bool:
+  """Whether the last of ``tokens`` ends a step by the policy's rule: a delimiter id, an
+  EOS, or the second token of a delimiter split over two (step_pairs)."""
+  if not tokens:
+    return False
+  last = int(tokens[-1])
+  if last in set(policy_tokenizer.step_ids) | set(policy_tokenizer.eos_ids):
+    return True
+  return len(tokens) > 1 and any(int(tokens[-2]) in set(a) and last in set(b)
+                                 for a, b in policy_tokenizer.step_pairs)
+
+
 def step_spans(policy_tokenizer, generation: Sequence[int]) -> list[tuple[int, int]]:
   """(first, last) token of each step of a generation (policy tokens after the prompt)."""
-  ends = step_ends(list(generation), policy_tokenizer.step_ids, policy_tokenizer.eos_ids)
+  ends = step_ends(list(generation), policy_tokenizer.step_ids, policy_tokenizer.eos_ids,
+                   policy_tokenizer.step_pairs)
   return list(zip([0] + [e + 1 for e in ends[:-1]], ends))
 
 
@@ -426,6 +439,7 @@ class StepState:
 class PolicyTokenizer(Protocol):
   step_ids: Sequence[int]
   eos_ids: Sequence[int]
+  step_pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
 
   def decode(self, ids) -> str: ...
 
@@ -475,7 +489,7 @@ class PolicyBridge:
     """One step per row: its valid policy tokens (none: the row adds nothing); a row
     whose last step was cut short continues it."""
     tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
-    ends = set(self.policy_tokenizer.step_ids) | set(self.policy_tokenizer.eos_ids)
+    tok = self.policy_tokenizer
     steps, continues, wholes, closed = [], [], [], []
     for r in range(state.num_rows):
       chunk = [int(t) for t in tokens[r][valid[r]]]
@@ -487,7 +501,7 @@ class PolicyBridge:
       steps.append(text)
       continues.append(cont)
       wholes.append(whole if chunk else None)
-      closed.append(bool(chunk) and chunk[-1] in ends)
+      closed.append(bool(chunk) and ends_step(tok, whole))
     state = self.prm.step(state, steps, continues)[0]
     for r in range(state.num_rows):
       if wholes[r] is None:

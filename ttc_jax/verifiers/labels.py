@@ -168,7 +168,7 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
                   seed: int, stream: str, sp: SamplingParams, *, batch_size: int,
                   log_fn: Callable[[str], None] | None = None) -> LabelledSamples:
   """MC step labels for every sample of ``samples`` (see the module docstring)."""
-  step_ids, eos_ids = tok.step_ids, tok.eos_ids
+  step_ids, eos_ids, step_pairs = tok.step_ids, tok.eos_ids, tok.step_pairs
   n_rows = len(samples.texts)
   ends_all, prefixes, prefix_ids, remaining, where = [], [], [], [], {}
   refs = []  # per sample: list of (step j, prefix id or None)
@@ -176,7 +176,7 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
     pos = i // samples.n
     problem = samples.problems[pos]
     gen = samples.gens.row(i)
-    ends = solutions.step_ends(gen, step_ids, eos_ids)
+    ends = solutions.step_ends(gen, step_ids, eos_ids, step_pairs)
     ends_all.append(ends)
     sample_refs = []
     for j, e in enumerate(ends):
