@@ -110,6 +110,17 @@ def make_forward(model: Transformer):
       fwd(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(valid, bool)))
 
 
+@pytest.fixture(autouse=True)
+def _unmap_compiled_code():
+  """One pytest worker runs half the suite in one process, and XLA:CPU maps every
+  compiled program into memory regions of its own: a worker reached 41% of
+  vm.max_map_count after three test files, and one past the limit segfaults
+  (ttc_jax.host.free_compiled_code). Between tests, drop JAX's compiled programs once
+  past half the limit (they come back from the persistent compilation cache)."""
+  host.free_compiled_code(threshold=0.5)
+  yield
+
+
 def continuation_inputs(prompts, valid, tokens, lengths):
   """(prompt ++ generated) with its valid mask, for a no-cache reference pass."""
   tokens = np.asarray(tokens)
