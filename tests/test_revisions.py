@@ -382,7 +382,7 @@ def test_the_study_selects_strategies_per_difficulty_bin_out_of_fold(revision_st
       assert p["ci"][0] <= p["accuracy"] <= p["ci"][1], name
   cost = co["difficulty"]["prediction_cost"]
   assert cost["samples"] == k and cost["policy_flops_per_problem"] > 0 < cost[
-      "prm_flops_per_problem"]
+      "scorer_flops_per_problem"] and cost["scorer"] == "prm"
   assert co["exchange"] is None and {c["verdict"] for c in co["claims"]} <= {
       "reproduced", "not reproduced", "not significant"}
   md = open(os.path.join(revision_study, "compute_optimal", "latest",
@@ -473,3 +473,25 @@ def test_bad_revision_configs_are_named_before_anything_runs(override, message):
   from ttc_jax.pipeline.stages import STAGES
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(pu.tiny_config(**override), list(STAGES))
+
+
+def test_the_prediction_cost_charges_the_predictor_s_own_model(revision_study, tmp_path):
+  """Predicting difficulty from the policy's likelihood costs the policy re-reading its
+  samples; from the ORM, the ORM reading them; from the PRM, the PRM (its identity differs
+  per predictor: each is its own compute-optimal artifact)."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(revision_study, workdir, symlinks=True)
+  costs = {}
+  for predictor in ("prm_last", "orm", "policy_likelihood"):
+    pipe = Pipeline(pu.tiny_config(**TRAINED, **STUDY, compute_optimal__predictor=predictor),
+                    workdir)
+    co = pipe.run("compute_optimal")
+    costs[predictor] = co["difficulty"]["prediction_cost"]
+    assert co["difficulty"]["predictor"] == predictor
+  assert [costs[p]["scorer"] for p in costs] == ["prm", "orm", "policy"]
+  policy = costs["policy_likelihood"]
+  # The policy reads each sample twice: to write it, then to score it.
+  assert policy["scorer_flops_per_problem"] == pytest.approx(policy["policy_flops_per_problem"])
+  # The tiny study's ORM and PRM share the policy's shape: the same FLOPs per token.
+  assert costs["orm"]["scorer_flops_per_problem"] == pytest.approx(
+      costs["prm_last"]["scorer_flops_per_problem"])

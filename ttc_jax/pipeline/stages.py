@@ -1064,27 +1064,36 @@ def run_revision_report(ctx: Context) -> dict:
 
 def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
   """What predicting a problem's difficulty costs: ``k`` policy samples (prompt and
-  generation) and the PRM reading each whole sample, in generations and FLOPs per problem."""
+  generation) and the predictor's model reading each whole sample (the PRM for prm_*, in
+  its own tokens; the ORM; the policy again for its likelihood), in generations and FLOPs
+  per problem."""
   c = ctx.config
-  diff, policy, prm = ctx.inputs["difficulty"], ctx.inputs["policy"], ctx.inputs["prm"]
+  predictor = c.compute_optimal.predictor
+  diff, policy = ctx.inputs["difficulty"], ctx.inputs["policy"]
   probs = ctx.inputs["data"].problems("test", c.test_problems)
   tok, task = policy.tokenizer, ctx.inputs["data"].task
   prompt_ids = [tok.encode_prompt(task.format_prompt(p)) for p in probs]
   prompts = np.array([len(x) for x in prompt_ids])
   lengths = np.asarray(diff.gens.lengths, np.int64).reshape(len(probs), diff.n)[:, :k]
   rows = prompts[:, None] + lengths
-  # The PRM's own tokens of each sample (an imported PRM reads its own format).
-  picked = [(p, s) for p in range(len(probs)) for s in range(k)]
-  prm_rows = prm.solution_tokens(
-      tok, [probs[p].question for p, _ in picked],
-      [prompt_ids[p] + list(diff.gens.row(p * diff.n + s)) for p, s in picked],
-      [len(prompt_ids[p]) for p, _ in picked]).reshape(len(probs), k)
+  if predictor.startswith("prm"):
+    scorer, name = ctx.inputs["prm"], "prm"
+    # The PRM's own tokens of each sample (an imported PRM reads its own format).
+    picked = [(p, s) for p in range(len(probs)) for s in range(k)]
+    scored_rows = scorer.solution_tokens(
+        tok, [probs[p].question for p, _ in picked],
+        [prompt_ids[p] + list(diff.gens.row(p * diff.n + s)) for p, s in picked],
+        [len(prompt_ids[p]) for p, _ in picked]).reshape(len(probs), k)
+  elif predictor == "orm":
+    scorer, name, scored_rows = ctx.inputs["orm"], "orm", rows
+  else:  # policy_likelihood: the policy re-reads its samples
+    scorer, name, scored_rows = policy, "policy", rows
   pol_cost = accounting.ModelCost.from_config(policy.config)
-  prm_cost = accounting.ModelCost.from_config(prm.config)
+  scorer_cost = accounting.ModelCost.from_config(scorer.config)
   pol = float(np.sum(accounting.forward_flops(pol_cost, 0, rows))) / len(probs)
-  ver = float(np.sum(accounting.forward_flops(prm_cost, 0, prm_rows))) / len(probs)
+  ver = float(np.sum(accounting.forward_flops(scorer_cost, 0, scored_rows))) / len(probs)
   return float(k), pol + ver, {"samples": k, "policy_flops_per_problem": pol,
-                               "prm_flops_per_problem": ver}
+                               "scorer": name, "scorer_flops_per_problem": ver}
 
 
 def run_compute_optimal(ctx: Context) -> dict:
@@ -1097,10 +1106,13 @@ def run_compute_optimal(ctx: Context) -> dict:
   num_bins = c.report.difficulty_bins
   scored = ver["scored"]
   n_probs = diff.pass_at_1.size
-  if cc.predictor not in scored:
+  # The verifiers' per-sample scores (not the labels, AUC arrays or per-problem curves).
+  verifiers = sorted(k for k in scored
+                     if "/" not in k and k != "correct" and not k.startswith("auc_"))
+  if cc.predictor not in verifiers:
     raise artifacts.ArtifactError(
         f"compute_optimal.predictor={cc.predictor!r}: the verifier evaluation scored "
-        f"{sorted(k for k in scored if '/' not in k)}.")
+        f"{verifiers}.")
   k = diff.n if cc.predictor_samples is None else cc.predictor_samples
   if not 1 <= k <= diff.n:
     raise config_lib.ConfigError(f"compute_optimal.predictor_samples={k}: expected an integer "
@@ -1276,15 +1288,17 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("compute_optimal", "predicted difficulty, per-bin strategy selection with "
           "cross-validation, efficiency over best-of-N, the pretraining / test-time FLOPs "
           "exchange (with the larger policy when `make exchange` ran)",
-          ("data", "policy", "prm", "difficulty", "verifier_eval", "report", "revision_report"),
+          ("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "report",
+           "revision_report"),
           ("seed", "test_problems", "report", "compute_optimal"),
           ("compute_optimal.json", "compute_optimal.md", "compute_optimal.png",
            "compute_optimal_efficiency.png", "difficulty_bins.png"),
           run_compute_optimal, load_json("compute_optimal.json"),
-          optional=("large_policy_eval",), may_lack=("revision_report",),
+          optional=("large_policy_eval",), may_lack=("orm", "revision_report"),
           # 2: efficiency against the baseline's own smallest budget; 3: the prediction
-          # cost counts an imported PRM's own tokens, the floor N' / b_max
-          version=3),
+          # cost counts an imported PRM's own tokens, the floor N' / b_max; 4: the
+          # prediction cost charges the predictor's own model (the ORM, the policy)
+          version=4),
     Stage("study", "the whole study: every claim's verdict and the three reports",
           ("report", "revision_report", "compute_optimal"), (), ("claims.json", "study.md"),
           run_study, load_json("claims.json"), version=3,  # 3: its text without revisions
