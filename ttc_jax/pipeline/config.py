@@ -91,7 +91,8 @@ HF_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json",
 def hf_files(path: str) -> list[str]:
   """The files of checkpoint directory ``path`` that its import reads."""
   names = [n for n in HF_FILES if os.path.isfile(os.path.join(path, n))]
-  return names + sorted(os.path.basename(f) for f in glob.glob(os.path.join(path, "*.safetensors")))
+  shards = glob.glob(os.path.join(path, "*.safetensors"))
+  return names + sorted(os.path.basename(f) for f in shards)
 
 
 def hf_model_config(section: ml_collections.ConfigDict, key: str) -> TransformerConfig:
@@ -138,7 +139,7 @@ def _validate_imports(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"hf_prm.format={c.hf_prm.format!r}: expected one of "
                         f"{sorted(adapters.FORMATS)}.")
     model = hf_model_config(c.hf_prm, "hf_prm")
-    want = {"value": "value", "token_pair": "lm", "classifier": "classifier"}[fmt.readout]
+    want = fmt.model_head
     if model.head != want:
       raise ConfigError(f"hf_prm.format={fmt.name!r} reads a {want!r} head; "
                         f"{c.hf_prm.path} imports with a {model.head!r} head.")
@@ -174,7 +175,7 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
     _int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
   if "compute_optimal" in c:
     cc = c.compute_optimal
-    _int(cc.folds, "compute_optimal.folds", 2)
+    _int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
     _int(cc.repeats, "compute_optimal.repeats", 1)
     if cc.predictor_samples is not None:
       _int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
@@ -184,7 +185,6 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> t
                      for r in rs):
       raise ConfigError(f"compute_optimal.r_values={cc.r_values!r}: expected numbers > 0 "
                         "(D_inference / D_pretrain).")
-    _int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
   if "verifier_eval" in c:
     ve = c.verifier_eval
     if "batch_size" in ve:

@@ -116,8 +116,7 @@ def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
   returns the loaded artifact of ``target`` (like :meth:`Pipeline.run`)."""
   if jobs < 1:
     raise ValueError(f"jobs={jobs}: expected at least 1 stage process at a time.")
-  pipeline.validate()
-  pipeline.validate_roles(target)
+  pipeline.validate(target)
   target = pipeline.target(target)
   order = pipeline.plan(target)
   deps = {n: [s for s in pipeline.inputs_of(n).values() if s] for n in order}

@@ -191,10 +191,11 @@ class Pipeline:
     return bool(rec) and rec.get("status") == "done" and rec.get("id") == self.identity(name)
 
   # ------------------------------------------------------------------- run
-  def validate(self) -> None:
-    """Everything that needs no data; nothing has been written when this raises."""
+  def validate(self, target: str | None = None) -> None:
+    """Everything that needs no data, for running ``target`` (default ``config.stage``);
+    nothing has been written when this raises."""
     self.task = config_lib.validate(self.config, list(STAGES))
-    self.validate_roles()
+    self.validate_roles(target)
     self._validate_variants()
 
   def _validate_variants(self) -> None:
@@ -218,8 +219,7 @@ class Pipeline:
 
   def run(self, target: str | None = None) -> Any:
     """Runs ``target`` (default: ``config.stage``) and whatever it is missing."""
-    self.validate()
-    self.validate_roles(target)
+    self.validate(target)
     target = self.target(target)
     order = self.plan(target)
     t0 = time.time()

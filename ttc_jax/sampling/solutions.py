@@ -10,6 +10,7 @@ depend on chunking, on the other rows or on the device count.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -111,6 +112,21 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
   return Generations(tokens=tokens, lengths=lengths, stopped=stopped)
 
 
+def stop_sets(step_ids: Sequence[int], eos_ids: Sequence[int],
+              step_pairs: Sequence[tuple[Sequence[int], Sequence[int]]] = ()
+              ) -> tuple[frozenset, tuple[tuple[frozenset, frozenset], ...]]:
+  """The ids that end a step (delimiters and EOS) and the split-delimiter pairs as sets,
+  built once per tokenizer (a real one has thousands of such ids) and reused."""
+  return _stop_sets(tuple(step_ids), tuple(eos_ids),
+                    tuple((tuple(a), tuple(b)) for a, b in step_pairs))
+
+
+@functools.lru_cache(maxsize=16)
+def _stop_sets(step_ids: tuple, eos_ids: tuple, step_pairs: tuple):
+  return (frozenset(step_ids) | frozenset(eos_ids),
+          tuple((frozenset(a), frozenset(b)) for a, b in step_pairs))
+
+
 def step_ends(tokens: Sequence[int], step_ids: Sequence[int], eos_ids: Sequence[int],
               step_pairs: Sequence[tuple[Sequence[int], Sequence[int]]] = ()) -> list[int]:
   """Indices of each step's last token in a generated solution.
@@ -121,8 +137,7 @@ def step_ends(tokens: Sequence[int], step_ids: Sequence[int], eos_ids: Sequence[
   step; an empty one has no steps.
   """
   tokens = [int(t) for t in tokens]
-  stops = set(step_ids) | set(eos_ids)
-  pairs = [(set(a), set(b)) for a, b in step_pairs]
+  stops, pairs = stop_sets(step_ids, eos_ids, step_pairs)
   ends = [i for i, t in enumerate(tokens)
           if t in stops or (i and any(tokens[i - 1] in a and t in b for a, b in pairs))]
   if tokens and (not ends or ends[-1] != len(tokens) - 1):

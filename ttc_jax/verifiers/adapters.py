@@ -43,6 +43,7 @@ from ttc_jax.sampling.core import CachedModel
 from ttc_jax.sampling.core import DecodeState
 from ttc_jax.sampling.solutions import round_up
 from ttc_jax.sampling.solutions import step_ends
+from ttc_jax.sampling.solutions import stop_sets
 
 
 class FormatError(ValueError):
@@ -91,6 +92,11 @@ class PRMFormat:
                        "'classifier'.")
     if self.layout not in ("plain", "assistant", "turns"):
       raise ValueError(f"layout={self.layout!r}: expected 'plain', 'assistant' or 'turns'.")
+
+  @property
+  def model_head(self) -> str:
+    """The head of the model the format reads (TransformerConfig.head)."""
+    return {"value": "value", "token_pair": "lm", "classifier": "classifier"}[self.readout]
 
   def head(self, tokenizer: PRMTokenizer, question: str) -> str:
     """The text every solution of ``question`` starts with (before its first step's own
@@ -161,11 +167,11 @@ def ends_step(policy_tokenizer, tokens: Sequence[int]) -> bool:
   EOS, or the second token of a delimiter split over two (step_pairs)."""
   if not tokens:
     return False
+  stops, pairs = stop_sets(policy_tokenizer.step_ids, policy_tokenizer.eos_ids,
+                           policy_tokenizer.step_pairs)
   last = int(tokens[-1])
-  if last in set(policy_tokenizer.step_ids) | set(policy_tokenizer.eos_ids):
-    return True
-  return len(tokens) > 1 and any(int(tokens[-2]) in set(a) and last in set(b)
-                                 for a, b in policy_tokenizer.step_pairs)
+  return last in stops or (len(tokens) > 1 and any(int(tokens[-2]) in a and last in b
+                                                   for a, b in pairs))
 
 
 def step_spans(policy_tokenizer, generation: Sequence[int]) -> list[tuple[int, int]]:
@@ -225,7 +231,7 @@ class AdaptedPRM:
 
   def __init__(self, model: Transformer, tokenizer: PRMTokenizer, fmt: PRMFormat, mesh=None):
     head = model.config.head
-    want = {"value": "value", "token_pair": "lm", "classifier": "classifier"}[fmt.readout]
+    want = fmt.model_head
     if head != want:
       raise FormatError(f"format {fmt.name!r} reads a {want!r} head; the model has {head!r}.")
     self.model, self.format, self.tokenizer = model, fmt, tokenizer
