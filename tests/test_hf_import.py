@@ -157,6 +157,87 @@ def test_config_mapping(checkpoint):
     assert os.path.isfile(os.path.join(directory, "model.safetensors.index.json"))
 
 
+def _save_without_layer_types(hf, directory):
+  """``save_pretrained``, then config.json without the ``layer_types`` transformers 5
+  writes: the config of a Qwen2 checkpoint saved before layer_types existed."""
+  hf.save_pretrained(directory)
+  path = os.path.join(directory, "config.json")
+  with open(path) as f:
+    config = json.load(f)
+  del config["layer_types"]
+  with open(path, "w") as f:
+    json.dump(config, f)
+
+
+def test_qwen2_sliding_window_from_max_window_layers(tmp_path):
+  """use_sliding_window=True without layer_types: transformers' Qwen2Config slides the
+  window on layers max_window_layers.. only (here layers 1 and 2 of 3; layer 0 attends to
+  everything). A window of 3 on rows of up to 14 tokens, so which layers slide matters."""
+  cfg = transformers.Qwen2Config(**_COMMON, tie_word_embeddings=False, use_sliding_window=True,
+                                 sliding_window=3, max_window_layers=1)
+  hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+  randomize(hf, seed=11)
+  _save_without_layer_types(hf, str(tmp_path))
+  ref = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), attn_implementation="eager", dtype=torch.float32).eval()
+  assert ref.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+  model = hf_import.load(str(tmp_path), param_dtype="float32")
+  for left in (True, False):
+    tokens, mask = _batch(np.random.RandomState(4), [14, 5, 1, 11], 14, left)
+    theirs = _hf_logits(ref, tokens, mask)
+    assert theirs[mask].std() > 0.3, "logits too flat for a meaningful comparison"
+    assert_close(np.asarray(model(tokens, mask)[0])[mask], theirs[mask], err_msg=f"left={left}")
+  assert model.config.layer_types == ("full", "sliding", "sliding")
+  assert model.config.sliding_window == 3
+
+
+def _qwen2_windows(**fields):
+  """(layer_types, sliding_window) imported from a Qwen2 config.json holding ``fields`` of
+  the four window keys (the others absent), checked against transformers' reading of it."""
+  hf = {**transformers.Qwen2Config(**_COMMON).to_dict(), **fields}
+  for name in ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types"):
+    if name not in fields:
+      hf.pop(name, None)
+  cfg = hf_import.config_from_hf(hf)
+  theirs = transformers.Qwen2Config.from_dict(hf)
+  names = {"sliding_attention": "sliding", "full_attention": "full"}
+  assert (cfg.layer_types or ("full",) * cfg.num_layers) == tuple(
+      names[t] for t in theirs.layer_types)
+  if cfg.layer_types and "sliding" in cfg.layer_types:
+    assert cfg.sliding_window == theirs.sliding_window
+  return cfg.layer_types, cfg.sliding_window
+
+
+def test_qwen2_sliding_window_rule():
+  """Which layers slide, as transformers' Qwen2Config decides it (config.json keys that
+  are absent take its defaults: sliding_window=4096, max_window_layers=28)."""
+  full3 = ("full",) * 3
+  assert _qwen2_windows(use_sliding_window=True, sliding_window=4, max_window_layers=2) == (
+      ("full", "full", "sliding"), 4)
+  assert _qwen2_windows(use_sliding_window=True, sliding_window=4, max_window_layers=0) == (
+      ("sliding",) * 3, 4)
+  assert _qwen2_windows(use_sliding_window=True, sliding_window=4, max_window_layers=3)[0] in (
+      None, full3)
+  assert _qwen2_windows(use_sliding_window=True, sliding_window=4)[0] in (None, full3)  # 28
+  assert _qwen2_windows(use_sliding_window=True, max_window_layers=1) == (
+      ("full", "sliding", "sliding"), 4096)
+  assert _qwen2_windows(use_sliding_window=True, sliding_window=None,
+                        max_window_layers=0)[0] in (None, full3)
+  assert _qwen2_windows(use_sliding_window=False, sliding_window=4,
+                        max_window_layers=0)[0] in (None, full3)
+  assert _qwen2_windows(sliding_window=4, max_window_layers=0)[0] in (None, full3)
+  # Given layer_types are used as they are (max_window_layers is then ignored)...
+  given = ["sliding_attention", "full_attention", "sliding_attention"]
+  assert _qwen2_windows(use_sliding_window=True, sliding_window=4, max_window_layers=2,
+                        layer_types=given) == (("sliding", "full", "sliding"), 4)
+  assert _qwen2_windows(use_sliding_window=False, sliding_window=4,
+                        layer_types=["full_attention"] * 3)[0] in (None, full3)
+  # ... and sliding layers without a window (use_sliding_window false) are an error, as
+  # in transformers (which cannot build their cache or mask).
+  with pytest.raises(hf_import.HFImportError, match="sliding_attention layers but no window"):
+    _qwen2_windows(use_sliding_window=False, sliding_window=4, layer_types=given)
+
+
 def test_a_step_classifier_prm_matches_its_reference(tmp_path):
   """Qwen2.5-Math-PRM's layout (a Qwen2 backbone under ``model.``, and ``score``: Linear,
   ReLU, Linear to 2 labels): our classifier head gives its label logits at every token,

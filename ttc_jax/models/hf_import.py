@@ -3,7 +3,8 @@ safetensors (one file, or shards with ``model.safetensors.index.json``).
 
 Families (``model_type``): ``llama`` (Llama 2 / 3.x, with Llama 3's RoPE scaling),
 ``mistral`` (Llama's layout; a sliding window on every layer when the config sets one),
-``qwen2`` (Qwen2 / Qwen2.5: q/k/v biases, tied or untied embeddings), ``gemma`` and
+``qwen2`` (Qwen2 / Qwen2.5: q/k/v biases, tied or untied embeddings, a sliding window on
+the layers from ``max_window_layers`` on when ``use_sliding_window``), ``gemma`` and
 ``gemma2`` (embeddings scaled by sqrt(d_model), RMSNorm by 1 + w, GeGLU; Gemma 2's
 norms after each sublayer, logit soft caps, query_pre_attn_scalar and sliding-window
 layers). Each maps onto :class:`~ttc_jax.models.transformer.TransformerConfig`'s fields;
@@ -145,8 +146,7 @@ def config_from_hf(hf: dict[str, Any], *, max_seq_len: int | None = None,
     fields.update(_layer_types(hf, default="sliding"))
   if family == "qwen2":
     fields["qkv_bias"] = True
-    if hf.get("use_sliding_window"):
-      fields.update(_layer_types(hf, default="sliding"))
+    fields.update(_qwen2_layer_types(hf))
   if family.startswith("gemma"):
     fields.update(norm_offset=1.0, embed_scale=True)
   if family == "gemma2":
@@ -173,6 +173,39 @@ def _layer_types(hf: dict[str, Any], default: str) -> dict[str, Any]:
   if "sliding" in out and not window:
     return {"layer_types": None}  # no window given: every layer attends to everything
   return {"layer_types": out, "sliding_window": int(window) if window else None}
+
+
+def _qwen2_layer_types(hf: dict[str, Any]) -> dict[str, Any]:
+  """Which Qwen2 layers slide, by transformers' rule (5.x: configuration_qwen2.py,
+  ``Qwen2Config.__post_init__``; modeling_qwen2.py, ``Qwen2Attention.__init__``):
+
+  * the window is ``sliding_window`` if ``use_sliding_window`` else None (keys absent from
+    config.json take Qwen2Config's defaults: ``use_sliding_window=False``,
+    ``sliding_window=4096``, ``max_window_layers=28``);
+  * without ``layer_types``, layer i slides iff the window is not None and
+    ``i >= max_window_layers`` (the first max_window_layers layers attend to everything);
+  * given ``layer_types`` are used as they are, a 'sliding_attention' layer taking the
+    window; with no window transformers cannot build their mask or cache (it raises), so
+    neither do we.
+  """
+  window = hf.get("sliding_window", 4096) if hf.get("use_sliding_window", False) else None
+  types = hf.get("layer_types")
+  if types is None:
+    if window is None:
+      return {}
+    first = hf.get("max_window_layers", 28)
+    first = 28 if first is None else int(first)
+    types = ["sliding_attention" if i >= first else "full_attention"
+             for i in range(int(hf["num_hidden_layers"]))]
+  elif "sliding_attention" in types and window is None:
+    raise HFImportError(
+        f"layer_types {list(types)} name sliding_attention layers but no window is set "
+        f"(use_sliding_window={hf.get('use_sliding_window', False)}, "
+        f"sliding_window={hf.get('sliding_window', 4096)}): transformers cannot run this "
+        "checkpoint either.")
+  out = _layer_types({**hf, "sliding_window": window, "layer_types": list(types)},
+                     default="sliding")  # checks the names
+  return out if "sliding" in out["layer_types"] else {}  # every layer full: the default
 
 
 @dataclasses.dataclass(frozen=True)
