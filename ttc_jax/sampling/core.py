@@ -27,7 +27,8 @@ Design (after gemma's ``_sampler_loop`` and big_vision's ``predict_fns``):
   batch that does not divide the data axis is padded with inactive rows. The
   decode loop runs under ``jax.shard_map``, manual over 'data' only: each data
   shard loops over its own rows with no collective per token across shards
-  (within a shard, XLA partitions each layer over 'model').
+  (within a shard, XLA partitions each layer over 'model', and the token choice
+  reads the vocabulary gathered over 'model': see ``_sample_loop``).
 """
 
 from __future__ import annotations
@@ -218,7 +219,10 @@ def process_logits(logits: Array, sp: SamplingParams) -> Array:
     kth = jax.lax.top_k(logits, sp.top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, neg_inf, logits)
   if sp.top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    # Descending as the ascending sort of the negated logits (the same values): a reverse
+    # of a vocabulary split over devices is a collective-permute, which XLA:CPU runs over
+    # every device of the program (see _sample_loop).
+    sorted_logits = -jnp.sort(-logits, axis=-1)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
     keep = before < sp.top_p  # the most likely token is always kept
@@ -303,9 +307,19 @@ def _extend(graphdef, params, cache, logits, tokens, valid, *, window: int,
 
 def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
                  sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
-                 axis: str | None = None):
+                 axis: str | None = None, whole_vocab: bool = False):
   """The decode loop. ``plan`` is a static list of segments (end_step, window):
   steps before ``end_step`` run on the cache cut to its first ``window`` slots.
+
+  whole_vocab: gather each step's logits over the (auto) 'model' axis before the
+  token choice (a mesh with 'model' shards, whose LM head splits the vocabulary).
+  The choice (masks, temperature, top-k/p, the draw, the log-probability) then runs
+  whole on every device of a data shard, exactly as on one device, and its only
+  collective is that all-gather within the shard. Left to the partitioner, the
+  vocabulary-split top-p sort was followed by a collective-permute (the reverse of a
+  split axis), which XLA (its CPU runtime at least) rendezvouses over every device
+  of the program, all data shards included: a shard whose rows were done had left
+  its loop and never joined, and the others waited until XLA aborted the process.
 
   Row i generates at most ``limits[i]`` tokens, and never a token past the model
   context: its RoPE position (``cache.pos``) stays below ``max_seq_len``. Both are
@@ -330,9 +344,12 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
   # Lookup tables of (before, after) split delimiters; index v stands for "no token yet".
   pairs = ([(table(a), table(b)) for a, b in ids.step_pairs if a and b]
            if sp.stop_at_step else [])
+  # The logits replicated over the auto axes (within this data shard), or as they are.
+  whole = ((lambda x: jax.lax.with_sharding_constraint(x, P(None, None))) if whole_vocab
+           else (lambda x: x))
 
   def body(s: _Loop) -> _Loop:
-    raw = s.logits
+    raw = whole(s.logits)
     masked = raw if suppressed is None else jnp.where(suppressed, -jnp.inf, raw)
     if sp.min_new_tokens and stop_ids:
       banned = functools.reduce(jnp.logical_or, [vocab == i for i in stop_ids])
@@ -402,10 +419,13 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, *, sp
   """
   rows = P(DATA_AXIS)
   cspec = _cache_spec(cache, rows)
-  loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, axis=DATA_AXIS)
   # With 'model' shards the loop is manual over 'data' only; XLA partitions each layer
-  # over 'model' (parameters and caches keep their 'model' layout).
-  manual = {DATA_AXIS} if mesh.shape[MODEL_AXIS] > 1 else set(mesh.axis_names)
+  # over 'model' (parameters and caches keep their 'model' layout), and the token choice
+  # reads the whole vocabulary (``whole_vocab``): no collective of the loop leaves a shard.
+  split = mesh.shape[MODEL_AXIS] > 1
+  loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, axis=DATA_AXIS,
+                           whole_vocab=split)
+  manual = {DATA_AXIS} if split else set(mesh.axis_names)
   return jax.shard_map(
       loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows),
       out_specs=(rows, rows, rows, rows, cspec, rows), axis_names=manual)(
