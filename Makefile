@@ -22,7 +22,7 @@ DATA ?= ../shared/data
 MESH ?= -1,1
 MATH_DIR ?= runs/math_qwen
 
-.PHONY: study exchange study-paper-scale study-math test bench verifiers venv venv-hf clean-venv
+.PHONY: study exchange study-paper-scale study-math study-math-smoke test bench verifiers venv venv-hf clean-venv
 
 # --no-compile: no .pyc files for the whole of torch and transformers at install (about 40 s
 # of a fresh `make test`); the modules that are imported compile on first import.
@@ -76,6 +76,17 @@ study-math: $(VENV)/.installed-hf
 	$(PY) launch/run.py --config=experiments/math_qwen.py --workdir=$(MATH_DIR) \
 	  --config.task.data_dir=$(DATA) --config.hf_policy.path=$(POLICY) \
 	  --config.hf_prm.path=$(PRM) --mesh=$(MESH)
+
+# The real-model study's CPU smoke run: random tiny checkpoints of its architectures
+# (launch/tiny_checkpoints.py) and its :smoke preset (4 problems, budgets 1 and 4). It checks
+# the wiring, not results (the models are random). About a minute.
+SMOKE_DIR ?= runs/math_smoke
+study-math-smoke: $(VENV)/.installed-test
+	$(PY) launch/tiny_checkpoints.py --out=$(SMOKE_DIR)/checkpoints --data=$(DATA)
+	$(PY) launch/run.py --config=experiments/math_qwen.py:smoke --workdir=$(SMOKE_DIR) \
+	  --config.task.data_dir=$$(test -f $(DATA)/math/test.jsonl && echo $(DATA) || echo $(SMOKE_DIR)/checkpoints/data) \
+	  --config.hf_policy.path=$(SMOKE_DIR)/checkpoints/policy \
+	  --config.hf_prm.path=$(SMOKE_DIR)/checkpoints/prm
 
 venv-hf: $(VENV)/.installed-hf
 

@@ -141,7 +141,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Sampling of the policy in every stage (pass@1, labels, verifier eval, search).
   c.sampling = ml_collections.ConfigDict(dict(
-      temperature=1.0,  # sampling temperature
+      temperature=1.0,  # sampling temperature (> 0: every stage draws several samples)
+      top_p=1.0,  # nucleus sampling: keep the most likely tokens up to this mass (1: off)
       max_new_tokens=96,  # cap on a solution's tokens; the longest reference must fit
       batch_size=512,  # rows per sampling call (speed only: results do not depend on it)
   ))

@@ -73,25 +73,45 @@ def _optional(value, kind) -> config_dict.FieldReference:
   return config_dict.FieldReference(value, field_type=kind)
 
 
-def _parse(arg: str | None) -> tuple[str, str]:
-  """'STAGE', 'task=NAME' or 'STAGE,task=NAME' -> (stage, task)."""
-  stage, task = "study", "math"
+def _parse(arg: str | None) -> tuple[str, str, bool]:
+  """'STAGE', 'task=NAME', 'smoke' or any of them comma separated -> (stage, task, smoke)."""
+  stage, task, smoke = "study", "math", False
   for part in filter(None, (x.strip() for x in (arg or "").split(","))):
     if part.startswith("task="):
       task = part[len("task="):]
+    elif part == "smoke":
+      smoke = True
     elif "=" in part:
-      raise ValueError(f"config argument {part!r}: expected a stage name or task=NAME.")
+      raise ValueError(f"config argument {part!r}: expected a stage name, task=NAME or "
+                       "smoke.")
     else:
       stage = part
   if task not in ("math", "gsm8k"):
     raise ValueError(f"config argument task={task!r}: expected 'math' or 'gsm8k'.")
-  return stage, task
+  return stage, task, smoke
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The study shrunk to a CPU smoke run (``:smoke``; ``make study-math-smoke``): 4 test
+  problems, float32, short samples, budgets 1 and 4, one seed. For tiny checkpoints that
+  check the wiring, not for results."""
+  c.test_problems = 4
+  c.sampling.update(temperature=1.0, max_new_tokens=48, batch_size=16)
+  for section in (c.hf_policy, c.hf_prm):
+    section.update(max_seq_len=1024, param_dtype="float32", dtype="float32")
+  c.difficulty.samples_per_problem = 4
+  c.verifier_eval.update(subsamples=4, auc_problems=1, auc_samples_per_problem=1, rollouts=2)
+  c.search.update(budgets=(1, 4), seeds=(0,), beam_width=2, max_rounds=4, max_step_tokens=16,
+                  rows_per_call=16)
+  c.compute_optimal.update(repeats=2)
+  c.report.difficulty_bins = 2
+  return c
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The real-model study config; ``arg``: a stage to run (default 'study'), ``task=gsm8k``
-  (default MATH), or both: ``difficulty,task=gsm8k``."""
-  stage, task = _parse(arg)
+  (default MATH), ``smoke`` (:func:`smoke`), comma separated: ``difficulty,task=gsm8k``."""
+  stage, task, shrink = _parse(arg)
   c = ml_collections.ConfigDict()
   c.stage = stage  # The stage to run, with the inputs it is missing.
   c.seed = 0  # Seed of every random stream.
@@ -105,6 +125,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.test_problems = 500  # The first N test problems (MATH-500; GSM8K has 1319).
   c.sampling = ml_collections.ConfigDict(dict(
       temperature=0.7,  # sampling temperature (Qwen2.5-Math's recommended range)
+      top_p=1.0,  # nucleus sampling: keep the most likely tokens up to this mass (1: off)
       max_new_tokens=2048,  # cap on a solution's tokens
       batch_size=64,  # rows per sampling call (speed only; memory: see the docstring)
   ))
@@ -163,4 +184,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.report = ml_collections.ConfigDict(dict(
       difficulty_bins=5,  # oracle difficulty quantile bins
   ))
-  return c
+  return smoke(c) if shrink else c

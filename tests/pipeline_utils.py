@@ -4,8 +4,10 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from typing import Callable
 
 import filelock
@@ -64,7 +66,9 @@ TINY = {
 def tiny_config(arg: str | None = None, **extra):
   """The experiment config with TINY (and ``extra``, keys with dots as '__') applied."""
   config = arith.get_config(arg)
-  for key, value in {**TINY, **{k.replace("__", "."): v for k, v in extra.items()}}.items():
+  tiny = {k: v for k, v in TINY.items()
+          if not (k.startswith("task.") and config.task.name != "arith")}  # another task's keys
+  for key, value in {**tiny, **{k.replace("__", "."): v for k, v in extra.items()}}.items():
     node = config
     *path, leaf = key.split(".")
     for p in path:
@@ -150,3 +154,33 @@ def chdir(path):
     yield
   finally:
     os.chdir(old)
+
+
+def held_env(tag: str, marker: str) -> dict:
+  """The environment of a launch script that stops at hold point ``tag`` (ttc_jax.host.hold):
+  it writes ``marker`` there and waits for :func:`kill_when` (or for ``marker`` to go)."""
+  e = env()
+  e[host.HOLD_ENV] = f"{tag}={marker}"
+  return e
+
+
+def kill_when(proc: subprocess.Popen, marker: str, timeout: float = 600) -> int:
+  """SIGKILLs ``proc`` once it holds at its hold point (``marker`` exists: see
+  :func:`held_env`); returns the pid that wrote the marker (the process holding: ``proc``
+  or one of its stage processes). Fails if ``proc`` ends first, or after ``timeout`` seconds
+  (a bound for a broken run, not a measurement: the point does not depend on speed)."""
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(marker):
+    if proc.poll() is not None:
+      raise AssertionError(f"the run ended ({proc.returncode}) before its hold point "
+                           f"({marker}): nothing was killed")
+    if time.monotonic() > deadline:
+      proc.kill()
+      raise AssertionError(f"the run did not reach its hold point in {timeout} s")
+    time.sleep(0.02)
+  with open(marker) as f:
+    holder = int(f.read())
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  os.remove(marker)  # a process still holding there goes on
+  return holder

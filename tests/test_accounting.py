@@ -18,6 +18,7 @@ from ttc_jax.accounting import dense_flops
 from ttc_jax.accounting import forward_flops
 from ttc_jax.budget import Budget
 from ttc_jax.models.transformer import Transformer
+from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.search import BestOfN
 from ttc_jax.search import SearchContext
@@ -200,7 +201,8 @@ def test_best_of_n_budget_is_the_closed_form(core1, special_ids):
   prm = IncrementalScorer(Transformer(prm_cfg, rngs=nnx.Rngs(7)))
   ctx = SearchContext(core=core1, prm=prm, task=Task(),
                       tokenizer=Tok(special_ids.eos_ids[0], special_ids.step_ids[0]),
-                      seed=1, max_new_tokens=24, max_step_tokens=8)
+                      seed=1, sp=SamplingParams(temperature=1.0, max_new_tokens=24),
+                      max_step_tokens=8)
   assert ctx.policy_cost == ModelCost.from_config(cfg)
   assert ctx.prm_cost == ModelCost.from_config(prm_cfg) != ctx.policy_cost
   problems = [Problem(0, "5 9 12 7", "20"), Problem(1, "14 3 8 8 8 8 8 8 8 2", "11")]

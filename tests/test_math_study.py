@@ -17,42 +17,12 @@ import numpy as np
 import pytest
 import transformers
 
-from hf_fixtures import CHATML
-from hf_fixtures import SPECIAL
-from hf_fixtures import randomize
-from hf_fixtures import write_step_classifier
-from hf_fixtures import write_tokenizer
+from hf_fixtures import write_math_smoke
 from ttc_jax.pipeline import Pipeline
 from ttc_jax.pipeline import config as config_lib
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SHARED = os.path.join(ROOT, "..", "shared", "data")
-V = 320
-_COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-               bos_token_id=None, eos_token_id=2, pad_token_id=0)
-_QUESTIONS = ["What is $2 + 3$?", "Compute $\\frac{1}{2} + \\frac{1}{3}$.",
-              "Let $x = 3$. What is $2x$?", "How many primes are less than 10?"]
-
-
-def _math_data(directory):
-  """shared/data when it is next to the repo (its first MATH-500 problems are read), else a
-  few problems in its JSON Lines format."""
-  if all(os.path.isfile(os.path.join(SHARED, *f))
-         for f in (("math", "test.jsonl"), ("gsm8k", "test.jsonl"))):
-    return SHARED
-  rows = {"math": [{"problem": q, "solution": f"The answer is $\\boxed{{{i}}}$.",
-                    "answer": str(i), "level": 1 + i % 5} for i, q in enumerate(_QUESTIONS * 3)],
-          "gsm8k": [{"question": q, "answer": f"It is {i}.\n#### {i}"}
-                    for i, q in enumerate(_QUESTIONS * 3)]}
-  names = {"math": ("test.jsonl", "train_reconstructed.jsonl"),
-           "gsm8k": ("test.jsonl", "train.jsonl")}
-  for task, files in names.items():
-    os.makedirs(os.path.join(directory, task), exist_ok=True)
-    for name in files:
-      with open(os.path.join(directory, task, name), "w") as f:
-        f.write("\n".join(json.dumps(r) for r in rows[task]) + "\n")
-  return directory
 
 
 def _load_experiment():
@@ -65,40 +35,19 @@ def _load_experiment():
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-  root = tmp_path_factory.mktemp("math_ckpts")
-  policy, prm = str(root / "policy"), str(root / "prm")
-  extra = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-  write_tokenizer(policy, template=CHATML, generation_eos=[2, 0], config_extra=extra)
-  lm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**_COMMON,
-                                                              tie_word_embeddings=False)).eval()
-  randomize(lm, seed=41)
-  lm.save_pretrained(policy)
-  write_tokenizer(prm, template=CHATML, special=SPECIAL + ["<extra_0>"], generation_eos=[2, 0],
-                  config_extra=extra)
-  write_step_classifier(prm, transformers.Qwen2Config(**_COMMON), seed=42)
-  return {"policy": policy, "prm": prm, "data": _math_data(str(root / "data"))}
+  return write_math_smoke(str(tmp_path_factory.mktemp("math_ckpts")), SHARED)
 
 
 def smoke_config(checkpoints, stage: str = "study") -> ml_collections.ConfigDict:
-  c = _load_experiment().get_config(stage)
-  c = _shrink(c, checkpoints)
-  return c
+  """The experiment's own smoke preset (``:smoke``) on the tiny checkpoints."""
+  c = _load_experiment().get_config(f"{stage},smoke")
+  return _paths(c, checkpoints)
 
 
-def _shrink(c, checkpoints):
+def _paths(c, checkpoints):
   c.task.data_dir = checkpoints["data"]
-  c.test_problems = 4
-  c.sampling.update(temperature=1.0, max_new_tokens=48, batch_size=16)
-  c.hf_policy.update(path=checkpoints["policy"], max_seq_len=1024, param_dtype="float32",
-                     dtype="float32")
-  c.hf_prm.update(path=checkpoints["prm"], max_seq_len=1024, param_dtype="float32",
-                  dtype="float32")
-  c.difficulty.samples_per_problem = 4
-  c.verifier_eval.update(subsamples=4, auc_problems=1, auc_samples_per_problem=1, rollouts=2)
-  c.search.update(budgets=(1, 4), seeds=(0,), beam_width=2, max_rounds=4, max_step_tokens=16,
-                  rows_per_call=16)
-  c.compute_optimal.update(repeats=2)
-  c.report.difficulty_bins = 2
+  c.hf_policy.path = checkpoints["policy"]
+  c.hf_prm.path = checkpoints["prm"]
   return c
 
 
@@ -221,7 +170,7 @@ def test_roles_are_checked(checkpoints, tmp_path):
 
 
 def test_gsm8k_is_the_same_study_on_another_task(checkpoints, tmp_path):
-  c = _shrink(_load_experiment().get_config("search_sweep,task=gsm8k"), checkpoints)
+  c = _paths(_load_experiment().get_config("search_sweep,task=gsm8k,smoke"), checkpoints)
   p = Pipeline(c, str(tmp_path))
   p.validate()
   assert p.task.name == "gsm8k" and c.stage == "search_sweep"
@@ -280,3 +229,27 @@ def test_an_imported_model_reads_its_weights_on_first_use(study, checkpoints):
   assert prm._model is None  # pylint: disable=protected-access
   assert prm.summary()["params"] == prm.config.num_params() and prm.config.head == "classifier"
   assert prm.model.config == prm.config and prm._model is not None  # pylint: disable=protected-access
+
+
+def test_a_tokenizer_that_writes_the_delimiter_as_two_tokens_is_accepted(checkpoints,
+                                                                        tmp_path):
+  """Issue 24, item 15: config validation refused tokenizers with no token holding "\n\n"
+  ("steps would never end") although the sampling core stops on a delimiter split over two
+  tokens (step_pairs)."""
+  import shutil
+  from hf_fixtures import CHATML
+  from hf_fixtures import write_tokenizer
+  from ttc_jax.hf_tokenizer import HFTokenizer
+  from ttc_jax.sampling.solutions import step_ends
+  policy = str(tmp_path / "policy")
+  shutil.copytree(checkpoints["policy"], policy)
+  write_tokenizer(policy, template=CHATML, generation_eos=[2, 0], split_newlines=True,
+                  config_extra={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+  tok = HFTokenizer.load(policy)
+  assert not tok.step_ids and tok.step_pairs
+  ids = tok.encode("Let x = 3.\n\nThen 2x = 6.\n\nThe answer is 6.")
+  ends = step_ends(ids, tok.step_ids, tok.eos_ids, tok.step_pairs)
+  assert [tok.decode(ids[:e + 1]).endswith("\n\n") for e in ends[:2]] == [True, True]
+  c = smoke_config(checkpoints, "difficulty")
+  c.hf_policy.path = policy
+  Pipeline(c, str(tmp_path / "w")).validate()

@@ -6,6 +6,7 @@ process 0 writes. The same stage in one process gives the same per-problem resul
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,14 +16,15 @@ import numpy as np
 import pipeline_utils as pu
 
 
-def _free_port() -> int:
+def _port() -> int:
+  """A port for the coordinator: one the kernel just gave out (it may be taken again before
+  the coordinator binds it: :func:`_run_two` then retries with another)."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-def _run_two(args: list[str]) -> list[subprocess.CompletedProcess]:
-  port = _free_port()
+def _run_once(args: list[str], port: int) -> list[subprocess.CompletedProcess]:
   procs = []
   for pid in range(2):
     env = pu.env()
@@ -34,6 +36,19 @@ def _run_two(args: list[str]) -> list[subprocess.CompletedProcess]:
   for p in procs:
     stdout, stderr = p.communicate(timeout=600)
     outs.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+  return outs
+
+
+_PORT_TAKEN = re.compile(r"[Aa]ddress already in use|Failed to bind|bind.*failed", re.S)
+
+
+def _run_two(args: list[str]) -> list[subprocess.CompletedProcess]:
+  """Two processes of one distributed run; a coordinator port taken by another program in
+  the meantime (the one race of picking a port) is retried with a new port."""
+  for _ in range(3):
+    outs = _run_once(args, _port())
+    if not any(o.returncode and _PORT_TAKEN.search(o.stderr) for o in outs):
+      break
   for pid, out in enumerate(outs):
     assert out.returncode == 0, f"process {pid} failed:\n{out.stderr[-4000:]}"
   return outs

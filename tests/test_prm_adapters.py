@@ -26,6 +26,7 @@ from hf_fixtures import write_step_classifier
 from hf_fixtures import write_tokenizer
 from ttc_jax.hf_tokenizer import HFTokenizer
 from ttc_jax.models import hf_import
+from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.verifiers import adapters
 
 V = 320
@@ -208,7 +209,8 @@ def bridged(core1, special_ids, tmp_path_factory):
                             adapters.QWEN_PRM)
   tok = Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
   ctx = SearchContext(core=core1, prm=adapters.PolicyBridge(prm, tok), task=Task(),
-                      tokenizer=tok, seed=3, run=0, temperature=1.0, max_new_tokens=40,
+                      tokenizer=tok, seed=3, run=0,
+                      sp=SamplingParams(temperature=1.0, max_new_tokens=40),
                       max_step_tokens=40)  # no step is cut: the PRM's steps end at delimiters
   return ctx, prm
 

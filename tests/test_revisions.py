@@ -424,29 +424,20 @@ def test_the_study_picks_up_the_larger_policy_when_make_exchange_ran(revision_st
 
 
 def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_path):
-  import signal
+  import glob
   import subprocess
-  import time
   killed = str(tmp_path / "killed")
   shutil.copytree(revision_study, killed, symlinks=True)
   for stage in ("revision_sweep", "revision_report", "study"):
     shutil.rmtree(os.path.join(killed, stage))
   overrides = {k.replace("__", "."): v for k, v in {**TRAINED, **STUDY}.items()}
   args = pu.cli("revision_sweep", killed, overrides=overrides)
-  proc = subprocess.Popen(args, env=pu.env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  sweep_dir = os.path.join(killed, "revision_sweep")
-  shard = None
-  while proc.poll() is None:
-    dirs = os.listdir(sweep_dir) if os.path.isdir(sweep_dir) else []
-    found = [os.path.join(sweep_dir, d, "chains-seed0-00000.npz") for d in dirs]
-    shard = next((f for f in found if os.path.exists(f)), None)
-    if shard:
-      break
-    time.sleep(0.02)
-  assert proc.poll() is None, "the revision sweep finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  # Killed right after its first shard is written (a hold point: no race with its speed).
+  marker = str(tmp_path / "held")
+  proc = subprocess.Popen(args, env=pu.held_env("shard:chains-seed0:0", marker),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  pu.kill_when(proc, marker)
+  shard = glob.glob(os.path.join(killed, "revision_sweep", "*", "chains-seed0-00000.npz"))[0]
   assert not os.path.exists(os.path.join(os.path.dirname(shard), "chains-seed0-00001.npz"))
   out = pu.run(args)
   assert "chains-seed0 shards 2/2" in out.stderr and "1/2" not in out.stderr.split(

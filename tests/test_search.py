@@ -42,7 +42,8 @@ def ctx(core1, prm, special_ids):
   tok = Tok(special_ids.eos_ids[0], special_ids.step_ids[0])
   # Rounds x step length stay inside the context and the token cap: nothing is cut.
   return SearchContext(core=core1, prm=prm, task=Task(), tokenizer=tok,
-                       seed=3, run=2, temperature=1.0, max_new_tokens=48, max_step_tokens=8)
+                       seed=3, run=2, sp=SamplingParams(temperature=1.0, max_new_tokens=48),
+                       max_step_tokens=8)
 
 
 _FORWARDS = {}
@@ -76,8 +77,7 @@ def _reference_beam(strategy, ctx, problem):
   tok = ctx.tokenizer
   prompt = tok.encode(ctx.task.format_prompt(problem), bos=True)
   n, m = strategy.n, getattr(strategy, "width", 1)
-  sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_step_tokens,
-                      stop_at_step=True)
+  sp = ctx.step_params()
   greedy = SamplingParams(temperature=0.0, max_new_tokens=ctx.max_step_tokens, stop_at_step=True)
   tokens_policy = tokens_prm = len(prompt)
   segments = [(0, len(prompt))]  # the prompt once, from position 0
@@ -295,7 +295,8 @@ def edge_ctx(core1, prm, special_ids):
   # The long problem reaches the 64-token context after ~19 new tokens; the short
   # ones are cut by their cap of 40 tokens.
   return SearchContext(core=core1, prm=prm, task=Task(), tokenizer=tok, seed=5,
-                       temperature=1.0, max_new_tokens=40, max_step_tokens=8)
+                       sp=SamplingParams(temperature=1.0, max_new_tokens=40),
+                       max_step_tokens=8)
 
 
 @pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=8),

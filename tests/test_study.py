@@ -1,12 +1,11 @@
 """The study: sweep cells, resume after SIGKILL and a torn cell log, the report."""
 
+import glob
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -126,22 +125,15 @@ def test_study_survives_sigkill_and_a_torn_cell_line(tmp_path_factory, tmp_path)
   shutil.copytree(base, killed, symlinks=True)
   for stage in ("search_sweep", "report"):  # everything before the sweep is reused
     shutil.rmtree(os.path.join(killed, stage))
-  proc = subprocess.Popen(pu.cli(None, killed), env=pu.env(),
+  # Killed right after its third cell is written (a hold point: no race with its speed).
+  marker = str(tmp_path / "held")
+  proc = subprocess.Popen(pu.cli(None, killed), env=pu.held_env("cell:3", marker),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  cells = None
-  while proc.poll() is None:
-    found = [os.path.join(killed, "search_sweep", d, "cells.jsonl")
-             for d in (os.listdir(os.path.join(killed, "search_sweep"))
-                       if os.path.isdir(os.path.join(killed, "search_sweep")) else [])]
-    cells = next((f for f in found if os.path.exists(f)), None)
-    if cells and sum(1 for _ in open(cells)) >= 3:
-      break
-    time.sleep(0.02)
-  assert proc.poll() is None, "the study finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  pu.kill_when(proc, marker)
+  cells = glob.glob(os.path.join(killed, "search_sweep", "*", "cells.jsonl"))[0]
   with open(cells) as f:
     done_before = sum(1 for line in f if line.endswith("\n"))
+  assert done_before == 3
   with open(cells, "a") as f:
     f.write('{"key": "beam_m2/m=2,n=4", "correct": [1, 0')  # a row torn by a kill mid-write
   out = pu.run(pu.cli(None, killed))

@@ -1,12 +1,9 @@
 """Training loop: data order, objectives, checkpoints, SIGKILL resume, bad input."""
 
-import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import jax
 import ml_collections
@@ -285,20 +282,12 @@ def _final_params(workdir, stage="policy"):
 def test_sigkill_and_rerun_gives_bit_identical_params(tmp_path):
   ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
   pu.run(pu.cli("policy", ref))
-  proc = subprocess.Popen(pu.cli("policy", killed), env=pu.env(),
+  # Killed while training, right after its second checkpoint (step 8 of 24; a hold point).
+  marker = str(tmp_path / "held")
+  proc = subprocess.Popen(pu.cli("policy", killed), env=pu.held_env("checkpoint:policy:8",
+                                                                     marker),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  # Kill it while training: as soon as the second checkpoint is complete.
-  steps = []
-  while proc.poll() is None:
-    ckpts = [os.path.join(d, "checkpoints") for d in
-             glob.glob(os.path.join(killed, "policy", "*")) if not d.endswith("latest")]
-    steps = [s for c in ckpts if os.path.isdir(c) for s in os.listdir(c) if s.isdigit()]
-    if len(steps) >= 2:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "training finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  pu.kill_when(proc, marker)
   assert not os.path.exists(os.path.join(killed, "policy", "latest"))
   out = pu.run(pu.cli("policy", killed))
   assert "policy: resuming" in out.stderr and "resumed from step" in out.stderr

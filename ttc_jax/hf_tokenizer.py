@@ -33,8 +33,14 @@ def _content(token) -> str | None:
 def _read_json(path: str) -> dict[str, Any]:
   if not os.path.isfile(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      out = json.load(f)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise TokenizerError(f"{path} is not valid JSON ({e}): the file is damaged.") from None
+  if not isinstance(out, dict):
+    raise TokenizerError(f"{path}: expected a JSON object, found {type(out).__name__}.")
+  return out
 
 
 class HFTokenizer:
@@ -81,7 +87,12 @@ class HFTokenizer:
                     if special.get(n) is None and n in special_map})
     gen = _read_json(os.path.join(directory, "generation_config.json")).get("eos_token_id")
     eos_ids = [] if gen is None else [gen] if isinstance(gen, int) else list(gen)
-    return cls(tokenizers.Tokenizer.from_file(path), special_tokens=special, eos_ids=eos_ids,
+    try:
+      tokenizer = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise TokenizerError(f"{path} is not a Hugging Face tokenizer ({type(e).__name__}: "
+                           f"{str(e)[:200]}): the file is damaged or of another kind.") from None
+    return cls(tokenizer, special_tokens=special, eos_ids=eos_ids,
                chat_template=template, step_delimiter=step_delimiter,
                add_bos=bool(config.get("add_bos_token", False)))
 

@@ -40,6 +40,15 @@ def cpu_device_per_core(environ: MutableMapping[str, str] = os.environ) -> int:
   return n
 
 
+def requested_cpu_devices(environ: MutableMapping[str, str] = os.environ) -> int:
+  """The XLA CPU devices a process started with ``environ`` gets after
+  :func:`cpu_device_per_core`: XLA_FLAGS' count, else :func:`default_cpu_devices`."""
+  for part in environ.get("XLA_FLAGS", "").split():
+    if part.startswith(_FLAG + "="):
+      return int(part.split("=", 1)[1])
+  return default_cpu_devices()
+
+
 def default_cpu_devices(max_devices: int = 8) -> int:
   """The usable cores rounded down to a power of two, at most ``max_devices``: batch
   sizes (powers of two in the configs) then divide the 'data' axis, and a large
@@ -106,3 +115,30 @@ def enable_compilation_cache(directory: str | None) -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return directory
+
+
+HOLD_ENV = "TTC_JAX_HOLD"
+
+
+def hold(tag: str) -> None:
+  """A point where a test can stop this process (tests/pipeline_utils.kill_when).
+
+  With ``TTC_JAX_HOLD=TAG=FILE`` in the environment, the process that reaches the point
+  ``tag`` writes its pid to FILE and waits while FILE exists: the test kills it there, at a
+  point it chose, however fast the machine or warm the compilation cache (no race), or
+  removes FILE to let it go on. Tags: ``stage:NAME`` (a stage about to compute),
+  ``checkpoint:NAME:STEP`` (a training checkpoint written), ``shard:NAME:I`` (a shard
+  written), ``cell:N`` (the sweep's N-th cell written). Without the variable: nothing.
+  """
+  spec = os.environ.get(HOLD_ENV)
+  if not spec:
+    return
+  want, _, path = spec.partition("=")
+  if want != tag or not path:
+    return
+  import time  # pylint: disable=g-import-not-at-top
+  with open(path + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+  os.replace(path + ".tmp", path)
+  while os.path.exists(path):
+    time.sleep(0.05)

@@ -67,14 +67,21 @@ class Progress:
 
 
 class _LibraryInfoFilter:
-  """Drops INFO records of chatty libraries (orbax, tfds) from the absl log."""
+  """Drops INFO records of chatty libraries (orbax, tfds) from the absl log, and orbax's
+  background-thread copies of errors its caller raises."""
 
   _PREFIXES = ("orbax", "tensorflow_datasets", "etils", "jax._src")
 
   def filter(self, record) -> bool:
+    name = getattr(record, "pathname", "") or ""
+    if name.endswith("orbax/checkpoint/_src/futures/future.py") and \
+        "raised an exception" in str(record.msg):
+      # A failed checkpoint write (e.g. a full disk) logged with its traceback by each of
+      # orbax's writer threads; the same exception reaches the caller, which reports it in
+      # one line (ttc_jax.models.checkpoints.save).
+      return False
     if record.levelno >= 30:  # WARNING and above always pass
       return True
-    name = getattr(record, "pathname", "") or ""
     return not any(f"/{p.replace('.', '/')}/" in name for p in self._PREFIXES)
 
 

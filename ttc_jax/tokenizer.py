@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Iterable, Literal, Sequence
 
 import numpy as np
@@ -101,10 +102,11 @@ def train_model_proto(
         minloglevel=2,
     )
   except RuntimeError as e:
-    if "Vocabulary size is smaller than required_chars" in str(e):
+    m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+    if m:
       raise ValueError(
-          f"vocab_size={vocab_size} is too small for this corpus: {e}"
-      ) from e
+          f"vocab_size={vocab_size} is too small for this corpus: its characters and the "
+          f"special pieces need at least {m.group(2)} ids.") from e
     raise
   proto = sentencepiece_model_pb2.ModelProto.FromString(writer.getvalue())
   num_learned = len(proto.pieces)
@@ -216,8 +218,7 @@ class Tokenizer:
       # sentencepiece reports a damaged proto as an INTERNAL RuntimeError without the path.
       raise ValueError(
           f"{path} is not a tokenizer model written by Tokenizer.train ({type(e).__name__}: "
-          f"{str(e).strip()[:200]}); delete it to retrain it, or point to the right file."
-      ) from e
+          f"{str(e).strip()[:200]}).") from e
 
   # ---------------------------------------------------------------------------
   # Vocabulary.

@@ -150,8 +150,7 @@ def restore(mgr: ocp.CheckpointManager, step: int, config: TransformerConfig | N
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
         f"checkpoint step {step} in {mgr.directory} cannot be restored "
-        f"({type(e).__name__}: {str(e)[:300]}). Delete that step directory (or the whole "
-        f"checkpoints directory to retrain from scratch) and rerun.") from e
+        f"({type(e).__name__}: {str(e)[:300]}).") from e
 
 
 def save(mgr: ocp.CheckpointManager, step: int, **items) -> None:

@@ -112,6 +112,61 @@ def read_stage(path: str) -> dict | None:
 
 
 # ----------------------------------------------------------------------------
+# Sealing: what a finished artifact holds, byte for byte
+# ----------------------------------------------------------------------------
+def seal(record: dict, directory: str) -> dict:
+  """``record`` (a finished stage record) with the sha256 of every file of the artifact
+  (``files``), their joint digest (``content``: what an artifact reading this one records
+  of it) and the record's own digest (``record_sha256``)."""
+  files = store.tree_digests(directory, skip=(STAGE_FILE,))
+  record = dict(record, files=files, content=store.digest(files, 16))
+  record.pop("record_sha256", None)
+  return dict(record, record_sha256=store.digest(record, 16))
+
+
+def check_record(record: dict, directory: str) -> None:
+  """A sealed record is the one that was written (no edit, no damaged byte)."""
+  if "record_sha256" not in record:
+    return  # made before artifacts were sealed
+  rest = {k: v for k, v in record.items() if k != "record_sha256"}
+  if store.digest(rest, 16) != record["record_sha256"]:
+    raise ArtifactError(f"{os.path.join(directory, STAGE_FILE)} was changed after its stage "
+                        "finished (its digest differs)")
+
+
+_VERIFIED: dict[tuple, str] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> sha256
+
+
+def verify(record: dict, directory: str) -> None:
+  """The files of a finished artifact are those its record sealed: none missing, none
+  changed (every byte read, once per process and file). Raises ArtifactError naming the
+  first file that differs. Artifacts made before sealing have no ``files``: not checked."""
+  check_record(record, directory)
+  for rel, sha in (record.get("files") or {}).items():
+    path = os.path.join(directory, rel)
+    try:
+      st = os.stat(path)
+    except OSError:
+      raise ArtifactError(f"{path} is missing (it was there when its stage finished)") from None
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _VERIFIED:
+      _VERIFIED[key] = store.file_digest(path)
+    if _VERIFIED[key] != sha:
+      raise ArtifactError(f"{path} differs from the file its stage wrote (sha256 "
+                          f"{_VERIFIED[key][:12]}, recorded {sha[:12]}): changed or damaged "
+                          "since")
+
+
+def inside(root: str, path: str, what: str) -> str:
+  """``path`` (relative to ``root``, or absolute) if it lies inside ``root``, else an
+  ArtifactError naming ``what``."""
+  full = os.path.realpath(os.path.join(root, path))
+  if os.path.commonpath([full, os.path.realpath(root)]) != os.path.realpath(root):
+    raise ArtifactError(f"{what}={path!r} points outside {root}")
+  return full
+
+
+# ----------------------------------------------------------------------------
 # The task's data
 # ----------------------------------------------------------------------------
 class TaskData:
@@ -250,7 +305,10 @@ def write_model(out: StageDir, config: TransformerConfig, tokenizer: dict, *, st
 
 
 def load_tokenizer(artifact_dir: str, ref: dict) -> Tokenizer:
-  path = os.path.normpath(os.path.join(artifact_dir, ref["path"]))
+  # The tokenizer artifact of the same workdir (WORKDIR/<stage>/<id>/ -> WORKDIR).
+  workdir = os.path.dirname(os.path.dirname(os.path.abspath(artifact_dir)))
+  path = inside(workdir, os.path.join(os.path.abspath(artifact_dir), ref["path"]),
+                f"the tokenizer path of {os.path.join(artifact_dir, MODEL_FILE)}")
   if not os.path.exists(path):
     raise ArtifactError(f"the tokenizer of {artifact_dir} is missing: {path}.")
   if ref.get("sha256") and store.file_digest(path) != ref["sha256"]:
@@ -305,9 +363,10 @@ def load_model(artifact_dir: str, identity: str | None = None) -> ModelArtifact:
   else:
     tok = load_tokenizer(artifact_dir, desc["tokenizer"])
     tok.check_vocab(config.vocab_size)
+    ckpt_dir = inside(artifact_dir, ckpt["dir"],
+                      f"checkpoint.dir of {os.path.join(artifact_dir, MODEL_FILE)}")
     loader = lambda: checkpoints.restore_params(
-        os.path.join(artifact_dir, ckpt["dir"]), checkpoints.abstract_model(config),
-        step=ckpt["step"])
+        ckpt_dir, checkpoints.abstract_model(config), step=ckpt["step"])
     model = loader()  # small: read at once, so a damaged checkpoint is named at load
   return ModelArtifact(identity=identity or os.path.basename(os.path.normpath(artifact_dir)),
                        path=artifact_dir, description=desc, config=config, tokenizer=tok,

@@ -9,7 +9,9 @@ entry point under their old names.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import os
 import re
 import sys
 from typing import Sequence
@@ -23,7 +25,14 @@ from ttc_jax import host
 from ttc_jax import progress
 from ttc_jax import tasks
 
-EXAMPLE = "experiments/arith.py"
+# The embedded study's config, wherever the command runs from (a checkout: the package's
+# parent directory holds experiments/).
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "experiments", "arith.py")
+
+
+class CommandLineError(ValueError):
+  """A flag's value cannot run: one line, before anything is loaded or written."""
 
 
 def _prescan(argv: Sequence[str], name: str) -> list[str]:
@@ -43,6 +52,56 @@ def _load_config(spec: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def load_config(spec: str):
+  """The config of ``--config=FILE[:ARG]``; a CommandLineError for a missing file, one that
+  does not run or has no get_config, or an argument it refuses."""
+  path = spec.partition(":")[0]
+  if not os.path.isfile(path):
+    raise CommandLineError(f"--config={spec}: no such file {path!r} (e.g. {EXAMPLE}).")
+  try:
+    return _load_config(spec)
+  except SyntaxError as e:
+    raise CommandLineError(f"--config={spec}: {path} line {e.lineno}: invalid Python "
+                           f"({e.msg}).") from None
+  except AttributeError as e:
+    raise CommandLineError(f"--config={spec}: {path} cannot be used as an experiment config "
+                           f"({e}; it must define get_config()).") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise CommandLineError(f"--config={spec}: {type(e).__name__}: {e}") from None
+
+
+def _leaves(config, prefix: str = "") -> list[str]:
+  out = []
+  for key in config.keys():
+    value = config[key]
+    path = f"{prefix}{key}"
+    out.append(path)
+    if hasattr(value, "keys") and hasattr(value, "to_dict"):
+      out += _leaves(value, path + ".")
+  return out
+
+
+def check_overrides(argv: Sequence[str], config) -> None:
+  """``--config.KEY=VALUE`` flags name keys of ``config``, each once (a repeated tuple
+  flag would otherwise append to the earlier value)."""
+  keys = set(_leaves(config))
+  seen: dict[str, str] = {}
+  for arg in argv[1:]:
+    m = re.match(r"--config\.([^=\s]+)(=(.*))?$", arg)
+    if not m:
+      continue
+    key = m.group(1)
+    if key not in keys:
+      close = difflib.get_close_matches(key, sorted(keys), n=1)
+      raise CommandLineError(f"--config.{key}: not a key of this experiment's config"
+                             + (f" (did you mean --config.{close[0]}?)" if close else "")
+                             + "; --help lists them.")
+    if key in seen:
+      raise CommandLineError(f"--config.{key} is given twice ({seen[key]!r} and "
+                             f"{m.group(3)!r}): give each key once.")
+    seen[key] = m.group(3)
 
 
 def _field_comments(path: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -102,10 +161,17 @@ def config_help(spec: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
   """Defines the flags, then runs ``config.stage`` of the pipeline under absl."""
   argv = list(sys.argv if argv is None else argv)
-  # Task modules register their tasks before the config file is read (it builds
-  # the task's section from the task's defaults).
-  tasks.import_modules(_prescan(argv, "task_module"))
+  help_only = any(a in ("--help", "-h", "--helpfull", "--helpshort", "-?") for a in argv[1:])
   spec = (_prescan(argv, "config") or [EXAMPLE])[0]
+  try:
+    # Task modules register their tasks before the config file is read (it builds
+    # the task's section from the task's defaults).
+    tasks.import_modules(_prescan(argv, "task_module"))
+    if not help_only:
+      check_overrides(argv, load_config(spec))
+  except (CommandLineError, ValueError) as e:
+    print(f"{os.path.basename(argv[0])}: error: {e}", file=sys.stderr)
+    sys.exit(2)
   config = config_flags.DEFINE_config_file("config", None, config_help(spec), lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, "Directory of the study's artifacts: "
                                 "WORKDIR/<stage>/<id>/ and WORKDIR/<stage>/latest.")
@@ -126,9 +192,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       "vocabulary over 'model'). 1,1 (one device) is fastest on a CPU host; -1,1 uses every "
       "device of a GPU or TPU host; -1,4 adds 4-way tensor parallelism for a model that does "
       "not fit one device. Results do not depend on it.")
+  redo = flags.DEFINE_list(
+      "redo", [], "STAGE[,STAGE]: remove these stages' artifacts (of this config) and compute "
+      "them again, e.g. after an error names a damaged file; the artifacts that read one are "
+      "recomputed if it comes out different.")
   flags.mark_flags_as_required(["config", "workdir"])
   # --help shows the main module's key flags: make these the launch script's.
-  for name in ("config", "workdir", "task_module", "distributed", "xla_cache_dir", "jobs", "mesh"):
+  for name in ("config", "workdir", "task_module", "distributed", "xla_cache_dir", "jobs", "mesh",
+               "redo"):
     flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS[name])
 
   def run(args):
@@ -151,8 +222,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "--mesh use --jobs=1.")
       # The parent only schedules: it starts no JAX backend (each stage process does).
       run_pipeline(config.value, workdir.value, jobs=jobs.value,
-                   task_modules=flags.FLAGS.task_module, cache_dir=cache.value)
+                   task_modules=flags.FLAGS.task_module, cache_dir=cache.value,
+                   redo=tuple(redo.value))
       return
+    # Training stages see one XLA CPU device per core, as in a --jobs run's stage processes
+    # (its 'data' mesh spans them), so both give the same artifacts; sampling and scoring
+    # use the --mesh devices (one by default).
+    host.cpu_device_per_core()
     from ttc_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize(distributed.value)
     host.enable_compilation_cache(cache.value)
@@ -163,13 +239,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     import jax  # pylint: disable=g-import-not-at-top
     logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
-    run_pipeline(config.value, workdir.value)
+    run_pipeline(config.value, workdir.value, redo=tuple(redo.value))
 
   app.run(run, argv=argv)
 
 
 def run_pipeline(config, workdir: str, *, jobs: int = 1, task_modules=(),
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, redo: tuple[str, ...] = ()):
   """Runs ``config.stage`` in this process, or with ``jobs`` > 1 its stages in up to
   ``jobs`` processes at a time (:mod:`ttc_jax.pipeline.jobs`); a known failure is one
   line on stderr and exit status 1."""
@@ -178,8 +254,8 @@ def run_pipeline(config, workdir: str, *, jobs: int = 1, task_modules=(),
   try:
     if jobs > 1:
       return jobs_lib.run(runner.Pipeline(config, workdir), config.stage, jobs,
-                          task_modules=task_modules, cache_dir=cache_dir)
-    return runner.Pipeline(config, workdir).run()
+                          task_modules=task_modules, cache_dir=cache_dir, redo=redo)
+    return runner.Pipeline(config, workdir).run(redo=redo)
   except runner.KNOWN_ERRORS + (jobs_lib.StageFailed,) as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(1)

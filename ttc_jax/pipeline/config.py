@@ -36,6 +36,37 @@ class ConfigError(ValueError):
   """The experiment config cannot run; the message names the key."""
 
 
+class Errors:
+  """Collects the ConfigErrors of independent checks, to report them all at once:
+  ``with errors: check()`` records a ConfigError and goes on; :meth:`raise_all` raises
+  one ConfigError listing every message (a line each)."""
+
+  def __init__(self):
+    self.messages: list[str] = []
+
+  def __enter__(self) -> "Errors":
+    return self
+
+  def __exit__(self, kind, value, tb) -> bool:
+    if kind is not None and issubclass(kind, ConfigError):
+      for line in str(value).split("\n"):
+        if line.startswith("  - "):
+          line = line[4:]
+        elif line.startswith("the config has ") and line.endswith(" errors:"):
+          continue
+        if line and line not in self.messages:
+          self.messages.append(line)
+      return True
+    return False
+
+  def raise_all(self) -> None:
+    if len(self.messages) == 1:
+      raise ConfigError(self.messages[0])
+    if self.messages:
+      raise ConfigError(f"the config has {len(self.messages)} errors:\n"
+                        + "\n".join(f"  - {m}" for m in self.messages))
+
+
 def _int(value, key: str, low: int = 1, high: int | None = None) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or value < low or (
       high is not None and value > high):
@@ -115,9 +146,11 @@ def hf_model_config(section: ml_collections.ConfigDict, key: str) -> Transformer
     raise ConfigError(f"{key}.path={path!r}: {e}") from e
 
 
-def _validate_imports(c: ml_collections.ConfigDict) -> None:
+def _validate_imports(c: ml_collections.ConfigDict, sections: Sequence[str] | None = None
+                      ) -> None:
   """The imported checkpoints' sections: directories, architectures, tokenizers, PRM format."""
-  if "hf_policy" in c:
+  use = lambda name: name in c and (sections is None or name in sections)
+  if use("hf_policy"):
     model = hf_model_config(c.hf_policy, "hf_policy")
     if model.head != "lm":
       raise ConfigError(f"hf_policy.path={c.hf_policy.path!r} is a {model.head!r} model: the "
@@ -129,10 +162,11 @@ def _validate_imports(c: ml_collections.ConfigDict) -> None:
       tok.check_vocab(model.vocab_size)
     except hf_tokenizer.TokenizerError as e:
       raise ConfigError(f"hf_policy: {e}") from e
-    if not tok.step_ids:
+    if not tok.step_ids and not tok.step_pairs:
       raise ConfigError(f"hf_policy.step_delimiter={c.hf_policy.step_delimiter!r}: no token "
-                        "of the tokenizer contains it (steps would never end).")
-  if "hf_prm" in c:
+                        "of the tokenizer contains it and no two tokens in a row complete it "
+                        "(steps would never end).")
+  if use("hf_prm"):
     from ttc_jax.verifiers import adapters  # pylint: disable=g-import-not-at-top
     fmt = adapters.FORMATS.get(c.hf_prm.format)
     if fmt is None:
@@ -151,146 +185,246 @@ def _validate_imports(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"hf_prm: {e}") from e
 
 
-def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str]) -> tasks.Task:
-  """Checks everything that needs no data; returns the task. Raises ConfigError."""
+# Sections of models trained here (their ``train`` subsection is a trainer config).
+TRAINED = ("policy", "large_policy", "prm", "orm", "revision_model", "revision_orm")
+
+
+def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str],
+             sections: Sequence[str] | None = None, training_devices: int | None = None
+             ) -> tasks.Task | None:
+  """Checks everything that needs no data, in the ``sections`` a run reads (default: every
+  section of the config); returns the task. Every error is found before one ConfigError
+  lists them all. ``training_devices``: the devices the trainer's 'data' axis spans (a
+  train section's batch must split over them)."""
   c = config
-  if c.stage not in stage_names:
-    raise ConfigError(f"stage={c.stage!r}: expected one of {list(stage_names)}.")
-  _int(c.seed, "seed", 0)
-  try:
-    task = tasks.build(c.task)
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
-  num_train, num_test = task.num_examples("train"), task.num_examples("test")
-  _int(c.test_problems, "test_problems", 1, num_test)
-  try:
-    SamplingParams(temperature=c.sampling.temperature, max_new_tokens=c.sampling.max_new_tokens)
-  except ValueError as e:
-    raise ConfigError(f"sampling: {e}") from e
-  _int(c.sampling.batch_size, "sampling.batch_size", 1)
-  _validate_imports(c)
-  if "policy" in c:
-    _validate_trained(c, num_train)
-  if "difficulty" in c:
-    _int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
-  if "compute_optimal" in c:
-    cc = c.compute_optimal
-    _int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
-    _int(cc.repeats, "compute_optimal.repeats", 1)
-    if cc.predictor_samples is not None:
-      _int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
-           c.difficulty.samples_per_problem)
-    rs = list(cc.r_values)
-    if not rs or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0
-                     for r in rs):
-      raise ConfigError(f"compute_optimal.r_values={cc.r_values!r}: expected numbers > 0 "
-                        "(D_inference / D_pretrain).")
-  if "verifier_eval" in c:
-    ve = c.verifier_eval
-    if "batch_size" in ve:
-      _int(ve.batch_size, "verifier_eval.batch_size", 1)
-    _int(ve.subsamples, "verifier_eval.subsamples", 1)
-    _int(ve.auc_problems, "verifier_eval.auc_problems", 0, num_test - c.test_problems)
-    _int(ve.auc_samples_per_problem, "verifier_eval.auc_samples_per_problem", 1)
-    _int(ve.rollouts, "verifier_eval.rollouts", 1)
-    if c.sampling.batch_size % ve.rollouts:
-      raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
-                        f"verifier_eval.rollouts={ve.rollouts} (a prefix's rollouts share one "
-                        "call).")
-  if "search" in c:
-    _validate_search(c)
-  _int(c.report.difficulty_bins, "report.difficulty_bins", 1, c.test_problems)
+  use = lambda name: name in c and (sections is None or name in sections)
+  errors = Errors()
+  with errors:
+    if c.stage not in stage_names:
+      raise ConfigError(f"stage={c.stage!r}: expected one of {list(stage_names)}.")
+  with errors:
+    _int(c.seed, "seed", 0)
+  task = None
+  with errors:
+    try:
+      task = tasks.build(c.task)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+  num_train = num_test = None
+  if task is not None:
+    with errors:
+      try:
+        num_train, num_test = task.num_examples("train"), task.num_examples("test")
+      except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if num_test is None:
+      task = None
+  if task is not None and use("test_problems"):
+    with errors:
+      _int(c.test_problems, "test_problems", 1, num_test)
+  if use("sampling"):
+    with errors:
+      _validate_sampling(c)
+  with errors:
+    _validate_imports(c, sections)
+  if "policy" in c and (sections is None or set(TRAINED) & set(sections)
+                        or "tokenizer" in sections):
+    _validate_trained(c, num_train, errors, use, training_devices)
+  if use("difficulty"):
+    with errors:
+      _int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
+  if use("compute_optimal"):
+    with errors:
+      _validate_compute_optimal(c)
+  if use("verifier_eval"):
+    with errors:
+      _validate_verifier_eval(c, num_test)
+  if use("search"):
+    with errors:
+      _validate_search(c)
+  if use("report") and "test_problems" in c:
+    with errors:
+      _int(c.report.difficulty_bins, "report.difficulty_bins", 1,
+           c.test_problems if isinstance(c.test_problems, int) else None)
+  errors.raise_all()
   return task
 
 
-def _validate_trained(c: ml_collections.ConfigDict, num_train: int) -> None:
-  """The sections of models trained here: tokenizer, policy, verifiers, revisions."""
-  vocab = _int(c.tokenizer.vocab_size, "tokenizer.vocab_size", 8)
-  _int(c.tokenizer.num_texts, "tokenizer.num_texts", 1)
-  policy = _model(arch_fields(c.policy.model), vocab, "lm", "policy.model")
-  for part in ("policy", "large_policy", "prm", "orm", "revision_model", "revision_orm"):
-    if part in c:
-      try:
-        trainer.check_config(c[part].train, prefix=f"{part}.train")
-      except ValueError as e:
-        raise ConfigError(str(e)) from e
-  if "large_policy" in c:
-    large = _model(arch_fields(c.large_policy.model), vocab, "lm", "large_policy.model")
-    if large.max_seq_len < policy.max_seq_len:
-      raise ConfigError(f"large_policy.model.max_seq_len={large.max_seq_len}: expected >= the "
-                        f"policy's {policy.max_seq_len} (it answers the same prompts).")
-    if large.num_params() <= policy.num_params():
-      raise ConfigError(f"large_policy.model has {large.num_params():,} parameters: expected "
-                        f"more than the policy's {policy.num_params():,} (the exchange compares "
-                        "test-time compute with a larger model).")
-    # The same pretraining tokens: the data order is a function of these (training.data).
-    for field in ("steps", "batch_size", "seed", "pad_multiple", "bucket_pool_batches"):
-      if c.large_policy.train[field] != c.policy.train[field]:
-        raise ConfigError(
-            f"large_policy.train.{field}={c.large_policy.train[field]!r} differs from "
-            f"policy.train.{field}={c.policy.train[field]!r}: the larger policy is trained on the "
-            "same rows in the same order (the exchange's D_pretrain).")
-  if "exchange" in c:
-    ex = c.exchange
-    _int(ex.samples_per_problem, "exchange.samples_per_problem", 1)
-    _int(ex.subsamples, "exchange.subsamples", 1)
-  if "revision_model" in c:
-    rm = c.revision_model
-    _int(rm.window, "revision_model.window", 1)
-    _int(rm.max_seq_len, "revision_model.max_seq_len", policy.max_seq_len)
-  for part in ("prm", "orm"):
-    arch = verifier_arch(arch_fields(c.policy.model), c[part], part)
-    model = _model(arch, vocab, "value", f"{part}.model")
-    if model.max_seq_len < policy.max_seq_len:
-      raise ConfigError(f"{part}.model.max_seq_len={model.max_seq_len} is shorter than the "
-                        f"policy's {policy.max_seq_len}: a verifier reads whole policy samples.")
+def _validate_sampling(c: ml_collections.ConfigDict) -> None:
+  s = c.sampling
+  temperature = s.temperature
+  if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and \
+      temperature <= 0:
+    raise ConfigError(f"sampling.temperature={temperature!r}: expected > 0. Every stage draws "
+                      "several samples per prompt (pass@1 estimates, MC rollouts, best-of-N, "
+                      "search); at temperature 0 they are all the same sample.")
+  try:
+    SamplingParams(temperature=temperature, top_p=s.get("top_p", 1.0),
+                   max_new_tokens=s.max_new_tokens)
+  except ValueError as e:
+    raise ConfigError(f"sampling: {e}") from e
+  _int(s.batch_size, "sampling.batch_size", 1)
 
-  if c.prm.labels not in ("soft", "hard"):
-    raise ConfigError(f"prm.labels={c.prm.labels!r}: expected 'soft' (the MC value) or 'hard' "
-                      "(1 if any rollout reaches the right answer).")
-  if c.prm.label_positions not in ("step_end", "every_token"):
-    raise ConfigError(f"prm.label_positions={c.prm.label_positions!r}: expected 'step_end' or "
-                      "'every_token'.")
+
+def _validate_compute_optimal(c: ml_collections.ConfigDict) -> None:
+  cc = c.compute_optimal
+  _int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
+  _int(cc.repeats, "compute_optimal.repeats", 1)
+  if cc.predictor_samples is not None:
+    _int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
+         c.difficulty.samples_per_problem)
+  rs = list(cc.r_values)
+  if not rs or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0
+                   for r in rs):
+    raise ConfigError(f"compute_optimal.r_values={cc.r_values!r}: expected numbers > 0 "
+                      "(D_inference / D_pretrain).")
+
+
+def _validate_verifier_eval(c: ml_collections.ConfigDict, num_test: int | None) -> None:
+  ve = c.verifier_eval
+  if "batch_size" in ve:
+    _int(ve.batch_size, "verifier_eval.batch_size", 1)
+  _int(ve.subsamples, "verifier_eval.subsamples", 1)
+  if num_test is not None and isinstance(c.test_problems, int):
+    _int(ve.auc_problems, "verifier_eval.auc_problems", 0, num_test - c.test_problems)
+  _int(ve.auc_samples_per_problem, "verifier_eval.auc_samples_per_problem", 1)
+  _int(ve.rollouts, "verifier_eval.rollouts", 1)
+  if c.sampling.batch_size % ve.rollouts:
+    raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
+                      f"verifier_eval.rollouts={ve.rollouts} (a prefix's rollouts share one "
+                      "call).")
+
+
+def _validate_trained(c: ml_collections.ConfigDict, num_train: int | None, errors: Errors,
+                      use, training_devices: int | None) -> None:
+  """The sections of models trained here: tokenizer, policy, verifiers, revisions."""
+  policy = vocab = None
+  with errors:
+    vocab = _int(c.tokenizer.vocab_size, "tokenizer.vocab_size", 8)
+    _int(c.tokenizer.num_texts, "tokenizer.num_texts", 1)
+  if vocab is not None:
+    with errors:
+      policy = _model(arch_fields(c.policy.model), vocab, "lm", "policy.model")
+  for part in TRAINED:
+    if use(part):
+      with errors:
+        try:
+          trainer.check_config(c[part].train, prefix=f"{part}.train")
+        except ValueError as e:
+          raise ConfigError(str(e)) from e
+        batch = c[part].train.batch_size
+        if training_devices and batch % training_devices:
+          raise ConfigError(
+              f"{part}.train.batch_size={batch}: expected a multiple of the "
+              f"{training_devices} devices the trainer splits each batch over (one XLA CPU "
+              "device per core on a CPU host; set XLA_FLAGS="
+              "--xla_force_host_platform_device_count=N to choose N).")
+  if use("large_policy") and vocab is not None and policy is not None:
+    with errors:
+      _validate_large_policy(c, vocab, policy)
+  if use("exchange"):
+    with errors:
+      _int(c.exchange.samples_per_problem, "exchange.samples_per_problem", 1)
+      _int(c.exchange.subsamples, "exchange.subsamples", 1)
+  if use("revision_model") and policy is not None:
+    with errors:
+      _int(c.revision_model.window, "revision_model.window", 1)
+      _int(c.revision_model.max_seq_len, "revision_model.max_seq_len", policy.max_seq_len)
+  for part in ("prm", "orm"):
+    if use(part) and vocab is not None and policy is not None:
+      with errors:
+        arch = verifier_arch(arch_fields(c.policy.model), c[part], part)
+        model = _model(arch, vocab, "value", f"{part}.model")
+        if model.max_seq_len < policy.max_seq_len:
+          raise ConfigError(f"{part}.model.max_seq_len={model.max_seq_len} is shorter than the "
+                            f"policy's {policy.max_seq_len}: a verifier reads whole policy "
+                            "samples.")
+  if use("prm"):
+    with errors:
+      if c.prm.labels not in ("soft", "hard"):
+        raise ConfigError(f"prm.labels={c.prm.labels!r}: expected 'soft' (the MC value) or "
+                          "'hard' (1 if any rollout reaches the right answer).")
+    with errors:
+      if c.prm.label_positions not in ("step_end", "every_token"):
+        raise ConfigError(f"prm.label_positions={c.prm.label_positions!r}: expected "
+                          "'step_end' or 'every_token'.")
+  if use("mc_labels"):
+    with errors:
+      _validate_mc_labels(c, num_train)
+  if use("revision_data"):
+    with errors:
+      rd = c.revision_data
+      _int(rd.num_problems, "revision_data.num_problems", 1, num_train)
+      _int(rd.samples_per_problem, "revision_data.samples_per_problem", 1)
+      _int(rd.trajectories_per_problem, "revision_data.trajectories_per_problem", 1)
+      _int(rd.max_attempts, "revision_data.max_attempts", 0)
+      _int(rd.problems_per_shard, "revision_data.problems_per_shard", 1)
+  if use("revision_orm"):
+    with errors:
+      _validate_revision_orm(c, num_train)
+  if use("revisions"):
+    with errors:
+      _validate_revisions(c)
+
+
+def _validate_large_policy(c: ml_collections.ConfigDict, vocab: int,
+                           policy: TransformerConfig) -> None:
+  large = _model(arch_fields(c.large_policy.model), vocab, "lm", "large_policy.model")
+  if large.max_seq_len < policy.max_seq_len:
+    raise ConfigError(f"large_policy.model.max_seq_len={large.max_seq_len}: expected >= the "
+                      f"policy's {policy.max_seq_len} (it answers the same prompts).")
+  if large.num_params() <= policy.num_params():
+    raise ConfigError(f"large_policy.model has {large.num_params():,} parameters: expected "
+                      f"more than the policy's {policy.num_params():,} (the exchange compares "
+                      "test-time compute with a larger model).")
+  # The same pretraining tokens: the data order is a function of these (training.data).
+  for field in ("steps", "batch_size", "seed", "pad_multiple", "bucket_pool_batches"):
+    if c.large_policy.train[field] != c.policy.train[field]:
+      raise ConfigError(
+          f"large_policy.train.{field}={c.large_policy.train[field]!r} differs from "
+          f"policy.train.{field}={c.policy.train[field]!r}: the larger policy is trained on the "
+          "same rows in the same order (the exchange's D_pretrain).")
+
+
+def _validate_mc_labels(c: ml_collections.ConfigDict, num_train: int | None) -> None:
   ml = c.mc_labels
   _int(ml.num_problems, "mc_labels.num_problems", 1, num_train)
   _int(ml.samples_per_problem, "mc_labels.samples_per_problem", 1)
   _int(ml.rollouts, "mc_labels.rollouts", 1)
   _int(ml.problems_per_shard, "mc_labels.problems_per_shard", 1)
-  if "revision_data" in c:
-    rd = c.revision_data
-    _int(rd.num_problems, "revision_data.num_problems", 1, num_train)
-    _int(rd.samples_per_problem, "revision_data.samples_per_problem", 1)
-    _int(rd.trajectories_per_problem, "revision_data.trajectories_per_problem", 1)
-    _int(rd.max_attempts, "revision_data.max_attempts", 0)
-    _int(rd.problems_per_shard, "revision_data.problems_per_shard", 1)
-  if "revision_orm" in c:
-    ro = c.revision_orm
-    _int(ro.first_problem, "revision_orm.first_problem", 0, num_train - 1)
-    _int(ro.num_problems, "revision_orm.num_problems", 1, num_train - ro.first_problem)
-    _int(ro.chains, "revision_orm.chains", 1)
-    _int(ro.length, "revision_orm.length", 1)
-    _int(ro.problems_per_shard, "revision_orm.problems_per_shard", 1)
-    if "revision_data" in c and ro.first_problem < c.revision_data.num_problems:
-      raise ConfigError(
-          f"revision_orm.first_problem={ro.first_problem}: expected >= revision_data."
-          f"num_problems={c.revision_data.num_problems} (the revision model was trained on "
-          "those problems; its answers there would flatter the ORM's data).")
-  if "revisions" in c:
-    rv = c.revisions
-    budgets = list(rv.budgets)
-    if not budgets or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 or n & (n - 1)
-                          for n in budgets) or budgets != sorted(set(budgets)):
-      raise ConfigError(f"revisions.budgets={rv.budgets!r}: expected increasing powers of two "
-                        "(each budget is split into C chains of length N / C).")
-    seeds = list(rv.seeds)
-    if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds) \
-        or len(set(seeds)) != len(seeds):
-      raise ConfigError(f"revisions.seeds={rv.seeds!r}: expected distinct integers >= 0.")
-    _int(rv.problems_per_shard, "revisions.problems_per_shard", 1)
-  for key, k in (("mc_labels.rollouts", ml.rollouts),):
-    if c.sampling.batch_size % k:
-      raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
-                        f"{key}={k} (a prefix's rollouts share one call).")
+  if c.sampling.batch_size % ml.rollouts:
+    raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
+                      f"mc_labels.rollouts={ml.rollouts} (a prefix's rollouts share one call).")
+
+
+def _validate_revision_orm(c: ml_collections.ConfigDict, num_train: int | None) -> None:
+  ro = c.revision_orm
+  _int(ro.first_problem, "revision_orm.first_problem", 0,
+       None if num_train is None else num_train - 1)
+  _int(ro.num_problems, "revision_orm.num_problems", 1,
+       None if num_train is None else num_train - ro.first_problem)
+  _int(ro.chains, "revision_orm.chains", 1)
+  _int(ro.length, "revision_orm.length", 1)
+  _int(ro.problems_per_shard, "revision_orm.problems_per_shard", 1)
+  if "revision_data" in c and ro.first_problem < c.revision_data.num_problems:
+    raise ConfigError(
+        f"revision_orm.first_problem={ro.first_problem}: expected >= revision_data."
+        f"num_problems={c.revision_data.num_problems} (the revision model was trained on "
+        "those problems; its answers there would flatter the ORM's data).")
+
+
+def _validate_revisions(c: ml_collections.ConfigDict) -> None:
+  rv = c.revisions
+  budgets = list(rv.budgets)
+  if not budgets or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 or n & (n - 1)
+                        for n in budgets) or budgets != sorted(set(budgets)):
+    raise ConfigError(f"revisions.budgets={rv.budgets!r}: expected increasing powers of two "
+                      "(each budget is split into C chains of length N / C).")
+  seeds = list(rv.seeds)
+  if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds) \
+      or len(set(seeds)) != len(seeds):
+    raise ConfigError(f"revisions.seeds={rv.seeds!r}: expected distinct integers >= 0.")
+  _int(rv.problems_per_shard, "revisions.problems_per_shard", 1)
 
 
 def _validate_search(c: ml_collections.ConfigDict) -> None:
@@ -324,6 +458,15 @@ def _validate_search(c: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     raise ConfigError(f"search: {e} (search.beam_width={s.beam_width} must divide every "
                       f"budget >= it; budgets {budgets}).") from e
+  if "lookahead" in s.methods and not list(s.lookahead_steps):
+    raise ConfigError("search.methods has 'lookahead' but search.lookahead_steps is empty.")
+  for k in s.lookahead_steps if "lookahead" in s.methods else ():
+    if not any(s.beam_width <= n and n * (k + 1) <= budgets[-1] for n in budgets):
+      raise ConfigError(
+          f"search.methods has 'lookahead' but no budget fits lookahead_steps k={k}: a "
+          f"lookahead cell needs a budget N >= search.beam_width={s.beam_width} with "
+          f"N x (k + 1) <= the largest budget {budgets[-1]} (budgets {budgets}). Add a budget, "
+          "lower k, or leave lookahead out of search.methods.")
 
 
 def parse_variant(text: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import multiprocessing
 from multiprocessing import connection
+import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -47,11 +49,12 @@ COST = {"data": 20, "tokenizer": 10, "policy": 390, "difficulty": 65, "mc_labels
         "revision_sweep": 810, "report": 10, "revision_report": 25, "compute_optimal": 15,
         "study": 5, "large_policy": 2100, "large_policy_eval": 300}
 
-# Stages that only train: their process gets one XLA CPU device per core and the trainer's
-# 'data' mesh spans them (alone on 2 cores: 1.24x the steps/s of one device; the PRM and
-# the ORM side by side took 305 s with two devices each, 330 s with one). Sampling stages
-# keep one device (BUILD.md: search gathers become all-gathers on 2 devices).
-TRAINING = ("policy", "large_policy", "prm", "orm", "revision_model")
+# Every stage process gets one XLA CPU device per core, as the process of a --jobs=1 run does
+# (launch/run.py): the trainer's 'data' mesh spans them (alone on 2 cores: 1.24x the steps/s
+# of one device), so a stage that trains (the policy, the verifiers, the revision models, the
+# ablation's PRM variants) gives the same artifact with any --jobs. Sampling and scoring use
+# the --mesh devices (one by default: on a CPU a search gather over 2 devices becomes an
+# all-gather; BUILD.md).
 
 
 class StageFailed(RuntimeError):
@@ -71,11 +74,25 @@ class _Prefix:
     return True
 
 
+def _exit_with_parent(parent: int) -> None:
+  """This process gets SIGTERM when its parent dies (Linux), however it dies: a ``kill -9``
+  of a --jobs run leaves no stage process writing its workdir without its lock."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+  except (OSError, AttributeError):  # not Linux: the parent's finally block stops it
+    return
+  if os.getppid() != parent:  # the parent died before prctl: no signal will come
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _child(config, workdir: str, stage: str, task_modules: Sequence[str],
-           cache_dir: str | None, lengths_checked: bool, device_per_core: bool) -> None:
+           cache_dir: str | None, lengths_checked: bool, parent: int) -> None:
   """Runs one stage in a spawned process (module-level: spawn pickles it by name)."""
-  if device_per_core:
-    host.cpu_device_per_core()  # before JAX starts its backends
+  _exit_with_parent(parent)
+  host.cpu_device_per_core()  # before JAX starts its backends
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   logging.get_absl_logger().addFilter(_Prefix(stage))
@@ -83,7 +100,7 @@ def _child(config, workdir: str, stage: str, task_modules: Sequence[str],
   tasks.import_modules(task_modules)
   host.enable_compilation_cache(cache_dir)
   try:
-    runner.Pipeline(config, workdir, lengths_checked=lengths_checked).run(stage)
+    runner.Pipeline(config, workdir, lengths_checked=lengths_checked, locked=True).run(stage)
   except runner.KNOWN_ERRORS as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(1)
@@ -111,19 +128,27 @@ def path_cost(deps: dict[str, list[str]], name: str, target: str) -> int:
 
 def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
         cache_dir: str | None = None, log: Callable[[str], None] = logging.info,
-        poll_s: float | None = None) -> Any:
+        poll_s: float | None = None, redo: Sequence[str] = ()) -> Any:
   """Runs ``target`` and what it is missing with up to ``jobs`` stage processes at once;
-  returns the loaded artifact of ``target`` (like :meth:`Pipeline.run`)."""
+  returns the loaded artifact of ``target`` (like :meth:`Pipeline.run`). The workdir's
+  lock is held here; the stage processes write under it and die with this process."""
   if jobs < 1:
     raise ValueError(f"jobs={jobs}: expected at least 1 stage process at a time.")
+  pipeline.single_process = True
   pipeline.validate(target)
   target = pipeline.target(target)
+  with pipeline.lock():
+    return _run(pipeline, target, jobs, task_modules, cache_dir, log, poll_s, tuple(redo))
+
+
+def _run(pipeline, target, jobs, task_modules, cache_dir, log, poll_s, redo) -> Any:
   order = pipeline.plan(target)
+  pipeline.redo(redo, order)
   deps = {n: [s for s in pipeline.inputs_of(n).values() if s] for n in order}
   todo = []
   for name in order:
     if pipeline.is_done(name):
-      log(f"{name}: up to date ({pipeline.directory(name)})")
+      pipeline.up_to_date(name)
     else:
       todo.append(name)
   ctx = multiprocessing.get_context("spawn")
@@ -136,19 +161,19 @@ def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
       starting = ready[:max(0, jobs - len(running))]
       for name in starting:
         checked = name not in BEFORE_CHECKS
-        per_core = name in TRAINING
+        if name not in ("data", "hf_policy", "hf_prm"):
+          pipeline.check_references()  # once, here, instead of in every stage process
         if checked:
-          pipeline.check_lengths()  # once, here, instead of in every stage process
+          pipeline.check_lengths()
         proc = ctx.Process(target=_child, name=f"ttc_jax-{name}",
                            args=(pipeline.config, pipeline.workdir, name, tuple(task_modules),
-                                 cache_dir, checked, per_core))
+                                 cache_dir, checked, os.getpid()))
         proc.start()
         running[proc.sentinel] = (name, proc, time.time())
         todo.remove(name)
         others = [r[0] for r in running.values() if r[0] != name]
         log(f"{name}: started in process {proc.pid}"
-            + (f" (beside {', '.join(others)})" if others else "")
-            + (" on one XLA CPU device per core" if per_core else ""))
+            + (f" (beside {', '.join(others)})" if others else ""))
       if not running:
         raise StageFailed(f"stages {todo} cannot start: their inputs are not finished.")
       for sentinel in connection.wait(list(running), timeout=poll_s):

@@ -76,6 +76,9 @@ from ttc_jax.verifiers.scoring import min_token_prob
 # are left out of artifact identities (results do not depend on the batch).
 SPEED_ONLY = ("sampling.batch_size", "search.rows_per_call", "verifier_eval.batch_size",
               "*.checkpoint_every", "*.log_every")
+# Config keys added after artifacts were made with the behaviour of their default: left out
+# of identities at that default, so those artifacts stay valid (any other value is keyed).
+ADDED_KEYS = {"sampling.top_p": 1.0}
 
 
 @dataclasses.dataclass
@@ -116,7 +119,9 @@ class Stage:
 
 
 def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:
+  """The policy's sampling in every stage that samples (``sampling`` section)."""
   return SamplingParams(temperature=c.sampling.temperature,
+                        top_p=c.sampling.get("top_p", 1.0),
                         max_new_tokens=c.sampling.max_new_tokens)
 
 
@@ -140,8 +145,12 @@ def load_data(out: artifacts.StageDir, key: dict) -> artifacts.TaskData:
 def run_tokenizer(ctx: Context) -> dict:
   data = ctx.inputs["data"]
   if ctx.out.primary:
-    Tokenizer.train(data.task, ctx.out.path("tokenizer"), vocab_size=ctx.config.tokenizer.vocab_size,
-                    num_texts=ctx.config.tokenizer.num_texts)
+    try:
+      Tokenizer.train(data.task, ctx.out.path("tokenizer"),
+                      vocab_size=ctx.config.tokenizer.vocab_size,
+                      num_texts=ctx.config.tokenizer.num_texts)
+    except ValueError as e:  # e.g. a vocabulary smaller than the task's characters
+      raise config_lib.ConfigError(f"tokenizer: {e}") from None
   ctx.out.barrier()
   tok = Tokenizer.load(ctx.out.path("tokenizer.model"))
   return {"vocab_size": tok.vocab_size}
@@ -950,8 +959,7 @@ def run_search_sweep(ctx: Context) -> dict:
       strategy = cell["strategy"]
       search_ctx = SearchContext(
           core=core, prm=scorer, task=data.task, tokenizer=policy.tokenizer, seed=c.seed,
-          run=cell["seed"], temperature=c.sampling.temperature,
-          max_new_tokens=c.sampling.max_new_tokens, max_step_tokens=sc.max_step_tokens)
+          run=cell["seed"], sp=sampling_params(c), max_step_tokens=sc.max_step_tokens)
       compiled0, t0 = clock.seconds, time.time()
       results = search_problems(strategy, search_ctx, probs, rows_per_call=sc.rows_per_call)
       # wall_s excludes XLA tracing / compilation of new shapes (compile_s).
@@ -971,6 +979,7 @@ def run_search_sweep(ctx: Context) -> dict:
       log.append([row])
       progress.update(1, extra=f"{cell['method']} {cell['params']} seed {cell['seed']}: acc "
                                f"{np.mean(row['correct']):.3f} in {row['wall_s']:.1f}s")
+      host.hold(f"cell:{progress.done}")  # cells written so far
     ctx.out.barrier()
     done = log.read()
   rows = [done[cell_key(cell)] for cell in cells]

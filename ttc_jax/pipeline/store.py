@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ttc_jax import host
 from ttc_jax import parallel
 
 
@@ -42,6 +43,23 @@ def file_digest(path: str) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
+
+
+def tree_digests(directory: str, skip: tuple[str, ...] = ()) -> dict[str, str]:
+  """{path relative to ``directory``: sha256} of every file under it (symlinks
+  followed to files, never into directories), except the top-level names in ``skip``.
+  Every byte is read: a file damaged in place (a flipped bit keeps size and times) is
+  found."""
+  out = {}
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, directory)
+      if rel in skip:
+        continue
+      out[rel] = file_digest(path)
+  return out
 
 
 _DIGESTS: dict[tuple, str] = {}
@@ -119,7 +137,7 @@ def read_json(path: str) -> Any:
     with open(path) as f:
       return json.load(f)
   except ValueError as e:
-    raise StoreError(f"{path} is not valid JSON ({e}); delete it to recompute it.") from e
+    raise StoreError(f"{path} is not valid JSON ({e}).") from e
 
 
 def write_text(path: str, text: str) -> None:
@@ -141,8 +159,7 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
   except Exception as e:  # pylint: disable=broad-except
-    raise StoreError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to "
-                     "recompute it.") from e
+    raise StoreError(f"{path} is unreadable ({type(e).__name__}: {e}).") from e
 
 
 def save_figure(path: str, fig) -> None:
@@ -173,9 +190,13 @@ class Shards:
 
   def save(self, i: int, arrays: dict[str, np.ndarray]) -> None:
     save_npz(self.path(i), arrays)
+    host.hold(f"shard:{self.name}:{i}")
 
   def load(self, i: int) -> dict[str, np.ndarray]:
-    return load_npz(self.path(i))
+    try:
+      return load_npz(self.path(i))
+    except StoreError as e:
+      raise StoreError(f"{e} Delete it to compute that shard again.") from None
 
   def load_all(self) -> list[dict[str, np.ndarray]]:
     return [self.load(i) for i in range(self.count)]

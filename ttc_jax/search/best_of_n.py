@@ -20,7 +20,6 @@ from typing import Sequence
 import numpy as np
 
 from ttc_jax.budget import Budget
-from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import common
 from ttc_jax.search.tree import chunk_width
@@ -71,8 +70,7 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   prm = ctx.prm.gather(prm, expand)
   ids = np.asarray([p.index for p in problems], np.int64)[expand]
   keys = ctx.keys(ids, np.tile(np.arange(n), num), 0)
-  sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_new_tokens)
-  out = ctx.core.sample(pol, keys, sp)
+  out = ctx.core.sample(pol, keys, ctx.sp)
   lengths = np.asarray(out.lengths)
   gen = np.asarray(out.tokens)[:, :chunk_width(int(lengths.max()), ctx.max_new_tokens, 16)]
   stopped = np.asarray(out.stopped)

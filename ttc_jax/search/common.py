@@ -12,6 +12,7 @@ from ttc_jax import parallel
 from ttc_jax.budget import Budget
 from ttc_jax.sampling import streams
 from ttc_jax.sampling.core import SamplingCore
+from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.solutions import left_pad
 from ttc_jax.sampling.solutions import round_up
 from ttc_jax.verifiers import aggregation
@@ -23,8 +24,9 @@ from ttc_jax.verifiers.incremental import IncrementalScorer
 class SearchContext:
   """The policy's sampling core, the PRM's incremental scorer and the task's grading.
 
-  max_new_tokens: cap on a solution's length (tokens after the prompt), per
-    solution: a candidate that reaches it without EOS is cut and never finishes.
+  sp: the policy's sampling parameters (temperature, top-k, top-p) and its cap on a
+    solution's length (``max_new_tokens``: tokens after the prompt, per solution: a
+    candidate that reaches it without EOS is cut and never finishes).
   max_step_tokens: cap on one step's length (a longer step is cut and scored).
   run: which independent repeat of the search this is: folded into every key.
   No row ever goes past the model context (``max_seq_len`` tokens, prompt included).
@@ -36,9 +38,17 @@ class SearchContext:
   tokenizer: object
   seed: int = 0
   run: int = 0  # independent repeat of a search (the study's search seeds)
-  temperature: float = 1.0
-  max_new_tokens: int = 96
+  sp: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=96)
   max_step_tokens: int = 24
+
+  @property
+  def max_new_tokens(self) -> int:
+    return self.sp.max_new_tokens
+
+  def step_params(self) -> SamplingParams:
+    """The policy's sampling parameters for one step of a tree search: at most
+    ``max_step_tokens`` tokens, stopping where the step ends."""
+    return dataclasses.replace(self.sp, max_new_tokens=self.max_step_tokens, stop_at_step=True)
 
   @property
   def policy_cost(self) -> accounting.ModelCost:

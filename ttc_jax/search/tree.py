@@ -133,8 +133,7 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
     b.add_policy(pol_cost, 0, len(p))
     b.add_prm(prm_cost, 0, len(p) if head is None else int(head[q]))
   index_of = np.asarray([p.index for p in problems], np.int64)
-  sp = SamplingParams(temperature=ctx.temperature, max_new_tokens=ctx.max_step_tokens,
-                      stop_at_step=True)
+  sp = ctx.step_params()
 
   row_problem = np.repeat(np.arange(num), n)
   row_slot = np.tile(np.arange(n), num)

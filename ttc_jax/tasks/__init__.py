@@ -30,6 +30,7 @@ from ttc_jax.tasks.math_benchmarks import MathTask
 from ttc_jax.tasks.base import Problem
 from ttc_jax.tasks.base import SPLITS
 from ttc_jax.tasks.base import Task
+from ttc_jax.tasks.base import unusable_references
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +111,19 @@ def import_modules(modules) -> None:
   for module in modules or ():
     try:
       importlib.import_module(module)
-    except ImportError as e:
-      raise ValueError(f"--task_module={module}: cannot import it ({e}); is its directory on "
-                       "PYTHONPATH?") from e
+    except ModuleNotFoundError as e:
+      if e.name and module.startswith(e.name):  # the module itself (or its package) is missing
+        raise ValueError(f"--task_module={module}: cannot import it ({e}); is its directory "
+                         "on PYTHONPATH?") from e
+      raise ValueError(f"--task_module={module}: importing it failed: {e}") from e
+    except Exception as e:  # pylint: disable=broad-except
+      where = ""
+      tb = e.__traceback__
+      while tb is not None:
+        where = f" ({tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
+        tb = tb.tb_next
+      raise ValueError(f"--task_module={module}: importing it raised "
+                       f"{type(e).__name__}: {e}{where}") from e
 
 
 register_task(ArithmeticTask.name, ArithmeticTask, ArithmeticTask.DEFAULTS)
@@ -132,4 +143,5 @@ __all__ = [
     "import_modules",
     "list_tasks",
     "register_task",
+    "unusable_references",
 ]

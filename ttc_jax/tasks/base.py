@@ -222,6 +222,20 @@ class Task(abc.ABC):
       )
 
 
+def unusable_references(task: Task, problems: Sequence[Problem]) -> list[tuple[Problem, str]]:
+  """The problems whose reference cannot grade anything: an empty answer, or a reference
+  solution that does not grade correct against its own answer (a broken data file or
+  grader: every sample of such a problem would be graded wrong). (problem, why) pairs."""
+  out = []
+  for p in problems:
+    if not isinstance(p.answer, str) or not p.answer.strip():
+      out.append((p, f"answer {p.answer!r} is empty"))
+    elif not task.is_correct(p.solution, p):
+      out.append((p, f"its solution's final answer {task.extract_answer(p.solution)!r} does "
+                     f"not grade correct against its answer {p.answer!r}"))
+  return out
+
+
 def shown_attempts(attempts: Sequence, window: int) -> list:
   """The attempts a revision prompt shows: the last ``window`` (the sliding window)."""
   if window < 0:

@@ -82,12 +82,40 @@ class _JsonlTask(base.Task):
     return {"files": dict(self.FILES),
             "sha256": {split: _sha256(p) for split, p in sorted(self.paths.items())}}
 
+  # The text fields every row of the task's files must have.
+  FIELDS: tuple[str, ...] = ()
+
   @functools.cached_property
   def _rows(self) -> dict[str, list[dict]]:
+    """Each split's rows; a ValueError naming the file and line for a row that is not a JSON
+    object with the task's text fields (a truncated or damaged file)."""
     out = {}
     for split, path in self.paths.items():
-      with open(path, encoding="utf-8") as f:
-        out[split] = [json.loads(line) for line in f if line.strip()]
+      rows = []
+      with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+          lines = f.read().split("\n")
+        except UnicodeDecodeError as e:
+          raise ValueError(f"task {self.name!r}: {path} is not UTF-8 text ({e.reason} at byte "
+                           f"{e.start}): the file is damaged.") from None
+      for number, line in enumerate(lines, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except ValueError as e:
+          raise ValueError(f"task {self.name!r}: {path} line {number} is not a JSON object "
+                           f"({e.msg}): the file looks truncated or damaged.") from None
+        bad = [k for k in self.FIELDS if not isinstance(row, dict) or not isinstance(
+            row.get(k), str)] if isinstance(row, dict) else list(self.FIELDS)
+        if bad:
+          raise ValueError(f"task {self.name!r}: {path} line {number} lacks the text field(s) "
+                           f"{bad} (expected {list(self.FIELDS)}): the file looks truncated "
+                           "or is not this task's data.")
+        rows.append(row)
+      if not rows:
+        raise ValueError(f"task {self.name!r}: {path} holds no problem.")
+      out[split] = rows
     return out
 
   def num_examples(self, split: str) -> int:
@@ -121,6 +149,7 @@ class MathTask(_JsonlTask):
   answer_marker = "\\boxed"
   difficulty_label = "MATH level"
   FILES = {"train": "math/train_reconstructed.jsonl", "test": "math/test.jsonl"}
+  FIELDS = ("problem", "solution", "answer")
   DEFAULTS = dict(data_dir="", grading_time_limit_s=1.0)
 
   def _problem(self, split, index, row):
@@ -141,6 +170,7 @@ class GSM8KTask(_JsonlTask):
   answer_marker = "####"
   difficulty_label = "reasoning steps"
   FILES = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
+  FIELDS = ("question", "answer")
   DEFAULTS = dict(data_dir="", grading_time_limit_s=1.0)
   _NUMBER = re.compile(r"-?[\d,]*\.?\d+")
 

@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from ttc_jax import parallel
 from ttc_jax.models import checkpoints
+from ttc_jax.host import hold as hold_point
 from ttc_jax.models.checkpoints import CheckpointError
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.parallel import DATA_AXIS
@@ -72,6 +73,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransf
       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
                   mask=decay_mask))
   return tx, schedule
+
+
+class TooFewRows(ValueError):
+  """A training set smaller than one batch."""
 
 
 def check_config(cfg: ml_collections.ConfigDict, prefix: str = "train") -> None:
@@ -188,6 +193,13 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   if cfg.batch_size % data_size:
     raise ValueError(f"train.batch_size={cfg.batch_size} must be a multiple of the mesh "
                      f"'data' axis ({data_size}).")
+  if cfg.get("bucket_pool_batches", 0) and len(dataset) < cfg.batch_size:
+    raise TooFewRows(
+        f"{name}: {len(dataset)} training rows, fewer than {name}.train.batch_size="
+        f"{cfg.batch_size} (a bucketed batch holds distinct rows): lower the batch size, "
+        "give it more data (for the revision model: more revision_data problems or samples, or a "
+        "stronger policy, which yields more trajectories), or set "
+        f"{name}.train.bucket_pool_batches=0.")
   os.makedirs(out_dir, exist_ok=True)
   tx, schedule = make_optimizer(cfg)
   graphdef, params = nnx.split(model)
@@ -202,11 +214,17 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   start = 0
   latest = manager.latest_step()
   if latest is not None:
-    tree = checkpoints.restore(
-        manager, latest, model.config,
-        params=ocp.args.StandardRestore(checkpoints.abstract(params, replicated)),
-        opt_state=ocp.args.StandardRestore(checkpoints.abstract(opt_state, replicated)),
-        meta=ocp.args.JsonRestore())
+    try:
+      tree = checkpoints.restore(
+          manager, latest, model.config,
+          params=ocp.args.StandardRestore(checkpoints.abstract(params, replicated)),
+          opt_state=ocp.args.StandardRestore(checkpoints.abstract(opt_state, replicated)),
+          meta=ocp.args.JsonRestore())
+    except CheckpointError as e:
+      raise CheckpointError(
+          f"{e} To resume from the checkpoint before it, delete "
+          f"{os.path.join(manager.directory, str(latest))} and rerun (or delete "
+          f"{manager.directory} to train from scratch).") from None
     start = int(tree["meta"]["step"])
     if start != latest or tree["meta"]["data_position"] != start * cfg.batch_size:
       raise CheckpointError(
@@ -273,6 +291,7 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
         last_t, last_step, tokens_since = now, done, 0
       if done % cfg.checkpoint_every == 0 or done == cfg.steps:
         save(done)
+        hold_point(f"checkpoint:{name}:{done}")
   if start == cfg.steps and manager.latest_step() != cfg.steps:
     save(cfg.steps)
   manager.wait_until_finished()
