@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -336,3 +337,40 @@ def test_training_leaves_the_callers_arrays_alive(tmp_path):
   for leaf in _params(source):
     assert not leaf.is_deleted()
     np.asarray(leaf)
+
+
+_FAR_AHEAD = """
+import sys
+import ml_collections
+import numpy as np
+from flax import nnx
+from ttc_jax.models.transformer import Transformer, TransformerConfig
+from ttc_jax.training import data as data_lib, trainer
+tokens = np.random.RandomState(0).randint(1, 64, (64, 48)).astype(np.int32)
+dataset = data_lib.TokenDataset(tokens=tokens, valid=np.ones_like(tokens, bool),
+                                weights=np.ones(tokens.shape, np.float32))
+steps = 120  # a log line and a checkpoint only at the end: nothing else waits on the devices
+cfg = ml_collections.ConfigDict(dict(
+    steps=steps, batch_size=8, learning_rate=1e-3, warmup_steps=1, final_lr_fraction=0.1,
+    weight_decay=0.0, b1=0.9, b2=0.98, grad_clip=1.0, checkpoint_every=steps, log_every=steps,
+    seed=0, bucket_pool_batches=0))
+model = Transformer(TransformerConfig(vocab_size=64, d_model=64, num_layers=2, num_heads=4,
+                                      num_kv_heads=2, mlp_dim=256, max_seq_len=64),
+                    rngs=nnx.Rngs(0))
+trainer.train(model, dataset, cfg, sys.argv[1], objective="lm", log_fn=lambda m: None)
+print("trained")
+"""
+
+
+def test_training_far_ahead_of_its_devices_does_not_deadlock(tmp_path):
+  """Issue 24's CI flake (an XLA:CPU abort in the trained fixture of test_revisions): a loop
+  that dispatched more than 32 train steps on 8 CPU devices ahead of the host deadlocked
+  XLA:CPU (the 33rd launch blocks a thread of the pool that the running step's gradient
+  all-reduce needs; XLA aborts after its 40 s rendezvous timeout). The trainer keeps at most
+  trainer.MAX_STEPS_IN_FLIGHT steps in flight. Before the fix this run aborted in 3 of 3
+  tries on a 2-core machine."""
+  env = pu.env()
+  env["XLA_FLAGS"] = env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"
+  out = subprocess.run([sys.executable, "-c", _FAR_AHEAD, str(tmp_path / "out")], env=env,
+                       capture_output=True, text=True)
+  assert out.returncode == 0 and "trained" in out.stdout, out.stderr[-3000:]

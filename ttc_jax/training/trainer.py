@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -52,6 +53,15 @@ from ttc_jax.training.data import bucketed_batch_indices
 
 Array = jax.Array
 Batch = Mapping[str, Array]
+
+# Train steps dispatched ahead of the host, at most. XLA:CPU admits at most 32 computations in
+# flight per device; the 33rd launch waits for its device on a thread of the client's pool,
+# which has max(cores, devices) threads, and a multi-device step needs one thread per device at
+# once for its gradient all-reduce. Launches waiting there starve the running step's
+# all-reduce, and XLA aborts the process after xla_cpu_collective_call_terminate_timeout_seconds
+# (40 s): "Termination timeout for `all reduce ...` ... Expected 8 threads to join the
+# rendezvous, but only 7 of them arrived on time." A few steps ahead keep the devices busy.
+MAX_STEPS_IN_FLIGHT = 8
 
 
 # ----------------------------------------------------------------------------
@@ -258,6 +268,7 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
                                 "seed": cfg.seed}))
 
   n = len(dataset)
+  in_flight = collections.deque()  # the loss of each step not waited for yet
   t0 = time.time()
   last_t, last_step, tokens_since = t0, start, 0
   with open(metrics_path if primary else os.devnull, "a") as mf:
@@ -272,6 +283,9 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
       batch = jax.device_put(host, rows)
       params, opt_state, metrics = step_fn(graphdef, params, opt_state, batch, tx=tx,
                                            objective=objective)
+      in_flight.append(metrics["loss"])
+      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+        in_flight.popleft().block_until_ready()
       done = step + 1
       if done % cfg.log_every == 0 or done == cfg.steps:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
