@@ -279,12 +279,11 @@ def test_a_config_file_that_does_not_run_and_a_task_module_that_raises(tmp_path,
     assert len(err.splitlines()) == 1 and re.search(message, err), err
 
 
-def test_help_lists_the_config_keys_from_any_directory(tmp_path):
+def test_help_lists_the_config_keys_from_any_directory(tmp_path, monkeypatch):
   """Item 23: --help outside the repository could not list the keys (a relative path)."""
-  out = subprocess.run([sys.executable, os.path.join(pu.REPO, "launch", "run.py"), "--help"],
-                       cwd=str(tmp_path), env=pu.env(), capture_output=True, text=True)
-  assert "--config.policy.train.steps=" in out.stdout + out.stderr
-  assert "could not load" not in out.stdout + out.stderr
+  monkeypatch.chdir(tmp_path)
+  text = cli.config_help(cli.EXAMPLE)
+  assert "--config.policy.train.steps=" in text and "could not load" not in text
 
 
 def test_bad_values_that_only_a_run_finds_are_one_line(tmp_path):
@@ -364,10 +363,13 @@ def test_a_missing_or_stale_latest_link_is_repaired(study):
 
 def test_one_run_writes_a_workdir(study, tmp_path):
   """Item 9: two processes on one workdir both crashed or did all the work twice."""
+  # Another process holds the workdir's lock (an flock, as WorkdirLock takes it).
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from ttc_jax.pipeline import workdir; "
-       "workdir.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)", study],
-      env=pu.env(), stdout=subprocess.PIPE, text=True)
+      [sys.executable, "-c", "import fcntl, json, os, sys, time; f = open(sys.argv[1], 'a+'); "
+       "fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); json.dump({'pid': os.getpid(), 'host': "
+       "'h', 'started': 's', 'command': 'c'}, f); f.flush(); print('held', flush=True); "
+       "time.sleep(600)", os.path.join(study, workdir_lib.LOCK_FILE)],
+      stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(workdir_lib.WorkdirBusy) as e:

@@ -225,9 +225,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    task_modules=flags.FLAGS.task_module, cache_dir=cache.value,
                    redo=tuple(redo.value))
       return
-    # Training stages see one XLA CPU device per core, as in a --jobs run's stage processes
-    # (its 'data' mesh spans them), so both give the same artifacts; sampling and scoring
-    # use the --mesh devices (one by default).
+    # Training stages see one XLA CPU device per core, as in a --jobs run's training stage
+    # processes (the trainer's 'data' mesh spans them), so both give the same artifacts;
+    # sampling and scoring use the --mesh devices (one by default).
     host.cpu_device_per_core()
     from ttc_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize(distributed.value)

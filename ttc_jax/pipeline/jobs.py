@@ -49,12 +49,14 @@ COST = {"data": 20, "tokenizer": 10, "policy": 390, "difficulty": 65, "mc_labels
         "revision_sweep": 810, "report": 10, "revision_report": 25, "compute_optimal": 15,
         "study": 5, "large_policy": 2100, "large_policy_eval": 300}
 
-# Every stage process gets one XLA CPU device per core, as the process of a --jobs=1 run does
-# (launch/run.py): the trainer's 'data' mesh spans them (alone on 2 cores: 1.24x the steps/s
-# of one device), so a stage that trains (the policy, the verifiers, the revision models, the
-# ablation's PRM variants) gives the same artifact with any --jobs. Sampling and scoring use
-# the --mesh devices (one by default: on a CPU a search gather over 2 devices becomes an
-# all-gather; BUILD.md).
+# Stages that train: their process gets one XLA CPU device per core and the trainer's 'data'
+# mesh spans them (alone on 2 cores: 1.24x the steps/s of one device; the PRM and the ORM side
+# by side took 305 s with two devices each, 330 s with one), as in a --jobs=1 run, whose one
+# process has them too (launch/run.py): a trained artifact is the same with any --jobs.
+# verifier_ablation trains its PRM variants. The other stages keep one device (sampling in a
+# two-device process ran 19-34% slower; BUILD.md); samples do not depend on the device count.
+TRAINING = ("policy", "large_policy", "prm", "orm", "revision_model", "revision_orm",
+            "verifier_ablation")
 
 
 class StageFailed(RuntimeError):
@@ -89,10 +91,12 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _child(config, workdir: str, stage: str, task_modules: Sequence[str],
-           cache_dir: str | None, lengths_checked: bool, parent: int) -> None:
+           cache_dir: str | None, lengths_checked: bool, device_per_core: bool,
+           parent: int) -> None:
   """Runs one stage in a spawned process (module-level: spawn pickles it by name)."""
   _exit_with_parent(parent)
-  host.cpu_device_per_core()  # before JAX starts its backends
+  if device_per_core:
+    host.cpu_device_per_core()  # before JAX starts its backends
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   logging.get_absl_logger().addFilter(_Prefix(stage))
@@ -161,19 +165,21 @@ def _run(pipeline, target, jobs, task_modules, cache_dir, log, poll_s, redo) -> 
       starting = ready[:max(0, jobs - len(running))]
       for name in starting:
         checked = name not in BEFORE_CHECKS
+        per_core = name in TRAINING
         if name not in ("data", "hf_policy", "hf_prm"):
           pipeline.check_references()  # once, here, instead of in every stage process
         if checked:
           pipeline.check_lengths()
         proc = ctx.Process(target=_child, name=f"ttc_jax-{name}",
                            args=(pipeline.config, pipeline.workdir, name, tuple(task_modules),
-                                 cache_dir, checked, os.getpid()))
+                                 cache_dir, checked, per_core, os.getpid()))
         proc.start()
         running[proc.sentinel] = (name, proc, time.time())
         todo.remove(name)
         others = [r[0] for r in running.values() if r[0] != name]
         log(f"{name}: started in process {proc.pid}"
-            + (f" (beside {', '.join(others)})" if others else ""))
+            + (f" (beside {', '.join(others)})" if others else "")
+            + (" on one XLA CPU device per core" if per_core else ""))
       if not running:
         raise StageFailed(f"stages {todo} cannot start: their inputs are not finished.")
       for sentinel in connection.wait(list(running), timeout=poll_s):
