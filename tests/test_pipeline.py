@@ -17,7 +17,7 @@ from ttc_jax.pipeline import Pipeline
 from ttc_jax.pipeline import store
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
-from ttc_jax.pipeline.stages import sweep
+from ttc_jax.pipeline.stages.search import sweep
 from ttc_jax.tokenizer import Tokenizer
 
 
@@ -185,7 +185,7 @@ def test_a_plan_that_does_not_fit_memory_stops_before_a_model_stage(tmp_path):
 
 def test_a_scratch_verifier_may_have_its_own_size():
   from ttc_jax.models.transformer import TransformerConfig
-  from ttc_jax.pipeline.stages import verifier_config
+  from ttc_jax.pipeline.stages.verifiers import verifier_config
   config = pu.tiny_config(prm__init="scratch", prm__model__d_model=64, prm__model__num_layers=2)
   policy = TransformerConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2,
                              num_kv_heads=1, mlp_dim=64, max_seq_len=64)
@@ -340,7 +340,7 @@ def test_the_longest_chain_starts_first():
   assert cost("prm") > cost("orm") and cost("search_sweep") > cost("verifier_eval")
   assert cost("policy") == max(cost(s) for s in deps if s not in ("data", "tokenizer"))
   # A stage that does not lead to the target costs only itself.
-  assert jobs.path_cost(deps, "orm", "search_sweep") == jobs.COST["orm"]
+  assert jobs.path_cost(deps, "orm", "search_sweep") == STAGES["orm"].cost_s
 
 
 def test_stage_processes_run_side_by_side_and_rerun_the_same(tmp_path_factory, tmp_path):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import pipeline_utils as pu
-from ttc_jax.pipeline.stages import cell_key
-from ttc_jax.pipeline.stages import sweep
+from ttc_jax.pipeline.stages.search import cell_key
+from ttc_jax.pipeline.stages.search import sweep
 from ttc_jax.report import markdown
 from ttc_jax.search.common import call_chunks
 

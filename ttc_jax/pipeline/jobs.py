@@ -9,7 +9,7 @@ study in about two thirds of the time of one (measured: README, "The study").
 
 Each stage runs in a fresh ``spawn`` child process that runs ``Pipeline.run(stage)``
 (its inputs are finished, so it only loads them); a stage starts when all its
-inputs are finished, the one on the longest remaining path (by :data:`COST`) first.
+inputs are finished, the one on the longest remaining path (by ``Stage.cost_s``) first.
 A child that fails stops the others (their work resumes on the next run) and the
 parent raises :class:`StageFailed` naming the stage. Artifacts, identities and
 resumption are those of the one-process run: only the order in time differs.
@@ -35,29 +35,8 @@ from ttc_jax import progress
 from ttc_jax import tasks
 from ttc_jax.pipeline import runner
 from ttc_jax.pipeline.stages import BEFORE_CHECKS
+from ttc_jax.pipeline.stages import STAGES
 from ttc_jax.progress import fmt_duration
-
-# Cost of each stage on the default study: its seconds with an empty XLA cache, on one of 2
-# cores beside another stage, measured at 0f5300a (search_sweep scaled to its 2 seeds); a model
-# of the scheduler with these costs gives the order and the time measured at 9ed78c0. The
-# scheduler starts the ready stage with the costliest path to the target first, so the long
-# chain (policy -> MC labels -> PRM -> search sweep) is never waiting for a slot held by a
-# short side branch. Only the order depends on it.
-COST = {"data": 20, "tokenizer": 10, "policy": 390, "difficulty": 65, "mc_labels": 680,
-        "prm": 260, "orm": 220, "verifier_eval": 175, "verifier_ablation": 50,
-        "search_sweep": 780, "revision_data": 100, "revision_model": 350, "revision_orm": 485,
-        "revision_sweep": 810, "report": 10, "revision_report": 25, "compute_optimal": 15,
-        "study": 5, "large_policy": 2100, "large_policy_eval": 300}
-
-# Stages that train: their process gets one XLA CPU device per core and the trainer's 'data'
-# mesh spans them (alone on 2 cores: 1.24x the steps/s of one device; the PRM and the ORM side
-# by side took 305 s with two devices each, 330 s with one), as in a --jobs=1 run, whose one
-# process has them too (launch/run.py): a trained artifact is the same with any --jobs.
-# verifier_ablation trains its PRM variants. The other stages keep one device (sampling in a
-# two-device process ran 19-34% slower; BUILD.md); samples do not depend on the device count.
-TRAINING = ("policy", "large_policy", "prm", "orm", "revision_model", "revision_orm",
-            "verifier_ablation")
-
 
 class StageFailed(RuntimeError):
   """A stage's process exited with an error (its log says why)."""
@@ -124,10 +103,10 @@ def path_cost(deps: dict[str, list[str]], name: str, target: str) -> int:
   """The costliest chain of stages from ``name`` to ``target`` (both included), over
   ``deps`` (stage -> the stages it reads)."""
   if name == target:
-    return COST.get(name, 1)
+    return STAGES[name].cost_s
   above = _ancestors(deps, target)
   after = [s for s, ins in deps.items() if name in ins and (s == target or s in above)]
-  return COST.get(name, 1) + max((path_cost(deps, s, target) for s in after), default=0)
+  return STAGES[name].cost_s + max((path_cost(deps, s, target) for s in after), default=0)
 
 
 def run(pipeline, target: str, jobs: int, *, task_modules: Sequence[str] = (),
@@ -165,7 +144,7 @@ def _run(pipeline, target, jobs, task_modules, cache_dir, log, poll_s, redo) -> 
       starting = ready[:max(0, jobs - len(running))]
       for name in starting:
         checked = name not in BEFORE_CHECKS
-        per_core = name in TRAINING
+        per_core = STAGES[name].trains
         if name not in ("data", "hf_policy", "hf_prm"):
           pipeline.check_references()  # once, here, instead of in every stage process
         if checked:

@@ -31,9 +31,9 @@ from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline import store
 from ttc_jax.pipeline import workdir as workdir_lib
+from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stages import ADDED_KEYS
 from ttc_jax.pipeline.stages import BEFORE_CHECKS
-from ttc_jax.pipeline.stages import Context
 from ttc_jax.pipeline.stages import SPEED_ONLY
 from ttc_jax.pipeline.stages import STAGES
 from ttc_jax.training import trainer

@@ -1,0 +1,132 @@
+"""What one stage is: its record (what it reads, which config sections are its own, what it
+writes, how it runs, validates and is scheduled) and the context its run function receives.
+
+A stage's run function receives a :class:`Context`: its own config sections (nothing else of
+the config is visible to it), its inputs as loaded objects (the task's data, a tokenizer, model
+artifacts with their sampling core or scorer, labelled samples, ...) and a
+:class:`~ttc_jax.pipeline.artifacts.StageDir` for its own outputs; never a workdir path. The
+library does the work; a run function only wires it.
+
+An artifact's identity is a hash of its stage's key: the stage name and version, its config
+sections (minus fields that only change speed, which results never depend on) and the
+identities of its inputs. Any change upstream therefore gives every downstream artifact a new
+identity (a new directory), and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from ttc_jax.pipeline import artifacts
+from ttc_jax.progress import Progress
+from ttc_jax.sampling.core import SamplingParams
+
+
+@dataclasses.dataclass
+class Context:
+  """What a stage's run function receives."""
+
+  config: ml_collections.ConfigDict  # the stage's own sections only
+  inputs: dict[str, Any]  # input stage name -> loaded artifact
+  out: artifacts.StageDir  # this stage's outputs
+  log: Callable[[str], None] = logging.info
+  # variant(stage, overrides) -> (loaded artifact, its stage record): the artifact of
+  # ``stage`` under the experiment config with ``overrides`` ({dotted key: value}),
+  # run (with what it is missing) or reused by identity (the ablation's variants).
+  variant: Callable[[str, dict], tuple[Any, dict]] | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage:
+  """Everything the pipeline knows of one stage (``pipeline.stages`` registers them)."""
+
+  name: str
+  doc: str
+  inputs: tuple[str, ...] = ()  # the roles whose artifacts it reads (a role: a stage's name)
+  sections: tuple[str, ...] = ()  # its config sections (top-level keys of the experiment config)
+  outputs: tuple[str, ...] = ()  # files it writes in its directory
+  run: Callable[[Context], dict]  # computes and writes; returns a JSON summary
+  load: Callable[[artifacts.StageDir, dict], Any]  # (directory, key) -> loaded artifact
+  version: int = 1  # bump when the stage computes something else from the same key
+  changelog: tuple[str, ...] = ()  # why each version after the first was made
+  # Stages read when their artifact is finished, never run for this one (part of its identity).
+  optional: tuple[str, ...] = ()
+  # The role this stage can fill for others (an experiment's ``stages`` config maps a role,
+  # e.g. 'policy', to a stage that fills it, e.g. 'hf_policy'); default: its own name.
+  fills: str | None = None
+  # Inputs an experiment may leave out (its ``stages`` maps them to None); the run
+  # function then finds no such key in ``ctx.inputs``.
+  may_lack: tuple[str, ...] = ()
+  # (its config sections, a digest cache path) -> what its result depends on beyond the
+  # config (e.g. the sha256 of an imported checkpoint's files): part of its identity.
+  fingerprint: Callable[[ml_collections.ConfigDict, str], dict] | None = None
+  # Keys of its own sections that change how fast it runs, never what it computes (fnmatch
+  # patterns of dotted keys): left out of its identity.
+  speed_only: tuple[str, ...] = ()
+  # Seconds on the default study: with an empty XLA cache, on one of 2 cores beside another
+  # stage, measured at 0f5300a (search_sweep scaled to its 2 seeds). Only the order in which a
+  # --jobs run starts ready stages depends on it: the one with the costliest path to the
+  # target first, so the long chain (policy -> MC labels -> PRM -> search sweep) never waits
+  # for a slot held by a short side branch (pipeline.jobs).
+  cost_s: int = 1
+  # It trains a model: its --jobs stage process gets one XLA CPU device per core and the
+  # trainer's 'data' mesh spans them (alone on 2 cores: 1.24x the steps/s of one device; the
+  # PRM and the ORM side by side took 305 s with two devices each, 330 s with one), as the
+  # --jobs=1 process has (launch/run.py): a trained artifact is the same with any --jobs.
+  # The other stages keep one device (sampling in a two-device process ran 19-34% slower).
+  trains: bool = False
+  # It runs before the token-length, reference and memory checks (it needs no model, or is
+  # what those checks read).
+  before_checks: bool = False
+
+
+def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:
+  """The policy's sampling in every stage that samples (``sampling`` section)."""
+  return SamplingParams(temperature=c.sampling.temperature,
+                        top_p=c.sampling.get("top_p", 1.0),
+                        max_new_tokens=c.sampling.max_new_tokens)
+
+
+def problem_shards(ctx: Context, name: str, problems: list, per: int,
+                   make: Callable[[list], dict[str, np.ndarray]]):
+  """Resumable work over problems: shard i holds ``make(problems[i * per:(i + 1) * per])``;
+  finished shards are kept, the missing ones computed. Returns the shards."""
+  shards = ctx.out.shards(name, math.ceil(len(problems) / per))
+  todo = shards.todo()
+  progress = Progress(shards.count, f"{name} shards", unit="shards", every_s=0,
+                      initial=shards.count - len(todo), log_fn=ctx.log)
+  for s in todo:
+    shards.save(s, make(problems[s * per:(s + 1) * per]))
+    progress.update(1)
+  ctx.out.barrier()
+  return shards
+
+
+def load_model(out: artifacts.StageDir, key: dict) -> artifacts.ModelArtifact:
+  del key
+  return artifacts.load_model(out.dir, out.identity)
+
+
+# ----------------------------------------------------------------------------
+# imported checkpoints (Hugging Face directories, used in place)
+
+
+def load_json(name: str):
+  def load(out: artifacts.StageDir, key: dict) -> dict:
+    del key
+    return out.read_json(name)
+  return load
+
+
+# ----------------------------------------------------------------------------
+# the search sweep
+
+
+# What a stage that trains a model writes.
+MODEL_OUTPUTS = ("model.json", "checkpoints", "metrics.jsonl")

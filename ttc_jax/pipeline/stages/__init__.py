@@ -1,0 +1,62 @@
+"""The one registry of stages, by paper section (a module each).
+
+Each module holds its stages' run functions, loaders and :class:`~ttc_jax.pipeline.stage.Stage`
+records (what a stage reads, its config sections, what it writes, its cost, whether it trains,
+its speed-only keys); this registry lists them in run order: a stage comes after every stage it
+reads. To add a stage: write its module (or add to one), give it a config section in the
+experiment configs, and add its record to ``STAGES`` below.
+"""
+
+from __future__ import annotations
+
+from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stages import compute_optimal
+from ttc_jax.pipeline.stages import data
+from ttc_jax.pipeline.stages import difficulty
+from ttc_jax.pipeline.stages import exchange
+from ttc_jax.pipeline.stages import models
+from ttc_jax.pipeline.stages import report
+from ttc_jax.pipeline.stages import revisions
+from ttc_jax.pipeline.stages import search
+from ttc_jax.pipeline.stages import verifier_eval
+from ttc_jax.pipeline.stages import verifiers
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    data.DATA,
+    data.TOKENIZER,
+    models.POLICY,
+    models.HF_POLICY,
+    models.LARGE_POLICY,
+    exchange.LARGE_POLICY_EVAL,
+    difficulty.DIFFICULTY,
+    verifiers.MC_LABELS,
+    revisions.REVISION_DATA,
+    revisions.REVISION_MODEL,
+    verifiers.PRM,
+    models.HF_PRM,
+    verifiers.ORM,
+    revisions.REVISION_ORM,
+    revisions.REVISION_SWEEP,
+    verifier_eval.VERIFIER_EVAL,
+    verifier_eval.VERIFIER_ABLATION,
+    search.SEARCH_SWEEP,
+    report.REPORT,
+    report.REVISION_REPORT,
+    compute_optimal.COMPUTE_OPTIMAL,
+    report.STUDY,
+]}
+
+# Config keys shared by many stages that change how fast they run, never what they compute
+# (fnmatch patterns of dotted keys): the sampling batch, training's checkpoint and log
+# intervals. With each stage's own (Stage.speed_only) they are left out of identities.
+SHARED_SPEED_ONLY = ("sampling.batch_size", "*.checkpoint_every", "*.log_every")
+SPEED_ONLY = SHARED_SPEED_ONLY + tuple(p for s in STAGES.values() for p in s.speed_only)
+
+# Config keys added after artifacts were made with the behaviour of their default: left out
+# of identities at that default, so those artifacts stay valid (any other value is keyed).
+ADDED_KEYS = {"sampling.top_p": 1.0}
+
+# Stages that run before the token-length, reference and memory checks.
+BEFORE_CHECKS = tuple(name for name, s in STAGES.items() if s.before_checks)
+
+__all__ = ["ADDED_KEYS", "BEFORE_CHECKS", "SPEED_ONLY", "STAGES", "Stage"]

@@ -1,0 +1,132 @@
+"""Compute-optimal scaling (paper sections 3, 5.3, 6.3, 7): predicted difficulty and its cost,
+per-bin strategy selection with cross-validation, the FLOPs exchange."""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from ttc_jax import accounting
+from ttc_jax.analysis import compute_optimal as co_lib
+from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.stage import Context
+from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import load_json
+from ttc_jax.report import figures
+from ttc_jax.report import markdown
+
+
+def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
+  """What predicting a problem's difficulty costs: ``k`` policy samples (prompt and
+  generation) and the predictor's model reading each whole sample (the PRM for prm_*, in
+  its own tokens; the ORM; the policy again for its likelihood), in generations and FLOPs
+  per problem."""
+  c = ctx.config
+  predictor = c.compute_optimal.predictor
+  diff, policy = ctx.inputs["difficulty"], ctx.inputs["policy"]
+  probs = ctx.inputs["data"].problems("test", c.test_problems)
+  tok, task = policy.tokenizer, ctx.inputs["data"].task
+  prompt_ids = [tok.encode_prompt(task.format_prompt(p)) for p in probs]
+  prompts = np.array([len(x) for x in prompt_ids])
+  lengths = np.asarray(diff.gens.lengths, np.int64).reshape(len(probs), diff.n)[:, :k]
+  rows = prompts[:, None] + lengths
+  if predictor.startswith("prm"):
+    scorer, name = ctx.inputs["prm"], "prm"
+    # The PRM's own tokens of each sample (an imported PRM reads its own format).
+    picked = [(p, s) for p in range(len(probs)) for s in range(k)]
+    scored_rows = scorer.solution_tokens(
+        tok, [probs[p].question for p, _ in picked],
+        [prompt_ids[p] + list(diff.gens.row(p * diff.n + s)) for p, s in picked],
+        [len(prompt_ids[p]) for p, _ in picked]).reshape(len(probs), k)
+  elif predictor == "orm":
+    scorer, name, scored_rows = ctx.inputs["orm"], "orm", rows
+  else:  # policy_likelihood: the policy re-reads its samples
+    scorer, name, scored_rows = policy, "policy", rows
+  pol_cost = accounting.ModelCost.from_config(policy.config)
+  scorer_cost = accounting.ModelCost.from_config(scorer.config)
+  pol = float(np.sum(accounting.forward_flops(pol_cost, 0, rows))) / len(probs)
+  ver = float(np.sum(accounting.forward_flops(scorer_cost, 0, scored_rows))) / len(probs)
+  return float(k), pol + ver, {"samples": k, "policy_flops_per_problem": pol,
+                               "scorer": name, "scorer_flops_per_problem": ver}
+
+
+def run_compute_optimal(ctx: Context) -> dict:
+  """Compute-optimal scaling (paper sections 3, 5.3, 6.3, 7): predicted difficulty, per-bin
+  strategy selection with cross-validation over problems, efficiency over best-of-N, and the
+  pretraining / test-time FLOPs exchange when the larger policy was evaluated."""
+  c = ctx.config
+  cc = c.compute_optimal
+  diff, ver = ctx.inputs["difficulty"], ctx.inputs["verifier_eval"]
+  num_bins = c.report.difficulty_bins
+  scored = ver["scored"]
+  n_probs = diff.pass_at_1.size
+  # The verifiers' per-sample scores (not the labels, AUC arrays or per-problem curves).
+  verifiers = sorted(k for k in scored
+                     if "/" not in k and k != "correct" and not k.startswith("auc_"))
+  if cc.predictor not in verifiers:
+    raise artifacts.ArtifactError(
+        f"compute_optimal.predictor={cc.predictor!r}: the verifier evaluation scored "
+        f"{verifiers}.")
+  k = diff.n if cc.predictor_samples is None else cc.predictor_samples
+  if not 1 <= k <= diff.n:
+    raise config_lib.ConfigError(f"compute_optimal.predictor_samples={k}: expected an integer "
+                                 f"in [1, {diff.n}] (difficulty.samples_per_problem).")
+  scores = np.asarray(scored[cc.predictor], np.float64).reshape(n_probs, diff.n)[:, :k]
+  correct = np.asarray(scored["correct"], np.float64).reshape(n_probs, diff.n)
+  gens, flops, cost = _prediction_cost(ctx, k)
+  search_points = ctx.inputs["report"]["curves"]
+  revision_points = (ctx.inputs["revision_report"]["curves"]
+                     if "revision_report" in ctx.inputs else None)
+  large = ctx.inputs.get("large_policy_eval")
+  exchange_inputs = None
+  if large is not None:
+    exchange_inputs = {"small_params": ctx.inputs["policy"].config.num_params(),
+                       "large_params": large["params"],
+                       "large_greedy": large["greedy_correct"],
+                       "large_majority": large["majority"],
+                       "r_values": tuple(cc.r_values)}
+  result = co_lib.compute_optimal_summary(
+      search_points, revision_points, correct, scores.mean(axis=1), num_bins, gens, flops,
+      exchange_inputs=exchange_inputs, folds=cc.folds, repeats=cc.repeats, seed=c.seed,
+      revision_selection=None)
+  result["difficulty"]["prediction_cost"].update(cost)
+  result["difficulty"].update(predictor=cc.predictor, samples_per_problem=diff.n)
+  if large is not None:
+    result["large_policy"] = {k: large[k] for k in ("model", "params", "greedy_pass_at_1",
+                                                    "train_tokens", "samples_per_problem")}
+    result["large_policy"]["majority"] = {"n": large["majority"]["n"],
+                                          "accuracy": large["majority"]["accuracy"]}
+  ctx.out.write_json("compute_optimal.json", result)
+  figs = {"compute_optimal.png": figures.compute_optimal_curves(result),
+          "compute_optimal_efficiency.png": figures.compute_optimal_efficiency(result),
+          "difficulty_bins.png": figures.bin_confusion(result)}
+  if result["exchange"] is not None:
+    figs["exchange.png"] = figures.compute_optimal_exchange(result)
+  for name, fig in figs.items():
+    ctx.out.save_figure(name, fig)
+  ctx.out.write_text("compute_optimal.md", "\n".join(
+      ["# Compute-optimal test-time compute (Snell et al. 2024, sections 3, 5.3, 6.3, 7)", ""]
+      + markdown.compute_optimal_section(result, list(figs))) + "\n")
+  ctx.log(f"compute-optimal: {ctx.out.path('compute_optimal.md')}"
+          + ("" if large is not None else " (no exchange: no larger policy was evaluated; in "
+                                          "the embedded study `make exchange` trains one)"))
+  return {"claims": len(result["claims"]), "exchange": result["exchange"] is not None}
+
+
+COMPUTE_OPTIMAL = Stage(
+    name="compute_optimal", doc="predicted difficulty, per-bin strategy selection with "
+    "cross-validation, efficiency over best-of-N, the pretraining / test-time FLOPs exchange "
+    "(with the larger policy when `make exchange` ran)",
+    inputs=("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "report",
+            "revision_report"),
+    sections=("seed", "test_problems", "report", "compute_optimal"),
+    outputs=("compute_optimal.json", "compute_optimal.md", "compute_optimal.png",
+             "compute_optimal_efficiency.png", "difficulty_bins.png"),
+    run=run_compute_optimal, load=load_json("compute_optimal.json"),
+    optional=("large_policy_eval",), may_lack=("orm", "revision_report"),
+    version=4, changelog=(
+        "2: efficiency against the baseline's own smallest budget",
+        "3: the prediction cost counts an imported PRM's own tokens; the floor N' / b_max",
+        "4: the prediction cost charges the predictor's own model (the ORM, the policy)"),
+    cost_s=15)

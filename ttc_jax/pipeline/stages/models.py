@@ -1,0 +1,116 @@
+"""Stages that make the models: SFT of the policy (and of the exchange's larger policy), and
+imported Hugging Face checkpoints in the policy and PRM roles (used in place)."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import ml_collections
+from flax import nnx
+
+from ttc_jax.models.transformer import Transformer
+from ttc_jax.models.transformer import TransformerConfig
+from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline import store
+from ttc_jax.pipeline.stage import Context
+from ttc_jax.pipeline.stage import MODEL_OUTPUTS
+from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import load_model
+from ttc_jax.training import data as data_lib
+from ttc_jax.training import trainer
+
+
+def run_policy(ctx: Context, section: str = "policy") -> dict:
+  """SFT of a policy on the train problems; ``section``: 'policy' or 'large_policy' (the
+  exchange's larger model: the same data, tokens and training config, other shape)."""
+  cfg = ctx.config[section]
+  data, tok = ctx.inputs["data"], ctx.inputs["tokenizer"]
+  model_cfg = TransformerConfig(vocab_size=tok.vocab_size, head="lm", **cfg.model.to_dict())
+  model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+  problems = data.problems("train")
+  dataset = data_lib.sft_dataset(data.task, tok, problems, model_cfg.max_seq_len)
+  # D of the 6 N D pretraining FLOPs: the steps' rows times the mean row length (every
+  # policy of one study sees the same rows in the same order: same data, seed and steps).
+  stats = {"train_problems": len(problems), "target_tokens": int(dataset.weights.sum()),
+           "params": model_cfg.num_params(),
+           "train_tokens": int(round(cfg.train.steps * cfg.train.batch_size
+                                     * float(dataset.valid.sum(1).mean())))}
+  ctx.log(f"{section}: {stats['params']:,} params, {len(problems)} train problems, "
+          f"{stats['target_tokens']:,} target tokens")
+  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="lm", name=section)
+  artifacts.write_model(
+      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok.path), step=cfg.train.steps,
+      made_by={"stage": section, "objective": "lm (SFT)", "train": cfg.train.to_dict(),
+               "data": stats})
+  return stats
+
+
+def checkpoint_fingerprint(section: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
+  """The sha256 of every file the import of ``section``'s checkpoint reads: a changed
+  checkpoint is another artifact, and so is everything computed from it."""
+  def fingerprint(config: ml_collections.ConfigDict, cache_path: str) -> dict:
+    path = config[section].path
+    if not isinstance(path, str) or not os.path.isdir(path):
+      raise config_lib.ConfigError(f"{section}.path={path!r}: expected a Hugging Face "
+                                   "checkpoint directory.")
+    return {"files": store.directory_digests(path, config_lib.hf_files(path), cache_path)}
+  return fingerprint
+
+
+def run_hf_model(ctx: Context, section: str) -> dict:
+  """Describes an imported checkpoint (``hf_policy``: the policy, ``hf_prm``: a PRM and
+  its format) as a model artifact; its weights stay in its directory."""
+  c = ctx.config[section]
+  model_cfg = config_lib.hf_model_config(c, section)
+  prm_format = c.format if section == "hf_prm" else None
+  tokenizer = ({"step_delimiter": c.step_delimiter, "chat": c.chat, "system": c.system}
+               if section == "hf_policy" else
+               {"step_delimiter": "\n\n", "chat": False, "system": None})
+  tok = artifacts.hf_tokenizer(c.path, **tokenizer)
+  tok.check_vocab(model_cfg.vocab_size)
+  files = store.directory_digests(c.path, config_lib.hf_files(c.path))
+  artifacts.write_imported_model(
+      ctx.out, model_cfg, c.path, tokenizer=tokenizer, files=files, prm_format=prm_format,
+      made_by={"stage": section, "imported": os.path.abspath(c.path)})
+  stats = {"params": model_cfg.num_params(), "head": model_cfg.head,
+           "max_seq_len": model_cfg.max_seq_len, "param_dtype": model_cfg.param_dtype,
+           "vocab_size": model_cfg.vocab_size, "files": len(files)}
+  if prm_format:
+    stats["prm_format"] = prm_format
+  ctx.log(f"{section}: {c.path} ({stats['params']:,} params, {model_cfg.head} head, context "
+          f"{model_cfg.max_seq_len}, {model_cfg.param_dtype}"
+          + (f", PRM format {prm_format}" if prm_format else "") + ")")
+  return stats
+
+
+# ----------------------------------------------------------------------------
+# difficulty (pass@1)
+
+
+POLICY = Stage(
+    name="policy", doc="SFT of the policy (LM head) on the train problems",
+    inputs=("data", "tokenizer"), sections=("policy",), outputs=MODEL_OUTPUTS,
+    run=run_policy, load=load_model, cost_s=390, trains=True)
+
+HF_POLICY = Stage(
+    name="hf_policy", doc="an imported Hugging Face causal LM as the policy (used in place; "
+    "keyed by its files' sha256)",
+    sections=("hf_policy",), outputs=("model.json",),
+    run=lambda ctx: run_hf_model(ctx, "hf_policy"), load=load_model, fills="policy",
+    fingerprint=checkpoint_fingerprint("hf_policy"), before_checks=True)
+
+LARGE_POLICY = Stage(
+    name="large_policy", doc="a larger policy (the exchange's M x parameters) trained like the "
+    "policy: same data, tokens and training config",
+    inputs=("data", "tokenizer"), sections=("large_policy",), outputs=MODEL_OUTPUTS,
+    run=lambda ctx: run_policy(ctx, "large_policy"), load=load_model, cost_s=2100,
+    trains=True)
+
+HF_PRM = Stage(
+    name="hf_prm", doc="an imported Hugging Face process reward model and its format "
+    "(verifiers.adapters.FORMATS; used in place, keyed by its files' sha256)",
+    sections=("hf_prm",), outputs=("model.json",),
+    run=lambda ctx: run_hf_model(ctx, "hf_prm"), load=load_model, fills="prm",
+    fingerprint=checkpoint_fingerprint("hf_prm"), before_checks=True)

@@ -1,0 +1,144 @@
+"""The reports: the search study (report.md), sequential revisions (revisions.md) and the study's
+index of every verdict (study.md)."""
+
+from __future__ import annotations
+
+
+
+from ttc_jax.analysis import claims as claims_lib
+from ttc_jax.analysis import difficulty as difficulty_lib
+from ttc_jax.analysis import revisions as revision_analysis
+from ttc_jax.analysis import study as study_lib
+from ttc_jax.pipeline.stage import Context
+from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import load_json
+from ttc_jax.report import figures
+from ttc_jax.report import markdown
+
+
+def run_report(ctx: Context) -> dict:
+  c = ctx.config
+  diff, cells = ctx.inputs["difficulty"], ctx.inputs["search_sweep"]
+  p1 = diff.pass_at_1
+  num_bins = c.report.difficulty_bins
+  bins = difficulty_lib.oracle_bins(p1, num_bins)
+  curves = [study_lib.summarize(pt, bins, num_bins, c.seed) for pt in study_lib.points(cells)]
+  beam = next((cv["method"] for cv in curves if cv["method"].startswith("beam_m")), "beam_sqrt")
+  ver = ctx.inputs["verifier_eval"]
+  claims = (claims_lib.verifier_claims(ver)
+            + claims_lib.search_claims(curves, bins, num_bins, beam, c.seed))
+  result = {
+      "task": ctx.inputs["data"].task.name,
+      "models": {role: ctx.inputs[role].summary() for role in ("policy", "prm", "orm")
+                 if role in ctx.inputs},
+      "curves": curves,
+      "perf": study_lib.perf(curves, beam),
+      "difficulty": {
+          "num_problems": int(p1.size), "samples_per_problem": diff.n,
+          "mean_pass_at_1": float(p1.mean()),
+          "bin_mean_pass_at_1": [float(p1[bins == b].mean()) for b in range(num_bins)]},
+      "verifiers": {k: ver[k] for k in ("n", "pass_at_1", "pass_at_1_ci", "accuracy_at_max_n",
+                                        "auc", "num_problems", "samples_per_problem",
+                                        "curves", "curves_ci", "within_problem", "calibration",
+                                        "exploitation", "best_within_problem_auc", "paired")
+                    if k in ver},
+      "bins": [int(b) for b in bins],
+      "ablation": ctx.inputs.get("verifier_ablation"),
+      "claims": claims,
+  }
+  ctx.out.write_json("results.json", result)
+  low_high = markdown.low_high(sorted({cv["budget_generations"] for cv in curves}))
+  figs = {"accuracy_vs_budget.png": figures.accuracy_vs_budget(
+              curves, result["difficulty"]["mean_pass_at_1"], int(p1.size)),
+          "accuracy_by_difficulty.png": figures.accuracy_by_difficulty(curves, low_high),
+          "verifiers.png": figures.verifier_eval(ver)}
+  for name, fig in figs.items():
+    ctx.out.save_figure(name, fig)
+  ctx.out.write_text("report.md", markdown.study_report(result, list(figs)))
+  ctx.log(f"report: {ctx.out.path('report.md')}")
+  return {"curves": len(curves)}
+
+
+def run_revision_report(ctx: Context) -> dict:
+  """Sequential revisions against parallel sampling and search (paper section 6):
+  revisions.json, figures 6 and 7, the transition rates, revisions.md."""
+  c = ctx.config
+  p1 = ctx.inputs["difficulty"].pass_at_1
+  num_bins = c.report.difficulty_bins
+  bins = difficulty_lib.oracle_bins(p1, num_bins)
+  search_curves = [study_lib.summarize(pt, bins, num_bins, c.seed)
+                   for pt in study_lib.points(ctx.inputs["search_sweep"])]
+  sweep = ctx.inputs["revision_sweep"]
+  rev = revision_analysis.summary(sweep.by_seed, sweep.budgets, bins, num_bins, search_curves,
+                                  c.seed)
+  rev["models"] = {role: ctx.inputs[role].summary()
+                   for role in ("revision_model", "revision_orm", "prm")}
+  ctx.out.write_json("revisions.json", rev)
+  figs = {"revisions_vs_budget.png": figures.revisions_vs_budget(rev),
+          "revisions_by_difficulty.png": figures.revisions_by_difficulty(rev),
+          "revision_transitions.png": figures.revision_transitions(rev)}
+  for name, fig in figs.items():
+    ctx.out.save_figure(name, fig)
+  ctx.out.write_text("revisions.md", "\n".join(
+      ["# Sequential revisions (Snell et al. 2024, section 6)", ""]
+      + markdown.revisions_section(rev, list(figs))) + "\n")
+  pooled = rev["transitions"]["pooled"]["correct_to_incorrect"]
+  ctx.log(f"revisions: correct->incorrect {pooled['rate']}; report "
+          f"{ctx.out.path('revisions.md')}")
+  return {"curves": len(rev["curves"]), "claims": len(rev["claims"])}
+
+
+def run_study(ctx: Context) -> dict:
+  """The study's index: every claim's verdict (search, verifiers, revisions) and links to
+  the two reports."""
+  report, co = ctx.inputs["report"], ctx.inputs["compute_optimal"]
+  rev = ctx.inputs.get("revision_report")
+  exchange = (co.get("exchange") or {}).get("claims", [])
+  claims = report["claims"] + (rev["claims"] if rev else []) + co["claims"] + exchange
+  ctx.out.write_json("claims.json", claims)
+  lines = ["# The study", "",
+           "- Verifiers and search: `report/latest/report.md` (results.json, figures).",
+           "- Sequential revisions: `revision_report/latest/revisions.md` (revisions.json, "
+           "figures)." if rev else "- Sequential revisions: not in this experiment (no "
+           "revision model).",
+           "- Compute-optimal scaling and the FLOPs exchange: "
+           "`compute_optimal/latest/compute_optimal.md` (compute_optimal.json, figures)"
+           + ("." if co.get("exchange") else "; the exchange needs a larger policy's evaluation (`make exchange` in the "
+              "embedded study)."), ""]
+  lines += markdown.study_headline(co) + ["## Every finding", ""]
+  lines += markdown.claims_section([c for c in claims if c.get("verdict") is not None])
+  untested = [c for c in claims if c.get("verdict") is None]
+  if untested:
+    lines += ["", "Not tested:"] + [f"- {c['claim']}: {c.get('reason', 'no comparison')}"
+                                     for c in untested]
+  ctx.out.write_text("study.md", "\n".join(lines) + "\n")
+  ctx.log(f"study: {ctx.out.path('study.md')}")
+  return {"claims": len(claims)}
+
+
+REPORT = Stage(
+    name="report", doc="results.json, figures and report.md of the study",
+    inputs=("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "verifier_ablation",
+            "search_sweep"),
+    sections=("seed", "report"),
+    outputs=("results.json", "report.md", "accuracy_vs_budget.png",
+             "accuracy_by_difficulty.png", "verifiers.png"),
+    run=run_report, load=load_json("results.json"), version=2,
+    may_lack=("orm", "verifier_ablation"), cost_s=10)
+
+REVISION_REPORT = Stage(
+    name="revision_report", doc="sequential revisions vs parallel sampling and search: "
+    "revisions.json, figures 6 and 7, revisions.md",
+    inputs=("data", "difficulty", "search_sweep", "revision_sweep", "revision_model",
+            "revision_orm", "prm"),
+    sections=("seed", "report"),
+    outputs=("revisions.json", "revisions.md", "revisions_vs_budget.png",
+             "revisions_by_difficulty.png", "revision_transitions.png"),
+    run=run_revision_report, load=load_json("revisions.json"), cost_s=25)
+
+STUDY = Stage(
+    name="study", doc="the whole study: every claim's verdict and the three reports",
+    inputs=("report", "revision_report", "compute_optimal"), outputs=("claims.json", "study.md"),
+    run=run_study, load=load_json("claims.json"),
+    version=3, changelog=("3: its text without revisions",),
+    may_lack=("revision_report",), cost_s=5)

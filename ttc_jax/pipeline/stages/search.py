@@ -1,0 +1,142 @@
+"""The search sweep (paper section 5): best-of-N, beam search, DVTS, particle filtering and
+lookahead at every budget and search seed, one resumable cell at a time."""
+
+from __future__ import annotations
+
+import time
+
+import ml_collections
+import numpy as np
+
+from ttc_jax import host
+from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline.stage import Context
+from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import sampling_params
+from ttc_jax.progress import CompileClock
+from ttc_jax.progress import Progress
+from ttc_jax.search import BeamSearch
+from ttc_jax.search import BestOfN
+from ttc_jax.search import DVTS
+from ttc_jax.search import ParticleFilter
+from ttc_jax.search import SearchContext
+from ttc_jax.search import default_width
+from ttc_jax.search import search_problems
+
+
+def sweep(search: ml_collections.ConfigDict) -> list[dict]:
+  """The cells of the sweep: {method, params, seed, strategy} in run order (by seed,
+  then method, then budget: the first seed's curves are complete first)."""
+  m, rounds = search.beam_width, search.max_rounds
+  per_seed = []
+  for method in search.methods:
+    for n in search.budgets:
+      if n == 1 and method != "best_of_n":
+        continue  # one generation is one policy sample, whatever the search: best-of-1
+      if method == "best_of_n":
+        per_seed.append({"method": "best_of_n_weighted", "params": {"n": n},
+                         "strategy": BestOfN(n=n, selection="weighted", step_aggregation="last")})
+      elif method == "beam":
+        w = min(m, n)
+        per_seed.append({"method": f"beam_m{m}", "params": {"n": n, "m": w},
+                         "strategy": BeamSearch(n=n, width=w, max_rounds=rounds)})
+      elif method == "beam_sqrt":
+        w = default_width(n)
+        per_seed.append({"method": "beam_sqrt", "params": {"n": n, "m": w},
+                         "strategy": BeamSearch(n=n, width=w, max_rounds=rounds)})
+      elif method == "dvts":
+        w = min(m, n)
+        per_seed.append({"method": f"dvts_m{m}", "params": {"n": n, "m": w},
+                         "strategy": DVTS(n=n, width=w, max_rounds=rounds)})
+      elif method == "particles":
+        per_seed.append({"method": "particles", "params": {"n": n},
+                         "strategy": ParticleFilter(n=n, temperature=search.particle_temperature,
+                                                    max_rounds=rounds)})
+    if method == "lookahead":
+      for k in search.lookahead_steps:
+        for n in search.budgets:
+          if n < m or n * (k + 1) > max(search.budgets):
+            continue  # the budget N x (k + 1) must fit the sweep's range
+          per_seed.append({"method": f"lookahead_k{k}", "params": {"n": n, "m": m, "k": k},
+                           "strategy": BeamSearch(n=n, width=m, lookahead=k, max_rounds=rounds)})
+  return [{**cell, "seed": s} for s in search.seeds for cell in per_seed]
+
+
+def cell_key(cell: dict) -> str:
+  return (f"{cell['method']}/" + ",".join(f"{k}={v}" for k, v in sorted(cell["params"].items()))
+          + f"/seed={cell['seed']}")
+
+
+def run_search_sweep(ctx: Context) -> dict:
+  c = ctx.config
+  sc = c.search
+  data, policy, prm = ctx.inputs["data"], ctx.inputs["policy"], ctx.inputs["prm"]
+  probs = data.problems("test", c.test_problems)
+  cells = sweep(sc)
+  log = ctx.out.cells("cells.jsonl")
+  done = log.read()
+  todo = [cell for cell in cells if cell_key(cell) not in done]
+  ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done")
+  if todo:
+    core, scorer = policy.sampling_core(), prm.search_scorer(policy.tokenizer)
+    progress = Progress(len(cells), "search cells", unit="cells", every_s=0,
+                        initial=len(cells) - len(todo), log_fn=ctx.log)
+    clock = CompileClock.get()
+    for cell in todo:
+      _free_compiled_code(ctx)
+      strategy = cell["strategy"]
+      search_ctx = SearchContext(
+          core=core, prm=scorer, task=data.task, tokenizer=policy.tokenizer, seed=c.seed,
+          run=cell["seed"], sp=sampling_params(c), max_step_tokens=sc.max_step_tokens)
+      compiled0, t0 = clock.seconds, time.time()
+      results = search_problems(strategy, search_ctx, probs, rows_per_call=sc.rows_per_call)
+      # wall_s excludes XLA tracing / compilation of new shapes (compile_s).
+      compile_s = clock.seconds - compiled0
+      row = {"key": cell_key(cell), "method": cell["method"], "params": cell["params"],
+             "seed": cell["seed"], "budget_generations": strategy.generations,
+             "problems": [r.problem.uid for r in results],
+             "correct": [int(r.correct) for r in results],
+             "answers": [r.answer for r in results],
+             "finished": [len(r.candidates) for r in results],
+             "policy_tokens": [r.budget.policy_tokens for r in results],
+             "prm_tokens": [r.budget.prm_tokens for r in results],
+             "flops": [r.budget.flops for r in results],
+             "policy_flops": [r.budget.policy_flops for r in results],
+             "prm_flops": [r.budget.prm_flops for r in results],
+             "wall_s": time.time() - t0 - compile_s, "compile_s": compile_s}
+      log.append([row])
+      progress.update(1, extra=f"{cell['method']} {cell['params']} seed {cell['seed']}: acc "
+                               f"{np.mean(row['correct']):.3f} in {row['wall_s']:.1f}s")
+      host.hold(f"cell:{progress.done}")  # cells written so far
+    ctx.out.barrier()
+    done = log.read()
+  rows = [done[cell_key(cell)] for cell in cells]
+  ctx.out.write_json("cells.json", rows)
+  return {"cells": len(rows)}
+
+
+def _free_compiled_code(ctx: Context) -> None:
+  """Unmaps compiled programs when the process nears vm.max_map_count (see
+  :func:`ttc_jax.host.free_compiled_code`); programs needed again come back
+  from the persistent compilation cache."""
+  if host.free_compiled_code():
+    ctx.log("dropped JAX's compiled programs (memory-map limit); shapes needed again are "
+            "reloaded from the compilation cache or recompiled")
+
+
+# ----------------------------------------------------------------------------
+# report
+
+
+def load_cells(out: artifacts.StageDir, key: dict) -> list[dict]:
+  del key
+  return out.read_json("cells.json")
+
+
+SEARCH_SWEEP = Stage(
+    name="search_sweep", doc="best-of-N, beam, DVTS, particle filtering and lookahead search at "
+    "every budget and search seed",
+    inputs=("data", "policy", "prm"), sections=("seed", "sampling", "test_problems", "search"),
+    outputs=("cells.jsonl", "cells.json"), run=run_search_sweep, load=load_cells,
+    version=3, changelog=("3: FLOPs with attention, policy and PRM apart",),
+    speed_only=("search.rows_per_call",), cost_s=780)

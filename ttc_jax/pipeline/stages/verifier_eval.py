@@ -1,0 +1,179 @@
+"""The verifiers as best-of-N selectors on the difficulty samples, their step AUC, and the
+ablation of PRM variants (paper section 5.2)."""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from ttc_jax.analysis import verifiers as verifier_metrics
+from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.stage import Context
+from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import load_json
+from ttc_jax.pipeline.stage import sampling_params
+from ttc_jax.report import figures
+from ttc_jax.sampling import solutions
+from ttc_jax.verifiers import aggregation
+from ttc_jax.verifiers import labels as labels_lib
+from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
+from ttc_jax.verifiers.scoring import aggregate_steps
+from ttc_jax.verifiers.scoring import min_token_prob
+
+
+def run_verifier_eval(ctx: Context) -> dict:
+  """Best-of-N curves of the PRM's step aggregations, the ORM (when the study has one) and
+  the policy's own likelihood on the difficulty samples; the PRM's step AUC against MC
+  labels of held-out problems (``verifier_eval.auc_problems``; 0: none)."""
+  c = ctx.config
+  ec = c.verifier_eval
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  prm, orm = ctx.inputs["prm"], ctx.inputs.get("orm")
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("test", c.test_problems)
+  samples = ctx.inputs["difficulty"].samples(tok, task, probs)
+  m = samples.n
+  rows, ends = _rows_and_step_ends(samples, tok)
+  bs = config_lib.scoring_batch_size(c)
+  prompt_lengths = [len(samples.prompts[i // m]) for i in range(len(rows))]
+  prm_steps = prm.solution_step_scores(tok, [probs[i // m].question for i in range(len(rows))],
+                                       rows, prompt_lengths, ends, batch_size=bs)
+  scores = {f"prm_{h}": aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
+  if orm is not None:
+    scores["orm"] = aggregate_steps(orm.scorer().step_scores(
+        rows, [[len(r) - 1] for r in rows], batch_size=bs), "last")
+  # A reference that needs no training: the policy's own likelihood (its least likely
+  # generated token). It shows what a model of the policy's size can tell apart.
+  scores["policy_likelihood"] = min_token_prob(
+      policy.scorer().token_scores(rows, batch_size=bs, desc="policy likelihood"),
+      prompt_lengths)
+  # Step AUC: held-out test problems, their own samples and MC labels (streams used nowhere else).
+  auc_scores = auc_labels = auc_groups = np.zeros(0)
+  if ec.auc_problems:
+    auc_probs = data.problems("test", ec.auc_problems, start=c.test_problems)
+    core, sp = policy.sampling_core(), sampling_params(c)
+    auc_samples = solutions.sample_problems(core, tok, task, auc_probs,
+                                            ec.auc_samples_per_problem, c.seed, "auc_samples",
+                                            sp, batch_size=c.sampling.batch_size)
+    auc_ls = labels_lib.label_samples(core, tok, task, auc_samples, ec.rollouts, c.seed,
+                                      "auc_rollouts", sp, batch_size=c.sampling.batch_size)
+    idx = range(len(auc_ls))
+    question = {p.index: p.question for p in auc_probs}
+    auc_steps = prm.solution_step_scores(
+        tok, [question[int(auc_ls.problem_index[i])] for i in idx],
+        [auc_ls.row(i) for i in idx], [int(auc_ls.prompt_lengths[i]) for i in idx],
+        [auc_ls.ends(i) for i in idx], batch_size=bs)
+    auc_scores = np.concatenate([s for s in auc_steps]).astype(np.float64)
+    auc_labels = np.concatenate([auc_ls.labels[i, :len(auc_ls.ends(i))]
+                                 for i in idx]).astype(np.float64)
+    auc_groups = np.concatenate([np.full(len(auc_ls.ends(i)), auc_ls.problem_index[i])
+                                 for i in idx]).astype(np.int64)
+    steps = ~np.isnan(auc_scores)  # an adapted PRM's span that is no step has no score
+    auc_scores, auc_labels, auc_groups = auc_scores[steps], auc_labels[steps], auc_groups[steps]
+  answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
+  result, per_problem = verifier_metrics.evaluate(
+      answers, [task.normalize_answer(p.answer) for p in probs],
+      samples.correct_matrix(), scores, auc_scores, auc_labels, auc_groups,
+      subsamples=ec.subsamples, seed=c.seed)
+  result["auc"].update({"problems": ec.auc_problems, "rollouts": ec.rollouts,
+                        "samples_per_problem": ec.auc_samples_per_problem})
+  ctx.out.save_npz("scored.npz", {**{k: np.asarray(v) for k, v in scores.items()},
+                                  "correct": samples.correct, "auc_scores": auc_scores,
+                                  "auc_labels": auc_labels, "auc_problems": auc_groups,
+                                  **{f"per_problem/{k}": v for k, v in per_problem.items()}})
+  ctx.out.write_json("eval.json", result)
+  ctx.out.save_figure("eval.png", figures.verifier_eval(result, auc_scores, auc_labels >= 0.5))
+  within = {k: round(v["mean_auc"], 3) for k, v in result["within_problem"].items()}
+  auc = result["auc"].get("prm_step_auc")
+  ctx.log(f"verifiers: pass@1 {result['pass_at_1']:.3f}; at N={result['n'][-1]}: "
+          f"{ {k: round(v, 3) for k, v in result['accuracy_at_max_n'].items()} }; PRM step AUC "
+          f"{'n/a' if auc is None else f'{auc:.3f}'}; within-problem AUC {within}")
+  return {"pass_at_1": result["pass_at_1"], "accuracy_at_max_n": result["accuracy_at_max_n"],
+          "prm_step_auc": auc, "within_problem_auc": within}
+
+
+def _rows_and_step_ends(samples: solutions.ProblemSamples, tok) -> tuple[list, list]:
+  """Each sample as prompt + generation, and the positions of its step ends."""
+  m = samples.n
+  rows = [samples.prompts[i // m] + samples.gens.row(i) for i in range(len(samples.texts))]
+  ends = [[len(samples.prompts[i // m]) + e
+           for e in solutions.step_ends(samples.gens.row(i), tok.step_ids, tok.eos_ids,
+                                        tok.step_pairs)]
+          for i in range(len(rows))]
+  return rows, ends
+
+
+# ----------------------------------------------------------------------------
+# verifier ablation
+
+
+def load_verifier_eval(out: artifacts.StageDir, key: dict) -> dict:
+  """eval.json, with the per-sample scores of scored.npz under "scored"."""
+  del key
+  result = out.read_json("eval.json")
+  result["scored"] = dict(out.load_npz("scored.npz"))
+  return result
+
+
+def run_verifier_ablation(ctx: Context) -> dict:
+  """Each variant's PRM (trained, or reused by identity) scores the difficulty samples:
+  within-problem AUC and vanilla / weighted best-of-N at a few N."""
+  c = ctx.config
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("test", c.test_problems)
+  samples = ctx.inputs["difficulty"].samples(tok, task, probs)
+  rows, ends = _rows_and_step_ends(samples, tok)
+  m = samples.n
+  ns = [n for n in c.ablation.n if n <= m]
+  answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
+  truth = [task.normalize_answer(p.answer) for p in probs]
+  correct = samples.correct_matrix()
+  table = []
+  for text in ("",) + tuple(c.ablation.variants):
+    prm, record = ctx.variant("prm", config_lib.parse_variant(text))
+    steps = prm.scorer().step_scores(rows, ends, batch_size=config_lib.scoring_batch_size(c))
+    s = np.asarray(aggregate_steps(steps, "last"), np.float64).reshape(len(probs), m)
+    within = verifier_metrics.within_problem_auc(s, correct, seed=c.seed)
+    acc = aggregation.accuracy_curves(answers, truth, s, ns, ["vanilla", "weighted"],
+                                      c.verifier_eval.subsamples, c.seed)
+    row = {"name": text or "default (this study's PRM)",
+           "overrides": config_lib.parse_variant(text),
+           "prm": prm.identity, "params": prm.config.num_params(),
+           "train_s": float(record.get("seconds", float("nan"))),
+           "within_auc": within["mean_auc"], "within_auc_ci": within["mean_auc_ci"],
+           "pairwise_accuracy": within["pairwise_accuracy"],
+           "weighted": acc["weighted"], "vanilla": acc["vanilla"]}
+    table.append(row)
+    ctx.log(f"ablation {row['name']}: within-problem AUC {row['within_auc']:.3f}; weighted "
+            f"{[round(x, 3) for x in row['weighted']]}, vanilla "
+            f"{[round(x, 3) for x in row['vanilla']]} at N={ns}")
+  result = {"n": ns, "rows": table, "aggregation": "last",
+            "doc": "Each row is a PRM trained with the study's config changed as named (the "
+                   "first is the study's own); all score the same difficulty samples. Within-"
+                   "problem AUC of the PRM's last-step score [95% CI]; best-of-N accuracy "
+                   "(mean over random N-subsets) with weighted and vanilla selection; training "
+                   "time of that PRM (its stage's wall time on the machine that trained it)."}
+  ctx.out.write_json("ablation.json", result)
+  return {"variants": len(table)}
+
+
+VERIFIER_EVAL = Stage(
+    name="verifier_eval", doc="best-of-N curves per verifier and the PRM's step AUC",
+    inputs=("data", "policy", "difficulty", "prm", "orm"),
+    sections=("seed", "sampling", "test_problems", "verifier_eval"),
+    outputs=("eval.json", "scored.npz", "eval.png"),
+    run=run_verifier_eval, load=load_verifier_eval,
+    version=3, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",),
+    may_lack=("orm",), speed_only=("verifier_eval.batch_size",), cost_s=175)
+
+VERIFIER_ABLATION = Stage(
+    name="verifier_ablation", doc="PRM variants (config overrides) scored on the difficulty "
+    "samples: within-problem AUC, best-of-N",
+    inputs=("data", "policy", "difficulty", "mc_labels", "prm"),
+    sections=("seed", "sampling", "test_problems", "mc_labels", "prm", "verifier_eval",
+              "ablation"),
+    outputs=("ablation.json",),
+    run=run_verifier_ablation, load=load_json("ablation.json"),
+    cost_s=50, trains=True)  # it trains the PRM variants it has not found

@@ -1,0 +1,129 @@
+"""Verifiers (paper section 5.1): MC-labelled policy samples and the value-head PRM and ORM
+trained on them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ttc_jax.models import checkpoints
+from ttc_jax.models.transformer import Transformer
+from ttc_jax.models.transformer import TransformerConfig
+from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.stage import Context
+from ttc_jax.pipeline.stage import MODEL_OUTPUTS
+from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import load_model
+from ttc_jax.pipeline.stage import problem_shards
+from ttc_jax.pipeline.stage import sampling_params
+from ttc_jax.sampling import solutions
+from ttc_jax.training import data as data_lib
+from ttc_jax.training import trainer
+from ttc_jax.verifiers import labels as labels_lib
+
+
+def run_mc_labels(ctx: Context) -> dict:
+  c = ctx.config
+  lc = c.mc_labels
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("train", lc.num_problems)
+  core, sp = policy.sampling_core(), sampling_params(c)
+
+  def label(chunk):
+    samples = solutions.sample_problems(core, tok, task, chunk, lc.samples_per_problem, c.seed,
+                                        "label_samples", sp, batch_size=c.sampling.batch_size)
+    return labels_lib.label_samples(core, tok, task, samples, lc.rollouts, c.seed, "rollouts",
+                                    sp, batch_size=c.sampling.batch_size).arrays()
+
+  shards = problem_shards(ctx, "labels", probs, lc.problems_per_shard, label)
+  return label_stats(_concat_shards(shards))
+
+
+def _concat_shards(shards) -> labels_lib.LabelledSamples:
+  return labels_lib.LabelledSamples.concat(
+      [labels_lib.LabelledSamples.from_arrays(a) for a in shards.load_all()])
+
+
+def load_mc_labels(out: artifacts.StageDir, key: dict) -> labels_lib.LabelledSamples:
+  lc = key["config"]["mc_labels"]
+  count = math.ceil(lc["num_problems"] / lc["problems_per_shard"])
+  return _concat_shards(out.shards("labels", count))
+
+
+# ----------------------------------------------------------------------------
+# revision data
+
+
+def label_stats(ls: labels_lib.LabelledSamples) -> dict:
+  steps = ls.labels[np.isfinite(ls.labels)]
+  return {"samples": len(ls), "problems": int(np.unique(ls.problem_index).size),
+          "steps": int(steps.size), "sample_accuracy": float(ls.correct.mean()),
+          "mean_step_label": float(steps.mean()),
+          "frac_steps_label_ge_0.5": float((steps >= 0.5).mean())}
+
+
+def verifier_config(policy: TransformerConfig, section: ml_collections.ConfigDict, kind: str
+                    ) -> TransformerConfig:
+  """A verifier's architecture: the policy artifact's, changed where ``kind.model`` says."""
+  arch = {k: getattr(policy, k) for k in section.model.keys()}
+  arch = config_lib.verifier_arch(arch, section, kind)
+  return dataclasses.replace(policy, head="value", tie_embeddings=False, **arch)
+
+
+def train_verifier(ctx: Context, kind: str) -> dict:
+  """PRM (every step's MC label) or ORM (the last step: the sample's correctness)."""
+  cfg = ctx.config[kind]
+  policy, ls = ctx.inputs["policy"], ctx.inputs["mc_labels"]
+  model_cfg = verifier_config(policy.config, cfg, kind)
+  model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+  if cfg.init == "policy":
+    checkpoints.copy_backbone(policy.model, model)
+  if kind == "prm":
+    targets = [ls.step_labels(i, cfg.labels) for i in range(len(ls))]
+  else:
+    targets = [[np.nan] * (len(ls.ends(i)) - 1) + [float(ls.correct[i])] for i in range(len(ls))]
+  keep = [i for i in range(len(ls)) if ls.ends(i)]
+  dense = kind == "prm" and cfg.label_positions == "every_token"
+  dataset = data_lib.value_dataset([ls.row(i) for i in keep], [ls.ends(i) for i in keep],
+                                   [targets[i] for i in keep], model_cfg.max_seq_len,
+                                   policy.tokenizer.pad_id, every_token=dense,
+                                   prompt_lengths=[int(ls.prompt_lengths[i]) for i in keep])
+  stats = label_stats(ls)
+  stats["params"] = model_cfg.num_params()
+  ctx.log(f"{kind}: {stats['params']:,} params ({cfg.init} init); data {stats}")
+  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="value", name=kind)
+  tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
+  artifacts.write_model(
+      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=cfg.train.steps,
+      made_by={"stage": kind, "objective": f"value (BCE on {cfg.labels} MC step labels)"
+               if kind == "prm"
+               else "value (BCE on final correctness)", "init": cfg.init,
+               "policy": policy.identity, "train": cfg.train.to_dict(), "data": stats})
+  return stats
+
+
+# ----------------------------------------------------------------------------
+# verifier evaluation
+
+
+MC_LABELS = Stage(
+    name="mc_labels", doc="policy samples on train problems, steps labelled by MC rollouts",
+    inputs=("data", "policy"), sections=("seed", "sampling", "mc_labels"),
+    run=run_mc_labels, load=load_mc_labels, version=2, cost_s=680)
+
+PRM = Stage(
+    name="prm", doc="process reward model: value head trained on the MC step labels",
+    inputs=("mc_labels", "policy"), sections=("prm",), outputs=MODEL_OUTPUTS,
+    run=lambda ctx: train_verifier(ctx, "prm"), load=load_model, cost_s=260, trains=True)
+
+ORM = Stage(
+    name="orm", doc="outcome reward model: value head trained on final correctness",
+    inputs=("mc_labels", "policy"), sections=("orm",), outputs=MODEL_OUTPUTS,
+    run=lambda ctx: train_verifier(ctx, "orm"), load=load_model, cost_s=220, trains=True)
