@@ -13,6 +13,7 @@ import pipeline_utils as pu
 from ttc_jax import tasks
 from ttc_jax.models import checkpoints
 from ttc_jax.pipeline import STAGES
+from ttc_jax.pipeline.stages import CHECKS
 from ttc_jax.pipeline import Pipeline
 from ttc_jax.pipeline import store
 from ttc_jax.pipeline import config as config_lib
@@ -327,7 +328,7 @@ def test_the_paper_scale_config_is_the_study_at_500_problems():
   spec.loader.exec_module(module)
   c = module.get_config("prm")
   assert c.stage == "prm" and c.test_problems == 500 and len(c.search.seeds) >= 3
-  config_lib.validate(c, list(STAGES))
+  config_lib.validate(c, list(STAGES), CHECKS)
   assert len(sweep(c.search)) > len(sweep(pu.arith.get_config().search))
 
 

@@ -461,9 +461,10 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
 ])
 def test_bad_revision_configs_are_named_before_anything_runs(override, message):
   from ttc_jax.pipeline import config as config_lib
+  from ttc_jax.pipeline.stages import CHECKS
   from ttc_jax.pipeline.stages import STAGES
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(pu.tiny_config(**override), list(STAGES))
+    config_lib.validate(pu.tiny_config(**override), list(STAGES), CHECKS)
 
 
 def test_the_prediction_cost_charges_the_predictor_s_own_model(revision_study, tmp_path):

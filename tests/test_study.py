@@ -24,7 +24,7 @@ def _results(workdir):
 
 
 def test_sweep_cells_follow_the_config():
-  from ttc_jax.pipeline.config import SWEEP_METHODS
+  from ttc_jax.pipeline.stages.search import SWEEP_METHODS
   cells = sweep(pu.tiny_config(search__methods=SWEEP_METHODS).search)
   names = [(c["method"], c["params"]["n"]) for c in cells]
   assert names[:3] == [("best_of_n_weighted", 1), ("best_of_n_weighted", 2),

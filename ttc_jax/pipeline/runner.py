@@ -34,6 +34,7 @@ from ttc_jax.pipeline import workdir as workdir_lib
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stages import ADDED_KEYS
 from ttc_jax.pipeline.stages import BEFORE_CHECKS
+from ttc_jax.pipeline.stages import CHECKS
 from ttc_jax.pipeline.stages import SPEED_ONLY
 from ttc_jax.pipeline.stages import STAGES
 from ttc_jax.training import trainer
@@ -295,7 +296,7 @@ class Pipeline:
       self.validate_roles(target)
       sections = self.sections(self.target(target))
     with errors:
-      self.task = config_lib.validate(self.config, list(STAGES), sections,
+      self.task = config_lib.validate(self.config, list(STAGES), CHECKS, sections,
                                       self.training_devices())
     if sections is not None and "ablation" in sections and not errors.messages:
       with errors:  # a variant's own errors (the config's are above)
@@ -315,8 +316,8 @@ class Pipeline:
               f"ablation variant {text!r}: {key!r} does not change the PRM (it reads the "
               f"sections {sorted(sections)}).")
       try:
-        config_lib.validate(with_overrides(self.config, overrides), list(STAGES), sections,
-                            self.training_devices())
+        config_lib.validate(with_overrides(self.config, overrides), list(STAGES), CHECKS,
+                            sections, self.training_devices())
       except config_lib.ConfigError as e:
         raise config_lib.ConfigError(f"ablation variant {text!r}: {e}") from e
 

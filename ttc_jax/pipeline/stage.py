@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from absl import logging
 import ml_collections
@@ -84,6 +84,10 @@ class Stage:
   # It runs before the token-length, reference and memory checks (it needs no model, or is
   # what those checks read).
   before_checks: bool = False
+  # The checks of the config sections it owns: {section: (config, Facts) -> None, raising
+  # ConfigError}; run for a section that the stages of a run read (pipeline.config.validate).
+  checks: Mapping[str, Callable[[ml_collections.ConfigDict, Any], None]] = dataclasses.field(
+      default_factory=dict)
 
 
 def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:

@@ -9,7 +9,9 @@ experiment configs, and add its record to ``STAGES`` below.
 
 from __future__ import annotations
 
+from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stages import common
 from ttc_jax.pipeline.stages import compute_optimal
 from ttc_jax.pipeline.stages import data
 from ttc_jax.pipeline.stages import difficulty
@@ -56,7 +58,16 @@ SPEED_ONLY = SHARED_SPEED_ONLY + tuple(p for s in STAGES.values() for p in s.spe
 # of identities at that default, so those artifacts stay valid (any other value is keyed).
 ADDED_KEYS = {"sampling.top_p": 1.0}
 
+# The check of every config section: the shared sections' (common.CHECKS), then each stage's
+# own in run order (pipeline.config.validate runs those of the sections a run reads).
+CHECKS: dict[str, config_lib.Check] = dict(common.CHECKS)
+for _stage in STAGES.values():
+  for _section, _check in _stage.checks.items():
+    if _section in CHECKS:
+      raise ValueError(f"config section {_section!r} is checked by two stages")
+    CHECKS[_section] = _check
+
 # Stages that run before the token-length, reference and memory checks.
 BEFORE_CHECKS = tuple(name for name, s in STAGES.items() if s.before_checks)
 
-__all__ = ["ADDED_KEYS", "BEFORE_CHECKS", "SPEED_ONLY", "STAGES", "Stage"]
+__all__ = ["ADDED_KEYS", "BEFORE_CHECKS", "CHECKS", "SPEED_ONLY", "STAGES", "Stage"]

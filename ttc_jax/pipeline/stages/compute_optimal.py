@@ -3,13 +3,16 @@ per-bin strategy selection with cross-validation, the FLOPs exchange."""
 
 from __future__ import annotations
 
-
+import ml_collections
 import numpy as np
 
 from ttc_jax import accounting
 from ttc_jax.analysis import compute_optimal as co_lib
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
@@ -114,6 +117,20 @@ def run_compute_optimal(ctx: Context) -> dict:
   return {"claims": len(result["claims"]), "exchange": result["exchange"] is not None}
 
 
+def check_compute_optimal(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  cc = c.compute_optimal
+  check_int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
+  check_int(cc.repeats, "compute_optimal.repeats", 1)
+  if cc.predictor_samples is not None:
+    check_int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
+              c.difficulty.samples_per_problem)
+  rs = list(cc.r_values)
+  if not rs or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0
+                   for r in rs):
+    raise ConfigError(f"compute_optimal.r_values={cc.r_values!r}: expected numbers > 0 "
+                      "(D_inference / D_pretrain).")
+
 COMPUTE_OPTIMAL = Stage(
     name="compute_optimal", doc="predicted difficulty, per-bin strategy selection with "
     "cross-validation, efficiency over best-of-N, the pretraining / test-time FLOPs exchange "
@@ -129,4 +146,5 @@ COMPUTE_OPTIMAL = Stage(
         "2: efficiency against the baseline's own smallest budget",
         "3: the prediction cost counts an imported PRM's own tokens; the floor N' / b_max",
         "4: the prediction cost charges the predictor's own model (the ORM, the policy)"),
-    cost_s=15)
+    cost_s=15,
+    checks={"compute_optimal": check_compute_optimal})

@@ -3,11 +3,13 @@ tokenizer trained on them."""
 
 from __future__ import annotations
 
-
+import ml_collections
 
 from ttc_jax import tasks
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.tokenizer import Tokenizer
@@ -50,6 +52,11 @@ def load_tokenizer(out: artifacts.StageDir, key: dict) -> Tokenizer:
 # policy
 
 
+def check_tokenizer(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  check_int(c.tokenizer.vocab_size, "tokenizer.vocab_size", 8)
+  check_int(c.tokenizer.num_texts, "tokenizer.num_texts", 1)
+
 DATA = Stage(
     name="data", doc="the task's problems as TFDS array_record",
     sections=("task",), outputs=("tfds",), run=run_data, load=load_data,
@@ -58,4 +65,5 @@ DATA = Stage(
 TOKENIZER = Stage(
     name="tokenizer", doc="sentencepiece trained on the task's train texts",
     inputs=("data",), sections=("tokenizer",), outputs=("tokenizer.model",),
-    run=run_tokenizer, load=load_tokenizer, cost_s=10, before_checks=True)
+    run=run_tokenizer, load=load_tokenizer, cost_s=10, before_checks=True,
+    checks={"tokenizer": check_tokenizer})

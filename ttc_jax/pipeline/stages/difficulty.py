@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import ml_collections
 import numpy as np
 
 from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import sampling_params
@@ -81,8 +84,13 @@ def load_difficulty(out: artifacts.StageDir, key: dict) -> Difficulty:
 # the larger policy (pretraining vs test-time FLOPs, paper section 7)
 
 
+def check_difficulty(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  check_int(c.difficulty.samples_per_problem, "difficulty.samples_per_problem", 1)
+
 DIFFICULTY = Stage(
     name="difficulty", doc="pass@1 per test problem from the policy's samples (oracle bins)",
     inputs=("data", "policy"), sections=("seed", "sampling", "test_problems", "difficulty"),
     outputs=("pass_at_1.json", "samples.npz", "pass_at_1.png"),
-    run=run_difficulty, load=load_difficulty, version=2, cost_s=65)
+    run=run_difficulty, load=load_difficulty, version=2, cost_s=65,
+    checks={"difficulty": check_difficulty})

@@ -3,10 +3,12 @@ pass@1 and majority curve on the test problems."""
 
 from __future__ import annotations
 
-
+import ml_collections
 import numpy as np
 
 from ttc_jax.analysis import verifiers as verifier_metrics
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
@@ -63,9 +65,15 @@ def run_large_policy_eval(ctx: Context) -> dict:
 # MC labels, PRM, ORM
 
 
+def check_exchange(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  check_int(c.exchange.samples_per_problem, "exchange.samples_per_problem", 1)
+  check_int(c.exchange.subsamples, "exchange.subsamples", 1)
+
 LARGE_POLICY_EVAL = Stage(
     name="large_policy_eval", doc="the larger policy's greedy pass@1 and majority curve on the "
     "test problems",
     inputs=("data", "large_policy"), sections=("seed", "sampling", "test_problems", "exchange"),
     outputs=("large_policy_eval.json",),
-    run=run_large_policy_eval, load=load_json("large_policy_eval.json"), cost_s=300)
+    run=run_large_policy_eval, load=load_json("large_policy_eval.json"), cost_s=300,
+    checks={"exchange": check_exchange})

@@ -14,6 +14,10 @@ from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline import store
+from ttc_jax import hf_tokenizer
+from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.verifiers import adapters
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
@@ -89,28 +93,104 @@ def run_hf_model(ctx: Context, section: str) -> dict:
 # difficulty (pass@1)
 
 
+def check_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
+  """The trained policy's architecture (with the tokenizer's vocabulary) and training."""
+  if known.vocab is not None:
+    config_lib.model_config(config_lib.arch_fields(c.policy.model), known.vocab, "lm",
+                            "policy.model")
+  config_lib.check_train(c, "policy", known)
+
+
+def check_large_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
+  """The exchange's larger policy: more parameters than the policy, at least its context,
+  trained on the same rows in the same order."""
+  config_lib.check_train(c, "large_policy", known)
+  policy = known.policy
+  if policy is None:
+    return
+  large = config_lib.model_config(config_lib.arch_fields(c.large_policy.model), known.vocab,
+                                  "lm", "large_policy.model")
+  if large.max_seq_len < policy.max_seq_len:
+    raise ConfigError(f"large_policy.model.max_seq_len={large.max_seq_len}: expected >= the "
+                      f"policy's {policy.max_seq_len} (it answers the same prompts).")
+  if large.num_params() <= policy.num_params():
+    raise ConfigError(f"large_policy.model has {large.num_params():,} parameters: expected "
+                      f"more than the policy's {policy.num_params():,} (the exchange compares "
+                      "test-time compute with a larger model).")
+  # The same pretraining tokens: the data order is a function of these (training.data).
+  for field in ("steps", "batch_size", "seed", "pad_multiple", "bucket_pool_batches"):
+    if c.large_policy.train[field] != c.policy.train[field]:
+      raise ConfigError(
+          f"large_policy.train.{field}={c.large_policy.train[field]!r} differs from "
+          f"policy.train.{field}={c.policy.train[field]!r}: the larger policy is trained on the "
+          "same rows in the same order (the exchange's D_pretrain).")
+
+
+def check_hf_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
+  """An imported policy: a causal LM whose tokenizer fits its embedding and ends steps."""
+  del known
+  model = config_lib.hf_model_config(c.hf_policy, "hf_policy")
+  if model.head != "lm":
+    raise ConfigError(f"hf_policy.path={c.hf_policy.path!r} is a {model.head!r} model: the "
+                      "policy must be a causal LM (*ForCausalLM).")
+  try:
+    tok = hf_tokenizer.HFTokenizer.load(c.hf_policy.path,
+                                        step_delimiter=c.hf_policy.step_delimiter)
+    tok.with_prompt(chat=c.hf_policy.chat, system=c.hf_policy.system)
+    tok.check_vocab(model.vocab_size)
+  except hf_tokenizer.TokenizerError as e:
+    raise ConfigError(f"hf_policy: {e}") from e
+  if not tok.step_ids and not tok.step_pairs:
+    raise ConfigError(f"hf_policy.step_delimiter={c.hf_policy.step_delimiter!r}: no token "
+                      "of the tokenizer contains it and no two tokens in a row complete it "
+                      "(steps would never end).")
+
+
+def check_hf_prm(c: ml_collections.ConfigDict, known: Facts) -> None:
+  """An imported PRM: a known format, the head that format reads, a tokenizer it can use."""
+  del known
+  fmt = adapters.FORMATS.get(c.hf_prm.format)
+  if fmt is None:
+    raise ConfigError(f"hf_prm.format={c.hf_prm.format!r}: expected one of "
+                      f"{sorted(adapters.FORMATS)}.")
+  model = config_lib.hf_model_config(c.hf_prm, "hf_prm")
+  want = fmt.model_head
+  if model.head != want:
+    raise ConfigError(f"hf_prm.format={fmt.name!r} reads a {want!r} head; "
+                      f"{c.hf_prm.path} imports with a {model.head!r} head.")
+  try:
+    tok = hf_tokenizer.HFTokenizer.load(c.hf_prm.path)
+    tok.check_vocab(model.vocab_size)
+    adapters.AdaptedPRM.check_tokenizer(tok, fmt)
+  except (hf_tokenizer.TokenizerError, adapters.FormatError) as e:
+    raise ConfigError(f"hf_prm: {e}") from e
+
 POLICY = Stage(
     name="policy", doc="SFT of the policy (LM head) on the train problems",
     inputs=("data", "tokenizer"), sections=("policy",), outputs=MODEL_OUTPUTS,
-    run=run_policy, load=load_model, cost_s=390, trains=True)
+    run=run_policy, load=load_model, cost_s=390, trains=True,
+    checks={"policy": check_policy})
 
 HF_POLICY = Stage(
     name="hf_policy", doc="an imported Hugging Face causal LM as the policy (used in place; "
     "keyed by its files' sha256)",
     sections=("hf_policy",), outputs=("model.json",),
     run=lambda ctx: run_hf_model(ctx, "hf_policy"), load=load_model, fills="policy",
-    fingerprint=checkpoint_fingerprint("hf_policy"), before_checks=True)
+    fingerprint=checkpoint_fingerprint("hf_policy"), before_checks=True,
+    checks={"hf_policy": check_hf_policy})
 
 LARGE_POLICY = Stage(
     name="large_policy", doc="a larger policy (the exchange's M x parameters) trained like the "
     "policy: same data, tokens and training config",
     inputs=("data", "tokenizer"), sections=("large_policy",), outputs=MODEL_OUTPUTS,
     run=lambda ctx: run_policy(ctx, "large_policy"), load=load_model, cost_s=2100,
-    trains=True)
+    trains=True,
+    checks={"large_policy": check_large_policy})
 
 HF_PRM = Stage(
     name="hf_prm", doc="an imported Hugging Face process reward model and its format "
     "(verifiers.adapters.FORMATS; used in place, keyed by its files' sha256)",
     sections=("hf_prm",), outputs=("model.json",),
     run=lambda ctx: run_hf_model(ctx, "hf_prm"), load=load_model, fills="prm",
-    fingerprint=checkpoint_fingerprint("hf_prm"), before_checks=True)
+    fingerprint=checkpoint_fingerprint("hf_prm"), before_checks=True,
+    checks={"hf_prm": check_hf_prm})

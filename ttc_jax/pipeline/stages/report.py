@@ -3,8 +3,6 @@ index of every verdict (study.md)."""
 
 from __future__ import annotations
 
-
-
 from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import revisions as revision_analysis

@@ -8,6 +8,7 @@ import math
 import os
 import time
 
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -17,6 +18,9 @@ from ttc_jax.models import checkpoints
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
@@ -345,23 +349,74 @@ def concat_chain_arrays(parts: list[dict[str, np.ndarray]]) -> dict:
   return out
 
 
+def check_revision_data(c: ml_collections.ConfigDict, known: Facts) -> None:
+  rd = c.revision_data
+  check_int(rd.num_problems, "revision_data.num_problems", 1, known.num_train)
+  check_int(rd.samples_per_problem, "revision_data.samples_per_problem", 1)
+  check_int(rd.trajectories_per_problem, "revision_data.trajectories_per_problem", 1)
+  check_int(rd.max_attempts, "revision_data.max_attempts", 0)
+  check_int(rd.problems_per_shard, "revision_data.problems_per_shard", 1)
+
+
+def check_revision_model(c: ml_collections.ConfigDict, known: Facts) -> None:
+  config_lib.check_train(c, "revision_model", known)
+  check_int(c.revision_model.window, "revision_model.window", 1)
+  if known.policy is not None:
+    check_int(c.revision_model.max_seq_len, "revision_model.max_seq_len",
+              known.policy.max_seq_len)
+
+
+def check_revision_orm(c: ml_collections.ConfigDict, known: Facts) -> None:
+  config_lib.check_train(c, "revision_orm", known)
+  ro, num_train = c.revision_orm, known.num_train
+  check_int(ro.first_problem, "revision_orm.first_problem", 0,
+            None if num_train is None else num_train - 1)
+  check_int(ro.num_problems, "revision_orm.num_problems", 1,
+            None if num_train is None else num_train - ro.first_problem)
+  check_int(ro.chains, "revision_orm.chains", 1)
+  check_int(ro.length, "revision_orm.length", 1)
+  check_int(ro.problems_per_shard, "revision_orm.problems_per_shard", 1)
+  if "revision_data" in c and ro.first_problem < c.revision_data.num_problems:
+    raise ConfigError(
+        f"revision_orm.first_problem={ro.first_problem}: expected >= revision_data."
+        f"num_problems={c.revision_data.num_problems} (the revision model was trained on "
+        "those problems; its answers there would flatter the ORM's data).")
+
+
+def check_revisions(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  rv = c.revisions
+  budgets = list(rv.budgets)
+  if not budgets or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 or n & (n - 1)
+                        for n in budgets) or budgets != sorted(set(budgets)):
+    raise ConfigError(f"revisions.budgets={rv.budgets!r}: expected increasing powers of two "
+                      "(each budget is split into C chains of length N / C).")
+  seeds = list(rv.seeds)
+  if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds) \
+      or len(set(seeds)) != len(seeds):
+    raise ConfigError(f"revisions.seeds={rv.seeds!r}: expected distinct integers >= 0.")
+  check_int(rv.problems_per_shard, "revisions.problems_per_shard", 1)
+
 REVISION_DATA = Stage(
     name="revision_data", doc="policy answers to train problems and revision trajectories "
     "(incorrect answers closest to a correct one)",
     inputs=("data", "policy"), sections=("seed", "sampling", "revision_data"),
-    run=run_revision_data, load=load_revision_data, cost_s=100)
+    run=run_revision_data, load=load_revision_data, cost_s=100,
+    checks={"revision_data": check_revision_data})
 
 REVISION_MODEL = Stage(
     name="revision_model", doc="the policy fine-tuned to answer after its earlier incorrect "
     "attempts",
     inputs=("data", "policy", "revision_data"), sections=("revision_model",),
-    outputs=MODEL_OUTPUTS, run=run_revision_model, load=load_model, cost_s=350, trains=True)
+    outputs=MODEL_OUTPUTS, run=run_revision_model, load=load_model, cost_s=350, trains=True,
+    checks={"revision_model": check_revision_model})
 
 REVISION_ORM = Stage(
     name="revision_orm", doc="the revision ORM: value head on the revision model's own answers, "
     "earlier answers in context",
     inputs=("data", "revision_model"), sections=("seed", "sampling", "revision_orm"),
-    outputs=MODEL_OUTPUTS, run=run_revision_orm, load=load_model, cost_s=485, trains=True)
+    outputs=MODEL_OUTPUTS, run=run_revision_orm, load=load_model, cost_s=485, trains=True,
+    checks={"revision_orm": check_revision_orm})
 
 REVISION_SWEEP = Stage(
     name="revision_sweep", doc="revision chains on the test problems: every split of each budget "
@@ -369,4 +424,5 @@ REVISION_SWEEP = Stage(
     inputs=("data", "revision_model", "revision_orm", "prm"),
     sections=("seed", "sampling", "test_problems", "revisions"),
     outputs=("params.json", "cells.json"), run=run_revision_sweep, load=load_revision_sweep,
-    version=2, changelog=("2: model costs (FLOPs)",), cost_s=810)
+    version=2, changelog=("2: model costs (FLOPs)",), cost_s=810,
+    checks={"revisions": check_revisions})

@@ -10,6 +10,9 @@ import numpy as np
 
 from ttc_jax import host
 from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import sampling_params
@@ -22,6 +25,10 @@ from ttc_jax.search import ParticleFilter
 from ttc_jax.search import SearchContext
 from ttc_jax.search import default_width
 from ttc_jax.search import search_problems
+
+
+# The search methods a sweep can run (search.methods); see sweep().
+SWEEP_METHODS = ("best_of_n", "beam", "beam_sqrt", "dvts", "particles", "lookahead")
 
 
 def sweep(search: ml_collections.ConfigDict) -> list[dict]:
@@ -133,10 +140,53 @@ def load_cells(out: artifacts.StageDir, key: dict) -> list[dict]:
   return out.read_json("cells.json")
 
 
+def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  s = c.search
+  budgets = list(s.budgets)
+  if not budgets or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                        for n in budgets) or budgets != sorted(set(budgets)):
+    raise ConfigError(f"search.budgets={s.budgets!r}: expected increasing integers >= 1.")
+  check_int(s.beam_width, "search.beam_width", 1)
+  seeds = list(s.seeds)
+  if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds) \
+      or len(set(seeds)) != len(seeds):
+    raise ConfigError(f"search.seeds={s.seeds!r}: expected distinct integers >= 0.")
+  unknown = [m for m in s.methods if m not in SWEEP_METHODS]
+  if not s.methods or unknown or len(set(s.methods)) != len(s.methods):
+    raise ConfigError(f"search.methods={s.methods!r}: expected distinct names among "
+                      f"{SWEEP_METHODS}.")
+  if not (isinstance(s.particle_temperature, (int, float)) and s.particle_temperature > 0):
+    raise ConfigError(f"search.particle_temperature={s.particle_temperature!r}: expected a "
+                      "number > 0.")
+  check_int(s.max_rounds, "search.max_rounds", 1)
+  check_int(s.max_step_tokens, "search.max_step_tokens", 1, c.sampling.max_new_tokens)
+  check_int(s.rows_per_call, "search.rows_per_call", 1)
+  for k in s.lookahead_steps:
+    check_int(k, "search.lookahead_steps[]", 1)
+  try:
+    for n in budgets:
+      BestOfN(n=n)
+      BeamSearch(n=n, width=min(s.beam_width, n), max_rounds=s.max_rounds)
+      BeamSearch(n=n, width=default_width(n), max_rounds=s.max_rounds)
+  except ValueError as e:
+    raise ConfigError(f"search: {e} (search.beam_width={s.beam_width} must divide every "
+                      f"budget >= it; budgets {budgets}).") from e
+  if "lookahead" in s.methods and not list(s.lookahead_steps):
+    raise ConfigError("search.methods has 'lookahead' but search.lookahead_steps is empty.")
+  for k in s.lookahead_steps if "lookahead" in s.methods else ():
+    if not any(s.beam_width <= n and n * (k + 1) <= budgets[-1] for n in budgets):
+      raise ConfigError(
+          f"search.methods has 'lookahead' but no budget fits lookahead_steps k={k}: a "
+          f"lookahead cell needs a budget N >= search.beam_width={s.beam_width} with "
+          f"N x (k + 1) <= the largest budget {budgets[-1]} (budgets {budgets}). Add a budget, "
+          "lower k, or leave lookahead out of search.methods.")
+
 SEARCH_SWEEP = Stage(
     name="search_sweep", doc="best-of-N, beam, DVTS, particle filtering and lookahead search at "
     "every budget and search seed",
     inputs=("data", "policy", "prm"), sections=("seed", "sampling", "test_problems", "search"),
     outputs=("cells.jsonl", "cells.json"), run=run_search_sweep, load=load_cells,
     version=3, changelog=("3: FLOPs with attention, policy and PRM apart",),
-    speed_only=("search.rows_per_call",), cost_s=780)
+    speed_only=("search.rows_per_call",), cost_s=780,
+    checks={"search": check_search})

@@ -3,12 +3,15 @@ ablation of PRM variants (paper section 5.2)."""
 
 from __future__ import annotations
 
-
+import ml_collections
 import numpy as np
 
 from ttc_jax.analysis import verifiers as verifier_metrics
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
@@ -159,6 +162,21 @@ def run_verifier_ablation(ctx: Context) -> dict:
   return {"variants": len(table)}
 
 
+def check_verifier_eval(c: ml_collections.ConfigDict, known: Facts) -> None:
+  ve = c.verifier_eval
+  if "batch_size" in ve:
+    check_int(ve.batch_size, "verifier_eval.batch_size", 1)
+  check_int(ve.subsamples, "verifier_eval.subsamples", 1)
+  if known.num_test is not None and isinstance(c.test_problems, int):
+    check_int(ve.auc_problems, "verifier_eval.auc_problems", 0,
+              known.num_test - c.test_problems)
+  check_int(ve.auc_samples_per_problem, "verifier_eval.auc_samples_per_problem", 1)
+  check_int(ve.rollouts, "verifier_eval.rollouts", 1)
+  if c.sampling.batch_size % ve.rollouts:
+    raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
+                      f"verifier_eval.rollouts={ve.rollouts} (a prefix's rollouts share one "
+                      "call).")
+
 VERIFIER_EVAL = Stage(
     name="verifier_eval", doc="best-of-N curves per verifier and the PRM's step AUC",
     inputs=("data", "policy", "difficulty", "prm", "orm"),
@@ -166,7 +184,8 @@ VERIFIER_EVAL = Stage(
     outputs=("eval.json", "scored.npz", "eval.png"),
     run=run_verifier_eval, load=load_verifier_eval,
     version=3, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",),
-    may_lack=("orm",), speed_only=("verifier_eval.batch_size",), cost_s=175)
+    may_lack=("orm",), speed_only=("verifier_eval.batch_size",), cost_s=175,
+    checks={"verifier_eval": check_verifier_eval})
 
 VERIFIER_ABLATION = Stage(
     name="verifier_ablation", doc="PRM variants (config overrides) scored on the difficulty "

@@ -16,6 +16,9 @@ from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
@@ -113,17 +116,58 @@ def train_verifier(ctx: Context, kind: str) -> dict:
 # verifier evaluation
 
 
+def check_mc_labels(c: ml_collections.ConfigDict, known: Facts) -> None:
+  ml = c.mc_labels
+  check_int(ml.num_problems, "mc_labels.num_problems", 1, known.num_train)
+  check_int(ml.samples_per_problem, "mc_labels.samples_per_problem", 1)
+  check_int(ml.rollouts, "mc_labels.rollouts", 1)
+  check_int(ml.problems_per_shard, "mc_labels.problems_per_shard", 1)
+  if c.sampling.batch_size % ml.rollouts:
+    raise ConfigError(f"sampling.batch_size={c.sampling.batch_size} must be a multiple of "
+                      f"mc_labels.rollouts={ml.rollouts} (a prefix's rollouts share one call).")
+
+
+def _check_verifier(c: ml_collections.ConfigDict, known: Facts, kind: str) -> None:
+  """A value-head verifier's architecture (the policy's, changed where ``kind.model`` says)
+  and training."""
+  config_lib.check_train(c, kind, known)
+  if known.policy is None:
+    return
+  arch = config_lib.verifier_arch(config_lib.arch_fields(c.policy.model), c[kind], kind)
+  model = config_lib.model_config(arch, known.vocab, "value", f"{kind}.model")
+  if model.max_seq_len < known.policy.max_seq_len:
+    raise ConfigError(f"{kind}.model.max_seq_len={model.max_seq_len} is shorter than the "
+                      f"policy's {known.policy.max_seq_len}: a verifier reads whole policy "
+                      "samples.")
+
+
+def check_prm(c: ml_collections.ConfigDict, known: Facts) -> None:
+  if c.prm.labels not in ("soft", "hard"):
+    raise ConfigError(f"prm.labels={c.prm.labels!r}: expected 'soft' (the MC value) or "
+                      "'hard' (1 if any rollout reaches the right answer).")
+  if c.prm.label_positions not in ("step_end", "every_token"):
+    raise ConfigError(f"prm.label_positions={c.prm.label_positions!r}: expected "
+                      "'step_end' or 'every_token'.")
+  _check_verifier(c, known, "prm")
+
+
+def check_orm(c: ml_collections.ConfigDict, known: Facts) -> None:
+  _check_verifier(c, known, "orm")
+
 MC_LABELS = Stage(
     name="mc_labels", doc="policy samples on train problems, steps labelled by MC rollouts",
     inputs=("data", "policy"), sections=("seed", "sampling", "mc_labels"),
-    run=run_mc_labels, load=load_mc_labels, version=2, cost_s=680)
+    run=run_mc_labels, load=load_mc_labels, version=2, cost_s=680,
+    checks={"mc_labels": check_mc_labels})
 
 PRM = Stage(
     name="prm", doc="process reward model: value head trained on the MC step labels",
     inputs=("mc_labels", "policy"), sections=("prm",), outputs=MODEL_OUTPUTS,
-    run=lambda ctx: train_verifier(ctx, "prm"), load=load_model, cost_s=260, trains=True)
+    run=lambda ctx: train_verifier(ctx, "prm"), load=load_model, cost_s=260, trains=True,
+    checks={"prm": check_prm})
 
 ORM = Stage(
     name="orm", doc="outcome reward model: value head trained on final correctness",
     inputs=("mc_labels", "policy"), sections=("orm",), outputs=MODEL_OUTPUTS,
-    run=lambda ctx: train_verifier(ctx, "orm"), load=load_model, cost_s=220, trains=True)
+    run=lambda ctx: train_verifier(ctx, "orm"), load=load_model, cost_s=220, trains=True,
+    checks={"orm": check_orm})

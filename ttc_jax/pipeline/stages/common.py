@@ -1,0 +1,53 @@
+"""Config sections that many stages read: the seed, the test problems, the policy's sampling
+and the reports' difficulty bins. Their checks; each stage's own sections are checked in its
+module (``Stage.checks``)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline.config import ConfigError
+from ttc_jax.pipeline.config import Facts
+from ttc_jax.pipeline.config import check_int
+from ttc_jax.sampling.core import SamplingParams
+
+
+def check_seed(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  check_int(c.seed, "seed", 0)
+
+
+def check_test_problems(c: ml_collections.ConfigDict, known: Facts) -> None:
+  if known.num_test is not None:
+    check_int(c.test_problems, "test_problems", 1, known.num_test)
+
+
+def check_sampling(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  s = c.sampling
+  temperature = s.temperature
+  if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and \
+      temperature <= 0:
+    raise ConfigError(f"sampling.temperature={temperature!r}: expected > 0. Every stage draws "
+                      "several samples per prompt (pass@1 estimates, MC rollouts, best-of-N, "
+                      "search); at temperature 0 they are all the same sample.")
+  try:
+    SamplingParams(temperature=temperature, top_p=s.get("top_p", 1.0),
+                   max_new_tokens=s.max_new_tokens)
+  except ValueError as e:
+    raise ConfigError(f"sampling: {e}") from e
+  check_int(s.batch_size, "sampling.batch_size", 1)
+
+
+def check_report(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  if "test_problems" in c:
+    check_int(c.report.difficulty_bins, "report.difficulty_bins", 1,
+              c.test_problems if isinstance(c.test_problems, int) else None)
+
+
+# Checks of the shared sections, run before the stages' own.
+CHECKS: dict[str, config_lib.Check] = {
+    "seed": check_seed, "test_problems": check_test_problems, "sampling": check_sampling,
+    "report": check_report}
