@@ -22,7 +22,7 @@ DATA ?= ../shared/data
 MESH ?= -1,1
 MATH_DIR ?= runs/math_qwen
 
-.PHONY: study exchange study-paper-scale study-math study-math-smoke test bench verifiers venv venv-hf clean-venv
+.PHONY: study exchange study-paper-scale study-math study-math-smoke test test-unit bench verifiers venv venv-hf clean-venv
 
 # --no-compile: no .pyc files for the whole of torch and transformers at install (about 40 s
 # of a fresh `make test`); the modules that are imported compile on first import.
@@ -42,6 +42,10 @@ venv: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest $(PYTEST_ARGS) tests
+
+# The unit tier: no study stages, no subprocess studies, no multi-process runs (pytest.ini).
+test-unit: $(VENV)/.installed-test
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest $(PYTEST_ARGS) -m "not e2e and not multiprocess" tests
 
 bench: $(VENV)/.installed-bench
 	$(PY) launch/bench_sampling.py --out=runs/bench/sampling.json

@@ -30,6 +30,7 @@ setuptools.setup(
         "test": [
             "pytest",
             "pytest-xdist",
+            "pytest-timeout",
             "scipy",
             "nbclient",
             "nbformat",

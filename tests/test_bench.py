@@ -11,6 +11,7 @@ from ttc_jax.benchmarks import sampling_bench
 TINY = sampling_bench.BenchConfig("tiny", d_model=32, num_layers=1, num_heads=2, mlp_dim=64)
 
 
+@pytest.mark.e2e
 def test_bench_row_times_both_sides_and_compares_tokens():
   assert jax.device_count() == 8  # conftest: the JAX side runs over an 8-device mesh.
   row = sampling_bench.bench_row(TINY, 8, prompt_len=8, new_tokens=8, runs=5, warmup=1,

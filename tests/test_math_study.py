@@ -24,6 +24,8 @@ from ttc_jax.pipeline import config as config_lib
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 
+pytestmark = pytest.mark.e2e
+
 
 def _load_experiment():
   spec = importlib.util.spec_from_file_location(

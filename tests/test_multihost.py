@@ -12,8 +12,11 @@ import socket
 import subprocess
 
 import numpy as np
+import pytest
 
 import pipeline_utils as pu
+
+pytestmark = pytest.mark.multiprocess
 
 
 def _port() -> int:

@@ -4,11 +4,14 @@ import os
 
 import nbformat
 from nbclient import NotebookClient
+import pytest
 
 import pipeline_utils as pu
 
 NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "experiments", "colab", "quickstart.ipynb")
+
+pytestmark = pytest.mark.e2e
 
 
 def test_quickstart_notebook_executes(monkeypatch):

@@ -173,6 +173,7 @@ def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, m
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.e2e
 def test_a_plan_that_does_not_fit_memory_stops_before_a_model_stage(tmp_path):
   """The memory planner runs before the first model stage: a search call of 2^24 rows
   needs far more than a device has; only the data and tokenizer stages were written."""
@@ -195,6 +196,7 @@ def test_a_scratch_verifier_may_have_its_own_size():
   Pipeline(config, "/x").validate()  # a valid config
 
 
+@pytest.mark.e2e
 def test_lengths_are_checked_with_their_numbers(tmp_path):
   workdir = str(tmp_path / "w")
   Pipeline(pu.tiny_config(), workdir).run("tokenizer")
@@ -237,6 +239,7 @@ def test_a_damaged_tokenizer_file_names_its_path(tmp_path):
     Tokenizer.load(path)
 
 
+@pytest.mark.e2e
 def test_a_stage_that_dies_is_rerun_not_reused(tmp_path, monkeypatch):
   """An artifact is done only after every output is written (no done marker first)."""
   import dataclasses
@@ -260,6 +263,7 @@ def test_a_stage_that_dies_is_rerun_not_reused(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------- the command line
+@pytest.mark.e2e
 def test_a_typo_in_a_first_run_writes_nothing_and_the_fix_runs(tmp_path):
   workdir = str(tmp_path / "w")
   # A bad value (the in-process test above checks many) and an unknown key, on the command line.
@@ -273,6 +277,7 @@ def test_a_typo_in_a_first_run_writes_nothing_and_the_fix_runs(tmp_path):
   assert _entries(workdir) == ["data", "tokenizer"]
 
 
+@pytest.mark.e2e
 def test_missing_workdir_and_help(tmp_path):
   args = [a for a in pu.cli(None, str(tmp_path)) if not a.startswith("--workdir")]
   out = pu.run(args, check=False)
@@ -285,6 +290,7 @@ def test_missing_workdir_and_help(tmp_path):
     assert needle in text, needle
 
 
+@pytest.mark.e2e
 def test_retraining_the_policy_makes_new_artifacts_and_says_why(tmp_path_factory, tmp_path):
   base = pu.shared_study(tmp_path_factory)
   workdir = str(tmp_path / "w")
@@ -304,6 +310,7 @@ def test_retraining_the_policy_makes_new_artifacts_and_says_why(tmp_path_factory
   assert "policy: up to date" in out.stderr and "prm: up to date" in out.stderr
 
 
+@pytest.mark.e2e
 def test_a_task_of_ones_own_runs_the_pipeline_with_its_own_keys(tmp_path):
   workdir = str(tmp_path / "w")
   out = pu.run(pu.cli("search_sweep,task=modsum", workdir, "--task_module=heldout_task",
@@ -344,6 +351,7 @@ def test_the_longest_chain_starts_first():
   assert jobs.path_cost(deps, "orm", "search_sweep") == STAGES["orm"].cost_s
 
 
+@pytest.mark.e2e
 def test_stage_processes_run_side_by_side_and_rerun_the_same(tmp_path_factory, tmp_path):
   base = pu.shared_study(tmp_path_factory)
   workdir = str(tmp_path / "w")
@@ -379,6 +387,7 @@ def test_stage_processes_run_side_by_side_and_rerun_the_same(tmp_path_factory, t
   assert got == ref
 
 
+@pytest.mark.e2e
 def test_a_failing_stage_process_stops_the_run_with_one_line(tmp_path_factory, tmp_path):
   base = pu.shared_study(tmp_path_factory)
   workdir = str(tmp_path / "w")

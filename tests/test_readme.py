@@ -1,5 +1,6 @@
 """README's code runs as written."""
 
+import pytest
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ def _block(title: str) -> str:
   return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.e2e
 def test_sampling_in_five_lines_runs():
   out = subprocess.run([sys.executable, "-c", _block("Sampling in five lines")], env=pu.env(),
                        capture_output=True, text=True, cwd=pu.REPO)

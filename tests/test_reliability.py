@@ -60,6 +60,7 @@ def _largest_file(directory):
 # ---------------------------------------------------------------------------------------------
 # 1-3, 8: finished artifacts are verified before use; --redo recomputes a damaged one
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_a_flipped_bit_in_a_checkpoint_is_named_and_redo_recomputes_it(study):
   """Item 1: a bit flip in a parameter file restored without a word (NaN weights)."""
   victim = _largest_file(os.path.join(_latest(study, "policy"), "checkpoints"))
@@ -80,6 +81,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_named_and_redo_recomputes_it(study):
              for x in jax.tree.leaves(nnx.state(model.model, nnx.Param)))
 
 
+@pytest.mark.e2e
 def test_an_edited_model_description_is_named(study, tmp_path):
   """Item 2: model.json was trusted (an edited rope_theta, a checkpoint.dir pointing at
   another model of the same shape, a path outside the artifact)."""
@@ -109,6 +111,7 @@ def test_an_edited_model_description_is_named(study, tmp_path):
     artifacts.load_model(loose)
 
 
+@pytest.mark.e2e
 def test_an_edited_result_is_named_before_it_reaches_a_report(study):
   """Item 3: edited numbers in a finished JSON result flowed into the report."""
   path = os.path.join(_latest(study, "search_sweep"), "cells.json")
@@ -131,6 +134,7 @@ def test_an_edited_result_is_named_before_it_reaches_a_report(study):
     Pipeline(pu.tiny_config(), study).is_done("difficulty")
 
 
+@pytest.mark.e2e
 def test_redo_after_damage_works_from_the_command_line_and_never_points_outside(study):
   """Item 8: "delete it to recompute" advice gave the same error on every rerun (the record
   still said done), and an edited tokenizer path of /etc/passwd got "delete it"."""
@@ -156,6 +160,7 @@ def test_redo_after_damage_works_from_the_command_line_and_never_points_outside(
   assert "--redo=policy" in str(e.value) and "delete" not in str(e.value).lower()
 
 
+@pytest.mark.e2e
 def test_an_input_computed_again_differently_makes_its_readers_run_again(study):
   """--redo of a stage whose result changes: what read the old one is not reused."""
   pipe = Pipeline(pu.tiny_config(), study)
@@ -196,6 +201,7 @@ class _Blank(tasks.Task):
 tasks.register_task("blank", _Blank, dict(num_train=50, num_test=20))
 
 
+@pytest.mark.e2e
 def test_a_task_whose_references_do_not_grade_stops_before_any_model(tmp_path):
   """Item 4: empty reference answers ran to the end with accuracy 0."""
   workdir = str(tmp_path / "w")
@@ -286,6 +292,7 @@ def test_help_lists_the_config_keys_from_any_directory(tmp_path, monkeypatch):
   assert "--config.policy.train.steps=" in text and "could not load" not in text
 
 
+@pytest.mark.e2e
 def test_bad_values_that_only_a_run_finds_are_one_line(tmp_path):
   """Item 10: a workdir that is a file or cannot be made, vocab_size=8, a truncated data file,
   a garbled tokenizer file, a training set smaller than a batch."""
@@ -339,6 +346,7 @@ def test_a_training_set_smaller_than_a_batch_names_its_key(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 6, 9, 12, 13: kills, concurrent runs, stage processes
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_a_missing_or_stale_latest_link_is_repaired(study):
   """Item 6: a kill between the "done" record and the latest link left latest missing or on
   an older artifact for ever."""
@@ -361,6 +369,7 @@ def test_a_missing_or_stale_latest_link_is_repaired(study):
   assert os.readlink(link) == target
 
 
+@pytest.mark.e2e
 def test_one_run_writes_a_workdir(study, tmp_path):
   """Item 9: two processes on one workdir both crashed or did all the work twice."""
   # Another process holds the workdir's lock (an flock, as WorkdirLock takes it).
@@ -382,6 +391,7 @@ def test_one_run_writes_a_workdir(study, tmp_path):
   Pipeline(pu.tiny_config(), study).run("difficulty")
 
 
+@pytest.mark.e2e
 def test_a_killed_jobs_run_leaves_no_stage_process(study, tmp_path):
   """Item 9: kill -9 of a --jobs=2 parent left its stage processes running as orphans."""
   for stage in ("prm", "orm", "verifier_eval"):
@@ -414,6 +424,7 @@ def test_a_batch_that_does_not_split_over_the_training_devices_fails_before_anyt
     assert not os.path.exists(workdir)
 
 
+@pytest.mark.e2e
 def test_temporaries_of_a_killed_run_are_removed(study):
   """Item 13: killed runs left temporary files (and a partial data copy) behind."""
   prm = _latest(study, "prm")

@@ -12,6 +12,8 @@ from ttc_jax import tasks
 from ttc_jax.pipeline import Pipeline
 from ttc_jax.training import revisions
 
+pytestmark = pytest.mark.e2e
+
 
 def _edit_distance(a: str, b: str) -> int:
   """Plain dynamic-programming Levenshtein distance (the reference for rapidfuzz's)."""

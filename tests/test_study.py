@@ -16,6 +16,8 @@ from ttc_jax.pipeline.stages.search import sweep
 from ttc_jax.report import markdown
 from ttc_jax.search.common import call_chunks
 
+pytestmark = pytest.mark.e2e
+
 
 def _results(workdir):
   with open(os.path.join(workdir, "report", "latest", "results.json")) as f:

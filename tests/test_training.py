@@ -280,6 +280,7 @@ def _final_params(workdir, stage="policy"):
   return [np.asarray(x) for x in _params(art.model)]
 
 
+@pytest.mark.e2e
 def test_sigkill_and_rerun_gives_bit_identical_params(tmp_path):
   ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
   pu.run(pu.cli("policy", ref))
@@ -362,6 +363,7 @@ print("trained")
 """
 
 
+@pytest.mark.e2e
 def test_training_far_ahead_of_its_devices_does_not_deadlock(tmp_path):
   """Issue 24's CI flake (an XLA:CPU abort in the trained fixture of test_revisions): a loop
   that dispatched more than 32 train steps on 8 CPU devices ahead of the host deadlocked
