@@ -205,3 +205,14 @@ def matched_generations(param_ratio: float, r: float) -> float:
   if not r > 0.0:
     raise ValueError(f"r={r!r}: expected D_inference / D_pretrain > 0.")
   return m + 3.0 * (m - 1.0) / r
+
+
+def prediction_flops(policy: ModelCost, predictor: ModelCost, rows: np.ndarray,
+                     predictor_rows: np.ndarray) -> tuple[float, float]:
+  """FLOPs per problem of predicting difficulty from samples: the policy writing each
+  sample (``rows``: (problems, samples) tokens, prompt and generation) and the predictor's
+  model reading it (``predictor_rows``: its own tokens of each). (policy, predictor)."""
+  problems = len(rows)
+  pol = float(np.sum(forward_flops(policy, 0, np.asarray(rows)))) / problems
+  ver = float(np.sum(forward_flops(predictor, 0, np.asarray(predictor_rows)))) / problems
+  return pol, ver

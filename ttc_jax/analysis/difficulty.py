@@ -8,9 +8,12 @@ level 1).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
+
+from ttc_jax.sampling import solutions
 
 NUM_BINS = 5
 
@@ -40,3 +43,21 @@ def oracle_bins(pass_at_1: np.ndarray, num_bins: int = NUM_BINS) -> np.ndarray:
   bins = np.empty(p.size, np.int64)
   bins[order] = np.arange(p.size) * num_bins // p.size
   return bins
+
+
+@dataclasses.dataclass
+class Difficulty:
+  """The difficulty artifact: per-problem pass@1 and the samples it was measured on."""
+
+  pass_at_1: np.ndarray
+  record: dict
+  gens: solutions.Generations
+  n: int
+
+  def samples(self, tok, task, problems) -> solutions.ProblemSamples:
+    """The graded samples of ``problems`` (the artifact's problems, in order)."""
+    if len(problems) * self.n != self.gens.tokens.shape[0]:
+      raise ValueError(f"the difficulty artifact holds {self.gens.tokens.shape[0]} "
+                                    f"samples, not {len(problems)} x {self.n}.")
+    prompts = [tok.encode_prompt(task.format_prompt(p)) for p in problems]
+    return solutions.grade(tok, task, problems, self.n, prompts, self.gens)

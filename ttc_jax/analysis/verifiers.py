@@ -214,3 +214,18 @@ def evaluate(answers: Sequence[Sequence[str | None]], truth: Sequence[str],
                       for i in range(len(ns))]
       for a, b in pairs}
   return result, per
+
+
+def step_auc_arrays(step_scores: Sequence[np.ndarray], labels: np.ndarray,
+                    ends: Sequence[Sequence[int]], problem_index: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The (score, MC label, problem) of every scored step of labelled samples, flattened for
+  the step AUC: ``step_scores[i]`` scores sample i's steps (``ends[i]``); ``labels`` (samples,
+  max steps). A span with no score (NaN: an adapted PRM's span that is no step) is left out."""
+  idx = range(len(step_scores))
+  scores = np.concatenate([np.asarray(s) for s in step_scores]).astype(np.float64)
+  flat = np.concatenate([labels[i, :len(ends[i])] for i in idx]).astype(np.float64)
+  groups = np.concatenate([np.full(len(ends[i]), problem_index[i]) for i in idx]).astype(
+      np.int64)
+  steps = ~np.isnan(scores)
+  return scores[steps], flat[steps], groups[steps]

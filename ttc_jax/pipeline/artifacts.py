@@ -22,6 +22,7 @@ checkpoint describes itself the same way.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import socket
@@ -39,6 +40,7 @@ from ttc_jax.models import hf_import
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.pipeline import store
+from ttc_jax.progress import Progress
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SpecialIds
 from ttc_jax.tasks import tfds_builder
@@ -89,8 +91,24 @@ class StageDir:
   def save_figure(self, name: str, fig) -> None:
     store.save_figure(self.path(name), fig)
 
-  def shards(self, name: str, count: int) -> store.Shards:
-    return store.Shards(self.dir, name, count)
+  def shards(self, name: str) -> store.Shards:
+    """Finished shards ``name`` (their manifest's count)."""
+    return store.Shards.open(self.dir, name)
+
+  def map_shards(self, name: str, items: list, per: int,
+                 make: Callable[[list], dict[str, np.ndarray]],
+                 log: Callable[[str], None] | None = None) -> store.Shards:
+    """Resumable work over ``items``: shard i holds ``make(items[i * per:(i + 1) * per])``;
+    finished shards are kept, the missing ones computed. Returns the shards."""
+    shards = store.Shards.create(self.dir, name, math.ceil(len(items) / per))
+    todo = shards.todo()
+    progress = Progress(shards.count, f"{name} shards", unit="shards", every_s=0,
+                        initial=shards.count - len(todo), log_fn=log)
+    for i in todo:
+      shards.save(i, make(items[i * per:(i + 1) * per]))
+      progress.update(1)
+    self.barrier()
+    return shards
 
   def cells(self, name: str) -> store.CellLog:
     return store.CellLog(self.path(name))

@@ -16,15 +16,12 @@ identity (a new directory), and nothing else changes.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Mapping
 
 from absl import logging
 import ml_collections
-import numpy as np
 
 from ttc_jax.pipeline import artifacts
-from ttc_jax.progress import Progress
 from ttc_jax.sampling.core import SamplingParams
 
 
@@ -95,21 +92,6 @@ def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:
   return SamplingParams(temperature=c.sampling.temperature,
                         top_p=c.sampling.get("top_p", 1.0),
                         max_new_tokens=c.sampling.max_new_tokens)
-
-
-def problem_shards(ctx: Context, name: str, problems: list, per: int,
-                   make: Callable[[list], dict[str, np.ndarray]]):
-  """Resumable work over problems: shard i holds ``make(problems[i * per:(i + 1) * per])``;
-  finished shards are kept, the missing ones computed. Returns the shards."""
-  shards = ctx.out.shards(name, math.ceil(len(problems) / per))
-  todo = shards.todo()
-  progress = Progress(shards.count, f"{name} shards", unit="shards", every_s=0,
-                      initial=shards.count - len(todo), log_fn=ctx.log)
-  for s in todo:
-    shards.save(s, make(problems[s * per:(s + 1) * per]))
-    progress.update(1)
-  ctx.out.barrier()
-  return shards
 
 
 def load_model(out: artifacts.StageDir, key: dict) -> artifacts.ModelArtifact:

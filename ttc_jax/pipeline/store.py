@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -173,11 +174,32 @@ class Shards:
   """``count`` numbered shard files (``NAME-00000.npz`` ...): a resumable list of work.
 
   A shard is computed once and written atomically; after a kill, :meth:`todo`
-  lists exactly the shards that are missing.
+  lists exactly the shards that are missing. ``NAME.shards.json`` beside them records the
+  count (:meth:`create`), so a reader never recomputes it from a config (:meth:`open`).
   """
 
   def __init__(self, directory: str, name: str, count: int):
     self.directory, self.name, self.count = directory, name, count
+
+  @classmethod
+  def create(cls, directory: str, name: str, count: int) -> "Shards":
+    """The shards of a new (or resumed) piece of work, its manifest written."""
+    shards = cls(directory, name, count)
+    manifest = os.path.join(directory, f"{name}.shards.json")
+    if not os.path.exists(manifest) or read_json(manifest).get("count") != count:
+      write_json(manifest, {"name": name, "count": count})
+    return shards
+
+  @classmethod
+  def open(cls, directory: str, name: str) -> "Shards":
+    """Finished shards, as their manifest counts them (shards written before manifests:
+    the files present)."""
+    manifest = os.path.join(directory, f"{name}.shards.json")
+    if os.path.exists(manifest):
+      return cls(directory, name, int(read_json(manifest)["count"]))
+    pattern = re.compile(rf"{re.escape(name)}-\d{{5}}\.npz$")
+    count = sum(1 for f in os.listdir(directory) if pattern.match(f))
+    return cls(directory, name, count)
 
   def path(self, i: int) -> str:
     return os.path.join(self.directory, f"{self.name}-{i:05d}.npz")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 
 from ttc_jax.analysis.study import methods as _methods
 from ttc_jax.analysis.study import point as _row
@@ -533,3 +532,25 @@ def study_headline(co: dict) -> list[str]:
       v = f"**{c['verdict']}**" if c["verdict"] else f"not tested ({c['reason']})"
       lines.append(f"- {c['claim']}: {_cmp_cell(c['comparison'])}, {v}")
   return lines + [""]
+
+
+def study_index(claims: list[dict], compute_optimal: dict, *, revisions: bool) -> str:
+  """study.md: links to the three reports, the headline and every claim's verdict (those
+  not tested listed with why). ``revisions``: the experiment has a revision report."""
+  co = compute_optimal
+  lines = ["# The study", "",
+           "- Verifiers and search: `report/latest/report.md` (results.json, figures).",
+           "- Sequential revisions: `revision_report/latest/revisions.md` (revisions.json, "
+           "figures)." if revisions else "- Sequential revisions: not in this experiment (no "
+           "revision model).",
+           "- Compute-optimal scaling and the FLOPs exchange: "
+           "`compute_optimal/latest/compute_optimal.md` (compute_optimal.json, figures)"
+           + ("." if co.get("exchange") else "; the exchange needs a larger policy's "
+              "evaluation (`make exchange` in the embedded study)."), ""]
+  lines += study_headline(co) + ["## Every finding", ""]
+  lines += claims_section([c for c in claims if c.get("verdict") is not None])
+  untested = [c for c in claims if c.get("verdict") is None]
+  if untested:
+    lines += ["", "Not tested:"] + [f"- {c['claim']}: {c.get('reason', 'no comparison')}"
+                                     for c in untested]
+  return "\n".join(lines) + "\n"

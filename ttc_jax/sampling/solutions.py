@@ -166,6 +166,16 @@ class ProblemSamples:
   def correct_matrix(self) -> np.ndarray:
     return self.correct.reshape(len(self.problems), self.n)
 
+  def rows_and_step_ends(self, tok) -> tuple[list[list[int]], list[list[int]]]:
+    """Each sample as prompt + generation, and the positions of its step ends in that row
+    (``tok``: its step and EOS ids)."""
+    m = self.n
+    rows = [self.prompts[i // m] + self.gens.row(i) for i in range(len(self.texts))]
+    ends = [[len(self.prompts[i // m]) + e
+             for e in step_ends(self.gens.row(i), tok.step_ids, tok.eos_ids, tok.step_pairs)]
+            for i in range(len(rows))]
+    return rows, ends
+
 
 def sample_problems(core: SamplingCore, tok, task, problems: Sequence, n: int, seed: int,
                     stream: str, sp: SamplingParams, *, batch_size: int,

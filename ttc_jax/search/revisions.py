@@ -213,3 +213,18 @@ def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts
         tokens=toks, prompt=prompts[r], text=text, answer=answer,
         correct=bool(finished and answer is not None and task.is_correct(text, problem)),
         finished=finished, extension_tokens=len(extensions[r])))
+
+
+def answers_arrays(pcs: list[ProblemChains]) -> dict[str, np.ndarray]:
+  """Every answer of ``pcs`` as a verifier row (its revision prompt + its tokens) and its
+  correctness (the revision ORM's data)."""
+  answers = [(q, step, a) for q, pc in enumerate(pcs) for chain in pc.chains
+             for step, a in enumerate(chain)]
+  rows = [a.prompt + a.tokens for _, _, a in answers]
+  tokens = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, :len(r)] = r
+  return {"tokens": tokens, "lengths": np.asarray([len(r) for r in rows], np.int32),
+          "correct": np.asarray([a.correct for _, _, a in answers], bool),
+          "step": np.asarray([step for _, step, _ in answers], np.int32),
+          "problem_index": np.asarray([pcs[q].problem.index for q, _, _ in answers], np.int64)}

@@ -24,6 +24,7 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from ttc_jax.sampling import solutions
 from ttc_jax.tasks import Problem
 from ttc_jax.tasks import Task
 from ttc_jax.tasks.base import encode_revision_prompt  # noqa: F401  (re-exported)
@@ -109,3 +110,69 @@ def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequ
     out.append((*task.revision_prompt_pieces(problems[t.problem], [answers[i] for i in shown]),
                 answers[t.target]))
   return out
+
+
+@dataclasses.dataclass
+class RevisionData:
+  """The revision data: K policy answers per train problem, and trajectories over them
+  (sample indices within a problem; see :mod:`ttc_jax.training.revisions`)."""
+
+  problem_index: np.ndarray  # (P,) train-split indices
+  samples: solutions.Generations  # row p * K + s: answer s to problem p
+  correct: np.ndarray  # (P * K,) bool
+  trajectories: list[Trajectory]  # .problem: position in problem_index
+  samples_per_problem: int
+
+  def texts(self, tok) -> list[list[str]]:
+    """Per problem, its answers as text (what the revision prompt shows)."""
+    k = self.samples_per_problem
+    return [[tok.decode(self.samples.row(p * k + s)) for s in range(k)]
+            for p in range(len(self.problem_index))]
+
+  def arrays(self, max_attempts: int) -> dict[str, np.ndarray]:
+    attempts = np.full((len(self.trajectories), max_attempts), -1, np.int32)
+    for i, t in enumerate(self.trajectories):
+      attempts[i, :len(t.attempts)] = t.attempts
+    return {"problem_index": self.problem_index, "tokens": self.samples.tokens,
+            "lengths": self.samples.lengths, "stopped": self.samples.stopped,
+            "correct": self.correct, "samples_per_problem": np.int64(self.samples_per_problem),
+            "traj_problem": np.asarray([t.problem for t in self.trajectories], np.int32),
+            "traj_target": np.asarray([t.target for t in self.trajectories], np.int32),
+            "traj_attempts": attempts}
+
+  @classmethod
+  def from_arrays(cls, a: dict) -> "RevisionData":
+    trajs = [Trajectory(problem=int(p), attempts=tuple(int(x) for x in row if x >= 0),
+                                  target=int(t))
+             for p, t, row in zip(a["traj_problem"], a["traj_target"], a["traj_attempts"])]
+    return cls(problem_index=a["problem_index"],
+               samples=solutions.Generations(tokens=a["tokens"], lengths=a["lengths"],
+                                             stopped=a["stopped"]),
+               correct=a["correct"], trajectories=trajs,
+               samples_per_problem=int(a["samples_per_problem"]))
+
+  @classmethod
+  def concat(cls, parts: list["RevisionData"]) -> "RevisionData":
+    k = parts[0].samples_per_problem
+    width = max(p.samples.tokens.shape[1] for p in parts)
+    pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
+    trajs, offset = [], 0
+    for part in parts:
+      trajs += [dataclasses.replace(t, problem=t.problem + offset) for t in part.trajectories]
+      offset += len(part.problem_index)
+    return cls(problem_index=np.concatenate([p.problem_index for p in parts]),
+               samples=solutions.Generations(
+                   tokens=np.concatenate([pad(p.samples.tokens) for p in parts]),
+                   lengths=np.concatenate([p.samples.lengths for p in parts]),
+                   stopped=np.concatenate([p.samples.stopped for p in parts])),
+               correct=np.concatenate([p.correct for p in parts]), trajectories=trajs,
+               samples_per_problem=k)
+
+
+def revision_stats(rd: RevisionData, max_attempts: int) -> dict:
+  per = rd.correct.reshape(len(rd.problem_index), rd.samples_per_problem)
+  hist = np.bincount([len(t.attempts) for t in rd.trajectories], minlength=max_attempts + 1)
+  return {"problems": int(len(rd.problem_index)),
+          "without_correct": int((~per.any(1)).sum()),
+          "sample_accuracy": float(rd.correct.mean()),
+          "trajectories": len(rd.trajectories), "attempts_histogram": hist.tolist()}

@@ -62,6 +62,14 @@ class LabelledSamples:
       raise ValueError(f"step label kind {kind!r}: expected 'soft' or 'hard'.")
     return v.tolist()
 
+  def stats(self) -> dict:
+    """Counts and label statistics (a stage's summary)."""
+    steps = self.labels[np.isfinite(self.labels)]
+    return {"samples": len(self), "problems": int(np.unique(self.problem_index).size),
+            "steps": int(steps.size), "sample_accuracy": float(self.correct.mean()),
+            "mean_step_label": float(steps.mean()),
+            "frac_steps_label_ge_0.5": float((steps >= 0.5).mean())}
+
   def arrays(self) -> dict[str, np.ndarray]:
     return dataclasses.asdict(self)
 
@@ -217,3 +225,15 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
       sample_index=np.arange(n_rows) % samples.n,
       rows=rows, lengths=lengths, prompt_lengths=np.asarray(prompt_lens, np.int32),
       step_ends=step_ends_arr, labels=labels, correct=samples.correct.copy())
+
+
+
+def sample_and_label(core: SamplingCore, tok, task, problems: Sequence, n: int, k: int,
+                     seed: int, streams_: tuple[str, str], sp: SamplingParams, *,
+                     batch_size: int) -> LabelledSamples:
+  """``n`` policy samples of each of ``problems``, every step labelled by ``k`` MC rollouts
+  from its prefix; ``streams_``: the random streams of the samples and of the rollouts."""
+  samples = solutions.sample_problems(core, tok, task, problems, n, seed, streams_[0], sp,
+                                      batch_size=batch_size)
+  return label_samples(core, tok, task, samples, k, seed, streams_[1], sp,
+                       batch_size=batch_size)

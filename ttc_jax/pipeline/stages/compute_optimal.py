@@ -46,10 +46,9 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
     scorer, name, scored_rows = ctx.inputs["orm"], "orm", rows
   else:  # policy_likelihood: the policy re-reads its samples
     scorer, name, scored_rows = policy, "policy", rows
-  pol_cost = accounting.ModelCost.from_config(policy.config)
-  scorer_cost = accounting.ModelCost.from_config(scorer.config)
-  pol = float(np.sum(accounting.forward_flops(pol_cost, 0, rows))) / len(probs)
-  ver = float(np.sum(accounting.forward_flops(scorer_cost, 0, scored_rows))) / len(probs)
+  pol, ver = accounting.prediction_flops(accounting.ModelCost.from_config(policy.config),
+                                         accounting.ModelCost.from_config(scorer.config),
+                                         rows, scored_rows)
   return float(k), pol + ver, {"samples": k, "policy_flops_per_problem": pol,
                                "scorer": name, "scorer_flops_per_problem": ver}
 

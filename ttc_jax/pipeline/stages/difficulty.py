@@ -3,7 +3,6 @@ oracle difficulty bins."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import ml_collections
 import numpy as np
@@ -51,29 +50,11 @@ def run_difficulty(ctx: Context) -> dict:
   return summary
 
 
-@dataclasses.dataclass
-class Difficulty:
-  """The difficulty artifact: per-problem pass@1 and the samples it was measured on."""
-
-  pass_at_1: np.ndarray
-  record: dict
-  gens: solutions.Generations
-  n: int
-
-  def samples(self, tok, task, problems) -> solutions.ProblemSamples:
-    """The graded samples of ``problems`` (the artifact's problems, in order)."""
-    if len(problems) * self.n != self.gens.tokens.shape[0]:
-      raise artifacts.ArtifactError(f"the difficulty artifact holds {self.gens.tokens.shape[0]} "
-                                    f"samples, not {len(problems)} x {self.n}.")
-    prompts = [tok.encode_prompt(task.format_prompt(p)) for p in problems]
-    return solutions.grade(tok, task, problems, self.n, prompts, self.gens)
-
-
-def load_difficulty(out: artifacts.StageDir, key: dict) -> Difficulty:
+def load_difficulty(out: artifacts.StageDir, key: dict) -> difficulty_lib.Difficulty:
   del key
   record = out.read_json("pass_at_1.json")
   z = out.load_npz("samples.npz")
-  return Difficulty(pass_at_1=np.array([p["pass_at_1"] for p in record["problems"]]),
+  return difficulty_lib.Difficulty(pass_at_1=np.array([p["pass_at_1"] for p in record["problems"]]),
                     record=record,
                     gens=solutions.Generations(tokens=z["tokens"], lengths=z["lengths"],
                                                stopped=z["stopped"]),

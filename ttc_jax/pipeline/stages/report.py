@@ -94,22 +94,7 @@ def run_study(ctx: Context) -> dict:
   exchange = (co.get("exchange") or {}).get("claims", [])
   claims = report["claims"] + (rev["claims"] if rev else []) + co["claims"] + exchange
   ctx.out.write_json("claims.json", claims)
-  lines = ["# The study", "",
-           "- Verifiers and search: `report/latest/report.md` (results.json, figures).",
-           "- Sequential revisions: `revision_report/latest/revisions.md` (revisions.json, "
-           "figures)." if rev else "- Sequential revisions: not in this experiment (no "
-           "revision model).",
-           "- Compute-optimal scaling and the FLOPs exchange: "
-           "`compute_optimal/latest/compute_optimal.md` (compute_optimal.json, figures)"
-           + ("." if co.get("exchange") else "; the exchange needs a larger policy's evaluation (`make exchange` in the "
-              "embedded study)."), ""]
-  lines += markdown.study_headline(co) + ["## Every finding", ""]
-  lines += markdown.claims_section([c for c in claims if c.get("verdict") is not None])
-  untested = [c for c in claims if c.get("verdict") is None]
-  if untested:
-    lines += ["", "Not tested:"] + [f"- {c['claim']}: {c.get('reason', 'no comparison')}"
-                                     for c in untested]
-  ctx.out.write_text("study.md", "\n".join(lines) + "\n")
+  ctx.out.write_text("study.md", markdown.study_index(claims, co, revisions=rev is not None))
   ctx.log(f"study: {ctx.out.path('study.md')}")
   return {"claims": len(claims)}
 

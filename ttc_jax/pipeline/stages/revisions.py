@@ -4,7 +4,6 @@ revision chains on the test problems."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 
@@ -21,11 +20,11 @@ from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
 from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.config import check_int
+from ttc_jax.analysis import chains
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
-from ttc_jax.pipeline.stage import problem_shards
 from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.sampling import solutions
 from ttc_jax.sampling import streams
@@ -33,64 +32,6 @@ from ttc_jax.search import revisions as chains_lib
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import revisions
 from ttc_jax.training import trainer
-from ttc_jax.verifiers.scoring import aggregate_steps
-
-
-@dataclasses.dataclass
-class RevisionData:
-  """The revision data: K policy answers per train problem, and trajectories over them
-  (sample indices within a problem; see :mod:`ttc_jax.training.revisions`)."""
-
-  problem_index: np.ndarray  # (P,) train-split indices
-  samples: solutions.Generations  # row p * K + s: answer s to problem p
-  correct: np.ndarray  # (P * K,) bool
-  trajectories: list[revisions.Trajectory]  # .problem: position in problem_index
-  samples_per_problem: int
-
-  def texts(self, tok) -> list[list[str]]:
-    """Per problem, its answers as text (what the revision prompt shows)."""
-    k = self.samples_per_problem
-    return [[tok.decode(self.samples.row(p * k + s)) for s in range(k)]
-            for p in range(len(self.problem_index))]
-
-  def arrays(self, max_attempts: int) -> dict[str, np.ndarray]:
-    attempts = np.full((len(self.trajectories), max_attempts), -1, np.int32)
-    for i, t in enumerate(self.trajectories):
-      attempts[i, :len(t.attempts)] = t.attempts
-    return {"problem_index": self.problem_index, "tokens": self.samples.tokens,
-            "lengths": self.samples.lengths, "stopped": self.samples.stopped,
-            "correct": self.correct, "samples_per_problem": np.int64(self.samples_per_problem),
-            "traj_problem": np.asarray([t.problem for t in self.trajectories], np.int32),
-            "traj_target": np.asarray([t.target for t in self.trajectories], np.int32),
-            "traj_attempts": attempts}
-
-  @classmethod
-  def from_arrays(cls, a: dict) -> "RevisionData":
-    trajs = [revisions.Trajectory(problem=int(p), attempts=tuple(int(x) for x in row if x >= 0),
-                                  target=int(t))
-             for p, t, row in zip(a["traj_problem"], a["traj_target"], a["traj_attempts"])]
-    return cls(problem_index=a["problem_index"],
-               samples=solutions.Generations(tokens=a["tokens"], lengths=a["lengths"],
-                                             stopped=a["stopped"]),
-               correct=a["correct"], trajectories=trajs,
-               samples_per_problem=int(a["samples_per_problem"]))
-
-  @classmethod
-  def concat(cls, parts: list["RevisionData"]) -> "RevisionData":
-    k = parts[0].samples_per_problem
-    width = max(p.samples.tokens.shape[1] for p in parts)
-    pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
-    trajs, offset = [], 0
-    for part in parts:
-      trajs += [dataclasses.replace(t, problem=t.problem + offset) for t in part.trajectories]
-      offset += len(part.problem_index)
-    return cls(problem_index=np.concatenate([p.problem_index for p in parts]),
-               samples=solutions.Generations(
-                   tokens=np.concatenate([pad(p.samples.tokens) for p in parts]),
-                   lengths=np.concatenate([p.samples.lengths for p in parts]),
-                   stopped=np.concatenate([p.samples.stopped for p in parts])),
-               correct=np.concatenate([p.correct for p in parts]), trajectories=trajs,
-               samples_per_problem=k)
 
 
 def run_revision_data(ctx: Context) -> dict:
@@ -114,13 +55,14 @@ def run_revision_data(ctx: Context) -> dict:
     trajs, _ = revisions.build_trajectories(texts, samples.correct_matrix(), rngs,
                                             per_problem=rc.trajectories_per_problem,
                                             max_attempts=rc.max_attempts)
-    return RevisionData(problem_index=np.asarray([p.index for p in chunk], np.int64),
+    return revisions.RevisionData(problem_index=np.asarray([p.index for p in chunk], np.int64),
                         samples=samples.gens, correct=samples.correct, trajectories=trajs,
                         samples_per_problem=k).arrays(rc.max_attempts)
 
-  shards = problem_shards(ctx, "revisions", probs, rc.problems_per_shard, sample)
-  rd = RevisionData.concat([RevisionData.from_arrays(a) for a in shards.load_all()])
-  stats = revision_stats(rd, rc.max_attempts)
+  shards = ctx.out.map_shards("revisions", probs, rc.problems_per_shard, sample, ctx.log)
+  rd = revisions.RevisionData.concat([revisions.RevisionData.from_arrays(a)
+                                      for a in shards.load_all()])
+  stats = revisions.revision_stats(rd, rc.max_attempts)
   prompt_lengths = [len(revisions.encode_revision_prompt(tok, task, probs[t.problem], [
       tok.decode(rd.samples.row(t.problem * rd.samples_per_problem + a)) for a in t.attempts]))
       for t in rd.trajectories]
@@ -129,20 +71,10 @@ def run_revision_data(ctx: Context) -> dict:
   return stats
 
 
-def revision_stats(rd: RevisionData, max_attempts: int) -> dict:
-  per = rd.correct.reshape(len(rd.problem_index), rd.samples_per_problem)
-  hist = np.bincount([len(t.attempts) for t in rd.trajectories], minlength=max_attempts + 1)
-  return {"problems": int(len(rd.problem_index)),
-          "without_correct": int((~per.any(1)).sum()),
-          "sample_accuracy": float(rd.correct.mean()),
-          "trajectories": len(rd.trajectories), "attempts_histogram": hist.tolist()}
-
-
-def load_revision_data(out: artifacts.StageDir, key: dict) -> RevisionData:
-  rc = key["config"]["revision_data"]
-  count = math.ceil(rc["num_problems"] / rc["problems_per_shard"])
-  return RevisionData.concat([RevisionData.from_arrays(a)
-                              for a in out.shards("revisions", count).load_all()])
+def load_revision_data(out: artifacts.StageDir, key: dict) -> revisions.RevisionData:
+  del key
+  return revisions.RevisionData.concat([revisions.RevisionData.from_arrays(a)
+                                        for a in out.shards("revisions").load_all()])
 
 
 def run_revision_model(ctx: Context) -> dict:
@@ -184,21 +116,6 @@ def _revision_window(revision_model: artifacts.ModelArtifact) -> int:
   return int(revision_model.description["made_by"]["window"])
 
 
-def _answers_arrays(pcs: list[chains_lib.ProblemChains]) -> dict[str, np.ndarray]:
-  """Every answer of ``pcs`` as a verifier row (its revision prompt + its tokens) and its
-  correctness (the revision ORM's data)."""
-  answers = [(q, step, a) for q, pc in enumerate(pcs) for chain in pc.chains
-             for step, a in enumerate(chain)]
-  rows = [a.prompt + a.tokens for _, _, a in answers]
-  tokens = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-  for i, r in enumerate(rows):
-    tokens[i, :len(r)] = r
-  return {"tokens": tokens, "lengths": np.asarray([len(r) for r in rows], np.int32),
-          "correct": np.asarray([a.correct for _, _, a in answers], bool),
-          "step": np.asarray([step for _, step, _ in answers], np.int32),
-          "problem_index": np.asarray([pcs[q].problem.index for q, _, _ in answers], np.int64)}
-
-
 def run_revision_orm(ctx: Context) -> dict:
   """The revision ORM (paper section 6.1): revision chains on train problems the revision
   model was not trained on (resumable shards), each answer labelled by its correctness
@@ -217,9 +134,9 @@ def run_revision_orm(ctx: Context) -> dict:
     pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
                                 stream="revision_chains", sp=sp,
                                 rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
-    return _answers_arrays(pcs)
+    return chains_lib.answers_arrays(pcs)
 
-  parts = problem_shards(ctx, "answers", probs, oc.problems_per_shard, make).load_all()
+  parts = ctx.out.map_shards("answers", probs, oc.problems_per_shard, make, ctx.log).load_all()
   rows = [part["tokens"][i, :n].tolist() for part in parts for i, n in enumerate(part["lengths"])]
   correct = np.concatenate([part["correct"] for part in parts])
   step = np.concatenate([part["step"] for part in parts])
@@ -270,83 +187,32 @@ def run_revision_sweep(ctx: Context) -> dict:
       pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
                                   stream="revision_chains", sp=sp, run=seed,
                                   rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
-      return chain_arrays(pcs, lengths, orm_scorer, prm_scorer, tok,
-                          batch_size=c.sampling.batch_size, wall_s=time.time() - t0)
+      return chains.chain_arrays(pcs, lengths, orm_scorer, prm_scorer, tok,
+                                 batch_size=c.sampling.batch_size, wall_s=time.time() - t0)
     return chunk_arrays
 
   for seed in rc.seeds:
-    problem_shards(ctx, f"chains-seed{seed}", probs, rc.problems_per_shard, make(seed))
+    ctx.out.map_shards(f"chains-seed{seed}", probs, rc.problems_per_shard, make(seed), ctx.log)
   ctx.out.write_json("params.json", params)
-  sweep = load_revision_sweep(ctx.out, {"config": {"test_problems": c.test_problems,
-                                                   "revisions": rc.to_dict()}})
+  sweep = read_revision_sweep(ctx.out, rc.seeds, rc.budgets)
   cells = revision_analysis.revision_cells(sweep.by_seed, rc.budgets)
   ctx.out.write_json("cells.json", cells)
   return {"cells": len(cells), "answers_per_problem": strategy.generations}
 
 
-@dataclasses.dataclass
-class RevisionSweep:
-  """The revision chains of every seed (the chains dicts of
-  :mod:`ttc_jax.analysis.revisions`) and the budgets they cover."""
-
-  by_seed: list[dict]
-  budgets: list[int]
-
-
-def load_revision_sweep(out: artifacts.StageDir, key: dict) -> RevisionSweep:
-  rc = key["config"]["revisions"]
-  count = math.ceil(key["config"]["test_problems"] / rc["problems_per_shard"])
+def read_revision_sweep(out: artifacts.StageDir, seeds, budgets) -> chains.RevisionSweep:
+  """The chains of every seed (their shards) and the budgets they cover."""
   params = out.read_json("params.json")
-  by_seed = [{**concat_chain_arrays(out.shards(f"chains-seed{seed}", count).load_all()),
-              **params, "seed": seed} for seed in rc["seeds"]]
-  return RevisionSweep(by_seed=by_seed, budgets=list(rc["budgets"]))
+  by_seed = [{**chains.concat_chain_arrays(out.shards(f"chains-seed{seed}").load_all()),
+              **params, "seed": seed} for seed in seeds]
+  return chains.RevisionSweep(by_seed=by_seed, budgets=list(budgets))
 
 
-def chain_arrays(pcs: list[chains_lib.ProblemChains], lengths: tuple[int, ...], orm_scorer,
-                 prm_scorer, tok, *, batch_size: int, wall_s: float) -> dict[str, np.ndarray]:
-  """(problems, chains, steps) arrays of chains: grades, answers, verifier scores, tokens."""
-  shape = (len(pcs), len(lengths), max(lengths))
-  out = {"mask": np.zeros(shape, bool), "correct": np.zeros(shape, bool),
-         "has_answer": np.zeros(shape, bool), "answers": np.full(shape, "", object),
-         "orm": np.zeros(shape), "prm": np.zeros(shape),
-         "policy_tokens": np.zeros(shape, np.int64), "orm_tokens": np.zeros(shape, np.int64),
-         "prm_tokens": np.zeros(shape, np.int64)}
-  where, orm_rows, prm_rows, prm_ends = [], [], [], []
-  for q, pc in enumerate(pcs):
-    for ch, chain in enumerate(pc.chains):
-      for step, a in enumerate(chain):
-        i = (q, ch, step)
-        where.append(i)
-        out["mask"][i], out["correct"][i] = True, a.correct
-        out["has_answer"][i] = a.answer is not None
-        out["answers"][i] = a.answer or ""
-        out["policy_tokens"][i] = a.extension_tokens + len(a.tokens)
-        orm_rows.append(a.prompt + a.tokens)
-        prm_rows.append(pc.prefix + a.tokens)
-        prm_ends.append([len(pc.prefix) + e for e in solutions.step_ends(
-            a.tokens, tok.step_ids, tok.eos_ids, tok.step_pairs)] or [len(pc.prefix) - 1])
-  orm_scores = orm_scorer.token_scores(orm_rows, batch_size=batch_size, desc="revision ORM")
-  prm_scores = prm_scorer.step_scores(prm_rows, prm_ends, batch_size=batch_size)
-  for i, o, p, orow, prow in zip(where, orm_scores, prm_scores, orm_rows, prm_rows):
-    out["orm"][i], out["prm"][i] = float(o[-1]), float(aggregate_steps([p], "last")[0])
-    out["orm_tokens"][i], out["prm_tokens"][i] = len(orow), len(prow)
-  out["answers"] = out["answers"].astype(str)
-  out["prefix_tokens"] = np.asarray([len(pc.prefix) for pc in pcs], np.int64)
-  out["problems"] = np.asarray([pc.problem.uid for pc in pcs], str)
-  out["wall_s"] = np.float64(wall_s)
-  return out
+def load_revision_sweep(out: artifacts.StageDir, key: dict) -> chains.RevisionSweep:
+  rc = key["config"]["revisions"]
+  return read_revision_sweep(out, rc["seeds"], rc["budgets"])
 
 
-def concat_chain_arrays(parts: list[dict[str, np.ndarray]]) -> dict:
-  """One seed's shards as the chains dict of :mod:`ttc_jax.analysis.revisions`."""
-  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
-         if k not in ("wall_s", "answers", "has_answer", "problems")}
-  answers = np.concatenate([p["answers"] for p in parts]).astype(object)
-  answers[~np.concatenate([p["has_answer"] for p in parts])] = None
-  out["answers"] = answers
-  out["problems"] = [str(u) for p in parts for u in p["problems"]]
-  out["wall_s"] = float(sum(float(p["wall_s"]) for p in parts))
-  return out
 
 
 def check_revision_data(c: ml_collections.ConfigDict, known: Facts) -> None:

@@ -17,7 +17,6 @@ from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.report import figures
-from ttc_jax.sampling import solutions
 from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers import labels as labels_lib
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
@@ -37,7 +36,7 @@ def run_verifier_eval(ctx: Context) -> dict:
   probs = data.problems("test", c.test_problems)
   samples = ctx.inputs["difficulty"].samples(tok, task, probs)
   m = samples.n
-  rows, ends = _rows_and_step_ends(samples, tok)
+  rows, ends = samples.rows_and_step_ends(tok)
   bs = config_lib.scoring_batch_size(c)
   prompt_lengths = [len(samples.prompts[i // m]) for i in range(len(rows))]
   prm_steps = prm.solution_step_scores(tok, [probs[i // m].question for i in range(len(rows))],
@@ -55,25 +54,19 @@ def run_verifier_eval(ctx: Context) -> dict:
   auc_scores = auc_labels = auc_groups = np.zeros(0)
   if ec.auc_problems:
     auc_probs = data.problems("test", ec.auc_problems, start=c.test_problems)
-    core, sp = policy.sampling_core(), sampling_params(c)
-    auc_samples = solutions.sample_problems(core, tok, task, auc_probs,
-                                            ec.auc_samples_per_problem, c.seed, "auc_samples",
-                                            sp, batch_size=c.sampling.batch_size)
-    auc_ls = labels_lib.label_samples(core, tok, task, auc_samples, ec.rollouts, c.seed,
-                                      "auc_rollouts", sp, batch_size=c.sampling.batch_size)
+    auc_ls = labels_lib.sample_and_label(
+        policy.sampling_core(), tok, task, auc_probs, ec.auc_samples_per_problem, ec.rollouts,
+        c.seed, ("auc_samples", "auc_rollouts"), sampling_params(c),
+        batch_size=c.sampling.batch_size)
     idx = range(len(auc_ls))
     question = {p.index: p.question for p in auc_probs}
+    ends = [auc_ls.ends(i) for i in idx]
     auc_steps = prm.solution_step_scores(
         tok, [question[int(auc_ls.problem_index[i])] for i in idx],
-        [auc_ls.row(i) for i in idx], [int(auc_ls.prompt_lengths[i]) for i in idx],
-        [auc_ls.ends(i) for i in idx], batch_size=bs)
-    auc_scores = np.concatenate([s for s in auc_steps]).astype(np.float64)
-    auc_labels = np.concatenate([auc_ls.labels[i, :len(auc_ls.ends(i))]
-                                 for i in idx]).astype(np.float64)
-    auc_groups = np.concatenate([np.full(len(auc_ls.ends(i)), auc_ls.problem_index[i])
-                                 for i in idx]).astype(np.int64)
-    steps = ~np.isnan(auc_scores)  # an adapted PRM's span that is no step has no score
-    auc_scores, auc_labels, auc_groups = auc_scores[steps], auc_labels[steps], auc_groups[steps]
+        [auc_ls.row(i) for i in idx], [int(auc_ls.prompt_lengths[i]) for i in idx], ends,
+        batch_size=bs)
+    auc_scores, auc_labels, auc_groups = verifier_metrics.step_auc_arrays(
+        auc_steps, auc_ls.labels, ends, auc_ls.problem_index)
   answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]
   result, per_problem = verifier_metrics.evaluate(
       answers, [task.normalize_answer(p.answer) for p in probs],
@@ -96,17 +89,6 @@ def run_verifier_eval(ctx: Context) -> dict:
           "prm_step_auc": auc, "within_problem_auc": within}
 
 
-def _rows_and_step_ends(samples: solutions.ProblemSamples, tok) -> tuple[list, list]:
-  """Each sample as prompt + generation, and the positions of its step ends."""
-  m = samples.n
-  rows = [samples.prompts[i // m] + samples.gens.row(i) for i in range(len(samples.texts))]
-  ends = [[len(samples.prompts[i // m]) + e
-           for e in solutions.step_ends(samples.gens.row(i), tok.step_ids, tok.eos_ids,
-                                        tok.step_pairs)]
-          for i in range(len(rows))]
-  return rows, ends
-
-
 # ----------------------------------------------------------------------------
 # verifier ablation
 
@@ -127,7 +109,7 @@ def run_verifier_ablation(ctx: Context) -> dict:
   tok, task = policy.tokenizer, data.task
   probs = data.problems("test", c.test_problems)
   samples = ctx.inputs["difficulty"].samples(tok, task, probs)
-  rows, ends = _rows_and_step_ends(samples, tok)
+  rows, ends = samples.rows_and_step_ends(tok)
   m = samples.n
   ns = [n for n in c.ablation.n if n <= m]
   answers = [samples.answers[i * m:(i + 1) * m] for i in range(len(probs))]

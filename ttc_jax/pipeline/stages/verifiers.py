@@ -4,7 +4,6 @@ trained on them."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import ml_collections
@@ -23,9 +22,7 @@ from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
-from ttc_jax.pipeline.stage import problem_shards
 from ttc_jax.pipeline.stage import sampling_params
-from ttc_jax.sampling import solutions
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import trainer
 from ttc_jax.verifiers import labels as labels_lib
@@ -40,13 +37,12 @@ def run_mc_labels(ctx: Context) -> dict:
   core, sp = policy.sampling_core(), sampling_params(c)
 
   def label(chunk):
-    samples = solutions.sample_problems(core, tok, task, chunk, lc.samples_per_problem, c.seed,
-                                        "label_samples", sp, batch_size=c.sampling.batch_size)
-    return labels_lib.label_samples(core, tok, task, samples, lc.rollouts, c.seed, "rollouts",
-                                    sp, batch_size=c.sampling.batch_size).arrays()
+    return labels_lib.sample_and_label(
+        core, tok, task, chunk, lc.samples_per_problem, lc.rollouts, c.seed,
+        ("label_samples", "rollouts"), sp, batch_size=c.sampling.batch_size).arrays()
 
-  shards = problem_shards(ctx, "labels", probs, lc.problems_per_shard, label)
-  return label_stats(_concat_shards(shards))
+  shards = ctx.out.map_shards("labels", probs, lc.problems_per_shard, label, ctx.log)
+  return _concat_shards(shards).stats()
 
 
 def _concat_shards(shards) -> labels_lib.LabelledSamples:
@@ -55,21 +51,12 @@ def _concat_shards(shards) -> labels_lib.LabelledSamples:
 
 
 def load_mc_labels(out: artifacts.StageDir, key: dict) -> labels_lib.LabelledSamples:
-  lc = key["config"]["mc_labels"]
-  count = math.ceil(lc["num_problems"] / lc["problems_per_shard"])
-  return _concat_shards(out.shards("labels", count))
+  del key
+  return _concat_shards(out.shards("labels"))
 
 
 # ----------------------------------------------------------------------------
 # revision data
-
-
-def label_stats(ls: labels_lib.LabelledSamples) -> dict:
-  steps = ls.labels[np.isfinite(ls.labels)]
-  return {"samples": len(ls), "problems": int(np.unique(ls.problem_index).size),
-          "steps": int(steps.size), "sample_accuracy": float(ls.correct.mean()),
-          "mean_step_label": float(steps.mean()),
-          "frac_steps_label_ge_0.5": float((steps >= 0.5).mean())}
 
 
 def verifier_config(policy: TransformerConfig, section: ml_collections.ConfigDict, kind: str
@@ -98,7 +85,7 @@ def train_verifier(ctx: Context, kind: str) -> dict:
                                    [targets[i] for i in keep], model_cfg.max_seq_len,
                                    policy.tokenizer.pad_id, every_token=dense,
                                    prompt_lengths=[int(ls.prompt_lengths[i]) for i in keep])
-  stats = label_stats(ls)
+  stats = ls.stats()
   stats["params"] = model_cfg.num_params()
   ctx.log(f"{kind}: {stats['params']:,} params ({cfg.init} init); data {stats}")
   trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="value", name=kind)
