@@ -18,7 +18,7 @@ from ttc_jax.pipeline import Pipeline
 from ttc_jax.pipeline import store
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
-from ttc_jax.pipeline.stages.search import sweep
+from ttc_jax.search.registry import sweep
 from ttc_jax.tokenizer import Tokenizer
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import pipeline_utils as pu
-from ttc_jax.pipeline.stages.search import cell_key
-from ttc_jax.pipeline.stages.search import sweep
+from ttc_jax.search.registry import cell_key
+from ttc_jax.search.registry import sweep
 from ttc_jax.report import markdown
 from ttc_jax.search.common import call_chunks
 
@@ -26,7 +26,7 @@ def _results(workdir):
 
 
 def test_sweep_cells_follow_the_config():
-  from ttc_jax.pipeline.stages.search import SWEEP_METHODS
+  from ttc_jax.search.registry import SWEEP_METHODS
   cells = sweep(pu.tiny_config(search__methods=SWEEP_METHODS).search)
   names = [(c["method"], c["params"]["n"]) for c in cells]
   assert names[:3] == [("best_of_n_weighted", 1), ("best_of_n_weighted", 2),

@@ -21,6 +21,7 @@ import numpy as np
 
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.analysis.stats import Comparison
+from ttc_jax.search import registry
 
 REPRODUCED, NOT_REPRODUCED, NOT_SIGNIFICANT = "reproduced", "not reproduced", "not significant"
 
@@ -87,7 +88,7 @@ def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam:
              "at high budgets best-of-N catches up or wins on easy problems (Figure 3)",
              cmp((beam, high), (bon, high), easy), paper_sign=-1),
   ]
-  looks = sorted({c["method"] for c in curves if c["method"].startswith("lookahead")})
+  looks = sorted(registry.of_family(study_lib.methods(curves), registry.LOOKAHEAD))
   for look in looks:
     shared = sorted({c["budget_generations"] for c in curves if c["method"] == look}
                     & {c["budget_generations"] for c in curves if c["method"] == beam})
@@ -96,10 +97,12 @@ def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam:
       out.append(_claim(f"(c) {look} vs {beam} at equal generation budget {b}",
                         "lookahead underperforms beam search at equal budget (Figure 3)",
                         cmp((look, b), (beam, b)), paper_sign=-1))
-  for method, paper in (
-      ("dvts", "DVTS beats beam search at high budgets and best-of-N (Beeching et al. 2024)"),
-      ("particles", "particle filtering beats beam search and best-of-N (Puri et al. 2025)")):
-    name = next((c["method"] for c in curves if c["method"].startswith(method)), None)
+  for family, paper in (
+      (registry.DVTS_FAMILY,
+       "DVTS beats beam search at high budgets and best-of-N (Beeching et al. 2024)"),
+      (registry.PARTICLES,
+       "particle filtering beats beam search and best-of-N (Puri et al. 2025)")):
+    name = registry.first_of(study_lib.methods(curves), family)
     if name is None:
       continue
     for b in sorted({low, high}):

@@ -71,6 +71,7 @@ from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import exchange as exchange_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
+from ttc_jax.search import registry
 
 FOLDS = 2
 REPEATS = 25
@@ -171,7 +172,7 @@ def split_half_stability(correct_matrix, num_bins: int = difficulty_lib.NUM_BINS
 
 def family(point: dict) -> str:
   """"revision" for revision points (methods named revision_* or revisions_*), else "search"."""
-  return "revision" if point["method"].startswith("revision") else "search"
+  return "revision" if registry.method(point["method"]).family == registry.REVISIONS else "search"
 
 
 def candidate_name(point: dict) -> str:
@@ -590,11 +591,18 @@ def _split_points(points: Sequence[dict], chains_of, selection: str | None) -> l
   ``selection`` (None: majority voting, the selector that needs no verifier) if swept, else
   the first method's."""
   names = study_lib.methods(points)
-  wanted = f"revisions_{selection or 'majority'}"
+  wanted = registry.name_of(registry.REVISIONS, selection=selection or "majority")
   method = wanted if wanted in names else (names[0] if names else None)
   out = [p for p in points if p["method"] == method
          and p["params"].get("chains") == chains_of(p["params"]["n"])]
   return sorted(out, key=lambda p: p["budget_generations"])
+
+
+def curve_name(family: str, kind: str) -> str:
+  """The name of a compute-optimal curve of candidates ``family`` ('search', 'revisions',
+  'combined') with bins ``kind`` ('oracle', 'predicted', 'predicted_charged'); the summary's
+  ``curve_keys`` maps it back (nothing reads a name)."""
+  return f"{family}_{kind}"
 
 
 def compute_optimal_summary(search_points: Sequence[dict],
@@ -647,16 +655,16 @@ def compute_optimal_summary(search_points: Sequence[dict],
   oracle = difficulty_lib.oracle_bins(p1, num_bins)
   predicted = predicted_bins(scores, num_bins)
   search = list(search_points)
-  revs = [r for r in (revision_points or [])
-          if revision_selection is None or r["method"].endswith(revision_selection)]
+  revs = [r for r in (revision_points or []) if revision_selection is None
+          or registry.selection_of(r["method"]) == revision_selection]
   if revision_points and not revs:
     raise ValueError(f"revision_selection={revision_selection!r}: no revision point has a method "
                      f"ending in it (methods: {study_lib.methods(revision_points)}).")
-  bon = sorted((c for c in search if c["method"] == "best_of_n_weighted"),
+  bon = sorted((c for c in search if c["method"] == registry.name_of(registry.BEST_OF_N)),
                key=lambda c: c["budget_generations"])
   if not bon:
     raise ValueError("search_points have no best_of_n_weighted point: the baseline is needed.")
-  beam_name = next((m for m in study_lib.methods(search) if m.startswith("beam_m")), None)
+  beam_name = registry.first_of(study_lib.methods(search), registry.BEAM)
   beam = sorted((c for c in search if c["method"] == beam_name),
                 key=lambda c: c["budget_generations"])
   parallel = _split_points(revision_points or [], lambda n: n, revision_selection)
@@ -666,15 +674,18 @@ def compute_optimal_summary(search_points: Sequence[dict],
     families["revisions"] = revs
     families["combined"] = search + revs
   curves: dict[str, list[dict]] = {}
+  keys: dict[str, dict] = {}  # curve name -> its family, bins and whether the cost is charged
   for fam, cands in families.items():
     for kind, bins in (("oracle", oracle), ("predicted", predicted)):
-      name = f"{fam}_{kind}"
+      name = curve_name(fam, kind)
+      keys[name] = {"family": fam, "kind": kind, "charged": False}
       curves[name] = cross_validate(cands, None, bins, num_bins,
                                     method=f"compute_optimal_{name}", folds=folds,
                                     repeats=repeats, seed=seed, report_bins=oracle)
-    curves[f"{fam}_predicted_charged"] = charge(
-        curves[f"{fam}_predicted"], prediction_generations, prediction_flops,
-        f"compute_optimal_{fam}_predicted_charged")
+    name = curve_name(fam, "predicted_charged")
+    keys[name] = {"family": fam, "kind": "predicted_charged", "charged": True}
+    curves[name] = charge(curves[curve_name(fam, "predicted")], prediction_generations,
+                          prediction_flops, f"compute_optimal_{name}")
   # Search is measured against best-of-N weighted, revisions against their own pure parallel
   # sampling (the paper's Figure 8 baseline), the combined curve against best-of-N.
   baseline_of = {"search": bon, "revisions": parallel, "combined": bon}
@@ -682,7 +693,7 @@ def compute_optimal_summary(search_points: Sequence[dict],
                    "combined": "best-of-N weighted"}
   eff = {}
   for name, pts in curves.items():
-    fam = name.split("_")[0]
+    fam = keys[name]["family"]
     if baseline_of[fam]:
       eff[name] = efficiency(pts, baseline_of[fam], seed, resamples, baseline=baseline_name[fam])
   claims = []
@@ -691,7 +702,7 @@ def compute_optimal_summary(search_points: Sequence[dict],
     if fam not in families or not baseline_of[fam]:
       continue
     for kind in ("oracle", "predicted"):
-      name = f"{fam}_{kind}"
+      name = curve_name(fam, kind)
       label = f"compute-optimal {fam} ({kind} bins)"
       c = equal_budget_claim(curves[name], baseline_of[fam], label,
                              f"compute-optimal scaling beats the baseline at equal generation "
@@ -702,7 +713,7 @@ def compute_optimal_summary(search_points: Sequence[dict],
   exchange = None
   if exchange_inputs is not None:
     exchange = exchange_lib.summary(
-        {k: curves[f"{k}_oracle"] for k in ("search", "revisions") if k in families},
+        {k: curves[curve_name(k, "oracle")] for k in ("search", "revisions") if k in families},
         bins=oracle, num_bins=num_bins, seed=seed, **exchange_inputs)
   candidates = {}
   for pt in search + revs:
@@ -721,7 +732,7 @@ def compute_optimal_summary(search_points: Sequence[dict],
           "split_half": split_half_stability(correct, num_bins),
           "prediction_cost": {"generations": float(prediction_generations),
                               "flops": float(prediction_flops)}},
-      "curves": {k: [_strip(p) for p in v] for k, v in curves.items()},
+      "curves": {k: [_strip(p) for p in v] for k, v in curves.items()}, "curve_keys": keys,
       "baselines": {"best_of_n": [_strip(p) for p in bon], "beam": [_strip(p) for p in beam],
                     "revisions_parallel": [_strip(p) for p in parallel],
                     "revisions_sequential": [_strip(p) for p in sequential]},

@@ -45,6 +45,7 @@ from ttc_jax import accounting
 from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
+from ttc_jax.search import registry
 from ttc_jax.verifiers import aggregation
 
 SELECTIONS = ("majority", "flat_orm", "hier_orm", "flat_prm")
@@ -89,7 +90,7 @@ def balanced(n: int) -> tuple[int, int]:
 
 
 def _method(selection: str) -> str:
-  return f"revisions_{selection}"
+  return registry.name_of(registry.REVISIONS, selection=selection)
 
 
 def _check(chains_by_seed: Sequence[dict]) -> list[str]:
@@ -424,9 +425,7 @@ def best_ratio_by_bin(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,
 
 
 def _search_beam(search_curves: Sequence[dict]) -> str | None:
-  names = study_lib.methods(search_curves)
-  return next((m for m in names if m.startswith("beam_m")),
-              "beam_sqrt" if "beam_sqrt" in names else None)
+  return registry.reference_beam(study_lib.methods(search_curves))
 
 
 def _per_problem_flops(pt: dict) -> float:

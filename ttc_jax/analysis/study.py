@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ttc_jax.analysis import stats as stats_lib
+from ttc_jax.search import registry
 
 
 def points(cells: Sequence[dict]) -> list[list[dict]]:
@@ -114,8 +115,7 @@ def perf(curves: Sequence[dict], beam_method: str, baseline: str = "best_of_n_we
 
   nmax = max(c["params"]["n"] for c in curves)
   beam, bon = find(beam_method, nmax), find(baseline, nmax)
-  search = [c for c in curves if c["method"].startswith(("beam", "lookahead", "dvts",
-                                                           "particles"))]
+  search = [c for c in curves if registry.method(c["method"]).tree]
   pol = sum(c["policy_tokens"] for c in search)
   return {
       "beam_vs_bon_wall_ratio": beam["wall_s"] / bon["wall_s"] if beam and bon else None,

@@ -17,25 +17,12 @@ from matplotlib.ticker import NullLocator
 from ttc_jax.analysis import verifiers as verifier_metrics
 from ttc_jax.analysis.study import methods as _methods
 from ttc_jax.analysis.study import point
+from ttc_jax.search import registry
 
 
 def method_label(method: str, params: dict | None = None) -> str:
   """A reader's name for a sweep method (from its params, never a fixed width)."""
-  params = params or {}
-  if method == "best_of_n_weighted":
-    return "best-of-N weighted"
-  if method == "beam_sqrt":
-    return "beam search M=sqrt(N)"
-  if method.startswith("beam_m"):
-    return f"beam search M={method[len('beam_m'):]}"
-  if method.startswith("dvts_m"):
-    return f"DVTS M={method[len('dvts_m'):]}"
-  if method == "particles":
-    return "particle filtering"
-  if method.startswith("lookahead_k"):
-    m = params.get("m")
-    return f"lookahead k={method[len('lookahead_k'):]}" + (f" (M={m})" if m else "")
-  return method
+  return registry.method(method).label(params)
 
 
 def pass_at_1(p1: np.ndarray, difficulty: Sequence[int], difficulty_label: str,
@@ -221,7 +208,8 @@ REVISION_COLORS = {"majority": "k", "flat_orm": "tab:red", "hier_orm": "tab:purp
 
 
 def _rev_rows(curves: Sequence[dict], selection: str) -> list[dict]:
-  return [c for c in curves if c["method"] == f"revisions_{selection}"]
+  return [c for c in curves
+          if c["method"] == registry.name_of(registry.REVISIONS, selection=selection)]
 
 
 def _rev_find(rows: Sequence[dict], n: int, chains: int) -> dict | None:
@@ -389,8 +377,9 @@ def compute_optimal_curves(co: dict) -> Figure:
   Args:
     co: :func:`ttc_jax.analysis.compute_optimal.compute_optimal_summary`'s result.
   """
-  curves, base = co["curves"], co["baselines"]
-  fams = [f for f in ("search", "revisions", "combined") if f"{f}_oracle" in curves]
+  curves, base, keys = co["curves"], co["baselines"], co["curve_keys"]
+  by_key = {(k["family"], k["kind"]): name for name, k in keys.items()}
+  fams = [f for f in ("search", "revisions", "combined") if (f, "oracle") in by_key]
   fig = Figure(figsize=(6.2 * len(fams), 4.8))
   axes = np.atleast_1d(fig.subplots(1, len(fams), sharey=True))
   for ax, fam in zip(axes, fams):
@@ -403,13 +392,14 @@ def compute_optimal_curves(co: dict) -> Figure:
       _band(ax, base["revisions_sequential"], "sequential (1 chain x N)", "tab:purple")
     else:
       _band(ax, base["best_of_n"], "best-of-N weighted", "tab:blue")
-      _band(ax, curves["search_oracle"], "compute-optimal search (oracle)", "tab:orange")
-      _band(ax, curves.get("revisions_oracle", []), "compute-optimal revisions (oracle)",
-            "tab:purple")
+      _band(ax, curves[by_key["search", "oracle"]], "compute-optimal search (oracle)",
+            "tab:orange")
+      _band(ax, curves.get(by_key.get(("revisions", "oracle")), []),
+            "compute-optimal revisions (oracle)", "tab:purple")
     for kind in ("oracle", "predicted", "predicted_charged"):
-      pts = curves.get(f"{fam}_{kind}", [])
+      pts = curves.get(by_key.get((fam, kind)), [])
       label = CO_LABELS[kind] if fam != "combined" else f"combined {CO_LABELS[kind]}"
-      _band(ax, pts, label, CO_COLORS[kind], "--" if kind.endswith("charged") else "-",
+      _band(ax, pts, label, CO_COLORS[kind], "--" if kind == "predicted_charged" else "-",
             "s" if kind == "oracle" else "o")
     _plain_log2(ax)
     ax.set_xlabel("generation budget per problem")
@@ -456,13 +446,13 @@ def compute_optimal_efficiency(co: dict) -> Figure:
   row per family (search, revisions, combined), with the y = x line (equal cost) and the
   y = x / 4 line (the paper's 4x); a triangle on the top line: never reached (an interval
   running to the top line: some resamples never reach it)."""
-  eff = co["efficiency"]
+  eff, keys = co["efficiency"], co["curve_keys"]
   fams = [f for f in ("search", "revisions", "combined")
-          if any(k.startswith(f + "_") for k in eff)]
+          if any(keys[k]["family"] == f for k in eff)]
   fig = Figure(figsize=(12, 4.4 * max(1, len(fams))))
   grid = np.atleast_2d(fig.subplots(max(1, len(fams)), 2))
   for row, fam in zip(grid, fams):
-    mine = {k: e for k, e in eff.items() if k.startswith(fam + "_")}
+    mine = {k: e for k, e in eff.items() if keys[k]["family"] == fam}
     for ax, axis in zip(row, ("generations", "flops")):
       vals = []
       for e in mine.values():
@@ -475,9 +465,9 @@ def compute_optimal_efficiency(co: dict) -> Figure:
       vmin, vmax = min(vals), max(vals)
       top = vmax * 2.0
       for i, (name, e) in enumerate(mine.items()):
-        kind = name[len(fam) + 1:]
+        kind = keys[name]["kind"]
         _efficiency_series(ax, e, axis, CO_LABELS.get(kind, kind), CO_COLORS.get(kind, f"C{i}"),
-                           "--" if kind.endswith("charged") else "-", top,
+                           "--" if keys[name]["charged"] else "-", top,
                            2.0 ** (0.06 * (i - (len(mine) - 1) / 2)))
       line = np.array([vmin / 2, top])
       ax.plot(line, line, "k:", lw=0.8, label="y = x (no saving)")

@@ -8,6 +8,7 @@ from typing import Sequence
 from ttc_jax.analysis.study import methods as _methods
 from ttc_jax.analysis.study import point as _row
 from ttc_jax.report.figures import method_label
+from ttc_jax.search import registry
 
 
 def low_high(budgets: Sequence[int]) -> list[int]:
@@ -320,16 +321,16 @@ CO_KINDS = {"oracle": "oracle bins", "predicted": "predicted bins",
             "predicted_charged": "predicted bins, prediction cost charged"}
 
 
-def _co_name(name: str) -> str:
-  fam, _, kind = name.partition("_")
-  return f"{fam} ({CO_KINDS.get(kind, kind)})"
+def _co_name(key: dict) -> str:
+  """A compute-optimal curve's name for a reader, from its ``curve_keys`` entry."""
+  return f"{key['family']} ({CO_KINDS.get(key['kind'], key['kind'])})"
 
 
 def candidate_label(candidate: dict) -> str:
   """A reader's name for a compute-optimal candidate (search method at N, or revision split)."""
   p = candidate.get("params") or {}
   if "chains" in p:
-    sel = candidate["method"].split("_", 1)[-1]
+    sel = registry.selection_of(candidate["method"])
     return f"revisions {sel} {p['chains']}x{p['length']}"
   return f"{method_label(candidate['method'], p)} N={p.get('n', candidate['budget_generations'])}"
 
@@ -354,7 +355,7 @@ def _cmp_cell(c: dict | None) -> str:
   return f"{c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
 
 
-def _best_line(name: str, e: dict) -> str:
+def _best_line(key: dict, e: dict) -> str:
   """The best efficiency ratio: the baseline's own budget N' reaching its accuracy at N over
   the budget compute-optimal needs to match it (above 1: compute-optimal needs less; below 1:
   more)."""
@@ -363,7 +364,7 @@ def _best_line(name: str, e: dict) -> str:
   r = b["generations_ratio"]
   note = (f"; it needs {1 / r:.3g}x the generations" if r and r < 1 else
           "; it never matches the baseline" if r == 0 else "")
-  return (f"- {_co_name(name)} vs {e.get('baseline', e['baseline_method'])}: best efficiency "
+  return (f"- {_co_name(key)} vs {e.get('baseline', e['baseline_method'])}: best efficiency "
           f"**{_ratio(r, floor)}x** in generations (the baseline's smallest budget N' reaching its "
           f"accuracy at N, over the budget compute-optimal needs to match it; at N={b['n']:g}; "
           f"95% CI "
@@ -398,21 +399,22 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
            "parallel sampling for revisions): the largest ratio over the baseline's budgets N "
            "of N to the smallest compute-optimal budget reaching its accuracy; '< x': not "
            "reached (x = N over the largest swept budget).", ""]
-  lines += [_best_line(name, e) for name, e in eff.items()]
+  keys = result["curve_keys"]
+  lines += [_best_line(keys[name], e) for name, e in eff.items()]
   lines += ["", "The paper's findings, tested (the 4x rule: reproduced if the 95% CI of the best "
             "ratio starts at >= 4, not reproduced if it ends below 4; the column shows ratio - "
             "4):", ""]
   lines += claims_section(result.get("claims", []))
-  budgets = sorted({p["budget_generations"] for v in curves.values() for p in v
-                    if not p["method"].endswith("charged")})
+  budgets = sorted({p["budget_generations"] for k, v in curves.items() for p in v
+                    if not keys[k]["charged"]})
   bases = {"best-of-N weighted": result["baselines"]["best_of_n"],
            **({method_label(result["baselines"]["beam"][0]["method"]): result["baselines"]["beam"]}
               if result["baselines"].get("beam") else {}),
            "revisions parallel": result["baselines"]["revisions_parallel"],
            "revisions sequential": result["baselines"]["revisions_sequential"]}
   cols = [(k, v) for k, v in bases.items() if v] + [
-      (f"compute-optimal {_co_name(k)}", v) for k, v in curves.items()
-      if not k.endswith("charged")]
+      (f"compute-optimal {_co_name(keys[k])}", v) for k, v in curves.items()
+      if not keys[k]["charged"]]
   lines += ["", "Accuracy by generation budget, mean [95% CI]:", "",
             "| budget | " + " | ".join(k for k, _ in cols) + " |", "|---|" + "---|" * len(cols)]
   for b in budgets:
@@ -431,7 +433,7 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
     for r in e["rows"]:
       b_ci = r["budget_ci"]
       lines.append(
-          f"| {_co_name(name)} | {e.get('baseline', e['baseline_method'])} | {r['n']:g} | "
+          f"| {_co_name(keys[name])} | {e.get('baseline', e['baseline_method'])} | {r['n']:g} | "
           f"{r['baseline_accuracy']:.3f} | {_g(r['budget']) if r['reached'] else 'not reached'} "
           f"| [{_g(b_ci[0]) if b_ci[0] else 'never'}, {_g(b_ci[1]) if b_ci[1] else 'never'}] | "
           f"{_ratio(r['generations_ratio'], r['floor'])} "
@@ -442,9 +444,9 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
             "easiest) and budget on all problems; (x%): the share of the cross-validation "
             "choices that agree with it:", ""]
   for name, pts in curves.items():
-    if name.endswith("charged"):
+    if keys[name]["charged"]:
       continue
-    lines += [f"{_co_name(name)}:", "",
+    lines += [f"{_co_name(keys[name])}:", "",
               "| budget | " + " | ".join(f"bin {b + 1}" for b in range(num_bins)) + " |",
               "|---|" + "---|" * num_bins]
     for p in pts:
@@ -523,7 +525,7 @@ def study_headline(co: dict) -> list[str]:
   for name in ("search_oracle", "search_predicted", "revisions_oracle", "revisions_predicted",
                "combined_oracle", "combined_predicted"):
     if name in co["efficiency"]:
-      lines.append(_best_line(name, co["efficiency"][name]))
+      lines.append(_best_line(co["curve_keys"][name], co["efficiency"][name]))
   ex = co.get("exchange")
   if not ex:
     lines += ["- Pretraining against test-time compute: not run (`make exchange`)."]

@@ -141,9 +141,10 @@ COMPUTE_OPTIMAL = Stage(
              "compute_optimal_efficiency.png", "difficulty_bins.png"),
     run=run_compute_optimal, load=load_json("compute_optimal.json"),
     optional=("large_policy_eval",), may_lack=("orm", "revision_report"),
-    version=4, changelog=(
+    version=5, changelog=(
         "2: efficiency against the baseline's own smallest budget",
         "3: the prediction cost counts an imported PRM's own tokens; the floor N' / b_max",
-        "4: the prediction cost charges the predictor's own model (the ORM, the policy)"),
+        "4: the prediction cost charges the predictor's own model (the ORM, the policy)",
+        "5: curve_keys: each curve's family, bins and charged flag (its name is not parsed)"),
     cost_s=15,
     checks={"compute_optimal": check_compute_optimal})

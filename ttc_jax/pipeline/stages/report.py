@@ -7,6 +7,7 @@ from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import revisions as revision_analysis
 from ttc_jax.analysis import study as study_lib
+from ttc_jax.search import registry
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
@@ -21,7 +22,7 @@ def run_report(ctx: Context) -> dict:
   num_bins = c.report.difficulty_bins
   bins = difficulty_lib.oracle_bins(p1, num_bins)
   curves = [study_lib.summarize(pt, bins, num_bins, c.seed) for pt in study_lib.points(cells)]
-  beam = next((cv["method"] for cv in curves if cv["method"].startswith("beam_m")), "beam_sqrt")
+  beam = registry.reference_beam(study_lib.methods(curves)) or registry.name_of(registry.BEAM_SQRT)
   ver = ctx.inputs["verifier_eval"]
   claims = (claims_lib.verifier_claims(ver)
             + claims_lib.search_claims(curves, bins, num_bins, beam, c.seed))

@@ -20,58 +20,12 @@ from ttc_jax.progress import CompileClock
 from ttc_jax.progress import Progress
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
-from ttc_jax.search import DVTS
-from ttc_jax.search import ParticleFilter
 from ttc_jax.search import SearchContext
 from ttc_jax.search import default_width
 from ttc_jax.search import search_problems
-
-
-# The search methods a sweep can run (search.methods); see sweep().
-SWEEP_METHODS = ("best_of_n", "beam", "beam_sqrt", "dvts", "particles", "lookahead")
-
-
-def sweep(search: ml_collections.ConfigDict) -> list[dict]:
-  """The cells of the sweep: {method, params, seed, strategy} in run order (by seed,
-  then method, then budget: the first seed's curves are complete first)."""
-  m, rounds = search.beam_width, search.max_rounds
-  per_seed = []
-  for method in search.methods:
-    for n in search.budgets:
-      if n == 1 and method != "best_of_n":
-        continue  # one generation is one policy sample, whatever the search: best-of-1
-      if method == "best_of_n":
-        per_seed.append({"method": "best_of_n_weighted", "params": {"n": n},
-                         "strategy": BestOfN(n=n, selection="weighted", step_aggregation="last")})
-      elif method == "beam":
-        w = min(m, n)
-        per_seed.append({"method": f"beam_m{m}", "params": {"n": n, "m": w},
-                         "strategy": BeamSearch(n=n, width=w, max_rounds=rounds)})
-      elif method == "beam_sqrt":
-        w = default_width(n)
-        per_seed.append({"method": "beam_sqrt", "params": {"n": n, "m": w},
-                         "strategy": BeamSearch(n=n, width=w, max_rounds=rounds)})
-      elif method == "dvts":
-        w = min(m, n)
-        per_seed.append({"method": f"dvts_m{m}", "params": {"n": n, "m": w},
-                         "strategy": DVTS(n=n, width=w, max_rounds=rounds)})
-      elif method == "particles":
-        per_seed.append({"method": "particles", "params": {"n": n},
-                         "strategy": ParticleFilter(n=n, temperature=search.particle_temperature,
-                                                    max_rounds=rounds)})
-    if method == "lookahead":
-      for k in search.lookahead_steps:
-        for n in search.budgets:
-          if n < m or n * (k + 1) > max(search.budgets):
-            continue  # the budget N x (k + 1) must fit the sweep's range
-          per_seed.append({"method": f"lookahead_k{k}", "params": {"n": n, "m": m, "k": k},
-                           "strategy": BeamSearch(n=n, width=m, lookahead=k, max_rounds=rounds)})
-  return [{**cell, "seed": s} for s in search.seeds for cell in per_seed]
-
-
-def cell_key(cell: dict) -> str:
-  return (f"{cell['method']}/" + ",".join(f"{k}={v}" for k, v in sorted(cell["params"].items()))
-          + f"/seed={cell['seed']}")
+from ttc_jax.search.registry import SWEEP_METHODS
+from ttc_jax.search.registry import cell_key
+from ttc_jax.search.registry import sweep
 
 
 def run_search_sweep(ctx: Context) -> dict:
