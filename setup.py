@@ -45,7 +45,7 @@ setuptools.setup(
             "import-linter",
             "filelock",
         ],
-        # Imported checkpoints (ttc_jax.models.hf_import, ttc_jax.hf_tokenizer): safetensors,
+        # Imported checkpoints (ttc_jax.models.hf_import, ttc_jax.tokenizers.hf): safetensors,
         # HF tokenizers, transformers for chat-template rendering (no torch needed); the
         # MATH / GSM8K grader (ttc_jax.tasks.grading): math-verify.
         "hf": [

@@ -7,8 +7,8 @@ from hf_fixtures import CHATML
 from hf_fixtures import LLAMA3
 from hf_fixtures import SPECIAL
 from hf_fixtures import write_tokenizer
-from ttc_jax.hf_tokenizer import HFTokenizer
-from ttc_jax.hf_tokenizer import TokenizerError
+from ttc_jax.tokenizers.hf import HFTokenizer
+from ttc_jax.tokenizers.hf import TokenizerError
 
 @pytest.fixture(scope="module", params=["chatml", "llama3"])
 def tokenizer_dir(request, tmp_path_factory):

@@ -241,7 +241,7 @@ def test_a_tokenizer_that_writes_the_delimiter_as_two_tokens_is_accepted(checkpo
   import shutil
   from hf_fixtures import CHATML
   from hf_fixtures import write_tokenizer
-  from ttc_jax.hf_tokenizer import HFTokenizer
+  from ttc_jax.tokenizers.hf import HFTokenizer
   from ttc_jax.sampling.solutions import step_ends
   policy = str(tmp_path / "policy")
   shutil.copytree(checkpoints["policy"], policy)

@@ -19,7 +19,7 @@ from ttc_jax.pipeline import store
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
 from ttc_jax.search.registry import sweep
-from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.tokenizers.spm import SentencePieceTokenizer
 
 
 # ------------------------------------------------------------------------- store
@@ -236,7 +236,7 @@ def test_a_damaged_tokenizer_file_names_its_path(tmp_path):
   with open(path, "wb") as f:
     f.write(b"\x00garbage")
   with pytest.raises(ValueError, match=re.escape(path) + r" is not a tokenizer model"):
-    Tokenizer.load(path)
+    SentencePieceTokenizer.load(path)
 
 
 @pytest.mark.e2e

@@ -24,7 +24,7 @@ from hf_fixtures import SPECIAL
 from hf_fixtures import randomize
 from hf_fixtures import write_step_classifier
 from hf_fixtures import write_tokenizer
-from ttc_jax.hf_tokenizer import HFTokenizer
+from ttc_jax.tokenizers.hf import HFTokenizer
 from ttc_jax.models import hf_import
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.verifiers import adapters

@@ -315,8 +315,8 @@ def test_bad_values_that_only_a_run_finds_are_one_line(tmp_path):
   c.data_dir = str(data)
   with pytest.raises(ValueError, match=r"test.jsonl line 2 is not a JSON object .* truncated"):
     tasks.build(c).num_examples("test")
-  from ttc_jax.hf_tokenizer import HFTokenizer
-  from ttc_jax.hf_tokenizer import TokenizerError
+  from ttc_jax.tokenizers.hf import HFTokenizer
+  from ttc_jax.tokenizers.hf import TokenizerError
   garbled = tmp_path / "tok"
   garbled.mkdir()
   (garbled / "tokenizer.json").write_bytes(b'{"version": "1.0", "model": {"ty\x00\x01')

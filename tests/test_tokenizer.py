@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ttc_jax import tasks
-from ttc_jax import tokenizer as tokenizer_lib
-from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.tokenizers import spm as tokenizer_lib
+from ttc_jax.tokenizers.spm import SentencePieceTokenizer
 
 _NUM_TEXTS = 2000
 
@@ -24,7 +24,7 @@ def prefix(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(task, prefix):
-  return Tokenizer.train(task, prefix, vocab_size=64, num_texts=_NUM_TEXTS)
+  return SentencePieceTokenizer.train(task, prefix, vocab_size=64, num_texts=_NUM_TEXTS)
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +59,26 @@ class TestVocabulary:
       lines = f.read().splitlines()
     assert len(lines) == tok.vocab_size
     assert lines[4].split("\t")[0] == "\\n"
-    loaded = Tokenizer.load(prefix + ".model")
+    loaded = SentencePieceTokenizer.load(prefix + ".model")
     assert loaded.vocab_size == tok.vocab_size
     assert loaded.encode("12 +3\n12+3=15") == tok.encode("12 +3\n12+3=15")
 
   def test_training_is_deterministic(self, tok, task, tmp_path):
-    again = Tokenizer.train(task, str(tmp_path / "again"), vocab_size=64,
+    again = SentencePieceTokenizer.train(task, str(tmp_path / "again"), vocab_size=64,
                             num_texts=_NUM_TEXTS)
     assert again.serialized_model == tok.serialized_model
     with open(str(tmp_path / "again.model"), "rb") as f:
       assert f.read() == tok.serialized_model
 
   def test_other_vocab_sizes(self, task, tmp_path):
-    small = Tokenizer.train(task, str(tmp_path / "s"), vocab_size=32,
+    small = SentencePieceTokenizer.train(task, str(tmp_path / "s"), vocab_size=32,
                             num_texts=200)
     assert small.vocab_size == 32
     with pytest.raises(ValueError, match="vocab_size=12 is too small"):
-      Tokenizer.train(task, str(tmp_path / "t"), vocab_size=12, num_texts=200)
+      SentencePieceTokenizer.train(task, str(tmp_path / "t"), vocab_size=12, num_texts=200)
 
   def test_bpe(self, task, tmp_path, problems):
-    bpe = Tokenizer.train(task, str(tmp_path / "bpe"), vocab_size=48,
+    bpe = SentencePieceTokenizer.train(task, str(tmp_path / "bpe"), vocab_size=48,
                           num_texts=500, model_type="bpe")
     assert bpe.vocab_size == 48 and (bpe.step_ids, bpe.answer_id) == ((4,), 5)
     for p in problems[:200]:
@@ -99,7 +99,7 @@ class TestVocabulary:
         model_prefix=prefix, vocab_size=30, hard_vocab_limit=False,
         minloglevel=2)  # Default ids: unk=0, bos=1, eos=2, no pad.
     with pytest.raises(ValueError, match="Unexpected"):
-      Tokenizer.load(prefix + ".model")
+      SentencePieceTokenizer.load(prefix + ".model")
 
 
 class TestEncoding:

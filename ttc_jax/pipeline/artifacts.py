@@ -34,7 +34,7 @@ import numpy as np
 
 from ttc_jax import parallel
 from ttc_jax import tasks
-from ttc_jax.hf_tokenizer import HFTokenizer
+from ttc_jax.tokenizers.hf import HFTokenizer
 from ttc_jax.models import checkpoints
 from ttc_jax.models import hf_import
 from ttc_jax.models.transformer import Transformer
@@ -44,7 +44,8 @@ from ttc_jax.progress import Progress
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SpecialIds
 from ttc_jax.tasks import tfds_builder
-from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.tokenizers import Tokenizer
+from ttc_jax.tokenizers.spm import SentencePieceTokenizer
 from ttc_jax.verifiers import adapters
 from ttc_jax.verifiers.incremental import IncrementalScorer
 from ttc_jax.verifiers.scoring import Scorer
@@ -225,7 +226,7 @@ class ModelArtifact:
   path: str
   description: dict
   config: TransformerConfig
-  tokenizer: Tokenizer | HFTokenizer
+  tokenizer: Tokenizer
   # Reads the parameters (an imported checkpoint's on first use: a stage that only needs
   # the architecture or the tokenizer never reads gigabytes of weights).
   loader: Callable[[], Transformer] = dataclasses.field(repr=False)
@@ -322,7 +323,7 @@ def write_model(out: StageDir, config: TransformerConfig, tokenizer: dict, *, st
   })
 
 
-def load_tokenizer(artifact_dir: str, ref: dict) -> Tokenizer:
+def load_tokenizer(artifact_dir: str, ref: dict) -> SentencePieceTokenizer:
   # The tokenizer artifact of the same workdir (WORKDIR/<stage>/<id>/ -> WORKDIR).
   workdir = os.path.dirname(os.path.dirname(os.path.abspath(artifact_dir)))
   path = inside(workdir, os.path.join(os.path.abspath(artifact_dir), ref["path"]),
@@ -332,7 +333,7 @@ def load_tokenizer(artifact_dir: str, ref: dict) -> Tokenizer:
   if ref.get("sha256") and store.file_digest(path) != ref["sha256"]:
     raise ArtifactError(f"{path} is not the tokenizer the model in {artifact_dir} was trained "
                         "with (sha256 differs).")
-  return Tokenizer.load(path)
+  return SentencePieceTokenizer.load(path)
 
 
 def hf_tokenizer(directory: str, *, step_delimiter: str, chat: bool, system: str | None

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ttc_jax.tasks import base
-from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.tokenizers.spm import SentencePieceTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +133,7 @@ def bucketed_batch_indices(lengths: Sequence[int], batch_size: int, seed: int, s
                          pool_batches)[k].astype(np.int64)
 
 
-def encode_rows(tokenizer: Tokenizer, pieces: Sequence[Sequence[str]], seq_len: int,
+def encode_rows(tokenizer: SentencePieceTokenizer, pieces: Sequence[Sequence[str]], seq_len: int,
                 *, eos: bool = True) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
   """Encodes texts made of consecutive pieces; returns where each piece ends.
 
@@ -170,14 +170,14 @@ def encode_rows(tokenizer: Tokenizer, pieces: Sequence[Sequence[str]], seq_len: 
   return tokens, valid, ends
 
 
-def sft_dataset(task: base.Task, tokenizer: Tokenizer, problems: Sequence[base.Problem],
+def sft_dataset(task: base.Task, tokenizer: SentencePieceTokenizer, problems: Sequence[base.Problem],
                 seq_len: int) -> TokenDataset:
   """Policy SFT data: BOS prompt solution EOS; the loss covers solution and EOS."""
   return prompt_target_dataset(
       tokenizer, [(task.format_prompt(p), p.solution) for p in problems], seq_len)
 
 
-def prompt_target_dataset(tokenizer: Tokenizer, rows: Sequence[Sequence[str]],
+def prompt_target_dataset(tokenizer: SentencePieceTokenizer, rows: Sequence[Sequence[str]],
                           seq_len: int) -> TokenDataset:
   """BOS prompt target EOS per row of texts (prompt pieces..., target), each piece
   tokenized on its own; the loss covers the target and EOS only (SFT of the policy:

@@ -51,7 +51,7 @@ class FormatError(ValueError):
 
 
 class PRMTokenizer(Protocol):
-  """What an adapter needs of a tokenizer (ttc_jax.hf_tokenizer.HFTokenizer has it)."""
+  """What an adapter needs of a tokenizer (ttc_jax.tokenizers.hf.HFTokenizer has it)."""
 
   pad_id: int
 

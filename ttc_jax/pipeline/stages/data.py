@@ -12,7 +12,7 @@ from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
-from ttc_jax.tokenizer import Tokenizer
+from ttc_jax.tokenizers.spm import SentencePieceTokenizer
 
 
 def run_data(ctx: Context) -> dict:
@@ -33,19 +33,19 @@ def run_tokenizer(ctx: Context) -> dict:
   data = ctx.inputs["data"]
   if ctx.out.primary:
     try:
-      Tokenizer.train(data.task, ctx.out.path("tokenizer"),
+      SentencePieceTokenizer.train(data.task, ctx.out.path("tokenizer"),
                       vocab_size=ctx.config.tokenizer.vocab_size,
                       num_texts=ctx.config.tokenizer.num_texts)
     except ValueError as e:  # e.g. a vocabulary smaller than the task's characters
       raise config_lib.ConfigError(f"tokenizer: {e}") from None
   ctx.out.barrier()
-  tok = Tokenizer.load(ctx.out.path("tokenizer.model"))
+  tok = SentencePieceTokenizer.load(ctx.out.path("tokenizer.model"))
   return {"vocab_size": tok.vocab_size}
 
 
-def load_tokenizer(out: artifacts.StageDir, key: dict) -> Tokenizer:
+def load_tokenizer(out: artifacts.StageDir, key: dict) -> SentencePieceTokenizer:
   del key
-  return Tokenizer.load(out.path("tokenizer.model"))
+  return SentencePieceTokenizer.load(out.path("tokenizer.model"))
 
 
 # ----------------------------------------------------------------------------

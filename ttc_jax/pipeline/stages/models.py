@@ -14,7 +14,7 @@ from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline import store
-from ttc_jax import hf_tokenizer
+from ttc_jax.tokenizers import hf as hf_tokenizer
 from ttc_jax.pipeline.config import ConfigError
 from ttc_jax.pipeline.config import Facts
 from ttc_jax.verifiers import adapters

@@ -125,14 +125,14 @@ def _escape_piece(piece: str) -> str:
   return piece.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
 
 
-class Tokenizer:
+class SentencePieceTokenizer:
   """SentencePiece wrapper with fixed special ids and batch helpers."""
 
   def __init__(self, model_proto: bytes, path: str | None = None):
     """Builds a tokenizer from a serialized `ModelProto`.
 
     Args:
-      model_proto: Bytes of a `.model` file written by `Tokenizer.train`.
+      model_proto: Bytes of a `.model` file written by `SentencePieceTokenizer.train`.
       path: The file it was read from (None: in memory only).
 
     Raises:
@@ -171,7 +171,7 @@ class Tokenizer:
       vocab_size: int = 64,
       num_texts: int = 5000,
       model_type: Literal["unigram", "bpe"] = "unigram",
-  ) -> "Tokenizer":
+  ) -> "SentencePieceTokenizer":
     """Trains on `task.corpus("train", num_texts)`; writes prefix.{model,vocab}.
 
     Args:
@@ -204,8 +204,8 @@ class Tokenizer:
     return tokenizer
 
   @classmethod
-  def load(cls, path: str) -> "Tokenizer":
-    """Loads a `.model` file written by `Tokenizer.train`.
+  def load(cls, path: str) -> "SentencePieceTokenizer":
+    """Loads a `.model` file written by `SentencePieceTokenizer.train`.
 
     Raises:
       ValueError: naming the path, if the file is not such a model.
@@ -217,7 +217,8 @@ class Tokenizer:
     except Exception as e:  # pylint: disable=broad-except
       # sentencepiece reports a damaged proto as an INTERNAL RuntimeError without the path.
       raise ValueError(
-          f"{path} is not a tokenizer model written by Tokenizer.train ({type(e).__name__}: "
+          f"{path} is not a tokenizer model written by SentencePieceTokenizer.train "
+          f"({type(e).__name__}: "
           f"{str(e).strip()[:200]}).") from e
 
   # ---------------------------------------------------------------------------
