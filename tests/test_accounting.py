@@ -22,7 +22,7 @@ from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.search import BestOfN
 from ttc_jax.search import SearchContext
-from ttc_jax.verifiers.incremental import IncrementalScorer
+from ttc_jax.verifiers.value_head import ValueHeadVerifier
 
 COST = ModelCost(params=1000, num_layers=3, attn_width=16)
 
@@ -198,7 +198,7 @@ def test_best_of_n_budget_is_the_closed_form(core1, special_ids):
   cfg = policy_config()
   # A PRM of another shape than the policy, so the two costs differ.
   prm_cfg = dataclasses.replace(cfg, head="value", num_layers=1, num_heads=2, num_kv_heads=1)
-  prm = IncrementalScorer(Transformer(prm_cfg, rngs=nnx.Rngs(7)))
+  prm = ValueHeadVerifier(Transformer(prm_cfg, rngs=nnx.Rngs(7)), pad_id=0)
   ctx = SearchContext(core=core1, prm=prm, task=Task(),
                       tokenizer=Tok(special_ids.eos_ids[0], special_ids.step_ids[0]),
                       seed=1, sp=SamplingParams(temperature=1.0, max_new_tokens=24),

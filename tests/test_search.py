@@ -27,14 +27,14 @@ from ttc_jax.search import ParticleFilter
 from ttc_jax.search import SearchContext
 from ttc_jax.search import common
 from ttc_jax.verifiers import aggregation
-from ttc_jax.verifiers.incremental import IncrementalScorer
+from ttc_jax.verifiers.value_head import ValueHeadVerifier
 
 
 @pytest.fixture(scope="module")
 def prm(core1):
   cfg = policy_config()
-  return IncrementalScorer(Transformer(type(cfg)(**{**cfg.__dict__, "head": "value"}),
-                                       rngs=nnx.Rngs(7)))
+  return ValueHeadVerifier(Transformer(type(cfg)(**{**cfg.__dict__, "head": "value"}),
+                                       rngs=nnx.Rngs(7)), pad_id=0)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def _reference_beam(strategy, ctx, problem):
   Returns the pool, the policy and PRM token counts and the (start, count) position
   ranges the cached search runs through both models (what its FLOPs count)."""
   policy = _padded_forward(ctx.core.graphdef, ctx.core.params)
-  prm = _padded_forward(ctx.prm.graphdef, ctx.prm.params)
+  prm = _padded_forward(ctx.prm.incremental.graphdef, ctx.prm.incremental.params)
   tok = ctx.tokenizer
   prompt = tok.encode(ctx.task.format_prompt(problem), bos=True)
   n, m = strategy.n, getattr(strategy, "width", 1)
@@ -226,7 +226,7 @@ def test_problems_do_not_mix_in_a_batch(ctx, strategy):
 
 def test_best_of_n_scores_every_step_and_counts_tokens(ctx):
   res = BestOfN(n=4, step_aggregation="min").run(ctx, PROBLEMS[:1])[0]
-  prm = nnx.merge(ctx.prm.graphdef, ctx.prm.params)
+  prm = nnx.merge(ctx.prm.incremental.graphdef, ctx.prm.incremental.params)
   prompt = ctx.tokenizer.encode(PROBLEMS[0].question, bos=True)
   total = len(prompt)
   for c in res.candidates:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ttc_jax.sampling import solutions
 from ttc_jax.search.revisions import ProblemChains
+from ttc_jax.verifiers.base import Verifier
 from ttc_jax.verifiers.scoring import aggregate_steps
 
 
@@ -22,16 +23,18 @@ class RevisionSweep:
   budgets: list[int]
 
 
-def chain_arrays(pcs: list[ProblemChains], lengths: tuple[int, ...], orm_scorer,
-                 prm_scorer, tok, *, batch_size: int, wall_s: float) -> dict[str, np.ndarray]:
-  """(problems, chains, steps) arrays of chains: grades, answers, verifier scores, tokens."""
+def chain_arrays(pcs: list[ProblemChains], lengths: tuple[int, ...], orm: Verifier,
+                 prm: Verifier, tok, *, batch_size: int, wall_s: float) -> dict[str, np.ndarray]:
+  """(problems, chains, steps) arrays of chains: grades, answers, scores and tokens of the
+  revision ORM (each answer read at its last token, its revision prompt in context) and of
+  the PRM (each answer's steps after the problem's prompt, its last step's score)."""
   shape = (len(pcs), len(lengths), max(lengths))
   out = {"mask": np.zeros(shape, bool), "correct": np.zeros(shape, bool),
          "has_answer": np.zeros(shape, bool), "answers": np.full(shape, "", object),
          "orm": np.zeros(shape), "prm": np.zeros(shape),
          "policy_tokens": np.zeros(shape, np.int64), "orm_tokens": np.zeros(shape, np.int64),
          "prm_tokens": np.zeros(shape, np.int64)}
-  where, orm_rows, prm_rows, prm_ends = [], [], [], []
+  where, orm_rows, orm_prompts, prm_rows, prm_ends, questions, prefixes = ([] for _ in range(7))
   for q, pc in enumerate(pcs):
     for ch, chain in enumerate(pc.chains):
       for step, a in enumerate(chain):
@@ -42,14 +45,21 @@ def chain_arrays(pcs: list[ProblemChains], lengths: tuple[int, ...], orm_scorer,
         out["answers"][i] = a.answer or ""
         out["policy_tokens"][i] = a.extension_tokens + len(a.tokens)
         orm_rows.append(a.prompt + a.tokens)
+        orm_prompts.append(len(a.prompt))
         prm_rows.append(pc.prefix + a.tokens)
         prm_ends.append([len(pc.prefix) + e for e in solutions.step_ends(
             a.tokens, tok.step_ids, tok.eos_ids, tok.step_pairs)] or [len(pc.prefix) - 1])
-  orm_scores = orm_scorer.token_scores(orm_rows, batch_size=batch_size, desc="revision ORM")
-  prm_scores = prm_scorer.step_scores(prm_rows, prm_ends, batch_size=batch_size)
-  for i, o, p, orow, prow in zip(where, orm_scores, prm_scores, orm_rows, prm_rows):
+        questions.append(pc.problem.question)
+        prefixes.append(len(pc.prefix))
+  orm_scores = orm.solution_step_scores(questions, orm_rows, orm_prompts,
+                                        [[len(r) - 1] for r in orm_rows], batch_size=batch_size)
+  prm_scores = prm.solution_step_scores(questions, prm_rows, prefixes, prm_ends,
+                                        batch_size=batch_size)
+  orm_tokens = orm.solution_tokens(questions, orm_rows, orm_prompts)
+  prm_tokens = prm.solution_tokens(questions, prm_rows, prefixes)
+  for j, (i, o, p) in enumerate(zip(where, orm_scores, prm_scores)):
     out["orm"][i], out["prm"][i] = float(o[-1]), float(aggregate_steps([p], "last")[0])
-    out["orm_tokens"][i], out["prm_tokens"][i] = len(orow), len(prow)
+    out["orm_tokens"][i], out["prm_tokens"][i] = orm_tokens[j], prm_tokens[j]
   out["answers"] = out["answers"].astype(str)
   out["prefix_tokens"] = np.asarray([len(pc.prefix) for pc in pcs], np.int64)
   out["problems"] = np.asarray([pc.problem.uid for pc in pcs], str)

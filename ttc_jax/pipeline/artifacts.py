@@ -47,8 +47,9 @@ from ttc_jax.tasks import tfds_builder
 from ttc_jax.tokenizers import Tokenizer
 from ttc_jax.tokenizers.spm import SentencePieceTokenizer
 from ttc_jax.verifiers import adapters
-from ttc_jax.verifiers.incremental import IncrementalScorer
+from ttc_jax.verifiers.base import Verifier
 from ttc_jax.verifiers.scoring import Scorer
+from ttc_jax.verifiers.value_head import ValueHeadVerifier
 
 STAGE_FILE = "stage.json"
 MODEL_FILE = "model.json"
@@ -236,6 +237,7 @@ class ModelArtifact:
   _model: Transformer | None = dataclasses.field(default=None, repr=False)
   _core: SamplingCore | None = dataclasses.field(default=None, repr=False)
   _adapted: adapters.AdaptedPRM | None = dataclasses.field(default=None, repr=False)
+  _value_head: ValueHeadVerifier | None = dataclasses.field(default=None, repr=False)
 
   @property
   def model(self) -> Transformer:
@@ -263,37 +265,18 @@ class ModelArtifact:
   def scorer(self, mesh=None) -> Scorer:
     return Scorer(self.model, mesh=mesh, pad_id=self.tokenizer.pad_id)
 
-  def incremental_scorer(self, mesh=None) -> IncrementalScorer:
-    return IncrementalScorer(self.model, mesh=mesh, pad_id=self.tokenizer.pad_id)
-
-  def search_scorer(self, policy_tokenizer) -> IncrementalScorer | adapters.PolicyBridge:
-    """The PRM as search reads it: over the policy's tokens (a trained value head), or an
-    imported PRM fed the policy's decoded steps in its own format."""
+  def verifier(self, policy_tokenizer) -> Verifier:
+    """This model as a verifier of the policy's solutions: a value head over the policy's
+    tokens (the PRMs and ORMs trained here), or an imported PRM that reads the policy's
+    steps in its own format and tokens. Kept: its parameters placed once, its functions
+    compiled once."""
     if self.prm_format is None:
-      return self.incremental_scorer()
-    if self._adapted is None:  # kept: its parameters placed once, its functions compiled
+      if self._value_head is None:
+        self._value_head = ValueHeadVerifier(self.model, pad_id=self.tokenizer.pad_id)
+      return self._value_head
+    if self._adapted is None:
       self._adapted = adapters.AdaptedPRM(self.model, self.tokenizer, self.prm_format)
     return adapters.PolicyBridge(self._adapted, policy_tokenizer)
-
-  def solution_step_scores(self, policy_tokenizer, questions: list[str], rows: list,
-                           prompt_lengths: list[int], ends: list, *, batch_size: int
-                           ) -> list[np.ndarray]:
-    """The PRM's score of each step of finished policy samples (``rows``: prompt and
-    generation tokens; ``ends``: each step's last position in its row)."""
-    if self.prm_format is None:
-      return self.scorer().step_scores(rows, ends, batch_size=batch_size)
-    bridge = self.search_scorer(policy_tokenizer)
-    return bridge.solution_scores(questions, [r[n:] for r, n in zip(rows, prompt_lengths)],
-                                  batch_size=batch_size)
-
-  def solution_tokens(self, policy_tokenizer, questions: list[str], rows: list,
-                      prompt_lengths: list[int]) -> np.ndarray:
-    """The PRM tokens of each finished policy sample as the PRM reads it: the row itself
-    (a PRM over the policy's tokens), or its steps in the imported PRM's own format."""
-    if self.prm_format is None:
-      return np.asarray([len(r) for r in rows], np.int64)
-    return adapters.solution_lengths(self.prm_format, self.tokenizer, policy_tokenizer,
-                                     questions, [r[n:] for r, n in zip(rows, prompt_lengths)])
 
   def summary(self) -> dict:
     c = self.config

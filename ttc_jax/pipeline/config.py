@@ -23,6 +23,7 @@ from ttc_jax.models import hf_import
 from ttc_jax.models import memory
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.training import trainer
+from ttc_jax.verifiers import adapters
 
 
 
@@ -298,9 +299,9 @@ def memory_uses(config: ml_collections.ConfigDict) -> list[memory.Use]:
   slots = policy.max_seq_len + c.search.max_step_tokens
   if filled_by(c, "prm") == "hf_prm":
     prm = hf_model_config(c.hf_prm, "hf_prm")
-    # Its own tokens: its context and the search's slack (SearchContext.prm_prefill). A row
+    # Its own tokens: its context and the search's slack (PolicyBridge.start). A row
     # re-scored in full may grow it further (AdaptedPRM.step): not counted here.
-    prm_slots = prm.max_seq_len + 4 * c.search.max_step_tokens + 16
+    prm_slots = prm.max_seq_len + adapters.PolicyBridge.cache_slack(c.search.max_step_tokens)
   else:
     prm = model_config(verifier_arch(arch_fields(c.policy.model), c.prm, "prm"),
                  c.tokenizer.vocab_size, "value", "prm.model")

@@ -65,8 +65,8 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   size = tokens.shape[1] + ctx.max_new_tokens
   expand = np.repeat(np.arange(num), n)
   pol = ctx.core.gather(ctx.core.prefill(tokens, valid, cache_size=size), expand)
-  prm = ctx.prm_prefill(problems, tokens, valid, size)
-  head = ctx.prm_lengths(prm)  # the PRM's own prompt tokens (an adapted PRM), else None
+  prm = ctx.prm_start(problems, tokens, valid, size)
+  head = ctx.prm.tokens_fed(prm)  # the PRM's own prompt tokens (an adapted PRM), else None
   prm = ctx.prm.gather(prm, expand)
   ids = np.asarray([p.index for p in problems], np.int64)[expand]
   keys = ctx.keys(ids, np.tile(np.arange(n), num), 0)
@@ -75,7 +75,7 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   gen = np.asarray(out.tokens)[:, :chunk_width(int(lengths.max()), ctx.max_new_tokens, 16)]
   stopped = np.asarray(out.stopped)
   prm, per_token = ctx.prm.extend_scores(prm, gen, np.arange(gen.shape[1])[None] < lengths[:, None])
-  fed = ctx.prm_lengths(prm)
+  fed = ctx.prm.tokens_fed(prm)
   budgets = [Budget(generations=n) for _ in problems]
   pools: list[list[common.Candidate]] = [[] for _ in problems]
   pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost

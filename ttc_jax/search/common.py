@@ -15,9 +15,10 @@ from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.solutions import left_pad
 from ttc_jax.sampling.solutions import round_up
+from ttc_jax.tasks import Task
+from ttc_jax.tokenizers import Tokenizer
 from ttc_jax.verifiers import aggregation
-from ttc_jax.verifiers.adapters import PolicyBridge
-from ttc_jax.verifiers.incremental import IncrementalScorer
+from ttc_jax.verifiers.base import Verifier
 
 
 @dataclasses.dataclass
@@ -33,9 +34,9 @@ class SearchContext:
   """
 
   core: SamplingCore
-  prm: IncrementalScorer | PolicyBridge  # a PRM of the policy's tokens, or an adapted one
-  task: object
-  tokenizer: object
+  prm: Verifier  # scores each step (a value head over the policy's tokens, an adapted PRM)
+  task: Task
+  tokenizer: Tokenizer
   seed: int = 0
   run: int = 0  # independent repeat of a search (the study's search seeds)
   sp: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=96)
@@ -67,26 +68,11 @@ class SearchContext:
     tokens, valid = left_pad(prompts, length, self.tokenizer.pad_id)
     return prompts, tokens, valid
 
-  @property
-  def reads_policy_tokens(self) -> bool:
-    """False for an adapted PRM (verifiers.adapters.PolicyBridge): its own tokenizer and
-    format, its prompt the question's text."""
-    return not hasattr(self.prm, "prefill_questions")
-
-  def prm_prefill(self, problems: Sequence, tokens: np.ndarray, valid: np.ndarray,
-                  cache_size: int):
-    """The PRM's state of the prompts: the policy's prompt tokens, or for an adapted PRM
-    the questions' text (its cache sized to its context plus a few steps' slack: its
-    tokens are not the policy's)."""
-    if self.reads_policy_tokens:
-      return self.prm.prefill(tokens, valid, cache_size=cache_size)
-    slack = 4 * self.max_step_tokens + 16
-    return self.prm.prefill_questions([p.question for p in problems],
-                                      cache_size=self.prm.config.max_seq_len + slack)
-
-  def prm_lengths(self, state) -> np.ndarray | None:
-    """The PRM tokens of each row so far, or None when they are the policy's tokens."""
-    return None if self.reads_policy_tokens else self.prm.lengths(state)
+  def prm_start(self, problems: Sequence, tokens: np.ndarray, valid: np.ndarray,
+                cache_size: int):
+    """The PRM's state of the prompts (the policy's, in ``cache_size`` slots)."""
+    return self.prm.start(problems, tokens, valid, cache_size=cache_size,
+                          max_step_tokens=self.max_step_tokens)
 
   def keys(self, problem_index, slot, rnd: int):
     """Row keys of search samples: (seed, 'search', problem index, slot, round, run)."""
@@ -198,7 +184,7 @@ def prm_span(before: np.ndarray | None, after: np.ndarray | None, row: int, star
              n: int) -> tuple[int, int]:
   """The PRM tokens (first position, count) a row's last feed added: the policy's
   (``start``, ``n``) when the PRM reads the policy's tokens (``before`` None), else the
-  adapted PRM's own (``SearchContext.prm_lengths`` before and after the feed)."""
+  adapted PRM's own (``Verifier.tokens_fed`` before and after the feed)."""
   if before is None:
     return start, n
   return int(before[row]), int(after[row] - before[row])

@@ -127,8 +127,8 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
   size = ctx.tree_cache_size(tokens.shape[1])
   budgets = [Budget(generations=strategy.generations) for _ in problems]
   pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
-  prm = ctx.prm_prefill(problems, tokens, valid, size)
-  head = ctx.prm_lengths(prm)  # the PRM's own prompt tokens (an adapted PRM), else None
+  prm = ctx.prm_start(problems, tokens, valid, size)
+  head = ctx.prm.tokens_fed(prm)  # the PRM's own prompt tokens (an adapted PRM), else None
   for q, (b, p) in enumerate(zip(budgets, prompts)):  # each prompt once per model, from 0
     b.add_policy(pol_cost, 0, len(p))
     b.add_prm(prm_cost, 0, len(p) if head is None else int(head[q]))
@@ -155,9 +155,9 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
     out = ctx.core.sample(pol, keys, sp, active=active, limits=padded(limits, width))
     pol = out.state
     lengths, step, step_valid = step_chunk(out, ctx.max_step_tokens)
-    before = ctx.prm_lengths(prm)
+    before = ctx.prm.tokens_fed(prm)
     prm = ctx.prm.extend(prm, step, step_valid)
-    after = ctx.prm_lengths(prm)
+    after = ctx.prm.tokens_fed(prm)
     scores = ctx.prm.scores(prm)
     ended = np.zeros(width, bool)
     for r in range(live):
@@ -254,9 +254,9 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
     out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
     pol_la = out.state
     lengths, new, new_valid = step_chunk(out, step)
-    before = ctx.prm_lengths(prm_la)
+    before = ctx.prm.tokens_fed(prm_la)
     prm_la = ctx.prm.extend(prm_la, new, new_valid)
-    after = ctx.prm_lengths(prm_la)
+    after = ctx.prm.tokens_fed(prm_la)
     for r in np.nonzero(live)[0]:  # the rollout continues the row past its solution so far
       start = int(prompt_len[r] + used[r])
       budgets[row_problem[r]].add_policy(pol_cost, start, int(lengths[r]))

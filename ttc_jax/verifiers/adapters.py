@@ -451,8 +451,8 @@ class PolicyTokenizer(Protocol):
 
 
 class PolicyBridge:
-  """An :class:`AdaptedPRM` behind the interface the search uses for its PRM (prefill,
-  gather, extend, scores, extend_scores), fed the policy's tokens.
+  """An :class:`AdaptedPRM` as a :class:`~ttc_jax.verifiers.base.Verifier` of the policy's
+  solutions: fed the policy's tokens, it reads them in its own format and tokens.
 
   Each chunk of policy tokens the search feeds a row is one step: decoded with the
   policy's tokenizer (its step delimiter and surrounding space stripped), written in the
@@ -475,6 +475,35 @@ class PolicyBridge:
 
   def prefill_questions(self, questions: Sequence[str], *, cache_size: int) -> StepState:
     return self.prm.start(questions, cache_size=cache_size)
+
+  @staticmethod
+  def cache_slack(max_step_tokens: int) -> int:
+    """KV slots past its context a search's state keeps: a few steps' worth (its tokens are
+    not the policy's; a row re-scored in full may grow it further: AdaptedPRM.step)."""
+    return 4 * max_step_tokens + 16
+
+  def start(self, problems: Sequence, tokens, valid, *, cache_size: int,
+            max_step_tokens: int) -> StepState:
+    """Its prompt is each problem's question in its format (not the policy's prompt)."""
+    del tokens, valid, cache_size
+    return self.prefill_questions([p.question for p in problems],
+                                  cache_size=self.config.max_seq_len
+                                  + self.cache_slack(max_step_tokens))
+
+  def tokens_fed(self, state: StepState) -> np.ndarray:
+    return self.lengths(state)
+
+  def solution_step_scores(self, questions: Sequence[str], rows: Sequence[Sequence[int]],
+                           prompt_lengths: Sequence[int], ends: Sequence[Sequence[int]], *,
+                           batch_size: int) -> list[np.ndarray]:
+    """:meth:`solution_scores` of each row's generation (its steps split as ``ends`` does)."""
+    del ends
+    return self.solution_scores(questions, [r[n:] for r, n in zip(rows, prompt_lengths)],
+                                batch_size=batch_size)
+
+  def solution_tokens(self, questions: Sequence[str], rows: Sequence[Sequence[int]],
+                      prompt_lengths: Sequence[int]) -> np.ndarray:
+    return self.solution_lengths(questions, [r[n:] for r, n in zip(rows, prompt_lengths)])
 
   def gather(self, state: StepState, rows, compact: bool = False) -> StepState:
     return self.prm.gather(state, rows, compact=compact)

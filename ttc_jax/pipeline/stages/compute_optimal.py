@@ -38,8 +38,8 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
     scorer, name = ctx.inputs["prm"], "prm"
     # The PRM's own tokens of each sample (an imported PRM reads its own format).
     picked = [(p, s) for p in range(len(probs)) for s in range(k)]
-    scored_rows = scorer.solution_tokens(
-        tok, [probs[p].question for p, _ in picked],
+    scored_rows = scorer.verifier(tok).solution_tokens(
+        [probs[p].question for p, _ in picked],
         [prompt_ids[p] + list(diff.gens.row(p * diff.n + s)) for p, s in picked],
         [len(prompt_ids[p]) for p, _ in picked]).reshape(len(probs), k)
   elif predictor == "orm":

@@ -175,7 +175,7 @@ def run_revision_sweep(ctx: Context) -> dict:
   lengths = tuple(revision_analysis.chain_lengths(max(rc.budgets)))
   strategy = chains_lib.RevisionChains(lengths=lengths, window=_revision_window(rev))
   core, sp = rev.sampling_core(), sampling_params(c)
-  orm_scorer, prm_scorer = orm.scorer(), prm.scorer()
+  orm_scorer, prm_scorer = orm.verifier(tok), prm.verifier(tok)
   models = (("policy", rev), ("orm", orm), ("prm", prm))
   params = {**{f"{role}_params": m.config.num_params() for role, m in models},
             **{f"{role}_cost": accounting.ModelCost.from_config(m.config).to_dict()

@@ -39,7 +39,7 @@ def run_search_sweep(ctx: Context) -> dict:
   todo = [cell for cell in cells if cell_key(cell) not in done]
   ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done")
   if todo:
-    core, scorer = policy.sampling_core(), prm.search_scorer(policy.tokenizer)
+    core, scorer = policy.sampling_core(), prm.verifier(policy.tokenizer)
     progress = Progress(len(cells), "search cells", unit="cells", every_s=0,
                         initial=len(cells) - len(todo), log_fn=ctx.log)
     clock = CompileClock.get()

@@ -39,12 +39,13 @@ def run_verifier_eval(ctx: Context) -> dict:
   rows, ends = samples.rows_and_step_ends(tok)
   bs = config_lib.scoring_batch_size(c)
   prompt_lengths = [len(samples.prompts[i // m]) for i in range(len(rows))]
-  prm_steps = prm.solution_step_scores(tok, [probs[i // m].question for i in range(len(rows))],
-                                       rows, prompt_lengths, ends, batch_size=bs)
+  questions = [probs[i // m].question for i in range(len(rows))]
+  prm_steps = prm.verifier(tok).solution_step_scores(questions, rows, prompt_lengths, ends,
+                                                     batch_size=bs)
   scores = {f"prm_{h}": aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
   if orm is not None:
-    scores["orm"] = aggregate_steps(orm.scorer().step_scores(
-        rows, [[len(r) - 1] for r in rows], batch_size=bs), "last")
+    scores["orm"] = aggregate_steps(orm.verifier(tok).solution_step_scores(
+        questions, rows, prompt_lengths, [[len(r) - 1] for r in rows], batch_size=bs), "last")
   # A reference that needs no training: the policy's own likelihood (its least likely
   # generated token). It shows what a model of the policy's size can tell apart.
   scores["policy_likelihood"] = min_token_prob(
@@ -61,8 +62,8 @@ def run_verifier_eval(ctx: Context) -> dict:
     idx = range(len(auc_ls))
     question = {p.index: p.question for p in auc_probs}
     ends = [auc_ls.ends(i) for i in idx]
-    auc_steps = prm.solution_step_scores(
-        tok, [question[int(auc_ls.problem_index[i])] for i in idx],
+    auc_steps = prm.verifier(tok).solution_step_scores(
+        [question[int(auc_ls.problem_index[i])] for i in idx],
         [auc_ls.row(i) for i in idx], [int(auc_ls.prompt_lengths[i]) for i in idx], ends,
         batch_size=bs)
     auc_scores, auc_labels, auc_groups = verifier_metrics.step_auc_arrays(
@@ -118,7 +119,10 @@ def run_verifier_ablation(ctx: Context) -> dict:
   table = []
   for text in ("",) + tuple(c.ablation.variants):
     prm, record = ctx.variant("prm", config_lib.parse_variant(text))
-    steps = prm.scorer().step_scores(rows, ends, batch_size=config_lib.scoring_batch_size(c))
+    steps = prm.verifier(tok).solution_step_scores(
+        [probs[i // m].question for i in range(len(rows))], rows,
+        [len(samples.prompts[i // m]) for i in range(len(rows))], ends,
+        batch_size=config_lib.scoring_batch_size(c))
     s = np.asarray(aggregate_steps(steps, "last"), np.float64).reshape(len(probs), m)
     within = verifier_metrics.within_problem_auc(s, correct, seed=c.seed)
     acc = aggregation.accuracy_curves(answers, truth, s, ns, ["vanilla", "weighted"],
