@@ -11,6 +11,8 @@ import pytest
 from ttc_jax import accounting
 from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import compute_optimal as co
+from ttc_jax.analysis import difficulty as difficulty_lib
+from ttc_jax.analysis import efficiency as efficiency_lib
 from ttc_jax.analysis import exchange as ex
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.report import figures
@@ -174,7 +176,7 @@ def _efficiency_curves():
 
 def test_efficiency_of_a_curve_with_a_known_ratio():
   bon, cos = _efficiency_curves()
-  eff = co.efficiency(cos, bon, seed=0, resamples=500)
+  eff = efficiency_lib.efficiency(cos, bon, seed=0, resamples=500)
   rows = {r["n"]: r for r in eff["rows"]}
   assert rows[1]["budget"] == 1 and rows[1]["generations_ratio"] == 1.0
   assert rows[4]["budget"] == 1 and rows[4]["generations_ratio"] == 4.0
@@ -183,7 +185,7 @@ def test_efficiency_of_a_curve_with_a_known_ratio():
   assert rows[16]["generations_ratio_ci"] == [4.0, 4.0]  # nested outcomes: every resample
   assert rows[16]["unreached_resamples"] == 0 and rows[16]["reached"]
   assert eff["best"]["generations_ratio"] == 4.0 and eff["best"]["generations_ratio_ci"] == [4, 4]
-  claim = co.efficiency_claim(eff, "co", "Figure 4")
+  claim = efficiency_lib.efficiency_claim(eff, "co", "Figure 4")
   assert claim["verdict"] == claims_lib.REPRODUCED
   assert claim["comparison"]["diff"] == 0.0
   json.dumps(eff)
@@ -192,7 +194,7 @@ def test_efficiency_of_a_curve_with_a_known_ratio():
   assert [p["budget_generations"] for p in charged] == [4.0, 7.0, 19.0]
   assert charged[0]["flops"] == pytest.approx(cos[0]["flops"] + 30 * 50)
   assert cos[0]["budget_generations"] == 1  # the input is left alone
-  rows = {r["n"]: r for r in co.efficiency(charged, bon, resamples=200)["rows"]}
+  rows = {r["n"]: r for r in efficiency_lib.efficiency(charged, bon, resamples=200)["rows"]}
   assert rows[16]["generations_ratio"] == pytest.approx(16 / 7)
   assert rows[16]["flops_ratio"] == pytest.approx(160 / 70)
   assert rows[1]["generations_ratio"] == pytest.approx(1 / 4)
@@ -201,15 +203,15 @@ def test_efficiency_of_a_curve_with_a_known_ratio():
 def test_efficiency_when_best_of_n_is_never_reached():
   bon, cos = _efficiency_curves()
   bon = bon[:2] + [_pt("best_of_n_weighted", {"n": 16}, 16, np.ones(50), 160.0)]
-  eff = co.efficiency(cos, bon, resamples=300)
+  eff = efficiency_lib.efficiency(cos, bon, resamples=300)
   r = eff["rows"][-1]
   assert not r["reached"] and r["budget"] is None and r["generations_ratio"] is None
   assert r["unreached_resamples"] == 300
   assert r["generations_ratio_ci"] == [0.0, 0.0] and r["budget_ci"] == [None, None]
   assert r["floor"] == 1.0  # 16 / the largest compute-optimal budget
   assert eff["best"]["n"] == 4  # the best ratio over N comes from a reached point
-  eff = co.efficiency(cos[:1], bon[2:], resamples=100)
-  assert co.efficiency_claim(eff, "co", "x")["verdict"] == claims_lib.NOT_REPRODUCED
+  eff = efficiency_lib.efficiency(cos[:1], bon[2:], resamples=100)
+  assert efficiency_lib.efficiency_claim(eff, "co", "x")["verdict"] == claims_lib.NOT_REPRODUCED
 
 
 def test_a_flat_baseline_gets_no_credit_for_the_budget_it_wastes():
@@ -218,15 +220,15 @@ def test_a_flat_baseline_gets_no_credit_for_the_budget_it_wastes():
   zeros = np.zeros(20)
   bon = [_pt("best_of_n_weighted", {"n": n}, n, zeros, 10.0 * n) for n in (1, 4, 16)]
   cos = [_pt("co", {}, n, zeros, 10.0 * n) for n in (1, 4, 16)]
-  eff = co.efficiency(cos, bon, resamples=200)
+  eff = efficiency_lib.efficiency(cos, bon, resamples=200)
   for r in eff["rows"]:
     assert r["baseline_budget"] == 1 and r["budget"] == 1 and r["generations_ratio"] == 1.0
     assert r["generations_ratio_ci"] == [1.0, 1.0] and r["flops_ratio"] == 1.0
-  assert co.efficiency_claim(eff, "co", "x")["verdict"] == claims_lib.NOT_REPRODUCED
+  assert efficiency_lib.efficiency_claim(eff, "co", "x")["verdict"] == claims_lib.NOT_REPRODUCED
   # A baseline that rises from 4 to 16 but not from 1 to 4: N' is 1 at N = 4, 16 at N = 16.
   bon = [_pt("best_of_n_weighted", {"n": n}, n, np.r_[np.zeros(10), np.ones(10) * (n == 16)],
              10.0 * n) for n in (1, 4, 16)]
-  rows = {r["n"]: r for r in co.efficiency(cos, bon, resamples=50)["rows"]}
+  rows = {r["n"]: r for r in efficiency_lib.efficiency(cos, bon, resamples=50)["rows"]}
   assert rows[4]["baseline_budget"] == 1 and rows[16]["baseline_budget"] == 16
 
 
@@ -234,7 +236,7 @@ def test_efficiency_claim_rule():
   def claim(ratio, ci):
     eff = {"best": {"generations_ratio": ratio, "generations_ratio_ci": ci, "n": 16.0},
            "baseline_method": "best_of_n_weighted", "problems": 10}
-    return co.efficiency_claim(eff, "co", "Figure 4")
+    return efficiency_lib.efficiency_claim(eff, "co", "Figure 4")
   assert claim(6, [4.0, 8.0])["verdict"] == claims_lib.REPRODUCED
   assert claim(5, [3.9, 8.0])["verdict"] == claims_lib.NOT_SIGNIFICANT
   assert claim(2, [1.0, 3.99])["verdict"] == claims_lib.NOT_REPRODUCED
@@ -248,31 +250,31 @@ def test_efficiency_claim_rule():
 
 def test_predicted_bins_and_agreement_on_a_known_case():
   scores = np.array([0.9, 0.8, 0.1, 0.2, 0.5, 0.45])
-  np.testing.assert_array_equal(co.predicted_bins(scores, 3), [0, 0, 2, 2, 1, 1])
-  np.testing.assert_allclose(co.mean_final_scores(np.arange(6.0), 2), [1.0, 4.0])
+  np.testing.assert_array_equal(difficulty_lib.predicted_bins(scores, 3), [0, 0, 2, 2, 1, 1])
+  np.testing.assert_allclose(difficulty_lib.mean_final_scores(np.arange(6.0), 2), [1.0, 4.0])
   with pytest.raises(ValueError, match="5 scores"):
-    co.mean_final_scores(np.arange(5.0), 2)
+    difficulty_lib.mean_final_scores(np.arange(5.0), 2)
   oracle = np.array([0, 1, 2, 2, 0, 1])
-  agr = co.bin_agreement(oracle, co.predicted_bins(scores, 3), 3)
+  agr = difficulty_lib.bin_agreement(oracle, difficulty_lib.predicted_bins(scores, 3), 3)
   assert agr["confusion"] == [[1, 1, 0], [1, 1, 0], [0, 0, 2]]
   assert agr["exact"] == pytest.approx(4 / 6) and agr["within_one"] == 1.0
   assert agr["spearman_of"] == "bins"
-  same = co.bin_agreement([0, 1, 2], [0, 1, 2], 3, [3.0, 2.0, 1.0], [0.9, 0.5, 0.1])
+  same = difficulty_lib.bin_agreement([0, 1, 2], [0, 1, 2], 3, [3.0, 2.0, 1.0], [0.9, 0.5, 0.1])
   assert same["spearman"] == pytest.approx(1.0) and same["spearman_of"] == "values"
-  rev = co.bin_agreement([0, 1, 2], [2, 1, 0], 3, [3.0, 2.0, 1.0], [0.1, 0.5, 0.9])
+  rev = difficulty_lib.bin_agreement([0, 1, 2], [2, 1, 0], 3, [3.0, 2.0, 1.0], [0.1, 0.5, 0.9])
   assert rev["spearman"] == pytest.approx(-1.0)
   assert rev["exact"] == pytest.approx(1 / 3) and rev["within_one"] == pytest.approx(1 / 3)
-  assert co.bin_agreement([0, 0], [0, 1], 2)["spearman"] is None  # one side constant
+  assert difficulty_lib.bin_agreement([0, 0], [0, 1], 2)["spearman"] is None  # one side constant
   with pytest.raises(ValueError, match=r"bins_b: expected integers in \[0, 2\)"):
-    co.bin_agreement([0, 1], [0, 2], 2)
+    difficulty_lib.bin_agreement([0, 1], [0, 2], 2)
 
 
 def test_split_half_stability():
   half = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
-  stable = co.split_half_stability(np.concatenate([half, half, np.zeros((4, 1))], axis=1), 2)
+  stable = difficulty_lib.split_half_stability(np.concatenate([half, half, np.zeros((4, 1))], axis=1), 2)
   assert stable["samples_per_half"] == 4
   assert stable["exact"] == 1.0 and stable["spearman"] == pytest.approx(1.0)
-  flipped = co.split_half_stability(np.concatenate([half, half[::-1]], axis=1), 2)
+  flipped = difficulty_lib.split_half_stability(np.concatenate([half, half[::-1]], axis=1), 2)
   assert flipped["exact"] == 0.0 and flipped["spearman"] == pytest.approx(-1.0)
   assert flipped["confusion"] == [[0, 2], [2, 0]]
 
@@ -348,7 +350,7 @@ def _synthetic_summary(with_exchange: bool, with_revisions: bool = True) -> str:
   skill = np.linspace(0.9, 0.1, p)  # problem 0 easiest
   correct = rng.random((p, 16)) < skill[:, None]
   scores = skill + 0.1 * rng.normal(size=p)
-  bins = co.difficulty_lib.oracle_bins(correct.mean(1), num_bins)
+  bins = difficulty_lib.oracle_bins(correct.mean(1), num_bins)
 
   def outcomes(boost, seeds=2):
     return [(rng.random(p) < np.clip(skill + boost, 0, 1)).astype(int) for _ in range(seeds)]

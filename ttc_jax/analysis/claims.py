@@ -35,8 +35,8 @@ def verdict(cmp: Comparison | None, paper_sign: int = 1) -> str | None:
   return REPRODUCED if np.sign(cmp.diff.mean) == paper_sign else NOT_REPRODUCED
 
 
-def _claim(name: str, paper: str, cmp: Comparison | None, paper_sign: int = 1,
-           **extra) -> dict | None:
+def claim(name: str, paper: str, cmp: Comparison | None, paper_sign: int = 1,
+          **extra) -> dict | None:
   if cmp is None:
     return None
   return {"claim": name, "paper": paper, "verdict": verdict(cmp, paper_sign),
@@ -79,12 +79,12 @@ def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam:
   bon = "best_of_n_weighted"
   cmp = lambda a, b, mask=None: study_lib.compare(curves, a, b, mask, seed)  # noqa: E731
   out = [
-      _claim(f"(b) {beam} over best-of-N at budget {low}",
+      claim(f"(b) {beam} over best-of-N at budget {low}",
              "beam search beats best-of-N at low budgets (Figure 3, right)",
              cmp((beam, low), (bon, low))),
-      _claim(f"(b) {beam} over best-of-N at budget {low}, harder half of the bins",
+      claim(f"(b) {beam} over best-of-N at budget {low}, harder half of the bins",
              "beam search helps most on harder problems", cmp((beam, low), (bon, low), hard)),
-      _claim(f"(b) {beam} vs best-of-N at budget {high}, easier half of the bins",
+      claim(f"(b) {beam} vs best-of-N at budget {high}, easier half of the bins",
              "at high budgets best-of-N catches up or wins on easy problems (Figure 3)",
              cmp((beam, high), (bon, high), easy), paper_sign=-1),
   ]
@@ -94,7 +94,7 @@ def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam:
                     & {c["budget_generations"] for c in curves if c["method"] == beam})
     if shared:
       b = shared[-1]
-      out.append(_claim(f"(c) {look} vs {beam} at equal generation budget {b}",
+      out.append(claim(f"(c) {look} vs {beam} at equal generation budget {b}",
                         "lookahead underperforms beam search at equal budget (Figure 3)",
                         cmp((look, b), (beam, b)), paper_sign=-1))
   for family, paper in (
@@ -106,7 +106,7 @@ def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam:
     if name is None:
       continue
     for b in sorted({low, high}):
-      out.append(_claim(f"{name} over {beam} at budget {b}", paper, cmp((name, b), (beam, b))))
-    out.append(_claim(f"{name} over best-of-N at budget {high}", paper,
+      out.append(claim(f"{name} over {beam} at budget {b}", paper, cmp((name, b), (beam, b))))
+    out.append(claim(f"{name} over best-of-N at budget {high}", paper,
                       cmp((name, high), (bon, high))))
   return [c for c in out if c is not None]

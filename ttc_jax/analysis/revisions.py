@@ -380,15 +380,15 @@ def revision_claims(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,
   bal = find(rows, BEST, n, bc)
   extra = {"budget": n, "selection": BEST}
   out = [
-      claims_lib._claim(f"(d) sequential revisions over parallel sampling at budget {n}",
+      claims_lib.claim(f"(d) sequential revisions over parallel sampling at budget {n}",
                         "sequential revisions outperform parallel sampling at equal budget "
                         "(Figure 6, left)", _paired(seq, par, seed=seed), **extra,
                         a=[1, n], b=[n, 1]),
-      claims_lib._claim(f"(d) pure sequential over the balanced ratio ({bc}x{bl}) on the easier "
+      claims_lib.claim(f"(d) pure sequential over the balanced ratio ({bc}x{bl}) on the easier "
                         f"half at budget {n}",
                         "easy problems do best fully sequential (Figure 7)",
                         _paired(seq, bal, easy, seed), **extra, a=[1, n], b=[bc, bl]),
-      claims_lib._claim(f"(d) the balanced ratio ({bc}x{bl}) over pure sequential on the "
+      claims_lib.claim(f"(d) the balanced ratio ({bc}x{bl}) over pure sequential on the "
                         f"harder half at budget {n}",
                         "harder problems need a balance of sequential and parallel (Figure 7)",
                         _paired(bal, seq, hard, seed), **extra, a=[bc, bl], b=[1, n]),

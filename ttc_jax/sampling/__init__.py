@@ -1,8 +1,8 @@
 """The sampling core shared by every generator in ttc_jax."""
 
 from ttc_jax.parallel import make_mesh
-from ttc_jax.sampling.core import CachedModel
-from ttc_jax.sampling.core import DecodeState
+from ttc_jax.sampling.cached import CachedModel
+from ttc_jax.sampling.cached import DecodeState
 from ttc_jax.sampling.core import SampleOutput
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams

@@ -39,8 +39,8 @@ from flax import nnx
 
 from ttc_jax import parallel
 from ttc_jax.models.transformer import Transformer
-from ttc_jax.sampling.core import CachedModel
-from ttc_jax.sampling.core import DecodeState
+from ttc_jax.sampling.cached import CachedModel
+from ttc_jax.sampling.cached import DecodeState
 from ttc_jax.sampling.solutions import round_up
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.sampling.solutions import stop_sets

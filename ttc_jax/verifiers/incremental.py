@@ -21,8 +21,8 @@ import scipy.special
 from jax.sharding import Mesh
 
 from ttc_jax.models.transformer import Transformer
-from ttc_jax.sampling.core import CachedModel
-from ttc_jax.sampling.core import DecodeState
+from ttc_jax.sampling.cached import CachedModel
+from ttc_jax.sampling.cached import DecodeState
 
 
 class IncrementalScorer(CachedModel):
