@@ -405,18 +405,8 @@ def compute_optimal_summary(search_points: Sequence[dict],
   if revs:
     families["revisions"] = revs
     families["combined"] = search + revs
-  curves, keys = {}, {}  # keys: curve name -> its family, bins and whether the cost is charged
-  for fam, cands in families.items():
-    for kind, bins in (("oracle", oracle), ("predicted", predicted)):
-      name = curve_name(fam, kind)
-      keys[name] = {"family": fam, "kind": kind, "charged": False}
-      curves[name] = cross_validate(cands, None, bins, num_bins,
-                                    method=f"compute_optimal_{name}", folds=folds,
-                                    repeats=repeats, seed=seed, report_bins=oracle)
-    name = curve_name(fam, "predicted_charged")
-    keys[name] = {"family": fam, "kind": "predicted_charged", "charged": True}
-    curves[name] = charge(curves[curve_name(fam, "predicted")], prediction_generations,
-                          prediction_flops, f"compute_optimal_{name}")
+  curves, keys = _curves(families, oracle, predicted, num_bins, prediction_generations,
+                         prediction_flops, folds=folds, repeats=repeats, seed=seed)
   eff = {name: efficiency_lib.efficiency(pts, base[keys[name]["family"]], seed, resamples,
                                          baseline=BASELINE_NAMES[keys[name]["family"]])
          for name, pts in curves.items() if base[keys[name]["family"]]}
@@ -428,14 +418,8 @@ def compute_optimal_summary(search_points: Sequence[dict],
   return {
       "num_problems": int(p1.size), "num_bins": int(num_bins), "folds": int(folds),
       "repeats": int(repeats), "seed": int(seed), "revision_selection": revision_selection,
-      "difficulty": {
-          "oracle_bins": [int(b) for b in oracle], "predicted_bins": [int(b) for b in predicted],
-          "pass_at_1": [float(x) for x in p1], "mean_scores": [float(x) for x in scores],
-          "samples_per_problem": int(correct.shape[1]),
-          "agreement": difficulty_lib.bin_agreement(oracle, predicted, num_bins, p1, scores),
-          "split_half": difficulty_lib.split_half_stability(correct, num_bins),
-          "prediction_cost": {"generations": float(prediction_generations),
-                              "flops": float(prediction_flops)}},
+      "difficulty": _difficulty_summary(correct, scores, oracle, predicted, num_bins,
+                                        prediction_generations, prediction_flops),
       "curves": {k: [_strip(p) for p in v] for k, v in curves.items()}, "curve_keys": keys,
       "baselines": {"best_of_n": [_strip(p) for p in base["search"]],
                     "beam": [_strip(p) for p in base["beam"]],
@@ -450,6 +434,43 @@ def compute_optimal_summary(search_points: Sequence[dict],
 # paper's Figure 8 baseline).
 BASELINE_NAMES = {"search": "best-of-N weighted", "revisions": "parallel sampling",
                   "combined": "best-of-N weighted"}
+
+
+def _curves(families: dict[str, list[dict]], oracle: np.ndarray, predicted: np.ndarray,
+            num_bins: int, prediction_generations: float, prediction_flops: float, *,
+            folds: int, repeats: int, seed: int) -> tuple[dict[str, list[dict]], dict]:
+  """Each family's cross-validated compute-optimal curves with oracle and with predicted
+  bins, and the predicted curve with the prediction's cost charged; and each curve's key
+  (its family, bins and whether the cost is charged)."""
+  curves, keys = {}, {}
+  for fam, cands in families.items():
+    for kind, bins in (("oracle", oracle), ("predicted", predicted)):
+      name = curve_name(fam, kind)
+      keys[name] = {"family": fam, "kind": kind, "charged": False}
+      curves[name] = cross_validate(cands, None, bins, num_bins,
+                                    method=f"compute_optimal_{name}", folds=folds,
+                                    repeats=repeats, seed=seed, report_bins=oracle)
+    name = curve_name(fam, "predicted_charged")
+    keys[name] = {"family": fam, "kind": "predicted_charged", "charged": True}
+    curves[name] = charge(curves[curve_name(fam, "predicted")], prediction_generations,
+                          prediction_flops, f"compute_optimal_{name}")
+  return curves, keys
+
+
+def _difficulty_summary(correct: np.ndarray, scores: np.ndarray, oracle: np.ndarray,
+                        predicted: np.ndarray, num_bins: int, prediction_generations: float,
+                        prediction_flops: float) -> dict:
+  """The bins, how well the predicted ones agree with the oracle's, and what predicting
+  costs."""
+  p1 = correct.mean(axis=1)
+  return {
+      "oracle_bins": [int(b) for b in oracle], "predicted_bins": [int(b) for b in predicted],
+      "pass_at_1": [float(x) for x in p1], "mean_scores": [float(x) for x in scores],
+      "samples_per_problem": int(correct.shape[1]),
+      "agreement": difficulty_lib.bin_agreement(oracle, predicted, num_bins, p1, scores),
+      "split_half": difficulty_lib.split_half_stability(correct, num_bins),
+      "prediction_cost": {"generations": float(prediction_generations),
+                          "flops": float(prediction_flops)}}
 
 
 def _difficulty_inputs(correct: np.ndarray, mean_scores) -> tuple[np.ndarray, np.ndarray]:

@@ -83,46 +83,65 @@ def efficiency(co_points: Sequence[dict], bon_points: Sequence[dict], seed: int 
   acc_co, acc_bon = v.mean(axis=1), w.mean(axis=1)
   rows, gen_r, flops_r = [], [], []
   for j, pt in enumerate(bon):
-    n = float(pt["budget_generations"])
-    reach = boot_co >= boot_bon[:, j:j + 1] - _TOL
-    hit = reach.any(axis=1)
-    first = np.argmax(reach, axis=1)
-    # The baseline's own smallest budget reaching its accuracy at N (j itself at the latest).
-    own = np.argmax(boot_bon[:, :j + 1] >= boot_bon[:, j:j + 1] - _TOL, axis=1)
-    needed = np.where(hit, b_co[first], np.inf)
-    g = np.where(hit, b_bon[own] / b_co[first], 0.0)
-    fl = np.where(hit, f_bon_all[own] / f_co[first], 0.0)
+    row, g, fl = _row(j, pt, (boot_co, acc_co, b_co, f_co),
+                      (boot_bon, acc_bon, b_bon, f_bon_all), confidence)
+    rows.append(row)
     gen_r.append(g)
     flops_r.append(fl)
-    ok = acc_co >= acc_bon[j] - _TOL
-    k = int(np.argmax(ok)) if ok.any() else None
-    o = int(np.argmax(acc_bon[:j + 1] >= acc_bon[j] - _TOL))
-    f_bon = float(f_bon_all[o])
-    rows.append({
-        "n": n, "baseline_accuracy": float(acc_bon[j]), "baseline_ci": pt.get("ci"),
-        "baseline_budget": float(b_bon[o]),
-        "reached": k is not None, "budget": None if k is None else float(b_co[k]),
-        "budget_ci": _interval(needed, confidence),
-        "co_accuracy": None if k is None else float(acc_co[k]),
-        "generations_ratio": None if k is None else float(b_bon[o]) / float(b_co[k]),
-        "generations_ratio_ci": _interval(g, confidence),
-        "flops_ratio": None if k is None else float(f_bon / f_co[k]),
-        "flops_ratio_ci": _interval(fl, confidence),
-        "baseline_flops_per_problem": f_bon,
-        "co_flops_per_problem": None if k is None else float(f_co[k]),
-        "floor": float(b_bon[o]) / float(b_co[-1]), "unreached_resamples": int((~hit).sum())})
-  gen_point = [r["generations_ratio"] or 0.0 for r in rows]
-  flops_point = [r["flops_ratio"] or 0.0 for r in rows]
-  jg, jf = int(np.argmax(gen_point)), int(np.argmax(flops_point))
-  best = {"generations_ratio": gen_point[jg],
-          "generations_ratio_ci": _interval(np.max(gen_r, axis=0), confidence),
-          "n": rows[jg]["n"], "flops_ratio": flops_point[jf],
-          "flops_ratio_ci": _interval(np.max(flops_r, axis=0), confidence),
-          "n_flops": rows[jf]["n"]}
+  best = _best(rows, gen_r, flops_r, confidence)
   return {"rows": rows, "best": best, "co_budgets": [float(b) for b in b_co],
           "resamples": int(resamples), "co_method": co[0]["method"],
           "baseline_method": bon[0]["method"], "baseline": baseline or bon[0]["method"],
           "problems": int(p)}
+
+
+def _row(j: int, pt: dict, co: tuple, bon: tuple, confidence: float
+         ) -> tuple[dict, np.ndarray, np.ndarray]:
+  """Baseline point j against the compute-optimal curve: its row, and its generations and FLOPs
+  ratios in every bootstrap resample. ``co`` / ``bon``: (bootstrap accuracies (resamples,
+  points), accuracies, budgets, FLOPs per problem) of the compute-optimal and baseline points."""
+  boot_co, acc_co, b_co, f_co = co
+  boot_bon, acc_bon, b_bon, f_bon_all = bon
+  n = float(pt["budget_generations"])
+  reach = boot_co >= boot_bon[:, j:j + 1] - _TOL
+  hit = reach.any(axis=1)
+  first = np.argmax(reach, axis=1)
+  # The baseline's own smallest budget reaching its accuracy at N (j itself at the latest).
+  own = np.argmax(boot_bon[:, :j + 1] >= boot_bon[:, j:j + 1] - _TOL, axis=1)
+  needed = np.where(hit, b_co[first], np.inf)
+  g = np.where(hit, b_bon[own] / b_co[first], 0.0)
+  fl = np.where(hit, f_bon_all[own] / f_co[first], 0.0)
+  ok = acc_co >= acc_bon[j] - _TOL
+  k = int(np.argmax(ok)) if ok.any() else None
+  o = int(np.argmax(acc_bon[:j + 1] >= acc_bon[j] - _TOL))
+  f_bon = float(f_bon_all[o])
+  row = {
+      "n": n, "baseline_accuracy": float(acc_bon[j]), "baseline_ci": pt.get("ci"),
+      "baseline_budget": float(b_bon[o]),
+      "reached": k is not None, "budget": None if k is None else float(b_co[k]),
+      "budget_ci": _interval(needed, confidence),
+      "co_accuracy": None if k is None else float(acc_co[k]),
+      "generations_ratio": None if k is None else float(b_bon[o]) / float(b_co[k]),
+      "generations_ratio_ci": _interval(g, confidence),
+      "flops_ratio": None if k is None else float(f_bon / f_co[k]),
+      "flops_ratio_ci": _interval(fl, confidence),
+      "baseline_flops_per_problem": f_bon,
+      "co_flops_per_problem": None if k is None else float(f_co[k]),
+      "floor": float(b_bon[o]) / float(b_co[-1]), "unreached_resamples": int((~hit).sum())}
+  return row, g, fl
+
+
+def _best(rows: list[dict], gen_r: list, flops_r: list, confidence: float) -> dict:
+  """The largest ratio over the baseline's budgets; its interval from the per-resample
+  maximum."""
+  gen_point = [r["generations_ratio"] or 0.0 for r in rows]
+  flops_point = [r["flops_ratio"] or 0.0 for r in rows]
+  jg, jf = int(np.argmax(gen_point)), int(np.argmax(flops_point))
+  return {"generations_ratio": gen_point[jg],
+          "generations_ratio_ci": _interval(np.max(gen_r, axis=0), confidence),
+          "n": rows[jg]["n"], "flops_ratio": flops_point[jf],
+          "flops_ratio_ci": _interval(np.max(flops_r, axis=0), confidence),
+          "n_flops": rows[jf]["n"]}
 
 
 # --- claims ----------------------------------------------------------------------------------

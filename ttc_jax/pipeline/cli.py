@@ -154,7 +154,7 @@ def config_help(spec: str) -> str:
                      + (f"; if finished: {', '.join(s.optional)}" if s.optional else "") + ")"
                      for name, s in STAGES.items())
   return (f"Experiment config file, optionally ':STAGE' and/or 'task=NAME' (comma separated), "
-          f"e.g. {EXAMPLE}:prm. Stages:\n{stages}\n  Keys of {spec} (override any with "
+          f"e.g. experiments/arith.py:prm. Stages:\n{stages}\n  Keys of {spec} (override any with "
           f"--config.KEY=VALUE):\n{keys}")
 
 
@@ -172,27 +172,34 @@ def main(argv: Sequence[str] | None = None) -> None:
   except (CommandLineError, ValueError) as e:
     print(f"{os.path.basename(argv[0])}: error: {e}", file=sys.stderr)
     sys.exit(2)
-  config = config_flags.DEFINE_config_file("config", None, config_help(spec), lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Directory of the study's artifacts: "
-                                "WORKDIR/<stage>/<id>/ and WORKDIR/<stage>/latest.")
+  values = _define_flags(argv, spec)
+  app.run(lambda args: _run(args, values), argv=argv)
+
+
+def _define_flags(argv: Sequence[str], spec: str) -> dict:
+  """The launch script's flags (absl); returns their holders by name."""
+  out = {"config": config_flags.DEFINE_config_file("config", None, config_help(spec),
+                                                    lock_config=True)}
+  out["workdir"] = flags.DEFINE_string("workdir", None, "Directory of the study's artifacts: "
+                                       "WORKDIR/<stage>/<id>/ and WORKDIR/<stage>/latest.")
   flags.DEFINE_multi_string("task_module", [], "Python module(s) to import first: they "
                             "register tasks of your own (README, 'A task of your own').")
-  distributed = flags.DEFINE_bool(
+  out["distributed"] = flags.DEFINE_bool(
       "distributed", False, "Multi-host: call jax.distributed.initialize() (TPU pods, SLURM, "
       "or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); process 0 writes.")
-  cache = flags.DEFINE_string("xla_cache_dir", host.default_cache_dir(),
-                              "Persistent XLA compilation cache ('' disables).")
-  jobs = flags.DEFINE_integer(
+  out["xla_cache_dir"] = flags.DEFINE_string("xla_cache_dir", host.default_cache_dir(),
+                                             "Persistent XLA compilation cache ('' disables).")
+  out["jobs"] = flags.DEFINE_integer(
       "jobs", 1, "Stage processes at a time: independent stages (e.g. PRM and ORM, the search "
       "sweep and the verifier evaluation) run side by side. For CPU hosts (make study: 2); "
       "keep 1 on a GPU or TPU and with --distributed.", lower_bound=1)
-  mesh = flags.DEFINE_list(
+  out["mesh"] = flags.DEFINE_list(
       "mesh", ["1", "1"], "DATA,MODEL: the devices of each process that sample and score, as a "
       "'data' x 'model' mesh (rows split over 'data'; attention heads, MLP units and the "
       "vocabulary over 'model'). 1,1 (one device) is fastest on a CPU host; -1,1 uses every "
       "device of a GPU or TPU host; -1,4 adds 4-way tensor parallelism for a model that does "
       "not fit one device. Results do not depend on it.")
-  redo = flags.DEFINE_list(
+  out["redo"] = flags.DEFINE_list(
       "redo", [], "STAGE[,STAGE]: remove these stages' artifacts (of this config) and compute "
       "them again, e.g. after an error names a damaged file; the artifacts that read one are "
       "recomputed if it comes out different.")
@@ -201,47 +208,50 @@ def main(argv: Sequence[str] | None = None) -> None:
   for name in ("config", "workdir", "task_module", "distributed", "xla_cache_dir", "jobs", "mesh",
                "redo"):
     flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS[name])
+  return out
 
-  def run(args):
-    if len(args) > 1:
-      raise app.UsageError(f"Unexpected arguments: {args[1:]}")
-    logging.set_verbosity(logging.INFO)
-    progress.quiet_library_logs()
-    try:
-      shape = tuple(int(x) for x in mesh.value)
-    except ValueError:
-      shape = ()
-    if len(shape) != 2:
-      raise app.UsageError(f"--mesh={','.join(mesh.value)}: expected DATA,MODEL (two integers).")
-    if jobs.value > 1:
-      if distributed.value:
-        raise app.UsageError("--jobs > 1 runs stages in separate processes of one host; "
-                             "with --distributed use --jobs=1.")
-      if shape != (1, 1):
-        raise app.UsageError("--jobs > 1 shares one CPU host between stage processes; with "
-                             "--mesh use --jobs=1.")
-      # The parent only schedules: it starts no JAX backend (each stage process does).
-      run_pipeline(config.value, workdir.value, jobs=jobs.value,
-                   task_modules=flags.FLAGS.task_module, cache_dir=cache.value,
-                   redo=tuple(redo.value))
-      return
-    # Training stages see one XLA CPU device per core, as in a --jobs run's training stage
-    # processes (the trainer's 'data' mesh spans them), so both give the same artifacts;
-    # sampling and scoring use the --mesh devices (one by default).
-    host.cpu_device_per_core()
-    from ttc_jax import parallel  # pylint: disable=g-import-not-at-top
-    parallel.initialize(distributed.value)
-    host.enable_compilation_cache(cache.value)
-    try:
-      parallel.set_sampling_mesh(*shape)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
-    import jax  # pylint: disable=g-import-not-at-top
-    logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(),
-                 jax.devices())
-    run_pipeline(config.value, workdir.value, redo=tuple(redo.value))
 
-  app.run(run, argv=argv)
+def _run(args: Sequence[str], f: dict) -> None:
+  """Runs the pipeline once absl has parsed the flags (``f``: their holders)."""
+  if len(args) > 1:
+    raise app.UsageError(f"Unexpected arguments: {args[1:]}")
+  logging.set_verbosity(logging.INFO)
+  progress.quiet_library_logs()
+  try:
+    shape = tuple(int(x) for x in f["mesh"].value)
+  except ValueError:
+    shape = ()
+  if len(shape) != 2:
+    raise app.UsageError(f"--mesh={','.join(f['mesh'].value)}: expected DATA,MODEL (two "
+                         "integers).")
+  config, workdir, redo = f["config"].value, f["workdir"].value, tuple(f["redo"].value)
+  if f["jobs"].value > 1:
+    if f["distributed"].value:
+      raise app.UsageError("--jobs > 1 runs stages in separate processes of one host; "
+                           "with --distributed use --jobs=1.")
+    if shape != (1, 1):
+      raise app.UsageError("--jobs > 1 shares one CPU host between stage processes; with "
+                           "--mesh use --jobs=1.")
+    # The parent only schedules: it starts no JAX backend (each stage process does).
+    run_pipeline(config, workdir, jobs=f["jobs"].value, task_modules=flags.FLAGS.task_module,
+                 cache_dir=f["xla_cache_dir"].value, redo=redo)
+    return
+  # Training stages see one XLA CPU device per core, as in a --jobs run's training stage
+  # processes (the trainer's 'data' mesh spans them), so both give the same artifacts;
+  # sampling and scoring use the --mesh devices (one by default).
+  host.cpu_device_per_core()
+  from ttc_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize(f["distributed"].value)
+  host.enable_compilation_cache(f["xla_cache_dir"].value)
+  try:
+    parallel.set_sampling_mesh(*shape)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  import jax  # pylint: disable=g-import-not-at-top
+  logging.info("process %d of %d; devices: %s", jax.process_index(), jax.process_count(),
+               jax.devices())
+  run_pipeline(config, workdir, redo=redo)
+
 
 
 def run_pipeline(config, workdir: str, *, jobs: int = 1, task_modules=(),
