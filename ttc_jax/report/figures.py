@@ -51,14 +51,8 @@ VERIFIER_COLORS = {"prm_last": "tab:blue", "prm_min": "tab:cyan", "prm_prod": "t
                    "orm": "tab:red", "policy_likelihood": "tab:olive"}
 
 
-def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
-                  positive: np.ndarray | None = None) -> Figure:
-  """Best-of-N accuracy against N with 95% bands; within-problem AUC; calibration;
-  the exploitation curve; the PRM's step ROC curve (if its scores are given)."""
-  fig = Figure(figsize=(15, 8.5))
-  axes = fig.subplots(2, 3)
-  a, w, e = axes[0]
-  r, x, b = axes[1]
+def _best_of_n_panel(a, result: dict) -> None:
+  """Best-of-N accuracy against N per selection, with 95% bands and the pass@1 line."""
   ns = result["n"]
   styles = {"vanilla": "--", "weighted": "-"}
   bands = result.get("curves_ci", {})
@@ -81,25 +75,34 @@ def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
   a.set_title(f"best-of-N on {result['num_problems']} test problems "
               f"(mean of {result['subsamples']} subsets)")
   a.legend(fontsize=6, ncol=2)
-  within = result.get("within_problem", {})
-  if within:
-    names = list(within)
-    means = [within[k]["mean_auc"] for k in names]
-    err = np.array([[m - within[k]["mean_auc_ci"][0], within[k]["mean_auc_ci"][1] - m]
-                    for k, m in zip(names, means)]).T
-    pos = np.arange(len(names))
-    w.bar(pos - 0.2, means, 0.4, yerr=err, capsize=3, label="mean per-problem AUC",
-          color=[VERIFIER_COLORS.get(k, "gray") for k in names])
-    w.bar(pos + 0.2, [within[k]["pairwise_accuracy"] for k in names], 0.4, color="lightgray",
-          label="pairwise ranking accuracy")
-    w.axhline(0.5, color="k", lw=0.8, ls=":")
-    w.set_xticks(pos)
-    w.set_xticklabels(names)
-    w.set_ylim(0, 1)
-    w.set_title(f"within-problem AUC ({within[names[0]]['problems']} problems with right and "
-                "wrong samples)", fontsize=9)
-    w.legend(fontsize=7, loc="lower right")
-  for name, cal in result.get("calibration", {}).items():
+
+
+def _within_auc_panel(w, within: dict) -> None:
+  """Bars of each verifier's mean within-problem AUC [95% CI] and pairwise ranking accuracy
+  (nothing if ``within`` is empty)."""
+  if not within:
+    return
+  names = list(within)
+  means = [within[k]["mean_auc"] for k in names]
+  err = np.array([[m - within[k]["mean_auc_ci"][0], within[k]["mean_auc_ci"][1] - m]
+                  for k, m in zip(names, means)]).T
+  pos = np.arange(len(names))
+  w.bar(pos - 0.2, means, 0.4, yerr=err, capsize=3, label="mean per-problem AUC",
+        color=[VERIFIER_COLORS.get(k, "gray") for k in names])
+  w.bar(pos + 0.2, [within[k]["pairwise_accuracy"] for k in names], 0.4, color="lightgray",
+        label="pairwise ranking accuracy")
+  w.axhline(0.5, color="k", lw=0.8, ls=":")
+  w.set_xticks(pos)
+  w.set_xticklabels(names)
+  w.set_ylim(0, 1)
+  w.set_title(f"within-problem AUC ({within[names[0]]['problems']} problems with right and "
+              "wrong samples)", fontsize=9)
+  w.legend(fontsize=7, loc="lower right")
+
+
+def _calibration_panel(e, calibration: dict) -> None:
+  """Each verifier's reliability curve (fraction correct against binned score) with its ECE."""
+  for name, cal in calibration.items():
     e.plot(cal["mean_score"], cal["frac_correct"], marker="o", ms=3,
            color=VERIFIER_COLORS.get(name), label=f"{name} (ECE {cal['ece']:.3f})")
   e.plot([0, 1], [0, 1], "k:", lw=0.8)
@@ -107,6 +110,11 @@ def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
   e.set_ylabel("fraction of samples correct")
   e.set_title("calibration (reliability curve)")
   e.legend(fontsize=7)
+
+
+def _exploitation_panel(r, result: dict) -> None:
+  """The top-scored sample of N per verifier: its score and whether it is right, against N."""
+  ns = result["n"]
   for name, ex in result.get("exploitation", {}).items():
     color = VERIFIER_COLORS.get(name)
     r.plot(ns, ex["top_score"], "--", color=color, marker="o", ms=3, label=f"{name} top score")
@@ -117,7 +125,12 @@ def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
   r.set_xlabel("N")
   r.set_title("exploitation: the top-scored sample of N")
   r.legend(fontsize=6, ncol=2)
-  auc = result["auc"]
+
+
+def _step_auc_panels(x, b, auc: dict, auc_scores: np.ndarray | None,
+                     positive: np.ndarray | None) -> None:
+  """The PRM's step AUC bars against MC labels (``x``) and its pooled step ROC curve (``b``,
+  switched off unless the AUC was measured and its scores are given)."""
   measured = auc.get("prm_step_auc") is not None
   step_within = auc.get("prm_step_auc_within_problems")
   labels = [("step AUC pooled", auc["prm_step_auc"])] if measured else []
@@ -137,6 +150,21 @@ def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
     b.set_title(f"PRM step ROC (pooled): AUC {auc['prm_step_auc']:.3f}")
   else:
     b.set_axis_off()
+
+
+def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
+                  positive: np.ndarray | None = None) -> Figure:
+  """Best-of-N accuracy against N with 95% bands; within-problem AUC; calibration;
+  the exploitation curve; the PRM's step ROC curve (if its scores are given)."""
+  fig = Figure(figsize=(15, 8.5))
+  axes = fig.subplots(2, 3)
+  a, w, e = axes[0]
+  r, x, b = axes[1]
+  _best_of_n_panel(a, result)
+  _within_auc_panel(w, result.get("within_problem", {}))
+  _calibration_panel(e, result.get("calibration", {}))
+  _exploitation_panel(r, result)
+  _step_auc_panels(x, b, result["auc"], auc_scores, positive)
   fig.tight_layout()
   return fig
 

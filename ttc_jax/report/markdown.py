@@ -38,28 +38,20 @@ def _ci(x, ci) -> str:
   return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def study_report(result: dict, figures: Sequence[str]) -> str:
-  """Markdown of the study (``figures``: file names next to the report)."""
+def _what_was_run(result: dict, methods: list, budgets: list[int],
+                  seeds: list[int]) -> list[str]:
+  """The report's "What was run" section: models, oracle difficulty, methods, statistics."""
   curves = result["curves"]
-  methods = _methods(curves)
-  budgets = sorted({c["budget_generations"] for c in curves})
   d = result["difficulty"]
   num_bins = len(d["bin_mean_pass_at_1"])
-  models = result.get("models", {})
-  seeds = curves[0].get("seeds", [0]) if curves else [0]
-  lines = [
-      f"# Study: test-time search on the task '{result.get('task', '?')}'",
-      "",
-      "## What was run",
-      "",
-  ]
-  for role, info in models.items():
+  lines = ["## What was run", ""]
+  for role, info in result.get("models", {}).items():
     lines.append(f"- {role}: artifact `{info['id']}`, {info['params']:,} parameters "
                  f"({info['d_model']}d x {info['num_layers']} layers, {info['head']} head"
                  + (f", imported from `{info['imported']}`" if info.get("imported") else "")
                  + (f", PRM format {info['prm_format']}" if info.get("prm_format") else "")
                  + ").")
-  lines += [
+  return lines + [
       f"- Oracle difficulty: pass@1 of the policy from {d['samples_per_problem']} samples on "
       f"each of {d['num_problems']} test problems (mean {d['mean_pass_at_1']:.3f}); {num_bins} "
       "quantile bins, mean pass@1 per bin (easiest first): "
@@ -75,6 +67,17 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
       "significant only when that interval excludes zero.",
       "",
   ]
+
+
+def study_report(result: dict, figures: Sequence[str]) -> str:
+  """Markdown of the study (``figures``: file names next to the report)."""
+  curves = result["curves"]
+  methods = _methods(curves)
+  budgets = sorted({c["budget_generations"] for c in curves})
+  num_bins = len(result["difficulty"]["bin_mean_pass_at_1"])
+  seeds = curves[0].get("seeds", [0]) if curves else [0]
+  lines = [f"# Study: test-time search on the task '{result.get('task', '?')}'", ""]
+  lines += _what_was_run(result, methods, budgets, seeds)
   ver = result.get("verifiers")
   if ver:
     lines += verifier_section(ver)
@@ -221,23 +224,10 @@ def _flops_pp(c) -> str:
   return "" if c is None else f"{c['flops'] / len(c['per_problem']):.3g}"
 
 
-def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
-  """Sequential revisions against parallel sampling (paper section 6) from the revision
-  summary (:func:`ttc_jax.analysis.revisions.summary`); ``figures``: file names."""
-  curves = rev["curves"]
-  budgets = sorted(rev["budgets"])
-  selections = [s for s in rev["selections"]
-                if any(c["method"] == f"revisions_{s}" for c in curves)]
-  tr = rev["transitions"]
+def _transition_lines(tr: dict) -> list[str]:
+  """The revision transitions: pooled rates, then a table of rates and accuracy per step."""
   pooled = tr["pooled"]
-  lines = ["## Sequential revisions", "",
-           f"A budget of N answers is split into C parallel chains of L = N / C revisions each "
-           f"(chain lengths stored: {', '.join(map(str, rev['chain_lengths']))}). Selections: "
-           "majority (all C x L answers vote), flat ORM (weighted best-of-N over all answers by "
-           "the revision ORM), hierarchical ORM (per chain its best answer by the ORM, then "
-           "weighted best-of-N over the chain winners), flat PRM (weighted best-of-N by the "
-           "single-answer PRM). Accuracies: mean [95% bootstrap CI over problems].", "",
-           f"Transitions over {tr['problems']} problems and {tr['seeds']} seed"
+  lines = [f"Transitions over {tr['problems']} problems and {tr['seeds']} seed"
            f"{'s' if tr['seeds'] != 1 else ''}, pooled over all revision steps (rate [95% CI] "
            "(count/of)):", "",
            f"- correct -> incorrect: {_rate(pooled['correct_to_incorrect'])} of the correct "
@@ -253,6 +243,63 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
     lines.append(f"| {s['step']} | {_rate(s['correct_to_incorrect'])} | "
                  f"{_rate(s['incorrect_to_correct'])} | "
                  + (_rate(acc[s["step"]]) if s["step"] in acc else "") + " |")
+  return lines
+
+
+def _vs_search_lines(vs: Sequence[dict]) -> list[str]:
+  """The table of revisions against search at equal generation budget ([] without rows)."""
+  if not vs:
+    return []
+  lines = ["", "Revisions against search at equal generation budget (difference: revisions "
+           "minus search, paired over problems):", "",
+           "| N | revisions | accuracy | FLOPs/problem | search | accuracy | FLOPs/problem "
+           "| difference [95% CI] | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in vs:
+    a, s, cmp = r["revisions"], r["search"], r["comparison"]
+    lines.append(
+        f"| {r['budget']} | {a['chains']} x {a['length']} ({a['role']}) | "
+        f"{_ci(a['accuracy'], a['ci'])} | {a['flops_per_problem']:.3g} | "
+        f"{method_label(s['method'])} | {_ci(s['accuracy'], s['ci'])} | "
+        f"{s['flops_per_problem']:.3g} | {cmp['diff']:+.3f} [{cmp['ci'][0]:+.3f}, "
+        f"{cmp['ci'][1]:+.3f}] | {cmp['verdict']} |")
+  return lines
+
+
+def _vs_flops_lines(vf: Sequence[dict]) -> list[str]:
+  """The table of revisions against best-of-N weighted at equal FLOPs ([] without rows)."""
+  if not vf:
+    return []
+  lines = ["", "Revisions against best-of-N weighted at equal FLOPs: the cheapest best-of-N "
+           "point that spent at least the revisions' FLOPs per problem (marked * where every "
+           "swept best-of-N point spent fewer: its largest):", "",
+           "| N | revisions | accuracy | FLOPs/problem | best-of-N at N | accuracy | "
+           "FLOPs/problem | difference [95% CI] | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in vf:
+    a, s, cmp = r["revisions"], r["search"], r["comparison"]
+    star = "" if r["search_flops_at_least"] else "*"
+    lines.append(
+        f"| {r['budget']} | {a['chains']} x {a['length']} ({a['role']}) | "
+        f"{_ci(a['accuracy'], a['ci'])} | {a['flops_per_problem']:.3g} | {s['budget']}{star} | "
+        f"{_ci(s['accuracy'], s['ci'])} | {s['flops_per_problem']:.3g} | {cmp['diff']:+.3f} "
+        f"[{cmp['ci'][0]:+.3f}, {cmp['ci'][1]:+.3f}] | {cmp['verdict']} |")
+  return lines
+
+
+def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
+  """Sequential revisions against parallel sampling (paper section 6) from the revision
+  summary (:func:`ttc_jax.analysis.revisions.summary`); ``figures``: file names."""
+  curves = rev["curves"]
+  budgets = sorted(rev["budgets"])
+  selections = [s for s in rev["selections"]
+                if any(c["method"] == f"revisions_{s}" for c in curves)]
+  lines = ["## Sequential revisions", "",
+           f"A budget of N answers is split into C parallel chains of L = N / C revisions each "
+           f"(chain lengths stored: {', '.join(map(str, rev['chain_lengths']))}). Selections: "
+           "majority (all C x L answers vote), flat ORM (weighted best-of-N over all answers by "
+           "the revision ORM), hierarchical ORM (per chain its best answer by the ORM, then "
+           "weighted best-of-N over the chain winners), flat PRM (weighted best-of-N by the "
+           "single-answer PRM). Accuracies: mean [95% bootstrap CI over problems].", ""]
+  lines += _transition_lines(rev["transitions"])
   lines += ["", "Accuracy by budget N and split C chains x L revisions (rows), selection "
             "(columns); FLOPs per problem (policy, plus the verifier a selection runs):", "",
             "| N | C x L | L / C | " + " | ".join(selections)
@@ -282,35 +329,8 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
   lines += ["", "The paper's findings on revisions, tested (hierarchical ORM, largest budget):",
             ""]
   lines += claims_section(rev.get("claims", []))
-  vs = rev.get("vs_search", [])
-  if vs:
-    lines += ["", "Revisions against search at equal generation budget (difference: revisions "
-              "minus search, paired over problems):", "",
-              "| N | revisions | accuracy | FLOPs/problem | search | accuracy | FLOPs/problem "
-              "| difference [95% CI] | verdict |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in vs:
-      a, s, cmp = r["revisions"], r["search"], r["comparison"]
-      lines.append(
-          f"| {r['budget']} | {a['chains']} x {a['length']} ({a['role']}) | "
-          f"{_ci(a['accuracy'], a['ci'])} | {a['flops_per_problem']:.3g} | "
-          f"{method_label(s['method'])} | {_ci(s['accuracy'], s['ci'])} | "
-          f"{s['flops_per_problem']:.3g} | {cmp['diff']:+.3f} [{cmp['ci'][0]:+.3f}, "
-          f"{cmp['ci'][1]:+.3f}] | {cmp['verdict']} |")
-  vf = rev.get("vs_search_flops", [])
-  if vf:
-    lines += ["", "Revisions against best-of-N weighted at equal FLOPs: the cheapest best-of-N "
-              "point that spent at least the revisions' FLOPs per problem (marked * where every "
-              "swept best-of-N point spent fewer: its largest):", "",
-              "| N | revisions | accuracy | FLOPs/problem | best-of-N at N | accuracy | "
-              "FLOPs/problem | difference [95% CI] | verdict |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in vf:
-      a, s, cmp = r["revisions"], r["search"], r["comparison"]
-      star = "" if r["search_flops_at_least"] else "*"
-      lines.append(
-          f"| {r['budget']} | {a['chains']} x {a['length']} ({a['role']}) | "
-          f"{_ci(a['accuracy'], a['ci'])} | {a['flops_per_problem']:.3g} | {s['budget']}{star} | "
-          f"{_ci(s['accuracy'], s['ci'])} | {s['flops_per_problem']:.3g} | {cmp['diff']:+.3f} "
-          f"[{cmp['ci'][0]:+.3f}, {cmp['ci'][1]:+.3f}] | {cmp['verdict']} |")
+  lines += _vs_search_lines(rev.get("vs_search", []))
+  lines += _vs_flops_lines(rev.get("vs_search_flops", []))
   lines += [""] + [f"![{f}]({f})" for f in figures] + [""]
   return lines
 
@@ -372,6 +392,71 @@ def _best_line(key: dict, e: dict) -> str:
           f"in FLOPs (at N={b['n_flops']:g}; 95% CI {_ratio_ci(b['flops_ratio_ci'], floor)}).")
 
 
+def _co_efficiency_table(eff: dict, keys: dict) -> list[str]:
+  """The efficiency table: per compute-optimal curve and baseline budget N, the budget
+  matching the baseline's accuracy and the generations and FLOPs ratios with 95% CIs."""
+  lines = ["", "Efficiency per baseline budget N: the smallest compute-optimal budget b "
+           "reaching the baseline's accuracy (95% CI of b); N' / b, where N' is the baseline's own "
+           "smallest budget with that accuracy (N where its curve still rises), and the FLOPs "
+           "ratio (baseline at N' / compute-optimal at b) with 95% CIs; 'unreached': "
+           "bootstrap resamples where no budget reaches it:", "",
+           "| compute-optimal | baseline | N | baseline accuracy | b | b 95% CI | N' / b "
+           "[95% CI] | FLOPs ratio [95% CI] | unreached |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for name, e in eff.items():
+    for r in e["rows"]:
+      b_ci = r["budget_ci"]
+      lines.append(
+          f"| {_co_name(keys[name])} | {e.get('baseline', e['baseline_method'])} | {r['n']:g} | "
+          f"{r['baseline_accuracy']:.3f} | {_g(r['budget']) if r['reached'] else 'not reached'} "
+          f"| [{_g(b_ci[0]) if b_ci[0] else 'never'}, {_g(b_ci[1]) if b_ci[1] else 'never'}] | "
+          f"{_ratio(r['generations_ratio'], r['floor'])} "
+          f"{_ratio_ci(r['generations_ratio_ci'], r['floor'])} | "
+          f"{_ratio(r['flops_ratio'], r['floor'])} {_ratio_ci(r['flops_ratio_ci'], r['floor'])} | "
+          f"{r['unreached_resamples']}/{e['resamples']} |")
+  return lines
+
+
+def _co_policy_tables(result: dict, keys: dict) -> list[str]:
+  """The learned policy: per uncharged compute-optimal curve, a table of the strategy chosen
+  per bin and budget (with the cross-validation agreement)."""
+  cands, num_bins = result["candidates"], result["num_bins"]
+  lines = ["", "The learned policy: the strategy chosen per oracle-or-predicted bin (1 = "
+           "easiest) and budget on all problems; (x%): the share of the cross-validation "
+           "choices that agree with it:", ""]
+  for name, pts in result["curves"].items():
+    if keys[name]["charged"]:
+      continue
+    lines += [f"{_co_name(keys[name])}:", "",
+              "| budget | " + " | ".join(f"bin {b + 1}" for b in range(num_bins)) + " |",
+              "|---|" + "---|" * num_bins]
+    for p in pts:
+      lines.append(f"| {p['budget_generations']:g} | " + " | ".join(
+          f"{candidate_label(cands[c]) if c in cands else c} ({100 * a:.0f}%)"
+          for c, a in zip(p["choice"], p["choice_agreement"])) + " |")
+    lines.append("")
+  return lines
+
+
+def _bin_agreement_lines(d: dict, num_bins: int) -> list[str]:
+  """Oracle against predicted difficulty bins: the confusion table, their agreement and the
+  split-half stability of the oracle bins."""
+  agr, half = d["agreement"], d["split_half"]
+  lines = ["Difficulty bins: oracle (rows) against predicted (columns), problem counts:", "",
+           "| oracle \\ predicted | " + " | ".join(str(b + 1) for b in range(num_bins)) + " |",
+           "|---|" + "---|" * num_bins]
+  for i, row in enumerate(agr["confusion"]):
+    lines.append(f"| {i + 1} | " + " | ".join(str(v) for v in row) + " |")
+  rho = lambda a: "n/a" if a["spearman"] is None else f"{a['spearman']:.3f}"  # noqa: E731
+  lines += ["", f"- Oracle vs predicted: same bin {agr['exact']:.3f}, within one bin "
+            f"{agr['within_one']:.3f}, Spearman {rho(agr)} (pass@1 against the mean score).",
+            f"- Split-half stability of the oracle bins ({half['samples_per_half']} samples "
+            f"against the next {half['samples_per_half']}): same bin {half['exact']:.3f}, within "
+            f"one bin {half['within_one']:.3f}, Spearman {rho(half)}: the agreement the "
+            "oracle itself reaches at this sample count.", ""]
+  return lines
+
+
 def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
   """Compute-optimal scaling (paper sections 5.3, 6.3, 7) from
   :func:`ttc_jax.analysis.compute_optimal.compute_optimal_summary`'s result; ``figures``: file
@@ -379,8 +464,6 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
   d = result["difficulty"]
   cost = d["prediction_cost"]
   curves, eff = result["curves"], result["efficiency"]
-  cands = result["candidates"]
-  num_bins = result["num_bins"]
   lines = ["## Compute-optimal scaling", "",
            f"A compute-optimal policy at generation budget B runs, per difficulty bin, the "
            f"candidate strategy with budget <= B (a budget is a cap) that was most accurate on "
@@ -421,52 +504,9 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
     lines.append(f"| {b:g} | " + " | ".join(
         _acc(next((p for p in v if p["budget_generations"] == b), None)) for _, v in cols)
         + " |")
-  lines += ["", "Efficiency per baseline budget N: the smallest compute-optimal budget b "
-            "reaching the baseline's accuracy (95% CI of b); N' / b, where N' is the baseline's own "
-            "smallest budget with that accuracy (N where its curve still rises), and the FLOPs "
-            "ratio (baseline at N' / compute-optimal at b) with 95% CIs; 'unreached': "
-            "bootstrap resamples where no budget reaches it:", "",
-            "| compute-optimal | baseline | N | baseline accuracy | b | b 95% CI | N' / b "
-            "[95% CI] | FLOPs ratio [95% CI] | unreached |",
-            "|---|---|---|---|---|---|---|---|---|"]
-  for name, e in eff.items():
-    for r in e["rows"]:
-      b_ci = r["budget_ci"]
-      lines.append(
-          f"| {_co_name(keys[name])} | {e.get('baseline', e['baseline_method'])} | {r['n']:g} | "
-          f"{r['baseline_accuracy']:.3f} | {_g(r['budget']) if r['reached'] else 'not reached'} "
-          f"| [{_g(b_ci[0]) if b_ci[0] else 'never'}, {_g(b_ci[1]) if b_ci[1] else 'never'}] | "
-          f"{_ratio(r['generations_ratio'], r['floor'])} "
-          f"{_ratio_ci(r['generations_ratio_ci'], r['floor'])} | "
-          f"{_ratio(r['flops_ratio'], r['floor'])} {_ratio_ci(r['flops_ratio_ci'], r['floor'])} | "
-          f"{r['unreached_resamples']}/{e['resamples']} |")
-  lines += ["", "The learned policy: the strategy chosen per oracle-or-predicted bin (1 = "
-            "easiest) and budget on all problems; (x%): the share of the cross-validation "
-            "choices that agree with it:", ""]
-  for name, pts in curves.items():
-    if keys[name]["charged"]:
-      continue
-    lines += [f"{_co_name(keys[name])}:", "",
-              "| budget | " + " | ".join(f"bin {b + 1}" for b in range(num_bins)) + " |",
-              "|---|" + "---|" * num_bins]
-    for p in pts:
-      lines.append(f"| {p['budget_generations']:g} | " + " | ".join(
-          f"{candidate_label(cands[c]) if c in cands else c} ({100 * a:.0f}%)"
-          for c, a in zip(p["choice"], p["choice_agreement"])) + " |")
-    lines.append("")
-  agr, half = d["agreement"], d["split_half"]
-  lines += ["Difficulty bins: oracle (rows) against predicted (columns), problem counts:", "",
-            "| oracle \\ predicted | " + " | ".join(str(b + 1) for b in range(num_bins)) + " |",
-            "|---|" + "---|" * num_bins]
-  for i, row in enumerate(agr["confusion"]):
-    lines.append(f"| {i + 1} | " + " | ".join(str(v) for v in row) + " |")
-  rho = lambda a: "n/a" if a["spearman"] is None else f"{a['spearman']:.3f}"  # noqa: E731
-  lines += ["", f"- Oracle vs predicted: same bin {agr['exact']:.3f}, within one bin "
-            f"{agr['within_one']:.3f}, Spearman {rho(agr)} (pass@1 against the mean score).",
-            f"- Split-half stability of the oracle bins ({half['samples_per_half']} samples "
-            f"against the next {half['samples_per_half']}): same bin {half['exact']:.3f}, within "
-            f"one bin {half['within_one']:.3f}, Spearman {rho(half)}: the agreement the "
-            "oracle itself reaches at this sample count.", ""]
+  lines += _co_efficiency_table(eff, keys)
+  lines += _co_policy_tables(result, keys)
+  lines += _bin_agreement_lines(d, result["num_bins"])
   lines += exchange_lines(result.get("exchange"))
   lines += [f"![{f}]({f})" for f in figures] + [""]
   return lines
