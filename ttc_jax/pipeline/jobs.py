@@ -145,7 +145,7 @@ def _run(pipeline, target, jobs, task_modules, cache_dir, log, poll_s, redo) -> 
       for name in starting:
         checked = name not in BEFORE_CHECKS
         per_core = STAGES[name].trains
-        if name not in ("data", "hf_policy", "hf_prm"):
+        if STAGES[name].inputs:
           pipeline.check_references()  # once, here, instead of in every stage process
         if checked:
           pipeline.check_lengths()

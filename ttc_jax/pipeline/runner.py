@@ -334,7 +334,7 @@ class Pipeline:
         if self.is_done(name):
           self.up_to_date(name)
           continue
-        if name not in ("data", "hf_policy", "hf_prm"):
+        if STAGES[name].inputs:  # past the data (stages that read nothing come first)
           self.check_references()
         if name not in BEFORE_CHECKS:
           self.check_lengths()
@@ -411,7 +411,7 @@ class Pipeline:
     data = self.load("data")
     c, plan = self.config, set(self.plan(self.target()))
     problems = []
-    if plan & {"policy", "large_policy", "mc_labels", "revision_data", "revision_orm"}:
+    if any(STAGES[name].reads_train for name in plan):
       problems += data.problems("train")
     if "test_problems" in c:
       auc = c.verifier_eval.auc_problems if "verifier_eval" in plan else 0
@@ -432,23 +432,7 @@ class Pipeline:
     if self._lengths_checked:
       return
     data = self.load("data")
-    if self.resolve("policy") == "hf_policy":
-      c = self.config
-      h = c.hf_policy
-      tok = artifacts.hf_tokenizer(h.path, step_delimiter=h.step_delimiter, chat=h.chat,
-                                   system=h.system)
-      auc = c.verifier_eval.auc_problems if "verifier_eval" in c else 0
-      longest = config_lib.validate_lengths(
-          c, data.task, tok, {"test": data.problems("test", c.test_problems + auc)},
-          context=config_lib.hf_model_config(h, "hf_policy").max_seq_len)
-      self.log(f"lengths: longest prompt {longest['prompt']} tokens (the imported policy's "
-               f"chat prompt), reference solution {longest['solution']}")
-    else:
-      longest = config_lib.validate_lengths(
-          self.config, data.task, self.load("tokenizer"),
-          {"train": data.problems("train"), "test": data.problems("test")})
-      self.log(f"lengths: longest prompt {longest['prompt']}, solution {longest['solution']} "
-               f"(with EOS), training row {longest['row']} tokens")
+    self.log(STAGES[self.resolve("policy")].lengths(self.config, data, self.load))
     self._lengths_checked = True
 
   def load(self, name: str) -> Any:

@@ -81,6 +81,12 @@ class Stage:
   # It runs before the token-length, reference and memory checks (it needs no model, or is
   # what those checks read).
   before_checks: bool = False
+  # It reads the task's train problems (the reference check covers them when it runs).
+  reads_train: bool = False
+  # For a stage that fills the policy role: (the config, the task's data, a loader of the
+  # run's artifacts by role) -> a log line, after checking that its prompts and solutions fit
+  # the sampling budget and its context (ConfigError otherwise).
+  lengths: Callable[[ml_collections.ConfigDict, Any, Callable[[str], Any]], str] | None = None
   # The checks of the config sections it owns: {section: (config, Facts) -> None, raising
   # ConfigError}; run for a section that the stages of a run read (pipeline.config.validate).
   checks: Mapping[str, Callable[[ml_collections.ConfigDict, Any], None]] = dataclasses.field(

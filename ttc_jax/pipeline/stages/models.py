@@ -93,6 +93,31 @@ def run_hf_model(ctx: Context, section: str) -> dict:
 # difficulty (pass@1)
 
 
+def trained_policy_lengths(c: ml_collections.ConfigDict, data, load) -> str:
+  """The trained policy's rows (train and test problems, with the tokenizer of this run)
+  fit its context, and the reference solutions fit the sampling budget."""
+  longest = config_lib.validate_lengths(
+      c, data.task, load("tokenizer"),
+      {"train": data.problems("train"), "test": data.problems("test")})
+  return (f"lengths: longest prompt {longest['prompt']}, solution {longest['solution']} (with "
+          f"EOS), training row {longest['row']} tokens")
+
+
+def imported_policy_lengths(c: ml_collections.ConfigDict, data, load) -> str:
+  """The imported policy's chat prompts of the test problems the run reads fit its context
+  with the sampling budget."""
+  del load
+  h = c.hf_policy
+  tok = artifacts.hf_tokenizer(h.path, step_delimiter=h.step_delimiter, chat=h.chat,
+                               system=h.system)
+  auc = c.verifier_eval.auc_problems if "verifier_eval" in c else 0
+  longest = config_lib.validate_lengths(
+      c, data.task, tok, {"test": data.problems("test", c.test_problems + auc)},
+      context=config_lib.hf_model_config(h, "hf_policy").max_seq_len)
+  return (f"lengths: longest prompt {longest['prompt']} tokens (the imported policy's chat "
+          f"prompt), reference solution {longest['solution']}")
+
+
 def check_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
   """The trained policy's architecture (with the tokenizer's vocabulary) and training."""
   if known.vocab is not None:
@@ -168,7 +193,8 @@ def check_hf_prm(c: ml_collections.ConfigDict, known: Facts) -> None:
 POLICY = Stage(
     name="policy", doc="SFT of the policy (LM head) on the train problems",
     inputs=("data", "tokenizer"), sections=("policy",), outputs=MODEL_OUTPUTS,
-    run=run_policy, load=load_model, cost_s=390, trains=True,
+    run=run_policy, load=load_model, cost_s=390, trains=True, reads_train=True,
+    lengths=trained_policy_lengths,
     checks={"policy": check_policy})
 
 HF_POLICY = Stage(
@@ -177,6 +203,7 @@ HF_POLICY = Stage(
     sections=("hf_policy",), outputs=("model.json",),
     run=lambda ctx: run_hf_model(ctx, "hf_policy"), load=load_model, fills="policy",
     fingerprint=checkpoint_fingerprint("hf_policy"), before_checks=True,
+    lengths=imported_policy_lengths,
     checks={"hf_policy": check_hf_policy})
 
 LARGE_POLICY = Stage(
@@ -184,7 +211,7 @@ LARGE_POLICY = Stage(
     "policy: same data, tokens and training config",
     inputs=("data", "tokenizer"), sections=("large_policy",), outputs=MODEL_OUTPUTS,
     run=lambda ctx: run_policy(ctx, "large_policy"), load=load_model, cost_s=2100,
-    trains=True,
+    trains=True, reads_train=True,
     checks={"large_policy": check_large_policy})
 
 HF_PRM = Stage(

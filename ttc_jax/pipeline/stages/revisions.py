@@ -267,7 +267,7 @@ REVISION_DATA = Stage(
     name="revision_data", doc="policy answers to train problems and revision trajectories "
     "(incorrect answers closest to a correct one)",
     inputs=("data", "policy"), sections=("seed", "sampling", "revision_data"),
-    run=run_revision_data, load=load_revision_data, cost_s=100,
+    run=run_revision_data, load=load_revision_data, cost_s=100, reads_train=True,
     checks={"revision_data": check_revision_data})
 
 REVISION_MODEL = Stage(
@@ -282,6 +282,7 @@ REVISION_ORM = Stage(
     "earlier answers in context",
     inputs=("data", "revision_model"), sections=("seed", "sampling", "revision_orm"),
     outputs=MODEL_OUTPUTS, run=run_revision_orm, load=load_model, cost_s=485, trains=True,
+    reads_train=True,
     checks={"revision_orm": check_revision_orm})
 
 REVISION_SWEEP = Stage(

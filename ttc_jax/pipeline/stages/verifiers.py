@@ -144,7 +144,7 @@ def check_orm(c: ml_collections.ConfigDict, known: Facts) -> None:
 MC_LABELS = Stage(
     name="mc_labels", doc="policy samples on train problems, steps labelled by MC rollouts",
     inputs=("data", "policy"), sections=("seed", "sampling", "mc_labels"),
-    run=run_mc_labels, load=load_mc_labels, version=2, cost_s=680,
+    run=run_mc_labels, load=load_mc_labels, version=2, cost_s=680, reads_train=True,
     checks={"mc_labels": check_mc_labels})
 
 PRM = Stage(
