@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,39 +91,35 @@ def first_divergences(model: Transformer, prompts: np.ndarray, a: np.ndarray, b:
   return out
 
 
-def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
-              runs: int, warmup: int, seed: int, peak: float) -> dict:
-  """One (config, batch) row: JAX and transformers alternating, medians.
+def _bench_model(bc: BenchConfig, max_seq_len: int, seed: int) -> Transformer:
+  """The benchmarked model of ``bc``: random weights, init_std 0.05.
 
-  The JAX side samples over a 'data' mesh of every local device (on the CPU
-  backend, one device per core: see :func:`ttc_jax.host.cpu_device_per_core`);
-  with more than one device the same core on a single device is timed too
-  (``jax_1dev_tokens_per_s``) and must give the same tokens.
+  same_tokens compares the greedy tokens of two fp32 implementations: they agree
+  unless a top-2 logit gap falls below their rounding difference (measured: about
+  4e-6 of the logits' spread, from the matmuls' summation order). With random
+  weights such near-ties come about once per 1e5 greedy tokens, and a bench run
+  makes 8e4: over init_std 0.02/0.05/0.1 x seeds 0-2, 2 of the 9 runs had one
+  diverging row (none at 0.05). A divergence is reported with its logit margin in
+  ``mismatches``.
   """
-  import torch  # pylint: disable=g-import-not-at-top
-
-  # Random weights, init_std 0.05. same_tokens compares the greedy tokens of two
-  # fp32 implementations: they agree unless a top-2 logit gap falls below their
-  # rounding difference (measured: about 4e-6 of the logits' spread, from the
-  # matmuls' summation order). With random weights such near-ties come about once
-  # per 1e5 greedy tokens, and a bench run makes 8e4: over init_std 0.02/0.05/0.1
-  # x seeds 0-2, 2 of the 9 runs had one diverging row (none at 0.05). A
-  # divergence is reported with its logit margin in ``mismatches``.
   cfg = TransformerConfig(
       vocab_size=bc.vocab_size, d_model=bc.d_model, num_layers=bc.num_layers,
-      num_heads=bc.num_heads, mlp_dim=bc.mlp_dim, max_seq_len=prompt_len + new_tokens,
-      init_std=0.05)
-  model = Transformer(cfg, rngs=nnx.Rngs(seed))
+      num_heads=bc.num_heads, mlp_dim=bc.mlp_dim, max_seq_len=max_seq_len, init_std=0.05)
+  return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def _sides(model: Transformer, mesh, prompts: np.ndarray, *, new_tokens: int, seed: int
+           ) -> dict[str, Callable[[], np.ndarray]]:
+  """The timed implementations, each returning its greedy new tokens: 'jax' (the sampling
+  core over ``mesh``), 'hf' (transformers' ``generate`` on the same weights) and, with
+  more than one device in ``mesh``, 'jax_1dev' (the core on one device)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
   hf = to_hf_llama(model, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
   ids = SpecialIds(pad_id=PAD_ID, eos_ids=(EOS_ID,))
-  mesh = make_mesh()
-  if batch % mesh.shape["data"]:
-    raise ValueError(f"batch {batch} does not divide the {mesh.shape['data']} devices.")
   core = SamplingCore(model, ids, mesh=mesh)
-  rng = np.random.default_rng(seed)
-  prompts = rng.integers(EOS_ID + 1, bc.vocab_size, (batch, prompt_len), dtype=np.int32)
   sp = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-  keys = row_keys(seed, np.arange(batch))
+  keys = row_keys(seed, np.arange(prompts.shape[0]))
   input_ids = torch.from_numpy(prompts.astype(np.int64))
   attention_mask = torch.ones_like(input_ids)
 
@@ -135,12 +131,19 @@ def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
       out = hf.generate(input_ids, attention_mask=attention_mask, do_sample=False,
                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
                         eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-    return out[:, prompt_len:].numpy()
+    return out[:, prompts.shape[1]:].numpy()
 
   sides = {"jax": jax_runner(core), "hf": run_hf}
   if mesh.size > 1:
     sides["jax_1dev"] = jax_runner(
         SamplingCore(model, ids, mesh=make_mesh(devices=jax.devices()[:1])))
+  return sides
+
+
+def _time_sides(sides: dict[str, Callable[[], np.ndarray]], *, runs: int, warmup: int,
+                label: str) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+  """(each side's tokens of its last run, each side's run times in seconds): ``warmup``
+  untimed rounds, then ``runs`` timed rounds of every side, the starting side rotating."""
   names = list(sides)
   tokens = {}
   for _ in range(warmup):
@@ -153,8 +156,29 @@ def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
       t = time.perf_counter()
       tokens[name] = sides[name]()
       times[name].append(time.perf_counter() - t)
-    logging.info("config %s batch %d run %d/%d: %s", bc.name, batch, i + 1, runs,
+    logging.info("%s run %d/%d: %s", label, i + 1, runs,
                  ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
+  return tokens, times
+
+
+def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
+              runs: int, warmup: int, seed: int, peak: float) -> dict:
+  """One (config, batch) row: JAX and transformers alternating, medians.
+
+  The JAX side samples over a 'data' mesh of every local device (on the CPU
+  backend, one device per core: see :func:`ttc_jax.host.cpu_device_per_core`);
+  with more than one device the same core on a single device is timed too
+  (``jax_1dev_tokens_per_s``) and must give the same tokens.
+  """
+  model = _bench_model(bc, prompt_len + new_tokens, seed)
+  mesh = make_mesh()
+  if batch % mesh.shape["data"]:
+    raise ValueError(f"batch {batch} does not divide the {mesh.shape['data']} devices.")
+  rng = np.random.default_rng(seed)
+  prompts = rng.integers(EOS_ID + 1, bc.vocab_size, (batch, prompt_len), dtype=np.int32)
+  sides = _sides(model, mesh, prompts, new_tokens=new_tokens, seed=seed)
+  tokens, times = _time_sides(sides, runs=runs, warmup=warmup,
+                              label=f"config {bc.name} batch {batch}")
   n_tok = batch * new_tokens
   med = {name: statistics.median(t) for name, t in times.items()}
   jax_tokens, hf_tokens = tokens["jax"], tokens["hf"]
@@ -169,7 +193,8 @@ def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
       "jax_tokens_per_s": n_tok / med["jax"],
       "hf_tokens_per_s": n_tok / med["hf"],
       "speedup": med["hf"] / med["jax"],
-      "jax_gflops_per_s": model_flops(cfg, batch, prompt_len, new_tokens) / med["jax"] / 1e9,
+      "jax_gflops_per_s": (model_flops(model.config, batch, prompt_len, new_tokens)
+                           / med["jax"] / 1e9),
       "matmul_peak_gflops_per_s": peak,
       "same_tokens": same,
       "mismatches": mismatches,

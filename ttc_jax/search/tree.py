@@ -38,7 +38,7 @@ from 0, a step or a rollout step at the row's length before it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -109,6 +109,94 @@ def padded(x: np.ndarray, width: int | None = None) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[:1], width - x.size)])
 
 
+class _Round(NamedTuple):
+  """One round's new step on every frontier row (arrays over the padded batch)."""
+
+  pol: object  # the policy's state after the step
+  prm: object  # the PRM's state, extended by the step
+  active: np.ndarray  # the live rows (the rest is padding)
+  scores: np.ndarray  # each row's PRM score at its new step
+  ended: np.ndarray  # rows whose step ended with EOS
+  room: np.ndarray  # rows with room left (their cap and the context) for another step
+  used: np.ndarray  # each live row's solution tokens so far
+
+
+def _count_prompts(ctx: common.SearchContext, budgets: list[Budget], prompts, prm) -> None:
+  """Adds each problem's prompt to its budget, once per model, from position 0 (the PRM's
+  own prompt tokens for an adapted PRM)."""
+  pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
+  head = ctx.prm.tokens_fed(prm)  # None: the PRM reads the policy's prompt tokens
+  for q, (b, p) in enumerate(zip(budgets, prompts)):
+    b.add_policy(pol_cost, 0, len(p))
+    b.add_prm(prm_cost, 0, len(p) if head is None else int(head[q]))
+
+
+def _sample_round(ctx: common.SearchContext, pol, prm, seqs: list[list[int]],
+                  row_problem: np.ndarray, row_slot: np.ndarray, rnd: int, *, sp,
+                  index_of: np.ndarray, prompt_len: np.ndarray, budgets: list[Budget],
+                  eos: set[int]) -> _Round:
+  """Samples one step on every live row and feeds it to the PRM; appends each row's new
+  tokens to ``seqs`` and counts them in its problem's budget."""
+  pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
+  live = row_problem.size
+  width = pol.num_rows
+  active = np.arange(width) < live
+  used = np.asarray([len(q) for q in seqs], np.int64)
+  limits = ctx.step_limits(prompt_len[row_problem], used)  # > 0: cut rows were dropped
+  keys = ctx.keys(padded(index_of[row_problem], width), padded(row_slot, width), rnd)
+  out = ctx.core.sample(pol, keys, sp, active=active, limits=padded(limits, width))
+  pol = out.state
+  lengths, step, step_valid = step_chunk(out, ctx.max_step_tokens)
+  before = ctx.prm.tokens_fed(prm)
+  prm = ctx.prm.extend(prm, step, step_valid)
+  after = ctx.prm.tokens_fed(prm)
+  scores = ctx.prm.scores(prm)
+  ended = np.zeros(width, bool)
+  for r in range(live):
+    new = step[r, :lengths[r]].tolist()
+    # The step continues the row at its current length: its prompt and earlier steps.
+    start = int(prompt_len[row_problem[r]]) + len(seqs[r])
+    budgets[row_problem[r]].add_policy(pol_cost, start, len(new))
+    budgets[row_problem[r]].add_prm(prm_cost, *common.prm_span(before, after, r, start,
+                                                                len(new)))
+    seqs[r] = seqs[r] + new
+    ended[r] = bool(new) and new[-1] in eos
+  used = np.asarray([len(q) for q in seqs], np.int64)
+  # A row with no room left (its cap or the context) can never finish: cut it.
+  room = np.zeros(width, bool)
+  room[:live] = ctx.step_limits(prompt_len[row_problem], used) > 0
+  return _Round(pol, prm, active, scores, ended, room, used)
+
+
+def _select(strategy: TreeStrategy, ctx: common.SearchContext, problems: Sequence,
+            pools: list[list[common.Candidate]], seqs: list[list[int]], row_problem: np.ndarray,
+            row_slot: np.ndarray, rnd: int, sampled: _Round, select_scores: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+  """Per problem: rows that ended join its pool, and the strategy picks which rows continue
+  and which pool entries stay (``pools`` is updated). Returns the next round's (parents:
+  rows continued, their problems, their slots), or None when no row continues."""
+  parents, next_problem, next_slot = [], [], []
+  for q in range(len(problems)):
+    rows = np.nonzero(row_problem == q)[0]
+    for r in rows[sampled.ended[rows]]:
+      pools[q].append(common.make_candidate(ctx, problems[q], seqs[r], sampled.scores[r]))
+    alive = rows[~sampled.ended[rows] & sampled.room[rows]]
+    frontier = Frontier(
+        alive_scores=np.asarray(select_scores[alive], np.float64),
+        alive_slots=row_slot[alive],
+        pool_scores=np.asarray([c.score for c in pools[q]], np.float64),
+        rng_factory=lambda q=q, rnd=rnd: ctx.generator("resample", problems[q].index, rnd))
+    chosen, slots, kept = strategy.select(frontier)
+    pools[q] = [pools[q][i] for i in kept]
+    if len(chosen):
+      parents.append(alive[chosen])
+      next_problem.append(np.full(len(chosen), q))
+      next_slot.append(np.asarray(slots, np.int64))
+  if not parents:
+    return None
+  return np.concatenate(parents), np.concatenate(next_problem), np.concatenate(next_slot)
+
+
 def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Sequence
                 ) -> list[common.SearchResult]:
   """Runs ``strategy`` on ``problems`` in one batch (see the module docstring).
@@ -126,12 +214,8 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
   prompt_len = np.asarray([len(p) for p in prompts], np.int64)
   size = ctx.tree_cache_size(tokens.shape[1])
   budgets = [Budget(generations=strategy.generations) for _ in problems]
-  pol_cost, prm_cost = ctx.policy_cost, ctx.prm_cost
   prm = ctx.prm_start(problems, tokens, valid, size)
-  head = ctx.prm.tokens_fed(prm)  # the PRM's own prompt tokens (an adapted PRM), else None
-  for q, (b, p) in enumerate(zip(budgets, prompts)):  # each prompt once per model, from 0
-    b.add_policy(pol_cost, 0, len(p))
-    b.add_prm(prm_cost, 0, len(p) if head is None else int(head[q]))
+  _count_prompts(ctx, budgets, prompts, prm)
   index_of = np.asarray([p.index for p in problems], np.int64)
   sp = ctx.step_params()
 
@@ -144,65 +228,24 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
   pools: list[list[common.Candidate]] = [[] for _ in problems]
 
   for rnd in range(strategy.max_rounds):
-    live = row_problem.size
-    if live == 0:
+    if row_problem.size == 0:
       break
-    width = pol.num_rows
-    active = np.arange(width) < live
-    used = np.asarray([len(q) for q in seqs], np.int64)
-    limits = ctx.step_limits(prompt_len[row_problem], used)  # > 0: cut rows were dropped
-    keys = ctx.keys(padded(index_of[row_problem], width), padded(row_slot, width), rnd)
-    out = ctx.core.sample(pol, keys, sp, active=active, limits=padded(limits, width))
-    pol = out.state
-    lengths, step, step_valid = step_chunk(out, ctx.max_step_tokens)
-    before = ctx.prm.tokens_fed(prm)
-    prm = ctx.prm.extend(prm, step, step_valid)
-    after = ctx.prm.tokens_fed(prm)
-    scores = ctx.prm.scores(prm)
-    ended = np.zeros(width, bool)
-    for r in range(live):
-      new = step[r, :lengths[r]].tolist()
-      # The step continues the row at its current length: its prompt and earlier steps.
-      start = int(prompt_len[row_problem[r]]) + len(seqs[r])
-      budgets[row_problem[r]].add_policy(pol_cost, start, len(new))
-      budgets[row_problem[r]].add_prm(prm_cost, *common.prm_span(before, after, r, start,
-                                                                  len(new)))
-      seqs[r] = seqs[r] + new
-      ended[r] = bool(new) and new[-1] in eos
-    used = np.asarray([len(q) for q in seqs], np.int64)
-    # A row with no room left (its cap or the context) can never finish: cut it.
-    room = np.zeros(width, bool)
-    room[:live] = ctx.step_limits(prompt_len[row_problem], used) > 0
-
-    select_scores = scores
+    sampled = _sample_round(ctx, pol, prm, seqs, row_problem, row_slot, rnd, sp=sp,
+                            index_of=index_of, prompt_len=prompt_len, budgets=budgets, eos=eos)
+    pol, prm = sampled.pol, sampled.prm
+    select_scores = sampled.scores
     if k:
-      select_scores = _lookahead_scores(ctx, pol, prm, active & ~ended & room, scores, k, size,
-                                        budgets, padded(row_problem, width),
+      width = sampled.active.size
+      rollout = sampled.active & ~sampled.ended & sampled.room
+      select_scores = _lookahead_scores(ctx, pol, prm, rollout, sampled.scores, k, size, budgets,
+                                        padded(row_problem, width),
                                         padded(prompt_len[row_problem], width),
-                                        padded(used, width))
-
-    # Per problem: finished rows join the pool; the strategy picks what continues.
-    parents, next_problem, next_slot = [], [], []
-    for q in range(num):
-      rows = np.nonzero(row_problem == q)[0]
-      for r in rows[ended[rows]]:
-        pools[q].append(common.make_candidate(ctx, problems[q], seqs[r], scores[r]))
-      alive = rows[~ended[rows] & room[rows]]
-      frontier = Frontier(
-          alive_scores=np.asarray(select_scores[alive], np.float64),
-          alive_slots=row_slot[alive],
-          pool_scores=np.asarray([c.score for c in pools[q]], np.float64),
-          rng_factory=lambda q=q, rnd=rnd: ctx.generator("resample", problems[q].index, rnd))
-      chosen, slots, kept = strategy.select(frontier)
-      pools[q] = [pools[q][i] for i in kept]
-      if len(chosen):
-        parents.append(alive[chosen])
-        next_problem.append(np.full(len(chosen), q))
-        next_slot.append(np.asarray(slots, np.int64))
-    if not parents:
+                                        padded(sampled.used, width))
+    chosen = _select(strategy, ctx, problems, pools, seqs, row_problem, row_slot, rnd, sampled,
+                     select_scores)
+    if chosen is None:
       break
-    parents = np.concatenate(parents)
-    row_problem, row_slot = np.concatenate(next_problem), np.concatenate(next_slot)
+    parents, row_problem, row_slot = chosen
     src = padded(parents)
     pol = ctx.core.gather(pol, src, compact=True)
     prm = ctx.prm.gather(prm, src, compact=True)

@@ -22,11 +22,12 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from absl import logging
 import jax
@@ -173,6 +174,126 @@ def _read_metrics(path: str, upto_step: int) -> list[str]:
   return keep
 
 
+def _truncate_metrics(path: str, upto_step: int) -> None:
+  """Rewrites the metrics file with its lines up to ``upto_step`` only (a resumed run's)."""
+  kept = _read_metrics(path, upto_step)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+
+
+def _check_batch_size(dataset: TokenDataset, cfg: ml_collections.ConfigDict, data_size: int,
+                      name: str) -> None:
+  """Raises for a batch that does not split over the mesh or a bucketed dataset too small."""
+  if cfg.batch_size % data_size:
+    raise ValueError(f"train.batch_size={cfg.batch_size} must be a multiple of the mesh "
+                     f"'data' axis ({data_size}).")
+  if cfg.get("bucket_pool_batches", 0) and len(dataset) < cfg.batch_size:
+    raise TooFewRows(
+        f"{name}: {len(dataset)} training rows, fewer than {name}.train.batch_size="
+        f"{cfg.batch_size} (a bucketed batch holds distinct rows): lower the batch size, "
+        "give it more data (for the revision model: more revision_data problems or samples, or a "
+        "stronger policy, which yields more trajectories), or set "
+        f"{name}.train.bucket_pool_batches=0.")
+
+
+def _restore_latest(manager, model_config, cfg: ml_collections.ConfigDict, params, opt_state,
+                    sharding: NamedSharding, log_fn: Callable[[str], None]):
+  """(step, params, opt_state) of the latest checkpoint in ``manager``; (0, params,
+  opt_state) as given when there is none. Raises CheckpointError for a checkpoint that
+  cannot be read or that another config wrote."""
+  latest = manager.latest_step()
+  if latest is None:
+    return 0, params, opt_state
+  try:
+    tree = checkpoints.restore(
+        manager, latest, model_config,
+        params=ocp.args.StandardRestore(checkpoints.abstract(params, sharding)),
+        opt_state=ocp.args.StandardRestore(checkpoints.abstract(opt_state, sharding)),
+        meta=ocp.args.JsonRestore())
+  except CheckpointError as e:
+    raise CheckpointError(
+        f"{e} To resume from the checkpoint before it, delete "
+        f"{os.path.join(manager.directory, str(latest))} and rerun (or delete "
+        f"{manager.directory} to train from scratch).") from None
+  start = int(tree["meta"]["step"])
+  if start != latest or tree["meta"]["data_position"] != start * cfg.batch_size:
+    raise CheckpointError(
+        f"checkpoint {latest} in {manager.directory} records {tree['meta']}; inconsistent "
+        f"with train.batch_size={cfg.batch_size}. Was it written by a different config?")
+  if start > cfg.steps:
+    raise CheckpointError(
+        f"{manager.directory} holds step {start} > train.steps={cfg.steps}; use a fresh "
+        "workdir to train for fewer steps.")
+  params, opt_state = tree["params"], tree["opt_state"]
+  log_fn(f"resumed from step {start} ({manager.directory})")
+  return start, params, opt_state
+
+
+def _save(manager, step: int, params, opt_state, cfg: ml_collections.ConfigDict) -> None:
+  """Checkpoints params, optimizer state and the data position after ``step`` steps."""
+  checkpoints.save(
+      manager, step, params=ocp.args.StandardSave(params),
+      opt_state=ocp.args.StandardSave(opt_state),
+      meta=ocp.args.JsonSave({"step": step, "data_position": step * cfg.batch_size,
+                              "seed": cfg.seed}))
+
+
+def _host_batch(dataset: TokenDataset, cfg: ml_collections.ConfigDict, step: int
+                ) -> dict[str, np.ndarray]:
+  """The host arrays of ``step``'s batch: its rows are a pure function of (seed, step)."""
+  if cfg.get("bucket_pool_batches", 0):
+    idx = bucketed_batch_indices(dataset.lengths, cfg.batch_size, cfg.seed, step,
+                                 cfg.bucket_pool_batches)
+  else:
+    idx = batch_indices(len(dataset), cfg.batch_size, cfg.seed, step)
+  return dataset.batch(idx, cfg.get("pad_multiple", None))
+
+
+def _dispatch_step(step_fn, graphdef, params, opt_state, batch, in_flight: collections.deque,
+                   *, tx, objective: str):
+  """Launches one train step; once more than MAX_STEPS_IN_FLIGHT steps are pending, waits
+  for the oldest. Returns the step's (params, opt_state, metrics), not waited for."""
+  params, opt_state, metrics = step_fn(graphdef, params, opt_state, batch, tx=tx,
+                                       objective=objective)
+  in_flight.append(metrics["loss"])
+  if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+    in_flight.popleft().block_until_ready()
+  return params, opt_state, metrics
+
+
+@dataclasses.dataclass
+class _Since:
+  """Where the last metrics line was written (the time, the step) and the tokens trained on
+  since: the rates of the next line."""
+  time: float
+  step: int
+  tokens: int = 0
+
+
+def _log_metrics(metrics_file, metrics: dict[str, Array], step: int, since: _Since, *,
+                 cfg: ml_collections.ConfigDict, schedule: optax.Schedule, name: str,
+                 log_fn: Callable[[str], None]) -> None:
+  """Writes the metrics line after ``step`` (0-based) to ``metrics_file`` and logs
+  progress; raises FloatingPointError for non-finite metrics. Resets ``since`` to now."""
+  done = step + 1
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not all(np.isfinite(v) for v in m.values()):
+    raise FloatingPointError(f"non-finite metrics at step {done}: {m}")
+  now = time.time()
+  rate = (done - since.step) / max(now - since.time, 1e-9)
+  tok_rate = since.tokens / max(now - since.time, 1e-9)
+  record = {"step": done, "loss": m["loss"], "accuracy": m["accuracy"],
+            "grad_norm": m["grad_norm"], "lr": float(schedule(step)),
+            "tokens_per_s": tok_rate}
+  metrics_file.write(json.dumps(record) + "\n")
+  metrics_file.flush()
+  log_fn(f"[{name}] step {done}/{cfg.steps} loss {m['loss']:.4f} "
+         f"acc {m['accuracy']:.3f} | {rate:.2f} steps/s {tok_rate:,.0f} tok/s | "
+         f"ETA {fmt_duration((cfg.steps - done) / max(rate, 1e-9))}")
+  since.time, since.step, since.tokens = now, done, 0
+
+
 def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigDict,
           out_dir: str, *, objective: str, mesh=None, log_fn=logging.info,
           name: str = "train") -> Transformer:
@@ -199,17 +320,7 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
     raise ValueError(f"objective={objective!r}: expected one of {sorted(OBJECTIVES)}.")
   check_config(cfg)
   mesh = make_mesh() if mesh is None else mesh
-  data_size = mesh.shape[DATA_AXIS]
-  if cfg.batch_size % data_size:
-    raise ValueError(f"train.batch_size={cfg.batch_size} must be a multiple of the mesh "
-                     f"'data' axis ({data_size}).")
-  if cfg.get("bucket_pool_batches", 0) and len(dataset) < cfg.batch_size:
-    raise TooFewRows(
-        f"{name}: {len(dataset)} training rows, fewer than {name}.train.batch_size="
-        f"{cfg.batch_size} (a bucketed batch holds distinct rows): lower the batch size, "
-        "give it more data (for the revision model: more revision_data problems or samples, or a "
-        "stronger policy, which yields more trajectories), or set "
-        f"{name}.train.bucket_pool_batches=0.")
+  _check_batch_size(dataset, cfg, mesh.shape[DATA_AXIS], name)
   os.makedirs(out_dir, exist_ok=True)
   tx, schedule = make_optimizer(cfg)
   graphdef, params = nnx.split(model)
@@ -221,93 +332,37 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   opt_state = jax.device_put(tx.init(params), replicated)
 
   manager = checkpoints.manager(os.path.join(out_dir, "checkpoints"))
-  start = 0
-  latest = manager.latest_step()
-  if latest is not None:
-    try:
-      tree = checkpoints.restore(
-          manager, latest, model.config,
-          params=ocp.args.StandardRestore(checkpoints.abstract(params, replicated)),
-          opt_state=ocp.args.StandardRestore(checkpoints.abstract(opt_state, replicated)),
-          meta=ocp.args.JsonRestore())
-    except CheckpointError as e:
-      raise CheckpointError(
-          f"{e} To resume from the checkpoint before it, delete "
-          f"{os.path.join(manager.directory, str(latest))} and rerun (or delete "
-          f"{manager.directory} to train from scratch).") from None
-    start = int(tree["meta"]["step"])
-    if start != latest or tree["meta"]["data_position"] != start * cfg.batch_size:
-      raise CheckpointError(
-          f"checkpoint {latest} in {manager.directory} records {tree['meta']}; inconsistent "
-          f"with train.batch_size={cfg.batch_size}. Was it written by a different config?")
-    if start > cfg.steps:
-      raise CheckpointError(
-          f"{manager.directory} holds step {start} > train.steps={cfg.steps}; use a fresh "
-          "workdir to train for fewer steps.")
-    params, opt_state = tree["params"], tree["opt_state"]
-    log_fn(f"resumed from step {start} ({manager.directory})")
+  start, params, opt_state = _restore_latest(manager, model.config, cfg, params, opt_state,
+                                             replicated, log_fn)
 
   metrics_path = os.path.join(out_dir, "metrics.jsonl")
   primary = parallel.is_primary()
   if primary:
-    kept = _read_metrics(metrics_path, start)
-    with open(metrics_path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(metrics_path + ".tmp", metrics_path)
+    _truncate_metrics(metrics_path, start)
 
   step_fn = functools.partial(
       jax.jit(_train_step, static_argnums=(0,),
               static_argnames=("tx", "objective", "label_smoothing"), donate_argnums=(1, 2)),
       label_smoothing=float(cfg.get("label_smoothing", 0.0)))
 
-  def save(step):
-    checkpoints.save(
-        manager, step, params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave({"step": step, "data_position": step * cfg.batch_size,
-                                "seed": cfg.seed}))
-
-  n = len(dataset)
   in_flight = collections.deque()  # the loss of each step not waited for yet
-  t0 = time.time()
-  last_t, last_step, tokens_since = t0, start, 0
+  since = _Since(time=time.time(), step=start)
   with open(metrics_path if primary else os.devnull, "a") as mf:
     for step in range(start, cfg.steps):
-      if cfg.get("bucket_pool_batches", 0):
-        idx = bucketed_batch_indices(dataset.lengths, cfg.batch_size, cfg.seed, step,
-                                     cfg.bucket_pool_batches)
-      else:
-        idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
-      host = dataset.batch(idx, cfg.get("pad_multiple", None))
-      tokens_since += int(host["valid"].sum())
+      host = _host_batch(dataset, cfg, step)
+      since.tokens += int(host["valid"].sum())
       batch = jax.device_put(host, rows)
-      params, opt_state, metrics = step_fn(graphdef, params, opt_state, batch, tx=tx,
-                                           objective=objective)
-      in_flight.append(metrics["loss"])
-      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-        in_flight.popleft().block_until_ready()
+      params, opt_state, metrics = _dispatch_step(step_fn, graphdef, params, opt_state, batch,
+                                                  in_flight, tx=tx, objective=objective)
       done = step + 1
       if done % cfg.log_every == 0 or done == cfg.steps:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not all(np.isfinite(v) for v in m.values()):
-          raise FloatingPointError(f"non-finite metrics at step {done}: {m}")
-        now = time.time()
-        rate = (done - last_step) / max(now - last_t, 1e-9)
-        tok_rate = tokens_since / max(now - last_t, 1e-9)
-        record = {"step": done, "loss": m["loss"], "accuracy": m["accuracy"],
-                  "grad_norm": m["grad_norm"], "lr": float(schedule(step)),
-                  "tokens_per_s": tok_rate}
-        mf.write(json.dumps(record) + "\n")
-        mf.flush()
-        log_fn(f"[{name}] step {done}/{cfg.steps} loss {m['loss']:.4f} "
-               f"acc {m['accuracy']:.3f} | {rate:.2f} steps/s {tok_rate:,.0f} tok/s | "
-               f"ETA {fmt_duration((cfg.steps - done) / max(rate, 1e-9))}")
-        last_t, last_step, tokens_since = now, done, 0
+        _log_metrics(mf, metrics, step, since, cfg=cfg, schedule=schedule, name=name,
+                     log_fn=log_fn)
       if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-        save(done)
+        _save(manager, done, params, opt_state, cfg)
         hold_point(f"checkpoint:{name}:{done}")
   if start == cfg.steps and manager.latest_step() != cfg.steps:
-    save(cfg.steps)
+    _save(manager, cfg.steps, params, opt_state, cfg)
   manager.wait_until_finished()
   manager.close()
   nnx.update(model, params)

@@ -37,13 +37,13 @@ import numpy as np
 import scipy.special
 from flax import nnx
 
-from ttc_jax import parallel
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.sampling.cached import CachedModel
 from ttc_jax.sampling.cached import DecodeState
 from ttc_jax.sampling.solutions import round_up
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.sampling.solutions import stop_sets
+from ttc_jax.verifiers.batching import map_by_length
 
 
 class FormatError(ValueError):
@@ -283,11 +283,8 @@ class AdaptedPRM:
                         f"{self.cached.config.max_seq_len}.")
     n = len(encoded)
     size = round_up(batch_size or n, self.cached.data_size)
-    order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
-    starts = list(range(0, n, size))
 
-    def run(c: int) -> list[np.ndarray]:
-      chunk = order[starts[c]:starts[c] + size]
+    def run(chunk: np.ndarray) -> list[np.ndarray]:
       # Widths rounded up to multiples of 8: few compiled shapes.
       width = min(round_up(max(len(encoded[i][0]) for i in chunk), 8),
                   self.cached.config.max_seq_len)
@@ -302,11 +299,7 @@ class AdaptedPRM:
       scores = self._probs(np.asarray(out))
       return [scores[j, :len(encoded[i][1])] for j, i in enumerate(chunk)]
 
-    out: list[np.ndarray] = [None] * n  # type: ignore[list-item]
-    for i, v in zip(order, (v for chunk in parallel.map_chunks(run, len(starts))
-                            for v in chunk)):
-      out[i] = v
-    return out
+    return map_by_length([len(ids) for ids, _ in encoded], size, run)
 
   # ------------------------------------------------------------ incremental
   def start(self, questions: Sequence[str], *, cache_size: int) -> "StepState":

@@ -26,6 +26,7 @@ from ttc_jax.models.transformer import Transformer
 from ttc_jax.parallel import DATA_AXIS
 from ttc_jax.progress import Progress
 from ttc_jax.sampling.solutions import round_up
+from ttc_jax.verifiers.batching import map_by_length
 
 STEP_AGGREGATIONS = ("last", "min", "prod")
 
@@ -121,13 +122,10 @@ class Scorer:
       raise ValueError(f"a row of {longest} tokens exceeds max_seq_len={self.config.max_seq_len}.")
     kwargs = {} if log_fn is None else {"log_fn": log_fn}
     progress = Progress(n, desc, unit="rows", **kwargs)
-    # Rows in order of length, each call padded to its own longest row (rounded up to
-    # LENGTH_MULTIPLE: few compiled shapes): no call pays for the longest row of all.
-    order = np.argsort([len(r) for r in rows], kind="stable")
-    starts = list(range(0, n, batch_size))
 
-    def run(c: int) -> list[np.ndarray]:
-      chunk = order[starts[c]:starts[c] + batch_size]
+    def run(chunk: np.ndarray) -> list[np.ndarray]:
+      # Rows of similar length (map_by_length), padded to the chunk's own longest row
+      # (rounded up to LENGTH_MULTIPLE: few compiled shapes).
       length = min(round_up(max(len(rows[i]) for i in chunk), LENGTH_MULTIPLE),
                    self.config.max_seq_len)
       tokens = np.full((batch_size, length), self.pad_id, np.int32)
@@ -140,11 +138,7 @@ class Scorer:
       progress.update(len(chunk) * parallel.process_count())
       return [vals[j, :len(rows[i])] for j, i in enumerate(chunk)]
 
-    out: list[np.ndarray] = [None] * n  # type: ignore[list-item]
-    for i, v in zip(order, (v for chunk in parallel.map_chunks(run, len(starts))
-                            for v in chunk)):
-      out[i] = v
-    return out
+    return map_by_length([len(r) for r in rows], batch_size, run)
 
   def step_scores(self, rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]], *,
                   batch_size: int, log_fn=None) -> list[np.ndarray]:
