@@ -65,22 +65,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from ttc_jax import tasks
+from ttc_jax.configs import common
+
 
 # Old part names of the launch scripts, kept as aliases.
 ALIASES = {"verifiers": "verifier_eval"}
-
-
-def _parse(arg: str | None) -> tuple[str, str]:
-  """'STAGE', 'task=NAME' or 'STAGE,task=NAME' -> (stage, task)."""
-  stage, task = "study", "arith"
-  for part in filter(None, (arg or "").split(",")):
-    if part.startswith("task="):
-      task = part[len("task="):]
-    elif "=" in part:
-      raise ValueError(f"config argument {part!r}: expected a stage name or task=NAME.")
-    else:
-      stage = ALIASES.get(part, part)
-  return stage, task
 
 
 def _train(**overrides) -> ml_collections.ConfigDict:
@@ -126,7 +115,8 @@ def _verifier_arch() -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The study config; ``arg``: a stage to run (default 'study', the whole study),
   ``task=NAME`` (a registered task; its own section), or both: ``prm,task=NAME``."""
-  stage, task = _parse(arg)
+  stage, task, _ = common.parse_arg(arg, "arith")
+  stage = ALIASES.get(stage, stage)
   c = ml_collections.ConfigDict()
   c.stage = stage  # The stage to run, with the inputs it is missing ('study': everything).
   c.seed = 0  # Seed of every random stream: row_keys(seed, stream, problem, sample, ...).
@@ -139,13 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   c.test_problems = 200  # The first N test problems: difficulty, verifier eval, search.
 
-  # Sampling of the policy in every stage (pass@1, labels, verifier eval, search).
-  c.sampling = ml_collections.ConfigDict(dict(
-      temperature=1.0,  # sampling temperature (> 0: every stage draws several samples)
-      top_p=1.0,  # nucleus sampling: keep the most likely tokens up to this mass (1: off)
-      max_new_tokens=96,  # cap on a solution's tokens; the longest reference must fit
-      batch_size=512,  # rows per sampling call (speed only: results do not depend on it)
-  ))
+  c.sampling = common.sampling()
 
   c.policy = ml_collections.ConfigDict(dict(
       model=_arch(),
@@ -176,9 +160,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       samples_per_problem=16,  # the larger policy's samples per test problem (majority curve)
       subsamples=64,  # random N-subsets per problem for its majority accuracy at each N
   ))
-  c.difficulty = ml_collections.ConfigDict(dict(
-      samples_per_problem=64,  # policy samples per test problem (pass@1, oracle bins)
-  ))
+  c.difficulty = common.difficulty()
   # Many problems with few rollouts beat few problems with many at the same cost: 3200 x 4
   # gave a within-problem AUC of 0.68-0.70 against 0.64-0.66 for 800 x 16 (ORM-weighted
   # best-of-64 0.615 against 0.52). 2400 problems keep make study within 30 minutes;
@@ -246,12 +228,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       model=_verifier_arch(),
       train=_train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40),
   ))
-  c.verifier_eval = ml_collections.ConfigDict(dict(
-      subsamples=256,  # random N-subsets per problem for each best-of-N accuracy
-      auc_problems=100,  # held-out test problems (after test_problems) for the step AUC
-      auc_samples_per_problem=2,  # their policy samples
-      rollouts=16,  # MC rollouts per step prefix of those samples
-  ))
+  c.verifier_eval = common.verifier_eval()
   c.ablation = ml_collections.ConfigDict(dict(
       # PRM variants, each a comma-separated list of config overrides (the study's own PRM
       # is the first row); trained once per identity, reused on reruns.
@@ -263,37 +240,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       variants=(),
       n=(4, 16, 64),  # best-of-N sizes of the table
   ))
-  c.search = ml_collections.ConfigDict(dict(
-      # Generation budgets N (arith_paper_scale: 1, 2, 4, ..., 64). The verifier evaluation
-      # covers best-of-N up to 64 from its sample pool either way.
-      budgets=(1, 4, 16),
-      # Independent repeats of every search cell (own random streams); each is ~4.5 min of
-      # the study on 2 cores (arith_paper_scale: 3).
-      seeds=(0, 1),
-      # Methods, each at every budget: best_of_n (PRM-weighted), beam (M = beam_width),
-      # beam_sqrt (M = sqrt(N)), dvts (subtrees of width beam_width), particles
-      # (particle filtering), lookahead (beam with k-step rollouts, k in lookahead_steps).
-      methods=("best_of_n", "beam", "dvts", "particles", "lookahead"),
-      beam_width=4,  # M of beam search, DVTS and lookahead
-      particle_temperature=1.0,  # particle filtering: resample by softmax(logit(score) / T)
-      # k of the lookahead searches (beam width M = beam_width); a lookahead cell costs
-      # N x (k + 1) generations: k = 3 puts N = 4 at beam search's budget 16.
-      lookahead_steps=(3,),
-      max_rounds=40,  # beam search rounds (steps per solution)
-      max_step_tokens=24,  # cap on one step's tokens
-      rows_per_call=512,  # problems x N per search call (speed only)
-  ))
-  # Compute-optimal scaling (paper sections 3, 5.3, 6.3): per difficulty bin and budget, the
-  # candidate (every search and revision cell) best on one fold of problems, applied to the
-  # other; oracle bins and bins predicted from the verifier alone.
-  c.compute_optimal = ml_collections.ConfigDict(dict(
-      folds=2,  # cross-validation folds over problems (the paper: 2)
-      repeats=25,  # random fold splits, each problem's outcome averaged over them
-      predictor="prm_last",  # the verifier score averaged per problem for predicted bins
-      predictor_samples=config_dict.placeholder(int),  # None: all the difficulty samples
-      r_values=(0.16, 0.79, 22.0),  # the exchange's D_inference / D_pretrain (paper section 7)
-  ))
-  c.report = ml_collections.ConfigDict(dict(
-      difficulty_bins=5,  # oracle difficulty quantile bins (the paper's 5 levels)
-  ))
+  # Budgets up to 16 with 2 seeds (each seed ~4.5 min of the study on 2 cores); the verifier
+  # evaluation covers best-of-N up to 64 from its sample pool. arith_paper_scale: 1..64, 3
+  # seeds. lookahead k = 3 puts N = 4 at beam search's budget 16.
+  c.search = common.search()
+  c.compute_optimal = common.compute_optimal()
+  c.report = common.report()
   return c

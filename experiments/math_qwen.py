@@ -63,6 +63,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from ttc_jax import tasks
+from ttc_jax.configs import common
+
 
 # Qwen2.5-Math-Instruct's system prompt for chain-of-thought answers (its model card).
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -71,24 +73,6 @@ QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within
 def _optional(value, kind) -> config_dict.FieldReference:
   """A field that may also be set to None."""
   return config_dict.FieldReference(value, field_type=kind)
-
-
-def _parse(arg: str | None) -> tuple[str, str, bool]:
-  """'STAGE', 'task=NAME', 'smoke' or any of them comma separated -> (stage, task, smoke)."""
-  stage, task, smoke = "study", "math", False
-  for part in filter(None, (x.strip() for x in (arg or "").split(","))):
-    if part.startswith("task="):
-      task = part[len("task="):]
-    elif part == "smoke":
-      smoke = True
-    elif "=" in part:
-      raise ValueError(f"config argument {part!r}: expected a stage name, task=NAME or "
-                       "smoke.")
-    else:
-      stage = part
-  if task not in ("math", "gsm8k"):
-    raise ValueError(f"config argument task={task!r}: expected 'math' or 'gsm8k'.")
-  return stage, task, smoke
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -111,7 +95,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The real-model study config; ``arg``: a stage to run (default 'study'), ``task=gsm8k``
   (default MATH), ``smoke`` (:func:`smoke`), comma separated: ``difficulty,task=gsm8k``."""
-  stage, task, shrink = _parse(arg)
+  stage, task, switches = common.parse_arg(arg, "math", tasks=("math", "gsm8k"),
+                                           switches=("smoke",))
   c = ml_collections.ConfigDict()
   c.stage = stage  # The stage to run, with the inputs it is missing.
   c.seed = 0  # Seed of every random stream.
@@ -123,12 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # data_dir: the folder holding math/*.jsonl and gsm8k/*.jsonl (shared/data's layout).
   c.task = tasks.default_config(task)
   c.test_problems = 500  # The first N test problems (MATH-500; GSM8K has 1319).
-  c.sampling = ml_collections.ConfigDict(dict(
-      temperature=0.7,  # sampling temperature (Qwen2.5-Math's recommended range)
-      top_p=1.0,  # nucleus sampling: keep the most likely tokens up to this mass (1: off)
-      max_new_tokens=2048,  # cap on a solution's tokens
-      batch_size=64,  # rows per sampling call (speed only; memory: see the docstring)
-  ))
+  # Qwen2.5-Math's recommended temperature; 64 rows per sampling call (memory: the docstring).
+  c.sampling = common.sampling(temperature=0.7, max_new_tokens=2048, batch_size=64)
   c.hf_policy = ml_collections.ConfigDict(dict(
       path="",  # the policy checkpoint directory (config.json, *.safetensors, tokenizer.json)
       # context served (None: the checkpoint's max_position_embeddings)
@@ -148,40 +129,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       param_dtype=_optional("bfloat16", str),
       dtype=_optional("bfloat16", str),
   ))
-  c.difficulty = ml_collections.ConfigDict(dict(
-      samples_per_problem=16,  # policy samples per problem (pass@1, oracle bins)
-  ))
-  c.verifier_eval = ml_collections.ConfigDict(dict(
-      # Rows per full forward pass of the PRM and of the policy's likelihood over finished
-      # samples (speed only; memory: one layer's rows x heads x length^2 attention scores).
-      batch_size=8,
-      subsamples=64,  # random N-subsets per problem for each best-of-N accuracy
-      auc_problems=0,  # held-out problems for the PRM's step AUC against MC labels (0: none)
-      auc_samples_per_problem=2,  # their policy samples
-      rollouts=8,  # MC rollouts per step prefix
-  ))
-  c.search = ml_collections.ConfigDict(dict(
-      budgets=(1, 4, 16, 64),  # generation budgets N
-      seeds=(0, 1),  # independent repeats of every cell
-      methods=("best_of_n", "beam", "dvts", "particles"),
-      beam_width=4,  # M of beam search and DVTS
-      particle_temperature=1.0,  # particle filtering: softmax(logit(score) / T) resampling
-      lookahead_steps=(),  # lookahead (k steps) is left out at this scale
-      max_rounds=40,  # steps per solution
-      # Cap on one step's tokens. A step cut at the cap is scored as it stands and, when it
-      # goes on, the PRM re-scores the row in full (counted in the budget): a cap above the
-      # policy's usual step lengths keeps that rare.
-      max_step_tokens=512,
-      rows_per_call=32,  # problems x N per search call (speed only; memory: the docstring)
-  ))
-  c.compute_optimal = ml_collections.ConfigDict(dict(
-      folds=2,  # cross-validation folds over problems
-      repeats=25,  # random fold splits
-      predictor="prm_last",  # the verifier score averaged per problem (predicted bins)
-      predictor_samples=config_dict.placeholder(int),  # None: all samples
-      r_values=(0.16, 0.79, 22.0),  # D_inference / D_pretrain (needs a larger policy's eval)
-  ))
-  c.report = ml_collections.ConfigDict(dict(
-      difficulty_bins=5,  # oracle difficulty quantile bins
-  ))
-  return smoke(c) if shrink else c
+  c.difficulty = common.difficulty(samples_per_problem=16)
+  # Full passes of 8 rows (memory: the docstring); no held-out step AUC by default.
+  c.verifier_eval = common.verifier_eval(batch_size=8, subsamples=64, auc_problems=0,
+                                         rollouts=8)
+  # No lookahead at this scale. A step cut at max_step_tokens is scored as it stands and, when
+  # it goes on, the PRM re-scores the row in full (counted in the budget): a cap above the
+  # policy's usual step lengths keeps that rare. 32 problems x N per search call (memory).
+  c.search = common.search(budgets=(1, 4, 16, 64), methods=("best_of_n", "beam", "dvts",
+                                                            "particles"),
+                           lookahead_steps=(), max_step_tokens=512, rows_per_call=32)
+  c.compute_optimal = common.compute_optimal()
+  c.report = common.report()
+  return smoke(c) if "smoke" in switches else c

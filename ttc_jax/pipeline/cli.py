@@ -104,13 +104,27 @@ def check_overrides(argv: Sequence[str], config) -> None:
     seen[key] = m.group(3)
 
 
+# The config sections every experiment shares, with their comments (ttc_jax.configs.common).
+_COMMON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                       "common.py")
+
+
 def _field_comments(path: str) -> tuple[dict[str, str], dict[str, str]]:
   """``# comments`` of a config file's fields: (by dotted path, by field name).
 
   Paths come from ``c.a.b = value  # ...`` and from ``name=value,  # ...`` inside a
   ``c.a = ml_collections.ConfigDict(...)`` block; field names from helper functions
-  (e.g. the ``train`` and ``model`` sections).
+  (e.g. the ``train`` and ``model`` sections). The shared sections' comments
+  (ttc_jax/configs/common.py, one function per section) fill in what the file does not say.
   """
+  paths, names = _file_comments(path)
+  for key, note in _file_comments(_COMMON, functions_are_sections=True)[0].items():
+    paths.setdefault(key, note)
+  return paths, names
+
+
+def _file_comments(path: str, functions_are_sections: bool = False
+                   ) -> tuple[dict[str, str], dict[str, str]]:
   paths, names, section = {}, {}, None
   try:
     lines = open(path).read().splitlines()
@@ -118,6 +132,8 @@ def _field_comments(path: str) -> tuple[dict[str, str], dict[str, str]]:
     return paths, names
   for line in lines:
     block = re.match(r"\s*c\.([\w.]+)\s*=\s*ml_collections\.ConfigDict\(", line)
+    if functions_are_sections:
+      block = re.match(r"def (\w+)\(", line) or block
     if block:
       section = block.group(1)
       continue
@@ -130,7 +146,7 @@ def _field_comments(path: str) -> tuple[dict[str, str], dict[str, str]]:
     if entry:
       key = f"{section}.{entry.group(1)}" if section else entry.group(1)
       (paths if section else names).setdefault(key, entry.group(2).strip())
-    elif re.match(r"\s*\)\)", line):
+    elif re.match(r"\s*\)\)", line) and not functions_are_sections:
       section = None
   return paths, names
 

@@ -150,7 +150,7 @@ def run_verifier_ablation(ctx: Context) -> dict:
 
 def check_verifier_eval(c: ml_collections.ConfigDict, known: Facts) -> None:
   ve = c.verifier_eval
-  if "batch_size" in ve:
+  if ve.get("batch_size") is not None:
     check_int(ve.batch_size, "verifier_eval.batch_size", 1)
   check_int(ve.subsamples, "verifier_eval.subsamples", 1)
   if known.num_test is not None and isinstance(c.test_problems, int):

@@ -1,0 +1,1 @@
+"""Config sections shared by the experiment configs (experiments/*.py)."""

@@ -1,0 +1,105 @@
+"""Config sections that every experiment has, with their defaults and what each field means
+(big_vision's configs/common.py). An experiment takes a section and changes what differs,
+e.g. ``c.sampling = common.sampling(temperature=0.7, max_new_tokens=2048)``; `launch/run.py
+--help` shows the comments below for the keys an experiment does not comment itself.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def parse_arg(arg: str | None, default_task: str, *, tasks: tuple[str, ...] | None = None,
+              switches: tuple[str, ...] = ()) -> tuple[str, str, set[str]]:
+  """A config argument 'STAGE', 'task=NAME' and ``switches`` (e.g. 'smoke'), comma separated
+  -> (stage, task, the switches given). ``tasks``: the tasks the experiment takes (None:
+  any registered task)."""
+  stage, task, given = "study", default_task, set()
+  for part in filter(None, (x.strip() for x in (arg or "").split(","))):
+    if part.startswith("task="):
+      task = part[len("task="):]
+    elif part in switches:
+      given.add(part)
+    elif "=" in part:
+      raise ValueError(f"config argument {part!r}: expected a stage name or task=NAME"
+                       + "".join(f" or {s}" for s in switches) + ".")
+    else:
+      stage = part
+  if tasks is not None and task not in tasks:
+    raise ValueError(f"config argument task={task!r}: expected "
+                     + " or ".join(repr(t) for t in tasks) + ".")
+  return stage, task, given
+
+
+def _section(fields: dict, overrides: dict) -> ml_collections.ConfigDict:
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise KeyError(f"unknown fields {unknown}; the section has {sorted(fields)}.")
+  return ml_collections.ConfigDict({**fields, **overrides})
+
+
+def sampling(**overrides) -> ml_collections.ConfigDict:
+  """The policy's sampling in every stage (pass@1, labels, verifier eval, search)."""
+  return _section(dict(
+      temperature=1.0,  # sampling temperature (> 0: every stage draws several samples)
+      top_p=1.0,  # nucleus sampling: keep the most likely tokens up to this mass (1: off)
+      max_new_tokens=96,  # cap on a solution's tokens; the longest reference must fit
+      batch_size=512,  # rows per sampling call (speed only: results do not depend on it)
+  ), overrides)
+
+
+def difficulty(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      samples_per_problem=64,  # policy samples per test problem (pass@1, oracle bins)
+  ), overrides)
+
+
+def verifier_eval(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      # Rows per full forward pass of a verifier or of the policy's likelihood over finished
+      # samples (speed only; None: sampling.batch_size; memory: one layer's rows x heads x
+      # length^2 attention scores).
+      batch_size=config_dict.placeholder(int),
+      subsamples=256,  # random N-subsets per problem for each best-of-N accuracy
+      auc_problems=100,  # held-out test problems (after test_problems) for the step AUC
+      auc_samples_per_problem=2,  # their policy samples
+      rollouts=16,  # MC rollouts per step prefix of those samples
+  ), overrides)
+
+
+def search(**overrides) -> ml_collections.ConfigDict:
+  """The search sweep: every method at every budget, each cell with its own random streams."""
+  return _section(dict(
+      budgets=(1, 4, 16),  # generation budgets N
+      seeds=(0, 1),  # independent repeats of every search cell (own random streams)
+      # Methods, each at every budget: best_of_n (PRM-weighted), beam (M = beam_width),
+      # beam_sqrt (M = sqrt(N)), dvts (subtrees of width beam_width), particles
+      # (particle filtering), lookahead (beam with k-step rollouts, k in lookahead_steps).
+      methods=("best_of_n", "beam", "dvts", "particles", "lookahead"),
+      beam_width=4,  # M of beam search, DVTS and lookahead
+      particle_temperature=1.0,  # particle filtering: resample by softmax(logit(score) / T)
+      # k of the lookahead searches (beam width M = beam_width); a lookahead cell costs
+      # N x (k + 1) generations.
+      lookahead_steps=(3,),
+      max_rounds=40,  # beam search rounds (steps per solution)
+      max_step_tokens=24,  # cap on one step's tokens
+      rows_per_call=512,  # problems x N per search call (speed only)
+  ), overrides)
+
+
+def compute_optimal(**overrides) -> ml_collections.ConfigDict:
+  """Compute-optimal scaling (paper sections 3, 5.3, 6.3): per difficulty bin and budget, the
+  candidate (every search and revision cell) best on one fold of problems, applied to the
+  other; oracle bins and bins predicted from the verifier alone."""
+  return _section(dict(
+      folds=2,  # cross-validation folds over problems (the paper: 2)
+      repeats=25,  # random fold splits, each problem's outcome averaged over them
+      predictor="prm_last",  # the verifier score averaged per problem for predicted bins
+      predictor_samples=config_dict.placeholder(int),  # None: all the difficulty samples
+      r_values=(0.16, 0.79, 22.0),  # the exchange's D_inference / D_pretrain (paper section 7)
+  ), overrides)
+
+
+def report(**overrides) -> ml_collections.ConfigDict:
+  return _section(dict(
+      difficulty_bins=5,  # oracle difficulty quantile bins (the paper's 5 levels)
+  ), overrides)
