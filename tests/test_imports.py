@@ -1,5 +1,5 @@
 """The import contracts of .importlinter hold: packages import downwards only, no cycles,
-nothing imports the pipeline, sampling / verifiers / search never touch files."""
+nothing below the pipeline imports report, search and verifiers import no pipeline, sampling / verifiers / search never touch files."""
 
 import os
 import subprocess
@@ -13,4 +13,4 @@ def test_import_contracts_are_kept():
   out = subprocess.run([lint, "--config", os.path.join(REPO, ".importlinter"), "--no-cache"],
                        cwd=REPO, capture_output=True, text=True)
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-  assert "3 kept, 0 broken" in out.stdout
+  assert "5 kept, 0 broken" in out.stdout
