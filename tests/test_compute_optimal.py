@@ -1,6 +1,7 @@
 """Compute-optimal strategy choice, efficiency over best-of-N, the pretraining exchange, and
 their report (synthetic outcome tables; no models)."""
 
+import dataclasses
 import functools
 import io
 import json
@@ -17,15 +18,21 @@ from ttc_jax.analysis import exchange as ex
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.report import figures
 from ttc_jax.report import markdown
+from ttc_jax.search import registry
+from ttc_jax.search.records import Cell
+from ttc_jax.search.records import CurvePoint
+from ttc_jax.search.records import Outcome
 
 
 def _pt(method, params, budget, per_problem, flops_per_problem=1.0):
-  """A curve point with what compute-optimal selection reads."""
+  """A curve point with what compute-optimal selection reads (no interval, no bins)."""
   per = np.asarray(per_problem, np.float64)
   fpp = np.broadcast_to(np.asarray(flops_per_problem, np.float64), per.shape)
-  return {"method": method, "params": dict(params), "budget_generations": budget,
-          "per_problem": [float(x) for x in per], "accuracy": float(per.mean()),
-          "flops": float(fpp.sum()), "flops_by_problem": [float(x) for x in fpp]}
+  acc = float(per.mean())
+  return CurvePoint(method=method, params=dict(params), budget_generations=budget,
+                    per_problem=[float(x) for x in per], accuracy=acc, ci=[acc, acc],
+                    accuracy_by_bin=[], ci_by_bin=[], flops=float(fpp.sum()),
+                    flops_by_problem=[float(x) for x in fpp])
 
 
 # --- cross-validation cannot see the evaluation fold -------------------------------------------
@@ -41,16 +48,16 @@ def test_a_candidate_that_wins_only_on_the_evaluation_fold_is_never_chosen_for_i
   (got,) = co.cross_validate([planted, honest], [4], bins, 2, folds=2, repeats=1, seed=0)
   # Fold 0 is scored with the choice made on fold 1 (planted 0 < honest 0.6: honest); fold 1
   # with the choice made on fold 0 (planted 1.0): planted, which is 0 on fold 1.
-  np.testing.assert_allclose(got["per_problem"], np.where(fold == 0, 0.6, 0.0))
-  assert got["accuracy"] == pytest.approx(0.3)
-  assert got["choice_counts"] == [{"honest n=4": 1, "planted n=4": 1}] * 2
+  np.testing.assert_allclose(got.per_problem, np.where(fold == 0, 0.6, 0.0))
+  assert got.accuracy == pytest.approx(0.3)
+  assert got.choice_counts == [{"honest n=4": 1, "planted n=4": 1}] * 2
   # A leaky choice (made on the evaluated fold itself) would score 0.8; choosing on all problems
   # and scoring on them (the in-sample reference) picks honest: 0.6. CV is below both.
   leaky = np.where(fold == 0, 1.0, 0.6).mean()
   (ins,) = co.in_sample([planted, honest], [4], bins, 2)
-  assert ins["accuracy"] == pytest.approx(0.6) and ins["choice"] == ["honest n=4"] * 2
-  assert got["accuracy"] < ins["accuracy"] < leaky
-  assert got["choice"] == ["honest n=4"] * 2  # the learned policy uses all problems
+  assert ins.accuracy == pytest.approx(0.6) and ins.choice == ["honest n=4"] * 2
+  assert got.accuracy < ins.accuracy < leaky
+  assert got.choice == ["honest n=4"] * 2  # the learned policy uses all problems
 
 
 def test_pure_noise_candidates_are_not_inflated_by_cross_validation():
@@ -59,10 +66,10 @@ def test_pure_noise_candidates_are_not_inflated_by_cross_validation():
   cands = [_pt(f"noise{i:02d}", {}, 4, rng.integers(0, 2, 200)) for i in range(30)]
   (cv,) = co.cross_validate(cands, [4], bins, 2, repeats=5, seed=1)
   (ins,) = co.in_sample(cands, [4], bins, 2)
-  truth = np.mean([c["accuracy"] for c in cands])
-  assert ins["accuracy"] > truth + 0.05  # picking the best on the same problems overfits
-  assert abs(cv["accuracy"] - truth) < 0.05
-  assert cv["accuracy"] < ins["accuracy"] - 0.04
+  truth = np.mean([c.accuracy for c in cands])
+  assert ins.accuracy > truth + 0.05  # picking the best on the same problems overfits
+  assert abs(cv.accuracy - truth) < 0.05
+  assert cv.accuracy < ins.accuracy - 0.04
 
 
 # --- a known answer -----------------------------------------------------------------------------
@@ -75,26 +82,23 @@ def test_cross_validated_curve_on_a_known_outcome_table():
   c = _pt("c", {"n": 1}, 1, np.full(16, 0.5), 1.0)
   d = _pt("d", {"n": 16}, 16, np.ones(16), 100.0)
   got = co.cross_validate([a, b, c, d], [1, 2, 4, 16], bins, 2, method="co", repeats=4, seed=3)
-  assert [p["budget_generations"] for p in got] == [1, 2, 4, 16]
-  assert [p["method"] for p in got] == ["co"] * 4
+  assert [p.budget_generations for p in got] == [1, 2, 4, 16]
+  assert [p.method for p in got] == ["co"] * 4
   # Budget 1 (and 2, a cap): only c fits. Budget 4: a on bin 0, b on bin 1, in every fold,
   # since each candidate is constant within a bin. Budget 16: d everywhere.
-  assert [p["accuracy"] for p in got] == pytest.approx([0.5, 0.5, (0.75 + 0.9) / 2, 1.0])
-  assert got[2]["accuracy_by_bin"] == pytest.approx([0.75, 0.9])
-  assert got[2]["flops"] == pytest.approx(8 * 10 + 8 * 20)
-  assert got[2]["flops_by_problem"] == pytest.approx(np.where(bins == 0, 10.0, 20.0))
-  assert got[2]["choice"] == ["a n=4", "b n=4"]
-  assert got[2]["choice_agreement"] == [1.0, 1.0]
-  assert got[2]["choice_counts"] == [{"a n=4": 8}, {"b n=4": 8}]
-  assert got[2]["selections"] == 8 and got[2]["repeat_std"] == 0.0
-  assert got[0]["choice"] == ["c n=1"] * 2 and got[3]["choice"] == ["d n=16"] * 2
-  assert got[3]["ci"] == [1.0, 1.0]
-  json.dumps(got)
-  # The same curve point format as study.summarize: what other code reads from a point.
-  pt = study_lib.point(got, "co", 4)
-  assert pt is got[2] and set(pt) >= {"method", "params", "budget_generations", "accuracy",
-                                      "ci", "accuracy_by_bin", "ci_by_bin", "per_problem",
-                                      "flops"}
+  assert [p.accuracy for p in got] == pytest.approx([0.5, 0.5, (0.75 + 0.9) / 2, 1.0])
+  assert got[2].accuracy_by_bin == pytest.approx([0.75, 0.9])
+  assert got[2].flops == pytest.approx(8 * 10 + 8 * 20)
+  assert got[2].flops_by_problem == pytest.approx(np.where(bins == 0, 10.0, 20.0))
+  assert got[2].choice == ["a n=4", "b n=4"]
+  assert got[2].choice_agreement == [1.0, 1.0]
+  assert got[2].choice_counts == [{"a n=4": 8}, {"b n=4": 8}]
+  assert got[2].selections == 8 and got[2].repeat_std == 0.0
+  assert got[0].choice == ["c n=1"] * 2 and got[3].choice == ["d n=16"] * 2
+  assert got[3].ci == [1.0, 1.0]
+  # The same curve point record as study.summarize's, and its JSON reads back equal.
+  assert study_lib.point(got, "co", 4) is got[2]
+  assert [CurvePoint.from_json(json.loads(json.dumps(p.to_json()))) for p in got] == got
 
 
 def test_report_bins_give_accuracy_by_other_bins():
@@ -102,7 +106,7 @@ def test_report_bins_give_accuracy_by_other_bins():
   other = np.array([0, 1] * 4)
   a = _pt("a", {}, 1, bins == 0)
   (got,) = co.cross_validate([a], [1], bins, 2, repeats=1, report_bins=other)
-  assert got["accuracy_by_bin"] == [0.5, 0.5]
+  assert got.accuracy_by_bin == [0.5, 0.5]
 
 
 def test_a_bin_without_training_problems_falls_back_to_the_best_overall():
@@ -110,9 +114,9 @@ def test_a_bin_without_training_problems_falls_back_to_the_best_overall():
   a = _pt("a", {}, 1, [1, 1, 0, 0])
   b = _pt("b", {}, 1, [1, 1, 1, 0])
   got = co.choose([a, b], 1, bins, 2)
-  assert [candidate["method"] for candidate in got] == ["b", "b"]
+  assert [candidate.method for candidate in got] == ["b", "b"]
   got = co.choose([a, b], 1, bins, 2, train_mask=[True, True, False, False])
-  assert [candidate["method"] for candidate in got] == ["a", "a"]  # tie at 1.0: the name
+  assert [candidate.method for candidate in got] == ["a", "a"]  # tie at 1.0: the name
 
 
 # --- tie-break and budget cap ------------------------------------------------------------------
@@ -134,11 +138,11 @@ def test_ties_go_to_fewer_flops_then_generations_then_name_in_any_order():
   # Equal sums added in another order differ in the last bit; they still tie.
   up = _pt("up", {}, 1, [0.1, 0.2, 0.3], 9.0)
   down = _pt("down", {}, 1, [0.3, 0.2, 0.1], 1.0)
-  assert np.mean(up["per_problem"]) != np.mean(down["per_problem"])
+  assert np.mean(up.per_problem) != np.mean(down.per_problem)
   assert co.choose([up, down], 1, bins, 1)[0] is down
   assert co.choose([down, up], 1, bins, 1)[0] is down
   with pytest.raises(ValueError, match="appear more than once"):
-    co.choose([cheap, dict(cheap)], 4, bins, 1)
+    co.choose([cheap, dataclasses.replace(cheap)], 4, bins, 1)
 
 
 def test_a_candidate_beyond_the_budget_is_never_chosen():
@@ -147,9 +151,9 @@ def test_a_candidate_beyond_the_budget_is_never_chosen():
   small = _pt("small", {"n": 4}, 4, np.full(12, 0.5))
   got = co.cross_validate([big, small], [4, 8, 16], bins, 2, repeats=3)
   for p in got[:2]:
-    assert p["accuracy"] == 0.5
-    assert all(set(c) == {"small n=4"} for c in p["choice_counts"])
-  assert got[2]["accuracy"] == 1.0 and got[2]["choice"] == ["big n=16"] * 2
+    assert p.accuracy == 0.5
+    assert all(set(c) == {"small n=4"} for c in p.choice_counts)
+  assert got[2].accuracy == 1.0 and got[2].choice == ["big n=16"] * 2
   with pytest.raises(ValueError, match=r"budget 2: no candidate fits \(the smallest candidate "
                      r"budget is 4 generations\)"):
     co.cross_validate([big, small], [2], bins, 2)
@@ -191,9 +195,9 @@ def test_efficiency_of_a_curve_with_a_known_ratio():
   json.dumps(eff)
   # Charged with 3 generations and 30 FLOPs per problem: best-of-N@16 needs co@4 + 3 = 7.
   charged = co.charge(cos, 3, 30.0, "co_charged")
-  assert [p["budget_generations"] for p in charged] == [4.0, 7.0, 19.0]
-  assert charged[0]["flops"] == pytest.approx(cos[0]["flops"] + 30 * 50)
-  assert cos[0]["budget_generations"] == 1  # the input is left alone
+  assert [p.budget_generations for p in charged] == [4.0, 7.0, 19.0]
+  assert charged[0].flops == pytest.approx(cos[0].flops + 30 * 50)
+  assert cos[0].budget_generations == 1  # the input is left alone
   rows = {r["n"]: r for r in efficiency_lib.efficiency(charged, bon, resamples=200)["rows"]}
   assert rows[16]["generations_ratio"] == pytest.approx(16 / 7)
   assert rows[16]["flops_ratio"] == pytest.approx(160 / 70)
@@ -288,7 +292,7 @@ def test_exchange_groups_and_matched_budgets():
   assert ex.groups(4)["easy"] == [0, 1, 2] and ex.groups(10)["easy"] == list(range(6))
   pts = [_pt("co", {}, b, np.zeros(4)) for b in (1, 2, 4, 8, 16)]
   x = accounting.matched_generations(4, 22.0)  # 4 + 9 / 22
-  assert ex.matched_point(pts, x)[0]["budget_generations"] == 4
+  assert ex.matched_point(pts, x)[0].budget_generations == 4
   assert ex.matched_point(pts, x)[1] == "ok"
   assert ex.matched_point(pts, 16.0) == (pts[-1], "ok")
   assert ex.matched_point(pts, 60.0) == (pts[-1], "capped")
@@ -335,11 +339,13 @@ def test_exchange_verdict_rules():
 
 
 def _cells(method, params, budget, correct_by_seed, flops_pp):
-  p = len(correct_by_seed[0])
-  return [{"key": f"{method}/{params}/{s}", "method": method, "params": params, "seed": s,
-           "budget_generations": budget, "problems": [f"q{i}" for i in range(p)],
-           "correct": [int(x) for x in c], "policy_tokens": [10] * p, "prm_tokens": [10] * p,
-           "flops": [float(flops_pp)] * p, "wall_s": 1.0} for s, c in enumerate(correct_by_seed)]
+  def outcome(i, ok):
+    return Outcome(problem=f"q{i}", correct=int(ok), answer=None, finished=1, policy_tokens=10,
+                   prm_tokens=10, flops=float(flops_pp), policy_flops=float(flops_pp),
+                   prm_flops=0.0)
+  return [Cell(method=method, params=params, seed=s, budget_generations=budget,
+               outcomes=tuple(outcome(i, ok) for i, ok in enumerate(c)), wall_s=1.0)
+          for s, c in enumerate(correct_by_seed)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -365,8 +371,8 @@ def _synthetic_summary(with_exchange: bool, with_revisions: bool = True) -> str:
       cells += _cells("revisions_hier_orm", {"n": n, "chains": c, "length": n // c}, n,
                       outcomes(0.05 * n / c), 12.0 * n)
   pts = [study_lib.summarize(pt, bins, num_bins) for pt in study_lib.points(cells)]
-  search = [x for x in pts if not x["method"].startswith("revisions")]
-  revs = [x for x in pts if x["method"].startswith("revisions")]
+  revs = [x for x in pts if registry.method(x.method).family == registry.REVISIONS]
+  search = [x for x in pts if x not in revs]
   exchange = None
   if with_exchange:
     exchange = {"small_params": 1e6, "large_params": 4e6,

@@ -203,11 +203,11 @@ def test_a_tensor_parallel_mesh_gives_the_same_study(study, checkpoints, tmp_pat
     parallel.set_sampling_mesh(1, 1)
   one, two = pipeline.load("difficulty"), tp.load("difficulty")
   np.testing.assert_array_equal(two.gens.tokens, one.gens.tokens)
-  ref = {c["key"]: c for c in pipeline.load("search_sweep")}
+  ref = {c.key: c for c in pipeline.load("search_sweep")}
   for cell in tp.load("search_sweep"):
-    want = ref[cell["key"]]
-    for field in ("answers", "correct", "policy_tokens", "prm_tokens", "finished"):
-      assert cell[field] == want[field], (cell["key"], field)
+    want = ref[cell.key]
+    for field in ("answer", "correct", "policy_tokens", "prm_tokens", "finished"):
+      assert cell.column(field).tolist() == want.column(field).tolist(), (cell.key, field)
 
 
 def test_a_left_out_target_and_unknown_roles_are_named(checkpoints, tmp_path):

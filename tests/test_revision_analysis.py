@@ -10,6 +10,10 @@ from ttc_jax.analysis import revisions as rev
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.report import figures
 from ttc_jax.report import markdown
+from ttc_jax.search import registry
+from ttc_jax.search.records import Cell
+from ttc_jax.search.records import CurvePoint
+from ttc_jax.search.records import Outcome
 
 
 def make_chains(answers, correct=None, orm=None, prm=None, *, seed=0, uids=None,
@@ -121,8 +125,8 @@ def test_each_selection_picks_its_own_answer():
     rev.select(a, o, p, "best")
   # Through the cells: only d is marked correct, so only flat_prm's choice is right.
   cells = [c for c in rev.revision_cells([_full(ch, 8)], [8])
-           if c["params"] == {"n": 8, "chains": 2, "length": 4}]
-  got = {c["method"]: (c["answers"][0], c["correct"][0]) for c in cells}
+           if c.params == {"n": 8, "chains": 2, "length": 4}]
+  got = {c.method: (c.outcomes[0].answer, c.outcomes[0].correct) for c in cells}
   assert got == {"revisions_majority": ("a", 0), "revisions_flat_orm": ("c", 0),
                  "revisions_hier_orm": ("b", 0), "revisions_flat_prm": ("d", 1)}
 
@@ -180,7 +184,8 @@ def test_tokens_flops_and_wall_time_are_exact():
       policy_tokens=[[[10, 20], [30]], [[1, 2], [4]]], prefix_tokens=[100, 7],
       orm_tokens=[[[5, 6], [7]], [[1, 1], [1]]], prm_tokens=[[[50, 60], [70]], [[2, 2], [2]]],
       policy_cost=pol, orm_cost=orm, prm_cost=prm, wall_s=6.0, seed=4)
-  cells = {c["key"]: c for c in rev.revision_cells([ch], [1, 2])}
+  # As stored: the cells' JSON.
+  cells = {c.key: c.to_json() for c in rev.revision_cells([ch], [1, 2])}
   assert len(cells) == 4 * 3
 
   def policy_flops(prefix, answers):
@@ -279,8 +284,11 @@ def test_transitions_count_known_chains():
 
 
 def _pt(c, l, per_problem, sel="hier_orm"):
-  return {"method": f"revisions_{sel}", "params": {"n": c * l, "chains": c, "length": l},
-          "budget_generations": c * l, "per_problem": list(map(float, per_problem))}
+  acc = float(np.mean(per_problem))
+  return CurvePoint(method=registry.name_of(registry.REVISIONS, selection=sel),
+                    params={"n": c * l, "chains": c, "length": l}, budget_generations=c * l,
+                    per_problem=list(map(float, per_problem)), accuracy=acc, ci=[acc, acc],
+                    accuracy_by_bin=[], ci_by_bin=[], flops=0.0)
 
 
 def test_revision_claims_verdicts():
@@ -316,20 +324,20 @@ def test_summarize_works_on_revision_cells_and_best_ratio():
   chains = [random_chains(12, 4, s) for s in (0, 1)]
   cells = rev.revision_cells(chains, [1, 2, 4])
   assert len(cells) == 2 * 4 * (1 + 2 + 3)
-  assert len({c["key"] for c in cells}) == len(cells)
+  assert len({c.key for c in cells}) == len(cells)
   bins = np.repeat(np.arange(3), 4)
   pts = rev.curves(cells, bins, 3, seed=0)
   assert len(pts) == 4 * 6
   for p in pts:
-    assert p["seeds"] == [0, 1]
-    assert p["ci"][0] <= p["accuracy"] <= p["ci"][1]
-    mine = [c for c in cells if c["method"] == p["method"] and c["params"] == p["params"]]
-    assert p["accuracy"] == pytest.approx(np.mean([c["correct"] for c in mine]))
-    assert p["flops"] == pytest.approx(np.mean([np.sum(c["flops"]) for c in mine]))
+    assert p.seeds == [0, 1]
+    assert p.ci[0] <= p.accuracy <= p.ci[1]
+    mine = [c for c in cells if c.method == p.method and c.params == p.params]
+    assert p.accuracy == pytest.approx(np.mean([c.column("correct") for c in mine]))
+    assert p.flops == pytest.approx(np.mean([np.sum(c.column("flops")) for c in mine]))
   best = rev.best_ratio_by_bin(pts, bins, 3)
   assert [b["budget"] for b in best] == [1, 2, 4]
   for b in best[-1]["bins"]:
-    accs = [rev.find(pts, "hier_orm", 4, c)["accuracy_by_bin"][b["bin"]] for c in (4, 2, 1)]
+    accs = [rev.find(pts, "hier_orm", 4, c).accuracy_by_bin[b["bin"]] for c in (4, 2, 1)]
     assert b["accuracy"] == max(accs)
     assert b["chains"] * b["length"] == 4 and b["ratio"] == b["length"] / b["chains"]
     assert b["ci"][0] <= b["accuracy"] <= b["ci"][1]
@@ -342,12 +350,13 @@ def _search_curves(num_problems, bins, num_bins):
                           ("beam_m2", (2, 4))):
     for n in budgets:
       for s in (0, 1):
-        cells.append({"key": f"{method}/{n}/{s}", "method": method, "params": {"n": n},
-                      "seed": s, "budget_generations": n,
-                      "problems": [f"q{i}" for i in range(num_problems)],
-                      "correct": list(rng.integers(0, 2, num_problems)),
-                      "policy_tokens": [10] * num_problems, "prm_tokens": [5] * num_problems,
-                      "flops": [100.0 * n] * num_problems, "wall_s": 1.0})
+        correct = rng.integers(0, 2, num_problems)
+        cells.append(Cell(method=method, params={"n": n}, seed=s, budget_generations=n,
+                          outcomes=tuple(Outcome(
+                              problem=f"q{i}", correct=int(correct[i]), answer=None, finished=1,
+                              policy_tokens=10, prm_tokens=5, flops=100.0 * n,
+                              policy_flops=100.0 * n, prm_flops=0.0)
+                                         for i in range(num_problems)), wall_s=1.0))
   return [study_lib.summarize(p, bins, num_bins) for p in study_lib.points(cells)]
 
 
@@ -367,9 +376,9 @@ def test_compare_to_search_rows():
   r = rows[3]
   mine = rev.find(pts, "hier_orm", 4, 1)
   theirs = study_lib.point(search, "best_of_n_weighted", 4)
-  assert r["comparison"]["diff"] == pytest.approx(mine["accuracy"] - theirs["accuracy"])
+  assert r["comparison"]["diff"] == pytest.approx(mine.accuracy - theirs.accuracy)
   assert r["search"]["flops_per_problem"] == 400.0
-  assert r["revisions"]["flops_per_problem"] == pytest.approx(mine["flops"] / 12)
+  assert r["revisions"]["flops_per_problem"] == pytest.approx(mine.flops / 12)
   assert rev.compare_to_search(pts, None) == []
 
 
@@ -414,16 +423,16 @@ def test_compare_at_equal_flops_gives_search_at_least_the_revisions_flops():
   bins = np.repeat(np.arange(3), 4)
   pts = rev.curves(rev.revision_cells([random_chains(12, 4, 0)], [1, 2, 4]), bins, 3)
   search = _search_curves(12, bins, 3)  # best-of-N at 100, 200, 400 FLOPs per problem
-  bon = {c["budget_generations"]: c for c in search if c["method"] == "best_of_n_weighted"}
+  bon = {c.budget_generations: c for c in search if c.method == "best_of_n_weighted"}
   rows = rev.compare_at_equal_flops(pts, search, seed=0)
   assert [(r["budget"], r["revisions"]["role"]) for r in rows] == [
       (1, "pure sequential"), (2, "pure sequential"), (4, "pure sequential"), (4, "balanced")]
   for r in rows:
     mine = rev.find(pts, "hier_orm", r["budget"], r["revisions"]["chains"])
-    flops = mine["flops"] / 12
+    flops = mine.flops / 12
     assert r["revisions"]["flops_per_problem"] == pytest.approx(flops)
     enough = [n for n in sorted(bon) if 100.0 * n >= flops]
     want = enough[0] if enough else 4
     assert r["search"]["budget"] == want and r["search_flops_at_least"] == bool(enough)
-    assert r["comparison"]["diff"] == pytest.approx(mine["accuracy"] - bon[want]["accuracy"])
+    assert r["comparison"]["diff"] == pytest.approx(mine.accuracy - bon[want].accuracy)
   assert rev.compare_at_equal_flops(pts, None) == []

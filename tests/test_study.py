@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import pipeline_utils as pu
-from ttc_jax.search.registry import cell_key
 from ttc_jax.search.registry import sweep
 from ttc_jax.report import markdown
 from ttc_jax.search.common import call_chunks
+from ttc_jax.search.records import Cell
+from ttc_jax.search.records import CurvePoint
 
-pytestmark = pytest.mark.e2e
 
 
 def _results(workdir):
@@ -28,45 +28,64 @@ def _results(workdir):
 def test_sweep_cells_follow_the_config():
   from ttc_jax.search.registry import SWEEP_METHODS
   cells = sweep(pu.tiny_config(search__methods=SWEEP_METHODS).search)
-  names = [(c["method"], c["params"]["n"]) for c in cells]
+  names = [(c.method, c.params["n"]) for c in cells]
   assert names[:3] == [("best_of_n_weighted", 1), ("best_of_n_weighted", 2),
                        ("best_of_n_weighted", 4)]
   assert ("beam_m2", 4) in names and ("beam_sqrt", 4) in names
   # A one-generation search is one policy sample: only best-of-1 measures it.
   assert [m for m, n in names if n == 1] == ["best_of_n_weighted"]
   # Lookahead k=1 costs N x 2 generations: only N = 2 fits a budget range up to 4.
-  assert [c["params"] for c in cells if c["method"] == "lookahead_k1"] == [
+  assert [c.params for c in cells if c.method == "lookahead_k1"] == [
       {"n": 2, "m": 2, "k": 1}]
-  assert len({cell_key(c) for c in cells}) == len(cells)
-  assert {c["method"] for c in cells} >= {"dvts_m2", "particles"}
+  assert len({c.key for c in cells}) == len(cells)
+  assert {c.method for c in cells} >= {"dvts_m2", "particles"}
   only = sweep(pu.tiny_config(search__methods=("particles", "best_of_n")).search)
-  assert [c["method"] for c in only] == ["particles"] * 2 + ["best_of_n_weighted"] * 3
+  assert [c.method for c in only] == ["particles"] * 2 + ["best_of_n_weighted"] * 3
   # Every cell runs once per search seed, the first seed's curves complete first.
   two = sweep(pu.tiny_config(search__methods=SWEEP_METHODS, search__seeds=(0, 3)).search)
-  assert len(two) == 2 * len(cells) and [c["seed"] for c in two] == [0] * len(cells) + [3] * len(
+  assert len(two) == 2 * len(cells) and [c.seed for c in two] == [0] * len(cells) + [3] * len(
       cells)
-  assert len({cell_key(c) for c in two}) == len(two)
+  assert len({c.key for c in two}) == len(two)
 
 
 def test_points_average_seeds_per_problem_with_intervals():
   from ttc_jax.analysis import study as study_lib
-  def cell(seed, correct):
-    return {"key": f"m/{seed}", "method": "m", "params": {"n": 4}, "seed": seed,
-            "budget_generations": 4, "problems": ["a", "b", "c", "d"], "correct": correct,
-            "policy_tokens": [1, 1, 1, 1], "prm_tokens": [1, 1, 1, 1], "flops": [2.0] * 4,
-            "wall_s": 1.0}
+  def cell(seed, correct, problems="abcd"):
+    return Cell.from_json({
+        "method": "m", "params": {"n": 4}, "seed": seed, "budget_generations": 4,
+        "problems": list(problems), "correct": correct, "answers": [None] * 4,
+        "finished": [1] * 4, "policy_tokens": [1, 1, 1, 1], "prm_tokens": [1, 1, 1, 1],
+        "flops": [2.0] * 4, "policy_flops": [2.0] * 4, "prm_flops": [0.0] * 4, "wall_s": 1.0})
   cells = [cell(0, [1, 0, 1, 0]), cell(1, [1, 1, 0, 0]), cell(2, [1, 0, 0, 0])]
   (pt,) = study_lib.points(cells)
   got = study_lib.summarize(pt, np.array([0, 0, 1, 1]), 2)
-  assert got["per_problem"] == [1.0, 1 / 3, 1 / 3, 0.0]
-  assert got["accuracy"] == np.mean([1.0, 1 / 3, 1 / 3, 0.0])
-  assert got["ci"][0] <= got["accuracy"] <= got["ci"][1]
-  assert got["seed_accuracy"] == [0.5, 0.5, 0.25] and got["seeds"] == [0, 1, 2]
-  assert got["accuracy_by_bin"] == [2 / 3, 1 / 6]
-  bad = cell(3, [1, 1, 1, 1])
-  bad["problems"] = ["a", "b", "c", "e"]
+  assert got.per_problem == [1.0, 1 / 3, 1 / 3, 0.0]
+  assert got.accuracy == np.mean([1.0, 1 / 3, 1 / 3, 0.0])
+  assert got.ci[0] <= got.accuracy <= got.ci[1]
+  assert got.seed_accuracy == [0.5, 0.5, 0.25] and got.seeds == [0, 1, 2]
+  assert got.accuracy_by_bin == [2 / 3, 1 / 6]
+  bad = cell(3, [1, 1, 1, 1], problems="abce")
   with pytest.raises(ValueError, match="other problems"):
     study_lib.summarize(cells + [bad], np.zeros(4), 1)
+
+
+def test_cells_and_curve_points_read_back_what_they_wrote():
+  from ttc_jax.analysis import study as study_lib
+  row = {"key": "beam_m4/m=4,n=16/seed=2", "method": "beam_m4", "params": {"n": 16, "m": 4},
+         "seed": 2, "budget_generations": 16, "problems": ["p0", "p1"], "correct": [1, 0],
+         "answers": ["3", None], "finished": [4, 0], "policy_tokens": [90, 80],
+         "prm_tokens": [95, 85], "flops": [3.5, 2.5], "policy_flops": [3.0, 2.0],
+         "prm_flops": [0.5, 0.5], "wall_s": 1.25, "compile_s": 0.5}
+  cell = Cell.from_json(row)
+  assert cell.to_json() == row and cell.key == row["key"]
+  assert cell.outcomes[1].answer is None and cell.column("correct").tolist() == [1, 0]
+  with pytest.raises(ValueError, match=r"columns \['answers'\] do not have one entry per"):
+    Cell.from_json({**row, "answers": ["3"]})
+  pt = study_lib.summarize([cell], np.array([0, 1]), 2)
+  assert CurvePoint.from_json(json.loads(json.dumps(pt.to_json()))) == pt
+  assert "choice" not in pt.to_json()  # fields a point does not have are left out
+  with pytest.raises(ValueError, match=r"unknown fields \['score'\]"):
+    CurvePoint.from_json({**pt.to_json(), "score": 1.0})
 
 
 def test_calls_have_equal_sizes_and_cover_every_problem():
@@ -75,6 +94,7 @@ def test_calls_have_equal_sizes_and_cover_every_problem():
   assert sorted(set(i for c in calls for i in c)) == list(range(10))
 
 
+@pytest.mark.e2e
 def test_the_report_is_generic(tmp_path_factory, tmp_path):
   base = pu.shared_study(tmp_path_factory)
   curves, res = _results(base)
@@ -120,6 +140,7 @@ def test_the_report_is_generic(tmp_path_factory, tmp_path):
       os.path.join(workdir, "report", "latest", "report.md")).read()
 
 
+@pytest.mark.e2e
 def test_study_survives_sigkill_and_a_torn_cell_line(tmp_path_factory, tmp_path):
   base = pu.shared_study(tmp_path_factory)
   ref, _ = _results(base)
@@ -151,6 +172,7 @@ def test_study_survives_sigkill_and_a_torn_cell_line(tmp_path_factory, tmp_path)
   assert "search_sweep: up to date" in out.stderr and "report: up to date" in out.stderr
 
 
+@pytest.mark.e2e
 def test_cells_store_per_problem_outcomes(tmp_path_factory):
   base = pu.shared_study(tmp_path_factory)
   cells = json.load(open(os.path.join(base, "search_sweep", "latest", "cells.json")))
@@ -174,8 +196,10 @@ def test_claims_follow_the_paired_interval_and_the_papers_direction():
   better = np.maximum(bon, rs.rand(n) < 0.3)  # beam: right wherever best-of-N is, and more
 
   def point(method, budget, per_problem):
-    return {"method": method, "params": {"n": budget}, "budget_generations": budget,
-            "per_problem": list(map(float, per_problem)), "accuracy": float(np.mean(per_problem))}
+    acc = float(np.mean(per_problem))
+    return CurvePoint(method=method, params={"n": budget}, budget_generations=budget,
+                      per_problem=list(map(float, per_problem)), accuracy=acc, ci=[acc, acc],
+                      accuracy_by_bin=[], ci_by_bin=[], flops=0.0)
 
   curves = [point("best_of_n_weighted", 4, bon), point("beam_m4", 4, better),
             point("best_of_n_weighted", 16, better), point("beam_m4", 16, bon),

@@ -22,6 +22,7 @@ import numpy as np
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.analysis.stats import Comparison
 from ttc_jax.search import registry
+from ttc_jax.search.records import CurvePoint
 
 REPRODUCED, NOT_REPRODUCED, NOT_SIGNIFICANT = "reproduced", "not reproduced", "not significant"
 
@@ -67,11 +68,11 @@ def verifier_claims(ver: dict) -> list[dict]:
   return out
 
 
-def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam: str,
+def search_claims(curves: Sequence[CurvePoint], bins: np.ndarray, num_bins: int, beam: str,
                   seed: int = 0) -> list[dict]:
   """(b) beam vs best-of-N by budget and difficulty, (c) lookahead at equal budget,
   and DVTS and particle filtering against beam search and best-of-N."""
-  budgets = sorted({c["budget_generations"] for c in curves})
+  budgets = sorted({c.budget_generations for c in curves})
   low, high = low_high(budgets)
   bins = np.asarray(bins)
   easy = bins < num_bins // 2 if num_bins > 1 else np.ones_like(bins, bool)
@@ -90,8 +91,8 @@ def search_claims(curves: Sequence[dict], bins: np.ndarray, num_bins: int, beam:
   ]
   looks = sorted(registry.of_family(study_lib.methods(curves), registry.LOOKAHEAD))
   for look in looks:
-    shared = sorted({c["budget_generations"] for c in curves if c["method"] == look}
-                    & {c["budget_generations"] for c in curves if c["method"] == beam})
+    shared = sorted({c.budget_generations for c in curves if c.method == look}
+                    & {c.budget_generations for c in curves if c.method == beam})
     if shared:
       b = shared[-1]
       out.append(claim(f"(c) {look} vs {beam} at equal generation budget {b}",

@@ -60,6 +60,7 @@ The paper's findings, fixed rules only (verdict strings of
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -70,6 +71,7 @@ from ttc_jax.analysis import exchange as exchange_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.search import registry
+from ttc_jax.search.records import CurvePoint
 
 FOLDS = 2
 REPEATS = 25
@@ -80,32 +82,32 @@ _TOL = 1e-12  # "accuracy >= a_N" up to float rounding
 # --- candidates ------------------------------------------------------------------------------
 
 
-def family(point: dict) -> str:
+def family(point: CurvePoint) -> str:
   """"revision" for revision points (methods named revision_* or revisions_*), else "search"."""
-  return "revision" if registry.method(point["method"]).family == registry.REVISIONS else "search"
+  return "revision" if registry.method(point.method).family == registry.REVISIONS else "search"
 
 
-def candidate_name(point: dict) -> str:
+def candidate_name(point: CurvePoint) -> str:
   """A candidate's stable name: its method, then its params sorted by key."""
-  params = point.get("params") or {}
-  return point["method"] + "".join(f" {k}={params[k]}" for k in sorted(params))
+  params = point.params or {}
+  return point.method + "".join(f" {k}={params[k]}" for k in sorted(params))
 
 
-def _flops_by_problem(point: dict, num_problems: int) -> np.ndarray:
-  if point.get("flops_by_problem") is not None:
-    f = np.asarray(point["flops_by_problem"], np.float64)
+def _flops_by_problem(point: CurvePoint, num_problems: int) -> np.ndarray:
+  if point.flops_by_problem is not None:
+    f = np.asarray(point.flops_by_problem, np.float64)
     if f.shape != (num_problems,):
       raise ValueError(f"{candidate_name(point)}: flops_by_problem has shape {f.shape}; "
                        f"expected ({num_problems},).")
     return f
-  return np.full(num_problems, float(point["flops"]) / num_problems)
+  return np.full(num_problems, float(point.flops) / num_problems)
 
 
 class _Table:
   """The candidates as arrays: outcomes (K, P), FLOPs (K, P), budgets (K,), and each
   candidate's rank in the tie-break order (fewer FLOPs per problem, fewer generations, name)."""
 
-  def __init__(self, candidates: Sequence[dict]):
+  def __init__(self, candidates: Sequence[CurvePoint]):
     if not candidates:
       raise ValueError("compute-optimal selection needs at least one candidate curve point.")
     self.points = list(candidates)
@@ -114,14 +116,14 @@ class _Table:
     if dup:
       raise ValueError(f"candidates {dup} appear more than once: each (method, params) must be "
                        "one curve point.")
-    sizes = {len(p["per_problem"]) for p in self.points}
+    sizes = {len(p.per_problem) for p in self.points}
     if len(sizes) != 1:
       raise ValueError(f"candidates have {sorted(sizes)} per-problem outcomes: every candidate "
                        "needs the same problems in the same order.")
     self.num_problems = sizes.pop()
-    self.outcomes = np.asarray([p["per_problem"] for p in self.points], np.float64)
+    self.outcomes = np.asarray([p.per_problem for p in self.points], np.float64)
     self.flops = np.stack([_flops_by_problem(p, self.num_problems) for p in self.points])
-    self.budgets = np.asarray([float(p["budget_generations"]) for p in self.points])
+    self.budgets = np.asarray([float(p.budget_generations) for p in self.points])
     order = sorted(range(len(self.points)),
                    key=lambda k: (float(self.flops[k].mean()), self.budgets[k], self.names[k]))
     self.rank = np.empty(len(order), np.int64)
@@ -155,8 +157,8 @@ def _select(outcomes_train: np.ndarray, bins_train: np.ndarray, num_bins: int,
           if np.any(bins_train == b) else fallback for b in range(num_bins)]
 
 
-def choose(candidates: Sequence[dict], budget: float, bins, num_bins: int,
-           train_mask=None) -> list[dict]:
+def choose(candidates: Sequence[CurvePoint], budget: float, bins, num_bins: int,
+           train_mask=None) -> list[CurvePoint]:
   """Per difficulty bin, the candidate a compute-optimal policy with ``budget`` generations
   runs: among candidates with ``budget_generations <= budget``, the best mean per-problem
   accuracy on the bin's training problems (``train_mask``; None = all problems), ties to fewer
@@ -197,21 +199,22 @@ def assign_folds(bins, num_bins: int, folds: int, rng: np.random.Generator) -> n
 
 
 def _point(method: str, budget: float, per_problem: np.ndarray, flops: np.ndarray,
-           report_bins: np.ndarray, num_bins: int, seed: int, **extra) -> dict:
+           report_bins: np.ndarray, num_bins: int, seed: int, **extra) -> CurvePoint:
   est = stats_lib.mean_ci(per_problem, seed=seed)
   by_bin = [stats_lib.mean_ci(per_problem[report_bins == b], seed=seed)
             if np.any(report_bins == b) else None for b in range(num_bins)]
-  return {"method": method, "params": {"budget": budget}, "budget_generations": budget,
-          "accuracy": est.mean, "ci": [est.low, est.high],
-          "accuracy_by_bin": [float("nan") if e is None else e.mean for e in by_bin],
-          "ci_by_bin": [[float("nan")] * 2 if e is None else [e.low, e.high] for e in by_bin],
-          "per_problem": [float(x) for x in per_problem],
-          "flops": float(flops.sum()), "flops_by_problem": [float(x) for x in flops], **extra}
+  return CurvePoint(
+      method=method, params={"budget": budget}, budget_generations=budget,
+      accuracy=est.mean, ci=[est.low, est.high],
+      accuracy_by_bin=[float("nan") if e is None else e.mean for e in by_bin],
+      ci_by_bin=[[float("nan")] * 2 if e is None else [e.low, e.high] for e in by_bin],
+      per_problem=[float(x) for x in per_problem],
+      flops=float(flops.sum()), flops_by_problem=[float(x) for x in flops], **extra)
 
 
-def cross_validate(candidates: Sequence[dict], budgets: Sequence[float] | None, bins,
+def cross_validate(candidates: Sequence[CurvePoint], budgets: Sequence[float] | None, bins,
                    num_bins: int, method: str = "compute_optimal", folds: int = FOLDS,
-                   repeats: int = REPEATS, seed: int = 0, report_bins=None) -> list[dict]:
+                   repeats: int = REPEATS, seed: int = 0, report_bins=None) -> list[CurvePoint]:
   """The compute-optimal curve by cross-validated per-bin strategy choice.
 
   For each repeat r, the problems are split into ``folds`` folds stratified by ``bins``
@@ -282,8 +285,9 @@ def cross_validate(candidates: Sequence[dict], budgets: Sequence[float] | None, 
   return out
 
 
-def in_sample(candidates: Sequence[dict], budgets: Sequence[float] | None, bins, num_bins: int,
-              method: str = "compute_optimal_in_sample", seed: int = 0) -> list[dict]:
+def in_sample(candidates: Sequence[CurvePoint], budgets: Sequence[float] | None, bins,
+              num_bins: int,
+              method: str = "compute_optimal_in_sample", seed: int = 0) -> list[CurvePoint]:
   """The optimistic curve that chooses on all problems and scores on the same problems (no
   cross-validation): an upper reference only, never a result."""
   table = _Table(candidates)
@@ -300,8 +304,8 @@ def in_sample(candidates: Sequence[dict], budgets: Sequence[float] | None, bins,
   return out
 
 
-def charge(points: Sequence[dict], generations_per_problem: float, flops_per_problem: float,
-           name: str) -> list[dict]:
+def charge(points: Sequence[CurvePoint], generations_per_problem: float, flops_per_problem: float,
+           name: str) -> list[CurvePoint]:
   """``points`` with the difficulty prediction's cost added: budget + ``generations_per_problem``
   generations and + ``flops_per_problem`` FLOPs on every problem; method renamed ``name``."""
   g, f = float(generations_per_problem), float(flops_per_problem)
@@ -310,38 +314,40 @@ def charge(points: Sequence[dict], generations_per_problem: float, flops_per_pro
                      f"{flops_per_problem!r} FLOPs per problem): expected numbers >= 0.")
   out = []
   for pt in points:
-    n = len(pt["per_problem"])
-    new = dict(pt, method=name, budget_generations=float(pt["budget_generations"]) + g,
-               flops=float(pt["flops"]) + f * n,
-               params={**(pt.get("params") or {}), "charged_generations": g,
-                       "charged_flops_per_problem": f})
-    new["flops_by_problem"] = [float(x) + f for x in _flops_by_problem(pt, n)]
-    out.append(new)
+    n = len(pt.per_problem)
+    out.append(dataclasses.replace(
+        pt, method=name, budget_generations=float(pt.budget_generations) + g,
+        flops=float(pt.flops) + f * n,
+        params={**(pt.params or {}), "charged_generations": g, "charged_flops_per_problem": f},
+        flops_by_problem=[float(x) + f for x in _flops_by_problem(pt, n)]))
   return out
 
 
 # --- the summary -----------------------------------------------------------------------------
 
 
-def _strip(pt: dict) -> dict:
-  """A curve point with what the report needs (per-problem values kept for paired tests)."""
-  keys = ("method", "params", "budget_generations", "seeds", "accuracy", "ci", "accuracy_by_bin",
-          "ci_by_bin", "per_problem", "flops", "flops_by_problem", "repeat_accuracy",
-          "repeat_std", "choice", "choice_counts", "choice_agreement", "selections", "folds",
-          "repeats")
-  return {k: pt[k] for k in keys if k in pt}
+# What the report needs of a curve point (per-problem values kept for paired tests).
+_REPORTED = ("method", "params", "budget_generations", "seeds", "accuracy", "ci",
+             "accuracy_by_bin", "ci_by_bin", "per_problem", "flops", "flops_by_problem",
+             "repeat_accuracy", "repeat_std", "choice", "choice_counts", "choice_agreement",
+             "selections", "folds", "repeats")
 
 
-def _split_points(points: Sequence[dict], chains_of, selection: str | None) -> list[dict]:
+def _strip(pt: CurvePoint) -> dict:
+  return pt.to_json(_REPORTED)
+
+
+def _split_points(points: Sequence[CurvePoint], chains_of, selection: str | None
+                  ) -> list[CurvePoint]:
   """One selection's revision points with ``chains_of(n)`` chains at each budget n: those of
   ``selection`` (None: majority voting, the selector that needs no verifier) if swept, else
   the first method's."""
   names = study_lib.methods(points)
   wanted = registry.name_of(registry.REVISIONS, selection=selection or "majority")
   method = wanted if wanted in names else (names[0] if names else None)
-  out = [p for p in points if p["method"] == method
-         and p["params"].get("chains") == chains_of(p["params"]["n"])]
-  return sorted(out, key=lambda p: p["budget_generations"])
+  out = [p for p in points if p.method == method
+         and p.params.get("chains") == chains_of(p.params["n"])]
+  return sorted(out, key=lambda p: p.budget_generations)
 
 
 def curve_name(family: str, kind: str) -> str:
@@ -351,8 +357,8 @@ def curve_name(family: str, kind: str) -> str:
   return f"{family}_{kind}"
 
 
-def compute_optimal_summary(search_points: Sequence[dict],
-                            revision_points: Sequence[dict] | None,
+def compute_optimal_summary(search_points: Sequence[CurvePoint],
+                            revision_points: Sequence[CurvePoint] | None,
                             correct_matrix, mean_scores, num_bins: int,
                             prediction_generations: float, prediction_flops: float,
                             exchange_inputs: dict | None = None, folds: int = FOLDS,
@@ -396,7 +402,7 @@ def compute_optimal_summary(search_points: Sequence[dict],
   predicted = difficulty_lib.predicted_bins(scores, num_bins)
   search = list(search_points)
   revs = [r for r in (revision_points or []) if revision_selection is None
-          or registry.selection_of(r["method"]) == revision_selection]
+          or registry.selection_of(r.method) == revision_selection]
   if revision_points and not revs:
     raise ValueError(f"revision_selection={revision_selection!r}: no revision point has a method "
                      f"ending in it (methods: {study_lib.methods(revision_points)}).")
@@ -436,9 +442,9 @@ BASELINE_NAMES = {"search": "best-of-N weighted", "revisions": "parallel samplin
                   "combined": "best-of-N weighted"}
 
 
-def _curves(families: dict[str, list[dict]], oracle: np.ndarray, predicted: np.ndarray,
+def _curves(families: dict[str, list[CurvePoint]], oracle: np.ndarray, predicted: np.ndarray,
             num_bins: int, prediction_generations: float, prediction_flops: float, *,
-            folds: int, repeats: int, seed: int) -> tuple[dict[str, list[dict]], dict]:
+            folds: int, repeats: int, seed: int) -> tuple[dict[str, list[CurvePoint]], dict]:
   """Each family's cross-validated compute-optimal curves with oracle and with predicted
   bins, and the predicted curve with the prediction's cost charged; and each curve's key
   (its family, bins and whether the cost is charged)."""
@@ -485,19 +491,19 @@ def _difficulty_inputs(correct: np.ndarray, mean_scores) -> tuple[np.ndarray, np
   return p1, scores
 
 
-def _baselines(search: Sequence[dict], revision_points: Sequence[dict],
-               selection: str | None) -> dict[str, list[dict]]:
+def _baselines(search: Sequence[CurvePoint], revision_points: Sequence[CurvePoint],
+               selection: str | None) -> dict[str, list[CurvePoint]]:
   """The baseline curves by budget: best-of-N weighted (the baseline of search and of the
   combined curve), the fixed-width beam search, and pure parallel and pure sequential
   revisions of ``selection``."""
-  by_budget = lambda pts: sorted(pts, key=lambda c: c["budget_generations"])  # noqa: E731
-  bon = by_budget(c for c in search if c["method"] == registry.name_of(registry.BEST_OF_N))
+  by_budget = lambda pts: sorted(pts, key=lambda c: c.budget_generations)  # noqa: E731
+  bon = by_budget(c for c in search if c.method == registry.name_of(registry.BEST_OF_N))
   if not bon:
     raise ValueError("search_points have no best_of_n_weighted point: the baseline is needed.")
   beam_name = registry.first_of(study_lib.methods(search), registry.BEAM)
   parallel = _split_points(revision_points, lambda n: n, selection)
   return {"search": bon, "combined": bon, "revisions": parallel,
-          "beam": by_budget(c for c in search if c["method"] == beam_name),
+          "beam": by_budget(c for c in search if c.method == beam_name),
           "sequential": _split_points(revision_points, lambda n: 1, selection)}
 
 
@@ -522,10 +528,10 @@ def _claims(curves: dict, base: dict, eff: dict, families: dict, seed: int) -> l
   return claims
 
 
-def candidate_table(points: Sequence[dict]) -> dict[str, dict]:
+def candidate_table(points: Sequence[CurvePoint]) -> dict[str, dict]:
   """Every candidate strategy by name: its method, params, family, budget, accuracy and
   FLOPs per problem."""
   return {candidate_name(pt): {
-      "method": pt["method"], "params": pt["params"], "family": family(pt),
-      "budget_generations": pt["budget_generations"], "accuracy": pt["accuracy"],
-      "flops_per_problem": pt["flops"] / len(pt["per_problem"])} for pt in points}
+      "method": pt.method, "params": pt.params, "family": family(pt),
+      "budget_generations": pt.budget_generations, "accuracy": pt.accuracy,
+      "flops_per_problem": pt.flops / len(pt.per_problem)} for pt in points}

@@ -17,6 +17,7 @@ import numpy as np
 from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
+from ttc_jax.search.records import CurvePoint
 
 EFFICIENCY_RESAMPLES = 2000
 PAPER_EFFICIENCY = 4.0
@@ -38,7 +39,7 @@ def _resample_counts(p: int, resamples: int, seed: int) -> np.ndarray:
   return counts
 
 
-def efficiency(co_points: Sequence[dict], bon_points: Sequence[dict], seed: int = 0,
+def efficiency(co_points: Sequence[CurvePoint], bon_points: Sequence[CurvePoint], seed: int = 0,
                resamples: int = EFFICIENCY_RESAMPLES,
                confidence: float = stats_lib.CONFIDENCE, baseline: str | None = None) -> dict:
   """How many times fewer generations (and FLOPs) the compute-optimal curve needs to match
@@ -62,22 +63,22 @@ def efficiency(co_points: Sequence[dict], bon_points: Sequence[dict], seed: int 
     flops_ratio_ci, n_flops}, "co_budgets", "resamples", "co_method", "baseline_method",
     "baseline" (``baseline``: a reader's name for it, default the method), "problems"}.
   """
-  co = sorted(co_points, key=lambda c: c["budget_generations"])
-  bon = sorted(bon_points, key=lambda c: c["budget_generations"])
+  co = sorted(co_points, key=lambda c: c.budget_generations)
+  bon = sorted(bon_points, key=lambda c: c.budget_generations)
   if not co or not bon:
     raise ValueError(f"efficiency needs compute-optimal and baseline points, got {len(co)} and "
                      f"{len(bon)}.")
-  sizes = {len(c["per_problem"]) for c in co + bon}
+  sizes = {len(c.per_problem) for c in co + bon}
   if len(sizes) != 1:
     raise ValueError(f"points have {sorted(sizes)} per-problem outcomes: expected the same "
                      "problems for every point.")
   p = sizes.pop()
-  v = np.asarray([c["per_problem"] for c in co], np.float64)
-  w = np.asarray([c["per_problem"] for c in bon], np.float64)
-  b_co = np.asarray([float(c["budget_generations"]) for c in co])
-  f_co = np.asarray([c["flops"] / p for c in co], np.float64)
-  b_bon = np.asarray([float(c["budget_generations"]) for c in bon])
-  f_bon_all = np.asarray([c["flops"] / p for c in bon], np.float64)
+  v = np.asarray([c.per_problem for c in co], np.float64)
+  w = np.asarray([c.per_problem for c in bon], np.float64)
+  b_co = np.asarray([float(c.budget_generations) for c in co])
+  f_co = np.asarray([c.flops / p for c in co], np.float64)
+  b_bon = np.asarray([float(c.budget_generations) for c in bon])
+  f_bon_all = np.asarray([c.flops / p for c in bon], np.float64)
   counts = _resample_counts(p, resamples, seed)
   boot_co, boot_bon = counts @ v.T / p, counts @ w.T / p  # (resamples, points)
   acc_co, acc_bon = v.mean(axis=1), w.mean(axis=1)
@@ -90,8 +91,8 @@ def efficiency(co_points: Sequence[dict], bon_points: Sequence[dict], seed: int 
     flops_r.append(fl)
   best = _best(rows, gen_r, flops_r, confidence)
   return {"rows": rows, "best": best, "co_budgets": [float(b) for b in b_co],
-          "resamples": int(resamples), "co_method": co[0]["method"],
-          "baseline_method": bon[0]["method"], "baseline": baseline or bon[0]["method"],
+          "resamples": int(resamples), "co_method": co[0].method,
+          "baseline_method": bon[0].method, "baseline": baseline or bon[0].method,
           "problems": int(p)}
 
 
@@ -102,7 +103,7 @@ def _row(j: int, pt: dict, co: tuple, bon: tuple, confidence: float
   points), accuracies, budgets, FLOPs per problem) of the compute-optimal and baseline points."""
   boot_co, acc_co, b_co, f_co = co
   boot_bon, acc_bon, b_bon, f_bon_all = bon
-  n = float(pt["budget_generations"])
+  n = float(pt.budget_generations)
   reach = boot_co >= boot_bon[:, j:j + 1] - _TOL
   hit = reach.any(axis=1)
   first = np.argmax(reach, axis=1)
@@ -116,7 +117,7 @@ def _row(j: int, pt: dict, co: tuple, bon: tuple, confidence: float
   o = int(np.argmax(acc_bon[:j + 1] >= acc_bon[j] - _TOL))
   f_bon = float(f_bon_all[o])
   row = {
-      "n": n, "baseline_accuracy": float(acc_bon[j]), "baseline_ci": pt.get("ci"),
+      "n": n, "baseline_accuracy": float(acc_bon[j]), "baseline_ci": pt.ci,
       "baseline_budget": float(b_bon[o]),
       "reached": k is not None, "budget": None if k is None else float(b_co[k]),
       "budget_ci": _interval(needed, confidence),
@@ -175,18 +176,19 @@ def efficiency_claim(eff: dict, label: str, paper: str, baseline: str | None = N
           f"reproduced; upper end < {threshold:g}: not reproduced; else not significant"}
 
 
-def equal_budget_claim(co_points: Sequence[dict], baseline_points: Sequence[dict], label: str,
-                       paper: str, seed: int = 0, baseline: str | None = None) -> dict | None:
+def equal_budget_claim(co_points: Sequence[CurvePoint], baseline_points: Sequence[CurvePoint],
+                       label: str, paper: str, seed: int = 0, baseline: str | None = None
+                       ) -> dict | None:
   """Compute-optimal minus the baseline at the largest budget both have (paired bootstrap over
   problems); the paper says compute-optimal is better. None if no budget is shared."""
-  shared = sorted({c["budget_generations"] for c in co_points}
-                  & {c["budget_generations"] for c in baseline_points})
+  shared = sorted({c.budget_generations for c in co_points}
+                  & {c.budget_generations for c in baseline_points})
   if not shared:
     return None
   b = shared[-1]
-  a = next(c for c in co_points if c["budget_generations"] == b)
-  o = next(c for c in baseline_points if c["budget_generations"] == b)
-  cmp = study_lib.compare_points(a, o, (f"{a['method']}@{b:g}", f"{o['method']}@{b:g}"),
+  a = next(c for c in co_points if c.budget_generations == b)
+  o = next(c for c in baseline_points if c.budget_generations == b)
+  cmp = study_lib.compare_points(a, o, (f"{a.method}@{b:g}", f"{o.method}@{b:g}"),
                                  seed=seed)
-  return claims_lib.claim(f"(e) {label} over {baseline or o['method']} at budget {b:g}", paper,
+  return claims_lib.claim(f"(e) {label} over {baseline or o.method} at budget {b:g}", paper,
                            cmp, budget=b)

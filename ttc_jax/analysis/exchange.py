@@ -49,6 +49,7 @@ from ttc_jax import accounting
 from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
+from ttc_jax.search.records import CurvePoint
 
 EASY_FRACTION = 3 / 5  # the paper's easy/medium levels: 3 of 5
 _TOL = 1e-9
@@ -64,16 +65,16 @@ def groups(num_bins: int) -> dict[str, list[int]]:
           "all": list(range(num_bins))}
 
 
-def matched_point(co_points: Sequence[dict], x: float) -> tuple[dict | None, str]:
+def matched_point(co_points: Sequence[CurvePoint], x: float) -> tuple[CurvePoint | None, str]:
   """The compute-optimal point at the largest swept budget <= ``x`` and the status: "ok",
   "capped" (``x`` beyond the largest budget) or "out of range" (point None)."""
-  pts = sorted(co_points, key=lambda c: c["budget_generations"])
+  pts = sorted(co_points, key=lambda c: c.budget_generations)
   if not pts:
     raise ValueError("matched_point needs at least one compute-optimal point.")
-  fit = [c for c in pts if c["budget_generations"] <= x + _TOL]
+  fit = [c for c in pts if c.budget_generations <= x + _TOL]
   if not fit:
     return None, "out of range"
-  return fit[-1], ("capped" if x > pts[-1]["budget_generations"] + _TOL else "ok")
+  return fit[-1], ("capped" if x > pts[-1].budget_generations + _TOL else "ok")
 
 
 def _estimate(values: np.ndarray, bins: np.ndarray, num_bins: int, seed: int) -> dict:
@@ -99,7 +100,7 @@ def _verdict(cmp: stats_lib.Comparison | None, sign: int, status: str, x: float,
   return v, None
 
 
-def exchange(co_points: Sequence[dict], small_params: float, large_params: float,
+def exchange(co_points: Sequence[CurvePoint], small_params: float, large_params: float,
              large_greedy, bins, num_bins: int,
              r_values: Sequence[float] = accounting.R_POINTS, seed: int = 0,
              curve: str = "compute-optimal") -> dict:
@@ -128,28 +129,27 @@ def exchange(co_points: Sequence[dict], small_params: float, large_params: float
     raise ValueError(f"large_greedy has shape {greedy.shape}; expected ({bins.size},): one "
                      "outcome per problem, like bins.")
   for c in co_points:
-    if len(c["per_problem"]) != greedy.size:
-      raise ValueError(f"{c['method']}@{c['budget_generations']} has {len(c['per_problem'])} "
+    if len(c.per_problem) != greedy.size:
+      raise ValueError(f"{c.method}@{c.budget_generations} has {len(c.per_problem)} "
                        f"per-problem outcomes; the large model has {greedy.size}.")
-  large = {"method": "large_greedy", "per_problem": greedy}
-  budgets = [float(c["budget_generations"]) for c in co_points]
+  budgets = [float(c.budget_generations) for c in co_points]
   grp = groups(num_bins)
   rows, claims = [], []
   for r in r_values:
     x = accounting.matched_generations(m, r)
     pt, status = matched_point(co_points, x)
-    names = (f"{curve}@{pt['budget_generations']:g}" if pt else curve, "large greedy")
+    names = (f"{curve}@{pt.budget_generations:g}" if pt else curve, "large greedy")
 
     def cmp(mask):
-      return study_lib.compare_points(pt, large, names, mask, seed)
+      return study_lib.compare_outcomes(pt.per_problem, greedy, names, mask, seed)
 
     masks = {g: np.isin(bins, bs) for g, bs in grp.items()}
     group_cmp = {g: cmp(masks[g]) if pt is not None and bs else None for g, bs in grp.items()}
     rows.append({
         "r": float(r), "matched_generations": float(x),
-        "budget": None if pt is None else float(pt["budget_generations"]), "status": status,
-        "small_accuracy": None if pt is None else pt["accuracy"],
-        "small_ci": None if pt is None else pt.get("ci"),
+        "budget": None if pt is None else float(pt.budget_generations), "status": status,
+        "small_accuracy": None if pt is None else pt.accuracy,
+        "small_ci": None if pt is None else pt.ci,
         "overall": None if group_cmp["all"] is None else group_cmp["all"].to_json(),
         "by_bin": [None if pt is None or not np.any(bins == b) else cmp(bins == b).to_json()
                    for b in range(num_bins)],
@@ -169,7 +169,7 @@ def exchange(co_points: Sequence[dict], small_params: float, large_params: float
       v, reason = _verdict(c, sign, status, x, budgets)
       where = {"easy": f"easy/medium bins {_bin_list(grp[g])}",
                "hard": f"hard bins {_bin_list(grp[g])}", "all": "all problems"}[g]
-      used = "out of range" if pt is None else f"budget {pt['budget_generations']:g}"
+      used = "out of range" if pt is None else f"budget {pt.budget_generations:g}"
       claims.append({
           "claim": f"(f) {curve} ({used}) vs the {m:.3g}x larger model's greedy answer at "
                    f"R={r:g} (X={x:.3g}), {where}",
@@ -183,8 +183,9 @@ def _bin_list(bs: Sequence[int]) -> str:
   return ", ".join(str(b + 1) for b in bs)
 
 
-def summary(co_curves: Mapping[str, Sequence[dict]], small_params: float, large_params: float,
-            large_greedy, bins, num_bins: int, large_majority: Mapping | None = None,
+def summary(co_curves: Mapping[str, Sequence[CurvePoint]], small_params: float,
+            large_params: float, large_greedy, bins, num_bins: int,
+            large_majority: Mapping | None = None,
             r_values: Sequence[float] = accounting.R_POINTS, seed: int = 0) -> dict:
   """:func:`exchange` for each named compute-optimal curve (e.g. {"search": ..., "revisions":
   ...}), with the large model's greedy accuracy and, if given, its majority curve

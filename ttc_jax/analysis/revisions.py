@@ -45,6 +45,8 @@ from ttc_jax import accounting
 from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
+from ttc_jax.search import records
+from ttc_jax.search.records import CurvePoint
 from ttc_jax.search import registry
 from ttc_jax.verifiers import aggregation
 
@@ -188,7 +190,7 @@ def _chain_flops(ch: dict, verifier: str | None, prefix: np.ndarray, per_answer:
   return policy, ver
 
 
-def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> dict:
+def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> records.Cell:
   answers = np.asarray(ch["answers"], object)[:, :c, :l]
   correct = np.asarray(ch["correct"], bool)[:, :c, :l]
   orm = np.asarray(ch["orm"], np.float64)[:, :c, :l]
@@ -212,25 +214,24 @@ def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> dict:
   flops = policy_flops + ver_flops
   generated = int(np.asarray(ch["mask"], bool).sum())
   used = answers.shape[0] * c * l
-  method = _method(selection)
-  return {"key": f"{method}/chains={c},length={l},n={n}/seed={ch['seed']}", "method": method,
-          "params": {"n": n, "chains": c, "length": l}, "seed": int(ch["seed"]),
-          "budget_generations": n, "problems": list(ch["problems"]), "correct": right,
-          "answers": chosen,
-          "finished": [int(sum(a is not None for a in answers[p].reshape(-1)))
-                       for p in range(answers.shape[0])],
-          "policy_tokens": [int(x) for x in policy], "prm_tokens": [int(x) for x in ver_tokens],
-          "flops": [float(x) for x in flops],
-          "policy_flops": [float(x) for x in policy_flops],
-          "prm_flops": [float(x) for x in ver_flops],
-          "wall_s": float(ch["wall_s"]) * used / generated if generated else 0.0,
-          "compile_s": 0.0}
+  finished = [int(sum(a is not None for a in answers[p].reshape(-1)))
+              for p in range(answers.shape[0])]
+  outcomes = tuple(
+      records.Outcome(problem=str(uid), correct=right[p], answer=chosen[p],
+                      finished=finished[p], policy_tokens=int(policy[p]),
+                      prm_tokens=int(ver_tokens[p]), flops=float(flops[p]),
+                      policy_flops=float(policy_flops[p]), prm_flops=float(ver_flops[p]))
+      for p, uid in enumerate(ch["problems"]))
+  return records.Cell(method=_method(selection), params={"n": n, "chains": c, "length": l},
+                      seed=int(ch["seed"]), budget_generations=n, outcomes=outcomes,
+                      wall_s=float(ch["wall_s"]) * used / generated if generated else 0.0,
+                      compile_s=0.0)
 
 
 def revision_cells(chains_by_seed: Sequence[dict], budgets: Sequence[int],
-                   selections: Sequence[str] = SELECTIONS) -> list[dict]:
-  """One cell per (seed, selection, budget N, split (C, L)), in the search sweep's cell
-  format (:func:`ttc_jax.analysis.study.summarize` reads them). The first seed's cells
+                   selections: Sequence[str] = SELECTIONS) -> list[records.Cell]:
+  """One cell per (seed, selection, budget N, split (C, L)), like the search sweep's
+  (:func:`ttc_jax.analysis.study.summarize` reads them). The first seed's cells
   come first.
 
   Args:
@@ -255,15 +256,17 @@ def revision_cells(chains_by_seed: Sequence[dict], budgets: Sequence[int],
           for n in budgets for c, l in splits(n)]
 
 
-def curves(cells: Sequence[dict], bins: np.ndarray, num_bins: int, seed: int = 0) -> list[dict]:
+def curves(cells: Sequence[records.Cell], bins: np.ndarray, num_bins: int, seed: int = 0
+           ) -> list[CurvePoint]:
   """One curve point per (selection, budget, split): its seeds summarized."""
   return [study_lib.summarize(pt, bins, num_bins, seed) for pt in study_lib.points(cells)]
 
 
-def find(curves_: Sequence[dict], selection: str, n: int, c: int) -> dict | None:
+def find(curves_: Sequence[CurvePoint], selection: str, n: int, c: int
+         ) -> CurvePoint | None:
   """The curve point of ``selection`` at budget ``n`` split into ``c`` chains (None: not swept)."""
-  return next((r for r in curves_ if r["method"] == _method(selection)
-               and r["params"]["n"] == n and r["params"]["chains"] == c), None)
+  return next((r for r in curves_ if r.method == _method(selection)
+               and r.params["n"] == n and r.params["chains"] == c), None)
 
 
 # --- transitions between consecutive answers of a chain --------------------------------------
@@ -350,13 +353,13 @@ def halves(bins: np.ndarray, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
   return easy, hard
 
 
-def _label(pt: dict) -> str:
-  if "chains" not in pt["params"]:
-    return f"{pt['method']}@{pt['budget_generations']}"
-  return f"{pt['method']} {pt['params']['chains']}x{pt['params']['length']}"
+def _label(pt: CurvePoint) -> str:
+  if "chains" not in pt.params:
+    return f"{pt.method}@{pt.budget_generations}"
+  return f"{pt.method} {pt.params['chains']}x{pt.params['length']}"
 
 
-def _paired(a: dict | None, b: dict | None, mask: np.ndarray | None = None,
+def _paired(a: CurvePoint | None, b: CurvePoint | None, mask: np.ndarray | None = None,
             seed: int = 0) -> stats_lib.Comparison | None:
   """a - b over the problems of ``mask``; None if either point is missing, they are the same
   point, or the mask is empty."""
@@ -365,15 +368,15 @@ def _paired(a: dict | None, b: dict | None, mask: np.ndarray | None = None,
   return study_lib.compare_points(a, b, (_label(a), _label(b)), mask, seed)
 
 
-def revision_claims(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,
+def revision_claims(curves_: Sequence[CurvePoint], bins: np.ndarray, num_bins: int,
                     seed: int = 0) -> list[dict]:
   """(d) sequential against parallel at the largest budget with hierarchical ORM selection:
   on all problems, on the easier half (pure sequential best) and on the harder half (a
   balanced ratio best). A claim whose two points are missing or coincide is left out."""
-  rows = [r for r in curves_ if r["method"] == _method(BEST)]
+  rows = [r for r in curves_ if r.method == _method(BEST)]
   if not rows:
     return []
-  n = max(r["params"]["n"] for r in rows)
+  n = max(r.params["n"] for r in rows)
   easy, hard = halves(bins, num_bins)
   seq, par = find(rows, BEST, n, 1), find(rows, BEST, n, n)
   bc, bl = balanced(n)
@@ -396,18 +399,18 @@ def revision_claims(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,
   return [c for c in out if c is not None]
 
 
-def best_ratio_by_bin(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,
+def best_ratio_by_bin(curves_: Sequence[CurvePoint], bins: np.ndarray, num_bins: int,
                       selection: str = BEST) -> list[dict]:
   """Per budget and difficulty bin, the split with the highest accuracy in that bin (ties:
   the more parallel split), its accuracy and CI; descriptive only (Figure 7)."""
   counts = np.bincount(np.asarray(bins, np.int64), minlength=num_bins)
-  rows = [r for r in curves_ if r["method"] == _method(selection)]
+  rows = [r for r in curves_ if r.method == _method(selection)]
   out = []
-  for n in sorted({r["params"]["n"] for r in rows}):
+  for n in sorted({r.params["n"] for r in rows}):
     pts = [p for p in (find(rows, selection, n, c) for c, _ in splits(n)) if p is not None]
     by_bin = []
     for b in range(num_bins):
-      accs = [p["accuracy_by_bin"][b] for p in pts]
+      accs = [p.accuracy_by_bin[b] for p in pts]
       if not counts[b] or not pts or all(np.isnan(a) for a in accs):
         by_bin.append({"bin": b, "problems": int(counts[b]), "chains": None, "length": None,
                        "ratio": None, "accuracy": None, "ci": [None, None], "ties": 0})
@@ -415,24 +418,25 @@ def best_ratio_by_bin(curves_: Sequence[dict], bins: np.ndarray, num_bins: int,
       best = max(a for a in accs if not np.isnan(a))
       i = accs.index(best)
       p = pts[i]
-      by_bin.append({"bin": b, "problems": int(counts[b]), "chains": p["params"]["chains"],
-                     "length": p["params"]["length"],
-                     "ratio": p["params"]["length"] / p["params"]["chains"],
-                     "accuracy": float(best), "ci": [float(x) for x in p["ci_by_bin"][b]],
+      by_bin.append({"bin": b, "problems": int(counts[b]), "chains": p.params["chains"],
+                     "length": p.params["length"],
+                     "ratio": p.params["length"] / p.params["chains"],
+                     "accuracy": float(best), "ci": [float(x) for x in p.ci_by_bin[b]],
                      "ties": int(sum(a == best for a in accs))})
     out.append({"budget": n, "selection": selection, "bins": by_bin})
   return out
 
 
-def _search_beam(search_curves: Sequence[dict]) -> str | None:
+def _search_beam(search_curves: Sequence[CurvePoint]) -> str | None:
   return registry.reference_beam(study_lib.methods(search_curves))
 
 
-def _per_problem_flops(pt: dict) -> float:
-  return float(pt["flops"]) / len(pt["per_problem"])
+def _per_problem_flops(pt: CurvePoint) -> float:
+  return pt.flops_per_problem
 
 
-def compare_to_search(rev_curves: Sequence[dict], search_curves: Sequence[dict] | None,
+def compare_to_search(rev_curves: Sequence[CurvePoint],
+                      search_curves: Sequence[CurvePoint] | None,
                       seed: int = 0) -> list[dict]:
   """At each budget swept by both, the pure-sequential and the balanced hierarchical-ORM
   points (one row if they coincide) against best-of-N weighted and beam search at equal
@@ -442,9 +446,9 @@ def compare_to_search(rev_curves: Sequence[dict], search_curves: Sequence[dict] 
     return []
   beam = _search_beam(search_curves)
   others = ["best_of_n_weighted"] + ([beam] if beam else [])
-  rows = [r for r in rev_curves if r["method"] == _method(BEST)]
+  rows = [r for r in rev_curves if r.method == _method(BEST)]
   out = []
-  for n in sorted({r["params"]["n"] for r in rows}):
+  for n in sorted({r.params["n"] for r in rows}):
     bc, _ = balanced(n)
     mine = {}
     for role, c in (("pure sequential", 1), ("balanced", bc)):
@@ -458,16 +462,17 @@ def compare_to_search(rev_curves: Sequence[dict], search_curves: Sequence[dict] 
           continue
         cmp = _paired(pt, other, seed=seed)
         out.append({"budget": n, "revisions": {
-            "method": pt["method"], "chains": c, "length": pt["params"]["length"],
-            "role": " = ".join(roles), "accuracy": pt["accuracy"], "ci": pt["ci"],
+            "method": pt.method, "chains": c, "length": pt.params["length"],
+            "role": " = ".join(roles), "accuracy": pt.accuracy, "ci": pt.ci,
             "flops_per_problem": _per_problem_flops(pt)},
-            "search": {"method": method, "accuracy": other["accuracy"], "ci": other["ci"],
+            "search": {"method": method, "accuracy": other.accuracy, "ci": other.ci,
                        "flops_per_problem": _per_problem_flops(other)},
             "comparison": cmp.to_json()})
   return out
 
 
-def compare_at_equal_flops(rev_curves: Sequence[dict], search_curves: Sequence[dict] | None,
+def compare_at_equal_flops(rev_curves: Sequence[CurvePoint],
+                           search_curves: Sequence[CurvePoint] | None,
                            seed: int = 0, method: str = "best_of_n_weighted") -> list[dict]:
   """Revisions against search at (at least) equal FLOPs: each pure-sequential and balanced
   hierarchical-ORM point against the cheapest point of ``method`` that spent at least as
@@ -476,12 +481,12 @@ def compare_at_equal_flops(rev_curves: Sequence[dict], search_curves: Sequence[d
   Paired difference over problems, revisions - search."""
   if not search_curves:
     return []
-  theirs = sorted((c for c in search_curves if c["method"] == method), key=_per_problem_flops)
+  theirs = sorted((c for c in search_curves if c.method == method), key=_per_problem_flops)
   if not theirs:
     return []
-  rows = [r for r in rev_curves if r["method"] == _method(BEST)]
+  rows = [r for r in rev_curves if r.method == _method(BEST)]
   out = []
-  for n in sorted({r["params"]["n"] for r in rows}):
+  for n in sorted({r.params["n"] for r in rows}):
     bc, _ = balanced(n)
     for role, c in (("pure sequential", 1), ("balanced", bc)):
       pt = find(rows, BEST, n, c)
@@ -490,10 +495,10 @@ def compare_at_equal_flops(rev_curves: Sequence[dict], search_curves: Sequence[d
       flops = _per_problem_flops(pt)
       other = next((o for o in theirs if _per_problem_flops(o) >= flops), theirs[-1])
       out.append({"budget": n, "revisions": {
-          "chains": c, "length": pt["params"]["length"], "role": role,
-          "accuracy": pt["accuracy"], "ci": pt["ci"], "flops_per_problem": flops},
-          "search": {"method": method, "budget": other["budget_generations"],
-                     "accuracy": other["accuracy"], "ci": other["ci"],
+          "chains": c, "length": pt.params["length"], "role": role,
+          "accuracy": pt.accuracy, "ci": pt.ci, "flops_per_problem": flops},
+          "search": {"method": method, "budget": other.budget_generations,
+                     "accuracy": other.accuracy, "ci": other.ci,
                      "flops_per_problem": _per_problem_flops(other)},
           "search_flops_at_least": _per_problem_flops(other) >= flops,
           "comparison": _paired(pt, other, seed=seed).to_json()})
@@ -501,11 +506,13 @@ def compare_at_equal_flops(rev_curves: Sequence[dict], search_curves: Sequence[d
 
 
 def summary(chains_by_seed: Sequence[dict], budgets: Sequence[int], bins: np.ndarray,
-            num_bins: int, search_curves: Sequence[dict] | None = None, seed: int = 0) -> dict:
+            num_bins: int, search_curves: Sequence[CurvePoint] | None = None,
+            seed: int = 0) -> dict:
   """Every revision result in one JSON-able dict (the cells: :func:`revision_cells`)."""
   budgets = sorted(_power_of_two(n, "budget") for n in budgets)
   pts = curves(revision_cells(chains_by_seed, budgets), bins, num_bins, seed)
-  return {"curves": pts, "claims": revision_claims(pts, bins, num_bins, seed),
+  return {"curves": [p.to_json() for p in pts],
+          "claims": revision_claims(pts, bins, num_bins, seed),
           "transitions": transitions(chains_by_seed, seed),
           "best_ratio_by_bin": best_ratio_by_bin(pts, bins, num_bins),
           "vs_search": compare_to_search(pts, search_curves, seed),

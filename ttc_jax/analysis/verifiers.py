@@ -28,6 +28,7 @@ from scipy import stats
 
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.verifiers import aggregation
+from ttc_jax.verifiers import names
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -193,8 +194,8 @@ def evaluate(answers: Sequence[Sequence[str | None]], truth: Sequence[str],
             "auc": auc, "within_problem": within, "calibration": calib, "exploitation": exploit,
             "num_problems": p, "samples_per_problem": m, "subsamples": subsamples,
             "accuracy_at_max_n": at_max}
-  best = max(within, key=lambda k: within[k]["mean_auc"] if k.startswith("prm") else -1,
-             default=None)
+  prms = [k for k in within if names.model_of(k) == names.PRM]
+  best = max(within, key=lambda k: within[k]["mean_auc"] if k in prms else -1, default=None)
   if best is not None:
     result["best_within_problem_auc"] = {"verifier": best, **within[best]}
   if "prm_last/weighted" in at_max:
@@ -206,7 +207,8 @@ def evaluate(answers: Sequence[Sequence[str | None]], truth: Sequence[str],
   pairs = [(f"{v}/weighted", "majority") for v in scores]
   pairs += [(f"{v}/vanilla", "pass@1") for v in scores]
   if "orm" in scores:
-    pairs += [(f"{v}/weighted", "orm/weighted") for v in scores if v.startswith("prm")]
+    pairs += [(f"{v}/weighted", "orm/weighted") for v in scores
+              if names.model_of(v) == names.PRM]
   per_pass1 = np.broadcast_to(correct.mean(axis=1), (len(ns), p))
   result["paired"] = {
       f"{a} vs {b}": [stats_lib.paired_diff(per[a][i], per_pass1[i] if b == "pass@1" else per[b][i],

@@ -17,7 +17,9 @@ from matplotlib.ticker import NullLocator
 from ttc_jax.analysis import verifiers as verifier_metrics
 from ttc_jax.analysis.study import methods as _methods
 from ttc_jax.analysis.study import point
+from ttc_jax.search import records
 from ttc_jax.search import registry
+from ttc_jax.search.records import CurvePoint
 
 
 def method_label(method: str, params: dict | None = None) -> str:
@@ -169,32 +171,31 @@ def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
   return fig
 
 
-def _params_of(curves, method):
-  return next(c["params"] for c in curves if c["method"] == method)
+def _params_of(curves: Sequence[CurvePoint], method: str) -> dict:
+  return next(c.params for c in curves if c.method == method)
 
 
 def _color(method: str, i: int):
   return f"C{i % 10}"
 
 
-def accuracy_vs_budget(curves: Sequence[dict], pass_at_1: float, num_problems: int) -> Figure:
+def accuracy_vs_budget(curves: Sequence[CurvePoint], pass_at_1: float, num_problems: int
+                       ) -> Figure:
   """Accuracy (mean over search seeds) against the generation budget, 95% bands."""
   fig = Figure(figsize=(7.5, 5))
   ax = fig.subplots()
   for i, method in enumerate(_methods(curves)):
-    rows = sorted((c for c in curves if c["method"] == method),
-                  key=lambda c: c["budget_generations"])
-    x = [r["budget_generations"] for r in rows]
-    ax.plot(x, [r["accuracy"] for r in rows], marker="o", ms=3, color=_color(method, i),
+    rows = sorted((c for c in curves if c.method == method), key=lambda c: c.budget_generations)
+    x = [r.budget_generations for r in rows]
+    ax.plot(x, [r.accuracy for r in rows], marker="o", ms=3, color=_color(method, i),
             label=method_label(method, _params_of(curves, method)))
-    if all("ci" in r for r in rows):
-      ax.fill_between(x, [r["ci"][0] for r in rows], [r["ci"][1] for r in rows],
-                      color=_color(method, i), alpha=0.1, lw=0)
+    ax.fill_between(x, [r.ci[0] for r in rows], [r.ci[1] for r in rows],
+                    color=_color(method, i), alpha=0.1, lw=0)
   ax.axhline(pass_at_1, color="gray", lw=0.8, ls=":", label="pass@1")
   ax.set_xscale("log", base=2)
   ax.set_xlabel("generation budget")
   ax.set_ylabel("accuracy (95% CI over problems)")
-  seeds = len(curves[0].get("seeds", [0])) if curves else 0
+  seeds = len(curves[0].seeds or [0]) if curves else 0
   ax.set_title(f"search against the PRM ({num_problems} test problems, {seeds} seed"
                f"{'s' if seeds != 1 else ''})")
   ax.legend(fontsize=7)
@@ -202,10 +203,10 @@ def accuracy_vs_budget(curves: Sequence[dict], pass_at_1: float, num_problems: i
   return fig
 
 
-def accuracy_by_difficulty(curves: Sequence[dict], budgets: Sequence[int]) -> Figure:
+def accuracy_by_difficulty(curves: Sequence[CurvePoint], budgets: Sequence[int]) -> Figure:
   """Accuracy per oracle difficulty bin with 95% error bars, one panel per budget."""
   methods = _methods(curves)
-  num_bins = len(curves[0]["accuracy_by_bin"])
+  num_bins = len(curves[0].accuracy_by_bin)
   fig = Figure(figsize=(6.5 * len(budgets), 4.4))
   axes = np.atleast_1d(fig.subplots(1, len(budgets), sharey=True))
   width = 0.8 / max(1, len(methods))
@@ -214,13 +215,11 @@ def accuracy_by_difficulty(curves: Sequence[dict], budgets: Sequence[int]) -> Fi
       row = point(curves, method, budget)
       if row is None:
         continue
-      acc = np.asarray(row["accuracy_by_bin"])
-      err = None
-      if "ci_by_bin" in row:
-        ci = np.asarray(row["ci_by_bin"])
-        err = np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc]))
+      acc = np.asarray(row.accuracy_by_bin)
+      ci = np.asarray(row.ci_by_bin)
+      err = np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc]))
       ax.bar(np.arange(num_bins) + i * width, acc, width, yerr=err, capsize=2,
-             color=_color(method, i), label=method_label(method, row["params"]))
+             color=_color(method, i), label=method_label(method, row.params))
     ax.set_xticks(np.arange(num_bins) + width * (len(methods) - 1) / 2)
     ax.set_xticklabels([f"bin {b + 1}" for b in range(num_bins)])
     ax.set_xlabel("oracle difficulty bin (1 = easiest)")
@@ -235,21 +234,24 @@ REVISION_COLORS = {"majority": "k", "flat_orm": "tab:red", "hier_orm": "tab:purp
                    "flat_prm": "tab:blue"}
 
 
-def _rev_rows(curves: Sequence[dict], selection: str) -> list[dict]:
+def _rev_rows(curves: Sequence[CurvePoint], selection: str) -> list[CurvePoint]:
   return [c for c in curves
-          if c["method"] == registry.name_of(registry.REVISIONS, selection=selection)]
+          if c.method == registry.name_of(registry.REVISIONS, selection=selection)]
 
 
-def _rev_find(rows: Sequence[dict], n: int, chains: int) -> dict | None:
-  return next((r for r in rows if r["params"]["n"] == n and r["params"]["chains"] == chains),
-              None)
+def _rev_find(rows: Sequence[CurvePoint], n: int, chains: int) -> CurvePoint | None:
+  return next((r for r in rows if r.params["n"] == n and r.params["chains"] == chains), None)
+
+
+def _ratio(p: CurvePoint) -> float:  # a revision point's sequential / parallel ratio L / C
+  return p.params["length"] / p.params["chains"]
 
 
 def revisions_vs_budget(rev_summary: dict) -> Figure:
   """Paper Figure 6: accuracy against the budget for pure parallel sampling (C = N chains of
   one answer) and pure sequential revisions (one chain of N), each selection, 95% bands;
   accuracy against the sequential/parallel ratio L/C at each budget (hierarchical ORM)."""
-  curves = rev_summary["curves"]
+  curves = records.points_from_json(rev_summary["curves"])
   budgets = sorted(rev_summary["budgets"])
   fig = Figure(figsize=(13, 4.8))
   a, r = fig.subplots(1, 2)
@@ -262,9 +264,9 @@ def revisions_vs_budget(rev_summary: dict) -> Figure:
       if not pts:
         continue
       x = [n for n, _ in pts]
-      a.plot(x, [p["accuracy"] for _, p in pts], style, color=color, marker="o", ms=3,
+      a.plot(x, [p.accuracy for _, p in pts], style, color=color, marker="o", ms=3,
              label=f"{sel} {name}")
-      a.fill_between(x, [p["ci"][0] for _, p in pts], [p["ci"][1] for _, p in pts],
+      a.fill_between(x, [p.ci[0] for _, p in pts], [p.ci[1] for _, p in pts],
                      color=color, alpha=0.07, lw=0)
   a.set_xscale("log", base=2)
   a.set_xlabel("generation budget N")
@@ -273,13 +275,12 @@ def revisions_vs_budget(rev_summary: dict) -> Figure:
   a.legend(fontsize=6, ncol=2)
   rows = _rev_rows(curves, "hier_orm")
   for i, n in enumerate(budgets):
-    pts = sorted((r_ for r_ in rows if r_["params"]["n"] == n),
-                 key=lambda p: p["params"]["length"] / p["params"]["chains"])
+    pts = sorted((r_ for r_ in rows if r_.params["n"] == n), key=_ratio)
     if not pts:
       continue
-    x = [p["params"]["length"] / p["params"]["chains"] for p in pts]
-    acc = np.array([p["accuracy"] for p in pts])
-    ci = np.array([p["ci"] for p in pts], np.float64)
+    x = [_ratio(p) for p in pts]
+    acc = np.array([p.accuracy for p in pts])
+    ci = np.array([p.ci for p in pts], np.float64)
     r.errorbar(x, acc, yerr=np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc])), marker="o",
                ms=3, capsize=2, color=f"C{i % 10}", label=f"N={n}")
   r.set_xscale("log", base=2)
@@ -295,16 +296,15 @@ def revisions_by_difficulty(rev_summary: dict) -> Figure:
   """Paper Figure 7: accuracy per oracle difficulty bin against the ratio L/C at the largest
   budget (hierarchical ORM selection), 95% error bars."""
   n = max(rev_summary["budgets"])
-  pts = sorted((p for p in _rev_rows(rev_summary["curves"], "hier_orm")
-                if p["params"]["n"] == n),
-               key=lambda p: p["params"]["length"] / p["params"]["chains"])
-  num_bins = len(pts[0]["accuracy_by_bin"]) if pts else 0
+  pts = sorted((p for p in _rev_rows(records.points_from_json(rev_summary["curves"]), "hier_orm")
+                if p.params["n"] == n), key=_ratio)
+  num_bins = len(pts[0].accuracy_by_bin) if pts else 0
   fig = Figure(figsize=(7.5, 4.8))
   ax = fig.subplots()
-  x = np.array([p["params"]["length"] / p["params"]["chains"] for p in pts], np.float64)
+  x = np.array([_ratio(p) for p in pts], np.float64)
   for b in range(num_bins):
-    acc = np.array([p["accuracy_by_bin"][b] for p in pts], np.float64)
-    ci = np.array([p["ci_by_bin"][b] for p in pts], np.float64)
+    acc = np.array([p.accuracy_by_bin[b] for p in pts], np.float64)
+    ci = np.array([p.ci_by_bin[b] for p in pts], np.float64)
     if np.all(np.isnan(acc)):
       continue
     shift = 2.0 ** (0.06 * (b - (num_bins - 1) / 2))  # side by side on the log axis
@@ -383,16 +383,16 @@ def _plain_log2(ax, which: str = "x") -> None:
   axis.set_minor_locator(NullLocator())
 
 
-def _band(ax, pts: Sequence[dict], label: str, color, style: str = "-", marker: str = "o") -> None:
+def _band(ax, pts: Sequence[CurvePoint], label: str, color, style: str = "-",
+          marker: str = "o") -> None:
   """Accuracy against the generation budget with its 95% band (nothing if ``pts`` is empty)."""
-  pts = sorted(pts, key=lambda p: p["budget_generations"])
+  pts = sorted(pts, key=lambda p: p.budget_generations)
   if not pts:
     return
-  x = [p["budget_generations"] for p in pts]
-  ax.plot(x, [p["accuracy"] for p in pts], style, marker=marker, ms=3, color=color, label=label)
-  if all(p.get("ci") for p in pts):
-    ax.fill_between(x, [p["ci"][0] for p in pts], [p["ci"][1] for p in pts], color=color,
-                    alpha=0.1, lw=0)
+  x = [p.budget_generations for p in pts]
+  ax.plot(x, [p.accuracy for p in pts], style, marker=marker, ms=3, color=color, label=label)
+  ax.fill_between(x, [p.ci[0] for p in pts], [p.ci[1] for p in pts], color=color, alpha=0.1,
+                  lw=0)
 
 
 def compute_optimal_curves(co: dict) -> Figure:
@@ -405,7 +405,9 @@ def compute_optimal_curves(co: dict) -> Figure:
   Args:
     co: :func:`ttc_jax.analysis.compute_optimal.compute_optimal_summary`'s result.
   """
-  curves, base, keys = co["curves"], co["baselines"], co["curve_keys"]
+  curves, base = ({k: records.points_from_json(v) for k, v in co[part].items()}
+                  for part in ("curves", "baselines"))
+  keys = co["curve_keys"]
   by_key = {(k["family"], k["kind"]): name for name, k in keys.items()}
   fams = [f for f in ("search", "revisions", "combined") if (f, "oracle") in by_key]
   fig = Figure(figsize=(6.2 * len(fams), 4.8))
@@ -414,7 +416,7 @@ def compute_optimal_curves(co: dict) -> Figure:
     if fam == "search":
       _band(ax, base["best_of_n"], "best-of-N weighted", "tab:blue")
       if base.get("beam"):
-        _band(ax, base["beam"], method_label(base["beam"][0]["method"]), "tab:orange")
+        _band(ax, base["beam"], method_label(base["beam"][0].method), "tab:orange")
     elif fam == "revisions":
       _band(ax, base["revisions_parallel"], "parallel (N chains x 1)", "tab:blue")
       _band(ax, base["revisions_sequential"], "sequential (1 chain x N)", "tab:purple")

@@ -8,7 +8,9 @@ from typing import Sequence
 from ttc_jax.analysis.study import methods as _methods
 from ttc_jax.analysis.study import point as _row
 from ttc_jax.report.figures import method_label
+from ttc_jax.search import records
 from ttc_jax.search import registry
+from ttc_jax.search.records import CurvePoint
 
 
 def low_high(budgets: Sequence[int]) -> list[int]:
@@ -18,30 +20,25 @@ def low_high(budgets: Sequence[int]) -> list[int]:
   return sorted({low, budgets[-1]})
 
 
-def _label(curves, method):
-  return method_label(method, next(c["params"] for c in curves if c["method"] == method))
+def _label(curves: Sequence[CurvePoint], method: str) -> str:
+  return method_label(method, next(c.params for c in curves if c.method == method))
 
 
 def _fmt(x):
   return "n/a" if x is None else f"{x:.2f}"
 
 
-def _acc(c) -> str:
-  if c is None:
-    return ""
-  if "ci" in c:
-    return f"{c['accuracy']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]"
-  return f"{c['accuracy']:.3f}"
+def _acc(c: CurvePoint | None) -> str:
+  return "" if c is None else _ci(c.accuracy, c.ci)
 
 
 def _ci(x, ci) -> str:
   return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def _what_was_run(result: dict, methods: list, budgets: list[int],
-                  seeds: list[int]) -> list[str]:
+def _what_was_run(result: dict, curves: Sequence[CurvePoint], methods: list,
+                  budgets: list[int], seeds: list[int]) -> list[str]:
   """The report's "What was run" section: models, oracle difficulty, methods, statistics."""
-  curves = result["curves"]
   d = result["difficulty"]
   num_bins = len(d["bin_mean_pass_at_1"])
   lines = ["## What was run", ""]
@@ -71,13 +68,13 @@ def _what_was_run(result: dict, methods: list, budgets: list[int],
 
 def study_report(result: dict, figures: Sequence[str]) -> str:
   """Markdown of the study (``figures``: file names next to the report)."""
-  curves = result["curves"]
+  curves = records.points_from_json(result["curves"])
   methods = _methods(curves)
-  budgets = sorted({c["budget_generations"] for c in curves})
+  budgets = sorted({c.budget_generations for c in curves})
   num_bins = len(result["difficulty"]["bin_mean_pass_at_1"])
-  seeds = curves[0].get("seeds", [0]) if curves else [0]
+  seeds = (curves[0].seeds or [0]) if curves else [0]
   lines = [f"# Study: test-time search on the task '{result.get('task', '?')}'", ""]
-  lines += _what_was_run(result, methods, budgets, seeds)
+  lines += _what_was_run(result, curves, methods, budgets, seeds)
   ver = result.get("verifiers")
   if ver:
     lines += verifier_section(ver)
@@ -92,7 +89,7 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
   if len(seeds) > 1:
     lines += ["", "Spread of the search seeds (standard deviation of the per-seed accuracies) "
               "at the largest budget: " + ", ".join(
-                  f"{_label(curves, m)} {_row(curves, m, budgets[-1])['seed_std']:.3f}"
+                  f"{_label(curves, m)} {_row(curves, m, budgets[-1]).seed_std:.3f}"
                   for m in methods if _row(curves, m, budgets[-1])) + "."]
   shown = low_high(budgets)
   lines += ["", f"Accuracy per oracle difficulty bin (1 = easiest) at budget"
@@ -104,7 +101,7 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
       row = _row(curves, m, b)
       if row:
         lines.append(f"| {_label(curves, m)} | {b} | "
-                     + " | ".join(f"{x:.2f}" for x in row["accuracy_by_bin"]) + " |")
+                     + " | ".join(f"{x:.2f}" for x in row.accuracy_by_bin) + " |")
   perf = result["perf"]
   lines += ["", "Cost (per seed):", "",
             "| method | budget | policy tokens | PRM tokens | FLOPs | wall s |",
@@ -113,8 +110,8 @@ def study_report(result: dict, figures: Sequence[str]) -> str:
     for m in methods:
       c = _row(curves, m, b)
       if c:
-        lines.append(f"| {_label(curves, m)} | {b} | {c['policy_tokens']:,} | "
-                     f"{c['prm_tokens']:,} | {c['flops']:.3g} | {c['wall_s']:.1f} |")
+        lines.append(f"| {_label(curves, m)} | {b} | {c.policy_tokens:,} | "
+                     f"{c.prm_tokens:,} | {c.flops:.3g} | {c.wall_s:.1f} |")
   lines += ["", f"- {method_label(perf['beam_method'])} over best-of-N wall time at "
             f"N={perf['beam_vs_bon_n']} (compilation excluded): "
             f"{_fmt(perf['beam_vs_bon_wall_ratio'])}.",
@@ -215,13 +212,15 @@ def _rate(e: dict) -> str:
   return f"{e['rate']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}] ({e['count']}/{e['of']})"
 
 
-def _rev_point(curves, selection, n, chains):
-  return next((c for c in curves if c["method"] == f"revisions_{selection}"
-               and c["params"]["n"] == n and c["params"]["chains"] == chains), None)
+def _rev_point(curves: Sequence[CurvePoint], selection: str, n: int, chains: int
+               ) -> CurvePoint | None:
+  method = registry.name_of(registry.REVISIONS, selection=selection)
+  return next((c for c in curves if c.method == method and c.params["n"] == n
+               and c.params["chains"] == chains), None)
 
 
-def _flops_pp(c) -> str:
-  return "" if c is None else f"{c['flops'] / len(c['per_problem']):.3g}"
+def _flops_pp(c: CurvePoint | None) -> str:
+  return "" if c is None else f"{c.flops_per_problem:.3g}"
 
 
 def _transition_lines(tr: dict) -> list[str]:
@@ -288,10 +287,11 @@ def _vs_flops_lines(vf: Sequence[dict]) -> list[str]:
 def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
   """Sequential revisions against parallel sampling (paper section 6) from the revision
   summary (:func:`ttc_jax.analysis.revisions.summary`); ``figures``: file names."""
-  curves = rev["curves"]
+  curves = records.points_from_json(rev["curves"])
   budgets = sorted(rev["budgets"])
+  swept = set(_methods(curves))
   selections = [s for s in rev["selections"]
-                if any(c["method"] == f"revisions_{s}" for c in curves)]
+                if registry.name_of(registry.REVISIONS, selection=s) in swept]
   lines = ["## Sequential revisions", "",
            f"A budget of N answers is split into C parallel chains of L = N / C revisions each "
            f"(chain lengths stored: {', '.join(map(str, rev['chain_lengths']))}). Selections: "
@@ -306,7 +306,7 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
             + " | FLOPs/problem majority | ORM selections | PRM selection |",
             "|---|---|---|" + "---|" * len(selections) + "---|---|---|"]
   for n in budgets:
-    for c in sorted({p["params"]["chains"] for p in curves if p["params"]["n"] == n},
+    for c in sorted({p.params["chains"] for p in curves if p.params["n"] == n},
                     reverse=True):
       l = n // c
       cells = [_rev_point(curves, s, n, c) for s in selections]
@@ -430,10 +430,10 @@ def _co_policy_tables(result: dict, keys: dict) -> list[str]:
     lines += [f"{_co_name(keys[name])}:", "",
               "| budget | " + " | ".join(f"bin {b + 1}" for b in range(num_bins)) + " |",
               "|---|" + "---|" * num_bins]
-    for p in pts:
-      lines.append(f"| {p['budget_generations']:g} | " + " | ".join(
+    for p in records.points_from_json(pts):
+      lines.append(f"| {p.budget_generations:g} | " + " | ".join(
           f"{candidate_label(cands[c]) if c in cands else c} ({100 * a:.0f}%)"
-          for c, a in zip(p["choice"], p["choice_agreement"])) + " |")
+          for c, a in zip(p.choice, p.choice_agreement)) + " |")
     lines.append("")
   return lines
 
@@ -463,7 +463,9 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
   names next to the report."""
   d = result["difficulty"]
   cost = d["prediction_cost"]
-  curves, eff = result["curves"], result["efficiency"]
+  curves = {k: records.points_from_json(v) for k, v in result["curves"].items()}
+  base = {k: records.points_from_json(v) for k, v in result["baselines"].items()}
+  eff = result["efficiency"]
   lines = ["## Compute-optimal scaling", "",
            f"A compute-optimal policy at generation budget B runs, per difficulty bin, the "
            f"candidate strategy with budget <= B (a budget is a cap) that was most accurate on "
@@ -488,13 +490,12 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
             "ratio starts at >= 4, not reproduced if it ends below 4; the column shows ratio - "
             "4):", ""]
   lines += claims_section(result.get("claims", []))
-  budgets = sorted({p["budget_generations"] for k, v in curves.items() for p in v
+  budgets = sorted({p.budget_generations for k, v in curves.items() for p in v
                     if not keys[k]["charged"]})
-  bases = {"best-of-N weighted": result["baselines"]["best_of_n"],
-           **({method_label(result["baselines"]["beam"][0]["method"]): result["baselines"]["beam"]}
-              if result["baselines"].get("beam") else {}),
-           "revisions parallel": result["baselines"]["revisions_parallel"],
-           "revisions sequential": result["baselines"]["revisions_sequential"]}
+  bases = {"best-of-N weighted": base["best_of_n"],
+           **({method_label(base["beam"][0].method): base["beam"]} if base.get("beam") else {}),
+           "revisions parallel": base["revisions_parallel"],
+           "revisions sequential": base["revisions_sequential"]}
   cols = [(k, v) for k, v in bases.items() if v] + [
       (f"compute-optimal {_co_name(keys[k])}", v) for k, v in curves.items()
       if not keys[k]["charged"]]
@@ -502,7 +503,7 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
             "| budget | " + " | ".join(k for k, _ in cols) + " |", "|---|" + "---|" * len(cols)]
   for b in budgets:
     lines.append(f"| {b:g} | " + " | ".join(
-        _acc(next((p for p in v if p["budget_generations"] == b), None)) for _, v in cols)
+        _acc(next((p for p in v if p.budget_generations == b), None)) for _, v in cols)
         + " |")
   lines += _co_efficiency_table(eff, keys)
   lines += _co_policy_tables(result, keys)

@@ -6,8 +6,8 @@ parameters fixed for the whole curve, and read back only here (:func:`method`): 
 else asks a :class:`Method` for its family, its label or its fixed parameters, never looks
 inside a name.
 
-:func:`sweep` is the search sweep's grid: the cells (method, params, seed, strategy) of a
-``search`` config section, in run order.
+:func:`sweep` is the search sweep's grid: the cells (:class:`SweepCell`: method, params,
+seed, strategy) of a ``search`` config section, in run order.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ttc_jax.search.beam import BeamSearch
 from ttc_jax.search.beam import ParticleFilter
 from ttc_jax.search.beam import default_width
 from ttc_jax.search.best_of_n import BestOfN
+from ttc_jax.search import records
 
 # Families of the search sweep, in the order of search.methods' choices (SWEEP_METHODS).
 BEST_OF_N, BEAM, BEAM_SQRT, DVTS_FAMILY, PARTICLES, LOOKAHEAD = (
@@ -125,45 +126,53 @@ def selection_of(name: str) -> str:
   return m.params["selection"]
 
 
-def sweep(search) -> list[dict]:
-  """The cells of a ``search`` config section: {method, params, seed, strategy} in run order
-  (by seed, then method, then budget: the first seed's curves are complete first)."""
+@dataclasses.dataclass(frozen=True)
+class SweepCell:
+  """One cell of the search sweep to run: a method with its params, a seed, the strategy."""
+
+  method: str
+  params: dict
+  seed: int
+  strategy: Any  # the search strategy (a frozen dataclass of ttc_jax.search)
+
+  @property
+  def key(self) -> str:
+    return records.cell_key(self.method, self.params, self.seed)
+
+
+def sweep(search) -> list[SweepCell]:
+  """The cells of a ``search`` config section in run order (by seed, then method, then
+  budget: the first seed's curves are complete first)."""
   m, rounds = search.beam_width, search.max_rounds
   per_seed = []
+
+  def add(family, params, strategy, **fixed):
+    per_seed.append((name_of(family, **fixed), params, strategy))
+
   for family in search.methods:
     for n in search.budgets:
       if n == 1 and family != BEST_OF_N:
         continue  # one generation is one policy sample, whatever the search: best-of-1
       if family == BEST_OF_N:
-        per_seed.append({"method": name_of(BEST_OF_N), "params": {"n": n},
-                         "strategy": BestOfN(n=n, selection="weighted", step_aggregation="last")})
+        add(BEST_OF_N, {"n": n}, BestOfN(n=n, selection="weighted", step_aggregation="last"))
       elif family == BEAM:
         w = min(m, n)
-        per_seed.append({"method": name_of(BEAM, m=m), "params": {"n": n, "m": w},
-                         "strategy": BeamSearch(n=n, width=w, max_rounds=rounds)})
+        add(BEAM, {"n": n, "m": w}, BeamSearch(n=n, width=w, max_rounds=rounds), m=m)
       elif family == BEAM_SQRT:
         w = default_width(n)
-        per_seed.append({"method": name_of(BEAM_SQRT), "params": {"n": n, "m": w},
-                         "strategy": BeamSearch(n=n, width=w, max_rounds=rounds)})
+        add(BEAM_SQRT, {"n": n, "m": w}, BeamSearch(n=n, width=w, max_rounds=rounds))
       elif family == DVTS_FAMILY:
         w = min(m, n)
-        per_seed.append({"method": name_of(DVTS_FAMILY, m=m), "params": {"n": n, "m": w},
-                         "strategy": DVTS(n=n, width=w, max_rounds=rounds)})
+        add(DVTS_FAMILY, {"n": n, "m": w}, DVTS(n=n, width=w, max_rounds=rounds), m=m)
       elif family == PARTICLES:
-        per_seed.append({"method": name_of(PARTICLES), "params": {"n": n},
-                         "strategy": ParticleFilter(n=n, temperature=search.particle_temperature,
-                                                    max_rounds=rounds)})
+        add(PARTICLES, {"n": n}, ParticleFilter(n=n, temperature=search.particle_temperature,
+                                                max_rounds=rounds))
     if family == LOOKAHEAD:
       for k in search.lookahead_steps:
         for n in search.budgets:
           if n < m or n * (k + 1) > max(search.budgets):
             continue  # the budget N x (k + 1) must fit the sweep's range
-          per_seed.append({"method": name_of(LOOKAHEAD, k=k), "params": {"n": n, "m": m, "k": k},
-                           "strategy": BeamSearch(n=n, width=m, lookahead=k, max_rounds=rounds)})
-  return [{**cell, "seed": s} for s in search.seeds for cell in per_seed]
-
-
-def cell_key(cell: dict) -> str:
-  """A cell's key in the sweep's cell log: method, params and seed."""
-  return (f"{cell['method']}/" + ",".join(f"{k}={v}" for k, v in sorted(cell["params"].items()))
-          + f"/seed={cell['seed']}")
+          add(LOOKAHEAD, {"n": n, "m": m, "k": k},
+              BeamSearch(n=n, width=m, lookahead=k, max_rounds=rounds), k=k)
+  return [SweepCell(method, params, s, strategy) for s in search.seeds
+          for method, params, strategy in per_seed]

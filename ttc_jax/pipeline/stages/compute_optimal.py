@@ -18,6 +18,8 @@ from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
 from ttc_jax.report import figures
 from ttc_jax.report import markdown
+from ttc_jax.search import records
+from ttc_jax.verifiers import names
 
 
 def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
@@ -34,7 +36,8 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
   prompts = np.array([len(x) for x in prompt_ids])
   lengths = np.asarray(diff.gens.lengths, np.int64).reshape(len(probs), diff.n)[:, :k]
   rows = prompts[:, None] + lengths
-  if predictor.startswith("prm"):
+  model = names.model_of(predictor)
+  if model == names.PRM:
     scorer, name = ctx.inputs["prm"], "prm"
     # The PRM's own tokens of each sample (an imported PRM reads its own format).
     picked = [(p, s) for p in range(len(probs)) for s in range(k)]
@@ -42,7 +45,7 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
         [probs[p].question for p, _ in picked],
         [prompt_ids[p] + list(diff.gens.row(p * diff.n + s)) for p, s in picked],
         [len(prompt_ids[p]) for p, _ in picked]).reshape(len(probs), k)
-  elif predictor == "orm":
+  elif model == names.ORM:
     scorer, name, scored_rows = ctx.inputs["orm"], "orm", rows
   else:  # policy_likelihood: the policy re-reads its samples
     scorer, name, scored_rows = policy, "policy", rows
@@ -64,8 +67,7 @@ def run_compute_optimal(ctx: Context) -> dict:
   scored = ver["scored"]
   n_probs = diff.pass_at_1.size
   # The verifiers' per-sample scores (not the labels, AUC arrays or per-problem curves).
-  verifiers = sorted(k for k in scored
-                     if "/" not in k and k != "correct" and not k.startswith("auc_"))
+  verifiers = sorted(k for k in scored if names.model_of(k) is not None)
   if cc.predictor not in verifiers:
     raise artifacts.ArtifactError(
         f"compute_optimal.predictor={cc.predictor!r}: the verifier evaluation scored "
@@ -77,8 +79,8 @@ def run_compute_optimal(ctx: Context) -> dict:
   scores = np.asarray(scored[cc.predictor], np.float64).reshape(n_probs, diff.n)[:, :k]
   correct = np.asarray(scored["correct"], np.float64).reshape(n_probs, diff.n)
   gens, flops, cost = _prediction_cost(ctx, k)
-  search_points = ctx.inputs["report"]["curves"]
-  revision_points = (ctx.inputs["revision_report"]["curves"]
+  search_points = records.points_from_json(ctx.inputs["report"]["curves"])
+  revision_points = (records.points_from_json(ctx.inputs["revision_report"]["curves"])
                      if "revision_report" in ctx.inputs else None)
   large = ctx.inputs.get("large_policy_eval")
   exchange_inputs = None

@@ -30,7 +30,7 @@ def run_report(ctx: Context) -> dict:
       "task": ctx.inputs["data"].task.name,
       "models": {role: ctx.inputs[role].summary() for role in ("policy", "prm", "orm")
                  if role in ctx.inputs},
-      "curves": curves,
+      "curves": [cv.to_json() for cv in curves],
       "perf": study_lib.perf(curves, beam),
       "difficulty": {
           "num_problems": int(p1.size), "samples_per_problem": diff.n,
@@ -46,7 +46,7 @@ def run_report(ctx: Context) -> dict:
       "claims": claims,
   }
   ctx.out.write_json("results.json", result)
-  low_high = markdown.low_high(sorted({cv["budget_generations"] for cv in curves}))
+  low_high = markdown.low_high(sorted({cv.budget_generations for cv in curves}))
   figs = {"accuracy_vs_budget.png": figures.accuracy_vs_budget(
               curves, result["difficulty"]["mean_pass_at_1"], int(p1.size)),
           "accuracy_by_difficulty.png": figures.accuracy_by_difficulty(curves, low_high),

@@ -196,7 +196,7 @@ def run_revision_sweep(ctx: Context) -> dict:
   ctx.out.write_json("params.json", params)
   sweep = read_revision_sweep(ctx.out, rc.seeds, rc.budgets)
   cells = revision_analysis.revision_cells(sweep.by_seed, rc.budgets)
-  ctx.out.write_json("cells.json", cells)
+  ctx.out.write_json("cells.json", [cell.to_json() for cell in cells])
   return {"cells": len(cells), "answers_per_problem": strategy.generations}
 
 

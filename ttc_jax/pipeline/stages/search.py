@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import ml_collections
-import numpy as np
 
 from ttc_jax import host
 from ttc_jax.pipeline import artifacts
@@ -21,10 +20,13 @@ from ttc_jax.progress import Progress
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
 from ttc_jax.search import SearchContext
+from ttc_jax.search import records
+from ttc_jax.search.common import SearchResult
+from ttc_jax.search.records import Cell
+from ttc_jax.search.records import Outcome
 from ttc_jax.search import default_width
 from ttc_jax.search import search_problems
 from ttc_jax.search.registry import SWEEP_METHODS
-from ttc_jax.search.registry import cell_key
 from ttc_jax.search.registry import sweep
 
 
@@ -36,7 +38,7 @@ def run_search_sweep(ctx: Context) -> dict:
   cells = sweep(sc)
   log = ctx.out.cells("cells.jsonl")
   done = log.read()
-  todo = [cell for cell in cells if cell_key(cell) not in done]
+  todo = [cell for cell in cells if cell.key not in done]
   ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done")
   if todo:
     core, scorer = policy.sampling_core(), prm.verifier(policy.tokenizer)
@@ -45,35 +47,33 @@ def run_search_sweep(ctx: Context) -> dict:
     clock = CompileClock.get()
     for cell in todo:
       _free_compiled_code(ctx)
-      strategy = cell["strategy"]
       search_ctx = SearchContext(
           core=core, prm=scorer, task=data.task, tokenizer=policy.tokenizer, seed=c.seed,
-          run=cell["seed"], sp=sampling_params(c), max_step_tokens=sc.max_step_tokens)
+          run=cell.seed, sp=sampling_params(c), max_step_tokens=sc.max_step_tokens)
       compiled0, t0 = clock.seconds, time.time()
-      results = search_problems(strategy, search_ctx, probs, rows_per_call=sc.rows_per_call)
+      results = search_problems(cell.strategy, search_ctx, probs, rows_per_call=sc.rows_per_call)
       # wall_s excludes XLA tracing / compilation of new shapes (compile_s).
       compile_s = clock.seconds - compiled0
-      row = {"key": cell_key(cell), "method": cell["method"], "params": cell["params"],
-             "seed": cell["seed"], "budget_generations": strategy.generations,
-             "problems": [r.problem.uid for r in results],
-             "correct": [int(r.correct) for r in results],
-             "answers": [r.answer for r in results],
-             "finished": [len(r.candidates) for r in results],
-             "policy_tokens": [r.budget.policy_tokens for r in results],
-             "prm_tokens": [r.budget.prm_tokens for r in results],
-             "flops": [r.budget.flops for r in results],
-             "policy_flops": [r.budget.policy_flops for r in results],
-             "prm_flops": [r.budget.prm_flops for r in results],
-             "wall_s": time.time() - t0 - compile_s, "compile_s": compile_s}
-      log.append([row])
-      progress.update(1, extra=f"{cell['method']} {cell['params']} seed {cell['seed']}: acc "
-                               f"{np.mean(row['correct']):.3f} in {row['wall_s']:.1f}s")
+      record = Cell(method=cell.method, params=cell.params, seed=cell.seed,
+                    budget_generations=cell.strategy.generations,
+                    outcomes=tuple(_outcome(r) for r in results),
+                    wall_s=time.time() - t0 - compile_s, compile_s=compile_s)
+      log.append([record.to_json()])
+      progress.update(1, extra=f"{cell.method} {cell.params} seed {cell.seed}: acc "
+                               f"{record.column('correct').mean():.3f} in {record.wall_s:.1f}s")
       host.hold(f"cell:{progress.done}")  # cells written so far
     ctx.out.barrier()
     done = log.read()
-  rows = [done[cell_key(cell)] for cell in cells]
+  rows = [done[cell.key] for cell in cells]
   ctx.out.write_json("cells.json", rows)
   return {"cells": len(rows)}
+
+
+def _outcome(r: SearchResult) -> Outcome:
+  return Outcome(problem=r.problem.uid, correct=int(r.correct), answer=r.answer,
+                 finished=len(r.candidates), policy_tokens=r.budget.policy_tokens,
+                 prm_tokens=r.budget.prm_tokens, flops=r.budget.flops,
+                 policy_flops=r.budget.policy_flops, prm_flops=r.budget.prm_flops)
 
 
 def _free_compiled_code(ctx: Context) -> None:
@@ -89,9 +89,9 @@ def _free_compiled_code(ctx: Context) -> None:
 # report
 
 
-def load_cells(out: artifacts.StageDir, key: dict) -> list[dict]:
+def load_cells(out: artifacts.StageDir, key: dict) -> list[Cell]:
   del key
-  return out.read_json("cells.json")
+  return records.cells_from_json(out.read_json("cells.json"))
 
 
 def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:

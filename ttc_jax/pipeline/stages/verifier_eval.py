@@ -22,6 +22,7 @@ from ttc_jax.verifiers import labels as labels_lib
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 from ttc_jax.verifiers.scoring import aggregate_steps
 from ttc_jax.verifiers.scoring import min_token_prob
+from ttc_jax.verifiers import names
 
 
 def run_verifier_eval(ctx: Context) -> dict:
@@ -42,13 +43,13 @@ def run_verifier_eval(ctx: Context) -> dict:
   questions = [probs[i // m].question for i in range(len(rows))]
   prm_steps = prm.verifier(tok).solution_step_scores(questions, rows, prompt_lengths, ends,
                                                      batch_size=bs)
-  scores = {f"prm_{h}": aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
+  scores = {names.prm_score(h): aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
   if orm is not None:
-    scores["orm"] = aggregate_steps(orm.verifier(tok).solution_step_scores(
+    scores[names.ORM] = aggregate_steps(orm.verifier(tok).solution_step_scores(
         questions, rows, prompt_lengths, [[len(r) - 1] for r in rows], batch_size=bs), "last")
   # A reference that needs no training: the policy's own likelihood (its least likely
   # generated token). It shows what a model of the policy's size can tell apart.
-  scores["policy_likelihood"] = min_token_prob(
+  scores[names.LIKELIHOOD] = min_token_prob(
       policy.scorer().token_scores(rows, batch_size=bs, desc="policy likelihood"),
       prompt_lengths)
   # Step AUC: held-out test problems, their own samples and MC labels (streams used nowhere else).
