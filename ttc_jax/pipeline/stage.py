@@ -22,7 +22,29 @@ from absl import logging
 import ml_collections
 
 from ttc_jax.pipeline import artifacts
+from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A model to sample from on the run's task, as the stages that sample use it."""
+
+  artifact: artifacts.ModelArtifact
+  task: Any  # the task of the run's data (ttc_jax.tasks)
+  config: ml_collections.ConfigDict  # the stage's sections (its ``sampling`` section)
+
+  @property
+  def tokenizer(self):
+    return self.artifact.tokenizer
+
+  @property
+  def core(self) -> SamplingCore:
+    return self.artifact.sampling_core()  # kept by the artifact: compiled once per process
+
+  @property
+  def sp(self) -> SamplingParams:
+    return sampling_params(self.config)
 
 
 @dataclasses.dataclass
@@ -37,6 +59,10 @@ class Context:
   # ``stage`` under the experiment config with ``overrides`` ({dotted key: value}),
   # run (with what it is missing) or reused by identity (the ablation's variants).
   variant: Callable[[str, dict], tuple[Any, dict]] | None = None
+
+  def sampler(self, role: str = "policy") -> Sampler:
+    """The model of ``role`` (an input) with the run's task and sampling params."""
+    return Sampler(artifact=self.inputs[role], task=self.inputs["data"].task, config=self.config)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

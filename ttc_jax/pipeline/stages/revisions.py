@@ -38,17 +38,16 @@ def run_revision_data(ctx: Context) -> dict:
   """K policy answers to each of the first ``num_problems`` train problems (shards of
   ``problems_per_shard``, resumable), and trajectories of incorrect answers closest to
   a correct one (paper section 6.1)."""
-  c = ctx.config
+  c, pol = ctx.config, ctx.sampler()
   rc = c.revision_data
-  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
-  tok, task = policy.tokenizer, data.task
-  probs = data.problems("train", rc.num_problems)
-  core, sp = policy.sampling_core(), sampling_params(c)
+  tok, task = pol.tokenizer, pol.task
+  probs = ctx.inputs["data"].problems("train", rc.num_problems)
 
   def sample(chunk):
     k = rc.samples_per_problem
-    samples = solutions.sample_problems(core, tok, task, chunk, k, c.seed, "revision_samples",
-                                        sp, batch_size=c.sampling.batch_size)
+    samples = solutions.sample_problems(pol.core, tok, task, chunk, k, c.seed,
+                                        "revision_samples", pol.sp,
+                                        batch_size=c.sampling.batch_size)
     texts = [samples.texts[i * k:(i + 1) * k] for i in range(len(chunk))]
     rngs = [streams.generator(c.seed, "revision_pairs", streams.split_id(p.split), p.index)
             for p in chunk]

@@ -14,7 +14,6 @@ from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
-from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.progress import CompileClock
 from ttc_jax.progress import Progress
 from ttc_jax.search import BeamSearch
@@ -33,23 +32,23 @@ from ttc_jax.search.registry import sweep
 def run_search_sweep(ctx: Context) -> dict:
   c = ctx.config
   sc = c.search
-  data, policy, prm = ctx.inputs["data"], ctx.inputs["policy"], ctx.inputs["prm"]
-  probs = data.problems("test", c.test_problems)
+  pol = ctx.sampler()
+  probs = ctx.inputs["data"].problems("test", c.test_problems)
   cells = sweep(sc)
   log = ctx.out.cells("cells.jsonl")
   done = log.read()
   todo = [cell for cell in cells if cell.key not in done]
   ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done")
   if todo:
-    core, scorer = policy.sampling_core(), prm.verifier(policy.tokenizer)
+    scorer = ctx.inputs["prm"].verifier(pol.tokenizer)
     progress = Progress(len(cells), "search cells", unit="cells", every_s=0,
                         initial=len(cells) - len(todo), log_fn=ctx.log)
     clock = CompileClock.get()
     for cell in todo:
       _free_compiled_code(ctx)
       search_ctx = SearchContext(
-          core=core, prm=scorer, task=data.task, tokenizer=policy.tokenizer, seed=c.seed,
-          run=cell.seed, sp=sampling_params(c), max_step_tokens=sc.max_step_tokens)
+          core=pol.core, prm=scorer, task=pol.task, tokenizer=pol.tokenizer, seed=c.seed,
+          run=cell.seed, sp=pol.sp, max_step_tokens=sc.max_step_tokens)
       compiled0, t0 = clock.seconds, time.time()
       results = search_problems(cell.strategy, search_ctx, probs, rows_per_call=sc.rows_per_call)
       # wall_s excludes XLA tracing / compilation of new shapes (compile_s).

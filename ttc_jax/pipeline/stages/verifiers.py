@@ -22,24 +22,20 @@ from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
-from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import trainer
 from ttc_jax.verifiers import labels as labels_lib
 
 
 def run_mc_labels(ctx: Context) -> dict:
-  c = ctx.config
+  c, pol = ctx.config, ctx.sampler()
   lc = c.mc_labels
-  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
-  tok, task = policy.tokenizer, data.task
-  probs = data.problems("train", lc.num_problems)
-  core, sp = policy.sampling_core(), sampling_params(c)
+  probs = ctx.inputs["data"].problems("train", lc.num_problems)
 
   def label(chunk):
     return labels_lib.sample_and_label(
-        core, tok, task, chunk, lc.samples_per_problem, lc.rollouts, c.seed,
-        ("label_samples", "rollouts"), sp, batch_size=c.sampling.batch_size).arrays()
+        pol.core, pol.tokenizer, pol.task, chunk, lc.samples_per_problem, lc.rollouts, c.seed,
+        ("label_samples", "rollouts"), pol.sp, batch_size=c.sampling.batch_size).arrays()
 
   shards = ctx.out.map_shards("labels", probs, lc.problems_per_shard, label, ctx.log)
   return _concat_shards(shards).stats()
