@@ -23,7 +23,6 @@ from ttc_jax.models import hf_import
 from ttc_jax.models import memory
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.training import trainer
-from ttc_jax.verifiers import adapters
 
 
 
@@ -284,28 +283,22 @@ def validate_lengths(config: ml_collections.ConfigDict, task: tasks.Task, tok,
   return {k: v[0] for k, v in longest.items()}
 
 
-def memory_uses(config: ml_collections.ConfigDict) -> list[memory.Use]:
+# What a model stage holds on a device when it samples or scores: (its architecture, its KV
+# slots per row; None: it reads the policy's tokens, so it holds the policy's slots).
+Held = tuple[TransformerConfig, int | None]
+
+
+def memory_uses(config: ml_collections.ConfigDict, policy: Held, prm: Held
+                ) -> list[memory.Use]:
   """The models a sampling stage holds on a device at once, with their rows and KV slots:
-  the policy and the PRM, each at the rows of a sampling batch or of a search call (a tree
-  search pads its rows up to a power of two: up to twice rows_per_call), twice over when the
-  sweep runs lookahead (its rollouts copy both caches). Slots are an upper bound: the whole context plus
-  one step of a tree search's slack. Imported checkpoints (``hf_policy`` / ``hf_prm``)
-  count with the architecture they import as."""
+  the policy and the PRM (as the stages that fill their roles hold them: ``Stage.held``),
+  each at the rows of a sampling batch or of a search call (a tree search pads its rows up
+  to a power of two: up to twice rows_per_call), twice over when the sweep runs lookahead
+  (its rollouts copy both caches). Slots are an upper bound: the whole context plus one step
+  of a tree search's slack."""
   c = config
-  if filled_by(c, "policy") == "hf_policy":
-    policy = hf_model_config(c.hf_policy, "hf_policy")
-  else:
-    policy = model_config(arch_fields(c.policy.model), c.tokenizer.vocab_size, "lm", "policy.model")
-  slots = policy.max_seq_len + c.search.max_step_tokens
-  if filled_by(c, "prm") == "hf_prm":
-    prm = hf_model_config(c.hf_prm, "hf_prm")
-    # Its own tokens: its context and the search's slack (PolicyBridge.start). A row
-    # re-scored in full may grow it further (AdaptedPRM.step): not counted here.
-    prm_slots = prm.max_seq_len + adapters.PolicyBridge.cache_slack(c.search.max_step_tokens)
-  else:
-    prm = model_config(verifier_arch(arch_fields(c.policy.model), c.prm, "prm"),
-                 c.tokenizer.vocab_size, "value", "prm.model")
-    prm_slots = slots
+  (policy, slots), (prm, prm_slots) = policy, prm
+  prm_slots = slots if prm_slots is None else prm_slots
   search_rows = 2 * c.search.rows_per_call
   copies = 2 if "lookahead" in c.search.methods else 1
   scoring = scoring_batch_size(c)  # the verifier evaluation's full passes

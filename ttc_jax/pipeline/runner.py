@@ -394,8 +394,10 @@ class Pipeline:
       return
     mesh = parallel.local_mesh()
     try:
-      plan = memory.plan(config_lib.memory_uses(self.config), data_shards=mesh.shape["data"],
-                         model_shards=mesh.shape["model"])
+      held = {role: STAGES[self.resolve(role) or role].held(self.config)
+              for role in ("policy", "prm")}
+      plan = memory.plan(config_lib.memory_uses(self.config, held["policy"], held["prm"]),
+                         data_shards=mesh.shape["data"], model_shards=mesh.shape["model"])
       memory.check(plan)
     except ValueError as e:  # OutOfMemoryPlan, or a model that does not split over 'model'
       raise config_lib.ConfigError(f"memory per device: {e}") from None

@@ -113,6 +113,9 @@ class Stage:
   # run's artifacts by role) -> a log line, after checking that its prompts and solutions fit
   # the sampling budget and its context (ConfigError otherwise).
   lengths: Callable[[ml_collections.ConfigDict, Any, Callable[[str], Any]], str] | None = None
+  # For a stage that fills the policy or the PRM role: (the config) -> what it holds on a
+  # device when it samples or scores (pipeline.config.Held), for the memory planner.
+  held: Callable[[ml_collections.ConfigDict], Any] | None = None
   # The checks of the config sections it owns: {section: (config, Facts) -> None, raising
   # ConfigError}; run for a section that the stages of a run read (pipeline.config.validate).
   checks: Mapping[str, Callable[[ml_collections.ConfigDict, Any], None]] = dataclasses.field(

@@ -151,6 +151,27 @@ def check_large_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
           "same rows in the same order (the exchange's D_pretrain).")
 
 
+def trained_policy_held(c: ml_collections.ConfigDict) -> config_lib.Held:
+  """The trained policy: its context and one step of a tree search's slack per row."""
+  model = config_lib.model_config(config_lib.arch_fields(c.policy.model), c.tokenizer.vocab_size,
+                                  "lm", "policy.model")
+  return model, model.max_seq_len + c.search.max_step_tokens
+
+
+def imported_policy_held(c: ml_collections.ConfigDict) -> config_lib.Held:
+  """An imported policy, as it imports: its context and a tree search step's slack."""
+  model = config_lib.hf_model_config(c.hf_policy, "hf_policy")
+  return model, model.max_seq_len + c.search.max_step_tokens
+
+
+def imported_prm_held(c: ml_collections.ConfigDict) -> config_lib.Held:
+  """An imported PRM reads its own tokens: its context and the search's slack
+  (PolicyBridge.start). A row re-scored in full may grow it further (AdaptedPRM.step): not
+  counted here."""
+  model = config_lib.hf_model_config(c.hf_prm, "hf_prm")
+  return model, model.max_seq_len + adapters.PolicyBridge.cache_slack(c.search.max_step_tokens)
+
+
 def check_hf_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
   """An imported policy: a causal LM whose tokenizer fits its embedding and ends steps."""
   del known
@@ -194,7 +215,7 @@ POLICY = Stage(
     name="policy", doc="SFT of the policy (LM head) on the train problems",
     inputs=("data", "tokenizer"), sections=("policy",), outputs=MODEL_OUTPUTS,
     run=run_policy, load=load_model, cost_s=390, trains=True, reads_train=True,
-    lengths=trained_policy_lengths,
+    lengths=trained_policy_lengths, held=trained_policy_held,
     checks={"policy": check_policy})
 
 HF_POLICY = Stage(
@@ -203,7 +224,7 @@ HF_POLICY = Stage(
     sections=("hf_policy",), outputs=("model.json",),
     run=lambda ctx: run_hf_model(ctx, "hf_policy"), load=load_model, fills="policy",
     fingerprint=checkpoint_fingerprint("hf_policy"), before_checks=True,
-    lengths=imported_policy_lengths,
+    lengths=imported_policy_lengths, held=imported_policy_held,
     checks={"hf_policy": check_hf_policy})
 
 LARGE_POLICY = Stage(
@@ -219,5 +240,5 @@ HF_PRM = Stage(
     "(verifiers.adapters.FORMATS; used in place, keyed by its files' sha256)",
     sections=("hf_prm",), outputs=("model.json",),
     run=lambda ctx: run_hf_model(ctx, "hf_prm"), load=load_model, fills="prm",
-    fingerprint=checkpoint_fingerprint("hf_prm"), before_checks=True,
+    fingerprint=checkpoint_fingerprint("hf_prm"), before_checks=True, held=imported_prm_held,
     checks={"hf_prm": check_hf_prm})

@@ -99,6 +99,13 @@ def train_verifier(ctx: Context, kind: str) -> dict:
 # verifier evaluation
 
 
+def trained_prm_held(c: ml_collections.ConfigDict) -> config_lib.Held:
+  """The trained PRM reads the policy's tokens (it holds the policy's slots)."""
+  return config_lib.model_config(
+      config_lib.verifier_arch(config_lib.arch_fields(c.policy.model), c.prm, "prm"),
+      c.tokenizer.vocab_size, "value", "prm.model"), None
+
+
 def check_mc_labels(c: ml_collections.ConfigDict, known: Facts) -> None:
   ml = c.mc_labels
   check_int(ml.num_problems, "mc_labels.num_problems", 1, known.num_train)
@@ -147,7 +154,7 @@ PRM = Stage(
     name="prm", doc="process reward model: value head trained on the MC step labels",
     inputs=("mc_labels", "policy"), sections=("prm",), outputs=MODEL_OUTPUTS,
     run=lambda ctx: train_verifier(ctx, "prm"), load=load_model, cost_s=260, trains=True,
-    checks={"prm": check_prm})
+    held=trained_prm_held, checks={"prm": check_prm})
 
 ORM = Stage(
     name="orm", doc="outcome reward model: value head trained on final correctness",
