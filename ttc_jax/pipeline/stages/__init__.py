@@ -1,10 +1,15 @@
 """The one registry of stages, by paper section (a module each).
 
-Each module holds its stages' run functions, loaders and :class:`~ttc_jax.pipeline.stage.Stage`
-records (what a stage reads, its config sections, what it writes, its cost, whether it trains,
-its speed-only keys); this registry lists them in run order: a stage comes after every stage it
-reads. To add a stage: write its module (or add to one), give it a config section in the
-experiment configs, and add its record to ``STAGES`` below.
+Each module holds its stages' run functions, loaders, config checks and
+:class:`~ttc_jax.pipeline.stage.Stage` records; this registry lists them in run order: a stage
+comes after every stage it reads. Everything the pipeline knows of a stage is on its record:
+what it reads (``inputs``, ``optional``, ``may_lack``) and writes (``outputs``, ``load``), its
+config sections and their checks (``sections``, ``checks``), its speed-only keys, its version
+and changelog, its cost and whether it trains (the --jobs scheduler), and, for a stage that
+fills the policy or PRM role, how its lengths are checked and what it holds on a device
+(``lengths``, ``held``). To add a stage: write its module (or add to one) with its record, give
+its section defaults in the experiment configs (shared sections: ttc_jax/configs/common.py),
+and add the record to ``STAGES`` below.
 """
 
 from __future__ import annotations
