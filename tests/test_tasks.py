@@ -374,3 +374,54 @@ def test_base_task_defaults():
   assert task.format_prompt(p) == "q1 | "
   assert np.array_equal(list(task.corpus("test", 5)),
                         ["q0 | s | => a0", "q1 | s | => a1"])
+
+
+# --- the step checker (an oracle for diagnosis) ------------------------------------------------
+
+
+def _problem(task, question, answer):
+  return base.Problem(uid="arith/test/x", index=0, split="test", question=question,
+                      solution="", answer=str(answer), difficulty=question.count(" "), meta={})
+
+
+def test_the_step_checker_on_hand_written_steps(task):
+  p = _problem(task, "37 +48 *3 -19", 236)
+  check = lambda text: task.first_wrong_step(text, p)  # noqa: E731
+  assert task.has_step_checker
+  assert check("37+48=85\n85*3=255\n255-19=236\nAnswer: 236") is None
+  assert check("37 + 48 = 85\n85*3=255\n255-19=236\nAnswer: 236") is None  # spacing is fine
+  assert check("37+48=85\n85*3=265\n265-19=246\nAnswer: 246") == 1  # an arithmetic slip
+  assert check("37+48=85\n58*3=174\n174-19=155\nAnswer: 155") == 1  # a copied wrong value
+  assert check("37+48=85\n85*4=340\n340-19=321\nAnswer: 321") == 1  # a wrong operand
+  assert check("37+48=85\n85+3=88\n88-19=69\nAnswer: 69") == 1  # a wrong operation
+  assert check("37+48=85\n85*3=255\n255-19=236\nAnswer: 237") == 3  # answer line != result
+  assert check("37+48=85\n85*3=255\nAnswer: 255") == 2  # the answer comes a step early
+  assert check("37+48=85\n85*3=255\n255-19=236\nAnswer: 236\n1+1=2") == 4  # after the answer
+  assert check("37+48=85\n85*3=255") is None  # cut short: no wrong step (and not correct)
+  assert not task.is_correct("37+48=85\n85*3=255", p)
+  assert check("") is None
+  assert check("37+48=85\nthe answer is 255") == 1  # not a step
+  assert check("38+47=85\n85*3=255\n255-19=236\nAnswer: 236") == 0  # not the start value
+  # An inexact division is wrong even where floor division agrees.
+  d = _problem(task, "7 /2", 3)
+  assert task.first_wrong_step("7/2=3\nAnswer: 3", d) == 0
+
+
+def test_every_reference_passes_and_every_planted_error_is_found(task, train_problems):
+  rng = random.Random(0)
+  for p in train_problems[:500]:
+    assert task.first_wrong_step(p.solution, p) is None
+    steps = task.split_steps(p.solution)
+    k = rng.randrange(len(steps) - 1)  # an operation step
+    a, op, b, c = _STEP_RE.fullmatch(steps[k]).groups()
+    steps[k] = f"{a}{op}{b}={int(c) + rng.choice([-2, -1, 1, 2]) if int(c) > 1 else int(c) + 1}"
+    assert task.first_wrong_step(task.join_steps(steps), p) == k
+
+
+
+def test_a_task_without_a_step_checker_says_so():
+  import heldout_task  # pylint: disable=g-import-not-at-top
+  t = heldout_task.ModSum()
+  assert not t.has_step_checker
+  with pytest.raises(NotImplementedError, match="has no step checker"):
+    t.first_wrong_step("1", t.get("test", 0))

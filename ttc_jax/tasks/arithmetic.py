@@ -63,6 +63,9 @@ _SPLIT_IDS = {"train": 0, "test": 1}
 _MAX_ATTEMPTS = 1000
 _OPERATIONS = "+-*/"
 _INTEGER_RE = re.compile(r"([+-]?)([0-9]+)")
+_STEP_RE = re.compile(r"\s*([0-9]+)\s*([+\-*/])\s*([0-9]+)\s*=\s*([0-9]+)\s*")
+_QUESTION_RE = re.compile(r"([0-9]+)((?: [+\-*/][0-9]+)*)")
+_OPERATION_RE = re.compile(r" ([+\-*/])([0-9]+)")
 
 
 def _split_bit(question: str) -> int:
@@ -81,6 +84,13 @@ def _apply(op: str, a: int, b: int) -> int:
   if op == "/":
     return a // b
   raise ValueError(f"Unknown operation {op!r}.")
+
+
+def _exact(op: str, a: int, b: int, c: int) -> bool:
+  """Whether "a op b = c" holds exactly (a division with no remainder)."""
+  if op == "/":
+    return b != 0 and a % b == 0 and a // b == c
+  return _apply(op, a, b) == c
 
 
 class ArithmeticTask(base.Task):
@@ -217,6 +227,37 @@ class ArithmeticTask(base.Task):
         difficulty=num_ops,
         meta={"operand_digits": digits},
     )
+
+  has_step_checker = True
+
+  def first_wrong_step(self, solution_text: str, problem: base.Problem) -> int | None:
+    """The first wrong step (see :meth:`base.Task.first_wrong_step`). Step i < the number
+    of operations must read "a<op>b=c" with a the previous step's result (the start value
+    for the first), op and b the question's i-th operation, and c = a op b exactly (a
+    division leaves no remainder); the step after the last operation must be the answer
+    line with c's value; nothing may follow it."""
+    match = _QUESTION_RE.fullmatch(problem.question.strip())
+    if match is None:
+      raise ValueError(f"{problem.uid}: question {problem.question!r} is not an arith chain.")
+    value = int(match.group(1))
+    ops = [(op, int(b)) for op, b in _OPERATION_RE.findall(match.group(2))]
+    if not isinstance(solution_text, str):
+      return 0
+    for i, step in enumerate(self.split_steps(solution_text)):
+      if i == len(ops):
+        right = step.lstrip().startswith(self.answer_marker) and self.normalize_answer(
+            step.lstrip()[len(self.answer_marker):]) == str(value)
+      elif i > len(ops):
+        right = False
+      else:
+        got = _STEP_RE.fullmatch(step)
+        op, b = ops[i]
+        right = got is not None and (int(got.group(1)), got.group(2), int(got.group(3))) == (
+            value, op, b) and _exact(op, value, b, int(got.group(4)))
+        value = int(got.group(4)) if right else value
+      if not right:
+        return i
+    return None
 
   def normalize_answer(self, raw: str) -> str | None:
     """Canonical integer string: "+007" -> "7", "-0" -> "0"; else None.

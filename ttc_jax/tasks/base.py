@@ -196,6 +196,22 @@ class Task(abc.ABC):
     except Exception:  # pylint: disable=broad-except
       return False
 
+  # A task that can tell which step of a solution is wrong sets this and implements
+  # first_wrong_step (an oracle for diagnosis: oracle step labels, a synthetic verifier of
+  # controlled quality; never a verifier of the study's claims).
+  has_step_checker: bool = False
+
+  def first_wrong_step(self, solution_text: str, problem: Problem) -> int | None:
+    """The index, among ``split_steps(solution_text)``, of the first step that is wrong;
+    None if no step is wrong. A solution cut short has no wrong step (whether it reaches
+    the answer is :meth:`is_correct`'s question); a step after the final-answer line is
+    wrong. Never raises for a ``str`` solution.
+
+    Raises:
+      NotImplementedError: the task has no step checker (``has_step_checker`` is False).
+    """
+    raise NotImplementedError(f"task {self.name!r} has no step checker.")
+
   def corpus(self, split: str, n: int) -> Iterator[str]:
     """Yields `format_prompt(p) + p.solution` for the first `n` problems.
 
