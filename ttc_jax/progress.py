@@ -93,8 +93,6 @@ def quiet_library_logs() -> None:
     handler.addFilter(_LibraryInfoFilter())
   for name in ("orbax", "tensorflow_datasets", "absl.tfds"):
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tfds.disable_progress_bar()
 
 
 class CompileClock:

@@ -12,7 +12,6 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from ttc_jax.sampling import solutions
 
@@ -126,6 +125,7 @@ def bin_agreement(bins_a, bins_b, num_bins: int, values_a=None, values_b=None) -
     of = "values"
   else:
     x, y, of = a, b, "bins"
+  from scipy import stats as scipy_stats  # here, not at the top: 1.7 s of every process start
   rho = None
   if np.ptp(x) > 0 and np.ptp(y) > 0:
     rho = float(scipy_stats.spearmanr(x, y).statistic)

@@ -19,7 +19,6 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -85,6 +84,7 @@ def mean_ci(values, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLE
   m = float(v.mean())
   if v.size == 1 or np.all(v == v[0]):  # no spread: the bootstrap distribution is a point
     return Estimate(m, m, m, int(v.size))
+  from scipy import stats  # here, not at the top: 1.7 s of every process start
   res = stats.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=resamples,
                         method="percentile", vectorized=True, rng=np.random.default_rng(seed))
   ci = res.confidence_interval

@@ -24,7 +24,6 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.verifiers import aggregation
@@ -38,6 +37,7 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
   n1, n0 = positive.sum(), (~positive).sum()
   if n1 == 0 or n0 == 0:
     return float("nan")
+  from scipy import stats  # here, not at the top: 1.7 s of every process start
   ranks = stats.rankdata(scores)
   return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 

@@ -43,7 +43,6 @@ from ttc_jax.pipeline import store
 from ttc_jax.progress import Progress
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SpecialIds
-from ttc_jax.tasks import tfds_builder
 from ttc_jax.tokenizers import Tokenizer
 from ttc_jax.tokenizers.spm import SentencePieceTokenizer
 from ttc_jax.verifiers import adapters
@@ -202,6 +201,8 @@ class TaskData:
 
   def _source(self, split: str):
     if split not in self._sources:
+      # Here, not at the top: tensorflow_datasets adds about a second to every process start.
+      from ttc_jax.tasks import tfds_builder  # pylint: disable=g-import-not-at-top
       self._sources[split] = tfds_builder.build_data_source(self.task, split, self.data_dir)
     return self._sources[split]
 
@@ -212,6 +213,7 @@ class TaskData:
     if not 0 <= start < end <= len(source):
       raise ValueError(f"asked for {split} problems {start}..{end - 1}; the task has "
                        f"{len(source)} {split} problems (task.num_{split}).")
+    from ttc_jax.tasks import tfds_builder  # pylint: disable=g-import-not-at-top
     return [tfds_builder.record_to_problem(source[i], self.task.meta_keys)
             for i in range(start, end)]
 

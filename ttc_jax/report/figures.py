@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
-from matplotlib.ticker import LogLocator
-from matplotlib.ticker import NullLocator
 
 from ttc_jax.analysis import verifiers as verifier_metrics
 from ttc_jax.analysis.study import methods as _methods
@@ -20,6 +18,16 @@ from ttc_jax.analysis.study import point
 from ttc_jax.search import records
 from ttc_jax.search import registry
 from ttc_jax.search.records import CurvePoint
+
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
+
+
+def _figure(**kwargs) -> "Figure":
+  """A matplotlib Figure; matplotlib is imported on first use (about a second of every
+  process start, which most stages never need)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  return Figure(**kwargs)
 
 
 def method_label(method: str, params: dict | None = None) -> str:
@@ -32,7 +40,7 @@ def pass_at_1(p1: np.ndarray, difficulty: Sequence[int], difficulty_label: str,
   """Histogram of per-problem pass@1 and mean pass@1 per value of the task's knob."""
   p = np.asarray(p1)
   d = np.asarray(difficulty)
-  fig = Figure(figsize=(10, 3.6))
+  fig = _figure(figsize=(10, 3.6))
   a, b = fig.subplots(1, 2)
   a.hist(p, bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
   a.axvline(p.mean(), color="k", ls="--", label=f"mean {p.mean():.2f}")
@@ -158,7 +166,7 @@ def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
                   positive: np.ndarray | None = None) -> Figure:
   """Best-of-N accuracy against N with 95% bands; within-problem AUC; calibration;
   the exploitation curve; the PRM's step ROC curve (if its scores are given)."""
-  fig = Figure(figsize=(15, 8.5))
+  fig = _figure(figsize=(15, 8.5))
   axes = fig.subplots(2, 3)
   a, w, e = axes[0]
   r, x, b = axes[1]
@@ -182,7 +190,7 @@ def _color(method: str, i: int):
 def accuracy_vs_budget(curves: Sequence[CurvePoint], pass_at_1: float, num_problems: int
                        ) -> Figure:
   """Accuracy (mean over search seeds) against the generation budget, 95% bands."""
-  fig = Figure(figsize=(7.5, 5))
+  fig = _figure(figsize=(7.5, 5))
   ax = fig.subplots()
   for i, method in enumerate(_methods(curves)):
     rows = sorted((c for c in curves if c.method == method), key=lambda c: c.budget_generations)
@@ -207,7 +215,7 @@ def accuracy_by_difficulty(curves: Sequence[CurvePoint], budgets: Sequence[int])
   """Accuracy per oracle difficulty bin with 95% error bars, one panel per budget."""
   methods = _methods(curves)
   num_bins = len(curves[0].accuracy_by_bin)
-  fig = Figure(figsize=(6.5 * len(budgets), 4.4))
+  fig = _figure(figsize=(6.5 * len(budgets), 4.4))
   axes = np.atleast_1d(fig.subplots(1, len(budgets), sharey=True))
   width = 0.8 / max(1, len(methods))
   for ax, budget in zip(axes, budgets):
@@ -253,7 +261,7 @@ def revisions_vs_budget(rev_summary: dict) -> Figure:
   accuracy against the sequential/parallel ratio L/C at each budget (hierarchical ORM)."""
   curves = records.points_from_json(rev_summary["curves"])
   budgets = sorted(rev_summary["budgets"])
-  fig = Figure(figsize=(13, 4.8))
+  fig = _figure(figsize=(13, 4.8))
   a, r = fig.subplots(1, 2)
   for sel in rev_summary["selections"]:
     rows = _rev_rows(curves, sel)
@@ -299,7 +307,7 @@ def revisions_by_difficulty(rev_summary: dict) -> Figure:
   pts = sorted((p for p in _rev_rows(records.points_from_json(rev_summary["curves"]), "hier_orm")
                 if p.params["n"] == n), key=_ratio)
   num_bins = len(pts[0].accuracy_by_bin) if pts else 0
-  fig = Figure(figsize=(7.5, 4.8))
+  fig = _figure(figsize=(7.5, 4.8))
   ax = fig.subplots()
   x = np.array([_ratio(p) for p in pts], np.float64)
   for b in range(num_bins):
@@ -336,7 +344,7 @@ def revision_transitions(rev_summary: dict) -> Figure:
   """Correct -> incorrect and incorrect -> correct rates by revision step, and the accuracy
   of the answers at each step, 95% bootstrap intervals over problems."""
   tr = rev_summary["transitions"]
-  fig = Figure(figsize=(11, 4.2))
+  fig = _figure(figsize=(11, 4.2))
   a, b = fig.subplots(1, 2)
   steps = tr["by_step"]
   x = np.array([s["step"] for s in steps], np.float64)
@@ -376,11 +384,12 @@ CO_FAMILY_TITLES = {"search": "search against the PRM (Figure 4)",
 
 def _plain_log2(ax, which: str = "x") -> None:
   """A base-2 log axis labelled with plain numbers (1, 2, 4, ...): budgets read as budgets."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   axis = ax.xaxis if which == "x" else ax.yaxis
   (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=2)
-  axis.set_major_locator(LogLocator(base=2))
-  axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-  axis.set_minor_locator(NullLocator())
+  axis.set_major_locator(ticker.LogLocator(base=2))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  axis.set_minor_locator(ticker.NullLocator())
 
 
 def _band(ax, pts: Sequence[CurvePoint], label: str, color, style: str = "-",
@@ -410,7 +419,7 @@ def compute_optimal_curves(co: dict) -> Figure:
   keys = co["curve_keys"]
   by_key = {(k["family"], k["kind"]): name for name, k in keys.items()}
   fams = [f for f in ("search", "revisions", "combined") if (f, "oracle") in by_key]
-  fig = Figure(figsize=(6.2 * len(fams), 4.8))
+  fig = _figure(figsize=(6.2 * len(fams), 4.8))
   axes = np.atleast_1d(fig.subplots(1, len(fams), sharey=True))
   for ax, fam in zip(axes, fams):
     if fam == "search":
@@ -479,7 +488,7 @@ def compute_optimal_efficiency(co: dict) -> Figure:
   eff, keys = co["efficiency"], co["curve_keys"]
   fams = [f for f in ("search", "revisions", "combined")
           if any(keys[k]["family"] == f for k in eff)]
-  fig = Figure(figsize=(12, 4.4 * max(1, len(fams))))
+  fig = _figure(figsize=(12, 4.4 * max(1, len(fams))))
   grid = np.atleast_2d(fig.subplots(max(1, len(fams)), 2))
   for row, fam in zip(grid, fams):
     mine = {k: e for k, e in eff.items() if keys[k]["family"] == fam}
@@ -509,8 +518,7 @@ def compute_optimal_efficiency(co: dict) -> Figure:
       else:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.yaxis.set_minor_locator(NullLocator())
+        ax.minorticks_off()
       unit = "generations" if axis == "generations" else "FLOPs per problem"
       baseline = next(iter(mine.values())).get("baseline") or next(
           iter(mine.values()))["baseline_method"]
@@ -533,7 +541,7 @@ def compute_optimal_exchange(co: dict) -> Figure:
     raise ValueError("compute_optimal_exchange: the result has no exchange (the larger model "
                      "was not run).")
   names = list(ex["curves"])
-  fig = Figure(figsize=(7 * len(names), 4.6))
+  fig = _figure(figsize=(7 * len(names), 4.6))
   axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
   num_bins = co["num_bins"]
   rs = ex["r_values"]
@@ -574,7 +582,7 @@ def bin_confusion(co: dict) -> Figure:
   """Oracle against predicted difficulty bins (counts), and the oracle bins of one half of
   each problem's samples against the other half's (the oracle's own stability)."""
   d = co["difficulty"]
-  fig = Figure(figsize=(10.5, 4.4))
+  fig = _figure(figsize=(10.5, 4.4))
   axes = fig.subplots(1, 2)
   for ax, agr, (ylab, xlab) in zip(
       axes, (d["agreement"], d["split_half"]),

@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 from ttc_jax.tasks import base
 
 BUILDER_NAME = "ttc_task"
+tfds.disable_progress_bar()  # stages log their own progress (ttc_jax.progress)
 _TEXT_FIELDS = ("uid", "split", "question", "solution", "answer")
 
 
