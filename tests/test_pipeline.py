@@ -165,6 +165,11 @@ def test_stages_declare_what_they_read():
     (dict(ablation__variants=("prm.labels=bogus",)),
      r"ablation variant 'prm.labels=bogus': prm.labels='bogus': expected 'soft'"),
     (dict(ablation__variants=("prm.nokey=1",)), r"variant key 'prm.nokey': not a config key"),
+    (dict(search__verifier="orm"), r"search.verifier='orm': expected 'prm' \(the study's PRM\), "
+                                   r"'policy_likelihood' or conf_<token>_<aggregation>"),
+    (dict(search__verifier="conf_topk_median"), r"search.verifier='conf_topk_median': confidence "
+                                                r"verifier 'conf_topk_median'.*aggregation one of"),
+    (dict(compute_optimal__predictor="conf_x_mean"), r"compute_optimal.predictor='conf_x_mean'"),
 ])
 def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, match):
   p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))

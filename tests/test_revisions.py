@@ -470,22 +470,29 @@ def test_bad_revision_configs_are_named_before_anything_runs(override, message):
 
 
 def test_the_prediction_cost_charges_the_predictor_s_own_model(revision_study, tmp_path):
-  """Predicting difficulty from the policy's likelihood costs the policy re-reading its
-  samples; from the ORM, the ORM reading them; from the PRM, the PRM (its identity differs
-  per predictor: each is its own compute-optimal artifact)."""
+  """Predicting difficulty from the ORM costs the ORM reading the samples; from the PRM, the
+  PRM; from the policy's confidence (its likelihood, a confidence measure), nothing past
+  writing them: it came with the samples (each predictor's identity differs: each is its own
+  compute-optimal artifact)."""
   workdir = str(tmp_path / "w")
   shutil.copytree(revision_study, workdir, symlinks=True)
   costs = {}
-  for predictor in ("prm_last", "orm", "policy_likelihood"):
+  predictors = ("prm_last", "orm", "policy_likelihood", "conf_topk_lowest_group")
+  for predictor in predictors:
     pipe = Pipeline(pu.tiny_config(**TRAINED, **STUDY, compute_optimal__predictor=predictor),
                     workdir)
     co = pipe.run("compute_optimal")
     costs[predictor] = co["difficulty"]["prediction_cost"]
     assert co["difficulty"]["predictor"] == predictor
-  assert [costs[p]["scorer"] for p in costs] == ["prm", "orm", "policy"]
-  policy = costs["policy_likelihood"]
-  # The policy reads each sample twice: to write it, then to score it.
-  assert policy["scorer_flops_per_problem"] == pytest.approx(policy["policy_flops_per_problem"])
+  assert [costs[p]["scorer"] for p in predictors] == ["prm", "orm"] + ["policy (with its "
+                                                                       "samples)"] * 2
+  assert costs["prm_last"]["policy_flops_per_problem"] > 0
+  for p in predictors:
+    assert costs[p]["policy_flops_per_problem"] == pytest.approx(
+        costs["prm_last"]["policy_flops_per_problem"])
+  assert costs["policy_likelihood"]["scorer_flops_per_problem"] == 0
+  assert costs["conf_topk_lowest_group"]["scorer_flops_per_problem"] == 0
   # The tiny study's ORM and PRM share the policy's shape: the same FLOPs per token.
   assert costs["orm"]["scorer_flops_per_problem"] == pytest.approx(
       costs["prm_last"]["scorer_flops_per_problem"])
+  assert costs["orm"]["scorer_flops_per_problem"] > 0

@@ -16,6 +16,8 @@ from ttc_jax.report import markdown
 from ttc_jax.search.common import call_chunks
 from ttc_jax.search.records import Cell
 from ttc_jax.search.records import CurvePoint
+from ttc_jax.pipeline import Pipeline
+from ttc_jax.verifiers import names
 
 
 
@@ -116,7 +118,7 @@ def test_the_report_is_generic(tmp_path_factory, tmp_path):
   # Verifier quality within problems, the ablation, and the paper's findings with verdicts.
   ver = res["verifiers"]
   assert set(ver["within_problem"]) == {"prm_last", "prm_min", "prm_prod", "orm",
-                                       "policy_likelihood"}
+                                       "policy_likelihood", *names.CONFIDENCE_SCORES}
   assert all(len(ci) == 2 for ci in ver["curves_ci"]["majority"])
   assert "within-problem AUC" in text and "Exploitation" in text
   rows_ab = res["ablation"]["rows"]
@@ -170,6 +172,35 @@ def test_study_survives_sigkill_and_a_torn_cell_line(tmp_path_factory, tmp_path)
   # A rerun of a finished study redoes nothing.
   out = pu.run(pu.cli(None, killed))
   assert "search_sweep: up to date" in out.stderr and "report: up to date" in out.stderr
+
+
+@pytest.mark.e2e
+def test_search_by_the_policy_s_confidence_charges_no_verifier_flops(tmp_path_factory, tmp_path):
+  """search.verifier names the verifier of the sweep: with the policy's confidence every cell
+  is charged the policy's tokens only (the scores came with them), and nothing upstream of the
+  sweep is redone."""
+  base = pu.shared_study(tmp_path_factory)
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  logged = []
+  pipe = Pipeline(pu.tiny_config(search__verifier="conf_topk_lowest_group"), workdir,
+                  log=logged.append)
+  pipe.run("search_sweep")
+  assert any("steps scored by conf_topk_lowest_group" in line for line in logged)
+  assert not any(f"{stage}: running" in line for line in logged
+                 for stage in ("policy", "difficulty", "prm")), logged
+  prm_cells = {c["key"]: c for c in json.load(open(
+      os.path.join(base, "search_sweep", "latest", "cells.json")))}
+  cells = json.load(open(os.path.join(pipe.directory("search_sweep"), "cells.json")))
+  assert [c["key"] for c in cells] == list(prm_cells)
+  for cell in cells:
+    assert sum(cell["prm_tokens"]) == 0 and sum(cell["prm_flops"]) == 0
+    assert sum(cell["policy_tokens"]) > 0
+    assert cell["flops"] == cell["policy_flops"]
+    if cell["method"] == "best_of_n_weighted" and cell["params"]["n"] == 1:
+      # Best-of-1 is one policy sample whatever scores it: the same tokens and outcome.
+      assert cell["policy_tokens"] == prm_cells[cell["key"]]["policy_tokens"]
+      assert cell["correct"] == prm_cells[cell["key"]]["correct"]
 
 
 @pytest.mark.e2e

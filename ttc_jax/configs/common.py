@@ -83,6 +83,10 @@ def search(**overrides) -> ml_collections.ConfigDict:
       max_rounds=40,  # beam search rounds (steps per solution)
       max_step_tokens=24,  # cap on one step's tokens
       rows_per_call=512,  # problems x N per search call (speed only)
+      # What scores the steps: 'prm' (the study's PRM, trained or imported) or the policy's
+      # confidence in its own tokens, 'policy_likelihood' or conf_<token>_<aggregation>
+      # (ttc_jax.verifiers.confidence: no model call, 0 verifier FLOPs).
+      verifier="prm",
   ), overrides)
 
 

@@ -46,6 +46,8 @@ from ttc_jax.sampling.core import SpecialIds
 from ttc_jax.tokenizers import Tokenizer
 from ttc_jax.tokenizers.spm import SentencePieceTokenizer
 from ttc_jax.verifiers import adapters
+from ttc_jax.verifiers import confidence
+from ttc_jax.verifiers.confidence import ConfidenceVerifier
 from ttc_jax.verifiers.base import Verifier
 from ttc_jax.verifiers.scoring import Scorer
 from ttc_jax.verifiers.value_head import ValueHeadVerifier
@@ -279,6 +281,13 @@ class ModelArtifact:
     if self._adapted is None:
       self._adapted = adapters.AdaptedPRM(self.model, self.tokenizer, self.prm_format)
     return adapters.PolicyBridge(self._adapted, policy_tokenizer)
+
+  def confidence_verifier(self, measure: confidence.Measure) -> ConfidenceVerifier:
+    """This model's (a policy's) confidence in the tokens it samples as a verifier."""
+    if self.config.head != "lm":
+      raise ArtifactError(f"{self.path} has a {self.config.head} head: the confidence verifier "
+                          "reads a policy's (LM head) own token probabilities.")
+    return ConfidenceVerifier(measure, self.model, pad_id=self.tokenizer.pad_id)
 
   def summary(self) -> dict:
     c = self.config

@@ -22,8 +22,12 @@ from absl import logging
 import ml_collections
 
 from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline.config import ConfigError
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.verifiers import confidence
+from ttc_jax.verifiers import names
+from ttc_jax.verifiers.base import Verifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,29 @@ class Context:
   def sampler(self, role: str = "policy") -> Sampler:
     """The model of ``role`` (an input) with the run's task and sampling params."""
     return Sampler(artifact=self.inputs[role], task=self.inputs["data"].task, config=self.config)
+
+  def verifier(self, name: str) -> Verifier:
+    """The verifier a config names (e.g. ``search.verifier``): 'prm', the PRM input (trained
+    or imported), or the policy's confidence in its own tokens ('policy_likelihood',
+    conf_<token>_<aggregation>; see :func:`check_verifier_name`)."""
+    policy = self.inputs["policy"]
+    if name == names.PRM:
+      return self.inputs["prm"].verifier(policy.tokenizer)
+    return policy.confidence_verifier(names.measure_of(name))
+
+
+def check_verifier_name(name, key: str) -> None:
+  """A config's verifier name (``key``: where it was set) is one :meth:`Context.verifier`
+  knows, else a one-line ConfigError naming it."""
+  try:
+    ok = isinstance(name, str) and (name == names.PRM or names.measure_of(name) is not None)
+  except ValueError as e:
+    raise ConfigError(f"{key}={name!r}: {e}") from e
+  if not ok:
+    raise ConfigError(f"{key}={name!r}: expected 'prm' (the study's PRM), "
+                      f"'{names.LIKELIHOOD}' or conf_<token>_<aggregation> with token one of "
+                      f"{confidence.TOKEN_CONFIDENCES} and aggregation one of "
+                      f"{confidence.AGGREGATIONS} (the policy's confidence).")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

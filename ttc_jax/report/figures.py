@@ -7,7 +7,6 @@ their inline backend).
 from __future__ import annotations
 
 from typing import Sequence
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +17,8 @@ from ttc_jax.analysis.study import point
 from ttc_jax.search import records
 from ttc_jax.search import registry
 from ttc_jax.search.records import CurvePoint
+from ttc_jax.verifiers import confidence as confidence_lib
+from ttc_jax.verifiers import names as verifier_names
 
 if TYPE_CHECKING:
   from matplotlib.figure import Figure
@@ -162,10 +163,25 @@ def _step_auc_panels(x, b, auc: dict, auc_scores: np.ndarray | None,
     b.set_axis_off()
 
 
+def _without_confidence(result: dict) -> dict:
+  """``result`` with the confidence measures (conf_*) left out of its per-verifier parts (they
+  have their own figure, :func:`confidence_eval`)."""
+  def keep(name: str) -> bool:
+    return name.split("/")[0] not in verifier_names.CONFIDENCE_SCORES
+
+  out = dict(result)
+  for part in ("curves", "curves_ci", "within_problem", "calibration", "exploitation"):
+    if part in result:
+      out[part] = {k: v for k, v in result[part].items() if keep(k)}
+  return out
+
+
 def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
                   positive: np.ndarray | None = None) -> Figure:
   """Best-of-N accuracy against N with 95% bands; within-problem AUC; calibration;
-  the exploitation curve; the PRM's step ROC curve (if its scores are given)."""
+  the exploitation curve; the PRM's step ROC curve (if its scores are given). The confidence
+  measures have their own figure (:func:`confidence_eval`)."""
+  result = _without_confidence(result)
   fig = _figure(figsize=(15, 8.5))
   axes = fig.subplots(2, 3)
   a, w, e = axes[0]
@@ -175,6 +191,46 @@ def verifier_eval(result: dict, auc_scores: np.ndarray | None = None,
   _calibration_panel(e, result.get("calibration", {}))
   _exploitation_panel(r, result)
   _step_auc_panels(x, b, result["auc"], auc_scores, positive)
+  fig.tight_layout()
+  return fig
+
+
+def confidence_eval(result: dict) -> Figure:
+  """The policy's confidence as a verifier: each measure's within-problem AUC [95% CI] (the
+  trained verifiers' for reference), and weighted best-of-N with each against N."""
+  within = result.get("within_problem", {})
+  fig = _figure(figsize=(14, 5.5))
+  w, a = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+  order = sorted(within, key=lambda k: within[k]["mean_auc"])
+  means = np.array([within[k]["mean_auc"] for k in order])
+  err = np.array([[m - within[k]["mean_auc_ci"][0], within[k]["mean_auc_ci"][1] - m]
+                  for k, m in zip(order, means)]).T.reshape(2, -1)
+  conf = [k in verifier_names.CONFIDENCE_SCORES or k == verifier_names.LIKELIHOOD for k in order]
+  w.barh(np.arange(len(order)), means, xerr=err, capsize=2,
+         color=["tab:olive" if c else VERIFIER_COLORS.get(k, "gray") for k, c in zip(order, conf)])
+  w.set_yticks(np.arange(len(order)))
+  w.set_yticklabels(order, fontsize=7)
+  w.axvline(0.5, color="k", lw=0.8, ls=":")
+  w.set_xlim(0, 1)
+  w.set_xlabel("mean within-problem AUC [95% CI]")
+  w.set_title("within-problem AUC (olive: the policy's confidence)", fontsize=9)
+  ns = result["n"]
+  # Line style by token confidence, colour by summary.
+  styles = {"logprob": "-", "topk": "--", "certainty": ":"}
+  for name, curve in result["curves"].items():
+    verifier, method = name.split("/") if "/" in name else (name, "")
+    measure = None if name == "majority" else verifier_names.measure_of(verifier)
+    if name == "majority":
+      a.plot(ns, curve, "k-", lw=2, alpha=0.4, label="majority")
+    elif method == "weighted" and measure is not None:
+      a.plot(ns, curve, styles[measure.token], lw=1, marker="o", ms=2,
+             color=f"C{confidence_lib.AGGREGATIONS.index(measure.aggregation)}", label=verifier)
+  a.axhline(result["pass_at_1"], color="gray", lw=0.8, label="pass@1")
+  a.set_xscale("log", base=2)
+  a.set_xlabel("N (samples per problem)")
+  a.set_ylabel("accuracy")
+  a.set_title("weighted best-of-N by the policy's confidence", fontsize=9)
+  a.legend(fontsize=5, ncol=2)
   fig.tight_layout()
   return fig
 

@@ -48,6 +48,7 @@ from ttc_jax.models.transformer import KVCache
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.parallel import DATA_AXIS
 from ttc_jax.parallel import MODEL_AXIS
+from ttc_jax.sampling import confidence as confidence_lib
 from ttc_jax.sampling.cached import CachedModel
 from ttc_jax.sampling.cached import DecodeState
 from ttc_jax.sampling.cached import window_plan
@@ -75,6 +76,9 @@ class SampleOutput:
   logprobs: (B, max_new_tokens) float32, log-probability of each token under
     the model's unmodified distribution (temperature 1, no top-k/p); 0 past
     the row's length.
+  confidence: (B, max_new_tokens, 2) float32, the policy's confidence at each
+    token: DeepConf's top-k confidence and self-certainty of the same unmodified
+    distribution (:mod:`ttc_jax.sampling.confidence`); 0 past the row's length.
   lengths: (B,) int32 number of new tokens.
   stopped: (B,) bool, True where the row ended on EOS or (if asked) on the
     step delimiter; False where it ran out of max_new_tokens or was inactive.
@@ -86,6 +90,14 @@ class SampleOutput:
   lengths: Array
   stopped: Array
   state: DecodeState
+  confidence: Array
+
+  def token_stats(self, width: int | None = None) -> np.ndarray:
+    """(B, width, 3) on the host: each token's log-probability, then its ``confidence``
+    (what a confidence verifier reads: :mod:`ttc_jax.verifiers.confidence`)."""
+    width = self.tokens.shape[1] if width is None else width
+    return np.concatenate([np.asarray(self.logprobs)[:, :width, None],
+                           np.asarray(self.confidence)[:, :width]], axis=-1)
 
 
 @struct.dataclass
@@ -93,6 +105,7 @@ class _Loop:
   step: Array
   tokens: Array
   logprobs: Array
+  confidence: Array
   lengths: Array
   done: Array
   stopped: Array
@@ -111,6 +124,7 @@ class _Loop:
         step=jnp.zeros((), jnp.int32),
         tokens=per_row(jnp.full((b, n), pad_id, jnp.int32)),
         logprobs=per_row(jnp.zeros((b, n), jnp.float32)),
+        confidence=per_row(jnp.zeros((b, n, len(confidence_lib.STATS)), jnp.float32)),
         lengths=per_row(jnp.zeros((b,), jnp.int32)),
         done=~active | (limits <= 0),
         stopped=per_row(jnp.zeros((b,), jnp.bool_)),
@@ -200,9 +214,11 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
     raw = whole(s.logits)
     tok = choose_tokens(process_logits(rule.mask(raw, s.step, sp), sp), keys, s.step, sp)
     alive = ~s.done
-    logp = jnp.take_along_axis(jax.nn.log_softmax(raw, axis=-1), tok[:, None], axis=1)[:, 0]
+    full = jax.nn.log_softmax(raw, axis=-1)
+    logp = jnp.take_along_axis(full, tok[:, None], axis=1)[:, 0]
     tok = jnp.where(alive, tok, ids.pad_id)
     logp = jnp.where(alive, logp, 0.0)
+    conf = jnp.where(alive[:, None], confidence_lib.token_confidence(full), 0.0)
     stop = rule.stops(tok, s.prev) & alive
     new_logits, cache = model(tok[:, None], alive[:, None], s.cache, readout="last")
     lengths = s.lengths + alive.astype(jnp.int32)
@@ -210,6 +226,7 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
         step=s.step + 1,
         tokens=jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (0, s.step)),
         logprobs=jax.lax.dynamic_update_slice(s.logprobs, logp[:, None], (0, s.step)),
+        confidence=jax.lax.dynamic_update_slice(s.confidence, conf[:, None], (0, s.step, 0)),
         lengths=lengths,
         done=s.done | stop | (lengths >= limits),
         stopped=s.stopped | stop,
@@ -227,7 +244,7 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
     # Each shard's loop stops when its own rows are done; the shared write index
     # is the furthest any shard got (the others' unwritten slots are masked holes).
     cache = cache.replace(index=jax.lax.pmax(cache.index, axis))
-  return s.tokens, s.logprobs, s.lengths, s.stopped, cache, s.logits
+  return s.tokens, s.logprobs, s.confidence, s.lengths, s.stopped, cache, s.logits
 
 
 def _cache_spec(cache: KVCache, rows: P) -> KVCache:
@@ -255,7 +272,7 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, *, sp
   manual = {DATA_AXIS} if split else set(mesh.axis_names)
   return jax.shard_map(
       loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows),
-      out_specs=(rows, rows, rows, rows, cspec, rows), axis_names=manual)(
+      out_specs=(rows, rows, rows, rows, rows, cspec, rows), axis_names=manual)(
           params, cache, logits, keys, active, limits)
 
 
@@ -326,13 +343,15 @@ class SamplingCore(CachedModel):
     if bp != b:
       keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (bp - b,))])
     keys = self._put_rows(keys)
-    tokens, logprobs, lengths, stopped, cache, logits = self._sample(
+    tokens, logprobs, confidence, lengths, stopped, cache, logits = self._sample(
         self.graphdef, self.params, state.cache, state.logits, keys, act, lim, sp=sp,
         ids=self.ids, plan=plan, mesh=self.mesh)
     if bp != b:
-      tokens, logprobs, lengths, stopped = (x[:b] for x in (tokens, logprobs, lengths, stopped))
+      tokens, logprobs, confidence, lengths, stopped = (
+          x[:b] for x in (tokens, logprobs, confidence, lengths, stopped))
     return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,
-                        state=DecodeState(cache=cache, logits=logits, num_rows=b))
+                        state=DecodeState(cache=cache, logits=logits, num_rows=b),
+                        confidence=confidence)
 
   def generate(self, tokens, valid, keys, sp: SamplingParams, *, limits=None) -> SampleOutput:
     """Prefill + sample in one call; the cache holds the prompts and max_new_tokens.

@@ -72,9 +72,11 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   keys = ctx.keys(ids, np.tile(np.arange(n), num), 0)
   out = ctx.core.sample(pol, keys, ctx.sp)
   lengths = np.asarray(out.lengths)
-  gen = np.asarray(out.tokens)[:, :chunk_width(int(lengths.max()), ctx.max_new_tokens, 16)]
+  width = chunk_width(int(lengths.max()), ctx.max_new_tokens, 16)
+  gen = np.asarray(out.tokens)[:, :width]
   stopped = np.asarray(out.stopped)
-  prm, per_token = ctx.prm.extend_scores(prm, gen, np.arange(gen.shape[1])[None] < lengths[:, None])
+  prm, per_token = ctx.prm.extend_scores(prm, gen, np.arange(width)[None] < lengths[:, None],
+                                         out.token_stats(width))
   fed = ctx.prm.tokens_fed(prm)
   budgets = [Budget(generations=n) for _ in problems]
   pools: list[list[common.Candidate]] = [[] for _ in problems]

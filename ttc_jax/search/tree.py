@@ -148,7 +148,7 @@ def _sample_round(ctx: common.SearchContext, pol, prm, seqs: list[list[int]],
   pol = out.state
   lengths, step, step_valid = step_chunk(out, ctx.max_step_tokens)
   before = ctx.prm.tokens_fed(prm)
-  prm = ctx.prm.extend(prm, step, step_valid)
+  prm = ctx.prm.extend(prm, step, step_valid, out.token_stats(step.shape[1]))
   after = ctx.prm.tokens_fed(prm)
   scores = ctx.prm.scores(prm)
   ended = np.zeros(width, bool)
@@ -278,7 +278,7 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
   # Compact the copies only when a step would not fit (the round's holes): slots
   # are storage, and compacting moves them.
   # (The PRM's cache may run ahead of the policy's: its chunks are rounded up.)
-  compact = max(int(pol.cache.index), int(prm.cache.index)) + step > size
+  compact = max(int(pol.cache.index), ctx.prm.cache_index(prm)) + step > size
   pol_la = ctx.core.gather(pol, ident, compact=compact)
   prm_la = ctx.prm.gather(prm, ident, compact=compact)
   live = rollout.copy()
@@ -291,14 +291,14 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
     live &= limits > 0
     if not live.any():
       break  # no room left: score where the rollouts stand
-    if max(int(pol_la.cache.index), int(prm_la.cache.index)) + step > size:
+    if max(int(pol_la.cache.index), ctx.prm.cache_index(prm_la)) + step > size:
       pol_la = ctx.core.gather(pol_la, ident, compact=True)
       prm_la = ctx.prm.gather(prm_la, ident, compact=True)
     out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
     pol_la = out.state
     lengths, new, new_valid = step_chunk(out, step)
     before = ctx.prm.tokens_fed(prm_la)
-    prm_la = ctx.prm.extend(prm_la, new, new_valid)
+    prm_la = ctx.prm.extend(prm_la, new, new_valid, out.token_stats(new.shape[1]))
     after = ctx.prm.tokens_fed(prm_la)
     for r in np.nonzero(live)[0]:  # the rollout continues the row past its solution so far
       start = int(prompt_len[r] + used[r])

@@ -513,9 +513,13 @@ class PolicyBridge:
   def _step_text(self, ids) -> str | None:
     return step_text(self.policy_tokenizer, ids)
 
-  def extend(self, state: StepState, tokens, valid) -> StepState:
+  def cache_index(self, state: StepState) -> int:
+    return int(state.cache.index)
+
+  def extend(self, state: StepState, tokens, valid, confidence=None) -> StepState:
     """One step per row: its valid policy tokens (none: the row adds nothing); a row
     whose last step was cut short continues it."""
+    del confidence  # it reads the steps' text
     tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
     tok = self.policy_tokenizer
     steps, continues, wholes, closed = [], [], [], []
@@ -574,10 +578,12 @@ class PolicyBridge:
     return solution_lengths(self.prm.format, self.prm.tokenizer, self.policy_tokenizer,
                             questions, generations)
 
-  def extend_scores(self, state: StepState, tokens, valid) -> tuple[StepState, np.ndarray]:
+  def extend_scores(self, state: StepState, tokens, valid, confidence=None
+                    ) -> tuple[StepState, np.ndarray]:
     """Whole solutions at once (best-of-N): each row's tokens split at the policy's step
     ends and fed one step at a time; returns each step's score at the position of its
     last token, NaN elsewhere and at a span that adds no step (an EOS alone)."""
+    del confidence
     tokens, valid = np.asarray(tokens), np.asarray(valid, bool)
     out = np.full(tokens.shape, np.nan, np.float32)
     spans = [self._spans(tokens[r][valid[r]].tolist()) for r in range(tokens.shape[0])]

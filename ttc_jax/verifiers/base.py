@@ -5,11 +5,12 @@ the revision sweep, compute-optimal's difficulty prediction) and partial ones on
 time during search (its own state per row, fed the policy's tokens), and counts its own
 tokens: they, with its model's architecture (``config``), are what the budget charges it.
 
-Two kinds implement it: a value head over the policy's own tokens (the PRMs and ORMs trained
-here; :class:`~ttc_jax.verifiers.value_head.ValueHeadVerifier`) and an imported PRM that reads
-the policy's steps in its own format and tokens
-(:class:`~ttc_jax.verifiers.adapters.PolicyBridge`). Search, the stages and the accounting
-use only this protocol.
+Three kinds implement it: a value head over the policy's own tokens (the PRMs and ORMs
+trained here; :class:`~ttc_jax.verifiers.value_head.ValueHeadVerifier`), an imported PRM that
+reads the policy's steps in its own format and tokens
+(:class:`~ttc_jax.verifiers.adapters.PolicyBridge`), and the policy's own confidence in the
+tokens it sampled (:class:`~ttc_jax.verifiers.confidence.ConfidenceVerifier`: no model call
+during search, 0 FLOPs). Search, the stages and the accounting use only this protocol.
 """
 
 from __future__ import annotations
@@ -36,15 +37,21 @@ class Verifier(Protocol):
   def gather(self, state: Any, rows, compact: bool = False) -> Any:
     """The state of rows ``rows`` (repeats allowed): expansion and selection in search."""
 
-  def extend(self, state: Any, tokens, valid) -> Any:
-    """Each row fed its next step (its valid tokens of ``tokens``)."""
+  def extend(self, state: Any, tokens, valid, confidence=None) -> Any:
+    """Each row fed its next step (its valid tokens of ``tokens``; ``confidence``: what the
+    sampling core returned with them, ``SampleOutput.token_stats``, which a verifier may read
+    instead of running a model)."""
 
-  def extend_scores(self, state: Any, tokens, valid) -> tuple[Any, np.ndarray]:
+  def extend_scores(self, state: Any, tokens, valid, confidence=None) -> tuple[Any, np.ndarray]:
     """Like :meth:`extend` with a whole solution per row; returns each token's score (NaN
     where none is defined)."""
 
   def scores(self, state: Any) -> np.ndarray:
     """Each row's score after what it was fed."""
+
+  def cache_index(self, state: Any) -> int:
+    """Where its cache writes next (the slot after the longest row; 0 without a cache): a
+    search compacts before a step would run past its slots."""
 
   def tokens_fed(self, state: Any) -> np.ndarray | None:
     """The verifier's own tokens each row has read so far (None: it reads the policy's

@@ -3,11 +3,14 @@
 A score name says which model scored a solution and how: ``prm_last``, ``prm_min`` and
 ``prm_prod`` are the PRM's step scores aggregated (:data:`STEP_AGGREGATIONS`), ``orm`` the
 ORM's score of the whole solution, ``policy_likelihood`` the policy's least likely generated
-token (a reference that needs no training).
+token (a reference that needs no training), ``conf_<token>_<aggregation>`` the policy's
+confidence in its tokens (:mod:`ttc_jax.verifiers.confidence`; ``conf_logprob_min`` is
+``policy_likelihood`` and goes by that name).
 """
 
 from __future__ import annotations
 
+from ttc_jax.verifiers import confidence
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 
 PRM, ORM, POLICY = "prm", "orm", "policy"  # the models that score
@@ -22,11 +25,26 @@ def prm_score(aggregation: str) -> str:
 
 
 PRM_SCORES = tuple(prm_score(h) for h in STEP_AGGREGATIONS)
-SCORES = PRM_SCORES + (ORM, LIKELIHOOD)
+# Every confidence measure but the least likely token (the likelihood reference).
+CONFIDENCE_SCORES = tuple(confidence.Measure(t, a).name for t in confidence.TOKEN_CONFIDENCES
+                          for a in confidence.AGGREGATIONS if (t, a) != ("logprob", "min"))
+SCORES = PRM_SCORES + (ORM, LIKELIHOOD) + CONFIDENCE_SCORES
+
+
+def measure_of(score: str) -> confidence.Measure | None:
+  """The confidence measure a score name stands for (the likelihood reference included);
+  None for a name of a trained verifier; a malformed conf_* name is an error naming it."""
+  if score == LIKELIHOOD:
+    return confidence.Measure("logprob", "min")
+  if score.startswith(confidence.PREFIX + "_"):
+    return confidence.Measure.from_name(score)
+  return None
 
 
 def model_of(score: str) -> str | None:
   """The model a score name needs ('prm', 'orm' or 'policy'); None for a name of none."""
   if score in PRM_SCORES:
     return PRM
-  return {ORM: ORM, LIKELIHOOD: POLICY}.get(score)
+  if measure_of(score) is not None:
+    return POLICY
+  return {ORM: ORM}.get(score)

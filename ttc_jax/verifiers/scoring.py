@@ -25,6 +25,7 @@ from ttc_jax.models.transformer import HEAD_CHUNK
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.parallel import DATA_AXIS
 from ttc_jax.progress import Progress
+from ttc_jax.sampling import confidence as confidence_lib
 from ttc_jax.sampling.solutions import round_up
 from ttc_jax.verifiers.batching import map_by_length
 
@@ -54,11 +55,12 @@ def _values(graphdef, params, tokens, valid):
   return jax.nn.sigmoid(values.astype(jnp.float32))
 
 
-def _token_probs(graphdef, params, tokens, valid):
-  """p(x_t | x_<t) under an LM at every position t (1 at t = 0). The LM head is applied
-  HEAD_CHUNK (ttc_jax.models.transformer) positions at a time: no (rows, length,
-  vocabulary) array is built (4 rows of 4096 tokens over Qwen's 152k vocabulary would be
-  9 GiB of float32)."""
+def _token_stats(graphdef, params, tokens, valid):
+  """(rows, length, 3) per position t under an LM: log p(x_t | x_<t), then the confidence of
+  the distribution x_t was drawn from (:func:`ttc_jax.sampling.confidence.token_confidence`,
+  as the sampling core computes it); zeros at t = 0. The LM head is applied HEAD_CHUNK
+  (ttc_jax.models.transformer) positions at a time: no (rows, length, vocabulary) array is
+  built (4 rows of 4096 tokens over Qwen's 152k vocabulary would be 9 GiB of float32)."""
   model: Transformer = nnx.merge(graphdef, params)
   hidden, _ = model(tokens, valid, readout="hidden")
   b, t = tokens.shape
@@ -70,14 +72,15 @@ def _token_probs(graphdef, params, tokens, valid):
   hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
   chunks = lambda x: jnp.moveaxis(x.reshape((b, n, chunk) + x.shape[2:]), 1, 0)
 
-  def logp(args):
+  def stats(args):
     h, target = args
-    lp = jax.nn.log_softmax(model.apply_head(h), axis=-1)
-    return jnp.take_along_axis(lp, target[..., None], axis=-1)[..., 0]
+    lp = jax.nn.log_softmax(model.apply_head(h).astype(jnp.float32), axis=-1)
+    token = jnp.take_along_axis(lp, target[..., None], axis=-1)
+    return jnp.concatenate([token, confidence_lib.token_confidence(lp)], axis=-1)
 
-  nxt = jnp.moveaxis(jax.lax.map(logp, (chunks(hidden), chunks(targets))), 0, 1)
-  nxt = nxt.reshape(b, n * chunk)[:, :t - 1]
-  return jnp.exp(jnp.concatenate([jnp.zeros_like(nxt[:, :1]), nxt], axis=1))
+  nxt = jnp.moveaxis(jax.lax.map(stats, (chunks(hidden), chunks(targets))), 0, 1)
+  nxt = nxt.reshape(b, n * chunk, nxt.shape[-1])[:, :t - 1]
+  return jnp.concatenate([jnp.zeros_like(nxt[:, :1]), nxt], axis=1)
 
 
 def min_token_prob(per_token: Sequence[np.ndarray], starts: Sequence[int]) -> np.ndarray:
@@ -107,13 +110,30 @@ class Scorer:
     self._params = jax.device_put(params, sharding.param_shardings(params, self.config,
                                                                    self.mesh))
     self._rows = NamedSharding(self.mesh, P(DATA_AXIS))
-    self._fn = jax.jit(_values if model.config.head == "value" else _token_probs,
+    self._fn = jax.jit(_values if model.config.head == "value" else _token_stats,
                        static_argnums=(0,))
 
   def token_scores(self, rows: Sequence[Sequence[int]], *, batch_size: int,
                    desc: str = "scoring", log_fn: Callable[[str], None] | None = None
                    ) -> list[np.ndarray]:
-    """sigmoid(value) at every token of each row (rows: token lists, BOS first)."""
+    """sigmoid(value) at every token of each row (rows: token lists, BOS first); for an LM
+    head, p(x_t | x_<t) (1 at t = 0)."""
+    out = self._per_token(rows, batch_size=batch_size, desc=desc, log_fn=log_fn)
+    return out if self.config.head == "value" else [np.exp(x[:, 0]) for x in out]
+
+  def token_confidence(self, rows: Sequence[Sequence[int]], *, batch_size: int,
+                       desc: str = "confidence", log_fn: Callable[[str], None] | None = None
+                       ) -> list[np.ndarray]:
+    """An LM's (length, 3) per token of each row: log p(x_t | x_<t) and the confidence of the
+    distribution it came from (what the sampling core returns for the tokens it samples;
+    zeros at t = 0)."""
+    if self.config.head != "lm":
+      raise ValueError(f"token confidence needs an LM head; this scorer has {self.config.head!r}.")
+    return self._per_token(rows, batch_size=batch_size, desc=desc, log_fn=log_fn)
+
+  def _per_token(self, rows: Sequence[Sequence[int]], *, batch_size: int, desc: str,
+                 log_fn: Callable[[str], None] | None) -> list[np.ndarray]:
+    """The jitted function's output at every token of each row (rows: token lists)."""
     n = len(rows)
     data = self.mesh.shape[DATA_AXIS]
     batch_size = round_up(batch_size, data)

@@ -47,11 +47,16 @@ class ValueHeadVerifier:
   def gather(self, state, rows, compact: bool = False):
     return self.incremental.gather(state, rows, compact=compact)
 
-  def extend(self, state, tokens, valid):
+  def extend(self, state, tokens, valid, confidence=None):
+    del confidence  # it reads the tokens
     return self.incremental.extend(state, tokens, valid)
 
-  def extend_scores(self, state, tokens, valid):
+  def extend_scores(self, state, tokens, valid, confidence=None):
+    del confidence
     return self.incremental.extend_scores(state, tokens, valid)
+
+  def cache_index(self, state) -> int:
+    return int(state.cache.index)
 
   def scores(self, state) -> np.ndarray:
     return self.incremental.scores(state)

@@ -25,8 +25,9 @@ from ttc_jax.verifiers import names
 def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
   """What predicting a problem's difficulty costs: ``k`` policy samples (prompt and
   generation) and the predictor's model reading each whole sample (the PRM for prm_*, in
-  its own tokens; the ORM; the policy again for its likelihood), in generations and FLOPs
-  per problem."""
+  its own tokens; the ORM), in generations and FLOPs per problem. The policy's confidence
+  (policy_likelihood, conf_*) is read from nothing: the sampling core returns it with the
+  samples."""
   c = ctx.config
   predictor = c.compute_optimal.predictor
   diff, policy = ctx.inputs["difficulty"], ctx.inputs["policy"]
@@ -47,8 +48,8 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
         [len(prompt_ids[p]) for p, _ in picked]).reshape(len(probs), k)
   elif model == names.ORM:
     scorer, name, scored_rows = ctx.inputs["orm"], "orm", rows
-  else:  # policy_likelihood: the policy re-reads its samples
-    scorer, name, scored_rows = policy, "policy", rows
+  else:  # the policy's confidence came with its samples
+    scorer, name, scored_rows = policy, "policy (with its samples)", np.zeros_like(rows)
   pol, ver = accounting.prediction_flops(accounting.ModelCost.from_config(policy.config),
                                          accounting.ModelCost.from_config(scorer.config),
                                          rows, scored_rows)
@@ -123,6 +124,9 @@ def check_compute_optimal(c: ml_collections.ConfigDict, known: Facts) -> None:
   cc = c.compute_optimal
   check_int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
   check_int(cc.repeats, "compute_optimal.repeats", 1)
+  if cc.predictor not in names.SCORES:
+    raise ConfigError(f"compute_optimal.predictor={cc.predictor!r}: expected a score the "
+                      f"verifier evaluation computes, one of {list(names.SCORES)}.")
   if cc.predictor_samples is not None:
     check_int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
               c.difficulty.samples_per_problem)
@@ -147,6 +151,8 @@ COMPUTE_OPTIMAL = Stage(
         "2: efficiency against the baseline's own smallest budget",
         "3: the prediction cost counts an imported PRM's own tokens; the floor N' / b_max",
         "4: the prediction cost charges the predictor's own model (the ORM, the policy)",
-        "5: curve_keys: each curve's family, bins and charged flag (its name is not parsed)"),
+        "5: curve_keys: each curve's family, bins and charged flag (its name is not parsed)",
+        "6: a predictor of the policy's confidence reads nothing more (it came with the "
+        "samples)"),
     cost_s=15,
     checks={"compute_optimal": check_compute_optimal})

@@ -14,6 +14,7 @@ from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import check_verifier_name
 from ttc_jax.progress import CompileClock
 from ttc_jax.progress import Progress
 from ttc_jax.search import BeamSearch
@@ -38,9 +39,10 @@ def run_search_sweep(ctx: Context) -> dict:
   log = ctx.out.cells("cells.jsonl")
   done = log.read()
   todo = [cell for cell in cells if cell.key not in done]
-  ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done")
+  ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done; steps scored "
+          f"by {sc.verifier}")
   if todo:
-    scorer = ctx.inputs["prm"].verifier(pol.tokenizer)
+    scorer = ctx.verifier(sc.verifier)
     progress = Progress(len(cells), "search cells", unit="cells", every_s=0,
                         initial=len(cells) - len(todo), log_fn=ctx.log)
     clock = CompileClock.get()
@@ -125,6 +127,7 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
   except ValueError as e:
     raise ConfigError(f"search: {e} (search.beam_width={s.beam_width} must divide every "
                       f"budget >= it; budgets {budgets}).") from e
+  check_verifier_name(s.verifier, "search.verifier")
   if "lookahead" in s.methods and not list(s.lookahead_steps):
     raise ConfigError("search.methods has 'lookahead' but search.lookahead_steps is empty.")
   for k in s.lookahead_steps if "lookahead" in s.methods else ():

@@ -21,7 +21,6 @@ from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers import labels as labels_lib
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 from ttc_jax.verifiers.scoring import aggregate_steps
-from ttc_jax.verifiers.scoring import min_token_prob
 from ttc_jax.verifiers import names
 
 
@@ -47,11 +46,13 @@ def run_verifier_eval(ctx: Context) -> dict:
   if orm is not None:
     scores[names.ORM] = aggregate_steps(orm.verifier(tok).solution_step_scores(
         questions, rows, prompt_lengths, [[len(r) - 1] for r in rows], batch_size=bs), "last")
-  # A reference that needs no training: the policy's own likelihood (its least likely
-  # generated token). It shows what a model of the policy's size can tell apart.
-  scores[names.LIKELIHOOD] = min_token_prob(
-      policy.scorer().token_scores(rows, batch_size=bs, desc="policy likelihood"),
-      prompt_lengths)
+  # No training: the policy's confidence in its own tokens (ttc_jax.verifiers.confidence), read
+  # here by one forward pass (in search they come with the sampled tokens). The least likely
+  # token, policy_likelihood, is the reference of what a model of the policy's size tells apart.
+  stats = policy.scorer().token_confidence(rows, batch_size=bs, desc="policy confidence")
+  for name in (names.LIKELIHOOD,) + names.CONFIDENCE_SCORES:
+    measure = names.measure_of(name)
+    scores[name] = np.asarray([measure.score(s[p:]) for s, p in zip(stats, prompt_lengths)])
   # Step AUC: held-out test problems, their own samples and MC labels (streams used nowhere else).
   auc_scores = auc_labels = auc_groups = np.zeros(0)
   if ec.auc_problems:
@@ -82,6 +83,7 @@ def run_verifier_eval(ctx: Context) -> dict:
                                   **{f"per_problem/{k}": v for k, v in per_problem.items()}})
   ctx.out.write_json("eval.json", result)
   ctx.out.save_figure("eval.png", figures.verifier_eval(result, auc_scores, auc_labels >= 0.5))
+  ctx.out.save_figure("confidence.png", figures.confidence_eval(result))
   within = {k: round(v["mean_auc"], 3) for k, v in result["within_problem"].items()}
   auc = result["auc"].get("prm_step_auc")
   ctx.log(f"verifiers: pass@1 {result['pass_at_1']:.3f}; at N={result['n'][-1]}: "
@@ -165,12 +167,14 @@ def check_verifier_eval(c: ml_collections.ConfigDict, known: Facts) -> None:
                       "call).")
 
 VERIFIER_EVAL = Stage(
-    name="verifier_eval", doc="best-of-N curves per verifier and the PRM's step AUC",
+    name="verifier_eval", doc="best-of-N curves per verifier (trained, and the policy's "
+    "confidence) and the PRM's step AUC",
     inputs=("data", "policy", "difficulty", "prm", "orm"),
     sections=("seed", "sampling", "test_problems", "verifier_eval"),
-    outputs=("eval.json", "scored.npz", "eval.png"),
+    outputs=("eval.json", "scored.npz", "eval.png", "confidence.png"),
     run=run_verifier_eval, load=load_verifier_eval,
-    version=3, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",),
+    version=4, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",
+                          "4: the confidence verifiers (conf_*) scored beside the others"),
     may_lack=("orm",), speed_only=("verifier_eval.batch_size",), cost_s=175,
     checks={"verifier_eval": check_verifier_eval})
 
