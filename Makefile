@@ -22,7 +22,7 @@ DATA ?= ../shared/data
 MESH ?= -1,1
 MATH_DIR ?= runs/math_qwen
 
-.PHONY: study exchange study-paper-scale study-math study-math-smoke test test-unit bench verifiers venv venv-hf clean-venv
+.PHONY: study exchange verifier-axis study-paper-scale study-math study-math-smoke test test-unit bench verifiers venv venv-hf clean-venv
 
 # --no-compile: no .pyc files for the whole of torch and transformers at install (about 40 s
 # of a fresh `make test`); the modules that are imported compile on first import.
@@ -62,6 +62,11 @@ study: $(VENV)/.installed-base
 # trained on the same rows; about 35 min of training on 2 cores) and its greedy pass@1 and
 # majority curve, then the study, whose compute-optimal report adds the exchange table and
 # Figure 9 (`make study` alone picks this up whenever it was run). Resumable.
+# Verifier quality as a controlled axis (diagnosis): search against a synthetic verifier at
+# calibrated AUCs -> $(DIR)/verifier_axis/latest/axis.md, axis.png. Resumable, cell by cell.
+verifier-axis: $(VENV)/.installed-base
+	$(PY) launch/run.py --config=$(ARITH):verifier_axis --workdir=$(DIR) --jobs=1
+
 exchange: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH):large_policy_eval --workdir=$(DIR) --jobs=1
 	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)

@@ -36,6 +36,14 @@ beat best-of-N weighted (the PRM is the weak part: search has little to choose f
 * verifier_eval: PRM / ORM / the policy's likelihood on the difficulty samples:
   majority, vanilla and weighted best-of-N for N = 1..64 with 95% CIs,
   within-problem AUC, calibration, the exploitation curve, step AUCs.
+  The policy's confidence in its own tokens as verifiers (conf_*: DeepConf's lowest group,
+  bottom-10% and tail confidence, self-certainty, mean log-prob; no training) are scored
+  beside them (confidence.png). ``search.verifier`` chooses what scores search's steps
+  (default 'prm'; a conf_* name costs 0 verifier FLOPs).
+* verifier_axis (``make verifier-axis``, not part of ``make study``; diagnosis only): the
+  search methods against a synthetic verifier (the task's step checker through noise
+  calibrated on train problems) at within-problem AUCs 0.6-0.97 ->
+  WORKDIR/verifier_axis/latest/axis.md: where tree search starts to beat best-of-N.
 * verifier_ablation: PRM variants (``ablation.variants``: hard labels) on the same
   samples.
 * search_sweep, report: best-of-N weighted, beam search (M = 4), DVTS (M = 4),
@@ -244,6 +252,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # evaluation covers best-of-N up to 64 from its sample pool. arith_paper_scale: 1..64, 3
   # seeds. lookahead k = 3 puts N = 4 at beam search's budget 16.
   c.search = common.search()
+  c.verifier_axis = common.verifier_axis()
   c.compute_optimal = common.compute_optimal()
   c.report = common.report()
   return c

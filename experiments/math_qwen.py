@@ -139,6 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search = common.search(budgets=(1, 4, 16, 64), methods=("best_of_n", "beam", "dvts",
                                                             "particles"),
                            lookahead_steps=(), max_step_tokens=512, rows_per_call=32)
+  c.verifier_axis = common.verifier_axis()
   c.compute_optimal = common.compute_optimal()
   c.report = common.report()
   return smoke(c) if "smoke" in switches else c

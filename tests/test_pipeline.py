@@ -95,7 +95,7 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   downstream_of_policy = ["compute_optimal", "difficulty", "mc_labels", "orm", "policy", "prm",
                           "report", "revision_data", "revision_model", "revision_orm",
                           "revision_report", "revision_sweep", "search_sweep", "study",
-                          "verifier_ablation", "verifier_eval"]
+                          "verifier_ablation", "verifier_axis", "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(policy__train__learning_rate=1e-3))) == \
       downstream_of_policy
   # The data order is the larger policy's too (the exchange's same pretraining tokens).
@@ -109,7 +109,9 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(ablation__variants=("prm.init=scratch",)))) == [
       "compute_optimal", "report", "study", "verifier_ablation"]
   assert _changed(base, _ids(pu.tiny_config(search__max_rounds=5))) == [
-      "compute_optimal", "report", "revision_report", "search_sweep", "study"]
+      "compute_optimal", "report", "revision_report", "search_sweep", "study", "verifier_axis"]
+  assert _changed(base, _ids(pu.tiny_config(verifier_axis__aucs=(0.7, 0.9)))) == [
+      "verifier_axis"]
   assert _changed(base, _ids(pu.tiny_config(compute_optimal__repeats=3))) == [
       "compute_optimal", "study"]
   assert _changed(base, _ids(pu.tiny_config(tokenizer__vocab_size=48))) == [
@@ -175,6 +177,23 @@ def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, m
   p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))
   with pytest.raises(ConfigError, match=match):
     p.run()
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(verifier_axis__aucs=(0.9, 1.0)), r"verifier_axis.aucs=\(0.9, 1.0\): expected increasing "
+                                           r"numbers in \[0.5, 1\)"),
+    (dict(verifier_axis__methods=("beam",)), r"verifier_axis.methods=\('beam',\): expected "
+                                             r"best_of_n and any of"),
+    (dict(verifier_axis__budgets=(8,)), r"verifier_axis.budgets=\(8,\): expected budgets of "
+                                        r"search.budgets=\(1, 2, 4\)"),
+])
+def test_bad_verifier_axis_configs_are_named_before_anything_is_written(tmp_path, overrides,
+                                                                         match):
+  """`make verifier-axis` (not part of the study: its section is checked when it runs)."""
+  p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))
+  with pytest.raises(ConfigError, match=match):
+    p.run("verifier_axis")
   assert not os.path.exists(tmp_path / "w")
 
 

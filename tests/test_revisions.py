@@ -1,6 +1,7 @@
 """Revision training data: the task's revision prompt and the trajectories (paper section 6.1)."""
 
 import collections
+import json
 import os
 import shutil
 
@@ -496,3 +497,49 @@ def test_the_prediction_cost_charges_the_predictor_s_own_model(revision_study, t
   assert costs["orm"]["scorer_flops_per_problem"] == pytest.approx(
       costs["prm_last"]["scorer_flops_per_problem"])
   assert costs["orm"]["scorer_flops_per_problem"] > 0
+
+
+@pytest.mark.e2e
+def test_the_verifier_axis_calibrates_on_train_problems_and_maps_search_against_quality(
+    revision_study, tmp_path):
+  """The synthetic verifier reaches each target AUC on train problems (never test ones), its
+  test AUC is measured and grows with the target, every cell is charged a PRM of the
+  policy's size, and the stage resumes from its cells."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(revision_study, workdir, symlinks=True)
+  axis_cfg = dict(verifier_axis__aucs=(0.6, 0.9), verifier_axis__calibration_problems=16,
+                  verifier_axis__samples_per_problem=4, verifier_axis__budgets=(2, 4),
+                  verifier_axis__methods=("best_of_n", "beam"))
+  logged = []
+  pipe = Pipeline(pu.tiny_config(**TRAINED, **STUDY, **axis_cfg), workdir, log=logged.append)
+  axis = pipe.run("verifier_axis")
+  assert not any(f"{s}: running" in line for line in logged for s in ("policy", "difficulty"))
+  cal = axis["calibration"]
+  assert len(cal["problems"]) == 16 and all("/train/" in uid for uid in cal["problems"])
+  low, high = axis["levels"]
+  for lv, target in ((low, 0.6), (high, 0.9)):
+    # A finished sample is labelled by its outcome: every target is reached on train problems
+    # (overshot on so few problems: the AUC moves in steps).
+    assert lv["target"] == target and lv["train_auc"] >= target
+    assert 0 <= lv["test_auc"]["mean_auc"] <= 1
+  assert high["separation"] > low["separation"]
+  assert high["test_auc"]["mean_auc"] > low["test_auc"]["mean_auc"]
+  assert set(low["accuracy"]) == {"best_of_n_weighted@2", "best_of_n_weighted@4", "beam_m2@2",
+                                  "beam_m2@4"}
+  assert set(low["minus_best_of_n"]) == {"beam_m2@2", "beam_m2@4"}
+  assert set(axis["crossover"]) == {"beam_m2@4"}
+  cells = [json.loads(line) for line in open(os.path.join(pipe.directory("verifier_axis"),
+                                                          "cells.jsonl"))]
+  assert len(cells) == 2 * 4
+  for cell in cells:
+    # Charged as a PRM of the policy's size reading the policy's tokens.
+    assert cell["prm_tokens"] == cell["policy_tokens"] and cell["prm_flops"] == cell["policy_flops"]
+  for name in ("axis.md", "axis.png"):
+    assert os.path.getsize(os.path.join(pipe.directory("verifier_axis"), name)) > 0
+  md = open(os.path.join(pipe.directory("verifier_axis"), "axis.md")).read()
+  assert "| target AUC | separation | train AUC | test AUC [95% CI] |" in md
+  assert "- beam_m2@4: " in md
+  # Done cells are not redone.
+  logged.clear()
+  again = Pipeline(pu.tiny_config(**TRAINED, **STUDY, **axis_cfg), workdir, log=logged.append)
+  assert again.run("verifier_axis") == axis

@@ -82,14 +82,7 @@ def within_problem_auc(scores: np.ndarray, positive: np.ndarray,
   else:
     groups = np.asarray(groups)
     rows = [(scores[groups == g], positive[groups == g]) for g in np.unique(groups)]
-  aucs, pairs, right = [], 0, 0.0
-  for s, y in rows:
-    pos, neg = s[y], s[~y]
-    if pos.size and neg.size:
-      wins = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
-      aucs.append(wins / (pos.size * neg.size))
-      pairs += pos.size * neg.size
-      right += wins
+  aucs, pairs, right = _per_group_aucs(rows)
   out = {"problems": len(aucs), "of": len(rows), "pairs": int(pairs),
          "pairwise_accuracy": float(right / pairs) if pairs else float("nan")}
   if aucs:
@@ -98,6 +91,56 @@ def within_problem_auc(scores: np.ndarray, positive: np.ndarray,
   else:
     out.update(mean_auc=float("nan"), mean_auc_ci=[float("nan")] * 2)
   return out
+
+
+def _per_group_aucs(rows) -> tuple[list[float], int, float]:
+  """Per (scores, positive) group with both classes its AUC (ties 1/2); the pooled number of
+  within-group pairs and of pairs ranked right."""
+  aucs, pairs, right = [], 0, 0.0
+  for s, y in rows:
+    pos, neg = s[y], s[~y]
+    if pos.size and neg.size:
+      wins = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+      aucs.append(wins / (pos.size * neg.size))
+      pairs += pos.size * neg.size
+      right += wins
+  return aucs, pairs, right
+
+
+def mean_within_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """The mean per-problem AUC of :func:`within_problem_auc` alone (no interval): ``scores``
+  and ``positive`` (problems, samples); NaN when no problem has both classes."""
+  scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+  aucs, _, _ = _per_group_aucs(zip(scores, positive))
+  return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def calibrate_separation(target: float, sound: np.ndarray, correct: np.ndarray,
+                         noise: np.ndarray, *, max_separation: float = 20.0,
+                         tol: float = 1e-4) -> tuple[float, float]:
+  """The separation d at which the synthetic verifier's scores d * (+/-1 by ``sound``) +
+  ``noise`` reach mean within-problem AUC ``target`` for ``correct`` (all (problems,
+  samples): the calibration problems' samples, their soundness by the step checker and their
+  fixed noise draws): (d, the AUC reached). The AUC does not decrease with d (a pair's order
+  changes only from wrong to right), so bisection finds the smallest d reaching the target
+  (within ``tol`` of d); a target beyond the AUC at ``max_separation`` gets that separation
+  and its AUC (labels and outcomes disagree on some samples)."""
+  if not 0.5 <= target < 1:
+    raise ValueError(f"target within-problem AUC {target!r}: expected a number in [0.5, 1).")
+  sign = np.where(np.asarray(sound, bool), 1.0, -1.0)
+  noise = np.asarray(noise, np.float64)
+  auc = lambda d: mean_within_auc(d * sign + noise, correct)
+  lo, hi = 0.0, float(max_separation)
+  if not np.isfinite(auc(hi)):
+    raise ValueError("no calibration problem has both right and wrong samples.")
+  if auc(hi) < target:
+    return hi, auc(hi)
+  if auc(lo) >= target:
+    return lo, auc(lo)
+  while hi - lo > tol:
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if auc(mid) < target else (lo, mid)
+  return hi, auc(hi)
 
 
 def calibration(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict:

@@ -103,6 +103,20 @@ def compute_optimal(**overrides) -> ml_collections.ConfigDict:
   ), overrides)
 
 
+def verifier_axis(**overrides) -> ml_collections.ConfigDict:
+  """Verifier quality as a controlled axis (`make verifier-axis`; diagnosis, not a claim): the
+  search methods against a synthetic verifier (the task's step checker through calibrated
+  noise) at each target within-problem AUC."""
+  return _section(dict(
+      aucs=(0.6, 0.7, 0.8, 0.9, 0.97),  # target within-problem AUCs (reached on train problems)
+      calibration_problems=100,  # train problems whose samples calibrate the noise
+      samples_per_problem=16,  # samples per calibration problem
+      methods=("best_of_n", "beam", "dvts", "particles"),  # best_of_n and tree searches
+      budgets=(4, 16),  # generation budgets (of search.budgets)
+      seeds=(0,),  # search seeds per cell
+  ), overrides)
+
+
 def report(**overrides) -> ml_collections.ConfigDict:
   return _section(dict(
       difficulty_bins=5,  # oracle difficulty quantile bins (the paper's 5 levels)

@@ -235,6 +235,37 @@ def confidence_eval(result: dict) -> Figure:
   return fig
 
 
+def verifier_axis(result: dict) -> Figure:
+  """The verifier-quality axis: each tree search's accuracy minus best-of-N weighted's at the
+  same budget [paired 95% CI] against the synthetic verifier's measured test AUC, and every
+  method's accuracy against it."""
+  levels = result["levels"]
+  fig = _figure(figsize=(13, 4.8))
+  d, a = fig.subplots(1, 2)
+  x = np.array([lv["test_auc"]["mean_auc"] for lv in levels])
+  keys = sorted({k for lv in levels for k in lv["minus_best_of_n"]})
+  for i, k in enumerate(keys):
+    diff = np.array([lv["minus_best_of_n"][k]["diff"] for lv in levels])
+    ci = np.array([lv["minus_best_of_n"][k]["ci"] for lv in levels])
+    d.errorbar(x + 0.002 * (i - len(keys) / 2), diff, yerr=[diff - ci[:, 0], ci[:, 1] - diff],
+               marker="o", ms=3, capsize=2, color=f"C{i}", label=k)
+  d.axhline(0, color="k", lw=0.8)
+  d.axvline(0.9, color="gray", ls=":", lw=0.8, label="Chen et al.: ~0.9")
+  d.set_xlabel("synthetic verifier's within-problem AUC (test problems)")
+  d.set_ylabel("accuracy minus best-of-N weighted (paired 95% CI)")
+  d.set_title("when does tree search pay?", fontsize=9)
+  d.legend(fontsize=6)
+  for i, k in enumerate(sorted({k for lv in levels for k in lv["accuracy"]})):
+    a.plot(x, [lv["accuracy"][k]["mean"] for lv in levels], marker="o", ms=3, color=f"C{i % 10}",
+           ls="-" if k.startswith("best_of_n") else "--", label=k)
+  a.set_xlabel("synthetic verifier's within-problem AUC (test problems)")
+  a.set_ylabel("accuracy")
+  a.set_title("accuracy by verifier quality", fontsize=9)
+  a.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  return fig
+
+
 def _params_of(curves: Sequence[CurvePoint], method: str) -> dict:
   return next(c.params for c in curves if c.method == method)
 

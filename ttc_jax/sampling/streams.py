@@ -27,6 +27,9 @@ STREAMS = {
     "revision_pairs": 10,  # their trajectories' draws: generator(seed, 10, split, problem)
     "revision_chains": 11,  # revision chains: row_keys(seed, 11, split, problem, chain, step, run)
     "large_policy_samples": 12,  # the exchange's larger policy on test problems
+    # The synthetic verifier's noise: generator(seed, 13, split, problem, hash of the prefix)
+    "synthetic_verifier": 13,
+    "axis_samples": 14,  # policy samples on train problems that calibrate its noise
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

@@ -25,6 +25,7 @@ from ttc_jax.pipeline.stages import models
 from ttc_jax.pipeline.stages import report
 from ttc_jax.pipeline.stages import revisions
 from ttc_jax.pipeline.stages import search
+from ttc_jax.pipeline.stages import verifier_axis
 from ttc_jax.pipeline.stages import verifier_eval
 from ttc_jax.pipeline.stages import verifiers
 
@@ -47,6 +48,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     verifier_eval.VERIFIER_EVAL,
     verifier_eval.VERIFIER_ABLATION,
     search.SEARCH_SWEEP,
+    verifier_axis.VERIFIER_AXIS,
     report.REPORT,
     report.REVISION_REPORT,
     compute_optimal.COMPUTE_OPTIMAL,

@@ -57,7 +57,7 @@ def run_search_sweep(ctx: Context) -> dict:
       compile_s = clock.seconds - compiled0
       record = Cell(method=cell.method, params=cell.params, seed=cell.seed,
                     budget_generations=cell.strategy.generations,
-                    outcomes=tuple(_outcome(r) for r in results),
+                    outcomes=tuple(outcome_of(r) for r in results),
                     wall_s=time.time() - t0 - compile_s, compile_s=compile_s)
       log.append([record.to_json()])
       progress.update(1, extra=f"{cell.method} {cell.params} seed {cell.seed}: acc "
@@ -70,7 +70,8 @@ def run_search_sweep(ctx: Context) -> dict:
   return {"cells": len(rows)}
 
 
-def _outcome(r: SearchResult) -> Outcome:
+def outcome_of(r: SearchResult) -> Outcome:
+  """A search result as the one problem's outcome a cell stores."""
   return Outcome(problem=r.problem.uid, correct=int(r.correct), answer=r.answer,
                  finished=len(r.candidates), policy_tokens=r.budget.policy_tokens,
                  prm_tokens=r.budget.prm_tokens, flops=r.budget.flops,
