@@ -40,6 +40,10 @@ beat best-of-N weighted (the PRM is the weak part: search has little to choose f
   bottom-10% and tail confidence, self-certainty, mean log-prob; no training) are scored
   beside them (confidence.png). ``search.verifier`` chooses what scores search's steps
   (default 'prm'; a conf_* name costs 0 verifier FLOPs).
+* verifier_choice: every verifier search can use (the PRM, the policy's confidence) ranked
+  by within-problem AUC on 16 samples of each of 200 held-out train problems (after the
+  MC-labelled ones; never a test problem); study.md names the one the claims used
+  (``search.verifier``) and the one chosen.
 * verifier_axis (``make verifier-axis``, not part of ``make study``; diagnosis only): the
   search methods against a synthetic verifier (the task's step checker through noise
   calibrated on train problems) at within-problem AUCs 0.6-0.97 ->
@@ -252,6 +256,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # evaluation covers best-of-N up to 64 from its sample pool. arith_paper_scale: 1..64, 3
   # seeds. lookahead k = 3 puts N = 4 at beam search's budget 16.
   c.search = common.search()
+  c.verifier_choice = common.verifier_choice()
   c.verifier_axis = common.verifier_axis()
   c.compute_optimal = common.compute_optimal()
   c.report = common.report()

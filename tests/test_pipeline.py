@@ -95,7 +95,8 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   downstream_of_policy = ["compute_optimal", "difficulty", "mc_labels", "orm", "policy", "prm",
                           "report", "revision_data", "revision_model", "revision_orm",
                           "revision_report", "revision_sweep", "search_sweep", "study",
-                          "verifier_ablation", "verifier_axis", "verifier_eval"]
+                          "verifier_ablation", "verifier_axis", "verifier_choice",
+                          "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(policy__train__learning_rate=1e-3))) == \
       downstream_of_policy
   # The data order is the larger policy's too (the exchange's same pretraining tokens).
@@ -105,7 +106,9 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
       "large_policy", "large_policy_eval"]
   assert _changed(base, _ids(pu.tiny_config(prm__train__steps=7))) == [
       "compute_optimal", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
-      "study", "verifier_ablation", "verifier_eval"]
+      "study", "verifier_ablation", "verifier_choice", "verifier_eval"]
+  assert _changed(base, _ids(pu.tiny_config(verifier_choice__num_problems=6))) == [
+      "study", "verifier_choice"]
   assert _changed(base, _ids(pu.tiny_config(ablation__variants=("prm.init=scratch",)))) == [
       "compute_optimal", "report", "study", "verifier_ablation"]
   assert _changed(base, _ids(pu.tiny_config(search__max_rounds=5))) == [

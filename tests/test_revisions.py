@@ -393,6 +393,11 @@ def test_the_study_selects_strategies_per_difficulty_bin_out_of_fold(revision_st
   assert "The learned policy" in md and "`make exchange`" in md
   study_md = open(os.path.join(revision_study, "study", "latest", "study.md")).read()
   assert "compute_optimal.md" in study_md and "make exchange" in study_md
+  # The search verifier: the one the claims used and the one chosen on held-out train problems.
+  choice = _latest(revision_study, "verifier_choice", "choice.json")
+  assert "## The search verifier" in study_md and "`search.verifier=prm`" in study_md
+  assert f"`{choice['search_verifier']}` ({choice['chosen']}: " in study_md
+  assert all("/train/" in uid for uid in choice["problems"])
 
 
 def test_the_study_picks_up_the_larger_policy_when_make_exchange_ran(revision_study, tmp_path):

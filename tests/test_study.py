@@ -175,6 +175,35 @@ def test_study_survives_sigkill_and_a_torn_cell_line(tmp_path_factory, tmp_path)
 
 
 @pytest.mark.e2e
+def test_the_search_verifier_is_chosen_on_held_out_train_problems_only(tmp_path_factory,
+                                                                       tmp_path, monkeypatch):
+  """The verifier choice reads held-out train problems (after the MC-labelled ones) and ranks
+  the verifiers search can use; a test problem planted among its problems stops it with one
+  line. (study.md's note on it: tests/test_revisions.py, on the trained tiny study.)"""
+  base = pu.shared_study(tmp_path_factory)
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  choice = Pipeline(pu.tiny_config(), workdir).run("verifier_choice")
+  assert choice["split"] == "train"
+  assert choice["problems"] == [f"arith/train/{i}" for i in range(8, 16)]  # MC labels: 0..7
+  assert set(choice["ranking"]) == {"prm_last", "policy_likelihood", *names.CONFIDENCE_SCORES}
+  assert choice["chosen"] == choice["ranking"][0]
+  assert set(choice["table"]) >= {"prm_last", "prm_min", "prm_prod", "orm"}
+  # A planted leak: the data hands a test problem to the choice.
+  from ttc_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
+  real = artifacts.TaskData.problems
+
+  def leaky(self, split, num=None, start=0):
+    out = real(self, split, num, start)
+    return real(self, "test", 1) + out[1:] if split == "train" and start == 8 else out
+
+  monkeypatch.setattr(artifacts.TaskData, "problems", leaky)
+  shutil.rmtree(os.path.join(workdir, "verifier_choice"))
+  with pytest.raises(artifacts.ArtifactError, match=r"arith/test/0 is not a train problem"):
+    Pipeline(pu.tiny_config(), workdir).run("verifier_choice")
+
+
+@pytest.mark.e2e
 def test_search_by_the_policy_s_confidence_charges_no_verifier_flops(tmp_path_factory, tmp_path):
   """search.verifier names the verifier of the sweep: with the policy's confidence every cell
   is charged the policy's tokens only (the scores came with them), and nothing upstream of the

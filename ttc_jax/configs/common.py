@@ -103,6 +103,16 @@ def compute_optimal(**overrides) -> ml_collections.ConfigDict:
   ), overrides)
 
 
+def verifier_choice(**overrides) -> ml_collections.ConfigDict:
+  """The search verifier chosen by within-problem AUC on held-out train problems (never test
+  problems): the study says which one its claims used and which one this picks."""
+  return _section(dict(
+      first_problem=2400,  # the first held-out train problem (>= mc_labels.num_problems)
+      num_problems=200,  # held-out train problems
+      samples_per_problem=16,  # policy samples per problem
+  ), overrides)
+
+
 def verifier_axis(**overrides) -> ml_collections.ConfigDict:
   """Verifier quality as a controlled axis (`make verifier-axis`; diagnosis, not a claim): the
   search methods against a synthetic verifier (the task's step checker through calibrated

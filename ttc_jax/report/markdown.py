@@ -577,9 +577,31 @@ def study_headline(co: dict) -> list[str]:
   return lines + [""]
 
 
-def study_index(claims: list[dict], compute_optimal: dict, *, revisions: bool) -> str:
-  """study.md: links to the three reports, the headline and every claim's verdict (those
-  not tested listed with why). ``revisions``: the experiment has a revision report."""
+def verifier_choice_lines(choice: dict, used: str) -> list[str]:
+  """study.md's note on the search verifier: the one the claims used (``used``:
+  search.verifier) and the one chosen on held-out train problems, with their AUCs."""
+  t = choice["table"]
+  auc = lambda k: (f"{t[k]['mean_auc']:.3f} [{t[k]['mean_auc_ci'][0]:.3f}, "
+                   f"{t[k]['mean_auc_ci'][1]:.3f}]")
+  used_score = "prm_last" if used == "prm" else used
+  lines = ["## The search verifier", "",
+           f"- The search claims below used `search.verifier={used}` (within-problem AUC on "
+           f"held-out train problems: {auc(used_score) if used_score in t else 'not measured'}).",
+           f"- Chosen by within-problem AUC on {len(choice['problems'])} held-out train problems "
+           f"({choice['samples_per_problem']} samples each; never a test problem): "
+           f"`{choice['search_verifier']}` ({choice['chosen']}: {auc(choice['chosen'])}); next: "
+           + ", ".join(f"{k} {t[k]['mean_auc']:.3f}" for k in choice["ranking"][1:4]) + "."]
+  if choice["search_verifier"] != used:
+    lines.append(f"- To run search with the chosen verifier: `--config.search.verifier="
+                 f"{choice['search_verifier']}`.")
+  return lines + [""]
+
+
+def study_index(claims: list[dict], compute_optimal: dict, *, revisions: bool,
+                verifier: list[str] = ()) -> str:
+  """study.md: links to the three reports, the headline, the search verifier's note
+  (``verifier``: :func:`verifier_choice_lines`) and every claim's verdict (those not tested
+  listed with why). ``revisions``: the experiment has a revision report."""
   co = compute_optimal
   lines = ["# The study", "",
            "- Verifiers and search: `report/latest/report.md` (results.json, figures).",
@@ -590,7 +612,7 @@ def study_index(claims: list[dict], compute_optimal: dict, *, revisions: bool) -
            "`compute_optimal/latest/compute_optimal.md` (compute_optimal.json, figures)"
            + ("." if co.get("exchange") else "; the exchange needs a larger policy's "
               "evaluation (`make exchange` in the embedded study)."), ""]
-  lines += study_headline(co) + ["## Every finding", ""]
+  lines += study_headline(co) + list(verifier) + ["## Every finding", ""]
   lines += claims_section([c for c in claims if c.get("verdict") is not None])
   untested = [c for c in claims if c.get("verdict") is None]
   if untested:

@@ -30,6 +30,7 @@ STREAMS = {
     # The synthetic verifier's noise: generator(seed, 13, split, problem, hash of the prefix)
     "synthetic_verifier": 13,
     "axis_samples": 14,  # policy samples on train problems that calibrate its noise
+    "choice_samples": 15,  # policy samples on held-out train problems: the verifier choice
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

@@ -46,6 +46,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     revisions.REVISION_ORM,
     revisions.REVISION_SWEEP,
     verifier_eval.VERIFIER_EVAL,
+    verifier_eval.VERIFIER_CHOICE,
     verifier_eval.VERIFIER_ABLATION,
     search.SEARCH_SWEEP,
     verifier_axis.VERIFIER_AXIS,

@@ -95,7 +95,11 @@ def run_study(ctx: Context) -> dict:
   exchange = (co.get("exchange") or {}).get("claims", [])
   claims = report["claims"] + (rev["claims"] if rev else []) + co["claims"] + exchange
   ctx.out.write_json("claims.json", claims)
-  ctx.out.write_text("study.md", markdown.study_index(claims, co, revisions=rev is not None))
+  choice = ctx.inputs.get("verifier_choice")
+  choice = () if choice is None else markdown.verifier_choice_lines(choice,
+                                                                   ctx.config.search.verifier)
+  ctx.out.write_text("study.md", markdown.study_index(claims, co, revisions=rev is not None,
+                                                      verifier=choice))
   ctx.log(f"study: {ctx.out.path('study.md')}")
   return {"claims": len(claims)}
 
@@ -122,7 +126,9 @@ REVISION_REPORT = Stage(
 
 STUDY = Stage(
     name="study", doc="the whole study: every claim's verdict and the three reports",
-    inputs=("report", "revision_report", "compute_optimal"), outputs=("claims.json", "study.md"),
+    inputs=("report", "revision_report", "compute_optimal", "verifier_choice"),
+    sections=("search",), outputs=("claims.json", "study.md"),
     run=run_study, load=load_json("claims.json"),
-    version=3, changelog=("3: its text without revisions",),
-    may_lack=("revision_report",), cost_s=5)
+    version=4, changelog=("3: its text without revisions",
+                          "4: the search verifier used, and the one chosen on train problems"),
+    may_lack=("revision_report", "verifier_choice"), cost_s=5)

@@ -167,9 +167,14 @@ def _crossover(levels: list[dict]) -> dict:
   return out
 
 
+def _ordered(keys) -> list[str]:
+  """'method@N' keys by method, then by budget."""
+  return sorted(keys, key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+
+
 def _markdown(result: dict) -> str:
   levels = result["levels"]
-  keys = sorted({k for lv in levels for k in lv["accuracy"]})
+  keys = _ordered({k for lv in levels for k in lv["accuracy"]})
   lines = ["# Verifier quality as a controlled axis", "",
            "A synthetic verifier (the task's step checker through calibrated noise) at each "
            "target within-problem AUC, calibrated on train problems, measured on the test "
@@ -182,7 +187,7 @@ def _markdown(result: dict) -> str:
     lines.append(f"| {lv['target']} | {lv['separation']:.3f} | {lv['train_auc']:.3f} | "
                  f"{t['mean_auc']:.3f} [{t['mean_auc_ci'][0]:.3f}, {t['mean_auc_ci'][1]:.3f}] | "
                  + " | ".join(f"{lv['accuracy'][k]['mean']:.3f}" for k in keys) + " |")
-  mk = sorted({k for lv in levels for k in lv["minus_best_of_n"]})
+  mk = _ordered({k for lv in levels for k in lv["minus_best_of_n"]})
   lines += ["", "Accuracy minus best-of-N weighted at the same budget (paired 95% CI):", "",
             "| test AUC | " + " | ".join(mk) + " |", "|" + "---|" * (1 + len(mk))]
   for lv in levels:

@@ -17,6 +17,7 @@ from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.report import figures
+from ttc_jax.sampling import solutions
 from ttc_jax.verifiers import aggregation
 from ttc_jax.verifiers import labels as labels_lib
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
@@ -24,22 +25,16 @@ from ttc_jax.verifiers.scoring import aggregate_steps
 from ttc_jax.verifiers import names
 
 
-def run_verifier_eval(ctx: Context) -> dict:
-  """Best-of-N curves of the PRM's step aggregations, the ORM (when the study has one) and
-  the policy's own likelihood on the difficulty samples; the PRM's step AUC against MC
-  labels of held-out problems (``verifier_eval.auc_problems``; 0: none)."""
-  c = ctx.config
-  ec = c.verifier_eval
-  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
-  prm, orm = ctx.inputs["prm"], ctx.inputs.get("orm")
-  tok, task = policy.tokenizer, data.task
-  probs = data.problems("test", c.test_problems)
-  samples = ctx.inputs["difficulty"].samples(tok, task, probs)
-  m = samples.n
+def score_samples(ctx: Context, samples) -> dict[str, np.ndarray]:
+  """Every verifier's score of each of ``samples`` (solutions.ProblemSamples): the PRM's step
+  aggregations, the ORM's (when the study has one), the policy's confidence measures and its
+  likelihood (:data:`ttc_jax.verifiers.names.SCORES`)."""
+  policy, prm, orm = ctx.inputs["policy"], ctx.inputs["prm"], ctx.inputs.get("orm")
+  tok, m = policy.tokenizer, samples.n
   rows, ends = samples.rows_and_step_ends(tok)
-  bs = config_lib.scoring_batch_size(c)
+  bs = config_lib.scoring_batch_size(ctx.config)
   prompt_lengths = [len(samples.prompts[i // m]) for i in range(len(rows))]
-  questions = [probs[i // m].question for i in range(len(rows))]
+  questions = [samples.problems[i // m].question for i in range(len(rows))]
   prm_steps = prm.verifier(tok).solution_step_scores(questions, rows, prompt_lengths, ends,
                                                      batch_size=bs)
   scores = {names.prm_score(h): aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
@@ -53,6 +48,23 @@ def run_verifier_eval(ctx: Context) -> dict:
   for name in (names.LIKELIHOOD,) + names.CONFIDENCE_SCORES:
     measure = names.measure_of(name)
     scores[name] = np.asarray([measure.score(s[p:]) for s, p in zip(stats, prompt_lengths)])
+  return scores
+
+
+def run_verifier_eval(ctx: Context) -> dict:
+  """Best-of-N curves of the PRM's step aggregations, the ORM (when the study has one) and
+  the policy's own likelihood on the difficulty samples; the PRM's step AUC against MC
+  labels of held-out problems (``verifier_eval.auc_problems``; 0: none)."""
+  c = ctx.config
+  ec = c.verifier_eval
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  tok, task = policy.tokenizer, data.task
+  probs = data.problems("test", c.test_problems)
+  samples = ctx.inputs["difficulty"].samples(tok, task, probs)
+  m = samples.n
+  scores = score_samples(ctx, samples)
+  prm = ctx.inputs["prm"]
+  bs = config_lib.scoring_batch_size(c)
   # Step AUC: held-out test problems, their own samples and MC labels (streams used nowhere else).
   auc_scores = auc_labels = auc_groups = np.zeros(0)
   if ec.auc_problems:
@@ -91,6 +103,60 @@ def run_verifier_eval(ctx: Context) -> dict:
           f"{'n/a' if auc is None else f'{auc:.3f}'}; within-problem AUC {within}")
   return {"pass_at_1": result["pass_at_1"], "accuracy_at_max_n": result["accuracy_at_max_n"],
           "prm_step_auc": auc, "within_problem_auc": within}
+
+
+# ----------------------------------------------------------------------------
+# the search verifier, chosen on held-out train problems
+
+
+def run_verifier_choice(ctx: Context) -> dict:
+  """Every verifier that can score search's steps (the PRM's latest step, the policy's
+  confidence measures and likelihood) ranked by within-problem AUC on the policy's samples of
+  held-out *train* problems (no PRM or ORM training problem, never a test problem): the best is
+  the study's search verifier candidate (``search_verifier``: a ``search.verifier`` value)."""
+  c = ctx.config
+  vc = c.verifier_choice
+  pol = ctx.sampler()
+  probs = ctx.inputs["data"].problems("train", vc.num_problems, start=vc.first_problem)
+  leaked = [p.uid for p in probs if p.split != "train"]
+  if leaked:
+    raise artifacts.ArtifactError(f"verifier choice: {leaked[0]} is not a train problem (a "
+                                  "verifier is never chosen on test problems).")
+  samples = solutions.sample_problems(pol.core, pol.tokenizer, pol.task, probs,
+                                      vc.samples_per_problem, c.seed, "choice_samples", pol.sp,
+                                      batch_size=c.sampling.batch_size, log_fn=ctx.log)
+  correct = samples.correct_matrix()
+  table = {}
+  for name, s in score_samples(ctx, samples).items():
+    w = verifier_metrics.within_problem_auc(np.reshape(s, correct.shape), correct, seed=c.seed)
+    table[name] = {k: w[k] for k in ("mean_auc", "mean_auc_ci", "pairwise_accuracy", "problems")}
+  searchable = [k for k in table if k == names.prm_score("last") or names.measure_of(k)]
+  ranked = sorted(searchable, key=lambda k: -np.nan_to_num(table[k]["mean_auc"], nan=-1.0))
+  chosen = ranked[0]
+  result = {"chosen": chosen, "search_verifier": names.PRM if chosen == names.prm_score("last")
+            else chosen, "ranking": ranked, "table": table, "split": "train",
+            "problems": [p.uid for p in probs], "samples_per_problem": vc.samples_per_problem,
+            "pass_at_1": float(correct.mean()),
+            "doc": "Within-problem AUC [95% CI] of each verifier on the policy's samples of "
+                   "held-out train problems; the search verifier is the best of those search "
+                   "can use (the PRM's latest step score, the policy's confidence)."}
+  ctx.out.write_json("choice.json", result)
+  ctx.log(f"verifier choice on {len(probs)} train problems: {chosen} (AUC "
+          f"{table[chosen]['mean_auc']:.3f}); then " + ", ".join(
+              f"{k} {table[k]['mean_auc']:.3f}" for k in ranked[1:4]))
+  return {"chosen": chosen, "auc": table[chosen]["mean_auc"]}
+
+
+def check_verifier_choice(c: ml_collections.ConfigDict, known: Facts) -> None:
+  vc = c.verifier_choice
+  check_int(vc.samples_per_problem, "verifier_choice.samples_per_problem", 2)
+  check_int(vc.num_problems, "verifier_choice.num_problems", 1)
+  # Held out from the verifiers' training: after the MC-labelled (PRM / ORM) problems.
+  check_int(vc.first_problem, "verifier_choice.first_problem", c.mc_labels.num_problems)
+  if known.num_train is not None and vc.first_problem + vc.num_problems > known.num_train:
+    raise ConfigError(f"verifier_choice: train problems {vc.first_problem}.."
+                      f"{vc.first_problem + vc.num_problems - 1} but the task has "
+                      f"{known.num_train} (task.num_train).")
 
 
 # ----------------------------------------------------------------------------
@@ -177,6 +243,15 @@ VERIFIER_EVAL = Stage(
                           "4: the confidence verifiers (conf_*) scored beside the others"),
     may_lack=("orm",), speed_only=("verifier_eval.batch_size",), cost_s=175,
     checks={"verifier_eval": check_verifier_eval})
+
+VERIFIER_CHOICE = Stage(
+    name="verifier_choice", doc="the search verifier chosen by within-problem AUC on held-out "
+    "train problems",
+    inputs=("data", "policy", "prm", "orm"),
+    sections=("seed", "sampling", "mc_labels", "verifier_eval", "verifier_choice"),
+    outputs=("choice.json",), run=run_verifier_choice, load=load_json("choice.json"),
+    may_lack=("orm",), speed_only=("verifier_eval.batch_size",), cost_s=120,
+    checks={"verifier_choice": check_verifier_choice})
 
 VERIFIER_ABLATION = Stage(
     name="verifier_ablation", doc="PRM variants (config overrides) scored on the difficulty "
