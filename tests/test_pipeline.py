@@ -175,6 +175,10 @@ def test_stages_declare_what_they_read():
     (dict(search__verifier="conf_topk_median"), r"search.verifier='conf_topk_median': confidence "
                                                 r"verifier 'conf_topk_median'.*aggregation one of"),
     (dict(compute_optimal__predictor="conf_x_mean"), r"compute_optimal.predictor='conf_x_mean'"),
+    (dict(verifier_choice__first_problem=4), r"verifier_choice.first_problem=4: expected an "
+                                             r"integer >= 8"),
+    (dict(verifier_choice__num_problems=193), r"verifier_choice: train problems 8..200 but the "
+                                              r"task has 200"),
 ])
 def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, match):
   p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))

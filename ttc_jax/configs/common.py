@@ -107,7 +107,8 @@ def verifier_choice(**overrides) -> ml_collections.ConfigDict:
   """The search verifier chosen by within-problem AUC on held-out train problems (never test
   problems): the study says which one its claims used and which one this picks."""
   return _section(dict(
-      first_problem=2400,  # the first held-out train problem (>= mc_labels.num_problems)
+      # The first held-out train problem (>= mc_labels.num_problems; None: right after them).
+      first_problem=config_dict.placeholder(int),
       num_problems=200,  # held-out train problems
       samples_per_problem=16,  # policy samples per problem
   ), overrides)

@@ -117,7 +117,7 @@ def run_verifier_choice(ctx: Context) -> dict:
   c = ctx.config
   vc = c.verifier_choice
   pol = ctx.sampler()
-  probs = ctx.inputs["data"].problems("train", vc.num_problems, start=vc.first_problem)
+  probs = ctx.inputs["data"].problems("train", vc.num_problems, start=_first_choice_problem(c))
   leaked = [p.uid for p in probs if p.split != "train"]
   if leaked:
     raise artifacts.ArtifactError(f"verifier choice: {leaked[0]} is not a train problem (a "
@@ -147,16 +147,22 @@ def run_verifier_choice(ctx: Context) -> dict:
   return {"chosen": chosen, "auc": table[chosen]["mean_auc"]}
 
 
+def _first_choice_problem(c: ml_collections.ConfigDict) -> int:
+  first = c.verifier_choice.first_problem
+  return c.mc_labels.num_problems if first is None else first
+
+
 def check_verifier_choice(c: ml_collections.ConfigDict, known: Facts) -> None:
   vc = c.verifier_choice
   check_int(vc.samples_per_problem, "verifier_choice.samples_per_problem", 2)
   check_int(vc.num_problems, "verifier_choice.num_problems", 1)
   # Held out from the verifiers' training: after the MC-labelled (PRM / ORM) problems.
-  check_int(vc.first_problem, "verifier_choice.first_problem", c.mc_labels.num_problems)
-  if known.num_train is not None and vc.first_problem + vc.num_problems > known.num_train:
-    raise ConfigError(f"verifier_choice: train problems {vc.first_problem}.."
-                      f"{vc.first_problem + vc.num_problems - 1} but the task has "
-                      f"{known.num_train} (task.num_train).")
+  if vc.first_problem is not None:
+    check_int(vc.first_problem, "verifier_choice.first_problem", c.mc_labels.num_problems)
+  first = _first_choice_problem(c)
+  if known.num_train is not None and first + vc.num_problems > known.num_train:
+    raise ConfigError(f"verifier_choice: train problems {first}..{first + vc.num_problems - 1} "
+                      f"but the task has {known.num_train} (task.num_train).")
 
 
 # ----------------------------------------------------------------------------
