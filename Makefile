@@ -63,9 +63,11 @@ study: $(VENV)/.installed-base
 # majority curve, then the study, whose compute-optimal report adds the exchange table and
 # Figure 9 (`make study` alone picks this up whenever it was run). Resumable.
 # Verifier quality as a controlled axis (diagnosis): search against a synthetic verifier at
-# calibrated AUCs -> $(DIR)/verifier_axis/latest/axis.md, axis.png. Resumable, cell by cell.
+# calibrated AUCs -> $(DIR)/verifier_axis/latest/axis.md, axis.png (resumable, cell by cell);
+# then the study, whose study.md picks it up (like `make exchange`).
 verifier-axis: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH):verifier_axis --workdir=$(DIR) --jobs=1
+	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)
 
 exchange: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH):large_policy_eval --workdir=$(DIR) --jobs=1

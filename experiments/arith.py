@@ -248,7 +248,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # training, other MC data.)
       # None by default: each variant trains a PRM (7 of the study's minutes for one), and
       # `make study` must fit 45 minutes on 2 cores; e.g. --config.ablation.variants=
-      # "('prm.labels=hard',)" adds one. arith_paper_scale.py runs five.
+      # "('prm.labels=hard',)" adds one; "('prm.labels=oracle',)" trains the PRM on the
+      # task's step checker's labels (diagnosis: labels or capacity?). arith_paper_scale.py
+      # runs seven.
       variants=(),
       n=(4, 16, 64),  # best-of-N sizes of the table
   ))

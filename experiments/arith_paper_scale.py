@@ -46,6 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Less Monte-Carlo data at the same cost: a quarter of the problems, 4x the rollouts.
   c.revisions.seeds = (0, 1, 2)
   c.ablation.variants = tuple(c.ablation.variants) + (
-      "prm.labels=hard", "prm.label_positions=every_token", "prm.model.num_layers=4", "prm.init=scratch", "prm.train.steps=2400",
+      "prm.labels=hard", "prm.labels=oracle", "prm.label_positions=every_token", "prm.model.num_layers=4", "prm.init=scratch", "prm.train.steps=2400",
       "mc_labels.num_problems=800,mc_labels.rollouts=16,mc_labels.problems_per_shard=100")
   return c

@@ -43,7 +43,7 @@ TINY = {
     "verifier_choice.samples_per_problem": 4,
     "search.budgets": (1, 2, 4), "search.beam_width": 2, "search.lookahead_steps": (1,),
     "search.max_step_tokens": 8, "search.rows_per_call": 16, "search.seeds": (0,),
-    "ablation.variants": ("prm.labels=hard",), "ablation.n": (2, 4),
+    "ablation.variants": ("prm.labels=hard", "prm.labels=oracle"), "ablation.n": (2, 4),
     "revision_data.num_problems": 8, "revision_data.samples_per_problem": 6,
     "revision_data.trajectories_per_problem": 3, "revision_data.problems_per_shard": 4,
     "revision_model.max_seq_len": 192, "revision_model.train.steps": 6,

@@ -396,6 +396,7 @@ def test_the_study_selects_strategies_per_difficulty_bin_out_of_fold(revision_st
   # The search verifier: the one the claims used and the one chosen on held-out train problems.
   choice = _latest(revision_study, "verifier_choice", "choice.json")
   assert "## The search verifier" in study_md and "`search.verifier=prm`" in study_md
+  assert "- Not run: `make verifier-axis`" in study_md
   assert f"`{choice['search_verifier']}` ({choice['chosen']}: " in study_md
   assert all("/train/" in uid for uid in choice["problems"])
 
@@ -532,6 +533,9 @@ def test_the_verifier_axis_calibrates_on_train_problems_and_maps_search_against_
   assert set(low["accuracy"]) == {"best_of_n_weighted@2", "best_of_n_weighted@4", "beam_m2@2",
                                   "beam_m2@4"}
   assert set(low["minus_best_of_n"]) == {"beam_m2@2", "beam_m2@4"}
+  for half in ("easier half", "harder half"):  # per difficulty half too (4 + 4 problems)
+    assert set(low["minus_best_of_n_by_half"][half]) == {"beam_m2@2", "beam_m2@4"}
+    assert low["minus_best_of_n_by_half"][half]["beam_m2@4"]["n"] == 4
   assert set(axis["crossover"]) == {"beam_m2@4"}
   cells = [json.loads(line) for line in open(os.path.join(pipe.directory("verifier_axis"),
                                                           "cells.jsonl"))]
@@ -543,8 +547,15 @@ def test_the_verifier_axis_calibrates_on_train_problems_and_maps_search_against_
     assert os.path.getsize(os.path.join(pipe.directory("verifier_axis"), name)) > 0
   md = open(os.path.join(pipe.directory("verifier_axis"), "axis.md")).read()
   assert "| target AUC | separation | train AUC | test AUC [95% CI] |" in md
-  assert "- beam_m2@4: " in md
+  assert "- beam_m2@4: " in md and "The same on the harder half" in md
   # Done cells are not redone.
   logged.clear()
   again = Pipeline(pu.tiny_config(**TRAINED, **STUDY, **axis_cfg), workdir, log=logged.append)
   assert again.run("verifier_axis") == axis
+  # The study picks it up (only the study is redone).
+  logged.clear()
+  again.run("study")
+  assert [line.split(":")[0] for line in logged if ": running" in line] == ["study"]
+  study_md = open(os.path.join(again.directory("study"), "study.md")).read()
+  assert "## Verifier quality as an axis (diagnosis)" in study_md
+  assert "- beam_m2@4 beats best-of-N weighted " in study_md

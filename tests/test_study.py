@@ -122,7 +122,8 @@ def test_the_report_is_generic(tmp_path_factory, tmp_path):
   assert all(len(ci) == 2 for ci in ver["curves_ci"]["majority"])
   assert "within-problem AUC" in text and "Exploitation" in text
   rows_ab = res["ablation"]["rows"]
-  assert [r["name"] for r in rows_ab] == ["default (this study's PRM)", "prm.labels=hard"]
+  assert [r["name"] for r in rows_ab] == ["default (this study's PRM)", "prm.labels=hard",
+                                          "prm.labels=oracle"]
   assert rows_ab[0]["prm"] == res["models"]["prm"]["id"] and rows_ab[1]["prm"] != rows_ab[0]["prm"]
   assert "## Verifier ablation" in text and "| prm.labels=hard |" in text
   assert res["claims"] and all(c["verdict"] in ("reproduced", "not reproduced",

@@ -10,6 +10,7 @@ from ttc_jax.analysis.verifiers import calibrate_separation
 from ttc_jax.analysis.verifiers import mean_within_auc
 from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.verifiers.synthetic import SyntheticVerifier
+from ttc_jax.verifiers.synthetic import oracle_step_labels
 
 EOS = 3
 
@@ -144,3 +145,27 @@ def test_a_task_without_a_checker_and_bad_separations_are_refused(task):
     SyntheticVerifier(1.0, heldout_task.ModSum(), CharTokenizer(), CONFIG, [])
   with pytest.raises(ValueError, match=r"separation -1.0: expected a number >= 0"):
     SyntheticVerifier(-1.0, task, CharTokenizer(), CONFIG, [])
+
+
+def test_oracle_step_labels_mark_every_step_from_the_first_wrong_one(task):
+  """The oracle-label PRM's labels (prm.labels='oracle'): 1 for each step up to the first wrong
+  one, 0 from it on; the last step of a finished solution is its correctness."""
+  tok = CharTokenizer()
+  p = next(q for q in (task.get("test", i) for i in range(20)) if q.difficulty == 3)
+  steps = task.split_steps(p.solution)
+  prompt = [1, 2, 3 + 10]
+  ends_of = lambda sol: [len(prompt) + i for i, t in enumerate(sol) if t in tok.step_ids + (EOS,)]
+  right = tok.encode(p.solution) + [EOS]
+  assert oracle_step_labels(task, tok, p, prompt + right, len(prompt), ends_of(right)) == [1.0] * 4
+  slip = list(steps)
+  a, c = slip[1].split("=")
+  slip[1] = f"{a}={int(c) + 1}"
+  wrong = tok.encode(task.join_steps(slip[:-1] + [f"Answer: {int(p.answer) + 1}"])) + [EOS]
+  assert oracle_step_labels(task, tok, p, prompt + wrong, len(prompt), ends_of(wrong)) == [
+      1.0, 0.0, 0.0, 0.0]
+  # A slip that the answer line hides (the right answer after a wrong step): the last step is
+  # the outcome, the steps between are the checker's.
+  hidden = list(slip[:-1]) + [steps[-1]]
+  hidden = tok.encode(task.join_steps(hidden)) + [EOS]
+  assert oracle_step_labels(task, tok, p, prompt + hidden, len(prompt), ends_of(hidden)) == [
+      1.0, 0.0, 0.0, 1.0]

@@ -240,21 +240,28 @@ def verifier_axis(result: dict) -> Figure:
   same budget [paired 95% CI] against the synthetic verifier's measured test AUC, and every
   method's accuracy against it."""
   levels = result["levels"]
-  fig = _figure(figsize=(13, 4.8))
-  d, a = fig.subplots(1, 2)
+  fig = _figure(figsize=(13, 9))
+  (d, a), halves = fig.subplots(2, 2)
   x = np.array([lv["test_auc"]["mean_auc"] for lv in levels])
   keys = sorted({k for lv in levels for k in lv["minus_best_of_n"]})
-  for i, k in enumerate(keys):
-    diff = np.array([lv["minus_best_of_n"][k]["diff"] for lv in levels])
-    ci = np.array([lv["minus_best_of_n"][k]["ci"] for lv in levels])
-    d.errorbar(x + 0.002 * (i - len(keys) / 2), diff, yerr=[diff - ci[:, 0], ci[:, 1] - diff],
-               marker="o", ms=3, capsize=2, color=f"C{i}", label=k)
-  d.axhline(0, color="k", lw=0.8)
-  d.axvline(0.9, color="gray", ls=":", lw=0.8, label="Chen et al.: ~0.9")
-  d.set_xlabel("synthetic verifier's within-problem AUC (test problems)")
-  d.set_ylabel("accuracy minus best-of-N weighted (paired 95% CI)")
-  d.set_title("when does tree search pay?", fontsize=9)
-  d.legend(fontsize=6)
+
+  def minus(ax, part, title):
+    for i, k in enumerate(keys):
+      diff = np.array([part(lv)[k]["diff"] for lv in levels])
+      ci = np.array([part(lv)[k]["ci"] for lv in levels])
+      ax.errorbar(x + 0.002 * (i - len(keys) / 2), diff, yerr=[diff - ci[:, 0], ci[:, 1] - diff],
+                  marker="o", ms=3, capsize=2, color=f"C{i}", label=k)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axvline(0.9, color="gray", ls=":", lw=0.8, label="Chen et al.: ~0.9")
+    ax.set_xlabel("synthetic verifier's within-problem AUC (test problems)")
+    ax.set_ylabel("accuracy minus best-of-N weighted (paired 95% CI)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+
+  minus(d, lambda lv: lv["minus_best_of_n"], "when does tree search pay? (all test problems)")
+  for ax, half in zip(halves, ("easier half", "harder half")):
+    minus(ax, lambda lv, half=half: lv["minus_best_of_n_by_half"][half],
+          f"the {half} (oracle pass@1)")
   for i, k in enumerate(sorted({k for lv in levels for k in lv["accuracy"]})):
     a.plot(x, [lv["accuracy"][k]["mean"] for lv in levels], marker="o", ms=3, color=f"C{i % 10}",
            ls="-" if k.startswith("best_of_n") else "--", label=k)

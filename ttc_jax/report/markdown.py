@@ -597,6 +597,23 @@ def verifier_choice_lines(choice: dict, used: str) -> list[str]:
   return lines + [""]
 
 
+def verifier_axis_lines(axis: dict | None) -> list[str]:
+  """study.md's note on the verifier-quality axis (diagnosis): the crossover per tree search,
+  or how to run it."""
+  lines = ["## Verifier quality as an axis (diagnosis)", ""]
+  if axis is None:
+    return lines + ["- Not run: `make verifier-axis` (search against a synthetic verifier of "
+                    "calibrated AUC; the study picks it up when present).", ""]
+  if axis.get("skipped"):
+    return lines + [f"- Skipped: {axis['skipped']}.", ""]
+  for k, v in axis["crossover"].items():
+    lines.append(f"- {k} beats best-of-N weighted " + (
+        f"from a verifier AUC of {v['auc']:.3f} on" if v["auc"] is not None
+        else f"at no level up to AUC {v['no_crossover_up_to']:.3f}") + ".")
+  return lines + ["- Table, per difficulty half and figure: "
+                  "`verifier_axis/latest/axis.md` (axis.png).", ""]
+
+
 def study_index(claims: list[dict], compute_optimal: dict, *, revisions: bool,
                 verifier: list[str] = ()) -> str:
   """study.md: links to the three reports, the headline, the search verifier's note

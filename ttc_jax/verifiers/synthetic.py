@@ -36,6 +36,25 @@ from ttc_jax.sampling import streams
 from ttc_jax.sampling.solutions import step_ends
 
 
+def sound(task, tokenizer, problem, tokens: Sequence[int]) -> bool:
+  """The oracle's label of a solution so far (``tokens``, after the prompt): a finished one
+  (ending in EOS) is sound when it is correct, a partial one when the task's step checker
+  finds no wrong step in it."""
+  text = tokenizer.decode(list(tokens))
+  if len(tokens) > 0 and tokens[-1] in tokenizer.eos_ids:
+    return bool(task.is_correct(text, problem))
+  return task.first_wrong_step(text, problem) is None
+
+
+def oracle_step_labels(task, tokenizer, problem, row: Sequence[int], prompt_length: int,
+                       ends: Sequence[int]) -> list[float]:
+  """1.0 / 0.0 per step of a sample (``row``: prompt and solution; ``ends``: each step's last
+  position in it): whether the solution up to that step is :func:`sound`. For diagnosis
+  only: the labels of the oracle-label PRM (``prm.labels='oracle'``)."""
+  gen = list(row[prompt_length:])
+  return [float(sound(task, tokenizer, problem, gen[:e - prompt_length + 1])) for e in ends]
+
+
 @dataclasses.dataclass(frozen=True)
 class _State:
   """Per row of a search: its problem and the solution tokens so far."""
@@ -61,12 +80,7 @@ class SyntheticVerifier:
 
   # --- the score of one prefix ---------------------------------------------------------------
   def sound(self, problem, tokens: Sequence[int]) -> bool:
-    """A finished solution (ending in EOS): whether it is correct. A partial one: whether the
-    step checker finds no wrong step in it so far."""
-    text = self.tokenizer.decode(list(tokens))
-    if len(tokens) > 0 and tokens[-1] in self.tokenizer.eos_ids:
-      return bool(self.task.is_correct(text, problem))
-    return self.task.first_wrong_step(text, problem) is None
+    return sound(self.task, self.tokenizer, problem, tokens)
 
   def noise(self, problem, tokens: Sequence[int]) -> float:
     digest = zlib.crc32(np.asarray(tokens, np.int64).tobytes())

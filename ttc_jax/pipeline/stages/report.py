@@ -96,8 +96,9 @@ def run_study(ctx: Context) -> dict:
   claims = report["claims"] + (rev["claims"] if rev else []) + co["claims"] + exchange
   ctx.out.write_json("claims.json", claims)
   choice = ctx.inputs.get("verifier_choice")
-  choice = () if choice is None else markdown.verifier_choice_lines(choice,
+  choice = [] if choice is None else markdown.verifier_choice_lines(choice,
                                                                    ctx.config.search.verifier)
+  choice += markdown.verifier_axis_lines(ctx.inputs.get("verifier_axis"))
   ctx.out.write_text("study.md", markdown.study_index(claims, co, revisions=rev is not None,
                                                       verifier=choice))
   ctx.log(f"study: {ctx.out.path('study.md')}")
@@ -128,7 +129,7 @@ STUDY = Stage(
     name="study", doc="the whole study: every claim's verdict and the three reports",
     inputs=("report", "revision_report", "compute_optimal", "verifier_choice"),
     sections=("search",), outputs=("claims.json", "study.md"),
-    run=run_study, load=load_json("claims.json"),
+    run=run_study, load=load_json("claims.json"), optional=("verifier_axis",),
     version=4, changelog=("3: its text without revisions",
                           "4: the search verifier used, and the one chosen on train problems"),
     may_lack=("revision_report", "verifier_choice"), cost_s=5)

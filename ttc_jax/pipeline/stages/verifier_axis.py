@@ -19,6 +19,7 @@ import time
 import ml_collections
 import numpy as np
 
+from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import verifiers as verifier_metrics
 from ttc_jax.pipeline.config import ConfigError
@@ -86,6 +87,8 @@ def run_verifier_axis(ctx: Context) -> dict:
   grid = ml_collections.ConfigDict(dict(c.search))
   grid.update(methods=tuple(ac.methods), budgets=tuple(ac.budgets), seeds=tuple(ac.seeds))
   cells = registry.sweep(grid)
+  # Difficulty halves by the oracle's pass@1 (0: the easier half), in the test problems' order.
+  halves = difficulty_lib.oracle_bins(ctx.inputs["difficulty"].pass_at_1, 2)
   log = ctx.out.cells("cells.jsonl")
   done = log.read()
   progress = Progress(len(ac.aucs) * len(cells), "axis cells", unit="cells", every_s=0,
@@ -113,7 +116,7 @@ def run_verifier_axis(ctx: Context) -> dict:
         progress.update(1, extra=f"AUC {target}: {cell.method} {cell.params} seed {cell.seed}: "
                                  f"acc {record.column('correct').mean():.3f}")
       level["cells"].append(done[key])
-    levels.append(_summarise(level, c.seed))
+    levels.append(_summarise(level, c.seed, halves))
   ctx.out.barrier()
   result = {"levels": levels, "crossover": _crossover(levels),
             "charged": "each level is charged a PRM of the policy's size reading every token",
@@ -131,23 +134,31 @@ def run_verifier_axis(ctx: Context) -> dict:
   return {"levels": len(levels), "crossover": result["crossover"]}
 
 
-def _summarise(level: dict, seed: int) -> dict:
+HALVES = ("easier half", "harder half")
+
+
+def _summarise(level: dict, seed: int, halves: np.ndarray) -> dict:
   """Per (method, budget): accuracy [CI] over problems (mean over seeds) and the paired
-  difference to best-of-N weighted at the same budget."""
+  difference to best-of-N weighted at the same budget, over all problems and per difficulty
+  half (``halves``: 0 or 1 per problem, the cells' problem order)."""
   by = {}
   for cell in level["cells"]:
     by.setdefault((cell["method"], cell["params"]["n"]), []).append(cell["correct"])
-  acc, minus = {}, {}
+  acc, minus, by_half = {}, {}, {h: {} for h in HALVES}
   for (method, n), runs in sorted(by.items()):
     per = stats_lib.per_problem_mean(runs)
     acc[f"{method}@{n}"] = stats_lib.mean_ci(per, seed=seed).to_json()
     base = by.get((registry.name_of(registry.BEST_OF_N), n))
     if registry.method(method).family in TREE and base is not None:
+      ref = stats_lib.per_problem_mean(base)
       minus[f"{method}@{n}"] = stats_lib.paired_diff(
-          per, stats_lib.per_problem_mean(base), names=(method, "best_of_n_weighted"),
-          seed=seed).to_json()
+          per, ref, names=(method, "best_of_n_weighted"), seed=seed).to_json()
+      for h, name in enumerate(HALVES):
+        by_half[name][f"{method}@{n}"] = stats_lib.paired_diff(
+            per[halves == h], ref[halves == h], names=(method, "best_of_n_weighted"),
+            seed=seed).to_json()
   return {**{k: v for k, v in level.items() if k != "cells"}, "accuracy": acc,
-          "minus_best_of_n": minus}
+          "minus_best_of_n": minus, "minus_best_of_n_by_half": by_half}
 
 
 def _crossover(levels: list[dict]) -> dict:
@@ -194,6 +205,13 @@ def _markdown(result: dict) -> str:
     lines.append(f"| {lv['test_auc']['mean_auc']:.3f} | " + " | ".join(
         f"{lv['minus_best_of_n'][k]['diff']:+.3f} [{lv['minus_best_of_n'][k]['ci'][0]:+.3f}, "
         f"{lv['minus_best_of_n'][k]['ci'][1]:+.3f}]" for k in mk) + " |")
+  for half in HALVES:
+    lines += ["", f"The same on the {half} of the test problems (by the oracle's pass@1):", "",
+              "| test AUC | " + " | ".join(mk) + " |", "|" + "---|" * (1 + len(mk))]
+    for lv in levels:
+      d = lv["minus_best_of_n_by_half"][half]
+      lines.append(f"| {lv['test_auc']['mean_auc']:.3f} | " + " | ".join(
+          f"{d[k]['diff']:+.3f} [{d[k]['ci'][0]:+.3f}, {d[k]['ci'][1]:+.3f}]" for k in mk) + " |")
   lines += ["", "Crossover (the lowest test AUC from which the method beats best-of-N at every "
             "higher level; Chen et al. 2024 put it at about 0.9 discriminator accuracy):", ""]
   for k, v in result["crossover"].items():

@@ -25,6 +25,7 @@ from ttc_jax.pipeline.stage import load_model
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import trainer
 from ttc_jax.verifiers import labels as labels_lib
+from ttc_jax.verifiers import synthetic
 
 
 def run_mc_labels(ctx: Context) -> dict:
@@ -71,7 +72,16 @@ def train_verifier(ctx: Context, kind: str) -> dict:
   model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
   if cfg.init == "policy":
     checkpoints.copy_backbone(policy.model, model)
-  if kind == "prm":
+  if kind == "prm" and cfg.labels == "oracle":
+    # Diagnosis only: the task's step checker labels each step (does a PRM of this size learn
+    # from exact labels what it does not learn from MC ones?).
+    data = ctx.inputs["data"]
+    probs = data.problems("train", int(ls.problem_index.max()) + 1)
+    targets = [synthetic.oracle_step_labels(data.task, policy.tokenizer,
+                                            probs[int(ls.problem_index[i])], ls.row(i),
+                                            int(ls.prompt_lengths[i]), ls.ends(i))
+               for i in range(len(ls))]
+  elif kind == "prm":
     targets = [ls.step_labels(i, cfg.labels) for i in range(len(ls))]
   else:
     targets = [[np.nan] * (len(ls.ends(i)) - 1) + [float(ls.correct[i])] for i in range(len(ls))]
@@ -88,7 +98,7 @@ def train_verifier(ctx: Context, kind: str) -> dict:
   tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
   artifacts.write_model(
       ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=cfg.train.steps,
-      made_by={"stage": kind, "objective": f"value (BCE on {cfg.labels} MC step labels)"
+      made_by={"stage": kind, "objective": f"value (BCE on {cfg.labels} step labels)"
                if kind == "prm"
                else "value (BCE on final correctness)", "init": cfg.init,
                "policy": policy.identity, "train": cfg.train.to_dict(), "data": stats})
@@ -132,9 +142,12 @@ def _check_verifier(c: ml_collections.ConfigDict, known: Facts, kind: str) -> No
 
 
 def check_prm(c: ml_collections.ConfigDict, known: Facts) -> None:
-  if c.prm.labels not in ("soft", "hard"):
-    raise ConfigError(f"prm.labels={c.prm.labels!r}: expected 'soft' (the MC value) or "
-                      "'hard' (1 if any rollout reaches the right answer).")
+  if c.prm.labels not in ("soft", "hard", "oracle"):
+    raise ConfigError(f"prm.labels={c.prm.labels!r}: expected 'soft' (the MC value), "
+                      "'hard' (1 if any rollout reaches the right answer) or 'oracle' (the "
+                      "task's step checker; diagnosis only).")
+  if c.prm.labels == "oracle" and known.task is not None and not known.task.has_step_checker:
+    raise ConfigError(f"prm.labels='oracle': task {known.task.name!r} has no step checker.")
   if c.prm.label_positions not in ("step_end", "every_token"):
     raise ConfigError(f"prm.label_positions={c.prm.label_positions!r}: expected "
                       "'step_end' or 'every_token'.")
@@ -152,7 +165,8 @@ MC_LABELS = Stage(
 
 PRM = Stage(
     name="prm", doc="process reward model: value head trained on the MC step labels",
-    inputs=("mc_labels", "policy"), sections=("prm",), outputs=MODEL_OUTPUTS,
+    # data: the task's step checker for prm.labels='oracle'.
+    inputs=("mc_labels", "policy", "data"), sections=("prm",), outputs=MODEL_OUTPUTS,
     run=lambda ctx: train_verifier(ctx, "prm"), load=load_model, cost_s=260, trains=True,
     held=trained_prm_held, checks={"prm": check_prm})
 
