@@ -91,7 +91,12 @@ def train_verifier(ctx: Context, kind: str) -> dict:
                                    [targets[i] for i in keep], model_cfg.max_seq_len,
                                    policy.tokenizer.pad_id, every_token=dense,
                                    prompt_lengths=[int(ls.prompt_lengths[i]) for i in keep])
-  stats = ls.stats()
+  stats = ls.stats()  # the samples and their MC labels
+  # What this model is trained on (for an oracle-label PRM, not the MC labels above).
+  flat = np.asarray([t for i in keep for t in targets[i]], np.float64)
+  flat = flat[np.isfinite(flat)]
+  stats["targets"] = {"labels": cfg.labels if kind == "prm" else "outcome", "steps": int(flat.size),
+                      "mean": float(flat.mean()) if flat.size else float("nan")}
   stats["params"] = model_cfg.num_params()
   ctx.log(f"{kind}: {stats['params']:,} params ({cfg.init} init); data {stats}")
   trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="value", name=kind)
