@@ -59,7 +59,8 @@ def test_every_prefix_is_scored_by_the_definition(token, how):
       want = math.exp(s) if token == "logprob" else s / (1 + s)
       assert got[t - 1] == pytest.approx(want, rel=1e-12), (length, t)
     assert measure.score(stats) == pytest.approx(got[-1], rel=1e-12)
-  assert measure.score(np.zeros((0, 3))) == 1.0  # no token yet: no evidence against it
+    assert_close(measure.prefix_scores(stats, last=3), got[-3:], tol=1e-12)  # the last ones only
+  assert measure.score(np.zeros((0, 3))) == 0.0  # nothing generated scores 0
 
 
 def test_names_round_trip_and_bad_ones_are_named():

@@ -297,9 +297,12 @@ def test_scorer_reads_step_ends_and_matches_a_full_forward():
     logits, _ = lm(np.array([row]))
     logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float32), axis=-1))
     assert_close(p, np.exp([0.0] + [logp[t - 1, row[t]] for t in range(1, len(row))]))
-  from ttc_jax.verifiers.scoring import min_token_prob
-  assert min_token_prob([np.array([1.0, 0.5, 0.2, 0.9])], [2]).tolist() == [0.2]
-  assert min_token_prob([np.array([1.0, 0.5])], [2]).tolist() == [0.0]  # nothing generated
+  # The likelihood reference: the least likely generated token (after the prompt's 2 tokens).
+  from ttc_jax.verifiers import names  # pylint: disable=g-import-not-at-top
+  likelihood = names.measure_of(names.LIKELIHOOD)
+  stats = lambda p: np.column_stack([np.log(p), np.ones((len(p), 2))])  # noqa: E731
+  assert likelihood.score(stats(np.array([1.0, 0.5, 0.2, 0.9]))[2:]) == pytest.approx(0.2)
+  assert likelihood.score(stats(np.array([1.0, 0.5]))[2:]) == 0.0  # nothing generated
 
 
 def test_prefixes_up_to_the_end_of_the_context_are_rolled_out(core):

@@ -21,7 +21,8 @@ ranking is the measure's own: ``exp`` of a log-probability summary (a geometric-
 probability), ``c / (1 + c)`` of the non-negative ones (its logit is ``log c``).
 
 A step's score is the score of the solution so far, up to the step's last token, so the
-solution's score is its last step's; the score of a solution with no token yet is 1.
+solution's score is its last step's; a solution with no token scores 0 (as one with no step does:
+:func:`ttc_jax.verifiers.scoring.aggregate_steps`).
 
 During search it reads the confidence the sampling core returned with the tokens it sampled:
 no model call, none of its own tokens, so the budget charges it 0 FLOPs. A finished solution
@@ -82,22 +83,25 @@ class Measure:
                        f"{AGGREGATIONS}.")
     return cls(token=m.group(1), aggregation=m.group(2), **kwargs)
 
-  def prefix_scores(self, stats: np.ndarray) -> np.ndarray:
-    """(T,) the score of every prefix of a solution whose tokens have ``stats`` (T, 3)."""
+  def prefix_scores(self, stats: np.ndarray, last: int | None = None) -> np.ndarray:
+    """The score of every prefix of a solution whose tokens have ``stats`` (T, 3), or of its
+    ``last`` longest prefixes only (search needs the new tokens' scores, not the old ones')."""
     x = np.asarray(stats, np.float64)[:, TOKEN_CONFIDENCES.index(self.token)]
     t = x.size
-    if t == 0:
+    last = t if last is None else min(last, t)
+    if last <= 0:
       return np.zeros(0, np.float64)
-    summary = _prefix_summary(x, self.aggregation, self.window, self.tail)
+    summary = _prefix_summary(x, self.aggregation, self.window, self.tail)[t - last:] \
+        if self.aggregation != "bottom10" else _bottom10(x, self.window, t - last)
     if self.token == "logprob":
       return np.exp(summary)
     c = np.maximum(summary, 0.0)  # >= 0 up to float rounding
     return c / (1.0 + c)
 
   def score(self, stats: np.ndarray) -> float:
-    """The score of a whole solution (its last prefix; 1 with no token)."""
-    s = self.prefix_scores(stats)
-    return float(s[-1]) if s.size else 1.0
+    """The score of a whole solution (its last prefix; 0 with no token)."""
+    s = self.prefix_scores(stats, last=1)
+    return float(s[-1]) if s.size else 0.0
 
 
 def _prefix_summary(x: np.ndarray, how: str, window: int, tail: int) -> np.ndarray:
@@ -110,18 +114,30 @@ def _prefix_summary(x: np.ndarray, how: str, window: int, tail: int) -> np.ndarr
     return np.minimum.accumulate(x)
   if how == "tail":
     return (cs[1:] - cs[np.maximum(t - tail, 0)]) / np.minimum(t, tail)
-  # Group means: the window ending at each token (the whole prefix while shorter).
-  groups = (cs[1:] - cs[np.maximum(t - window, 0)]) / np.minimum(t, window)
-  if how == "lowest_group":
-    # Before a full window there is one group, the prefix; after, the full windows only.
-    full = np.where(t >= window, groups, np.inf)
-    out = np.minimum.accumulate(full)
-    return np.where(t >= window, out, groups)
-  out = np.empty(x.size)
-  for i in range(x.size):
+  if how != "lowest_group":
+    raise ValueError(f"no prefix summary {how!r} here (bottom10: _bottom10).")
+  groups = _groups(x, window)
+  # Before a full window there is one group, the prefix; after, the full windows only.
+  full = np.where(t >= window, groups, np.inf)
+  return np.where(t >= window, np.minimum.accumulate(full), groups)
+
+
+def _groups(x: np.ndarray, window: int) -> np.ndarray:
+  """The mean of the window ending at each token (of the whole prefix while it is shorter)."""
+  t = np.arange(1, x.size + 1)
+  cs = np.concatenate([[0.0], np.cumsum(x)])
+  return (cs[1:] - cs[np.maximum(t - window, 0)]) / np.minimum(t, window)
+
+
+def _bottom10(x: np.ndarray, window: int, start: int) -> np.ndarray:
+  """DeepConf's bottom-10% group confidence of the prefixes x[:i + 1], i >= ``start`` (each
+  needs its own sort: computed for the prefixes asked for only)."""
+  groups = _groups(x, window)
+  out = np.empty(x.size - start)
+  for i in range(start, x.size):
     g = groups[window - 1:i + 1] if i + 1 >= window else groups[i:i + 1]
     k = max(1, int(np.ceil(0.1 * g.size)))
-    out[i] = np.partition(g, k - 1)[:k].mean()
+    out[i - start] = np.partition(g, k - 1)[:k].mean()
   return out
 
 
@@ -190,7 +206,7 @@ class ConfidenceVerifier:
       stats = np.concatenate([state.stats[r], added])
       new.append(stats)
       if added.shape[0]:
-        scores[r, np.nonzero(valid[r])[0]] = self.measure.prefix_scores(stats)[-added.shape[0]:]
+        scores[r, np.nonzero(valid[r])[0]] = self.measure.prefix_scores(stats, last=len(added))
     return _State(tuple(new)), scores
 
   def scores(self, state: _State) -> np.ndarray:

@@ -83,13 +83,6 @@ def _token_stats(graphdef, params, tokens, valid):
   return jnp.concatenate([jnp.zeros_like(nxt[:, :1]), nxt], axis=1)
 
 
-def min_token_prob(per_token: Sequence[np.ndarray], starts: Sequence[int]) -> np.ndarray:
-  """Per row, the smallest probability of a token from ``starts[i]`` on (the LM's
-  likelihood as a verifier: one unlikely token, e.g. a slip, sinks the solution)."""
-  return np.array([float(np.min(t[s:])) if len(t) > s else 0.0
-                   for t, s in zip(per_token, starts)], np.float64)
-
-
 LENGTH_MULTIPLE = 32  # a scoring call's padded length is a multiple of this
 
 
