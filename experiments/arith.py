@@ -132,6 +132,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = stage  # The stage to run, with the inputs it is missing ('study': everything).
   c.seed = 0  # Seed of every random stream: row_keys(seed, stream, problem, sample, ...).
+  # Which stage fills a role the study may do without (None: left out; the stages that read it
+  # do without): the LM-head verifiers (DPO needs a train problem the policy answers both
+  # right and wrong).
+  c.stages = ml_collections.ConfigDict(dict(implicit_prm="implicit_prm", dpo="dpo"))
 
   # The task's own section: its keys are the task's (see the task's DEFAULTS).
   c.task = tasks.default_config(task)
@@ -239,6 +243,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       init="policy",  # as for the PRM
       model=_verifier_arch(),
       train=_train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40),
+  ))
+  # LM-head verifiers (ttc_jax.verifiers.implicit): the policy fine-tuned on its own samples of
+  # train problems (those with a parsable answer), scored by its implicit reward
+  # beta * sum log(pi / pi_policy); pi_policy's log-probs come with the samples in search.
+  c.verifier_samples = ml_collections.ConfigDict(dict(
+      # Train problems after the MC-labelled and the verifier choice's (never the same ones).
+      first_problem=3000,
+      num_problems=6000,
+      samples_per_problem=8,  # labelled by their outcome only: no rollouts
+      problems_per_shard=1000,  # resumable unit of work (a shard file)
+  ))
+  c.implicit_prm = ml_collections.ConfigDict(dict(
+      beta=0.05,  # Yuan et al. (arXiv 2412.01981)
+      train=_train(steps=1500, batch_size=32, learning_rate=2e-4, warmup_steps=40),
+  ))
+  c.dpo = ml_collections.ConfigDict(dict(
+      beta=0.1,  # V-STaR (arXiv 2402.06457)
+      max_pairs_per_problem=4,  # (correct, incorrect) pairs per train problem, drawn at random
+      train=_train(steps=800, batch_size=16, learning_rate=2e-4, warmup_steps=40),  # pairs
   ))
   c.verifier_eval = common.verifier_eval()
   c.ablation = ml_collections.ConfigDict(dict(

@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search.seeds = (0, 1, 2)
   # The MC data of the study before it was cut to fit 30 minutes.
   c.mc_labels.num_problems = 3200
+  # The LM-head verifiers' samples after those and the verifier choice's 200: 16000 x 8.
+  c.verifier_samples.first_problem = 4000
+  c.verifier_samples.num_problems = 16000
   # Revisions as in the paper: 64 answers per train problem for the trajectories, budgets
   # up to 64 (chains of up to 64 revisions; 256 answers per problem and seed).
   c.revision_data.samples_per_problem = 64

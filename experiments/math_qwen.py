@@ -100,11 +100,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = stage  # The stage to run, with the inputs it is missing.
   c.seed = 0  # Seed of every random stream.
-  # Which stage fills each role: imported checkpoints as policy and PRM; no ORM, verifier
+  # Which stage fills each role: imported checkpoints as policy and PRM; no ORM, LM-head
+  # verifiers (they train on MC-label samples: a PRM checkpoint is imported here), verifier
   # ablation, revisions, larger policy or verifier choice (None: the stages that read them do
   # without).
   c.stages = ml_collections.ConfigDict(dict(
-      policy="hf_policy", prm="hf_prm", orm=None, verifier_ablation=None,
+      policy="hf_policy", prm="hf_prm", orm=None, implicit_prm=None, dpo=None,
+      verifier_ablation=None,
       revision_report=None, large_policy_eval=None, verifier_choice=None))
   # data_dir: the folder holding math/*.jsonl and gsm8k/*.jsonl (shared/data's layout).
   c.task = tasks.default_config(task)

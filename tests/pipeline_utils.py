@@ -37,6 +37,16 @@ TINY = {
     "prm.train.log_every": 3, "prm.train.warmup_steps": 1,
     "orm.train.steps": 6, "orm.train.batch_size": 8, "orm.train.checkpoint_every": 3,
     "orm.train.log_every": 3, "orm.train.warmup_steps": 1,
+    "verifier_samples.first_problem": 24, "verifier_samples.num_problems": 16,
+    "verifier_samples.samples_per_problem": 8, "verifier_samples.problems_per_shard": 8,
+    "implicit_prm.train.steps": 6, "implicit_prm.train.batch_size": 8,
+    "implicit_prm.train.checkpoint_every": 3, "implicit_prm.train.log_every": 3,
+    "implicit_prm.train.warmup_steps": 1,
+    # The tiny policy writes no final answer: no data for the LM-head verifiers (the trained
+    # tiny policy of test_revisions trains them).
+    "stages.implicit_prm": None, "stages.dpo": None,
+    "dpo.train.steps": 6, "dpo.train.batch_size": 4, "dpo.train.checkpoint_every": 3,
+    "dpo.train.log_every": 3, "dpo.train.warmup_steps": 1,
     "verifier_eval.subsamples": 8, "verifier_eval.auc_problems": 3,
     "verifier_eval.auc_samples_per_problem": 2, "verifier_eval.rollouts": 4,
     "verifier_choice.first_problem": 8, "verifier_choice.num_problems": 8,

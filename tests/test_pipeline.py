@@ -92,11 +92,11 @@ def _changed(a, b):
 
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
-  downstream_of_policy = ["compute_optimal", "difficulty", "mc_labels", "orm", "policy", "prm",
-                          "report", "revision_data", "revision_model", "revision_orm",
-                          "revision_report", "revision_sweep", "search_sweep", "study",
-                          "verifier_ablation", "verifier_axis", "verifier_choice",
-                          "verifier_eval"]
+  downstream_of_policy = ["compute_optimal", "difficulty", "dpo", "implicit_prm", "mc_labels",
+                          "orm", "policy", "prm", "report", "revision_data", "revision_model",
+                          "revision_orm", "revision_report", "revision_sweep", "search_sweep",
+                          "study", "verifier_ablation", "verifier_axis", "verifier_choice",
+                          "verifier_eval", "verifier_samples"]
   assert _changed(base, _ids(pu.tiny_config(policy__train__learning_rate=1e-3))) == \
       downstream_of_policy
   # The data order is the larger policy's too (the exchange's same pretraining tokens).
@@ -109,6 +109,10 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
       "study", "verifier_ablation", "verifier_choice", "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(verifier_choice__num_problems=6))) == [
       "study", "verifier_choice"]
+  # The tiny study leaves the LM-head verifiers out (stages.dpo=None): nothing reads them.
+  assert _changed(base, _ids(pu.tiny_config(dpo__beta=0.2))) == ["dpo"]
+  assert _changed(base, _ids(pu.tiny_config(verifier_samples__num_problems=8))) == [
+      "dpo", "implicit_prm", "verifier_samples"]
   assert _changed(base, _ids(pu.tiny_config(ablation__variants=("prm.init=scratch",)))) == [
       "compute_optimal", "report", "study", "verifier_ablation"]
   assert _changed(base, _ids(pu.tiny_config(search__max_rounds=5))) == [
@@ -171,7 +175,14 @@ def test_stages_declare_what_they_read():
      r"ablation variant 'prm.labels=bogus': prm.labels='bogus': expected 'soft'"),
     (dict(ablation__variants=("prm.nokey=1",)), r"variant key 'prm.nokey': not a config key"),
     (dict(search__verifier="orm"), r"search.verifier='orm': expected 'prm' \(the study's PRM\), "
-                                   r"'policy_likelihood' or conf_<token>_<aggregation>"),
+                                   r"'implicit_prm' or 'dpo' \(LM-head verifiers trained from "
+                                   r"the policy\), 'policy_likelihood' or "
+                                   r"conf_<token>_<aggregation>"),
+    (dict(search__verifier="dpo"), r"search.verifier='dpo': this experiment leaves the dpo "
+                                   r"stage out \(stages.dpo=None\)"),
+    (dict(stages__dpo="dpo", dpo__beta=0), r"dpo.beta=0.0: expected a number > 0"),
+    (dict(stages__implicit_prm="implicit_prm", verifier_samples__first_problem=10),
+     r"verifier_samples.first_problem=10: expected an integer >= 16"),
     (dict(search__verifier="conf_topk_median"), r"search.verifier='conf_topk_median': confidence "
                                                 r"verifier 'conf_topk_median'.*aggregation one of"),
     (dict(compute_optimal__predictor="conf_x_mean"), r"compute_optimal.predictor='conf_x_mean'"),

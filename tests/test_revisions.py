@@ -28,8 +28,11 @@ def _edit_distance(a: str, b: str) -> int:
 
 # A policy trained long enough on one-operation problems to answer some of them right
 # (the shared tiny study's policy answers none, so trajectories would be vacuous).
+# Its samples for the LM-head verifiers (16 problems x 8) hold problems answered both right and
+# wrong: the implicit PRM and DPO train on them.
 TRAINED = dict(task__max_ops=1, policy__train__steps=240, policy__train__checkpoint_every=120,
-               policy__train__log_every=60, revision_data__samples_per_problem=8)
+               policy__train__log_every=60, revision_data__samples_per_problem=8,
+               stages__implicit_prm="implicit_prm", stages__dpo="dpo")
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +331,62 @@ def test_no_test_problem_reaches_the_revision_model_or_its_orm(revision_study):
     assert not {data.task.get("train", int(i)).question for i in idx} & test_questions
 
 
+def test_lm_head_verifiers_train_on_train_samples_and_are_scored_beside_the_others(
+    revision_study):
+  """The implicit PRM and the DPO verifier are fine-tunes of the study's policy on its
+  samples of train problems (DPO: pairs of one problem's right and wrong answers); the
+  verifier evaluation and the verifier choice score them beside the PRM."""
+  pipe = Pipeline(pu.tiny_config(**TRAINED, **STUDY), revision_study)
+  policy, ls = pipe.load("policy"), pipe.load("verifier_samples")
+  for kind in ("implicit_prm", "dpo"):
+    model = pipe.load(kind)
+    made = model.description["made_by"]
+    assert made["policy"] == policy.identity and made["beta"] > 0 and made["stage"] == kind
+    assert model.config == policy.config  # the policy's architecture and LM head
+    data = made["data"]
+    assert data["samples"] == len(ls) and 0 < data["used_samples"] <= len(ls)
+    assert data["examples"] > 0 and data["rows_per_example"] == (2 if kind == "dpo" else 1)
+    if kind == "dpo":
+      assert data["correct_rows"] == 0.5  # each pair: one right, one wrong answer
+  ev = _latest(revision_study, "verifier_eval", "eval.json")
+  assert {"implicit_prm", "dpo"} <= set(ev["within_problem"])
+  choice = _latest(revision_study, "verifier_choice", "choice.json")
+  assert {"implicit_prm", "dpo", "prm_last"} <= set(choice["ranking"])
+
+
+def test_a_planted_test_problem_stops_lm_verifier_training():
+  from ttc_jax.pipeline import artifacts
+  from ttc_jax.pipeline.stages import verifiers as stages_lib
+  from ttc_jax.verifiers.labels import LabelledSamples
+  task = tasks.build(tasks.default_config("arith"))
+  planted = task.get("test", 3)
+  ls = LabelledSamples(problem_index=np.array([3]), sample_index=np.array([0]),
+                       rows=np.array([[1, 5, 6, 7]], np.int32), lengths=np.array([4]),
+                       prompt_lengths=np.array([2]), step_ends=np.array([[3]], np.int32),
+                       labels=np.array([[1.0]], np.float32), correct=np.array([True]))
+  with pytest.raises(artifacts.ArtifactError, match=r"arith/test/3, not a train problem"):
+    stages_lib.lm_verifier_data(ls, task, None, [planted], None, kind="dpo", max_pairs=1,
+                                seed=0, batch_size=4, seq_len=16, log=print)
+
+
+def test_search_by_an_lm_head_verifier_charges_its_model(revision_study, tmp_path):
+  """search.verifier='dpo': every step is scored by the DPO verifier, charged its forward over
+  the policy's tokens (its reference's log-probabilities came with them)."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(revision_study, workdir, symlinks=True)
+  logged = []
+  pipe = Pipeline(pu.tiny_config(**TRAINED, **STUDY, search__verifier="dpo"), workdir,
+                  log=logged.append)
+  pipe.run("search_sweep")
+  assert any("steps scored by dpo" in line for line in logged)
+  assert not any(f"{stage}: running" in line for line in logged
+                 for stage in ("policy", "difficulty", "dpo")), logged
+  cells = json.load(open(os.path.join(pipe.directory("search_sweep"), "cells.json")))
+  for cell in cells:
+    assert sum(cell["prm_tokens"]) >= sum(cell["policy_tokens"]) > 0
+    assert sum(cell["prm_flops"]) > 0
+
+
 def test_the_revision_report_has_every_split_selection_and_claim(revision_study):
   from ttc_jax.analysis import revisions as rev_lib
   rev = _latest(revision_study, "revision_report", "revisions.json")
@@ -484,7 +543,7 @@ def test_the_prediction_cost_charges_the_predictor_s_own_model(revision_study, t
   workdir = str(tmp_path / "w")
   shutil.copytree(revision_study, workdir, symlinks=True)
   costs = {}
-  predictors = ("prm_last", "orm", "policy_likelihood", "conf_topk_lowest_group")
+  predictors = ("prm_last", "orm", "policy_likelihood", "conf_topk_lowest_group", "dpo")
   for predictor in predictors:
     pipe = Pipeline(pu.tiny_config(**TRAINED, **STUDY, compute_optimal__predictor=predictor),
                     workdir)
@@ -492,16 +551,20 @@ def test_the_prediction_cost_charges_the_predictor_s_own_model(revision_study, t
     costs[predictor] = co["difficulty"]["prediction_cost"]
     assert co["difficulty"]["predictor"] == predictor
   assert [costs[p]["scorer"] for p in predictors] == ["prm", "orm"] + ["policy (with its "
-                                                                       "samples)"] * 2
+                                                                       "samples)"] * 2 + [
+      "dpo (the policy's architecture)"]
   assert costs["prm_last"]["policy_flops_per_problem"] > 0
   for p in predictors:
     assert costs[p]["policy_flops_per_problem"] == pytest.approx(
         costs["prm_last"]["policy_flops_per_problem"])
   assert costs["policy_likelihood"]["scorer_flops_per_problem"] == 0
   assert costs["conf_topk_lowest_group"]["scorer_flops_per_problem"] == 0
-  # The tiny study's ORM and PRM share the policy's shape: the same FLOPs per token.
+  # The tiny study's ORM and PRM share the policy's shape: the same FLOPs per token. The DPO
+  # verifier is the policy with its LM head (its reference, the policy, came with the
+  # samples): the head over the vocabulary costs more than a value head's one output.
   assert costs["orm"]["scorer_flops_per_problem"] == pytest.approx(
       costs["prm_last"]["scorer_flops_per_problem"])
+  assert costs["dpo"]["scorer_flops_per_problem"] > costs["prm_last"]["scorer_flops_per_problem"]
   assert costs["orm"]["scorer_flops_per_problem"] > 0
 
 

@@ -203,17 +203,19 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str],
   return known.task
 
 
-def check_train(c: ml_collections.ConfigDict, section: str, known: Facts) -> None:
-  """``section.train`` (a model trained here): a trainer config whose batch splits over the
-  devices the trainer uses."""
+def check_train(c: ml_collections.ConfigDict, section: str, known: Facts,
+                rows_per_example: int = 1) -> None:
+  """``section.train`` (a model trained here): a trainer config whose batch (of examples of
+  ``rows_per_example`` rows: 2 for DPO's pairs) splits over the devices the trainer uses."""
   try:
     trainer.check_config(c[section].train, prefix=f"{section}.train")
   except ValueError as e:
     raise ConfigError(str(e)) from e
   batch, devices = c[section].train.batch_size, known.training_devices
-  if devices and batch % devices:
+  if devices and batch * rows_per_example % devices:
+    rows = f" ({batch * rows_per_example} rows)" if rows_per_example > 1 else ""
     raise ConfigError(
-        f"{section}.train.batch_size={batch}: expected a multiple of the {devices} devices the "
+        f"{section}.train.batch_size={batch}{rows}: expected a multiple of the {devices} devices the "
         "trainer splits each batch over (one XLA CPU device per core on a CPU host; set "
         "XLA_FLAGS=--xla_force_host_platform_device_count=N to choose N).")
 
@@ -319,5 +321,7 @@ def scoring_batch_size(config: ml_collections.ConfigDict) -> int:
 
 def filled_by(config: ml_collections.ConfigDict, role: str) -> str | None:
   """The stage that fills ``role`` in this experiment (its ``stages`` section; default
-  the stage of that name; None: left out)."""
-  return (config.get("stages") or {}).get(role, role)
+  the stage of that name; None: left out, also spelled 'None': on the command line,
+  ``--config.stages.dpo=None`` sets a string field to that text)."""
+  name = (config.get("stages") or {}).get(role, role)
+  return None if name in (None, "None") else name

@@ -146,7 +146,7 @@ class Pipeline:
   def validate_roles(self, target: str | None = None) -> None:
     """The ``stages`` config: known roles, each filled by a stage that can fill it, and no
     role left out (None) that a stage ``target`` needs does not declare in may_lack."""
-    roles = dict(self.config.get("stages") or {})
+    roles = {role: self.resolve(role) for role in (self.config.get("stages") or {})}
     known = set(STAGES) | {i for st in STAGES.values() for i in st.inputs + st.optional}
     for role, name in roles.items():
       if role not in known:

@@ -70,11 +70,17 @@ class Context:
 
   def verifier(self, name: str) -> Verifier:
     """The verifier a config names (e.g. ``search.verifier``): 'prm', the PRM input (trained
-    or imported), or the policy's confidence in its own tokens ('policy_likelihood',
-    conf_<token>_<aggregation>; see :func:`check_verifier_name`)."""
+    or imported), an LM-head verifier trained from the policy ('implicit_prm', 'dpo'), or the
+    policy's confidence in its own tokens ('policy_likelihood', conf_<token>_<aggregation>;
+    see :func:`check_verifier_name`)."""
     policy = self.inputs["policy"]
     if name == names.PRM:
       return self.inputs["prm"].verifier(policy.tokenizer)
+    if name in names.LM_VERIFIERS:
+      if self.inputs.get(name) is None:
+        raise ConfigError(f"verifier {name!r}: this experiment has no {name} stage (its "
+                          f"'stages.{name}' is None).")
+      return self.inputs[name].implicit_verifier(policy)
     return policy.confidence_verifier(names.measure_of(name))
 
 
@@ -82,12 +88,15 @@ def check_verifier_name(name, key: str) -> None:
   """A config's verifier name (``key``: where it was set) is one :meth:`Context.verifier`
   knows, else a one-line ConfigError naming it."""
   try:
-    ok = isinstance(name, str) and (name == names.PRM or names.measure_of(name) is not None)
+    ok = isinstance(name, str) and (name in (names.PRM,) + names.LM_VERIFIERS
+                                    or names.measure_of(name) is not None)
   except ValueError as e:
     raise ConfigError(f"{key}={name!r}: {e}") from e
   if not ok:
     raise ConfigError(f"{key}={name!r}: expected 'prm' (the study's PRM), "
-                      f"'{names.LIKELIHOOD}' or conf_<token>_<aggregation> with token one of "
+                      f"{' or '.join(repr(v) for v in names.LM_VERIFIERS)} (LM-head verifiers "
+                      f"trained from the policy), '{names.LIKELIHOOD}' or "
+                      "conf_<token>_<aggregation> with token one of "
                       f"{confidence.TOKEN_CONFIDENCES} and aggregation one of "
                       f"{confidence.AGGREGATIONS} (the policy's confidence).")
 

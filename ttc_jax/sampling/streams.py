@@ -31,6 +31,7 @@ STREAMS = {
     "synthetic_verifier": 13,
     "axis_samples": 14,  # policy samples on train problems that calibrate its noise
     "choice_samples": 15,  # policy samples on held-out train problems: the verifier choice
+    "verifier_samples": 16,  # policy samples on train problems: the LM-head verifiers' data
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

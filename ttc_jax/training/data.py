@@ -5,6 +5,10 @@ token rows plus, per position, a weight and (for value heads) a target. The LM
 objective (policy SFT) predicts ``tokens[:, t + 1]`` at position ``t`` where
 ``weights[:, t + 1]`` is set; the value objective (PRM / ORM) fits
 ``targets[:, t]`` at positions where ``weights[:, t]`` is set (step-end tokens).
+The implicit-reward objectives (LM-head verifiers: ``training.trainer``) read, besides,
+the reference model's log-probability of each token (``ref_logprobs``) and a label per
+row (the sample's correctness); a DPO example is a pair of rows (``group=2``: the correct
+solution, then the incorrect one), and the batch order draws examples, not rows.
 
 The batch order is a pure function of ``(seed, step)``: sample position
 ``p = step * batch_size + j`` is element ``p % N`` of the permutation of epoch
@@ -35,43 +39,65 @@ class TokenDataset:
   valid: (N, L) bool, True on real tokens.
   weights: (N, L) float32 loss weight per position (see module docstring).
   targets: (N, L) float32 value targets, or None for the LM objective.
+  ref_logprobs: (N, L) float32, the reference model's log p(tokens[t] | tokens[:t]) at
+    position t (0 at t = 0), or None (implicit-reward objectives only).
+  labels: (N,) float32 per-row label in [0, 1], or None (implicit-reward objectives only).
+  group: consecutive rows per example (2: a DPO pair); N is a multiple of it.
   """
 
   tokens: np.ndarray
   valid: np.ndarray
   weights: np.ndarray
   targets: np.ndarray | None = None
+  ref_logprobs: np.ndarray | None = None
+  labels: np.ndarray | None = None
+  group: int = 1
 
   def __post_init__(self):
     shape = self.tokens.shape
     if len(shape) != 2 or shape[0] == 0:
       raise ValueError(f"tokens must be a non-empty (N, L) array; got shape {shape}.")
-    for name in ("valid", "weights", "targets"):
+    for name in ("valid", "weights", "targets", "ref_logprobs"):
       x = getattr(self, name)
       if x is not None and x.shape != shape:
         raise ValueError(f"{name} has shape {x.shape}; tokens has {shape}.")
-    if self.targets is not None and not np.all(np.isfinite(self.targets)):
-      raise ValueError("targets contain NaN or inf.")
+    for name in ("targets", "ref_logprobs", "labels"):
+      x = getattr(self, name)
+      if x is not None and not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contain NaN or inf.")
+    if self.labels is not None and self.labels.shape != shape[:1]:
+      raise ValueError(f"labels has shape {self.labels.shape}; expected ({shape[0]},).")
+    if not isinstance(self.group, int) or self.group < 1 or shape[0] % self.group:
+      raise ValueError(f"group={self.group!r}: expected an integer >= 1 dividing the "
+                       f"{shape[0]} rows.")
 
   def __len__(self) -> int:
-    return self.tokens.shape[0]
+    """Examples (rows / group)."""
+    return self.tokens.shape[0] // self.group
 
   @functools.cached_property
   def lengths(self) -> np.ndarray:
-    """Tokens per row (right padded: the index after the last valid token)."""
+    """Tokens per example (right padded: the index after the last valid token of its
+    longest row)."""
     last = np.where(self.valid.any(1), self.valid.shape[1] - np.argmax(self.valid[:, ::-1], 1), 0)
-    return last.astype(np.int64)
+    return last.reshape(-1, self.group).max(1).astype(np.int64)
 
   def batch(self, indices: np.ndarray, pad_multiple: int | None = None
             ) -> dict[str, np.ndarray]:
-    """Rows ``indices``; with ``pad_multiple``, cut to the longest row rounded up to it."""
+    """Examples ``indices`` (their rows, each example's consecutively); with
+    ``pad_multiple``, cut to the longest row rounded up to it."""
+    indices = np.asarray(indices, np.int64)
     width = self.tokens.shape[1]
     if pad_multiple:
       width = min(width, -(-int(self.lengths[indices].max()) // pad_multiple) * pad_multiple)
-    out = {"tokens": self.tokens[indices, :width], "valid": self.valid[indices, :width],
-           "weights": self.weights[indices, :width]}
-    if self.targets is not None:
-      out["targets"] = self.targets[indices, :width]
+    rows = (indices[:, None] * self.group + np.arange(self.group)).reshape(-1)
+    out = {"tokens": self.tokens[rows, :width], "valid": self.valid[rows, :width],
+           "weights": self.weights[rows, :width]}
+    for name in ("targets", "ref_logprobs"):
+      if getattr(self, name) is not None:
+        out[name] = getattr(self, name)[rows, :width]
+    if self.labels is not None:
+      out["labels"] = self.labels[rows]
     return out
 
 
@@ -245,3 +271,46 @@ def value_dataset(rows: Sequence[Sequence[int]], step_ends: Sequence[Sequence[in
       weights[i, first:end + 1] = 1.0
       targets[i, first:end + 1] = label
   return TokenDataset(tokens=tokens, valid=valid, weights=weights, targets=targets)
+
+
+def implicit_reward_dataset(rows: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                            ref_logprobs: Sequence[np.ndarray], labels: Sequence[float],
+                            seq_len: int, pad_id: int = 0, group: int = 1) -> TokenDataset:
+  """LM-head verifier data (an implicit PRM's or a DPO verifier's) from token rows as the
+  sampling core produced them.
+
+  rows[i] is BOS + prompt + sampled solution; the implicit reward sums over its solution
+  tokens (from ``prompt_lengths[i]``, BOS included, to its end): their ``weights`` are 1.
+  ``ref_logprobs[i]`` is the reference model's log p(rows[i][t] | rows[i][:t]) for every t
+  (the value at t = 0 is not read); ``labels[i]`` the row's label (its correctness) in
+  [0, 1]. ``group``: rows per example (2 for DPO: the preferred row, then the other).
+
+  Raises:
+    ValueError: naming the row for a length mismatch, a row longer than ``seq_len``, a
+      prompt that leaves no solution token, or a label outside [0, 1].
+  """
+  n = len(rows)
+  if not n or not (n == len(prompt_lengths) == len(ref_logprobs) == len(labels)):
+    raise ValueError(f"need equal, non-zero numbers of rows/prompt_lengths/ref_logprobs/"
+                     f"labels; got {n}, {len(prompt_lengths)}, {len(ref_logprobs)}, "
+                     f"{len(labels)}.")
+  tokens = np.full((n, seq_len), pad_id, np.int32)
+  valid = np.zeros((n, seq_len), bool)
+  weights = np.zeros((n, seq_len), np.float32)
+  ref = np.zeros((n, seq_len), np.float32)
+  for i, (row, p, lp, y) in enumerate(zip(rows, prompt_lengths, ref_logprobs, labels)):
+    if len(row) > seq_len:
+      raise ValueError(f"row {i} has {len(row)} tokens, more than seq_len={seq_len}.")
+    if not 1 <= p < len(row):
+      raise ValueError(f"row {i}: prompt length {p} leaves no solution token in a row of "
+                       f"{len(row)}.")
+    if len(lp) != len(row):
+      raise ValueError(f"row {i}: {len(lp)} reference log-probs for {len(row)} tokens.")
+    if not 0.0 <= y <= 1.0:
+      raise ValueError(f"row {i}: label {y} outside [0, 1].")
+    tokens[i, :len(row)] = row
+    valid[i, :len(row)] = True
+    weights[i, p:len(row)] = 1.0
+    ref[i, 1:len(row)] = np.asarray(lp, np.float32)[1:]
+  return TokenDataset(tokens=tokens, valid=valid, weights=weights, ref_logprobs=ref,
+                      labels=np.asarray(labels, np.float32), group=group)

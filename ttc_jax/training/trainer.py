@@ -1,4 +1,5 @@
-"""The training loop shared by the policy (LM objective) and the verifiers (value objective).
+"""The training loop shared by the policy (LM objective), the value-head verifiers (value
+objective) and the LM-head verifiers (implicit-PRM and DPO objectives on the implicit reward).
 
 * optax: AdamW with linear warmup + cosine decay and global-norm clipping; weight
   decay on matrices only.
@@ -141,17 +142,57 @@ def value_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0
   return loss, {"loss": loss, "accuracy": acc, "weight": w.sum()}
 
 
-OBJECTIVES: dict[str, Callable[[Transformer, Batch], tuple[Array, dict[str, Array]]]] = {
-    "lm": lm_loss, "value": value_loss}
+def implicit_rewards(model: Transformer, batch: Batch, beta: float) -> Array:
+  """(rows,) implicit reward of each row under an LM-head model: beta times the sum, over the
+  row's weighted tokens, of log pi(token | prefix) - log pi_ref(token | prefix) (Rafailov
+  et al. 2023; Yuan et al., arXiv 2412.01981, whose partial sums are the process rewards)."""
+  tokens, valid = batch["tokens"], batch["valid"]
+  logits, _ = model(tokens[:, :-1], valid[:, :-1])
+  lp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1),
+                           tokens[:, 1:, None], axis=-1)[..., 0]
+  w = batch["weights"][:, 1:]
+  return beta * ((lp - batch["ref_logprobs"][:, 1:]) * w).sum(axis=1)
+
+
+def implicit_prm_loss(model: Transformer, batch: Batch, beta: float = 0.05
+                      ) -> tuple[Array, dict[str, Array]]:
+  """The implicit PRM (Yuan et al., arXiv 2412.01981): binary cross-entropy of
+  sigmoid(implicit reward) against each row's outcome label."""
+  r = implicit_rewards(model, batch, beta)
+  y = batch["labels"]
+  loss = optax.sigmoid_binary_cross_entropy(r, y).mean()
+  acc = ((r > 0) == (y > 0.5)).mean()
+  return loss, {"loss": loss, "accuracy": acc, "weight": batch["weights"].sum()}
+
+
+def dpo_loss(model: Transformer, batch: Batch, beta: float = 0.1
+             ) -> tuple[Array, dict[str, Array]]:
+  """DPO (Rafailov et al. 2023) on pairs of consecutive rows, the preferred row first: the
+  V-STaR verifier (Hosseini et al., arXiv 2402.06457) prefers a correct solution to an
+  incorrect one of the same problem. ``accuracy``: the share of pairs ranked right."""
+  r = implicit_rewards(model, batch, beta).reshape(-1, 2)
+  margin = r[:, 0] - r[:, 1]
+  loss = -jax.nn.log_sigmoid(margin).mean()
+  return loss, {"loss": loss, "accuracy": (margin > 0).mean(), "weight": batch["weights"].sum()}
+
+
+OBJECTIVES: dict[str, Callable[..., tuple[Array, dict[str, Array]]]] = {
+    "lm": lm_loss, "value": value_loss, "implicit_prm": implicit_prm_loss, "dpo": dpo_loss}
+# The keyword options each objective takes (train(options=...); the LM's label smoothing
+# comes from its ``train`` section).
+OBJECTIVE_OPTIONS = {"lm": ("label_smoothing",), "value": (), "implicit_prm": ("beta",),
+                     "dpo": ("beta",)}
+# Rows per example of each objective's dataset (TokenDataset.group).
+OBJECTIVE_GROUP = {"dpo": 2}
 
 
 # ----------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------
-def _train_step(graphdef, params, opt_state, batch, *, tx, objective, label_smoothing):
+def _train_step(graphdef, params, opt_state, batch, *, tx, objective, options):
   def loss_fn(p):
     model = nnx.merge(graphdef, p)
-    return OBJECTIVES[objective](model, batch, label_smoothing)
+    return OBJECTIVES[objective](model, batch, **dict(options))
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
@@ -185,8 +226,9 @@ def _truncate_metrics(path: str, upto_step: int) -> None:
 def _check_batch_size(dataset: TokenDataset, cfg: ml_collections.ConfigDict, data_size: int,
                       name: str) -> None:
   """Raises for a batch that does not split over the mesh or a bucketed dataset too small."""
-  if cfg.batch_size % data_size:
-    raise ValueError(f"train.batch_size={cfg.batch_size} must be a multiple of the mesh "
+  if cfg.batch_size * dataset.group % data_size:
+    rows = f" ({cfg.batch_size * dataset.group} rows)" if dataset.group > 1 else ""
+    raise ValueError(f"train.batch_size={cfg.batch_size}{rows} must be a multiple of the mesh "
                      f"'data' axis ({data_size}).")
   if cfg.get("bucket_pool_batches", 0) and len(dataset) < cfg.batch_size:
     raise TooFewRows(
@@ -296,7 +338,7 @@ def _log_metrics(metrics_file, metrics: dict[str, Array], step: int, since: _Sin
 
 def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigDict,
           out_dir: str, *, objective: str, mesh=None, log_fn=logging.info,
-          name: str = "train") -> Transformer:
+          name: str = "train", options: Mapping[str, float] | None = None) -> Transformer:
   """Trains ``model`` in place on ``dataset``; resumes from ``out_dir/checkpoints``.
 
   Args:
@@ -309,7 +351,9 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
       objective) and pad_multiple (cut each
       batch to its longest row rounded up to this; one compile per width).
     out_dir: output directory of this training run (checkpoints/, metrics.jsonl).
-    objective: 'lm' or 'value'.
+    objective: 'lm', 'value', 'implicit_prm' or 'dpo' (:data:`OBJECTIVES`).
+    options: the objective's keyword options (:data:`OBJECTIVE_OPTIONS`: the implicit-reward
+      objectives' ``beta``).
     mesh: a ('data', 'model') mesh; default: all devices (of all processes) on 'data'.
     name: shown in the progress lines.
 
@@ -318,6 +362,10 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"objective={objective!r}: expected one of {sorted(OBJECTIVES)}.")
+  if dataset.group != OBJECTIVE_GROUP.get(objective, 1):
+    raise ValueError(f"objective={objective!r} takes examples of "
+                     f"{OBJECTIVE_GROUP.get(objective, 1)} rows; the dataset's have "
+                     f"{dataset.group}.")
   check_config(cfg)
   mesh = make_mesh() if mesh is None else mesh
   _check_batch_size(dataset, cfg, mesh.shape[DATA_AXIS], name)
@@ -340,10 +388,18 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   if primary:
     _truncate_metrics(metrics_path, start)
 
+  opts = dict(options or {})
+  if objective == "lm":
+    opts.setdefault("label_smoothing", float(cfg.get("label_smoothing", 0.0)))
+  unknown = sorted(set(opts) - set(OBJECTIVE_OPTIONS[objective]))
+  if unknown:
+    raise ValueError(f"objective={objective!r} takes the options "
+                     f"{list(OBJECTIVE_OPTIONS[objective])}; got {unknown}.")
+  options = tuple(sorted((k, float(v)) for k, v in opts.items()))
   step_fn = functools.partial(
       jax.jit(_train_step, static_argnums=(0,),
-              static_argnames=("tx", "objective", "label_smoothing"), donate_argnums=(1, 2)),
-      label_smoothing=float(cfg.get("label_smoothing", 0.0)))
+              static_argnames=("tx", "objective", "options"), donate_argnums=(1, 2)),
+      options=options)
 
   in_flight = collections.deque()  # the loss of each step not waited for yet
   since = _Since(time=time.time(), step=start)

@@ -5,12 +5,14 @@ the revision sweep, compute-optimal's difficulty prediction) and partial ones on
 time during search (its own state per row, fed the policy's tokens), and counts its own
 tokens: they, with its model's architecture (``config``), are what the budget charges it.
 
-Three kinds implement it: a value head over the policy's own tokens (the PRMs and ORMs
+Four kinds implement it: a value head over the policy's own tokens (the PRMs and ORMs
 trained here; :class:`~ttc_jax.verifiers.value_head.ValueHeadVerifier`), an imported PRM that
 reads the policy's steps in its own format and tokens
-(:class:`~ttc_jax.verifiers.adapters.PolicyBridge`), and the policy's own confidence in the
-tokens it sampled (:class:`~ttc_jax.verifiers.confidence.ConfidenceVerifier`: no model call
-during search, 0 FLOPs). Search, the stages and the accounting use only this protocol.
+(:class:`~ttc_jax.verifiers.adapters.PolicyBridge`), an LM head fine-tuned from the policy and
+read by its implicit reward against it (the implicit PRM and the DPO verifier;
+:class:`~ttc_jax.verifiers.implicit.ImplicitRewardVerifier`), and the policy's own confidence
+in the tokens it sampled (:class:`~ttc_jax.verifiers.confidence.ConfidenceVerifier`: no model
+call during search, 0 FLOPs). Search, the stages and the accounting use only this protocol.
 """
 
 from __future__ import annotations

@@ -175,7 +175,9 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
 def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSamples, k: int,
                   seed: int, stream: str, sp: SamplingParams, *, batch_size: int,
                   log_fn: Callable[[str], None] | None = None) -> LabelledSamples:
-  """MC step labels for every sample of ``samples`` (see the module docstring)."""
+  """MC step labels for every sample of ``samples`` (see the module docstring); with ``k`` =
+  0, outcome labels only: the last step's is the sample's correctness, the others NaN (no
+  rollout runs)."""
   step_ids, eos_ids, step_pairs = tok.step_ids, tok.eos_ids, tok.step_pairs
   n_rows = len(samples.texts)
   ends_all, prefixes, prefix_ids, remaining, where = [], [], [], [], {}
@@ -188,8 +190,8 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
     ends_all.append(ends)
     sample_refs = []
     for j, e in enumerate(ends):
-      if j == len(ends) - 1:
-        sample_refs.append(None)  # last step: the sample's own correctness
+      if j == len(ends) - 1 or k == 0:
+        sample_refs.append(None if j == len(ends) - 1 else -1)  # last: its own correctness
         continue
       key = (pos, tuple(gen[:e + 1]))
       if key not in where:
@@ -219,7 +221,8 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
     lengths[i] = len(row)
     for j, (e, ref) in enumerate(zip(ends_all[i], refs[i])):
       step_ends_arr[i, j] = prompt_lens[i] + e
-      labels[i, j] = float(samples.correct[i]) if ref is None else rates[ref]
+      labels[i, j] = (float(samples.correct[i]) if ref is None
+                      else np.nan if ref < 0 else rates[ref])
   return LabelledSamples(
       problem_index=np.array([samples.problems[i // samples.n].index for i in range(n_rows)]),
       sample_index=np.arange(n_rows) % samples.n,

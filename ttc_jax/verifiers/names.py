@@ -5,7 +5,9 @@ A score name says which model scored a solution and how: ``prm_last``, ``prm_min
 ORM's score of the whole solution, ``policy_likelihood`` the policy's least likely generated
 token (a reference that needs no training), ``conf_<token>_<aggregation>`` the policy's
 confidence in its tokens (:mod:`ttc_jax.verifiers.confidence`; ``conf_logprob_min`` is
-``policy_likelihood`` and goes by that name).
+``policy_likelihood`` and goes by that name), ``implicit_prm`` and ``dpo`` the LM-head
+verifiers' implicit reward of the whole solution (:mod:`ttc_jax.verifiers.implicit`; the
+score and the stage that trains the model have the same name).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 
 PRM, ORM, POLICY = "prm", "orm", "policy"  # the models that score
 LIKELIHOOD = "policy_likelihood"
+IMPLICIT_PRM, DPO = "implicit_prm", "dpo"
+LM_VERIFIERS = (IMPLICIT_PRM, DPO)  # LM heads trained from the policy (their stages' names)
 
 
 def prm_score(aggregation: str) -> str:
@@ -28,7 +32,7 @@ PRM_SCORES = tuple(prm_score(h) for h in STEP_AGGREGATIONS)
 # Every confidence measure but the least likely token (the likelihood reference).
 CONFIDENCE_SCORES = tuple(confidence.Measure(t, a).name for t in confidence.TOKEN_CONFIDENCES
                           for a in confidence.AGGREGATIONS if (t, a) != ("logprob", "min"))
-SCORES = PRM_SCORES + (ORM, LIKELIHOOD) + CONFIDENCE_SCORES
+SCORES = PRM_SCORES + (ORM,) + LM_VERIFIERS + (LIKELIHOOD,) + CONFIDENCE_SCORES
 
 
 def measure_of(score: str) -> confidence.Measure | None:
@@ -42,9 +46,12 @@ def measure_of(score: str) -> confidence.Measure | None:
 
 
 def model_of(score: str) -> str | None:
-  """The model a score name needs ('prm', 'orm' or 'policy'); None for a name of none."""
+  """The model a score name needs ('prm', 'orm', 'implicit_prm', 'dpo' or 'policy'); None
+  for a name of none."""
   if score in PRM_SCORES:
     return PRM
+  if score in LM_VERIFIERS:
+    return score
   if measure_of(score) is not None:
     return POLICY
   return {ORM: ORM}.get(score)

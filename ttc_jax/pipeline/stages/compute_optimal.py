@@ -25,9 +25,9 @@ from ttc_jax.verifiers import names
 def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
   """What predicting a problem's difficulty costs: ``k`` policy samples (prompt and
   generation) and the predictor's model reading each whole sample (the PRM for prm_*, in
-  its own tokens; the ORM), in generations and FLOPs per problem. The policy's confidence
-  (policy_likelihood, conf_*) is read from nothing: the sampling core returns it with the
-  samples."""
+  its own tokens; the ORM; an LM-head verifier), in generations and FLOPs per problem. The
+  policy's confidence (policy_likelihood, conf_*) is read from nothing: the sampling core
+  returns it with the samples."""
   c = ctx.config
   predictor = c.compute_optimal.predictor
   diff, policy = ctx.inputs["difficulty"], ctx.inputs["policy"]
@@ -48,6 +48,10 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
         [len(prompt_ids[p]) for p, _ in picked]).reshape(len(probs), k)
   elif model == names.ORM:
     scorer, name, scored_rows = ctx.inputs["orm"], "orm", rows
+  elif model in names.LM_VERIFIERS:
+    # A fine-tune of the policy (its architecture) reads each whole sample; the policy's own
+    # log-probabilities, its reference, came with the samples.
+    scorer, name, scored_rows = policy, f"{model} (the policy's architecture)", rows
   else:  # the policy's confidence came with its samples
     scorer, name, scored_rows = policy, "policy (with its samples)", np.zeros_like(rows)
   pol, ver = accounting.prediction_flops(accounting.ModelCost.from_config(policy.config),

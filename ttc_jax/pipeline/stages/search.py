@@ -9,6 +9,7 @@ import ml_collections
 
 from ttc_jax import host
 from ttc_jax.pipeline import artifacts
+from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
 from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.config import check_int
@@ -28,6 +29,7 @@ from ttc_jax.search import default_width
 from ttc_jax.search import search_problems
 from ttc_jax.search.registry import SWEEP_METHODS
 from ttc_jax.search.registry import sweep
+from ttc_jax.verifiers import names
 
 
 def run_search_sweep(ctx: Context) -> dict:
@@ -129,6 +131,9 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
     raise ConfigError(f"search: {e} (search.beam_width={s.beam_width} must divide every "
                       f"budget >= it; budgets {budgets}).") from e
   check_verifier_name(s.verifier, "search.verifier")
+  if s.verifier in names.LM_VERIFIERS and config_lib.filled_by(c, s.verifier) is None:
+    raise ConfigError(f"search.verifier={s.verifier!r}: this experiment leaves the "
+                      f"{s.verifier} stage out (stages.{s.verifier}=None).")
   if "lookahead" in s.methods and not list(s.lookahead_steps):
     raise ConfigError("search.methods has 'lookahead' but search.lookahead_steps is empty.")
   for k in s.lookahead_steps if "lookahead" in s.methods else ():
@@ -142,8 +147,11 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
 SEARCH_SWEEP = Stage(
     name="search_sweep", doc="best-of-N, beam, DVTS, particle filtering and lookahead search at "
     "every budget and search seed",
-    inputs=("data", "policy", "prm"), sections=("seed", "sampling", "test_problems", "search"),
+    # implicit_prm, dpo: the LM-head verifiers search.verifier may name.
+    inputs=("data", "policy", "prm", "implicit_prm", "dpo"),
+    sections=("seed", "sampling", "test_problems", "search"),
     outputs=("cells.jsonl", "cells.json"), run=run_search_sweep, load=load_cells,
     version=3, changelog=("3: FLOPs with attention, policy and PRM apart",),
+    may_lack=("implicit_prm", "dpo"),
     speed_only=("search.rows_per_call",), cost_s=780,
     checks={"search": check_search})

@@ -27,8 +27,8 @@ from ttc_jax.verifiers import names
 
 def score_samples(ctx: Context, samples) -> dict[str, np.ndarray]:
   """Every verifier's score of each of ``samples`` (solutions.ProblemSamples): the PRM's step
-  aggregations, the ORM's (when the study has one), the policy's confidence measures and its
-  likelihood (:data:`ttc_jax.verifiers.names.SCORES`)."""
+  aggregations, the ORM's and the LM-head verifiers' (when the study has them), the policy's
+  confidence measures and its likelihood (:data:`ttc_jax.verifiers.names.SCORES`)."""
   policy, prm, orm = ctx.inputs["policy"], ctx.inputs["prm"], ctx.inputs.get("orm")
   tok, m = policy.tokenizer, samples.n
   rows, ends = samples.rows_and_step_ends(tok)
@@ -41,6 +41,12 @@ def score_samples(ctx: Context, samples) -> dict[str, np.ndarray]:
   if orm is not None:
     scores[names.ORM] = aggregate_steps(orm.verifier(tok).solution_step_scores(
         questions, rows, prompt_lengths, [[len(r) - 1] for r in rows], batch_size=bs), "last")
+  # LM-head verifiers trained from the policy (when the study has them): the implicit reward
+  # of the whole solution.
+  for name in names.LM_VERIFIERS:
+    if ctx.inputs.get(name) is not None:
+      scores[name] = aggregate_steps(ctx.verifier(name).solution_step_scores(
+          questions, rows, prompt_lengths, [[len(r) - 1] for r in rows], batch_size=bs), "last")
   # No training: the policy's confidence in its own tokens (ttc_jax.verifiers.confidence), read
   # here by one forward pass (in search they come with the sampled tokens). The least likely
   # token, policy_likelihood, is the reference of what a model of the policy's size tells apart.
@@ -110,8 +116,8 @@ def run_verifier_eval(ctx: Context) -> dict:
 
 
 def run_verifier_choice(ctx: Context) -> dict:
-  """Every verifier that can score search's steps (the PRM's latest step, the policy's
-  confidence measures and likelihood) ranked by within-problem AUC on the policy's samples of
+  """Every verifier that can score search's steps (the PRM's latest step, the LM-head
+  verifiers, the policy's confidence measures and likelihood) ranked by within-problem AUC on the policy's samples of
   held-out *train* problems (no PRM or ORM training problem, never a test problem): the best is
   the study's search verifier candidate (``search_verifier``: a ``search.verifier`` value)."""
   c = ctx.config
@@ -130,7 +136,8 @@ def run_verifier_choice(ctx: Context) -> dict:
   for name, s in score_samples(ctx, samples).items():
     w = verifier_metrics.within_problem_auc(np.reshape(s, correct.shape), correct, seed=c.seed)
     table[name] = {k: w[k] for k in ("mean_auc", "mean_auc_ci", "pairwise_accuracy", "problems")}
-  searchable = [k for k in table if k == names.prm_score("last") or names.measure_of(k)]
+  searchable = [k for k in table if k in (names.prm_score("last"),) + names.LM_VERIFIERS
+                or names.measure_of(k)]
   ranked = sorted(searchable, key=lambda k: -np.nan_to_num(table[k]["mean_auc"], nan=-1.0))
   chosen = ranked[0]
   result = {"chosen": chosen, "search_verifier": names.PRM if chosen == names.prm_score("last")
@@ -241,22 +248,24 @@ def check_verifier_eval(c: ml_collections.ConfigDict, known: Facts) -> None:
 VERIFIER_EVAL = Stage(
     name="verifier_eval", doc="best-of-N curves per verifier (trained, and the policy's "
     "confidence) and the PRM's step AUC",
-    inputs=("data", "policy", "difficulty", "prm", "orm"),
+    inputs=("data", "policy", "difficulty", "prm", "orm", "implicit_prm", "dpo"),
     sections=("seed", "sampling", "test_problems", "verifier_eval"),
     outputs=("eval.json", "scored.npz", "eval.png", "confidence.png"),
     run=run_verifier_eval, load=load_verifier_eval,
-    version=4, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",
-                          "4: the confidence verifiers (conf_*) scored beside the others"),
-    may_lack=("orm",), speed_only=("verifier_eval.batch_size",), cost_s=175,
+    version=5, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",
+                          "4: the confidence verifiers (conf_*) scored beside the others",
+                          "5: the LM-head verifiers (implicit_prm, dpo) scored beside them"),
+    may_lack=("orm", "implicit_prm", "dpo"), speed_only=("verifier_eval.batch_size",), cost_s=175,
     checks={"verifier_eval": check_verifier_eval})
 
 VERIFIER_CHOICE = Stage(
     name="verifier_choice", doc="the search verifier chosen by within-problem AUC on held-out "
     "train problems",
-    inputs=("data", "policy", "prm", "orm"),
+    inputs=("data", "policy", "prm", "orm", "implicit_prm", "dpo"),
     sections=("seed", "sampling", "mc_labels", "verifier_eval", "verifier_choice"),
     outputs=("choice.json",), run=run_verifier_choice, load=load_json("choice.json"),
-    may_lack=("orm",), speed_only=("verifier_eval.batch_size",), cost_s=120,
+    version=2, changelog=("2: the LM-head verifiers (implicit_prm, dpo) among the candidates",),
+    may_lack=("orm", "implicit_prm", "dpo"), speed_only=("verifier_eval.batch_size",), cost_s=120,
     checks={"verifier_choice": check_verifier_choice})
 
 VERIFIER_ABLATION = Stage(

@@ -22,6 +22,7 @@ from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
+from ttc_jax.sampling import solutions
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import trainer
 from ttc_jax.verifiers import labels as labels_lib
@@ -40,6 +41,48 @@ def run_mc_labels(ctx: Context) -> dict:
 
   shards = ctx.out.map_shards("labels", probs, lc.problems_per_shard, label, ctx.log)
   return _concat_shards(shards).stats()
+
+
+def run_verifier_samples(ctx: Context) -> dict:
+  """Policy samples on train problems labelled by their outcome only (no rollout: cheap, so
+  many more than the MC-labelled ones): the LM-head verifiers' training data."""
+  c, pol = ctx.config, ctx.sampler()
+  vs = c.verifier_samples
+  probs = ctx.inputs["data"].problems("train", vs.num_problems, start=vs.first_problem)
+
+  def label(chunk):
+    samples = solutions.sample_problems(pol.core, pol.tokenizer, pol.task, chunk,
+                                        vs.samples_per_problem, c.seed, "verifier_samples",
+                                        pol.sp, batch_size=c.sampling.batch_size)
+    return labels_lib.label_samples(pol.core, pol.tokenizer, pol.task, samples, 0, c.seed,
+                                    "rollouts", pol.sp, batch_size=c.sampling.batch_size).arrays()
+
+  shards = ctx.out.map_shards("samples", probs, vs.problems_per_shard, label, ctx.log)
+  out = _concat_shards(shards)
+  return {"samples": len(out), "problems": int(np.unique(out.problem_index).size),
+          "sample_accuracy": float(out.correct.mean())}
+
+
+def load_verifier_samples(out: artifacts.StageDir, key: dict) -> labels_lib.LabelledSamples:
+  del key
+  return _concat_shards(out.shards("samples"))
+
+
+def check_verifier_samples(c: ml_collections.ConfigDict, known: Facts) -> None:
+  vs = c.verifier_samples
+  check_int(vs.samples_per_problem, "verifier_samples.samples_per_problem", 2)
+  check_int(vs.num_problems, "verifier_samples.num_problems", 1)
+  check_int(vs.problems_per_shard, "verifier_samples.problems_per_shard", 1)
+  # After the MC-labelled problems and the verifier choice's held-out ones: the choice ranks
+  # these verifiers on problems they did not train on.
+  first_choice = c.mc_labels.num_problems if c.verifier_choice.first_problem is None \
+      else c.verifier_choice.first_problem
+  check_int(vs.first_problem, "verifier_samples.first_problem",
+            max(c.mc_labels.num_problems, first_choice + c.verifier_choice.num_problems))
+  if known.num_train is not None and vs.first_problem + vs.num_problems > known.num_train:
+    raise ConfigError(f"verifier_samples: train problems {vs.first_problem}.."
+                      f"{vs.first_problem + vs.num_problems - 1} but the task has "
+                      f"{known.num_train} (task.num_train).")
 
 
 def _concat_shards(shards) -> labels_lib.LabelledSamples:
@@ -111,6 +154,101 @@ def train_verifier(ctx: Context, kind: str) -> dict:
 
 
 # ----------------------------------------------------------------------------
+# LM-head verifiers (implicit PRM, DPO)
+
+
+def lm_verifier_data(ls: labels_lib.LabelledSamples, task, tokenizer, problems, scorer, *,
+                     kind: str, max_pairs: int, seed: int, batch_size: int, seq_len: int,
+                     log) -> tuple[data_lib.TokenDataset, dict]:
+  """The training set of an LM-head verifier from the policy's labelled samples: every
+  sample with a parsable final answer (the paper's recipe drops the others), labelled by its
+  correctness (implicit PRM), or per problem up to ``max_pairs`` pairs of a correct and an
+  incorrect sample (DPO; drawn from (seed, problem)); with the policy's (``scorer``'s)
+  log-probability of every token, the reference of the implicit reward."""
+  by_index = {p.index: p for p in problems}
+  keep, unparsed = [], 0
+  for i in range(len(ls)):
+    p = int(ls.prompt_lengths[i])
+    problem = by_index[int(ls.problem_index[i])]
+    if problem.split != "train":
+      raise artifacts.ArtifactError(f"{kind}: sample {i} is of {problem.uid}, not a train "
+                                    "problem (a verifier never trains on test problems).")
+    if task.extract_answer(tokenizer.decode(ls.row(i)[p:])) is None:
+      unparsed += 1
+    else:
+      keep.append(i)
+  if kind == "dpo":
+    rng_of = lambda q: np.random.default_rng(np.random.SeedSequence([seed, q]))
+    by_problem: dict[int, list[int]] = {}
+    for i in keep:
+      by_problem.setdefault(int(ls.problem_index[i]), []).append(i)
+    order = []
+    for q in sorted(by_problem):
+      good = [i for i in by_problem[q] if ls.correct[i]]
+      bad = [i for i in by_problem[q] if not ls.correct[i]]
+      pairs = [(g, b) for g in good for b in bad]
+      if len(pairs) > max_pairs:
+        pairs = [pairs[j] for j in sorted(rng_of(q).choice(len(pairs), max_pairs, replace=False))]
+      order += [i for pair in pairs for i in pair]
+    group = 2
+  else:
+    order, group = keep, 1
+  if not order:
+    raise artifacts.ArtifactError(f"{kind}: no training example (of {len(ls)} samples, "
+                                  f"{unparsed} without a parsable answer; DPO needs a problem "
+                                  "with a correct and an incorrect sample).")
+  needed = sorted(set(order))
+  ref = dict(zip(needed, scorer.token_confidence([ls.row(i) for i in needed],
+                                                 batch_size=batch_size,
+                                                 desc=f"{kind} reference", log_fn=log)))
+  dataset = data_lib.implicit_reward_dataset(
+      [ls.row(i) for i in order], [int(ls.prompt_lengths[i]) for i in order],
+      [ref[i][:, 0] for i in order], [float(ls.correct[i]) for i in order], seq_len,
+      tokenizer.pad_id, group=group)
+  stats = {"samples": len(ls), "without_answer": unparsed, "used_samples": len(needed),
+           "examples": len(dataset), "rows_per_example": group,
+           "correct_rows": float(np.mean([ls.correct[i] for i in order])),
+           "problems": int(np.unique(ls.problem_index[needed]).size)}
+  return dataset, stats
+
+
+def train_lm_verifier(ctx: Context, kind: str) -> dict:
+  """An LM-head verifier: the policy fine-tuned on its own train-problem samples with the
+  implicit-PRM (cross-entropy on outcomes) or DPO (correct over incorrect) objective; it
+  keeps the policy's architecture and LM head (``ttc_jax.verifiers.implicit``)."""
+  cfg = ctx.config[kind]
+  policy, ls, data = ctx.inputs["policy"], ctx.inputs["verifier_samples"], ctx.inputs["data"]
+  probs = data.problems("train", int(ls.problem_index.max()) + 1)
+  dataset, stats = lm_verifier_data(
+      ls, data.task, policy.tokenizer, probs, policy.scorer(), kind=kind,
+      max_pairs=cfg.get("max_pairs_per_problem", 0), seed=cfg.train.seed,
+      batch_size=ctx.config.sampling.batch_size, seq_len=policy.config.max_seq_len, log=ctx.log)
+  model = Transformer(policy.config, rngs=nnx.Rngs(cfg.train.seed))
+  nnx.update(model, nnx.state(policy.model))  # pi starts as pi_ref (the trainer copies it)
+  stats["params"] = policy.config.num_params()
+  ctx.log(f"{kind}: the policy's {stats['params']:,} params; data {stats}")
+  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective=kind, name=kind,
+                options={"beta": cfg.beta})
+  tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
+  objective = ("implicit PRM: BCE of sigmoid(implicit reward) on final correctness"
+               if kind == "implicit_prm" else "DPO: correct over incorrect of the same problem")
+  artifacts.write_model(
+      ctx.out, policy.config, artifacts.tokenizer_ref(ctx.out.dir, tok_path),
+      step=cfg.train.steps,
+      made_by={"stage": kind, "objective": objective, "beta": float(cfg.beta), "init": "policy",
+               "policy": policy.identity, "train": cfg.train.to_dict(), "data": stats})
+  return stats
+
+
+def check_lm_verifier(c: ml_collections.ConfigDict, known: Facts, kind: str) -> None:
+  config_lib.check_train(c, kind, known, trainer.OBJECTIVE_GROUP.get(kind, 1))
+  if not isinstance(c[kind].beta, (int, float)) or not c[kind].beta > 0:
+    raise ConfigError(f"{kind}.beta={c[kind].beta!r}: expected a number > 0.")
+  if kind == "dpo":
+    check_int(c.dpo.max_pairs_per_problem, "dpo.max_pairs_per_problem", 1)
+
+
+# ----------------------------------------------------------------------------
 # verifier evaluation
 
 
@@ -174,6 +312,29 @@ PRM = Stage(
     inputs=("mc_labels", "policy", "data"), sections=("prm",), outputs=MODEL_OUTPUTS,
     run=lambda ctx: train_verifier(ctx, "prm"), load=load_model, cost_s=260, trains=True,
     held=trained_prm_held, checks={"prm": check_prm})
+
+VERIFIER_SAMPLES = Stage(
+    name="verifier_samples", doc="policy samples on train problems labelled by their outcome "
+    "(the LM-head verifiers' data)",
+    inputs=("data", "policy"), sections=("seed", "sampling", "verifier_samples"),
+    run=run_verifier_samples, load=load_verifier_samples, cost_s=200, reads_train=True,
+    checks={"verifier_samples": check_verifier_samples})
+
+IMPLICIT_PRM = Stage(
+    name="implicit_prm", doc="implicit PRM: the policy fine-tuned by cross-entropy of its "
+    "implicit reward on outcome labels (LM head)",
+    inputs=("verifier_samples", "policy", "data"), sections=("sampling", "implicit_prm"),
+    outputs=MODEL_OUTPUTS, run=lambda ctx: train_lm_verifier(ctx, "implicit_prm"),
+    load=load_model, cost_s=240, trains=True,
+    checks={"implicit_prm": lambda c, k: check_lm_verifier(c, k, "implicit_prm")})
+
+DPO = Stage(
+    name="dpo", doc="DPO verifier (V-STaR): the policy fine-tuned to prefer correct over "
+    "incorrect samples of the same train problem (LM head)",
+    inputs=("verifier_samples", "policy", "data"), sections=("sampling", "dpo"),
+    outputs=MODEL_OUTPUTS, run=lambda ctx: train_lm_verifier(ctx, "dpo"),
+    load=load_model, cost_s=240, trains=True,
+    checks={"dpo": lambda c, k: check_lm_verifier(c, k, "dpo")})
 
 ORM = Stage(
     name="orm", doc="outcome reward model: value head trained on final correctness",
