@@ -256,7 +256,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   c.implicit_prm = ml_collections.ConfigDict(dict(
       beta=0.05,  # Yuan et al. (arXiv 2412.01981)
-      train=_train(steps=1500, batch_size=32, learning_rate=2e-4, warmup_steps=40),
+      train=_train(steps=800, batch_size=32, learning_rate=2e-4, warmup_steps=40),
   ))
   c.dpo = ml_collections.ConfigDict(dict(
       beta=0.1,  # V-STaR (arXiv 2402.06457)

@@ -107,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stages = ml_collections.ConfigDict(dict(
       policy="hf_policy", prm="hf_prm", orm=None, implicit_prm=None, dpo=None,
       verifier_ablation=None,
-      revision_report=None, large_policy_eval=None, verifier_choice=None))
+      revision_report=None, large_policy_eval=None, verifier_choice=None, chosen_search=None))
   # data_dir: the folder holding math/*.jsonl and gsm8k/*.jsonl (shared/data's layout).
   c.task = tasks.default_config(task)
   c.test_problems = 500  # The first N test problems (MATH-500; GSM8K has 1319).

@@ -92,7 +92,7 @@ def _changed(a, b):
 
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
-  downstream_of_policy = ["compute_optimal", "difficulty", "dpo", "implicit_prm", "mc_labels",
+  downstream_of_policy = ["chosen_search", "compute_optimal", "difficulty", "dpo", "implicit_prm", "mc_labels",
                           "orm", "policy", "prm", "report", "revision_data", "revision_model",
                           "revision_orm", "revision_report", "revision_sweep", "search_sweep",
                           "study", "verifier_ablation", "verifier_axis", "verifier_choice",
@@ -105,26 +105,35 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(large_policy__train__learning_rate=1e-3))) == [
       "large_policy", "large_policy_eval"]
   assert _changed(base, _ids(pu.tiny_config(prm__train__steps=7))) == [
-      "compute_optimal", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
+      "chosen_search", "compute_optimal", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
       "study", "verifier_ablation", "verifier_choice", "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(verifier_choice__num_problems=6))) == [
-      "study", "verifier_choice"]
+      "chosen_search", "study", "verifier_choice"]
   # The tiny study leaves the LM-head verifiers out (stages.dpo=None): nothing reads them.
   assert _changed(base, _ids(pu.tiny_config(dpo__beta=0.2))) == ["dpo"]
   assert _changed(base, _ids(pu.tiny_config(verifier_samples__num_problems=8))) == [
       "dpo", "implicit_prm", "verifier_samples"]
+  # With them: retraining the DPO verifier redoes what reads it, never the PRM's search sweep
+  # (it reads an LM-head verifier only when search.verifier names it).
+  lm = dict(stages__dpo="dpo", stages__implicit_prm="implicit_prm")
+  assert _changed(_ids(pu.tiny_config(**lm)), _ids(pu.tiny_config(**lm, dpo__beta=0.2))) == [
+      "chosen_search", "compute_optimal", "dpo", "report", "study", "verifier_choice",
+      "verifier_eval"]
+  by_dpo = dict(lm, search__verifier="dpo")
+  assert "search_sweep" in _changed(_ids(pu.tiny_config(**by_dpo)),
+                                    _ids(pu.tiny_config(**by_dpo, dpo__beta=0.2)))
   assert _changed(base, _ids(pu.tiny_config(ablation__variants=("prm.init=scratch",)))) == [
       "compute_optimal", "report", "study", "verifier_ablation"]
   assert _changed(base, _ids(pu.tiny_config(search__max_rounds=5))) == [
-      "compute_optimal", "report", "revision_report", "search_sweep", "study", "verifier_axis"]
+      "chosen_search", "compute_optimal", "report", "revision_report", "search_sweep", "study", "verifier_axis"]
   assert _changed(base, _ids(pu.tiny_config(verifier_axis__aucs=(0.7, 0.9)))) == [
       "verifier_axis"]
   assert _changed(base, _ids(pu.tiny_config(compute_optimal__repeats=3))) == [
-      "compute_optimal", "study"]
+      "chosen_search", "compute_optimal", "study"]
   assert _changed(base, _ids(pu.tiny_config(tokenizer__vocab_size=48))) == [
       s for s in sorted(ARITH_STAGES) if s != "data"]
   assert _changed(base, _ids(pu.tiny_config(report__difficulty_bins=3))) == [
-      "compute_optimal", "report", "revision_report", "study"]
+      "chosen_search", "compute_optimal", "report", "revision_report", "study"]
   assert _changed(base, _ids(pu.tiny_config(revision_data__samples_per_problem=8))) == [
       "compute_optimal", "revision_data", "revision_model", "revision_orm", "revision_report",
       "revision_sweep", "study"]

@@ -458,6 +458,21 @@ def test_the_study_selects_strategies_per_difficulty_bin_out_of_fold(revision_st
   assert "- Not run: `make verifier-axis`" in study_md
   assert f"`{choice['search_verifier']}` ({choice['chosen']}: " in study_md
   assert all("/train/" in uid for uid in choice["problems"])
+  # The paper's findings again, steps scored by the chosen verifier, side by side in study.md.
+  chosen = _latest(revision_study, "chosen_search", "chosen.json")
+  assert chosen["search_verifier"] == choice["search_verifier"]
+  assert chosen["same_as_study"] == (choice["search_verifier"] == "prm")
+  main_cells = _latest(revision_study, "search_sweep", "cells.json")
+  cells = _latest(revision_study, "chosen_search", "cells.json")
+  assert [c["key"] for c in cells] == [c["key"] for c in main_cells]
+  texts = [c["claim"] for c in chosen["claims"]]
+  assert any(t.startswith("(b) ") for t in texts) and any(t.startswith("(e) ") for t in texts)
+  assert "## The findings under the chosen verifier" in study_md
+  if not chosen["same_as_study"]:
+    # Scored by a verifier other than the PRM: not the PRM's tokens (a confidence measure reads
+    # none; an LM-head verifier its own model's).
+    assert [c["prm_flops"] for c in cells] != [c["prm_flops"] for c in main_cells]
+    assert f"| under `{choice['search_verifier']}` |" in study_md
 
 
 def test_the_study_picks_up_the_larger_policy_when_make_exchange_ran(revision_study, tmp_path):

@@ -277,3 +277,30 @@ def test_claims_follow_the_paired_interval_and_the_papers_direction():
       {"diff": 0.05, "ci": [0.01, 0.09], "significant": True},
       {"diff": -0.04, "ci": [-0.07, -0.01], "significant": True}]}}
   assert [c["verdict"] for c in claims.verifier_claims(ver)] == ["reproduced", "not reproduced"]
+
+
+def test_the_findings_under_the_chosen_verifier_sit_beside_the_study_s():
+  from ttc_jax.report import markdown
+  cmp = lambda d: {"diff": d, "ci": [d - 0.1, d + 0.1]}  # noqa: E731
+  study = [{"claim": "(a) PRM over ORM, weighted best-of-N at N=4", "verdict": "not significant",
+            "comparison": cmp(0.01)},
+           {"claim": "(b) beam_m4 over best-of-N at budget 4", "verdict": "not reproduced",
+            "comparison": cmp(-0.2)}]
+  chosen = {"search_verifier": "conf_logprob_mean", "score": "conf_logprob_mean",
+            "same_as_study": False,
+            "claims": [{"claim": "(a) conf_logprob_mean over ORM, weighted best-of-N at N=4",
+                        "verdict": "reproduced", "comparison": cmp(0.3)},
+                       {"claim": "(b) beam_m4 over best-of-N at budget 4",
+                        "verdict": "reproduced", "comparison": cmp(0.25)},
+                       {"claim": "(e) search: compute-optimal over best-of-N", "verdict": None}]}
+  lines = markdown.chosen_verifier_lines(study, chosen, "prm")
+  rows = [line for line in lines if line.startswith("| (")]
+  assert rows == [
+      "| (a) the search verifier over ORM, weighted best-of-N at N=4 | +0.010 [-0.090, +0.110] "
+      "**not significant** | +0.300 [+0.200, +0.400] **reproduced** |",
+      "| (b) beam_m4 over best-of-N at budget 4 | -0.200 [-0.300, -0.100] **not reproduced** | "
+      "+0.250 [+0.150, +0.350] **reproduced** |"]
+  same = markdown.chosen_verifier_lines(study, {**chosen, "search_verifier": "prm",
+                                                "same_as_study": True}, "prm")
+  assert not [line for line in same if line.startswith("| (")]
+  assert markdown.chosen_verifier_lines(study, None, "prm")[-2].startswith("- Not run")

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.analysis.stats import Comparison
 from ttc_jax.search import registry
@@ -49,20 +50,29 @@ def low_high(budgets: Sequence[int]) -> tuple[int, int]:
   return (4 if 4 in budgets else budgets[0]), budgets[-1]
 
 
-def verifier_claims(ver: dict) -> list[dict]:
-  """(a) PRM over ORM as N grows, from verifier_eval's paired comparisons (PRM 'last',
-  the aggregation search uses), at the low N (4) and the largest."""
-  pairs = ver.get("paired", {}).get("prm_last/weighted vs orm/weighted")
-  if not pairs:
-    return []
+def verifier_claims(ver: dict, score: str = "prm_last", seed: int = 0) -> list[dict]:
+  """(a) the search verifier over the ORM as N grows, weighted best-of-N at the low N (4) and
+  the largest: verifier_eval's paired comparison for the PRM ('last', the aggregation search
+  uses), or for another verifier (``score``: e.g. the one chosen on train problems) a paired
+  bootstrap over the same per-problem accuracies (``ver['scored']``)."""
   ns = ver["n"]
-  out = []
   low, high = low_high(ns)
-  for i in sorted({ns.index(low), ns.index(high)}):
+  idx = sorted({ns.index(low), ns.index(high)})
+  pairs = ver.get("paired", {}).get(f"{score}/weighted vs orm/weighted")
+  if not pairs:
+    per = ver.get("scored", {})
+    a, b = per.get(f"per_problem/{score}/weighted"), per.get("per_problem/orm/weighted")
+    if a is None or b is None:
+      return []
+    pairs = {i: stats_lib.paired_diff(a[i], b[i], names=(f"{score}/weighted", "orm/weighted"),
+                                      seed=seed).to_json() for i in idx}
+  name = "PRM" if score == "prm_last" else score
+  out = []
+  for i in idx:
     c = pairs[i]
     sig = c["significant"]
     v = NOT_SIGNIFICANT if not sig else (REPRODUCED if c["diff"] > 0 else NOT_REPRODUCED)
-    out.append({"claim": f"(a) PRM over ORM, weighted best-of-N at N={ns[i]}",
+    out.append({"claim": f"(a) {name} over ORM, weighted best-of-N at N={ns[i]}",
                 "paper": "the PRM beats the ORM, by more as N grows (Figure 3)",
                 "verdict": v, "comparison": c})
   return out

@@ -130,8 +130,11 @@ class Pipeline:
     return config_lib.filled_by(self.config, role)
 
   def inputs_of(self, name: str) -> dict[str, str | None]:
-    """{role: the stage filling it, or None} of stage ``name``'s inputs."""
-    return {role: self.resolve(role) for role in STAGES[name].inputs}
+    """{role: the stage filling it, or None} of stage ``name``'s inputs (those this config
+    reads: :attr:`Stage.reads`)."""
+    stage = STAGES[name]
+    return {role: self.resolve(role) for role in stage.inputs
+            if stage.reads is None or stage.reads(self.config, role)}
 
   def target(self, name: str | None = None) -> str:
     """The stage that runs for ``name`` (default ``config.stage``): the stage filling that

@@ -122,6 +122,11 @@ class Stage:
   # Inputs an experiment may leave out (its ``stages`` maps them to None); the run
   # function then finds no such key in ``ctx.inputs``.
   may_lack: tuple[str, ...] = ()
+  # (the config, an input role) -> whether this config reads that input (None: every input
+  # is read). An input not read is not part of its identity, is not run for it and is not in
+  # ``ctx.inputs`` (e.g. the search sweep reads an LM-head verifier only when
+  # search.verifier names it): retraining it never makes the sweep run again.
+  reads: Callable[[ml_collections.ConfigDict, str], bool] | None = None
   # (its config sections, a digest cache path) -> what its result depends on beyond the
   # config (e.g. the sha256 of an imported checkpoint's files): part of its identity.
   fingerprint: Callable[[ml_collections.ConfigDict, str], dict] | None = None

@@ -597,6 +597,45 @@ def verifier_choice_lines(choice: dict, used: str) -> list[str]:
   return lines + [""]
 
 
+def chosen_verifier_lines(claims: Sequence[dict], chosen: dict | None, used: str) -> list[str]:
+  """study.md's side-by-side table: each of the paper's findings (a)-(c), (e) tested on the
+  study's sweep (``claims``, steps scored by ``used``: search.verifier) and on the same sweep
+  with steps scored by the verifier chosen on held-out train problems (``chosen``: the
+  chosen_search stage's result)."""
+  lines = ["## The findings under the chosen verifier", ""]
+  if chosen is None:
+    return lines + ["- Not run (this experiment has no verifier choice).", ""]
+  name, score = chosen["search_verifier"], chosen["score"]
+  if chosen["same_as_study"]:
+    return lines + [f"- The chosen verifier, `{name}`, is the one the study's claims used: "
+                    "its verdicts are those below.", ""]
+
+  def cell(c: dict | None) -> str:
+    if c is None or c.get("verdict") is None:
+      return "not tested"
+    cmp = c["comparison"]
+    return (f"{cmp['diff']:+.3f} [{cmp['ci'][0]:+.3f}, {cmp['ci'][1]:+.3f}] "
+            f"**{c['verdict']}**")
+
+  used_name = "PRM" if used == "prm" else used
+  # The study's claim of each of the chosen verifier's (the (a) claims name their verifier).
+  def study_text(text: str) -> str:
+    return text.replace(f"(a) {score} over", f"(a) {used_name} over", 1)
+
+  by_text = {c["claim"]: c for c in claims}
+  lines += [f"Each finding on the same test problems and search sweep, with steps scored by "
+            f"`search.verifier={used}` (the claims below) and by `{name}` (chosen on held-out "
+            f"train problems; `chosen_search/latest/chosen.json`): difference [95% CI] and "
+            "verdict.", "",
+            f"| finding | under `{used}` | under `{name}` |", "|---|---|---|"]
+  for c in chosen["claims"]:
+    if c.get("verdict") is None:
+      continue
+    label = c["claim"].replace(f"(a) {score} over", "(a) the search verifier over", 1)
+    lines.append(f"| {label} | {cell(by_text.get(study_text(c['claim'])))} | {cell(c)} |")
+  return lines + [""]
+
+
 def verifier_axis_lines(axis: dict | None) -> list[str]:
   """study.md's note on the verifier-quality axis (diagnosis): the crossover per tree search,
   or how to run it."""

@@ -56,6 +56,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     report.REPORT,
     report.REVISION_REPORT,
     compute_optimal.COMPUTE_OPTIMAL,
+    search.CHOSEN_SEARCH,
     report.STUDY,
 ]}
 

@@ -61,14 +61,14 @@ def _prediction_cost(ctx: Context, k: int) -> tuple[float, float, dict]:
                                "scorer": name, "scorer_flops_per_problem": ver}
 
 
-def run_compute_optimal(ctx: Context) -> dict:
-  """Compute-optimal scaling (paper sections 3, 5.3, 6.3, 7): predicted difficulty, per-bin
-  strategy selection with cross-validation over problems, efficiency over best-of-N, and the
-  pretraining / test-time FLOPs exchange when the larger policy was evaluated."""
+def predicted_difficulty(ctx: Context) -> tuple[np.ndarray, np.ndarray, float, float, dict]:
+  """What compute-optimal selection reads of the difficulty samples: their (problems,
+  samples) correctness (oracle bins), each problem's mean score of the predictor on its first
+  ``compute_optimal.predictor_samples`` (predicted bins), and what predicting costs per
+  problem (generations, FLOPs, and the record of both)."""
   c = ctx.config
   cc = c.compute_optimal
   diff, ver = ctx.inputs["difficulty"], ctx.inputs["verifier_eval"]
-  num_bins = c.report.difficulty_bins
   scored = ver["scored"]
   n_probs = diff.pass_at_1.size
   # The verifiers' per-sample scores (not the labels, AUC arrays or per-problem curves).
@@ -84,6 +84,18 @@ def run_compute_optimal(ctx: Context) -> dict:
   scores = np.asarray(scored[cc.predictor], np.float64).reshape(n_probs, diff.n)[:, :k]
   correct = np.asarray(scored["correct"], np.float64).reshape(n_probs, diff.n)
   gens, flops, cost = _prediction_cost(ctx, k)
+  return correct, scores.mean(axis=1), gens, flops, cost
+
+
+def run_compute_optimal(ctx: Context) -> dict:
+  """Compute-optimal scaling (paper sections 3, 5.3, 6.3, 7): predicted difficulty, per-bin
+  strategy selection with cross-validation over problems, efficiency over best-of-N, and the
+  pretraining / test-time FLOPs exchange when the larger policy was evaluated."""
+  c = ctx.config
+  cc = c.compute_optimal
+  diff = ctx.inputs["difficulty"]
+  num_bins = c.report.difficulty_bins
+  correct, mean_scores, gens, flops, cost = predicted_difficulty(ctx)
   search_points = records.points_from_json(ctx.inputs["report"]["curves"])
   revision_points = (records.points_from_json(ctx.inputs["revision_report"]["curves"])
                      if "revision_report" in ctx.inputs else None)
@@ -96,7 +108,7 @@ def run_compute_optimal(ctx: Context) -> dict:
                        "large_majority": large["majority"],
                        "r_values": tuple(cc.r_values)}
   result = co_lib.compute_optimal_summary(
-      search_points, revision_points, correct, scores.mean(axis=1), num_bins, gens, flops,
+      search_points, revision_points, correct, mean_scores, num_bins, gens, flops,
       exchange_inputs=exchange_inputs, folds=cc.folds, repeats=cc.repeats, seed=c.seed,
       revision_selection=None)
   result["difficulty"]["prediction_cost"].update(cost)

@@ -98,6 +98,9 @@ def run_study(ctx: Context) -> dict:
   choice = ctx.inputs.get("verifier_choice")
   choice = [] if choice is None else markdown.verifier_choice_lines(choice,
                                                                    ctx.config.search.verifier)
+  if ctx.inputs.get("verifier_choice") is not None:
+    choice += markdown.chosen_verifier_lines(claims, ctx.inputs.get("chosen_search"),
+                                             ctx.config.search.verifier)
   choice += markdown.verifier_axis_lines(ctx.inputs.get("verifier_axis"))
   ctx.out.write_text("study.md", markdown.study_index(claims, co, revisions=rev is not None,
                                                       verifier=choice))
@@ -127,9 +130,11 @@ REVISION_REPORT = Stage(
 
 STUDY = Stage(
     name="study", doc="the whole study: every claim's verdict and the three reports",
-    inputs=("report", "revision_report", "compute_optimal", "verifier_choice"),
+    inputs=("report", "revision_report", "compute_optimal", "verifier_choice",
+            "chosen_search"),
     sections=("search",), outputs=("claims.json", "study.md"),
     run=run_study, load=load_json("claims.json"), optional=("verifier_axis",),
-    version=4, changelog=("3: its text without revisions",
-                          "4: the search verifier used, and the one chosen on train problems"),
-    may_lack=("revision_report", "verifier_choice"), cost_s=5)
+    version=5, changelog=("3: its text without revisions",
+                          "4: the search verifier used, and the one chosen on train problems",
+                          "5: the findings under the chosen verifier, side by side"),
+    may_lack=("revision_report", "verifier_choice", "chosen_search"), cost_s=5)

@@ -8,6 +8,10 @@ import time
 import ml_collections
 
 from ttc_jax import host
+from ttc_jax.analysis import claims as claims_lib
+from ttc_jax.analysis import compute_optimal as co_lib
+from ttc_jax.analysis import difficulty as difficulty_lib
+from ttc_jax.analysis import study as study_lib
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
@@ -16,6 +20,7 @@ from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import check_verifier_name
+from ttc_jax.pipeline.stages import compute_optimal as compute_optimal_stage
 from ttc_jax.progress import CompileClock
 from ttc_jax.progress import Progress
 from ttc_jax.search import BeamSearch
@@ -28,11 +33,20 @@ from ttc_jax.search.records import Outcome
 from ttc_jax.search import default_width
 from ttc_jax.search import search_problems
 from ttc_jax.search.registry import SWEEP_METHODS
+from ttc_jax.search import registry
 from ttc_jax.search.registry import sweep
 from ttc_jax.verifiers import names
 
 
 def run_search_sweep(ctx: Context) -> dict:
+  rows = _sweep_rows(ctx, ctx.config.search.verifier)
+  ctx.out.write_json("cells.json", rows)
+  return {"cells": len(rows)}
+
+
+def _sweep_rows(ctx: Context, verifier: str) -> list[dict]:
+  """Every cell of the search sweep (``search`` section) with steps scored by ``verifier``,
+  resumed from cells.jsonl; the cells as JSON, in sweep order."""
   c = ctx.config
   sc = c.search
   pol = ctx.sampler()
@@ -42,9 +56,9 @@ def run_search_sweep(ctx: Context) -> dict:
   done = log.read()
   todo = [cell for cell in cells if cell.key not in done]
   ctx.log(f"search: {len(cells)} cells, {len(cells) - len(todo)} already done; steps scored "
-          f"by {sc.verifier}")
+          f"by {verifier}")
   if todo:
-    scorer = ctx.verifier(sc.verifier)
+    scorer = ctx.verifier(verifier)
     progress = Progress(len(cells), "search cells", unit="cells", every_s=0,
                         initial=len(cells) - len(todo), log_fn=ctx.log)
     clock = CompileClock.get()
@@ -67,9 +81,45 @@ def run_search_sweep(ctx: Context) -> dict:
       host.hold(f"cell:{progress.done}")  # cells written so far
     ctx.out.barrier()
     done = log.read()
-  rows = [done[cell.key] for cell in cells]
+  return [done[cell.key] for cell in cells]
+
+
+def run_chosen_search(ctx: Context) -> dict:
+  """The paper's findings (a)-(c) and (e) under the search verifier chosen on held-out train
+  problems (verifier_choice), beside the study's (under ``search.verifier``): the same sweep
+  with steps scored by the chosen verifier (the study's own cells when it is the same one),
+  its claims, and compute-optimal selection over its cells."""
+  c = ctx.config
+  choice = ctx.inputs["verifier_choice"]
+  name, score = choice["search_verifier"], choice["chosen"]
+  if name == c.search.verifier:
+    ctx.log(f"chosen search verifier {name}: the study's own sweep")
+    rows = [cell.to_json() for cell in ctx.inputs["search_sweep"]]
+  else:
+    rows = _sweep_rows(ctx, name)
   ctx.out.write_json("cells.json", rows)
-  return {"cells": len(rows)}
+  cells = records.cells_from_json(rows)
+  diff, ver = ctx.inputs["difficulty"], ctx.inputs["verifier_eval"]
+  num_bins = c.report.difficulty_bins
+  bins = difficulty_lib.oracle_bins(diff.pass_at_1, num_bins)
+  curves = [study_lib.summarize(pt, bins, num_bins, c.seed) for pt in study_lib.points(cells)]
+  beam = (registry.reference_beam(study_lib.methods(curves))
+          or registry.name_of(registry.BEAM_SQRT))
+  correct, mean_scores, gens, flops, _ = compute_optimal_stage.predicted_difficulty(ctx)
+  co = co_lib.compute_optimal_summary(
+      curves, None, correct, mean_scores, num_bins, gens, flops,
+      folds=c.compute_optimal.folds, repeats=c.compute_optimal.repeats, seed=c.seed,
+      revision_selection=None)
+  claims = (claims_lib.verifier_claims(ver, score, seed=c.seed)
+            + claims_lib.search_claims(curves, bins, num_bins, beam, c.seed) + co["claims"])
+  result = {"search_verifier": name, "score": score, "same_as_study": name == c.search.verifier,
+            "claims": claims, "curves": [cv.to_json() for cv in curves],
+            "doc": "The study's search sweep and its findings (a)-(c), (e) with steps scored by "
+                   "the verifier chosen on held-out train problems (verifier_choice)."}
+  ctx.out.write_json("chosen.json", result)
+  ctx.log(f"findings under {name}: " + ", ".join(
+      f"{cl['claim']}: {cl['verdict']}" for cl in claims if cl.get("verdict")))
+  return {"search_verifier": name, "claims": len(claims)}
 
 
 def outcome_of(r: SearchResult) -> Outcome:
@@ -78,6 +128,11 @@ def outcome_of(r: SearchResult) -> Outcome:
                  finished=len(r.candidates), policy_tokens=r.budget.policy_tokens,
                  prm_tokens=r.budget.prm_tokens, flops=r.budget.flops,
                  policy_flops=r.budget.policy_flops, prm_flops=r.budget.prm_flops)
+
+
+def load_chosen(out: artifacts.StageDir, key: dict) -> dict:
+  del key
+  return out.read_json("chosen.json")
 
 
 def _free_compiled_code(ctx: Context) -> None:
@@ -147,11 +202,23 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
 SEARCH_SWEEP = Stage(
     name="search_sweep", doc="best-of-N, beam, DVTS, particle filtering and lookahead search at "
     "every budget and search seed",
-    # implicit_prm, dpo: the LM-head verifiers search.verifier may name.
+    # implicit_prm, dpo: the LM-head verifiers search.verifier may name (read only then).
     inputs=("data", "policy", "prm", "implicit_prm", "dpo"),
     sections=("seed", "sampling", "test_problems", "search"),
     outputs=("cells.jsonl", "cells.json"), run=run_search_sweep, load=load_cells,
     version=3, changelog=("3: FLOPs with attention, policy and PRM apart",),
     may_lack=("implicit_prm", "dpo"),
+    reads=lambda c, role: role not in names.LM_VERIFIERS or c.search.verifier == role,
     speed_only=("search.rows_per_call",), cost_s=780,
     checks={"search": check_search})
+
+CHOSEN_SEARCH = Stage(
+    name="chosen_search", doc="the search sweep and findings (a)-(c), (e) under the verifier "
+    "chosen on held-out train problems",
+    inputs=("data", "policy", "prm", "orm", "implicit_prm", "dpo", "difficulty",
+            "verifier_eval", "verifier_choice", "search_sweep"),
+    sections=("seed", "sampling", "test_problems", "search", "report", "compute_optimal"),
+    # (cells.jsonl: its resumable log when it runs a sweep of its own)
+    outputs=("cells.json", "chosen.json"), run=run_chosen_search,
+    load=load_chosen, may_lack=("orm", "implicit_prm", "dpo"),
+    speed_only=("search.rows_per_call",), cost_s=420)
