@@ -32,6 +32,11 @@ Stages (the embedded study's, with imported models in the policy and PRM roles):
   best-of-N; every claim's verdict. There is no revision model for these checkpoints, so the
   revision stages are not part of this experiment (``stages`` below).
 
+Without a PRM checkpoint: the policy's confidence in its own tokens scores search's steps
+(ttc_jax.verifiers.confidence: 0 verifier FLOPs) and predicts difficulty, and no PRM is
+imported or read: ``--config.stages.prm=None --config.search.verifier=conf_logprob_mean
+--config.compute_optimal.predictor=policy_likelihood`` (no ``hf_prm.path`` needed).
+
 Accelerator and runtime: an estimate from the memory planner and FLOPs, not a measurement
 (nothing here has run on an accelerator yet; BUILD.md says what was verified where). With
 the defaults below (bfloat16; contexts 4096; 64 rows per sampling call, 32 problems x N per

@@ -145,9 +145,14 @@ def test_a_changed_checkpoint_is_a_new_artifact(checkpoints, tmp_path):
 
 def test_roles_are_checked(checkpoints, tmp_path):
   c = smoke_config(checkpoints)
-  c.stages.prm = None
-  with pytest.raises(config_lib.ConfigError, match=r"stages.prm=None: stage 'verifier_eval' "
-                                                   r"needs a 'prm'"):
+  c.stages.policy = None
+  with pytest.raises(config_lib.ConfigError, match=r"stages.policy=None: stage 'difficulty' "
+                                                   r"needs a 'policy'"):
+    Pipeline(c, str(tmp_path)).validate()
+  c = smoke_config(checkpoints)
+  c.stages.prm = None  # allowed, but then nothing may need the PRM
+  with pytest.raises(config_lib.ConfigError, match=r"search.verifier='prm': this experiment "
+                                                   r"leaves the prm stage out"):
     Pipeline(c, str(tmp_path)).validate()
   c = smoke_config(checkpoints)
   c.stages.policy = "hf_prm"
@@ -255,3 +260,35 @@ def test_a_tokenizer_that_writes_the_delimiter_as_two_tokens_is_accepted(checkpo
   c = smoke_config(checkpoints, "difficulty")
   c.hf_policy.path = policy
   Pipeline(c, str(tmp_path / "w")).validate()
+
+
+def test_without_a_prm_the_study_searches_by_the_policy_s_confidence(checkpoints, tmp_path):
+  """stages.prm=None: search scores steps by the policy's confidence and difficulty is predicted
+  from it; no PRM is imported or read, and every search cell costs the policy's tokens only."""
+  c = smoke_config(checkpoints)
+  c.stages.prm = None
+  c.hf_prm.path = str(tmp_path / "no_such_checkpoint")  # never read
+  c.search.verifier = "conf_logprob_mean"
+  c.compute_optimal.predictor = "policy_likelihood"
+  workdir = str(tmp_path / "w")
+  Pipeline(c, workdir).run("study")
+  ran = sorted(os.path.basename(os.path.dirname(p))
+               for p in glob.glob(os.path.join(workdir, "*", "latest")))
+  assert ran == sorted(["data", "hf_policy", "difficulty", "verifier_eval", "search_sweep",
+                        "report", "compute_optimal", "study"])
+  for cell in _read(workdir, "search_sweep", "cells.json"):
+    assert sum(cell["prm_tokens"]) == 0 and cell["flops"] == cell["policy_flops"]
+    assert all(t > 0 for t in cell["policy_tokens"])
+  assert set(_read(workdir, "report", "results.json")["models"]) == {"policy"}
+  ev = _read(workdir, "verifier_eval", "eval.json")
+  assert "conf_logprob_mean" in ev["within_problem"] and "prm_last" not in ev["within_problem"]
+  # A PRM left out cannot be the search verifier or the difficulty predictor: named up front.
+  for key, value in (("search.verifier", "prm"), ("compute_optimal.predictor", "prm_last")):
+    bad = smoke_config(checkpoints)
+    bad.stages.prm = None
+    bad.search.verifier, bad.compute_optimal.predictor = "conf_logprob_mean", "policy_likelihood"
+    node, leaf = key.split(".")
+    bad[node][leaf] = value
+    with pytest.raises(config_lib.ConfigError, match=rf"{key}='{value}': this experiment leaves "
+                                                     r"the prm stage out \(stages.prm=None\)"):
+      Pipeline(bad, str(tmp_path / "bad")).run("study")

@@ -350,6 +350,17 @@ def test_lm_head_verifiers_train_on_train_samples_and_are_scored_beside_the_othe
       assert data["correct_rows"] == 0.5  # each pair: one right, one wrong answer
   ev = _latest(revision_study, "verifier_eval", "eval.json")
   assert {"implicit_prm", "dpo"} <= set(ev["within_problem"])
+  # What each costs: its model's training and FLOPs per token read in search (the policy's
+  # confidence: none; the PRM's value head is cheaper than an LM head over the vocabulary).
+  costs = _latest(revision_study, "verifier_eval", "costs.json")
+  assert costs["policy_likelihood"] == {"model": "policy (with its samples)", "train_s": 0.0,
+                                        "flops_per_token": 0.0}
+  for name in ("prm_last", "orm", "implicit_prm", "dpo"):
+    assert costs[name]["train_s"] > 0 and costs[name]["flops_per_token"] > 0
+  assert costs["dpo"]["flops_per_token"] > costs["prm_last"]["flops_per_token"]
+  assert costs["dpo"]["model"] == f"dpo {pipe.load('dpo').identity}"
+  report_md = open(os.path.join(revision_study, "report", "latest", "report.md")).read()
+  assert "| train s | FLOPs / token |" in report_md
   choice = _latest(revision_study, "verifier_choice", "choice.json")
   assert {"implicit_prm", "dpo", "prm_last"} <= set(choice["ranking"])
 

@@ -290,24 +290,27 @@ def validate_lengths(config: ml_collections.ConfigDict, task: tasks.Task, tok,
 Held = tuple[TransformerConfig, int | None]
 
 
-def memory_uses(config: ml_collections.ConfigDict, policy: Held, prm: Held
+def memory_uses(config: ml_collections.ConfigDict, policy: Held, prm: Held | None
                 ) -> list[memory.Use]:
   """The models a sampling stage holds on a device at once, with their rows and KV slots:
   the policy and the PRM (as the stages that fill their roles hold them: ``Stage.held``),
   each at the rows of a sampling batch or of a search call (a tree search pads its rows up
   to a power of two: up to twice rows_per_call), twice over when the sweep runs lookahead
   (its rollouts copy both caches). Slots are an upper bound: the whole context plus one step
-  of a tree search's slack."""
+  of a tree search's slack. ``prm`` None: the experiment has no PRM."""
   c = config
-  (policy, slots), (prm, prm_slots) = policy, prm
-  prm_slots = slots if prm_slots is None else prm_slots
+  policy, slots = policy
   search_rows = 2 * c.search.rows_per_call
   copies = 2 if "lookahead" in c.search.methods else 1
   scoring = scoring_batch_size(c)  # the verifier evaluation's full passes
-  return [memory.Use("policy", policy, rows=max(c.sampling.batch_size, search_rows),
-                     cache_size=slots, copies=copies, full_pass_rows=scoring),
-          memory.Use("prm", prm, rows=search_rows, cache_size=prm_slots, copies=copies,
-                     full_pass_rows=scoring)]
+  uses = [memory.Use("policy", policy, rows=max(c.sampling.batch_size, search_rows),
+                     cache_size=slots, copies=copies, full_pass_rows=scoring)]
+  if prm is not None:
+    prm, prm_slots = prm
+    uses.append(memory.Use("prm", prm, rows=search_rows,
+                           cache_size=slots if prm_slots is None else prm_slots, copies=copies,
+                           full_pass_rows=scoring))
+  return uses
 
 
 def scoring_batch_size(config: ml_collections.ConfigDict) -> int:

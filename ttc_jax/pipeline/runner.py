@@ -397,7 +397,7 @@ class Pipeline:
       return
     mesh = parallel.local_mesh()
     try:
-      held = {role: STAGES[self.resolve(role) or role].held(self.config)
+      held = {role: STAGES[self.resolve(role)].held(self.config) if self.resolve(role) else None
               for role in ("policy", "prm")}
       plan = memory.plan(config_lib.memory_uses(self.config, held["policy"], held["prm"]),
                          data_shards=mesh.shape["data"], model_shards=mesh.shape["model"])

@@ -24,8 +24,8 @@ def _label(curves: Sequence[CurvePoint], method: str) -> str:
   return method_label(method, next(c.params for c in curves if c.method == method))
 
 
-def _fmt(x):
-  return "n/a" if x is None else f"{x:.2f}"
+def _fmt(x, spec: str = ".2f"):
+  return "n/a" if x is None or x != x else format(x, spec)
 
 
 def _acc(c: CurvePoint | None) -> str:
@@ -137,13 +137,19 @@ def verifier_section(ver: dict) -> list[str]:
   if within:
     lines += ["Does the verifier tell a right sample from a wrong one of the same problem? "
               "(problems with both; AUC averaged over problems [95% CI]; pairwise ranking "
-              "accuracy pools all right/wrong pairs; ECE of the reliability curve):", "",
-              "| verifier | within-problem AUC | pairwise accuracy | problems | ECE |",
-              "|---|---|---|---|---|"]
+              "accuracy pools all right/wrong pairs; ECE of the reliability curve; train s: "
+              "the wall time of its model's stage; FLOPs per token it reads in search, "
+              "attention left out: 0 for what comes with the sampled tokens):", "",
+              "| verifier | within-problem AUC | pairwise accuracy | problems | ECE | train s | "
+              "FLOPs / token |", "|---|---|---|---|---|---|---|"]
+    costs = ver.get("costs", {})
     for name, w in within.items():
       ece = ver.get("calibration", {}).get(name, {}).get("ece")
+      cost = costs.get(name, {})
       lines.append(f"| {name} | {_ci(w['mean_auc'], w['mean_auc_ci'])} | "
-                   f"{w['pairwise_accuracy']:.3f} | {w['problems']} | {_fmt(ece)} |")
+                   f"{w['pairwise_accuracy']:.3f} | {w['problems']} | {_fmt(ece)} | "
+                   f"{_fmt(cost.get('train_s'), '.0f')} | "
+                   f"{_fmt(cost.get('flops_per_token'), '.3g')} |")
     auc = ver["auc"]
     step = auc.get("prm_step_auc_within_problems")
     if auc.get("prm_step_auc") is None:

@@ -143,6 +143,11 @@ def check_compute_optimal(c: ml_collections.ConfigDict, known: Facts) -> None:
   if cc.predictor not in names.SCORES:
     raise ConfigError(f"compute_optimal.predictor={cc.predictor!r}: expected a score the "
                       f"verifier evaluation computes, one of {list(names.SCORES)}.")
+  model = names.model_of(cc.predictor)
+  if model != names.POLICY and config_lib.filled_by(c, model) is None:
+    raise ConfigError(f"compute_optimal.predictor={cc.predictor!r}: this experiment leaves the "
+                      f"{model} stage out (stages.{model}=None); the policy's confidence "
+                      f"(e.g. '{names.LIKELIHOOD}') needs no model.")
   if cc.predictor_samples is not None:
     check_int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
               c.difficulty.samples_per_problem)
@@ -162,7 +167,7 @@ COMPUTE_OPTIMAL = Stage(
     outputs=("compute_optimal.json", "compute_optimal.md", "compute_optimal.png",
              "compute_optimal_efficiency.png", "difficulty_bins.png"),
     run=run_compute_optimal, load=load_json("compute_optimal.json"),
-    optional=("large_policy_eval",), may_lack=("orm", "revision_report"),
+    optional=("large_policy_eval",), may_lack=("prm", "orm", "revision_report"),
     version=5, changelog=(
         "2: efficiency against the baseline's own smallest budget",
         "3: the prediction cost counts an imported PRM's own tokens; the floor N' / b_max",

@@ -39,7 +39,8 @@ def run_report(ctx: Context) -> dict:
       "verifiers": {k: ver[k] for k in ("n", "pass_at_1", "pass_at_1_ci", "accuracy_at_max_n",
                                         "auc", "num_problems", "samples_per_problem",
                                         "curves", "curves_ci", "within_problem", "calibration",
-                                        "exploitation", "best_within_problem_auc", "paired")
+                                        "exploitation", "best_within_problem_auc", "paired",
+                                        "costs")
                     if k in ver},
       "bins": [int(b) for b in bins],
       "ablation": ctx.inputs.get("verifier_ablation"),
@@ -116,7 +117,7 @@ REPORT = Stage(
     outputs=("results.json", "report.md", "accuracy_vs_budget.png",
              "accuracy_by_difficulty.png", "verifiers.png"),
     run=run_report, load=load_json("results.json"), version=2,
-    may_lack=("orm", "verifier_ablation"), cost_s=10)
+    may_lack=("prm", "orm", "verifier_ablation"), cost_s=10)
 
 REVISION_REPORT = Stage(
     name="revision_report", doc="sequential revisions vs parallel sampling and search: "

@@ -186,7 +186,8 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
     raise ConfigError(f"search: {e} (search.beam_width={s.beam_width} must divide every "
                       f"budget >= it; budgets {budgets}).") from e
   check_verifier_name(s.verifier, "search.verifier")
-  if s.verifier in names.LM_VERIFIERS and config_lib.filled_by(c, s.verifier) is None:
+  if (s.verifier in (names.PRM,) + names.LM_VERIFIERS
+      and config_lib.filled_by(c, s.verifier) is None):
     raise ConfigError(f"search.verifier={s.verifier!r}: this experiment leaves the "
                       f"{s.verifier} stage out (stages.{s.verifier}=None).")
   if "lookahead" in s.methods and not list(s.lookahead_steps):
@@ -202,13 +203,15 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
 SEARCH_SWEEP = Stage(
     name="search_sweep", doc="best-of-N, beam, DVTS, particle filtering and lookahead search at "
     "every budget and search seed",
-    # implicit_prm, dpo: the LM-head verifiers search.verifier may name (read only then).
+    # prm, implicit_prm, dpo: the trained verifiers search.verifier may name (each read only
+    # then: a search by the policy's confidence needs no PRM).
     inputs=("data", "policy", "prm", "implicit_prm", "dpo"),
     sections=("seed", "sampling", "test_problems", "search"),
     outputs=("cells.jsonl", "cells.json"), run=run_search_sweep, load=load_cells,
     version=3, changelog=("3: FLOPs with attention, policy and PRM apart",),
-    may_lack=("implicit_prm", "dpo"),
-    reads=lambda c, role: role not in names.LM_VERIFIERS or c.search.verifier == role,
+    may_lack=("prm", "implicit_prm", "dpo"),
+    reads=lambda c, role: (role not in (names.PRM,) + names.LM_VERIFIERS
+                           or c.search.verifier == role),
     speed_only=("search.rows_per_call",), cost_s=780,
     checks={"search": check_search})
 

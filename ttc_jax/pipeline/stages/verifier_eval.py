@@ -6,6 +6,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from ttc_jax import accounting
 from ttc_jax.analysis import verifiers as verifier_metrics
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
@@ -29,15 +30,17 @@ def score_samples(ctx: Context, samples) -> dict[str, np.ndarray]:
   """Every verifier's score of each of ``samples`` (solutions.ProblemSamples): the PRM's step
   aggregations, the ORM's and the LM-head verifiers' (when the study has them), the policy's
   confidence measures and its likelihood (:data:`ttc_jax.verifiers.names.SCORES`)."""
-  policy, prm, orm = ctx.inputs["policy"], ctx.inputs["prm"], ctx.inputs.get("orm")
+  policy, prm, orm = ctx.inputs["policy"], ctx.inputs.get("prm"), ctx.inputs.get("orm")
   tok, m = policy.tokenizer, samples.n
   rows, ends = samples.rows_and_step_ends(tok)
   bs = config_lib.scoring_batch_size(ctx.config)
   prompt_lengths = [len(samples.prompts[i // m]) for i in range(len(rows))]
   questions = [samples.problems[i // m].question for i in range(len(rows))]
-  prm_steps = prm.verifier(tok).solution_step_scores(questions, rows, prompt_lengths, ends,
-                                                     batch_size=bs)
-  scores = {names.prm_score(h): aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS}
+  scores = {}
+  if prm is not None:
+    prm_steps = prm.verifier(tok).solution_step_scores(questions, rows, prompt_lengths, ends,
+                                                       batch_size=bs)
+    scores.update({names.prm_score(h): aggregate_steps(prm_steps, h) for h in STEP_AGGREGATIONS})
   if orm is not None:
     scores[names.ORM] = aggregate_steps(orm.verifier(tok).solution_step_scores(
         questions, rows, prompt_lengths, [[len(r) - 1] for r in rows], batch_size=bs), "last")
@@ -57,6 +60,28 @@ def score_samples(ctx: Context, samples) -> dict[str, np.ndarray]:
   return scores
 
 
+def verifier_costs(ctx: Context, scores) -> dict[str, dict]:
+  """What each verifier score costs: the model computing it, its stage's wall seconds (its
+  training; 0 for the policy's confidence, which needs none) and the dense FLOPs per token it
+  reads in search (2 x its matmul parameters, attention left out; 0 for the policy's
+  confidence, which comes with the sampled tokens, as an LM-head verifier's reference does)."""
+  out = {}
+  for name in scores:
+    model = names.model_of(name)
+    if model is None:
+      continue
+    if model == names.POLICY:
+      out[name] = {"model": "policy (with its samples)", "train_s": 0.0, "flops_per_token": 0.0}
+      continue
+    art = ctx.inputs[model]
+    record = artifacts.read_stage(art.path) or {}
+    out[name] = {"model": f"{model} {art.identity}",
+                 "train_s": float(record.get("seconds", float("nan"))),
+                 "flops_per_token": float(accounting.dense_flops(
+                     accounting.ModelCost.from_config(art.config), 0, 1))}
+  return out
+
+
 def run_verifier_eval(ctx: Context) -> dict:
   """Best-of-N curves of the PRM's step aggregations, the ORM (when the study has one) and
   the policy's own likelihood on the difficulty samples; the PRM's step AUC against MC
@@ -69,11 +94,11 @@ def run_verifier_eval(ctx: Context) -> dict:
   samples = ctx.inputs["difficulty"].samples(tok, task, probs)
   m = samples.n
   scores = score_samples(ctx, samples)
-  prm = ctx.inputs["prm"]
+  prm = ctx.inputs.get("prm")
   bs = config_lib.scoring_batch_size(c)
   # Step AUC: held-out test problems, their own samples and MC labels (streams used nowhere else).
   auc_scores = auc_labels = auc_groups = np.zeros(0)
-  if ec.auc_problems:
+  if ec.auc_problems and prm is not None:
     auc_probs = data.problems("test", ec.auc_problems, start=c.test_problems)
     auc_ls = labels_lib.sample_and_label(
         policy.sampling_core(), tok, task, auc_probs, ec.auc_samples_per_problem, ec.rollouts,
@@ -100,6 +125,8 @@ def run_verifier_eval(ctx: Context) -> dict:
                                   "auc_labels": auc_labels, "auc_problems": auc_groups,
                                   **{f"per_problem/{k}": v for k, v in per_problem.items()}})
   ctx.out.write_json("eval.json", result)
+  # Apart from eval.json, which depends on its inputs only: train_s is a wall time.
+  ctx.out.write_json("costs.json", verifier_costs(ctx, scores))
   ctx.out.save_figure("eval.png", figures.verifier_eval(result, auc_scores, auc_labels >= 0.5))
   ctx.out.save_figure("confidence.png", figures.confidence_eval(result))
   within = {k: round(v["mean_auc"], 3) for k, v in result["within_problem"].items()}
@@ -177,10 +204,12 @@ def check_verifier_choice(c: ml_collections.ConfigDict, known: Facts) -> None:
 
 
 def load_verifier_eval(out: artifacts.StageDir, key: dict) -> dict:
-  """eval.json, with the per-sample scores of scored.npz under "scored"."""
+  """eval.json, with the per-sample scores of scored.npz under "scored" and what each
+  verifier costs (costs.json) under "costs"."""
   del key
   result = out.read_json("eval.json")
   result["scored"] = dict(out.load_npz("scored.npz"))
+  result["costs"] = out.read_json("costs.json")
   return result
 
 
@@ -250,12 +279,14 @@ VERIFIER_EVAL = Stage(
     "confidence) and the PRM's step AUC",
     inputs=("data", "policy", "difficulty", "prm", "orm", "implicit_prm", "dpo"),
     sections=("seed", "sampling", "test_problems", "verifier_eval"),
-    outputs=("eval.json", "scored.npz", "eval.png", "confidence.png"),
+    outputs=("eval.json", "scored.npz", "eval.png", "confidence.png", "costs.json"),
     run=run_verifier_eval, load=load_verifier_eval,
     version=5, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",
                           "4: the confidence verifiers (conf_*) scored beside the others",
-                          "5: the LM-head verifiers (implicit_prm, dpo) scored beside them"),
-    may_lack=("orm", "implicit_prm", "dpo"), speed_only=("verifier_eval.batch_size",), cost_s=175,
+                          "5: the LM-head verifiers (implicit_prm, dpo) scored beside them; "
+                          "each verifier's training seconds and FLOPs per token"),
+    may_lack=("prm", "orm", "implicit_prm", "dpo"), speed_only=("verifier_eval.batch_size",),
+    cost_s=175,
     checks={"verifier_eval": check_verifier_eval})
 
 VERIFIER_CHOICE = Stage(
