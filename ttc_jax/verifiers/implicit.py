@@ -52,11 +52,16 @@ def _new_token_logprobs(prev_logits, every, tokens, valid):
   # The previous valid position before j (-1: none in this chunk).
   prev = jax.lax.cummax(pos, axis=1)
   prev = jnp.concatenate([jnp.full_like(prev[:, :1], -1), prev[:, :-1]], axis=1)
-  lp_every = jax.nn.log_softmax(every.astype(jnp.float32), axis=-1)
-  lp_prev = jax.nn.log_softmax(prev_logits.astype(jnp.float32), axis=-1)
-  from_chunk = jnp.take_along_axis(lp_every, jnp.maximum(prev, 0)[..., None], axis=1)
-  chosen = jnp.where((prev >= 0)[..., None], from_chunk, lp_prev[:, None, :])
-  lp = jnp.take_along_axis(chosen, tokens[..., None], axis=-1)[..., 0]
+  # log p = logit of the token - logsumexp, gathered per (row, position): no second
+  # (B, T, vocabulary) array beside the model's output.
+  every = every.astype(jnp.float32)
+  prev_logits = prev_logits.astype(jnp.float32)
+  rows = jnp.arange(tokens.shape[0])[:, None]
+  src = jnp.maximum(prev, 0)
+  in_chunk = every[rows, src, tokens] - jax.nn.logsumexp(every, axis=-1)[rows, src]
+  before = (jnp.take_along_axis(prev_logits, tokens, axis=1)
+            - jax.nn.logsumexp(prev_logits, axis=-1)[:, None])
+  lp = jnp.where(prev >= 0, in_chunk, before)
   return jnp.where(valid, lp, 0.0)
 
 
