@@ -6,7 +6,10 @@ PIP := $(VENV)/bin/pip
 # Tests that need several devices get 8 fake CPU devices; tests/conftest.py sets it too, and
 # compiles without LLVM optimisation (--xla_backend_optimization_level=0: faster compiles).
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
-PYTEST_ARGS ?= -n 2 -q
+# Two workers (one per core; each builds its own session fixtures, so a third costs more than it
+# gives). worksteal: a worker that runs out takes queued tests from the other, so one long e2e test
+# near the end does not leave a core idle.
+PYTEST_ARGS ?= -n 2 --dist worksteal -q
 
 # Workdir of the study's parts (make verifiers).
 DIR ?= runs/arith

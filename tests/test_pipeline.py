@@ -347,25 +347,29 @@ def test_retraining_the_policy_makes_new_artifacts_and_says_why(tmp_path_factory
   workdir = str(tmp_path / "w")
   shutil.copytree(base, workdir, symlinks=True)
   old_policy = os.readlink(os.path.join(workdir, "policy", "latest"))
-  old_prm = os.readlink(os.path.join(workdir, "prm", "latest"))
-  out = pu.run(pu.cli("prm", workdir, overrides={"policy.train.learning_rate": 0.001}))
+  old_difficulty = os.readlink(os.path.join(workdir, "difficulty", "latest"))
+  # The difficulty samples read the policy (the in-process test above follows longer chains).
+  out = pu.run(pu.cli("difficulty", workdir, overrides={"policy.train.learning_rate": 0.001}))
   assert re.search(r"policy: differs from its latest artifact \w+ \(config.policy.train."
                    r"learning_rate: 0.002 -> 0.001\)", out.stderr), out.stderr[-3000:]
   assert "tokenizer: up to date" in out.stderr and "data: up to date" in out.stderr
-  assert re.search(r"prm: differs from its latest artifact \w+ \(inputs.mc_labels: ", out.stderr)
+  assert re.search(r"difficulty: differs from its latest artifact \w+ \(inputs.policy: ",
+                   out.stderr), out.stderr[-3000:]
   new_policy = os.readlink(os.path.join(workdir, "policy", "latest"))
-  assert new_policy != old_policy and os.readlink(os.path.join(workdir, "prm", "latest")) != old_prm
+  assert new_policy != old_policy
+  assert os.readlink(os.path.join(workdir, "difficulty", "latest")) != old_difficulty
   # The old artifacts are kept, and the old config finds them again without work.
   assert os.path.isdir(os.path.join(workdir, "policy", old_policy))
-  out = pu.run(pu.cli("prm", workdir))
-  assert "policy: up to date" in out.stderr and "prm: up to date" in out.stderr
+  out = pu.run(pu.cli("difficulty", workdir))
+  assert "policy: up to date" in out.stderr and "difficulty: up to date" in out.stderr
 
 
 @pytest.mark.e2e
 def test_a_task_of_ones_own_runs_the_pipeline_with_its_own_keys(tmp_path):
   workdir = str(tmp_path / "w")
   out = pu.run(pu.cli("search_sweep,task=modsum", workdir, "--task_module=heldout_task",
-                      overrides={"task.terms": 2, "task.modulus": 5, "task.num_test": 20}))
+                      overrides={"task.terms": 2, "task.modulus": 5, "task.num_test": 20,
+                                 "search.methods": ("best_of_n", "beam"), "search.budgets": (1, 2)}))
   assert "search_sweep: done" in out.stderr, out.stderr[-3000:]
   data = json.load(open(os.path.join(workdir, "data", "latest", "stage.json")))
   assert data["key"]["config"]["task"] == {"name": "modsum", "terms": 2, "modulus": 5,
