@@ -194,6 +194,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       samples_per_problem=16,  # policy answers per problem (paper: 64)
       trajectories_per_problem=4,  # trajectories drawn per problem with a correct answer
       max_attempts=4,  # k ~ U{0..max_attempts} incorrect answers before the correct one
+      # Share of keep trajectories: the correct target is also the last attempt shown (after
+      # k - 1 incorrect ones), so a correct answer in context is seen and kept (0: the paper).
+      keep_rate=0.3,
       problems_per_shard=250,  # resumable unit of work (a shard file)
   ))
   c.revision_model = ml_collections.ConfigDict(dict(
@@ -202,6 +205,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # data was 409 tokens.
       max_seq_len=512,
       window=4,  # earlier attempts shown (the paper's sliding window)
+      # Share of the rows that are the policy's own SFT rows (question -> reference solution,
+      # no attempts): a chain's first answer is conditioned like the policy's (0: the paper).
+      policy_rows=0.25,
       # 400 steps: 3.75 passes over the ~3400 trajectories (800 steps fit them to 99% token
       # accuracy and took 11 of the study's minutes).
       train=_train(steps=400, batch_size=32, learning_rate=1e-3, log_every=100),

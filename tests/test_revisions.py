@@ -113,6 +113,50 @@ def test_trajectories_follow_the_paper_and_skip_problems_without_a_right_answer(
       (t.attempts, t.target) for t in trajs if t.problem == 3]
 
 
+def test_keep_trajectories_show_the_correct_answer_they_keep(task):
+  """Issue 27, item 1: a share keep_rate of the trajectories hold their correct target in
+  context (the last attempt shown) before writing it again; the others are the paper's."""
+  rng = np.random.default_rng(1)
+  texts, correct = [], []
+  for p in range(30):
+    texts.append([f"{p}+{i}={p + i}\nAnswer: {p + i}" for i in range(12)])
+    correct.append(rng.random(12) < 0.3)
+  correct[0][:] = False  # no correct answer: no trajectory, keep or not
+  gens = lambda: [np.random.default_rng([7, p]) for p in range(30)]
+  paper, _ = revisions.build_trajectories(texts, correct, gens(), per_problem=20)
+  again, stats = revisions.build_trajectories(texts, correct, gens(), per_problem=20,
+                                              keep_rate=0.0)
+  assert again == paper and stats["keep_trajectories"] == 0
+  trajs, stats = revisions.build_trajectories(texts, correct, gens(), per_problem=20,
+                                              keep_rate=0.4)
+  keeps = [t for t in trajs if t.keep]
+  assert stats["keep_trajectories"] == len(keeps) and len(trajs) == len(paper)
+  assert abs(len(keeps) / len(trajs) - 0.4) < 0.06, len(keeps)
+  for t in trajs:
+    assert correct[t.problem][t.target] and t.problem != 0
+    wrong = t.attempts[:-1] if t.keep else t.attempts
+    assert all(not correct[t.problem][a] for a in wrong)
+    bad = np.flatnonzero(~correct[t.problem])
+    assert wrong == revisions.closest_incorrect(texts[t.problem], t.target, bad, len(wrong))
+  # Its revision prompt shows the correct answer it is trained to write.
+  problems = [task.get("train", i) for i in range(30)]
+  for t, (*pieces, target) in zip(keeps, revisions.revision_texts(task, problems, texts, keeps)):
+    assert pieces[-2] == target + task.step_delimiter and target == texts[t.problem][t.target]
+  with pytest.raises(ValueError, match="keep_rate=1.5"):
+    revisions.build_trajectories(texts, correct, gens(), per_problem=1, keep_rate=1.5)
+
+
+def test_policy_rows_are_the_policy_s_sft_rows_at_their_share(task):
+  problems = [task.get("train", i) for i in range(3)]
+  rows = revisions.policy_rows(task, problems, trajectories=9, share=0.25)
+  assert len(rows) == 3 and len(rows) / (len(rows) + 9) == 0.25
+  assert rows == [(task.format_prompt(p), p.solution) for p in problems]
+  assert len(revisions.policy_rows(task, problems, trajectories=12, share=0.5)) == 12
+  assert revisions.policy_rows(task, problems, trajectories=12, share=0.0) == []
+  with pytest.raises(ValueError, match="share=1"):
+    revisions.policy_rows(task, problems, trajectories=12, share=1)
+
+
 def test_revision_texts_window_the_last_attempts(task):
   problems = [task.get("train", i) for i in range(2)]
   texts = [[f"a{i}\nAnswer: {i}" for i in range(6)], ["b\nAnswer: 1"]]
@@ -156,7 +200,8 @@ def test_the_revision_data_stage_is_resumable_and_does_not_depend_on_its_shards(
                            and task.is_correct(texts[p][s], problems[p]))
   assert len(rd.trajectories) == 3 * int(per.any(1).sum()) > 0
   for t in rd.trajectories:
-    assert per[t.problem, t.target] and not any(per[t.problem, a] for a in t.attempts)
+    wrong = t.attempts[:-1] if t.keep else t.attempts  # a keep trajectory shows its target
+    assert per[t.problem, t.target] and not any(per[t.problem, a] for a in wrong)
   # A killed run resumes from its shards; one shard per problem gives the same data.
   shard = os.path.join(pipe.directory("revision_data"), "revisions-00001.npz")
   assert os.path.exists(shard)
@@ -180,6 +225,9 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
   assert model.config.max_seq_len == 192 and model.config.head == "lm"
   policy = pipe.load("policy")
   assert model.config.num_params() == policy.config.num_params()
+  # The policy's own rows make revision_model.policy_rows (0.25) of its rows.
+  made = model.description["made_by"]["data"]
+  assert made["policy_rows"] == round(made["trajectories"] / 3) > 0
   # The loss covers the target and EOS only, never the question or the attempts.
   tok = policy.tokenizer
   prompt_text = "2 +3\n2+3=6\nAnswer: 6\n2 +3\n"
@@ -552,6 +600,11 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
     (dict(revision_model__window=0), r"revision_model.window=0: expected an integer >= 1"),
     (dict(revision_orm__first_problem=4), r"revision_orm.first_problem=4: expected >= "
                                           r"revision_data.num_problems=8"),
+    (dict(revision_data__keep_rate=-0.1), r"revision_data.keep_rate=-0.1: expected a number "
+                                          r"in \[0, 1\]"),
+    (dict(revision_data__max_attempts=0), r"revision_data.keep_rate=0.3: a keep trajectory"),
+    (dict(revision_model__policy_rows=1.0), r"revision_model.policy_rows=1.0: expected a "
+                                            r"number in \[0, 1\)"),
 ])
 def test_bad_revision_configs_are_named_before_anything_runs(override, message):
   from ttc_jax.pipeline import config as config_lib

@@ -69,6 +69,14 @@ def check_int(value, key: str, low: int = 1, high: int | None = None) -> int:
   return value
 
 
+def check_fraction(value, key: str, high_open: bool = False) -> float:
+  """A number in [0, 1] (``high_open``: [0, 1))."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      0 <= value < 1 if high_open else 0 <= value <= 1):
+    raise ConfigError(f"{key}={value!r}: expected a number in [0, 1{')' if high_open else ']'}.")
+  return float(value)
+
+
 def arch_fields(section: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in section.to_dict().items()}
 

@@ -9,6 +9,12 @@ correct one, the target the revision model learns to write after them. As in the
   its answer rather than arbitrary;
 * problems with no correct answer give no trajectory (counted in the stats).
 
+Beyond the paper, a share ``keep_rate`` of the trajectories are *keep* trajectories: the
+correct target is itself the last attempt shown, after k - 1 closest incorrect ones, so the
+model also sees a correct answer in context and learns to write it again. The paper names
+the absence of correct answers in context as the cause of its correct -> incorrect
+revisions (about 38%); RISE (Qu et al. 2024, arXiv 2407.18219) trains on such turns too.
+
 The attempts are ordered farthest first, so each is closer to the target than the one
 before it (ties by sample index). Every draw comes from the problem's own generator:
 a problem's trajectories do not depend on which other problems are built with it.
@@ -33,11 +39,17 @@ from ttc_jax.tasks.base import shown_attempts
 
 @dataclasses.dataclass(frozen=True)
 class Trajectory:
-  """Sample indices of one problem: ``attempts`` (incorrect, in order) then ``target``."""
+  """Sample indices of one problem: ``attempts`` (incorrect, in order; a keep trajectory's
+  last one is the correct ``target`` itself) then ``target``."""
 
   problem: int  # position in the problems given to build_trajectories
   attempts: tuple[int, ...]
   target: int
+
+  @property
+  def keep(self) -> bool:
+    """Whether the correct target is already in context (its last attempt)."""
+    return bool(self.attempts) and self.attempts[-1] == self.target
 
 
 def closest_incorrect(texts: Sequence[str], target: int, wrong: Sequence[int], k: int
@@ -55,7 +67,8 @@ def closest_incorrect(texts: Sequence[str], target: int, wrong: Sequence[int], k
 
 def build_trajectories(texts: Sequence[Sequence[str]], correct: Sequence[Sequence[bool]],
                        rngs: Sequence[np.random.Generator], *, per_problem: int,
-                       max_attempts: int = 4) -> tuple[list[Trajectory], dict]:
+                       max_attempts: int = 4, keep_rate: float = 0.0
+                       ) -> tuple[list[Trajectory], dict]:
   """``per_problem`` trajectories for each problem that has a correct answer.
 
   Args:
@@ -64,10 +77,12 @@ def build_trajectories(texts: Sequence[Sequence[str]], correct: Sequence[Sequenc
     rngs: per problem, the generator of its draws (target, k).
     per_problem: trajectories drawn per problem (targets drawn with replacement).
     max_attempts: the largest k (the paper: 4).
+    keep_rate: the probability that a trajectory is a keep trajectory: its target is also
+      its last attempt (after max(k, 1) - 1 closest incorrect answers). 0: the paper's data.
 
   Returns:
     The trajectories, and counts: problems, problems without a correct answer
-    (they contribute nothing), trajectories, and how many have each k.
+    (they contribute nothing), trajectories, how many have each k, and the keep ones.
   """
   if not len(texts) == len(correct) == len(rngs):
     raise ValueError(f"texts, correct and rngs must have one entry per problem; got "
@@ -75,7 +90,10 @@ def build_trajectories(texts: Sequence[Sequence[str]], correct: Sequence[Sequenc
   if per_problem < 1 or max_attempts < 0:
     raise ValueError(f"per_problem={per_problem} must be >= 1 and max_attempts="
                      f"{max_attempts} >= 0.")
-  out, skipped = [], 0
+  if not 0.0 <= keep_rate <= 1.0 or (keep_rate > 0 and max_attempts < 1):
+    raise ValueError(f"keep_rate={keep_rate} must be in [0, 1] (and > 0 only with "
+                     f"max_attempts >= 1; got {max_attempts}).")
+  out, skipped, keeps = [], 0, 0
   hist = np.zeros(max_attempts + 1, np.int64)
   for p, (answers, right, rng) in enumerate(zip(texts, correct, rngs)):
     right = np.asarray(right, bool)
@@ -88,12 +106,18 @@ def build_trajectories(texts: Sequence[Sequence[str]], correct: Sequence[Sequenc
       continue
     for _ in range(per_problem):
       target = int(rng.choice(good))
-      k = min(int(rng.integers(0, max_attempts + 1)), len(bad))
-      attempts = closest_incorrect(answers, target, bad, k)
+      k = int(rng.integers(0, max_attempts + 1))
+      # Drawn only when keep trajectories are asked for: keep_rate=0 draws what it always drew.
+      if keep_rate > 0 and rng.random() < keep_rate:
+        attempts = closest_incorrect(answers, target, bad, min(max(k, 1) - 1, len(bad)))
+        attempts += (target,)
+        keeps += 1
+      else:
+        attempts = closest_incorrect(answers, target, bad, min(k, len(bad)))
       hist[len(attempts)] += 1
       out.append(Trajectory(problem=p, attempts=attempts, target=target))
   stats = {"problems": len(texts), "without_correct": skipped, "trajectories": len(out),
-           "attempts_histogram": hist.tolist()}
+           "attempts_histogram": hist.tolist(), "keep_trajectories": keeps}
   return out, stats
 
 
@@ -110,6 +134,22 @@ def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequ
     out.append((*task.revision_prompt_pieces(problems[t.problem], [answers[i] for i in shown]),
                 answers[t.target]))
   return out
+
+
+def policy_rows(task: Task, problems: Sequence[Problem], trajectories: int, share: float
+                ) -> list[tuple[str, str]]:
+  """The policy's own SFT rows (its prompt, the reference solution: no attempts) to mix into
+  the revision model's ``trajectories`` rows so they make a share ``share`` of the whole:
+  ``problems`` in order, repeated if there are fewer."""
+  if not 0 <= share < 1:
+    raise ValueError(f"share={share}: expected a number in [0, 1).")
+  if not share:
+    return []
+  if not problems:
+    raise ValueError("policy rows need problems; got none.")
+  count = int(round(trajectories * share / (1 - share)))
+  return [(task.format_prompt(problems[i % len(problems)]), problems[i % len(problems)].solution)
+          for i in range(count)]
 
 
 @dataclasses.dataclass
@@ -175,4 +215,5 @@ def revision_stats(rd: RevisionData, max_attempts: int) -> dict:
   return {"problems": int(len(rd.problem_index)),
           "without_correct": int((~per.any(1)).sum()),
           "sample_accuracy": float(rd.correct.mean()),
-          "trajectories": len(rd.trajectories), "attempts_histogram": hist.tolist()}
+          "trajectories": len(rd.trajectories), "attempts_histogram": hist.tolist(),
+          "keep_trajectories": sum(t.keep for t in rd.trajectories)}

@@ -53,7 +53,8 @@ def run_revision_data(ctx: Context) -> dict:
             for p in chunk]
     trajs, _ = revisions.build_trajectories(texts, samples.correct_matrix(), rngs,
                                             per_problem=rc.trajectories_per_problem,
-                                            max_attempts=rc.max_attempts)
+                                            max_attempts=rc.max_attempts,
+                                            keep_rate=rc.keep_rate)
     return revisions.RevisionData(problem_index=np.asarray([p.index for p in chunk], np.int64),
                         samples=samples.gens, correct=samples.correct, trajectories=trajs,
                         samples_per_problem=k).arrays(rc.max_attempts)
@@ -79,7 +80,9 @@ def load_revision_data(out: artifacts.StageDir, key: dict) -> revisions.Revision
 def run_revision_model(ctx: Context) -> dict:
   """The revision model: the policy's backbone with a longer context, fine-tuned on each
   trajectory's correct answer given the question and the last ``window`` incorrect
-  attempts (the loss on the answer and EOS only; paper section 6.1)."""
+  attempts (the loss on the answer and EOS only; paper section 6.1), with a share
+  ``policy_rows`` of the policy's own SFT rows (question, reference solution) mixed in so
+  that its first answer, which is conditioned like the policy's, is not forgotten."""
   cfg = ctx.config.revision_model
   data, policy, rd = ctx.inputs["data"], ctx.inputs["policy"], ctx.inputs["revision_data"]
   tok, task = policy.tokenizer, data.task
@@ -92,12 +95,16 @@ def run_revision_model(ctx: Context) -> dict:
   if not pairs:
     raise artifacts.ArtifactError("revision_data has no trajectory (no train problem had a "
                                   "correct answer): nothing to train the revision model on.")
+  trajectories = len(pairs)
+  pairs += revisions.policy_rows(task, problems, trajectories, cfg.policy_rows)
   try:
     dataset = data_lib.prompt_target_dataset(tok, pairs, model_cfg.max_seq_len)
   except ValueError as e:
     raise config_lib.ConfigError(f"revision_model.max_seq_len={cfg.max_seq_len}: {e}") from e
   lengths = dataset.valid.sum(1)
-  stats = {"trajectories": len(pairs), "target_tokens": int(dataset.weights.sum()),
+  stats = {"trajectories": trajectories, "policy_rows": len(pairs) - trajectories,
+           "keep_trajectories": sum(t.keep for t in rd.trajectories),
+           "target_tokens": int(dataset.weights.sum()),
            "longest_row": int(lengths.max()), "mean_row": float(lengths.mean()),
            "params": model_cfg.num_params()}
   ctx.log(f"revision model: {stats}")
@@ -221,11 +228,17 @@ def check_revision_data(c: ml_collections.ConfigDict, known: Facts) -> None:
   check_int(rd.trajectories_per_problem, "revision_data.trajectories_per_problem", 1)
   check_int(rd.max_attempts, "revision_data.max_attempts", 0)
   check_int(rd.problems_per_shard, "revision_data.problems_per_shard", 1)
+  config_lib.check_fraction(rd.keep_rate, "revision_data.keep_rate")
+  if rd.keep_rate > 0 and rd.max_attempts < 1:
+    raise ConfigError(f"revision_data.keep_rate={rd.keep_rate}: a keep trajectory shows an "
+                      "attempt, but revision_data.max_attempts=0.")
 
 
 def check_revision_model(c: ml_collections.ConfigDict, known: Facts) -> None:
   config_lib.check_train(c, "revision_model", known)
   check_int(c.revision_model.window, "revision_model.window", 1)
+  config_lib.check_fraction(c.revision_model.policy_rows, "revision_model.policy_rows",
+                            high_open=True)
   if known.policy is not None:
     check_int(c.revision_model.max_seq_len, "revision_model.max_seq_len",
               known.policy.max_seq_len)
