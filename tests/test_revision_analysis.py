@@ -131,6 +131,34 @@ def test_each_selection_picks_its_own_answer():
                  "revisions_hier_orm": ("b", 0), "revisions_flat_prm": ("d", 1)}
 
 
+def test_confidence_selections_read_each_answer_s_confidence_and_run_no_verifier():
+  # Confidences: chain 0 winner d (.8), chain 1 winner c (.7); pooled sums a .3, b .1,
+  # c 1.3, d 1.0. Answers 'a' majority; conf flat: c; conf hierarchical: d (.8 > .7).
+  ch = make_chains(**POOL)
+  conf = np.array([[[0.1, 0.1, 0.1, 0.8], [0.1, 0.7, 0.6, 0.2]]])
+  a, o, p = ch["answers"][0], ch["orm"][0], ch["prm"][0]
+  assert rev.select(a, o, p, "flat_conf", conf[0]) == "c"
+  assert rev.select(a, o, p, "hier_conf", conf[0]) == "d"
+  with pytest.raises(ValueError, match="needs each answer's confidence"):
+    rev.select(a, o, p, "hier_conf")
+  # Chains without confidences have no confidence cells (and asking for one is named).
+  assert rev.available([ch]) == ["majority", "flat_orm", "hier_orm", "flat_prm"]
+  with pytest.raises(ValueError, match="the chains hold no .conf. scores"):
+    rev.revision_cells([_full(ch, 8)], [8], selections=["flat_conf"])
+  with_conf = _full(dict(ch, conf=conf), 8)
+  cells = {c.method: c for c in rev.revision_cells([with_conf], [8])
+           if c.params == {"n": 8, "chains": 2, "length": 4}}
+  assert set(cells) == {f"revisions_{s}" for s in rev.SELECTIONS}
+  assert cells["revisions_hier_conf"].outcomes[0].answer == "d"
+  assert cells["revisions_hier_conf"].outcomes[0].correct == 1
+  assert cells["revisions_flat_conf"].outcomes[0].answer == "c"
+  # They cost the revision model's tokens only, as majority does: no verifier runs.
+  for s in ("flat_conf", "hier_conf"):
+    got, maj = cells[f"revisions_{s}"].outcomes[0], cells["revisions_majority"].outcomes[0]
+    assert got.prm_flops == 0 and got.prm_tokens == 0 and got.flops == maj.flops
+  assert cells["revisions_hier_orm"].outcomes[0].prm_flops > 0
+
+
 def _full(ch, max_n):
   """``ch`` with every answer the splits of ``max_n`` need that it lacks added as a wrong
   answer 'z' (scores 0, one token each)."""
@@ -139,7 +167,7 @@ def _full(ch, max_n):
   shape = (p, len(lengths), max(lengths[0], lmax))
   out = dict(ch)
   for k in ("mask", "correct", "answers", "orm", "prm", "policy_tokens", "orm_tokens",
-            "prm_tokens"):
+            "prm_tokens") + (("conf",) if "conf" in ch else ()):
     new = np.zeros(shape, ch[k].dtype)
     new[:, :cmax, :lmax] = ch[k]
     out[k] = new
@@ -380,6 +408,102 @@ def test_compare_to_search_rows():
   assert r["search"]["flops_per_problem"] == 400.0
   assert r["revisions"]["flops_per_problem"] == pytest.approx(mine.flops / 12)
   assert rev.compare_to_search(pts, None) == []
+
+
+def test_the_first_answer_and_one_chain_s_selections_are_compared_paired():
+  # 4 problems, one chain of 4 answers each: the first answer is right on problem 0 only;
+  # the last answer is right everywhere and the most confident one.
+  answers = [[["r" if i == 0 else "x", "x", "y", "r"]] for i in range(4)]
+  correct = [[[a == "r" for a in ch[0]]] for ch in answers]
+  ch = make_chains(answers, correct, seed=0)
+  ch["conf"] = np.tile([0.2, 0.1, 0.3, 0.9], (4, 1, 1))
+  first = rev.first_answer_vs_policy([ch], np.array([1.0, 1.0, 0.0, 0.0]))
+  assert first["first_answer"] == 0.25 and first["policy_pass_at_1"] == 0.5
+  assert first["comparison"]["diff"] == -0.25 and first["comparison"]["n"] == 4
+  with pytest.raises(ValueError, match="policy pass@1 has 3 problems; the chains have 4"):
+    rev.first_answer_vs_policy([ch], np.ones(3))
+  bins = np.arange(4) % 2
+  ch = _full(ch, 4)  # the other splits' chains: wrong answers 'z'
+  pts = rev.curves(rev.revision_cells([ch], [1, 2, 4]), bins, 2)
+  got = {(w["selection"], w["length"]): w for w in rev.within_chain(pts)}
+  # L = 4: confidence picks the last answer (right on all 4): +0.75 over the first answer;
+  # majority: x (x, x, y, r) on problems 1-3, r (r, x, y, r) on problem 0: as the first answer.
+  assert got[("hier_conf", 4)]["accuracy"] == 1.0
+  assert got[("hier_conf", 4)]["vs_first"]["diff"] == 0.75
+  assert got[("majority", 4)]["vs_first"]["diff"] == 0.0
+  assert {w["length"] for w in got.values()} == {2, 4}
+  assert {s for s, _ in got} == set(rev.SELECTIONS)
+  lines = "\n".join(markdown.revisions_section(rev.summary(
+      [ch], [1, 2, 4], bins, 2, policy_pass_at_1=np.array([1.0, 1.0, 0.0, 0.0])), []))
+  # Every chain's first answer: problem 0 right in 1 of its 4 chains.
+  assert "first answer (every chain's, per problem) 0.062 against the policy's pass@1 0.500 " \
+         "on the same problems: -0.438" in lines
+  assert "| hier_conf | 4 | 1.000 [1.000, 1.000] | +0.750" in lines
+
+
+def test_a_gated_chain_stops_at_its_first_confident_answer_and_counts_what_it_made():
+  correct = np.array([[False, True, False], [True, False, False], [False, False, False]])
+  conf = np.array([[0.1, 0.8, 0.9], [0.9, 0.1, 0.1], [0.1, 0.2, 0.3]])
+  ok, gens = rev.gate(correct, conf, 0.5)
+  # Chain 0 revises once and keeps its second (right) answer; chain 1 keeps its first; chain
+  # 2 never gets confident: all 3 answers, the last kept.
+  assert ok.tolist() == [True, True, False] and gens.tolist() == [2, 1, 3]
+  assert rev.gate(correct, conf, -np.inf)[1].tolist() == [1, 1, 1]
+  assert rev.gate(correct, conf, np.inf)[0].tolist() == correct[:, -1].tolist()
+  with pytest.raises(ValueError, match="expected the same"):
+    rev.gate(correct, conf[:, :2], 0.5)
+  # The threshold that keeps most correct answers on these (train) chains; ties: fewer
+  # generations. Here any threshold in (0.1, 0.8] keeps 2 of 3.
+  choice = rev.choose_gate(correct, conf)
+  assert choice["train_accuracy"] == pytest.approx(2 / 3) and 0.1 < choice["tau"] <= 0.8
+  assert choice["length"] == 3 and choice["train_chains"] == 3
+  # Always-right first answers: never revising wins (one generation).
+  assert rev.choose_gate(np.ones((4, 3), bool), np.random.default_rng(0).random((4, 3)))[
+      "tau"] == -np.inf
+
+
+def test_gated_test_chains_use_the_train_threshold_and_compare_at_equal_generations():
+  chains = [random_chains(12, 8, 0)]
+  rng = np.random.default_rng(3)
+  chains[0]["conf"] = rng.random(chains[0]["mask"].shape)
+  bins = np.repeat(np.arange(3), 4)
+  pts = rev.curves(rev.revision_cells(chains, [1, 2, 4, 8]), bins, 3)
+  rows = rev.gated_chains(chains, 0.5, [2, 4, 8], pts)
+  assert [r["length"] for r in rows] == [2, 4, 8]
+  for r in rows:
+    assert 1 <= r["generations"] <= r["length"]
+    assert r["vs_first"]["n"] == 12
+    par = r["vs_parallel_majority"]
+    assert par is None or par["budget"] >= r["generations"]
+  # Threshold +inf: the ungated chains (their last answers); -inf: their first answers.
+  last = rev.gated_chains(chains, np.inf, [4], pts)[0]
+  assert last["generations"] == 4
+  ch = chains[0]
+  full = [c for c in range(ch["mask"].shape[1]) if ch["mask"][:, c, :4].all()]
+  assert last["accuracy"]["mean"] == pytest.approx(ch["correct"][:, full, 3].mean())
+  first = rev.gated_chains(chains, -np.inf, [4], pts)[0]
+  assert first["generations"] == 1 and first["vs_first"]["diff"] == 0
+  assert first["correct_to_incorrect"]["of"] == 0
+
+
+def test_the_gate_s_train_chains_come_from_the_orm_shards():
+  from ttc_jax.verifiers.confidence import Measure
+  # Two shards: problem 5's chains 0 and 1 (2 answers each), problem 9's chain 0.
+  def part(problems, chains, steps, correct, logprobs):
+    n = len(problems)
+    stats = np.zeros((n, 3, 3), np.float32)
+    stats[:, :2, 0] = np.asarray(logprobs)[:, None]
+    return {"problem_index": np.asarray(problems), "chain": np.asarray(chains),
+            "step": np.asarray(steps), "correct": np.asarray(correct),
+            "generated": np.full(n, 2), "token_stats": stats}
+  parts = [part([5, 5, 5, 5], [0, 0, 1, 1], [0, 1, 0, 1], [0, 1, 1, 1], [-1, -0.1, -2, -3]),
+           part([9, 9], [0, 0], [0, 1], [1, 0], [-0.5, -0.5])]
+  correct, conf = rev.train_chains(parts, Measure("logprob", "mean"))
+  assert correct.tolist() == [[False, True], [True, True], [True, False]]
+  np.testing.assert_allclose(conf, np.exp([[-1, -0.1], [-2, -3], [-0.5, -0.5]]), rtol=1e-6)
+  with pytest.raises(ValueError, match="lengths \\[1, 2\\]"):
+    rev.train_chains([parts[0], {k: v[:1] for k, v in parts[1].items()}],
+                     Measure("logprob", "mean"))
 
 
 def test_figures_and_report_section_render(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pipeline_utils as pu
+from conftest import assert_close
 from ttc_jax import tasks
 from ttc_jax.pipeline import Pipeline
 from ttc_jax.training import revisions
@@ -296,6 +297,9 @@ def test_revision_chains_slide_their_window_and_match_one_answer_at_a_time(
         ref = core.generate(tokens, valid, keys, sp)
         n = int(ref.lengths[0])
         assert a.tokens == np.asarray(ref.tokens)[0, :n].tolist(), (p.uid, c, step)
+        # Its confidence (what flat_conf / hier_conf read) is the sampled tokens' own.
+        assert a.token_stats.shape == (n, 3)
+        assert_close(a.token_stats, ref.token_stats(n)[0])
         assert a.finished == bool(ref.stopped[0])
         assert a.extension_tokens == len(a.prompt) - len(pc.prefix)
         assert a.correct == (a.finished and task.is_correct(a.text, p))
@@ -377,6 +381,9 @@ def test_no_test_problem_reaches_the_revision_model_or_its_orm(revision_study):
     idx = store.load_npz(os.path.join(pipe.directory("revision_orm"), f))["problem_index"]
     assert idx.min() >= cfg.first_problem and idx.max() < cfg.first_problem + cfg.num_problems
     assert not {data.task.get("train", int(i)).question for i in idx} & test_questions
+  # The revision gate's threshold is chosen on exactly these train chains.
+  gate = _latest(revision_study, "revision_report", "revisions.json")["gated"]["gate"]
+  assert gate["train_chains"] == cfg.num_problems * cfg.chains and gate["length"] == cfg.length
 
 
 def test_lm_head_verifiers_train_on_train_samples_and_are_scored_beside_the_others(
@@ -470,6 +477,13 @@ def test_the_revision_report_has_every_split_selection_and_claim(revision_study)
   assert rev["transitions"]["by_step"] and rev["chain_lengths"] == rev_lib.chain_lengths(4)
   assert {c["verdict"] for c in rev["claims"]} <= {"reproduced", "not reproduced",
                                                    "not significant"}
+  # The first answer against the policy, one chain's selections, the gated chains.
+  assert rev["first_answer"]["comparison"]["n"] == config.test_problems
+  assert {(w["selection"], w["length"]) for w in rev["within_chain"]} == {
+      (s, n) for s in rev_lib.SELECTIONS for n in budgets if n > 1}
+  gated = rev["gated"]["chains"]
+  assert [g["length"] for g in gated] == [n for n in budgets if n > 1]
+  assert all(1 <= g["generations"] <= g["length"] for g in gated)
   assert any(c["claim"].startswith("(d) sequential revisions over parallel")
              for c in rev["claims"])
   md = open(os.path.join(revision_study, "revision_report", "latest", "revisions.md")).read()
@@ -605,6 +619,8 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
     (dict(revision_data__max_attempts=0), r"revision_data.keep_rate=0.3: a keep trajectory"),
     (dict(revision_model__policy_rows=1.0), r"revision_model.policy_rows=1.0: expected a "
                                             r"number in \[0, 1\)"),
+    (dict(revisions__confidence="prm"), r"revisions.confidence='prm': confidence verifier "
+                                        r"'prm': expected conf_<token>_<aggregation>"),
 ])
 def test_bad_revision_configs_are_named_before_anything_runs(override, message):
   from ttc_jax.pipeline import config as config_lib

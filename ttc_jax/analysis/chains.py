@@ -1,6 +1,7 @@
 """Revision chains as arrays: every answer of every chain of a problem, graded and scored by
-the revision ORM (its earlier answers in context) and the PRM, with its token counts (the
-revision sweep's shards), and the chains of every seed of a sweep."""
+the revision ORM (its earlier answers in context), the PRM and the revision model's own
+confidence, with its token counts (the revision sweep's shards), and the chains of every
+seed of a sweep."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from ttc_jax.sampling import solutions
 from ttc_jax.search.revisions import ProblemChains
 from ttc_jax.verifiers.base import Verifier
+from ttc_jax.verifiers.confidence import Measure
 from ttc_jax.verifiers.scoring import aggregate_steps
 
 
@@ -24,14 +26,17 @@ class RevisionSweep:
 
 
 def chain_arrays(pcs: list[ProblemChains], lengths: tuple[int, ...], orm: Verifier,
-                 prm: Verifier, tok, *, batch_size: int, wall_s: float) -> dict[str, np.ndarray]:
+                 prm: Verifier, tok, *, batch_size: int, wall_s: float,
+                 confidence: Measure) -> dict[str, np.ndarray]:
   """(problems, chains, steps) arrays of chains: grades, answers, scores and tokens of the
   revision ORM (each answer read at its last token, its revision prompt in context) and of
-  the PRM (each answer's steps after the problem's prompt, its last step's score)."""
+  the PRM (each answer's steps after the problem's prompt, its last step's score), and each
+  answer's ``confidence`` under the revision model that wrote it (from the log-probabilities
+  sampled with it: no model call)."""
   shape = (len(pcs), len(lengths), max(lengths))
   out = {"mask": np.zeros(shape, bool), "correct": np.zeros(shape, bool),
          "has_answer": np.zeros(shape, bool), "answers": np.full(shape, "", object),
-         "orm": np.zeros(shape), "prm": np.zeros(shape),
+         "orm": np.zeros(shape), "prm": np.zeros(shape), "conf": np.zeros(shape),
          "policy_tokens": np.zeros(shape, np.int64), "orm_tokens": np.zeros(shape, np.int64),
          "prm_tokens": np.zeros(shape, np.int64)}
   where, orm_rows, orm_prompts, prm_rows, prm_ends, questions, prefixes = ([] for _ in range(7))
@@ -44,6 +49,7 @@ def chain_arrays(pcs: list[ProblemChains], lengths: tuple[int, ...], orm: Verifi
         out["has_answer"][i] = a.answer is not None
         out["answers"][i] = a.answer or ""
         out["policy_tokens"][i] = a.extension_tokens + len(a.tokens)
+        out["conf"][i] = confidence.score(a.token_stats)
         orm_rows.append(a.prompt + a.tokens)
         orm_prompts.append(len(a.prompt))
         prm_rows.append(pc.prefix + a.tokens)

@@ -29,7 +29,10 @@ Selections (:data:`SELECTIONS`) choose one answer per problem from a split's
   earliest in the chain; answers that are None are not eligible; a chain with
   no answer gives none), then weighted best-of-N over the chain winners with
   their ORM scores (the paper's hierarchical selection);
-* ``flat_prm``: weighted best-of-N over the pooled answers, by the PRM score.
+* ``flat_prm``: weighted best-of-N over the pooled answers, by the PRM score;
+* ``flat_conf``, ``hier_conf``: ``flat_orm`` and ``hier_orm`` with each answer's confidence
+  (``conf``: the revision model's own, e.g. its mean log-probability; no model call, 0
+  verifier FLOPs) in place of the ORM score. Chains stored without ``conf`` have neither.
 
 The paper's findings are tested as in :mod:`ttc_jax.analysis.claims`: paired
 bootstraps over problems at the largest budget, pre-specified.
@@ -50,12 +53,22 @@ from ttc_jax.search.records import CurvePoint
 from ttc_jax.search import registry
 from ttc_jax.verifiers import aggregation
 
-SELECTIONS = ("majority", "flat_orm", "hier_orm", "flat_prm")
+SELECTIONS = ("majority", "flat_orm", "hier_orm", "flat_prm", "flat_conf", "hier_conf")
 BEST = "hier_orm"  # the paper's best selection: every claim is tested with it
-# The verifier each selection runs: its scores, token counts and parameters.
-_VERIFIER = {"majority": None, "flat_orm": "orm", "hier_orm": "orm", "flat_prm": "prm"}
+# The verifier each selection runs: its scores, token counts and parameters (None: none runs).
+_VERIFIER = {"majority": None, "flat_orm": "orm", "hier_orm": "orm", "flat_prm": "prm",
+             "flat_conf": None, "hier_conf": None}
+# The per-answer score each selection reads.
+_SCORE = {"majority": None, "flat_orm": "orm", "hier_orm": "orm", "flat_prm": "prm",
+          "flat_conf": "conf", "hier_conf": "conf"}
 _PER_ANSWER = ("mask", "correct", "answers", "orm", "prm", "policy_tokens", "orm_tokens",
                "prm_tokens")
+
+
+def available(chains_by_seed: Sequence[dict]) -> list[str]:
+  """The selections whose scores every seed's chains hold (``conf`` is optional)."""
+  return [s for s in SELECTIONS
+          if _SCORE[s] is None or all(_SCORE[s] in ch for ch in chains_by_seed)]
 
 
 def _power_of_two(n, name: str = "n") -> int:
@@ -108,7 +121,7 @@ def _check(chains_by_seed: Sequence[dict]) -> list[str]:
     if len(shape) != 3 or shape[0] != len(problems):
       raise ValueError(f"seed {ch['seed']}: mask has shape {shape}; expected "
                        f"({len(problems)}, chains, length).")
-    for k in _PER_ANSWER:
+    for k in _PER_ANSWER + (("conf",) if "conf" in ch else ()):
       if np.shape(ch[k]) != shape:
         raise ValueError(f"seed {ch['seed']}: {k} has shape {np.shape(ch[k])}; expected {shape} "
                          "like mask.")
@@ -132,12 +145,16 @@ def _require(ch: dict, c: int, l: int) -> None:
                      f"chains lack ({len(missing)} missing answers in all).")
 
 
-def select(answers: np.ndarray, orm: np.ndarray, prm: np.ndarray, selection: str) -> str | None:
+def select(answers: np.ndarray, orm: np.ndarray, prm: np.ndarray, selection: str,
+           conf: np.ndarray | None = None) -> str | None:
   """One problem's chosen answer among a split's (C, L) answers (None: no answer)."""
   answers = np.asarray(answers, object)
-  if selection == "hier_orm":
+  if selection in ("flat_conf", "hier_conf") and conf is None:
+    raise ValueError(f"selection {selection!r} needs each answer's confidence (conf).")
+  if selection in ("hier_orm", "hier_conf"):
     winners, scores = [], []
-    for row, s in zip(answers, np.asarray(orm, np.float64)):
+    by = orm if selection == "hier_orm" else conf
+    for row, s in zip(answers, np.asarray(by, np.float64)):
       ok = np.array([a is not None for a in row], bool)
       if ok.any():
         j = int(np.argmax(np.where(ok, s, -np.inf)))  # first maximum: the earliest answer
@@ -151,6 +168,9 @@ def select(answers: np.ndarray, orm: np.ndarray, prm: np.ndarray, selection: str
     return aggregation.select_answer(pooled, np.asarray(orm, np.float64).reshape(-1), "weighted")
   if selection == "flat_prm":
     return aggregation.select_answer(pooled, np.asarray(prm, np.float64).reshape(-1), "weighted")
+  if selection == "flat_conf":
+    return aggregation.select_answer(pooled, np.asarray(conf, np.float64).reshape(-1),
+                                     "weighted")
   raise ValueError(f"selection {selection!r}: expected one of {SELECTIONS}.")
 
 
@@ -195,9 +215,10 @@ def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> records.Cell:
   correct = np.asarray(ch["correct"], bool)[:, :c, :l]
   orm = np.asarray(ch["orm"], np.float64)[:, :c, :l]
   prm = np.asarray(ch["prm"], np.float64)[:, :c, :l]
+  conf = np.asarray(ch["conf"], np.float64)[:, :c, :l] if "conf" in ch else None
   chosen, right = [], []
   for p in range(answers.shape[0]):
-    a = select(answers[p], orm[p], prm[p], selection)
+    a = select(answers[p], orm[p], prm[p], selection, None if conf is None else conf[p])
     chosen.append(a)
     pool = answers[p].reshape(-1)
     ok = correct[p].reshape(-1)
@@ -229,7 +250,7 @@ def _cell(ch: dict, selection: str, n: int, c: int, l: int) -> records.Cell:
 
 
 def revision_cells(chains_by_seed: Sequence[dict], budgets: Sequence[int],
-                   selections: Sequence[str] = SELECTIONS) -> list[records.Cell]:
+                   selections: Sequence[str] | None = None) -> list[records.Cell]:
   """One cell per (seed, selection, budget N, split (C, L)), like the search sweep's
   (:func:`ttc_jax.analysis.study.summarize` reads them). The first seed's cells
   come first.
@@ -237,16 +258,19 @@ def revision_cells(chains_by_seed: Sequence[dict], budgets: Sequence[int],
   Args:
     chains_by_seed: one chains dict per search seed, on the same problems in the same order.
     budgets: generation budgets, powers of two.
-    selections: a subset of :data:`SELECTIONS`.
+    selections: a subset of :data:`SELECTIONS` (None: every one the chains have scores for).
 
   Raises:
     ValueError: seeds disagree on the problems, a budget is not a power of two, an unknown
       selection, or a split needs an answer the chains lack.
   """
   _check(chains_by_seed)
+  selections = available(chains_by_seed) if selections is None else selections
   for s in selections:
     if s not in SELECTIONS:
       raise ValueError(f"selection {s!r}: expected one of {SELECTIONS}.")
+    if s not in available(chains_by_seed):
+      raise ValueError(f"selection {s!r}: the chains hold no {_SCORE[s]!r} scores.")
   budgets = [_power_of_two(n, "budget") for n in budgets]
   for ch in chains_by_seed:
     for n in budgets:
@@ -505,17 +529,164 @@ def compare_at_equal_flops(rev_curves: Sequence[CurvePoint],
   return out
 
 
+# --- gated revisions -------------------------------------------------------------------------
+
+
+def gate(correct: np.ndarray, conf: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+  """Chains that revise only while the current answer's confidence is below ``tau``.
+
+  ``correct``, ``conf``: (chains, L) of ungated chains. A chain's answers are sampled one after
+  the other, each from its own key, so the gated chain is the ungated one cut after its first
+  answer with confidence >= tau (or after L answers): its answers are exactly those, and it
+  keeps that last one. Returns, per chain, whether the kept answer is correct and the
+  generations it made (1..L: what the budget counts).
+  """
+  correct, conf = np.asarray(correct, bool), np.asarray(conf, np.float64)
+  if correct.shape != conf.shape or correct.ndim != 2 or correct.shape[1] < 1:
+    raise ValueError(f"correct {correct.shape} and conf {conf.shape}: expected the same "
+                     "(chains, L) shape with L >= 1.")
+  stop = conf >= tau
+  stop[:, -1] = True
+  kept = np.argmax(stop, axis=1)  # the first answer confident enough, else the last
+  return correct[np.arange(len(kept)), kept], kept + 1
+
+
+def choose_gate(correct: np.ndarray, conf: np.ndarray) -> dict:
+  """The threshold of :func:`gate` that keeps the most correct answers on train chains
+  (``correct``, ``conf``: (chains, L)); ties go to fewer generations, then the lower
+  threshold. Candidates: never revising (-inf), every 5% quantile of the train confidences,
+  always revising (+inf)."""
+  conf = np.asarray(conf, np.float64)
+  taus = [-np.inf] + sorted(set(np.quantile(conf, np.linspace(0.05, 0.95, 19)).tolist())) \
+      + [np.inf]
+  rows = []
+  for tau in taus:
+    ok, gens = gate(correct, conf, tau)
+    rows.append({"tau": float(tau), "accuracy": float(ok.mean()),
+                 "generations": float(gens.mean())})
+  best = max(rows, key=lambda r: (r["accuracy"], -r["generations"], -r["tau"]))
+  return {"tau": best["tau"], "train_accuracy": best["accuracy"],
+          "train_generations": best["generations"], "train_chains": int(np.shape(conf)[0]),
+          "length": int(np.shape(conf)[1]), "candidates": rows}
+
+
+def train_chains(parts: Sequence[dict], measure) -> tuple[np.ndarray, np.ndarray]:
+  """(chains, L) correctness and confidence (``measure``, a
+  :class:`ttc_jax.verifiers.confidence.Measure`) of the revision ORM's train chains (its
+  answer shards: :func:`ttc_jax.search.revisions.answers_arrays`)."""
+  correct, conf = {}, {}
+  for part in parts:
+    for i in range(len(part["correct"])):
+      key = (int(part["problem_index"][i]), int(part["chain"][i]))
+      stats = np.asarray(part["token_stats"][i, :int(part["generated"][i])])
+      correct.setdefault(key, []).append(bool(part["correct"][i]))
+      conf.setdefault(key, []).append(measure.score(stats))
+  lengths = {len(v) for v in correct.values()}
+  if len(lengths) != 1:
+    raise ValueError(f"the train chains have lengths {sorted(lengths)}; expected one length.")
+  keys = list(correct)
+  return np.asarray([correct[k] for k in keys], bool), np.asarray([conf[k] for k in keys])
+
+
+def gated_chains(chains_by_seed: Sequence[dict], tau: float, budgets: Sequence[int],
+                 curves_: Sequence[CurvePoint], seed: int = 0) -> list[dict]:
+  """On the test chains: for every chain length L of ``budgets``, every stored chain of at
+  least L answers gated by ``tau`` (chosen on train problems), per problem averaged over its
+  chains and the seeds: the kept answer's accuracy, the generations made, the revisions made
+  and how many turned a correct answer incorrect; against the chains' first answer and against
+  parallel sampling (majority, and the confidence selection) at the smallest budget of at
+  least the gated chains' mean generations, paired over problems."""
+  _check(chains_by_seed)
+  out = []
+  for l in sorted(budgets):
+    kept, gens, first, c2i, prev_correct = [], [], [], [], []
+    for ch in chains_by_seed:
+      mask = np.asarray(ch["mask"], bool)
+      if "conf" not in ch:
+        raise ValueError(f"seed {ch['seed']}: gated chains need each answer's confidence.")
+      rows = [c for c in range(mask.shape[1]) if mask[:, c, :l].all()]
+      if not rows:
+        raise ValueError(f"seed {ch['seed']}: no stored chain has {l} answers.")
+      correct = np.asarray(ch["correct"], bool)[:, rows, :l]
+      conf = np.asarray(ch["conf"], np.float64)[:, rows, :l]
+      p, c = correct.shape[:2]
+      ok, g = gate(correct.reshape(p * c, l), conf.reshape(p * c, l), tau)
+      kept.append(ok.reshape(p, c).mean(1))
+      gens.append(g.reshape(p, c).mean(1))
+      first.append(correct[:, :, 0].mean(1))
+      # Revisions made: answer j + 1 exists in the gated chain when j + 1 < generations.
+      made = np.arange(l - 1)[None, None] < (g.reshape(p, c) - 1)[:, :, None]
+      c2i.append((made & correct[:, :, :-1] & ~correct[:, :, 1:]).sum((1, 2)))
+      prev_correct.append((made & correct[:, :, :-1]).sum((1, 2)))
+    kept, gens, first = (np.mean(x, axis=0) for x in (kept, gens, first))
+    names = (f"gated chain (L={l})", "first answer")
+    row = {"length": l, "accuracy": stats_lib.mean_ci(kept, seed=seed).to_json(),
+           "generations": float(gens.mean()),
+           "correct_to_incorrect": ratio_ci(np.sum(c2i, axis=0), np.sum(prev_correct, axis=0),
+                                            seed),
+           "vs_first": stats_lib.paired_diff(kept, first, names=names, seed=seed).to_json()}
+    n = next((b for b in sorted(budgets) if b >= gens.mean()), None)
+    for sel in ("majority", "hier_conf"):
+      pt = find(curves_, sel, n, n) if n is not None else None
+      row[f"vs_parallel_{sel}"] = None if pt is None else {
+          "budget": n, **stats_lib.paired_diff(
+              kept, pt.per_problem, names=(names[0], f"{sel} {n}x1"), seed=seed).to_json()}
+    out.append(row)
+  return out
+
+
+def within_chain(curves_: Sequence[CurvePoint], seed: int = 0) -> list[dict]:
+  """One chain of L answers (the 1 x L split) with each selection among its answers, against
+  its first answer (the 1 x 1 split): paired over problems, for every L > 1 and selection."""
+  first = find(curves_, "majority", 1, 1)
+  out = []
+  for sel in dict.fromkeys(registry.selection_of(p.method) for p in curves_
+                           if registry.method(p.method).family == registry.REVISIONS):
+    for pt in sorted((p for p in curves_ if p.method == _method(sel)
+                      and p.params["chains"] == 1 and p.params["n"] > 1),
+                     key=lambda p: p.params["n"]):
+      cmp = _paired(pt, first, seed=seed)
+      out.append({"selection": sel, "length": pt.params["n"], "accuracy": pt.accuracy,
+                  "ci": list(pt.ci), "vs_first": None if cmp is None else cmp.to_json()})
+  return out
+
+
+def first_answer_vs_policy(chains_by_seed: Sequence[dict], policy_pass_at_1: np.ndarray,
+                           seed: int = 0) -> dict:
+  """The revision model's first answers (every chain's, averaged per problem over chains and
+  seeds) against the policy's pass@1 on the same problems: does the fine-tune keep the policy
+  it started from? A paired bootstrap over problems."""
+  _check(chains_by_seed)
+  first = np.mean([np.asarray(ch["correct"], bool)[:, :, 0].mean(axis=1)
+                   for ch in chains_by_seed], axis=0)
+  p1 = np.asarray(policy_pass_at_1, np.float64)
+  if p1.shape != first.shape:
+    raise ValueError(f"policy pass@1 has {p1.size} problems; the chains have {first.size}.")
+  cmp = stats_lib.paired_diff(first, p1, names=("revision model's first answer",
+                                                "policy pass@1"), seed=seed)
+  return {"first_answer": float(first.mean()), "policy_pass_at_1": float(p1.mean()),
+          "comparison": cmp.to_json()}
+
+
 def summary(chains_by_seed: Sequence[dict], budgets: Sequence[int], bins: np.ndarray,
             num_bins: int, search_curves: Sequence[CurvePoint] | None = None,
-            seed: int = 0) -> dict:
-  """Every revision result in one JSON-able dict (the cells: :func:`revision_cells`)."""
+            seed: int = 0, policy_pass_at_1: np.ndarray | None = None,
+            gate_choice: dict | None = None) -> dict:
+  """Every revision result in one JSON-able dict (the cells: :func:`revision_cells`);
+  ``gate_choice``: :func:`choose_gate` on train chains, for the gated chains."""
   budgets = sorted(_power_of_two(n, "budget") for n in budgets)
   pts = curves(revision_cells(chains_by_seed, budgets), bins, num_bins, seed)
-  return {"curves": [p.to_json() for p in pts],
+  extra = {} if policy_pass_at_1 is None else {
+      "first_answer": first_answer_vs_policy(chains_by_seed, policy_pass_at_1, seed)}
+  if gate_choice is not None:
+    extra["gated"] = {"gate": gate_choice, "chains": gated_chains(
+        chains_by_seed, gate_choice["tau"], [n for n in budgets if n > 1], pts, seed)}
+  return {**extra, "within_chain": within_chain(pts, seed),
+          "curves": [p.to_json() for p in pts],
           "claims": revision_claims(pts, bins, num_bins, seed),
           "transitions": transitions(chains_by_seed, seed),
           "best_ratio_by_bin": best_ratio_by_bin(pts, bins, num_bins),
           "vs_search": compare_to_search(pts, search_curves, seed),
           "vs_search_flops": compare_at_equal_flops(pts, search_curves, seed),
-          "budgets": budgets, "selections": list(SELECTIONS),
+          "budgets": budgets, "selections": available(chains_by_seed),
           "chain_lengths": chain_lengths(budgets[-1]), "num_bins": int(num_bins)}

@@ -251,6 +251,52 @@ def _transition_lines(tr: dict) -> list[str]:
   return lines
 
 
+def _within_chain_lines(rev: dict) -> list[str]:
+  """The first answer against the policy, and one chain's selections against its first
+  answer ([] for a summary without them)."""
+  lines = []
+  first = rev.get("first_answer")
+  if first:
+    c = first["comparison"]
+    lines += ["", f"The revision model's first answer (every chain's, per problem) "
+              f"{first['first_answer']:.3f} against the policy's pass@1 "
+              f"{first['policy_pass_at_1']:.3f} on the same problems: {_cmp_cell(c)} "
+              f"({c['verdict']})."]
+  within = rev.get("within_chain") or []
+  if within:
+    lines += ["", "One chain of L answers, the answer chosen among them by each selection, "
+              "minus the chain's first answer (paired over problems; the raw last answer is "
+              "the accuracy at step L - 1 above):", "",
+              "| selection | L | accuracy | minus the first answer [95% CI] | verdict |",
+              "|---|---|---|---|---|"]
+    for w in within:
+      c = w["vs_first"]
+      lines.append(f"| {w['selection']} | {w['length']} | {_ci(w['accuracy'], w['ci'])} | "
+                   f"{_cmp_cell(c)} | {'' if c is None else c['verdict']} |")
+  gated = rev.get("gated")
+  if gated:
+    g = gated["gate"]
+    lines += ["", f"Gated chains: a chain revises only while its current answer's confidence "
+              f"({g['confidence']}) is below {g['tau']:.4g}, the threshold that kept the most "
+              f"correct answers on the revision ORM's {g['train_chains']} train chains of "
+              f"{g['length']} answers (train accuracy {g['train_accuracy']:.3f} with "
+              f"{g['train_generations']:.2f} generations per chain; never test problems). A "
+              "gated chain keeps its last answer and is charged the generations it made; "
+              "parallel sampling is taken at the smallest budget of at least its mean "
+              "generations:", "",
+              "| L | gated accuracy | generations (mean) | correct -> incorrect | "
+              "minus the first answer | minus majority | minus hier_conf |",
+              "|---|---|---|---|---|---|---|"]
+    for r in gated["chains"]:
+      par = lambda k: ("n/a" if r[k] is None  # noqa: E731
+                       else f"{_cmp_cell(r[k])} (N={r[k]['budget']})")
+      lines.append(f"| {r['length']} | {_ci(r['accuracy']['mean'], r['accuracy']['ci'])} | "
+                   f"{r['generations']:.2f} | {_rate(r['correct_to_incorrect'])} | "
+                   f"{_cmp_cell(r['vs_first'])} | {par('vs_parallel_majority')} | "
+                   f"{par('vs_parallel_hier_conf')} |")
+  return lines
+
+
 def _vs_search_lines(vs: Sequence[dict]) -> list[str]:
   """The table of revisions against search at equal generation budget ([] without rows)."""
   if not vs:
@@ -304,8 +350,11 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
            "majority (all C x L answers vote), flat ORM (weighted best-of-N over all answers by "
            "the revision ORM), hierarchical ORM (per chain its best answer by the ORM, then "
            "weighted best-of-N over the chain winners), flat PRM (weighted best-of-N by the "
-           "single-answer PRM). Accuracies: mean [95% bootstrap CI over problems].", ""]
+           "single-answer PRM), flat and hierarchical confidence (as the ORM's, by the revision "
+           "model's own confidence in each answer: no model call, no verifier FLOPs). "
+           "Accuracies: mean [95% bootstrap CI over problems].", ""]
   lines += _transition_lines(rev["transitions"])
+  lines += _within_chain_lines(rev)
   lines += ["", "Accuracy by budget N and split C chains x L revisions (rows), selection "
             "(columns); FLOPs per problem (policy, plus the verifier a selection runs):", "",
             "| N | C x L | L / C | " + " | ".join(selections)

@@ -88,6 +88,9 @@ class Answer:
   correct: bool
   finished: bool
   extension_tokens: int  # prompt tokens past the shared prefix, run for this answer
+  # (len(tokens), 3): each sampled token's log-probability and confidence under the model
+  # that wrote it (SampleOutput.token_stats), which a confidence verifier reads.
+  token_stats: np.ndarray
 
 
 @dataclasses.dataclass
@@ -203,6 +206,7 @@ def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts
   lengths = np.asarray(result.lengths)
   gen = np.asarray(result.tokens)
   stopped = np.asarray(result.stopped)
+  stats = result.token_stats()
   for r, (q, c) in enumerate(part):
     toks = gen[r, :lengths[r]].tolist()
     text = tokenizer.decode(toks)
@@ -212,19 +216,28 @@ def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts
     out[q].chains[c].append(Answer(
         tokens=toks, prompt=prompts[r], text=text, answer=answer,
         correct=bool(finished and answer is not None and task.is_correct(text, problem)),
-        finished=finished, extension_tokens=len(extensions[r])))
+        finished=finished, extension_tokens=len(extensions[r]),
+        token_stats=stats[r, :lengths[r]]))
 
 
 def answers_arrays(pcs: list[ProblemChains]) -> dict[str, np.ndarray]:
-  """Every answer of ``pcs`` as a verifier row (its revision prompt + its tokens) and its
-  correctness (the revision ORM's data)."""
-  answers = [(q, step, a) for q, pc in enumerate(pcs) for chain in pc.chains
+  """Every answer of ``pcs`` as a verifier row (its revision prompt + its tokens), its
+  correctness (the revision ORM's data), its place (problem, chain, step) and its sampled
+  tokens' statistics (``token_stats``, zeros past its ``generated`` tokens: what a confidence
+  measure reads)."""
+  answers = [(q, c, step, a) for q, pc in enumerate(pcs) for c, chain in enumerate(pc.chains)
              for step, a in enumerate(chain)]
-  rows = [a.prompt + a.tokens for _, _, a in answers]
+  rows = [a.prompt + a.tokens for *_, a in answers]
   tokens = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
   for i, r in enumerate(rows):
     tokens[i, :len(r)] = r
+  stats = np.zeros((len(rows), max(len(a.tokens) for *_, a in answers), 3), np.float32)
+  for i, (*_, a) in enumerate(answers):
+    stats[i, :len(a.tokens)] = a.token_stats
   return {"tokens": tokens, "lengths": np.asarray([len(r) for r in rows], np.int32),
-          "correct": np.asarray([a.correct for _, _, a in answers], bool),
-          "step": np.asarray([step for _, step, _ in answers], np.int32),
-          "problem_index": np.asarray([pcs[q].problem.index for q, _, _ in answers], np.int64)}
+          "correct": np.asarray([a.correct for *_, a in answers], bool),
+          "step": np.asarray([step for _, _, step, _ in answers], np.int32),
+          "chain": np.asarray([c for _, c, _, _ in answers], np.int32),
+          "generated": np.asarray([len(a.tokens) for *_, a in answers], np.int32),
+          "token_stats": stats,
+          "problem_index": np.asarray([pcs[q].problem.index for q, *_ in answers], np.int64)}

@@ -8,11 +8,13 @@ from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import revisions as revision_analysis
 from ttc_jax.analysis import study as study_lib
 from ttc_jax.search import registry
+from ttc_jax.pipeline import store
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
 from ttc_jax.report import figures
 from ttc_jax.report import markdown
+from ttc_jax.verifiers.confidence import Measure
 
 
 def run_report(ctx: Context) -> dict:
@@ -69,8 +71,14 @@ def run_revision_report(ctx: Context) -> dict:
   search_curves = [study_lib.summarize(pt, bins, num_bins, c.seed)
                    for pt in study_lib.points(ctx.inputs["search_sweep"])]
   sweep = ctx.inputs["revision_sweep"]
+  # The gate's threshold: chosen on the revision ORM's chains, on train problems only.
+  orm = ctx.inputs["revision_orm"]
+  measure = Measure.from_name(c.revisions.confidence)
+  train = revision_analysis.train_chains(store.Shards.open(orm.path, "answers").load_all(),
+                                         measure)
+  gate_choice = {**revision_analysis.choose_gate(*train), "confidence": measure.name}
   rev = revision_analysis.summary(sweep.by_seed, sweep.budgets, bins, num_bins, search_curves,
-                                  c.seed)
+                                  c.seed, policy_pass_at_1=p1, gate_choice=gate_choice)
   rev["models"] = {role: ctx.inputs[role].summary()
                    for role in ("revision_model", "revision_orm", "prm")}
   ctx.out.write_json("revisions.json", rev)
@@ -124,10 +132,12 @@ REVISION_REPORT = Stage(
     "revisions.json, figures 6 and 7, revisions.md",
     inputs=("data", "difficulty", "search_sweep", "revision_sweep", "revision_model",
             "revision_orm", "prm"),
-    sections=("seed", "report"),
+    sections=("seed", "report", "revisions"),
     outputs=("revisions.json", "revisions.md", "revisions_vs_budget.png",
              "revisions_by_difficulty.png", "revision_transitions.png"),
-    run=run_revision_report, load=load_json("revisions.json"), cost_s=25)
+    run=run_revision_report, load=load_json("revisions.json"), cost_s=25, version=2,
+    changelog=("2: the first answer against the policy's pass@1; one chain's selections "
+               "against its first answer; gated chains (threshold chosen on train chains)",))
 
 STUDY = Stage(
     name="study", doc="the whole study: every claim's verdict and the three reports",

@@ -32,6 +32,7 @@ from ttc_jax.search import revisions as chains_lib
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import revisions
 from ttc_jax.training import trainer
+from ttc_jax.verifiers.confidence import Measure
 
 
 def run_revision_data(ctx: Context) -> dict:
@@ -170,8 +171,9 @@ def run_revision_orm(ctx: Context) -> dict:
 
 def run_revision_sweep(ctx: Context) -> dict:
   """Revision chains on the test problems for every seed (resumable shards), each answer
-  scored by the revision ORM (its earlier answers in context) and by the single-answer
-  PRM; every split of every budget into chains is a cell (paper section 6.2)."""
+  scored by the revision ORM (its earlier answers in context), by the single-answer PRM and
+  by the revision model's own confidence (``revisions.confidence``); every split of every
+  budget into chains is a cell (paper section 6.2)."""
   c = ctx.config
   rc = c.revisions
   data, rev = ctx.inputs["data"], ctx.inputs["revision_model"]
@@ -194,7 +196,8 @@ def run_revision_sweep(ctx: Context) -> dict:
                                   stream="revision_chains", sp=sp, run=seed,
                                   rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
       return chains.chain_arrays(pcs, lengths, orm_scorer, prm_scorer, tok,
-                                 batch_size=c.sampling.batch_size, wall_s=time.time() - t0)
+                                 batch_size=c.sampling.batch_size, wall_s=time.time() - t0,
+                                 confidence=Measure.from_name(rc.confidence))
     return chunk_arrays
 
   for seed in rc.seeds:
@@ -274,6 +277,10 @@ def check_revisions(c: ml_collections.ConfigDict, known: Facts) -> None:
       or len(set(seeds)) != len(seeds):
     raise ConfigError(f"revisions.seeds={rv.seeds!r}: expected distinct integers >= 0.")
   check_int(rv.problems_per_shard, "revisions.problems_per_shard", 1)
+  try:
+    Measure.from_name(rv.confidence)
+  except ValueError as e:
+    raise ConfigError(f"revisions.confidence={rv.confidence!r}: {e}") from None
 
 REVISION_DATA = Stage(
     name="revision_data", doc="policy answers to train problems and revision trajectories "
@@ -294,7 +301,9 @@ REVISION_ORM = Stage(
     "earlier answers in context",
     inputs=("data", "revision_model"), sections=("seed", "sampling", "revision_orm"),
     outputs=MODEL_OUTPUTS, run=run_revision_orm, load=load_model, cost_s=485, trains=True,
-    reads_train=True,
+    reads_train=True, version=2,
+    changelog=("2: each answer's chain and sampled tokens' statistics in its shards (the "
+               "revision gate's train data)",),
     checks={"revision_orm": check_revision_orm})
 
 REVISION_SWEEP = Stage(
@@ -303,5 +312,7 @@ REVISION_SWEEP = Stage(
     inputs=("data", "revision_model", "revision_orm", "prm"),
     sections=("seed", "sampling", "test_problems", "revisions"),
     outputs=("params.json", "cells.json"), run=run_revision_sweep, load=load_revision_sweep,
-    version=2, changelog=("2: model costs (FLOPs)",), cost_s=810,
+    version=3, changelog=("2: model costs (FLOPs)", "3: each answer's confidence under the "
+                          "revision model (revisions.confidence) and its selections"),
+    cost_s=810,
     checks={"revisions": check_revisions})
