@@ -128,8 +128,8 @@ REPORT = Stage(
     may_lack=("prm", "orm", "verifier_ablation"), cost_s=10)
 
 REVISION_REPORT = Stage(
-    name="revision_report", doc="sequential revisions vs parallel sampling and search: "
-    "revisions.json, figures 6 and 7, revisions.md",
+    name="revision_report", doc="sequential revisions vs parallel sampling and search, gated "
+    "chains: revisions.json, figures 6 and 7, revisions.md",
     inputs=("data", "difficulty", "search_sweep", "revision_sweep", "revision_model",
             "revision_orm", "prm"),
     sections=("seed", "report", "revisions"),

@@ -308,7 +308,8 @@ REVISION_ORM = Stage(
 
 REVISION_SWEEP = Stage(
     name="revision_sweep", doc="revision chains on the test problems: every split of each budget "
-    "into sequential chains; majority, revision-ORM (flat, hierarchical), PRM selection",
+    "into sequential chains; majority, revision-ORM (flat, hierarchical), PRM and confidence "
+    "(flat, hierarchical) selection",
     inputs=("data", "revision_model", "revision_orm", "prm"),
     sections=("seed", "sampling", "test_problems", "revisions"),
     outputs=("params.json", "cells.json"), run=run_revision_sweep, load=load_revision_sweep,
