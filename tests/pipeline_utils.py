@@ -59,6 +59,8 @@ TINY = {
     "revision_model.max_seq_len": 192, "revision_model.train.steps": 6,
     "revision_model.train.batch_size": 8, "revision_model.train.checkpoint_every": 3,
     "revision_model.train.log_every": 3, "revision_model.train.warmup_steps": 1,
+    "revision_model.choice.first_problem": 12, "revision_model.choice.num_problems": 4,
+    "revision_model.choice.length": 2, "revision_model.choice.every": 3,
     "revision_orm.first_problem": 8, "revision_orm.num_problems": 4, "revision_orm.chains": 2,
     "revision_orm.length": 2, "revision_orm.problems_per_shard": 2,
     "revision_orm.train.steps": 6, "revision_orm.train.batch_size": 8,

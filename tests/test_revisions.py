@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from flax import nnx
 
 import pipeline_utils as pu
 from conftest import assert_close
@@ -229,6 +230,21 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
   # The policy's own rows make revision_model.policy_rows (0.25) of its rows.
   made = model.description["made_by"]["data"]
   assert made["policy_rows"] == round(made["trajectories"] / 3) > 0
+  # The checkpoint is chosen among steps 3 and 6 by chains on held-out train problems 12-15,
+  # and the artifact holds that step's parameters.
+  choice = model.description["made_by"]["checkpoint_choice"]
+  assert [r["step"] for r in choice["curve"]] == [3, 6] and choice["problems"] == [12, 16]
+  assert all(len(r["accuracy_by_answer"]) == 2 for r in choice["curve"])
+  best = max(choice["curve"], key=lambda r: (r["accuracy_by_answer"][-1], r["step"]))
+  assert model.description["checkpoint"] == {"dir": "chosen", "step": best["step"]}
+  from ttc_jax.models import checkpoints
+  kept = checkpoints.restore_params(os.path.join(model.path, "checkpoints"),
+                                    checkpoints.abstract_model(model.config), step=best["step"],
+                                    any_step=True)
+  import jax
+  for a, b in zip(jax.tree.leaves(nnx.state(kept, nnx.Param)),
+                  jax.tree.leaves(nnx.state(model.model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # The loss covers the target and EOS only, never the question or the attempts.
   tok = policy.tokenizer
   prompt_text = "2 +3\n2+3=6\nAnswer: 6\n2 +3\n"
@@ -619,6 +635,8 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
     (dict(revision_data__max_attempts=0), r"revision_data.keep_rate=0.3: a keep trajectory"),
     (dict(revision_model__policy_rows=1.0), r"revision_model.policy_rows=1.0: expected a "
                                             r"number in \[0, 1\)"),
+    (dict(revision_model__choice__first_problem=10), r"revision_model.choice.first_problem=10 "
+                                                     r"\(num_problems=4\): overlaps revision_orm"),
     (dict(revisions__confidence="prm"), r"revisions.confidence='prm': confidence verifier "
                                         r"'prm': expected conf_<token>_<aggregation>"),
 ])

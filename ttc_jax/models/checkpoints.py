@@ -41,7 +41,7 @@ def config_from_dict(d: dict[str, Any]) -> TransformerConfig:
   return TransformerConfig(**d)
 
 
-def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+def manager(directory: str, max_to_keep: int | None = 2) -> ocp.CheckpointManager:
   """A synchronous CheckpointManager: a failed write (e.g. a full disk) raises in the
   caller's thread, where it can be reported in one line."""
   return ocp.CheckpointManager(
@@ -153,6 +153,16 @@ def restore(mgr: ocp.CheckpointManager, step: int, config: TransformerConfig | N
         f"({type(e).__name__}: {str(e)[:300]}).") from e
 
 
+def save_params(directory: str, step: int, model: Transformer) -> None:
+  """Writes ``model``'s params alone as checkpoint ``step`` of ``directory`` (e.g. the
+  checkpoint chosen among a training run's: what :func:`restore_params` reads)."""
+  mgr = manager(directory)
+  try:
+    save(mgr, step, params=ocp.args.StandardSave(nnx.state(model, nnx.Param)))
+  finally:
+    mgr.close()
+
+
 def save(mgr: ocp.CheckpointManager, step: int, **items) -> None:
   """Saves ``items`` as ``step``; an OSError (full disk, permissions) becomes one line."""
   try:
@@ -193,21 +203,29 @@ def abstract_model(config: TransformerConfig) -> Transformer:
   return nnx.merge(graphdef, state)
 
 
-def restore_params(directory: str, model: Transformer, *, step: int | None = None
-                   ) -> Transformer:
+def restore_params(directory: str, model: Transformer, *, step: int | None = None,
+                   any_step: bool = False) -> Transformer:
   """Loads ``params`` of checkpoint ``step`` (default: the latest) into ``model``.
+
+  ``any_step``: ``step`` may be an earlier checkpoint than the latest (a trainer that kept
+  them all); otherwise it must be the latest (a model's final step: an earlier latest is an
+  unfinished run).
 
   Raises:
     FileNotFoundError: no complete checkpoint in ``directory``.
-    CheckpointError: damaged checkpoint, or ``step`` is not the latest one.
+    CheckpointError: damaged checkpoint, or ``step`` is not the latest one (nor kept).
   """
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoint directory {directory}.")
-  mgr = manager(directory)
+  mgr = manager(directory, max_to_keep=None)
   try:
     latest = mgr.latest_step()
     if latest is None:
       raise FileNotFoundError(f"no complete checkpoint in {directory}.")
+    if any_step and step is not None:
+      if step not in mgr.all_steps():
+        raise CheckpointError(f"{directory} holds steps {sorted(mgr.all_steps())}, not {step}.")
+      latest = step
     if step is not None and latest != step:
       raise CheckpointError(
           f"{directory} holds step {latest}, not the final step {step}: that training run "

@@ -324,12 +324,13 @@ def tokenizer_ref(artifact_dir: str, tokenizer_path: str) -> dict:
 
 
 def write_model(out: StageDir, config: TransformerConfig, tokenizer: dict, *, step: int,
-                made_by: dict) -> None:
-  """Writes ``model.json`` next to the trainer's ``checkpoints/`` (final step ``step``)."""
+                made_by: dict, checkpoint_dir: str = "checkpoints") -> None:
+  """Writes ``model.json`` next to the trainer's ``checkpoints/`` (final step ``step``; or
+  another directory of the artifact holding the chosen step as its latest)."""
   out.write_json(MODEL_FILE, {
       "config": checkpoints.config_to_dict(config),
       "tokenizer": tokenizer,
-      "checkpoint": {"dir": "checkpoints", "step": step},
+      "checkpoint": {"dir": checkpoint_dir, "step": step},
       "made_by": made_by,
   })
 

@@ -32,6 +32,8 @@ STREAMS = {
     "axis_samples": 14,  # policy samples on train problems that calibrate its noise
     "choice_samples": 15,  # policy samples on held-out train problems: the verifier choice
     "verifier_samples": 16,  # policy samples on train problems: the LM-head verifiers' data
+    # Revision chains of each revision-model checkpoint on held-out train problems (its choice)
+    "revision_choice": 17,
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

@@ -338,7 +338,8 @@ def _log_metrics(metrics_file, metrics: dict[str, Array], step: int, since: _Sin
 
 def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigDict,
           out_dir: str, *, objective: str, mesh=None, log_fn=logging.info,
-          name: str = "train", options: Mapping[str, float] | None = None) -> Transformer:
+          name: str = "train", options: Mapping[str, float] | None = None,
+          keep_checkpoints: int | None = 2) -> Transformer:
   """Trains ``model`` in place on ``dataset``; resumes from ``out_dir/checkpoints``.
 
   Args:
@@ -356,6 +357,8 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
       objectives' ``beta``).
     mesh: a ('data', 'model') mesh; default: all devices (of all processes) on 'data'.
     name: shown in the progress lines.
+    keep_checkpoints: how many of the latest checkpoints to keep (None: every one, for a
+      choice among them after training).
 
   Returns:
     The trained model (the same object).
@@ -379,7 +382,7 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   params = jax.device_put(jax.tree.map(jnp.copy, params), replicated)
   opt_state = jax.device_put(tx.init(params), replicated)
 
-  manager = checkpoints.manager(os.path.join(out_dir, "checkpoints"))
+  manager = checkpoints.manager(os.path.join(out_dir, "checkpoints"), keep_checkpoints)
   start, params, opt_state = _restore_latest(manager, model.config, cfg, params, opt_state,
                                              replicated, log_fn)
 

@@ -4,7 +4,9 @@ revision chains on the test problems."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import shutil
 import time
 
 import ml_collections
@@ -27,6 +29,7 @@ from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
 from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.sampling import solutions
+from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling import streams
 from ttc_jax.search import revisions as chains_lib
 from ttc_jax.training import data as data_lib
@@ -109,14 +112,56 @@ def run_revision_model(ctx: Context) -> dict:
            "longest_row": int(lengths.max()), "mean_row": float(lengths.mean()),
            "params": model_cfg.num_params()}
   ctx.log(f"revision model: {stats}")
-  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="lm", name="revision_model")
+  choice = cfg.choice
+  train_cfg = cfg.train
+  if choice.num_problems:  # a checkpoint at every candidate step (resuming is finer, no more)
+    train_cfg = ml_collections.ConfigDict(cfg.train.to_dict())
+    train_cfg.checkpoint_every = math.gcd(cfg.train.checkpoint_every, choice.every)
+  trainer.train(model, dataset, train_cfg, ctx.out.dir, objective="lm", name="revision_model",
+                keep_checkpoints=None if choice.num_problems else 2)
+  step, ckpt_dir, chosen = cfg.train.steps, "checkpoints", None
+  if choice.num_problems:
+    chosen = _choose_checkpoint(ctx, model_cfg, policy, data, cfg)
+    step, ckpt_dir = chosen["step"], "chosen"
+    model = checkpoints.restore_params(os.path.join(ctx.out.dir, "checkpoints"), model,
+                                       step=step, any_step=True)
+    shutil.rmtree(os.path.join(ctx.out.dir, ckpt_dir), ignore_errors=True)  # a killed run's
+    checkpoints.save_params(os.path.join(ctx.out.dir, ckpt_dir), step, model)
   tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
   artifacts.write_model(
-      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=cfg.train.steps,
+      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=step,
+      checkpoint_dir=ckpt_dir,
       made_by={"stage": "revision_model", "objective": "lm (answer given earlier attempts)",
                "init": "policy", "policy": policy.identity, "window": cfg.window,
-               "train": cfg.train.to_dict(), "data": stats})
-  return stats
+               "train": cfg.train.to_dict(), "data": stats, "checkpoint_choice": chosen})
+  return {**stats, "checkpoint_choice": chosen}
+
+
+def _choose_checkpoint(ctx: Context, model_cfg, policy, data, cfg) -> dict:
+  """Every checkpoint of the revision model's training run, scored by what it is for: chains
+  of ``choice.length`` answers on held-out train problems (``choice``), the accuracy of the
+  last answer (after revising); the best step (ties: the later one) and the curve."""
+  ch = cfg.choice
+  probs = data.problems("train", ch.num_problems, start=ch.first_problem)
+  ckpt = os.path.join(ctx.out.dir, "checkpoints")
+  steps = [s for s in sorted(checkpoints.manager(ckpt, None).all_steps())
+           if s % ch.every == 0 or s == cfg.train.steps]
+  strategy = chains_lib.RevisionChains(lengths=(ch.length,), window=cfg.window)
+  curve = []
+  for step in steps:
+    m = checkpoints.restore_params(ckpt, checkpoints.abstract_model(model_cfg), step=step,
+                                   any_step=True)
+    pcs = chains_lib.run_chains(strategy, SamplingCore(m, policy.special_ids), policy.tokenizer,
+                                data.task, probs, seed=ctx.config.seed, stream="revision_choice",
+                                sp=sampling_params(ctx.config),
+                                rows_per_call=ctx.config.sampling.batch_size)
+    by_answer = [float(np.mean([pc.chains[0][k].correct for pc in pcs])) for k in range(ch.length)]
+    curve.append({"step": int(step), "accuracy_by_answer": by_answer})
+    ctx.log(f"revision model checkpoint {step}: accuracy by answer on {len(probs)} held-out "
+            f"train problems {[round(a, 3) for a in by_answer]}")
+  best = max(curve, key=lambda r: (r["accuracy_by_answer"][-1], r["step"]))
+  return {"step": best["step"], "problems": [ch.first_problem, ch.first_problem + ch.num_problems],
+          "length": ch.length, "curve": curve}
 
 
 def _revision_window(revision_model: artifacts.ModelArtifact) -> int:
@@ -242,6 +287,25 @@ def check_revision_model(c: ml_collections.ConfigDict, known: Facts) -> None:
   check_int(c.revision_model.window, "revision_model.window", 1)
   config_lib.check_fraction(c.revision_model.policy_rows, "revision_model.policy_rows",
                             high_open=True)
+  ch = c.revision_model.choice
+  check_int(ch.num_problems, "revision_model.choice.num_problems", 0)
+  check_int(ch.length, "revision_model.choice.length", 1)
+  check_int(ch.every, "revision_model.choice.every", 1)
+  if ch.num_problems:
+    num_train = known.num_train
+    check_int(ch.first_problem, "revision_model.choice.first_problem", 0,
+              None if num_train is None else num_train - ch.num_problems)
+    # Held out from every other use of train problems by the revision stages.
+    used = [("revision_data", 0, c.revision_data.num_problems)]
+    if "revision_orm" in c:
+      used.append(("revision_orm", c.revision_orm.first_problem,
+                   c.revision_orm.first_problem + c.revision_orm.num_problems))
+    for name, lo, hi in used:
+      if ch.first_problem < hi and lo < ch.first_problem + ch.num_problems:
+        raise ConfigError(
+            f"revision_model.choice.first_problem={ch.first_problem} (num_problems="
+            f"{ch.num_problems}): overlaps {name}'s train problems [{lo}, {hi}); the checkpoint "
+            "is chosen on held-out problems.")
   if known.policy is not None:
     check_int(c.revision_model.max_seq_len, "revision_model.max_seq_len",
               known.policy.max_seq_len)
@@ -292,8 +356,10 @@ REVISION_DATA = Stage(
 REVISION_MODEL = Stage(
     name="revision_model", doc="the policy fine-tuned to answer after its earlier incorrect "
     "attempts",
-    inputs=("data", "policy", "revision_data"), sections=("revision_model",),
+    inputs=("data", "policy", "revision_data"), sections=("seed", "sampling", "revision_model"),
     outputs=MODEL_OUTPUTS, run=run_revision_model, load=load_model, cost_s=350, trains=True,
+    reads_train=True, version=2, changelog=("2: the checkpoint chosen on held-out train "
+                                            "problems (revision_model.choice)",),
     checks={"revision_model": check_revision_model})
 
 REVISION_ORM = Stage(
