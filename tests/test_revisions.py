@@ -253,6 +253,12 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
   row = ds.valid[0].sum()
   assert ds.weights[0, :prompt].sum() == 0 and ds.weights[0, prompt:row].all()
   assert ds.weights[0, row:].sum() == 0
+  # Without a choice (choice.num_problems=0) the final step is the model, from checkpoints/.
+  final = Pipeline(pu.tiny_config(**TRAINED, revision_model__choice__num_problems=0),
+                   workdir).run("revision_model")
+  assert final.description["checkpoint"] == {"dir": "checkpoints", "step": 6}
+  assert final.description["made_by"]["checkpoint_choice"] is None
+  assert not os.path.exists(os.path.join(final.path, "chosen"))
   # A context shorter than the policy's is named before anything runs.
   with pytest.raises(Exception, match=r"revision_model.max_seq_len=40: expected an integer "
                                       r">= 64"):
