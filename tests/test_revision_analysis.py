@@ -560,3 +560,37 @@ def test_compare_at_equal_flops_gives_search_at_least_the_revisions_flops():
     assert r["search"]["budget"] == want and r["search_flops_at_least"] == bool(enough)
     assert r["comparison"]["diff"] == pytest.approx(mine.accuracy - bon[want].accuracy)
   assert rev.compare_at_equal_flops(pts, None) == []
+
+
+def test_training_rounds_are_reported_as_chosen_and_compared_paired():
+  """Each round's chosen checkpoint: its first and last answers and flips on the held-out
+  train problems, with CIs, and its last answer against the round before (same problems)."""
+  def choice(rows, step=6):
+    curve = [{"step": 3, "accuracy_by_answer": [0.0, 0.0], "correct_to_incorrect": 0.0,
+              "correct": ["00"] * len(rows)},
+             {"step": step, "accuracy_by_answer": [0.0, 0.0], "correct_to_incorrect": 0.0,
+              "correct": rows}]
+    return {"step": step, "problems": [12, 16], "length": 2, "curve": curve}
+
+  r0 = ["10", "11", "00", "01"]  # 2 correct first answers, one flipped; last 2/4
+  r1 = ["11", "11", "01", "01"]  # no flip; last 4/4
+  rounds = [{"round": 0, "trajectories": 30, "policy_rows": 10, "own_data": None,
+             "checkpoint_choice": choice(r0)},
+            {"round": 1, "trajectories": 50, "policy_rows": 17,
+             "own_data": {"trajectories": 20, "keep_trajectories": 6,
+                          "chain_accuracy_by_answer": [0.4, 0.5]},
+             "checkpoint_choice": choice(r1)}]
+  out = rev.training_rounds(rounds, seed=0)
+  assert [r["round"] for r in out] == [0, 1]
+  zero, one = out[0]["chosen"], out[1]["chosen"]
+  assert zero["first"]["mean"] == 0.5 and zero["last"]["mean"] == 0.5
+  assert (zero["correct_to_incorrect"]["count"], zero["correct_to_incorrect"]["of"]) == (1, 2)
+  assert one["last"]["mean"] == 1.0 and one["correct_to_incorrect"]["count"] == 0
+  assert "last_vs_previous_round" not in zero
+  assert one["last_vs_previous_round"]["diff"] == pytest.approx(0.5)
+  assert out[1]["own_trajectories"] == 20 and out[1]["own_keep_trajectories"] == 6
+  lines = "\n".join(markdown._training_round_lines(out))
+  assert "| 1 | 50 (+17) | 20 (6) | 6 | 0.500 [0.000, 1.000] | 1.000" in lines and "+0.500 [" in lines
+  # Without a checkpoint choice there is nothing chosen to report.
+  assert markdown._training_round_lines(rev.training_rounds(
+      [{**rounds[0], "checkpoint_choice": None}])) == []

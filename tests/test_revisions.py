@@ -227,18 +227,24 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
   assert model.config.max_seq_len == 192 and model.config.head == "lm"
   policy = pipe.load("policy")
   assert model.config.num_params() == policy.config.num_params()
-  # The policy's own rows make revision_model.policy_rows (0.25) of its rows.
+  # The policy's own rows make revision_model.policy_rows (0.25) of its rows (round 0).
   made = model.description["made_by"]["data"]
   assert made["policy_rows"] == round(made["trajectories"] / 3) > 0
-  # The checkpoint is chosen among steps 3 and 6 by chains on held-out train problems 12-15,
-  # and the artifact holds that step's parameters.
+  # Each round's checkpoint is chosen among its steps 3 and 6 by chains on held-out train
+  # problems 12-15; the artifact holds the last round's chosen step's parameters.
+  rounds = made["rounds"]
+  assert [r["round"] for r in rounds] == [0, 1]
+  for r in rounds:
+    choice = r["checkpoint_choice"]
+    assert [c["step"] for c in choice["curve"]] == [3, 6] and choice["problems"] == [12, 16]
+    assert all(len(c["accuracy_by_answer"]) == 2 and 0 <= c["correct_to_incorrect"] <= 1
+               for c in choice["curve"])
   choice = model.description["made_by"]["checkpoint_choice"]
-  assert [r["step"] for r in choice["curve"]] == [3, 6] and choice["problems"] == [12, 16]
-  assert all(len(r["accuracy_by_answer"]) == 2 for r in choice["curve"])
+  assert choice == rounds[1]["checkpoint_choice"]
   best = max(choice["curve"], key=lambda r: (r["accuracy_by_answer"][-1], r["step"]))
-  assert model.description["checkpoint"] == {"dir": "chosen", "step": best["step"]}
+  assert model.description["checkpoint"] == {"dir": "round1/chosen", "step": best["step"]}
   from ttc_jax.models import checkpoints
-  kept = checkpoints.restore_params(os.path.join(model.path, "checkpoints"),
+  kept = checkpoints.restore_params(os.path.join(model.path, "round1", "checkpoints"),
                                     checkpoints.abstract_model(model.config), step=best["step"],
                                     any_step=True)
   import jax
@@ -253,9 +259,10 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
   row = ds.valid[0].sum()
   assert ds.weights[0, :prompt].sum() == 0 and ds.weights[0, prompt:row].all()
   assert ds.weights[0, row:].sum() == 0
-  # Without a choice (choice.num_problems=0) the final step is the model, from checkpoints/.
-  final = Pipeline(pu.tiny_config(**TRAINED, revision_model__choice__num_problems=0),
-                   workdir).run("revision_model")
+  # Without a choice (choice.num_problems=0) nor rounds, the final step is the model, from
+  # checkpoints/.
+  final = Pipeline(pu.tiny_config(**TRAINED, revision_model__choice__num_problems=0,
+                                  revision_model__rounds__count=0), workdir).run("revision_model")
   assert final.description["checkpoint"] == {"dir": "checkpoints", "step": 6}
   assert final.description["made_by"]["checkpoint_choice"] is None
   assert not os.path.exists(os.path.join(final.path, "chosen"))
@@ -264,6 +271,60 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
                                       r">= 64"):
     Pipeline(pu.tiny_config(**TRAINED, revision_model__max_seq_len=40), workdir).run(
         "revision_model")
+
+
+def test_an_on_policy_round_trains_on_the_revision_model_s_own_chains(trained, tmp_path):
+  """Round 1's data are the chains of round 0's model (by its parameter digest, and token for
+  token when rerun with its keys); its trajectories hold its own right and wrong answers;
+  a round killed mid-way resumes to the same data and the same model."""
+  import jax
+  from ttc_jax.models import checkpoints
+  from ttc_jax.pipeline.stage import sampling_params
+  from ttc_jax.pipeline.stages import revisions as stage
+  from ttc_jax.sampling.core import SamplingCore
+  from ttc_jax.search import revisions as chains_lib
+  workdir = str(tmp_path / "w")
+  shutil.copytree(trained, workdir, symlinks=True)
+  config = pu.tiny_config(**TRAINED)
+  pipe = Pipeline(config, workdir)
+  model, policy, task = pipe.load("revision_model"), pipe.load("policy"), pipe.load("data").task
+  round1 = model.description["made_by"]["data"]["rounds"][1]["own_data"]
+  first = checkpoints.restore_params(os.path.join(model.path, "chosen"),
+                                     checkpoints.abstract_model(model.config))
+  assert round1["sampled_by"] == checkpoints.params_digest(first)
+  assert round1["sampled_by"] != checkpoints.params_digest(model.model)
+  assert round1["shards"] == stage.round_shards(1, round1["sampled_by"])
+  own = stage.load_round_data(model.path, round1["shards"])
+  assert own.problem_index.tolist() == list(range(8)) and own.samples_per_problem == 4
+  # Rerun with round 0's model and the round's keys: the same answers, token for token.
+  problems = [task.get("train", i) for i in range(8)]
+  sp = sampling_params(config)
+  pcs = chains_lib.run_chains(chains_lib.RevisionChains(lengths=(2, 2), window=4),
+                              SamplingCore(first, policy.special_ids), policy.tokenizer, task,
+                              problems, seed=config.seed, stream="revision_rounds", sp=sp, run=1)
+  gens, correct, k = chains_lib.answer_pool(pcs, sp.max_new_tokens, policy.tokenizer.pad_id)
+  assert k == 4
+  assert [gens.row(i) for i in range(32)] == [own.samples.row(i) for i in range(32)]
+  np.testing.assert_array_equal(correct, own.correct)
+  # Trajectories: a right target after its own wrong answers (a keep one shows the target).
+  per = own.correct.reshape(8, 4)
+  assert len(own.trajectories) == 3 * int(per.any(1).sum())
+  for t in own.trajectories:
+    wrong = t.attempts[:-1] if t.keep else t.attempts
+    assert per[t.problem, t.target] and not any(per[t.problem, a] for a in wrong)
+  # Killed in round 1 (its second shard and its training lost): the same data and model.
+  os.remove(os.path.join(model.path, round1["shards"] + "-00001.npz"))
+  os.remove(os.path.join(model.path, "stage.json"))
+  shutil.rmtree(os.path.join(model.path, "round1"))
+  again = Pipeline(config, workdir).run("revision_model")
+  again_own = stage.load_round_data(again.path, round1["shards"])
+  assert [again_own.samples.row(i) for i in range(32)] == [own.samples.row(i)
+                                                           for i in range(32)]
+  assert again_own.trajectories == own.trajectories
+  assert again.description["made_by"]["data"]["rounds"][1]["own_data"] == round1
+  for a, b in zip(jax.tree.leaves(nnx.state(again.model, nnx.Param)),
+                  jax.tree.leaves(nnx.state(model.model, nnx.Param))):
+    assert_close(np.asarray(a), np.asarray(b))
 
 
 # ----------------------------------------------------------------------------
@@ -391,6 +452,15 @@ def test_no_test_problem_reaches_the_revision_model_or_its_orm(revision_study):
                                    rd.trajectories)
   assert pairs and not {pair[0] for pair in pairs} & {data.task.format_prompt(p)
                                                        for p in data.problems("test")}
+  # The on-policy rounds' chains and every checkpoint choice ran on train problems too.
+  from ttc_jax.pipeline.stages import revisions as stage
+  model = pipe.load("revision_model")
+  for r in model.description["made_by"]["data"]["rounds"]:
+    lo, hi = r["checkpoint_choice"]["problems"]
+    assert not {data.task.get("train", i).question for i in range(lo, hi)} & test_questions
+    if r["own_data"]:
+      own = stage.load_round_data(model.path, r["own_data"]["shards"])
+      assert set(own.problem_index.tolist()) <= set(rd.problem_index.tolist())
   orm = pipe.load("revision_orm")
   made = orm.description["made_by"]
   assert made["revision_model"] == pipe.load("revision_model").identity and made["window"] == 4
@@ -643,6 +713,12 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
                                             r"number in \[0, 1\)"),
     (dict(revision_model__choice__first_problem=10), r"revision_model.choice.first_problem=10 "
                                                      r"\(num_problems=4\): overlaps revision_orm"),
+    (dict(revision_model__rounds__num_problems=9), r"revision_model.rounds.num_problems=9: "
+                                                   r"expected an integer \[1, 8\]"),
+    (dict(revision_model__rounds__train__steps=0), r"revision_model.rounds.train.steps=0 must "
+                                                   r"be an integer > 0"),
+    (dict(revision_model__rounds__count=-1), r"revision_model.rounds.count=-1: expected an "
+                                             r"integer >= 0"),
     (dict(revisions__confidence="prm"), r"revisions.confidence='prm': confidence verifier "
                                         r"'prm': expected conf_<token>_<aggregation>"),
 ])

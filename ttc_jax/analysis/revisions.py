@@ -668,6 +668,42 @@ def first_answer_vs_policy(chains_by_seed: Sequence[dict], policy_pass_at_1: np.
           "comparison": cmp.to_json()}
 
 
+def training_rounds(rounds: Sequence[dict], seed: int = 0) -> list[dict]:
+  """The revision model's rounds as chosen on held-out train problems (the revision model's
+  ``made_by.data.rounds``; each with its ``checkpoint_choice``): per round, its chosen step's
+  first and last answer accuracy and correct -> incorrect rate with CIs over the problems,
+  its data, and its last answer against the previous round's (paired: same problems, same
+  keys). Rounds without a choice are listed with their data only."""
+  out, previous = [], None
+  for r in rounds:
+    own = r.get("own_data") or {}
+    row = {"round": int(r["round"]), "trajectories": r.get("trajectories"),
+           "policy_rows": r.get("policy_rows"), "own_trajectories": own.get("trajectories"),
+           "own_keep_trajectories": own.get("keep_trajectories"),
+           "own_accuracy_by_answer": own.get("chain_accuracy_by_answer"), "chosen": None}
+    choice = r.get("checkpoint_choice")
+    if choice and choice.get("curve") and "correct" in choice["curve"][0]:
+      best = next(c for c in choice["curve"] if c["step"] == choice["step"])
+      right = np.asarray([[ch == "1" for ch in row_] for row_ in best["correct"]], bool)
+      flips = (right[:, :-1] & ~right[:, 1:]).sum(1)
+      row["chosen"] = {
+          "step": int(choice["step"]), "problems": choice["problems"],
+          "first": stats_lib.mean_ci(right[:, 0], seed=seed).to_json(),
+          "last": stats_lib.mean_ci(right[:, -1], seed=seed).to_json(),
+          "correct_to_incorrect": ratio_ci(flips, right[:, :-1].sum(1), seed),
+          "curve": [{"step": c["step"], "last": c["accuracy_by_answer"][-1],
+                     "correct_to_incorrect": c.get("correct_to_incorrect")}
+                    for c in choice["curve"]]}
+      if previous is not None and previous.shape == right.shape:
+        row["chosen"]["last_vs_previous_round"] = stats_lib.paired_diff(
+            right[:, -1], previous[:, -1], names=(f"round {r['round']}",
+                                                  f"round {r['round'] - 1}"),
+            seed=seed).to_json()
+      previous = right
+    out.append(row)
+  return out
+
+
 def summary(chains_by_seed: Sequence[dict], budgets: Sequence[int], bins: np.ndarray,
             num_bins: int, search_curves: Sequence[CurvePoint] | None = None,
             seed: int = 0, policy_pass_at_1: np.ndarray | None = None,

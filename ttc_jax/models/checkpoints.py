@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import os
 from typing import Any
 
@@ -240,6 +241,19 @@ def restore_params(directory: str, model: Transformer, *, step: int | None = Non
     mgr.close()
   nnx.update(model, tree["params"])
   return model
+
+
+def params_digest(model: Transformer) -> str:
+  """The sha256 of ``model``'s parameters (every leaf's path, dtype, shape and bytes, in
+  path order): what a model's outputs record of the model that made them, whatever
+  directory or checkpoint step it was read from."""
+  h = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    x = np.asarray(jax.device_get(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{x.dtype}|{x.shape}|".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+  return h.hexdigest()
 
 
 def copy_backbone(source: Transformer, target: Transformer) -> Transformer:

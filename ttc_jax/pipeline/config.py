@@ -214,12 +214,16 @@ def validate(config: ml_collections.ConfigDict, stage_names: Sequence[str],
 def check_train(c: ml_collections.ConfigDict, section: str, known: Facts,
                 rows_per_example: int = 1) -> None:
   """``section.train`` (a model trained here): a trainer config whose batch (of examples of
-  ``rows_per_example`` rows: 2 for DPO's pairs) splits over the devices the trainer uses."""
+  ``rows_per_example`` rows: 2 for DPO's pairs) splits over the devices the trainer uses.
+  ``section`` may be dotted (``revision_model.rounds``)."""
+  train = c
+  for part in f"{section}.train".split("."):
+    train = train[part]
   try:
-    trainer.check_config(c[section].train, prefix=f"{section}.train")
+    trainer.check_config(train, prefix=f"{section}.train")
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  batch, devices = c[section].train.batch_size, known.training_devices
+  batch, devices = train.batch_size, known.training_devices
   if devices and batch * rows_per_example % devices:
     rows = f" ({batch * rows_per_example} rows)" if rows_per_example > 1 else ""
     raise ConfigError(

@@ -251,6 +251,37 @@ def _transition_lines(tr: dict) -> list[str]:
   return lines
 
 
+def _training_round_lines(rounds: list[dict]) -> list[str]:
+  """The revision model's rounds (round 0: the paper's data; then on-policy rounds on its own
+  chains), each as chosen on held-out train problems ([] without a checkpoint choice)."""
+  chosen = [r for r in rounds if r.get("chosen")]
+  if not chosen:
+    return []
+  lo, hi = chosen[0]["chosen"]["problems"]
+  lines = ["", f"The revision model's training, round by round (round 0: trajectories over the "
+           "policy's answers; round r > 0: over round r - 1's own chains, added to the earlier "
+           f"rows). Each round's checkpoint is chosen by the last of a chain's answers on held-out "
+           f"train problems {lo}-{hi - 1}, same keys for every round; its figures there:", "",
+           "| round | rows trained on (+ policy rows) | own trajectories (keep) | chosen step | "
+           "first answer | last answer | correct -> incorrect | last answer vs the round before |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rounds:
+    ch = r.get("chosen")
+    own = ("" if r["own_trajectories"] is None
+           else f"{r['own_trajectories']} ({r['own_keep_trajectories']})")
+    if ch is None:
+      lines.append(f"| {r['round']} | {r['trajectories']} (+{r['policy_rows']}) | {own} | "
+                   "final | | | | |")
+      continue
+    est = lambda e: _ci(e["mean"], e["ci"])  # noqa: E731
+    vs = ch.get("last_vs_previous_round")
+    lines.append(f"| {r['round']} | {r['trajectories']} (+{r['policy_rows']}) | {own} | "
+                 f"{ch['step']} | {est(ch['first'])} | {est(ch['last'])} | "
+                 f"{_rate(ch['correct_to_incorrect'])} | "
+                 f"{'' if vs is None else _cmp_cell(vs)} |")
+  return lines
+
+
 def _within_chain_lines(rev: dict) -> list[str]:
   """The first answer against the policy, and one chain's selections against its first
   answer ([] for a summary without them)."""
@@ -353,6 +384,7 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
            "single-answer PRM), flat and hierarchical confidence (as the ORM's, by the revision "
            "model's own confidence in each answer: no model call, no verifier FLOPs). "
            "Accuracies: mean [95% bootstrap CI over problems].", ""]
+  lines += _training_round_lines(rev.get("training_rounds", []))
   lines += _transition_lines(rev["transitions"])
   lines += _within_chain_lines(rev)
   lines += ["", "Accuracy by budget N and split C chains x L revisions (rows), selection "

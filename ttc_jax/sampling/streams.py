@@ -34,6 +34,11 @@ STREAMS = {
     "verifier_samples": 16,  # policy samples on train problems: the LM-head verifiers' data
     # Revision chains of each revision-model checkpoint on held-out train problems (its choice)
     "revision_choice": 17,
+    # On-policy rounds of the revision model (RISE): its own chains on its train problems,
+    # row_keys(seed, 18, split, problem, chain, step, round), and their trajectories' draws,
+    # generator(seed, 19, split, problem, round)
+    "revision_rounds": 18,
+    "revision_round_pairs": 19,
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

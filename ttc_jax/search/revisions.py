@@ -45,6 +45,7 @@ from ttc_jax.progress import Progress
 from ttc_jax.sampling import streams
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.sampling.solutions import Generations
 from ttc_jax.sampling.solutions import left_pad
 from ttc_jax.sampling.solutions import round_up
 from ttc_jax.search.tree import bucket
@@ -241,3 +242,24 @@ def answers_arrays(pcs: list[ProblemChains]) -> dict[str, np.ndarray]:
           "generated": np.asarray([len(a.tokens) for *_, a in answers], np.int32),
           "token_stats": stats,
           "problem_index": np.asarray([pcs[q].problem.index for q, *_ in answers], np.int64)}
+
+
+def answer_pool(pcs: list[ProblemChains], width: int, pad_id: int
+                ) -> tuple[Generations, np.ndarray, int]:
+  """Every answer of each problem's chains as that problem's samples (the revision model's
+  own answers: on-policy revision data): row ``q * K + s`` is answer s of problem q (chain
+  by chain, step by step), K = the answers per problem. Returns the generations (``width``
+  token columns, ``pad_id`` after each row), their correctness and K."""
+  per = {sum(len(chain) for chain in pc.chains) for pc in pcs}
+  if len(per) != 1:
+    raise ValueError(f"every problem needs the same number of answers; got {sorted(per)}.")
+  answers = [a for pc in pcs for chain in pc.chains for a in chain]
+  longest = max((len(a.tokens) for a in answers), default=0)
+  if longest > width:
+    raise ValueError(f"an answer has {longest} tokens; width={width} columns.")
+  tokens = np.full((len(answers), width), pad_id, np.int32)
+  for i, a in enumerate(answers):
+    tokens[i, :len(a.tokens)] = a.tokens
+  gens = Generations(tokens=tokens, lengths=np.asarray([len(a.tokens) for a in answers], np.int32),
+                     stopped=np.asarray([a.finished for a in answers], bool))
+  return gens, np.asarray([a.correct for a in answers], bool), per.pop()

@@ -81,6 +81,8 @@ def run_revision_report(ctx: Context) -> dict:
                                   c.seed, policy_pass_at_1=p1, gate_choice=gate_choice)
   rev["models"] = {role: ctx.inputs[role].summary()
                    for role in ("revision_model", "revision_orm", "prm")}
+  rev["training_rounds"] = revision_analysis.training_rounds(
+      ctx.inputs["revision_model"].description["made_by"]["data"].get("rounds", []), c.seed)
   ctx.out.write_json("revisions.json", rev)
   figs = {"revisions_vs_budget.png": figures.revisions_vs_budget(rev),
           "revisions_by_difficulty.png": figures.revisions_by_difficulty(rev),
@@ -135,9 +137,10 @@ REVISION_REPORT = Stage(
     sections=("seed", "report", "revisions"),
     outputs=("revisions.json", "revisions.md", "revisions_vs_budget.png",
              "revisions_by_difficulty.png", "revision_transitions.png"),
-    run=run_revision_report, load=load_json("revisions.json"), cost_s=25, version=2,
+    run=run_revision_report, load=load_json("revisions.json"), cost_s=25, version=3,
     changelog=("2: the first answer against the policy's pass@1; one chain's selections "
-               "against its first answer; gated chains (threshold chosen on train chains)",))
+               "against its first answer; gated chains (threshold chosen on train chains)",
+               "3: the revision model's training rounds as chosen on held-out train problems"))
 
 STUDY = Stage(
     name="study", doc="the whole study: every claim's verdict and the three reports",

@@ -19,6 +19,7 @@ from ttc_jax.models import checkpoints
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
+from ttc_jax.pipeline import store
 from ttc_jax.pipeline.config import ConfigError
 from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.config import check_int
@@ -86,7 +87,15 @@ def run_revision_model(ctx: Context) -> dict:
   trajectory's correct answer given the question and the last ``window`` incorrect
   attempts (the loss on the answer and EOS only; paper section 6.1), with a share
   ``policy_rows`` of the policy's own SFT rows (question, reference solution) mixed in so
-  that its first answer, which is conditioned like the policy's, is not forgotten."""
+  that its first answer, which is conditioned like the policy's, is not forgotten.
+
+  Then ``rounds.count`` on-policy rounds (RISE, arXiv 2407.18219): round r samples the
+  round r - 1 model's own chains on the first ``rounds.num_problems`` revision-data
+  problems (resumable shards, named by that model's parameter digest, so a shard of any
+  other model is never read), draws trajectories over each problem's answers as the paper
+  does over the policy's (its incorrect answers closest to its correct one), and fine-tunes
+  the round r - 1 model on them with the earlier rounds' rows. Every round's checkpoint is
+  chosen like the first's (``choice``); the last round's is the artifact's model."""
   cfg = ctx.config.revision_model
   data, policy, rd = ctx.inputs["data"], ctx.inputs["policy"], ctx.inputs["revision_data"]
   tok, task = policy.tokenizer, data.task
@@ -99,66 +108,159 @@ def run_revision_model(ctx: Context) -> dict:
   if not pairs:
     raise artifacts.ArtifactError("revision_data has no trajectory (no train problem had a "
                                   "correct answer): nothing to train the revision model on.")
-  trajectories = len(pairs)
-  pairs += revisions.policy_rows(task, problems, trajectories, cfg.policy_rows)
-  try:
-    dataset = data_lib.prompt_target_dataset(tok, pairs, model_cfg.max_seq_len)
-  except ValueError as e:
-    raise config_lib.ConfigError(f"revision_model.max_seq_len={cfg.max_seq_len}: {e}") from e
-  lengths = dataset.valid.sum(1)
-  stats = {"trajectories": trajectories, "policy_rows": len(pairs) - trajectories,
-           "keep_trajectories": sum(t.keep for t in rd.trajectories),
-           "target_tokens": int(dataset.weights.sum()),
-           "longest_row": int(lengths.max()), "mean_row": float(lengths.mean()),
-           "params": model_cfg.num_params()}
-  ctx.log(f"revision model: {stats}")
-  choice = cfg.choice
-  train_cfg = cfg.train
-  if choice.num_problems:  # a checkpoint at every candidate step (resuming is finer, no more)
-    train_cfg = ml_collections.ConfigDict(cfg.train.to_dict())
-    train_cfg.checkpoint_every = math.gcd(cfg.train.checkpoint_every, choice.every)
-  trainer.train(model, dataset, train_cfg, ctx.out.dir, objective="lm", name="revision_model",
-                keep_checkpoints=None if choice.num_problems else 2)
-  step, ckpt_dir, chosen = cfg.train.steps, "checkpoints", None
-  if choice.num_problems:
-    chosen = _choose_checkpoint(ctx, model_cfg, policy, data, cfg)
-    step, ckpt_dir = chosen["step"], "chosen"
-    model = checkpoints.restore_params(os.path.join(ctx.out.dir, "checkpoints"), model,
-                                       step=step, any_step=True)
-    shutil.rmtree(os.path.join(ctx.out.dir, ckpt_dir), ignore_errors=True)  # a killed run's
-    checkpoints.save_params(os.path.join(ctx.out.dir, ckpt_dir), step, model)
+  stats = {"keep_trajectories": sum(t.keep for t in rd.trajectories)}
+  rounds, step, ckpt_dir, chosen = [], None, None, None
+  for r in range(cfg.rounds.count + 1):
+    data_stats = {}
+    if r:
+      own, data_stats = _on_policy_round(ctx, r, model, problems[:cfg.rounds.num_problems],
+                                         policy.special_ids)
+      pairs = pairs + own
+    model, step, ckpt_dir, chosen, train_stats = _train_round(
+        ctx, r, model, model_cfg, pairs, problems, policy, data)
+    rounds.append({"round": r, **train_stats, "own_data": data_stats or None,
+                   "checkpoint_choice": chosen})
+    if r == 0:
+      stats.update(train_stats)
+  stats["rounds"] = rounds
   tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
   artifacts.write_model(
       ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=step,
       checkpoint_dir=ckpt_dir,
       made_by={"stage": "revision_model", "objective": "lm (answer given earlier attempts)",
                "init": "policy", "policy": policy.identity, "window": cfg.window,
-               "train": cfg.train.to_dict(), "data": stats, "checkpoint_choice": chosen})
+               "train": cfg.train.to_dict(), "rounds_train": cfg.rounds.train.to_dict(),
+               "data": stats, "checkpoint_choice": chosen})
   return {**stats, "checkpoint_choice": chosen}
 
 
-def _choose_checkpoint(ctx: Context, model_cfg, policy, data, cfg) -> dict:
-  """Every checkpoint of the revision model's training run, scored by what it is for: chains
-  of ``choice.length`` answers on held-out train problems (``choice``), the accuracy of the
-  last answer (after revising); the best step (ties: the later one) and the curve."""
+def round_dir(out_dir: str, r: int) -> str:
+  """Where round ``r`` of the revision model trains (round 0: the artifact's own directory,
+  as without rounds)."""
+  return out_dir if r == 0 else os.path.join(out_dir, f"round{r}")
+
+
+def _on_policy_round(ctx: Context, r: int, model: Transformer, problems: list, special_ids
+                     ) -> tuple[list[tuple[str, ...]], dict]:
+  """Round ``r``'s rows: the revision model ``model`` (round r - 1's) writes chains on
+  ``problems`` (shards ``round{r}-<its digest>``); trajectories over each problem's answers."""
+  c, cfg = ctx.config, ctx.config.revision_model
+  rc, tok, task = cfg.rounds, ctx.inputs["policy"].tokenizer, ctx.inputs["data"].task
+  digest = checkpoints.params_digest(model)
+  strategy = chains_lib.RevisionChains(lengths=(rc.length,) * rc.chains, window=cfg.window)
+  core, sp = SamplingCore(model, special_ids), sampling_params(c)
+
+  def make(chunk):
+    pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
+                                stream="revision_rounds", sp=sp, run=r,
+                                rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+    gens, correct, k = chains_lib.answer_pool(pcs, sp.max_new_tokens, tok.pad_id)
+    texts = [[a.text for chain in pc.chains for a in chain] for pc in pcs]
+    rngs = [streams.generator(c.seed, "revision_round_pairs", streams.split_id(p.split),
+                              p.index, r) for p in chunk]
+    trajs, _ = revisions.build_trajectories(texts, correct.reshape(len(chunk), k), rngs,
+                                            per_problem=rc.trajectories_per_problem,
+                                            max_attempts=cfg.window, keep_rate=rc.keep_rate)
+    arrays = revisions.RevisionData(
+        problem_index=np.asarray([p.index for p in chunk], np.int64), samples=gens,
+        correct=correct, trajectories=trajs, samples_per_problem=k).arrays(cfg.window)
+    return {**arrays, "sampled_by": np.asarray(digest)}
+
+  name = round_shards(r, digest)
+  ctx.out.map_shards(name, problems, rc.problems_per_shard, make, ctx.log)
+  own = load_round_data(ctx.out.dir, name)
+  stats = {**revisions.revision_stats(own, cfg.window), "sampled_by": digest, "shards": name}
+  stats["chain_accuracy_by_answer"] = own.correct.reshape(
+      len(problems), rc.chains, rc.length).mean((0, 1)).tolist()
+  ctx.log(f"revision model round {r}: its own chains' data {stats}")
+  return revisions.revision_texts(task, problems, own.texts(tok), own.trajectories,
+                                  window=cfg.window), stats
+
+
+def round_shards(r: int, digest: str) -> str:
+  """The shards of round ``r``'s data, sampled by the model of parameter digest ``digest``."""
+  return f"round{r}-{digest[:16]}"
+
+
+def load_round_data(out_dir: str, name: str) -> revisions.RevisionData:
+  """An on-policy round's data (its shards ``name`` in the revision model's directory)."""
+  parts = store.Shards.open(out_dir, name).load_all()
+  return revisions.RevisionData.concat([revisions.RevisionData.from_arrays(a) for a in parts])
+
+
+def _train_round(ctx: Context, r: int, model: Transformer, model_cfg, pairs, problems, policy,
+                 data):
+  """Trains round ``r`` on ``pairs`` and the policy's rows (round 0: ``train`` from the
+  policy's backbone; later rounds: ``rounds.train`` from the last round's model) and chooses
+  its checkpoint; returns the model, its step and checkpoint directory (relative to the
+  artifact), the choice and the data's stats."""
+  cfg = ctx.config.revision_model
+  trajectories = len(pairs)
+  rows = pairs + revisions.policy_rows(ctx.inputs["data"].task, problems, trajectories,
+                                       cfg.policy_rows)
+  try:
+    dataset = data_lib.prompt_target_dataset(policy.tokenizer, rows, model_cfg.max_seq_len)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"revision_model.max_seq_len={cfg.max_seq_len}: {e}") from e
+  lengths = dataset.valid.sum(1)
+  stats = {"trajectories": trajectories, "policy_rows": len(rows) - trajectories,
+           "target_tokens": int(dataset.weights.sum()),
+           "longest_row": int(lengths.max()), "mean_row": float(lengths.mean()),
+           "params": model_cfg.num_params()}
+  ctx.log(f"revision model round {r}: {stats}")
+  choice = cfg.choice
+  base_cfg = cfg.train if r == 0 else cfg.rounds.train
+  train_cfg = ml_collections.ConfigDict(base_cfg.to_dict())
+  if choice.num_problems:  # a checkpoint at every candidate step (resuming is finer, no more)
+    train_cfg.checkpoint_every = math.gcd(base_cfg.checkpoint_every, choice.every)
+  out = round_dir(ctx.out.dir, r)
+  trainer.train(model, dataset, train_cfg, out, objective="lm",
+                name="revision_model" + (f" round {r}" if r else ""),
+                keep_checkpoints=None if choice.num_problems else 2)
+  rel = os.path.relpath(out, ctx.out.dir)
+  if not choice.num_problems:
+    return model, int(train_cfg.steps), os.path.normpath(os.path.join(rel, "checkpoints")), \
+        None, stats
+  chosen = _choose_checkpoint(ctx, model_cfg, policy, data, cfg, out, int(train_cfg.steps))
+  model = checkpoints.restore_params(os.path.join(out, "checkpoints"), model,
+                                     step=chosen["step"], any_step=True)
+  shutil.rmtree(os.path.join(out, "chosen"), ignore_errors=True)  # a killed run's
+  checkpoints.save_params(os.path.join(out, "chosen"), chosen["step"], model)
+  return model, chosen["step"], os.path.normpath(os.path.join(rel, "chosen")), chosen, stats
+
+
+def _choose_checkpoint(ctx: Context, model_cfg, policy, data, cfg, out: str, steps: int
+                       ) -> dict:
+  """Every checkpoint of a training run of the revision model (in ``out``), scored by what
+  it is for: chains of ``choice.length`` answers on held-out train problems (``choice``),
+  the accuracy of the last answer (after revising); the best step (ties: the later one)
+  and the curve (with each checkpoint's correct -> incorrect rate: the share of its correct
+  answers followed by an incorrect one)."""
   ch = cfg.choice
   probs = data.problems("train", ch.num_problems, start=ch.first_problem)
-  ckpt = os.path.join(ctx.out.dir, "checkpoints")
-  steps = [s for s in sorted(checkpoints.manager(ckpt, None).all_steps())
-           if s % ch.every == 0 or s == cfg.train.steps]
+  ckpt = os.path.join(out, "checkpoints")
+  candidates = [s for s in sorted(checkpoints.manager(ckpt, None).all_steps())
+                if s % ch.every == 0 or s == steps]
   strategy = chains_lib.RevisionChains(lengths=(ch.length,), window=cfg.window)
   curve = []
-  for step in steps:
+  for step in candidates:
     m = checkpoints.restore_params(ckpt, checkpoints.abstract_model(model_cfg), step=step,
                                    any_step=True)
     pcs = chains_lib.run_chains(strategy, SamplingCore(m, policy.special_ids), policy.tokenizer,
                                 data.task, probs, seed=ctx.config.seed, stream="revision_choice",
                                 sp=sampling_params(ctx.config),
                                 rows_per_call=ctx.config.sampling.batch_size)
-    by_answer = [float(np.mean([pc.chains[0][k].correct for pc in pcs])) for k in range(ch.length)]
-    curve.append({"step": int(step), "accuracy_by_answer": by_answer})
+    right = np.asarray([[a.correct for a in pc.chains[0]] for pc in pcs], bool)
+    by_answer = right.mean(0).tolist()
+    before = right[:, :-1]
+    flips = float((before & ~right[:, 1:]).sum() / max(before.sum(), 1))
+    curve.append({"step": int(step), "accuracy_by_answer": by_answer,
+                  "correct_to_incorrect": flips,
+                  # per problem, its answers' grades ("0110"): paired comparisons of rounds
+                  "correct": ["".join("1" if x else "0" for x in row) for row in right]})
     ctx.log(f"revision model checkpoint {step}: accuracy by answer on {len(probs)} held-out "
-            f"train problems {[round(a, 3) for a in by_answer]}")
+            f"train problems {[round(a, 3) for a in by_answer]}, correct -> incorrect "
+            f"{flips:.3f}")
   best = max(curve, key=lambda r: (r["accuracy_by_answer"][-1], r["step"]))
   return {"step": best["step"], "problems": [ch.first_problem, ch.first_problem + ch.num_problems],
           "length": ch.length, "curve": curve}
@@ -306,6 +408,18 @@ def check_revision_model(c: ml_collections.ConfigDict, known: Facts) -> None:
             f"revision_model.choice.first_problem={ch.first_problem} (num_problems="
             f"{ch.num_problems}): overlaps {name}'s train problems [{lo}, {hi}); the checkpoint "
             "is chosen on held-out problems.")
+  rounds = c.revision_model.rounds
+  check_int(rounds.count, "revision_model.rounds.count", 0)
+  if rounds.count:
+    config_lib.check_train(c, "revision_model.rounds", known)
+    check_int(rounds.num_problems, "revision_model.rounds.num_problems", 1,
+              c.revision_data.num_problems)
+    check_int(rounds.chains, "revision_model.rounds.chains", 1)
+    check_int(rounds.length, "revision_model.rounds.length", 1)
+    check_int(rounds.trajectories_per_problem, "revision_model.rounds.trajectories_per_problem",
+              1)
+    check_int(rounds.problems_per_shard, "revision_model.rounds.problems_per_shard", 1)
+    config_lib.check_fraction(rounds.keep_rate, "revision_model.rounds.keep_rate")
   if known.policy is not None:
     check_int(c.revision_model.max_seq_len, "revision_model.max_seq_len",
               known.policy.max_seq_len)
