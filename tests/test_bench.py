@@ -27,6 +27,22 @@ def test_bench_row_times_both_sides_and_compares_tokens():
   assert "| tiny | 8 |" in table and table.count("\n") == 2
 
 
+@pytest.mark.e2e
+def test_the_varied_lengths_row_compares_continuous_static_and_hf_on_the_same_tokens():
+  row = sampling_bench.bench_varied_row(TINY, requests=24, slots=8, prompt_len=8,
+                                        new_tokens=16, segment=4, runs=5, warmup=1, seed=0,
+                                        peak=100.0)
+  assert row["same_tokens"] and all(row["same_tokens_by_side"].values())
+  assert row["useful_tokens"] == round(row["mean_length"] * 24)
+  # Static batches pay for their longest row; continuous batching refills finished slots.
+  assert row["utilization_static"] < row["utilization_continuous"] <= 1
+  for side in ("jax_continuous", "jax_static", "hf"):
+    assert len(row[f"{side}_times_s"]) == 5 and row[f"{side}_useful_tokens_per_s"] > 0
+  json.dumps(row)
+  table = sampling_bench.markdown_table([row])
+  assert "| tiny | 24 | 8 |" in table
+
+
 def test_bench_refuses_fewer_than_five_runs(tmp_path):
   with pytest.raises(ValueError, match="at least 5 runs"):
     sampling_bench.run(str(tmp_path / "x.json"), configs=("a",), runs=3)

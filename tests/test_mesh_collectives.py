@@ -246,11 +246,13 @@ def compiled_sample_hlo(core: SamplingCore, sp: SamplingParams, tokens, valid) -
   keys = core._put_rows(row_keys(0, np.arange(b)))
   active = core._put_rows(np.ones(b, bool))
   limits = core._put_rows(np.full(b, sp.max_new_tokens, np.int32))
+  start = core._put_rows(np.zeros(b, np.int32))
+  prev = core._put_rows(np.full(b, -1, np.int32))
   plan = window_plan(int(state.cache.index), sp.max_new_tokens, state.cache.size,
                      core.window_granularity)
   return core._sample.lower(core.graphdef, core.params, state.cache, state.logits, keys, active,
-                            limits, sp=sp, ids=core.ids, plan=plan,
-                            mesh=core.mesh).compile().as_text()
+                            limits, start, prev, sp=sp, ids=core.ids, plan=plan,
+                            width=sp.max_new_tokens, mesh=core.mesh).compile().as_text()
 
 
 @pytest.mark.parametrize("shape", MESHES, ids=MESH_IDS)

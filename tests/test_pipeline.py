@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import pipeline_utils as pu
+from ttc_jax.pipeline import artifacts
 from ttc_jax import tasks
 from ttc_jax.models import checkpoints
 from ttc_jax.pipeline import STAGES
@@ -342,6 +343,27 @@ def test_missing_workdir_and_help(tmp_path):
 
 
 @pytest.mark.e2e
+def test_a_stage_records_its_decode_utilization_compiles_and_training_throughput(
+    tmp_path_factory):
+  """stage.json of the tiny study: the sampling stages' decode utilization (continuous
+  batching: above the static batches' of the same rows), what each stage compiled, and
+  the training stages' throughput."""
+  base = pu.shared_study(tmp_path_factory)
+  rec = lambda stage: artifacts.read_stage(os.path.join(base, stage, "latest"))  # noqa: E731
+  for stage in ("difficulty", "mc_labels"):
+    d = rec(stage)["decode"]
+    assert 0 < d["alive_steps"] <= d["row_steps"] and d["calls"] > 0
+    assert d["utilization"] == pytest.approx(d["alive_steps"] / d["row_steps"])
+  for stage in ("policy", "difficulty", "prm"):
+    c = rec(stage)["compile"]
+    assert c["programs"] >= c["cache_hits"] >= 0 and c["compile_s"] >= 0
+  (run,) = rec("policy")["train"]
+  assert run["name"] == "policy" and run["steps"] > 0 and run["tokens"] > 0
+  assert 0 <= run["padding_share"] < 1 and 0 < run["peak_share"]
+  assert run["tokens_per_s"] == pytest.approx(run["tokens"] / run["seconds"])
+  assert "train" not in rec("difficulty") and "decode" not in rec("policy")
+
+
 def test_retraining_the_policy_makes_new_artifacts_and_says_why(tmp_path_factory, tmp_path):
   base = pu.shared_study(tmp_path_factory)
   workdir = str(tmp_path / "w")

@@ -335,14 +335,14 @@ def revision_model(trained):
   return Pipeline(pu.tiny_config(**TRAINED), trained).load("revision_model")
 
 
-def _chains(model, task, problems, lengths, rows_per_call, max_new_tokens=24):
+def _chains(model, task, problems, lengths, rows_per_call, max_new_tokens=24, segment=None):
   from ttc_jax.sampling.core import SamplingParams
   from ttc_jax.search import revisions as chains_lib
   sp = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
   return chains_lib.run_chains(chains_lib.RevisionChains(lengths=lengths, window=4),
                                model.sampling_core(), model.tokenizer, task, problems, seed=3,
                                stream="revision_chains", sp=sp, run=1,
-                               rows_per_call=rows_per_call)
+                               rows_per_call=rows_per_call, segment=segment)
 
 
 def test_revision_chains_slide_their_window_and_match_one_answer_at_a_time(
@@ -403,6 +403,17 @@ def test_revision_chains_do_not_depend_on_the_batch(trained, revision_model):
   toks = lambda chain: [a.tokens for a in chain]  # noqa: E731
   assert toks(alone[0].chains[0]) == toks(many[2].chains[0])
   assert toks(alone[0].chains[1]) == toks(many[2].chains[1])[:1]
+  # Continuous batching (3 slots refilled every 5 steps): the same answers, log-probs and
+  # budget records.
+  served = _chains(revision_model, data.task, problems, (3, 2, 1, 1), rows_per_call=3,
+                   segment=5)
+  for a_pc, b_pc in zip(served, many):
+    for a_chain, b_chain in zip(a_pc.chains, b_pc.chains):
+      assert toks(a_chain) == toks(b_chain)
+      for a, b in zip(a_chain, b_chain):
+        assert (a.prompt, a.correct, a.extension_tokens) == (b.prompt, b.correct,
+                                                             b.extension_tokens)
+        assert_close(a.token_stats, b.token_stats)
 
 
 def test_a_revision_prompt_past_the_context_is_named(trained, revision_model):
@@ -525,6 +536,19 @@ def test_a_planted_test_problem_stops_lm_verifier_training():
   with pytest.raises(artifacts.ArtifactError, match=r"arith/test/3, not a train problem"):
     stages_lib.lm_verifier_data(ls, task, None, [planted], None, kind="dpo", max_pairs=1,
                                 seed=0, batch_size=4, seq_len=16, log=print)
+
+
+def test_a_planted_test_problem_stops_the_revision_data(task):
+  """A test problem among the revision model's problems (its trajectories, on-policy rounds,
+  checkpoint choice or the gate's chains) is an error naming it, before any training."""
+  train, planted = task.get("train", 1), task.get("test", 3)
+  texts = [["1+2=3\nAnswer: 3"], ["1+2=4\nAnswer: 4"]]
+  trajs = [revisions.Trajectory(problem=1, attempts=(), target=0)]
+  with pytest.raises(ValueError, match=r"revision data: arith/test/3 is not a train problem"):
+    revisions.revision_texts(task, [train, planted], texts, trajs)
+  with pytest.raises(ValueError, match=r"choice: arith/test/3 is not a train problem"):
+    revisions.require_train([train, planted], "choice")
+  revisions.require_train([train], "choice")  # train problems pass
 
 
 def test_search_by_an_lm_head_verifier_charges_its_model(revision_study, tmp_path):

@@ -142,3 +142,53 @@ def hold(tag: str) -> None:
   os.replace(path + ".tmp", path)
   while os.path.exists(path):
     time.sleep(0.05)
+
+
+class CompileMeter:
+  """What JAX compiled in this process since the last :meth:`take` (listening to
+  ``jax.monitoring``): XLA programs built or loaded (``programs``; ``cache_hits`` of them
+  read from the persistent cache) and the seconds spent tracing, lowering and compiling
+  (a cache hit's compile seconds are its load)."""
+
+  _EVENTS = {"/jax/core/compile/backend_compile_duration": "compile_s",
+             "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+             "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s"}
+
+  def __init__(self):
+    self._counts = self._zero()
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+    jax.monitoring.register_event_listener(self._on_event)
+
+  @staticmethod
+  def _zero() -> dict:
+    return {"programs": 0, "cache_hits": 0, "compile_s": 0.0, "trace_s": 0.0, "lower_s": 0.0}
+
+  def _on_duration(self, event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    field = self._EVENTS.get(event)
+    if field is not None:
+      self._counts[field] += float(duration)
+      if field == "compile_s":
+        self._counts["programs"] += 1
+
+  def _on_event(self, event: str, **kwargs) -> None:
+    del kwargs
+    if event == "/jax/compilation_cache/cache_hits":
+      self._counts["cache_hits"] += 1
+
+  def take(self) -> dict:
+    """The counts so far (seconds rounded to ms), and a fresh count from here."""
+    out, self._counts = self._counts, self._zero()
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
+_COMPILE_METER: CompileMeter | None = None
+
+
+def compile_meter() -> CompileMeter:
+  """This process's :class:`CompileMeter` (listening from its first call)."""
+  global _COMPILE_METER
+  if _COMPILE_METER is None:
+    _COMPILE_METER = CompileMeter()
+  return _COMPILE_METER

@@ -210,10 +210,96 @@ def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
   return row
 
 
+def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: int,
+                     new_tokens: int, segment: int, runs: int, warmup: int, seed: int,
+                     peak: float) -> dict:
+  """Many samples of different lengths: ``requests`` greedy answers, request i capped at
+  ``limits[i]`` tokens (uniform in [new_tokens / 16, new_tokens]). Timed: the sampling
+  core with continuous batching (``slots`` rows refilled every ``segment`` steps), the core
+  on static batches of ``slots`` rows (each call runs to its longest cap), and transformers'
+  ``generate`` on the same static batches (it has no per-row cap: each batch runs to its
+  longest cap and rows are cut after). Useful tokens/s = sum(limits) / time for all three;
+  same_tokens compares every row's first ``limits[i]`` tokens."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from ttc_jax.sampling import serving  # pylint: disable=g-import-not-at-top
+
+  model = _bench_model(bc, prompt_len + new_tokens, seed)
+  rng = np.random.default_rng(seed)
+  prompts = rng.integers(EOS_ID + 1, bc.vocab_size, (requests, prompt_len), dtype=np.int32)
+  limits = rng.integers(max(1, new_tokens // 16), new_tokens + 1, requests).astype(np.int32)
+  hf = to_hf_llama(model, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+  ids = SpecialIds(pad_id=PAD_ID, eos_ids=(EOS_ID,))
+  core = SamplingCore(model, ids, mesh=make_mesh())
+  sp = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+  keys = row_keys(seed, np.arange(requests))
+  batches = [np.arange(s, min(s + slots, requests)) for s in range(0, requests, slots)]
+  steps = {"static": 0, "continuous": 0}
+
+  def cut(tokens):
+    return np.where(np.arange(new_tokens)[None] < limits[:, None], tokens, PAD_ID)
+
+  def run_continuous():
+    served = serving.serve(core, list(prompts), keys, sp, slots=slots, segment=segment,
+                           limits=limits)
+    steps["continuous"] = served.row_steps
+    return cut(served.tokens)
+
+  def run_static():
+    out, paid = np.full((requests, new_tokens), PAD_ID, np.int32), 0
+    for sel in batches:
+      o = core.generate(prompts[sel], None, keys[sel], sp, limits=limits[sel])
+      out[sel] = np.asarray(o.tokens)
+      paid += int(o.steps) * len(sel)
+    steps["static"] = paid
+    return cut(out)
+
+  def run_hf():
+    out = np.full((requests, new_tokens), PAD_ID, np.int32)
+    for sel in batches:
+      n = int(limits[sel].max())
+      with torch.inference_mode():
+        got = hf.generate(torch.from_numpy(prompts[sel].astype(np.int64)),
+                          attention_mask=torch.ones((len(sel), prompt_len), dtype=torch.int64),
+                          do_sample=False, max_new_tokens=n, min_new_tokens=n, use_cache=True,
+                          eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+      out[sel, :n] = got[:, prompt_len:].numpy()
+    return cut(out)
+
+  sides = {"jax_continuous": run_continuous, "jax_static": run_static, "hf": run_hf}
+  tokens, times = _time_sides(sides, runs=runs, warmup=warmup,
+                              label=f"config {bc.name} varied lengths")
+  useful = int(limits.sum())
+  med = {name: statistics.median(t) for name, t in times.items()}
+  same = {name: bool(np.array_equal(tokens[name], tokens["hf"])) for name in sides}
+  row = {
+      "config": bc.name, "model": dataclasses.asdict(bc), "kind": "varied_lengths",
+      "requests": requests, "batch": slots, "segment": segment, "prompt_len": prompt_len,
+      "new_tokens": new_tokens, "useful_tokens": useful,
+      "mean_length": float(limits.mean()),
+      **{f"{name}_useful_tokens_per_s": useful / med[name] for name in sides},
+      "speedup": med["hf"] / med["jax_continuous"],
+      "static_speedup": med["hf"] / med["jax_static"],
+      "continuous_over_static": med["jax_static"] / med["jax_continuous"],
+      "utilization_continuous": useful / steps["continuous"],
+      "utilization_static": useful / steps["static"],
+      "matmul_peak_gflops_per_s": peak,
+      "jax_gflops_per_s": (model_flops(model.config, 1, prompt_len, 0) * requests
+                           + sum(model_flops(model.config, 1, prompt_len, int(n))
+                                 - model_flops(model.config, 1, prompt_len, 0) for n in limits)
+                           ) / med["jax_continuous"] / 1e9,
+      "same_tokens": same["jax_continuous"] and same["jax_static"],
+      "same_tokens_by_side": same, "jax_devices": core.mesh.size,
+      **{f"{name}_times_s": times[name] for name in sides},
+  }
+  return row
+
+
 def run(out_path: str, *, configs: Sequence[str] = ("a", "b"), batches: Sequence[int] = (64, 256),
         prompt_len: int = 32, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
-        seed: int = 0) -> list[dict]:
-  """Runs every (config, batch) row and writes the JSON list to ``out_path``."""
+        seed: int = 0, varied_requests: int = 1024, segment: int = 8) -> list[dict]:
+  """Runs every (config, batch) row, then per config a row of ``varied_requests`` samples
+  of different lengths on ``max(batches)`` slots (0: none), and writes the JSON list to
+  ``out_path``."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
@@ -241,6 +327,18 @@ def run(out_path: str, *, configs: Sequence[str] = ("a", "b"), batches: Sequence
           "(%.0f%% of peak), same_tokens=%s", c, b, row["jax_tokens_per_s"],
           row["hf_tokens_per_s"], row["speedup"], row["jax_gflops_per_s"],
           100 * row["jax_gflops_per_s"] / peak, row["same_tokens"])
+    if varied_requests:
+      row = bench_varied_row(CONFIGS[c], requests=varied_requests, slots=max(batches),
+                             prompt_len=prompt_len, new_tokens=new_tokens, segment=segment,
+                             runs=runs, warmup=warmup, seed=seed, peak=peak)
+      row["env"] = env
+      rows.append(row)
+      logging.info(
+          "config %s, %d samples of different lengths: useful tok/s jax continuous %.0f, "
+          "jax static %.0f, hf %.0f (speedup %.2fx); utilization %.2f vs %.2f static; "
+          "same_tokens=%s", c, varied_requests, row["jax_continuous_useful_tokens_per_s"],
+          row["jax_static_useful_tokens_per_s"], row["hf_useful_tokens_per_s"], row["speedup"],
+          row["utilization_continuous"], row["utilization_static"], row["same_tokens"])
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   with open(out_path, "w") as f:
     json.dump(rows, f, indent=2)
@@ -251,6 +349,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
   lines = ["| config | batch | jax tok/s | hf tok/s | speedup | jax GFLOP/s | % of matmul peak "
            "| same tokens | jax 1-device tok/s (speedup) |",
            "|---|---|---|---|---|---|---|---|---|"]
+  varied = [r for r in rows if r.get("kind") == "varied_lengths"]
+  rows = [r for r in rows if r.get("kind") != "varied_lengths"]
   for r in rows:
     lines.append(
         f"| {r['config']} | {r['batch']} | {r['jax_tokens_per_s']:.0f} | {r['hf_tokens_per_s']:.0f} "
@@ -258,4 +358,18 @@ def markdown_table(rows: Sequence[dict]) -> str:
         f"{100 * r['jax_gflops_per_s'] / r['matmul_peak_gflops_per_s']:.0f}% | {r['same_tokens']} | "
         + (f"{r['jax_1dev_tokens_per_s']:.0f} ({r['jax_1dev_speedup']:.2f}) |"
            if "jax_1dev_tokens_per_s" in r else "- |"))
+  if varied:
+    lines += ["", "Samples of different lengths (useful tokens/s: the tokens each row asked for "
+              "over the time; static batches run to their longest row):", "",
+              "| config | samples | slots | mean length | jax continuous | jax static | hf | "
+              "speedup (continuous / static vs hf) | utilization continuous / static | "
+              "same tokens |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in varied:
+      lines.append(
+          f"| {r['config']} | {r['requests']} | {r['batch']} | {r['mean_length']:.0f} | "
+          f"{r['jax_continuous_useful_tokens_per_s']:.0f} | "
+          f"{r['jax_static_useful_tokens_per_s']:.0f} | {r['hf_useful_tokens_per_s']:.0f} | "
+          f"{r['speedup']:.2f} / {r['static_speedup']:.2f} | "
+          f"{r['utilization_continuous']:.2f} / {r['utilization_static']:.2f} | "
+          f"{r['same_tokens']} |")
   return "\n".join(lines)

@@ -44,6 +44,10 @@ def sampling(**overrides) -> ml_collections.ConfigDict:
       top_p=1.0,  # nucleus sampling: keep the most likely tokens up to this mass (1: off)
       max_new_tokens=96,  # cap on a solution's tokens; the longest reference must fit
       batch_size=512,  # rows per sampling call (speed only: results do not depend on it)
+      # Continuous batching (speed only: the same tokens): batch_size slots refilled every
+      # `segment` decode steps as their rows end, where many independent answers are
+      # sampled (ttc_jax.sampling.serving); 0: static batches, each run to its longest row.
+      segment=8,
   ), overrides)
 
 

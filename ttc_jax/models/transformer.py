@@ -262,6 +262,38 @@ class KVCache:
                    mask=jnp.take_along_axis(self.mask, order, axis=1), pos=self.pos,
                    index=jnp.max(jnp.sum(self.mask, axis=1)).astype(jnp.int32))
 
+  def shifted(self, shift: Array) -> "KVCache":
+    """Every row's slots moved ``shift`` to the left (the first ``shift`` dropped; a
+    negative shift moves them right, the last ``-shift`` dropped), the vacated slots
+    masked, and ``index`` with them: a cache of continuous batching reclaims the slots no
+    live row reads, or makes room before the index for a longer prompt (keys carry their
+    RoPE rotation, so nothing the model computes changes)."""
+    slot = jnp.arange(self.size)
+    keep = jnp.where(shift >= 0, slot < self.size - shift, slot >= -shift)
+    roll = lambda x: jnp.roll(x, -shift, axis=2)
+    return KVCache(k=tuple(map(roll, self.k)), v=tuple(map(roll, self.v)),
+                   mask=jnp.roll(self.mask, -shift, axis=1) & keep[None], pos=self.pos,
+                   index=self.index - shift)
+
+  def inserted(self, rows: Array, new: "KVCache") -> "KVCache":
+    """Rows ``rows`` replaced by ``new``'s (a prefill of new requests): row ``rows[j]``
+    holds new row j's slots at ``[index - new.size, index)`` and nothing else (its other
+    slots masked) and its RoPE position; indices >= the batch are dropped (padding).
+    ``index`` must be >= ``new.size`` (the caller's check)."""
+    start = self.index - new.size
+    n = rows.shape[0]
+
+    def put(big, small):
+      cur = jnp.take(big, rows, axis=0, mode="clip")
+      cur = jax.lax.dynamic_update_slice_in_dim(cur, small.astype(big.dtype), start, axis=2)
+      return big.at[rows].set(cur, mode="drop")
+
+    mask = jax.lax.dynamic_update_slice_in_dim(jnp.zeros((n, self.size), jnp.bool_), new.mask,
+                                               start, axis=1)
+    return KVCache(k=tuple(map(put, self.k, new.k)), v=tuple(map(put, self.v, new.v)),
+                   mask=self.mask.at[rows].set(mask, mode="drop"),
+                   pos=self.pos.at[rows].set(new.pos, mode="drop"), index=self.index)
+
   def gather(self, rows: Array) -> "KVCache":
     """Re-selects rows (tree expansion): ``rows`` indexes the batch axis."""
     take = lambda x: jnp.take(x, rows, axis=0)

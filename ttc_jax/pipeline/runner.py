@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import os
 import shutil
 import time
@@ -39,11 +40,20 @@ from ttc_jax.pipeline.stages import SPEED_ONLY
 from ttc_jax.pipeline.stages import STAGES
 from ttc_jax.training import trainer
 from ttc_jax.progress import fmt_duration
+from ttc_jax.sampling import utilization
 
 
 def _section(config: ml_collections.ConfigDict, name: str) -> Any:
   value = config[name]
   return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+@functools.lru_cache(maxsize=1)
+def _matmul_peak() -> float:
+  """This process's float32 matmul GFLOP/s (2048^3, median of 5), measured once: what a
+  training run's share of the peak is relative to."""
+  from ttc_jax.benchmarks import sampling_bench  # pylint: disable=g-import-not-at-top
+  return sampling_bench.matmul_peak_gflops()
 
 
 def _drop_speed_only(obj: Any, path: str = "") -> Any:
@@ -490,6 +500,9 @@ class Pipeline:
     t0 = time.time()
     host.free_compiled_code()
     host.hold(f"stage:{name}")
+    utilization.take()  # the stage's own decode calls, compiles and training runs from here
+    host.compile_meter().take()
+    trainer.THROUGHPUT.clear()
     summary = stage.run(Context(config=sections, inputs=inputs, out=out, log=self.log,
                                 variant=self.variant))
     parallel.barrier(f"{name}/outputs")
@@ -498,12 +511,26 @@ class Pipeline:
       raise artifacts.ArtifactError(f"stage {name!r} did not write {missing} in {out.dir}.")
     record.update(status="done", summary=summary, seconds=time.time() - t0,
                   finished=artifacts.provenance()["created"])
+    # This run's work (a resumed stage: what was left): its decode utilization and what it
+    # compiled (programs built or loaded from the persistent cache, seconds).
+    decode = utilization.take()
+    if decode.row_steps:
+      record["decode"] = decode.to_json()
+    record["compile"] = host.compile_meter().take()
+    if trainer.THROUGHPUT:
+      peak = _matmul_peak()
+      record["train"] = [{**r, "matmul_peak_gflops_per_s": peak,
+                          "peak_share": r["gflops_per_s"] / peak} for r in trainer.THROUGHPUT]
     if parallel.is_primary():
       record = artifacts.seal(record, out.dir)
     store.write_json(out.path(artifacts.STAGE_FILE), record)
     self._point_latest(name)
     parallel.barrier(f"{name}/done")
-    self.log(f"{name}: done in {fmt_duration(time.time() - t0)}")
+    comp = record["compile"]
+    self.log(f"{name}: done in {fmt_duration(time.time() - t0)}; compiled {comp['programs']} "
+             f"programs ({comp['cache_hits']} from the cache) in {comp['compile_s']:.1f} s"
+             + (f"; decode utilization {decode.utilization:.3f} over {decode.calls} calls"
+                if decode.row_steps else ""))
 
   def _primary(self) -> bool:
     return self.single_process or parallel.is_primary()

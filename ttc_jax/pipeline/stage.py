@@ -170,6 +170,12 @@ def sampling_params(c: ml_collections.ConfigDict) -> SamplingParams:
                         max_new_tokens=c.sampling.max_new_tokens)
 
 
+def segment(c: ml_collections.ConfigDict) -> int | None:
+  """Continuous batching's decode steps between refills (``sampling.segment``; None: static
+  batches). Speed only: the tokens are the same."""
+  return c.sampling.get("segment", 0) or None
+
+
 def load_model(out: artifacts.StageDir, key: dict) -> artifacts.ModelArtifact:
   del key
   return artifacts.load_model(out.dir, out.identity)

@@ -279,7 +279,7 @@ def _training_round_lines(rounds: list[dict]) -> list[str]:
                  f"{ch['step']} | {est(ch['first'])} | {est(ch['last'])} | "
                  f"{_rate(ch['correct_to_incorrect'])} | "
                  f"{'' if vs is None else _cmp_cell(vs)} |")
-  return lines
+  return lines + [""]
 
 
 def _within_chain_lines(rev: dict) -> list[str]:

@@ -10,6 +10,7 @@ Decode is bound by reading the whole cache every step, so the functions here tak
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,24 @@ class DecodeState:
   @property
   def padded_rows(self) -> int:
     return self.logits.shape[0]
+
+
+def round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """(N, length) int32 tokens left-padded with ``pad_id`` and the (N, length) valid mask."""
+  tokens = np.full((len(rows), length), pad_id, np.int32)
+  valid = np.zeros((len(rows), length), bool)
+  for i, r in enumerate(rows):
+    if len(r) > length:
+      raise ValueError(f"row {i} has {len(r)} tokens, more than {length}.")
+    if len(r):
+      tokens[i, length - len(r):] = r
+      valid[i, length - len(r):] = True
+  return tokens, valid
 
 
 def _place(cache: KVCache, kv: NamedSharding | None) -> KVCache:
@@ -277,6 +296,41 @@ class CachedModel:
       cache = cache.replace(k=tuple(map(put, cache.k)), v=tuple(map(put, cache.v)))
     return DecodeState(cache=cache, logits=state.logits, num_rows=state.num_rows)
 
+  def insert(self, state: DecodeState, new: DecodeState, rows) -> DecodeState:
+    """Rows ``rows`` of ``state`` (distinct) become the rows of ``new`` (a prefill of
+    other prompts, ``new.num_rows`` of them): their cache is the new rows' (written at
+    the slots just before the write index, every other slot of theirs masked), their next
+    logits the new ones (continuous batching: a finished row's slot takes the next
+    request); a row -1 drops that new row (a padded batch of new prompts). Needs ``new``'s
+    cache size <= the slots written so far. Donates ``state``."""
+    rows = np.asarray(rows, np.int32)
+    kept = rows[rows >= 0]
+    if rows.shape != (new.num_rows,) or len(set(kept.tolist())) != kept.size or (
+        rows.size and (rows.min() < -1 or rows.max() >= state.num_rows)):
+      raise ValueError(f"rows must be {new.num_rows} distinct rows in [0, {state.num_rows}) "
+                       f"or -1 (dropped); got {rows.tolist()}.")
+    rows = np.where(rows < 0, state.padded_rows, rows)
+    used = int(state.cache.index)
+    if new.cache.size > used:
+      raise ValueError(f"the new rows' cache has {new.cache.size} slots; only {used} are "
+                       "written before the index (prefill the batch at least that wide).")
+    idx = self._put_rows(self._pad_rows(rows, new.padded_rows, state.padded_rows))
+    cache, logits = _INSERT(state.cache, state.logits, new.cache, new.logits, idx)
+    return DecodeState(cache=cache, logits=logits, num_rows=state.num_rows)
+
+  def shift(self, state: DecodeState, shift: int) -> DecodeState:
+    """The state with every row's slots moved ``shift`` to the left, or ``-shift`` to the
+    right (see ``KVCache.shifted``): the first ``shift`` slots must hold nothing a live row
+    reads; a right shift needs that many free slots after the index. Donates ``state``."""
+    used = int(state.cache.index)
+    if not used - state.cache.size <= shift <= used:
+      raise ValueError(f"shift={shift}: expected an integer in [{used - state.cache.size}, "
+                       f"{used}] (slots written: {used} of {state.cache.size}).")
+    if not shift:
+      return state
+    cache = _SHIFT(state.cache, jnp.asarray(shift, jnp.int32))
+    return DecodeState(cache=cache, logits=state.logits, num_rows=state.num_rows)
+
   def gather(self, state: DecodeState, rows, compact: bool = False) -> DecodeState:
     """Re-selects rows of ``state`` (tree expansion): new row i = old row rows[i].
 
@@ -292,6 +346,18 @@ class CachedModel:
     idx = self._put_rows(self._pad_rows(rows, self._padded(n), rows[0]))
     cache, logits = self._gather(state.cache, state.logits, idx, compact=compact)
     return DecodeState(cache=cache, logits=logits, num_rows=n)
+
+
+def _insert(cache: KVCache, logits: Array, new: KVCache, new_logits: Array, rows: Array):
+  return cache.inserted(rows, new), logits.at[rows].set(new_logits, mode="drop")
+
+
+def _shift(cache: KVCache, shift: Array) -> KVCache:
+  return cache.shifted(shift)
+
+
+_INSERT = jax.jit(_insert, donate_argnums=(0, 1))
+_SHIFT = jax.jit(_shift, donate_argnums=(0,))
 
 
 def _reset_rows(cache: KVCache, rows: Array) -> KVCache:

@@ -83,6 +83,10 @@ class SampleOutput:
   stopped: (B,) bool, True where the row ended on EOS or (if asked) on the
     step delimiter; False where it ran out of max_new_tokens or was inactive.
   state: the DecodeState to continue from (all padded rows).
+  done: (B,) bool, the row has ended (stopped, reached its limit or the context, or
+    was inactive); False only for a row cut by ``steps`` (see :meth:`SamplingCore.sample`).
+  steps: () int32, the decode steps the call ran (every row pays for each: the
+    row-steps of a call are ``steps`` x rows, its alive row-steps ``sum(lengths)``).
   """
 
   tokens: Array
@@ -91,6 +95,8 @@ class SampleOutput:
   stopped: Array
   state: DecodeState
   confidence: Array
+  done: Array
+  steps: Array
 
   def token_stats(self, width: int | None = None) -> np.ndarray:
     """(B, width, 3) on the host: each token's log-probability, then its ``confidence``
@@ -155,12 +161,14 @@ class _StopRule:
                pairs=tuple((table(a), table(b)) for a, b in ids.step_pairs if a and b)
                if sp.stop_at_step else ())
 
-  def mask(self, raw: Array, step: Array, sp: SamplingParams) -> Array:
-    """The logits a row draws from: suppressed ids, and stop ids before min_new_tokens, out."""
+  def mask(self, raw: Array, drawn: Array, sp: SamplingParams) -> Array:
+    """The logits a row draws from: suppressed ids, and stop ids before min_new_tokens (a
+    row's ``drawn`` tokens so far: (B,) or a scalar for all), out."""
     masked = raw if self.suppressed is None else jnp.where(self.suppressed, -jnp.inf, raw)
     if sp.min_new_tokens and self.stop_ids:
       banned = functools.reduce(jnp.logical_or, [self.vocab == i for i in self.stop_ids])
-      masked = jnp.where(banned & (step < sp.min_new_tokens), -jnp.inf, masked)
+      early = jnp.reshape(drawn < sp.min_new_tokens, (-1, 1))
+      masked = jnp.where(banned & early, -jnp.inf, masked)
     return masked
 
   def stops(self, tok: Array, prev: Array) -> Array:
@@ -176,11 +184,17 @@ class _StopRule:
 # ----------------------------------------------------------------------------
 # Pure functions (the jit boundary)
 # ----------------------------------------------------------------------------
-def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
+def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, prev, *,
                  sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
-                 axis: str | None = None, whole_vocab: bool = False):
+                 width: int, axis: str | None = None, whole_vocab: bool = False):
   """The decode loop. ``plan`` is a static list of segments (end_step, window):
-  steps before ``end_step`` run on the cache cut to its first ``window`` slots.
+  steps before ``end_step`` run on the cache cut to its first ``window`` slots; the
+  loop runs at most ``width`` steps (the token buffers' width).
+
+  ``start`` (B,): the tokens each row drew before this call (a request continued from an
+  earlier call: continuous batching), ``prev`` (B,) its last one (-1: none). Row i draws
+  its j-th token of the request from ``fold_in(keys[i], j)``, so a request's tokens do
+  not depend on how its decoding is cut into calls, nor on when it started.
 
   whole_vocab: gather each step's logits over the (auto) 'model' axis before the
   token choice (a mesh with 'model' shards, whose LM head splits the vocabulary).
@@ -212,7 +226,8 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
 
   def body(s: _Loop) -> _Loop:
     raw = whole(s.logits)
-    tok = choose_tokens(process_logits(rule.mask(raw, s.step, sp), sp), keys, s.step, sp)
+    drawn = start + s.lengths  # an alive row's tokens of its request so far
+    tok = choose_tokens(process_logits(rule.mask(raw, drawn, sp), sp), keys, drawn, sp)
     alive = ~s.done
     full = jax.nn.log_softmax(raw, axis=-1)
     logp = jnp.take_along_axis(full, tok[:, None], axis=1)[:, 0]
@@ -234,7 +249,8 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
         cache=cache,
         prev=jnp.where(alive, tok, s.prev))
 
-  s = _Loop.start(b, sp.max_new_tokens, ids.pad_id, active, limits, logits, cache, axis)
+  s = _Loop.start(b, width, ids.pad_id, active, limits, logits, cache, axis)
+  s = s.replace(prev=jnp.where(prev >= 0, prev, s.prev))
   size = cache.size
   for end, window in plan:
     s = s.replace(cache=s.cache.resized(window))
@@ -244,7 +260,9 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, *,
     # Each shard's loop stops when its own rows are done; the shared write index
     # is the furthest any shard got (the others' unwritten slots are masked holes).
     cache = cache.replace(index=jax.lax.pmax(cache.index, axis))
-  return s.tokens, s.logprobs, s.confidence, s.lengths, s.stopped, cache, s.logits
+  ran = jnp.full((b,), s.step, jnp.int32)  # per row: under shard_map, its shard's steps
+  return (s.tokens, s.logprobs, s.confidence, s.lengths, s.stopped, s.done, ran, cache,
+          s.logits)
 
 
 def _cache_spec(cache: KVCache, rows: P) -> KVCache:
@@ -253,8 +271,9 @@ def _cache_spec(cache: KVCache, rows: P) -> KVCache:
                  index=P())
 
 
-def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, *, sp: SamplingParams,
-                    ids: SpecialIds, plan: tuple[tuple[int, int], ...], mesh: Mesh):
+def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start, prev, *,
+                    sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
+                    width: int, mesh: Mesh):
   """The decode loop run per shard of the 'data' axis (``jax.shard_map``).
 
   Every row's computation is local to its shard, so each device runs its own
@@ -267,13 +286,13 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, *, sp
   # over 'model' (parameters and caches keep their 'model' layout), and the token choice
   # reads the whole vocabulary (``whole_vocab``): no collective of the loop leaves a shard.
   split = mesh.shape[MODEL_AXIS] > 1
-  loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, axis=DATA_AXIS,
-                           whole_vocab=split)
+  loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, width=width,
+                           axis=DATA_AXIS, whole_vocab=split)
   manual = {DATA_AXIS} if split else set(mesh.axis_names)
   return jax.shard_map(
-      loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows),
-      out_specs=(rows, rows, rows, rows, rows, cspec, rows), axis_names=manual)(
-          params, cache, logits, keys, active, limits)
+      loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows, rows, rows),
+      out_specs=(rows,) * 7 + (cspec, rows), axis_names=manual)(
+          params, cache, logits, keys, active, limits, start, prev)
 
 
 # ----------------------------------------------------------------------------
@@ -305,10 +324,12 @@ class SamplingCore(CachedModel):
     super().__init__(model, mesh=mesh, pad_id=ids.pad_id, window_granularity=window_granularity)
     self.ids = ids
     self._sample = jax.jit(_sample_sharded, static_argnums=(0,),
-                           static_argnames=("sp", "ids", "plan", "mesh"), donate_argnums=(2, 3))
+                           static_argnames=("sp", "ids", "plan", "width", "mesh"),
+                           donate_argnums=(2, 3))
 
   def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
-             active=None, limits=None) -> SampleOutput:
+             active=None, limits=None, *, steps: int | None = None, start=None,
+             prev=None) -> SampleOutput:
     """Samples up to ``sp.max_new_tokens`` per row, continuing from ``state``.
 
     keys: (num_rows,) typed PRNG keys (see :func:`row_keys`); ignored if greedy.
@@ -316,6 +337,13 @@ class SamplingCore(CachedModel):
     limits: optional (num_rows,) ints in [0, max_new_tokens]: row i generates at
       most ``limits[i]`` tokens (a per-solution token cap). Whatever the limits,
       no row goes past the model context (``max_seq_len`` tokens).
+    steps: at most this many decode steps (default ``max_new_tokens``): a segment of a
+      longer decode, whose rows not ``done`` go on in a later call (continuous batching:
+      :mod:`ttc_jax.sampling.serving`). The token buffers are ``steps`` wide.
+    start, prev: optional (num_rows,) ints, each row's tokens drawn before this call and
+      its last one (-1: none), for a row continued from an earlier segment: its next
+      token is its ``start[i]``-th (its key's fold-in, ``min_new_tokens``) and a split
+      step delimiter is recognised across the two calls.
     A row that reaches its limit or the context is done but not ``stopped``.
     ``state`` is donated; continue from ``output.state``.
     """
@@ -327,8 +355,12 @@ class SamplingCore(CachedModel):
       raise ValueError(
           f"keys must be typed PRNG keys of shape ({b},) (see row_keys); got "
           f"{keys.dtype}{tuple(keys.shape)}.")
-    used = self._check_room(state, sp.max_new_tokens)
-    plan = window_plan(used, sp.max_new_tokens, state.cache.size, self.window_granularity)
+    width = sp.max_new_tokens if steps is None else int(steps)
+    if not 1 <= width <= sp.max_new_tokens:
+      raise ValueError(f"steps={steps}: expected an integer in [1, max_new_tokens="
+                       f"{sp.max_new_tokens}].")
+    used = self._check_room(state, width)
+    plan = window_plan(used, width, state.cache.size, self.window_granularity)
     act = np.ones((b,), bool) if active is None else np.asarray(active, bool)
     if act.shape != (b,):
       raise ValueError(f"active has shape {act.shape}; expected ({b},).")
@@ -340,18 +372,25 @@ class SamplingCore(CachedModel):
                        f"{sp.max_new_tokens}]; got shape {lim.shape}, range "
                        f"[{lim.min()}, {lim.max()}].")
     lim = self._put_rows(self._pad_rows(lim, bp, 0))
+    per_row = {}
+    for name, x, fill in (("start", start, 0), ("prev", prev, -1)):
+      x = np.full((b,), fill, np.int32) if x is None else np.asarray(x, np.int32)
+      if x.shape != (b,) or x.min() < fill:
+        raise ValueError(f"{name} must be ({b},) integers >= {fill}; got shape {x.shape}.")
+      per_row[name] = self._put_rows(self._pad_rows(x, bp, fill))
     if bp != b:
       keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (bp - b,))])
     keys = self._put_rows(keys)
-    tokens, logprobs, confidence, lengths, stopped, cache, logits = self._sample(
-        self.graphdef, self.params, state.cache, state.logits, keys, act, lim, sp=sp,
-        ids=self.ids, plan=plan, mesh=self.mesh)
+    tokens, logprobs, confidence, lengths, stopped, done, ran, cache, logits = self._sample(
+        self.graphdef, self.params, state.cache, state.logits, keys, act, lim,
+        per_row["start"], per_row["prev"], sp=sp, ids=self.ids, plan=plan, width=width,
+        mesh=self.mesh)
     if bp != b:
-      tokens, logprobs, confidence, lengths, stopped = (
-          x[:b] for x in (tokens, logprobs, confidence, lengths, stopped))
+      tokens, logprobs, confidence, lengths, stopped, done = (
+          x[:b] for x in (tokens, logprobs, confidence, lengths, stopped, done))
     return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,
                         state=DecodeState(cache=cache, logits=logits, num_rows=b),
-                        confidence=confidence)
+                        confidence=confidence, done=done, steps=jnp.max(ran))
 
   def generate(self, tokens, valid, keys, sp: SamplingParams, *, limits=None) -> SampleOutput:
     """Prefill + sample in one call; the cache holds the prompts and max_new_tokens.

@@ -134,11 +134,13 @@ def process_logits(logits: Array, sp: SamplingParams) -> Array:
 def choose_tokens(logits: Array, keys: Array, step: Array, sp: SamplingParams) -> Array:
   """Draws one token per row from processed logits (B, V).
 
-  Row i uses ``fold_in(keys[i], step)``; greedy ignores the keys.
+  Row i uses ``fold_in(keys[i], step)`` (``step``: a scalar, or (B,) per row: the tokens
+  the row has drawn before); greedy ignores the keys.
   """
   if sp.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+  step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, 0 if jnp.ndim(step) else None))(
+      keys, step)
   return jax.vmap(jax.random.categorical)(step_keys, logits).astype(jnp.int32)
 
 

@@ -17,28 +17,14 @@ import numpy as np
 
 from ttc_jax import parallel
 from ttc_jax.progress import Progress
+from ttc_jax.sampling import serving
 from ttc_jax.sampling import streams
+from ttc_jax.sampling import utilization
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import row_keys
-
-
-def round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
-
-
-def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int
-             ) -> tuple[np.ndarray, np.ndarray]:
-  """(N, length) int32 tokens left-padded with ``pad_id`` and the (N, length) valid mask."""
-  tokens = np.full((len(rows), length), pad_id, np.int32)
-  valid = np.zeros((len(rows), length), bool)
-  for i, r in enumerate(rows):
-    if len(r) > length:
-      raise ValueError(f"row {i} has {len(r)} tokens, more than {length}.")
-    if len(r):
-      tokens[i, length - len(r):] = r
-      valid[i, length - len(r):] = True
-  return tokens, valid
+from ttc_jax.sampling.cached import left_pad  # noqa: F401  (re-exported)
+from ttc_jax.sampling.cached import round_up  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +39,24 @@ class Generations:
   tokens: np.ndarray
   lengths: np.ndarray
   stopped: np.ndarray
+  # Decode steps x rows of every sampling call that made them (0: not measured); the
+  # alive ones are sum(lengths): their ratio is the decode utilization.
+  row_steps: int = 0
+  calls: int = 0  # sampling calls made
 
   def row(self, i: int) -> list[int]:
     return self.tokens[i, :self.lengths[i]].tolist()
 
+  @property
+  def utilization(self) -> float | None:
+    """Alive row-steps (tokens made) over the row-steps paid (None: not measured)."""
+    return float(self.lengths.sum()) / self.row_steps if self.row_steps else None
+
 
 def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarray, seed: int,
              sp: SamplingParams, *, batch_size: int, pad_multiple: int = 16,
-             desc: str = "sampling", log_fn: Callable[[str], None] | None = None) -> Generations:
+             segment: int | None = None, limits=None, desc: str = "sampling",
+             log_fn: Callable[[str], None] | None = None) -> Generations:
   """Samples one continuation per prompt row.
 
   Args:
@@ -72,9 +68,15 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
       the model context (a row cut there is not ``stopped``).
     batch_size: rows per core call.
     pad_multiple: prompts are left-padded to the chunk's longest, rounded up to this.
+    segment: None: static batches (each call runs until its longest row ends); an
+      integer: continuous batching (:func:`ttc_jax.sampling.serving.serve`), ``batch_size``
+      slots refilled every ``segment`` decode steps. Both give the same tokens.
+    limits: optional (N,) per-row token caps in [0, max_new_tokens].
 
-  Chunks are split over processes (:func:`ttc_jax.parallel.map_chunks`); every
-  process returns all rows.
+  The calls' row-steps (and the tokens made) go to :mod:`ttc_jax.sampling.utilization`.
+
+  Chunks (static) or equal parts of the queue (continuous) are split over processes
+  (:func:`ttc_jax.parallel.map_chunks`); every process returns all rows.
   """
   n = len(prompts)
   ids = np.asarray(ids, np.int64).reshape(n, -1)
@@ -82,11 +84,21 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
     raise ValueError("no prompts to sample from.")
   if batch_size <= 0:
     raise ValueError(f"batch_size={batch_size} must be > 0.")
+  limits = (np.full((n,), sp.max_new_tokens, np.int32) if limits is None
+            else np.asarray(limits, np.int32))
+  if limits.shape != (n,):
+    raise ValueError(f"limits has shape {limits.shape}; expected ({n},).")
   pad_id = core.ids.pad_id
   # Chunks of similar prompt length waste less padding; results do not depend on order.
   order = np.argsort([len(p) for p in prompts], kind="stable")
-  chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
   kwargs = {} if log_fn is None else {"log_fn": log_fn}
+  if segment is not None:
+    gens = _generate_continuous(core, prompts, ids, seed, sp, order, limits, slots=batch_size,
+                                segment=segment, pad_multiple=pad_multiple, desc=desc,
+                                **kwargs)
+    utilization.record(gens.row_steps, int(gens.lengths.sum()), gens.calls)
+    return gens
+  chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
   progress = Progress(n, desc, unit="rows", **kwargs)
 
   def run(c: int):
@@ -96,20 +108,54 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
     fill = batch_size - len(sel)  # Pad the last chunk: one compiled shape.
     rows = rows + [rows[0]] * fill
     row_ids = np.concatenate([ids[sel], np.repeat(ids[sel[:1]], fill, 0)])
+    row_limits = np.concatenate([limits[sel], np.zeros(fill, np.int32)])  # fill: no work
     tok, valid = left_pad(rows, length, pad_id)
     state = core.prefill(tok, valid, cache_size=length + sp.max_new_tokens)
-    out = core.sample(state, row_keys(seed, *row_ids.T), sp)
+    out = core.sample(state, row_keys(seed, *row_ids.T), sp, limits=row_limits)
     k = len(sel)
     progress.update(k * parallel.process_count())
     return (np.asarray(out.tokens)[:k], np.asarray(out.lengths)[:k],
-            np.asarray(out.stopped)[:k])
+            np.asarray(out.stopped)[:k], int(out.steps) * batch_size)
 
   tokens = np.full((n, sp.max_new_tokens), pad_id, np.int32)
   lengths = np.zeros((n,), np.int32)
   stopped = np.zeros((n,), bool)
-  for sel, (t, l, st) in zip(chunks, parallel.map_chunks(run, len(chunks))):
+  row_steps = 0
+  for sel, (t, l, st, paid) in zip(chunks, parallel.map_chunks(run, len(chunks))):
     tokens[sel], lengths[sel], stopped[sel] = t, l, st
-  return Generations(tokens=tokens, lengths=lengths, stopped=stopped)
+    row_steps += paid
+  utilization.record(row_steps, int(lengths.sum()), len(chunks))
+  return Generations(tokens=tokens, lengths=lengths, stopped=stopped, row_steps=row_steps,
+                     calls=len(chunks))
+
+
+def _generate_continuous(core, prompts, ids, seed, sp, order, limits, *, slots, segment,
+                         pad_multiple, desc, log_fn=None) -> Generations:
+  """:func:`generate` by continuous batching: the queue (shortest prompts first: the
+  prompt width is the longest's) split into one part per process."""
+  parts = np.array_split(order, parallel.process_count())
+  kwargs = {} if log_fn is None else {"log_fn": log_fn}
+
+  def run(c: int):
+    sel = parts[c]
+    if not len(sel):  # fewer requests than processes
+      return (np.zeros((0, sp.max_new_tokens), np.int32), np.zeros((0,), np.int32),
+              np.zeros((0,), bool), 0, 0)
+    served = serving.serve(core, [prompts[i] for i in sel], row_keys(seed, *ids[sel].T), sp,
+                           slots=slots, segment=segment, limits=limits[sel],
+                           pad_multiple=pad_multiple, desc=desc, **kwargs)
+    return served.tokens, served.lengths, served.stopped, served.row_steps, served.calls
+
+  n = len(prompts)
+  tokens = np.full((n, sp.max_new_tokens), core.ids.pad_id, np.int32)
+  lengths = np.zeros((n,), np.int32)
+  stopped = np.zeros((n,), bool)
+  row_steps = calls = 0
+  for sel, (t, l, st, paid, made) in zip(parts, parallel.map_chunks(run, len(parts))):
+    tokens[sel], lengths[sel], stopped[sel] = t, l, st
+    row_steps, calls = row_steps + paid, calls + made
+  return Generations(tokens=tokens, lengths=lengths, stopped=stopped, row_steps=row_steps,
+                     calls=calls)
 
 
 def stop_sets(step_ids: Sequence[int], eos_ids: Sequence[int],
@@ -179,17 +225,19 @@ class ProblemSamples:
 
 def sample_problems(core: SamplingCore, tok, task, problems: Sequence, n: int, seed: int,
                     stream: str, sp: SamplingParams, *, batch_size: int,
+                    segment: int | None = None,
                     log_fn: Callable[[str], None] | None = None) -> ProblemSamples:
   """Samples ``n`` full solutions per problem and grades them with the task.
 
-  Sample s of a problem draws from ``keys(seed, stream, split, problem index, s)``.
+  Sample s of a problem draws from ``keys(seed, stream, split, problem index, s)``;
+  ``segment``: continuous batching (see :func:`generate`).
   """
   prompts = [tok.encode_prompt(task.format_prompt(p)) for p in problems]
   rows = [prompts[i] for i in range(len(problems)) for _ in range(n)]
   ids = np.array([(streams.stream_id(stream), streams.split_id(p.split), p.index, s)
                   for p in problems for s in range(n)], np.int64)
-  gens = generate(core, rows, ids, seed, sp, batch_size=batch_size, desc=f"{stream} samples",
-                  log_fn=log_fn)
+  gens = generate(core, rows, ids, seed, sp, batch_size=batch_size, segment=segment,
+                  desc=f"{stream} samples", log_fn=log_fn)
   return grade(tok, task, problems, n, prompts, gens)
 
 

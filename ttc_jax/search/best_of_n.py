@@ -21,6 +21,7 @@ import numpy as np
 
 from ttc_jax.budget import Budget
 from ttc_jax.sampling.solutions import step_ends
+from ttc_jax.sampling import utilization
 from ttc_jax.search import common
 from ttc_jax.search.tree import chunk_width
 from ttc_jax.verifiers.aggregation import METHODS
@@ -72,6 +73,7 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   keys = ctx.keys(ids, np.tile(np.arange(n), num), 0)
   out = ctx.core.sample(pol, keys, ctx.sp)
   lengths = np.asarray(out.lengths)
+  utilization.record(int(out.steps) * len(lengths), int(lengths.sum()))
   width = chunk_width(int(lengths.max()), ctx.max_new_tokens, 16)
   gen = np.asarray(out.tokens)[:, :width]
   stopped = np.asarray(out.stopped)

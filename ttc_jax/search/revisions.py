@@ -42,7 +42,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ttc_jax.progress import Progress
+from ttc_jax.sampling import serving
 from ttc_jax.sampling import streams
+from ttc_jax.sampling import utilization
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.solutions import Generations
@@ -112,9 +114,11 @@ class ProblemChains:
 
 def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
                problems: Sequence, *, seed: int, stream: str, sp: SamplingParams,
-               run: int = 0, rows_per_call: int = 512,
+               run: int = 0, rows_per_call: int = 512, segment: int | None = None,
                log_fn: Callable[[str], None] | None = None) -> list[ProblemChains]:
-  """Runs ``strategy``'s chains on ``problems`` (see the module docstring)."""
+  """Runs ``strategy``'s chains on ``problems`` (see the module docstring). ``segment``:
+  each step's answers by continuous batching instead (:mod:`ttc_jax.sampling.serving`,
+  ``rows_per_call`` slots; every revision prompt prefilled whole): the same answers."""
   if sp.stop_at_step:
     raise ValueError("revision chains sample whole answers: sp.stop_at_step must be False.")
   num = len(problems)
@@ -126,7 +130,8 @@ def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
   size = width + bucket_width(context) + sp.max_new_tokens
   tokens, valid = left_pad(prefixes, width, tokenizer.pad_id)
   _check_context(problems, prefixes, context, 0, 0)
-  base = core.prefill(tokens, valid, cache_size=size)
+  # Static steps extend each problem's prefix, prefilled once (served steps prefill whole).
+  base = core.prefill(tokens, valid, cache_size=size) if segment is None else None
   out = [ProblemChains(problem=p, prefix=prefix, chains=[[] for _ in strategy.lengths])
          for p, prefix in zip(problems, prefixes)]
   lengths = np.asarray(strategy.lengths)
@@ -139,6 +144,11 @@ def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
     chains = np.flatnonzero(lengths > step)
     rows = [(q, int(c)) for q in range(num) for c in chains]
     prompts = [_prompt(tokenizer, task, strategy, out[q], c, step, context) for q, c in rows]
+    if segment is not None:
+      _served_step(core, tokenizer, task, sp, seed, stream, run, out, rows, prompts, step,
+                   split, index, slots=rows_per_call, segment=segment)
+      progress.update(len(rows))
+      continue
     # Rows grouped by their extension's padded width: no row pays for a longer one's
     # attempts (in the extension nor in the decode window after it).
     groups: dict[int, list[int]] = {}
@@ -182,6 +192,33 @@ def _check_context(problems, prompts, context: int, chain: int, step: int) -> No
           "max_seq_len or lower the window.")
 
 
+def _served_step(core, tokenizer, task, sp, seed, stream, run, out, part, prompts, step,
+                 split, index, *, slots, segment):
+  """Answer ``step`` of the chains ``part`` by continuous batching (keys and records as
+  :func:`_step`'s)."""
+  q_of = np.asarray([q for q, _ in part], np.int64)
+  c_of = np.asarray([c for _, c in part], np.int64)
+  keys = streams.keys(seed, stream, split[q_of], index[q_of], c_of, step, run)
+  served = serving.serve(core, prompts, keys, sp, slots=slots, segment=segment)
+  utilization.record(served.row_steps, served.alive_steps, served.calls)
+  stats = served.token_stats()
+  for r, (q, c) in enumerate(part):
+    n = int(served.lengths[r])
+    _record(tokenizer, task, out, q, c, served.tokens[r, :n].tolist(), prompts[r],
+            bool(served.stopped[r]), len(prompts[r]) - len(out[q].prefix), stats[r, :n])
+
+
+def _record(tokenizer, task, out, q, c, toks, prompt, finished, extension, stats) -> None:
+  """Appends one answer to chain ``c`` of problem ``q``."""
+  text = tokenizer.decode(toks)
+  problem = out[q].problem
+  answer = task.extract_answer(text) if finished else None
+  out[q].chains[c].append(Answer(
+      tokens=toks, prompt=prompt, text=text, answer=answer,
+      correct=bool(finished and answer is not None and task.is_correct(text, problem)),
+      finished=finished, extension_tokens=extension, token_stats=stats))
+
+
 def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts, step, split,
           index):
   """Answer ``step`` of the chains ``part`` ([(problem, chain)]) after ``prompts``, in one
@@ -208,17 +245,10 @@ def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts
   gen = np.asarray(result.tokens)
   stopped = np.asarray(result.stopped)
   stats = result.token_stats()
+  utilization.record(int(result.steps) * padded_n, int(lengths[:n].sum()))
   for r, (q, c) in enumerate(part):
-    toks = gen[r, :lengths[r]].tolist()
-    text = tokenizer.decode(toks)
-    problem = out[q].problem
-    finished = bool(stopped[r])
-    answer = task.extract_answer(text) if finished else None
-    out[q].chains[c].append(Answer(
-        tokens=toks, prompt=prompts[r], text=text, answer=answer,
-        correct=bool(finished and answer is not None and task.is_correct(text, problem)),
-        finished=finished, extension_tokens=len(extensions[r]),
-        token_stats=stats[r, :lengths[r]]))
+    _record(tokenizer, task, out, q, c, gen[r, :lengths[r]].tolist(), prompts[r],
+            bool(stopped[r]), len(extensions[r]), stats[r, :lengths[r]])
 
 
 def answers_arrays(pcs: list[ProblemChains]) -> dict[str, np.ndarray]:

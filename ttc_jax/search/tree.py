@@ -44,6 +44,7 @@ import numpy as np
 
 from ttc_jax.budget import Budget
 from ttc_jax.sampling.core import SamplingParams
+from ttc_jax.sampling import utilization
 from ttc_jax.search import common
 
 
@@ -147,6 +148,8 @@ def _sample_round(ctx: common.SearchContext, pol, prm, seqs: list[list[int]],
   out = ctx.core.sample(pol, keys, sp, active=active, limits=padded(limits, width))
   pol = out.state
   lengths, step, step_valid = step_chunk(out, ctx.max_step_tokens)
+  # Every padded row pays each step; the live rows' tokens are the alive row-steps.
+  utilization.record(int(out.steps) * width, int(lengths[:live].sum()))
   before = ctx.prm.tokens_fed(prm)
   prm = ctx.prm.extend(prm, step, step_valid, out.token_stats(step.shape[1]))
   after = ctx.prm.tokens_fed(prm)
@@ -297,6 +300,7 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
     out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
     pol_la = out.state
     lengths, new, new_valid = step_chunk(out, step)
+    utilization.record(int(out.steps) * len(live), int(lengths[live].sum()))
     before = ctx.prm.tokens_fed(prm_la)
     prm_la = ctx.prm.extend(prm_la, new, new_valid, out.token_stats(new.shape[1]))
     after = ctx.prm.tokens_fed(prm_la)

@@ -126,7 +126,9 @@ def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequ
                    ) -> list[tuple[str, ...]]:
   """(prompt pieces..., target) texts of each trajectory: the task's revision prompt
   showing the last ``window`` attempts (the sliding window of inference) as its pieces,
-  then the correct answer, the target."""
+  then the correct answer, the target. Every problem must be a train problem (a test
+  problem in the revision model's data is an error naming it)."""
+  require_train(problems, "revision data")
   out = []
   for t in trajectories:
     answers = texts[t.problem]
@@ -134,6 +136,15 @@ def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequ
     out.append((*task.revision_prompt_pieces(problems[t.problem], [answers[i] for i in shown]),
                 answers[t.target]))
   return out
+
+
+def require_train(problems: Sequence[Problem], what: str) -> None:
+  """Raises ValueError naming the first of ``problems`` that is not a train problem: the
+  revision model, its checkpoint choice and its gate learn from train problems only."""
+  for p in problems:
+    if p.split != "train":
+      raise ValueError(f"{what}: {p.uid} is not a train problem (the revision stages learn "
+                       "and choose on train problems only).")
 
 
 def policy_rows(task: Task, problems: Sequence[Problem], trajectories: int, share: float

@@ -41,6 +41,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ttc_jax import accounting
 from ttc_jax import parallel
 from ttc_jax.models import checkpoints
 from ttc_jax.host import hold as hold_point
@@ -406,10 +407,13 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
 
   in_flight = collections.deque()  # the loss of each step not waited for yet
   since = _Since(time=time.time(), step=start)
+  t_start, valid_tokens, computed_tokens = time.time(), 0, 0
   with open(metrics_path if primary else os.devnull, "a") as mf:
     for step in range(start, cfg.steps):
       host = _host_batch(dataset, cfg, step)
       since.tokens += int(host["valid"].sum())
+      valid_tokens += int(host["valid"].sum())
+      computed_tokens += int(host["valid"].size)
       batch = jax.device_put(host, rows)
       params, opt_state, metrics = _dispatch_step(step_fn, graphdef, params, opt_state, batch,
                                                   in_flight, tx=tx, objective=objective)
@@ -425,4 +429,19 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   manager.wait_until_finished()
   manager.close()
   nnx.update(model, params)
+  if cfg.steps > start:
+    seconds = time.time() - t_start
+    n = accounting.ModelCost.from_config(model.config).params
+    THROUGHPUT.append({
+        "name": name, "steps": cfg.steps - start, "seconds": seconds,
+        "tokens": valid_tokens, "tokens_per_s": valid_tokens / seconds,
+        "padding_share": 1 - valid_tokens / max(computed_tokens, 1),
+        # 6 N D (forward and backward matmuls of the real tokens; attention left out)
+        "gflops_per_s": 6 * n * valid_tokens / seconds / 1e9})
   return model
+
+
+# What each training run of this process did (its steps run here: a resumed run, the rest):
+# steps, seconds, real tokens and tokens/s, the padded share of the tokens computed, and the
+# 6 N D matmul GFLOP/s. The pipeline writes a stage's runs to its stage.json.
+THROUGHPUT: list[dict] = []

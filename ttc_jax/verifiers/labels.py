@@ -27,6 +27,7 @@ from ttc_jax import parallel
 from ttc_jax.progress import Progress
 from ttc_jax.sampling import solutions
 from ttc_jax.sampling import streams
+from ttc_jax.sampling import utilization
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import row_keys
@@ -107,6 +108,7 @@ class LabelledSamples:
 def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes: Sequence,
                     prefix_ids: np.ndarray, k: int, seed: int, sp: SamplingParams, *,
                     batch_size: int, expected_lengths: Sequence[int] | None = None,
+                    segment: int | None = None,
                     log_fn: Callable[[str], None] | None = None) -> np.ndarray:
   """Fraction of ``k`` rollouts from each prefix that end with the right answer.
 
@@ -123,7 +125,13 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
     expected_lengths: optional guess of each prefix's rollout length. A chunk
       decodes until its longest rollout ends, so chunks are formed from
       prefixes of similar expected length (results do not depend on it).
+    segment: continuous batching instead of chunks (``solutions.generate``): every
+      rollout is a request of its own (prefix prefilled per rollout), ``batch_size``
+      slots; the same rollouts.
   """
+  if segment is not None:
+    return _rollouts_continuous(core, tok, task, problems, prefixes, prefix_ids, k, seed, sp,
+                                batch_size=batch_size, segment=segment, log_fn=log_fn)
   if batch_size % k:
     raise ValueError(f"batch_size={batch_size} must be a multiple of rollouts={k}.")
   per_chunk = batch_size // k
@@ -154,6 +162,7 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
     gen = np.asarray(out.tokens)
     lengths = np.asarray(out.lengths)
     stopped = np.asarray(out.stopped)
+    utilization.record(int(out.steps) * len(lengths), int(lengths[:len(sel) * k].sum()))
     rate = np.zeros(len(sel))
     for c_, i in enumerate(sel):
       pos, _, prefix = prefixes[i]
@@ -172,8 +181,28 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
   return out
 
 
+def _rollouts_continuous(core, tok, task, problems, prefixes, prefix_ids, k, seed, sp, *,
+                         batch_size, segment, log_fn) -> np.ndarray:
+  """:func:`rollout_success` by continuous batching (rollout r of prefix i: request
+  ``i * k + r``, the same key and token cap)."""
+  n = len(prefixes)
+  rows = [list(p[1]) + list(p[2]) for p in prefixes for _ in range(k)]
+  ids = np.concatenate([np.repeat(np.asarray(prefix_ids, np.int64).reshape(n, -1), k, axis=0),
+                        np.tile(np.arange(k), n)[:, None]], axis=1)
+  limits = np.repeat([max(0, sp.max_new_tokens - len(p[2])) for p in prefixes], k)
+  gens = solutions.generate(core, rows, ids, seed, sp, batch_size=batch_size, segment=segment,
+                            limits=limits, desc="rollouts", log_fn=log_fn)
+  wins = np.zeros(n * k)
+  for r in range(n * k):
+    if gens.stopped[r]:
+      pos, _, prefix = prefixes[r // k]
+      wins[r] = task.is_correct(tok.decode(list(prefix) + gens.row(r)), problems[pos])
+  return wins.reshape(n, k).mean(axis=1)
+
+
 def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSamples, k: int,
                   seed: int, stream: str, sp: SamplingParams, *, batch_size: int,
+                  segment: int | None = None,
                   log_fn: Callable[[str], None] | None = None) -> LabelledSamples:
   """MC step labels for every sample of ``samples`` (see the module docstring); with ``k`` =
   0, outcome labels only: the last step's is the sample's correctness, the others NaN (no
@@ -205,7 +234,8 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
   if prefixes:
     rates = rollout_success(core, tok, task, samples.problems, prefixes,
                             np.asarray(prefix_ids, np.int64), k, seed, sp,
-                            batch_size=batch_size, expected_lengths=remaining, log_fn=log_fn)
+                            batch_size=batch_size, expected_lengths=remaining, segment=segment,
+                            log_fn=log_fn)
   else:
     rates = np.zeros(0)
   max_steps = max(1, max(len(e) for e in ends_all))
@@ -233,10 +263,11 @@ def label_samples(core: SamplingCore, tok, task, samples: solutions.ProblemSampl
 
 def sample_and_label(core: SamplingCore, tok, task, problems: Sequence, n: int, k: int,
                      seed: int, streams_: tuple[str, str], sp: SamplingParams, *,
-                     batch_size: int) -> LabelledSamples:
+                     batch_size: int, segment: int | None = None) -> LabelledSamples:
   """``n`` policy samples of each of ``problems``, every step labelled by ``k`` MC rollouts
-  from its prefix; ``streams_``: the random streams of the samples and of the rollouts."""
+  from its prefix; ``streams_``: the random streams of the samples and of the rollouts;
+  ``segment``: continuous batching (the same samples and rollouts)."""
   samples = solutions.sample_problems(core, tok, task, problems, n, seed, streams_[0], sp,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, segment=segment)
   return label_samples(core, tok, task, samples, k, seed, streams_[1], sp,
-                       batch_size=batch_size)
+                       batch_size=batch_size, segment=segment)

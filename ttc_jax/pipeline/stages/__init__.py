@@ -63,7 +63,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 # Config keys shared by many stages that change how fast they run, never what they compute
 # (fnmatch patterns of dotted keys): the sampling batch, training's checkpoint and log
 # intervals. With each stage's own (Stage.speed_only) they are left out of identities.
-SHARED_SPEED_ONLY = ("sampling.batch_size", "*.checkpoint_every", "*.log_every")
+SHARED_SPEED_ONLY = ("sampling.batch_size", "sampling.segment", "*.checkpoint_every",
+                     "*.log_every")
 SPEED_ONLY = SHARED_SPEED_ONLY + tuple(p for s in STAGES.values() for p in s.speed_only)
 
 # Config keys added after artifacts were made with the behaviour of their default: left out

@@ -38,6 +38,7 @@ def check_sampling(c: ml_collections.ConfigDict, known: Facts) -> None:
   except ValueError as e:
     raise ConfigError(f"sampling: {e}") from e
   check_int(s.batch_size, "sampling.batch_size", 1)
+  check_int(s.get("segment", 0), "sampling.segment", 0)
 
 
 def check_report(c: ml_collections.ConfigDict, known: Facts) -> None:

@@ -13,6 +13,7 @@ from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import segment
 from ttc_jax.report import figures
 from ttc_jax.sampling import solutions
 from ttc_jax.verifiers import aggregation
@@ -24,7 +25,8 @@ def run_difficulty(ctx: Context) -> dict:
   probs = ctx.inputs["data"].problems("test", c.test_problems)
   n = c.difficulty.samples_per_problem
   samples = solutions.sample_problems(pol.core, pol.tokenizer, task, probs, n, c.seed,
-                                      "pass_at_1", pol.sp, batch_size=c.sampling.batch_size)
+                                      "pass_at_1", pol.sp, batch_size=c.sampling.batch_size,
+                                      segment=segment(c))
   p1 = samples.correct_matrix().mean(axis=1)
   summary = difficulty_lib.pass_at_1_summary(p1, [p.difficulty for p in probs])
   answers = [samples.answers[i * n:(i + 1) * n] for i in range(len(probs))]

@@ -13,6 +13,7 @@ from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import sampling_params
+from ttc_jax.pipeline.stage import segment
 from ttc_jax.sampling import solutions
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.verifiers import aggregation
@@ -28,10 +29,12 @@ def run_large_policy_eval(ctx: Context) -> dict:
   core, bs = large.sampling_core(), c.sampling.batch_size
   greedy_sp = SamplingParams(temperature=0.0, max_new_tokens=c.sampling.max_new_tokens)
   greedy = solutions.sample_problems(core, tok, task, probs, 1, c.seed, "large_policy_samples",
-                                     greedy_sp, batch_size=bs, log_fn=ctx.log)
+                                     greedy_sp, batch_size=bs, segment=segment(c),
+                                     log_fn=ctx.log)
   n = c.exchange.samples_per_problem
   samples = solutions.sample_problems(core, tok, task, probs, n, c.seed, "large_policy_samples",
-                                      sampling_params(c), batch_size=bs, log_fn=ctx.log)
+                                      sampling_params(c), batch_size=bs, segment=segment(c),
+                                      log_fn=ctx.log)
   truths = [task.normalize_answer(p.answer) for p in probs]
   ns = verifier_metrics.powers_of_two(n)
   answers = [samples.answers[i * n:(i + 1) * n] for i in range(len(probs))]

@@ -29,6 +29,7 @@ from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
 from ttc_jax.pipeline.stage import sampling_params
+from ttc_jax.pipeline.stage import segment
 from ttc_jax.sampling import solutions
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling import streams
@@ -52,7 +53,7 @@ def run_revision_data(ctx: Context) -> dict:
     k = rc.samples_per_problem
     samples = solutions.sample_problems(pol.core, tok, task, chunk, k, c.seed,
                                         "revision_samples", pol.sp,
-                                        batch_size=c.sampling.batch_size)
+                                        batch_size=c.sampling.batch_size, segment=segment(c))
     texts = [samples.texts[i * k:(i + 1) * k] for i in range(len(chunk))]
     rngs = [streams.generator(c.seed, "revision_pairs", streams.split_id(p.split), p.index)
             for p in chunk]
@@ -153,7 +154,8 @@ def _on_policy_round(ctx: Context, r: int, model: Transformer, problems: list, s
   def make(chunk):
     pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
                                 stream="revision_rounds", sp=sp, run=r,
-                                rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+                                rows_per_call=c.sampling.batch_size, segment=segment(c),
+                                log_fn=ctx.log)
     gens, correct, k = chains_lib.answer_pool(pcs, sp.max_new_tokens, tok.pad_id)
     texts = [[a.text for chain in pc.chains for a in chain] for pc in pcs]
     rngs = [streams.generator(c.seed, "revision_round_pairs", streams.split_id(p.split),
@@ -238,6 +240,7 @@ def _choose_checkpoint(ctx: Context, model_cfg, policy, data, cfg, out: str, ste
   answers followed by an incorrect one)."""
   ch = cfg.choice
   probs = data.problems("train", ch.num_problems, start=ch.first_problem)
+  revisions.require_train(probs, "revision model checkpoint choice")
   ckpt = os.path.join(out, "checkpoints")
   candidates = [s for s in sorted(checkpoints.manager(ckpt, None).all_steps())
                 if s % ch.every == 0 or s == steps]
@@ -249,7 +252,8 @@ def _choose_checkpoint(ctx: Context, model_cfg, policy, data, cfg, out: str, ste
     pcs = chains_lib.run_chains(strategy, SamplingCore(m, policy.special_ids), policy.tokenizer,
                                 data.task, probs, seed=ctx.config.seed, stream="revision_choice",
                                 sp=sampling_params(ctx.config),
-                                rows_per_call=ctx.config.sampling.batch_size)
+                                rows_per_call=ctx.config.sampling.batch_size,
+                                segment=segment(ctx.config))
     right = np.asarray([[a.correct for a in pc.chains[0]] for pc in pcs], bool)
     by_answer = right.mean(0).tolist()
     before = right[:, :-1]
@@ -280,6 +284,7 @@ def run_revision_orm(ctx: Context) -> dict:
   data, rev = ctx.inputs["data"], ctx.inputs["revision_model"]
   tok, task = rev.tokenizer, data.task
   probs = data.problems("train", oc.num_problems, start=oc.first_problem)
+  revisions.require_train(probs, "revision ORM (its chains choose the gate)")
   strategy = chains_lib.RevisionChains(lengths=(oc.length,) * oc.chains,
                                        window=_revision_window(rev))
   core, sp = rev.sampling_core(), sampling_params(c)
@@ -287,7 +292,8 @@ def run_revision_orm(ctx: Context) -> dict:
   def make(chunk):
     pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
                                 stream="revision_chains", sp=sp,
-                                rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+                                rows_per_call=c.sampling.batch_size, segment=segment(c),
+                                log_fn=ctx.log)
     return chains_lib.answers_arrays(pcs)
 
   parts = ctx.out.map_shards("answers", probs, oc.problems_per_shard, make, ctx.log).load_all()
@@ -341,7 +347,8 @@ def run_revision_sweep(ctx: Context) -> dict:
       t0 = time.time()
       pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
                                   stream="revision_chains", sp=sp, run=seed,
-                                  rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+                                  rows_per_call=c.sampling.batch_size, segment=segment(c),
+                                log_fn=ctx.log)
       return chains.chain_arrays(pcs, lengths, orm_scorer, prm_scorer, tok,
                                  batch_size=c.sampling.batch_size, wall_s=time.time() - t0,
                                  confidence=Measure.from_name(rc.confidence))

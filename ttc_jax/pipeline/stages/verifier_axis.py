@@ -28,6 +28,7 @@ from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
+from ttc_jax.pipeline.stage import segment
 from ttc_jax.pipeline.stages.search import outcome_of
 from ttc_jax.progress import Progress
 from ttc_jax.report import figures
@@ -48,7 +49,8 @@ def _calibration(ctx: Context, pol, probe: SyntheticVerifier) -> dict:
   probs = ctx.inputs["data"].problems("train", ac.calibration_problems)
   s = solutions.sample_problems(pol.core, pol.tokenizer, pol.task, probs, ac.samples_per_problem,
                                 ctx.config.seed, "axis_samples", pol.sp,
-                                batch_size=ctx.config.sampling.batch_size, log_fn=ctx.log)
+                                batch_size=ctx.config.sampling.batch_size,
+                                segment=segment(ctx.config), log_fn=ctx.log)
   rows = [s.gens.row(i) for i in range(len(s.texts))]
   shape = (len(probs), s.n)
   sound = np.asarray([probe.sound(probs[i // s.n], r) for i, r in enumerate(rows)]).reshape(shape)

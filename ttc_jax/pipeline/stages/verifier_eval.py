@@ -17,6 +17,7 @@ from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import sampling_params
+from ttc_jax.pipeline.stage import segment
 from ttc_jax.report import figures
 from ttc_jax.sampling import solutions
 from ttc_jax.verifiers import aggregation
@@ -103,7 +104,7 @@ def run_verifier_eval(ctx: Context) -> dict:
     auc_ls = labels_lib.sample_and_label(
         policy.sampling_core(), tok, task, auc_probs, ec.auc_samples_per_problem, ec.rollouts,
         c.seed, ("auc_samples", "auc_rollouts"), sampling_params(c),
-        batch_size=c.sampling.batch_size)
+        batch_size=c.sampling.batch_size, segment=segment(c))
     idx = range(len(auc_ls))
     question = {p.index: p.question for p in auc_probs}
     ends = [auc_ls.ends(i) for i in idx]
@@ -157,7 +158,8 @@ def run_verifier_choice(ctx: Context) -> dict:
                                   "verifier is never chosen on test problems).")
   samples = solutions.sample_problems(pol.core, pol.tokenizer, pol.task, probs,
                                       vc.samples_per_problem, c.seed, "choice_samples", pol.sp,
-                                      batch_size=c.sampling.batch_size, log_fn=ctx.log)
+                                      batch_size=c.sampling.batch_size, segment=segment(c),
+                                      log_fn=ctx.log)
   correct = samples.correct_matrix()
   table = {}
   for name, s in score_samples(ctx, samples).items():

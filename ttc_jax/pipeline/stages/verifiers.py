@@ -22,6 +22,7 @@ from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
+from ttc_jax.pipeline.stage import segment
 from ttc_jax.sampling import solutions
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import trainer
@@ -37,7 +38,8 @@ def run_mc_labels(ctx: Context) -> dict:
   def label(chunk):
     return labels_lib.sample_and_label(
         pol.core, pol.tokenizer, pol.task, chunk, lc.samples_per_problem, lc.rollouts, c.seed,
-        ("label_samples", "rollouts"), pol.sp, batch_size=c.sampling.batch_size).arrays()
+        ("label_samples", "rollouts"), pol.sp, batch_size=c.sampling.batch_size,
+        segment=segment(c)).arrays()
 
   shards = ctx.out.map_shards("labels", probs, lc.problems_per_shard, label, ctx.log)
   return _concat_shards(shards).stats()
@@ -53,7 +55,8 @@ def run_verifier_samples(ctx: Context) -> dict:
   def label(chunk):
     samples = solutions.sample_problems(pol.core, pol.tokenizer, pol.task, chunk,
                                         vs.samples_per_problem, c.seed, "verifier_samples",
-                                        pol.sp, batch_size=c.sampling.batch_size)
+                                        pol.sp, batch_size=c.sampling.batch_size,
+                                        segment=segment(c))
     return labels_lib.label_samples(pol.core, pol.tokenizer, pol.task, samples, 0, c.seed,
                                     "rollouts", pol.sp, batch_size=c.sampling.batch_size).arrays()
 

@@ -1,0 +1,47 @@
+"""Decode utilization: of the row-steps a sampling call pays (each decode step costs every
+row of the batch), the share that made a token (an alive row). A static batch runs until its
+longest row ends; continuous batching (:mod:`ttc_jax.sampling.serving`) refills finished
+rows. The callers that read their outputs back anyway (``solutions.generate``, the MC
+rollouts, the revision chains) add their calls here; the pipeline reads the meter per stage
+(its ``stage.json``: ``decode``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class Meter:
+  row_steps: int = 0  # decode steps x rows of every call counted
+  alive_steps: int = 0  # of those, the ones that made a token
+  calls: int = 0
+
+  def add(self, row_steps: int, alive_steps: int, calls: int = 1) -> None:
+    if not 0 <= alive_steps <= row_steps:
+      raise ValueError(f"alive_steps={alive_steps} must lie in [0, row_steps={row_steps}].")
+    self.row_steps += int(row_steps)
+    self.alive_steps += int(alive_steps)
+    self.calls += int(calls)
+
+  @property
+  def utilization(self) -> float | None:
+    return self.alive_steps / self.row_steps if self.row_steps else None
+
+  def to_json(self) -> dict:
+    return {"row_steps": self.row_steps, "alive_steps": self.alive_steps, "calls": self.calls,
+            "utilization": self.utilization}
+
+
+_METER = Meter()
+
+
+def record(row_steps: int, alive_steps: int, calls: int = 1) -> None:
+  """Counts calls of this process (see the module docstring)."""
+  _METER.add(row_steps, alive_steps, calls)
+
+
+def take() -> Meter:
+  """What was counted since the last take (and starts a new count)."""
+  global _METER
+  out, _METER = _METER, Meter()
+  return out
