@@ -10,19 +10,22 @@ Command (the whole study, ``make study``; resumable, reruns skip finished work):
 Overrides go inline, e.g. ``--config.policy.train.steps=100``. Another task:
 ``--task_module=my.module --config=experiments/arith.py:task=mytask`` (README).
 
-Runtime: 44.1 min on 2 cores of an Intel Xeon @ 2.50GHz with an empty XLA cache (venv
-1.4 min; pipeline 42.7 min with --jobs=2: policy 7.5 min, then two chains side by side,
-MC labels 12.5 min -> PRM 4.5 min -> search sweep 13 min and revision data 2 min ->
-revision model 6.5 min -> revision ORM 8.5 min -> revision sweep 9 min; compute-optimal
-14 s); that CPU's speed drifted by 10-20% between runs. ``make exchange`` adds the 13x
-policy: about 35 min of training alone on 2 cores.
+Runtime: 40.1 min (make study, the venv included) on 2 cores of an AMD EPYC, warm XLA
+cache, commit 1645fdf (--jobs=2: policy 5 min, then two chains side by side, MC labels
+6.5 min -> PRM 3 min -> search sweep 6 min and revision data 1 min -> revision model 12.5
+min (800 steps, one on-policy round, each checkpoint chosen) -> revision ORM 3.5 min ->
+revision sweep 4 min; the LM-head verifiers 10 min; reports 21 s). An Intel Xeon @ 2.50GHz
+was about 1.3x slower, and its speed drifted by 10-20% between runs. ``make exchange`` adds
+the 13x policy: about 35 min of training alone on 2 cores.
 Expected result (README.md, "The study", has the tables; training results differ a
 little between CPU models, so never rely on one machine's numbers): policy pass@1
 about 0.46-0.49; majority and PRM-weighted best-of-64 near 0.61-0.65; a within-problem
 PRM AUC near 0.66-0.68 (the policy's own likelihood: 0.84-0.85); vanilla best-of-N
-falling far below pass@1 as N grows (the PRM is exploited). Revisions: about 33% of
-correct answers revised into incorrect ones and 13% of incorrect ones into correct ones;
-parallel sampling beats sequential revisions at N = 16. Compute-optimal selection does not
+falling far below pass@1 as N grows (the PRM is exploited). Revisions: the revision
+model's first answer level with the policy's pass@1; about 23% of correct answers revised
+into incorrect ones and 13% of incorrect ones into correct ones; the most confident of one
+chain's 4 answers about 8 points above its first; with the revision ORM, parallel
+sampling beats sequential revisions at N = 16. Compute-optimal selection does not
 beat best-of-N weighted (the PRM is the weak part: search has little to choose from).
 
 * tokenizer, policy: sentencepiece on the task; SFT of a 2-layer d128 decoder

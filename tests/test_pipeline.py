@@ -345,9 +345,8 @@ def test_missing_workdir_and_help(tmp_path):
 @pytest.mark.e2e
 def test_a_stage_records_its_decode_utilization_compiles_and_training_throughput(
     tmp_path_factory):
-  """stage.json of the tiny study: the sampling stages' decode utilization (continuous
-  batching: above the static batches' of the same rows), what each stage compiled, and
-  the training stages' throughput."""
+  """stage.json of the tiny study: the sampling stages' decode utilization (alive row-steps
+  over row-steps), what each stage compiled, and the training stages' throughput."""
   base = pu.shared_study(tmp_path_factory)
   rec = lambda stage: artifacts.read_stage(os.path.join(base, stage, "latest"))  # noqa: E731
   for stage in ("difficulty", "mc_labels"):
@@ -359,7 +358,7 @@ def test_a_stage_records_its_decode_utilization_compiles_and_training_throughput
     assert c["programs"] >= c["cache_hits"] >= 0 and c["compile_s"] >= 0
   (run,) = rec("policy")["train"]
   assert run["name"] == "policy" and run["steps"] > 0 and run["tokens"] > 0
-  assert 0 <= run["padding_share"] < 1 and 0 < run["peak_share"]
+  assert 0 <= run["padding_share"] < 1 and 0 < run["gflops_per_s"]
   assert run["tokens_per_s"] == pytest.approx(run["tokens"] / run["seconds"])
   assert "train" not in rec("difficulty") and "decode" not in rec("policy")
 

@@ -279,6 +279,18 @@ def test_mc_labels_are_fractions_of_k(core):
   assert 0 < vals.mean() < 1
 
 
+def test_mc_labels_by_continuous_batching_are_the_static_ones(core):
+  """Every rollout a request of its own, slots refilled every 3 steps: the same labels."""
+  samples = _samples(core, seed=3)
+  sp = SamplingParams(temperature=1.0, max_new_tokens=12)
+  static = labels.label_samples(core, _Tok(), _Task(), samples, 4, 0, "rollouts", sp,
+                                batch_size=16, log_fn=lambda s: None)
+  served = labels.label_samples(core, _Tok(), _Task(), samples, 4, 0, "rollouts", sp,
+                                batch_size=16, segment=3, log_fn=lambda s: None)
+  np.testing.assert_array_equal(served.labels, static.labels)
+  assert np.isfinite(static.labels).sum() > len(static)
+
+
 def test_scorer_reads_step_ends_and_matches_a_full_forward():
   cfg = policy_config()
   model = Transformer(type(cfg)(**{**cfg.__dict__, "head": "value"}), rngs=nnx.Rngs(1))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import functools
 import os
 import shutil
 import time
@@ -46,14 +45,6 @@ from ttc_jax.sampling import utilization
 def _section(config: ml_collections.ConfigDict, name: str) -> Any:
   value = config[name]
   return value.to_dict() if hasattr(value, "to_dict") else value
-
-
-@functools.lru_cache(maxsize=1)
-def _matmul_peak() -> float:
-  """This process's float32 matmul GFLOP/s (2048^3, median of 5), measured once: what a
-  training run's share of the peak is relative to."""
-  from ttc_jax.benchmarks import sampling_bench  # pylint: disable=g-import-not-at-top
-  return sampling_bench.matmul_peak_gflops()
 
 
 def _drop_speed_only(obj: Any, path: str = "") -> Any:
@@ -517,10 +508,8 @@ class Pipeline:
     if decode.row_steps:
       record["decode"] = decode.to_json()
     record["compile"] = host.compile_meter().take()
-    if trainer.THROUGHPUT:
-      peak = _matmul_peak()
-      record["train"] = [{**r, "matmul_peak_gflops_per_s": peak,
-                          "peak_share": r["gflops_per_s"] / peak} for r in trainer.THROUGHPUT]
+    if trainer.THROUGHPUT:  # its share of the machine's matmul peak: make bench measures it
+      record["train"] = list(trainer.THROUGHPUT)
     if parallel.is_primary():
       record = artifacts.seal(record, out.dir)
     store.write_json(out.path(artifacts.STAGE_FILE), record)

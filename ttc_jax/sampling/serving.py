@@ -7,8 +7,8 @@ of its row-steps are spent on rows that have already finished. Here (as JetStrea
 insert / generate, on the one decode loop of :class:`~ttc_jax.sampling.core.SamplingCore`):
 
 * the queue is taken shortest prompt first; the first ``slots`` requests are prefilled
-  into a cache of ``W + max_new_tokens + segment`` slots (W: the longest prompt, rounded
-  up), of which a call reads only the slots up to its last step (``window_plan``);
+  into a cache of ``W + max_new_tokens + 2 x segment`` slots (W: the longest prompt,
+  rounded up);
 * decoding runs in segments of at most ``segment`` steps (``SamplingCore.sample(...,
   steps=segment)``, one ``lax.while_loop`` in jit, leaving as soon as every row is done);
 * after each segment, the requests that ended are collected, and the next ones are
@@ -16,10 +16,11 @@ insert / generate, on the one decode loop of :class:`~ttc_jax.sampling.core.Samp
   keys and values at the slots just before the write index, every other slot of theirs
   masked, their next-token logits);
 * all rows share one write index, and a live row reads only the slots since its prompt
-  was written (its width plus its tokens so far: its extent), so once ``SHIFT_SLACK``
-  slots before the longest live extent are read by no one (or a segment would not fit),
-  the cache is shifted left (``CachedModel.shift``; right, when a new prompt is wider
-  than the index): its size stays fixed and each call reads about the longest live row.
+  was written (its width plus its tokens so far: its extent), so when a segment would not
+  fit, the cache is shifted left to the longest live extent (``CachedModel.shift``; right,
+  when a new prompt is wider than the index), and also once ``SHIFT_SLACK`` slots before
+  it are read by no one: a call reads only the slots up to its last step (``window_plan``),
+  so every step costs about the longest live row.
 
 Exactness: request r draws its j-th token from ``fold_in(keys[r], j)`` whatever its slot,
 segment or neighbours (``start`` / ``prev`` carry a request across segments), its prompt
@@ -76,13 +77,14 @@ class Served:
     return np.concatenate([self.logprobs[..., None], self.confidence], axis=-1)
 
 
-# Slots no live row reads are reclaimed (one copy of the cache) once there are this many.
+# Slots no live row reads are reclaimed once there are this many (the window granularity).
 SHIFT_SLACK = 32
 
 
 def _bucket(n: int, cap: int) -> int:
-  """A power of two >= n (at most ``cap``, the slots): few compiled prefill shapes."""
-  return min(cap, 1 << max(n - 1, 0).bit_length())
+  """A power of two >= max(n, 8) (at most ``cap``, the slots): few compiled prefill and
+  insert shapes."""
+  return min(cap, max(8, 1 << max(n - 1, 0).bit_length()))
 
 
 def serve(core: SamplingCore, prompts: Sequence[Sequence[int]], keys: jax.Array,
@@ -120,7 +122,9 @@ def serve(core: SamplingCore, prompts: Sequence[Sequence[int]], keys: jax.Array,
   # Shortest prompts first: a batch of new prompts is as wide as its longest.
   order = np.argsort([len(p) for p in prompts], kind="stable")
   width_of = lambda rs: round_up(max(len(prompts[r]) for r in rs), pad_multiple)  # noqa: E731
-  size = width_of(order) + max_new + segment  # the most a live row and a segment can need
+  # The most a live row can read, and room for two segments before a shift (a shift copies
+  # the cache once; a larger cache costs every step: two segments balance them).
+  size = width_of(order) + max_new + 2 * segment
   pad_id = core.ids.pad_id
 
   tokens = np.full((n, max_new), pad_id, np.int32)
@@ -152,7 +156,8 @@ def serve(core: SamplingCore, prompts: Sequence[Sequence[int]], keys: jax.Array,
   while (req >= 0).any():
     live = req >= 0
     need = int(extent[live].max())
-    # Reclaim what no live row reads once it is worth a copy (or a segment would not fit).
+    # Reclaim what no live row reads: a call reads the slots up to its last step, so a
+    # smaller index is a cheaper step (a shift copies the cache once).
     if index + segment > size or index - need >= SHIFT_SLACK:
       move_to(need)
     safe = np.where(live, req, 0)
