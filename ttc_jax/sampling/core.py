@@ -329,7 +329,7 @@ class SamplingCore(CachedModel):
 
   def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
              active=None, limits=None, *, steps: int | None = None, start=None,
-             prev=None, whole_cache: bool = False) -> SampleOutput:
+             prev=None) -> SampleOutput:
     """Samples up to ``sp.max_new_tokens`` per row, continuing from ``state``.
 
     keys: (num_rows,) typed PRNG keys (see :func:`row_keys`); ignored if greedy.
@@ -344,8 +344,6 @@ class SamplingCore(CachedModel):
       its last one (-1: none), for a row continued from an earlier segment: its next
       token is its ``start[i]``-th (its key's fold-in, ``min_new_tokens``) and a split
       step delimiter is recognised across the two calls.
-    whole_cache: every step reads the whole cache (no window cut to the slots used: a
-      cache kept about full, as continuous batching's, saves the two copies of a cut).
     A row that reaches its limit or the context is done but not ``stopped``.
     ``state`` is donated; continue from ``output.state``.
     """
@@ -362,8 +360,7 @@ class SamplingCore(CachedModel):
       raise ValueError(f"steps={steps}: expected an integer in [1, max_new_tokens="
                        f"{sp.max_new_tokens}].")
     used = self._check_room(state, width)
-    plan = (((width, state.cache.size),) if whole_cache else
-            window_plan(used, width, state.cache.size, self.window_granularity))
+    plan = window_plan(used, width, state.cache.size, self.window_granularity)
     act = np.ones((b,), bool) if active is None else np.asarray(active, bool)
     if act.shape != (b,):
       raise ValueError(f"active has shape {act.shape}; expected ({b},).")
