@@ -19,6 +19,15 @@ sys.path.insert(0, REPO)
 from experiments import arith  # noqa: E402
 from ttc_jax import host  # noqa: E402
 
+def _train(section: str, steps: int = 6, batch_size: int = 8, every: int = 3,
+           warmup_steps: int = 1) -> dict:
+  """A tiny training run's overrides of ``section.train`` (checkpoints and logs every
+  ``every`` steps)."""
+  return {f"{section}.train.{k}": v for k, v in dict(
+      steps=steps, batch_size=batch_size, checkpoint_every=every, log_every=every,
+      warmup_steps=warmup_steps).items()}
+
+
 # Flat overrides, usable in-process (tiny_config) and on the command line
 # (as --config.KEY=VALUE). Small task, 1-layer d32 models, a few steps.
 TINY = {
@@ -28,25 +37,18 @@ TINY = {
     "policy.model.d_model": 32, "policy.model.num_layers": 1, "policy.model.num_heads": 2,
     "policy.model.num_kv_heads": 1, "policy.model.mlp_dim": 64, "policy.model.max_seq_len": 64,
     "sampling.max_new_tokens": 32, "sampling.batch_size": 32,
-    "policy.train.steps": 24, "policy.train.batch_size": 8, "policy.train.checkpoint_every": 4,
-    "policy.train.log_every": 4, "policy.train.warmup_steps": 2,
+    **_train("policy", steps=24, batch_size=8, every=4, warmup_steps=2),
     "test_problems": 8, "difficulty.samples_per_problem": 4,
     "mc_labels.num_problems": 8, "mc_labels.samples_per_problem": 2, "mc_labels.rollouts": 4,
     "mc_labels.problems_per_shard": 4,
-    "prm.train.steps": 6, "prm.train.batch_size": 8, "prm.train.checkpoint_every": 3,
-    "prm.train.log_every": 3, "prm.train.warmup_steps": 1,
-    "orm.train.steps": 6, "orm.train.batch_size": 8, "orm.train.checkpoint_every": 3,
-    "orm.train.log_every": 3, "orm.train.warmup_steps": 1,
+    **_train("prm"), **_train("orm"),
     "verifier_samples.first_problem": 24, "verifier_samples.num_problems": 16,
     "verifier_samples.samples_per_problem": 8, "verifier_samples.problems_per_shard": 8,
-    "implicit_prm.train.steps": 6, "implicit_prm.train.batch_size": 8,
-    "implicit_prm.train.checkpoint_every": 3, "implicit_prm.train.log_every": 3,
-    "implicit_prm.train.warmup_steps": 1,
+    **_train("implicit_prm"),
     # The tiny policy writes no final answer: no data for the LM-head verifiers (the trained
     # tiny policy of test_revisions trains them).
     "stages.implicit_prm": None, "stages.dpo": None,
-    "dpo.train.steps": 6, "dpo.train.batch_size": 4, "dpo.train.checkpoint_every": 3,
-    "dpo.train.log_every": 3, "dpo.train.warmup_steps": 1,
+    **_train("dpo", batch_size=4),
     "verifier_eval.subsamples": 8, "verifier_eval.auc_problems": 3,
     "verifier_eval.auc_samples_per_problem": 2, "verifier_eval.rollouts": 4,
     "verifier_choice.first_problem": 8, "verifier_choice.num_problems": 8,
@@ -56,21 +58,15 @@ TINY = {
     "ablation.variants": ("prm.labels=hard", "prm.labels=oracle"), "ablation.n": (2, 4),
     "revision_data.num_problems": 8, "revision_data.samples_per_problem": 6,
     "revision_data.trajectories_per_problem": 3, "revision_data.problems_per_shard": 4,
-    "revision_model.max_seq_len": 192, "revision_model.train.steps": 6,
-    "revision_model.train.batch_size": 8, "revision_model.train.checkpoint_every": 3,
-    "revision_model.train.log_every": 3, "revision_model.train.warmup_steps": 1,
+    "revision_model.max_seq_len": 192, **_train("revision_model"),
     "revision_model.choice.first_problem": 12, "revision_model.choice.num_problems": 4,
     "revision_model.choice.length": 2, "revision_model.choice.every": 3,
     "revision_model.rounds.num_problems": 8, "revision_model.rounds.chains": 2,
     "revision_model.rounds.length": 2, "revision_model.rounds.problems_per_shard": 4,
-    "revision_model.rounds.train.steps": 6, "revision_model.rounds.train.batch_size": 8,
-    "revision_model.rounds.train.checkpoint_every": 3,
-    "revision_model.rounds.train.log_every": 3, "revision_model.rounds.train.warmup_steps": 1,
+    **_train("revision_model.rounds"),
     "revision_orm.first_problem": 8, "revision_orm.num_problems": 4, "revision_orm.chains": 2,
     "revision_orm.length": 2, "revision_orm.problems_per_shard": 2,
-    "revision_orm.train.steps": 6, "revision_orm.train.batch_size": 8,
-    "revision_orm.train.checkpoint_every": 3, "revision_orm.train.log_every": 3,
-    "revision_orm.train.warmup_steps": 1,
+    **_train("revision_orm"),
     "revisions.budgets": (1, 2, 4), "revisions.seeds": (0,), "revisions.problems_per_shard": 4,
     # The exchange's larger policy: 2.6x the tiny policy (its training follows the policy's).
     "large_policy.model.d_model": 48, "large_policy.model.num_layers": 1,
