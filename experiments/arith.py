@@ -324,6 +324,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search = common.search()
   c.verifier_choice = common.verifier_choice()
   c.verifier_axis = common.verifier_axis()
+  c.allocation = common.allocation()
   c.compute_optimal = common.compute_optimal()
   c.report = common.report()
   return c

@@ -53,6 +53,7 @@ TINY = {
     "verifier_eval.auc_samples_per_problem": 2, "verifier_eval.rollouts": 4,
     "verifier_choice.first_problem": 8, "verifier_choice.num_problems": 8,
     "verifier_choice.samples_per_problem": 4,
+    "allocation.num_problems": 4, "allocation.budgets": (1, 1.5, 2, 3),
     "search.budgets": (1, 2, 4), "search.beam_width": 2, "search.lookahead_steps": (1,),
     "search.max_step_tokens": 8, "search.rows_per_call": 16, "search.seeds": (0,),
     "ablation.variants": ("prm.labels=hard", "prm.labels=oracle"), "ablation.n": (2, 4),

@@ -93,7 +93,7 @@ def _changed(a, b):
 
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
-  downstream_of_policy = ["chosen_search", "compute_optimal", "difficulty", "dpo", "implicit_prm", "mc_labels",
+  downstream_of_policy = ["allocation", "chosen_search", "compute_optimal", "difficulty", "dpo", "implicit_prm", "mc_labels",
                           "orm", "policy", "prm", "report", "revision_data", "revision_model",
                           "revision_orm", "revision_report", "revision_sweep", "search_sweep",
                           "study", "verifier_ablation", "verifier_axis", "verifier_choice",
@@ -106,10 +106,13 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(large_policy__train__learning_rate=1e-3))) == [
       "large_policy", "large_policy_eval"]
   assert _changed(base, _ids(pu.tiny_config(prm__train__steps=7))) == [
-      "chosen_search", "compute_optimal", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
+      "allocation", "chosen_search", "compute_optimal", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
       "study", "verifier_ablation", "verifier_choice", "verifier_eval"]
+  # Adaptive allocation weighs by the chosen verifier; its train problems follow the choice's.
   assert _changed(base, _ids(pu.tiny_config(verifier_choice__num_problems=6))) == [
-      "chosen_search", "study", "verifier_choice"]
+      "allocation", "chosen_search", "compute_optimal", "study", "verifier_choice"]
+  assert _changed(base, _ids(pu.tiny_config(allocation__budgets=(1, 2)))) == [
+      "allocation", "compute_optimal", "study"]
   # The tiny study leaves the LM-head verifiers out (stages.dpo=None): nothing reads them.
   assert _changed(base, _ids(pu.tiny_config(dpo__beta=0.2))) == ["dpo"]
   assert _changed(base, _ids(pu.tiny_config(verifier_samples__num_problems=8))) == [
@@ -118,7 +121,7 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   # (it reads an LM-head verifier only when search.verifier names it).
   lm = dict(stages__dpo="dpo", stages__implicit_prm="implicit_prm")
   assert _changed(_ids(pu.tiny_config(**lm)), _ids(pu.tiny_config(**lm, dpo__beta=0.2))) == [
-      "chosen_search", "compute_optimal", "dpo", "report", "study", "verifier_choice",
+      "allocation", "chosen_search", "compute_optimal", "dpo", "report", "study", "verifier_choice",
       "verifier_eval"]
   by_dpo = dict(lm, search__verifier="dpo")
   assert "search_sweep" in _changed(_ids(pu.tiny_config(**by_dpo)),
@@ -134,7 +137,7 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(tokenizer__vocab_size=48))) == [
       s for s in sorted(ARITH_STAGES) if s != "data"]
   assert _changed(base, _ids(pu.tiny_config(report__difficulty_bins=3))) == [
-      "chosen_search", "compute_optimal", "report", "revision_report", "study"]
+      "allocation", "chosen_search", "compute_optimal", "report", "revision_report", "study"]
   assert _changed(base, _ids(pu.tiny_config(revision_data__samples_per_problem=8))) == [
       "compute_optimal", "revision_data", "revision_model", "revision_orm", "revision_report",
       "revision_sweep", "study"]
@@ -200,6 +203,15 @@ def test_stages_declare_what_they_read():
                                              r"integer >= 8"),
     (dict(verifier_choice__num_problems=193), r"verifier_choice: train problems 8..200 but the "
                                               r"task has 200"),
+    (dict(allocation__budgets=(1, 5)), r"allocation.budgets=\(1, 5\): expected generations per "
+                                       r"problem in \[1, 4\]"),
+    (dict(allocation__verifier="best"), r"allocation.verifier='best': expected 'chosen' or a "
+                                        r"score"),
+    (dict(allocation__verifier="dpo"), r"allocation.verifier='dpo': this experiment leaves the "
+                                       r"dpo stage out"),
+    (dict(allocation__first_problem=2), r"allocation: train problems 2..5 overlap mc_labels's "
+                                        r"0..7"),
+    (dict(allocation__selection="vanilla"), r"allocation.selection='vanilla': expected one of"),
 ])
 def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, match):
   p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))

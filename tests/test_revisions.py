@@ -841,3 +841,48 @@ def test_the_verifier_axis_calibrates_on_train_problems_and_maps_search_against_
   study_md = open(os.path.join(again.directory("study"), "study.md")).read()
   assert "## Verifier quality as an axis (diagnosis)" in study_md
   assert "- beam_m2@4 beats best-of-N weighted " in study_md
+
+
+def test_adaptive_allocation_is_chosen_on_train_problems_and_paired_with_best_of_n(
+    revision_study, tmp_path, monkeypatch):
+  """The allocation stage chooses its parameters on held-out train problems (after the verifier
+  choice's), never spends more than each budget on the test problems, reads best-of-N and
+  majority from the same samples, and its claims reach compute_optimal.md and study.md; run
+  again it gives the same result; a test problem planted among its train problems stops it
+  with one line."""
+  base = revision_study
+  config = pu.tiny_config(**TRAINED, **STUDY)
+  alloc = json.load(open(os.path.join(base, "allocation", "latest", "allocation.json")))
+  assert alloc["train"]["problems"] == [f"arith/train/{i}" for i in range(16, 20)]
+  assert [r["budget"] for r in alloc["choices"]] == [1, 1.5, 2, 3]
+  for r, p in zip(alloc["choices"], alloc["adaptive"]):
+    assert p["budget_generations"] == r["generations"] <= r["budget"] + 1e-9
+    assert len(p["per_problem"]) == 8
+  bon = {p["budget_generations"]: p for p in alloc["baselines"]["best_of_n_weighted"]}
+  assert sorted(bon) == [1, 2, 4]
+  # Budget 1: one sample per problem, best-of-1 whatever the parameters.
+  assert alloc["adaptive"][0]["per_problem"] == bon[1]["per_problem"]
+  co = json.load(open(os.path.join(base, "compute_optimal", "latest", "compute_optimal.json")))
+  assert co["adaptive"]["choices"] == alloc["choices"]
+  md = open(os.path.join(base, "compute_optimal", "latest", "compute_optimal.md")).read()
+  assert "## Adaptive allocation (beyond the paper)" in md
+  claims = _latest(base, "study", "claims.json")
+  assert sum(c["claim"].startswith("(f) adaptive allocation") for c in claims) == len(
+      alloc["claims"]) + 1  # and against compute-optimal search
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  shutil.rmtree(os.path.join(workdir, "allocation"))
+  again = Pipeline(config, workdir).run("allocation")
+  assert again == alloc
+  # A planted leak: the data hands a test problem to the allocation's train problems.
+  from ttc_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
+  real = artifacts.TaskData.problems
+
+  def leaky(self, split, num=None, start=0):
+    out = real(self, split, num, start)
+    return real(self, "test", 1) + out[1:] if split == "train" and start == 16 else out
+
+  monkeypatch.setattr(artifacts.TaskData, "problems", leaky)
+  shutil.rmtree(os.path.join(workdir, "allocation"))
+  with pytest.raises(artifacts.ArtifactError, match=r"arith/test/0 is not a train problem"):
+    Pipeline(config, workdir).run("allocation")

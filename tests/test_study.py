@@ -304,3 +304,4 @@ def test_the_findings_under_the_chosen_verifier_sit_beside_the_study_s():
                                                 "same_as_study": True}, "prm")
   assert not [line for line in same if line.startswith("| (")]
   assert markdown.chosen_verifier_lines(study, None, "prm")[-2].startswith("- Not run")
+

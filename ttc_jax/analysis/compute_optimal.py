@@ -65,11 +65,13 @@ from typing import Sequence
 
 import numpy as np
 
+from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import difficulty as difficulty_lib
 from ttc_jax.analysis import efficiency as efficiency_lib
 from ttc_jax.analysis import exchange as exchange_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.analysis import study as study_lib
+from ttc_jax.search import records
 from ttc_jax.search import registry
 from ttc_jax.search.records import CurvePoint
 
@@ -535,3 +537,38 @@ def candidate_table(points: Sequence[CurvePoint]) -> dict[str, dict]:
       "method": pt.method, "params": pt.params, "family": family(pt),
       "budget_generations": pt.budget_generations, "accuracy": pt.accuracy,
       "flops_per_problem": pt.flops / len(pt.per_problem)} for pt in points}
+
+
+def adaptive_summary(allocation: dict, curves: dict, keys: dict, seed: int = 0
+                     ) -> tuple[dict, list[dict]]:
+  """Adaptive allocation (the allocation stage's result) beside compute-optimal search: at each
+  budget both have, adaptive allocation (nominal budget: it spends at most that) minus the
+  compute-optimal search curve with oracle bins and with predicted bins (paired over the same
+  test problems; the predicted curve's prediction cost, in generations, is what adaptive
+  allocation does without); and the pre-specified claims against the oracle-bin curve at the
+  largest shared budget. Returns (the summary, claims)."""
+  nominal = records.points_from_json(allocation["adaptive_nominal"])
+  by_kind = {k["kind"]: name for name, k in keys.items() if k["family"] == "search"}
+  rows, claims = [], []
+  shared = sorted({p.budget_generations for p in nominal}
+                  & {p.budget_generations for p in curves.get(by_kind.get("oracle"), [])})
+  for b in shared:
+    a = next(p for p in nominal if p.budget_generations == b)
+    row = {"budget": b, "adaptive": a.accuracy, "adaptive_ci": list(a.ci),
+           "adaptive_generations": float(a.params.get("generations", b))}
+    for kind in ("oracle", "predicted"):
+      pts = curves.get(by_kind.get(kind), [])
+      o = next((p for p in pts if p.budget_generations == b), None)
+      if o is None:
+        continue
+      cmp = study_lib.compare_points(a, o, (f"adaptive@{b:g}", f"{o.method}@{b:g}"), seed=seed)
+      row[kind] = {"accuracy": o.accuracy, "ci": list(o.ci), "comparison": cmp.to_json()}
+      if kind == "oracle" and b == shared[-1]:
+        c = claims_lib.claim(
+            f"(f) adaptive allocation over compute-optimal search (oracle bins) at budget {b:g}",
+            "beyond the paper: allocating as samples arrive needs no difficulty prediction and "
+            "beats strategy selection by difficulty bin", cmp, budget=b)
+        if c is not None:
+          claims.append(c)
+    rows.append(row)
+  return {"vs_compute_optimal": rows}, claims

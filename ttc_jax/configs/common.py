@@ -121,6 +121,24 @@ def verifier_choice(**overrides) -> ml_collections.ConfigDict:
   ), overrides)
 
 
+def allocation(**overrides) -> ml_collections.ConfigDict:
+  """Adaptive allocation (beyond the paper): best-of-N in rounds over one budget shared by the
+  problems, its parameters chosen per budget on held-out train problems."""
+  return _section(dict(
+      # The score that weighs the votes and decides: 'chosen' (the verifier verifier_choice
+      # picked on train problems) or a score name (e.g. 'policy_likelihood').
+      verifier="chosen",
+      selection="weighted",  # 'weighted' (best-of-N weighted's vote) or 'majority'
+      # Average generations per problem (each at most difficulty.samples_per_problem, the pool
+      # every problem's samples are drawn from in order).
+      budgets=(1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+      # Held-out train problems the parameters are chosen on (None: right after the verifier
+      # choice's; never a problem a verifier was trained on).
+      first_problem=config_dict.placeholder(int),
+      num_problems=200,
+  ), overrides)
+
+
 def verifier_axis(**overrides) -> ml_collections.ConfigDict:
   """Verifier quality as a controlled axis (`make verifier-axis`; diagnosis, not a claim): the
   search methods against a synthetic verifier (the task's step checker through calibrated

@@ -498,6 +498,46 @@ def _band(ax, pts: Sequence[CurvePoint], label: str, color, style: str = "-",
                   lw=0)
 
 
+def adaptive_allocation(co: dict) -> Figure:
+  """Adaptive allocation against the generations it spent (95% bands), beside best-of-N
+  weighted and majority on the same samples and compute-optimal search (oracle and predicted
+  bins); and the samples it gave each difficulty bin at each budget.
+
+  Args:
+    co: the compute_optimal result with its ``adaptive`` part.
+  """
+  ad = co["adaptive"]
+  fig = _figure(figsize=(12.4, 4.8))
+  a, b = fig.subplots(1, 2)
+  _band(a, records.points_from_json(ad["adaptive"]), f"adaptive ({ad['verifier']})", "tab:purple")
+  _band(a, records.points_from_json(ad["baselines"]["best_of_n_weighted"]),
+        "best-of-N weighted (same samples)", "tab:blue")
+  _band(a, records.points_from_json(ad["baselines"]["majority"]), "majority (same samples)",
+        "tab:gray")
+  keys = co["curve_keys"]
+  for name, k in keys.items():
+    if k["family"] == "search" and k["kind"] in ("oracle", "predicted"):
+      _band(a, records.points_from_json(co["curves"][name]), CO_LABELS[k["kind"]],
+            CO_COLORS[k["kind"]], marker="s")
+  _plain_log2(a)
+  a.set_xlabel("generations per problem (adaptive: spent)")
+  a.set_ylabel("accuracy (95% CI over problems)")
+  a.set_title("adaptive allocation (test problems)", fontsize=10)
+  a.legend(fontsize=6)
+  rows = ad["choices"]
+  bins = np.arange(len(rows[0]["samples_by_bin"]))
+  width = 0.8 / len(rows)
+  for j, r in enumerate(rows):
+    b.bar(bins + j * width, r["samples_by_bin"], width, label=f"budget {r['budget']:g}")
+  b.set_xticks(bins + 0.4 - width / 2, [f"bin {i}" for i in bins])
+  b.set_yscale("log", base=2)
+  b.set_xlabel("oracle difficulty bin (0: easiest)")
+  b.set_ylabel("mean samples per problem")
+  b.set_title("where the budget went", fontsize=10)
+  b.legend(fontsize=5, ncol=2)
+  return fig
+
+
 def compute_optimal_curves(co: dict) -> Figure:
   """Compute-optimal accuracy against the generation budget, 95% bands, one panel per family
   present: search (best-of-N weighted, beam search, compute-optimal with oracle and predicted

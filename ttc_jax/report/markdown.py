@@ -595,9 +595,87 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
   lines += _co_efficiency_table(eff, keys)
   lines += _co_policy_tables(result, keys)
   lines += _bin_agreement_lines(d, result["num_bins"])
+  lines += adaptive_lines(result)
   lines += exchange_lines(result.get("exchange"))
   lines += [f"![{f}]({f})" for f in figures] + [""]
   return lines
+
+
+def adaptive_lines(result: dict) -> list[str]:
+  """Adaptive allocation (compute_optimal's ``adaptive`` part): its curve against best-of-N
+  weighted and majority on the same samples, the parameters chosen on train problems,
+  efficiency, and the comparison with compute-optimal search."""
+  ad = result.get("adaptive")
+  if ad is None:
+    return []
+  pts = records.points_from_json(ad["adaptive"])
+  base = {k: records.points_from_json(v) for k, v in ad["baselines"].items()}
+  tr = ad["train"]
+  lines = ["", "## Adaptive allocation (beyond the paper)", "",
+           f"Best-of-N in rounds with one budget shared by the {len(pts[0].per_problem)} test "
+           f"problems: each problem draws samples from its pool of {ad['pool']} (the difficulty "
+           "samples, in order), votes are weighted by "
+           f"`{ad['verifier']}`; after each round a problem whose leading answer holds >= "
+           "*settle* of its vote stops (settled), one below *hopeless* is given up, the others "
+           "double their samples until the budget (N x problems) is spent. No label is read. "
+           f"The parameters at each budget were chosen on {len(tr['problems'])} held-out train "
+           f"problems (from train problem {tr['first_problem']}; their pass@1 "
+           f"{tr['pass_at_1']:.3f}), best-of-N among the candidates. Best-of-N weighted and "
+           "majority read the first N of the same samples: every comparison is paired.", "",
+           "| budget N | chosen (first, min samples, settle, hopeless) | train accuracy | "
+           "generations spent | settled / hopeless | adaptive [95% CI] | best-of-N weighted "
+           "at N | majority at N | adaptive - best-of-N [95% CI] |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r, p in zip(ad["choices"], pts):
+    st = r["strategy"]
+    n = r["budget"]
+    bon = next((q for q in base["best_of_n_weighted"] if q.budget_generations == n), None)
+    maj = next((q for q in base["majority"] if q.budget_generations == n), None)
+    diff = _cmp_cell(r["vs_best_of_n"]) if r.get("vs_best_of_n") else ""
+    settle = "never" if st["settle"] > 1 else f"{st['settle']:g}"
+    lines.append(f"| {n:g} | {st['first']}, {st['min_samples']}, {settle}, {st['hopeless']:g} | "
+                 f"{r['train_accuracy']:.3f} | {r['generations']:.2f} | "
+                 f"{r['settled']:.2f} / {r['hopeless']:.2f} | {_acc(p)} | {_acc(bon)} | "
+                 f"{_acc(maj)} | {diff} |")
+  eff = ad["efficiency"]
+  b, floor = eff["best"], min(r["floor"] for r in eff["rows"])
+  lines += ["", f"Adaptive allocation vs best-of-N weighted: best efficiency "
+            f"**{_ratio(b['generations_ratio'], floor)}x** in generations (best-of-N's smallest "
+            f"budget N' reaching its accuracy at N={b['n']:g}, over the generations adaptive "
+            f"allocation spent to match it; 95% CI {_ratio_ci(b['generations_ratio_ci'], floor)}"
+            f"), {_ratio(b['flops_ratio'], floor)}x in FLOPs (95% CI "
+            f"{_ratio_ci(b['flops_ratio_ci'], floor)}).", ""]
+  lines += ["Efficiency per best-of-N budget (generations adaptive allocation spent to reach "
+            "best-of-N weighted's accuracy at N):", "",
+            "| N | best-of-N accuracy | adaptive generations | 95% CI | N' / b [95% CI] | "
+            "FLOPs ratio [95% CI] |", "|---|---|---|---|---|---|"]
+  for r in eff["rows"]:
+    b_ci = r["budget_ci"]
+    lines.append(
+        f"| {r['n']:g} | {r['baseline_accuracy']:.3f} | "
+        f"{_fmt(r['budget']) if r['reached'] else 'not reached'} | "
+        f"[{_fmt(b_ci[0]) if b_ci[0] else 'never'}, {_fmt(b_ci[1]) if b_ci[1] else 'never'}] | "
+        f"{_ratio(r['generations_ratio'], r['floor'])} "
+        f"{_ratio_ci(r['generations_ratio_ci'], r['floor'])} | "
+        f"{_ratio(r['flops_ratio'], r['floor'])} {_ratio_ci(r['flops_ratio_ci'], r['floor'])} |")
+  vs = ad.get("vs_compute_optimal") or []
+  if vs:
+    cost = result["difficulty"]["prediction_cost"]["generations"]
+    lines += ["", "Against compute-optimal search at the same budget (adaptive allocation spends "
+              "at most N and predicts nothing; the predicted bins' curve also pays "
+              f"{cost:g} generations per problem to predict, not counted here):", "",
+              "| N | adaptive | compute-optimal (oracle bins) | adaptive - oracle [95% CI] | "
+              "compute-optimal (predicted bins) | adaptive - predicted [95% CI] |",
+              "|---|---|---|---|---|---|"]
+    for r in vs:
+      cells = []
+      for kind in ("oracle", "predicted"):
+        o = r.get(kind)
+        cells += (["n/a", "n/a"] if o is None else
+                  [_ci(o["accuracy"], o["ci"]), _cmp_cell(o["comparison"])])
+      lines.append(f"| {r['budget']:g} | {_ci(r['adaptive'], r['adaptive_ci'])} | "
+                   + " | ".join(cells) + " |")
+  return lines + [""]
 
 
 def exchange_lines(ex: dict | None) -> list[str]:

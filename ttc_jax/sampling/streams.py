@@ -39,6 +39,9 @@ STREAMS = {
     # generator(seed, 19, split, problem, round)
     "revision_rounds": 18,
     "revision_round_pairs": 19,
+    # Policy samples on held-out train problems: adaptive allocation's parameters are chosen on
+    # them (its test pool is the pass@1 samples)
+    "allocation_samples": 20,
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

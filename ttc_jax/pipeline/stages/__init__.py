@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stages import allocation
 from ttc_jax.pipeline.stages import common
 from ttc_jax.pipeline.stages import compute_optimal
 from ttc_jax.pipeline.stages import data
@@ -51,6 +52,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     verifier_eval.VERIFIER_EVAL,
     verifier_eval.VERIFIER_CHOICE,
     verifier_eval.VERIFIER_ABLATION,
+    allocation.ALLOCATION,
     search.SEARCH_SWEEP,
     verifier_axis.VERIFIER_AXIS,
     report.REPORT,

@@ -112,6 +112,15 @@ def run_compute_optimal(ctx: Context) -> dict:
       exchange_inputs=exchange_inputs, folds=cc.folds, repeats=cc.repeats, seed=c.seed,
       revision_selection=None)
   result["difficulty"]["prediction_cost"].update(cost)
+  alloc = ctx.inputs.get("allocation")
+  if alloc is not None:
+    vs, claims = co_lib.adaptive_summary(alloc, {k: records.points_from_json(v) for k, v in
+                                                 result["curves"].items()},
+                                         result["curve_keys"], c.seed)
+    result["adaptive"] = {**{k: alloc[k] for k in ("verifier", "selection", "pool", "train",
+                                                    "choices", "adaptive", "baselines",
+                                                    "efficiency")}, **vs}
+    result["claims"] = result["claims"] + alloc["claims"] + claims
   result["difficulty"].update(predictor=cc.predictor, samples_per_problem=diff.n)
   if large is not None:
     result["large_policy"] = {k: large[k] for k in ("model", "params", "greedy_pass_at_1",
@@ -122,6 +131,8 @@ def run_compute_optimal(ctx: Context) -> dict:
   figs = {"compute_optimal.png": figures.compute_optimal_curves(result),
           "compute_optimal_efficiency.png": figures.compute_optimal_efficiency(result),
           "difficulty_bins.png": figures.bin_confusion(result)}
+  if "adaptive" in result:
+    figs["adaptive_allocation.png"] = figures.adaptive_allocation(result)
   if result["exchange"] is not None:
     figs["exchange.png"] = figures.compute_optimal_exchange(result)
   for name, fig in figs.items():
@@ -162,18 +173,20 @@ COMPUTE_OPTIMAL = Stage(
     "cross-validation, efficiency over best-of-N, the pretraining / test-time FLOPs exchange "
     "(with the larger policy when `make exchange` ran)",
     inputs=("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "report",
-            "revision_report"),
+            "revision_report", "allocation"),
     sections=("seed", "test_problems", "report", "compute_optimal"),
     outputs=("compute_optimal.json", "compute_optimal.md", "compute_optimal.png",
              "compute_optimal_efficiency.png", "difficulty_bins.png"),
     run=run_compute_optimal, load=load_json("compute_optimal.json"),
-    optional=("large_policy_eval",), may_lack=("prm", "orm", "revision_report"),
-    version=5, changelog=(
+    optional=("large_policy_eval",), may_lack=("prm", "orm", "revision_report", "allocation"),
+    version=7, changelog=(
         "2: efficiency against the baseline's own smallest budget",
         "3: the prediction cost counts an imported PRM's own tokens; the floor N' / b_max",
         "4: the prediction cost charges the predictor's own model (the ORM, the policy)",
         "5: curve_keys: each curve's family, bins and charged flag (its name is not parsed)",
         "6: a predictor of the policy's confidence reads nothing more (it came with the "
-        "samples)"),
+        "samples)",
+        "7: adaptive allocation (the allocation stage) beside compute-optimal search, its "
+        "claims"),
     cost_s=15,
     checks={"compute_optimal": check_compute_optimal})

@@ -3,6 +3,8 @@ ablation of PRM variants (paper section 5.2)."""
 
 from __future__ import annotations
 
+from typing import Collection
+
 import ml_collections
 import numpy as np
 
@@ -27,11 +29,16 @@ from ttc_jax.verifiers.scoring import aggregate_steps
 from ttc_jax.verifiers import names
 
 
-def score_samples(ctx: Context, samples) -> dict[str, np.ndarray]:
+def score_samples(ctx: Context, samples, only: Collection[str] | None = None
+                  ) -> dict[str, np.ndarray]:
   """Every verifier's score of each of ``samples`` (solutions.ProblemSamples): the PRM's step
   aggregations, the ORM's and the LM-head verifiers' (when the study has them), the policy's
-  confidence measures and its likelihood (:data:`ttc_jax.verifiers.names.SCORES`)."""
+  confidence measures and its likelihood (:data:`ttc_jax.verifiers.names.SCORES`); ``only``:
+  just the models those score names need (the others are not run)."""
   policy, prm, orm = ctx.inputs["policy"], ctx.inputs.get("prm"), ctx.inputs.get("orm")
+  need = None if only is None else {names.model_of(k) for k in only}
+  if need is not None:
+    prm, orm = (prm if names.PRM in need else None), (orm if names.ORM in need else None)
   tok, m = policy.tokenizer, samples.n
   rows, ends = samples.rows_and_step_ends(tok)
   bs = config_lib.scoring_batch_size(ctx.config)
@@ -48,17 +55,18 @@ def score_samples(ctx: Context, samples) -> dict[str, np.ndarray]:
   # LM-head verifiers trained from the policy (when the study has them): the implicit reward
   # of the whole solution.
   for name in names.LM_VERIFIERS:
-    if ctx.inputs.get(name) is not None:
+    if ctx.inputs.get(name) is not None and (need is None or name in need):
       scores[name] = aggregate_steps(ctx.verifier(name).solution_step_scores(
           questions, rows, prompt_lengths, [[len(r) - 1] for r in rows], batch_size=bs), "last")
   # No training: the policy's confidence in its own tokens (ttc_jax.verifiers.confidence), read
   # here by one forward pass (in search they come with the sampled tokens). The least likely
   # token, policy_likelihood, is the reference of what a model of the policy's size tells apart.
-  stats = policy.scorer().token_confidence(rows, batch_size=bs, desc="policy confidence")
-  for name in (names.LIKELIHOOD,) + names.CONFIDENCE_SCORES:
-    measure = names.measure_of(name)
-    scores[name] = np.asarray([measure.score(s[p:]) for s, p in zip(stats, prompt_lengths)])
-  return scores
+  if need is None or names.POLICY in need:
+    stats = policy.scorer().token_confidence(rows, batch_size=bs, desc="policy confidence")
+    for name in (names.LIKELIHOOD,) + names.CONFIDENCE_SCORES:
+      measure = names.measure_of(name)
+      scores[name] = np.asarray([measure.score(s[p:]) for s, p in zip(stats, prompt_lengths)])
+  return scores if only is None else {k: scores[k] for k in only}
 
 
 def verifier_costs(ctx: Context, scores) -> dict[str, dict]:
