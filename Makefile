@@ -25,7 +25,7 @@ DATA ?= ../shared/data
 MESH ?= -1,1
 MATH_DIR ?= runs/math_qwen
 
-.PHONY: study exchange verifier-axis study-paper-scale study-math study-math-smoke test test-unit bench verifiers venv venv-hf clean-venv
+.PHONY: study exchange distill verifier-axis study-paper-scale study-math study-math-smoke test test-unit bench verifiers venv venv-hf clean-venv
 
 # --no-compile: no .pyc files for the whole of torch and transformers at install (about 40 s
 # of a fresh `make test`); the modules that are imported compile on first import.
@@ -74,6 +74,14 @@ verifier-axis: $(VENV)/.installed-base
 
 exchange: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH):large_policy_eval --workdir=$(DIR) --jobs=1
+	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)
+
+# Distilling test-time compute into the policy (beyond the paper): rounds of fine-tuning the
+# policy on its own best-of-N weighted answers to 2000 train problems (no label; a labelled
+# reference beside it) -> $(DIR)/distill/latest/distill.md (about 8 min on 2 cores); then the
+# study, whose study.md picks it up (like `make exchange`). Resumable.
+distill: $(VENV)/.installed-base
+	$(PY) launch/run.py --config=$(ARITH):distill --workdir=$(DIR) --jobs=1
 	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)
 
 # The same study at the paper's scale (500 problems, every budget and method, 3 seeds, the wider

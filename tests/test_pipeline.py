@@ -93,7 +93,8 @@ def _changed(a, b):
 
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
-  downstream_of_policy = ["allocation", "chosen_search", "compute_optimal", "difficulty", "dpo", "implicit_prm", "mc_labels",
+  downstream_of_policy = ["allocation", "chosen_search", "compute_optimal", "difficulty",
+                          "distill", "dpo", "implicit_prm", "mc_labels",
                           "orm", "policy", "prm", "report", "revision_data", "revision_model",
                           "revision_orm", "revision_report", "revision_sweep", "search_sweep",
                           "study", "verifier_ablation", "verifier_axis", "verifier_choice",
@@ -115,8 +116,10 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
       "allocation", "compute_optimal", "study"]
   # The tiny study leaves the LM-head verifiers out (stages.dpo=None): nothing reads them.
   assert _changed(base, _ids(pu.tiny_config(dpo__beta=0.2))) == ["dpo"]
+  # (distill's train problems start after the verifier samples')
   assert _changed(base, _ids(pu.tiny_config(verifier_samples__num_problems=8))) == [
-      "dpo", "implicit_prm", "verifier_samples"]
+      "distill", "dpo", "implicit_prm", "verifier_samples"]
+  assert _changed(base, _ids(pu.tiny_config(distill__rounds=3))) == ["distill"]
   # With them: retraining the DPO verifier redoes what reads it, never the PRM's search sweep
   # (it reads an LM-head verifier only when search.verifier names it).
   lm = dict(stages__dpo="dpo", stages__implicit_prm="implicit_prm")
@@ -234,6 +237,23 @@ def test_bad_verifier_axis_configs_are_named_before_anything_is_written(tmp_path
   p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))
   with pytest.raises(ConfigError, match=match):
     p.run("verifier_axis")
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(distill__verifier="prm_last"), r"distill.verifier='prm_last': expected the policy's "
+                                         r"confidence"),
+    (dict(distill__variants=("selected", "oracle")), r"distill.variants=\('selected', "
+                                                     r"'oracle'\): expected distinct names"),
+    (dict(distill__eval_n=(2, 32)), r"distill.eval_n=\(2, 32\): expected integers in \[1, 4\]"),
+    (dict(distill__num_problems=170), r"distill: train problems 40..209 but the task has 200"),
+    (dict(distill__rounds=0), r"distill.rounds=0: expected an integer >= 1"),
+])
+def test_bad_distill_configs_are_named_before_anything_is_written(tmp_path, overrides, match):
+  """`make distill` (not part of the study: its section is checked when it runs)."""
+  p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))
+  with pytest.raises(ConfigError, match=match):
+    p.run("distill")
   assert not os.path.exists(tmp_path / "w")
 
 

@@ -1,6 +1,7 @@
 """Revision training data: the task's revision prompt and the trajectories (paper section 6.1)."""
 
 import collections
+import dataclasses
 import json
 import os
 import shutil
@@ -886,3 +887,90 @@ def test_adaptive_allocation_is_chosen_on_train_problems_and_paired_with_best_of
   shutil.rmtree(os.path.join(workdir, "allocation"))
   with pytest.raises(artifacts.ArtifactError, match=r"arith/test/0 is not a train problem"):
     Pipeline(config, workdir).run("allocation")
+
+
+# ----------------------------------------------------------------------------
+# distillation (make distill)
+DISTILL = {}  # the tiny config's distill section (tests/pipeline_utils.py)
+
+
+def test_the_selection_reads_no_label():
+  from ttc_jax.pipeline.stages import distill as distill_lib
+  from ttc_jax.sampling import solutions
+  samples = solutions.ProblemSamples(
+      problems=["p0", "p1"], n=3, prompts=[[1], [1]], gens=None, texts=["a", "b", "c"] * 2,
+      answers=["1", "2", "2", None, "5", None], correct=np.array([1, 0, 0, 0, 0, 0], bool))
+  scores = np.array([0.9, 0.5, 0.6, 0.9, 0.1, 0.8])
+  # Problem 0: "2" has 1.1 of the vote against 0.9, its most confident sample is 2; problem 1:
+  # only "5" is an answer.
+  assert distill_lib.select_rows(samples, scores, "selected") == [(0, 2), (1, 1)]
+  flipped = dataclasses.replace(samples, correct=~samples.correct)
+  assert distill_lib.select_rows(flipped, scores, "selected") == [(0, 2), (1, 1)]
+  # The labelled reference keeps the most confident correct sample (none for problem 1).
+  assert distill_lib.select_rows(samples, scores, "labelled") == [(0, 0)]
+
+
+def test_distillation_rounds_train_on_their_selection_and_resume_identically(trained, tmp_path,
+                                                                              monkeypatch):
+  """Two rounds per variant on the trained tiny policy: each round's rows are its selection
+  over the samples of the model before it (the shards of that model's parameter digest), of
+  train problems only; losing the last round's training and its stage record and running
+  again gives the same result; a planted test problem stops it with one line; study.md picks
+  it up."""
+  from ttc_jax.models import checkpoints
+  from ttc_jax.pipeline import store
+  from ttc_jax.pipeline.stages import distill as distill_lib
+  from ttc_jax.sampling import solutions
+  workdir = str(tmp_path / "w")
+  shutil.copytree(trained, workdir, symlinks=True)
+  config = pu.tiny_config(**TRAINED, **DISTILL)
+  pipe = Pipeline(config, workdir)
+  result = pipe.run("distill")
+  out = pipe.directory("distill")
+  policy, data = pipe.load("policy"), pipe.load("data")
+  tok, task = policy.tokenizer, data.task
+  assert result["problems"] == ["arith/train/40", "arith/train/47"]
+  assert set(result["rounds"]) == {"selected", "labelled"}
+  # Round 1 of both variants samples the policy itself: one set of shards serves both.
+  first = {v: rs[1]["sampled_by"] for v, rs in result["rounds"].items()}
+  assert first["selected"] == first["labelled"] == checkpoints.params_digest(policy.model)
+  probs = data.problems("train", 8, start=40)
+  for variant, rounds in result["rounds"].items():
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[2]["sampled_by"] != rounds[1]["sampled_by"]  # round 1's model sampled it
+    for r in rounds[1:]:
+      parts = store.Shards.open(out, r["shards"]).load_all()
+      gens = solutions.Generations(tokens=distill_lib._cat(parts, "tokens"),
+                                   lengths=distill_lib._cat(parts, "lengths"),
+                                   stopped=distill_lib._cat(parts, "stopped"))
+      prompts = [tok.encode_prompt(task.format_prompt(p)) for p in probs]
+      samples = solutions.grade(tok, task, probs, 4, prompts, gens)
+      picked = distill_lib.select_rows(samples, np.concatenate([p["scores"] for p in parts]),
+                                       variant)
+      assert [list(x) for x in picked] == r["picked"]
+      rows = [(task.format_prompt(probs[p]), samples.texts[p * 4 + s]) for p, s in picked]
+      assert distill_lib.rows_digest(rows) == r["rows_digest"]
+      assert set(r["vs_policy"]) == {"pass@1", "weighted@2", "majority@2", "weighted@4",
+                                     "majority@4"}
+  # Lose round 2's training (each variant) and the stage record: the rerun resumes from round
+  # 1's checkpoints and shards and gives the same result.
+  for variant in ("selected", "labelled"):
+    shutil.rmtree(os.path.join(out, variant, "round2"))
+  os.remove(os.path.join(out, "stage.json"))
+  assert Pipeline(config, workdir).run("distill") == result
+  # study.md (with the study) picks it up: tested through the claims' shape here.
+  assert [c["claim"] for c in result["claims"]] == [
+      "(g) distillation, round 2 (no labels): pass@1 over the policy",
+      "(g) distillation, round 2 (no labels): best-of-4 weighted over the policy"]
+  # A planted leak: the data hands a test problem to the distillation.
+  from ttc_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
+  real = artifacts.TaskData.problems
+
+  def leaky(self, split, num=None, start=0):
+    out = real(self, split, num, start)
+    return real(self, "test", 1) + out[1:] if split == "train" and start == 40 else out
+
+  monkeypatch.setattr(artifacts.TaskData, "problems", leaky)
+  shutil.rmtree(out)
+  with pytest.raises(ValueError, match=r"distillation: arith/test/0 is not a train problem"):
+    Pipeline(config, workdir).run("distill")

@@ -139,6 +139,25 @@ def allocation(**overrides) -> ml_collections.ConfigDict:
   ), overrides)
 
 
+def distill(**overrides) -> ml_collections.ConfigDict:
+  """Distilling test-time compute into the policy (``make distill``; beyond the paper)."""
+  return _section(dict(
+      rounds=2,  # rounds of sample -> select -> fine-tune, each from the last round's model
+      # Train problems (None: right after the LM-head verifiers' samples, after every other
+      # stage's train problems).
+      first_problem=config_dict.placeholder(int),
+      num_problems=2000,
+      samples_per_problem=8,  # N of the best-of-N weighted selection on each train problem
+      # The score of the selection: the current model's own confidence (no training, no label).
+      verifier="conf_logprob_mean",
+      variants=("selected", "labelled"),  # label-free; the labelled reference
+      policy_rows=0.25,  # share of the rows that are the policy's own SFT rows
+      eval_samples=16,  # samples per test problem for each round's evaluation
+      eval_n=(4, 16),  # best-of-N weighted and majority at these N
+      problems_per_shard=500,  # resumable unit of the sampling
+  ), overrides)
+
+
 def verifier_axis(**overrides) -> ml_collections.ConfigDict:
   """Verifier quality as a controlled axis (`make verifier-axis`; diagnosis, not a claim): the
   search methods against a synthetic verifier (the task's step checker through calibrated

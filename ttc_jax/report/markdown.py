@@ -818,8 +818,35 @@ def verifier_axis_lines(axis: dict | None) -> list[str]:
                   "`verifier_axis/latest/axis.md` (axis.png).", ""]
 
 
+def distill_lines(distill: dict | None, large: dict | None) -> list[str]:
+  """study.md's distillation note (``make distill``): pass@1 and best-of-N per round of the
+  label-free variant, their FLOPs, and the exchange's larger policy (``large``:
+  compute_optimal's ``large_policy``, when ``make exchange`` ran) at its pretraining FLOPs."""
+  if distill is None:
+    return []
+  lines = ["## Distillation (`make distill`)", ""]
+  pre = distill["policy_pretraining_flops"]
+  for variant, rounds in distill["rounds"].items():
+    keys = sorted(rounds[0]["summary"], key=lambda k: (k != "pass@1", int(k.split("@")[1])
+                                                       if "@" in k and k != "pass@1" else 0,
+                                                       not k.startswith("weighted")))
+    cells = "; ".join(
+        f"round {r['round']}: " + ", ".join(
+            f"{k} {r['summary'][k]['mean']:.3f}" for k in keys)
+        + f" (pretraining + {r['flops']['total']:.3g} FLOPs)" for r in rounds)
+    lines.append(f"- {variant}: {cells}.")
+  if large is None:
+    lines.append("- The larger policy of the exchange: not evaluated (`make exchange`).")
+  else:
+    d = 6.0 * large["params"] * float(large.get("train_tokens") or 0)
+    lines.append(f"- The exchange's larger policy ({large['params']:,} params): greedy pass@1 "
+                 f"{large['greedy_pass_at_1']:.3f} for {d:.3g} pretraining FLOPs, against the "
+                 f"policy's {pre:.3g} plus each round's FLOPs above (6 N D).")
+  return lines + [""]
+
+
 def study_index(claims: list[dict], compute_optimal: dict, *, revisions: bool,
-                verifier: list[str] = ()) -> str:
+                verifier: list[str] = (), distill: bool = False) -> str:
   """study.md: links to the three reports, the headline, the search verifier's note
   (``verifier``: :func:`verifier_choice_lines`) and every claim's verdict (those not tested
   listed with why). ``revisions``: the experiment has a revision report."""
@@ -832,7 +859,10 @@ def study_index(claims: list[dict], compute_optimal: dict, *, revisions: bool,
            "- Compute-optimal scaling and the FLOPs exchange: "
            "`compute_optimal/latest/compute_optimal.md` (compute_optimal.json, figures)"
            + ("." if co.get("exchange") else "; the exchange needs a larger policy's "
-              "evaluation (`make exchange` in the embedded study)."), ""]
+              "evaluation (`make exchange` in the embedded study)."),
+           "- Distilling test-time compute into the policy: `distill/latest/distill.md`."
+           if distill else "- Distillation: not run (`make distill` in the embedded study; "
+           "the study picks it up when present).", ""]
   lines += study_headline(co) + list(verifier) + ["## Every finding", ""]
   lines += claims_section([c for c in claims if c.get("verdict") is not None])
   untested = [c for c in claims if c.get("verdict") is None]

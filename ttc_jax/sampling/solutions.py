@@ -225,16 +225,18 @@ class ProblemSamples:
 
 def sample_problems(core: SamplingCore, tok, task, problems: Sequence, n: int, seed: int,
                     stream: str, sp: SamplingParams, *, batch_size: int,
-                    segment: int | None = None,
+                    segment: int | None = None, run: int | None = None,
                     log_fn: Callable[[str], None] | None = None) -> ProblemSamples:
   """Samples ``n`` full solutions per problem and grades them with the task.
 
-  Sample s of a problem draws from ``keys(seed, stream, split, problem index, s)``;
+  Sample s of a problem draws from ``keys(seed, stream, split, problem index, s)``, or
+  ``keys(seed, stream, split, problem index, s, run)`` for a ``run`` (e.g. a round) given;
   ``segment``: continuous batching (see :func:`generate`).
   """
   prompts = [tok.encode_prompt(task.format_prompt(p)) for p in problems]
   rows = [prompts[i] for i in range(len(problems)) for _ in range(n)]
-  ids = np.array([(streams.stream_id(stream), streams.split_id(p.split), p.index, s)
+  extra = () if run is None else (int(run),)
+  ids = np.array([(streams.stream_id(stream), streams.split_id(p.split), p.index, s) + extra
                   for p in problems for s in range(n)], np.int64)
   gens = generate(core, rows, ids, seed, sp, batch_size=batch_size, segment=segment,
                   desc=f"{stream} samples", log_fn=log_fn)

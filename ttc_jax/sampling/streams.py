@@ -42,6 +42,11 @@ STREAMS = {
     # Policy samples on held-out train problems: adaptive allocation's parameters are chosen on
     # them (its test pool is the pass@1 samples)
     "allocation_samples": 20,
+    # Distillation (make distill): each round's model on its train problems,
+    # row_keys(seed, 21, split, problem, sample, round), and on the test problems (the same
+    # keys every round: paired), row_keys(seed, 22, split, problem, sample)
+    "distill_samples": 21,
+    "distill_eval": 22,
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

@@ -143,8 +143,8 @@ def require_train(problems: Sequence[Problem], what: str) -> None:
   revision model, its checkpoint choice and its gate learn from train problems only."""
   for p in problems:
     if p.split != "train":
-      raise ValueError(f"{what}: {p.uid} is not a train problem (the revision stages learn "
-                       "and choose on train problems only).")
+      raise ValueError(f"{what}: {p.uid} is not a train problem (it learns and chooses on "
+                       "train problems only).")
 
 
 def policy_rows(task: Task, problems: Sequence[Problem], trajectories: int, share: float

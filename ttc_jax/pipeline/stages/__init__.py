@@ -21,6 +21,7 @@ from ttc_jax.pipeline.stages import common
 from ttc_jax.pipeline.stages import compute_optimal
 from ttc_jax.pipeline.stages import data
 from ttc_jax.pipeline.stages import difficulty
+from ttc_jax.pipeline.stages import distill
 from ttc_jax.pipeline.stages import exchange
 from ttc_jax.pipeline.stages import models
 from ttc_jax.pipeline.stages import report
@@ -59,6 +60,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     report.REVISION_REPORT,
     compute_optimal.COMPUTE_OPTIMAL,
     search.CHOSEN_SEARCH,
+    distill.DISTILL,
     report.STUDY,
 ]}
 

@@ -104,7 +104,9 @@ def run_study(ctx: Context) -> dict:
   report, co = ctx.inputs["report"], ctx.inputs["compute_optimal"]
   rev = ctx.inputs.get("revision_report")
   exchange = (co.get("exchange") or {}).get("claims", [])
-  claims = report["claims"] + (rev["claims"] if rev else []) + co["claims"] + exchange
+  distill = ctx.inputs.get("distill")
+  claims = (report["claims"] + (rev["claims"] if rev else []) + co["claims"] + exchange
+            + (distill["claims"] if distill else []))
   ctx.out.write_json("claims.json", claims)
   choice = ctx.inputs.get("verifier_choice")
   choice = [] if choice is None else markdown.verifier_choice_lines(choice,
@@ -113,8 +115,10 @@ def run_study(ctx: Context) -> dict:
     choice += markdown.chosen_verifier_lines(claims, ctx.inputs.get("chosen_search"),
                                              ctx.config.search.verifier)
   choice += markdown.verifier_axis_lines(ctx.inputs.get("verifier_axis"))
+  choice += markdown.distill_lines(distill, co.get("large_policy"))
   ctx.out.write_text("study.md", markdown.study_index(claims, co, revisions=rev is not None,
-                                                      verifier=choice))
+                                                      verifier=choice,
+                                                      distill=distill is not None))
   ctx.log(f"study: {ctx.out.path('study.md')}")
   return {"claims": len(claims)}
 
@@ -147,7 +151,7 @@ STUDY = Stage(
     inputs=("report", "revision_report", "compute_optimal", "verifier_choice",
             "chosen_search"),
     sections=("search",), outputs=("claims.json", "study.md"),
-    run=run_study, load=load_json("claims.json"), optional=("verifier_axis",),
+    run=run_study, load=load_json("claims.json"), optional=("verifier_axis", "distill"),
     version=5, changelog=("3: its text without revisions",
                           "4: the search verifier used, and the one chosen on train problems",
                           "5: the findings under the chosen verifier, side by side"),
