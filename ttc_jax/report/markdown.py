@@ -492,16 +492,21 @@ def _co_efficiency_table(eff: dict, keys: dict) -> list[str]:
            "|---|---|---|---|---|---|---|---|---|"]
   for name, e in eff.items():
     for r in e["rows"]:
-      b_ci = r["budget_ci"]
       lines.append(
           f"| {_co_name(keys[name])} | {e.get('baseline', e['baseline_method'])} | {r['n']:g} | "
-          f"{r['baseline_accuracy']:.3f} | {_g(r['budget']) if r['reached'] else 'not reached'} "
-          f"| [{_g(b_ci[0]) if b_ci[0] else 'never'}, {_g(b_ci[1]) if b_ci[1] else 'never'}] | "
+          + _efficiency_cells(r, _g) + f" | {r['unreached_resamples']}/{e['resamples']} |")
+  return lines
+
+
+def _efficiency_cells(r: dict, fmt) -> str:
+  """An efficiency row's cells (efficiency.efficiency's rows): the baseline's accuracy, the
+  budget reaching it and its interval, the generations and FLOPs ratios with intervals."""
+  b_ci = r["budget_ci"]
+  return (f"{r['baseline_accuracy']:.3f} | {fmt(r['budget']) if r['reached'] else 'not reached'} "
+          f"| [{fmt(b_ci[0]) if b_ci[0] else 'never'}, {fmt(b_ci[1]) if b_ci[1] else 'never'}] | "
           f"{_ratio(r['generations_ratio'], r['floor'])} "
           f"{_ratio_ci(r['generations_ratio_ci'], r['floor'])} | "
-          f"{_ratio(r['flops_ratio'], r['floor'])} {_ratio_ci(r['flops_ratio_ci'], r['floor'])} | "
-          f"{r['unreached_resamples']}/{e['resamples']} |")
-  return lines
+          f"{_ratio(r['flops_ratio'], r['floor'])} {_ratio_ci(r['flops_ratio_ci'], r['floor'])}")
 
 
 def _co_policy_tables(result: dict, keys: dict) -> list[str]:
@@ -650,14 +655,7 @@ def adaptive_lines(result: dict) -> list[str]:
             "| N | best-of-N accuracy | adaptive generations | 95% CI | N' / b [95% CI] | "
             "FLOPs ratio [95% CI] |", "|---|---|---|---|---|---|"]
   for r in eff["rows"]:
-    b_ci = r["budget_ci"]
-    lines.append(
-        f"| {r['n']:g} | {r['baseline_accuracy']:.3f} | "
-        f"{_fmt(r['budget']) if r['reached'] else 'not reached'} | "
-        f"[{_fmt(b_ci[0]) if b_ci[0] else 'never'}, {_fmt(b_ci[1]) if b_ci[1] else 'never'}] | "
-        f"{_ratio(r['generations_ratio'], r['floor'])} "
-        f"{_ratio_ci(r['generations_ratio_ci'], r['floor'])} | "
-        f"{_ratio(r['flops_ratio'], r['floor'])} {_ratio_ci(r['flops_ratio_ci'], r['floor'])} |")
+    lines.append(f"| {r['n']:g} | " + _efficiency_cells(r, _fmt) + " |")
   vs = ad.get("vs_compute_optimal") or []
   if vs:
     cost = result["difficulty"]["prediction_cost"]["generations"]

@@ -22,6 +22,7 @@ from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import segment
+from ttc_jax.pipeline.stages import common
 from ttc_jax.pipeline.stages.verifier_eval import score_samples
 from ttc_jax.sampling import solutions
 from ttc_jax.search import adaptive
@@ -239,9 +240,7 @@ def check_allocation(c: ml_collections.ConfigDict, known: Facts) -> None:
   if ac.first_problem is not None:
     check_int(ac.first_problem, "allocation.first_problem", 0)
   first = first_problem(c)
-  if known.num_train is not None and first + ac.num_problems > known.num_train:
-    raise ConfigError(f"allocation: train problems {first}..{first + ac.num_problems - 1} but "
-                      f"the task has {known.num_train} (task.num_train).")
+  common.check_train_range(first, ac.num_problems, known, "allocation")
   # Never a problem a verifier was trained on (its scores there would be too good).
   used = [("mc_labels", 0, c.mc_labels.num_problems)]
   vs = c.get("verifier_samples")
@@ -262,13 +261,7 @@ def check_allocation(c: ml_collections.ConfigDict, known: Facts) -> None:
     raise ConfigError(f"allocation.selection={ac.selection!r}: expected one of "
                       f"{adaptive.SELECTIONS}.")
   if ac.verifier != CHOSEN:
-    if ac.verifier not in names.SCORES:
-      raise ConfigError(f"allocation.verifier={ac.verifier!r}: expected {CHOSEN!r} or a score "
-                        f"the verifier evaluation computes, one of {list(names.SCORES)}.")
-    model = names.model_of(ac.verifier)
-    if model != names.POLICY and config_lib.filled_by(c, model) is None:
-      raise ConfigError(f"allocation.verifier={ac.verifier!r}: this experiment leaves the "
-                        f"{model} stage out (stages.{model}=None).")
+    common.check_score(c, ac.verifier, "allocation.verifier")
   elif config_lib.filled_by(c, "verifier_choice") is None:
     raise ConfigError(f"allocation.verifier={CHOSEN!r}: this experiment has no verifier choice "
                       "(stages.verifier_choice=None); name a verifier, e.g. "

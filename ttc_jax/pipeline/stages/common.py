@@ -13,6 +13,27 @@ from ttc_jax.pipeline.config import check_int
 from ttc_jax.sampling.core import SamplingParams
 
 
+def check_train_range(first: int, num: int, known: Facts, what: str) -> None:
+  """Train problems ``first`` .. ``first + num - 1`` of ``what`` exist in the task."""
+  if known.num_train is not None and first + num > known.num_train:
+    raise ConfigError(f"{what}: train problems {first}..{first + num - 1} but the task has "
+                      f"{known.num_train} (task.num_train).")
+
+
+def check_score(c: ml_collections.ConfigDict, value: str, key: str) -> None:
+  """``value`` (config key ``key``) names a score the verifier evaluation computes, of a model
+  this experiment has (the policy's confidence needs none)."""
+  from ttc_jax.verifiers import names  # pylint: disable=g-import-not-at-top
+  if value not in names.SCORES:
+    raise ConfigError(f"{key}={value!r}: expected a score the verifier evaluation computes, "
+                      f"one of {list(names.SCORES)}.")
+  model = names.model_of(value)
+  if model != names.POLICY and config_lib.filled_by(c, model) is None:
+    raise ConfigError(f"{key}={value!r}: this experiment leaves the {model} stage out "
+                      f"(stages.{model}=None); the policy's confidence (e.g. "
+                      f"'{names.LIKELIHOOD}') needs no model.")
+
+
 def check_seed(c: ml_collections.ConfigDict, known: Facts) -> None:
   del known
   check_int(c.seed, "seed", 0)

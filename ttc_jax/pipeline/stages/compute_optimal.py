@@ -16,6 +16,7 @@ from ttc_jax.pipeline.config import check_int
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
+from ttc_jax.pipeline.stages import common
 from ttc_jax.report import figures
 from ttc_jax.report import markdown
 from ttc_jax.search import records
@@ -151,14 +152,7 @@ def check_compute_optimal(c: ml_collections.ConfigDict, known: Facts) -> None:
   cc = c.compute_optimal
   check_int(cc.folds, "compute_optimal.folds", 2, c.test_problems)  # no empty fold
   check_int(cc.repeats, "compute_optimal.repeats", 1)
-  if cc.predictor not in names.SCORES:
-    raise ConfigError(f"compute_optimal.predictor={cc.predictor!r}: expected a score the "
-                      f"verifier evaluation computes, one of {list(names.SCORES)}.")
-  model = names.model_of(cc.predictor)
-  if model != names.POLICY and config_lib.filled_by(c, model) is None:
-    raise ConfigError(f"compute_optimal.predictor={cc.predictor!r}: this experiment leaves the "
-                      f"{model} stage out (stages.{model}=None); the policy's confidence "
-                      f"(e.g. '{names.LIKELIHOOD}') needs no model.")
+  common.check_score(c, cc.predictor, "compute_optimal.predictor")
   if cc.predictor_samples is not None:
     check_int(cc.predictor_samples, "compute_optimal.predictor_samples", 1,
               c.difficulty.samples_per_problem)

@@ -36,6 +36,7 @@ from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.pipeline.stage import segment
+from ttc_jax.pipeline.stages import common
 from ttc_jax.sampling import solutions
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.training import data as data_lib
@@ -308,10 +309,7 @@ def check_distill(c: ml_collections.ConfigDict, known: Facts) -> None:
   check_int(dc.problems_per_shard, "distill.problems_per_shard", 1)
   if dc.first_problem is not None:
     check_int(dc.first_problem, "distill.first_problem", 0)
-  first = first_problem(c)
-  if known.num_train is not None and first + dc.num_problems > known.num_train:
-    raise ConfigError(f"distill: train problems {first}..{first + dc.num_problems - 1} but the "
-                      f"task has {known.num_train} (task.num_train).")
+  common.check_train_range(first_problem(c), dc.num_problems, known, "distill")
   if not dc.variants or any(v not in VARIANTS for v in dc.variants) or len(
       set(dc.variants)) != len(dc.variants):
     raise ConfigError(f"distill.variants={dc.variants!r}: expected distinct names of "
