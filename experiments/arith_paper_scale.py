@@ -42,6 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The LM-head verifiers' samples after those and the verifier choice's 200: 16000 x 8.
   c.verifier_samples.first_problem = 4000
   c.verifier_samples.num_problems = 16000
+  # That leaves no train problem after them: distillation (which trains no verifier) takes the
+  # first 2000 (every train problem was in the policy's SFT data anyway).
+  c.distill.first_problem = 0
   # Revisions as in the paper: 64 answers per train problem for the trajectories, budgets
   # up to 64 (chains of up to 64 revisions; 256 answers per problem and seed).
   c.revision_data.samples_per_problem = 64

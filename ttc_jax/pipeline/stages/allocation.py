@@ -261,6 +261,9 @@ def check_allocation(c: ml_collections.ConfigDict, known: Facts) -> None:
     raise ConfigError(f"allocation.selection={ac.selection!r}: expected one of "
                       f"{adaptive.SELECTIONS}.")
   if ac.verifier != CHOSEN:
+    if ac.verifier not in names.SCORES:
+      raise ConfigError(f"allocation.verifier={ac.verifier!r}: expected {CHOSEN!r} or a score "
+                        f"the verifier evaluation computes, one of {list(names.SCORES)}.")
     common.check_score(c, ac.verifier, "allocation.verifier")
   elif config_lib.filled_by(c, "verifier_choice") is None:
     raise ConfigError(f"allocation.verifier={CHOSEN!r}: this experiment has no verifier choice "
