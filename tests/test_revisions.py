@@ -336,14 +336,41 @@ def revision_model(trained):
   return Pipeline(pu.tiny_config(**TRAINED), trained).load("revision_model")
 
 
-def _chains(model, task, problems, lengths, rows_per_call, max_new_tokens=24, segment=None):
+def _chains(model, task, problems, lengths, rows_per_call, max_new_tokens=24, segment=None,
+            seeds=None):
   from ttc_jax.sampling.core import SamplingParams
   from ttc_jax.search import revisions as chains_lib
   sp = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
   return chains_lib.run_chains(chains_lib.RevisionChains(lengths=lengths, window=4),
                                model.sampling_core(), model.tokenizer, task, problems, seed=3,
                                stream="revision_chains", sp=sp, run=1,
-                               rows_per_call=rows_per_call, segment=segment)
+                               rows_per_call=rows_per_call, segment=segment, seeds=seeds)
+
+
+def test_a_seeded_chain_revises_the_seed_and_counts_it_in_its_window(trained, revision_model):
+  """Search then revise: a chain seeded with another model's answers shows them first (the
+  window counts them) and writes its own after them; its budget counts the seeds only as
+  prompt tokens; an unseeded chain beside it is the chain it would be alone."""
+  pipe = Pipeline(pu.tiny_config(**TRAINED), trained)
+  task, tok = pipe.load("data").task, revision_model.tokenizer
+  problems = pipe.load("data").problems("test", 2)
+  seeds = [[["1+1=2\nAnswer: 2", "9*9=80\nAnswer: 80", "3-1=2\nAnswer: 2"], []]
+           for _ in problems]
+  out = _chains(revision_model, task, problems, (3, 2), rows_per_call=8, seeds=seeds)
+  plain = _chains(revision_model, task, problems, (3, 2), rows_per_call=8)
+  for pc, ref, p, seed in zip(out, plain, problems, seeds):
+    chain = pc.chains[0]
+    for step, a in enumerate(chain):
+      shown = (seed[0] + [x.text for x in chain[:step]])[-4:]
+      assert a.prompt == revisions.encode_revision_prompt(tok, task, p, shown)
+    assert chain[2].prompt == revisions.encode_revision_prompt(
+        tok, task, p, seed[0][1:] + [chain[0].text, chain[1].text])  # the window slid
+    # The unseeded chain: the same as without any seed anywhere.
+    assert [a.tokens for a in pc.chains[1]] == [a.tokens for a in ref.chains[1]]
+    assert pc.policy_tokens() == len(pc.prefix) + sum(
+        a.extension_tokens + len(a.tokens) for ch in pc.chains for a in ch)
+  with pytest.raises(ValueError, match="seeds: expected one list of seed texts per chain"):
+    _chains(revision_model, task, problems, (3, 2), rows_per_call=8, seeds=[[[]]] * 2)
 
 
 def test_revision_chains_slide_their_window_and_match_one_answer_at_a_time(

@@ -98,11 +98,14 @@ class Answer:
 
 @dataclasses.dataclass
 class ProblemChains:
-  """A problem's chains (``chains[c][l]``: answer l of chain c) and its shared prefix."""
+  """A problem's chains (``chains[c][l]``: answer l of chain c) and its shared prefix;
+  ``seeds[c]``: texts written by another model (e.g. search's best candidate) that chain c
+  shows before its first answer, as if they were its earlier answers (none by default)."""
 
   problem: object
   prefix: list[int]
   chains: list[list[Answer]]
+  seeds: list[list[str]] | None = None
 
   def policy_tokens(self, chains: int | None = None, length: int | None = None) -> int:
     """Tokens the revision model ran for the first ``chains`` chains cut to ``length``
@@ -115,10 +118,13 @@ class ProblemChains:
 def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
                problems: Sequence, *, seed: int, stream: str, sp: SamplingParams,
                run: int = 0, rows_per_call: int = 512, segment: int | None = None,
+               seeds: Sequence[Sequence[Sequence[str]]] | None = None,
                log_fn: Callable[[str], None] | None = None) -> list[ProblemChains]:
   """Runs ``strategy``'s chains on ``problems`` (see the module docstring). ``segment``:
   each step's answers by continuous batching instead (:mod:`ttc_jax.sampling.serving`,
-  ``rows_per_call`` slots; every revision prompt prefilled whole): the same answers."""
+  ``rows_per_call`` slots; every revision prompt prefilled whole): the same answers.
+  ``seeds[q][c]``: texts chain c of problem q shows before its own answers (search then
+  revise: the revision model revises another model's answer); the window counts them."""
   if sp.stop_at_step:
     raise ValueError("revision chains sample whole answers: sp.stop_at_step must be False.")
   num = len(problems)
@@ -132,8 +138,13 @@ def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
   _check_context(problems, prefixes, context, 0, 0)
   # Static steps extend each problem's prefix, prefilled once (served steps prefill whole).
   base = core.prefill(tokens, valid, cache_size=size) if segment is None else None
-  out = [ProblemChains(problem=p, prefix=prefix, chains=[[] for _ in strategy.lengths])
-         for p, prefix in zip(problems, prefixes)]
+  if seeds is not None and (len(seeds) != num or any(len(s) != len(strategy.lengths)
+                                                     for s in seeds)):
+    raise ValueError(f"seeds: expected one list of seed texts per chain ({len(strategy.lengths)})"
+                     f" for each of the {num} problems.")
+  out = [ProblemChains(problem=p, prefix=prefix, chains=[[] for _ in strategy.lengths],
+                       seeds=None if seeds is None else [list(x) for x in seeds[q]])
+         for q, (p, prefix) in enumerate(zip(problems, prefixes))]
   lengths = np.asarray(strategy.lengths)
   total = num * int(lengths.sum())
   kwargs = {} if log_fn is None else {"log_fn": log_fn}
@@ -166,7 +177,8 @@ def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
 def _prompt(tokenizer, task, strategy, pc: ProblemChains, chain: int, step: int, context: int
             ) -> list[int]:
   """The revision prompt of answer ``step`` of ``chain``: the chain's last answers."""
-  shown = shown_attempts([a.text for a in pc.chains[chain]], strategy.window)
+  seeded = [] if pc.seeds is None else list(pc.seeds[chain])
+  shown = shown_attempts(seeded + [a.text for a in pc.chains[chain]], strategy.window)
   prompt = encode_revision_prompt(tokenizer, task, pc.problem, shown)
   if prompt[:len(pc.prefix)] != pc.prefix:  # guaranteed by the pieces; an override could break it
     raise ValueError(f"task {task.name!r}: the revision prompt of problem {pc.problem.uid} "
