@@ -77,6 +77,10 @@ beat best-of-N weighted (the PRM is the weak part: search has little to choose f
   folds x 25 splits); efficiency over best-of-N; with ``make exchange``, the 13x policy
   against the small one at FLOPs-matched budgets (paper Figure 9) ->
   WORKDIR/compute_optimal/latest/compute_optimal.md.
+* hybrid_sweep (beyond the paper): search then revise: the sweep's beam search (M = 4, N = 4,
+  seed 0) whose best candidate the revision model revises L = 1, 2, 4 times (the last
+  revision, or the majority of the search's answer and the revisions); candidates of the
+  combined compute-optimal curves. 1 min alone.
 * allocation (beyond the paper): adaptive allocation, best-of-N in rounds over one budget
   shared by the test problems (a problem stops once its leading answer holds enough of the
   verifier-weighted vote; the others double their samples), its parameters chosen per budget
@@ -336,6 +340,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.verifier_choice = common.verifier_choice()
   c.verifier_axis = common.verifier_axis()
   c.allocation = common.allocation()
+  c.hybrid = common.hybrid()
   # Distillation (`make distill`, not part of `make study`, which picks it up when present):
   # 300 steps per round (1.5 passes over about 2000 rows and their SFT share).
   c.distill = common.distill()

@@ -54,6 +54,7 @@ TINY = {
     "verifier_choice.first_problem": 8, "verifier_choice.num_problems": 8,
     "verifier_choice.samples_per_problem": 4,
     "allocation.num_problems": 4, "allocation.budgets": (1, 1.5, 2, 3),
+    "hybrid.revisions": (1, 2),
     "distill.num_problems": 8, "distill.samples_per_problem": 4, "distill.eval_samples": 4,
     "distill.eval_n": (2, 4), "distill.problems_per_shard": 4,
     **_train("distill"), "distill.train.bucket_pool_batches": 0,

@@ -94,7 +94,7 @@ def _changed(a, b):
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
   downstream_of_policy = ["allocation", "chosen_search", "compute_optimal", "difficulty",
-                          "distill", "dpo", "implicit_prm", "mc_labels",
+                          "distill", "dpo", "hybrid_sweep", "implicit_prm", "mc_labels",
                           "orm", "policy", "prm", "report", "revision_data", "revision_model",
                           "revision_orm", "revision_report", "revision_sweep", "search_sweep",
                           "study", "verifier_ablation", "verifier_axis", "verifier_choice",
@@ -107,7 +107,7 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(large_policy__train__learning_rate=1e-3))) == [
       "large_policy", "large_policy_eval"]
   assert _changed(base, _ids(pu.tiny_config(prm__train__steps=7))) == [
-      "allocation", "chosen_search", "compute_optimal", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
+      "allocation", "chosen_search", "compute_optimal", "hybrid_sweep", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
       "study", "verifier_ablation", "verifier_choice", "verifier_eval"]
   # Adaptive allocation weighs by the chosen verifier; its train problems follow the choice's.
   assert _changed(base, _ids(pu.tiny_config(verifier_choice__num_problems=6))) == [
@@ -120,6 +120,8 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(verifier_samples__num_problems=8))) == [
       "distill", "dpo", "implicit_prm", "verifier_samples"]
   assert _changed(base, _ids(pu.tiny_config(distill__rounds=3))) == ["distill"]
+  assert _changed(base, _ids(pu.tiny_config(hybrid__revisions=(1,)))) == [
+      "compute_optimal", "hybrid_sweep", "study"]
   # With them: retraining the DPO verifier redoes what reads it, never the PRM's search sweep
   # (it reads an LM-head verifier only when search.verifier names it).
   lm = dict(stages__dpo="dpo", stages__implicit_prm="implicit_prm")
@@ -132,7 +134,7 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(ablation__variants=("prm.init=scratch",)))) == [
       "compute_optimal", "report", "study", "verifier_ablation"]
   assert _changed(base, _ids(pu.tiny_config(search__max_rounds=5))) == [
-      "chosen_search", "compute_optimal", "report", "revision_report", "search_sweep", "study", "verifier_axis"]
+      "chosen_search", "compute_optimal", "hybrid_sweep", "report", "revision_report", "search_sweep", "study", "verifier_axis"]
   assert _changed(base, _ids(pu.tiny_config(verifier_axis__aucs=(0.7, 0.9)))) == [
       "verifier_axis"]
   assert _changed(base, _ids(pu.tiny_config(compute_optimal__repeats=3))) == [
@@ -142,7 +144,7 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(report__difficulty_bins=3))) == [
       "allocation", "chosen_search", "compute_optimal", "report", "revision_report", "study"]
   assert _changed(base, _ids(pu.tiny_config(revision_data__samples_per_problem=8))) == [
-      "compute_optimal", "revision_data", "revision_model", "revision_orm", "revision_report",
+      "compute_optimal", "hybrid_sweep", "revision_data", "revision_model", "revision_orm", "revision_report",
       "revision_sweep", "study"]
   assert _changed(base, _ids(pu.tiny_config(revisions__seeds=(0, 1)))) == [
       "compute_optimal", "revision_report", "revision_sweep", "study"]
@@ -215,6 +217,11 @@ def test_stages_declare_what_they_read():
     (dict(allocation__first_problem=2), r"allocation: train problems 2..5 overlap mc_labels's "
                                         r"0..7"),
     (dict(allocation__selection="vanilla"), r"allocation.selection='vanilla': expected one of"),
+    (dict(hybrid__methods=("lookahead",)), r"hybrid.methods=\('lookahead',\): expected search "
+                                           r"families of"),
+    (dict(hybrid__budgets=(3,)), r"hybrid.budgets=\(3,\): search.beam_width=2 must divide"),
+    (dict(hybrid__revisions=(0, 2)), r"hybrid.revisions=\(0, 2\): expected numbers of "
+                                     r"revisions >= 1"),
 ])
 def test_bad_configs_are_named_before_anything_is_written(tmp_path, overrides, match):
   p = Pipeline(pu.tiny_config(**overrides), str(tmp_path / "w"))

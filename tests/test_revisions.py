@@ -649,8 +649,9 @@ def test_the_study_selects_strategies_per_difficulty_bin_out_of_fold(revision_st
   search_budgets = sorted(set(config.search.budgets))
   assert [p["budget_generations"] for p in co["curves"]["search_oracle"]] == search_budgets
   revision_budgets = sorted(set(config.revisions.budgets))
+  hybrid_budgets = {n + r for n in config.hybrid.budgets for r in config.hybrid.revisions}
   assert [p["budget_generations"] for p in co["curves"]["combined_oracle"]] == sorted(
-      set(search_budgets) | set(revision_budgets))
+      set(search_budgets) | set(revision_budgets) | hybrid_budgets)
   # Charged curves pay the difficulty samples: every budget moves by their number.
   k = config.difficulty.samples_per_problem
   assert [p["budget_generations"] for p in co["curves"]["search_predicted_charged"]] == [
@@ -1001,3 +1002,40 @@ def test_distillation_rounds_train_on_their_selection_and_resume_identically(tra
   shutil.rmtree(out)
   with pytest.raises(ValueError, match=r"distillation: arith/test/0 is not a train problem"):
     Pipeline(config, workdir).run("distill")
+
+
+def test_search_then_revise_cells_add_the_revisions_to_the_sweep_s_search(revision_study):
+  """A hybrid cell is the sweep's own search cell (same seed: same answers and tokens) then L
+  revisions of its best candidate: its budget is N + L, its verifier tokens the search's, its
+  policy tokens and FLOPs the search's plus the revision model's chain (growing with L; the
+  same for both selections); the cells are candidates of the combined compute-optimal curves."""
+  from ttc_jax.search import registry
+  config = pu.tiny_config(**TRAINED, **STUDY)
+  cells = {c["key"]: c for c in _latest(revision_study, "hybrid_sweep", "cells.json")}
+  sweep = {(c["method"], c["params"]["n"], c["seed"]): c
+           for c in _latest(revision_study, "search_sweep", "cells.json")}
+  revs = config.hybrid.revisions
+  assert len(cells) == len(config.hybrid.budgets) * len(revs) * 2
+  for n in config.hybrid.budgets:
+    search = sweep[("beam_m2", n, config.hybrid.seed)]
+    by = {}
+    for c in cells.values():
+      m = registry.method(c["method"])
+      assert m.family == registry.HYBRID and m.params["search"] == "beam_m2"
+      assert c["budget_generations"] == n + c["params"]["revisions"]
+      assert c["prm_tokens"] == search["prm_tokens"] and c["prm_flops"] == search["prm_flops"]
+      extra = np.subtract(c["policy_tokens"], search["policy_tokens"])
+      assert (extra > 0).all()
+      assert_close(np.subtract(c["flops"], search["flops"]),
+                   np.subtract(c["policy_flops"], search["policy_flops"]))
+      by.setdefault(c["params"]["revisions"], []).append(extra)
+    for L in revs:  # both selections pay the same
+      assert (by[L][0] == by[L][1]).all()
+    assert all((by[a][0] < by[b][0]).all() for a, b in zip(revs, revs[1:]))
+  co = _latest(revision_study, "compute_optimal", "compute_optimal.json")
+  hybrid = [k for k, v in co["candidates"].items()
+            if registry.method(v["method"]).family == registry.HYBRID]
+  assert len(hybrid) == len(cells)
+  md = open(os.path.join(revision_study, "compute_optimal", "latest",
+                         "compute_optimal.md")).read()
+  assert "## Search then revise (beyond the paper)" in md

@@ -359,3 +359,17 @@ def test_resampling_weights():
     ParticleFilter(n=4, temperature=0)
   with pytest.raises(ValueError, match="dividing n"):
     DVTS(n=6, width=4)
+
+
+def test_search_then_revise_names_read_back():
+  from ttc_jax.search import registry
+  name = registry.name_of(registry.HYBRID, search="dvts_m4", selection="vote")
+  m = registry.method(name)
+  assert (m.family, m.params) == (registry.HYBRID, {"search": "dvts_m4", "selection": "vote"})
+  assert m.label({"n": 8}) == "DVTS M=4, then revised (vote)"
+  assert registry.method("hybrid_best_of_n_weighted_last").params["search"] == \
+      "best_of_n_weighted"
+  for search, selection in (("revisions_hier_orm", "last"), ("beam_m4", "best")):
+    with pytest.raises(ValueError, match="expected a search method"):
+      registry.name_of(registry.HYBRID, search=search, selection=selection)
+  assert registry.method("hybrid_revisions_hier_orm_last").family == "other"

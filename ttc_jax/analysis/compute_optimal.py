@@ -366,7 +366,8 @@ def compute_optimal_summary(search_points: Sequence[CurvePoint],
                             exchange_inputs: dict | None = None, folds: int = FOLDS,
                             repeats: int = REPEATS, seed: int = 0,
                             revision_selection: str | None = "hier_orm",
-                            resamples: int = efficiency_lib.EFFICIENCY_RESAMPLES) -> dict:
+                            resamples: int = efficiency_lib.EFFICIENCY_RESAMPLES,
+                            hybrid_points: Sequence[CurvePoint] | None = None) -> dict:
   """Every compute-optimal result in one JSON-able dict (the input of the report's section
   and figures).
 
@@ -387,6 +388,8 @@ def compute_optimal_summary(search_points: Sequence[CurvePoint],
     revision_selection: the revision points that are candidates and baselines (the paper's
       hierarchical ORM selection; None: every selection).
     resamples: bootstrap resamples of the efficiency ratios.
+    hybrid_points: search-then-revise curve points (the hybrid sweep), candidates of the
+      combined family only (their choices per bin show when the combination wins).
 
   Returns:
     {"num_problems", "num_bins", "folds", "repeats", "seed", "difficulty": {"oracle_bins",
@@ -410,9 +413,10 @@ def compute_optimal_summary(search_points: Sequence[CurvePoint],
                      f"ending in it (methods: {study_lib.methods(revision_points)}).")
   base = _baselines(search, revision_points or [], revision_selection)
   families = {"search": search}
+  hybrid = list(hybrid_points or [])
   if revs:
     families["revisions"] = revs
-    families["combined"] = search + revs
+    families["combined"] = search + revs + hybrid
   curves, keys = _curves(families, oracle, predicted, num_bins, prediction_generations,
                          prediction_flops, folds=folds, repeats=repeats, seed=seed)
   eff = {name: efficiency_lib.efficiency(pts, base[keys[name]["family"]], seed, resamples,
@@ -433,7 +437,8 @@ def compute_optimal_summary(search_points: Sequence[CurvePoint],
                     "beam": [_strip(p) for p in base["beam"]],
                     "revisions_parallel": [_strip(p) for p in base["revisions"]],
                     "revisions_sequential": [_strip(p) for p in base["sequential"]]},
-      "candidates": candidate_table(search + revs), "efficiency": eff,
+      "candidates": candidate_table(search + revs + hybrid), "efficiency": eff,
+      "hybrid_wins": hybrid_wins(curves, keys, hybrid),
       "claims": _claims(curves, base, eff, families, seed), "exchange": exchange}
 
 
@@ -442,6 +447,25 @@ def compute_optimal_summary(search_points: Sequence[CurvePoint],
 # paper's Figure 8 baseline).
 BASELINE_NAMES = {"search": "best-of-N weighted", "revisions": "parallel sampling",
                   "combined": "best-of-N weighted"}
+
+
+def hybrid_wins(curves: dict[str, list[CurvePoint]], keys: dict,
+                hybrid: Sequence[CurvePoint]) -> list[dict]:
+  """Where the combined policy chose a search-then-revise cell: per combined curve (without
+  the charge), budget and bin, the cell chosen and the share of cross-validation choices
+  that agree."""
+  names = {candidate_name(p) for p in hybrid}
+  out = []
+  for name, pts in curves.items():
+    k = keys[name]
+    if k["family"] != "combined" or k["charged"]:
+      continue
+    for p in pts:
+      for b, (choice, agree) in enumerate(zip(p.choice or [], p.choice_agreement or [])):
+        if choice in names:
+          out.append({"curve": name, "budget": p.budget_generations, "bin": b,
+                      "choice": choice, "agreement": float(agree)})
+  return out
 
 
 def _curves(families: dict[str, list[CurvePoint]], oracle: np.ndarray, predicted: np.ndarray,

@@ -158,6 +158,17 @@ def distill(**overrides) -> ml_collections.ConfigDict:
   ), overrides)
 
 
+def hybrid(**overrides) -> ml_collections.ConfigDict:
+  """Search then revise (beyond the paper): the search's best candidate revised by the
+  revision model; cells that join compute-optimal selection's candidates."""
+  return _section(dict(
+      methods=("beam",),  # search families (search.methods' names; beam: search.beam_width)
+      budgets=(4,),  # search budgets S (generations)
+      revisions=(1, 2, 4),  # revisions L after the search: a cell per L (budget S + L)
+      seed=0,  # the search seed: the search sweep's own cells of that seed
+  ), overrides)
+
+
 def verifier_axis(**overrides) -> ml_collections.ConfigDict:
   """Verifier quality as a controlled axis (`make verifier-axis`; diagnosis, not a claim): the
   search methods against a synthetic verifier (the task's step checker through calibrated

@@ -439,6 +439,8 @@ def candidate_label(candidate: dict) -> str:
   if "chains" in p:
     sel = registry.selection_of(candidate["method"])
     return f"revisions {sel} {p['chains']}x{p['length']}"
+  if "revisions" in p:  # search then revise: its search's N, then L revisions
+    return f"{method_label(candidate['method'], p)} N={p['n']}+{p['revisions']}"
   return f"{method_label(candidate['method'], p)} N={p.get('n', candidate['budget_generations'])}"
 
 
@@ -600,9 +602,38 @@ def compute_optimal_section(result: dict, figures: Sequence[str]) -> list[str]:
   lines += _co_efficiency_table(eff, keys)
   lines += _co_policy_tables(result, keys)
   lines += _bin_agreement_lines(d, result["num_bins"])
+  lines += hybrid_lines(result)
   lines += adaptive_lines(result)
   lines += exchange_lines(result.get("exchange"))
   lines += [f"![{f}]({f})" for f in figures] + [""]
+  return lines
+
+
+def hybrid_lines(result: dict) -> list[str]:
+  """Search then revise: its cells' accuracy and where the combined policy chose one."""
+  hyb = {k: c for k, c in result["candidates"].items()
+         if registry.method(c["method"]).family == registry.HYBRID}
+  if not hyb:
+    return []
+  lines = ["", "## Search then revise (beyond the paper)", "",
+           "A search cell whose best candidate the revision model revises L times (a chain "
+           "seeded with it); the answer is the last revision ('last') or the majority of the "
+           "search's answer and the revisions ('vote'). Budget: the search's N plus L. These "
+           "cells are candidates of the combined compute-optimal curves only.", "",
+           "| cell | generations | accuracy | FLOPs per problem |", "|---|---|---|---|"]
+  for c in sorted(hyb.values(), key=lambda c: (c["method"], c["budget_generations"])):
+    lines.append(f"| {candidate_label(c)} | {c['budget_generations']:g} | {c['accuracy']:.3f} | "
+                 f"{c['flops_per_problem']:.3g} |")
+  wins = result.get("hybrid_wins") or []
+  keys = result["curve_keys"]
+  lines += [""] + ([f"The combined policy chose a search-then-revise cell in {len(wins)} (bin, "
+                    "budget) places: " + "; ".join(
+                        f"{_co_name(keys[w['curve']])} budget {w['budget']:g} bin "
+                        f"{w['bin'] + 1}: {candidate_label(result['candidates'][w['choice']])} "
+                        f"({100 * w['agreement']:.0f}%)" for w in wins) + "."]
+                   if wins else ["The combined policy never chose a search-then-revise cell: "
+                                 "in no bin and budget did the combination win on the training "
+                                 "folds."])
   return lines
 
 

@@ -47,6 +47,9 @@ STREAMS = {
     # keys every round: paired), row_keys(seed, 22, split, problem, sample)
     "distill_samples": 21,
     "distill_eval": 22,
+    # Search then revise: the revision model's chain after a search's best candidate,
+    # row_keys(seed, 23, split, problem, chain, step, search seed)
+    "hybrid_chains": 23,
 }
 SPLIT_IDS = {"train": 0, "test": 1}
 

@@ -29,6 +29,10 @@ BEST_OF_N, BEAM, BEAM_SQRT, DVTS_FAMILY, PARTICLES, LOOKAHEAD = (
 SWEEP_METHODS = (BEST_OF_N, BEAM, BEAM_SQRT, DVTS_FAMILY, PARTICLES, LOOKAHEAD)
 # Sequential revisions: one method per selection of the final answer.
 REVISIONS = "revisions"
+# Search then revise (beyond the paper): a search's best candidate revised by the revision
+# model; one method per search method and final-answer selection (HYBRID_SELECTIONS).
+HYBRID = "hybrid"
+HYBRID_SELECTIONS = ("last", "vote")
 # The tree searches (a PRM call at every step), as opposed to best-of-N and revisions.
 TREE_FAMILIES = (BEAM, BEAM_SQRT, DVTS_FAMILY, PARTICLES, LOOKAHEAD)
 
@@ -64,6 +68,8 @@ class Method:
       return "particle filtering"
     if self.family == LOOKAHEAD:
       return f"lookahead k={p['k']}" + (f" (M={params['m']})" if params.get("m") else "")
+    if self.family == HYBRID:
+      return f"{method(p['search']).label(params)}, then revised ({p['selection']})"
     return self.name
 
 
@@ -77,12 +83,19 @@ def name_of(family: str, **fixed) -> str:
     return f"lookahead_k{fixed['k']}"
   if family == REVISIONS:
     return f"revisions_{fixed['selection']}"
+  if family == HYBRID:
+    if fixed["selection"] not in HYBRID_SELECTIONS or method(fixed["search"]).family in (
+        REVISIONS, HYBRID, "other"):
+      raise ValueError(f"hybrid of {fixed['search']!r} with {fixed['selection']!r}: expected a "
+                       f"search method and one of {HYBRID_SELECTIONS}.")
+    return f"hybrid_{fixed['search']}_{fixed['selection']}"
   if family in (BEAM_SQRT, PARTICLES):
     return family
   raise ValueError(f"unknown search family {family!r}")
 
 
 _FIXED = re.compile(r"^(beam|dvts)_m(\d+)$|^lookahead_k(\d+)$|^revisions_(\w+)$")
+_HYBRID = re.compile(r"^hybrid_(\w+)_(" + "|".join(HYBRID_SELECTIONS) + r")$")
 
 
 def method(name: str) -> Method:
@@ -92,6 +105,9 @@ def method(name: str) -> Method:
     return Method(name, BEST_OF_N)
   if name in (BEAM_SQRT, PARTICLES):
     return Method(name, name)
+  h = _HYBRID.match(name)
+  if h is not None and method(h.group(1)).family not in (REVISIONS, HYBRID, "other"):
+    return Method(name, HYBRID, (("search", h.group(1)), ("selection", h.group(2))))
   m = _FIXED.match(name)
   if m is None:
     return Method(name, "other")

@@ -23,6 +23,7 @@ from ttc_jax.pipeline.stages import data
 from ttc_jax.pipeline.stages import difficulty
 from ttc_jax.pipeline.stages import distill
 from ttc_jax.pipeline.stages import exchange
+from ttc_jax.pipeline.stages import hybrid
 from ttc_jax.pipeline.stages import models
 from ttc_jax.pipeline.stages import report
 from ttc_jax.pipeline.stages import revisions
@@ -55,6 +56,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     verifier_eval.VERIFIER_ABLATION,
     allocation.ALLOCATION,
     search.SEARCH_SWEEP,
+    hybrid.HYBRID_SWEEP,
     verifier_axis.VERIFIER_AXIS,
     report.REPORT,
     report.REVISION_REPORT,

@@ -8,6 +8,8 @@ import numpy as np
 
 from ttc_jax import accounting
 from ttc_jax.analysis import compute_optimal as co_lib
+from ttc_jax.analysis import difficulty as difficulty_lib
+from ttc_jax.analysis import study as study_lib
 from ttc_jax.pipeline import artifacts
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
@@ -100,6 +102,11 @@ def run_compute_optimal(ctx: Context) -> dict:
   search_points = records.points_from_json(ctx.inputs["report"]["curves"])
   revision_points = (records.points_from_json(ctx.inputs["revision_report"]["curves"])
                      if "revision_report" in ctx.inputs else None)
+  hybrid_points = None
+  if ctx.inputs.get("hybrid_sweep") is not None:  # search then revise
+    bins = difficulty_lib.oracle_bins(diff.pass_at_1, num_bins)
+    hybrid_points = [study_lib.summarize(pt, bins, num_bins, c.seed)
+                     for pt in study_lib.points(ctx.inputs["hybrid_sweep"])]
   large = ctx.inputs.get("large_policy_eval")
   exchange_inputs = None
   if large is not None:
@@ -111,7 +118,7 @@ def run_compute_optimal(ctx: Context) -> dict:
   result = co_lib.compute_optimal_summary(
       search_points, revision_points, correct, mean_scores, num_bins, gens, flops,
       exchange_inputs=exchange_inputs, folds=cc.folds, repeats=cc.repeats, seed=c.seed,
-      revision_selection=None)
+      revision_selection=None, hybrid_points=hybrid_points)
   result["difficulty"]["prediction_cost"].update(cost)
   alloc = ctx.inputs.get("allocation")
   if alloc is not None:
@@ -167,12 +174,12 @@ COMPUTE_OPTIMAL = Stage(
     "cross-validation, efficiency over best-of-N, the pretraining / test-time FLOPs exchange "
     "(with the larger policy when `make exchange` ran)",
     inputs=("data", "policy", "prm", "orm", "difficulty", "verifier_eval", "report",
-            "revision_report", "allocation"),
+            "revision_report", "hybrid_sweep", "allocation"),
     sections=("seed", "test_problems", "report", "compute_optimal"),
     outputs=("compute_optimal.json", "compute_optimal.md", "compute_optimal.png",
              "compute_optimal_efficiency.png", "difficulty_bins.png"),
     run=run_compute_optimal, load=load_json("compute_optimal.json"),
-    optional=("large_policy_eval",), may_lack=("prm", "orm", "revision_report", "allocation"),
+    optional=("large_policy_eval",), may_lack=("prm", "orm", "revision_report", "hybrid_sweep", "allocation"),
     version=7, changelog=(
         "2: efficiency against the baseline's own smallest budget",
         "3: the prediction cost counts an imported PRM's own tokens; the floor N' / b_max",
@@ -181,6 +188,6 @@ COMPUTE_OPTIMAL = Stage(
         "6: a predictor of the policy's confidence reads nothing more (it came with the "
         "samples)",
         "7: adaptive allocation (the allocation stage) beside compute-optimal search, its "
-        "claims"),
+        "claims; search-then-revise cells (hybrid_sweep) among the combined candidates"),
     cost_s=15,
     checks={"compute_optimal": check_compute_optimal})
