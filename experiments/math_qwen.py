@@ -107,14 +107,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0  # Seed of every random stream.
   # Which stage fills each role: imported checkpoints as policy and PRM; no ORM, LM-head
   # verifiers (they train on MC-label samples: a PRM checkpoint is imported here), verifier
-  # ablation, revisions, larger policy, verifier choice or adaptive allocation (its train pool
-  # is 200 train problems x difficulty.samples_per_problem MATH samples) (None: the stages that
-  # read them do without).
+  # ablation, revisions (nor search then revise), larger policy, verifier choice or adaptive
+  # allocation (its train pool is 200 train problems x difficulty.samples_per_problem MATH
+  # samples), nor distillation (None: the stages that read them do without).
   c.stages = ml_collections.ConfigDict(dict(
       policy="hf_policy", prm="hf_prm", orm=None, implicit_prm=None, dpo=None,
       verifier_ablation=None,
       revision_report=None, large_policy_eval=None, verifier_choice=None, chosen_search=None,
-      allocation=None))
+      hybrid_sweep=None, allocation=None, distill=None))
   # data_dir: the folder holding math/*.jsonl and gsm8k/*.jsonl (shared/data's layout).
   c.task = tasks.default_config(task)
   c.test_problems = 500  # The first N test problems (MATH-500; GSM8K has 1319).
