@@ -433,3 +433,24 @@ def test_report_section_without_the_larger_model():
   assert "`make exchange`" in text and "| curve | R |" not in text
   with pytest.raises(ValueError, match="no exchange"):
     figures.compute_optimal_exchange(res)
+
+
+def test_the_distillation_note_sets_the_larger_policy_beside_the_rounds():
+  """study.md's distillation lines: every round's pass@1 and best-of-N in a fixed order, the
+  FLOPs spent, and the exchange's larger policy at its 6 N D pretraining FLOPs when present."""
+  from ttc_jax.report import markdown
+  summary = {k: {"mean": v, "ci": [v - 0.1, v + 0.1]} for k, v in
+             {"weighted@16": 0.61, "majority@4": 0.57, "pass@1": 0.48, "weighted@4": 0.6,
+              "majority@16": 0.6}.items()}
+  distill = {"policy_pretraining_flops": 1.3e13, "rounds": {"selected": [
+      {"round": 0, "summary": summary, "flops": {"total": 0.0}},
+      {"round": 1, "summary": summary, "flops": {"total": 2.3e12}}]}}
+  lines = markdown.distill_lines(distill, None)
+  assert lines[0] == "## Distillation (`make distill`)"
+  assert ("round 1: pass@1 0.480, weighted@4 0.600, majority@4 0.570, weighted@16 0.610, "
+          "majority@16 0.600 (pretraining + 2.3e+12 FLOPs)") in lines[2]
+  assert "not evaluated (`make exchange`)" in lines[3]
+  large = {"params": 1000, "greedy_pass_at_1": 0.7, "train_tokens": 2000}
+  assert "greedy pass@1 0.700 for 1.2e+07 pretraining FLOPs, against the policy's 1.3e+13" in \
+      markdown.distill_lines(distill, large)[3]
+  assert markdown.distill_lines(None, large) == []
