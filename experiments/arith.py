@@ -10,8 +10,10 @@ Command (the whole study, ``make study``; resumable, reruns skip finished work):
 Overrides go inline, e.g. ``--config.policy.train.steps=100``. Another task:
 ``--task_module=my.module --config=experiments/arith.py:task=mytask`` (README).
 
-Runtime: 40.1 min (make study, the venv included) on 2 cores of an AMD EPYC, warm XLA
-cache, commit 1645fdf (--jobs=2: policy 5 min, then two chains side by side, MC labels
+Runtime: 47.0 min (make study, the venv included) on 2 cores of an AMD EPYC, warm XLA
+cache, commit 8619f07, with search then revise (0.8 min) and adaptive allocation (1.4 min);
+the same machine ran 1645fdf's study in 40.1 min on an earlier day, and its unchanged
+stages were 14-20% slower this time (policy 5:47 against 5:05). At 1645fdf (--jobs=2: policy 5 min, then two chains side by side, MC labels
 6.5 min -> PRM 3 min -> search sweep 6 min and revision data 1 min -> revision model 12.5
 min (800 steps, one on-policy round, each checkpoint chosen) -> revision ORM 3.5 min ->
 revision sweep 4 min; the LM-head verifiers 10 min; reports 21 s). An Intel Xeon @ 2.50GHz
@@ -91,7 +93,7 @@ beat best-of-N weighted (the PRM is the weak part: search has little to choose f
 * distill (``make distill``, not part of ``make study``, which picks it up): 2 rounds of
   fine-tuning the policy on its own best-of-8 answers (weighted by its confidence, no label)
   to 2000 train problems, a labelled reference beside it -> WORKDIR/distill/latest/distill.md.
-  About 8 min alone.
+  8 min 14 s alone (make distill on the fresh study of 8619f07).
 * study: the headline and every finding's verdict -> WORKDIR/study/latest/study.md.
 """
 
