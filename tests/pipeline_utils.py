@@ -166,6 +166,20 @@ def shared_study(tmp_path_factory, name: str = "tiny_study", stage: str | None =
   return shared_workdir(tmp_path_factory, name, build)
 
 
+def plant_test_problem(monkeypatch, start: int) -> None:
+  """A planted leak: the task data hands test problem 0 as the first of the train problems
+  read from ``start`` (a stage that must learn or choose on train problems only reads it)."""
+  from ttc_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
+  real = artifacts.TaskData.problems
+
+  def leaky(self, split, num=None, start_=0):
+    out = real(self, split, num, start_)
+    return real(self, "test", 1) + out[1:] if split == "train" and start_ == start else out
+
+  monkeypatch.setattr(artifacts.TaskData, "problems",
+                      lambda self, split, num=None, start=0: leaky(self, split, num, start))
+
+
 @contextlib.contextmanager
 def chdir(path):
   old = os.getcwd()

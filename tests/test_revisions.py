@@ -905,13 +905,7 @@ def test_adaptive_allocation_is_chosen_on_train_problems_and_paired_with_best_of
   assert again == alloc
   # A planted leak: the data hands a test problem to the allocation's train problems.
   from ttc_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
-  real = artifacts.TaskData.problems
-
-  def leaky(self, split, num=None, start=0):
-    out = real(self, split, num, start)
-    return real(self, "test", 1) + out[1:] if split == "train" and start == 16 else out
-
-  monkeypatch.setattr(artifacts.TaskData, "problems", leaky)
+  pu.plant_test_problem(monkeypatch, 16)
   shutil.rmtree(os.path.join(workdir, "allocation"))
   with pytest.raises(artifacts.ArtifactError, match=r"arith/test/0 is not a train problem"):
     Pipeline(config, workdir).run("allocation")
@@ -992,13 +986,7 @@ def test_distillation_rounds_train_on_their_selection_and_resume_identically(tra
       "(g) distillation, round 2 (no labels): best-of-4 weighted over the policy"]
   # A planted leak: the data hands a test problem to the distillation.
   from ttc_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
-  real = artifacts.TaskData.problems
-
-  def leaky(self, split, num=None, start=0):
-    out = real(self, split, num, start)
-    return real(self, "test", 1) + out[1:] if split == "train" and start == 40 else out
-
-  monkeypatch.setattr(artifacts.TaskData, "problems", leaky)
+  pu.plant_test_problem(monkeypatch, 40)
   shutil.rmtree(out)
   with pytest.raises(ValueError, match=r"distillation: arith/test/0 is not a train problem"):
     Pipeline(config, workdir).run("distill")

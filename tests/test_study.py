@@ -192,13 +192,7 @@ def test_the_search_verifier_is_chosen_on_held_out_train_problems_only(tmp_path_
   assert set(choice["table"]) >= {"prm_last", "prm_min", "prm_prod", "orm"}
   # A planted leak: the data hands a test problem to the choice.
   from ttc_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
-  real = artifacts.TaskData.problems
-
-  def leaky(self, split, num=None, start=0):
-    out = real(self, split, num, start)
-    return real(self, "test", 1) + out[1:] if split == "train" and start == 8 else out
-
-  monkeypatch.setattr(artifacts.TaskData, "problems", leaky)
+  pu.plant_test_problem(monkeypatch, 8)
   shutil.rmtree(os.path.join(workdir, "verifier_choice"))
   with pytest.raises(artifacts.ArtifactError, match=r"arith/test/0 is not a train problem"):
     Pipeline(pu.tiny_config(), workdir).run("verifier_choice")
