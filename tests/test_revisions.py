@@ -985,7 +985,6 @@ def test_distillation_rounds_train_on_their_selection_and_resume_identically(tra
       "(g) distillation, round 2 (no labels): pass@1 over the policy",
       "(g) distillation, round 2 (no labels): best-of-4 weighted over the policy"]
   # A planted leak: the data hands a test problem to the distillation.
-  from ttc_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
   pu.plant_test_problem(monkeypatch, 40)
   shutil.rmtree(out)
   with pytest.raises(ValueError, match=r"distillation: arith/test/0 is not a train problem"):
