@@ -37,6 +37,7 @@ from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.pipeline.stage import segment
 from ttc_jax.pipeline.stages import common
+from ttc_jax.pipeline.stages.verifier_eval import confidence_scores
 from ttc_jax.sampling import solutions
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.training import data as data_lib
@@ -60,14 +61,13 @@ def first_problem(c: ml_collections.ConfigDict) -> int:
 
 
 def _confidence(model: Transformer, pad_id: int, samples: solutions.ProblemSamples, tok,
-                measure, batch_size: int) -> np.ndarray:
-  """Each sample's score by ``model``'s own confidence in it (the measure of its tokens'
-  log-probs; one forward pass; in search they come with the sampled tokens)."""
+                measure: str, batch_size: int) -> np.ndarray:
+  """Each sample's score by ``model``'s own confidence in it (``measure``: a score name; one
+  forward pass; in search they come with the sampled tokens)."""
   rows, _ = samples.rows_and_step_ends(tok)
-  stats = Scorer(model, pad_id=pad_id).token_confidence(rows, batch_size=batch_size,
-                                                         desc="confidence")
   starts = [len(samples.prompts[i // samples.n]) for i in range(len(rows))]
-  return np.asarray([measure.score(s[p:]) for s, p in zip(stats, starts)], np.float64)
+  return confidence_scores(Scorer(model, pad_id=pad_id), rows, starts, [measure], batch_size,
+                           desc="confidence")[measure]
 
 
 def select_rows(samples: solutions.ProblemSamples, scores: np.ndarray, variant: str
@@ -117,17 +117,14 @@ def _evaluate(ctx: Context, model: Transformer, pad_id: int, special_ids, tests:
   scores = _confidence(model, pad_id, samples, tok, measure, c.sampling.batch_size)
   n = samples.n
   correct = samples.correct_matrix()
-  ids = np.stack([aggregation.answer_ids(samples.answers[p * n:(p + 1) * n])[0]
-                  for p in range(len(tests))])
-  right = [{a for a, ok in zip(samples.answers[p * n:(p + 1) * n], correct[p]) if ok}
-           for p in range(len(tests))]
+  answers = [samples.answers[p * n:(p + 1) * n] for p in range(len(tests))]
+  right = [{a for a, ok in zip(answers[p], correct[p]) if ok} for p in range(len(tests))]
   out = {"pass@1": correct.mean(axis=1).tolist()}
   for k in dc.eval_n:
     for sel in ("weighted", "majority"):
-      chosen = aggregation.choose(ids[:, :k], scores.reshape(len(tests), n)[:, :k]
-                                  if sel == "weighted" else None, sel)
-      out[f"{sel}@{k}"] = [float(ch >= 0 and samples.answers[p * n + int(np.argmax(ids[p] == ch))]
-                                 in right[p]) for p, ch in enumerate(chosen)]
+      out[f"{sel}@{k}"] = [float(aggregation.select_answer(
+          answers[p][:k], scores[p * n:p * n + k] if sel == "weighted" else None, sel)
+          in right[p]) for p in range(len(tests))]
   return out
 
 
@@ -143,7 +140,7 @@ def run_distill(ctx: Context) -> dict:
   c, dc = ctx.config, ctx.config.distill
   data, policy = ctx.inputs["data"], ctx.inputs["policy"]
   tok, task = policy.tokenizer, data.task
-  measure = names.measure_of(dc.verifier)
+  measure = dc.verifier
   probs = data.problems("train", dc.num_problems, start=first_problem(c))
   revisions_lib.require_train(probs, "distillation")
   tests = data.problems("test", c.test_problems)

@@ -25,6 +25,7 @@ from ttc_jax.search import revisions as chains_lib
 from ttc_jax.search import search_problems
 from ttc_jax.search.records import Cell
 from ttc_jax.search.records import Outcome
+from ttc_jax.search.records import cell_key
 from ttc_jax.search.records import cells_from_json
 from ttc_jax.verifiers import aggregation
 
@@ -76,8 +77,7 @@ def run_hybrid_sweep(ctx: Context) -> dict:
   for cell in registry.sweep(_search_section(c)):
     names = [(registry.name_of(registry.HYBRID, search=cell.method, selection=sel), sel, L)
              for L in hc.revisions for sel in registry.HYBRID_SELECTIONS]
-    cell_keys = [Cell(method=n, params={**cell.params, "revisions": L}, seed=cell.seed,
-                      budget_generations=0, outcomes=(), wall_s=0).key for n, _, L in names]
+    cell_keys = [cell_key(n, {**cell.params, "revisions": L}, cell.seed) for n, _, L in names]
     keys += cell_keys
     if all(k in done for k in cell_keys):
       continue

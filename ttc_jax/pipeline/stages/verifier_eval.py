@@ -62,11 +62,20 @@ def score_samples(ctx: Context, samples, only: Collection[str] | None = None
   # here by one forward pass (in search they come with the sampled tokens). The least likely
   # token, policy_likelihood, is the reference of what a model of the policy's size tells apart.
   if need is None or names.POLICY in need:
-    stats = policy.scorer().token_confidence(rows, batch_size=bs, desc="policy confidence")
-    for name in (names.LIKELIHOOD,) + names.CONFIDENCE_SCORES:
-      measure = names.measure_of(name)
-      scores[name] = np.asarray([measure.score(s[p:]) for s, p in zip(stats, prompt_lengths)])
+    wanted = [k for k in (names.LIKELIHOOD,) + names.CONFIDENCE_SCORES
+              if only is None or k in only]
+    scores.update(confidence_scores(policy.scorer(), rows, prompt_lengths, wanted, bs))
   return scores if only is None else {k: scores[k] for k in only}
+
+
+def confidence_scores(scorer, rows, starts, score_names, batch_size: int,
+                      desc: str = "policy confidence") -> dict[str, np.ndarray]:
+  """Each row's confidence measures (``score_names``: policy_likelihood, conf_*) under the
+  model of ``scorer`` (a :class:`ttc_jax.verifiers.scoring.Scorer`), over its tokens from
+  ``starts[i]`` (after the prompt): one forward pass for all of them."""
+  stats = scorer.token_confidence(rows, batch_size=batch_size, desc=desc)
+  return {name: np.asarray([names.measure_of(name).score(s[p:]) for s, p in zip(stats, starts)])
+          for name in score_names}
 
 
 def verifier_costs(ctx: Context, scores) -> dict[str, dict]:
