@@ -124,6 +124,10 @@ def _train(**overrides) -> ml_collections.ConfigDict:
       seed=0,  # parameter init and data order
       bucket_pool_batches=16,  # batches of similar lengths, drawn from pools of this many
       pad_multiple=32,  # each batch cut to its longest row rounded up to this
+      # > 0: a step's sequences packed into rows of this many tokens (the same loss per token).
+      # Off on CPU: at 128 the policy trained at 11.8k tok/s against 14.2k with bucketed
+      # batches (attention over the wider rows costs more than the padding it saves).
+      pack_width=0,
       label_smoothing=0.0,  # LM objective only
   ))
   train.update(overrides)

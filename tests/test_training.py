@@ -169,6 +169,105 @@ def _params(model):
   return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
+# ---------------------------------------------------------------------- packed rows
+def _ragged(n=12, width=16, seed=0, group=1):
+  """Right-padded rows of 1..width tokens (lengths chosen to leave no packing slack),
+  every per-position field random."""
+  rs = np.random.RandomState(seed)
+  lengths = rs.randint(1, width + 1, n)
+  lengths[:3] = (width, 1, 2)  # a full row, a row of one token (never predicts), a pair
+  valid = np.arange(width)[None] < lengths[:, None]
+  tokens = np.where(valid, rs.randint(3, 16, (n, width)), 0).astype(np.int32)
+  weights = (valid * rs.rand(n, width)).astype(np.float32)
+  return data.TokenDataset(
+      tokens=tokens, valid=valid, weights=weights,
+      targets=(valid * rs.rand(n, width)).astype(np.float32),
+      ref_logprobs=(valid * -rs.rand(n, width)).astype(np.float32),
+      labels=rs.randint(0, 2, n).astype(np.float32), group=group)
+
+
+def test_packing_puts_each_row_once_and_refuses_what_does_not_fit():
+  ds = _ragged(n=24, width=16)
+  batch = ds.batch(np.arange(24))
+  packed = data.pack(batch, width=24, rows_multiple=4)
+  assert packed["tokens"].shape[0] % 4 == 0 and packed["tokens"].shape[1] == 24
+  assert packed["valid"].sum() == batch["valid"].sum()
+  assert packed["tokens"].shape[0] * 24 < batch["valid"].size  # fewer tokens computed
+  for i in range(24):  # each row's tokens, contiguous and in order, under its own id
+    at = packed["segments"] == i + 1
+    r = np.flatnonzero(at.any(1))
+    assert len(r) == 1
+    cols = np.flatnonzero(at[r[0]])
+    assert np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
+    for name in ("tokens", "weights", "targets", "ref_logprobs"):
+      np.testing.assert_array_equal(packed[name][r[0], cols], batch[name][i][batch["valid"][i]])
+  assert not packed["valid"][packed["segments"] == 0].any()
+  np.testing.assert_array_equal(packed["labels"], batch["labels"])
+  with pytest.raises(ValueError, match="width=8"):
+    data.pack(batch, width=8)
+  holes = dict(batch, valid=batch["valid"].copy())
+  holes["valid"][0, 3] = False
+  with pytest.raises(ValueError, match="right padded"):
+    data.pack(holes, width=24)
+
+
+@pytest.mark.parametrize("objective,head,group", [("lm", "lm", 1), ("value", "value", 1),
+                                                  ("implicit_prm", "lm", 1), ("dpo", "lm", 2)])
+def test_a_packed_batch_has_the_unpacked_loss_and_gradients(objective, head, group):
+  """Several sequences per row: each token's output, the loss per token, the per-row
+  rewards of the implicit objectives and the gradients equal those of one row each."""
+  ds = _ragged(n=12, width=16, seed=1, group=group)
+  model = _tiny(head)
+  batch = ds.batch(np.arange(len(ds)))
+  packed = data.pack(batch, width=40, rows_multiple=4)
+  assert packed["tokens"].shape[0] < batch["tokens"].shape[0]
+  options = {"beta": 0.5} if objective in ("implicit_prm", "dpo") else {}
+  graphdef, params = nnx.split(model)
+
+  def loss(p, b):
+    return trainer.OBJECTIVES[objective](nnx.merge(graphdef, p), b, **options)
+
+  (a, ma), ga = jax.value_and_grad(loss, has_aux=True)(params, jax.tree.map(np.asarray, batch))
+  (b, mb), gb = jax.value_and_grad(loss, has_aux=True)(params, packed)
+  assert_close(b, a)
+  assert_close(mb["accuracy"], ma["accuracy"])
+  for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+    assert_close(x, y)
+  if objective in ("implicit_prm", "dpo"):
+    assert_close(trainer.implicit_rewards(nnx.merge(graphdef, params), packed, 0.5),
+                 trainer.implicit_rewards(nnx.merge(graphdef, params), batch, 0.5))
+  # Each token's output as in its own row.
+  out, _ = nnx.merge(graphdef, params)(packed["tokens"], packed["valid"],
+                                        segments=packed["segments"])
+  ref, _ = nnx.merge(graphdef, params)(batch["tokens"], batch["valid"])
+  for i in range(batch["tokens"].shape[0]):
+    assert_close(np.asarray(out)[packed["segments"] == i + 1],
+                 np.asarray(ref)[i][batch["valid"][i]])
+
+
+def test_packed_training_follows_unpacked_training(tmp_path):
+  ds = _ragged(n=64, width=16, seed=2)
+  ds = data.TokenDataset(tokens=ds.tokens, valid=ds.valid, weights=ds.weights)
+  mesh = make_mesh(devices=jax.devices()[:1])
+  one = trainer.train(_tiny(), ds, _train_cfg(steps=6, batch_size=32), str(tmp_path / "one"),
+                      objective="lm", mesh=mesh, log_fn=lambda s: None)
+  packed = trainer.train(_tiny(), ds, _train_cfg(steps=6, batch_size=32, pack_width=32),
+                         str(tmp_path / "packed"), objective="lm", mesh=mesh,
+                         log_fn=lambda s: None)
+  eight = trainer.train(_tiny(), ds, _train_cfg(steps=6, batch_size=32, pack_width=32),
+                        str(tmp_path / "eight"), objective="lm", mesh=make_mesh(),
+                        log_fn=lambda s: None)
+  for x, y, z in zip(_params(one), _params(packed), _params(eight)):
+    assert_close(np.asarray(y), np.asarray(x))
+    assert_close(np.asarray(z), np.asarray(x))
+  runs = trainer.THROUGHPUT[-3:-1]
+  assert runs[1]["padding_share"] < runs[0]["padding_share"]
+  assert runs[1]["tokens"] == runs[0]["tokens"]
+  with pytest.raises(ValueError, match="pack_width=-1"):
+    trainer.train(_tiny(), ds, _train_cfg(pack_width=-1), str(tmp_path / "bad"),
+                  objective="lm")
+
+
 def test_resume_is_bit_identical_in_process(tmp_path):
   ds = _copy_task()
   full = trainer.train(_tiny(), ds, _train_cfg(steps=30, checkpoint_every=10),

@@ -494,6 +494,7 @@ class Transformer(nnx.Module):
       valid: Array | None = None,
       cache: KVCache | None = None,
       *,
+      segments: Array | None = None,
       readout: Literal["all", "last", "hidden"] = "all",
   ) -> tuple[Array, KVCache | None]:
     """Runs the decoder over ``tokens`` (B, T).
@@ -502,6 +503,10 @@ class Transformer(nnx.Module):
       tokens: int token ids (B, T).
       valid: (B, T) bool, False for padding (left, right or holes). Default all True.
       cache: a KVCache to extend (prefill, decode, incremental scoring), or None.
+      segments: (B, T) int, packed rows (training; no cache): several sequences per row,
+        each a run of equal ids. A token attends only to its own sequence, and positions
+        restart at each sequence's first token, so every sequence is computed as alone in
+        a row of its own (``training.data.pack``).
       readout: 'all' -> head output at every position, (B, T, V) or (B, T);
         'last' -> head output at each row's last valid token, (B, V), (B,) or (B, L)
         (rows with no valid token give an ignored value); 'hidden' -> (B, T, d).
@@ -520,13 +525,24 @@ class Transformer(nnx.Module):
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.d_model ** 0.5, dt)
 
+    if segments is not None and cache is None:
+      # A sequence's first token is where the id changes; its positions count the valid
+      # tokens from there.
+      first = jnp.concatenate([jnp.ones((b, 1), jnp.bool_), segments[:, 1:] != segments[:, :-1]],
+                              axis=1)
+      before = jax.lax.cummax(jnp.where(first, offsets - valid.astype(jnp.int32) + 1, 0), axis=1)
+      offsets = offsets - before
     if cache is None:
       positions = jnp.maximum(offsets, 0)
       causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
       attn_mask = causal[None] & valid[:, None, :]
+      if segments is not None:
+        attn_mask = attn_mask & (segments[:, :, None] == segments[:, None, :])
       index = None
       ks = vs = (None,) * cfg.num_layers
     else:
+      if segments is not None:
+        raise ValueError("segments (packed rows) are for training passes, without a cache.")
       if cache.size < t:
         raise ValueError(f"chunk of {t} tokens does not fit a cache of {cache.size} slots.")
       positions = cache.pos[:, None] + jnp.maximum(offsets, 0)

@@ -101,6 +101,51 @@ class TokenDataset:
     return out
 
 
+def pack(batch: dict[str, np.ndarray], width: int, rows_multiple: int = 1
+         ) -> dict[str, np.ndarray]:
+  """Packs a batch's rows (``TokenDataset.batch``) into fewer rows of ``width`` tokens.
+
+  Rows go first-fit, longest first (ties by index: a pure function of the batch), each
+  as its valid prefix (rows are right padded). ``segments`` (R, width) int32 holds, at each
+  token, its row's index in the batch plus one (0: padding): the model attends within a
+  row's tokens only and restarts positions at its first (``Transformer(segments=)``), so
+  every row is computed as it is alone; the objectives read the row index to keep
+  per-row sums (``labels`` stay per row). R is rounded up to ``rows_multiple`` (few
+  compiled shapes; a multiple of the data devices).
+  """
+  valid = batch["valid"]
+  n, w = valid.shape
+  lengths = np.where(valid.any(1), w - np.argmax(valid[:, ::-1], 1), 0)
+  if not np.array_equal(valid, np.arange(w)[None] < lengths[:, None]):
+    raise ValueError("pack: rows must be right padded (their valid tokens a prefix).")
+  if lengths.max(initial=0) > width:
+    raise ValueError(f"pack: a row of {int(lengths.max())} tokens does not fit rows of "
+                     f"width={width}.")
+  free: list[int] = []  # room left in each packed row
+  place = np.zeros((n, 2), np.int64)  # (packed row, offset) of each row
+  for i in sorted(range(n), key=lambda i: (-lengths[i], i)):
+    r = next((r for r, room in enumerate(free) if room >= lengths[i]), len(free))
+    if r == len(free):
+      free.append(width)
+    place[i] = r, width - free[r]
+    free[r] -= lengths[i]
+  rows = -(-max(len(free), 1) // rows_multiple) * rows_multiple
+  out = {"segments": np.zeros((rows, width), np.int32)}
+  for name in ("tokens", "valid", "weights", "targets", "ref_logprobs"):
+    if name in batch:
+      out[name] = np.zeros((rows, width), batch[name].dtype)  # padding: masked
+  for i in range(n):
+    r, o = place[i]
+    k = lengths[i]
+    out["segments"][r, o:o + k] = i + 1
+    for name in ("tokens", "valid", "weights", "targets", "ref_logprobs"):
+      if name in batch:
+        out[name][r, o:o + k] = batch[name][i, :k]
+  if "labels" in batch:
+    out["labels"] = batch["labels"]
+  return out
+
+
 @functools.lru_cache(maxsize=8)
 def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   perm = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)

@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from typing import Callable, Mapping
@@ -53,6 +54,7 @@ from ttc_jax.progress import fmt_duration
 from ttc_jax.training.data import TokenDataset
 from ttc_jax.training.data import batch_indices
 from ttc_jax.training.data import bucketed_batch_indices
+from ttc_jax.training.data import pack
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -104,6 +106,10 @@ def check_config(cfg: ml_collections.ConfigDict, prefix: str = "train") -> None:
   if not cfg.learning_rate > 0 or not 0 <= cfg.final_lr_fraction <= 1:
     raise ValueError(f"{prefix}.learning_rate={cfg.learning_rate!r} must be > 0 and "
                      f"{prefix}.final_lr_fraction={cfg.final_lr_fraction!r} in [0, 1].")
+  pack_width = cfg.get("pack_width", 0)
+  if not isinstance(pack_width, int) or isinstance(pack_width, bool) or pack_width < 0:
+    raise ValueError(f"{prefix}.pack_width={pack_width!r} must be an integer >= 0 (0: one "
+                     "sequence per row).")
   if not 0 <= cfg.get("label_smoothing", 0.0) < 1:
     raise ValueError(f"{prefix}.label_smoothing={cfg.label_smoothing!r} must be in [0, 1).")
 
@@ -111,6 +117,21 @@ def check_config(cfg: ml_collections.ConfigDict, prefix: str = "train") -> None:
 # ----------------------------------------------------------------------------
 # Objectives: (model, batch) -> (loss, metrics)
 # ----------------------------------------------------------------------------
+def _head(batch: Batch) -> Array | None:
+  """The packed rows' segment ids of the positions that predict the next token."""
+  return batch["segments"][:, :-1] if "segments" in batch else None
+
+
+def _next_weights(batch: Batch) -> Array:
+  """The weight of predicting the token at t + 1 from position t; in packed rows (data.pack)
+  only within one sequence (a sequence's first token is never predicted, as in its own row)."""
+  w = batch["weights"][:, 1:]
+  if "segments" in batch:
+    seg = batch["segments"]
+    w = w * (seg[:, 1:] == seg[:, :-1])
+  return w
+
+
 def lm_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0
             ) -> tuple[Array, dict[str, Array]]:
   """Next-token cross-entropy where ``weights`` of the target token is set.
@@ -119,9 +140,9 @@ def lm_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0
   (optax.smooth_labels); the reported loss is then the smoothed cross-entropy.
   """
   tokens, valid = batch["tokens"], batch["valid"]
-  logits, _ = model(tokens[:, :-1], valid[:, :-1])
+  logits, _ = model(tokens[:, :-1], valid[:, :-1], segments=_head(batch))
   targets = tokens[:, 1:]
-  w = batch["weights"][:, 1:]
+  w = _next_weights(batch)
   labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
   nll = optax.softmax_cross_entropy(logits, labels)
   denom = jnp.maximum(w.sum(), 1.0)
@@ -134,7 +155,7 @@ def value_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0
                ) -> tuple[Array, dict[str, Array]]:
   """Binary cross-entropy (soft labels) of the value head where ``weights`` is set."""
   del label_smoothing  # The targets are already soft.
-  logits, _ = model(batch["tokens"], batch["valid"])
+  logits, _ = model(batch["tokens"], batch["valid"], segments=batch.get("segments"))
   w, y = batch["weights"], batch["targets"]
   bce = optax.sigmoid_binary_cross_entropy(logits, y)
   denom = jnp.maximum(w.sum(), 1.0)
@@ -148,11 +169,16 @@ def implicit_rewards(model: Transformer, batch: Batch, beta: float) -> Array:
   row's weighted tokens, of log pi(token | prefix) - log pi_ref(token | prefix) (Rafailov
   et al. 2023; Yuan et al., arXiv 2412.01981, whose partial sums are the process rewards)."""
   tokens, valid = batch["tokens"], batch["valid"]
-  logits, _ = model(tokens[:, :-1], valid[:, :-1])
+  logits, _ = model(tokens[:, :-1], valid[:, :-1], segments=_head(batch))
   lp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1),
                            tokens[:, 1:, None], axis=-1)[..., 0]
-  w = batch["weights"][:, 1:]
-  return beta * ((lp - batch["ref_logprobs"][:, 1:]) * w).sum(axis=1)
+  terms = (lp - batch["ref_logprobs"][:, 1:]) * _next_weights(batch)
+  if "segments" not in batch:
+    return beta * terms.sum(axis=1)
+  # Packed rows: each token's term goes to its own row (segment id - 1; padding: dropped).
+  rows = batch["labels"].shape[0]
+  return beta * jax.ops.segment_sum(terms.reshape(-1), batch["segments"][:, 1:].reshape(-1) - 1,
+                                    num_segments=rows)
 
 
 def implicit_prm_loss(model: Transformer, batch: Batch, beta: float = 0.05
@@ -282,15 +308,21 @@ def _save(manager, step: int, params, opt_state, cfg: ml_collections.ConfigDict)
                               "seed": cfg.seed}))
 
 
-def _host_batch(dataset: TokenDataset, cfg: ml_collections.ConfigDict, step: int
-                ) -> dict[str, np.ndarray]:
-  """The host arrays of ``step``'s batch: its rows are a pure function of (seed, step)."""
+def _host_batch(dataset: TokenDataset, cfg: ml_collections.ConfigDict, step: int,
+                data_size: int = 1) -> dict[str, np.ndarray]:
+  """The host arrays of ``step``'s batch: its rows are a pure function of (seed, step);
+  with ``pack_width``, packed into rows of that many tokens (or of the longest row, rounded
+  up to ``pad_multiple``; ``data.pack``), as many as a multiple of 4 and of the data devices."""
   if cfg.get("bucket_pool_batches", 0):
     idx = bucketed_batch_indices(dataset.lengths, cfg.batch_size, cfg.seed, step,
                                  cfg.bucket_pool_batches)
   else:
     idx = batch_indices(len(dataset), cfg.batch_size, cfg.seed, step)
-  return dataset.batch(idx, cfg.get("pad_multiple", None))
+  batch = dataset.batch(idx, cfg.get("pad_multiple", None))
+  if cfg.get("pack_width", 0):
+    width = max(cfg.pack_width, batch["tokens"].shape[1])
+    batch = pack(batch, width, rows_multiple=math.lcm(4, data_size))
+  return batch
 
 
 def _dispatch_step(step_fn, graphdef, params, opt_state, batch, in_flight: collections.deque,
@@ -350,8 +382,9 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
       final_lr_fraction, weight_decay, b1, b2, grad_clip, checkpoint_every,
       log_every, seed; optional bucket_pool_batches (> 0: batches of similar
       lengths, see ``data.bucketed_batch_indices``), label_smoothing (LM
-      objective) and pad_multiple (cut each
-      batch to its longest row rounded up to this; one compile per width).
+      objective), pad_multiple (cut each batch to its longest row rounded up to this;
+      one compile per width) and pack_width (> 0: the step's sequences packed into rows
+      of at least this many tokens, ``data.pack``; the same loss per token).
     out_dir: output directory of this training run (checkpoints/, metrics.jsonl).
     objective: 'lm', 'value', 'implicit_prm' or 'dpo' (:data:`OBJECTIVES`).
     options: the objective's keyword options (:data:`OBJECTIVE_OPTIONS`: the implicit-reward
@@ -410,7 +443,7 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
   t_start, valid_tokens, computed_tokens = time.time(), 0, 0
   with open(metrics_path if primary else os.devnull, "a") as mf:
     for step in range(start, cfg.steps):
-      host = _host_batch(dataset, cfg, step)
+      host = _host_batch(dataset, cfg, step, mesh.shape[DATA_AXIS])
       since.tokens += int(host["valid"].sum())
       valid_tokens += int(host["valid"].sum())
       computed_tokens += int(host["valid"].size)
