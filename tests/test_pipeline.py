@@ -91,6 +91,18 @@ def _changed(a, b):
   return sorted(k for k in a if a[k] != b[k])
 
 
+def test_a_key_added_at_its_old_behaviour_keeps_the_artifacts_made_before_it():
+  """train.pack_width came after artifacts were made: at 0 (one sequence per row, as before)
+  an identity is what it was without the key; any other value is keyed."""
+  config = pu.tiny_config()
+  base = _ids(config)
+  for section in ("policy", "prm"):
+    del config[section].train["pack_width"]
+  assert _ids(config) == base
+  changed = _changed(base, _ids(pu.tiny_config(prm__train__pack_width=64)))
+  assert "prm" in changed and "policy" not in changed
+
+
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
   downstream_of_policy = ["allocation", "chosen_search", "compute_optimal", "difficulty",

@@ -57,7 +57,8 @@ def _drop_speed_only(obj: Any, path: str = "") -> Any:
     p = f"{path}.{k}" if path else k
     if any(fnmatch.fnmatchcase(p, pattern) for pattern in SPEED_ONLY):
       continue
-    if p in ADDED_KEYS and v == ADDED_KEYS[p]:
+    if any(fnmatch.fnmatchcase(p, pattern) and v == default
+           for pattern, default in ADDED_KEYS.items()):
       continue
     out[k] = _drop_speed_only(v, p)
   return out
