@@ -102,6 +102,8 @@ def _reference_beam(strategy, ctx, problem):
 
   seqs = [[] for _ in range(n)]
   active = [True] * n
+  parent_score = [None] * n  # each beam's score at its previous step (None: the prompt)
+  alpha = getattr(strategy, "advantage", 0.0)
   pool = []
   for rnd in range(strategy.max_rounds):
     if not any(active):
@@ -154,10 +156,13 @@ def _reference_beam(strategy, ctx, problem):
       for g in range(n // m):
         best = sorted((j for j in alive if j // m == g), key=lambda j: (-select[j], j))[:1]
         parents += [best[0] if best else None] * m
-    else:
-      kept = sorted(alive, key=lambda j: (-select[j], j))[:n // m]
+    else:  # beam: by Q + alpha x (Q(s_h) - Q(s_{h-1})); the first step's advantage is 0
+      advantage = {j: 0.0 if parent_score[j] is None else scores[j] - parent_score[j]
+                   for j in alive}
+      kept = sorted(alive, key=lambda j: (-(select[j] + alpha * advantage[j]), j))[:n // m]
       parents = [kept[i // m] if i // m < len(kept) else None for i in range(n)]
     seqs = [list(seqs[p]) if p is not None else [] for p in parents]
+    parent_score = [scores[p] if p is not None else None for p in parents]
     active = [p is not None for p in parents]
   if not isinstance(strategy, ParticleFilter):
     pool = sorted(pool, key=lambda c: -c[1])[:n]
@@ -171,11 +176,12 @@ def _as_pool(result):
 @pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=4),
                                       BeamSearch(n=4, width=4, max_rounds=3),
                                       BeamSearch(n=4, width=2, lookahead=1, max_rounds=3),
+                                      BeamSearch(n=8, width=2, max_rounds=4, advantage=3.0),
                                       DVTS(n=4, width=2, max_rounds=4),
                                       ParticleFilter(n=4, max_rounds=4),
                                       ParticleFilter(n=3, temperature=0.5, max_rounds=4)],
-                         ids=["beam-4-2", "beam-4-4", "lookahead-1", "dvts-4-2", "particles-4",
-                              "particles-3-t0.5"])
+                         ids=["beam-4-2", "beam-4-4", "lookahead-1", "beam-8-2-advantage",
+                              "dvts-4-2", "particles-4", "particles-3-t0.5"])
 def test_vectorized_search_matches_the_reference(ctx, strategy):
   results = strategy.run(ctx, PROBLEMS)
   total_finished = 0
@@ -211,9 +217,27 @@ def test_only_finished_candidates_are_returned(ctx):
   assert sum(len(b.candidates) for b in longer) > sum(len(a.candidates) for a in one_round)
 
 
+def test_the_process_advantage_reorders_beams_of_different_parents(ctx):
+  """Q + alpha x A (A: the step's change of the PRM score) is not Q: it keeps other beams
+  (the reference search above checks which); A is 0 in the first round, whose beams share
+  the prompt."""
+  plain = BeamSearch(n=8, width=2, max_rounds=4).run(ctx, PROBLEMS)
+  adv = BeamSearch(n=8, width=2, max_rounds=4, advantage=3.0).run(ctx, PROBLEMS)
+  assert any(_as_pool(a) != _as_pool(b) for a, b in zip(plain, adv))
+  # Two rounds: one selection, among the first steps (a selection after the last round
+  # changes nothing returned).
+  two = BeamSearch(n=8, width=2, max_rounds=2)
+  for a, b in zip(two.run(ctx, PROBLEMS),
+                  BeamSearch(n=8, width=2, max_rounds=2, advantage=3.0).run(ctx, PROBLEMS)):
+    assert _as_pool(a) == _as_pool(b)
+  with pytest.raises(ValueError, match="advantage=-1"):
+    BeamSearch(n=4, width=2, advantage=-1)
+
+
 @pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=4), BestOfN(n=4),
-                                      ParticleFilter(n=4, max_rounds=6)],
-                         ids=["beam", "best-of-n", "particles"])
+                                      ParticleFilter(n=4, max_rounds=6),
+                                      BeamSearch(n=4, width=2, max_rounds=4, advantage=1.0)],
+                         ids=["beam", "best-of-n", "particles", "beam-advantage"])
 def test_problems_do_not_mix_in_a_batch(ctx, strategy):
   together = strategy.run(ctx, PROBLEMS)
   for problem, res in zip(PROBLEMS, together):

@@ -84,6 +84,9 @@ def search(**overrides) -> ml_collections.ConfigDict:
       methods=("best_of_n", "beam", "dvts", "particles", "lookahead"),
       beam_width=4,  # M of beam search, DVTS and lookahead
       particle_temperature=1.0,  # particle filtering: resample by softmax(logit(score) / T)
+      # alpha of beam search and lookahead: rows ranked by Q + alpha x A, A = Q(s_h) -
+      # Q(s_{h-1}) the step's process advantage (Setlur et al., arXiv 2410.08146); 0: by Q.
+      advantage=0.0,
       # k of the lookahead searches (beam width M = beam_width); a lookahead cell costs
       # N x (k + 1) generations.
       lookahead_steps=(3,),

@@ -7,6 +7,11 @@ whose ``select`` says, per problem and round, which unfinished rows continue.
   different rounds can add up to more than N).
 * Lookahead (the paper): beam search whose selection score is the PRM score
   after a k-step greedy rollout of each candidate; costs N x (k + 1) generations.
+* Beam search with a process advantage (Setlur et al., arXiv 2410.08146): rows ranked by
+  Q + alpha x A, A = Q(s_h) - Q(s_{h-1}) the step's change of the verifier's score
+  (``advantage`` = alpha; 0: the paper's beam search). Among siblings of one parent A
+  only shifts Q, so it reorders rows of different parents: those whose last step raised
+  the score over those that merely inherited a high one.
 * DVTS (Beeching et al. 2024, search-and-learn): N / M independent subtrees, each
   a beam search of width M that keeps its one best row per round and expands it
   M ways; subtrees never compete, which keeps the N solutions diverse. Like our
@@ -52,6 +57,7 @@ class BeamSearch(_TreeSearch):
   width: int
   lookahead: int = 0
   max_rounds: int = 40
+  advantage: float = 0.0  # alpha: rows ranked by Q + alpha x (Q(s_h) - Q(s_{h-1}))
 
   def __post_init__(self):
     if self.n < 1 or self.width < 1 or self.n % self.width:
@@ -60,6 +66,9 @@ class BeamSearch(_TreeSearch):
     if self.lookahead < 0 or self.max_rounds < 1:
       raise ValueError(f"lookahead={self.lookahead} must be >= 0 and max_rounds="
                        f"{self.max_rounds} >= 1.")
+    if not (isinstance(self.advantage, (int, float)) and math.isfinite(self.advantage)
+            and self.advantage >= 0):
+      raise ValueError(f"advantage={self.advantage!r}: expected a finite number >= 0.")
 
   @property
   def name(self) -> str:
@@ -71,7 +80,10 @@ class BeamSearch(_TreeSearch):
 
   def select(self, f: tree.Frontier):
     m = self.width
-    kept = tree.top_per_group(f.alive_scores, f.alive_slots,
+    rank = f.alive_scores
+    if self.advantage and f.alive_advantages is not None:
+      rank = rank + self.advantage * f.alive_advantages
+    kept = tree.top_per_group(rank, f.alive_slots,
                               np.zeros(f.alive_scores.size, np.int64), self.n // m)
     return np.repeat(kept, m), np.arange(kept.size * m), np.arange(f.pool_scores.size)
 

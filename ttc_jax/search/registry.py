@@ -160,6 +160,7 @@ def sweep(search) -> list[SweepCell]:
   """The cells of a ``search`` config section in run order (by seed, then method, then
   budget: the first seed's curves are complete first)."""
   m, rounds = search.beam_width, search.max_rounds
+  alpha = float(search.get("advantage", 0.0))
   per_seed = []
 
   def add(family, params, strategy, **fixed):
@@ -173,10 +174,10 @@ def sweep(search) -> list[SweepCell]:
         add(BEST_OF_N, {"n": n}, BestOfN(n=n, selection="weighted", step_aggregation="last"))
       elif family == BEAM:
         w = min(m, n)
-        add(BEAM, {"n": n, "m": w}, BeamSearch(n=n, width=w, max_rounds=rounds), m=m)
+        add(BEAM, {"n": n, "m": w}, BeamSearch(n=n, width=w, max_rounds=rounds, advantage=alpha), m=m)
       elif family == BEAM_SQRT:
         w = default_width(n)
-        add(BEAM_SQRT, {"n": n, "m": w}, BeamSearch(n=n, width=w, max_rounds=rounds))
+        add(BEAM_SQRT, {"n": n, "m": w}, BeamSearch(n=n, width=w, max_rounds=rounds, advantage=alpha))
       elif family == DVTS_FAMILY:
         w = min(m, n)
         add(DVTS_FAMILY, {"n": n, "m": w}, DVTS(n=n, width=w, max_rounds=rounds), m=m)
@@ -189,6 +190,7 @@ def sweep(search) -> list[SweepCell]:
           if n < m or n * (k + 1) > max(search.budgets):
             continue  # the budget N x (k + 1) must fit the sweep's range
           add(LOOKAHEAD, {"n": n, "m": m, "k": k},
-              BeamSearch(n=n, width=m, lookahead=k, max_rounds=rounds), k=k)
+              BeamSearch(n=n, width=m, lookahead=k, max_rounds=rounds,
+                         advantage=alpha), k=k)
   return [SweepCell(method, params, s, strategy) for s in search.seeds
           for method, params, strategy in per_seed]

@@ -54,6 +54,9 @@ class Frontier:
 
   alive_scores / alive_slots: the unfinished rows that may be continued (with room
     left), their selection scores (after lookahead) and slots (in row order).
+  alive_advantages: each of those rows' process advantage, its verifier score at its new
+    step minus the score at its previous step, Q(s_h) - Q(s_{h-1}) (Setlur et al., arXiv
+    2410.08146); 0 in the first round, whose rows share their parent, the prompt.
   pool_scores: scores of the problem's pool of finished candidates (this round's
     newly finished included).
   rng: a generator keyed by (seed, 'resample', problem index, round), for
@@ -64,6 +67,7 @@ class Frontier:
   alive_slots: np.ndarray
   pool_scores: np.ndarray
   rng_factory: object
+  alive_advantages: np.ndarray | None = None  # None: zeros
 
   @property
   def rng(self) -> np.random.Generator:
@@ -173,7 +177,8 @@ def _sample_round(ctx: common.SearchContext, pol, prm, seqs: list[list[int]],
 
 def _select(strategy: TreeStrategy, ctx: common.SearchContext, problems: Sequence,
             pools: list[list[common.Candidate]], seqs: list[list[int]], row_problem: np.ndarray,
-            row_slot: np.ndarray, rnd: int, sampled: _Round, select_scores: np.ndarray
+            row_slot: np.ndarray, rnd: int, sampled: _Round, select_scores: np.ndarray,
+            parent_scores: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
   """Per problem: rows that ended join its pool, and the strategy picks which rows continue
   and which pool entries stay (``pools`` is updated). Returns the next round's (parents:
@@ -188,7 +193,8 @@ def _select(strategy: TreeStrategy, ctx: common.SearchContext, problems: Sequenc
         alive_scores=np.asarray(select_scores[alive], np.float64),
         alive_slots=row_slot[alive],
         pool_scores=np.asarray([c.score for c in pools[q]], np.float64),
-        rng_factory=lambda q=q, rnd=rnd: ctx.generator("resample", problems[q].index, rnd))
+        rng_factory=lambda q=q, rnd=rnd: ctx.generator("resample", problems[q].index, rnd),
+        alive_advantages=np.asarray(sampled.scores, np.float64)[alive] - parent_scores[alive])
     chosen, slots, kept = strategy.select(frontier)
     pools[q] = [pools[q][i] for i in kept]
     if len(chosen):
@@ -229,6 +235,7 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
   prm = ctx.prm.gather(prm, src, compact=True)
   seqs: list[list[int]] = [[] for _ in range(row_problem.size)]
   pools: list[list[common.Candidate]] = [[] for _ in problems]
+  parent_scores = None  # each row's score at its previous step (None: the first round)
 
   for rnd in range(strategy.max_rounds):
     if row_problem.size == 0:
@@ -244,11 +251,15 @@ def tree_search(strategy: TreeStrategy, ctx: common.SearchContext, problems: Seq
                                         padded(row_problem, width),
                                         padded(prompt_len[row_problem], width),
                                         padded(sampled.used, width))
+    # The first step's rows share their parent, the prompt: their advantage is 0.
+    live_scores = np.asarray(sampled.scores, np.float64)[:row_problem.size]
+    parent_scores = live_scores if parent_scores is None else parent_scores
     chosen = _select(strategy, ctx, problems, pools, seqs, row_problem, row_slot, rnd, sampled,
-                     select_scores)
+                     select_scores, parent_scores)
     if chosen is None:
       break
     parents, row_problem, row_slot = chosen
+    parent_scores = live_scores[parents]
     src = padded(parents)
     pol = ctx.core.gather(pol, src, compact=True)
     prm = ctx.prm.gather(prm, src, compact=True)

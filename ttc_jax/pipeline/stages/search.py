@@ -3,6 +3,7 @@ lookahead at every budget and search seed, one resumable cell at a time."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import ml_collections
@@ -172,6 +173,11 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
   if not (isinstance(s.particle_temperature, (int, float)) and s.particle_temperature > 0):
     raise ConfigError(f"search.particle_temperature={s.particle_temperature!r}: expected a "
                       "number > 0.")
+  alpha = s.get("advantage", 0.0)
+  if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+          and math.isfinite(alpha) and alpha >= 0):
+    raise ConfigError(f"search.advantage={alpha!r}: expected a finite number >= 0 (the "
+                      "weight of the process advantage in beam search; 0: off).")
   check_int(s.max_rounds, "search.max_rounds", 1)
   check_int(s.max_step_tokens, "search.max_step_tokens", 1, c.sampling.max_new_tokens)
   check_int(s.rows_per_call, "search.rows_per_call", 1)
