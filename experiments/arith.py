@@ -10,10 +10,10 @@ Command (the whole study, ``make study``; resumable, reruns skip finished work):
 Overrides go inline, e.g. ``--config.policy.train.steps=100``. Another task:
 ``--task_module=my.module --config=experiments/arith.py:task=mytask`` (README).
 
-Runtime: 47.0 min (make study, the venv included) on 2 cores of an AMD EPYC, warm XLA
-cache, commit 8619f07, with search then revise (0.8 min) and adaptive allocation (1.4 min);
-the same machine ran 1645fdf's study in 40.1 min on an earlier day, and its unchanged
-stages were 14-20% slower this time (policy 5:47 against 5:05). At 1645fdf (--jobs=2: policy 5 min, then two chains side by side, MC labels
+Runtime: 41.3 min (make study; its venv made before, 16 s) on 2 cores of an AMD EPYC, warm
+XLA cache, commit 02cba56 (policy 4:47, MC labels 6:28, revision model 13:56, search sweep
+6:10; search then revise 0:36, adaptive allocation 1:16); 8619f07's took 47.0 min on another
+day, when stages neither commit changed ran 17-24% slower. At 1645fdf (40.1 min; --jobs=2: policy 5 min, then two chains side by side, MC labels
 6.5 min -> PRM 3 min -> search sweep 6 min and revision data 1 min -> revision model 12.5
 min (800 steps, one on-policy round, each checkpoint chosen) -> revision ORM 3.5 min ->
 revision sweep 4 min; the LM-head verifiers 10 min; reports 21 s). An Intel Xeon @ 2.50GHz
@@ -21,8 +21,8 @@ was about 1.3x slower, and its speed drifted by 10-20% between runs. ``make exch
 the 13x policy: about 35 min of training alone on 2 cores.
 Expected result (README.md, "The study", has the tables; training results differ a
 little between CPU models, so never rely on one machine's numbers): policy pass@1
-about 0.46-0.49; majority and PRM-weighted best-of-64 near 0.61-0.65; a within-problem
-PRM AUC near 0.66-0.68 (the policy's own likelihood: 0.84-0.85); vanilla best-of-N
+about 0.46-0.50; majority and PRM-weighted best-of-64 near 0.61-0.65; a within-problem
+PRM AUC near 0.66-0.69 (the policy's own likelihood: 0.80-0.85); vanilla best-of-N
 falling far below pass@1 as N grows (the PRM is exploited). Revisions: the revision
 model's first answer level with the policy's pass@1; about 23% of correct answers revised
 into incorrect ones and 13% of incorrect ones into correct ones; the most confident of one

@@ -451,6 +451,10 @@ def test_the_distillation_note_sets_the_larger_policy_beside_the_rounds():
           "majority@16 0.600 (pretraining + 2.3e+12 FLOPs)") in lines[2]
   assert "not evaluated (`make exchange`)" in lines[3]
   large = {"params": 1000, "greedy_pass_at_1": 0.7, "train_tokens": 2000}
-  assert "greedy pass@1 0.700 for 1.2e+07 pretraining FLOPs, against the policy's 1.3e+13" in \
+  assert "greedy pass@1 0.700, for 1.2e+07 pretraining FLOPs, against the policy's 1.3e+13" in \
       markdown.distill_lines(distill, large)[3]
+  # Like for like with the rounds: its temperature-1 samples' pass@1 and majority votes.
+  large["majority"] = {"n": [1, 2, 4, 8, 16], "accuracy": [0.52, 0.5, 0.55, 0.58, 0.6]}
+  assert ("pass@1 0.520, majority@4 0.550, majority@16 0.600 (temperature 1, as the rounds "
+          "above), greedy pass@1 0.700") in markdown.distill_lines(distill, large)[3]
   assert markdown.distill_lines(None, large) == []

@@ -101,6 +101,10 @@ def test_a_key_added_at_its_old_behaviour_keeps_the_artifacts_made_before_it():
   assert _ids(config) == base
   changed = _changed(base, _ids(pu.tiny_config(prm__train__pack_width=64)))
   assert "prm" in changed and "policy" not in changed
+  # The process advantage in beam search (0: by Q alone, as before): the search stages only.
+  assert _changed(base, _ids(pu.tiny_config(search__advantage=1.0))) == [
+      "chosen_search", "compute_optimal", "hybrid_sweep", "report", "revision_report",
+      "search_sweep", "study", "verifier_axis"]
 
 
 def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
@@ -192,6 +196,7 @@ def test_stages_declare_what_they_read():
     (dict(mc_labels__rollouts=5), r"sampling.batch_size=32 must be a multiple of "
                                    r"mc_labels.rollouts=5"),
     (dict(search__beam_width=3), r"search.beam_width=3 must divide every budget"),
+    (dict(search__advantage=-0.5), r"search.advantage=-0.5: expected a finite number >= 0"),
     (dict(search__max_step_tokens=40), r"search.max_step_tokens=40: expected an integer "
                                         r"\[1, 32\]"),
     (dict(prm__model__d_model=64), r"prm.model.d_model=64 differs from the policy's 32: .*"
@@ -462,8 +467,20 @@ def test_the_paper_scale_config_is_the_study_at_500_problems():
   spec.loader.exec_module(module)
   c = module.get_config("prm")
   assert c.stage == "prm" and c.test_problems == 500 and len(c.search.seeds) >= 3
+  # The paper's PRM data: 16 samples per problem x 16 rollouts per step prefix.
+  assert c.mc_labels.samples_per_problem == 16 and c.mc_labels.rollouts == 16
   config_lib.validate(c, list(STAGES), CHECKS)
   assert len(sweep(c.search)) > len(sweep(pu.arith.get_config().search))
+
+
+def test_the_sweep_gives_beam_searches_the_config_s_process_advantage():
+  search = pu.arith.get_config().search
+  search.methods = ("best_of_n", "beam", "beam_sqrt", "dvts", "particles", "lookahead")
+  assert all(getattr(c.strategy, "advantage", 0.0) == 0.0 for c in sweep(search))
+  search.advantage = 0.5
+  beams = [c for c in sweep(search) if type(c.strategy).__name__ == "BeamSearch"]
+  assert {c.method.split("_")[0] for c in beams} >= {"beam", "lookahead"}
+  assert all(c.strategy.advantage == 0.5 for c in beams)
 
 
 # -------------------------------------------------------------------- stage processes

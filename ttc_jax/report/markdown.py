@@ -868,9 +868,15 @@ def distill_lines(distill: dict | None, large: dict | None) -> list[str]:
     lines.append("- The larger policy of the exchange: not evaluated (`make exchange`).")
   else:
     d = 6.0 * large["params"] * float(large.get("train_tokens") or 0)
-    lines.append(f"- The exchange's larger policy ({large['params']:,} params): greedy pass@1 "
-                 f"{large['greedy_pass_at_1']:.3f} for {d:.3g} pretraining FLOPs, against the "
-                 f"policy's {pre:.3g} plus each round's FLOPs above (6 N D).")
+    # Like for like: its temperature-1 samples (majority at N = 1 is their mean accuracy).
+    maj = dict(zip(large.get("majority", {}).get("n", []),
+                   large.get("majority", {}).get("accuracy", [])))
+    same = ", ".join(f"{k} {maj[n]:.3f}" for k, n in (("pass@1", 1), ("majority@4", 4),
+                                                       ("majority@16", 16)) if n in maj)
+    lines.append(f"- The exchange's larger policy ({large['params']:,} params): "
+                 + (f"{same} (temperature 1, as the rounds above), " if same else "")
+                 + f"greedy pass@1 {large['greedy_pass_at_1']:.3f}, for {d:.3g} pretraining "
+                 f"FLOPs, against the policy's {pre:.3g} plus each round's FLOPs above (6 N D).")
   return lines + [""]
 
 
