@@ -174,10 +174,12 @@ def sweep(search) -> list[SweepCell]:
         add(BEST_OF_N, {"n": n}, BestOfN(n=n, selection="weighted", step_aggregation="last"))
       elif family == BEAM:
         w = min(m, n)
-        add(BEAM, {"n": n, "m": w}, BeamSearch(n=n, width=w, max_rounds=rounds, advantage=alpha), m=m)
+        add(BEAM, {"n": n, "m": w},
+            BeamSearch(n=n, width=w, max_rounds=rounds, advantage=alpha), m=m)
       elif family == BEAM_SQRT:
         w = default_width(n)
-        add(BEAM_SQRT, {"n": n, "m": w}, BeamSearch(n=n, width=w, max_rounds=rounds, advantage=alpha))
+        add(BEAM_SQRT, {"n": n, "m": w},
+            BeamSearch(n=n, width=w, max_rounds=rounds, advantage=alpha))
       elif family == DVTS_FAMILY:
         w = min(m, n)
         add(DVTS_FAMILY, {"n": n, "m": w}, DVTS(n=n, width=w, max_rounds=rounds), m=m)

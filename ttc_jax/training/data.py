@@ -130,17 +130,14 @@ def pack(batch: dict[str, np.ndarray], width: int, rows_multiple: int = 1
     place[i] = r, width - free[r]
     free[r] -= lengths[i]
   rows = -(-max(len(free), 1) // rows_multiple) * rows_multiple
+  fields = [f for f in ("tokens", "valid", "weights", "targets", "ref_logprobs") if f in batch]
   out = {"segments": np.zeros((rows, width), np.int32)}
-  for name in ("tokens", "valid", "weights", "targets", "ref_logprobs"):
-    if name in batch:
-      out[name] = np.zeros((rows, width), batch[name].dtype)  # padding: masked
-  for i in range(n):
-    r, o = place[i]
+  out.update({f: np.zeros((rows, width), batch[f].dtype) for f in fields})  # padding: masked
+  for i, (r, o) in enumerate(place):
     k = lengths[i]
     out["segments"][r, o:o + k] = i + 1
-    for name in ("tokens", "valid", "weights", "targets", "ref_logprobs"):
-      if name in batch:
-        out[name][r, o:o + k] = batch[name][i, :k]
+    for f in fields:
+      out[f][r, o:o + k] = batch[f][i, :k]
   if "labels" in batch:
     out["labels"] = batch["labels"]
   return out
