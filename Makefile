@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Tests that need several devices get 8 fake CPU devices; tests/conftest.py sets it too, and
-# compiles without LLVM optimisation (--xla_backend_optimization_level=0: faster compiles).
+# compiles the cheap way (no LLVM optimisation, the classic fusion emitters: half the compile time).
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 # Two workers (one per core; each builds its own session fixtures, so a third costs more than it
 # gives). worksteal: a worker that runs out takes queued tests from the other, so one long e2e test

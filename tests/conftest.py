@@ -16,13 +16,19 @@ import os
 import re
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
-# Tests check what programs compute, not how fast: without LLVM's optimisation
-# passes XLA:CPU compiles faster (compiling is about half of the suite's CPU time
-# on an empty compilation cache). Launch scripts run by the tests inherit it.
-_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-_flags = re.sub(r"--xla_(force_host_platform_device_count|backend_optimization_level)=\S*", "",
+# Tests check what programs compute, not how fast. Compiling is about half of the
+# suite's CPU time on an empty compilation cache (as on CI: 960 s of CPU cold, 460 s
+# warm), so XLA:CPU compiles the cheap way: no LLVM optimisation passes, and fusions
+# through the classic elemental emitters instead of the MLIR fusion emitters (on
+# tests/test_search.py, cold: 340 programs in 28.0 s of backend compile -> 12.5 s;
+# the tests compare relative to the values' scale, so either emitter's rounding passes).
+# Launch scripts and the notebook kernel run by the tests inherit these flags.
+_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
+                  "--xla_llvm_disable_expensive_passes=true")
+_flags = re.sub(r"--xla_(force_host_platform_device_count|backend_optimization_level|"
+                r"cpu_use_fusion_emitters|llvm_disable_expensive_passes)=\S*", "",
                 os.environ.get("XLA_FLAGS", ""))
-os.environ["XLA_FLAGS"] = f"{_flags} {_COMPILE_FLAG} {_DEVICE_FLAG}".strip()
+os.environ["XLA_FLAGS"] = " ".join([_flags, *_COMPILE_FLAGS, _DEVICE_FLAG]).strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
