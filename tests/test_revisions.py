@@ -34,7 +34,8 @@ def _edit_distance(a: str, b: str) -> int:
 # Its samples for the LM-head verifiers (16 problems x 8) hold problems answered both right and
 # wrong: the implicit PRM and DPO train on them.
 TRAINED = dict(task__max_ops=1, policy__train__steps=240, policy__train__checkpoint_every=120,
-               policy__train__log_every=60, revision_data__samples_per_problem=8,
+               policy__train__log_every=60, large_policy__train__checkpoint_every=120,
+               large_policy__train__log_every=60, revision_data__samples_per_problem=8,
                stages__implicit_prm="implicit_prm", stages__dpo="dpo")
 
 
