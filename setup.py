@@ -23,6 +23,7 @@ setuptools.setup(
         "numpy",
         "matplotlib",
         "scipy",
+        "scikit-learn",  # the verifier ensembles' logistic regression (verifiers/ensemble.py)
         "rapidfuzz",  # edit distances of the revision data (training/revisions.py)
     ],
     extras_require={

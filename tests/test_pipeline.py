@@ -126,8 +126,11 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
       "allocation", "chosen_search", "compute_optimal", "hybrid_sweep", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
       "study", "verifier_ablation", "verifier_choice", "verifier_eval"]
   # Adaptive allocation weighs by the chosen verifier; its train problems follow the choice's.
-  assert _changed(base, _ids(pu.tiny_config(verifier_choice__num_problems=6))) == [
-      "allocation", "chosen_search", "compute_optimal", "study", "verifier_choice"]
+  # The evaluation scores the ensembles fitted there (the search sweep does not read them).
+  for change in (dict(verifier_choice__num_problems=6), dict(verifier_choice__ensemble_folds=3)):
+    assert _changed(base, _ids(pu.tiny_config(**change))) == [
+        "allocation", "chosen_search", "compute_optimal", "report", "study", "verifier_choice",
+        "verifier_eval"]
   assert _changed(base, _ids(pu.tiny_config(allocation__budgets=(1, 2)))) == [
       "allocation", "compute_optimal", "study"]
   # The tiny study leaves the LM-head verifiers out (stages.dpo=None): nothing reads them.

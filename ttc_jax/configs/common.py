@@ -121,6 +121,12 @@ def verifier_choice(**overrides) -> ml_collections.ConfigDict:
       first_problem=config_dict.placeholder(int),
       num_problems=200,  # held-out train problems
       samples_per_problem=16,  # policy samples per problem
+      # Ensembles fitted here (ttc_jax.verifiers.ensemble): each base verifier ('prm', the
+      # LM-head verifiers; 'conf': none) with the confidence measures below, by a logistic
+      # regression on these problems' samples; ranked by cross-validation over them.
+      ensembles=("conf", "prm", "implicit_prm", "dpo"),
+      ensemble_confidence=("conf_logprob_mean", "policy_likelihood"),
+      ensemble_folds=5,
   ), overrides)
 
 

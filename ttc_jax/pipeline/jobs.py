@@ -139,6 +139,10 @@ def _run(pipeline, target, jobs, task_modules, cache_dir, log, poll_s, redo) -> 
   t0 = time.time()
   try:
     while todo or running:
+      # A stage found finished whose input has since been recomputed with other content (its
+      # artifact was missing: --redo, or deleted) is stale now: it runs again.
+      busy = {r[0] for r in running.values()}
+      todo = [n for n in order if n in todo or (n not in busy and not pipeline.is_done(n))]
       ready = [n for n in todo if all(pipeline.is_done(i) for i in deps[n])]
       ready.sort(key=lambda n: (-path_cost(deps, n, target), order.index(n)))
       starting = ready[:max(0, jobs - len(running))]

@@ -26,6 +26,7 @@ from ttc_jax.pipeline.config import ConfigError
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.verifiers import confidence
+from ttc_jax.verifiers import ensemble
 from ttc_jax.verifiers import names
 from ttc_jax.verifiers.base import Verifier
 
@@ -74,6 +75,15 @@ class Context:
     policy's confidence in its own tokens ('policy_likelihood', conf_<token>_<aggregation>;
     see :func:`check_verifier_name`)."""
     policy = self.inputs["policy"]
+    if names.ensemble_base(name) is not None:
+      fitted = (self.inputs.get("verifier_choice") or {}).get("ensembles") or {}
+      if name not in fitted:
+        raise ConfigError(f"verifier {name!r}: verifier_choice fitted no such ensemble (it "
+                          f"fitted {sorted(fitted)}; a stage reads them through its "
+                          "'verifier_choice' input).")
+      ens = ensemble.Ensemble.from_json(fitted[name])
+      parts = [names.PRM if k == names.prm_score("last") else k for k in ens.components]
+      return ensemble.EnsembleVerifier(ens, [self.verifier(k) for k in parts], name)
     if name == names.PRM:
       return self.inputs["prm"].verifier(policy.tokenizer)
     if name in names.LM_VERIFIERS:
@@ -98,7 +108,9 @@ def check_verifier_name(name, key: str) -> None:
                       f"trained from the policy), '{names.LIKELIHOOD}' or "
                       "conf_<token>_<aggregation> with token one of "
                       f"{confidence.TOKEN_CONFIDENCES} and aggregation one of "
-                      f"{confidence.AGGREGATIONS} (the policy's confidence).")
+                      f"{confidence.AGGREGATIONS} (the policy's confidence); the "
+                      f"ensembles ({ensemble.PREFIX}*) are fitted by verifier_choice and "
+                      "searched with by chosen_search when chosen.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

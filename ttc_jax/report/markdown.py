@@ -785,7 +785,13 @@ def verifier_choice_lines(choice: dict, used: str) -> list[str]:
            f"({choice['samples_per_problem']} samples each; never a test problem): "
            f"`{choice['search_verifier']}` ({choice['chosen']}: {auc(choice['chosen'])}); next: "
            + ", ".join(f"{k} {t[k]['mean_auc']:.3f}" for k in choice["ranking"][1:4]) + "."]
-  if choice["search_verifier"] != used:
+  if choice["search_verifier"] in choice.get("ensembles", {}):
+    e = choice["ensembles"][choice["search_verifier"]]
+    lines.append(f"- `{choice['search_verifier']}` is an ensemble fitted on those problems: "
+                 "sigmoid(" + " + ".join([f"{e['bias']:.2f}"] + [
+                     f"{w:.2f} logit({k})" for k, w in zip(e["components"], e["weights"])])
+                 + "); its AUC there is cross-validated over them. chosen_search searches with it.")
+  elif choice["search_verifier"] != used:
     lines.append(f"- To run search with the chosen verifier: `--config.search.verifier="
                  f"{choice['search_verifier']}`.")
   return lines + [""]

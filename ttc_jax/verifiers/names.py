@@ -7,12 +7,15 @@ token (a reference that needs no training), ``conf_<token>_<aggregation>`` the p
 confidence in its tokens (:mod:`ttc_jax.verifiers.confidence`; ``conf_logprob_min`` is
 ``policy_likelihood`` and goes by that name), ``implicit_prm`` and ``dpo`` the LM-head
 verifiers' implicit reward of the whole solution (:mod:`ttc_jax.verifiers.implicit`; the
-score and the stage that trains the model have the same name).
+score and the stage that trains the model have the same name), ``ens_<base>`` an ensemble of a
+base verifier's score and the policy's confidence fitted on held-out train problems
+(:mod:`ttc_jax.verifiers.ensemble`; ``ens_conf``: the confidence measures alone).
 """
 
 from __future__ import annotations
 
 from ttc_jax.verifiers import confidence
+from ttc_jax.verifiers import ensemble
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 
 PRM, ORM, POLICY = "prm", "orm", "policy"  # the models that score
@@ -55,3 +58,30 @@ def model_of(score: str) -> str | None:
   if measure_of(score) is not None:
     return POLICY
   return {ORM: ORM}.get(score)
+
+
+ENSEMBLE_BASES = (ensemble.CONF, PRM, IMPLICIT_PRM, DPO)  # ens_<base>: verifier_choice fits them
+
+
+def ensemble_base(score: str) -> str | None:
+  """The base of an ensemble's score name (one of :data:`ENSEMBLE_BASES`); None for another
+  name, a one-line error for an ens_ name of an unknown base."""
+  base = ensemble.base_of(score)
+  if base is not None and base not in ENSEMBLE_BASES:
+    raise ValueError(f"verifier ensemble {score!r}: expected {ensemble.PREFIX}<base> with base "
+                     f"one of {ENSEMBLE_BASES}.")
+  return base
+
+
+def base_score(base: str) -> str | None:
+  """The score an ensemble's base verifier contributes (None: 'conf', the confidence alone)."""
+  return {PRM: prm_score("last"), IMPLICIT_PRM: IMPLICIT_PRM, DPO: DPO}.get(base)
+
+
+def charged_model(score: str) -> str | None:
+  """The model whose FLOPs a score costs: :func:`model_of`, or an ensemble's base model (the
+  policy for 'ens_conf': its confidence comes with the samples)."""
+  base = ensemble_base(score)
+  if base is None:
+    return model_of(score)
+  return POLICY if base == ensemble.CONF else model_of(base_score(base))

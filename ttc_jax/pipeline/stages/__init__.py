@@ -51,8 +51,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     verifiers.DPO,
     revisions.REVISION_ORM,
     revisions.REVISION_SWEEP,
+    verifier_eval.VERIFIER_CHOICE,  # before the evaluation: it fits the ensembles there
     verifier_eval.VERIFIER_EVAL,
-    verifier_eval.VERIFIER_CHOICE,
     verifier_eval.VERIFIER_ABLATION,
     allocation.ALLOCATION,
     search.SEARCH_SWEEP,

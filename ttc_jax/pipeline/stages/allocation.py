@@ -116,7 +116,7 @@ def run_allocation(ctx: Context) -> dict:
   te_ids = adaptive.pool_ids([te.answers[i * pool:(i + 1) * pool] for i in range(len(test))])
   te_correct = te.correct_matrix()
 
-  model = names.model_of(verifier)
+  model = names.charged_model(verifier)
   pol_cost = accounting.ModelCost.from_config(ctx.inputs["policy"].config)
   ver_cost = None if model == names.POLICY else (
       pol_cost if model in names.LM_VERIFIERS

@@ -23,18 +23,47 @@ from ttc_jax.pipeline.stage import segment
 from ttc_jax.report import figures
 from ttc_jax.sampling import solutions
 from ttc_jax.verifiers import aggregation
+from ttc_jax.verifiers import ensemble as ensemble_lib
 from ttc_jax.verifiers import labels as labels_lib
 from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 from ttc_jax.verifiers.scoring import aggregate_steps
 from ttc_jax.verifiers import names
 
 
+def ensembles_of(ctx: Context) -> dict[str, ensemble_lib.Ensemble]:
+  """The verifier ensembles verifier_choice fitted on held-out train problems (none when the
+  stage has no verifier choice among its inputs)."""
+  choice = ctx.inputs.get("verifier_choice")
+  return {k: ensemble_lib.Ensemble.from_json(d)
+          for k, d in ((choice or {}).get("ensembles") or {}).items()}
+
+
 def score_samples(ctx: Context, samples, only: Collection[str] | None = None
                   ) -> dict[str, np.ndarray]:
   """Every verifier's score of each of ``samples`` (solutions.ProblemSamples): the PRM's step
   aggregations, the ORM's and the LM-head verifiers' (when the study has them), the policy's
-  confidence measures and its likelihood (:data:`ttc_jax.verifiers.names.SCORES`); ``only``:
-  just the models those score names need (the others are not run)."""
+  confidence measures and its likelihood (:data:`ttc_jax.verifiers.names.SCORES`), and the
+  ensembles verifier_choice fitted (``ens_*``, from their components' scores); ``only``: just
+  the models those score names need (the others are not run)."""
+  ensembles = ensembles_of(ctx)
+  wanted = [k for k in (ensembles if only is None else only)
+            if names.ensemble_base(k) is not None]
+  unknown = [k for k in wanted if k not in ensembles]
+  if unknown:
+    raise artifacts.ArtifactError(f"verifier {unknown[0]!r}: no such ensemble was fitted "
+                                  f"(verifier_choice fitted {sorted(ensembles)}).")
+  parts = None if only is None else sorted(
+      {k for k in only if names.ensemble_base(k) is None}
+      | {c for k in wanted for c in ensembles[k].components})
+  scores = _model_scores(ctx, samples, parts)
+  for k in wanted:
+    if all(c in scores for c in ensembles[k].components):
+      scores[k] = ensembles[k].combine([scores[c] for c in ensembles[k].components])
+  return scores if only is None else {k: scores[k] for k in only}
+
+
+def _model_scores(ctx: Context, samples, only: Collection[str] | None
+                  ) -> dict[str, np.ndarray]:
   policy, prm, orm = ctx.inputs["policy"], ctx.inputs.get("prm"), ctx.inputs.get("orm")
   need = None if only is None else {names.model_of(k) for k in only}
   if need is not None:
@@ -85,7 +114,7 @@ def verifier_costs(ctx: Context, scores) -> dict[str, dict]:
   confidence, which comes with the sampled tokens, as an LM-head verifier's reference does)."""
   out = {}
   for name in scores:
-    model = names.model_of(name)
+    model = names.charged_model(name)
     if model is None:
       continue
     if model == names.POLICY:
@@ -179,25 +208,60 @@ def run_verifier_choice(ctx: Context) -> dict:
                                       log_fn=ctx.log)
   correct = samples.correct_matrix()
   table = {}
-  for name, s in score_samples(ctx, samples).items():
-    w = verifier_metrics.within_problem_auc(np.reshape(s, correct.shape), correct, seed=c.seed)
-    table[name] = {k: w[k] for k in ("mean_auc", "mean_auc_ci", "pairwise_accuracy", "problems")}
+  scored = score_samples(ctx, samples)
+  for name, s in scored.items():
+    table[name] = _within(s, correct, c.seed)
+  ensembles = _fit_ensembles(c, scored, correct, table, ctx.log)
   searchable = [k for k in table if k in (names.prm_score("last"),) + names.LM_VERIFIERS
-                or names.measure_of(k)]
+                or names.measure_of(k) or k in ensembles]
   ranked = sorted(searchable, key=lambda k: -np.nan_to_num(table[k]["mean_auc"], nan=-1.0))
   chosen = ranked[0]
   result = {"chosen": chosen, "search_verifier": names.PRM if chosen == names.prm_score("last")
             else chosen, "ranking": ranked, "table": table, "split": "train",
             "problems": [p.uid for p in probs], "samples_per_problem": vc.samples_per_problem,
             "pass_at_1": float(correct.mean()),
+            "ensembles": {k: e.to_json() for k, e in ensembles.items()},
             "doc": "Within-problem AUC [95% CI] of each verifier on the policy's samples of "
                    "held-out train problems; the search verifier is the best of those search "
-                   "can use (the PRM's latest step score, the policy's confidence)."}
+                   "can use (the PRM's latest step score, the LM-head verifiers, the policy's "
+                   "confidence, their ensembles: each ensemble's AUC from "
+                   f"{vc.ensemble_folds}-fold cross-validation over these problems, its "
+                   "weights fitted on all of them)."}
   ctx.out.write_json("choice.json", result)
   ctx.log(f"verifier choice on {len(probs)} train problems: {chosen} (AUC "
           f"{table[chosen]['mean_auc']:.3f}); then " + ", ".join(
               f"{k} {table[k]['mean_auc']:.3f}" for k in ranked[1:4]))
   return {"chosen": chosen, "auc": table[chosen]["mean_auc"]}
+
+
+def _within(scores: np.ndarray, correct: np.ndarray, seed: int) -> dict:
+  w = verifier_metrics.within_problem_auc(np.reshape(scores, correct.shape), correct, seed=seed)
+  return {k: w[k] for k in ("mean_auc", "mean_auc_ci", "pairwise_accuracy", "problems")}
+
+
+def _fit_ensembles(c: ml_collections.ConfigDict, scored: dict, correct: np.ndarray,
+                   table: dict, log) -> dict[str, ensemble_lib.Ensemble]:
+  """Each ensemble of ``verifier_choice.ensembles`` whose components were scored, fitted on
+  all the choice's samples; its row of ``table`` (added here) is from the same fit on the
+  other folds' problems (:func:`ttc_jax.verifiers.ensemble.cross_validated`)."""
+  vc = c.verifier_choice
+  groups = np.repeat(np.arange(correct.shape[0]), correct.shape[1])
+  out = {}
+  for base in vc.ensembles:
+    parts = [x for x in (names.base_score(base),) if x] + list(vc.ensemble_confidence)
+    if not all(p in scored for p in parts):
+      continue  # its base verifier is not in this study
+    features = {p: np.asarray(scored[p], np.float64) for p in parts}
+    name = ensemble_lib.name_of(base)
+    try:
+      held = ensemble_lib.cross_validated(features, correct.reshape(-1), groups,
+                                          folds=vc.ensemble_folds)
+      out[name] = ensemble_lib.fit(features, correct.reshape(-1))
+    except ValueError as e:
+      log(f"ensemble {name} not fitted: {e}")
+      continue
+    table[name] = {**_within(held, correct, c.seed), "cross_validated": vc.ensemble_folds}
+  return out
 
 
 def _first_choice_problem(c: ml_collections.ConfigDict) -> int:
@@ -209,6 +273,17 @@ def check_verifier_choice(c: ml_collections.ConfigDict, known: Facts) -> None:
   vc = c.verifier_choice
   check_int(vc.samples_per_problem, "verifier_choice.samples_per_problem", 2)
   check_int(vc.num_problems, "verifier_choice.num_problems", 1)
+  check_int(vc.ensemble_folds, "verifier_choice.ensemble_folds", 2, vc.num_problems)
+  bad = [b for b in vc.ensembles if b not in names.ENSEMBLE_BASES]
+  if bad or len(set(vc.ensembles)) != len(vc.ensembles):
+    raise ConfigError(f"verifier_choice.ensembles={tuple(vc.ensembles)!r}: expected distinct "
+                      f"bases among {names.ENSEMBLE_BASES}.")
+  conf = list(vc.ensemble_confidence)
+  if any(names.model_of(k) != names.POLICY for k in conf) or len(set(conf)) != len(conf) \
+      or (vc.ensembles and not conf):
+    raise ConfigError(f"verifier_choice.ensemble_confidence={tuple(conf)!r}: expected distinct "
+                      f"confidence measures ('{names.LIKELIHOOD}' or conf_<token>_<aggregation>"
+                      "), at least one when verifier_choice.ensembles is not empty.")
   # Held out from the verifiers' training: after the MC-labelled (PRM / ORM) problems.
   if vc.first_problem is not None:
     check_int(vc.first_problem, "verifier_choice.first_problem", c.mc_labels.num_problems)
@@ -296,15 +371,18 @@ def check_verifier_eval(c: ml_collections.ConfigDict, known: Facts) -> None:
 VERIFIER_EVAL = Stage(
     name="verifier_eval", doc="best-of-N curves per verifier (trained, and the policy's "
     "confidence) and the PRM's step AUC",
-    inputs=("data", "policy", "difficulty", "prm", "orm", "implicit_prm", "dpo"),
+    inputs=("data", "policy", "difficulty", "prm", "orm", "implicit_prm", "dpo",
+            "verifier_choice"),
     sections=("seed", "sampling", "test_problems", "verifier_eval"),
     outputs=("eval.json", "scored.npz", "eval.png", "confidence.png", "costs.json"),
     run=run_verifier_eval, load=load_verifier_eval,
-    version=5, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",
+    version=6, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",
                           "4: the confidence verifiers (conf_*) scored beside the others",
                           "5: the LM-head verifiers (implicit_prm, dpo) scored beside them; "
-                          "each verifier's training seconds and FLOPs per token"),
-    may_lack=("prm", "orm", "implicit_prm", "dpo"), speed_only=("verifier_eval.batch_size",),
+                          "each verifier's training seconds and FLOPs per token",
+                          "6: the ensembles verifier_choice fitted on train problems (ens_*)"),
+    may_lack=("prm", "orm", "implicit_prm", "dpo", "verifier_choice"),
+    speed_only=("verifier_eval.batch_size",),
     cost_s=175,
     checks={"verifier_eval": check_verifier_eval})
 
@@ -314,7 +392,8 @@ VERIFIER_CHOICE = Stage(
     inputs=("data", "policy", "prm", "orm", "implicit_prm", "dpo"),
     sections=("seed", "sampling", "mc_labels", "verifier_eval", "verifier_choice"),
     outputs=("choice.json",), run=run_verifier_choice, load=load_json("choice.json"),
-    version=2, changelog=("2: the LM-head verifiers (implicit_prm, dpo) among the candidates",),
+    version=3, changelog=("2: the LM-head verifiers (implicit_prm, dpo) among the candidates",
+                          "3: ensembles of a verifier and the policy's confidence (ens_*)"),
     may_lack=("orm", "implicit_prm", "dpo"), speed_only=("verifier_eval.batch_size",), cost_s=120,
     checks={"verifier_choice": check_verifier_choice})
 
