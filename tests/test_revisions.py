@@ -552,6 +552,29 @@ def test_lm_head_verifiers_train_on_train_samples_and_are_scored_beside_the_othe
   assert {"implicit_prm", "dpo", "prm_last"} <= set(choice["ranking"])
 
 
+def test_the_ensembles_are_fitted_on_train_problems_and_scored_on_test_problems(revision_study):
+  """verifier_choice fits each base verifier with the policy's confidence on its held-out
+  train samples (ranked by cross-validation there); verifier_eval scores every ensemble on
+  the test problems from its components' test scores, charged as its base."""
+  from ttc_jax.verifiers import ensemble
+  choice = _latest(revision_study, "verifier_choice", "choice.json")
+  assert set(choice["ensembles"]) == {"ens_conf", "ens_prm", "ens_implicit_prm", "ens_dpo"}
+  for name, e in choice["ensembles"].items():
+    assert e["components"][-2:] == ["conf_logprob_mean", "policy_likelihood"]
+    assert choice["table"][name]["cross_validated"] == 5 and name in choice["ranking"]
+  pipe = Pipeline(pu.tiny_config(**TRAINED, **STUDY), revision_study)
+  scored = pipe.load("verifier_eval")["scored"]
+  ev = _latest(revision_study, "verifier_eval", "eval.json")
+  costs = _latest(revision_study, "verifier_eval", "costs.json")
+  for name, e in choice["ensembles"].items():
+    e = ensemble.Ensemble.from_json(e)
+    np.testing.assert_allclose(scored[name], e.combine([scored[k] for k in e.components]))
+    assert name in ev["within_problem"] and f"{name}/weighted vs majority" in ev["paired"]
+  assert costs["ens_conf"]["flops_per_token"] == 0.0
+  assert costs["ens_prm"]["flops_per_token"] == costs["prm_last"]["flops_per_token"] > 0
+  assert costs["ens_dpo"]["flops_per_token"] == costs["dpo"]["flops_per_token"]
+
+
 def test_a_planted_test_problem_stops_lm_verifier_training():
   from ttc_jax.pipeline import artifacts
   from ttc_jax.pipeline.stages import verifiers as stages_lib
