@@ -302,11 +302,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Where the value head is trained: 'step_end' (where it is read) or 'every_token'
       # (each token of a step gets the step's label: dense supervision).
       label_positions="step_end",
+      # Early stopping (the paper's recipe): this fraction of the MC-labelled train questions
+      # is held out, and the checkpoint with the lowest loss on their samples is the model
+      # (0: none, the last step), among the checkpoints every holdout_every steps and the last.
+      holdout=0.0,
+      holdout_every=100,
       train=_train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40),
   ))
   c.orm = ml_collections.ConfigDict(dict(
       init="policy",  # as for the PRM
       model=_verifier_arch(),
+      holdout=0.0,  # as for the PRM
+      holdout_every=100,
       train=_train(steps=800, batch_size=32, learning_rate=5e-4, warmup_steps=40),
   ))
   # LM-head verifiers (ttc_jax.verifiers.implicit): the policy fine-tuned on its own samples of

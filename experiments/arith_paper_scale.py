@@ -45,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mc_labels.samples_per_problem = 16
   c.mc_labels.rollouts = 16
   c.mc_labels.problems_per_shard = 100
+  # ... and its early stopping: 10% of those train questions held out, the PRM the checkpoint
+  # with the lowest loss on their samples (one every 100 of its 800 steps).
+  c.prm.holdout = 0.1
   # The verifier choice's held-out train problems after the MC problems of every ablation
   # variant (3200 below): no verifier it ranks, nor a variant, trained on them.
   c.verifier_choice.first_problem = 3200
@@ -60,7 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.revisions.budgets = (1, 2, 4, 8, 16, 32, 64)
   c.revisions.seeds = (0, 1, 2)
   c.ablation.variants = tuple(c.ablation.variants) + (
-      "prm.labels=hard", "prm.labels=oracle", "prm.label_positions=every_token", "prm.model.num_layers=4", "prm.init=scratch", "prm.train.steps=2400",
+      "prm.labels=hard", "prm.labels=oracle", "prm.label_positions=every_token",
+      "prm.model.num_layers=4", "prm.init=scratch", "prm.train.steps=2400", "prm.holdout=0.0",
       "mc_labels.num_problems=3200,mc_labels.samples_per_problem=4,mc_labels.rollouts=4,"
       "mc_labels.problems_per_shard=400")
   return c

@@ -98,7 +98,10 @@ def test_a_key_added_at_its_old_behaviour_keeps_the_artifacts_made_before_it():
   base = _ids(config)
   for section in ("policy", "prm"):
     del config[section].train["pack_width"]
+  for section in ("prm", "orm"):  # early stopping (0: none, as before)
+    del config[section]["holdout"], config[section]["holdout_every"]
   assert _ids(config) == base
+  assert "prm" in _changed(base, _ids(pu.tiny_config(prm__holdout=0.1)))
   changed = _changed(base, _ids(pu.tiny_config(prm__train__pack_width=64)))
   assert "prm" in changed and "policy" not in changed
   # The process advantage in beam search (0: by Q alone, as before): the search stages only.
@@ -544,3 +547,48 @@ def test_a_failing_stage_process_stops_the_run_with_one_line(tmp_path_factory, t
   out = pu.run(pu.cli("verifier_eval", workdir, "--jobs=2"), check=False)
   assert out.returncode == 1
   assert re.search(r"StageFailed: stage 'verifier_eval' failed in process \d+", out.stderr)
+
+
+@pytest.mark.e2e
+def test_early_stopping_holds_out_whole_questions_and_keeps_the_best_checkpoint(
+    tmp_path_factory, tmp_path):
+  """prm.holdout: a share of the MC-labelled questions is held out (all of a question's
+  samples, by a draw of its own); the PRM trains on the others and is the checkpoint with the
+  lowest loss on the held-out samples."""
+  import jax
+  from flax import nnx
+  from ttc_jax.pipeline.stages import verifiers as verifier_stages
+  base = pu.shared_study(tmp_path_factory)
+  workdir = str(tmp_path / "w")
+  shutil.copytree(base, workdir, symlinks=True)
+  # Candidates every 2 steps of 6 (checkpoints every 3: the trainer keeps one at every 1).
+  pipe = Pipeline(pu.tiny_config(prm__holdout=0.3, prm__holdout_every=2,
+                                 prm__train__bucket_pool_batches=0), workdir)
+  prm, ls = pipe.run("prm"), pipe.load("mc_labels")
+  made = prm.description["made_by"]
+  stop = made["early_stopping"]
+  held = verifier_stages.held_out_questions(ls.problem_index, 0.3, made["train"]["seed"])
+  assert 0 < held.sum() < len(held)
+  for q in np.unique(ls.problem_index):  # a question is held out whole
+    assert len(set(held[ls.problem_index == q])) == 1
+  assert stop["held_samples"] == int(held.sum())
+  assert made["data"]["samples"] == len(ls)  # of which the held-out ones were not trained on
+  # One question's draw does not depend on the others present.
+  some = ls.problem_index[ls.problem_index != ls.problem_index[0]]
+  np.testing.assert_array_equal(verifier_stages.held_out_questions(some, 0.3, 0),
+                                held[ls.problem_index != ls.problem_index[0]])
+  assert [r["step"] for r in stop["curve"]] == [2, 4, 6]
+  best = min(stop["curve"], key=lambda r: (r["loss"], r["step"]))
+  assert stop["step"] == best["step"]
+  # The artifact is that checkpoint.
+  ckpt = os.path.join(prm.path, "checkpoints")
+  chosen = checkpoints.restore_params(ckpt, checkpoints.abstract_model(prm.config),
+                                      step=stop["step"], any_step=True)
+  for a, b in zip(jax.tree.leaves(nnx.state(chosen, nnx.Param)),
+                  jax.tree.leaves(nnx.state(prm.model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # At 0 (the default) the PRM is the shared study's, untouched.
+  assert Pipeline(pu.tiny_config(), workdir).identity("prm") == os.path.basename(
+      os.readlink(os.path.join(base, "prm", "latest")))
+  with pytest.raises(ConfigError, match=r"prm.holdout=0.9"):
+    Pipeline(pu.tiny_config(prm__holdout=0.9), workdir).validate("prm")

@@ -169,6 +169,23 @@ def _params(model):
   return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
+@pytest.mark.parametrize("objective", ["value", "lm"])
+def test_a_held_out_evaluation_does_not_depend_on_its_batch_size(objective):
+  """trainer.evaluate: the mean over the dataset's weighted positions, whatever the batch size
+  (the last batch padded at weight 0), as one batch of everything gives it."""
+  ds = _ragged(n=10, width=16, seed=3)
+  model = _tiny(objective)
+  whole = trainer.evaluate(model, ds, objective=objective, batch_size=len(ds))
+  loss, _ = trainer.OBJECTIVES[objective](model, ds.batch(np.arange(len(ds))))
+  assert_close(whole["loss"], float(loss))
+  for bs in (1, 3, 4):
+    got = trainer.evaluate(model, ds, objective=objective, batch_size=bs)
+    assert_close(got["loss"], whole["loss"])
+    assert_close(got["accuracy"], whole["accuracy"])
+  with pytest.raises(ValueError, match="objective='dpo'"):
+    trainer.evaluate(model, ds, objective="dpo", batch_size=2)
+
+
 # ---------------------------------------------------------------------- packed rows
 def _ragged(n=12, width=16, seed=0, group=1):
   """Right-padded rows of 1..width tokens (lengths chosen to leave no packing slack),

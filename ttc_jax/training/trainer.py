@@ -209,6 +209,8 @@ OBJECTIVES: dict[str, Callable[..., tuple[Array, dict[str, Array]]]] = {
 # comes from its ``train`` section).
 OBJECTIVE_OPTIONS = {"lm": ("label_smoothing",), "value": (), "implicit_prm": ("beta",),
                      "dpo": ("beta",)}
+# The objectives whose loss is a weighted mean over positions (trainer.evaluate).
+POSITION_WEIGHTED = ("lm", "value")
 # Rows per example of each objective's dataset (TokenDataset.group).
 OBJECTIVE_GROUP = {"dpo": 2}
 
@@ -367,6 +369,34 @@ def _log_metrics(metrics_file, metrics: dict[str, Array], step: int, since: _Sin
          f"acc {m['accuracy']:.3f} | {rate:.2f} steps/s {tok_rate:,.0f} tok/s | "
          f"ETA {fmt_duration((cfg.steps - done) / max(rate, 1e-9))}")
   since.time, since.step, since.tokens = now, done, 0
+
+
+def evaluate(model: Transformer, dataset: TokenDataset, *, objective: str, batch_size: int,
+             options: Mapping[str, float] | None = None) -> dict[str, float]:
+  """The objective's loss and accuracy over every example of ``dataset`` once: the mean over
+  the dataset's weighted positions, whatever the batch size (the last batch is padded at
+  weight 0): a held-out set's numbers. For the objectives weighted by position ('lm',
+  'value'; the implicit-reward objectives average over rows)."""
+  if objective not in POSITION_WEIGHTED:
+    raise ValueError(f"objective={objective!r}: expected one of {POSITION_WEIGHTED} (weighted "
+                     "by position).")
+  if len(dataset) == 0:
+    raise ValueError("evaluate: the dataset has no example.")
+  graphdef, params = nnx.split(model)
+  fn = jax.jit(lambda p, b: OBJECTIVES[objective](nnx.merge(graphdef, p), b,
+                                                  **(options or {}))[1])
+  total, weight = {"loss": 0.0, "accuracy": 0.0}, 0.0
+  for start in range(0, len(dataset), batch_size):
+    idx = np.arange(start, start + batch_size)
+    real = idx < len(dataset)
+    batch = dataset.batch(np.where(real, idx, 0))  # one shape: the last batch padded ...
+    batch["weights"] = batch["weights"] * np.repeat(real, dataset.group)[:, None]  # ... at 0
+    m = jax.device_get(fn(params, batch))
+    w = float(m["weight"])
+    for k in total:  # each a sum over the batch / max(its weight, 1)
+      total[k] += float(m[k]) * max(w, 1.0)
+    weight += w
+  return {k: v / max(weight, 1e-12) for k, v in total.items()} | {"weight": weight}
 
 
 def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigDict,

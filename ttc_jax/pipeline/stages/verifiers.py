@@ -4,7 +4,9 @@ trained on them."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -132,11 +134,23 @@ def train_verifier(ctx: Context, kind: str) -> dict:
   else:
     targets = [[np.nan] * (len(ls.ends(i)) - 1) + [float(ls.correct[i])] for i in range(len(ls))]
   keep = [i for i in range(len(ls)) if ls.ends(i)]
+  held = []
+  holdout = float(cfg.get("holdout", 0.0))
+  if holdout:  # early stopping on held-out train questions (the paper's PRM recipe)
+    out = held_out_questions(ls.problem_index, holdout, cfg.train.seed)
+    held = [i for i in keep if out[i]]
+    keep = [i for i in keep if not out[i]]
+    if not held or not keep:
+      raise artifacts.ArtifactError(
+          f"{kind}.holdout={holdout}: {len(held)} of the {len(held) + len(keep)} samples are "
+          "held out; expected some on both sides (more MC-labelled problems, or another "
+          "fraction).")
   dense = kind == "prm" and cfg.label_positions == "every_token"
-  dataset = data_lib.value_dataset([ls.row(i) for i in keep], [ls.ends(i) for i in keep],
-                                   [targets[i] for i in keep], model_cfg.max_seq_len,
-                                   policy.tokenizer.pad_id, every_token=dense,
-                                   prompt_lengths=[int(ls.prompt_lengths[i]) for i in keep])
+  dataset_of = lambda rows: data_lib.value_dataset(  # noqa: E731
+      [ls.row(i) for i in rows], [ls.ends(i) for i in rows], [targets[i] for i in rows],
+      model_cfg.max_seq_len, policy.tokenizer.pad_id, every_token=dense,
+      prompt_lengths=[int(ls.prompt_lengths[i]) for i in rows])
+  dataset = dataset_of(keep)
   stats = ls.stats()  # the samples and their MC labels
   # What this model is trained on (for an oracle-label PRM, not the MC labels above).
   flat = np.asarray([t for i in keep for t in targets[i]], np.float64)
@@ -145,15 +159,64 @@ def train_verifier(ctx: Context, kind: str) -> dict:
                       "mean": float(flat.mean()) if flat.size else float("nan")}
   stats["params"] = model_cfg.num_params()
   ctx.log(f"{kind}: {stats['params']:,} params ({cfg.init} init); data {stats}")
-  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="value", name=kind)
+  train_cfg = cfg.train
+  if held:  # a checkpoint at every candidate step (resuming is finer, no coarser)
+    train_cfg = ml_collections.ConfigDict(cfg.train.to_dict())
+    train_cfg.checkpoint_every = math.gcd(cfg.train.checkpoint_every, cfg.holdout_every)
+  trainer.train(model, dataset, train_cfg, ctx.out.dir, objective="value", name=kind,
+                keep_checkpoints=None if held else 2)
+  step, checkpoint_dir, stopping = cfg.train.steps, "checkpoints", None
+  if held:
+    stopping = _early_stopping(ctx, model_cfg, dataset_of(held), cfg, kind)
+    stopping.update(holdout=holdout, held_samples=len(held),
+                    held_questions=len(np.unique(ls.problem_index[held])))
+    step, checkpoint_dir = stopping["step"], "chosen"
+    model = checkpoints.restore_params(os.path.join(ctx.out.dir, "checkpoints"), model,
+                                       step=step, any_step=True)
+    shutil.rmtree(os.path.join(ctx.out.dir, checkpoint_dir), ignore_errors=True)  # a killed run's
+    checkpoints.save_params(os.path.join(ctx.out.dir, checkpoint_dir), step, model)
   tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
   artifacts.write_model(
-      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=cfg.train.steps,
+      ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=step,
+      checkpoint_dir=checkpoint_dir,
       made_by={"stage": kind, "objective": f"value (BCE on {cfg.labels} step labels)"
                if kind == "prm"
                else "value (BCE on final correctness)", "init": cfg.init,
-               "policy": policy.identity, "train": cfg.train.to_dict(), "data": stats})
-  return stats
+               "policy": policy.identity, "train": cfg.train.to_dict(), "data": stats,
+               "early_stopping": stopping})
+  return stats if stopping is None else {**stats, "early_stopping_step": step}
+
+
+HOLDOUT_STREAM = 0x486f6c64  # the held-out questions' random stream ("Hold")
+
+
+def held_out_questions(problem_index: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Whether each sample's question is held out: a question is, with probability
+  ``fraction``, by a draw of its own (seed, stream, question), so the split of one question
+  does not depend on which others are there; all of a question's samples go together."""
+  q = np.asarray(problem_index, np.int64)
+  draw = {int(i): np.random.default_rng(np.random.SeedSequence(
+      [seed, HOLDOUT_STREAM, int(i)])).random() for i in np.unique(q)}
+  return np.asarray([draw[int(i)] < fraction for i in q], bool)
+
+
+def _early_stopping(ctx: Context, model_cfg: TransformerConfig, held: data_lib.TokenDataset,
+                    cfg: ml_collections.ConfigDict, kind: str) -> dict:
+  """The loss on the held-out questions' samples of the checkpoint at every
+  ``holdout_every`` steps and the last; the step of the lowest (ties: the earlier)."""
+  ckpt = os.path.join(ctx.out.dir, "checkpoints")
+  steps = cfg.train.steps
+  candidates = [s for s in sorted(checkpoints.manager(ckpt, None).all_steps())
+                if s % cfg.holdout_every == 0 or s == steps]
+  curve = []
+  for step in candidates:
+    m = checkpoints.restore_params(ckpt, checkpoints.abstract_model(model_cfg), step=step,
+                                   any_step=True)
+    r = trainer.evaluate(m, held, objective="value", batch_size=cfg.train.batch_size)
+    curve.append({"step": int(step), "loss": r["loss"], "accuracy": r["accuracy"]})
+    ctx.log(f"{kind} step {step}: held-out loss {r['loss']:.4f}, accuracy {r['accuracy']:.3f}")
+  best = min(curve, key=lambda r: (r["loss"], r["step"]))
+  return {"curve": curve, "step": best["step"]}
 
 
 # ----------------------------------------------------------------------------
@@ -277,6 +340,13 @@ def _check_verifier(c: ml_collections.ConfigDict, known: Facts, kind: str) -> No
   """A value-head verifier's architecture (the policy's, changed where ``kind.model`` says)
   and training."""
   config_lib.check_train(c, kind, known)
+  holdout = c[kind].get("holdout", 0.0)
+  if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) \
+      or not 0 <= holdout <= 0.5:
+    raise ConfigError(f"{kind}.holdout={holdout!r}: expected a fraction in [0, 0.5] of the "
+                      "MC-labelled train questions held out for early stopping (0: none).")
+  if holdout:
+    check_int(c[kind].holdout_every, f"{kind}.holdout_every", 1, c[kind].train.steps)
   if known.policy is None:
     return
   arch = config_lib.verifier_arch(config_lib.arch_fields(c.policy.model), c[kind], kind)
