@@ -451,8 +451,10 @@ def test_retraining_the_policy_makes_new_artifacts_and_says_why(tmp_path_factory
 def test_a_task_of_ones_own_runs_the_pipeline_with_its_own_keys(tmp_path):
   workdir = str(tmp_path / "w")
   out = pu.run(pu.cli("search_sweep,task=modsum", workdir, "--task_module=heldout_task",
+                      # (searched by the policy's confidence: no MC labels nor PRM to train)
                       overrides={"task.terms": 2, "task.modulus": 5, "task.num_test": 20,
-                                 "search.methods": ("best_of_n", "beam"), "search.budgets": (1, 2)}))
+                                 "search.methods": ("best_of_n", "beam"), "search.budgets": (1, 2),
+                                 "search.verifier": "conf_logprob_mean"}))
   assert "search_sweep: done" in out.stderr, out.stderr[-3000:]
   data = json.load(open(os.path.join(workdir, "data", "latest", "stage.json")))
   assert data["key"]["config"]["task"] == {"name": "modsum", "terms": 2, "modulus": 5,
@@ -475,6 +477,7 @@ def test_the_paper_scale_config_is_the_study_at_500_problems():
   assert c.stage == "prm" and c.test_problems == 500 and len(c.search.seeds) >= 3
   # The paper's PRM data: 16 samples per problem x 16 rollouts per step prefix.
   assert c.mc_labels.samples_per_problem == 16 and c.mc_labels.rollouts == 16
+  assert c.prm.holdout == 0.1  # and its early stopping on held-out train questions
   config_lib.validate(c, list(STAGES), CHECKS)
   assert len(sweep(c.search)) > len(sweep(pu.arith.get_config().search))
 

@@ -397,9 +397,13 @@ def _final_params(workdir, stage="policy"):
 
 
 @pytest.mark.e2e
-def test_sigkill_and_rerun_gives_bit_identical_params(tmp_path):
-  ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
-  pu.run(pu.cli("policy", ref))
+def test_sigkill_and_rerun_gives_bit_identical_params(tmp_path_factory, tmp_path):
+  # The reference: the tiny study's policy (the same config, trained without a kill); the
+  # killed run starts from its tokenizer and data.
+  ref, killed = pu.shared_study(tmp_path_factory), str(tmp_path / "killed")
+  os.makedirs(killed)
+  for stage in ("tokenizer", "data"):
+    shutil.copytree(os.path.join(ref, stage), os.path.join(killed, stage), symlinks=True)
   # Killed while training, right after its second checkpoint (step 8 of 24; a hold point).
   marker = str(tmp_path / "held")
   proc = subprocess.Popen(pu.cli("policy", killed), env=pu.held_env("checkpoint:policy:8",
