@@ -45,10 +45,14 @@ beat best-of-N weighted (the PRM is the weak part: search has little to choose f
   bottom-10% and tail confidence, self-certainty, mean log-prob; no training) are scored
   beside them (confidence.png). ``search.verifier`` chooses what scores search's steps
   (default 'prm'; a conf_* name costs 0 verifier FLOPs).
-* verifier_choice: every verifier search can use (the PRM, the policy's confidence) ranked
-  by within-problem AUC on 16 samples of each of 200 held-out train problems (after the
-  MC-labelled ones; never a test problem); study.md names the one the claims used
-  (``search.verifier``) and the one chosen.
+* verifier_choice (before verifier_eval): every verifier search can use (the PRM, the
+  LM-head verifiers, the policy's confidence) ranked by within-problem AUC on 16 samples of
+  each of 200 held-out train problems (after the MC-labelled ones; never a test problem),
+  with the ensembles fitted there (ens_prm, ens_implicit_prm, ens_dpo, ens_conf: a base
+  verifier's score and the policy's mean and least token log-prob combined by a logistic
+  regression; ranked by 5-fold cross-validation over those problems; verifier_eval scores
+  them on test problems); study.md names the one the claims used (``search.verifier``) and
+  the one chosen (chosen_search searches with it).
 * verifier_axis (``make verifier-axis``, not part of ``make study``; diagnosis only): the
   search methods against a synthetic verifier (the task's step checker through noise
   calibrated on train problems) at within-problem AUCs 0.6-0.97 ->
