@@ -43,3 +43,14 @@ class Problem:
 
 PROBLEMS = [Problem(3, "5 9 12 7", "20"), Problem(8, "14 3", "11"),
             Problem(11, "30 31 2 9 9 4", "6")]
+
+
+def full_pass_steps(verifier, tokenizer, problem, tokens) -> list:
+  """A search candidate's step scores by ``verifier``'s full pass over its finished row (the
+  prompt as search encodes it, then ``tokens``): what its incremental scores must equal."""
+  from ttc_jax.sampling.solutions import step_ends  # pylint: disable=g-import-not-at-top
+  prompt = tokenizer.encode(problem.question, bos=True)
+  ends = [len(prompt) + i for i in step_ends(tokens, tokenizer.step_ids, tokenizer.eos_ids)]
+  (steps,) = verifier.solution_step_scores([problem.question], [prompt + list(tokens)],
+                                           [len(prompt)], [ends], batch_size=4)
+  return steps

@@ -12,8 +12,8 @@ from conftest import assert_close
 from search_fixtures import PROBLEMS
 from search_fixtures import Task
 from search_fixtures import Tok
+from search_fixtures import full_pass_steps
 from ttc_jax.sampling.core import row_keys
-from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
 from ttc_jax.search import ParticleFilter
@@ -118,13 +118,8 @@ def test_search_with_confidence_costs_no_flops_and_scores_as_a_full_pass(conf_ct
     # 0 verifier FLOPs: the scores came with the sampled tokens.
     assert res.budget.prm_tokens == 0 and res.budget.prm_flops == 0
     assert res.budget.policy_tokens > 0
-    prompt = ctx.tokenizer.encode(problem.question, bos=True)
     for c in res.candidates:
-      ends = [len(prompt) + i for i in step_ends(c.tokens, ctx.tokenizer.step_ids,
-                                                 ctx.tokenizer.eos_ids)]
-      (steps,) = verifier.solution_step_scores([problem.question], [prompt + c.tokens],
-                                               [len(prompt)], [ends], batch_size=4)
-      assert_close(c.score, steps[-1])
+      assert_close(c.score, full_pass_steps(verifier, ctx.tokenizer, problem, c.tokens)[-1])
     # A problem's candidates and scores do not depend on the batch.
     alone = strategy.run(ctx, [problem])[0]
     assert [c.tokens for c in alone.candidates] == [c.tokens for c in res.candidates]

@@ -12,10 +12,10 @@ from conftest import policy_config
 from search_fixtures import PROBLEMS
 from search_fixtures import Task
 from search_fixtures import Tok
+from search_fixtures import full_pass_steps
 from ttc_jax.analysis.verifiers import within_problem_auc
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.sampling.core import SamplingParams
-from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
 from ttc_jax.search import SearchContext
@@ -116,16 +116,10 @@ def test_an_ensemble_searches_as_it_scores_and_is_charged_as_its_base(core1, spe
   ctx = _ctx(core1, special_ids, verifier)
   together = strategy.run(ctx, PROBLEMS)
   for problem, res in zip(PROBLEMS, together):
-    prompt = ctx.tokenizer.encode(problem.question, bos=True)
     for c in res.candidates:
-      ends = [len(prompt) + i for i in step_ends(c.tokens, ctx.tokenizer.step_ids,
-                                                 ctx.tokenizer.eos_ids)]
-      (steps,) = verifier.solution_step_scores([problem.question], [prompt + c.tokens],
-                                               [len(prompt)], [ends], batch_size=4)
-      assert_close(c.score, steps[-1])
+      assert_close(c.score, full_pass_steps(verifier, ctx.tokenizer, problem, c.tokens)[-1])
       # ... which is the combination of its components' full-pass scores.
-      comp = [v.solution_step_scores([problem.question], [prompt + c.tokens], [len(prompt)],
-                                     [ends], batch_size=4)[0][-1] for v in (prm, mean, low)]
+      comp = [full_pass_steps(v, ctx.tokenizer, problem, c.tokens)[-1] for v in (prm, mean, low)]
       assert_close(c.score, e.combine([np.float64(x) for x in comp]))
     alone = strategy.run(ctx, [problem])[0]
     assert [c.tokens for c in alone.candidates] == [c.tokens for c in res.candidates]

@@ -16,10 +16,10 @@ from conftest import policy_config
 from search_fixtures import PROBLEMS
 from search_fixtures import Task
 from search_fixtures import Tok
+from search_fixtures import full_pass_steps
 from ttc_jax.models.transformer import Transformer
 from ttc_jax.parallel import make_mesh
 from ttc_jax.sampling.core import SamplingParams
-from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
 from ttc_jax.search import ParticleFilter
@@ -56,13 +56,8 @@ def test_search_scores_equal_the_full_pass_and_do_not_depend_on_the_batch(implic
   for problem, res in zip(PROBLEMS, together):
     # Charged pi's forward over every policy token it read (pi_ref's came with sampling).
     assert res.budget.prm_tokens >= res.budget.policy_tokens > 0
-    prompt = ctx.tokenizer.encode(problem.question, bos=True)
     for c in res.candidates:
-      ends = [len(prompt) + i for i in step_ends(c.tokens, ctx.tokenizer.step_ids,
-                                                 ctx.tokenizer.eos_ids)]
-      (steps,) = verifier.solution_step_scores([problem.question], [prompt + c.tokens],
-                                               [len(prompt)], [ends], batch_size=4)
-      assert_close(c.score, steps[-1])
+      assert_close(c.score, full_pass_steps(verifier, ctx.tokenizer, problem, c.tokens)[-1])
       scores.append(c.score)
     alone = strategy.run(ctx, [problem])[0]
     assert [c.tokens for c in alone.candidates] == [c.tokens for c in res.candidates]
