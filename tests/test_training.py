@@ -184,6 +184,10 @@ def test_a_held_out_evaluation_does_not_depend_on_its_batch_size(objective):
     assert_close(got["accuracy"], whole["accuracy"])
   with pytest.raises(ValueError, match="objective='dpo'"):
     trainer.evaluate(model, ds, objective="dpo", batch_size=2)
+  # Another model of the same architecture (another checkpoint) reuses the compiled program.
+  before = trainer._metrics_fn.cache_info().misses  # pylint: disable=protected-access
+  trainer.evaluate(_tiny(objective, seed=1), ds, objective=objective, batch_size=3)
+  assert trainer._metrics_fn.cache_info().misses == before  # pylint: disable=protected-access
 
 
 # ---------------------------------------------------------------------- packed rows

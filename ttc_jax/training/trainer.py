@@ -371,6 +371,14 @@ def _log_metrics(metrics_file, metrics: dict[str, Array], step: int, since: _Sin
   since.time, since.step, since.tokens = now, done, 0
 
 
+@functools.lru_cache(maxsize=16)
+def _metrics_fn(graphdef, objective: str, options: tuple):
+  """The jitted metrics of ``objective`` for models of ``graphdef`` (one per architecture:
+  evaluating every checkpoint of a run compiles once per batch shape)."""
+  return jax.jit(lambda p, b: OBJECTIVES[objective](nnx.merge(graphdef, p), b,
+                                                    **dict(options))[1])
+
+
 def evaluate(model: Transformer, dataset: TokenDataset, *, objective: str, batch_size: int,
              options: Mapping[str, float] | None = None) -> dict[str, float]:
   """The objective's loss and accuracy over every example of ``dataset`` once: the mean over
@@ -383,8 +391,7 @@ def evaluate(model: Transformer, dataset: TokenDataset, *, objective: str, batch
   if len(dataset) == 0:
     raise ValueError("evaluate: the dataset has no example.")
   graphdef, params = nnx.split(model)
-  fn = jax.jit(lambda p, b: OBJECTIVES[objective](nnx.merge(graphdef, p), b,
-                                                  **(options or {}))[1])
+  fn = _metrics_fn(graphdef, objective, tuple(sorted((options or {}).items())))
   total, weight = {"loss": 0.0, "accuracy": 0.0}, 0.0
   for start in range(0, len(dataset), batch_size):
     idx = np.arange(start, start + batch_size)

@@ -172,7 +172,14 @@ class EnsembleVerifier:
 
   def solution_step_scores(self, questions, rows, prompt_lengths, ends, *, batch_size: int
                            ) -> list[np.ndarray]:
-    parts = [v.solution_step_scores(questions, rows, prompt_lengths, ends, batch_size=batch_size)
+    # The confidence measures share one forward pass of the policy (its token stats).
+    conf = [v for v in self.verifiers if isinstance(v, confidence.ConfidenceVerifier)]
+    stats = conf[0].full.token_confidence(rows, batch_size=batch_size, desc=self.name) \
+        if conf else None
+    parts = [v.step_scores_of(stats, prompt_lengths, ends)
+             if isinstance(v, confidence.ConfidenceVerifier)
+             else v.solution_step_scores(questions, rows, prompt_lengths, ends,
+                                         batch_size=batch_size)
              for v in self.verifiers]
     return [self.ensemble.combine([p[i] for p in parts]) for i in range(len(rows))]
 
