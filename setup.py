@@ -12,6 +12,10 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7",
+        # ml_dtypes 0.7.0 takes 0.7-0.9 s to import (its extension module; 0.6.0: 7 ms, measured
+        # on AMD EPYC), paid by every process that imports jax: each stage process of a study,
+        # each launch script a test runs (launch/run.py --help: 2.4 s -> 1.7 s). jax needs >= 0.5.
+        "ml_dtypes>=0.5,<0.7",
         "flax>=0.12",
         "optax",
         "orbax-checkpoint",

@@ -409,9 +409,9 @@ def test_sigkill_and_rerun_gives_bit_identical_params(tmp_path_factory, tmp_path
   os.makedirs(killed)
   for stage in ("tokenizer", "data"):
     shutil.copytree(os.path.join(ref, stage), os.path.join(killed, stage), symlinks=True)
-  # Killed while training, right after its second checkpoint (step 8 of 24; a hold point).
+  # Killed while training, right after its first checkpoint (step 12 of 24; a hold point).
   marker = str(tmp_path / "held")
-  proc = subprocess.Popen(pu.cli("policy", killed), env=pu.held_env("checkpoint:policy:8",
+  proc = subprocess.Popen(pu.cli("policy", killed), env=pu.held_env("checkpoint:policy:12",
                                                                      marker),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   pu.kill_when(proc, marker)
