@@ -190,6 +190,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 0-or-1, and voting / verifiers have something to fix.
       train=_train(steps=2400, batch_size=32, learning_rate=2e-3, log_every=100,
                    label_smoothing=0.01),
+      # Retry data in the SFT mix (issue 27 item 5; Physics of Language Models 2.2): this share
+      # of the train problems also gets a row showing 1..retry_attempts erroneous solutions
+      # (an arithmetic slip, the task's own) in the revision prompt, then the reference
+      # solution. 0: the paper's policy. An ablation (`make retry-ablation`): it needs
+      # policy.model.max_seq_len=512 for the longer rows.
+      retry_rate=0.0,
+      retry_attempts=2,
   ))
   # The exchange of pretraining and test-time FLOPs (paper section 7; `make exchange`, not
   # part of `make study`, which picks its result up when present): a policy with about 13x
@@ -207,6 +214,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   for field in ("steps", "batch_size", "seed", "pad_multiple", "bucket_pool_batches"):
     c.large_policy.train[field] = c.policy.train.get_ref(field)
+  for field in ("retry_rate", "retry_attempts"):
+    c.large_policy[field] = c.policy.get_ref(field)
   c.exchange = ml_collections.ConfigDict(dict(
       samples_per_problem=16,  # the larger policy's samples per test problem (majority curve)
       subsamples=64,  # random N-subsets per problem for its majority accuracy at each N

@@ -100,7 +100,11 @@ def test_a_key_added_at_its_old_behaviour_keeps_the_artifacts_made_before_it():
     del config[section].train["pack_width"]
   for section in ("prm", "orm"):  # early stopping (0: none, as before)
     del config[section]["holdout"], config[section]["holdout_every"]
+  for section in ("policy", "large_policy"):  # retry data in the SFT mix (0: none)
+    del config[section]["retry_rate"], config[section]["retry_attempts"]
   assert _ids(config) == base
+  retry = _changed(base, _ids(pu.tiny_config(policy__retry_rate=0.2)))
+  assert "policy" in retry and "large_policy" in retry and "data" not in retry
   assert "prm" in _changed(base, _ids(pu.tiny_config(prm__holdout=0.1)))
   changed = _changed(base, _ids(pu.tiny_config(prm__train__pack_width=64)))
   assert "prm" in changed and "policy" not in changed
@@ -432,9 +436,15 @@ def test_retraining_the_policy_makes_new_artifacts_and_says_why(tmp_path_factory
   old_policy = os.readlink(os.path.join(workdir, "policy", "latest"))
   old_difficulty = os.readlink(os.path.join(workdir, "difficulty", "latest"))
   # The difficulty samples read the policy (the in-process test above follows longer chains).
-  out = pu.run(pu.cli("difficulty", workdir, overrides={"policy.train.learning_rate": 0.001}))
-  assert re.search(r"policy: differs from its latest artifact \w+ \(config.policy.train."
-                   r"learning_rate: 0.002 -> 0.001\)", out.stderr), out.stderr[-3000:]
+  # The policy is retrained with retry data in its SFT mix (issue 27: erroneous solutions in
+  # the revision prompt, then the correction): the rows are in its data.
+  out = pu.run(pu.cli("difficulty", workdir, overrides={"policy.retry_rate": 0.5,
+                                                        "policy.retry_attempts": 1}))
+  assert re.search(r"policy: differs from its latest artifact \w+ \(config.policy."
+                   r"retry_attempts: '\(none\)' -> 1; config.policy.retry_rate: '\(none\)' -> "
+                   r"0.5\)", out.stderr), out.stderr[-3000:]
+  made = json.load(open(os.path.join(workdir, "policy", "latest", "model.json")))["made_by"]
+  assert 70 < made["data"]["retry_rows"] < 130  # half of the 200 train problems
   assert "tokenizer: up to date" in out.stderr and "data: up to date" in out.stderr
   assert re.search(r"difficulty: differs from its latest artifact \w+ \(inputs.policy: ",
                    out.stderr), out.stderr[-3000:]

@@ -346,6 +346,19 @@ def test_revision_claims_verdicts():
   assert two[0]["verdict"] == "reproduced"
   assert rev.revision_claims([_pt(1, 1, np.ones(20))], bins, 4) == []
   assert rev.revision_claims([_pt(1, 4, seq, "majority")], bins, 4) == []
+  # The same claims under the revision model's confidence selection name it, and read its
+  # points only.
+  conf = [_pt(4, 1, par, "hier_conf"), _pt(2, 2, bal, "hier_conf"), _pt(1, 4, par, "hier_conf")]
+  got = rev.revision_claims(curves + conf, bins, 4, seed=0, selection="hier_conf")
+  assert [c["claim"] for c in got] == [
+      "(d) sequential revisions over parallel sampling at budget 4 (selected by hier_conf)",
+      "(d) pure sequential over the balanced ratio (2x2) on the easier half at budget 4 "
+      "(selected by hier_conf)",
+      "(d) the balanced ratio (2x2) over pure sequential on the harder half at budget 4 "
+      "(selected by hier_conf)"]
+  assert [c["selection"] for c in got] == ["hier_conf"] * 3
+  assert got[0]["comparison"]["diff"] == 0.0 and got[0]["verdict"] == "not significant"
+  assert got[2]["comparison"]["diff"] == 0.5  # bal - par on the hard half
 
 
 def test_summarize_works_on_revision_cells_and_best_ratio():

@@ -161,6 +161,40 @@ def test_policy_rows_are_the_policy_s_sft_rows_at_their_share(task):
     revisions.policy_rows(task, problems, trajectories=12, share=1)
 
 
+def test_retry_rows_show_erroneous_attempts_then_the_correction(task):
+  """Retry data for the policy's SFT mix: a drawn share of the problems, each row the revision
+  prompt with 1..max_attempts of the task's erroneous solutions, then the reference."""
+  problems = [task.get("train", i) for i in range(400)]
+  rows = revisions.retry_rows(task, problems, rate=0.25, max_attempts=2, seed=0)
+  assert 70 < len(rows) < 130  # a quarter, drawn per problem
+  # A problem's row depends on (seed, problem) only: not on the others, nor their order.
+  each = [revisions.retry_rows(task, [p], rate=0.25, max_attempts=2, seed=0) for p in problems]
+  assert rows == [r for e in each for r in e]
+  assert revisions.retry_rows(task, problems[::-1][:150], rate=0.25, max_attempts=2,
+                              seed=0) == [r for e in each[::-1][:150] for r in e]
+  shown = collections.Counter()
+  for p, e in zip(problems, each):
+    for row in e:
+      *prompt, target = row
+      attempts = [a[:-len(task.step_delimiter)] for a in prompt[1:-1]]
+      assert prompt[0] == prompt[-1] == task.format_prompt(p) and target == p.solution
+      assert 1 <= len(attempts) <= 2
+      for a in attempts:
+        assert task.first_wrong_step(a, p) is not None and not task.is_correct(a, p)
+      assert tuple(prompt) == tuple(task.revision_prompt_pieces(p, attempts))
+      shown[len(attempts)] += 1
+  assert set(shown) == {1, 2}
+  assert revisions.retry_rows(task, problems, rate=0.25, max_attempts=2, seed=1) != rows
+  assert len(revisions.retry_rows(task, problems[:10], rate=1.0, max_attempts=3, seed=0)) == 10
+  assert revisions.retry_rows(task, problems, rate=0.0, max_attempts=2, seed=0) == []
+  with pytest.raises(ValueError, match="is not a train problem"):
+    revisions.retry_rows(task, [task.get("test", 0)], rate=1.0, max_attempts=2, seed=0)
+  import heldout_task  # pylint: disable=g-import-not-at-top
+  other = heldout_task.ModSum()
+  with pytest.raises(ValueError, match="cannot write erroneous solutions"):
+    revisions.retry_rows(other, [other.get("train", 0)], rate=0.5, max_attempts=2, seed=0)
+
+
 def test_revision_texts_window_the_last_attempts(task):
   problems = [task.get("train", i) for i in range(2)]
   texts = [[f"a{i}\nAnswer: {i}" for i in range(6)], ["b\nAnswer: 1"]]
@@ -798,6 +832,8 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
                                              r"integer >= 0"),
     (dict(revisions__confidence="prm"), r"revisions.confidence='prm': confidence verifier "
                                         r"'prm': expected conf_<token>_<aggregation>"),
+    (dict(policy__retry_rate=1.5), r"policy.retry_rate=1.5: expected the share"),
+    (dict(policy__retry_attempts=0), r"policy.retry_attempts=0: expected an integer >= 1"),
 ])
 def test_bad_revision_configs_are_named_before_anything_runs(override, message):
   from ttc_jax.pipeline import config as config_lib

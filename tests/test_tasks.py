@@ -425,3 +425,42 @@ def test_a_task_without_a_step_checker_says_so():
   assert not t.has_step_checker
   with pytest.raises(NotImplementedError, match="has no step checker"):
     t.first_wrong_step("1", t.get("test", 0))
+
+
+def test_an_erroneous_solution_slips_once_and_follows_its_slip(task, train_problems):
+  """arith's erroneous solutions (retry data): the reference up to one step whose result has
+  one digit replaced, later steps exact from the wrong value, a wrong final answer."""
+  assert task.has_erroneous_solutions
+  wrong_at = collections.Counter()
+  for p in train_problems[:600]:
+    rng = np.random.default_rng(p.index)
+    text = task.erroneous_solution(p, rng)
+    assert text == task.erroneous_solution(p, np.random.default_rng(p.index))  # its draws only
+    k = task.first_wrong_step(text, p)
+    ref, got = task.split_steps(p.solution), task.split_steps(text)
+    assert k is not None and k < len(ref) - 1 and not task.is_correct(text, p), (p.question, text)
+    assert len(got) == len(ref) and got[:k] == ref[:k]
+    # The slip: the step's operands are right, its result differs from the right one in one
+    # digit (same length); each later step is exact arithmetic on the wrong value.
+    a, op, b, c = _STEP_RE.fullmatch(got[k]).groups()
+    right = _STEP_RE.fullmatch(ref[k]).groups()[3]
+    assert (a, op, b) == _STEP_RE.fullmatch(ref[k]).groups()[:3]
+    assert len(c) == len(right) and sum(x != y for x, y in zip(c, right)) == 1
+    value = int(c)
+    for step in got[k + 1:-1]:
+      a, op, b, c = _STEP_RE.fullmatch(step).groups()
+      assert int(a) == value and arithmetic._exact(op, value, int(b), int(c))
+      assert 0 <= int(c) <= 999
+      value = int(c)
+    assert task.extract_answer(text) == str(value) != p.answer
+    wrong_at[k == len(ref) - 2] += 1
+  # Slips are drawn at every step, not only at the last operation.
+  assert wrong_at[False] > 100 and wrong_at[True] > 100
+
+
+def test_a_task_that_cannot_write_erroneous_solutions_says_so():
+  import heldout_task  # pylint: disable=g-import-not-at-top
+  t = heldout_task.ModSum()
+  assert not t.has_erroneous_solutions
+  with pytest.raises(NotImplementedError, match="cannot write erroneous solutions"):
+    t.erroneous_solution(t.get("train", 0), np.random.default_rng(0))

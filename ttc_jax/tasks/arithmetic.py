@@ -259,6 +259,44 @@ class ArithmeticTask(base.Task):
         return i
     return None
 
+  has_erroneous_solutions = True
+
+  def erroneous_solution(self, problem: base.Problem, rng: np.random.Generator) -> str:
+    """The reference solution with an arithmetic slip (see :meth:`base.Task.
+    erroneous_solution`): at a step drawn uniformly, one digit of the result is replaced by
+    another; the later steps compute exactly from the wrong value. A slip whose later steps
+    would leave [0, max_value], divide with a remainder or reach the right answer after all
+    is drawn again (up to 32 times; then the slip is at the last operation, which always
+    gives a wrong final answer)."""
+    match = _QUESTION_RE.fullmatch(problem.question.strip())
+    if match is None:
+      raise ValueError(f"{problem.uid}: question {problem.question!r} is not an arith chain.")
+    start = int(match.group(1))
+    ops = [(op, int(b)) for op, b in _OPERATION_RE.findall(match.group(2))]
+    values = [start]
+    for op, b in ops:
+      values.append(_apply(op, values[-1], b))
+    for attempt in range(33):
+      i = int(rng.integers(len(ops))) if attempt < 32 else len(ops) - 1
+      right = str(values[i + 1])
+      pos = int(rng.integers(len(right)))
+      digits = [d for d in "0123456789" if d != right[pos] and not (
+          pos == 0 and d == "0" and len(right) > 1)]
+      wrong = int(right[:pos] + digits[int(rng.integers(len(digits)))] + right[pos + 1:])
+      steps = [f"{values[j]}{op}{b}={values[j + 1]}" for j, (op, b) in enumerate(ops[:i])]
+      steps.append(f"{values[i]}{ops[i][0]}{ops[i][1]}={wrong}")
+      value, ok = wrong, True
+      for op, b in ops[i + 1:]:
+        if not _exact(op, value, b, _apply(op, value, b)) or not (
+            0 <= _apply(op, value, b) <= self._max_value):
+          ok = False
+          break
+        steps.append(f"{value}{op}{b}={_apply(op, value, b)}")
+        value = _apply(op, value, b)
+      if ok and value != values[-1]:
+        return self.join_steps(steps + [self.format_answer_line(str(value))])
+    raise AssertionError("unreachable: a slip at the last operation is always wrong")
+
   def normalize_answer(self, raw: str) -> str | None:
     """Canonical integer string: "+007" -> "7", "-0" -> "0"; else None.
 

@@ -20,6 +20,8 @@ import abc
 import dataclasses
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
+
 SPLITS = ("train", "test")
 
 
@@ -211,6 +213,23 @@ class Task(abc.ABC):
       NotImplementedError: the task has no step checker (``has_step_checker`` is False).
     """
     raise NotImplementedError(f"task {self.name!r} has no step checker.")
+
+  # A task that can write a plausible wrong solution sets this and implements
+  # erroneous_solution (retry data: an error followed by its correction in the policy's SFT
+  # mix, ttc_jax.training.revisions.retry_rows).
+  has_erroneous_solutions: bool = False
+
+  def erroneous_solution(self, problem: Problem, rng: np.random.Generator) -> str:
+    """A solution of ``problem`` in the task's format with one wrong step, the steps after it
+    following from the wrong value as a solver who slipped would write them, and a wrong
+    final answer; every draw from ``rng``.
+
+    Raises:
+      NotImplementedError: the task cannot write one (``has_erroneous_solutions`` is False).
+    """
+    del rng
+    raise NotImplementedError(f"task {self.name!r} cannot write erroneous solutions "
+                              f"({problem.uid}); retry data needs them.")
 
   def corpus(self, split: str, n: int) -> Iterator[str]:
     """Yields `format_prompt(p) + p.solution` for the first `n` problems.

@@ -163,6 +163,39 @@ def policy_rows(task: Task, problems: Sequence[Problem], trajectories: int, shar
           for i in range(count)]
 
 
+RETRY_STREAM = 0x52657472  # the retry rows' random stream ("Retr")
+
+
+def retry_rows(task: Task, problems: Sequence[Problem], rate: float, max_attempts: int,
+               seed: int) -> list[tuple[str, ...]]:
+  """Retry data for the policy's own SFT mix (issue 27, item 5; Physics of Language Models
+  2.2, arXiv 2408.16293: error correction is learnt from retry data in the training mix):
+  each problem gets, with probability ``rate``, one row that shows 1..``max_attempts``
+  (uniform) erroneous solutions of it (:meth:`Task.erroneous_solution`) in the revision
+  prompt, then its reference solution as the target. Every draw comes from the problem's own
+  generator (seed, stream, problem index): a problem's row does not depend on the others.
+  Train problems only."""
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"retry rate={rate!r}: expected a share of the train problems in [0, 1].")
+  if not rate:
+    return []
+  if not isinstance(max_attempts, int) or max_attempts < 1:
+    raise ValueError(f"retry max_attempts={max_attempts!r}: expected an integer >= 1.")
+  if not task.has_erroneous_solutions:
+    raise ValueError(f"retry rate={rate}: task {task.name!r} cannot write erroneous solutions "
+                     "(Task.erroneous_solution); set the rate to 0.")
+  require_train(problems, "retry data")
+  rows = []
+  for p in problems:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, RETRY_STREAM, p.index]))
+    if rng.random() >= rate:
+      continue
+    k = int(rng.integers(1, max_attempts + 1))
+    attempts = [task.erroneous_solution(p, rng) for _ in range(k)]
+    rows.append((*task.revision_prompt_pieces(p, attempts), p.solution))
+  return rows
+
+
 @dataclasses.dataclass
 class RevisionData:
   """The revision data: K policy answers per train problem, and trajectories over them

@@ -23,6 +23,7 @@ from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
 from ttc_jax.training import data as data_lib
+from ttc_jax.training import revisions as revisions_lib
 from ttc_jax.training import trainer
 
 
@@ -34,15 +35,24 @@ def run_policy(ctx: Context, section: str = "policy") -> dict:
   model_cfg = TransformerConfig(vocab_size=tok.vocab_size, head="lm", **cfg.model.to_dict())
   model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
   problems = data.problems("train")
-  dataset = data_lib.sft_dataset(data.task, tok, problems, model_cfg.max_seq_len)
+  # Retry data (an error followed by its correction, in the revision prompt's format) mixed
+  # into the policy's SFT rows: revisions_lib.retry_rows (0: none, the paper's policy); its
+  # draws from the training seed (the policy's section).
+  retry = revisions_lib.retry_rows(data.task, problems, cfg.get("retry_rate", 0.0),
+                                   cfg.get("retry_attempts", 2), cfg.train.seed)
+  dataset = data_lib.prompt_target_dataset(
+      tok, [(data.task.format_prompt(p), p.solution) for p in problems] + retry,
+      model_cfg.max_seq_len)
   # D of the 6 N D pretraining FLOPs: the steps' rows times the mean row length (every
   # policy of one study sees the same rows in the same order: same data, seed and steps).
-  stats = {"train_problems": len(problems), "target_tokens": int(dataset.weights.sum()),
+  stats = {"train_problems": len(problems), "retry_rows": len(retry),
+           "target_tokens": int(dataset.weights.sum()),
            "params": model_cfg.num_params(),
            "train_tokens": int(round(cfg.train.steps * cfg.train.batch_size
                                      * float(dataset.valid.sum(1).mean())))}
-  ctx.log(f"{section}: {stats['params']:,} params, {len(problems)} train problems, "
-          f"{stats['target_tokens']:,} target tokens")
+  ctx.log(f"{section}: {stats['params']:,} params, {len(problems)} train problems"
+          + (f" and {len(retry)} retry rows" if retry else "")
+          + f", {stats['target_tokens']:,} target tokens")
   trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="lm", name=section)
   artifacts.write_model(
       ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok.path), step=cfg.train.steps,
@@ -124,6 +134,16 @@ def check_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
     config_lib.model_config(config_lib.arch_fields(c.policy.model), known.vocab, "lm",
                             "policy.model")
   config_lib.check_train(c, "policy", known)
+  rate, attempts = c.policy.get("retry_rate", 0.0), c.policy.get("retry_attempts", 2)
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+    raise ConfigError(f"policy.retry_rate={rate!r}: expected the share of the train problems "
+                      "given a retry row, in [0, 1] (0: none).")
+  if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+    raise ConfigError(f"policy.retry_attempts={attempts!r}: expected an integer >= 1 "
+                      "(erroneous solutions shown before the correction, at most).")
+  if rate and known.task is not None and not known.task.has_erroneous_solutions:
+    raise ConfigError(f"policy.retry_rate={rate}: task {known.task.name!r} cannot write "
+                      "erroneous solutions (Task.erroneous_solution); expected 0.")
 
 
 def check_large_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
@@ -149,6 +169,12 @@ def check_large_policy(c: ml_collections.ConfigDict, known: Facts) -> None:
           f"large_policy.train.{field}={c.large_policy.train[field]!r} differs from "
           f"policy.train.{field}={c.policy.train[field]!r}: the larger policy is trained on the "
           "same rows in the same order (the exchange's D_pretrain).")
+  for field, default in (("retry_rate", 0.0), ("retry_attempts", 2)):
+    if c.large_policy.get(field, default) != c.policy.get(field, default):
+      raise ConfigError(
+          f"large_policy.{field}={c.large_policy.get(field, default)!r} differs from "
+          f"policy.{field}={c.policy.get(field, default)!r}: the larger policy is trained on "
+          "the same rows (the exchange's D_pretrain).")
 
 
 def trained_policy_held(c: ml_collections.ConfigDict) -> config_lib.Held:
