@@ -91,18 +91,14 @@ distill: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)
 
 # Retry data in the policy's SFT mix (issue 27's ablation; Physics of Language Models 2.2): the
-# policy retrained with a retry row for RETRY_RATE of the train problems (1-2 erroneous
-# solutions in the revision prompt, then the reference solution; a 512-token context for
-# them), its pass@1, revision data and revision model, in $(DIR)_retry (about 25 min on 2
-# cores). Set beside the study's: difficulty/latest/pass_at_1.json and the revision model's
-# rounds on held-out train problems (revision_model/latest/model.json, made_by.data.rounds:
-# first answer, last answer, correct -> incorrect). Resumable.
-RETRY_RATE ?= 0.2
+# variants of revision_ablation.variants (experiments/arith.py: a retry row for 20% of the
+# train problems, 1-2 erroneous solutions in the revision prompt, then the reference solution)
+# each make their own policy, pass@1, revision data and revision model in $(DIR) (about 25 min
+# on 2 cores); then the study, whose revisions.md sets them beside its own (like `make
+# exchange`). Resumable.
 retry-ablation: $(VENV)/.installed-base
-	$(PY) launch/run.py --config=$(ARITH):revision_model --workdir=$(DIR)_retry --jobs=$(JOBS) \
-	    --config.policy.retry_rate=$(RETRY_RATE) --config.policy.model.max_seq_len=512
-	$(PY) launch/run.py --config=$(ARITH):difficulty --workdir=$(DIR)_retry --jobs=1 \
-	    --config.policy.retry_rate=$(RETRY_RATE) --config.policy.model.max_seq_len=512
+	$(PY) launch/run.py --config=$(ARITH):revision_ablation --workdir=$(DIR) --jobs=1
+	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)
 
 # The same study at the paper's scale (500 problems, every budget and method, 3 seeds, the wider
 # verifier ablation): several hours on 2 CPU cores.

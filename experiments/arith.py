@@ -77,7 +77,13 @@ beat best-of-N weighted (the PRM is the weak part: search has little to choose f
   confidence (flat, hierarchical) selection, and chains gated by the revision model's
   confidence (threshold chosen on train chains) -> WORKDIR/revision_report/latest/
   revisions.md (Figures 6 and 7, the correct->incorrect rate, revisions against search at
-  equal budgets and FLOPs).
+  equal budgets and FLOPs; the (d) claims with the revision ORM and with the revision model's
+  confidence).
+* revision_ablation (``make retry-ablation``, not part of ``make study``, whose revisions.md
+  picks it up): variants of what the revision model is made from
+  (``revision_ablation.variants``; default: retry data in the policy's SFT mix, a row of
+  1-2 erroneous solutions then the reference for 20% of the train problems), each with its
+  own policy, pass@1, revision data and revision model, set beside the study's own.
 * compute_optimal: per difficulty bin (oracle, and predicted from the PRM's mean score) and
   budget, the search / revision cell best on one fold of problems applied to the other (2
   folds x 25 splits); efficiency over best-of-N; with ``make exchange``, the 13x policy
@@ -349,6 +355,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       train=_train(steps=800, batch_size=16, learning_rate=2e-4, warmup_steps=40),  # pairs
   ))
   c.verifier_eval = common.verifier_eval()
+  # Variants of what the revision model is made from (`make retry-ablation`, not part of make
+  # study, whose revisions.md picks it up when present): each makes its own policy, revision
+  # data and revision model in the workdir. Retry data in the policy's SFT mix (issue 27 item
+  # 5): a retry row for 20% of the train problems, in a 512-token context.
+  c.revision_ablation = ml_collections.ConfigDict(dict(
+      variants=("policy.retry_rate=0.2,policy.model.max_seq_len=512",),
+  ))
   c.ablation = ml_collections.ConfigDict(dict(
       # PRM variants, each a comma-separated list of config overrides (the study's own PRM
       # is the first row); trained once per identity, reused on reruns.

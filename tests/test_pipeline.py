@@ -118,7 +118,8 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   base = _ids(pu.tiny_config())
   downstream_of_policy = ["allocation", "chosen_search", "compute_optimal", "difficulty",
                           "distill", "dpo", "hybrid_sweep", "implicit_prm", "mc_labels",
-                          "orm", "policy", "prm", "report", "revision_data", "revision_model",
+                          "orm", "policy", "prm", "report", "revision_ablation",
+                          "revision_data", "revision_model",
                           "revision_orm", "revision_report", "revision_sweep", "search_sweep",
                           "study", "verifier_ablation", "verifier_axis", "verifier_choice",
                           "verifier_eval", "verifier_samples"]
@@ -170,8 +171,11 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(base, _ids(pu.tiny_config(report__difficulty_bins=3))) == [
       "allocation", "chosen_search", "compute_optimal", "report", "revision_report", "study"]
   assert _changed(base, _ids(pu.tiny_config(revision_data__samples_per_problem=8))) == [
-      "compute_optimal", "hybrid_sweep", "revision_data", "revision_model", "revision_orm", "revision_report",
-      "revision_sweep", "study"]
+      "compute_optimal", "hybrid_sweep", "revision_ablation", "revision_data", "revision_model",
+      "revision_orm", "revision_report", "revision_sweep", "study"]
+  # The revision ablation's variants: only it (revisions.md reads it when it has run).
+  assert _changed(base, _ids(pu.tiny_config(
+      revision_ablation__variants=("policy.retry_rate=0.3",)))) == ["revision_ablation"]
   assert _changed(base, _ids(pu.tiny_config(revisions__seeds=(0, 1)))) == [
       "compute_optimal", "revision_report", "revision_sweep", "study"]
   assert _changed(base, _ids(pu.tiny_config(revision_orm__length=3))) == [

@@ -1086,3 +1086,48 @@ def test_search_then_revise_cells_add_the_revisions_to_the_sweep_s_search(revisi
   md = open(os.path.join(revision_study, "compute_optimal", "latest",
                          "compute_optimal.md")).read()
   assert "## Search then revise (beyond the paper)" in md
+
+
+def test_the_revision_ablation_makes_each_variant_and_revisions_md_sets_it_beside_the_study(
+    revision_study, tmp_path):
+  """A variant (retry data in the policy's SFT mix) makes its own policy, revision data and
+  revision model in the workdir without moving the study's `latest`; the ablation's rows
+  compare it with the study's own on the same problems, and revisions.md shows them once
+  the ablation has run."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(revision_study, workdir, symlinks=True)
+  variant = "policy.retry_rate=0.5,policy.retry_attempts=1"
+  config = pu.tiny_config(**TRAINED, **STUDY, revision_ablation__variants=(variant,))
+  pipe = Pipeline(config, workdir)
+  before = {s: os.readlink(os.path.join(workdir, s, "latest"))
+            for s in ("policy", "revision_data", "revision_model", "difficulty")}
+  report_before = os.readlink(os.path.join(workdir, "revision_report", "latest"))
+  out = pipe.run("revision_ablation")
+  default, retry = out["rows"]
+  assert default["name"] == "default (this study's)" and default["retry_rows"] == 0
+  assert default["policy"] == before["policy"]
+  assert default["revision_model"] == before["revision_model"]
+  assert retry["name"] == variant and retry["overrides"] == {"policy.retry_rate": 0.5,
+                                                             "policy.retry_attempts": 1}
+  assert 60 < retry["retry_rows"] < 140  # half of the 200 train problems
+  assert retry["policy"] != default["policy"]
+  assert retry["revision_model"] != default["revision_model"]
+  made = json.load(open(os.path.join(workdir, "policy", retry["policy"], "model.json")))
+  assert made["made_by"]["data"]["retry_rows"] == retry["retry_rows"]
+  # The revision model of the variant is made from the variant's policy.
+  rm = json.load(open(os.path.join(workdir, "revision_model", retry["revision_model"],
+                                   "stage.json")))
+  assert rm["key"]["inputs"]["policy"] == retry["policy"]
+  # Paired with the study's row on the same problems.
+  lo, hi = default["problems"]  # revision_model.choice's held-out train problems
+  for key in ("first_vs_reference", "last_vs_reference"):
+    assert retry[key]["n"] == hi - lo
+  assert retry["pass_at_1_vs_reference"]["n"] == config.test_problems
+  assert "first_vs_reference" not in default
+  # The study's artifacts stay its `latest`.
+  assert before == {s: os.readlink(os.path.join(workdir, s, "latest")) for s in before}
+  # revisions.md picks the ablation up (the report's identity records that it was there).
+  pipe.run("revision_report")
+  assert os.readlink(os.path.join(workdir, "revision_report", "latest")) != report_before
+  text = open(os.path.join(workdir, "revision_report", "latest", "revisions.md")).read()
+  assert "Ablation (`make retry-ablation`)" in text and f"| {variant} | " in text

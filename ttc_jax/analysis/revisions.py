@@ -670,6 +670,48 @@ def first_answer_vs_policy(chains_by_seed: Sequence[dict], policy_pass_at_1: np.
           "comparison": cmp.to_json()}
 
 
+def _chosen_right(r: dict) -> np.ndarray | None:
+  """(problems, answers) bool: whether each answer of the chains of a round's chosen
+  checkpoint on its held-out train problems was right; None without a choice."""
+  choice = r.get("checkpoint_choice")
+  if not (choice and choice.get("curve") and "correct" in choice["curve"][0]):
+    return None
+  best = next(c for c in choice["curve"] if c["step"] == choice["step"])
+  return np.asarray([[ch == "1" for ch in row_] for row_ in best["correct"]], bool)
+
+
+def ablation_row(name: str, overrides: dict, rounds: Sequence[dict], pass_at_1: np.ndarray,
+                 reference: dict | None = None, seed: int = 0) -> dict:
+  """A row of the revision ablation: the revision model's last round as chosen on its
+  held-out train problems (first and last answer of the chains, correct -> incorrect, with
+  CIs over the problems) and its policy's pass@1 on the test problems; against
+  ``reference`` (the study's row, same problems: its ``_right`` and ``_pass_at_1``), paired
+  differences. Keys starting with '_' hold the arrays and are dropped from the JSON."""
+  last = [r for r in rounds if _chosen_right(r) is not None]
+  right = _chosen_right(last[-1]) if last else None
+  p1 = np.asarray(pass_at_1, np.float64)
+  row = {"name": name, "overrides": overrides, "rounds": len(rounds),
+         "policy_pass_at_1": stats_lib.mean_ci(p1, seed=seed).to_json(),
+         "_right": right, "_pass_at_1": p1}
+  if right is not None:
+    flips = (right[:, :-1] & ~right[:, 1:]).sum(1)
+    row.update(step=int(last[-1]["checkpoint_choice"]["step"]),
+               problems=last[-1]["checkpoint_choice"]["problems"],
+               first=stats_lib.mean_ci(right[:, 0], seed=seed).to_json(),
+               last=stats_lib.mean_ci(right[:, -1], seed=seed).to_json(),
+               correct_to_incorrect=ratio_ci(flips, right[:, :-1].sum(1), seed))
+  if reference is not None:
+    ref_right = reference["_right"]
+    if right is not None and ref_right is not None and ref_right.shape == right.shape:
+      for key, i in (("first", 0), ("last", -1)):
+        row[f"{key}_vs_reference"] = stats_lib.paired_diff(
+            right[:, i], ref_right[:, i], names=(name, reference["name"]), seed=seed).to_json()
+    if reference["_pass_at_1"].shape == p1.shape:
+      row["pass_at_1_vs_reference"] = stats_lib.paired_diff(
+          p1, reference["_pass_at_1"], names=(name, reference["name"]), seed=seed).to_json()
+  return row
+
+
 def training_rounds(rounds: Sequence[dict], seed: int = 0) -> list[dict]:
   """The revision model's rounds as chosen on held-out train problems (the revision model's
   ``made_by.data.rounds``; each with its ``checkpoint_choice``): per round, its chosen step's
@@ -684,9 +726,8 @@ def training_rounds(rounds: Sequence[dict], seed: int = 0) -> list[dict]:
            "own_keep_trajectories": own.get("keep_trajectories"),
            "own_accuracy_by_answer": own.get("chain_accuracy_by_answer"), "chosen": None}
     choice = r.get("checkpoint_choice")
-    if choice and choice.get("curve") and "correct" in choice["curve"][0]:
-      best = next(c for c in choice["curve"] if c["step"] == choice["step"])
-      right = np.asarray([[ch == "1" for ch in row_] for row_ in best["correct"]], bool)
+    right = _chosen_right(r)
+    if right is not None:
       flips = (right[:, :-1] & ~right[:, 1:]).sum(1)
       row["chosen"] = {
           "step": int(choice["step"]), "problems": choice["problems"],

@@ -282,6 +282,33 @@ def _training_round_lines(rounds: list[dict]) -> list[str]:
   return lines + [""]
 
 
+def _revision_ablation_lines(ablation: dict | None) -> list[str]:
+  """The revision ablation's rows (`make retry-ablation`; [] when it has not run)."""
+  if not ablation or not ablation.get("rows"):
+    return []
+  rows = ablation["rows"]
+  est = lambda e: "" if e is None else _ci(e["mean"], e["ci"])  # noqa: E731
+  cmp_ = lambda c: "" if c is None else _cmp_cell(c)  # noqa: E731
+  where = next((r["problems"] for r in rows if r.get("problems")), None)
+  lines = ["", "Ablation (`make retry-ablation`): each row makes the policy, its revision data "
+           "and revision model with the study's config changed as named (the first row is the "
+           "study's own). The revision model's last round at its chosen checkpoint, on "
+           + (f"held-out train problems {where[0]}-{where[1] - 1}" if where else
+              "held-out train problems")
+           + "; the policy's pass@1 on the test problems; differences paired with the first "
+           "row:", "",
+           "| variant | retry rows | policy pass@1 | vs the study's | first answer | vs the "
+           "study's | last answer | vs the study's | correct -> incorrect |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    c2i = r.get("correct_to_incorrect")
+    lines.append(f"| {r['name']} | {r.get('retry_rows', 0)} | {est(r['policy_pass_at_1'])} | "
+                 f"{cmp_(r.get('pass_at_1_vs_reference'))} | {est(r.get('first'))} | "
+                 f"{cmp_(r.get('first_vs_reference'))} | {est(r.get('last'))} | "
+                 f"{cmp_(r.get('last_vs_reference'))} | {'' if c2i is None else _rate(c2i)} |")
+  return lines + [""]
+
+
 def _within_chain_lines(rev: dict) -> list[str]:
   """The first answer against the policy, and one chain's selections against its first
   answer ([] for a summary without them)."""
@@ -385,6 +412,7 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
            "model's own confidence in each answer: no model call, no verifier FLOPs). "
            "Accuracies: mean [95% bootstrap CI over problems].", ""]
   lines += _training_round_lines(rev.get("training_rounds", []))
+  lines += _revision_ablation_lines(rev.get("ablation"))
   lines += _transition_lines(rev["transitions"])
   lines += _within_chain_lines(rev)
   lines += ["", "Accuracy by budget N and split C chains x L revisions (rows), selection "

@@ -43,6 +43,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     verifiers.MC_LABELS,
     revisions.REVISION_DATA,
     revisions.REVISION_MODEL,
+    revisions.REVISION_ABLATION,
     verifiers.PRM,
     models.HF_PRM,
     verifiers.ORM,

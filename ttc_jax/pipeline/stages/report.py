@@ -83,6 +83,8 @@ def run_revision_report(ctx: Context) -> dict:
                    for role in ("revision_model", "revision_orm", "prm")}
   rev["training_rounds"] = revision_analysis.training_rounds(
       ctx.inputs["revision_model"].description["made_by"]["data"].get("rounds", []), c.seed)
+  if ctx.inputs.get("revision_ablation") is not None:  # `make retry-ablation` ran
+    rev["ablation"] = ctx.inputs["revision_ablation"]
   ctx.out.write_json("revisions.json", rev)
   figs = {"revisions_vs_budget.png": figures.revisions_vs_budget(rev),
           "revisions_by_difficulty.png": figures.revisions_by_difficulty(rev),
@@ -141,10 +143,13 @@ REVISION_REPORT = Stage(
     sections=("seed", "report", "revisions"),
     outputs=("revisions.json", "revisions.md", "revisions_vs_budget.png",
              "revisions_by_difficulty.png", "revision_transitions.png"),
-    run=run_revision_report, load=load_json("revisions.json"), cost_s=25, version=3,
+    optional=("revision_ablation",),
+    run=run_revision_report, load=load_json("revisions.json"), cost_s=25, version=4,
     changelog=("2: the first answer against the policy's pass@1; one chain's selections "
                "against its first answer; gated chains (threshold chosen on train chains)",
-               "3: the revision model's training rounds as chosen on held-out train problems"))
+               "3: the revision model's training rounds as chosen on held-out train problems",
+               "4: the (d) claims also with the revision model's confidence selection "
+               "(hier_conf)"))
 
 STUDY = Stage(
     name="study", doc="the whole study: every claim's verdict and the three reports",

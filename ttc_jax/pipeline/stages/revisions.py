@@ -34,6 +34,7 @@ from ttc_jax.analysis import chains
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
+from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import load_model
 from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.pipeline.stage import segment
@@ -507,3 +508,68 @@ REVISION_SWEEP = Stage(
                           "revision model (revisions.confidence) and its selections"),
     cost_s=810,
     checks={"revisions": check_revisions})
+
+
+# ----------------------------------------------------------------------------
+# revision ablation (variants of what the revision model is made from)
+
+
+def run_revision_ablation(ctx: Context) -> dict:
+  """Each variant (config overrides, e.g. retry data in the policy's SFT mix) makes its own
+  policy, revision data and revision model (trained, or reused by identity, in this
+  workdir); a row per variant: its revision model's last round as chosen on the held-out
+  train problems (first answer, last answer, correct -> incorrect) and its policy's pass@1
+  on the test problems, each against the study's own (the first row) on the same problems."""
+  c = ctx.config
+  rows, reference = [], None
+  for text in ("",) + tuple(c.revision_ablation.variants):
+    overrides = config_lib.parse_variant(text)
+    policy, _ = ctx.variant("policy", overrides)
+    model, record = ctx.variant("revision_model", overrides)
+    difficulty, _ = ctx.variant("difficulty", overrides)
+    row = revision_analysis.ablation_row(
+        text or "default (this study's)", overrides,
+        model.description["made_by"]["data"].get("rounds", []), difficulty.pass_at_1,
+        reference, seed=c.seed)
+    row.update(policy=policy.identity, revision_model=model.identity,
+               retry_rows=int(policy.description["made_by"]["data"].get("retry_rows") or 0),
+               revision_model_s=float(record.get("seconds", float("nan"))))
+    reference = reference or row
+    rows.append(row)
+    last, c2i = row.get("last"), (row.get("correct_to_incorrect") or {}).get("rate")
+    ctx.log(f"revision ablation {row['name']}: policy pass@1 "
+            f"{row['policy_pass_at_1']['mean']:.3f}"
+            + (f"; last of {len(row['_right'][0])} answers {last['mean']:.3f}, correct -> "
+               f"incorrect {'n/a' if c2i is None else f'{c2i:.3f}'}" if last else ""))
+  result = {"rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+            "doc": "Each row makes the policy, revision data and revision model with the "
+                   "study's config changed as named (the first is the study's own). The "
+                   "revision model's last round at its chosen checkpoint, chains on the "
+                   "held-out train problems of revision_model.choice: first and last answer "
+                   "accuracy and correct -> incorrect [95% CI]; the policy's pass@1 on the "
+                   "test problems; differences paired with the first row on the same problems."}
+  ctx.out.write_json("ablation.json", result)
+  return {"variants": len(rows)}
+
+
+def check_revision_ablation(c: ml_collections.ConfigDict, known: Facts) -> None:
+  del known
+  variants = c.revision_ablation.variants
+  if not isinstance(variants, (tuple, list)) or not all(isinstance(v, str) for v in variants):
+    raise ConfigError(f"revision_ablation.variants={variants!r}: expected a tuple of "
+                      "'key=value,key=value' override strings.")
+  for v in variants:
+    if not config_lib.parse_variant(v):
+      raise ConfigError(f"revision_ablation.variants: {v!r} overrides nothing.")
+
+
+REVISION_ABLATION = Stage(
+    name="revision_ablation", doc="variants of what the revision model is made from (config "
+    "overrides, e.g. retry data in the policy's SFT mix): the revision model's chains on "
+    "held-out train problems and the policy's pass@1, beside the study's",
+    inputs=("data", "policy", "difficulty", "revision_model"),
+    sections=("seed", "revision_ablation"),
+    outputs=("ablation.json",), run=run_revision_ablation,
+    load=load_json("ablation.json"),
+    cost_s=1500, trains=True,  # it trains the variants' models it has not found
+    checks={"revision_ablation": check_revision_ablation})
