@@ -92,10 +92,10 @@ distill: $(VENV)/.installed-base
 
 # Retry data in the policy's SFT mix (issue 27's ablation; Physics of Language Models 2.2): the
 # variants of revision_ablation.variants (experiments/arith.py: a retry row for 20% of the
-# train problems, 1-2 erroneous solutions in the revision prompt, then the reference solution)
-# each make their own policy, pass@1, revision data and revision model in $(DIR) (about 25 min
-# on 2 cores); then the study, whose revisions.md sets them beside its own (like `make
-# exchange`). Resumable.
+# train problems, 1-2 erroneous solutions in the revision prompt, then the reference solution;
+# at 2400 and 2880 policy steps) each make their own policy, pass@1, revision data and revision
+# model in $(DIR) (about 14 min each on 2 cores); then the study, whose revisions.md sets them
+# beside its own (like `make exchange`). Resumable.
 retry-ablation: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH):revision_ablation --workdir=$(DIR) --jobs=1
 	$(PY) launch/run.py --config=$(ARITH) --workdir=$(DIR) --jobs=$(JOBS)

@@ -82,8 +82,9 @@ beat best-of-N weighted (the PRM is the weak part: search has little to choose f
 * revision_ablation (``make retry-ablation``, not part of ``make study``, whose revisions.md
   picks it up): variants of what the revision model is made from
   (``revision_ablation.variants``; default: retry data in the policy's SFT mix, a row of
-  1-2 erroneous solutions then the reference for 20% of the train problems), each with its
-  own policy, pass@1, revision data and revision model, set beside the study's own.
+  1-2 erroneous solutions then the reference for 20% of the train problems, at the policy's
+  2400 steps and at 2880), each with its own policy, pass@1, revision data and revision
+  model, set beside the study's own (about 30 min on 2 cores).
 * compute_optimal: per difficulty bin (oracle, and predicted from the PRM's mean score) and
   budget, the search / revision cell best on one fold of problems applied to the other (2
   folds x 25 splits); efficiency over best-of-N; with ``make exchange``, the 13x policy
@@ -360,9 +361,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # data and revision model in the workdir. Retry data in the policy's SFT mix (issue 27 item
   # 5): a retry row for 20% of the train problems (3959 rows), in a 512-token context; at the
   # policy's 2400 steps (its plain rows seen 17% less often), and at 2880 steps (each plain
-  # row seen as often as by the study's policy: 3.84 epochs).
+  # row seen as often as by the study's policy: 3.84 epochs); the 512-token context alone is
+  # the control.
   c.revision_ablation = ml_collections.ConfigDict(dict(
-      variants=("policy.retry_rate=0.2,policy.model.max_seq_len=512",
+      variants=("policy.model.max_seq_len=512",
+                "policy.retry_rate=0.2,policy.model.max_seq_len=512",
                 "policy.retry_rate=0.2,policy.model.max_seq_len=512,policy.train.steps=2880"),
   ))
   c.ablation = ml_collections.ConfigDict(dict(
