@@ -336,6 +336,12 @@ def test_lengths_are_checked_with_their_numbers(tmp_path):
   with pytest.raises(ConfigError, match=r"policy.model.max_seq_len=16 is shorter than the longest "
                                         r"training row \(\d+ tokens: BOS \+ prompt \+ solution"):
     tiny.run("policy")
+  # Retry rows (revision prompts with erroneous solutions) are checked the same way.
+  retry = Pipeline(pu.tiny_config(policy__retry_rate=1.0, policy__retry_attempts=4), workdir)
+  with pytest.raises(ConfigError, match=r"policy.model.max_seq_len=64 is shorter than the longest "
+                                        r"retry row \(\d+ tokens: BOS \+ revision prompt \+ "
+                                        r"solution \+ EOS, of 200 rows at policy.retry_rate=1.0\)"):
+    retry.run("policy")
   assert _entries(workdir) == ["data", "tokenizer"]  # no policy was started
 
 

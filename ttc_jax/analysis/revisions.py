@@ -687,16 +687,16 @@ def ablation_row(name: str, overrides: dict, rounds: Sequence[dict], pass_at_1: 
   CIs over the problems) and its policy's pass@1 on the test problems; against
   ``reference`` (the study's row, same problems: its ``_right`` and ``_pass_at_1``), paired
   differences. Keys starting with '_' hold the arrays and are dropped from the JSON."""
-  last = [r for r in rounds if _chosen_right(r) is not None]
-  right = _chosen_right(last[-1]) if last else None
+  chosen = [(r, right) for r in rounds if (right := _chosen_right(r)) is not None]
+  last, right = chosen[-1] if chosen else (None, None)
   p1 = np.asarray(pass_at_1, np.float64)
   row = {"name": name, "overrides": overrides, "rounds": len(rounds),
          "policy_pass_at_1": stats_lib.mean_ci(p1, seed=seed).to_json(),
          "_right": right, "_pass_at_1": p1}
   if right is not None:
     flips = (right[:, :-1] & ~right[:, 1:]).sum(1)
-    row.update(step=int(last[-1]["checkpoint_choice"]["step"]),
-               problems=last[-1]["checkpoint_choice"]["problems"],
+    row.update(step=int(last["checkpoint_choice"]["step"]),
+               problems=last["checkpoint_choice"]["problems"],
                first=stats_lib.mean_ci(right[:, 0], seed=seed).to_json(),
                last=stats_lib.mean_ci(right[:, -1], seed=seed).to_json(),
                correct_to_incorrect=ratio_ci(flips, right[:, :-1].sum(1), seed))

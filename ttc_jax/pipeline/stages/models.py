@@ -7,6 +7,7 @@ import os
 from typing import Callable
 
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from ttc_jax.models.transformer import Transformer
@@ -106,11 +107,22 @@ def run_hf_model(ctx: Context, section: str) -> dict:
 def trained_policy_lengths(c: ml_collections.ConfigDict, data, load) -> str:
   """The trained policy's rows (train and test problems, with the tokenizer of this run)
   fit its context, and the reference solutions fit the sampling budget."""
-  longest = config_lib.validate_lengths(
-      c, data.task, load("tokenizer"),
-      {"train": data.problems("train"), "test": data.problems("test")})
+  tok, train = load("tokenizer"), data.problems("train")
+  longest = config_lib.validate_lengths(c, data.task, tok,
+                                        {"train": train, "test": data.problems("test")})
+  # The retry rows (policy.retry_rate) are BOS, their pieces and EOS, as the trainer encodes them.
+  retry = revisions_lib.retry_rows(data.task, train, c.policy.get("retry_rate", 0.0),
+                                   c.policy.get("retry_attempts", 2), c.policy.train.seed)
+  lengths = [2 + sum(len(tok.encode(piece)) for piece in row) for row in retry]
+  if lengths and max(lengths) > c.policy.model.max_seq_len:
+    i = int(np.argmax(lengths))
+    raise ConfigError(
+        f"policy.model.max_seq_len={c.policy.model.max_seq_len} is shorter than the longest retry "
+        f"row ({lengths[i]} tokens: BOS + revision prompt + solution + EOS, of "
+        f"{len(retry)} rows at policy.retry_rate={c.policy.retry_rate}). Set it >= {lengths[i]}.")
   return (f"lengths: longest prompt {longest['prompt']}, solution {longest['solution']} (with "
-          f"EOS), training row {longest['row']} tokens")
+          f"EOS), training row {longest['row']} tokens"
+          + (f", retry row {max(lengths)} tokens" if lengths else ""))
 
 
 def imported_policy_lengths(c: ml_collections.ConfigDict, data, load) -> str:
