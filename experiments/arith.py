@@ -177,7 +177,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Which stage fills a role the study may do without (None: left out; the stages that read it
   # do without): the LM-head verifiers (DPO needs a train problem the policy answers both
   # right and wrong).
-  c.stages = ml_collections.ConfigDict(dict(implicit_prm="implicit_prm", dpo="dpo"))
+  c.stages = ml_collections.ConfigDict(dict(implicit_prm="implicit_prm", dpo="dpo",
+                                            sft_lm="sft_lm"))
 
   # The task's own section: its keys are the task's (see the task's DEFAULTS).
   c.task = tasks.default_config(task)
@@ -354,6 +355,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       beta=0.1,  # V-STaR (arXiv 2402.06457)
       max_pairs_per_problem=4,  # (correct, incorrect) pairs per train problem, drawn at random
       train=_train(steps=800, batch_size=16, learning_rate=2e-4, warmup_steps=40),  # pairs
+  ))
+  # The likelihood verifier (ttc_jax.verifiers.likelihood): the policy trained further by its
+  # own SFT objective on reference solutions of train problems (after the verifier choice's
+  # and adaptive allocation's, which it must not see: it is ranked and used there), for half
+  # the policy's steps at half its peak learning rate; a solution's score is its mean token
+  # log-probability under it. Settings fixed before the study measured it (issue 26).
+  c.sft_lm = ml_collections.ConfigDict(dict(
+      first_problem=3000,
+      num_problems=17000,  # to the last train problem
+      aggregation="mean",  # of the tokens' log-probabilities (confidence.AGGREGATIONS)
+      train=_train(steps=1200, batch_size=32, learning_rate=1e-3, warmup_steps=20,
+                   log_every=100, label_smoothing=0.01),
   ))
   c.verifier_eval = common.verifier_eval()
   # Variants of what the revision model is made from (`make retry-ablation`, not part of make

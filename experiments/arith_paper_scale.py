@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The LM-head verifiers' samples after the verifier choice's 200: 16000 x 8.
   c.verifier_samples.first_problem = 4000
   c.verifier_samples.num_problems = 16000
+  # The likelihood verifier's SFT after the verifier choice's and allocation's (3200..3599).
+  c.sft_lm.first_problem = 3600
+  c.sft_lm.num_problems = 16400
   # That leaves no train problem after them: distillation (which trains no verifier) takes the
   # first 2000 (every train problem was in the policy's SFT data anyway).
   c.distill.first_problem = 0

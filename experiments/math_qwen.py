@@ -111,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # allocation (its train pool is 200 train problems x difficulty.samples_per_problem MATH
   # samples), nor distillation (None: the stages that read them do without).
   c.stages = ml_collections.ConfigDict(dict(
-      policy="hf_policy", prm="hf_prm", orm=None, implicit_prm=None, dpo=None,
+      policy="hf_policy", prm="hf_prm", orm=None, implicit_prm=None, dpo=None, sft_lm=None,
       verifier_ablation=None,
       revision_report=None, large_policy_eval=None, verifier_choice=None, chosen_search=None,
       hybrid_sweep=None, allocation=None, distill=None))

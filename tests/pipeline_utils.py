@@ -51,6 +51,9 @@ TINY = {
     # tiny policy of test_revisions trains them).
     "stages.implicit_prm": None, "stages.dpo": None,
     **_train("dpo", batch_size=4),
+    # The likelihood verifier (trained with the LM-head verifiers in test_revisions).
+    "stages.sft_lm": None, "sft_lm.first_problem": 24, "sft_lm.num_problems": 40,
+    **_train("sft_lm"),
     "verifier_eval.subsamples": 8, "verifier_eval.auc_problems": 3,
     "verifier_eval.auc_samples_per_problem": 2, "verifier_eval.rollouts": 4,
     "verifier_choice.first_problem": 8, "verifier_choice.num_problems": 8,

@@ -1,6 +1,6 @@
-"""LM-head verifiers (implicit PRM, DPO): their objectives move the implicit reward the right
-way; during search they score as a full pass does, whatever the batch, and are charged their
-model's tokens."""
+"""LM-head verifiers (implicit PRM, DPO, the likelihood verifier): their objectives move the
+scores the right way; during search they score as a full pass does, whatever the batch, and are
+charged their model's tokens."""
 
 import dataclasses
 
@@ -27,7 +27,9 @@ from ttc_jax.search import SearchContext
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import trainer
 from ttc_jax.verifiers.implicit import ImplicitRewardVerifier
+from ttc_jax.verifiers.confidence import Measure
 from ttc_jax.verifiers.implicit import IncrementalLogprobs
+from ttc_jax.verifiers.likelihood import LikelihoodVerifier
 from ttc_jax.verifiers.scoring import Scorer
 
 
@@ -45,12 +47,22 @@ def implicit_ctx(core1, policy_model, tuned_model, special_ids):
                        sp=SamplingParams(temperature=1.0, max_new_tokens=48), max_step_tokens=8)
 
 
+@pytest.fixture(scope="module", params=["implicit_prm", "sft_lm_mean", "sft_lm_bottom10"])
+def lm_ctx(request, implicit_ctx, tuned_model):
+  """A search context whose verifier is an implicit PRM or a likelihood verifier (the mean,
+  or DeepConf's bottom-10% groups, of the tuned model's log-probabilities)."""
+  if request.param == "implicit_prm":
+    return implicit_ctx
+  measure = Measure("logprob", request.param.removeprefix("sft_lm_"), window=3)
+  return dataclasses.replace(implicit_ctx, prm=LikelihoodVerifier(tuned_model, measure, pad_id=0))
+
+
 @pytest.mark.parametrize("strategy", [BestOfN(n=4), BeamSearch(n=4, width=2, max_rounds=4),
                                       BeamSearch(n=4, width=2, lookahead=1, max_rounds=4),
                                       ParticleFilter(n=4, max_rounds=6)],
                          ids=["best-of-n", "beam", "lookahead", "particles"])
-def test_search_scores_equal_the_full_pass_and_do_not_depend_on_the_batch(implicit_ctx, strategy):
-  ctx, verifier = implicit_ctx, implicit_ctx.prm
+def test_search_scores_equal_the_full_pass_and_do_not_depend_on_the_batch(lm_ctx, strategy):
+  ctx, verifier = lm_ctx, lm_ctx.prm
   together = strategy.run(ctx, PROBLEMS)
   scores = []
   for problem, res in zip(PROBLEMS, together):
@@ -62,8 +74,26 @@ def test_search_scores_equal_the_full_pass_and_do_not_depend_on_the_batch(implic
     alone = strategy.run(ctx, [problem])[0]
     assert [c.tokens for c in alone.candidates] == [c.tokens for c in res.candidates]
     assert_close([c.score for c in alone.candidates], [c.score for c in res.candidates])
-  # The scores are the verifier's, not a constant: pi differs from pi_ref.
-  assert len(scores) > 1 and np.std(scores) > 1e-2
+  # The scores are the verifier's, not a constant (pi differs from pi_ref; the likelihood
+  # differs between solutions).
+  assert len(scores) > 1 and np.std(scores) > 1e-3 * np.mean(np.abs(scores))
+
+
+def test_the_likelihood_verifier_scores_its_models_log_probabilities(tuned_model):
+  """A step's score is exp(mean log-prob) of the solution's tokens up to the step's end, under
+  its model (one forward pass over the row), and a verifier needs an LM head and a log-prob
+  measure."""
+  rng = np.random.default_rng(5)
+  rows = [rng.integers(3, tuned_model.config.vocab_size, n).tolist() for n in (19, 12)]
+  prompts, ends = [5, 3], [[8, 12, 18], [4, 11]]
+  verifier = LikelihoodVerifier(tuned_model, Measure("logprob", "mean"), pad_id=0)
+  got = verifier.solution_step_scores(["q", "q"], rows, prompts, ends, batch_size=4)
+  full = Scorer(tuned_model).token_confidence(rows, batch_size=4)
+  for g, f, p, e in zip(got, full, prompts, ends):
+    assert_close(g, [np.exp(f[p:x + 1, 0].mean()) for x in e])
+  with pytest.raises(ValueError, match="summarises log-probabilities; got the measure "
+                     "'conf_topk_mean'"):
+    LikelihoodVerifier(tuned_model, Measure("topk", "mean"), pad_id=0)
 
 
 def test_logprobs_fed_in_uneven_pieces_equal_a_full_forward(tuned_model):
@@ -143,6 +173,43 @@ def test_objectives_raise_the_correct_solutions_reward_over_the_incorrect(
   assert r[0] > r[1]
   if objective == "implicit_prm":
     assert r[0] > 0 > r[1]
+
+
+def test_sft_raises_the_likelihood_verifiers_score_of_the_reference_solution(policy_model,
+                                                                              tmp_path):
+  """The likelihood verifier's LM starts as the policy; a few SFT steps on a reference
+  solution raise its score of that solution above the policy's own, and not of an unrelated
+  one as much."""
+  rng = np.random.default_rng(1)
+  vocab = policy_model.config.vocab_size
+  prompt = [1, 5, 9, 12]
+  ref, other = (prompt + rng.integers(3, vocab, 10).tolist() for _ in range(2))
+  n = len(ref)
+  weights = np.zeros((1, n), np.float32)
+  weights[0, len(prompt):] = 1.0
+  data = data_lib.TokenDataset(tokens=np.asarray([ref], np.int32), valid=np.ones((1, n), bool),
+                               weights=weights)
+  model = Transformer(policy_config(), rngs=nnx.Rngs(0))
+  nnx.update(model, nnx.state(policy_model))
+
+  def score(m, row):
+    v = LikelihoodVerifier(m, Measure("logprob", "mean"), pad_id=0)
+    return v.solution_step_scores(["q"], [row], [len(prompt)], [[n - 1]], batch_size=2)[0][-1]
+
+  before = [score(model, ref), score(model, other)]
+  assert_close(before, [score(policy_model, ref), score(policy_model, other)])
+  cfg = ml_collections.ConfigDict(dict(
+      steps=10, batch_size=2, learning_rate=3e-3, warmup_steps=0, final_lr_fraction=1.0,
+      weight_decay=0.0, b1=0.9, b2=0.98, grad_clip=1.0, checkpoint_every=100, log_every=100,
+      seed=0))
+  trainer.train(model, data_lib.TokenDataset(tokens=np.repeat(data.tokens, 2, 0),
+                                             valid=np.repeat(data.valid, 2, 0),
+                                             weights=np.repeat(data.weights, 2, 0)),
+                cfg, str(tmp_path), objective="lm", mesh=make_mesh(devices=jax.devices()[:2]),
+                log_fn=lambda _: None)
+  after = [score(model, ref), score(model, other)]
+  assert after[0] > 2 * before[0]
+  assert after[0] / before[0] > after[1] / before[1]
 
 
 def test_dpo_batches_keep_pairs_together_and_bad_data_is_named(policy_model):

@@ -121,8 +121,8 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
                           "orm", "policy", "prm", "report", "revision_ablation",
                           "revision_data", "revision_model",
                           "revision_orm", "revision_report", "revision_sweep", "search_sweep",
-                          "study", "verifier_ablation", "verifier_axis", "verifier_choice",
-                          "verifier_eval", "verifier_samples"]
+                          "sft_lm", "study", "verifier_ablation", "verifier_axis",
+                          "verifier_choice", "verifier_eval", "verifier_samples"]
   assert _changed(base, _ids(pu.tiny_config(policy__train__learning_rate=1e-3))) == \
       downstream_of_policy
   # The data order is the larger policy's too (the exchange's same pretraining tokens).
@@ -143,6 +143,7 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
       "allocation", "compute_optimal", "study"]
   # The tiny study leaves the LM-head verifiers out (stages.dpo=None): nothing reads them.
   assert _changed(base, _ids(pu.tiny_config(dpo__beta=0.2))) == ["dpo"]
+  assert _changed(base, _ids(pu.tiny_config(sft_lm__train__steps=7))) == ["sft_lm"]
   # (distill's train problems start after the verifier samples')
   assert _changed(base, _ids(pu.tiny_config(verifier_samples__num_problems=8))) == [
       "distill", "dpo", "implicit_prm", "verifier_samples"]
@@ -155,6 +156,11 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   assert _changed(_ids(pu.tiny_config(**lm)), _ids(pu.tiny_config(**lm, dpo__beta=0.2))) == [
       "allocation", "chosen_search", "compute_optimal", "dpo", "report", "study", "verifier_choice",
       "verifier_eval"]
+  with_sft = dict(lm, stages__sft_lm="sft_lm")
+  assert _changed(_ids(pu.tiny_config(**with_sft)),
+                  _ids(pu.tiny_config(**with_sft, sft_lm__train__steps=7))) == [
+      "allocation", "chosen_search", "compute_optimal", "report", "sft_lm", "study",
+      "verifier_choice", "verifier_eval"]
   by_dpo = dict(lm, search__verifier="dpo")
   assert "search_sweep" in _changed(_ids(pu.tiny_config(**by_dpo)),
                                     _ids(pu.tiny_config(**by_dpo, dpo__beta=0.2)))
@@ -224,7 +230,8 @@ def test_stages_declare_what_they_read():
      r"ablation variant 'prm.labels=bogus': prm.labels='bogus': expected 'soft'"),
     (dict(ablation__variants=("prm.nokey=1",)), r"variant key 'prm.nokey': not a config key"),
     (dict(search__verifier="orm"), r"search.verifier='orm': expected 'prm' \(the study's PRM\), "
-                                   r"'implicit_prm' or 'dpo' \(LM-head verifiers trained from "
+                                   r"'implicit_prm' or 'dpo' or 'sft_lm' \(LM-head verifiers "
+                                   r"trained from "
                                    r"the policy\), 'policy_likelihood' or "
                                    r"conf_<token>_<aggregation>"),
     (dict(search__verifier="dpo"), r"search.verifier='dpo': this experiment leaves the dpo "
@@ -232,6 +239,14 @@ def test_stages_declare_what_they_read():
     (dict(stages__dpo="dpo", dpo__beta=0), r"dpo.beta=0.0: expected a number > 0"),
     (dict(stages__implicit_prm="implicit_prm", verifier_samples__first_problem=10),
      r"verifier_samples.first_problem=10: expected an integer >= 16"),
+    (dict(stages__sft_lm="sft_lm", sft_lm__first_problem=10),
+     r"sft_lm: train problems 10..49 overlap verifier_choice's 8..15 \(chosen on"),
+    (dict(stages__sft_lm="sft_lm", sft_lm__first_problem=18),
+     r"sft_lm: train problems 18..57 overlap allocation's 16..19"),
+    (dict(stages__sft_lm="sft_lm", sft_lm__num_problems=190),
+     r"sft_lm: train problems 24..213 but the task has 200"),
+    (dict(stages__sft_lm="sft_lm", sft_lm__aggregation="median"),
+     r"sft_lm.aggregation='median': expected one of \('mean'"),
     (dict(search__verifier="conf_topk_median"), r"search.verifier='conf_topk_median': confidence "
                                                 r"verifier 'conf_topk_median'.*aggregation one of"),
     (dict(compute_optimal__predictor="conf_x_mean"), r"compute_optimal.predictor='conf_x_mean'"),

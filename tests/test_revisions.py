@@ -36,7 +36,7 @@ def _edit_distance(a: str, b: str) -> int:
 TRAINED = dict(task__max_ops=1, policy__train__steps=240, policy__train__checkpoint_every=120,
                policy__train__log_every=60, large_policy__train__checkpoint_every=120,
                large_policy__train__log_every=60, revision_data__samples_per_problem=8,
-               stages__implicit_prm="implicit_prm", stages__dpo="dpo")
+               stages__implicit_prm="implicit_prm", stages__dpo="dpo", stages__sft_lm="sft_lm")
 
 
 @pytest.fixture(scope="module")
@@ -569,21 +569,34 @@ def test_lm_head_verifiers_train_on_train_samples_and_are_scored_beside_the_othe
     assert data["examples"] > 0 and data["rows_per_example"] == (2 if kind == "dpo" else 1)
     if kind == "dpo":
       assert data["correct_rows"] == 0.5  # each pair: one right, one wrong answer
+  # The likelihood verifier's LM: the policy trained further on reference solutions of the
+  # train problems of its range (outside the verifier choice's and allocation's).
+  sft = pipe.load("sft_lm")
+  made = sft.description["made_by"]
+  cfg = pu.tiny_config(**TRAINED, **STUDY)
+  assert made["policy"] == policy.identity and made["aggregation"] == "mean"
+  assert sft.config == policy.config
+  assert made["data"]["problems"] == cfg.sft_lm.num_problems
+  assert made["data"]["first_problem"] == cfg.sft_lm.first_problem
+  assert cfg.sft_lm.first_problem >= (cfg.verifier_choice.first_problem
+                                      + cfg.verifier_choice.num_problems
+                                      + cfg.allocation.num_problems)
   ev = _latest(revision_study, "verifier_eval", "eval.json")
-  assert {"implicit_prm", "dpo"} <= set(ev["within_problem"])
+  assert {"implicit_prm", "dpo", "sft_lm"} <= set(ev["within_problem"])
   # What each costs: its model's training and FLOPs per token read in search (the policy's
   # confidence: none; the PRM's value head is cheaper than an LM head over the vocabulary).
   costs = _latest(revision_study, "verifier_eval", "costs.json")
   assert costs["policy_likelihood"] == {"model": "policy (with its samples)", "train_s": 0.0,
                                         "flops_per_token": 0.0}
-  for name in ("prm_last", "orm", "implicit_prm", "dpo"):
+  for name in ("prm_last", "orm", "implicit_prm", "dpo", "sft_lm"):
     assert costs[name]["train_s"] > 0 and costs[name]["flops_per_token"] > 0
   assert costs["dpo"]["flops_per_token"] > costs["prm_last"]["flops_per_token"]
+  assert costs["sft_lm"]["flops_per_token"] == costs["dpo"]["flops_per_token"]
   assert costs["dpo"]["model"] == f"dpo {pipe.load('dpo').identity}"
   report_md = open(os.path.join(revision_study, "report", "latest", "report.md")).read()
   assert "| train s | FLOPs / token |" in report_md
   choice = _latest(revision_study, "verifier_choice", "choice.json")
-  assert {"implicit_prm", "dpo", "prm_last"} <= set(choice["ranking"])
+  assert {"implicit_prm", "dpo", "sft_lm", "prm_last"} <= set(choice["ranking"])
 
 
 def test_the_ensembles_are_fitted_on_train_problems_and_scored_on_test_problems(revision_study):
@@ -592,7 +605,8 @@ def test_the_ensembles_are_fitted_on_train_problems_and_scored_on_test_problems(
   the test problems from its components' test scores, charged as its base."""
   from ttc_jax.verifiers import ensemble
   choice = _latest(revision_study, "verifier_choice", "choice.json")
-  assert set(choice["ensembles"]) == {"ens_conf", "ens_prm", "ens_implicit_prm", "ens_dpo"}
+  assert set(choice["ensembles"]) == {"ens_conf", "ens_prm", "ens_implicit_prm", "ens_dpo",
+                                      "ens_sft_lm"}
   for name, e in choice["ensembles"].items():
     assert e["components"][-2:] == ["conf_logprob_mean", "policy_likelihood"]
     assert choice["table"][name]["cross_validated"] == 5 and name in choice["ranking"]

@@ -124,7 +124,7 @@ def verifier_choice(**overrides) -> ml_collections.ConfigDict:
       # Ensembles fitted here (ttc_jax.verifiers.ensemble): each base verifier ('prm', the
       # LM-head verifiers; 'conf': none) with the confidence measures below, by a logistic
       # regression on these problems' samples; ranked by cross-validation over them.
-      ensembles=("conf", "prm", "implicit_prm", "dpo"),
+      ensembles=("conf", "prm", "implicit_prm", "dpo", "sft_lm"),
       ensemble_confidence=("conf_logprob_mean", "policy_likelihood"),
       ensemble_folds=5,
   ), overrides)

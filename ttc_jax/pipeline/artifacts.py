@@ -49,6 +49,7 @@ from ttc_jax.verifiers import adapters
 from ttc_jax.verifiers import confidence
 from ttc_jax.verifiers.confidence import ConfidenceVerifier
 from ttc_jax.verifiers.implicit import ImplicitRewardVerifier
+from ttc_jax.verifiers.likelihood import LikelihoodVerifier
 from ttc_jax.verifiers.base import Verifier
 from ttc_jax.verifiers.scoring import Scorer
 from ttc_jax.verifiers.value_head import ValueHeadVerifier
@@ -243,7 +244,8 @@ class ModelArtifact:
   _core: SamplingCore | None = dataclasses.field(default=None, repr=False)
   _adapted: adapters.AdaptedPRM | None = dataclasses.field(default=None, repr=False)
   _value_head: ValueHeadVerifier | None = dataclasses.field(default=None, repr=False)
-  _implicit: ImplicitRewardVerifier | None = dataclasses.field(default=None, repr=False)
+  _lm_verifier: ImplicitRewardVerifier | LikelihoodVerifier | None = dataclasses.field(
+      default=None, repr=False)
 
   @property
   def model(self) -> Transformer:
@@ -284,20 +286,28 @@ class ModelArtifact:
       self._adapted = adapters.AdaptedPRM(self.model, self.tokenizer, self.prm_format)
     return adapters.PolicyBridge(self._adapted, policy_tokenizer)
 
-  def implicit_verifier(self, policy: "ModelArtifact") -> ImplicitRewardVerifier:
-    """This model (an LM-head verifier trained from ``policy``: an implicit PRM or a DPO
-    verifier) scoring ``policy``'s solutions by its implicit reward against it. Kept."""
+  def lm_verifier(self, policy: "ModelArtifact") -> ImplicitRewardVerifier | LikelihoodVerifier:
+    """This model (an LM-head verifier trained from ``policy``) scoring ``policy``'s
+    solutions: by its implicit reward against it (an implicit PRM or a DPO verifier), or by
+    its own likelihood of them (an LM trained further on reference solutions: its
+    ``aggregation`` of the tokens' log-probabilities). Kept."""
     made = self.description.get("made_by", {})
-    if self.config.head != "lm" or "beta" not in made:
-      raise ArtifactError(f"{self.path} is not an LM-head verifier (no implicit-reward beta in "
-                          f"its {MODEL_FILE}).")
+    if self.config.head != "lm" or ("beta" not in made and "aggregation" not in made):
+      raise ArtifactError(f"{self.path} is not an LM-head verifier (no implicit-reward beta nor "
+                          f"likelihood aggregation in its {MODEL_FILE}).")
     if made.get("policy") != policy.identity:
       raise ArtifactError(f"{self.path} was trained from policy {made.get('policy')}, not "
-                          f"{policy.identity}: its implicit reward is against that policy.")
-    if self._implicit is None:
-      self._implicit = ImplicitRewardVerifier(self.model, policy.model, beta=made["beta"],
-                                              pad_id=self.tokenizer.pad_id, name=made["stage"])
-    return self._implicit
+                          f"{policy.identity}: it verifies that policy's solutions.")
+    if self._lm_verifier is None:
+      if "beta" in made:
+        self._lm_verifier = ImplicitRewardVerifier(
+            self.model, policy.model, beta=made["beta"], pad_id=self.tokenizer.pad_id,
+            name=made["stage"])
+      else:
+        self._lm_verifier = LikelihoodVerifier(
+            self.model, confidence.Measure("logprob", made["aggregation"]),
+            pad_id=self.tokenizer.pad_id, name=made["stage"])
+    return self._lm_verifier
 
   def confidence_verifier(self, measure: confidence.Measure) -> ConfidenceVerifier:
     """This model's (a policy's) confidence in the tokens it samples as a verifier."""

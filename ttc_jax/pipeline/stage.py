@@ -71,9 +71,9 @@ class Context:
 
   def verifier(self, name: str) -> Verifier:
     """The verifier a config names (e.g. ``search.verifier``): 'prm', the PRM input (trained
-    or imported), an LM-head verifier trained from the policy ('implicit_prm', 'dpo'), or the
-    policy's confidence in its own tokens ('policy_likelihood', conf_<token>_<aggregation>;
-    see :func:`check_verifier_name`)."""
+    or imported), an LM-head verifier trained from the policy ('implicit_prm', 'dpo',
+    'sft_lm'), or the policy's confidence in its own tokens ('policy_likelihood',
+    conf_<token>_<aggregation>; see :func:`check_verifier_name`)."""
     policy = self.inputs["policy"]
     if names.ensemble_base(name) is not None:
       fitted = (self.inputs.get("verifier_choice") or {}).get("ensembles") or {}
@@ -90,7 +90,7 @@ class Context:
       if self.inputs.get(name) is None:
         raise ConfigError(f"verifier {name!r}: this experiment has no {name} stage (its "
                           f"'stages.{name}' is None).")
-      return self.inputs[name].implicit_verifier(policy)
+      return self.inputs[name].lm_verifier(policy)
     return policy.confidence_verifier(names.measure_of(name))
 
 

@@ -140,7 +140,8 @@ def revision_texts(task: Task, problems: Sequence[Problem], texts: Sequence[Sequ
 
 def require_train(problems: Sequence[Problem], what: str) -> None:
   """Raises ValueError naming the first of ``problems`` that is not a train problem: the
-  revision model, its checkpoint choice and its gate learn from train problems only."""
+  revision model, its checkpoint choice and its gate, the likelihood verifier's LM learn from
+  train problems only."""
   for p in problems:
     if p.split != "train":
       raise ValueError(f"{what}: {p.uid} is not a train problem (it learns and chooses on "

@@ -6,8 +6,10 @@ ORM's score of the whole solution, ``policy_likelihood`` the policy's least like
 token (a reference that needs no training), ``conf_<token>_<aggregation>`` the policy's
 confidence in its tokens (:mod:`ttc_jax.verifiers.confidence`; ``conf_logprob_min`` is
 ``policy_likelihood`` and goes by that name), ``implicit_prm`` and ``dpo`` the LM-head
-verifiers' implicit reward of the whole solution (:mod:`ttc_jax.verifiers.implicit`; the
-score and the stage that trains the model have the same name), ``ens_<base>`` an ensemble of a
+verifiers' implicit reward of the whole solution (:mod:`ttc_jax.verifiers.implicit`),
+``sft_lm`` its likelihood under an LM trained further on reference solutions
+(:mod:`ttc_jax.verifiers.likelihood`; each score and the stage that trains its model have the
+same name), ``ens_<base>`` an ensemble of a
 base verifier's score and the policy's confidence fitted on held-out train problems
 (:mod:`ttc_jax.verifiers.ensemble`; ``ens_conf``: the confidence measures alone).
 """
@@ -20,8 +22,8 @@ from ttc_jax.verifiers.scoring import STEP_AGGREGATIONS
 
 PRM, ORM, POLICY = "prm", "orm", "policy"  # the models that score
 LIKELIHOOD = "policy_likelihood"
-IMPLICIT_PRM, DPO = "implicit_prm", "dpo"
-LM_VERIFIERS = (IMPLICIT_PRM, DPO)  # LM heads trained from the policy (their stages' names)
+IMPLICIT_PRM, DPO, SFT_LM = "implicit_prm", "dpo", "sft_lm"
+LM_VERIFIERS = (IMPLICIT_PRM, DPO, SFT_LM)  # LM heads trained from the policy (their stages' names)
 
 
 def prm_score(aggregation: str) -> str:
@@ -49,7 +51,7 @@ def measure_of(score: str) -> confidence.Measure | None:
 
 
 def model_of(score: str) -> str | None:
-  """The model a score name needs ('prm', 'orm', 'implicit_prm', 'dpo' or 'policy'); None
+  """The model a score name needs ('prm', 'orm', 'policy' or an LM-head verifier's); None
   for a name of none."""
   if score in PRM_SCORES:
     return PRM
@@ -60,7 +62,7 @@ def model_of(score: str) -> str | None:
   return {ORM: ORM}.get(score)
 
 
-ENSEMBLE_BASES = (ensemble.CONF, PRM, IMPLICIT_PRM, DPO)  # ens_<base>: verifier_choice fits them
+ENSEMBLE_BASES = (ensemble.CONF, PRM) + LM_VERIFIERS  # ens_<base>: verifier_choice fits them
 
 
 def ensemble_base(score: str) -> str | None:
@@ -75,7 +77,7 @@ def ensemble_base(score: str) -> str | None:
 
 def base_score(base: str) -> str | None:
   """The score an ensemble's base verifier contributes (None: 'conf', the confidence alone)."""
-  return {PRM: prm_score("last"), IMPLICIT_PRM: IMPLICIT_PRM, DPO: DPO}.get(base)
+  return prm_score("last") if base == PRM else base if base in LM_VERIFIERS else None
 
 
 def charged_model(score: str) -> str | None:

@@ -50,6 +50,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     verifiers.VERIFIER_SAMPLES,
     verifiers.IMPLICIT_PRM,
     verifiers.DPO,
+    verifiers.SFT_LM,
     revisions.REVISION_ORM,
     revisions.REVISION_SWEEP,
     verifier_eval.VERIFIER_CHOICE,  # before the evaluation: it fits the ensembles there

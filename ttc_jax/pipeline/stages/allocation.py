@@ -227,11 +227,7 @@ def _claims(nominal: list[CurvePoint], baselines: dict, eff: dict, seed: int) ->
 def first_problem(c: ml_collections.ConfigDict) -> int:
   """The first held-out train problem: ``allocation.first_problem``, or right after the verifier
   choice's problems (after the MC-labelled ones when it has no first problem)."""
-  if c.allocation.first_problem is not None:
-    return c.allocation.first_problem
-  vc = c.verifier_choice
-  start = c.mc_labels.num_problems if vc.first_problem is None else vc.first_problem
-  return start + vc.num_problems
+  return common.allocation_first_problem(c)
 
 
 def check_allocation(c: ml_collections.ConfigDict, known: Facts) -> None:
@@ -286,10 +282,10 @@ ALLOCATION = Stage(
     name="allocation", doc="adaptive allocation: best-of-N in rounds over a shared budget, "
     "chosen on train problems, against best-of-N and majority on the same test samples",
     inputs=("data", "policy", "difficulty", "verifier_eval", "verifier_choice", "prm", "orm",
-            "implicit_prm", "dpo"),
+            "implicit_prm", "dpo", "sft_lm"),
     sections=("seed", "sampling", "test_problems", "difficulty", "report", "mc_labels",
               "verifier_choice", "allocation"),
     outputs=("allocation.json",), run=run_allocation, load=load_json("allocation.json"),
-    may_lack=("verifier_choice", "prm", "orm", "implicit_prm", "dpo"), reads=_reads,
+    may_lack=("verifier_choice", "prm", "orm", "implicit_prm", "dpo", "sft_lm"), reads=_reads,
     cost_s=90,
     checks={"allocation": check_allocation})

@@ -20,6 +20,32 @@ def check_train_range(first: int, num: int, known: Facts, what: str) -> None:
                       f"{known.num_train} (task.num_train).")
 
 
+def held_out_train_ranges(c: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
+  """The train problems choices are made on, (what, first, end) each, where the experiment has
+  the stage: the verifier choice's (verifiers ranked) and adaptive allocation's (its
+  parameters chosen). A verifier trained on them would look better there than it is."""
+  out = []
+  vc = c.get("verifier_choice")
+  if vc is not None and config_lib.filled_by(c, "verifier_choice") is not None:
+    first = c.mc_labels.num_problems if vc.first_problem is None else vc.first_problem
+    out.append(("verifier_choice", first, first + vc.num_problems))
+  ac = c.get("allocation")
+  if ac is not None and vc is not None and config_lib.filled_by(c, "allocation") is not None:
+    a = allocation_first_problem(c)
+    out.append(("allocation", a, a + ac.num_problems))
+  return out
+
+
+def allocation_first_problem(c: ml_collections.ConfigDict) -> int:
+  """Adaptive allocation's first train problem: ``allocation.first_problem``, or right after
+  the verifier choice's problems (after the MC-labelled ones when it has no first problem)."""
+  if c.allocation.first_problem is not None:
+    return c.allocation.first_problem
+  vc = c.verifier_choice
+  start = c.mc_labels.num_problems if vc.first_problem is None else vc.first_problem
+  return start + vc.num_problems
+
+
 def check_score(c: ml_collections.ConfigDict, value: str, key: str) -> None:
   """``value`` (config key ``key``) names a score the verifier evaluation computes, of a model
   this experiment has (the policy's confidence needs none)."""

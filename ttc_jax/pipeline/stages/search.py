@@ -211,11 +211,11 @@ SEARCH_SWEEP = Stage(
     "every budget and search seed",
     # prm, implicit_prm, dpo: the trained verifiers search.verifier may name (each read only
     # then: a search by the policy's confidence needs no PRM).
-    inputs=("data", "policy", "prm", "implicit_prm", "dpo"),
+    inputs=("data", "policy", "prm", "implicit_prm", "dpo", "sft_lm"),
     sections=("seed", "sampling", "test_problems", "search"),
     outputs=("cells.jsonl", "cells.json"), run=run_search_sweep, load=load_cells,
     version=3, changelog=("3: FLOPs with attention, policy and PRM apart",),
-    may_lack=("prm", "implicit_prm", "dpo"),
+    may_lack=("prm", "implicit_prm", "dpo", "sft_lm"),
     reads=lambda c, role: (role not in (names.PRM,) + names.LM_VERIFIERS
                            or c.search.verifier == role),
     speed_only=("search.rows_per_call",), cost_s=780,
@@ -224,10 +224,10 @@ SEARCH_SWEEP = Stage(
 CHOSEN_SEARCH = Stage(
     name="chosen_search", doc="the search sweep and findings (a)-(c), (e) under the verifier "
     "chosen on held-out train problems",
-    inputs=("data", "policy", "prm", "orm", "implicit_prm", "dpo", "difficulty",
+    inputs=("data", "policy", "prm", "orm", "implicit_prm", "dpo", "sft_lm", "difficulty",
             "verifier_eval", "verifier_choice", "search_sweep"),
     sections=("seed", "sampling", "test_problems", "search", "report", "compute_optimal"),
     # (cells.jsonl: its resumable log when it runs a sweep of its own)
     outputs=("cells.json", "chosen.json"), run=run_chosen_search,
-    load=load_chosen, may_lack=("orm", "implicit_prm", "dpo"),
+    load=load_chosen, may_lack=("orm", "implicit_prm", "dpo", "sft_lm"),
     speed_only=("search.rows_per_call",), cost_s=420)

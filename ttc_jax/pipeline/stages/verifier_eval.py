@@ -82,7 +82,7 @@ def _model_scores(ctx: Context, samples, only: Collection[str] | None
     scores[names.ORM] = aggregate_steps(orm.verifier(tok).solution_step_scores(
         questions, rows, prompt_lengths, [[len(r) - 1] for r in rows], batch_size=bs), "last")
   # LM-head verifiers trained from the policy (when the study has them): the implicit reward
-  # of the whole solution.
+  # of the whole solution, or its likelihood under the sft_lm model.
   for name in names.LM_VERIFIERS:
     if ctx.inputs.get(name) is not None and (need is None or name in need):
       scores[name] = aggregate_steps(ctx.verifier(name).solution_step_scores(
@@ -371,17 +371,18 @@ def check_verifier_eval(c: ml_collections.ConfigDict, known: Facts) -> None:
 VERIFIER_EVAL = Stage(
     name="verifier_eval", doc="best-of-N curves per verifier (trained, and the policy's "
     "confidence) and the PRM's step AUC",
-    inputs=("data", "policy", "difficulty", "prm", "orm", "implicit_prm", "dpo",
+    inputs=("data", "policy", "difficulty", "prm", "orm", "implicit_prm", "dpo", "sft_lm",
             "verifier_choice"),
     sections=("seed", "sampling", "test_problems", "verifier_eval"),
     outputs=("eval.json", "scored.npz", "eval.png", "confidence.png", "costs.json"),
     run=run_verifier_eval, load=load_verifier_eval,
-    version=6, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",
+    version=7, changelog=("3: an imported PRM's spans that are no step skipped (NaN)",
                           "4: the confidence verifiers (conf_*) scored beside the others",
                           "5: the LM-head verifiers (implicit_prm, dpo) scored beside them; "
                           "each verifier's training seconds and FLOPs per token",
-                          "6: the ensembles verifier_choice fitted on train problems (ens_*)"),
-    may_lack=("prm", "orm", "implicit_prm", "dpo", "verifier_choice"),
+                          "6: the ensembles verifier_choice fitted on train problems (ens_*)",
+                          "7: the likelihood verifier (sft_lm) scored beside them"),
+    may_lack=("prm", "orm", "implicit_prm", "dpo", "sft_lm", "verifier_choice"),
     speed_only=("verifier_eval.batch_size",),
     cost_s=175,
     checks={"verifier_eval": check_verifier_eval})
@@ -389,12 +390,14 @@ VERIFIER_EVAL = Stage(
 VERIFIER_CHOICE = Stage(
     name="verifier_choice", doc="the search verifier chosen by within-problem AUC on held-out "
     "train problems",
-    inputs=("data", "policy", "prm", "orm", "implicit_prm", "dpo"),
+    inputs=("data", "policy", "prm", "orm", "implicit_prm", "dpo", "sft_lm"),
     sections=("seed", "sampling", "mc_labels", "verifier_eval", "verifier_choice"),
     outputs=("choice.json",), run=run_verifier_choice, load=load_json("choice.json"),
-    version=3, changelog=("2: the LM-head verifiers (implicit_prm, dpo) among the candidates",
-                          "3: ensembles of a verifier and the policy's confidence (ens_*)"),
-    may_lack=("orm", "implicit_prm", "dpo"), speed_only=("verifier_eval.batch_size",), cost_s=120,
+    version=4, changelog=("2: the LM-head verifiers (implicit_prm, dpo) among the candidates",
+                          "3: ensembles of a verifier and the policy's confidence (ens_*)",
+                          "4: the likelihood verifier (sft_lm) and its ensemble"),
+    may_lack=("orm", "implicit_prm", "dpo", "sft_lm"), speed_only=("verifier_eval.batch_size",),
+    cost_s=120,
     checks={"verifier_choice": check_verifier_choice})
 
 VERIFIER_ABLATION = Stage(

@@ -25,9 +25,12 @@ from ttc_jax.pipeline.stage import MODEL_OUTPUTS
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import load_model
 from ttc_jax.pipeline.stage import segment
+from ttc_jax.pipeline.stages import common
 from ttc_jax.sampling import solutions
 from ttc_jax.training import data as data_lib
+from ttc_jax.training import revisions as revisions_lib
 from ttc_jax.training import trainer
+from ttc_jax.verifiers import confidence
 from ttc_jax.verifiers import labels as labels_lib
 from ttc_jax.verifiers import synthetic
 
@@ -315,6 +318,55 @@ def check_lm_verifier(c: ml_collections.ConfigDict, known: Facts, kind: str) -> 
 
 
 # ----------------------------------------------------------------------------
+# the likelihood verifier
+
+
+def run_sft_lm(ctx: Context) -> dict:
+  """The likelihood verifier's LM (``ttc_jax.verifiers.likelihood``): the policy trained
+  further by its own SFT objective on the reference solutions of train problems outside those
+  the verifier choice and adaptive allocation choose on; it keeps the policy's architecture."""
+  cfg = ctx.config.sft_lm
+  policy, data = ctx.inputs["policy"], ctx.inputs["data"]
+  tok = policy.tokenizer
+  problems = data.problems("train", cfg.num_problems, start=cfg.first_problem)
+  revisions_lib.require_train(problems, "sft_lm")
+  dataset = data_lib.sft_dataset(data.task, tok, problems, policy.config.max_seq_len)
+  model = Transformer(policy.config, rngs=nnx.Rngs(cfg.train.seed))
+  nnx.update(model, nnx.state(policy.model))  # it starts as the policy
+  stats = {"problems": len(problems), "first_problem": problems[0].index,
+           "target_tokens": int(dataset.weights.sum()), "params": policy.config.num_params()}
+  ctx.log(f"sft_lm: the policy's {stats['params']:,} params, {len(problems)} train problems "
+          f"from {cfg.first_problem}, {stats['target_tokens']:,} target tokens")
+  trainer.train(model, dataset, cfg.train, ctx.out.dir, objective="lm", name="sft_lm")
+  tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
+  artifacts.write_model(
+      ctx.out, policy.config, artifacts.tokenizer_ref(ctx.out.dir, tok_path),
+      step=cfg.train.steps,
+      made_by={"stage": "sft_lm", "objective": "lm (SFT on reference solutions); the score: "
+               f"the {cfg.aggregation} of a solution's token log-probabilities",
+               "aggregation": cfg.aggregation, "init": "policy", "policy": policy.identity,
+               "train": cfg.train.to_dict(), "data": stats})
+  return stats
+
+
+def check_sft_lm(c: ml_collections.ConfigDict, known: Facts) -> None:
+  sc = c.sft_lm
+  config_lib.check_train(c, "sft_lm", known, 1)
+  if sc.aggregation not in confidence.AGGREGATIONS:
+    raise ConfigError(f"sft_lm.aggregation={sc.aggregation!r}: expected one of "
+                      f"{confidence.AGGREGATIONS}.")
+  check_int(sc.first_problem, "sft_lm.first_problem", 0)
+  check_int(sc.num_problems, "sft_lm.num_problems", 1)
+  common.check_train_range(sc.first_problem, sc.num_problems, known, "sft_lm")
+  lo, hi = sc.first_problem, sc.first_problem + sc.num_problems
+  for what, a, b in common.held_out_train_ranges(c):
+    if lo < b and a < hi:
+      raise ConfigError(f"sft_lm: train problems {lo}..{hi - 1} overlap {what}'s {a}..{b - 1} "
+                        "(chosen on: a verifier trained there would look better than it is); "
+                        "expected sft_lm.first_problem and num_problems outside them.")
+
+
+# ----------------------------------------------------------------------------
 # verifier evaluation
 
 
@@ -408,6 +460,13 @@ DPO = Stage(
     outputs=MODEL_OUTPUTS, run=lambda ctx: train_lm_verifier(ctx, "dpo"),
     load=load_model, cost_s=240, trains=True,
     checks={"dpo": lambda c, k: check_lm_verifier(c, k, "dpo")})
+
+SFT_LM = Stage(
+    name="sft_lm", doc="likelihood verifier: the policy trained further on reference solutions "
+    "of train problems; a solution's score is its likelihood under it (LM head)",
+    inputs=("policy", "data"), sections=("sft_lm",), outputs=MODEL_OUTPUTS, run=run_sft_lm,
+    load=load_model, cost_s=200, trains=True, reads_train=True,
+    checks={"sft_lm": check_sft_lm})
 
 ORM = Stage(
     name="orm", doc="outcome reward model: value head trained on final correctness",
