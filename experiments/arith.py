@@ -399,6 +399,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # seeds. lookahead k = 3 puts N = 4 at beam search's budget 16.
   c.search = common.search()
   c.verifier_choice = common.verifier_choice()
+  # Right after the MC-labelled problems (a reference: it follows mc_labels.num_problems).
+  c.verifier_choice.first_problem = c.mc_labels.get_ref("num_problems")
   c.verifier_axis = common.verifier_axis()
   c.allocation = common.allocation()
   c.hybrid = common.hybrid()

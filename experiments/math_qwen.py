@@ -37,6 +37,13 @@ Without a PRM checkpoint: the policy's confidence in its own tokens scores searc
 imported or read: ``--config.stages.prm=None --config.search.verifier=conf_logprob_mean
 --config.compute_optimal.predictor=policy_likelihood`` (no ``hf_prm.path`` needed).
 
+The PRM and the policy's confidence together: ``--config.stages.verifier_choice=verifier_choice
+--config.search.verifier=ens_prm``. The verifier choice samples the policy on 200 MATH train
+problems (16 each) and fits a logistic regression over the logits of the PRM's last-step
+score and the policy's mean and least token log-prob (ttc_jax.verifiers.ensemble); search then
+scores each step by that combination, charged the PRM's tokens only (the confidence comes with
+the sampled tokens).
+
 Accelerator and runtime: an estimate from the memory planner and FLOPs, not a measurement
 (nothing here has run on an accelerator yet; BUILD.md says what was verified where). With
 the defaults below (bfloat16; contexts 4096; 64 rows per sampling call, 32 problems x N per
@@ -94,6 +101,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                   rows_per_call=16)
   c.compute_optimal.update(repeats=2)
   c.report.difficulty_bins = 2
+  c.verifier_choice.update(num_problems=2, samples_per_problem=2, ensemble_folds=2)
   return c
 
 
@@ -150,6 +158,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                             "particles"),
                            lookahead_steps=(), max_step_tokens=512, rows_per_call=32)
   c.verifier_axis = common.verifier_axis()
+  # Off by default (stages.verifier_choice=None): the PRM and the policy's confidence fitted
+  # together on the policy's samples of MATH train problems (ens_prm; the docstring).
+  c.verifier_choice = common.verifier_choice(first_problem=0)
   c.compute_optimal = common.compute_optimal()
   c.report = common.report()
   return smoke(c) if "smoke" in switches else c

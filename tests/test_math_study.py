@@ -292,3 +292,24 @@ def test_without_a_prm_the_study_searches_by_the_policy_s_confidence(checkpoints
     with pytest.raises(config_lib.ConfigError, match=rf"{key}='{value}': this experiment leaves "
                                                      r"the prm stage out \(stages.prm=None\)"):
       Pipeline(bad, str(tmp_path / "bad")).run("study")
+
+
+def test_the_prm_and_the_policy_s_confidence_search_together_when_asked(checkpoints, tmp_path):
+  """stages.verifier_choice on, search.verifier='ens_prm': the search sweep reads the imported
+  PRM and the verifier choice (its ensemble's weights, fitted on MATH train problems); without
+  the choice the ensemble is named as unavailable before anything runs."""
+  c = smoke_config(checkpoints)
+  c.stages.verifier_choice = "verifier_choice"
+  c.search.verifier = "ens_prm"
+  pipeline = Pipeline(c, str(tmp_path / "w"))
+  pipeline.validate()
+  assert {"hf_prm", "verifier_choice"} <= set(pipeline.plan("search_sweep"))
+  assert pipeline.inputs_of("search_sweep")["verifier_choice"] == "verifier_choice"
+  assert c.verifier_choice.first_problem == 0  # MATH train problems, never a test problem
+  bad = smoke_config(checkpoints)
+  bad.search.verifier = "ens_prm"
+  with pytest.raises(config_lib.ConfigError, match=r"search.verifier='ens_prm': an ensemble is "
+                                                   r"fitted by the verifier choice, which this "
+                                                   r"experiment leaves out"):
+    Pipeline(bad, str(tmp_path / "bad")).run("study")
+  assert not os.path.exists(tmp_path / "bad")

@@ -161,6 +161,10 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
                   _ids(pu.tiny_config(**with_sft, sft_lm__train__steps=7))) == [
       "allocation", "chosen_search", "compute_optimal", "report", "sft_lm", "study",
       "verifier_choice", "verifier_eval"]
+  # Search by an ensemble (the PRM with the policy's confidence) reads its fitted weights.
+  by_ens = dict(search__verifier="ens_prm")
+  assert "search_sweep" in _changed(_ids(pu.tiny_config(**by_ens)),
+                                    _ids(pu.tiny_config(**by_ens, verifier_choice__ensemble_folds=3)))
   by_dpo = dict(lm, search__verifier="dpo")
   assert "search_sweep" in _changed(_ids(pu.tiny_config(**by_dpo)),
                                     _ids(pu.tiny_config(**by_dpo, dpo__beta=0.2)))
@@ -247,6 +251,12 @@ def test_stages_declare_what_they_read():
      r"sft_lm: train problems 24..213 but the task has 200"),
     (dict(stages__sft_lm="sft_lm", sft_lm__aggregation="median"),
      r"sft_lm.aggregation='median': expected one of \('mean'"),
+    (dict(search__verifier="ens_dpo", verifier_choice__ensembles=("conf",)),
+     r"search.verifier='ens_dpo': verifier_choice.ensembles=\('conf',\) does not fit it"),
+    (dict(search__verifier="ens_dpo"), r"search.verifier='ens_dpo': this experiment leaves the "
+                                       r"dpo stage out"),
+    (dict(search__verifier="ens_prm", stages__verifier_choice=None),
+     r"search.verifier='ens_prm': an ensemble is fitted by the verifier choice"),
     (dict(search__verifier="conf_topk_median"), r"search.verifier='conf_topk_median': confidence "
                                                 r"verifier 'conf_topk_median'.*aggregation one of"),
     (dict(compute_optimal__predictor="conf_x_mean"), r"compute_optimal.predictor='conf_x_mean'"),

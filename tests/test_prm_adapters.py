@@ -12,6 +12,8 @@ checkpoint of its architecture, against ttc_jax's full and incremental scoring.
   "<extra_0>", label 1 kept.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -230,7 +232,6 @@ def test_search_through_an_adapted_prm(bridged, strategy, monkeypatch):
   the budget counts the PRM's own tokens (its prompt is the question in its chat format).
   With a step cap of 3 tokens (beam_cut_steps) most steps are cut and continued: the PRM
   still sees the policy's steps whole."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   from search_fixtures import PROBLEMS
   from ttc_jax.search import BeamSearch
   from ttc_jax.search import BestOfN
@@ -292,7 +293,6 @@ def test_a_step_boundary_the_tokenizer_merges_is_rescored_in_full(tmp_path):
   the text's tokens no longer extend those in the cache. That row is re-scored in full (its
   cache emptied, its whole text fed again; the other row keeps its cache), and the scores
   still equal full passes; the budget's PRM tokens count the re-fed text."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from ttc_jax.models.transformer import Transformer
   from ttc_jax.models.transformer import TransformerConfig
@@ -352,3 +352,42 @@ def test_finished_solutions_score_each_step_and_skip_an_eos_alone(bridged):
   lengths = bridge.solution_lengths(questions, gens)
   assert lengths[2] == 0 and lengths[0] == len(prm.encode(questions[0], [
       "11 12 " + str(step), "13 " + str(step)])[0])
+
+
+@pytest.mark.parametrize("strategy", ["best_of_n", "beam"])
+def test_an_imported_prm_and_the_policy_s_confidence_search_together(bridged, policy_model,
+                                                                     strategy):
+  """The real-model study's PRM + confidence (verifier_choice's ens_prm over an imported PRM):
+  a candidate's score is the ensemble of the adapted PRM's score of its steps and the policy's
+  confidence in its tokens, as the full passes give them, whatever the batch; the budget is
+  the PRM's alone."""
+  from search_fixtures import PROBLEMS
+  from search_fixtures import full_pass_steps
+  from ttc_jax.search import BeamSearch
+  from ttc_jax.search import BestOfN
+  from ttc_jax.verifiers import ensemble
+  from ttc_jax.verifiers.confidence import ConfidenceVerifier
+  from ttc_jax.verifiers.confidence import Measure
+  ctx, _ = bridged
+  parts = [ctx.prm, ConfidenceVerifier(Measure("logprob", "mean"), policy_model, pad_id=0),
+           ConfidenceVerifier(Measure("logprob", "min"), policy_model, pad_id=0)]
+  e = ensemble.Ensemble(("prm_last", "conf_logprob_mean", "policy_likelihood"),
+                        (0.8, 1.5, 0.3), -0.4)
+  both = dataclasses.replace(ctx, prm=ensemble.EnsembleVerifier(e, parts, "ens_prm"))
+  search = BestOfN(n=4) if strategy == "best_of_n" else BeamSearch(n=4, width=2, max_rounds=40)
+  together = search.run(both, PROBLEMS[:2])
+  checked = 0
+  for problem, res in zip(PROBLEMS[:2], together):
+    for c in res.candidates:
+      comp = [full_pass_steps(v, ctx.tokenizer, problem, c.tokens) for v in parts]
+      if not len(comp[0]) or np.isnan(comp[0][-1]):
+        continue  # no step the PRM reads
+      assert_close(c.score, e.combine([np.float64(x[-1]) for x in comp]))
+      checked += 1
+    alone = search.run(both, [problem])[0]
+    assert [c.tokens for c in alone.candidates] == [c.tokens for c in res.candidates]
+    assert_close([c.score for c in alone.candidates], [c.score for c in res.candidates])
+  assert checked >= 2
+  if strategy == "best_of_n":  # the same samples: charged exactly as the PRM alone
+    for r, b in zip(together, search.run(ctx, PROBLEMS[:2])):
+      assert r.budget.prm_tokens == b.budget.prm_tokens > 0

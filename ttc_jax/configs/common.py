@@ -117,7 +117,8 @@ def verifier_choice(**overrides) -> ml_collections.ConfigDict:
   """The search verifier chosen by within-problem AUC on held-out train problems (never test
   problems): the study says which one its claims used and which one this picks."""
   return _section(dict(
-      # The first held-out train problem (>= mc_labels.num_problems; None: right after them).
+      # The first held-out train problem (>= mc_labels.num_problems: after every problem a
+      # verifier trains on; experiments/arith.py: right after the MC-labelled ones).
       first_problem=config_dict.placeholder(int),
       num_problems=200,  # held-out train problems
       samples_per_problem=16,  # policy samples per problem

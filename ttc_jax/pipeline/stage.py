@@ -99,7 +99,8 @@ def check_verifier_name(name, key: str) -> None:
   knows, else a one-line ConfigError naming it."""
   try:
     ok = isinstance(name, str) and (name in (names.PRM,) + names.LM_VERIFIERS
-                                    or names.measure_of(name) is not None)
+                                    or names.measure_of(name) is not None
+                                    or names.ensemble_base(name) is not None)
   except ValueError as e:
     raise ConfigError(f"{key}={name!r}: {e}") from e
   if not ok:
@@ -108,9 +109,9 @@ def check_verifier_name(name, key: str) -> None:
                       f"trained from the policy), '{names.LIKELIHOOD}' or "
                       "conf_<token>_<aggregation> with token one of "
                       f"{confidence.TOKEN_CONFIDENCES} and aggregation one of "
-                      f"{confidence.AGGREGATIONS} (the policy's confidence); the "
-                      f"ensembles ({ensemble.PREFIX}*) are fitted by verifier_choice and "
-                      "searched with by chosen_search when chosen.")
+                      f"{confidence.AGGREGATIONS} (the policy's confidence), or "
+                      f"{ensemble.PREFIX}<base> (an ensemble verifier_choice fits: base one of "
+                      f"{names.ENSEMBLE_BASES}).")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -161,9 +161,11 @@ def check_hybrid(c: ml_collections.ConfigDict, known: Facts) -> None:
 HYBRID_SWEEP = Stage(
     name="hybrid_sweep", doc="search then revise: the search's best candidate revised by the "
     "revision model (cells for compute-optimal selection)",
-    inputs=("data", "policy", "prm", "implicit_prm", "dpo", "sft_lm", "revision_model"),
+    inputs=("data", "policy", "prm", "implicit_prm", "dpo", "sft_lm", "verifier_choice",
+            "revision_model"),
     sections=("seed", "sampling", "test_problems", "search", "hybrid"),
     outputs=("cells.json",), run=run_hybrid_sweep, load=load_hybrid,
-    may_lack=("prm", "implicit_prm", "dpo", "sft_lm"), reads=SEARCH_SWEEP.reads,
+    may_lack=("prm", "implicit_prm", "dpo", "sft_lm", "verifier_choice"),
+    reads=SEARCH_SWEEP.reads,
     speed_only=("search.rows_per_call",), cost_s=120,
     checks={"hybrid": check_hybrid})

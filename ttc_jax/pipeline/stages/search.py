@@ -192,10 +192,18 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
     raise ConfigError(f"search: {e} (search.beam_width={s.beam_width} must divide every "
                       f"budget >= it; budgets {budgets}).") from e
   check_verifier_name(s.verifier, "search.verifier")
-  if (s.verifier in (names.PRM,) + names.LM_VERIFIERS
-      and config_lib.filled_by(c, s.verifier) is None):
+  base = names.ensemble_base(s.verifier)
+  if base is not None:
+    if config_lib.filled_by(c, "verifier_choice") is None:
+      raise ConfigError(f"search.verifier={s.verifier!r}: an ensemble is fitted by the verifier "
+                        "choice, which this experiment leaves out (stages.verifier_choice=None).")
+    if base not in c.verifier_choice.ensembles:
+      raise ConfigError(f"search.verifier={s.verifier!r}: verifier_choice.ensembles="
+                        f"{tuple(c.verifier_choice.ensembles)!r} does not fit it.")
+  model = searched_model(s.verifier)
+  if model in (names.PRM,) + names.LM_VERIFIERS and config_lib.filled_by(c, model) is None:
     raise ConfigError(f"search.verifier={s.verifier!r}: this experiment leaves the "
-                      f"{s.verifier} stage out (stages.{s.verifier}=None).")
+                      f"{model} stage out (stages.{model}=None).")
   if "lookahead" in s.methods and not list(s.lookahead_steps):
     raise ConfigError("search.methods has 'lookahead' but search.lookahead_steps is empty.")
   for k in s.lookahead_steps if "lookahead" in s.methods else ():
@@ -206,18 +214,40 @@ def check_search(c: ml_collections.ConfigDict, known: Facts) -> None:
           f"N x (k + 1) <= the largest budget {budgets[-1]} (budgets {budgets}). Add a budget, "
           "lower k, or leave lookahead out of search.methods.")
 
+def search_reads(c: ml_collections.ConfigDict, role: str) -> bool:
+  """A trained verifier is read only when ``search.verifier`` is it or an ensemble of it, the
+  verifier choice only for an ensemble (it holds the fitted weights)."""
+  v = c.search.verifier
+  if role == "verifier_choice":
+    return names.ensemble_base(v) is not None
+  if role in (names.PRM,) + names.LM_VERIFIERS:
+    return searched_model(v) == role
+  return True
+
+
+def searched_model(verifier: str) -> str | None:
+  """The trained model a ``search.verifier`` value scores with ('prm', an LM-head verifier's
+  stage; an ensemble's base model), or 'policy' for the policy's confidence; None for a name
+  of none (check_search names it)."""
+  if verifier == names.PRM:
+    return names.PRM
+  try:
+    return names.charged_model(verifier)
+  except ValueError:
+    return None
+
+
 SEARCH_SWEEP = Stage(
     name="search_sweep", doc="best-of-N, beam, DVTS, particle filtering and lookahead search at "
     "every budget and search seed",
-    # prm, implicit_prm, dpo: the trained verifiers search.verifier may name (each read only
-    # then: a search by the policy's confidence needs no PRM).
-    inputs=("data", "policy", "prm", "implicit_prm", "dpo", "sft_lm"),
+    # prm, the LM-head verifiers: the trained verifiers search.verifier may name, and the
+    # verifier choice's ensembles of them (each read only then: a search by the policy's
+    # confidence needs no PRM).
+    inputs=("data", "policy", "prm", "implicit_prm", "dpo", "sft_lm", "verifier_choice"),
     sections=("seed", "sampling", "test_problems", "search"),
     outputs=("cells.jsonl", "cells.json"), run=run_search_sweep, load=load_cells,
     version=3, changelog=("3: FLOPs with attention, policy and PRM apart",),
-    may_lack=("prm", "implicit_prm", "dpo", "sft_lm"),
-    reads=lambda c, role: (role not in (names.PRM,) + names.LM_VERIFIERS
-                           or c.search.verifier == role),
+    may_lack=("prm", "implicit_prm", "dpo", "sft_lm", "verifier_choice"), reads=search_reads,
     speed_only=("search.rows_per_call",), cost_s=780,
     checks={"search": check_search})
 

@@ -265,8 +265,7 @@ def _fit_ensembles(c: ml_collections.ConfigDict, scored: dict, correct: np.ndarr
 
 
 def _first_choice_problem(c: ml_collections.ConfigDict) -> int:
-  first = c.verifier_choice.first_problem
-  return c.mc_labels.num_problems if first is None else first
+  return c.verifier_choice.first_problem  # (set: check_verifier_choice)
 
 
 def check_verifier_choice(c: ml_collections.ConfigDict, known: Facts) -> None:
@@ -285,8 +284,11 @@ def check_verifier_choice(c: ml_collections.ConfigDict, known: Facts) -> None:
                       f"confidence measures ('{names.LIKELIHOOD}' or conf_<token>_<aggregation>"
                       "), at least one when verifier_choice.ensembles is not empty.")
   # Held out from the verifiers' training: after the MC-labelled (PRM / ORM) problems.
-  if vc.first_problem is not None:
-    check_int(vc.first_problem, "verifier_choice.first_problem", c.mc_labels.num_problems)
+  if vc.first_problem is None:
+    raise ConfigError("verifier_choice.first_problem=None: expected the first of its held-out "
+                      "train problems (after any a verifier trains on).")
+  check_int(vc.first_problem, "verifier_choice.first_problem",
+            c.mc_labels.num_problems if "mc_labels" in c else 0)
   first = _first_choice_problem(c)
   if known.num_train is not None and first + vc.num_problems > known.num_train:
     raise ConfigError(f"verifier_choice: train problems {first}..{first + vc.num_problems - 1} "
@@ -391,7 +393,7 @@ VERIFIER_CHOICE = Stage(
     name="verifier_choice", doc="the search verifier chosen by within-problem AUC on held-out "
     "train problems",
     inputs=("data", "policy", "prm", "orm", "implicit_prm", "dpo", "sft_lm"),
-    sections=("seed", "sampling", "mc_labels", "verifier_eval", "verifier_choice"),
+    sections=("seed", "sampling", "verifier_eval", "verifier_choice"),
     outputs=("choice.json",), run=run_verifier_choice, load=load_json("choice.json"),
     version=4, changelog=("2: the LM-head verifiers (implicit_prm, dpo) among the candidates",
                           "3: ensembles of a verifier and the policy's confidence (ens_*)",
