@@ -315,6 +315,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # hier_conf; no model call): the revision model's mean log-probability of an answer,
       # the verifier verifier_choice picked on held-out train problems in the fresh study.
       confidence="conf_logprob_mean",
+      # The single-answer verifier of flat_prm (each answer read after the plain prompt):
+      # 'prm' (the paper's) or 'sft_lm' (the likelihood verifier).
+      verifier="prm",
   ))
   c.prm = ml_collections.ConfigDict(dict(
       init="policy",  # 'policy': the policy's backbone (+ new blocks if deeper); 'scratch'

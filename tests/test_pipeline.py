@@ -102,6 +102,7 @@ def test_a_key_added_at_its_old_behaviour_keeps_the_artifacts_made_before_it():
     del config[section]["holdout"], config[section]["holdout_every"]
   for section in ("policy", "large_policy"):  # retry data in the SFT mix (0: none)
     del config[section]["retry_rate"], config[section]["retry_attempts"]
+  del config.revisions["verifier"]  # the revision sweep's single-answer verifier (the PRM)
   assert _ids(config) == base
   retry = _changed(base, _ids(pu.tiny_config(policy__retry_rate=0.2)))
   assert "policy" in retry and "large_policy" in retry and "data" not in retry
@@ -144,6 +145,12 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   # The tiny study leaves the LM-head verifiers out (stages.dpo=None): nothing reads them.
   assert _changed(base, _ids(pu.tiny_config(dpo__beta=0.2))) == ["dpo"]
   assert _changed(base, _ids(pu.tiny_config(sft_lm__train__steps=7))) == ["sft_lm"]
+  # The revision sweep's answers read by the likelihood verifier instead of the PRM.
+  by_sft = dict(stages__sft_lm="sft_lm", revisions__verifier="sft_lm")
+  assert "revision_sweep" in _changed(_ids(pu.tiny_config(**by_sft)),
+                                      _ids(pu.tiny_config(**by_sft, sft_lm__train__steps=7)))
+  assert "revision_sweep" not in _changed(_ids(pu.tiny_config(**by_sft)),
+                                          _ids(pu.tiny_config(**by_sft, prm__train__steps=7)))
   # (distill's train problems start after the verifier samples')
   assert _changed(base, _ids(pu.tiny_config(verifier_samples__num_problems=8))) == [
       "distill", "dpo", "implicit_prm", "verifier_samples"]
@@ -257,6 +264,10 @@ def test_stages_declare_what_they_read():
                                        r"dpo stage out"),
     (dict(search__verifier="ens_prm", stages__verifier_choice=None),
      r"search.verifier='ens_prm': an ensemble is fitted by the verifier choice"),
+    (dict(revisions__verifier="dpo"), r"revisions.verifier='dpo': expected one of \('prm', "
+                                      r"'sft_lm'\)"),
+    (dict(revisions__verifier="sft_lm"), r"revisions.verifier='sft_lm': this experiment leaves "
+                                         r"the sft_lm stage out"),
     (dict(search__verifier="conf_topk_median"), r"search.verifier='conf_topk_median': confidence "
                                                 r"verifier 'conf_topk_median'.*aggregation one of"),
     (dict(compute_optimal__predictor="conf_x_mean"), r"compute_optimal.predictor='conf_x_mean'"),

@@ -651,6 +651,26 @@ def test_a_planted_test_problem_stops_the_revision_data(task):
   revisions.require_train([train], "choice")  # train problems pass
 
 
+def test_the_revision_answers_may_be_read_by_the_likelihood_verifier(revision_study, tmp_path):
+  """revisions.verifier='sft_lm': every answer of the chains is scored by the likelihood
+  verifier after the plain prompt (flat_prm's column), charged its model; the chains are the
+  study's own (the same samples), the scores are not the PRM's."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(revision_study, workdir, symlinks=True)
+  pipe = Pipeline(pu.tiny_config(**TRAINED, **STUDY, revisions__verifier="sft_lm"), workdir)
+  by_sft = pipe.run("revision_sweep")
+  base = Pipeline(pu.tiny_config(**TRAINED, **STUDY), workdir).load("revision_sweep")
+  params = json.load(open(os.path.join(pipe.directory("revision_sweep"), "params.json")))
+  assert params["single_answer_verifier"] == "sft_lm"
+  assert params["prm_params"] == pipe.load("policy").config.num_params()
+  for a, b in zip(by_sft.by_seed, base.by_seed):
+    mask = a["mask"]
+    np.testing.assert_array_equal(a["answers"], b["answers"])
+    assert np.all((a["prm"][mask] > 0) & (a["prm"][mask] <= 1))
+    assert np.all(a["prm_tokens"][mask] > 0)
+    assert not np.allclose(a["prm"][mask], b["prm"][mask])
+
+
 def test_search_by_an_lm_head_verifier_charges_its_model(revision_study, tmp_path):
   """search.verifier='dpo': every step is scored by the DPO verifier, charged its forward over
   the policy's tokens (its reference's log-probabilities came with them)."""

@@ -771,4 +771,6 @@ def summary(chains_by_seed: Sequence[dict], budgets: Sequence[int], bins: np.nda
           "vs_search": compare_to_search(pts, search_curves, seed),
           "vs_search_flops": compare_at_equal_flops(pts, search_curves, seed),
           "budgets": budgets, "selections": available(chains_by_seed),
+          # flat_prm's verifier (revisions.verifier; a sweep made before the key: the PRM).
+          "single_answer_verifier": str(chains_by_seed[0].get("single_answer_verifier", "prm")),
           "chain_lengths": chain_lengths(budgets[-1]), "num_bins": int(num_bins)}

@@ -408,7 +408,9 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
            "majority (all C x L answers vote), flat ORM (weighted best-of-N over all answers by "
            "the revision ORM), hierarchical ORM (per chain its best answer by the ORM, then "
            "weighted best-of-N over the chain winners), flat PRM (weighted best-of-N by the "
-           "single-answer PRM), flat and hierarchical confidence (as the ORM's, by the revision "
+           f"single-answer verifier, `{rev.get('single_answer_verifier', 'prm')}`, reading "
+           "each answer after the plain prompt), flat and hierarchical confidence (as the "
+           "ORM's, by the revision "
            "model's own confidence in each answer: no model call, no verifier FLOPs). "
            "Accuracies: mean [95% bootstrap CI over problems].", ""]
   lines += _training_round_lines(rev.get("training_rounds", []))

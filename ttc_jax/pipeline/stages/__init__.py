@@ -80,7 +80,8 @@ SPEED_ONLY = SHARED_SPEED_ONLY + tuple(p for s in STAGES.values() for p in s.spe
 # Paths or fnmatch patterns, as SPEED_ONLY.
 ADDED_KEYS = {"sampling.top_p": 1.0, "*.pack_width": 0, "*search.advantage": 0.0,
               "prm.holdout": 0.0, "orm.holdout": 0.0, "prm.holdout_every": 100,
-              "orm.holdout_every": 100, "*policy.retry_rate": 0.0, "*policy.retry_attempts": 2}
+              "orm.holdout_every": 100, "*policy.retry_rate": 0.0, "*policy.retry_attempts": 2,
+              "revisions.verifier": "prm"}
 
 # The check of every config section: the shared sections' (common.CHECKS), then each stage's
 # own in run order (pipeline.config.validate runs those of the sections a run reads).

@@ -45,6 +45,7 @@ from ttc_jax.search import revisions as chains_lib
 from ttc_jax.training import data as data_lib
 from ttc_jax.training import revisions
 from ttc_jax.training import trainer
+from ttc_jax.verifiers import names
 from ttc_jax.verifiers.confidence import Measure
 
 
@@ -329,20 +330,30 @@ def run_revision_orm(ctx: Context) -> dict:
 
 def run_revision_sweep(ctx: Context) -> dict:
   """Revision chains on the test problems for every seed (resumable shards), each answer
-  scored by the revision ORM (its earlier answers in context), by the single-answer PRM and
-  by the revision model's own confidence (``revisions.confidence``); every split of every
-  budget into chains is a cell (paper section 6.2)."""
+  scored by the revision ORM (its earlier answers in context), by the single-answer verifier
+  (``revisions.verifier``: the PRM or the likelihood verifier) and by the revision model's
+  own confidence (``revisions.confidence``); every split of every budget into chains is a
+  cell (paper section 6.2)."""
   c = ctx.config
   rc = c.revisions
   data, rev = ctx.inputs["data"], ctx.inputs["revision_model"]
-  orm, prm = ctx.inputs["revision_orm"], ctx.inputs["prm"]
+  orm = ctx.inputs["revision_orm"]
   tok, task = rev.tokenizer, data.task
   probs = data.problems("test", c.test_problems)
   lengths = tuple(revision_analysis.chain_lengths(max(rc.budgets)))
   strategy = chains_lib.RevisionChains(lengths=lengths, window=_revision_window(rev))
   core, sp = rev.sampling_core(), sampling_params(c)
-  orm_scorer, prm_scorer = orm.verifier(tok), prm.verifier(tok)
-  models = (("policy", rev), ("orm", orm), ("prm", prm))
+  # The single-answer verifier (flat_prm): the PRM, or the likelihood verifier
+  # (revisions.verifier; its columns keep the name 'prm').
+  verifier = rc.get("verifier", names.PRM)
+  if verifier == names.PRM:
+    ver = ctx.inputs["prm"]
+    prm_scorer = ver.verifier(tok)
+  else:
+    ver = ctx.inputs[verifier]
+    prm_scorer = ver.lm_verifier(ctx.inputs["policy"])
+  orm_scorer = orm.verifier(tok)
+  models = (("policy", rev), ("orm", orm), ("prm", ver))
   params = {**{f"{role}_params": m.config.num_params() for role, m in models},
             **{f"{role}_cost": accounting.ModelCost.from_config(m.config).to_dict()
                for role, m in models}}
@@ -360,7 +371,7 @@ def run_revision_sweep(ctx: Context) -> dict:
 
   for seed in rc.seeds:
     ctx.out.map_shards(f"chains-seed{seed}", probs, rc.problems_per_shard, make(seed), ctx.log)
-  ctx.out.write_json("params.json", params)
+  ctx.out.write_json("params.json", {**params, "single_answer_verifier": verifier})
   sweep = read_revision_sweep(ctx.out, rc.seeds, rc.budgets)
   cells = revision_analysis.revision_cells(sweep.by_seed, rc.budgets)
   ctx.out.write_json("cells.json", [cell.to_json() for cell in cells])
@@ -470,6 +481,18 @@ def check_revisions(c: ml_collections.ConfigDict, known: Facts) -> None:
     Measure.from_name(rv.confidence)
   except ValueError as e:
     raise ConfigError(f"revisions.confidence={rv.confidence!r}: {e}") from None
+  # A verifier that reads nothing but its own model: the revision model's answers come with
+  # no policy log-probabilities (an implicit reward's reference, the policy's confidence).
+  verifier = rv.get("verifier", names.PRM)
+  if verifier not in REVISION_VERIFIERS:
+    raise ConfigError(f"revisions.verifier={verifier!r}: expected one of "
+                      f"{REVISION_VERIFIERS} (the PRM, or the likelihood verifier).")
+  if config_lib.filled_by(c, verifier) is None:
+    raise ConfigError(f"revisions.verifier={verifier!r}: this experiment leaves the "
+                      f"{verifier} stage out (stages.{verifier}=None).")
+
+
+REVISION_VERIFIERS = (names.PRM, names.SFT_LM)  # revisions.verifier: the single-answer verifier
 
 REVISION_DATA = Stage(
     name="revision_data", doc="policy answers to train problems and revision trajectories "
@@ -501,9 +524,14 @@ REVISION_SWEEP = Stage(
     name="revision_sweep", doc="revision chains on the test problems: every split of each budget "
     "into sequential chains; majority, revision-ORM (flat, hierarchical), PRM and confidence "
     "(flat, hierarchical) selection",
-    inputs=("data", "revision_model", "revision_orm", "prm"),
+    # prm or sft_lm (and the policy it was trained from): revisions.verifier's.
+    inputs=("data", "revision_model", "revision_orm", "prm", "sft_lm", "policy"),
     sections=("seed", "sampling", "test_problems", "revisions"),
     outputs=("params.json", "cells.json"), run=run_revision_sweep, load=load_revision_sweep,
+    may_lack=("sft_lm",),
+    reads=lambda c, role: (role not in ("prm", "sft_lm", "policy")
+                           or c.revisions.get("verifier", names.PRM)
+                           == (names.SFT_LM if role == "policy" else role)),
     version=3, changelog=("2: model costs (FLOPs)", "3: each answer's confidence under the "
                           "revision model (revisions.confidence) and its selections"),
     cost_s=810,
