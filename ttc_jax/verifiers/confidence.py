@@ -141,6 +141,22 @@ def _bottom10(x: np.ndarray, window: int, start: int) -> np.ndarray:
   return out
 
 
+def step_scores(measure: Measure, stats: Sequence[np.ndarray], prompt_lengths: Sequence[int],
+                ends: Sequence[Sequence[int]]) -> list[np.ndarray]:
+  """Each solution's step scores by ``measure``: the score of its solution tokens (after the
+  prompt) up to each step's end, from its row's per-token stats (``stats[i]``: (len, 3), as
+  :meth:`Scorer.token_confidence` returns them, of whichever model scored it)."""
+  out = []
+  for s, p, e in zip(stats, prompt_lengths, ends):
+    prefix = measure.prefix_scores(np.asarray(s)[p:])
+    e = np.asarray(e, np.int64) - p
+    if np.any(e < 0) or np.any(e >= prefix.size):
+      raise ValueError(f"step ends {list(e + p)} outside the solution (tokens {p}.."
+                       f"{p + prefix.size - 1}).")
+    out.append(prefix[e])
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class _State:
   """Per row of a search: the token confidences of its solution so far."""
@@ -231,15 +247,7 @@ class ConfidenceVerifier:
                      ends: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """Each solution's step scores from its rows' per-token stats (``stats[i]``: (len, 3) over
     prompt and solution, as :meth:`Scorer.token_confidence` returns them)."""
-    out = []
-    for s, p, e in zip(stats, prompt_lengths, ends):
-      prefix = self.measure.prefix_scores(np.asarray(s)[p:])
-      e = np.asarray(e, np.int64) - p
-      if np.any(e < 0) or np.any(e >= prefix.size):
-        raise ValueError(f"step ends {list(e + p)} outside the solution (tokens {p}.."
-                         f"{p + prefix.size - 1}).")
-      out.append(prefix[e])
-    return out
+    return step_scores(self.measure, stats, prompt_lengths, ends)
 
   def solution_tokens(self, questions: Sequence[str], rows: Sequence[Sequence[int]],
                       prompt_lengths: Sequence[int]) -> np.ndarray:
