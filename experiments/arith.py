@@ -389,12 +389,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # is the first row); trained once per identity, reused on reruns.
       # (arith_paper_scale.py adds dense labels, a deeper PRM, scratch init, longer
       # training, other MC data.)
-      # None by default: each variant trains a PRM (7 of the study's minutes for one), and
-      # `make study` must fit 45 minutes on 2 cores; e.g. --config.ablation.variants=
-      # "('prm.labels=hard',)" adds one; "('prm.labels=oracle',)" trains the PRM on the
-      # task's step checker's labels (diagnosis: labels or capacity?). arith_paper_scale.py
-      # runs seven.
-      variants=(),
+      # Hard MC labels (1 if any rollout succeeds: the value under a best-of-K prover) and the
+      # task's step checker's exact labels (diagnosis only: do labels or capacity limit the
+      # PRM?), beside the study's soft labels. Each variant trains a PRM (about 2.5 min on 2
+      # cores); `make study` must fit 45 minutes. arith_paper_scale.py runs more.
+      variants=("prm.labels=hard", "prm.labels=oracle"),
       n=(4, 16, 64),  # best-of-N sizes of the table
   ))
   # Budgets up to 16 with 2 seeds (each seed ~4.5 min of the study on 2 cores); the verifier

@@ -65,8 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.revision_data.samples_per_problem = 64
   c.revisions.budgets = (1, 2, 4, 8, 16, 32, 64)
   c.revisions.seeds = (0, 1, 2)
-  c.ablation.variants = tuple(c.ablation.variants) + (
-      "prm.labels=hard", "prm.labels=oracle", "prm.label_positions=every_token",
+  c.ablation.variants = tuple(c.ablation.variants) + (  # (hard and oracle labels: arith's)
+      "prm.label_positions=every_token",
       "prm.model.num_layers=4", "prm.init=scratch", "prm.train.steps=2400", "prm.holdout=0.0",
       "mc_labels.num_problems=3200,mc_labels.samples_per_problem=4,mc_labels.rollouts=4,"
       "mc_labels.problems_per_shard=400")
