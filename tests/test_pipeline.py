@@ -254,6 +254,8 @@ def test_stages_declare_what_they_read():
      r"sft_lm: train problems 10..49 overlap verifier_choice's 8..15 \(chosen on"),
     (dict(stages__sft_lm="sft_lm", sft_lm__first_problem=18),
      r"sft_lm: train problems 18..57 overlap allocation's 16..19"),
+    (dict(stages__sft_lm="sft_lm", allocation__first_problem=30),
+     r"allocation: train problems 30..33 overlap sft_lm's 24..63"),
     (dict(stages__sft_lm="sft_lm", sft_lm__num_problems=190),
      r"sft_lm: train problems 24..213 but the task has 200"),
     (dict(stages__sft_lm="sft_lm", sft_lm__aggregation="median"),

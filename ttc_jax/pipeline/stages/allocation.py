@@ -240,8 +240,12 @@ def check_allocation(c: ml_collections.ConfigDict, known: Facts) -> None:
   # Never a problem a verifier was trained on (its scores there would be too good).
   used = [("mc_labels", 0, c.mc_labels.num_problems)]
   vs = c.get("verifier_samples")
-  if vs is not None and any(config_lib.filled_by(c, m) is not None for m in names.LM_VERIFIERS):
+  if vs is not None and any(config_lib.filled_by(c, m) is not None
+                            for m in (names.IMPLICIT_PRM, names.DPO)):
     used.append(("verifier_samples", vs.first_problem, vs.first_problem + vs.num_problems))
+  sl = c.get("sft_lm")
+  if sl is not None and config_lib.filled_by(c, names.SFT_LM) is not None:
+    used.append(("sft_lm", sl.first_problem, sl.first_problem + sl.num_problems))
   lo, hi = first, first + ac.num_problems
   for what, a, b in used:
     if lo < b and a < hi:
