@@ -96,7 +96,44 @@ class _State:
   q: np.ndarray  # (rows,) float64
 
 
-class ImplicitRewardVerifier:
+class LMVerifierBase:
+  """What every verifier backed by one LM over the policy's tokens shares (the implicit-reward
+  and the likelihood verifiers): its model, fed the policy's tokens in the policy's slots
+  (``cached``: teacher forcing on its KV cache; ``full``: one forward pass of a finished
+  row), charged its forward over every token it reads."""
+
+  def __init__(self, model: Transformer, pad_id: int, name: str, mesh=None):
+    self.model, self.pad_id, self.name, self.mesh = model, pad_id, name, mesh
+    self.config = model.config  # what the budget charges per token it reads
+    self._cached: IncrementalLogprobs | None = None
+    self._full: Scorer | None = None
+
+  @property
+  def cached(self) -> IncrementalLogprobs:
+    if self._cached is None:
+      self._cached = IncrementalLogprobs(self.model, mesh=self.mesh, pad_id=self.pad_id)
+    return self._cached
+
+  @property
+  def full(self) -> Scorer:
+    if self._full is None:
+      self._full = Scorer(self.model, mesh=self.mesh, pad_id=self.pad_id)
+    return self._full
+
+  def cache_index(self, state) -> int:
+    return int(state.decode.cache.index)
+
+  def tokens_fed(self, state) -> None:
+    del state
+    return None  # it reads the policy's tokens, at the policy's positions
+
+  def solution_tokens(self, questions: Sequence[str], rows: Sequence[Sequence[int]],
+                      prompt_lengths: Sequence[int]) -> np.ndarray:
+    del questions, prompt_lengths
+    return np.asarray([len(r) for r in rows], np.int64)
+
+
+class ImplicitRewardVerifier(LMVerifierBase):
   """An LM-head verifier (see the module docstring): ``model`` is pi (trained from the
   policy), ``reference`` pi_ref (the policy), ``beta`` the objective's."""
 
@@ -111,25 +148,10 @@ class ImplicitRewardVerifier:
                        f"reference's ({reference.config.vocab_size}).")
     if not beta > 0:
       raise ValueError(f"beta={beta!r}: expected > 0.")
-    self.model, self.reference, self.beta = model, reference, float(beta)
-    self.pad_id, self.mesh, self.name = pad_id, mesh, name
-    # What the budget charges: pi's forward per policy token (pi_ref's come with sampling).
-    self.config = model.config
-    self._cached: IncrementalLogprobs | None = None
-    self._full: Scorer | None = None
+    # The budget charges pi's forward per policy token (pi_ref's come with sampling).
+    super().__init__(model, pad_id, name, mesh)
+    self.reference, self.beta = reference, float(beta)
     self._ref_full: Scorer | None = None
-
-  @property
-  def cached(self) -> IncrementalLogprobs:
-    if self._cached is None:
-      self._cached = IncrementalLogprobs(self.model, mesh=self.mesh, pad_id=self.pad_id)
-    return self._cached
-
-  @property
-  def full(self) -> Scorer:
-    if self._full is None:
-      self._full = Scorer(self.model, mesh=self.mesh, pad_id=self.pad_id)
-    return self._full
 
   @property
   def reference_full(self) -> Scorer:
@@ -181,13 +203,6 @@ class ImplicitRewardVerifier:
   def scores(self, state: _State) -> np.ndarray:
     return self._score(state.q)
 
-  def cache_index(self, state: _State) -> int:
-    return int(state.decode.cache.index)
-
-  def tokens_fed(self, state: _State) -> None:
-    del state
-    return None  # it reads the policy's tokens, at the policy's positions
-
   # --- finished solutions -------------------------------------------------------------------
   def solution_step_scores(self, questions: Sequence[str], rows: Sequence[Sequence[int]],
                            prompt_lengths: Sequence[int], ends: Sequence[Sequence[int]], *,
@@ -211,8 +226,3 @@ class ImplicitRewardVerifier:
                                                desc=f"{self.name} pi_ref")
     return [self.beta * np.cumsum(m[p:, 0].astype(np.float64) - r[p:, 0])
             for m, r, p in zip(mine, ref, prompt_lengths)]
-
-  def solution_tokens(self, questions: Sequence[str], rows: Sequence[Sequence[int]],
-                      prompt_lengths: Sequence[int]) -> np.ndarray:
-    del questions, prompt_lengths
-    return np.asarray([len(r) for r in rows], np.int64)

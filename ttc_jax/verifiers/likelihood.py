@@ -30,8 +30,7 @@ from ttc_jax.sampling.cached import DecodeState
 from ttc_jax.verifiers.confidence import Measure
 from ttc_jax.verifiers.confidence import TOKEN_CONFIDENCES
 from ttc_jax.verifiers.confidence import step_scores
-from ttc_jax.verifiers.implicit import IncrementalLogprobs
-from ttc_jax.verifiers.scoring import Scorer
+from ttc_jax.verifiers.implicit import LMVerifierBase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +42,7 @@ class _State:
   stats: tuple[np.ndarray, ...]
 
 
-class LikelihoodVerifier:
+class LikelihoodVerifier(LMVerifierBase):
   """The likelihood of the policy's solutions under ``model`` (an LM head) as a
   :class:`~ttc_jax.verifiers.base.Verifier` (see the module docstring); ``measure`` summarises
   a solution's token log-probabilities (its token must be 'logprob')."""
@@ -55,23 +54,8 @@ class LikelihoodVerifier:
     if measure.token != "logprob":
       raise ValueError(f"a likelihood verifier summarises log-probabilities; got the measure "
                        f"{measure.name!r} of token confidence {measure.token!r}.")
-    self.model, self.measure, self.pad_id, self.name, self.mesh = (model, measure, pad_id,
-                                                                   name, mesh)
-    self.config = model.config  # what the budget charges per token it reads
-    self._cached: IncrementalLogprobs | None = None
-    self._full: Scorer | None = None
-
-  @property
-  def cached(self) -> IncrementalLogprobs:
-    if self._cached is None:
-      self._cached = IncrementalLogprobs(self.model, mesh=self.mesh, pad_id=self.pad_id)
-    return self._cached
-
-  @property
-  def full(self) -> Scorer:
-    if self._full is None:
-      self._full = Scorer(self.model, mesh=self.mesh, pad_id=self.pad_id)
-    return self._full
+    super().__init__(model, pad_id, name, mesh)
+    self.measure = measure
 
   # --- search ------------------------------------------------------------------------------
   def start(self, problems: Sequence, tokens: np.ndarray, valid: np.ndarray, *,
@@ -115,13 +99,6 @@ class LikelihoodVerifier:
   def scores(self, state: _State) -> np.ndarray:
     return np.asarray([self.measure.score(s) for s in state.stats], np.float64)
 
-  def cache_index(self, state: _State) -> int:
-    return int(state.decode.cache.index)
-
-  def tokens_fed(self, state: _State) -> None:
-    del state
-    return None  # it reads the policy's tokens, at the policy's positions
-
   # --- finished solutions -------------------------------------------------------------------
   def solution_step_scores(self, questions: Sequence[str], rows: Sequence[Sequence[int]],
                            prompt_lengths: Sequence[int], ends: Sequence[Sequence[int]], *,
@@ -129,8 +106,3 @@ class LikelihoodVerifier:
     del questions
     stats = self.full.token_confidence(rows, batch_size=batch_size, desc=self.name)
     return step_scores(self.measure, stats, prompt_lengths, ends)  # reads the log-prob column
-
-  def solution_tokens(self, questions: Sequence[str], rows: Sequence[Sequence[int]],
-                      prompt_lengths: Sequence[int]) -> np.ndarray:
-    del questions, prompt_lengths
-    return np.asarray([len(r) for r in rows], np.int64)
