@@ -351,3 +351,33 @@ def test_num_params_matches_model(kwargs):
   assert cfg.num_params() == count
   embeddings = V * cfg.d_model * (2 if cfg.head == "lm" and not cfg.tie_embeddings else 1)
   assert cfg.num_params(include_embeddings=False) == count - embeddings
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("extra_layers", [0, 2])
+def test_a_copied_language_model_computes_its_source_s_logits(tied, extra_layers):
+  """copy_backbone(..., lm_head=True) (the revision model from the policy): a target with a
+  longer context and extra identity blocks computes the source's next-token logits; without
+  the head an untied target's logits are its random head's."""
+  from ttc_jax.models import checkpoints
+  src_cfg = dataclasses.replace(_SMALL, num_layers=2, tie_embeddings=tied, init_std=0.3)
+  source = Transformer(src_cfg, rngs=nnx.Rngs(21))
+  tgt_cfg = dataclasses.replace(src_cfg, max_seq_len=4 * src_cfg.max_seq_len,
+                                num_layers=2 + extra_layers)
+  target = checkpoints.copy_backbone(source, Transformer(tgt_cfg, rngs=nnx.Rngs(22)),
+                                     lm_head=True)
+  rs = np.random.RandomState(23)
+  tokens, valid = left_padded(rs, [9, 5, 12], 12)
+  want, _ = jit_model(source)(tokens, valid)
+  got, _ = jit_model(target)(tokens, valid)
+  scale = float(np.abs(np.asarray(want)[valid]).max())
+  np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid],
+                             atol=1e-5 * scale, rtol=0)
+  if not tied:
+    headless = checkpoints.copy_backbone(source, Transformer(tgt_cfg, rngs=nnx.Rngs(22)))
+    other, _ = jit_model(headless)(tokens, valid)
+    assert np.abs(np.asarray(other)[valid] - np.asarray(want)[valid]).max() > 0.1 * scale
+  value = Transformer(dataclasses.replace(src_cfg, head="value", tie_embeddings=False),
+                      rngs=nnx.Rngs(24))
+  with pytest.raises(ValueError, match="lm_head=True copies an LM head"):
+    checkpoints.copy_backbone(source, value, lm_head=True)

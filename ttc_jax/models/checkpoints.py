@@ -256,7 +256,8 @@ def params_digest(model: Transformer) -> str:
   return h.hexdigest()
 
 
-def copy_backbone(source: Transformer, target: Transformer) -> Transformer:
+def copy_backbone(source: Transformer, target: Transformer, *, lm_head: bool = False
+                  ) -> Transformer:
   """Copies the embeddings, blocks and final norm of ``source`` into ``target`` (any
   heads): e.g. a value-head PRM initialised from its policy.
 
@@ -267,6 +268,10 @@ def copy_backbone(source: Transformer, target: Transformer) -> Transformer:
   attention output and MLP down projections are zero, so it adds nothing to the
   residual stream), so the deeper model computes the source's function at
   initialisation and training grows checks on top of it.
+
+  ``lm_head``: also copy the source's LM head (both LM heads, tied alike): the target is then
+  the source's language model, not a new head on its backbone (e.g. the revision model,
+  fine-tuned from the policy). Without it an LM-head target keeps its random head.
   """
   src_cfg = dataclasses.replace(source.config, head="lm", tie_embeddings=False)
   tgt_cfg = dataclasses.replace(target.config, head="lm", tie_embeddings=False)
@@ -280,6 +285,14 @@ def copy_backbone(source: Transformer, target: Transformer) -> Transformer:
   pure = nnx.to_pure_dict(state)
   src = nnx.to_pure_dict(nnx.state(source))
   pure["embed"], pure["final_norm"] = src["embed"], src["final_norm"]
+  if lm_head:
+    if not (source.config.head == target.config.head == "lm"
+            and source.config.tie_embeddings == target.config.tie_embeddings):
+      raise ValueError(f"lm_head=True copies an LM head into an LM head tied alike; got "
+                       f"{source.config.head} (tied {source.config.tie_embeddings}) -> "
+                       f"{target.config.head} (tied {target.config.tie_embeddings}).")
+    if not source.config.tie_embeddings:
+      pure["lm_head"] = src["lm_head"]
   for i in range(tgt_cfg.num_layers):
     if i < src_cfg.num_layers:
       pure["layers"][i] = src["layers"][i]

@@ -111,7 +111,7 @@ def run_revision_model(ctx: Context) -> dict:
   tok, task = policy.tokenizer, data.task
   model_cfg = dataclasses.replace(policy.config, max_seq_len=cfg.max_seq_len)
   model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
-  checkpoints.copy_backbone(policy.model, model)
+  checkpoints.copy_backbone(policy.model, model, lm_head=True)  # the policy's LM, longer context
   problems = [task.get("train", int(i)) for i in rd.problem_index]
   pairs = revisions.revision_texts(task, problems, rd.texts(tok), rd.trajectories,
                                    window=cfg.window)
@@ -506,8 +506,11 @@ REVISION_MODEL = Stage(
     "attempts",
     inputs=("data", "policy", "revision_data"), sections=("seed", "sampling", "revision_model"),
     outputs=MODEL_OUTPUTS, run=run_revision_model, load=load_model, cost_s=350, trains=True,
-    reads_train=True, version=2, changelog=("2: the checkpoint chosen on held-out train "
-                                            "problems (revision_model.choice)",),
+    reads_train=True, version=3, changelog=("2: the checkpoint chosen on held-out train "
+                                            "problems (revision_model.choice)",
+                                            "3: starts from the policy's LM head too (it "
+                                            "started from a random head on the policy's "
+                                            "backbone)"),
     checks={"revision_model": check_revision_model})
 
 REVISION_ORM = Stage(
