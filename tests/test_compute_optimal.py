@@ -458,3 +458,11 @@ def test_the_distillation_note_sets_the_larger_policy_beside_the_rounds():
   assert ("pass@1 0.520, majority@4 0.550, majority@16 0.600 (temperature 1, as the rounds "
           "above), greedy pass@1 0.700") in markdown.distill_lines(distill, large)[3]
   assert markdown.distill_lines(None, large) == []
+  # The larger architecture trained to the same total FLOPs (make distill): its own line.
+  distill["matched"] = {"params": 1000, "flops": 1.5e13, "steps": 250,
+                        "against": {"variant": "selected", "round": 1, "flops": 1.53e13},
+                        "summary": {"pass@1": {"mean": 0.41, "ci": [0.35, 0.47]}},
+                        "distilled_minus_matched": {"pass@1": {"diff": 0.07, "ci": [0.02, 0.12]}}}
+  assert markdown.distill_lines(distill, large)[3] == (
+      "- The larger architecture (1,000 params) trained to the same total FLOPs (1.5e+13: 250 "
+      "steps): pass@1 0.410; selected round 1 minus it +0.070 [+0.020, +0.120] (paired).")

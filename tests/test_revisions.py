@@ -344,7 +344,8 @@ def test_an_on_policy_round_trains_on_the_revision_model_s_own_chains(trained, t
   np.testing.assert_array_equal(correct, own.correct)
   # Trajectories: a right target after its own wrong answers (a keep one shows the target).
   per = own.correct.reshape(8, 4)
-  assert len(own.trajectories) == 3 * int(per.any(1).sum())
+  assert len(own.trajectories) == (config.revision_model.rounds.trajectories_per_problem
+                                   * int(per.any(1).sum()))
   for t in own.trajectories:
     wrong = t.attempts[:-1] if t.keep else t.attempts
     assert per[t.problem, t.target] and not any(per[t.problem, a] for a in wrong)
@@ -1068,6 +1069,27 @@ def test_distillation_rounds_train_on_their_selection_and_resume_identically(tra
       assert distill_lib.rows_digest(rows) == r["rows_digest"]
       assert set(r["vs_policy"]) == {"pass@1", "weighted@2", "majority@2", "weighted@4",
                                      "majority@4"}
+  # The larger architecture trained to the same total FLOPs as the policy and the label-free
+  # rounds: its steps are those FLOPs over 6 N D per step, counted from its own rows.
+  from ttc_jax.models.transformer import TransformerConfig
+  from ttc_jax.pipeline.stages import models as models_lib
+  matched, last = result["matched"], result["rounds"]["selected"][-1]
+  large_cfg = TransformerConfig(vocab_size=tok.vocab_size, head="lm",
+                                **config.large_policy.model.to_dict())
+  dataset, _ = models_lib.sft_dataset(data, tok, config.large_policy, large_cfg.max_seq_len)
+  per_step = 6.0 * large_cfg.num_params() * config.large_policy.train.batch_size * float(
+      dataset.valid.sum(1).mean())
+  total = result["policy_pretraining_flops"] + last["flops"]["total"]
+  assert matched["against"] == {"variant": "selected", "round": 2, "flops": total}
+  assert matched["params"] == large_cfg.num_params()
+  assert matched["steps"] == max(2, round(total / per_step))
+  assert abs(matched["flops"] - total) <= per_step / 2 or matched["steps"] == 2
+  assert checkpoints.manager(os.path.join(out, "matched_large_policy", "checkpoints"),
+                             None).latest_step() == matched["steps"]
+  assert set(matched["distilled_minus_matched"]) == set(last["eval"])
+  diff = matched["distilled_minus_matched"]["pass@1"]["diff"]
+  assert diff == pytest.approx(np.mean(last["eval"]["pass@1"]) - np.mean(
+      matched["eval"]["pass@1"]), abs=1e-9)
   # Lose round 2's training (each variant) and the stage record: the rerun resumes from round
   # 1's checkpoints and shards and gives the same result.
   for variant in ("selected", "labelled"):
@@ -1077,7 +1099,9 @@ def test_distillation_rounds_train_on_their_selection_and_resume_identically(tra
   # study.md (with the study) picks it up: tested through the claims' shape here.
   assert [c["claim"] for c in result["claims"]] == [
       "(g) distillation, round 2 (no labels): pass@1 over the policy",
-      "(g) distillation, round 2 (no labels): best-of-4 weighted over the policy"]
+      "(g) distillation, round 2 (no labels): best-of-4 weighted over the policy",
+      "(g) distillation, round 2 (no labels): pass@1 over the larger policy's architecture "
+      "trained to the same total FLOPs"]
   # A planted leak: the data hands a test problem to the distillation.
   pu.plant_test_problem(monkeypatch, 40)
   shutil.rmtree(out)

@@ -165,6 +165,9 @@ def distill(**overrides) -> ml_collections.ConfigDict:
       eval_samples=16,  # samples per test problem for each round's evaluation
       eval_n=(4, 16),  # best-of-N weighted and majority at these N
       problems_per_shard=500,  # resumable unit of the sampling
+      # The larger policy's architecture (large_policy) trained from scratch to the FLOPs of
+      # the policy's pretraining plus the label-free rounds, evaluated beside them (paired).
+      matched_large_policy=True,
   ), overrides)
 
 

@@ -900,6 +900,14 @@ def distill_lines(distill: dict | None, large: dict | None) -> list[str]:
             f"{k} {r['summary'][k]['mean']:.3f}" for k in keys)
         + f" (pretraining + {r['flops']['total']:.3g} FLOPs)" for r in rounds)
     lines.append(f"- {variant}: {cells}.")
+  matched = distill.get("matched")
+  if matched:
+    a, d = matched["against"], matched["distilled_minus_matched"]["pass@1"]
+    lines.append(
+        f"- The larger architecture ({matched['params']:,} params) trained to the same total FLOPs "
+        f"({matched['flops']:.3g}: {matched['steps']} steps): pass@1 "
+        f"{matched['summary']['pass@1']['mean']:.3f}; {a['variant']} round {a['round']} minus it "
+        f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] (paired).")
   if large is None:
     lines.append("- The larger policy of the exchange: not evaluated (`make exchange`).")
   else:

@@ -8,8 +8,11 @@ selects an answer per problem, and the most confident sample giving it becomes a
 its original SFT rows mixed in, and the next round starts from the result. A labelled variant
 (a reference, not label-free) keeps the most confident *correct* sample instead. Every round's
 model is evaluated on the test problems with the same keys (paired): pass@1, best-of-N
-weighted and majority; FLOPs spent (sampling, training; the verifier costs none) and, when
-``make exchange`` ran, study.md sets the larger policy beside it at its pretraining FLOPs.
+weighted and majority; FLOPs spent (sampling, training; the verifier costs none). Beside the
+last label-free round, the exchange's larger architecture trained from scratch to the same
+total FLOPs (the policy's pretraining plus the rounds; ``distill.matched_large_policy``),
+evaluated the same way and paired; when ``make exchange`` ran, study.md also sets the larger
+policy beside it at its own pretraining FLOPs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ttc_jax.analysis import claims as claims_lib
 from ttc_jax.analysis import stats as stats_lib
 from ttc_jax.models import checkpoints
 from ttc_jax.models.transformer import Transformer
+from ttc_jax.models.transformer import TransformerConfig
 from ttc_jax.pipeline import config as config_lib
 from ttc_jax.pipeline.config import ConfigError
 from ttc_jax.pipeline.config import Facts
@@ -37,6 +41,8 @@ from ttc_jax.pipeline.stage import load_json
 from ttc_jax.pipeline.stage import sampling_params
 from ttc_jax.pipeline.stage import segment
 from ttc_jax.pipeline.stages import common
+from ttc_jax.pipeline.stages.models import sft_dataset
+from ttc_jax.pipeline.stages.models import tokens_per_step
 from ttc_jax.pipeline.stages.verifier_eval import confidence_scores
 from ttc_jax.sampling import solutions
 from ttc_jax.sampling.core import SamplingCore
@@ -215,11 +221,51 @@ def run_distill(ctx: Context) -> dict:
               f"{record['data_accuracy']:.3f}); test pass@1 "
               f"{record['summary']['pass@1']['mean']:.3f} (policy "
               f"{np.mean(base_eval['pass@1']):.3f})")
+  if dc.matched_large_policy:
+    result["matched"] = _matched_large_policy(ctx, result, tests, measure)
   result["claims"] = _claims(result, c.seed)
   ctx.out.write_json("distill.json", result)
   ctx.out.write_text("distill.md", "\n".join(distill_lines(result)) + "\n")
   return {v: [round(x["summary"]["pass@1"]["mean"], 3) for x in rs]
           for v, rs in result["rounds"].items()}
+
+
+def _matched_large_policy(ctx: Context, result: dict, tests: list, measure: str) -> dict:
+  """The exchange's larger architecture (``large_policy.model``) trained from scratch like
+  the larger policy (its recipe, the policy's rows in the same order) but for the steps whose
+  6 N D FLOPs equal the policy's pretraining plus the label-free variant's rounds (all of
+  them), evaluated as each round is: the distilled model against more parameters at the same
+  total FLOPs, paired on the test problems."""
+  c = ctx.config
+  data, policy = ctx.inputs["data"], ctx.inputs["policy"]
+  tok = policy.tokenizer
+  variant = "selected" if "selected" in result["rounds"] else next(iter(result["rounds"]))
+  last = result["rounds"][variant][-1]
+  total = result["policy_pretraining_flops"] + last["flops"]["total"]
+  model_cfg = TransformerConfig(vocab_size=tok.vocab_size, head="lm",
+                                **c.large_policy.model.to_dict())
+  dataset, _ = sft_dataset(data, tok, c.large_policy, model_cfg.max_seq_len)
+  train = ml_collections.ConfigDict(c.large_policy.train.to_dict())
+  per_step = 6.0 * model_cfg.num_params() * tokens_per_step(dataset, train.batch_size)
+  steps = max(2, int(round(total / per_step)))
+  # The larger policy's schedule compressed to these steps (warmup: the same share).
+  train.warmup_steps = max(1, min(steps - 1, int(round(
+      train.warmup_steps * steps / c.large_policy.train.steps))))
+  train.steps = steps
+  train.checkpoint_every = min(train.checkpoint_every, steps)
+  model = Transformer(model_cfg, rngs=nnx.Rngs(train.seed))
+  ctx.log(f"distill: the larger architecture ({model_cfg.num_params():,} params) for {steps} "
+          f"steps, {steps * per_step:.3g} FLOPs against the policy's pretraining and "
+          f"{variant} round {last['round']}: {total:.3g}")
+  trainer.train(model, dataset, train, os.path.join(ctx.out.dir, "matched_large_policy"),
+                objective="lm", name="larger policy at matched FLOPs")
+  ev = _evaluate(ctx, model, tok.pad_id, policy.special_ids, tests, measure)
+  return {"params": model_cfg.num_params(), "steps": steps, "flops": steps * per_step,
+          "against": {"variant": variant, "round": last["round"], "flops": total},
+          "eval": ev, "summary": _summary(ev, c.seed),
+          "distilled_minus_matched": {
+              k: stats_lib.paired_diff(last["eval"][k], ev[k], seed=c.seed).to_json()
+              for k in ev}}
 
 
 def _cat(parts: list[dict], key: str) -> np.ndarray:
@@ -250,6 +296,18 @@ def _claims(result: dict, seed: int) -> list[dict]:
                  "(best-of-N weighted by its confidence) distils test-time compute into it",
         "verdict": (claims_lib.NOT_SIGNIFICANT if not significant else claims_lib.REPRODUCED
                     if cmp["diff"] > 0 else claims_lib.NOT_REPRODUCED),
+        "comparison": cmp})
+  matched = result.get("matched")
+  if matched:
+    cmp = matched["distilled_minus_matched"]["pass@1"]
+    out.append({
+        "claim": f"(g) distillation, round {last['round']} (no labels): pass@1 over the larger "
+                 "policy's architecture trained to the same total FLOPs",
+        "paper": "beyond the paper: at equal total FLOPs, test-time compute distilled into the "
+                 "small policy against spending them on pretraining a larger one (section 7's "
+                 "exchange)",
+        "verdict": (claims_lib.NOT_SIGNIFICANT if not cmp["significant"] else
+                    claims_lib.REPRODUCED if cmp["diff"] > 0 else claims_lib.NOT_REPRODUCED),
         "comparison": cmp})
   return out
 
@@ -288,7 +346,25 @@ def distill_lines(result: dict) -> list[str]:
                    + f" | {vs} | {r['flops']['total']:.3g} |")
     lines.append("")
   lines.append(f"The policy's pretraining: {result['policy_pretraining_flops']:.3g} FLOPs (6 N D).")
-  lines.append("Beside the exchange's larger policy at matched FLOPs: study.md (with `make "
+  matched = result.get("matched")
+  if matched:
+    a = matched["against"]
+    keys = list(matched["summary"])
+    lines += ["", "## Against the larger policy at matched total FLOPs", "",
+              f"The exchange's larger architecture ({matched['params']:,} params) trained from "
+              f"scratch with its recipe for {matched['steps']} steps: {matched['flops']:.3g} "
+              f"FLOPs (6 N D), the policy's pretraining plus {a['variant']} rounds 1..{a['round']} "
+              f"({a['flops']:.3g}). Same test problems and keys; difference paired.", "",
+              "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
+              f"| {a['variant']} round {a['round']} | "
+              + " | ".join(_cell(result['rounds'][a['variant']][-1]['summary'][k])
+                           for k in keys) + " |",
+              "| larger policy, matched FLOPs | "
+              + " | ".join(_cell(matched["summary"][k]) for k in keys) + " |",
+              "| distilled - larger | "
+              + " | ".join(_diff(matched["distilled_minus_matched"][k]) for k in keys) + " |"]
+  lines.append("")
+  lines.append("The exchange's larger policy at its own pretraining FLOPs: study.md (with `make "
                "exchange`).")
   if result["claims"]:
     lines += ["", "| claim | difference [95% CI] | verdict |", "|---|---|---|"]
@@ -323,12 +399,16 @@ def check_distill(c: ml_collections.ConfigDict, known: Facts) -> None:
   if not 0 <= dc.policy_rows < 1:
     raise ConfigError(f"distill.policy_rows={dc.policy_rows!r}: expected a share in [0, 1).")
   config_lib.check_train(c, "distill", known)
+  if dc.matched_large_policy and "large_policy" not in c:
+    raise ConfigError("distill.matched_large_policy=True: the experiment has no large_policy "
+                      "section (the architecture to train at matched FLOPs); set it False.")
 
 
 DISTILL = Stage(
     name="distill", doc="distilling test-time compute into the policy: rounds of fine-tuning "
     "on its own best-of-N weighted answers to train problems (make distill)",
     inputs=("data", "policy"),
-    sections=("seed", "sampling", "test_problems", "verifier_samples", "distill"),
+    sections=("seed", "sampling", "test_problems", "verifier_samples", "distill",
+              "large_policy"),
     outputs=("distill.json", "distill.md"), run=run_distill, load=load_json("distill.json"),
     cost_s=600, trains=True, checks={"distill": check_distill})

@@ -36,21 +36,14 @@ def run_policy(ctx: Context, section: str = "policy") -> dict:
   model_cfg = TransformerConfig(vocab_size=tok.vocab_size, head="lm", **cfg.model.to_dict())
   model = Transformer(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
   problems = data.problems("train")
-  # Retry data (an error followed by its correction, in the revision prompt's format) mixed
-  # into the policy's SFT rows: revisions_lib.retry_rows (0: none, the paper's policy); its
-  # draws from the training seed (the policy's section).
-  retry = revisions_lib.retry_rows(data.task, problems, cfg.get("retry_rate", 0.0),
-                                   cfg.get("retry_attempts", 2), cfg.train.seed)
-  dataset = data_lib.prompt_target_dataset(
-      tok, [(data.task.format_prompt(p), p.solution) for p in problems] + retry,
-      model_cfg.max_seq_len)
+  dataset, retry = sft_dataset(data, tok, cfg, model_cfg.max_seq_len)
   # D of the 6 N D pretraining FLOPs: the steps' rows times the mean row length (every
   # policy of one study sees the same rows in the same order: same data, seed and steps).
   stats = {"train_problems": len(problems), "retry_rows": len(retry),
            "target_tokens": int(dataset.weights.sum()),
            "params": model_cfg.num_params(),
-           "train_tokens": int(round(cfg.train.steps * cfg.train.batch_size
-                                     * float(dataset.valid.sum(1).mean())))}
+           "train_tokens": int(round(cfg.train.steps * tokens_per_step(dataset,
+                                                                       cfg.train.batch_size)))}
   ctx.log(f"{section}: {stats['params']:,} params, {len(problems)} train problems"
           + (f" and {len(retry)} retry rows" if retry else "")
           + f", {stats['target_tokens']:,} target tokens")
@@ -60,6 +53,24 @@ def run_policy(ctx: Context, section: str = "policy") -> dict:
       made_by={"stage": section, "objective": "lm (SFT)", "train": cfg.train.to_dict(),
                "data": stats})
   return stats
+
+
+def sft_dataset(data, tok, cfg: ml_collections.ConfigDict, max_seq_len: int):
+  """A policy section's (``cfg``: policy or large_policy) SFT rows over every train problem
+  (question -> reference solution), with its retry rows (an error followed by its
+  correction, in the revision prompt's format: revisions_lib.retry_rows; 0: none, the paper's
+  policy; drawn from the section's training seed); and the retry rows."""
+  problems = data.problems("train")
+  retry = revisions_lib.retry_rows(data.task, problems, cfg.get("retry_rate", 0.0),
+                                   cfg.get("retry_attempts", 2), cfg.train.seed)
+  dataset = data_lib.prompt_target_dataset(
+      tok, [(data.task.format_prompt(p), p.solution) for p in problems] + retry, max_seq_len)
+  return dataset, retry
+
+
+def tokens_per_step(dataset, batch_size: int) -> float:
+  """Tokens a training step reads on average (D / steps of 6 N D): rows x mean row length."""
+  return batch_size * float(dataset.valid.sum(1).mean())
 
 
 def checkpoint_fingerprint(section: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
