@@ -353,8 +353,7 @@ def test_num_params_matches_model(kwargs):
   assert cfg.num_params(include_embeddings=False) == count - embeddings
 
 
-@pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("extra_layers", [0, 2])
+@pytest.mark.parametrize("tied, extra_layers", [(False, 2), (True, 0)])
 def test_a_copied_language_model_computes_its_source_s_logits(tied, extra_layers):
   """copy_backbone(..., lm_head=True) (the revision model from the policy): a target with a
   longer context and extra identity blocks computes the source's next-token logits; without

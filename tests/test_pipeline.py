@@ -129,8 +129,9 @@ def test_a_change_invalidates_what_depends_on_it_and_nothing_else():
   # The data order is the larger policy's too (the exchange's same pretraining tokens).
   assert _changed(base, _ids(pu.tiny_config(policy__train__seed=1))) == sorted(
       downstream_of_policy + ["large_policy", "large_policy_eval"])
+  # (and distill's: its larger architecture trained to the same FLOPs takes that recipe)
   assert _changed(base, _ids(pu.tiny_config(large_policy__train__learning_rate=1e-3))) == [
-      "large_policy", "large_policy_eval"]
+      "distill", "large_policy", "large_policy_eval"]
   assert _changed(base, _ids(pu.tiny_config(prm__train__steps=7))) == [
       "allocation", "chosen_search", "compute_optimal", "hybrid_sweep", "prm", "report", "revision_report", "revision_sweep", "search_sweep",
       "study", "verifier_ablation", "verifier_choice", "verifier_eval"]

@@ -287,6 +287,21 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
   for a, b in zip(jax.tree.leaves(nnx.state(kept, nnx.Param)),
                   jax.tree.leaves(nnx.state(model.model, nnx.Param))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Then the revision temperature, by the chosen model's chains on the same held-out train
+  # problems (at the sampling temperature, 1.0: the checkpoint choice's own record); the
+  # chains of every later stage run at it (chain_strategy).
+  from ttc_jax.pipeline.stages import revisions as stage
+  temp = model.description["made_by"]["temperature_choice"]
+  assert [c["temperature"] for c in temp["curve"]] == [1.0, 0.5, 0.0]
+  assert temp["problems"] == [12, 16]
+  record = next(c for c in choice["curve"] if c["step"] == best["step"])
+  assert {k: temp["curve"][0][k] for k in record if k != "step"} == {
+      k: v for k, v in record.items() if k != "step"}
+  accs = [c["accuracy_by_answer"][-1] for c in temp["curve"]]
+  assert temp["temperature"] == [1.0, 0.5, 0.0][accs.index(max(accs))]
+  assert model.description["made_by"]["revision_temperature"] == temp["temperature"]
+  strategy = stage.chain_strategy(model, (4, 2))
+  assert strategy.revision_temperature == temp["temperature"] and strategy.window == 4
   # The loss covers the target and EOS only, never the question or the attempts.
   tok = policy.tokenizer
   prompt_text = "2 +3\n2+3=6\nAnswer: 6\n2 +3\n"
@@ -301,6 +316,7 @@ def test_the_revision_model_learns_only_the_answer_after_its_attempts(trained, t
                                   revision_model__rounds__count=0), workdir).run("revision_model")
   assert final.description["checkpoint"] == {"dir": "checkpoints", "step": 6}
   assert final.description["made_by"]["checkpoint_choice"] is None
+  assert final.description["made_by"]["revision_temperature"] == 1.0  # the first, unmeasured
   assert not os.path.exists(os.path.join(final.path, "chosen"))
   # A context shorter than the policy's is named before anything runs.
   with pytest.raises(Exception, match=r"revision_model.max_seq_len=40: expected an integer "
@@ -373,14 +389,41 @@ def revision_model(trained):
 
 
 def _chains(model, task, problems, lengths, rows_per_call, max_new_tokens=24, segment=None,
-            seeds=None):
+            seeds=None, revision_temperature=None, seed=3):
   from ttc_jax.sampling.core import SamplingParams
   from ttc_jax.search import revisions as chains_lib
   sp = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
-  return chains_lib.run_chains(chains_lib.RevisionChains(lengths=lengths, window=4),
-                               model.sampling_core(), model.tokenizer, task, problems, seed=3,
-                               stream="revision_chains", sp=sp, run=1,
+  strategy = chains_lib.RevisionChains(lengths=lengths, window=4,
+                                       revision_temperature=revision_temperature)
+  return chains_lib.run_chains(strategy, model.sampling_core(), model.tokenizer, task, problems,
+                               seed=seed, stream="revision_chains", sp=sp, run=1,
                                rows_per_call=rows_per_call, segment=segment, seeds=seeds)
+
+
+def test_a_revision_temperature_applies_to_answers_written_after_others(trained, revision_model):
+  """revision_temperature: a chain's first answer is sampled as before (same keys, same
+  tokens); every later answer, and every answer of a seeded chain, at that temperature: at 0
+  they are greedy, the same whatever the random seed."""
+  from ttc_jax.search import revisions as chains_lib
+  pipe = Pipeline(pu.tiny_config(**TRAINED), trained)
+  task = pipe.load("data").task
+  problems = pipe.load("data").problems("test", 6)
+  texts = lambda pcs: [[a.text for a in chain] for pc in pcs for chain in pc.chains]  # noqa: E731
+  plain = texts(_chains(revision_model, task, problems, (3,), rows_per_call=8))
+  greedy = [texts(_chains(revision_model, task, problems, (3,), rows_per_call=8,
+                          revision_temperature=0.0, seed=s)) for s in (3, 4)]
+  assert [c[0] for c in greedy[0]] == [c[0] for c in plain]  # the first answers: untouched
+  assert [c[0] for c in greedy[0]] != [c[0] for c in greedy[1]]  # (they depend on the seed)
+  seeds = [[["1+1=2\nAnswer: 2", "9*9=80\nAnswer: 80"]] for _ in problems]
+  seeded = [texts(_chains(revision_model, task, problems, (2,), rows_per_call=8, seeds=seeds,
+                          revision_temperature=0.0, seed=s)) for s in (3, 4)]
+  assert seeded[0] == seeded[1]  # every answer of a seeded chain revises: greedy
+  sampled = [texts(_chains(revision_model, task, problems, (2,), rows_per_call=8, seeds=seeds,
+                           seed=s)) for s in (3, 4)]
+  assert sampled[0] != sampled[1]
+  for bad in (-0.5, True, "0.5"):
+    with pytest.raises(ValueError, match="revision_temperature="):
+      chains_lib.RevisionChains(lengths=(2,), revision_temperature=bad)
 
 
 def test_a_seeded_chain_revises_the_seed_and_counts_it_in_its_window(trained, revision_model):
@@ -714,6 +757,11 @@ def test_the_revision_report_has_every_split_selection_and_claim(revision_study)
   assert rev["transitions"]["by_step"] and rev["chain_lengths"] == rev_lib.chain_lengths(4)
   assert {c["verdict"] for c in rev["claims"]} <= {"reproduced", "not reproduced",
                                                    "not significant"}
+  # The revision temperature as chosen on held-out train problems, in revisions.md.
+  temp = rev["temperature_choice"]
+  md = open(os.path.join(revision_study, "revision_report", "latest", "revisions.md")).read()
+  assert f"Revisions are sampled at temperature {temp['temperature']:g}" in md
+  assert md.count("\n| 0.5 | ") == 1
   # The first answer against the policy, one chain's selections, the gated chains.
   assert rev["first_answer"]["comparison"]["n"] == config.test_problems
   assert {(w["selection"], w["length"]) for w in rev["within_chain"]} == {
@@ -869,6 +917,10 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
                                         r"'prm': expected conf_<token>_<aggregation>"),
     (dict(policy__retry_rate=1.5), r"policy.retry_rate=1.5: expected the share"),
     (dict(policy__retry_attempts=0), r"policy.retry_attempts=0: expected an integer >= 1"),
+    (dict(revision_model__choice__revision_temperatures=(1.0, -0.5)),
+     r"revision_model.choice.revision_temperatures=\(1.0, -0.5\): expected distinct"),
+    (dict(revision_model__choice__revision_temperatures=()),
+     r"revision_model.choice.revision_temperatures=\(\): expected distinct"),
 ])
 def test_bad_revision_configs_are_named_before_anything_runs(override, message):
   from ttc_jax.pipeline import config as config_lib

@@ -282,6 +282,23 @@ def _training_round_lines(rounds: list[dict]) -> list[str]:
   return lines + [""]
 
 
+def _temperature_lines(choice: dict | None) -> list[str]:
+  """The revision temperature (every answer after a chain's first) as chosen on the
+  held-out train problems ([] when not chosen)."""
+  if not choice or not choice.get("curve"):
+    return []
+  lo, hi = choice["problems"]
+  lines = [f"Revisions are sampled at temperature {choice['temperature']:g} (a chain's first "
+           "answer at the sampling temperature), chosen by the last answer of the final model's "
+           f"chains on held-out train problems {lo}-{hi - 1} (same keys for each):", "",
+           "| revision temperature | accuracy by answer | correct -> incorrect |", "|---|---|---|"]
+  for c in choice["curve"]:
+    lines.append(f"| {c['temperature']:g} | "
+                 + " / ".join(f"{a:.3f}" for a in c["accuracy_by_answer"])
+                 + f" | {c['correct_to_incorrect']:.3f} |")
+  return lines + [""]
+
+
 def _revision_ablation_lines(ablation: dict | None) -> list[str]:
   """The revision ablation's rows (`make retry-ablation`; [] when it has not run)."""
   if not ablation or not ablation.get("rows"):
@@ -414,6 +431,7 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
            "model's own confidence in each answer: no model call, no verifier FLOPs). "
            "Accuracies: mean [95% bootstrap CI over problems].", ""]
   lines += _training_round_lines(rev.get("training_rounds", []))
+  lines += _temperature_lines(rev.get("temperature_choice"))
   lines += _revision_ablation_lines(rev.get("ablation"))
   lines += _transition_lines(rev["transitions"])
   lines += _within_chain_lines(rev)

@@ -64,6 +64,10 @@ class RevisionChains:
 
   lengths: tuple[int, ...]
   window: int = 4
+  # The sampling temperature of an answer written after earlier ones (a revision; None: the
+  # sampling parameters' own, as the first answer's). Beyond the paper: a revision at a lower
+  # temperature slips less when it keeps what its context holds.
+  revision_temperature: float | None = None
 
   def __post_init__(self):
     lengths = tuple(self.lengths)
@@ -73,6 +77,16 @@ class RevisionChains:
     if not isinstance(self.window, int) or self.window < 1:
       raise ValueError(f"window={self.window!r}: expected an integer >= 1 earlier answers.")
     object.__setattr__(self, "lengths", tuple(int(n) for n in lengths))
+    t = self.revision_temperature
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0):
+      raise ValueError(f"revision_temperature={t!r}: expected None or a temperature >= 0.")
+
+  def params_for(self, sp: SamplingParams, step: int, seeded: bool) -> SamplingParams:
+    """The sampling parameters of answer ``step`` (a revision once anything is in context:
+    a later step, or any step of a seeded chain)."""
+    if self.revision_temperature is None or (step == 0 and not seeded):
+      return sp
+    return dataclasses.replace(sp, temperature=float(self.revision_temperature))
 
   @property
   def generations(self) -> int:
@@ -152,11 +166,12 @@ def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
   split = np.asarray([streams.split_id(p.split) for p in problems], np.int64)
   index = np.asarray([p.index for p in problems], np.int64)
   for step in range(int(lengths.max())):
+    step_sp = strategy.params_for(sp, step, seeds is not None)
     chains = np.flatnonzero(lengths > step)
     rows = [(q, int(c)) for q in range(num) for c in chains]
     prompts = [_prompt(tokenizer, task, strategy, out[q], c, step, context) for q, c in rows]
     if segment is not None:
-      _served_step(core, tokenizer, task, sp, seed, stream, run, out, rows, prompts, step,
+      _served_step(core, tokenizer, task, step_sp, seed, stream, run, out, rows, prompts, step,
                    split, index, slots=rows_per_call, segment=segment)
       progress.update(len(rows))
       continue
@@ -168,7 +183,7 @@ def run_chains(strategy: RevisionChains, core: SamplingCore, tokenizer, task,
     for _, members in sorted(groups.items()):
       for start in range(0, len(members), rows_per_call):
         part = members[start:start + rows_per_call]
-        _step(core, tokenizer, task, sp, seed, stream, run, base, out,
+        _step(core, tokenizer, task, step_sp, seed, stream, run, base, out,
               [rows[i] for i in part], [prompts[i] for i in part], step, split, index)
         progress.update(len(part))
   return out

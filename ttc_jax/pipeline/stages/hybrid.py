@@ -15,7 +15,7 @@ from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import sampling_params
-from ttc_jax.pipeline.stages.revisions import _revision_window
+from ttc_jax.pipeline.stages.revisions import chain_strategy
 from ttc_jax.pipeline.stages.search import SEARCH_SWEEP
 from ttc_jax.pipeline.stages.search import outcome_of
 from ttc_jax.progress import CompileClock
@@ -69,7 +69,7 @@ def run_hybrid_sweep(ctx: Context) -> dict:
   truths = [task.normalize_answer(p.answer) for p in probs]
   rev_cost = accounting.ModelCost.from_config(rev.config)
   longest = max(hc.revisions)
-  strategy = chains_lib.RevisionChains(lengths=(longest,), window=_revision_window(rev))
+  strategy = chain_strategy(rev, (longest,))
   log = ctx.out.cells("cells.jsonl")
   done = log.read()
   keys = []

@@ -81,8 +81,10 @@ def run_revision_report(ctx: Context) -> dict:
                                   c.seed, policy_pass_at_1=p1, gate_choice=gate_choice)
   rev["models"] = {role: ctx.inputs[role].summary()
                    for role in ("revision_model", "revision_orm", "prm")}
+  made_by = ctx.inputs["revision_model"].description["made_by"]
   rev["training_rounds"] = revision_analysis.training_rounds(
-      ctx.inputs["revision_model"].description["made_by"]["data"].get("rounds", []), c.seed)
+      made_by["data"].get("rounds", []), c.seed)
+  rev["temperature_choice"] = made_by.get("temperature_choice")
   if ctx.inputs.get("revision_ablation") is not None:  # `make retry-ablation` ran
     rev["ablation"] = ctx.inputs["revision_ablation"]
   ctx.out.write_json("revisions.json", rev)

@@ -133,15 +133,17 @@ def run_revision_model(ctx: Context) -> dict:
     if r == 0:
       stats.update(train_stats)
   stats["rounds"] = rounds
+  temperature = _choose_temperature(ctx, model, policy, data, cfg, chosen)
   tok_path = os.path.join(policy.path, policy.description["tokenizer"]["path"])
   artifacts.write_model(
       ctx.out, model_cfg, artifacts.tokenizer_ref(ctx.out.dir, tok_path), step=step,
       checkpoint_dir=ckpt_dir,
       made_by={"stage": "revision_model", "objective": "lm (answer given earlier attempts)",
                "init": "policy", "policy": policy.identity, "window": cfg.window,
+               "revision_temperature": temperature["temperature"],
                "train": cfg.train.to_dict(), "rounds_train": cfg.rounds.train.to_dict(),
-               "data": stats, "checkpoint_choice": chosen})
-  return {**stats, "checkpoint_choice": chosen}
+               "data": stats, "checkpoint_choice": chosen, "temperature_choice": temperature})
+  return {**stats, "checkpoint_choice": chosen, "temperature_choice": temperature}
 
 
 def round_dir(out_dir: str, r: int) -> str:
@@ -252,33 +254,78 @@ def _choose_checkpoint(ctx: Context, model_cfg, policy, data, cfg, out: str, ste
   ckpt = os.path.join(out, "checkpoints")
   candidates = [s for s in sorted(checkpoints.manager(ckpt, None).all_steps())
                 if s % ch.every == 0 or s == steps]
-  strategy = chains_lib.RevisionChains(lengths=(ch.length,), window=cfg.window)
   curve = []
   for step in candidates:
     m = checkpoints.restore_params(ckpt, checkpoints.abstract_model(model_cfg), step=step,
                                    any_step=True)
-    pcs = chains_lib.run_chains(strategy, SamplingCore(m, policy.special_ids), policy.tokenizer,
-                                data.task, probs, seed=ctx.config.seed, stream="revision_choice",
-                                sp=sampling_params(ctx.config),
-                                rows_per_call=ctx.config.sampling.batch_size)
-    right = np.asarray([[a.correct for a in pc.chains[0]] for pc in pcs], bool)
-    by_answer = right.mean(0).tolist()
-    before = right[:, :-1]
-    flips = float((before & ~right[:, 1:]).sum() / max(before.sum(), 1))
-    curve.append({"step": int(step), "accuracy_by_answer": by_answer,
-                  "correct_to_incorrect": flips,
-                  # per problem, its answers' grades ("0110"): paired comparisons of rounds
-                  "correct": ["".join("1" if x else "0" for x in row) for row in right]})
+    curve.append({"step": int(step), **_held_out_chains(ctx, m, policy, data, cfg, probs, None)})
     ctx.log(f"revision model checkpoint {step}: accuracy by answer on {len(probs)} held-out "
-            f"train problems {[round(a, 3) for a in by_answer]}, correct -> incorrect "
-            f"{flips:.3f}")
+            f"train problems {[round(a, 3) for a in curve[-1]['accuracy_by_answer']]}, "
+            f"correct -> incorrect {curve[-1]['correct_to_incorrect']:.3f}")
   best = max(curve, key=lambda r: (r["accuracy_by_answer"][-1], r["step"]))
   return {"step": best["step"], "problems": [ch.first_problem, ch.first_problem + ch.num_problems],
           "length": ch.length, "curve": curve}
 
 
-def _revision_window(revision_model: artifacts.ModelArtifact) -> int:
-  return int(revision_model.description["made_by"]["window"])
+def _held_out_chains(ctx: Context, model: Transformer, policy, data, cfg, probs,
+                     temperature: float | None) -> dict:
+  """One chain of ``choice.length`` answers per held-out train problem (stream
+  revision_choice: the same keys for every candidate): accuracy by answer, the
+  correct -> incorrect rate (the share of correct answers followed by an incorrect one) and
+  each problem's grades ("0110": paired comparisons)."""
+  strategy = chains_lib.RevisionChains(lengths=(cfg.choice.length,), window=cfg.window,
+                                       revision_temperature=temperature)
+  pcs = chains_lib.run_chains(strategy, SamplingCore(model, policy.special_ids),
+                              policy.tokenizer, data.task, probs, seed=ctx.config.seed,
+                              stream="revision_choice", sp=sampling_params(ctx.config),
+                              rows_per_call=ctx.config.sampling.batch_size)
+  right = np.asarray([[a.correct for a in pc.chains[0]] for pc in pcs], bool)
+  before = right[:, :-1]
+  return {"accuracy_by_answer": right.mean(0).tolist(),
+          "correct_to_incorrect": float((before & ~right[:, 1:]).sum() / max(before.sum(), 1)),
+          "correct": ["".join("1" if x else "0" for x in row) for row in right]}
+
+
+def _choose_temperature(ctx: Context, model: Transformer, policy, data, cfg,
+                        chosen: dict | None) -> dict:
+  """The revision temperature (of every answer after a chain's first; beyond the paper) among
+  ``choice.revision_temperatures``, by the last answer's accuracy of the final model's
+  chains on the held-out train problems of the checkpoint choice (ties: the earlier
+  candidate). One candidate, or no held-out problems: that candidate (None: the sampling
+  temperature), unmeasured."""
+  ch = cfg.choice
+  temps = [float(t) for t in ch.revision_temperatures]
+  if len(temps) == 1 or not ch.num_problems:
+    return {"temperature": temps[0] if temps else None, "curve": []}
+  probs = data.problems("train", ch.num_problems, start=ch.first_problem)
+  revisions.require_train(probs, "revision temperature choice")
+  # The chosen checkpoint's own record (same problems and keys) at the sampling temperature.
+  known = next(r for r in chosen["curve"] if r["step"] == chosen["step"])
+  curve = []
+  for t in temps:
+    if t == float(ctx.config.sampling.temperature):
+      curve.append({"temperature": t, **{k: known[k] for k in
+                                         ("accuracy_by_answer", "correct_to_incorrect",
+                                          "correct")}})
+    else:
+      curve.append({"temperature": t,
+                    **_held_out_chains(ctx, model, policy, data, cfg, probs, t)})
+    ctx.log(f"revision temperature {t}: accuracy by answer on {len(probs)} held-out train "
+            f"problems {[round(a, 3) for a in curve[-1]['accuracy_by_answer']]}, correct -> "
+            f"incorrect {curve[-1]['correct_to_incorrect']:.3f}")
+  best = max(range(len(curve)), key=lambda i: (curve[i]["accuracy_by_answer"][-1], -i))
+  return {"temperature": temps[best], "problems": [ch.first_problem,
+                                                   ch.first_problem + ch.num_problems],
+          "curve": curve}
+
+
+def chain_strategy(revision_model: artifacts.ModelArtifact, lengths: tuple[int, ...]
+                   ) -> chains_lib.RevisionChains:
+  """Chains of ``lengths`` as the revision model was made to run: its window and its chosen
+  revision temperature (None, the sampling temperature, for a model made without one)."""
+  made_by = revision_model.description["made_by"]
+  return chains_lib.RevisionChains(lengths=lengths, window=int(made_by["window"]),
+                                   revision_temperature=made_by.get("revision_temperature"))
 
 
 def run_revision_orm(ctx: Context) -> dict:
@@ -292,8 +339,7 @@ def run_revision_orm(ctx: Context) -> dict:
   tok, task = rev.tokenizer, data.task
   probs = data.problems("train", oc.num_problems, start=oc.first_problem)
   revisions.require_train(probs, "revision ORM (its chains choose the gate)")
-  strategy = chains_lib.RevisionChains(lengths=(oc.length,) * oc.chains,
-                                       window=_revision_window(rev))
+  strategy = chain_strategy(rev, (oc.length,) * oc.chains)
   core, sp = rev.sampling_core(), sampling_params(c)
 
   def make(chunk):
@@ -341,7 +387,7 @@ def run_revision_sweep(ctx: Context) -> dict:
   tok, task = rev.tokenizer, data.task
   probs = data.problems("test", c.test_problems)
   lengths = tuple(revision_analysis.chain_lengths(max(rc.budgets)))
-  strategy = chains_lib.RevisionChains(lengths=lengths, window=_revision_window(rev))
+  strategy = chain_strategy(rev, lengths)
   core, sp = rev.sampling_core(), sampling_params(c)
   # The single-answer verifier (flat_prm): the PRM, or the likelihood verifier
   # (revisions.verifier; its columns keep the name 'prm').
@@ -415,6 +461,12 @@ def check_revision_model(c: ml_collections.ConfigDict, known: Facts) -> None:
   check_int(ch.num_problems, "revision_model.choice.num_problems", 0)
   check_int(ch.length, "revision_model.choice.length", 1)
   check_int(ch.every, "revision_model.choice.every", 1)
+  temps = ch.get("revision_temperatures", (1.0,))
+  if (not isinstance(temps, (tuple, list)) or not temps or len(set(temps)) != len(temps)
+      or any(isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0 for t in temps)):
+    raise ConfigError(f"revision_model.choice.revision_temperatures={temps!r}: expected distinct "
+                      "temperatures >= 0 (the revision temperatures compared on the held-out "
+                      "train problems).")
   if ch.num_problems:
     num_train = known.num_train
     check_int(ch.first_problem, "revision_model.choice.first_problem", 0,
@@ -510,7 +562,8 @@ REVISION_MODEL = Stage(
                                             "problems (revision_model.choice)",
                                             "3: starts from the policy's LM head too (it "
                                             "started from a random head on the policy's "
-                                            "backbone)"),
+                                            "backbone); its revision temperature chosen on "
+                                            "the held-out train problems"),
     checks={"revision_model": check_revision_model})
 
 REVISION_ORM = Stage(
