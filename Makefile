@@ -84,7 +84,8 @@ exchange: $(VENV)/.installed-base
 
 # Distilling test-time compute into the policy (beyond the paper): rounds of fine-tuning the
 # policy on its own best-of-N weighted answers to 2000 train problems (no label; a labelled
-# reference beside it) -> $(DIR)/distill/latest/distill.md (about 8 min on 2 cores); then the
+# reference beside it; the larger architecture trained to the same total FLOPs beside the last
+# round) -> $(DIR)/distill/latest/distill.md (about 11 min on 2 cores); then the
 # study, whose study.md picks it up (like `make exchange`). Resumable.
 distill: $(VENV)/.installed-base
 	$(PY) launch/run.py --config=$(ARITH):distill --workdir=$(DIR) --jobs=1

@@ -466,3 +466,25 @@ def test_the_distillation_note_sets_the_larger_policy_beside_the_rounds():
   assert markdown.distill_lines(distill, large)[3] == (
       "- The larger architecture (1,000 params) trained to the same total FLOPs (1.5e+13: 250 "
       "steps): pass@1 0.410; selected round 1 minus it +0.070 [+0.020, +0.120] (paired).")
+
+
+def test_search_then_revise_claims_are_its_most_revised_vote_cell_against_its_search():
+  """(h): per search of the hybrid cells, the 'vote' cell with the most revisions against the
+  search alone at N and at the smallest swept budget >= N + L (paired); the 'last' cells and
+  fewer revisions make no claim; without a budget that large, only the first claim."""
+  rs = np.random.RandomState(0)
+  outcome = lambda p: (rs.random_sample(300) < p).astype(float)  # noqa: E731
+  search = [_pt("beam_m4", {"m": 4, "n": n}, n, outcome(p)) for n, p in ((4, 0.4), (16, 0.45))]
+  hybrid = [_pt(f"hybrid_beam_m4_{sel}", {"m": 4, "n": 4, "revisions": L}, 4 + L, outcome(p))
+            for sel, p in (("vote", 0.6), ("last", 0.3)) for L in (1, 4)]
+  claims = co.hybrid_claims(hybrid, search, seed=0)
+  assert [c["claim"] for c in claims] == [
+      "(h) search then revise: beam_m4 N=4 then 4 revisions (vote) over beam_m4 alone at budget 4",
+      "(h) search then revise: beam_m4 N=4 then 4 revisions (vote), 8 generations, over beam_m4 "
+      "at budget 16"]
+  vote = hybrid[1]
+  for claim, other in zip(claims, search):
+    assert claim["comparison"]["diff"] == pytest.approx(
+        np.mean(vote.per_problem) - np.mean(other.per_problem), abs=1e-12)
+    assert claim["verdict"] == "reproduced" and claim["budget"] == 8
+  assert len(co.hybrid_claims(hybrid, search[:1], seed=0)) == 1

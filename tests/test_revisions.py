@@ -1196,6 +1196,29 @@ def test_search_then_revise_cells_add_the_revisions_to_the_sweep_s_search(revisi
   md = open(os.path.join(revision_study, "compute_optimal", "latest",
                          "compute_optimal.md")).read()
   assert "## Search then revise (beyond the paper)" in md
+  # The pre-specified claims: the most-revised 'vote' cell over its search alone at N and
+  # over the same search at the smallest swept budget >= N + L, paired over the problems.
+  curves = {(c["method"], c["budget_generations"]): c
+            for c in _latest(revision_study, "report", "results.json")["curves"]}
+  L = max(revs)
+  claims = {c["claim"]: c for c in co["claims"] if c["claim"].startswith("(h)")}
+  expected = 0
+  for n in config.hybrid.budgets:
+    vote = next(c for c in cells.values() if c["method"] == "hybrid_beam_m2_vote"
+                and c["params"]["revisions"] == L and c["params"]["n"] == n)
+    more = min((b for (m, b) in curves if m == "beam_m2" and b >= n + L), default=None)
+    expected += 1 + (more is not None)
+    for budget, name in ((n, f"over beam_m2 alone at budget {n}"),
+                         (more, f", {n + L} generations, over beam_m2 at budget {more}")):
+      if budget is None:  # no swept budget as large: no such claim
+        assert not any(f"{n + L} generations" in k for k in claims)
+        continue
+      claim = claims[f"(h) search then revise: beam_m2 N={n} then {L} revisions (vote) {name}"
+                     .replace(" ,", ",")]
+      want = np.mean(vote["correct"]) - np.mean(curves[("beam_m2", budget)]["per_problem"])
+      assert claim["comparison"]["diff"] == pytest.approx(want, abs=1e-9)
+      assert claim["verdict"] in ("reproduced", "not reproduced", "not significant")
+  assert len(claims) == expected
 
 
 def test_the_revision_ablation_makes_each_variant_and_revisions_md_sets_it_beside_the_study(

@@ -596,3 +596,42 @@ def adaptive_summary(allocation: dict, curves: dict, keys: dict, seed: int = 0
           claims.append(c)
     rows.append(row)
   return {"vs_compute_optimal": rows}, claims
+
+
+def hybrid_claims(hybrid_points: Sequence[CurvePoint], search_points: Sequence[CurvePoint],
+                  seed: int = 0) -> list[dict]:
+  """The pre-specified claims of search then revise (beyond the paper): per search method of
+  the hybrid cells, its cell with the most revisions and the 'vote' answer against (1) the
+  same search alone at its budget N (what the revisions add) and (2) the same search at the
+  smallest budget of the sweep >= N + L (whether revising spends the generations better than
+  more search), paired over the test problems (the search points over their seeds)."""
+  claims = []
+  for pt in hybrid_points:
+    if not pt.method.endswith("_vote"):
+      continue
+    search = pt.method[len("hybrid_"):-len("_vote")]
+    same = [p for p in hybrid_points if p.method == pt.method]
+    if pt.params["revisions"] != max(p.params["revisions"] for p in same):
+      continue
+    n, total = int(pt.params["n"]), pt.budget_generations
+    runs = sorted((p for p in search_points if p.method == search),
+                  key=lambda p: p.budget_generations)
+    alone = next((p for p in runs if p.budget_generations == n), None)
+    more = next((p for p in runs if p.budget_generations >= total), None)
+    label = f"{search} N={n} then {pt.params['revisions']} revisions (vote)"
+    for other, name, paper in (
+        (alone, f"(h) search then revise: {label} over {search} alone at budget {n}",
+         "beyond the paper: revising the search's best answer adds accuracy to the search"),
+        (more, f"(h) search then revise: {label}, {total:g} generations, over {search} at "
+               f"budget {0 if more is None else more.budget_generations:g}",
+         "beyond the paper: revising the search's answer spends generations better than more "
+         "search")):
+      if other is None:
+        continue
+      cmp = study_lib.compare_points(pt, other, (f"{pt.method}@{total:g}",
+                                                 f"{search}@{other.budget_generations:g}"),
+                                     seed=seed)
+      c = claims_lib.claim(name, paper, cmp, budget=total)
+      if c is not None:
+        claims.append(c)
+  return claims

@@ -120,6 +120,9 @@ def run_compute_optimal(ctx: Context) -> dict:
       exchange_inputs=exchange_inputs, folds=cc.folds, repeats=cc.repeats, seed=c.seed,
       revision_selection=None, hybrid_points=hybrid_points)
   result["difficulty"]["prediction_cost"].update(cost)
+  if hybrid_points:
+    result["claims"] = result["claims"] + co_lib.hybrid_claims(hybrid_points, search_points,
+                                                                c.seed)
   alloc = ctx.inputs.get("allocation")
   if alloc is not None:
     vs, claims = co_lib.adaptive_summary(alloc, {k: records.points_from_json(v) for k, v in
@@ -180,7 +183,7 @@ COMPUTE_OPTIMAL = Stage(
              "compute_optimal_efficiency.png", "difficulty_bins.png"),
     run=run_compute_optimal, load=load_json("compute_optimal.json"),
     optional=("large_policy_eval",), may_lack=("prm", "orm", "revision_report", "hybrid_sweep", "allocation"),
-    version=7, changelog=(
+    version=8, changelog=(
         "2: efficiency against the baseline's own smallest budget",
         "3: the prediction cost counts an imported PRM's own tokens; the floor N' / b_max",
         "4: the prediction cost charges the predictor's own model (the ORM, the policy)",
@@ -188,6 +191,8 @@ COMPUTE_OPTIMAL = Stage(
         "6: a predictor of the policy's confidence reads nothing more (it came with the "
         "samples)",
         "7: adaptive allocation (the allocation stage) beside compute-optimal search, its "
-        "claims; search-then-revise cells (hybrid_sweep) among the combined candidates"),
+        "claims; search-then-revise cells (hybrid_sweep) among the combined candidates",
+        "8: the pre-specified claims of search then revise (against the search alone and "
+        "against more search)"),
     cost_s=15,
     checks={"compute_optimal": check_compute_optimal})
