@@ -155,7 +155,9 @@ def round_dir(out_dir: str, r: int) -> str:
 def _on_policy_round(ctx: Context, r: int, model: Transformer, problems: list, special_ids
                      ) -> tuple[list[tuple[str, ...]], dict]:
   """Round ``r``'s rows: the revision model ``model`` (round r - 1's) writes chains on
-  ``problems`` (shards ``round{r}-<its digest>``); trajectories over each problem's answers."""
+  ``problems`` (shards ``round{r}-<its digest>``); trajectories over each problem's answers.
+  Its chains sample every answer at the sampling temperature (training data: the revision
+  temperature is chosen after the last round, for the final model)."""
   c, cfg = ctx.config, ctx.config.revision_model
   rc, tok, task = cfg.rounds, ctx.inputs["policy"].tokenizer, ctx.inputs["data"].task
   digest = checkpoints.params_digest(model)
