@@ -53,6 +53,8 @@ TINY = {
     **_train("dpo", batch_size=4),
     # The likelihood verifier (trained with the LM-head verifiers in test_revisions).
     "stages.sft_lm": None, "sft_lm.first_problem": 24, "sft_lm.num_problems": 40,
+    # The revision chains' single-answer verifier: the PRM (the likelihood verifier is off).
+    "revisions.verifier": "prm",
     **_train("sft_lm"),
     "verifier_eval.subsamples": 8, "verifier_eval.auc_problems": 3,
     "verifier_eval.auc_samples_per_problem": 2, "verifier_eval.rollouts": 4,

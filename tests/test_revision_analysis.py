@@ -123,12 +123,38 @@ def test_each_selection_picks_its_own_answer():
   assert rev.select(a, o, p, "flat_prm") == "d"
   with pytest.raises(ValueError, match="selection 'best'"):
     rev.select(a, o, p, "best")
-  # Through the cells: only d is marked correct, so only flat_prm's choice is right.
+  # Through the cells: only d is marked correct, so only the verifier's choices (flat_prm,
+  # and hier_prm: both chains' best is d) are right.
   cells = [c for c in rev.revision_cells([_full(ch, 8)], [8])
            if c.params == {"n": 8, "chains": 2, "length": 4}]
   got = {c.method: (c.outcomes[0].answer, c.outcomes[0].correct) for c in cells}
   assert got == {"revisions_majority": ("a", 0), "revisions_flat_orm": ("c", 0),
-                 "revisions_hier_orm": ("b", 0), "revisions_flat_prm": ("d", 1)}
+                 "revisions_hier_orm": ("b", 0), "revisions_flat_prm": ("d", 1),
+                 "revisions_hier_prm": ("d", 1)}
+
+
+def test_hierarchical_prm_selection_takes_each_chain_s_best_by_the_single_answer_verifier():
+  # Two chains of 3. The single-answer verifier's pooled sums: a .9, b .95, c .9, so flat_prm
+  # takes b; each chain's best: chain 0 b (.5), chain 1 c (.9, before b's .45), so hier_prm
+  # takes c (.9 > .5). Ties within a chain go to the earlier answer (chain 0's a at .5).
+  ch = make_chains(answers=[[["a", "a", "b"], ["c", "a", "b"]]],
+                   correct=[[[False, False, False], [True, False, False]]],
+                   orm=[[[0.0] * 3, [0.0] * 3]], prm=[[[0.4, 0.4, 0.5], [0.9, 0.1, 0.45]]])
+  a, o, p = ch["answers"][0], ch["orm"][0], ch["prm"][0]
+  assert rev.select(a, o, p, "flat_prm") == "b"
+  assert rev.select(a, o, p, "hier_prm") == "c"
+  tied = np.array([[0.5, 0.1, 0.5], [0.1, 0.1, 0.1]])
+  assert rev.select(a, o, tied, "hier_prm") == "a"
+  # One chain: its answer with the verifier's highest score (the within-chain selection).
+  assert rev.select(a[1:], o[1:], p[1:], "hier_prm") == "c"
+  assert rev.select(a[:1], o[:1], p[:1], "hier_prm") == "b"
+  # Through the cells: hier_prm is right where flat_prm is not, and it is charged the
+  # verifier's FLOPs as flat_prm is.
+  cells = {c.method: c.outcomes[0] for c in rev.revision_cells([_full(ch, 8)], [8])
+           if c.params == {"n": 8, "chains": 2, "length": 4}}
+  assert (cells["revisions_hier_prm"].answer, cells["revisions_hier_prm"].correct) == ("c", 1)
+  assert (cells["revisions_flat_prm"].answer, cells["revisions_flat_prm"].correct) == ("b", 0)
+  assert cells["revisions_hier_prm"].prm_flops == cells["revisions_flat_prm"].prm_flops > 0
 
 
 def test_confidence_selections_read_each_answer_s_confidence_and_run_no_verifier():
@@ -142,7 +168,7 @@ def test_confidence_selections_read_each_answer_s_confidence_and_run_no_verifier
   with pytest.raises(ValueError, match="needs each answer's confidence"):
     rev.select(a, o, p, "hier_conf")
   # Chains without confidences have no confidence cells (and asking for one is named).
-  assert rev.available([ch]) == ["majority", "flat_orm", "hier_orm", "flat_prm"]
+  assert rev.available([ch]) == ["majority", "flat_orm", "hier_orm", "flat_prm", "hier_prm"]
   with pytest.raises(ValueError, match="the chains hold no .conf. scores"):
     rev.revision_cells([_full(ch, 8)], [8], selections=["flat_conf"])
   with_conf = _full(dict(ch, conf=conf), 8)
@@ -214,7 +240,7 @@ def test_tokens_flops_and_wall_time_are_exact():
       policy_cost=pol, orm_cost=orm, prm_cost=prm, wall_s=6.0, seed=4)
   # As stored: the cells' JSON.
   cells = {c.key: c.to_json() for c in rev.revision_cells([ch], [1, 2])}
-  assert len(cells) == 4 * 3
+  assert len(cells) == 5 * 3  # 5 selections (no confidences) x 3 splits
 
   def policy_flops(prefix, answers):
     """The prefix once from position 0, every answer (extension + generated) after it."""
@@ -364,11 +390,11 @@ def test_revision_claims_verdicts():
 def test_summarize_works_on_revision_cells_and_best_ratio():
   chains = [random_chains(12, 4, s) for s in (0, 1)]
   cells = rev.revision_cells(chains, [1, 2, 4])
-  assert len(cells) == 2 * 4 * (1 + 2 + 3)
+  assert len(cells) == 2 * 5 * (1 + 2 + 3)
   assert len({c.key for c in cells}) == len(cells)
   bins = np.repeat(np.arange(3), 4)
   pts = rev.curves(cells, bins, 3, seed=0)
-  assert len(pts) == 4 * 6
+  assert len(pts) == 5 * 6
   for p in pts:
     assert p.seeds == [0, 1]
     assert p.ci[0] <= p.accuracy <= p.ci[1]
@@ -528,7 +554,9 @@ def test_figures_and_report_section_render(tmp_path):
   assert set(out) >= {"curves", "claims", "transitions", "best_ratio_by_bin", "vs_search",
                       "budgets", "selections", "chain_lengths"}
   assert out["chain_lengths"] == [8, 4, 2, 2, 1, 1, 1, 1] and out["budgets"] == [1, 2, 4, 8]
-  assert len(out["claims"]) == 3 and out["vs_search"]
+  # The three (d) claims with hier_orm, then with hier_prm (the chains hold no confidences).
+  assert [c["selection"] for c in out["claims"]] == ["hier_orm"] * 3 + ["hier_prm"] * 3
+  assert out["vs_search"]
   import json
   json.dumps(out)  # JSON-able (NaN allowed, as in results.json)
   names = []
@@ -548,7 +576,7 @@ def test_figures_and_report_section_render(tmp_path):
   for n in (1, 2, 4, 8):
     for c, l in rev.splits(n):
       row = next(x for x in lines if x.startswith(f"| {n} | {c} x {l} |"))
-      assert row.count("[") == 4  # an accuracy with its CI per selection
+      assert row.count("[") == 5  # an accuracy with its CI per selection
   for c in out["claims"]:
     assert c["claim"] in text and f"**{c['verdict']}**" in text
   assert "beam search M=2" in text and "best-of-N weighted" in text

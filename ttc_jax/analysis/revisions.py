@@ -29,7 +29,12 @@ Selections (:data:`SELECTIONS`) choose one answer per problem from a split's
   earliest in the chain; answers that are None are not eligible; a chain with
   no answer gives none), then weighted best-of-N over the chain winners with
   their ORM scores (the paper's hierarchical selection);
-* ``flat_prm``: weighted best-of-N over the pooled answers, by the PRM score;
+* ``flat_prm``: weighted best-of-N over the pooled answers, by the single-answer verifier's
+  score (``revisions.verifier``: the PRM, or the likelihood verifier; the columns keep the
+  name ``prm``), each answer read after the plain prompt;
+* ``hier_prm``: ``hier_orm`` with that single-answer verifier's score: per chain its best
+  answer, then weighted best-of-N over the chain winners (a verifier that reads neither
+  the earlier answers nor the revision model: a copied answer scores as it did);
 * ``flat_conf``, ``hier_conf``: ``flat_orm`` and ``hier_orm`` with each answer's confidence
   (``conf``: the revision model's own, e.g. its mean log-probability; no model call, 0
   verifier FLOPs) in place of the ORM score. Chains stored without ``conf`` have neither.
@@ -53,14 +58,15 @@ from ttc_jax.search.records import CurvePoint
 from ttc_jax.search import registry
 from ttc_jax.verifiers import aggregation
 
-SELECTIONS = ("majority", "flat_orm", "hier_orm", "flat_prm", "flat_conf", "hier_conf")
+SELECTIONS = ("majority", "flat_orm", "hier_orm", "flat_prm", "hier_prm", "flat_conf",
+              "hier_conf")
 BEST = "hier_orm"  # the paper's best selection: every claim is tested with it
 # The verifier each selection runs: its scores, token counts and parameters (None: none runs).
 _VERIFIER = {"majority": None, "flat_orm": "orm", "hier_orm": "orm", "flat_prm": "prm",
-             "flat_conf": None, "hier_conf": None}
+             "hier_prm": "prm", "flat_conf": None, "hier_conf": None}
 # The per-answer score each selection reads.
 _SCORE = {"majority": None, "flat_orm": "orm", "hier_orm": "orm", "flat_prm": "prm",
-          "flat_conf": "conf", "hier_conf": "conf"}
+          "hier_prm": "prm", "flat_conf": "conf", "hier_conf": "conf"}
 _PER_ANSWER = ("mask", "correct", "answers", "orm", "prm", "policy_tokens", "orm_tokens",
                "prm_tokens")
 
@@ -151,9 +157,9 @@ def select(answers: np.ndarray, orm: np.ndarray, prm: np.ndarray, selection: str
   answers = np.asarray(answers, object)
   if selection in ("flat_conf", "hier_conf") and conf is None:
     raise ValueError(f"selection {selection!r} needs each answer's confidence (conf).")
-  if selection in ("hier_orm", "hier_conf"):
+  if selection in ("hier_orm", "hier_prm", "hier_conf"):
     winners, scores = [], []
-    by = orm if selection == "hier_orm" else conf
+    by = {"hier_orm": orm, "hier_prm": prm, "hier_conf": conf}[selection]
     for row, s in zip(answers, np.asarray(by, np.float64)):
       ok = np.array([a is not None for a in row], bool)
       if ok.any():
@@ -763,9 +769,11 @@ def summary(chains_by_seed: Sequence[dict], budgets: Sequence[int], bins: np.nda
   return {**extra, "within_chain": within_chain(pts, seed),
           "curves": [p.to_json() for p in pts],
           # The paper's selection, then the revision model's confidence (no model call; the
-          # selection that gained within chains in the study): the same claims, pre-specified.
+          # selection that gained within chains in the study), then the single-answer
+          # verifier's (revisions.verifier): the same claims, pre-specified.
           "claims": (revision_claims(pts, bins, num_bins, seed)
-                     + revision_claims(pts, bins, num_bins, seed, "hier_conf")),
+                     + revision_claims(pts, bins, num_bins, seed, "hier_conf")
+                     + revision_claims(pts, bins, num_bins, seed, "hier_prm")),
           "transitions": transitions(chains_by_seed, seed),
           "best_ratio_by_bin": best_ratio_by_bin(pts, bins, num_bins),
           "vs_search": compare_to_search(pts, search_curves, seed),

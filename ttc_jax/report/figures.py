@@ -333,7 +333,8 @@ def accuracy_by_difficulty(curves: Sequence[CurvePoint], budgets: Sequence[int])
 
 
 REVISION_COLORS = {"majority": "k", "flat_orm": "tab:red", "hier_orm": "tab:purple",
-                   "flat_prm": "tab:blue", "flat_conf": "tab:olive", "hier_conf": "tab:green"}
+                   "flat_prm": "tab:blue", "hier_prm": "tab:cyan", "flat_conf": "tab:olive",
+                   "hier_conf": "tab:green"}
 
 
 def _rev_rows(curves: Sequence[CurvePoint], selection: str) -> list[CurvePoint]:

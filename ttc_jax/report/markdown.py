@@ -424,9 +424,9 @@ def revisions_section(rev: dict, figures: Sequence[str]) -> list[str]:
            f"(chain lengths stored: {', '.join(map(str, rev['chain_lengths']))}). Selections: "
            "majority (all C x L answers vote), flat ORM (weighted best-of-N over all answers by "
            "the revision ORM), hierarchical ORM (per chain its best answer by the ORM, then "
-           "weighted best-of-N over the chain winners), flat PRM (weighted best-of-N by the "
-           f"single-answer verifier, `{rev.get('single_answer_verifier', 'prm')}`, reading "
-           "each answer after the plain prompt), flat and hierarchical confidence (as the "
+           "weighted best-of-N over the chain winners), flat and hierarchical PRM (the same "
+           f"by the single-answer verifier, `{rev.get('single_answer_verifier', 'prm')}`, "
+           "reading each answer after the plain prompt), flat and hierarchical confidence (as the "
            "ORM's, by the revision "
            "model's own confidence in each answer: no model call, no verifier FLOPs). "
            "Accuracies: mean [95% bootstrap CI over problems].", ""]

@@ -146,12 +146,14 @@ REVISION_REPORT = Stage(
     outputs=("revisions.json", "revisions.md", "revisions_vs_budget.png",
              "revisions_by_difficulty.png", "revision_transitions.png"),
     optional=("revision_ablation",),
-    run=run_revision_report, load=load_json("revisions.json"), cost_s=25, version=4,
+    run=run_revision_report, load=load_json("revisions.json"), cost_s=25, version=5,
     changelog=("2: the first answer against the policy's pass@1; one chain's selections "
                "against its first answer; gated chains (threshold chosen on train chains)",
                "3: the revision model's training rounds as chosen on held-out train problems",
                "4: the (d) claims also with the revision model's confidence selection "
-               "(hier_conf)"))
+               "(hier_conf)",
+               "5: hierarchical selection by the single-answer verifier (hier_prm), in every "
+               "table and with its own (d) claims"))
 
 STUDY = Stage(
     name="study", doc="the whole study: every claim's verdict and the three reports",
