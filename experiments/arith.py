@@ -27,8 +27,10 @@ falling far below pass@1 as N grows (the PRM is exploited). Revisions (at 1c5bb7
 min in all; revisions at temperature 0.5, chosen on held-out train problems): the revision
 model's first answer level with the policy's pass@1; about 17% of correct answers revised
 into incorrect ones and 10% of incorrect ones into correct ones; the most confident of one
-chain's 4 answers level with its first (+0.015, not significant); sequential against
-parallel at N = 16 not significant (-0.040). Compute-optimal selection does not
+chain's 4 answers level with its first (+0.015, not significant), but the best of them by
+the likelihood verifier sft_lm (hier_prm, 5176766) about 6 points above it (+0.065 [+0.030,
++0.105]); sequential against parallel at N = 16 not significant (-0.040 with the revision
+ORM, +0.030 with sft_lm). Compute-optimal selection does not
 beat best-of-N weighted (the PRM is the weak part: search has little to choose from).
 
 * tokenizer, policy: sentencepiece on the task; SFT of a 2-layer d128 decoder
@@ -74,12 +76,12 @@ beat best-of-N weighted (the PRM is the weak part: search has little to choose f
   answers in context.
 * revision_sweep, revision_report: 16 revision chains per test problem (lengths 16, 8,
   4, 4, 2 x 4, 1 x 8; 48 answers) for one seed; every split of N = 1..16 into C
-  chains of N / C revisions with majority, revision-ORM (flat, hierarchical), PRM and
-  confidence (flat, hierarchical) selection, and chains gated by the revision model's
-  confidence (threshold chosen on train chains) -> WORKDIR/revision_report/latest/
-  revisions.md (Figures 6 and 7, the correct->incorrect rate, revisions against search at
-  equal budgets and FLOPs; the (d) claims with the revision ORM and with the revision model's
-  confidence).
+  chains of N / C revisions with majority, revision-ORM, single-answer verifier (the
+  likelihood verifier sft_lm) and confidence selection (each flat and hierarchical), and
+  chains gated by the revision model's confidence (threshold chosen on train chains) ->
+  WORKDIR/revision_report/latest/revisions.md (Figures 6 and 7, the correct->incorrect
+  rate, revisions against search at equal budgets and FLOPs; the (d) claims with the
+  revision ORM, the revision model's confidence and the single-answer verifier).
 * revision_ablation (``make retry-ablation``, not part of ``make study``, whose revisions.md
   picks it up): variants of what the revision model is made from
   (``revision_ablation.variants``; default: retry data in the policy's SFT mix, a row of
