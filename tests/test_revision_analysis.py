@@ -148,6 +148,12 @@ def test_hierarchical_prm_selection_takes_each_chain_s_best_by_the_single_answer
   # One chain: its answer with the verifier's highest score (the within-chain selection).
   assert rev.select(a[1:], o[1:], p[1:], "hier_prm") == "c"
   assert rev.select(a[:1], o[:1], p[:1], "hier_prm") == "b"
+  # An answer without a final answer never wins, however high its score; a chain of only
+  # such answers gives none.
+  holes = np.array([["a", None, "b"], [None, None, None]], object)
+  scores = np.array([[0.1, 0.99, 0.5], [0.9, 0.9, 0.9]])
+  assert rev.select(holes, o, scores, "hier_prm") == "b"
+  assert rev.select(holes[1:], o[1:], scores[1:], "hier_prm") is None
   # Through the cells: hier_prm is right where flat_prm is not, and it is charged the
   # verifier's FLOPs as flat_prm is.
   cells = {c.method: c.outcomes[0] for c in rev.revision_cells([_full(ch, 8)], [8])
