@@ -192,11 +192,19 @@ class TransformerConfig:
 HEAD_CHUNK = 256
 
 
+# The slot axis of a cache's keys (B, KV, head_dim, S) and values (B, KV, S, head_dim).
+K_SLOTS, V_SLOTS = 3, 2
+
+
 @struct.dataclass
 class KVCache:
   """Explicit key/value cache; every leaf but ``index`` has the batch leading.
 
-  k, v: per layer, (B, num_kv_heads, S, head_dim).
+  k: per layer, (B, num_kv_heads, head_dim, S): keys stored transposed, the slots last, so
+    that a decode step's scores (one query against every slot) read the cache as it lies.
+    Stored (B, KV, S, head_dim), XLA:CPU transposed the whole cache at every step: one layer's
+    scores and values at 512 rows, 288 slots took 30.5 ms against 6.4 ms (AMD EPYC, 2 cores).
+  v: per layer, (B, num_kv_heads, S, head_dim) (the probabilities' contraction reads it so).
   mask: (B, S) bool, True where the slot holds a token of that row.
   pos: (B,) int32, the RoPE position the row's next token gets.
   index: () int32, the next slot to write (shared by all rows).
@@ -223,10 +231,10 @@ class KVCache:
     if size <= 0:
       raise ValueError(f"cache size {size} must be > 0.")
     dt = jnp.dtype(config.dtype)
-    shape = (batch_size, config.kv_heads, size, config.dim_per_head)
-    zeros = lambda: tuple(jnp.zeros(shape, dt) for _ in range(config.num_layers))
+    b, kv, hd = batch_size, config.kv_heads, config.dim_per_head
+    zeros = lambda shape: tuple(jnp.zeros(shape, dt) for _ in range(config.num_layers))
     return cls(
-        k=zeros(), v=zeros(),
+        k=zeros((b, kv, hd, size)), v=zeros((b, kv, size, hd)),
         mask=jnp.zeros((batch_size, size), jnp.bool_),
         pos=jnp.zeros((batch_size,), jnp.int32),
         index=jnp.zeros((), jnp.int32))
@@ -238,14 +246,14 @@ class KVCache:
     if size == self.size:
       return self
     if size < self.size:
-      cut = lambda x: x[:, :, :size]
-      return KVCache(k=tuple(map(cut, self.k)), v=tuple(map(cut, self.v)),
-                     mask=self.mask[:, :size], pos=self.pos, index=self.index)
+      return self._on_slots(lambda x, axis: jax.lax.slice_in_dim(x, 0, size, axis=axis))
     extra = size - self.size
-    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
-    return KVCache(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)),
-                   mask=jnp.pad(self.mask, ((0, 0), (0, extra))), pos=self.pos,
-                   index=self.index)
+
+    def pad(x, axis):
+      widths = [(0, 0)] * x.ndim
+      widths[axis] = (0, extra)
+      return jnp.pad(x, widths)
+    return self._on_slots(pad)
 
   def compact(self) -> "KVCache":
     """Moves each row's filled slots to the front (order kept) and resets ``index``.
@@ -257,10 +265,13 @@ class KVCache:
     rotation, so moving slots does not change what the model computes.
     """
     order = jnp.argsort(jnp.logical_not(self.mask).astype(jnp.int8), axis=1, stable=True)
-    take = lambda x: jnp.take_along_axis(x, order[:, None, :, None], axis=2)
-    return KVCache(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)),
-                   mask=jnp.take_along_axis(self.mask, order, axis=1), pos=self.pos,
-                   index=jnp.max(jnp.sum(self.mask, axis=1)).astype(jnp.int32))
+
+    def take(x, axis):
+      at = order.reshape(order.shape[:1] + (1,) * (axis - 1) + order.shape[1:]
+                         + (1,) * (x.ndim - axis - 1))
+      return jnp.take_along_axis(x, at, axis=axis)
+    return self._on_slots(take).replace(
+        index=jnp.max(jnp.sum(self.mask, axis=1)).astype(jnp.int32))
 
   def shifted(self, shift: Array) -> "KVCache":
     """Every row's slots moved ``shift`` to the left (the first ``shift`` dropped; a
@@ -270,10 +281,8 @@ class KVCache:
     RoPE rotation, so nothing the model computes changes)."""
     slot = jnp.arange(self.size)
     keep = jnp.where(shift >= 0, slot < self.size - shift, slot >= -shift)
-    roll = lambda x: jnp.roll(x, -shift, axis=2)
-    return KVCache(k=tuple(map(roll, self.k)), v=tuple(map(roll, self.v)),
-                   mask=jnp.roll(self.mask, -shift, axis=1) & keep[None], pos=self.pos,
-                   index=self.index - shift)
+    out = self._on_slots(lambda x, axis: jnp.roll(x, -shift, axis=axis))
+    return out.replace(mask=out.mask & keep[None], index=self.index - shift)
 
   def inserted(self, rows: Array, new: "KVCache") -> "KVCache":
     """Rows ``rows`` replaced by ``new``'s (a prefill of new requests): row ``rows[j]``
@@ -283,16 +292,24 @@ class KVCache:
     start = self.index - new.size
     n = rows.shape[0]
 
-    def put(big, small):
+    def put(big, small, axis):
       cur = jnp.take(big, rows, axis=0, mode="clip")
-      cur = jax.lax.dynamic_update_slice_in_dim(cur, small.astype(big.dtype), start, axis=2)
+      cur = jax.lax.dynamic_update_slice_in_dim(cur, small.astype(big.dtype), start, axis=axis)
       return big.at[rows].set(cur, mode="drop")
 
     mask = jax.lax.dynamic_update_slice_in_dim(jnp.zeros((n, self.size), jnp.bool_), new.mask,
                                                start, axis=1)
-    return KVCache(k=tuple(map(put, self.k, new.k)), v=tuple(map(put, self.v, new.v)),
+    return KVCache(k=tuple(put(a, b, K_SLOTS) for a, b in zip(self.k, new.k)),
+                   v=tuple(put(a, b, V_SLOTS) for a, b in zip(self.v, new.v)),
                    mask=self.mask.at[rows].set(mask, mode="drop"),
                    pos=self.pos.at[rows].set(new.pos, mode="drop"), index=self.index)
+
+  def _on_slots(self, fn) -> "KVCache":
+    """The cache with ``fn(leaf, slot_axis)`` applied to every key, value and the mask
+    (their slot axes differ: :data:`K_SLOTS`, :data:`V_SLOTS`, 1); ``pos`` and ``index``
+    kept."""
+    return KVCache(k=tuple(fn(x, K_SLOTS) for x in self.k), v=tuple(fn(x, V_SLOTS) for x in self.v),
+                   mask=fn(self.mask, 1), pos=self.pos, index=self.index)
 
   def gather(self, rows: Array) -> "KVCache":
     """Re-selects rows (tree expansion): ``rows`` indexes the batch axis."""
@@ -372,7 +389,7 @@ class Attention(nnx.Module):
   def __call__(self, x, rope_tabs, k_cache, v_cache, attn_mask, index):
     """x: (B, T, d); rope_tabs: :func:`rope_tables` of the tokens' positions.
 
-    attn_mask: (B, T, S) over the keys attended to. With caches (B, KV, S, D)
+    attn_mask: (B, T, S) over the keys attended to. With caches (:class:`KVCache`)
     the new keys/values are written at ``index`` and the queries attend over
     all S slots; without (None) they attend over the T new tokens.
     Returns (output (B, T, d), k_cache, v_cache).
@@ -389,14 +406,18 @@ class Attention(nnx.Module):
     v = v.reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
     q = rope(q, rope_tabs)
     k = rope(k, rope_tabs)
-    if k_cache is not None:
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
-      k, v = k_cache, v_cache
     scale = hd ** -0.5 if cfg.query_scale is None else cfg.query_scale
     q = q.reshape(b, kv, h // kv, t, hd) * scale
-    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(q.dtype),
-                        preferred_element_type=jnp.float32)
+    if k_cache is not None:  # keys stored transposed (KVCache): (B, KV, D, S)
+      k_cache = jax.lax.dynamic_update_slice(
+          k_cache, k.swapaxes(2, 3).astype(k_cache.dtype), (0, 0, 0, index))
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+      v = v_cache
+      scores = jnp.einsum("bkgtd,bkds->bkgts", q, k_cache.astype(q.dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      scores = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(q.dtype),
+                          preferred_element_type=jnp.float32)
     scores = softcap(scores, cfg.attn_softcap)
     scores = jnp.where(attn_mask[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
