@@ -83,5 +83,6 @@ def param_shardings(state: nnx.State, config: TransformerConfig, mesh: Mesh):
 
 
 def cache_spec(config: TransformerConfig, model_shards: int) -> P:
-  """The PartitionSpec of a KV cache's keys / values, (B, KV heads, S, head_dim)."""
+  """The PartitionSpec of a KV cache's keys (B, KV heads, head_dim, S) and values (B, KV heads, S,
+  head_dim): rows over 'data', KV heads over 'model' where they divide."""
   return P(DATA_AXIS, MODEL_AXIS if kv_split(config, model_shards) else None)

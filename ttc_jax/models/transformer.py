@@ -339,6 +339,16 @@ class RMSNorm(nnx.Module):
     return (y * (scale + self.offset if self.offset else scale)).astype(x.dtype)
 
 
+def dense(x: Array, w: Array) -> Array:
+  """``x @ w`` for x (..., d) and w (d, ...), the leading axes of x flattened into one rows axis
+  first. XLA:CPU runs the backward of a (B, T, d) @ (d, m) product (its weight gradient
+  contracts B and T together) far slower than the same product over (B * T, d) rows: the
+  policy's MLP gradient at (32, 96) tokens 69 -> 38 ms (AMD EPYC, 2 cores), bit for bit the
+  same values."""
+  y = x.reshape((-1, x.shape[-1])) @ w
+  return y.reshape(x.shape[:-1] + w.shape[1:])
+
+
 def softcap(x: Array, cap: float | None) -> Array:
   """cap * tanh(x / cap) (Gemma 2's logit soft cap); ``x`` itself when cap is None."""
   return x if cap is None else cap * jnp.tanh(x / cap)
@@ -398,7 +408,7 @@ class Attention(nnx.Module):
     b, t, _ = x.shape
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
     def project(name):
-      y = x @ getattr(self, name)[...].astype(x.dtype)
+      y = dense(x, getattr(self, name)[...].astype(x.dtype))
       return y + getattr(self, name + "_bias")[...].astype(x.dtype) if cfg.qkv_bias else y
     q, k, v = project("q"), project("k"), project("v")
     q = q.reshape(b, t, h, hd).transpose(0, 2, 1, 3)  # (B, H, T, D)
@@ -423,7 +433,7 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
     o = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(x.dtype))
     o = o.reshape(b, h, t, hd).transpose(0, 2, 1, 3).reshape(b, t, h * hd)
-    return o @ self.out[...].astype(x.dtype), k_cache, v_cache
+    return dense(o, self.out[...].astype(x.dtype)), k_cache, v_cache
 
 
 class MLP(nnx.Module):
@@ -438,13 +448,13 @@ class MLP(nnx.Module):
     self.activation = cfg.activation
 
   def __call__(self, x):
-    gate = x @ self.gate[...].astype(x.dtype)
-    up = x @ self.up[...].astype(x.dtype)
+    gate = dense(x, self.gate[...].astype(x.dtype))
+    up = dense(x, self.up[...].astype(x.dtype))
     if self.activation == "silu":
       gate = jax.nn.silu(gate)
     else:
       gate = jax.nn.gelu(gate, approximate=self.activation == "gelu_tanh")
-    return (gate * up) @ self.down[...].astype(x.dtype)
+    return dense(gate * up, self.down[...].astype(x.dtype))
 
 
 class Block(nnx.Module):
@@ -501,11 +511,14 @@ class Transformer(nnx.Module):
     hf = h.astype(jnp.float32)
     f32 = lambda p: p[...].astype(jnp.float32)
     if self.config.head == "value":
-      return hf @ f32(self.value_head) + f32(self.value_bias)
+      return dense(hf, f32(self.value_head)) + f32(self.value_bias)
     if self.config.head == "classifier":
-      hidden = jax.nn.relu(hf @ f32(self.score_hidden) + f32(self.score_hidden_bias))
-      return hidden @ f32(self.score_out) + f32(self.score_out_bias)
+      hidden = jax.nn.relu(dense(hf, f32(self.score_hidden)) + f32(self.score_hidden_bias))
+      return dense(hidden, f32(self.score_out)) + f32(self.score_out_bias)
     w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
+    # Not through dense(): over (B * T, d) rows the LM head's gradient rounds differently (the
+    # value head's and every projection's are bit for bit the same), and the studies' numbers
+    # are kept reproducible.
     return softcap(hf @ w.astype(jnp.float32), self.config.final_softcap)
 
   # --------------------------------------------------------------- forward
