@@ -10,7 +10,9 @@ Command (the whole study, ``make study``; resumable, reruns skip finished work):
 Overrides go inline, e.g. ``--config.policy.train.steps=100``. Another task:
 ``--task_module=my.module --config=experiments/arith.py:task=mytask`` (README).
 
-Runtime: 51.6 min (make study at 0ad43c6, venv included) on 2 cores of an AMD EPYC from an
+Runtime: 42.7 min (make study at 0ff0837, venv included) on 2 cores of an AMD EPYC from an
+empty XLA compilation cache (885 s of compiling; the transposed key cache and projections over
+flattened rows); 51.6 min at 0ad43c6, also from an
 empty XLA compilation cache (1019 s of compiling; 308 s and 42.7 min in all with 1c5bb71's
 warm cache). 41.3 min (make study; its venv made before, 16 s), warm XLA cache, commit 02cba56 (policy 4:47, MC labels 6:28, revision model 13:56, search sweep
 6:10; search then revise 0:36, adaptive allocation 1:16); 8619f07's took 47.0 min on another
