@@ -308,7 +308,8 @@ class KVCache:
     """The cache with ``fn(leaf, slot_axis)`` applied to every key, value and the mask
     (their slot axes differ: :data:`K_SLOTS`, :data:`V_SLOTS`, 1); ``pos`` and ``index``
     kept."""
-    return KVCache(k=tuple(fn(x, K_SLOTS) for x in self.k), v=tuple(fn(x, V_SLOTS) for x in self.v),
+    return KVCache(k=tuple(fn(x, K_SLOTS) for x in self.k),
+                   v=tuple(fn(x, V_SLOTS) for x in self.v),
                    mask=fn(self.mask, 1), pos=self.pos, index=self.index)
 
   def gather(self, rows: Array) -> "KVCache":
@@ -343,8 +344,8 @@ def dense(x: Array, w: Array) -> Array:
   """``x @ w`` for x (..., d) and w (d, ...), the leading axes of x flattened into one rows axis
   first. XLA:CPU runs the backward of a (B, T, d) @ (d, m) product (its weight gradient
   contracts B and T together) far slower than the same product over (B * T, d) rows: the
-  policy's MLP gradient at (32, 96) tokens 69 -> 38 ms (AMD EPYC, 2 cores), bit for bit the
-  same values."""
+  policy's MLP gradient at (32, 96) tokens 69 -> 38 ms (AMD EPYC, 2 cores), the same values
+  bit for bit on one device; a batch split over devices rounds its gradients differently."""
   y = x.reshape((-1, x.shape[-1])) @ w
   return y.reshape(x.shape[:-1] + w.shape[1:])
 
@@ -516,9 +517,8 @@ class Transformer(nnx.Module):
       hidden = jax.nn.relu(dense(hf, f32(self.score_hidden)) + f32(self.score_hidden_bias))
       return dense(hidden, f32(self.score_out)) + f32(self.score_out_bias)
     w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
-    # Not through dense(): over (B * T, d) rows the LM head's gradient rounds differently (the
-    # value head's and every projection's are bit for bit the same), and the studies' numbers
-    # are kept reproducible.
+    # Not through dense(): on one device every projection's and the value head's gradients are
+    # bit for bit those of the 3-D product, the LM head's were not (kept as it was).
     return softcap(hf @ w.astype(jnp.float32), self.config.final_softcap)
 
   # --------------------------------------------------------------- forward
