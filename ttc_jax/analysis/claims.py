@@ -45,6 +45,14 @@ def claim(name: str, paper: str, cmp: Comparison | None, paper_sign: int = 1,
           "comparison": cmp.to_json(), **extra}
 
 
+def stored_claim(name: str, paper: str, cmp: dict, **extra) -> dict:
+  """A claim over a paired difference as stored (``Comparison.to_json()``), in the paper's
+  direction (a > b): :func:`claim` for comparisons read back from an artifact."""
+  v = (NOT_SIGNIFICANT if not cmp["significant"] else
+       REPRODUCED if cmp["diff"] > 0 else NOT_REPRODUCED)
+  return {"claim": name, "paper": paper, "verdict": v, "comparison": cmp, **extra}
+
+
 def low_high(budgets: Sequence[int]) -> tuple[int, int]:
   budgets = sorted(budgets)
   return (4 if 4 in budgets else budgets[0]), budgets[-1]
@@ -69,12 +77,8 @@ def verifier_claims(ver: dict, score: str = "prm_last", seed: int = 0) -> list[d
   name = "PRM" if score == "prm_last" else score
   out = []
   for i in idx:
-    c = pairs[i]
-    sig = c["significant"]
-    v = NOT_SIGNIFICANT if not sig else (REPRODUCED if c["diff"] > 0 else NOT_REPRODUCED)
-    out.append({"claim": f"(a) {name} over ORM, weighted best-of-N at N={ns[i]}",
-                "paper": "the PRM beats the ORM, by more as N grows (Figure 3)",
-                "verdict": v, "comparison": c})
+    out.append(stored_claim(f"(a) {name} over ORM, weighted best-of-N at N={ns[i]}",
+                            "the PRM beats the ORM, by more as N grows (Figure 3)", pairs[i]))
   return out
 
 

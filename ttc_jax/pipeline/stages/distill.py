@@ -288,27 +288,20 @@ def _claims(result: dict, seed: int) -> list[dict]:
   top = max((k for k in last["eval"] if k.startswith("weighted@")),
             key=lambda k: int(k.split("@")[1]))
   for key, what in (("pass@1", "pass@1"), (top, f"best-of-{top.split('@')[1]} weighted")):
-    out.append(_claim(
+    out.append(claims_lib.stored_claim(
         f"(g) distillation, round {last['round']} (no labels): {what} over the policy",
         "beyond the paper: fine-tuning the policy on its own test-time outputs (best-of-N "
         "weighted by its confidence) distils test-time compute into it",
         last["vs_policy"][key]))
   matched = result.get("matched")
   if matched:
-    out.append(_claim(
+    out.append(claims_lib.stored_claim(
         f"(g) distillation, round {last['round']} (no labels): pass@1 over the larger policy's "
         "architecture trained to the same total FLOPs",
         "beyond the paper: at equal total FLOPs, test-time compute distilled into the small "
         "policy against spending them on pretraining a larger one (section 7's exchange)",
         matched["distilled_minus_matched"]["pass@1"]))
   return out
-
-
-def _claim(name: str, paper: str, cmp: dict) -> dict:
-  """A claim over a paired difference as stored (``paired_diff(...).to_json()``)."""
-  verdict = (claims_lib.NOT_SIGNIFICANT if not cmp["significant"] else
-             claims_lib.REPRODUCED if cmp["diff"] > 0 else claims_lib.NOT_REPRODUCED)
-  return {"claim": name, "paper": paper, "verdict": verdict, "comparison": cmp}
 
 
 def _cell(s: dict) -> str:
