@@ -1,7 +1,8 @@
-"""Continuous batching (ttc_jax.sampling.serving): a request gives the tokens of a static
-batch, whatever slot or segment it ran in, at every edge (varied lengths, EOS at the first
-step, rows that reach the context, a queue shorter or longer than the slots), on 1 and 8
-devices; and finished rows stop costing decode steps."""
+"""Continuous batching (ttc_jax.sampling.serving) and shrinking calls (``sample(...,
+shrink=)``): a request gives the tokens of a static batch, whatever slot, segment or batch
+it ran in, at every edge (varied lengths, EOS at the first step, rows that reach the
+context, inactive rows, a queue shorter or longer than the slots), on 1 and 8 devices;
+and finished rows stop costing decode steps."""
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ from ttc_jax.sampling import solutions
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SpecialIds
 from ttc_jax.sampling.core import row_keys
+from ttc_jax.sampling.core import shrink_sizes
 
 CONTEXT = 64  # the test policy's max_seq_len
 
@@ -150,3 +152,121 @@ def test_bad_requests_are_named(core1):
     serving.serve(core1, [[1, 2], [3]], jax.random.key(0), SAMPLE, slots=2)
   with pytest.raises(ValueError, match=r"limits must be \(2,\) integers in \[0, "):
     serving.serve(core1, [[1, 2], [3]], keys, SAMPLE, slots=2, limits=[1, NEW_TOKENS + 1])
+
+
+def _one_call(core, prompts, keys, sp, *, width=64, **kwargs):
+  tokens, valid = solutions.left_pad(prompts, width, core.ids.pad_id)
+  state = core.prefill(tokens, valid, cache_size=width + sp.max_new_tokens)
+  return core.sample(state, keys, sp, **kwargs)
+
+
+def _assert_same_call(out, ref):
+  for name in ("tokens", "lengths", "stopped", "done"):
+    np.testing.assert_array_equal(np.asarray(getattr(out, name)),
+                                  np.asarray(getattr(ref, name)), err_msg=name)
+  assert_close(out.logprobs, ref.logprobs)
+  assert_close(out.confidence, ref.confidence)
+
+
+@pytest.mark.parametrize("sp", [SAMPLE, SAMPLE_STEP], ids=["to-eos", "stop-at-step"])
+@pytest.mark.parametrize("devices", ["1", "8"])
+def test_a_shrinking_call_gives_one_call_s_tokens(core1, core8, devices, sp):
+  """The live rows gathered into ever smaller batches as rows finish: the tokens, lengths,
+  stopped and done of one call (log-probabilities to float32 rounding), with varied limits,
+  inactive rows and rows that reach the context; the same steps, fewer row-steps."""
+  core = {"1": core1, "8": core8}[devices]
+  num = 40
+  prompts = _prompts(num, num, long_every=4)
+  keys = row_keys(13, np.arange(num))
+  limits = np.random.RandomState(num).randint(0, NEW_TOKENS + 1, num)
+  limits[3::4] = NEW_TOKENS  # the long prompts may reach the context
+  active = np.ones(num, bool)
+  active[[5, 18]] = False
+  kwargs = dict(active=active, limits=limits)
+  ref = _one_call(core1, prompts, keys, sp, **kwargs)
+  out = _one_call(core, prompts, keys, sp, shrink=2, **kwargs)
+  _assert_same_call(out, ref)
+  assert out.state is None
+  lengths = np.asarray(ref.lengths)
+  assert len(set(lengths.tolist())) >= 4 and np.asarray(ref.stopped).any()
+  assert not lengths[[5, 18]].any()
+  at_context = [i for i, p in enumerate(prompts) if len(p) + lengths[i] == CONTEXT]
+  assert at_context and not np.asarray(ref.stopped)[at_context].any()
+  # On one device the same steps; a data shard leaves when its own rows allow, so over 8
+  # the calls' steps add up to more (each call's are its slowest shard's).
+  assert (int(out.steps) == int(ref.steps)) if devices == "1" else int(out.steps) >= int(ref.steps)
+  assert int(lengths.sum()) <= int(out.row_steps) < int(ref.row_steps)
+
+
+def test_a_shrinking_call_continues_rows_from_an_earlier_call(core1):
+  """Rows continued from an earlier call (``start``: tokens drawn before, ``prev``: the last
+  one, a split step delimiter's first half): the tokens of one call; a shrinking call runs
+  its rows to their ends, so ``steps`` is refused with it."""
+  num = 24
+  prompts = _prompts(6, num)
+  keys = row_keys(21, np.arange(num))
+  start = np.random.RandomState(2).randint(0, 4, num)
+  prev = np.where(start > 0, 7, -1)
+  ref = _one_call(core1, prompts, keys, SAMPLE_STEP, start=start, prev=prev)
+  out = _one_call(core1, prompts, keys, SAMPLE_STEP, start=start, prev=prev, shrink=2)
+  _assert_same_call(out, ref)
+  assert int(out.row_steps) < int(ref.row_steps)
+  with pytest.raises(ValueError, match="shrink=2 with steps=3"):
+    _one_call(core1, prompts, keys, SAMPLE_STEP, steps=3, shrink=2)
+
+
+def test_eos_at_the_first_step_in_a_shrinking_call(policy_model, special_ids):
+  """Rows whose first token is EOS end at once; the rest go on in a smaller batch."""
+  prompts = _prompts(4, 16)
+  keys = row_keys(3, np.arange(16))
+  base = SamplingCore(policy_model, special_ids)
+  first = np.asarray(_one_call(base, prompts, keys, SAMPLE).tokens)[:, 0]
+  eos = tuple(sorted({int(first[0]), int(first[5])} - {special_ids.pad_id}))
+  core = SamplingCore(policy_model, SpecialIds(pad_id=special_ids.pad_id, eos_ids=eos,
+                                               step_ids=special_ids.step_ids))
+  ref = _one_call(core, prompts, keys, SAMPLE)
+  assert np.asarray(ref.lengths)[0] == 1 and np.asarray(ref.stopped)[0]
+  out = _one_call(core, prompts, keys, SAMPLE, shrink=2)
+  _assert_same_call(out, ref)
+  assert int(out.row_steps) < int(ref.row_steps)
+
+
+def test_generate_shrinks_its_batches(core1, monkeypatch):
+  """The stages' sampling (``solutions.generate``'s static batches) shrinks: against
+  batches that do not, the same tokens row for row, fewer row-steps."""
+  num = 96
+  prompts = _prompts(9, num)
+  ids = np.stack([np.zeros(num, np.int64), np.arange(num)], 1)
+  shrunk = solutions.generate(core1, prompts, ids, 7, SAMPLE, batch_size=64)
+  monkeypatch.setattr(solutions, "SHRINK_ROWS", 0)
+  whole = solutions.generate(core1, prompts, ids, 7, SAMPLE, batch_size=64)
+  np.testing.assert_array_equal(shrunk.tokens, whole.tokens)
+  np.testing.assert_array_equal(shrunk.lengths, whole.lengths)
+  np.testing.assert_array_equal(shrunk.stopped, whole.stopped)
+  assert shrunk.row_steps < whole.row_steps and shrunk.utilization > whole.utilization
+
+
+@pytest.mark.parametrize("rows, data, floor", [(512, 1, 32), (40, 8, 2), (64, 1, 32), (7, 1, 1),
+                                               (8, 8, 1)])
+def test_shrink_sizes(rows, data, floor):
+  sizes = shrink_sizes(rows, data, floor)
+  assert sizes == sorted(set(sizes))
+  assert all(floor <= s < rows and s % data == 0 for s in sizes)
+  if (rows, data, floor) == (512, 1, 32):
+    assert sizes == [32, 64, 128, 192, 256, 320, 384, 448]  # eighths to a quarter, halvings
+  if rows <= data:
+    assert sizes == []  # nothing below one row per device
+
+
+def test_bad_shrink_and_gather_sizes_are_named(core1):
+  prompts = _prompts(1, 4)
+  keys = row_keys(0, np.arange(4))
+  for bad in (-1, True, 2.5):
+    with pytest.raises(ValueError, match="shrink="):
+      _one_call(core1, prompts, keys, SAMPLE, shrink=bad)
+  tokens, valid = solutions.left_pad(prompts, 16, core1.ids.pad_id)
+  state = core1.prefill(tokens, valid, cache_size=32)
+  with pytest.raises(ValueError, match="size=8"):
+    core1.gather(state, np.arange(4), size=8)
+  grown = core1.gather(state, np.arange(4), size=48)
+  assert grown.cache.size == 48 and int(grown.cache.index) == 16

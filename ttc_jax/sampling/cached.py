@@ -128,12 +128,13 @@ def window_plan(used: int, steps: int, size: int, granularity: int
   return tuple(plan)
 
 
-def _gather(cache, logits, rows, *, compact: bool = False):
+def _gather(cache, logits, rows, *, compact: bool = False, size: int | None = None):
   cache = cache.gather(rows)
-  return cache.compact() if compact else cache, jnp.take(logits, rows, axis=0)
+  cache = cache.compact() if compact else cache
+  return cache if size is None else cache.resized(size), jnp.take(logits, rows, axis=0)
 
 
-_GATHER = jax.jit(_gather, static_argnames=("compact",))
+_GATHER = jax.jit(_gather, static_argnames=("compact", "size"))
 
 
 class CachedModel:
@@ -331,20 +332,26 @@ class CachedModel:
     cache = _SHIFT(state.cache, jnp.asarray(shift, jnp.int32))
     return DecodeState(cache=cache, logits=state.logits, num_rows=state.num_rows)
 
-  def gather(self, state: DecodeState, rows, compact: bool = False) -> DecodeState:
+  def gather(self, state: DecodeState, rows, compact: bool = False,
+             size: int | None = None) -> DecodeState:
     """Re-selects rows of ``state`` (tree expansion): new row i = old row rows[i].
 
     compact: also reclaim the cache slots left empty by rows that generated
     fewer tokens than the longest (see ``KVCache.compact``).
+    size: the new cache's slots (default: as it is; at least the slots written).
     """
     rows = np.asarray(rows, np.int32)
     if rows.ndim != 1 or rows.size == 0:
       raise ValueError(f"rows must be a non-empty 1-D index array; got shape {rows.shape}.")
     if rows.min() < 0 or rows.max() >= state.num_rows:
       raise ValueError(f"rows must lie in [0, {state.num_rows}); got [{rows.min()}, {rows.max()}].")
+    if size is not None and (compact or not int(state.cache.index) <= size):
+      raise ValueError(f"size={size}: expected no compaction and at least the "
+                       f"{int(state.cache.index)} slots written.")
     n = rows.size
     idx = self._put_rows(self._pad_rows(rows, self._padded(n), rows[0]))
-    cache, logits = self._gather(state.cache, state.logits, idx, compact=compact)
+    cache, logits = self._gather(state.cache, state.logits, idx, compact=compact,
+                                 size=None if size == state.cache.size else size)
     return DecodeState(cache=cache, logits=logits, num_rows=n)
 
 

@@ -52,6 +52,7 @@ from ttc_jax.sampling import confidence as confidence_lib
 from ttc_jax.sampling.cached import CachedModel
 from ttc_jax.sampling.cached import DecodeState
 from ttc_jax.sampling.cached import window_plan
+from ttc_jax.sampling.cached import round_up
 from ttc_jax.sampling.params import SamplingParams
 from ttc_jax.sampling.params import SpecialIds
 from ttc_jax.sampling.params import choose_tokens
@@ -59,7 +60,9 @@ from ttc_jax.sampling.params import process_logits
 from ttc_jax.sampling.params import row_keys
 
 __all__ = ["CachedModel", "DecodeState", "SampleOutput", "SamplingCore", "SamplingParams",
-           "SpecialIds", "choose_tokens", "process_logits", "row_keys", "window_plan"]
+           "SHRINK_ROWS", "SpecialIds", "choose_tokens", "process_logits", "row_keys",
+           "shrink_sizes",
+           "window_plan"]
 
 Array = jax.Array
 
@@ -82,11 +85,13 @@ class SampleOutput:
   lengths: (B,) int32 number of new tokens.
   stopped: (B,) bool, True where the row ended on EOS or (if asked) on the
     step delimiter; False where it ran out of max_new_tokens or was inactive.
-  state: the DecodeState to continue from (all padded rows).
+  state: the DecodeState to continue from (all padded rows; None after a shrinking call).
   done: (B,) bool, the row has ended (stopped, reached its limit or the context, or
     was inactive); False only for a row cut by ``steps`` (see :meth:`SamplingCore.sample`).
-  steps: () int32, the decode steps the call ran (every row pays for each: the
-    row-steps of a call are ``steps`` x rows, its alive row-steps ``sum(lengths)``).
+  steps: () int32, the decode steps the call ran (a shrinking call: the sum over its
+    batches, each its slowest data shard's).
+  row_steps: the row-steps the call paid: every row of a batch pays each of its steps
+    (``steps`` x rows, or less for a shrinking call); the alive ones are ``sum(lengths)``.
   """
 
   tokens: Array
@@ -97,6 +102,7 @@ class SampleOutput:
   confidence: Array
   done: Array
   steps: Array
+  row_steps: Array
 
   def token_stats(self, width: int | None = None) -> np.ndarray:
     """(B, width, 3) on the host: each token's log-probability, then its ``confidence``
@@ -184,12 +190,17 @@ class _StopRule:
 # ----------------------------------------------------------------------------
 # Pure functions (the jit boundary)
 # ----------------------------------------------------------------------------
-def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, prev, *,
-                 sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
+def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, prev, leave,
+                 *, sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
                  width: int, axis: str | None = None, whole_vocab: bool = False):
   """The decode loop. ``plan`` is a static list of segments (end_step, window):
   steps before ``end_step`` run on the cache cut to its first ``window`` slots; the
   loop runs at most ``width`` steps (the token buffers' width).
+
+  ``leave`` (2,) int32, dynamic (no program per value): [at most this many steps, leave
+  once at most this many rows are alive]: [width, 0] runs the rows to their ends; a
+  shrinking call (:meth:`SamplingCore.sample`'s ``shrink``) leaves early to go on with
+  its live rows in a smaller batch. Under shard_map the row count is the shard's own.
 
   ``start`` (B,): the tokens each row drew before this call (a request continued from an
   earlier call: continuous batching), ``prev`` (B,) its last one (-1: none). Row i draws
@@ -214,7 +225,7 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, p
   ``lax.while_loop`` over a cache sized to what it can reach; between segments
   the cache grows by a pad (one copy per segment, not per token). Slicing the
   carried cache inside the loop instead makes XLA copy it every step.
-  All segments exit as soon as every row is done.
+  All segments exit as soon as every row is done (or as ``leave`` says).
   """
   model: Transformer = nnx.merge(graphdef, params)
   b, v = logits.shape
@@ -254,7 +265,9 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, p
   size = cache.size
   for end, window in plan:
     s = s.replace(cache=s.cache.resized(window))
-    s = jax.lax.while_loop(lambda s, end=end: (s.step < end) & ~jnp.all(s.done), body, s)
+    s = jax.lax.while_loop(
+        lambda s, end=end: ((s.step < end) & (s.step < leave[0])
+                            & (jnp.sum(~s.done) > leave[1])), body, s)
   cache = s.cache.resized(size)
   if axis is not None:
     # Each shard's loop stops when its own rows are done; the shared write index
@@ -271,7 +284,8 @@ def _cache_spec(cache: KVCache, rows: P) -> KVCache:
                  index=P())
 
 
-def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start, prev, *,
+def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start, prev, leave,
+                    *,
                     sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
                     width: int, mesh: Mesh):
   """The decode loop run per shard of the 'data' axis (``jax.shard_map``).
@@ -290,9 +304,30 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start
                            axis=DATA_AXIS, whole_vocab=split)
   manual = {DATA_AXIS} if split else set(mesh.axis_names)
   return jax.shard_map(
-      loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows, rows, rows),
+      loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows, rows, rows, P()),
       out_specs=(rows,) * 7 + (cspec, rows), axis_names=manual)(
-          params, cache, logits, keys, active, limits, start, prev)
+          params, cache, logits, keys, active, limits, start, prev, leave)
+
+
+# The fewest rows the library's shrinking calls decode (``sample(..., shrink=SHRINK_ROWS)``:
+# the callers that read only the tokens; speed only, the same tokens).
+SHRINK_ROWS = 32
+SHRINK_SLOTS = 64
+
+
+def shrink_sizes(rows: int, data: int, floor: int) -> list[int]:
+  """The batch sizes a shrinking call of ``rows`` rows goes down through (ascending, each
+  below ``rows``): eighths of the batch down to a quarter, then halvings, none below
+  ``floor``, each a multiple of the data axis ``data``. Few sizes: each is a compiled
+  decode loop; eighths: on the policy's answer lengths about 0.92 of the row-steps paid
+  made a token, against 0.80 with halvings only (by simulation)."""
+  sizes = {rows * k // 8 for k in range(2, 8)}
+  half = rows // 4
+  while half > 1:
+    half //= 2
+    sizes.add(half)
+  sizes = {-(-s // data) * data for s in sizes if s >= max(floor, 1)}
+  return sorted(s for s in sizes if s < rows)
 
 
 # ----------------------------------------------------------------------------
@@ -329,7 +364,7 @@ class SamplingCore(CachedModel):
 
   def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
              active=None, limits=None, *, steps: int | None = None, start=None,
-             prev=None) -> SampleOutput:
+             prev=None, shrink: int = 0) -> SampleOutput:
     """Samples up to ``sp.max_new_tokens`` per row, continuing from ``state``.
 
     keys: (num_rows,) typed PRNG keys (see :func:`row_keys`); ignored if greedy.
@@ -344,12 +379,18 @@ class SamplingCore(CachedModel):
       its last one (-1: none), for a row continued from an earlier segment: its next
       token is its ``start[i]``-th (its key's fold-in, ``min_new_tokens``) and a split
       step delimiter is recognised across the two calls.
+    shrink: 0, or the fewest rows a shrinking call decodes: finished rows stop costing
+      decode steps. Whenever the live rows fit a smaller batch of :func:`shrink_sizes`,
+      the loop leaves, the live rows are gathered into that batch, and they go on from
+      where they were (their keys, token counts and last tokens carried: the same
+      tokens as one call). The output has no ``state`` (None): for callers that only
+      read the tokens.
     A row that reaches its limit or the context is done but not ``stopped``.
     ``state`` is donated; continue from ``output.state``.
     """
     if not isinstance(sp, SamplingParams):
       raise TypeError(f"sp must be SamplingParams, got {type(sp).__name__}.")
-    b, bp = state.num_rows, state.padded_rows
+    b = state.num_rows
     keys = jnp.asarray(keys)
     if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) or keys.shape != (b,):
       raise ValueError(
@@ -359,38 +400,124 @@ class SamplingCore(CachedModel):
     if not 1 <= width <= sp.max_new_tokens:
       raise ValueError(f"steps={steps}: expected an integer in [1, max_new_tokens="
                        f"{sp.max_new_tokens}].")
-    used = self._check_room(state, width)
-    plan = window_plan(used, width, state.cache.size, self.window_granularity)
     act = np.ones((b,), bool) if active is None else np.asarray(active, bool)
     if act.shape != (b,):
       raise ValueError(f"active has shape {act.shape}; expected ({b},).")
-    act = self._put_rows(self._pad_rows(act, bp, False))
     lim = (np.full((b,), sp.max_new_tokens, np.int32) if limits is None
            else np.asarray(limits, np.int32))
     if lim.shape != (b,) or lim.min() < 0 or lim.max() > sp.max_new_tokens:
       raise ValueError(f"limits must be ({b},) integers in [0, max_new_tokens="
                        f"{sp.max_new_tokens}]; got shape {lim.shape}, range "
                        f"[{lim.min()}, {lim.max()}].")
-    lim = self._put_rows(self._pad_rows(lim, bp, 0))
     per_row = {}
     for name, x, fill in (("start", start, 0), ("prev", prev, -1)):
       x = np.full((b,), fill, np.int32) if x is None else np.asarray(x, np.int32)
       if x.shape != (b,) or x.min() < fill:
         raise ValueError(f"{name} must be ({b},) integers >= {fill}; got shape {x.shape}.")
-      per_row[name] = self._put_rows(self._pad_rows(x, bp, fill))
+      per_row[name] = x
+    if isinstance(shrink, bool) or not isinstance(shrink, (int, np.integer)) or shrink < 0:
+      raise ValueError(f"shrink={shrink!r}: expected an integer >= 0 (0: off).")
+    if shrink and steps is not None:
+      raise ValueError(f"shrink={shrink} with steps={steps}: a shrinking call runs its rows to "
+                       "their ends (steps=None).")
+    if shrink:
+      return self._sample_shrinking(state, keys, sp, act, lim, per_row["start"],
+                                    per_row["prev"], width, int(shrink))
+    return self._call(state, keys, sp, act, lim, per_row["start"], per_row["prev"], width)
+
+  def _call(self, state: DecodeState, keys: Array, sp: SamplingParams, act, lim, start,
+            prev, width: int, *, leave_at: int = 0, room: int | None = None,
+            granularity: int | None = None) -> SampleOutput:
+    """One decode loop on checked host inputs: at most ``room`` steps (default
+    ``width``), leaving once at most ``leave_at`` rows are alive (0: all done), its
+    windows grown by ``granularity`` (default the core's)."""
+    b, bp = state.num_rows, state.padded_rows
+    room = width if room is None else room
+    used = self._check_room(state, room)
+    plan = window_plan(used, width, state.cache.size, self.window_granularity
+                       if granularity is None else granularity)
+    put = lambda x, fill: self._put_rows(self._pad_rows(x, bp, fill))  # noqa: E731
     if bp != b:
       keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (bp - b,))])
     keys = self._put_rows(keys)
+    # Each data shard leaves once its own live rows are at most its share of leave_at.
+    leave = jnp.asarray([room, leave_at // self.data_size], jnp.int32)
     tokens, logprobs, confidence, lengths, stopped, done, ran, cache, logits = self._sample(
-        self.graphdef, self.params, state.cache, state.logits, keys, act, lim,
-        per_row["start"], per_row["prev"], sp=sp, ids=self.ids, plan=plan, width=width,
-        mesh=self.mesh)
+        self.graphdef, self.params, state.cache, state.logits, keys, put(act, False),
+        put(lim, 0), put(start, 0), put(prev, -1), leave, sp=sp, ids=self.ids, plan=plan,
+        width=width, mesh=self.mesh)
     if bp != b:
       tokens, logprobs, confidence, lengths, stopped, done = (
           x[:b] for x in (tokens, logprobs, confidence, lengths, stopped, done))
+    steps = jnp.max(ran)
     return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=lengths, stopped=stopped,
                         state=DecodeState(cache=cache, logits=logits, num_rows=b),
-                        confidence=confidence, done=done, steps=jnp.max(ran))
+                        confidence=confidence, done=done, steps=steps, row_steps=steps * b)
+
+  def _sample_shrinking(self, state: DecodeState, keys: Array, sp: SamplingParams, act, lim,
+                        start, prev, width: int, shrink: int) -> SampleOutput:
+    """:meth:`sample` with ``shrink``: calls on ever smaller batches of the live rows."""
+    b = state.num_rows
+    sizes = shrink_sizes(b, self.data_size, shrink)
+    tokens = np.full((b, width), self.ids.pad_id, np.int32)
+    logprobs = np.zeros((b, width), np.float32)
+    confidence = np.zeros((b, width, len(confidence_lib.STATS)), np.float32)
+    made = np.zeros((b,), np.int32)  # tokens each row drew in this call so far
+    stopped = np.zeros((b,), bool)
+    done = ~act | (lim <= 0)
+    rows = np.arange(b)  # the caller's row at each row of the batch (-1: padding)
+    ran = row_steps = 0
+    while True:
+      n = state.num_rows
+      live = act & (rows >= 0)
+      smaller = [s for s in sizes if s < n]
+      # At most the most tokens a live row may still draw (under shard_map the rows of a
+      # shard that left early are behind the others: the room is per row, not width - ran).
+      room = int(np.max(np.where(live, lim, 0), initial=0)) if n < b else width
+      out = self._call(state, keys, sp, live, np.where(live, lim, 0), start, prev, width,
+                       leave_at=smaller[-1] if smaller else 0, room=max(room, 1),
+                       granularity=None if n == b else 0)
+      steps = int(out.steps)
+      ran, row_steps = ran + steps, row_steps + steps * n
+      got, k = np.asarray(out.tokens), np.asarray(out.lengths)
+      mine = rows >= 0
+      r, i = rows[mine], np.flatnonzero(mine)
+      cols = made[r][:, None] + np.arange(width)[None, :]
+      keep = np.arange(width)[None, :] < k[i][:, None]
+      rr = np.broadcast_to(r[:, None], cols.shape)
+      tokens[rr[keep], cols[keep]] = got[i][keep]
+      logprobs[rr[keep], cols[keep]] = np.asarray(out.logprobs)[i][keep]
+      confidence[rr[keep], cols[keep]] = np.asarray(out.confidence)[i][keep]
+      made[r] += k[i]
+      stopped[r] = np.asarray(out.stopped)[i]
+      done[r] = np.asarray(out.done)[i]
+      go = np.flatnonzero(mine & ~np.asarray(out.done))
+      if not go.size:
+        break
+      # The live rows, padded with inactive copies of the first, into the smallest size
+      # that holds them, down the sizes one at a time (few compiled gathers: one per
+      # pair of neighbouring sizes), in caches of a size rounded up by SHRINK_SLOTS (one
+      # decode loop per batch size for many prompt widths; it reads them whole).
+      fit = next(s for s in sizes + [n] if s >= go.size)
+      if fit >= n:  # the loop leaves early only when the live rows fit a smaller size
+        raise RuntimeError(f"a shrinking call left its loop with {go.size} of {n} rows live.")
+      pick = np.concatenate([go, np.repeat(go[:1], fit - go.size)])
+      need = int(out.state.cache.index) + int((lim - k)[go].max())
+      state, at, index = out.state, n, go
+      while at > fit:
+        at = max(s for s in sizes if s < at)
+        index = np.concatenate([index, np.repeat(index[:1], at - index.size)])[:at]
+        state = self.gather(state, index,
+                            size=round_up(max(state.cache.size, need), SHRINK_SLOTS))
+        index = np.arange(go.size)
+      keys, lim, start = keys[jnp.asarray(pick)], lim[pick] - k[pick], start[pick] + k[pick]
+      last = got[pick, np.maximum(k[pick] - 1, 0)]
+      prev = np.where(k[pick] > 0, last, prev[pick])
+      act = np.arange(fit) < go.size
+      rows = np.where(act, rows[pick], -1)
+    return SampleOutput(tokens=tokens, logprobs=logprobs, lengths=made, stopped=stopped,
+                        state=None, confidence=confidence, done=done,
+                        steps=np.int32(ran), row_steps=row_steps)
 
   def generate(self, tokens, valid, keys, sp: SamplingParams, *, limits=None) -> SampleOutput:
     """Prefill + sample in one call; the cache holds the prompts and max_new_tokens.

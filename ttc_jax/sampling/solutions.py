@@ -20,6 +20,7 @@ from ttc_jax.progress import Progress
 from ttc_jax.sampling import serving
 from ttc_jax.sampling import streams
 from ttc_jax.sampling import utilization
+from ttc_jax.sampling.core import SHRINK_ROWS
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import row_keys
@@ -111,11 +112,12 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
     row_limits = np.concatenate([limits[sel], np.zeros(fill, np.int32)])  # fill: no work
     tok, valid = left_pad(rows, length, pad_id)
     state = core.prefill(tok, valid, cache_size=length + sp.max_new_tokens)
-    out = core.sample(state, row_keys(seed, *row_ids.T), sp, limits=row_limits)
+    out = core.sample(state, row_keys(seed, *row_ids.T), sp, limits=row_limits,
+                      shrink=SHRINK_ROWS)
     k = len(sel)
     progress.update(k * parallel.process_count())
     return (np.asarray(out.tokens)[:k], np.asarray(out.lengths)[:k],
-            np.asarray(out.stopped)[:k], int(out.steps) * batch_size)
+            np.asarray(out.stopped)[:k], int(out.row_steps))
 
   tokens = np.full((n, sp.max_new_tokens), pad_id, np.int32)
   lengths = np.zeros((n,), np.int32)

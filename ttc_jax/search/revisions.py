@@ -45,6 +45,7 @@ from ttc_jax.progress import Progress
 from ttc_jax.sampling import serving
 from ttc_jax.sampling import streams
 from ttc_jax.sampling import utilization
+from ttc_jax.sampling.core import SHRINK_ROWS
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.solutions import Generations
@@ -267,12 +268,12 @@ def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts
     state = core.extend(state, ext, ext_valid)
   pad = lambda x: np.concatenate([x, np.repeat(x[:1], padded_n - n)])  # noqa: E731
   keys = streams.keys(seed, stream, pad(split[q_of]), pad(index[q_of]), pad(c_of), step, run)
-  result = core.sample(state, keys, sp, active=np.arange(padded_n) < n)
+  result = core.sample(state, keys, sp, active=np.arange(padded_n) < n, shrink=SHRINK_ROWS)
   lengths = np.asarray(result.lengths)
   gen = np.asarray(result.tokens)
   stopped = np.asarray(result.stopped)
   stats = result.token_stats()
-  utilization.record(int(result.steps) * padded_n, int(lengths[:n].sum()))
+  utilization.record(int(result.row_steps), int(lengths[:n].sum()))
   for r, (q, c) in enumerate(part):
     _record(tokenizer, task, out, q, c, gen[r, :lengths[r]].tolist(), prompts[r],
             bool(stopped[r]), len(extensions[r]), stats[r, :lengths[r]])

@@ -28,6 +28,7 @@ from ttc_jax.progress import Progress
 from ttc_jax.sampling import solutions
 from ttc_jax.sampling import streams
 from ttc_jax.sampling import utilization
+from ttc_jax.sampling.core import SHRINK_ROWS
 from ttc_jax.sampling.core import SamplingCore
 from ttc_jax.sampling.core import SamplingParams
 from ttc_jax.sampling.core import row_keys
@@ -158,11 +159,11 @@ def rollout_success(core: SamplingCore, tok, task, problems: Sequence, prefixes:
     keys = row_keys(seed, *ids.T, rollout)
     state = core.prefill(tokens, valid, cache_size=length + sp.max_new_tokens)
     state = core.gather(state, np.repeat(np.arange(per_chunk), k))  # tree expansion
-    out = core.sample(state, keys, sp, limits=np.repeat(limits, k))
+    out = core.sample(state, keys, sp, limits=np.repeat(limits, k), shrink=SHRINK_ROWS)
     gen = np.asarray(out.tokens)
     lengths = np.asarray(out.lengths)
     stopped = np.asarray(out.stopped)
-    utilization.record(int(out.steps) * len(lengths), int(lengths[:len(sel) * k].sum()))
+    utilization.record(int(out.row_steps), int(lengths[:len(sel) * k].sum()))
     rate = np.zeros(len(sel))
     for c_, i in enumerate(sel):
       pos, _, prefix = prefixes[i]
