@@ -28,19 +28,21 @@ def test_bench_row_times_both_sides_and_compares_tokens():
 
 
 @pytest.mark.e2e
-def test_the_varied_lengths_row_compares_continuous_static_and_hf_on_the_same_tokens():
-  row = sampling_bench.bench_varied_row(TINY, requests=24, slots=8, prompt_len=8,
+def test_the_varied_lengths_row_compares_continuous_static_shrinking_and_hf_on_the_same_tokens():
+  row = sampling_bench.bench_varied_row(TINY, requests=128, slots=64, prompt_len=8,
                                         new_tokens=16, segment=4, runs=5, warmup=1, seed=0,
-                                        peak=100.0)
+                                        peak=100.0, shrink=2)
   assert row["same_tokens"] and all(row["same_tokens_by_side"].values())
-  assert row["useful_tokens"] == round(row["mean_length"] * 24)
-  # Static batches pay for their longest row; continuous batching refills finished slots.
+  assert row["useful_tokens"] == round(row["mean_length"] * 128)
+  # Static batches pay for their longest row; continuous batching refills finished slots,
+  # shrinking batches drop them (over 8 devices: 8 rows each).
   assert row["utilization_static"] < row["utilization_continuous"] <= 1
-  for side in ("jax_continuous", "jax_static", "hf"):
+  assert row["utilization_static"] < row["utilization_shrinking"] <= 1
+  for side in ("jax_continuous", "jax_static", "jax_shrinking", "hf"):
     assert len(row[f"{side}_times_s"]) == 5 and row[f"{side}_useful_tokens_per_s"] > 0
   json.dumps(row)
   table = sampling_bench.markdown_table([row])
-  assert "| tiny | 24 | 8 |" in table
+  assert "| tiny | 128 | 64 |" in table
 
 
 def test_bench_refuses_fewer_than_five_runs(tmp_path):

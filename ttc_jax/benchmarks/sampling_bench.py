@@ -30,6 +30,7 @@ from ttc_jax.sampling import SamplingParams
 from ttc_jax.sampling import SpecialIds
 from ttc_jax.sampling import make_mesh
 from ttc_jax.sampling import row_keys
+from ttc_jax.sampling.core import SHRINK_ROWS
 
 PAD_ID, EOS_ID = 0, 2
 
@@ -212,14 +213,15 @@ def bench_row(bc: BenchConfig, batch: int, *, prompt_len: int, new_tokens: int,
 
 def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: int,
                      new_tokens: int, segment: int, runs: int, warmup: int, seed: int,
-                     peak: float) -> dict:
+                     peak: float, shrink: int = SHRINK_ROWS) -> dict:
   """Many samples of different lengths: ``requests`` greedy answers, request i capped at
   ``limits[i]`` tokens (uniform in [new_tokens / 16, new_tokens]). Timed: the sampling
   core with continuous batching (``slots`` rows refilled every ``segment`` steps), the core
-  on static batches of ``slots`` rows (each call runs to its longest cap), and transformers'
-  ``generate`` on the same static batches (it has no per-row cap: each batch runs to its
-  longest cap and rows are cut after). Useful tokens/s = sum(limits) / time for all three;
-  same_tokens compares every row's first ``limits[i]`` tokens."""
+  on static batches of ``slots`` rows (each call runs to its longest cap), the same batches
+  shrinking as their rows end (``shrink``: the fewest rows, as the stages sample), and
+  transformers' ``generate`` on the same static batches (it has no per-row cap: each batch
+  runs to its longest cap and rows are cut after). Useful tokens/s = sum(limits) / time for
+  all four; same_tokens compares every row's first ``limits[i]`` tokens."""
   import torch  # pylint: disable=g-import-not-at-top
   from ttc_jax.sampling import serving  # pylint: disable=g-import-not-at-top
 
@@ -233,7 +235,7 @@ def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: 
   sp = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
   keys = row_keys(seed, np.arange(requests))
   batches = [np.arange(s, min(s + slots, requests)) for s in range(0, requests, slots)]
-  steps = {"static": 0, "continuous": 0}
+  steps = {"static": 0, "continuous": 0, "shrinking": 0}
 
   def cut(tokens):
     return np.where(np.arange(new_tokens)[None] < limits[:, None], tokens, PAD_ID)
@@ -249,8 +251,17 @@ def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: 
     for sel in batches:
       o = core.generate(prompts[sel], None, keys[sel], sp, limits=limits[sel])
       out[sel] = np.asarray(o.tokens)
-      paid += int(o.steps) * len(sel)
+      paid += int(o.row_steps)
     steps["static"] = paid
+    return cut(out)
+
+  def run_shrinking():
+    out, paid = np.full((requests, new_tokens), PAD_ID, np.int32), 0
+    for sel in batches:
+      o = core.generate(prompts[sel], None, keys[sel], sp, limits=limits[sel], shrink=shrink)
+      out[sel] = np.asarray(o.tokens)
+      paid += int(o.row_steps)
+    steps["shrinking"] = paid
     return cut(out)
 
   def run_hf():
@@ -265,7 +276,8 @@ def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: 
       out[sel, :n] = got[:, prompt_len:].numpy()
     return cut(out)
 
-  sides = {"jax_continuous": run_continuous, "jax_static": run_static, "hf": run_hf}
+  sides = {"jax_continuous": run_continuous, "jax_static": run_static,
+           "jax_shrinking": run_shrinking, "hf": run_hf}
   tokens, times = _time_sides(sides, runs=runs, warmup=warmup,
                               label=f"config {bc.name} varied lengths")
   useful = int(limits.sum())
@@ -279,15 +291,17 @@ def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: 
       **{f"{name}_useful_tokens_per_s": useful / med[name] for name in sides},
       "speedup": med["hf"] / med["jax_continuous"],
       "static_speedup": med["hf"] / med["jax_static"],
+      "shrinking_speedup": med["hf"] / med["jax_shrinking"],
       "continuous_over_static": med["jax_static"] / med["jax_continuous"],
       "utilization_continuous": useful / steps["continuous"],
       "utilization_static": useful / steps["static"],
+      "utilization_shrinking": useful / steps["shrinking"], "shrink": shrink,
       "matmul_peak_gflops_per_s": peak,
       "jax_gflops_per_s": (model_flops(model.config, 1, prompt_len, 0) * requests
                            + sum(model_flops(model.config, 1, prompt_len, int(n))
                                  - model_flops(model.config, 1, prompt_len, 0) for n in limits)
                            ) / med["jax_continuous"] / 1e9,
-      "same_tokens": same["jax_continuous"] and same["jax_static"],
+      "same_tokens": same["jax_continuous"] and same["jax_static"] and same["jax_shrinking"],
       "same_tokens_by_side": same, "jax_devices": core.mesh.size,
       **{f"{name}_times_s": times[name] for name in sides},
   }
@@ -335,10 +349,13 @@ def run(out_path: str, *, configs: Sequence[str] = ("a", "b"), batches: Sequence
       rows.append(row)
       logging.info(
           "config %s, %d samples of different lengths: useful tok/s jax continuous %.0f, "
-          "jax static %.0f, hf %.0f (speedup %.2fx); utilization %.2f vs %.2f static; "
-          "same_tokens=%s", c, varied_requests, row["jax_continuous_useful_tokens_per_s"],
-          row["jax_static_useful_tokens_per_s"], row["hf_useful_tokens_per_s"], row["speedup"],
-          row["utilization_continuous"], row["utilization_static"], row["same_tokens"])
+          "jax static %.0f, jax shrinking %.0f, hf %.0f (speedup %.2fx / %.2fx / %.2fx); "
+          "utilization %.2f / %.2f / %.2f; same_tokens=%s", c, varied_requests,
+          row["jax_continuous_useful_tokens_per_s"], row["jax_static_useful_tokens_per_s"],
+          row["jax_shrinking_useful_tokens_per_s"], row["hf_useful_tokens_per_s"],
+          row["speedup"], row["static_speedup"], row["shrinking_speedup"],
+          row["utilization_continuous"], row["utilization_static"],
+          row["utilization_shrinking"], row["same_tokens"])
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   with open(out_path, "w") as f:
     json.dump(rows, f, indent=2)
@@ -361,15 +378,17 @@ def markdown_table(rows: Sequence[dict]) -> str:
   if varied:
     lines += ["", "Samples of different lengths (useful tokens/s: the tokens each row asked for "
               "over the time; static batches run to their longest row):", "",
-              "| config | samples | slots | mean length | jax continuous | jax static | hf | "
-              "speedup (continuous / static vs hf) | utilization continuous / static | "
-              "same tokens |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| config | samples | slots | mean length | jax continuous | jax static | "
+              "jax shrinking | hf | speedup (continuous / static / shrinking vs hf) | "
+              "utilization continuous / static / shrinking | same tokens |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in varied:
       lines.append(
           f"| {r['config']} | {r['requests']} | {r['batch']} | {r['mean_length']:.0f} | "
           f"{r['jax_continuous_useful_tokens_per_s']:.0f} | "
-          f"{r['jax_static_useful_tokens_per_s']:.0f} | {r['hf_useful_tokens_per_s']:.0f} | "
-          f"{r['speedup']:.2f} / {r['static_speedup']:.2f} | "
-          f"{r['utilization_continuous']:.2f} / {r['utilization_static']:.2f} | "
-          f"{r['same_tokens']} |")
+          f"{r['jax_static_useful_tokens_per_s']:.0f} | "
+          f"{r['jax_shrinking_useful_tokens_per_s']:.0f} | {r['hf_useful_tokens_per_s']:.0f} | "
+          f"{r['speedup']:.2f} / {r['static_speedup']:.2f} / {r['shrinking_speedup']:.2f} | "
+          f"{r['utilization_continuous']:.2f} / {r['utilization_static']:.2f} / "
+          f"{r['utilization_shrinking']:.2f} | {r['same_tokens']} |")
   return "\n".join(lines)

@@ -192,7 +192,8 @@ class _StopRule:
 # ----------------------------------------------------------------------------
 def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, prev, leave,
                  *, sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
-                 width: int, axis: str | None = None, whole_vocab: bool = False):
+                 width: int, axis: str | None = None, whole_vocab: bool = False,
+                 together: bool = False):
   """The decode loop. ``plan`` is a static list of segments (end_step, window):
   steps before ``end_step`` run on the cache cut to its first ``window`` slots; the
   loop runs at most ``width`` steps (the token buffers' width).
@@ -200,7 +201,12 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, p
   ``leave`` (2,) int32, dynamic (no program per value): [at most this many steps, leave
   once at most this many rows are alive]: [width, 0] runs the rows to their ends; a
   shrinking call (:meth:`SamplingCore.sample`'s ``shrink``) leaves early to go on with
-  its live rows in a smaller batch. Under shard_map the row count is the shard's own.
+  its live rows in a smaller batch. Under shard_map the row count is the shard's own,
+  unless ``together``: then it is summed over the shards (one scalar all-reduce per step),
+  so that every shard leaves at the same step and the live rows stay level (a shard
+  leaving on its own count would wait for the others and its rows would then lag theirs:
+  on 8 devices of 8 rows each that paid more row-steps than not shrinking at all). Every
+  shard then runs the same iterations, so the collective never waits on a shard that left.
 
   ``start`` (B,): the tokens each row drew before this call (a request continued from an
   earlier call: continuous batching), ``prev`` (B,) its last one (-1: none). Row i draws
@@ -234,6 +240,9 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, p
   # The logits replicated over the auto axes (within this data shard), or as they are.
   whole = ((lambda x: jax.lax.with_sharding_constraint(x, P(None, None))) if whole_vocab
            else (lambda x: x))
+  # The live rows leave is compared with: the shard's, or all shards' (``together``).
+  alive = ((lambda done: jax.lax.psum(jnp.sum(~done), axis)) if together and axis is not None
+           else (lambda done: jnp.sum(~done)))
 
   def body(s: _Loop) -> _Loop:
     raw = whole(s.logits)
@@ -267,7 +276,7 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, p
     s = s.replace(cache=s.cache.resized(window))
     s = jax.lax.while_loop(
         lambda s, end=end: ((s.step < end) & (s.step < leave[0])
-                            & (jnp.sum(~s.done) > leave[1])), body, s)
+                            & (alive(s.done) > leave[1])), body, s)
   cache = s.cache.resized(size)
   if axis is not None:
     # Each shard's loop stops when its own rows are done; the shared write index
@@ -287,7 +296,7 @@ def _cache_spec(cache: KVCache, rows: P) -> KVCache:
 def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start, prev, leave,
                     *,
                     sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
-                    width: int, mesh: Mesh):
+                    width: int, mesh: Mesh, together: bool = False):
   """The decode loop run per shard of the 'data' axis (``jax.shard_map``).
 
   Every row's computation is local to its shard, so each device runs its own
@@ -301,7 +310,7 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start
   # reads the whole vocabulary (``whole_vocab``): no collective of the loop leaves a shard.
   split = mesh.shape[MODEL_AXIS] > 1
   loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, width=width,
-                           axis=DATA_AXIS, whole_vocab=split)
+                           axis=DATA_AXIS, whole_vocab=split, together=together)
   manual = {DATA_AXIS} if split else set(mesh.axis_names)
   return jax.shard_map(
       loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows, rows, rows, P()),
@@ -310,7 +319,10 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start
 
 
 # The fewest rows the library's shrinking calls decode (``sample(..., shrink=SHRINK_ROWS)``:
-# the callers that read only the tokens; speed only, the same tokens).
+# speed only, the same tokens): generate's static batches and the MC rollouts, thousands of
+# rows per stage. Revision chains and best-of-N in search do not shrink: on the study's
+# (batches of a few hundred rows) the compiles of the smaller batches cost more than the
+# row-steps saved (06f4741's study: revision_sweep 285 -> 329 s, search_sweep 445 -> 452 s).
 SHRINK_ROWS = 32
 SHRINK_SLOTS = 64
 
@@ -359,7 +371,7 @@ class SamplingCore(CachedModel):
     super().__init__(model, mesh=mesh, pad_id=ids.pad_id, window_granularity=window_granularity)
     self.ids = ids
     self._sample = jax.jit(_sample_sharded, static_argnums=(0,),
-                           static_argnames=("sp", "ids", "plan", "width", "mesh"),
+                           static_argnames=("sp", "ids", "plan", "width", "mesh", "together"),
                            donate_argnums=(2, 3))
 
   def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
@@ -440,12 +452,13 @@ class SamplingCore(CachedModel):
     if bp != b:
       keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (bp - b,))])
     keys = self._put_rows(keys)
-    # Each data shard leaves once its own live rows are at most its share of leave_at.
-    leave = jnp.asarray([room, leave_at // self.data_size], jnp.int32)
+    # Leaving early with more than one data shard: on the live rows of all shards.
+    together = bool(leave_at) and self.data_size > 1
+    leave = jnp.asarray([room, leave_at], jnp.int32)
     tokens, logprobs, confidence, lengths, stopped, done, ran, cache, logits = self._sample(
         self.graphdef, self.params, state.cache, state.logits, keys, put(act, False),
         put(lim, 0), put(start, 0), put(prev, -1), leave, sp=sp, ids=self.ids, plan=plan,
-        width=width, mesh=self.mesh)
+        width=width, mesh=self.mesh, together=together)
     if bp != b:
       tokens, logprobs, confidence, lengths, stopped, done = (
           x[:b] for x in (tokens, logprobs, confidence, lengths, stopped, done))
@@ -471,8 +484,7 @@ class SamplingCore(CachedModel):
       n = state.num_rows
       live = act & (rows >= 0)
       smaller = [s for s in sizes if s < n]
-      # At most the most tokens a live row may still draw (under shard_map the rows of a
-      # shard that left early are behind the others: the room is per row, not width - ran).
+      # At most the most tokens a live row may still draw.
       room = int(np.max(np.where(live, lim, 0), initial=0)) if n < b else width
       out = self._call(state, keys, sp, live, np.where(live, lim, 0), start, prev, width,
                        leave_at=smaller[-1] if smaller else 0, room=max(room, 1),
@@ -519,11 +531,12 @@ class SamplingCore(CachedModel):
                         state=None, confidence=confidence, done=done,
                         steps=np.int32(ran), row_steps=row_steps)
 
-  def generate(self, tokens, valid, keys, sp: SamplingParams, *, limits=None) -> SampleOutput:
+  def generate(self, tokens, valid, keys, sp: SamplingParams, *, limits=None,
+               shrink: int = 0) -> SampleOutput:
     """Prefill + sample in one call; the cache holds the prompts and max_new_tokens.
 
     Every row must have room for ``max_new_tokens`` within the context (an
-    error otherwise, never a silent cut); ``limits`` as in :meth:`sample`.
+    error otherwise, never a silent cut); ``limits`` and ``shrink`` as in :meth:`sample`.
     """
     tokens = np.asarray(tokens)
     valid = np.ones_like(tokens, bool) if valid is None else np.asarray(valid, bool)
@@ -534,4 +547,4 @@ class SamplingCore(CachedModel):
           f"{longest + sp.max_new_tokens} exceeds the model context max_seq_len="
           f"{self.config.max_seq_len}.")
     state = self.prefill(tokens, valid, cache_size=tokens.shape[1] + sp.max_new_tokens)
-    return self.sample(state, keys, sp, limits=limits)
+    return self.sample(state, keys, sp, limits=limits, shrink=shrink)

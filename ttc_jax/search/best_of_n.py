@@ -22,7 +22,6 @@ import numpy as np
 from ttc_jax.budget import Budget
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.sampling import utilization
-from ttc_jax.sampling.core import SHRINK_ROWS
 from ttc_jax.search import common
 from ttc_jax.search.tree import chunk_width
 from ttc_jax.verifiers.aggregation import METHODS
@@ -72,7 +71,7 @@ def best_of_n(strategy: BestOfN, ctx: common.SearchContext, problems: Sequence
   prm = ctx.prm.gather(prm, expand)
   ids = np.asarray([p.index for p in problems], np.int64)[expand]
   keys = ctx.keys(ids, np.tile(np.arange(n), num), 0)
-  out = ctx.core.sample(pol, keys, ctx.sp, shrink=SHRINK_ROWS)
+  out = ctx.core.sample(pol, keys, ctx.sp)
   lengths = np.asarray(out.lengths)
   utilization.record(int(out.row_steps), int(lengths.sum()))
   width = chunk_width(int(lengths.max()), ctx.max_new_tokens, 16)
