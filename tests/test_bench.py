@@ -35,9 +35,10 @@ def test_the_varied_lengths_row_compares_continuous_static_shrinking_and_hf_on_t
   assert row["same_tokens"] and all(row["same_tokens_by_side"].values())
   assert row["useful_tokens"] == round(row["mean_length"] * 128)
   # Static batches pay for their longest row; continuous batching refills finished slots,
-  # shrinking batches drop them (over 8 devices: 8 rows each).
+  # shrinking batches (on one device) drop them.
   assert row["utilization_static"] < row["utilization_continuous"] <= 1
   assert row["utilization_static"] < row["utilization_shrinking"] <= 1
+  assert row["shrinking_devices"] == 1 and row["jax_devices"] == 8
   for side in ("jax_continuous", "jax_static", "jax_shrinking", "hf"):
     assert len(row[f"{side}_times_s"]) == 5 and row[f"{side}_useful_tokens_per_s"] > 0
   json.dumps(row)

@@ -173,7 +173,8 @@ def _assert_same_call(out, ref):
 def test_a_shrinking_call_gives_one_call_s_tokens(core1, core8, devices, sp):
   """The live rows gathered into ever smaller batches as rows finish: the tokens, lengths,
   stopped and done of one call (log-probabilities to float32 rounding), with varied limits,
-  inactive rows and rows that reach the context; the same steps, fewer row-steps."""
+  inactive rows and rows that reach the context; the same steps, fewer row-steps. Over 8
+  devices the call does not shrink (one call, its row-steps)."""
   core = {"1": core1, "8": core8}[devices]
   num = 40
   prompts = _prompts(num, num, long_every=4)
@@ -192,9 +193,11 @@ def test_a_shrinking_call_gives_one_call_s_tokens(core1, core8, devices, sp):
   assert not lengths[[5, 18]].any()
   at_context = [i for i, p in enumerate(prompts) if len(p) + lengths[i] == CONTEXT]
   assert at_context and not np.asarray(ref.stopped)[at_context].any()
-  # The same steps: over 8 devices too, all shards leave at once (their rows stay level).
   assert int(out.steps) == int(ref.steps)
-  assert int(lengths.sum()) <= int(out.row_steps) < int(ref.row_steps)
+  if devices == "1":
+    assert int(lengths.sum()) <= int(out.row_steps) < int(ref.row_steps)
+  else:
+    assert int(out.row_steps) == int(ref.row_steps)
 
 
 def test_a_shrinking_call_continues_rows_from_an_earlier_call(core1):

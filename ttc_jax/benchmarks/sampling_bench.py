@@ -218,7 +218,8 @@ def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: 
   ``limits[i]`` tokens (uniform in [new_tokens / 16, new_tokens]). Timed: the sampling
   core with continuous batching (``slots`` rows refilled every ``segment`` steps), the core
   on static batches of ``slots`` rows (each call runs to its longest cap), the same batches
-  shrinking as their rows end (``shrink``: the fewest rows, as the stages sample), and
+  shrinking as their rows end (``shrink``: the fewest rows, as the stages sample; on one
+  XLA device, as the stages do: over several a call does not shrink), and
   transformers' ``generate`` on the same static batches (it has no per-row cap: each batch
   runs to its longest cap and rows are cut after). Useful tokens/s = sum(limits) / time for
   all four; same_tokens compares every row's first ``limits[i]`` tokens."""
@@ -232,6 +233,7 @@ def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: 
   hf = to_hf_llama(model, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
   ids = SpecialIds(pad_id=PAD_ID, eos_ids=(EOS_ID,))
   core = SamplingCore(model, ids, mesh=make_mesh())
+  core1 = SamplingCore(model, ids)  # one device (the process's default mesh)
   sp = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
   keys = row_keys(seed, np.arange(requests))
   batches = [np.arange(s, min(s + slots, requests)) for s in range(0, requests, slots)]
@@ -258,7 +260,7 @@ def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: 
   def run_shrinking():
     out, paid = np.full((requests, new_tokens), PAD_ID, np.int32), 0
     for sel in batches:
-      o = core.generate(prompts[sel], None, keys[sel], sp, limits=limits[sel], shrink=shrink)
+      o = core1.generate(prompts[sel], None, keys[sel], sp, limits=limits[sel], shrink=shrink)
       out[sel] = np.asarray(o.tokens)
       paid += int(o.row_steps)
     steps["shrinking"] = paid
@@ -296,6 +298,7 @@ def bench_varied_row(bc: BenchConfig, *, requests: int, slots: int, prompt_len: 
       "utilization_continuous": useful / steps["continuous"],
       "utilization_static": useful / steps["static"],
       "utilization_shrinking": useful / steps["shrinking"], "shrink": shrink,
+      "shrinking_devices": core1.mesh.size,
       "matmul_peak_gflops_per_s": peak,
       "jax_gflops_per_s": (model_flops(model.config, 1, prompt_len, 0) * requests
                            + sum(model_flops(model.config, 1, prompt_len, int(n))
@@ -379,7 +382,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
     lines += ["", "Samples of different lengths (useful tokens/s: the tokens each row asked for "
               "over the time; static batches run to their longest row):", "",
               "| config | samples | slots | mean length | jax continuous | jax static | "
-              "jax shrinking | hf | speedup (continuous / static / shrinking vs hf) | "
+              "jax shrinking (1 device) | hf | speedup (continuous / static / shrinking vs hf) | "
               "utilization continuous / static / shrinking | same tokens |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in varied:

@@ -192,8 +192,7 @@ class _StopRule:
 # ----------------------------------------------------------------------------
 def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, prev, leave,
                  *, sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
-                 width: int, axis: str | None = None, whole_vocab: bool = False,
-                 together: bool = False):
+                 width: int, axis: str | None = None, whole_vocab: bool = False):
   """The decode loop. ``plan`` is a static list of segments (end_step, window):
   steps before ``end_step`` run on the cache cut to its first ``window`` slots; the
   loop runs at most ``width`` steps (the token buffers' width).
@@ -201,12 +200,7 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, p
   ``leave`` (2,) int32, dynamic (no program per value): [at most this many steps, leave
   once at most this many rows are alive]: [width, 0] runs the rows to their ends; a
   shrinking call (:meth:`SamplingCore.sample`'s ``shrink``) leaves early to go on with
-  its live rows in a smaller batch. Under shard_map the row count is the shard's own,
-  unless ``together``: then it is summed over the shards (one scalar all-reduce per step),
-  so that every shard leaves at the same step and the live rows stay level (a shard
-  leaving on its own count would wait for the others and its rows would then lag theirs:
-  on 8 devices of 8 rows each that paid more row-steps than not shrinking at all). Every
-  shard then runs the same iterations, so the collective never waits on a shard that left.
+  its live rows in a smaller batch (on one data shard: the row count is the shard's own).
 
   ``start`` (B,): the tokens each row drew before this call (a request continued from an
   earlier call: continuous batching), ``prev`` (B,) its last one (-1: none). Row i draws
@@ -240,9 +234,6 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, p
   # The logits replicated over the auto axes (within this data shard), or as they are.
   whole = ((lambda x: jax.lax.with_sharding_constraint(x, P(None, None))) if whole_vocab
            else (lambda x: x))
-  # The live rows leave is compared with: the shard's, or all shards' (``together``).
-  alive = ((lambda done: jax.lax.psum(jnp.sum(~done), axis)) if together and axis is not None
-           else (lambda done: jnp.sum(~done)))
 
   def body(s: _Loop) -> _Loop:
     raw = whole(s.logits)
@@ -276,7 +267,7 @@ def _sample_loop(graphdef, params, cache, logits, keys, active, limits, start, p
     s = s.replace(cache=s.cache.resized(window))
     s = jax.lax.while_loop(
         lambda s, end=end: ((s.step < end) & (s.step < leave[0])
-                            & (alive(s.done) > leave[1])), body, s)
+                            & (jnp.sum(~s.done) > leave[1])), body, s)
   cache = s.cache.resized(size)
   if axis is not None:
     # Each shard's loop stops when its own rows are done; the shared write index
@@ -296,7 +287,7 @@ def _cache_spec(cache: KVCache, rows: P) -> KVCache:
 def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start, prev, leave,
                     *,
                     sp: SamplingParams, ids: SpecialIds, plan: tuple[tuple[int, int], ...],
-                    width: int, mesh: Mesh, together: bool = False):
+                    width: int, mesh: Mesh):
   """The decode loop run per shard of the 'data' axis (``jax.shard_map``).
 
   Every row's computation is local to its shard, so each device runs its own
@@ -310,7 +301,7 @@ def _sample_sharded(graphdef, params, cache, logits, keys, active, limits, start
   # reads the whole vocabulary (``whole_vocab``): no collective of the loop leaves a shard.
   split = mesh.shape[MODEL_AXIS] > 1
   loop = functools.partial(_sample_loop, graphdef, sp=sp, ids=ids, plan=plan, width=width,
-                           axis=DATA_AXIS, whole_vocab=split, together=together)
+                           axis=DATA_AXIS, whole_vocab=split)
   manual = {DATA_AXIS} if split else set(mesh.axis_names)
   return jax.shard_map(
       loop, mesh=mesh, in_specs=(P(), cspec, rows, rows, rows, rows, rows, rows, P()),
@@ -371,7 +362,7 @@ class SamplingCore(CachedModel):
     super().__init__(model, mesh=mesh, pad_id=ids.pad_id, window_granularity=window_granularity)
     self.ids = ids
     self._sample = jax.jit(_sample_sharded, static_argnums=(0,),
-                           static_argnames=("sp", "ids", "plan", "width", "mesh", "together"),
+                           static_argnames=("sp", "ids", "plan", "width", "mesh"),
                            donate_argnums=(2, 3))
 
   def sample(self, state: DecodeState, keys: Array, sp: SamplingParams,
@@ -396,7 +387,12 @@ class SamplingCore(CachedModel):
       the loop leaves, the live rows are gathered into that batch, and they go on from
       where they were (their keys, token counts and last tokens carried: the same
       tokens as one call). The output has no ``state`` (None): for callers that only
-      read the tokens.
+      read the tokens. On a mesh of several data shards the call does not shrink: on 2
+      XLA:CPU devices a gather of rows across devices took 59 ms against 7 on one, and
+      shards leaving on their own rows left the next batch's rows uneven (a shard that
+      left early waits, then its rows lag: more row-steps than one call on 8 devices of
+      8 rows); leaving together (a scalar all-reduce per step) made no step faster than
+      one call there (make bench's varied row on 2 devices).
     A row that reaches its limit or the context is done but not ``stopped``.
     ``state`` is donated; continue from ``output.state``.
     """
@@ -432,10 +428,11 @@ class SamplingCore(CachedModel):
     if shrink and steps is not None:
       raise ValueError(f"shrink={shrink} with steps={steps}: a shrinking call runs its rows to "
                        "their ends (steps=None).")
-    if shrink:
+    if shrink and self.data_size == 1:
       return self._sample_shrinking(state, keys, sp, act, lim, per_row["start"],
                                     per_row["prev"], width, int(shrink))
-    return self._call(state, keys, sp, act, lim, per_row["start"], per_row["prev"], width)
+    out = self._call(state, keys, sp, act, lim, per_row["start"], per_row["prev"], width)
+    return out.replace(state=None) if shrink else out
 
   def _call(self, state: DecodeState, keys: Array, sp: SamplingParams, act, lim, start,
             prev, width: int, *, leave_at: int = 0, room: int | None = None,
@@ -452,13 +449,11 @@ class SamplingCore(CachedModel):
     if bp != b:
       keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (bp - b,))])
     keys = self._put_rows(keys)
-    # Leaving early with more than one data shard: on the live rows of all shards.
-    together = bool(leave_at) and self.data_size > 1
     leave = jnp.asarray([room, leave_at], jnp.int32)
     tokens, logprobs, confidence, lengths, stopped, done, ran, cache, logits = self._sample(
         self.graphdef, self.params, state.cache, state.logits, keys, put(act, False),
         put(lim, 0), put(start, 0), put(prev, -1), leave, sp=sp, ids=self.ids, plan=plan,
-        width=width, mesh=self.mesh, together=together)
+        width=width, mesh=self.mesh)
     if bp != b:
       tokens, logprobs, confidence, lengths, stopped, done = (
           x[:b] for x in (tokens, logprobs, confidence, lengths, stopped, done))
