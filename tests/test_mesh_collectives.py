@@ -24,6 +24,7 @@ collective-permute inside the loop fails the structural test.
 
 import re
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -250,8 +251,9 @@ def compiled_sample_hlo(core: SamplingCore, sp: SamplingParams, tokens, valid) -
   prev = core._put_rows(np.full(b, -1, np.int32))
   plan = window_plan(int(state.cache.index), sp.max_new_tokens, state.cache.size,
                      core.window_granularity)
+  leave = jnp.asarray([sp.max_new_tokens, 0], jnp.int32)  # to the rows' ends
   return core._sample.lower(core.graphdef, core.params, state.cache, state.logits, keys, active,
-                            limits, start, prev, sp=sp, ids=core.ids, plan=plan,
+                            limits, start, prev, leave, sp=sp, ids=core.ids, plan=plan,
                             width=sp.max_new_tokens, mesh=core.mesh).compile().as_text()
 
 
