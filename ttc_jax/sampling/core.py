@@ -89,7 +89,7 @@ class SampleOutput:
   done: (B,) bool, the row has ended (stopped, reached its limit or the context, or
     was inactive); False only for a row cut by ``steps`` (see :meth:`SamplingCore.sample`).
   steps: () int32, the decode steps the call ran (a shrinking call: the sum over its
-    batches, each its slowest data shard's).
+    batches, which is one call's).
   row_steps: the row-steps the call paid: every row of a batch pays each of its steps
     (``steps`` x rows, or less for a shrinking call); the alive ones are ``sum(lengths)``.
   """
