@@ -1,5 +1,6 @@
 """Training loop: data order, objectives, checkpoints, SIGKILL resume, bad input."""
 
+import functools
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -288,6 +290,58 @@ def test_packed_training_follows_unpacked_training(tmp_path):
   with pytest.raises(ValueError, match="pack_width=-1"):
     trainer.train(_tiny(), ds, _train_cfg(pack_width=-1), str(tmp_path / "bad"),
                   objective="lm")
+
+
+def test_a_train_step_is_optax_adamw_on_its_schedule(tmp_path):
+  # The step takes its learning rate as an argument (make_optimizer); the updates are
+  # optax's adamw chain with the warmup/cosine schedule, weight decay on matrices only.
+  cfg = _train_cfg(steps=6, warmup_steps=2, weight_decay=0.1, checkpoint_every=100, log_every=2)
+  ds = _copy_task()
+  graphdef, params = nnx.split(_tiny())
+  trained = trainer.train(_tiny(), ds, cfg, str(tmp_path), objective="lm",
+                          log_fn=lambda s: None)
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps,
+      cfg.learning_rate * cfg.final_lr_fraction)
+  tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                   optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                               mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+  state = tx.init(params)
+  loss = lambda p, batch: trainer.OBJECTIVES["lm"](nnx.merge(graphdef, p), batch,  # noqa: E731
+                                                   label_smoothing=0.0)
+  for step in range(cfg.steps):
+    grads, _ = jax.grad(loss, has_aux=True)(params, trainer._host_batch(ds, cfg, step))
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  for x, y in zip(_params(trained), jax.tree.leaves(params)):
+    assert_close(x, y)
+  lrs = [r["lr"] for r in _metrics(tmp_path / "metrics.jsonl")]
+  assert lrs == [float(schedule(s)) for s in range(cfg.log_every - 1, cfg.steps, cfg.log_every)]
+
+
+def test_runs_of_one_shape_share_one_compiled_step(tmp_path, monkeypatch):
+  # The schedule is not in the compiled step: runs that differ only in their learning
+  # rate, warmup, length or final fraction (the revision model's rounds) trace it once.
+  traces = []
+
+  @functools.wraps(trainer._train_step)
+  def counted(*args, **kwargs):
+    traces.append(kwargs["objective"])
+    return trainer._train_step(*args, **kwargs)
+
+  monkeypatch.setattr(trainer, "_TRAIN_STEP", jax.jit(
+      counted, static_argnums=(0,), static_argnames=("tx", "objective", "options"),
+      donate_argnums=(1, 2)))
+  ds = _copy_task()
+  run = lambda name, **kw: trainer.train(  # noqa: E731
+      _tiny(seed=len(name)), ds, _train_cfg(**kw), str(tmp_path / name), objective="lm",
+      log_fn=lambda s: None)
+  run("a", steps=4)
+  assert len(traces) == 1
+  run("bb", steps=6, learning_rate=3e-3, warmup_steps=1, final_lr_fraction=0.5)
+  assert len(traces) == 1
+  run("ccc", steps=3, b2=0.95)  # another optimizer: another program
+  assert len(traces) == 2
 
 
 def test_resume_is_bit_identical_in_process(tmp_path):

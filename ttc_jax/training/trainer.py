@@ -74,20 +74,34 @@ MAX_STEPS_IN_FLIGHT = 8
 # ----------------------------------------------------------------------------
 def make_optimizer(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                              optax.Schedule]:
-  """AdamW + warmup/cosine schedule + clipping from a ``train`` config section."""
+  """AdamW with clipping, and its warmup/cosine learning-rate schedule, from a ``train``
+  config section. The returned transformation is AdamW without its learning rate (optax's
+  ``adamw`` chain up to its last link, ``scale_by_learning_rate``): the train step scales
+  the updates by ``-schedule(step)``, which it takes as an argument, so the compiled step
+  does not hold the schedule and every run of one architecture, objective and batch shape
+  shares its program, whatever its learning rate, warmup or length (the revision model's
+  rounds, the verifiers trained on the policy's rows)."""
   check_config(cfg)
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
       decay_steps=cfg.steps, end_value=cfg.learning_rate * cfg.final_lr_fraction)
+  return _adamw_without_lr(float(cfg.grad_clip), float(cfg.b1), float(cfg.b2),
+                           float(cfg.weight_decay)), schedule
+
+
+@functools.lru_cache(maxsize=None)
+def _adamw_without_lr(grad_clip: float, b1: float, b2: float, weight_decay: float
+                      ) -> optax.GradientTransformation:
+  """One object per setting: the train step's static argument, so equal settings hit the
+  jit cache."""
 
   def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
-  tx = optax.chain(
-      optax.clip_by_global_norm(cfg.grad_clip),
-      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                  mask=decay_mask))
-  return tx, schedule
+  return optax.chain(
+      optax.clip_by_global_norm(grad_clip),
+      optax.scale_by_adam(b1=b1, b2=b2),
+      optax.add_decayed_weights(weight_decay, mask=decay_mask))
 
 
 class TooFewRows(ValueError):
@@ -218,16 +232,25 @@ OBJECTIVE_GROUP = {"dpo": 2}
 # ----------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------
-def _train_step(graphdef, params, opt_state, batch, *, tx, objective, options):
+def _train_step(graphdef, params, opt_state, batch, lr, *, tx, objective, options):
+  """One AdamW step at learning rate ``lr`` (a traced scalar: see make_optimizer)."""
   def loss_fn(p):
     model = nnx.merge(graphdef, p)
     return OBJECTIVES[objective](model, batch, **dict(options))
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
+  # optax's scale_by_learning_rate, the last link of its adamw chain.
+  updates = jax.tree.map(lambda u: jnp.asarray(-lr, u.dtype) * u, updates)
   params = optax.apply_updates(params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
   return params, opt_state, metrics
+
+
+# Module-level, so runs in one process share the compiled steps (jit's cache is per function
+# object: the static arguments, graphdef, tx, objective and options, and the shapes key it).
+_TRAIN_STEP = jax.jit(_train_step, static_argnums=(0,),
+                      static_argnames=("tx", "objective", "options"), donate_argnums=(1, 2))
 
 
 def _read_metrics(path: str, upto_step: int) -> list[str]:
@@ -327,11 +350,11 @@ def _host_batch(dataset: TokenDataset, cfg: ml_collections.ConfigDict, step: int
   return batch
 
 
-def _dispatch_step(step_fn, graphdef, params, opt_state, batch, in_flight: collections.deque,
+def _dispatch_step(step_fn, graphdef, params, opt_state, batch, lr, in_flight: collections.deque,
                    *, tx, objective: str):
   """Launches one train step; once more than MAX_STEPS_IN_FLIGHT steps are pending, waits
   for the oldest. Returns the step's (params, opt_state, metrics), not waited for."""
-  params, opt_state, metrics = step_fn(graphdef, params, opt_state, batch, tx=tx,
+  params, opt_state, metrics = step_fn(graphdef, params, opt_state, batch, lr, tx=tx,
                                        objective=objective)
   in_flight.append(metrics["loss"])
   if len(in_flight) > MAX_STEPS_IN_FLIGHT:
@@ -470,10 +493,8 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
     raise ValueError(f"objective={objective!r} takes the options "
                      f"{list(OBJECTIVE_OPTIONS[objective])}; got {unknown}.")
   options = tuple(sorted((k, float(v)) for k, v in opts.items()))
-  step_fn = functools.partial(
-      jax.jit(_train_step, static_argnums=(0,),
-              static_argnames=("tx", "objective", "options"), donate_argnums=(1, 2)),
-      options=options)
+  step_fn = functools.partial(_TRAIN_STEP, options=options)
+  lr_at = jax.jit(schedule)  # the learning rate of a step, as the optax chain computes it
 
   in_flight = collections.deque()  # the loss of each step not waited for yet
   since = _Since(time=time.time(), step=start)
@@ -486,7 +507,8 @@ def train(model: Transformer, dataset: TokenDataset, cfg: ml_collections.ConfigD
       computed_tokens += int(host["valid"].size)
       batch = jax.device_put(host, rows)
       params, opt_state, metrics = _dispatch_step(step_fn, graphdef, params, opt_state, batch,
-                                                  in_flight, tx=tx, objective=objective)
+                                                  lr_at(step), in_flight, tx=tx,
+                                                  objective=objective)
       done = step + 1
       if done % cfg.log_every == 0 or done == cfg.steps:
         _log_metrics(mf, metrics, step, since, cfg=cfg, schedule=schedule, name=name,
