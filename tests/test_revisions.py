@@ -902,7 +902,7 @@ def test_the_revision_sweep_resumes_after_sigkill(trained, revision_study, tmp_p
                                           r"revision_data.num_problems=8"),
     (dict(revision_data__keep_rate=-0.1), r"revision_data.keep_rate=-0.1: expected a number "
                                           r"in \[0, 1\]"),
-    (dict(revision_data__max_attempts=0), r"revision_data.keep_rate=0.3: a keep trajectory"),
+    (dict(revision_data__max_attempts=0), r"revision_data.keep_rate=0.7: a keep trajectory"),
     (dict(revision_model__policy_rows=1.0), r"revision_model.policy_rows=1.0: expected a "
                                             r"number in \[0, 1\)"),
     (dict(revision_model__choice__first_problem=10), r"revision_model.choice.first_problem=10 "
