@@ -19,6 +19,7 @@ from ttc_jax.sampling.core import choose_tokens
 from ttc_jax.sampling.core import process_logits
 from ttc_jax.sampling.core import row_keys
 from ttc_jax.sampling import streams
+from ttc_jax.sampling import utilization
 from ttc_jax.sampling.solutions import step_ends
 from ttc_jax.search import BeamSearch
 from ttc_jax.search import BestOfN
@@ -246,6 +247,34 @@ def test_problems_do_not_mix_in_a_batch(ctx, strategy):
     assert_close([c[1] for c in _as_pool(alone)], [c[1] for c in _as_pool(res)])
     assert alone.answer == res.answer
     assert alone.budget.policy_tokens == res.budget.policy_tokens
+
+
+@pytest.mark.parametrize("strategy", [BeamSearch(n=4, width=2, max_rounds=4),
+                                      BeamSearch(n=4, width=2, lookahead=1, max_rounds=3)],
+                         ids=["beam", "lookahead"])
+def test_the_meter_parts_a_searchs_wasted_row_steps(ctx, strategy, monkeypatch):
+  # Issue 28, item 3: of the row-steps a search pays, the idle ones (rows padding the
+  # frontier to its compiled size, rows a lookahead call leaves out) apart from the rows
+  # whose step ended while the call ran on.
+  calls = []
+  sample = ctx.core.sample
+
+  def counted(state, keys, sp, *, active, **kwargs):
+    out = sample(state, keys, sp, active=active, **kwargs)
+    calls.append((int(out.steps), int((~np.asarray(active)).sum()), int(out.row_steps)))
+    return out
+
+  monkeypatch.setattr(ctx.core, "sample", counted)
+  utilization.take()
+  strategy.run(ctx, PROBLEMS[:3])  # 12 rows in a frontier of 16
+  meter = utilization.take()
+  assert meter.calls == len(calls) and meter.row_steps == sum(c[2] for c in calls)
+  assert meter.idle_steps == sum(steps * idle for steps, idle, _ in calls) > 0
+  assert meter.ended_share == pytest.approx(
+      (meter.row_steps - meter.alive_steps - meter.idle_steps) / meter.row_steps)
+  assert 0 < meter.ended_share < 1 and meter.to_json()["idle_steps"] == meter.idle_steps
+  with pytest.raises(ValueError, match="idle_steps=3 must lie in"):
+    utilization.Meter().add(row_steps=4, alive_steps=2, idle_steps=3)
 
 
 def test_best_of_n_scores_every_step_and_counts_tokens(ctx):
