@@ -14,6 +14,7 @@ import pipeline_utils as pu
 from conftest import assert_close
 from ttc_jax import tasks
 from ttc_jax.pipeline import Pipeline
+from ttc_jax.sampling import utilization
 from ttc_jax.training import revisions
 
 pytestmark = pytest.mark.e2e
@@ -506,7 +507,11 @@ def test_revision_chains_do_not_depend_on_the_batch(trained, revision_model):
   data = pipe.load("data")
   problems = data.problems("test", 4)
   many = _chains(revision_model, data.task, problems, (3, 2, 1, 1), rows_per_call=3)
+  utilization.take()
   alone = _chains(revision_model, data.task, problems[2:3], (3, 1), rows_per_call=512)
+  meter = utilization.take()  # its calls of 2, 1 and 1 rows padded to 8: idle row-steps
+  assert meter.calls == 3 and 0 < meter.idle_steps <= meter.row_steps - meter.alive_steps
+  assert meter.idle_steps >= 6 * 1 + 7 * 2  # each call runs at least one step
   toks = lambda chain: [a.tokens for a in chain]  # noqa: E731
   assert toks(alone[0].chains[0]) == toks(many[2].chains[0])
   assert toks(alone[0].chains[1]) == toks(many[2].chains[1])[:1]

@@ -16,8 +16,9 @@ class Meter:
   alive_steps: int = 0  # of those, the ones that made a token
   calls: int = 0
   # Of the rest, the row-steps of rows that had nothing to do in the call (padding to a
-  # compiled batch size, rows left out of a call), as the tree search reports them; the
-  # others are rows that had ended while the call ran on.
+  # compiled batch size, rows left out of a call), as the tree search and the revision
+  # chains' static steps report them; the others are rows that had ended while the call ran
+  # on (and any padding a caller does not report).
   idle_steps: int = 0
 
   def add(self, row_steps: int, alive_steps: int, calls: int = 1, idle_steps: int = 0) -> None:

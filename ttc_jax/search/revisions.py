@@ -274,7 +274,9 @@ def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts
   gen = np.asarray(result.tokens)
   stopped = np.asarray(result.stopped)
   stats = result.token_stats()
-  utilization.record(int(result.row_steps), int(lengths[:n].sum()))
+  # The rows padding the call to its compiled size are idle.
+  utilization.record(int(result.row_steps), int(lengths[:n].sum()),
+                     idle_steps=int(result.steps) * (padded_n - n))
   for r, (q, c) in enumerate(part):
     _record(tokenizer, task, out, q, c, gen[r, :lengths[r]].tolist(), prompts[r],
             bool(stopped[r]), len(extensions[r]), stats[r, :lengths[r]])
