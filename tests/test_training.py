@@ -307,6 +307,10 @@ def test_a_train_step_is_optax_adamw_on_its_schedule(tmp_path):
                    optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
                                mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
   state = tx.init(params)
+  # The optimizer state keeps adamw's layout: checkpoints written before the learning rate
+  # left the compiled step resume.
+  assert (jax.tree.structure(trainer.make_optimizer(cfg)[0].init(params))
+          == jax.tree.structure(state))
   loss = lambda p, batch: trainer.OBJECTIVES["lm"](nnx.merge(graphdef, p), batch,  # noqa: E731
                                                    label_smoothing=0.0)
   for step in range(cfg.steps):

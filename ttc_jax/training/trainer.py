@@ -76,8 +76,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransf
                                                              optax.Schedule]:
   """AdamW with clipping, and its warmup/cosine learning-rate schedule, from a ``train``
   config section. The returned transformation is AdamW without its learning rate (optax's
-  ``adamw`` chain up to its last link, ``scale_by_learning_rate``): the train step scales
-  the updates by ``-schedule(step)``, which it takes as an argument, so the compiled step
+  ``adamw`` chain, its last link a unit scale that keeps the step count): the train step
+  scales the updates by ``-schedule(step)``, which it takes as an argument, so the compiled step
   does not hold the schedule and every run of one architecture, objective and batch shape
   shares its program, whatever its learning rate, warmup or length (the revision model's
   rounds, the verifiers trained on the policy's rows)."""
@@ -98,10 +98,13 @@ def _adamw_without_lr(grad_clip: float, b1: float, b2: float, weight_decay: floa
   def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
+  # adamw's own chain, its learning rate a unit scale: the optimizer state keeps adamw's
+  # layout (its last link's step count), so a run checkpointed by earlier code resumes.
   return optax.chain(
       optax.clip_by_global_norm(grad_clip),
-      optax.scale_by_adam(b1=b1, b2=b2),
-      optax.add_decayed_weights(weight_decay, mask=decay_mask))
+      optax.chain(optax.scale_by_adam(b1=b1, b2=b2),
+                  optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                  optax.scale_by_schedule(lambda count: 1.0)))
 
 
 class TooFewRows(ValueError):
