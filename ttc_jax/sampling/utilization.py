@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 
 @dataclasses.dataclass
 class Meter:
@@ -16,9 +18,9 @@ class Meter:
   alive_steps: int = 0  # of those, the ones that made a token
   calls: int = 0
   # Of the rest, the row-steps of rows that had nothing to do in the call (padding to a
-  # compiled batch size, rows left out of a call), as the tree search and the revision
-  # chains' static steps report them; the others are rows that had ended while the call ran
-  # on (and any padding a caller does not report).
+  # compiled batch size, rows left out of a call), as record_call counts them (the tree
+  # search, the revision chains' static steps); the others are rows that had ended while the
+  # call ran on (and any padding a caller does not report).
   idle_steps: int = 0
 
   def add(self, row_steps: int, alive_steps: int, calls: int = 1, idle_steps: int = 0) -> None:
@@ -55,6 +57,15 @@ _METER = Meter()
 def record(row_steps: int, alive_steps: int, calls: int = 1, idle_steps: int = 0) -> None:
   """Counts calls of this process (see the module docstring)."""
   _METER.add(row_steps, alive_steps, calls, idle_steps)
+
+
+def record_call(out, active) -> None:
+  """Counts one sampling call run to its rows' ends (not shrinking): ``out`` its
+  SampleOutput, ``active`` (B,) the rows it sampled; the others are idle for each of its
+  steps."""
+  active = np.asarray(active, bool)
+  record(int(out.row_steps), int(np.asarray(out.lengths)[active].sum()),
+         idle_steps=int(out.steps) * int((~active).sum()))
 
 
 def take() -> Meter:

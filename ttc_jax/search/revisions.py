@@ -269,14 +269,13 @@ def _step(core, tokenizer, task, sp, seed, stream, run, base, out, part, prompts
   keys = streams.keys(seed, stream, pad(split[q_of]), pad(index[q_of]), pad(c_of), step, run)
   # Not shrinking (sample's shrink): on the study's chains (200 per step, contexts to 512
   # tokens) it made no step faster and added a compile per batch size.
-  result = core.sample(state, keys, sp, active=np.arange(padded_n) < n)
+  active = np.arange(padded_n) < n
+  result = core.sample(state, keys, sp, active=active)
   lengths = np.asarray(result.lengths)
   gen = np.asarray(result.tokens)
   stopped = np.asarray(result.stopped)
   stats = result.token_stats()
-  # The rows padding the call to its compiled size are idle.
-  utilization.record(int(result.row_steps), int(lengths[:n].sum()),
-                     idle_steps=int(result.steps) * (padded_n - n))
+  utilization.record_call(result, active)  # the padding rows are idle
   for r, (q, c) in enumerate(part):
     _record(tokenizer, task, out, q, c, gen[r, :lengths[r]].tolist(), prompts[r],
             bool(stopped[r]), len(extensions[r]), stats[r, :lengths[r]])

@@ -152,10 +152,9 @@ def _sample_round(ctx: common.SearchContext, pol, prm, seqs: list[list[int]],
   out = ctx.core.sample(pol, keys, sp, active=active, limits=padded(limits, width))
   pol = out.state
   lengths, step, step_valid = step_chunk(out, ctx.max_step_tokens)
-  # Every padded row pays each step; the live rows' tokens are the alive row-steps, the
-  # padding rows are idle: the rest is live rows whose step had ended.
-  utilization.record(int(out.row_steps), int(lengths[:live].sum()),
-                     idle_steps=int(out.steps) * (width - live))
+  # Every padded row pays each step: the padding rows are idle, the live rows' tokens are
+  # the alive row-steps, the rest is live rows whose step had ended.
+  utilization.record_call(out, active)
   before = ctx.prm.tokens_fed(prm)
   prm = ctx.prm.extend(prm, step, step_valid, out.token_stats(step.shape[1]))
   after = ctx.prm.tokens_fed(prm)
@@ -313,8 +312,7 @@ def _lookahead_scores(ctx, pol, prm, rollout, scores, k, size, budgets, row_prob
     out = ctx.core.sample(pol_la, keys, sp, active=live, limits=limits)
     pol_la = out.state
     lengths, new, new_valid = step_chunk(out, step)
-    utilization.record(int(out.row_steps), int(lengths[live].sum()),
-                       idle_steps=int(out.steps) * int((~live).sum()))
+    utilization.record_call(out, live)
     before = ctx.prm.tokens_fed(prm_la)
     prm_la = ctx.prm.extend(prm_la, new, new_valid, out.token_stats(new.shape[1]))
     after = ctx.prm.tokens_fed(prm_la)
