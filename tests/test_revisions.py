@@ -9,6 +9,9 @@ import shutil
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 import pipeline_utils as pu
 from conftest import assert_close
@@ -517,8 +520,13 @@ def test_revision_chains_do_not_depend_on_the_batch(trained, revision_model):
   assert toks(alone[0].chains[1]) == toks(many[2].chains[1])[:1]
   # Continuous batching (3 slots refilled every 5 steps): the same answers, log-probs and
   # budget records.
+  utilization.take()
   served = _chains(revision_model, data.task, problems, (3, 2, 1, 1), rows_per_call=3,
                    segment=5)
+  meter = utilization.take()  # one queue across the steps: its calls are its segments
+  assert meter.alive_steps == sum(len(a.tokens) for pc in served for chain in pc.chains
+                                  for a in chain)
+  assert meter.alive_steps + meter.idle_steps <= meter.row_steps
   for a_pc, b_pc in zip(served, many):
     for a_chain, b_chain in zip(a_pc.chains, b_pc.chains):
       assert toks(a_chain) == toks(b_chain)
@@ -526,6 +534,26 @@ def test_revision_chains_do_not_depend_on_the_batch(trained, revision_model):
         assert (a.prompt, a.correct, a.extension_tokens) == (b.prompt, b.correct,
                                                              b.extension_tokens)
         assert_close(a.token_stats, b.token_stats)
+  # With a revision temperature: one queue for the first answers, one for the revisions.
+  greedy = [_chains(revision_model, data.task, problems, (3, 2, 1, 1), rows_per_call=rows,
+                    segment=segment, revision_temperature=0.0)
+            for rows, segment in ((512, None), (3, 2))]
+  assert [[toks(c) for c in pc.chains] for pc in greedy[0]] == [
+      [toks(c) for c in pc.chains] for pc in greedy[1]]
+
+
+@given(st.integers(1, 5000), st.sampled_from([1, 3, 8, 16, 100, 512]))
+@settings(max_examples=200, deadline=None)
+def test_a_step_s_rows_are_cut_into_calls_of_power_of_two_sizes(n, most):
+  from ttc_jax.search.revisions import call_sizes
+  sizes = call_sizes(n, most)
+  assert sum(sizes) == n and max(sizes) <= most
+  assert sizes == sorted(sizes, reverse=True)
+  # Every call but a last one of fewer than 8 rows is a power of two (few compiled shapes,
+  # no padding rows).
+  full = [x for x in sizes if x >= 8]
+  assert all(x & (x - 1) == 0 for x in full)
+  assert sum(x < 8 for x in sizes) <= 1 or most < 8
 
 
 def test_a_revision_prompt_past_the_context_is_named(trained, revision_model):

@@ -154,6 +154,81 @@ def test_bad_requests_are_named(core1):
     serving.serve(core1, [[1, 2], [3]], keys, SAMPLE, slots=2, limits=[1, NEW_TOKENS + 1])
 
 
+class _Chained:
+  """A queue of ``chains`` chains of ``length`` requests: request l of a chain is ready
+  once request l - 1 ended, its prompt the chain's first prompt + the last 3 tokens of
+  l - 1's output (dependent requests, as revision chains'). ``stall``: request ids it never
+  makes ready (a broken queue)."""
+
+  def __init__(self, prompts, length, seed, max_new, stall=()):
+    self.first, self.length, self.stall = prompts, length, set(stall)
+    self.total = len(prompts) * length
+    self.max_prompt = max(len(p) for p in prompts) + 3
+    keys = row_keys(seed, np.repeat(np.arange(len(prompts)), length),
+                    np.tile(np.arange(length), len(prompts)))
+    self.key_impl = jax.random.key_impl(keys)
+    self.key_data = np.asarray(jax.random.key_data(keys))
+    self.max_new = max_new
+    self.ready_ids = [c * length for c in range(len(prompts))]
+    self.prompts = {r: list(p) for r, p in zip(self.ready_ids, prompts)}
+    self.out = {}
+
+  def ready(self):
+    return len(self.ready_ids)
+
+  def take(self, k):
+    ids, self.ready_ids = self.ready_ids[:k], self.ready_ids[k:]
+    return serving.Requests(ids=ids, prompts=[self.prompts[r] for r in ids],
+                            key_data=self.key_data[ids],
+                            limits=np.full((k,), self.max_new, np.int32))
+
+  def finish(self, rid, tokens, logprobs, confidence, stopped):
+    self.out[rid] = (tokens.tolist(), logprobs, stopped)
+    c, step = divmod(rid, self.length)
+    if step + 1 < self.length and rid + 1 not in self.stall:
+      self.prompts[rid + 1] = self.first[c] + tokens.tolist()[-3:]
+      self.ready_ids.append(rid + 1)
+
+
+@pytest.mark.parametrize("slots", [2, 5], ids=["fewer-slots-than-chains", "more"])
+def test_a_queue_that_grows_as_requests_end_gives_the_static_tokens(core1, slots):
+  """Dependent requests (each chain's next prompt made from its last output) share the
+  slots: each gives the tokens a static batch gives its prompt with its key; slots with
+  nothing ready are idle row-steps."""
+  prompts = _prompts(6, 4)
+  queue = _Chained(prompts, length=3, seed=9, max_new=NEW_TOKENS)
+  used = serving.serve_queue(core1, queue, SAMPLE, slots=slots, segment=3)
+  assert sorted(queue.out) == list(range(12))
+  keys = jax.random.wrap_key_data(queue.key_data, impl=queue.key_impl)
+  ref = _static(core1, [queue.prompts[r] for r in range(12)], keys, SAMPLE, None)
+  for r in range(12):
+    tokens, logprobs, stopped = queue.out[r]
+    n = int(ref["lengths"][r])
+    assert tokens == ref["tokens"][r, :n].tolist(), r
+    assert stopped == bool(ref["stopped"][r])
+    assert_close(logprobs, ref["logprobs"][r, :n])
+  assert used.alive_steps == int(ref["lengths"].sum())
+  assert used.alive_steps + used.idle_steps <= used.row_steps
+  if slots == 5:  # 4 chains: a slot never has a request
+    assert used.idle_steps > 0
+
+
+def test_a_queue_that_stalls_or_hands_out_bad_requests_is_named(core1):
+  prompts = _prompts(7, 2)
+  with pytest.raises(RuntimeError, match=r"sampling: 1 requests are still to come but none "
+                                         r"is ready and none is running"):
+    serving.serve_queue(core1, _Chained(prompts, 2, 0, NEW_TOKENS, stall={3}), SAMPLE,
+                        slots=2, segment=4)
+  with pytest.raises(ValueError, match=r"request limits \[\d+, \d+\]: expected 2 integers "
+                                       rf"in \[0, max_new_tokens={NEW_TOKENS}\]"):
+    serving.serve_queue(core1, _Chained(prompts, 2, 0, NEW_TOKENS + 1), SAMPLE, slots=2)
+  queue = _Chained(prompts, 2, 0, NEW_TOKENS)
+  queue.max_prompt = 1
+  with pytest.raises(ValueError, match=r"a request's prompt has \d+ tokens; the queue's "
+                                       r"max_prompt is 1"):
+    serving.serve_queue(core1, queue, SAMPLE, slots=2)
+
+
 def _one_call(core, prompts, keys, sp, *, width=64, **kwargs):
   tokens, valid = solutions.left_pad(prompts, width, core.ids.pad_id)
   state = core.prefill(tokens, valid, cache_size=width + sp.max_new_tokens)

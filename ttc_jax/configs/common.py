@@ -49,7 +49,10 @@ def sampling(**overrides) -> ml_collections.ConfigDict:
       # sampled (ttc_jax.sampling.serving); 0: static batches, each run to its longest row.
       # On 2 CPU cores (AMD EPYC) segment=8 raised the decode utilization of the difficulty
       # samples from 0.610 to 0.886 but not their speed (34 s against 35 s; all rows of
-      # one cache read up to the longest live row), and compiles 5x the programs: off.
+      # one cache read up to the longest live row), and compiles 5x the programs: off. The
+      # revision chains' queue runs across steps (128 slots: utilization 0.90 against 0.60 of
+      # their static steps) but took 65 s against 38 s for the revision sweep's chains of
+      # 200 problems: their prompts are 14 to 430 tokens, and every slot pays the widest.
       # Static batches shrink instead as their rows end (SamplingCore.sample's shrink: the
       # same tokens; difficulty at 06f4741: utilization 0.944, 13.4 s against 19-23 s).
       segment=0,

@@ -6,15 +6,18 @@ A static batch runs until its longest row ends: with answers of 10 to 96 tokens,
 of its row-steps are spent on rows that have already finished. Here (as JetStream's
 insert / generate, on the one decode loop of :class:`~ttc_jax.sampling.core.SamplingCore`):
 
-* the queue is taken shortest prompt first; the first ``slots`` requests are prefilled
-  into a cache of ``W + max_new_tokens + 2 x segment`` slots (W: the longest prompt,
-  rounded up);
+* a queue (:class:`Queue`) hands out requests in its own order: :func:`serve` takes a
+  fixed list shortest prompt first; a queue may also grow as requests end (a revision
+  chain's next answer, :mod:`ttc_jax.search.revisions`), so dependent requests share the
+  slots too. The first ``slots`` requests are prefilled into a cache of ``W +
+  max_new_tokens + 2 x segment`` slots (W: the queue's longest possible prompt, rounded
+  up);
 * decoding runs in segments of at most ``segment`` steps (``SamplingCore.sample(...,
   steps=segment)``, one ``lax.while_loop`` in jit, leaving as soon as every row is done);
-* after each segment, the requests that ended are collected, and the next ones are
-  prefilled together and inserted into the freed slots (``CachedModel.insert``: their
-  keys and values at the slots just before the write index, every other slot of theirs
-  masked, their next-token logits);
+* after each segment, the requests that ended go to the queue (``Queue.finish``), and
+  the ready ones are prefilled (in groups of one padded width) and inserted into the freed
+  slots (``CachedModel.insert``: their keys and values at the slots just before the write
+  index, every other slot of theirs masked, their next-token logits);
 * all rows share one write index, and a live row reads only the slots since its prompt
   was written (its width plus its tokens so far: its extent), so when a segment would not
   fit, the cache is shifted left to the longest live extent (``CachedModel.shift``; right,
@@ -28,14 +31,21 @@ is encoded alone (padding masked), and keys carry their RoPE rotation, so moving
 changes nothing the model computes: a request gives the tokens of a static batch (the
 log-probabilities to float32 rounding: attention sums over a differently laid out cache).
 
-Utilization: every decode step of a call costs every slot; ``row_steps`` counts them and
-``alive_steps`` (= the tokens generated) the ones that made a token.
+Utilization: every decode step of a call costs every slot; ``row_steps`` counts them,
+``alive_steps`` (= the tokens generated) the ones that made a token and ``idle_steps`` the
+ones of slots with no request (nothing ready).
+
+Cost on CPU: a step costs every slot up to the longest live extent, so requests of very
+different prompt widths in one pool pay the widest's attention. For revision chains (prompts
+of 14 to 430 tokens) on 2 cores, 128 slots reached a utilization of 0.90 against static
+batches' 0.60, and took 65 s against their 38 s (static batches grouped by width pay only
+their own): on CPU the chains' default is static (``sampling.segment``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +71,7 @@ class Served:
   stopped: np.ndarray  # (N,) bool
   row_steps: int  # decode steps x slots, over every call
   calls: int  # sampling calls (segments)
+  idle_steps: int = 0  # of those, the ones of slots with no request (the queue drained)
 
   @property
   def alive_steps(self) -> int:
@@ -87,6 +98,84 @@ def _bucket(n: int, cap: int) -> int:
   return min(cap, max(8, 1 << max(n - 1, 0).bit_length()))
 
 
+@dataclasses.dataclass
+class Requests:
+  """Requests a queue hands out: its own ids (ints), their prompts (BOS included, each
+  within the model context), the raw data of their typed PRNG keys (``jax.random.key_data``:
+  (k, *key shape) uint32; request r draws its j-th token from ``fold_in(key_r, j)``) and their
+  token caps (k,) in [0, max_new_tokens]."""
+
+  ids: Sequence[int]
+  prompts: Sequence[Sequence[int]]
+  key_data: np.ndarray
+  limits: np.ndarray
+
+
+class Queue(Protocol):
+  """What :func:`serve_queue` serves: requests that may become ready as others end (a
+  revision chain's next answer is known once its previous one is)."""
+
+  total: int  # requests it hands out in all
+  max_prompt: int  # the longest prompt it may hand out (the cache is sized for it)
+  key_impl: object  # the PRNG implementation of its keys (``jax.random.key_impl``)
+
+  def ready(self) -> int:
+    """Requests that can start now."""
+
+  def take(self, k: int) -> Requests:
+    """The next ``k`` ready requests (the queue's order)."""
+
+  def finish(self, rid: int, tokens: np.ndarray, logprobs: np.ndarray,
+             confidence: np.ndarray, stopped: bool) -> None:
+    """Request ``rid`` ended: its tokens (EOS included when ``stopped``), each one's
+    log-probability and confidence (may make further requests ready)."""
+
+
+@dataclasses.dataclass
+class Usage:
+  """What a served queue cost: decode steps x slots over every call, the ones that made a
+  token, and the ones of slots with no request (nothing was ready, or the queue was
+  drained)."""
+
+  row_steps: int = 0
+  alive_steps: int = 0
+  idle_steps: int = 0
+  calls: int = 0
+
+
+class _Listed:
+  """A fixed list of requests, shortest prompt first (a batch of new prompts is as wide as
+  its longest); their outputs in request order."""
+
+  def __init__(self, prompts, keys, limits, sp: SamplingParams, pad_id: int):
+    n = len(prompts)
+    self.prompts, self.limits = prompts, limits
+    self.key_impl = jax.random.key_impl(keys)
+    self.key_data = np.asarray(jax.random.key_data(keys))
+    self.order = np.argsort([len(p) for p in prompts], kind="stable")
+    self.total, self.max_prompt, self.taken = n, max(len(p) for p in prompts), 0
+    self.tokens = np.full((n, sp.max_new_tokens), pad_id, np.int32)
+    self.logprobs = np.zeros((n, sp.max_new_tokens), np.float32)
+    self.confidence = np.zeros((n, sp.max_new_tokens, len(confidence_lib.STATS)), np.float32)
+    self.lengths = np.zeros((n,), np.int32)
+    self.stopped = np.zeros((n,), bool)
+
+  def ready(self) -> int:
+    return self.total - self.taken
+
+  def take(self, k: int) -> Requests:
+    ids = self.order[self.taken:self.taken + k]
+    self.taken += len(ids)
+    return Requests(ids=ids.tolist(), prompts=[self.prompts[r] for r in ids],
+                    key_data=self.key_data[ids], limits=self.limits[ids])
+
+  def finish(self, rid, tokens, logprobs, confidence, stopped) -> None:
+    n = len(tokens)
+    self.tokens[rid, :n], self.logprobs[rid, :n], self.confidence[rid, :n] = (
+        tokens, logprobs, confidence)
+    self.lengths[rid], self.stopped[rid] = n, stopped
+
+
 def serve(core: SamplingCore, prompts: Sequence[Sequence[int]], keys: jax.Array,
           sp: SamplingParams, *, slots: int, segment: int = 8, limits=None,
           pad_multiple: int = 16, desc: str = "sampling",
@@ -103,13 +192,11 @@ def serve(core: SamplingCore, prompts: Sequence[Sequence[int]], keys: jax.Array,
     segment: decode steps per call between refills (smaller: fewer idle row-steps, more
       calls).
     limits: optional (N,) per-request token caps in [0, max_new_tokens].
-    pad_multiple: the prompt width W is the longest prompt rounded up to this.
+    pad_multiple: prompt widths are rounded up to this.
   """
   n = len(prompts)
   if n == 0:
     raise ValueError("no prompts to sample from.")
-  if slots < 1 or segment < 1:
-    raise ValueError(f"slots={slots} and segment={segment} must be >= 1.")
   keys = jnp.asarray(keys)
   if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) or keys.shape != (n,):
     raise ValueError(f"keys must be ({n},) typed PRNG keys; got {keys.dtype}{tuple(keys.shape)}.")
@@ -117,34 +204,57 @@ def serve(core: SamplingCore, prompts: Sequence[Sequence[int]], keys: jax.Array,
   lim = np.full((n,), max_new, np.int32) if limits is None else np.asarray(limits, np.int32)
   if lim.shape != (n,) or lim.min() < 0 or lim.max() > max_new:
     raise ValueError(f"limits must be ({n},) integers in [0, max_new_tokens={max_new}].")
+  queue = _Listed(prompts, keys, lim, sp, core.ids.pad_id)
+  usage = serve_queue(core, queue, sp, slots=slots, segment=segment,
+                      pad_multiple=pad_multiple, desc=desc, log_fn=log_fn)
+  return Served(tokens=queue.tokens, logprobs=queue.logprobs, confidence=queue.confidence,
+                lengths=queue.lengths, stopped=queue.stopped, row_steps=usage.row_steps,
+                calls=usage.calls, idle_steps=usage.idle_steps)
+
+
+def group_width(n: int, multiple: int, cap: int) -> int:
+  """The padded width of a new prompt of ``n`` tokens: rounded up to ``multiple`` (at most
+  ``cap``). New prompts are prefilled in groups of one width, so no short prompt pays for a
+  long one."""
+  return min(cap, round_up(max(int(n), 1), multiple))
+
+
+def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: int,
+                segment: int = 8, pad_multiple: int = 16, desc: str = "sampling",
+                log_fn: Callable[[str], None] | None = None) -> Usage:
+  """Serves ``queue`` (see the module docstring) on ``slots`` rows: whenever slots are free
+  after a segment, the ready requests fill them (each group of one padded width prefilled
+  together and inserted). Returns what the decode cost; the outputs go to
+  ``queue.finish``."""
+  if slots < 1 or segment < 1:
+    raise ValueError(f"slots={slots} and segment={segment} must be >= 1.")
+  total = int(queue.total)
+  if total < 1:
+    raise ValueError("no requests to serve.")
+  max_new = sp.max_new_tokens
   segment = min(segment, max_new)
-  slots = min(slots, n)
-  # Shortest prompts first: a batch of new prompts is as wide as its longest.
-  order = np.argsort([len(p) for p in prompts], kind="stable")
-  width_of = lambda rs: round_up(max(len(prompts[r]) for r in rs), pad_multiple)  # noqa: E731
-  # The most a live row can read, and room for two segments before a shift (a shift copies
-  # the cache once; a larger cache costs every step: two segments balance them).
-  size = width_of(order) + max_new + 2 * segment
+  slots = min(slots, total)
+  # The widest prompt, and room for two segments before a shift (a shift copies the cache
+  # once; a larger cache costs every step: two segments balance them).
+  cap = round_up(queue.max_prompt, pad_multiple)
+  size = cap + max_new + 2 * segment
   pad_id = core.ids.pad_id
+  impl = queue.key_impl
 
-  tokens = np.full((n, max_new), pad_id, np.int32)
-  logprobs = np.zeros((n, max_new), np.float32)
-  confidence = np.zeros((n, max_new, len(confidence_lib.STATS)), np.float32)
-  lengths = np.zeros((n,), np.int32)
-  stopped = np.zeros((n,), bool)
-
-  first = order[:slots]
-  width = width_of(first)
-  tok, valid = left_pad([prompts[r] for r in first], width, pad_id)
-  state = core.prefill(tok, valid, cache_size=size)
-  index = width  # the shared write index (host copy)
-  req = first.astype(np.int64)  # the request in each slot (-1: none)
+  req = np.full((slots,), -1, np.int64)  # the request in each slot (-1: none)
+  lim = np.zeros((slots,), np.int32)  # its token cap
   start = np.zeros((slots,), np.int32)  # its tokens so far
   prev = np.full((slots,), -1, np.int32)  # its last token
-  extent = np.full((slots,), width, np.int64)  # the slots before the index it reads
-  queued, row_steps, calls = slots, 0, 0
+  extent = np.zeros((slots,), np.int64)  # the slots before the index it reads
+  key_data = None  # (slots, *key shape) raw key data of each slot's request
+  got_tokens = np.zeros((slots, max_new), np.int32)
+  got_logprobs = np.zeros((slots, max_new), np.float32)
+  got_confidence = np.zeros((slots, max_new, len(confidence_lib.STATS)), np.float32)
+  usage = Usage()
+  finished = 0
   kwargs = {} if log_fn is None else {"log_fn": log_fn}
-  progress = Progress(n, desc, unit="rows", **kwargs)
+  progress = Progress(total, desc, unit="rows", **kwargs)
+  state, index = None, 0
 
   def move_to(target: int):
     """Shifts the cache so that the write index is ``target`` (>= every live extent)."""
@@ -153,50 +263,85 @@ def serve(core: SamplingCore, prompts: Sequence[Sequence[int]], keys: jax.Array,
       state = core.shift(state, index - target)
       index = target
 
-  while (req >= 0).any():
+  def fill(free: np.ndarray):
+    """Takes ready requests into the ``free`` slots."""
+    nonlocal state, index, key_data
+    k = min(len(free), int(queue.ready()))
+    if not k:
+      return
+    new = queue.take(k)
+    if len(new.ids) != k:
+      raise RuntimeError(f"the queue handed out {len(new.ids)} requests; {k} were asked for.")
+    rows = free[:k]
+    if key_data is None:
+      key_data = np.zeros((slots,) + new.key_data.shape[1:], new.key_data.dtype)
+    key_data[rows] = new.key_data
+    lengths = np.asarray([len(p) for p in new.prompts])
+    limits = np.asarray(new.limits)
+    if lengths.max() > queue.max_prompt or lengths.min() < 1:
+      raise ValueError(f"a request's prompt has {lengths.max()} tokens; the queue's "
+                       f"max_prompt is {queue.max_prompt}.")
+    if limits.shape != (k,) or limits.min() < 0 or limits.max() > max_new:
+      raise ValueError(f"request limits {limits.tolist()}: expected {k} integers in [0, "
+                       f"max_new_tokens={max_new}].")
+    req[rows], lim[rows], start[rows], prev[rows] = new.ids, limits, 0, -1
+    if state is None:  # the first requests: prefilled into every slot at once
+      width = round_up(int(lengths.max()), pad_multiple)
+      fill_rows = [new.prompts[i] for i in range(k)] + [new.prompts[0]] * (slots - k)
+      tok, valid = left_pad(fill_rows, width, pad_id)
+      state, index = core.prefill(tok, valid, cache_size=size), width
+      extent[rows] = width
+      return
+    widths = np.asarray([group_width(n, pad_multiple, cap) for n in lengths])
+    if widths.max() > index:  # the new prompts go just before the index
+      move_to(int(widths.max()))
+    for width in np.unique(widths):
+      members = np.flatnonzero(widths == width)
+      count = _bucket(len(members), slots)
+      prompts = [new.prompts[i] for i in members]
+      tok, valid = left_pad(prompts + [prompts[0]] * (count - len(members)), int(width), pad_id)
+      fresh = core.prefill(tok, valid, cache_size=int(width))
+      state = core.insert(state, fresh, np.concatenate([rows[members],
+                                                        np.full(count - len(members), -1)]))
+      extent[rows[members]] = width
+
+  fill(np.arange(slots))
+  while finished < total:
     live = req >= 0
+    if not live.any():
+      raise RuntimeError(f"{desc}: {total - finished} requests are still to come but none is "
+                         "ready and none is running (the queue never made them ready).")
     need = int(extent[live].max())
     # Reclaim what no live row reads: a call reads the slots up to its last step, so a
     # smaller index is a cheaper step (a shift copies the cache once).
     if index + segment > size or index - need >= SHIFT_SLACK:
       move_to(need)
-    safe = np.where(live, req, 0)
-    out = core.sample(state, keys[jnp.asarray(safe)], sp, active=live,
-                      limits=np.where(live, lim[safe] - start, 0), steps=segment,
-                      start=start, prev=prev)
+    keys = jax.random.wrap_key_data(jnp.asarray(key_data), impl=impl)
+    out = core.sample(state, keys, sp, active=live, limits=np.where(live, lim - start, 0),
+                      steps=segment, start=start, prev=prev)
     state = out.state
     ran = int(out.steps)
     index += ran
-    row_steps += ran * slots
-    calls += 1
+    usage.row_steps += ran * slots
+    usage.idle_steps += ran * int((~live).sum())
+    usage.calls += 1
     got, lp, conf = np.asarray(out.tokens), np.asarray(out.logprobs), np.asarray(out.confidence)
     made, stop, done = np.asarray(out.lengths), np.asarray(out.stopped), np.asarray(out.done)
+    usage.alive_steps += int(made[live].sum())
     for i in np.flatnonzero(live & (made > 0)):
-      r, a, k = req[i], start[i], made[i]
-      tokens[r, a:a + k], logprobs[r, a:a + k], confidence[r, a:a + k] = (
+      a, k = start[i], made[i]
+      got_tokens[i, a:a + k], got_logprobs[i, a:a + k], got_confidence[i, a:a + k] = (
           got[i, :k], lp[i, :k], conf[i, :k])
       prev[i] = got[i, k - 1]
     start += np.where(live, made, 0).astype(np.int32)
     extent += ran  # every row's slots end at the index
     ended = np.flatnonzero(live & done)
     for i in ended:
-      lengths[req[i]], stopped[req[i]] = start[i], stop[i]
-    progress.update(len(ended))
+      n = start[i]
+      queue.finish(int(req[i]), got_tokens[i, :n].copy(), got_logprobs[i, :n].copy(),
+                   got_confidence[i, :n].copy(), bool(stop[i]))
     req[ended] = -1
-    take = min(len(ended), n - queued)
-    if take:
-      new = order[queued:queued + take]
-      queued += take
-      rows = ended[:take]
-      width = width_of(new)
-      # The new prompts go just before the index (moved right if they do not fit there).
-      if width > index:
-        move_to(width)
-      count = _bucket(take, slots)
-      tok, valid = left_pad([prompts[r] for r in new] + [prompts[new[0]]] * (count - take),
-                            width, pad_id)
-      fresh = core.prefill(tok, valid, cache_size=width)
-      state = core.insert(state, fresh, np.concatenate([rows, np.full(count - take, -1)]))
-      req[rows], start[rows], prev[rows], extent[rows] = new, 0, -1, width
-  return Served(tokens=tokens, logprobs=logprobs, confidence=confidence, lengths=lengths,
-                stopped=stopped, row_steps=row_steps, calls=calls)
+    finished += len(ended)
+    progress.update(len(ended))
+    fill(np.flatnonzero(req < 0))
+  return usage

@@ -15,6 +15,7 @@ from ttc_jax.pipeline.config import Facts
 from ttc_jax.pipeline.stage import Context
 from ttc_jax.pipeline.stage import Stage
 from ttc_jax.pipeline.stage import sampling_params
+from ttc_jax.pipeline.stage import segment
 from ttc_jax.pipeline.stages.revisions import chain_strategy
 from ttc_jax.pipeline.stages.search import SEARCH_SWEEP
 from ttc_jax.pipeline.stages.search import outcome_of
@@ -91,7 +92,7 @@ def run_hybrid_sweep(ctx: Context) -> dict:
     pcs = chains_lib.run_chains(strategy, rev.sampling_core(), tok, task, probs, seed=c.seed,
                                 stream="hybrid_chains", sp=sampling_params(c), run=cell.seed,
                                 rows_per_call=c.sampling.batch_size, seeds=seeds,
-                                log_fn=ctx.log)
+                                segment=segment(c), log_fn=ctx.log)
     compile_s = clock.seconds - compiled0
     wall = time.time() - t0 - compile_s
     rows = []

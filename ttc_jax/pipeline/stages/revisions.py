@@ -1,12 +1,11 @@
 """Sequential revisions (paper section 6): revision data, the revision model, its ORM, and the
 revision chains on the test problems.
 
-The revision data's policy answers use continuous batching (``sampling.segment``); the
-revision chains run each step as static batches grouped by the width of their attempts:
-with continuous batching per step (``run_chains(segment=...)``, the same answers) the
-revision ORM's chains took 3:01 instead of 2:36 on 2 cores (decode utilization 0.51
-against 0.41): each step's queue drains before the next step starts, and prompts of every
-width share one cache."""
+The revision data's policy answers and the revision chains use continuous batching when
+``sampling.segment`` is set (the same answers; the chains' queue runs across steps, see
+:mod:`ttc_jax.search.revisions`); by default static batches, each chain step's grouped by
+the width of its attempts: on 2 CPU cores they are faster than the chains' continuous
+batching (a step costs every slot up to the widest live prompt)."""
 
 from __future__ import annotations
 
@@ -167,7 +166,8 @@ def _on_policy_round(ctx: Context, r: int, model: Transformer, problems: list, s
   def make(chunk):
     pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
                                 stream="revision_rounds", sp=sp, run=r,
-                                rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+                                rows_per_call=c.sampling.batch_size, segment=segment(c),
+                                log_fn=ctx.log)
     gens, correct, k = chains_lib.answer_pool(pcs, sp.max_new_tokens, tok.pad_id)
     texts = [[a.text for chain in pc.chains for a in chain] for pc in pcs]
     rngs = [streams.generator(c.seed, "revision_round_pairs", streams.split_id(p.split),
@@ -280,7 +280,8 @@ def _held_out_chains(ctx: Context, model: Transformer, policy, data, cfg, probs,
   pcs = chains_lib.run_chains(strategy, SamplingCore(model, policy.special_ids),
                               policy.tokenizer, data.task, probs, seed=ctx.config.seed,
                               stream="revision_choice", sp=sampling_params(ctx.config),
-                              rows_per_call=ctx.config.sampling.batch_size)
+                              rows_per_call=ctx.config.sampling.batch_size,
+                              segment=segment(ctx.config))
   right = np.asarray([[a.correct for a in pc.chains[0]] for pc in pcs], bool)
   before = right[:, :-1]
   return {"accuracy_by_answer": right.mean(0).tolist(),
@@ -347,7 +348,8 @@ def run_revision_orm(ctx: Context) -> dict:
   def make(chunk):
     pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
                                 stream="revision_chains", sp=sp,
-                                rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+                                rows_per_call=c.sampling.batch_size, segment=segment(c),
+                                log_fn=ctx.log)
     return chains_lib.answers_arrays(pcs)
 
   parts = ctx.out.map_shards("answers", probs, oc.problems_per_shard, make, ctx.log).load_all()
@@ -411,7 +413,8 @@ def run_revision_sweep(ctx: Context) -> dict:
       t0 = time.time()
       pcs = chains_lib.run_chains(strategy, core, tok, task, chunk, seed=c.seed,
                                   stream="revision_chains", sp=sp, run=seed,
-                                  rows_per_call=c.sampling.batch_size, log_fn=ctx.log)
+                                  rows_per_call=c.sampling.batch_size, segment=segment(c),
+                                  log_fn=ctx.log)
       return chains.chain_arrays(pcs, lengths, orm_scorer, prm_scorer, tok,
                                  batch_size=c.sampling.batch_size, wall_s=time.time() - t0,
                                  confidence=Measure.from_name(rc.confidence))
