@@ -22,9 +22,9 @@ How it runs (one step of every chain at a time, never a per-chain loop over toke
   on padding rows. On the revision sweep's chains (48 answers for each of 200 train
   problems; 2 cores, AMD EPYC) this took 38 s warm against 63 s with power-of-two widths
   and calls of up to 512 padded rows, the same tokens; the first run, from an empty
-  compilation cache, 103 s against 102 s (more shapes compile: at the study's default scale
-  its revision ORM and sweep stages took 322 s against 293 s cold, the gain growing with
-  the chains' answers);
+  compilation cache, 103 s against 102 s. More shapes compile: the revision ORM and sweep
+  stages alone from an empty cache took 322 s against 293 s; in ``make study`` (one cache
+  for every stage) the four chain stages took 1262 s against 1409 s;
 * or, with ``segment``, by continuous batching across steps (:func:`serving.serve_queue`):
   a chain's next answer joins the queue as soon as its last one ends (the chains with the
   most answers left first), every revision prompt prefilled whole. On the same chains, 128
