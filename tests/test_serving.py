@@ -139,6 +139,8 @@ def test_finished_rows_stop_costing_decode_steps(core1):
   assert len(set(static.lengths.tolist())) >= 4  # lengths vary
   assert cont.row_steps < static.row_steps
   assert cont.utilization > static.utilization
+  # Once the queue drains, slots with no request left are idle (not ended) row-steps.
+  assert 0 < cont.idle_steps <= cont.row_steps - int(cont.lengths.sum())
   assert 0 < static.utilization <= 1 and cont.utilization <= 1
 
 

@@ -44,6 +44,7 @@ class Generations:
   # alive ones are sum(lengths): their ratio is the decode utilization.
   row_steps: int = 0
   calls: int = 0  # sampling calls made
+  idle_steps: int = 0  # of the row-steps, those of slots with no request (continuous batching)
 
   def row(self, i: int) -> list[int]:
     return self.tokens[i, :self.lengths[i]].tolist()
@@ -97,7 +98,7 @@ def generate(core: SamplingCore, prompts: Sequence[Sequence[int]], ids: np.ndarr
     gens = _generate_continuous(core, prompts, ids, seed, sp, order, limits, slots=batch_size,
                                 segment=segment, pad_multiple=pad_multiple, desc=desc,
                                 **kwargs)
-    utilization.record(gens.row_steps, int(gens.lengths.sum()), gens.calls)
+    utilization.record(gens.row_steps, int(gens.lengths.sum()), gens.calls, gens.idle_steps)
     return gens
   chunks = [order[s:s + batch_size] for s in range(0, n, batch_size)]
   progress = Progress(n, desc, unit="rows", **kwargs)
@@ -142,22 +143,23 @@ def _generate_continuous(core, prompts, ids, seed, sp, order, limits, *, slots, 
     sel = parts[c]
     if not len(sel):  # fewer requests than processes
       return (np.zeros((0, sp.max_new_tokens), np.int32), np.zeros((0,), np.int32),
-              np.zeros((0,), bool), 0, 0)
+              np.zeros((0,), bool), 0, 0, 0)
     served = serving.serve(core, [prompts[i] for i in sel], row_keys(seed, *ids[sel].T), sp,
                            slots=slots, segment=segment, limits=limits[sel],
                            pad_multiple=pad_multiple, desc=desc, **kwargs)
-    return served.tokens, served.lengths, served.stopped, served.row_steps, served.calls
+    return (served.tokens, served.lengths, served.stopped, served.row_steps, served.calls,
+            served.idle_steps)
 
   n = len(prompts)
   tokens = np.full((n, sp.max_new_tokens), core.ids.pad_id, np.int32)
   lengths = np.zeros((n,), np.int32)
   stopped = np.zeros((n,), bool)
-  row_steps = calls = 0
-  for sel, (t, l, st, paid, made) in zip(parts, parallel.map_chunks(run, len(parts))):
+  row_steps = calls = idle = 0
+  for sel, (t, l, st, paid, made, unused) in zip(parts, parallel.map_chunks(run, len(parts))):
     tokens[sel], lengths[sel], stopped[sel] = t, l, st
-    row_steps, calls = row_steps + paid, calls + made
+    row_steps, calls, idle = row_steps + paid, calls + made, idle + unused
   return Generations(tokens=tokens, lengths=lengths, stopped=stopped, row_steps=row_steps,
-                     calls=calls)
+                     calls=calls, idle_steps=idle)
 
 
 def stop_sets(step_ids: Sequence[int], eos_ids: Sequence[int],
