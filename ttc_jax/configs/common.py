@@ -52,7 +52,9 @@ def sampling(**overrides) -> ml_collections.ConfigDict:
       # one cache read up to the longest live row), and compiles 5x the programs: off. The
       # revision chains' queue runs across steps (128 slots: utilization 0.90 against 0.60 of
       # their static steps) but took 65 s against 38 s for the revision sweep's chains of
-      # 200 problems: their prompts are 14 to 430 tokens, and every slot pays the widest.
+      # 200 problems: their prompts are 14 to 430 tokens, and every slot pays the widest; with
+      # batch_size=512 slots, 0.44 and 111 s (the long chains' last answers leave most slots
+      # with nothing ready).
       # Static batches shrink instead as their rows end (SamplingCore.sample's shrink: the
       # same tokens; difficulty at 06f4741: utilization 0.944, 13.4 s against 19-23 s).
       segment=0,
