@@ -229,6 +229,14 @@ def test_a_queue_that_stalls_or_hands_out_bad_requests_is_named(core1):
   with pytest.raises(ValueError, match=r"a request's prompt has \d+ tokens; the queue's "
                                        r"max_prompt is 1"):
     serving.serve_queue(core1, queue, SAMPLE, slots=2)
+  queue = _Chained(prompts, 2, 0, NEW_TOKENS)
+  queue.prompts[0] = []
+  with pytest.raises(ValueError, match=r"request 0: an empty prompt"):
+    serving.serve_queue(core1, queue, SAMPLE, slots=2)
+  queue = _Chained(prompts, 2, 0, NEW_TOKENS)
+  queue.total = 3  # it hands out 4
+  with pytest.raises(RuntimeError, match=r"\(4 of its total 3 in all\)"):
+    serving.serve_queue(core1, queue, SAMPLE, slots=2, segment=4)
 
 
 def _one_call(core, prompts, keys, sp, *, width=64, **kwargs):

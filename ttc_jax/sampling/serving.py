@@ -9,7 +9,7 @@ insert / generate, on the one decode loop of :class:`~ttc_jax.sampling.core.Samp
 * a queue (:class:`Queue`) hands out requests in its own order: :func:`serve` takes a
   fixed list shortest prompt first; a queue may also grow as requests end (a revision
   chain's next answer, :mod:`ttc_jax.search.revisions`), so dependent requests share the
-  slots too. The first ``slots`` requests are prefilled into a cache of ``W +
+  slots too. The first ``slots`` ready requests are prefilled into a cache of ``W +
   max_new_tokens + 2 x segment`` slots (W: the queue's longest possible prompt, rounded
   up);
 * decoding runs in segments of at most ``segment`` steps (``SamplingCore.sample(...,
@@ -105,7 +105,7 @@ class Requests:
   (k, *key shape) uint32; request r draws its j-th token from ``fold_in(key_r, j)``) and their
   token caps (k,) in [0, max_new_tokens]."""
 
-  ids: Sequence[int]
+  ids: Sequence[int]  # >= 0, distinct
   prompts: Sequence[Sequence[int]]
   key_data: np.ndarray
   limits: np.ndarray
@@ -251,7 +251,7 @@ def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: 
   got_logprobs = np.zeros((slots, max_new), np.float32)
   got_confidence = np.zeros((slots, max_new, len(confidence_lib.STATS)), np.float32)
   usage = Usage()
-  finished = 0
+  finished = handed = 0
   kwargs = {} if log_fn is None else {"log_fn": log_fn}
   progress = Progress(total, desc, unit="rows", **kwargs)
   state, index = None, 0
@@ -265,26 +265,36 @@ def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: 
 
   def fill(free: np.ndarray):
     """Takes ready requests into the ``free`` slots."""
-    nonlocal state, index, key_data
+    nonlocal state, index, key_data, handed
     k = min(len(free), int(queue.ready()))
     if not k:
       return
     new = queue.take(k)
-    if len(new.ids) != k:
-      raise RuntimeError(f"the queue handed out {len(new.ids)} requests; {k} were asked for.")
-    rows = free[:k]
-    if key_data is None:
-      key_data = np.zeros((slots,) + new.key_data.shape[1:], new.key_data.dtype)
-    key_data[rows] = new.key_data
+    handed += k
+    ids = np.asarray(new.ids, np.int64)
+    if (ids.shape != (k,) or len(new.prompts) != k or len(new.key_data) != k
+        or handed > total):
+      raise RuntimeError(f"the queue handed out {len(new.ids)} ids, {len(new.prompts)} prompts "
+                         f"and {len(new.key_data)} keys for {k} requests asked for ({handed} "
+                         f"of its total {total} in all).")
+    if ids.min() < 0:
+      raise ValueError(f"request ids {ids.tolist()}: expected integers >= 0.")
     lengths = np.asarray([len(p) for p in new.prompts])
     limits = np.asarray(new.limits)
-    if lengths.max() > queue.max_prompt or lengths.min() < 1:
+    if lengths.min() < 1:
+      raise ValueError(f"request {ids[lengths.argmin()]}: an empty prompt (expected BOS at "
+                       "least).")
+    if lengths.max() > queue.max_prompt:
       raise ValueError(f"a request's prompt has {lengths.max()} tokens; the queue's "
                        f"max_prompt is {queue.max_prompt}.")
     if limits.shape != (k,) or limits.min() < 0 or limits.max() > max_new:
       raise ValueError(f"request limits {limits.tolist()}: expected {k} integers in [0, "
                        f"max_new_tokens={max_new}].")
-    req[rows], lim[rows], start[rows], prev[rows] = new.ids, limits, 0, -1
+    rows = free[:k]
+    if key_data is None:
+      key_data = np.zeros((slots,) + new.key_data.shape[1:], new.key_data.dtype)
+    key_data[rows] = new.key_data
+    req[rows], lim[rows], start[rows], prev[rows] = ids, limits, 0, -1
     if state is None:  # the first requests: prefilled into every slot at once
       width = round_up(int(lengths.max()), pad_multiple)
       fill_rows = [new.prompts[i] for i in range(k)] + [new.prompts[0]] * (slots - k)
