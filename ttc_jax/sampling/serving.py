@@ -212,13 +212,6 @@ def serve(core: SamplingCore, prompts: Sequence[Sequence[int]], keys: jax.Array,
                 calls=usage.calls, idle_steps=usage.idle_steps)
 
 
-def group_width(n: int, multiple: int, cap: int) -> int:
-  """The padded width of a new prompt of ``n`` tokens: rounded up to ``multiple`` (at most
-  ``cap``). New prompts are prefilled in groups of one width, so no short prompt pays for a
-  long one."""
-  return min(cap, round_up(max(int(n), 1), multiple))
-
-
 def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: int,
                 segment: int = 8, pad_multiple: int = 16, desc: str = "sampling",
                 log_fn: Callable[[str], None] | None = None) -> Usage:
@@ -247,6 +240,7 @@ def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: 
   prev = np.full((slots,), -1, np.int32)  # its last token
   extent = np.zeros((slots,), np.int64)  # the slots before the index it reads
   key_data = None  # (slots, *key shape) raw key data of each slot's request
+  keys = None  # those keys on the device (wrapped again only after a fill)
   got_tokens = np.zeros((slots, max_new), np.int32)
   got_logprobs = np.zeros((slots, max_new), np.float32)
   got_confidence = np.zeros((slots, max_new, len(confidence_lib.STATS)), np.float32)
@@ -265,7 +259,7 @@ def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: 
 
   def fill(free: np.ndarray):
     """Takes ready requests into the ``free`` slots."""
-    nonlocal state, index, key_data, handed
+    nonlocal state, index, key_data, keys, handed
     k = min(len(free), int(queue.ready()))
     if not k:
       return
@@ -294,6 +288,7 @@ def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: 
     if key_data is None:
       key_data = np.zeros((slots,) + new.key_data.shape[1:], new.key_data.dtype)
     key_data[rows] = new.key_data
+    keys = None
     req[rows], lim[rows], start[rows], prev[rows] = ids, limits, 0, -1
     if state is None:  # the first requests: prefilled into every slot at once
       width = round_up(int(lengths.max()), pad_multiple)
@@ -302,7 +297,8 @@ def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: 
       state, index = core.prefill(tok, valid, cache_size=size), width
       extent[rows] = width
       return
-    widths = np.asarray([group_width(n, pad_multiple, cap) for n in lengths])
+    # Prefilled in groups of one padded width: no short prompt pays for a long one.
+    widths = np.asarray([round_up(int(n), pad_multiple) for n in lengths])
     if widths.max() > index:  # the new prompts go just before the index
       move_to(int(widths.max()))
     for width in np.unique(widths):
@@ -326,7 +322,8 @@ def serve_queue(core: SamplingCore, queue: Queue, sp: SamplingParams, *, slots: 
     # smaller index is a cheaper step (a shift copies the cache once).
     if index + segment > size or index - need >= SHIFT_SLACK:
       move_to(need)
-    keys = jax.random.wrap_key_data(jnp.asarray(key_data), impl=impl)
+    if keys is None:
+      keys = jax.random.wrap_key_data(jnp.asarray(key_data), impl=impl)
     out = core.sample(state, keys, sp, active=live, limits=np.where(live, lim - start, 0),
                       steps=segment, start=start, prev=prev)
     state = out.state
