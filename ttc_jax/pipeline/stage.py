@@ -146,11 +146,14 @@ class Stage:
   # Keys of its own sections that change how fast it runs, never what it computes (fnmatch
   # patterns of dotted keys): left out of its identity.
   speed_only: tuple[str, ...] = ()
-  # Seconds on the default study: with an empty XLA cache, on one of 2 cores beside another
-  # stage, measured at 0f5300a (search_sweep scaled to its 2 seeds). Only the order in which a
-  # --jobs run starts ready stages depends on it: the one with the costliest path to the
-  # target first, so the long chain (policy -> MC labels -> PRM -> search sweep) never waits
-  # for a slot held by a short side branch (pipeline.jobs).
+  # Seconds on the default study: `make study` (--jobs 2) from an empty workdir and an empty
+  # XLA cache, measured at 9675383 on 2 cores (AMD EPYC); verifier_ablation includes the PRM
+  # variants it trains. The stages outside `make study` (large policy, distill, revision
+  # ablation, verifier axis) keep earlier estimates. Only the order in which a --jobs run
+  # starts ready stages depends on it: the one with the costliest path to the target first,
+  # so the long chain never waits for a slot held by a short side branch (pipeline.jobs).
+  # Replaying that study's stage times through the scheduler: 2319 s with the 0f5300a
+  # estimates, 2281 s with these (the revision model had been put at 350 s, not 770).
   cost_s: int = 1
   # It trains a model: its --jobs stage process gets one XLA CPU device per core and the
   # trainer's 'data' mesh spans them (alone on 2 cores: 1.24x the steps/s of one device; the

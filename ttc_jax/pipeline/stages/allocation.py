@@ -291,5 +291,5 @@ ALLOCATION = Stage(
               "verifier_choice", "allocation"),
     outputs=("allocation.json",), run=run_allocation, load=load_json("allocation.json"),
     may_lack=("verifier_choice", "prm", "orm", "implicit_prm", "dpo", "sft_lm"), reads=_reads,
-    cost_s=90,
+    cost_s=55,
     checks={"allocation": check_allocation})

@@ -194,5 +194,5 @@ COMPUTE_OPTIMAL = Stage(
         "claims; search-then-revise cells (hybrid_sweep) among the combined candidates",
         "8: the pre-specified claims of search then revise (against the search alone and "
         "against more search)"),
-    cost_s=15,
+    cost_s=5,
     checks={"compute_optimal": check_compute_optimal})

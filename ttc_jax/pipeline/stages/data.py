@@ -60,10 +60,10 @@ def check_tokenizer(c: ml_collections.ConfigDict, known: Facts) -> None:
 DATA = Stage(
     name="data", doc="the task's problems as TFDS array_record",
     sections=("task",), outputs=("tfds",), run=run_data, load=load_data,
-    cost_s=20, before_checks=True)
+    cost_s=5, before_checks=True)
 
 TOKENIZER = Stage(
     name="tokenizer", doc="sentencepiece trained on the task's train texts",
     inputs=("data",), sections=("tokenizer",), outputs=("tokenizer.model",),
-    run=run_tokenizer, load=load_tokenizer, cost_s=10, before_checks=True,
+    run=run_tokenizer, load=load_tokenizer, cost_s=1, before_checks=True,
     checks={"tokenizer": check_tokenizer})

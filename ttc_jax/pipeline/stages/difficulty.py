@@ -72,5 +72,5 @@ DIFFICULTY = Stage(
     name="difficulty", doc="pass@1 per test problem from the policy's samples (oracle bins)",
     inputs=("data", "policy"), sections=("seed", "sampling", "test_problems", "difficulty"),
     outputs=("pass_at_1.json", "samples.npz", "pass_at_1.png"),
-    run=run_difficulty, load=load_difficulty, version=2, cost_s=65,
+    run=run_difficulty, load=load_difficulty, version=2, cost_s=30,
     checks={"difficulty": check_difficulty})

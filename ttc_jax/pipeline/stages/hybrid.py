@@ -168,5 +168,5 @@ HYBRID_SWEEP = Stage(
     outputs=("cells.json",), run=run_hybrid_sweep, load=load_hybrid,
     may_lack=("prm", "implicit_prm", "dpo", "sft_lm", "verifier_choice"),
     reads=SEARCH_SWEEP.reads,
-    speed_only=("search.rows_per_call",), cost_s=120,
+    speed_only=("search.rows_per_call",), cost_s=25,
     checks={"hybrid": check_hybrid})

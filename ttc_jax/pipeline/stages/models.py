@@ -263,7 +263,7 @@ def check_hf_prm(c: ml_collections.ConfigDict, known: Facts) -> None:
 POLICY = Stage(
     name="policy", doc="SFT of the policy (LM head) on the train problems",
     inputs=("data", "tokenizer"), sections=("policy",), outputs=MODEL_OUTPUTS,
-    run=run_policy, load=load_model, cost_s=390, trains=True, reads_train=True,
+    run=run_policy, load=load_model, cost_s=215, trains=True, reads_train=True,
     lengths=trained_policy_lengths, held=trained_policy_held,
     checks={"policy": check_policy})
 

@@ -135,7 +135,7 @@ REPORT = Stage(
     outputs=("results.json", "report.md", "accuracy_vs_budget.png",
              "accuracy_by_difficulty.png", "verifiers.png"),
     run=run_report, load=load_json("results.json"), version=2,
-    may_lack=("prm", "orm", "verifier_ablation"), cost_s=10)
+    may_lack=("prm", "orm", "verifier_ablation"), cost_s=5)
 
 REVISION_REPORT = Stage(
     name="revision_report", doc="sequential revisions vs parallel sampling and search, gated "
@@ -146,7 +146,7 @@ REVISION_REPORT = Stage(
     outputs=("revisions.json", "revisions.md", "revisions_vs_budget.png",
              "revisions_by_difficulty.png", "revision_transitions.png"),
     optional=("revision_ablation",),
-    run=run_revision_report, load=load_json("revisions.json"), cost_s=25, version=5,
+    run=run_revision_report, load=load_json("revisions.json"), cost_s=5, version=5,
     changelog=("2: the first answer against the policy's pass@1; one chain's selections "
                "against its first answer; gated chains (threshold chosen on train chains)",
                "3: the revision model's training rounds as chosen on held-out train problems",
@@ -164,4 +164,4 @@ STUDY = Stage(
     version=5, changelog=("3: its text without revisions",
                           "4: the search verifier used, and the one chosen on train problems",
                           "5: the findings under the chosen verifier, side by side"),
-    may_lack=("revision_report", "verifier_choice", "chosen_search"), cost_s=5)
+    may_lack=("revision_report", "verifier_choice", "chosen_search"), cost_s=1)

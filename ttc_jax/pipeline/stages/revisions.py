@@ -555,14 +555,14 @@ REVISION_DATA = Stage(
     name="revision_data", doc="policy answers to train problems and revision trajectories "
     "(incorrect answers closest to a correct one)",
     inputs=("data", "policy"), sections=("seed", "sampling", "revision_data"),
-    run=run_revision_data, load=load_revision_data, cost_s=100, reads_train=True,
+    run=run_revision_data, load=load_revision_data, cost_s=55, reads_train=True,
     checks={"revision_data": check_revision_data})
 
 REVISION_MODEL = Stage(
     name="revision_model", doc="the policy fine-tuned to answer after its earlier incorrect "
     "attempts",
     inputs=("data", "policy", "revision_data"), sections=("seed", "sampling", "revision_model"),
-    outputs=MODEL_OUTPUTS, run=run_revision_model, load=load_model, cost_s=350, trains=True,
+    outputs=MODEL_OUTPUTS, run=run_revision_model, load=load_model, cost_s=770, trains=True,
     reads_train=True, version=3, changelog=("2: the checkpoint chosen on held-out train "
                                             "problems (revision_model.choice)",
                                             "3: starts from the policy's LM head too (it "
@@ -575,7 +575,7 @@ REVISION_ORM = Stage(
     name="revision_orm", doc="the revision ORM: value head on the revision model's own answers, "
     "earlier answers in context",
     inputs=("data", "revision_model"), sections=("seed", "sampling", "revision_orm"),
-    outputs=MODEL_OUTPUTS, run=run_revision_orm, load=load_model, cost_s=485, trains=True,
+    outputs=MODEL_OUTPUTS, run=run_revision_orm, load=load_model, cost_s=215, trains=True,
     reads_train=True, version=2,
     changelog=("2: each answer's chain and sampled tokens' statistics in its shards (the "
                "revision gate's train data)",),
@@ -595,7 +595,7 @@ REVISION_SWEEP = Stage(
                            == (names.SFT_LM if role == "policy" else role)),
     version=3, changelog=("2: model costs (FLOPs)", "3: each answer's confidence under the "
                           "revision model (revisions.confidence) and its selections"),
-    cost_s=810,
+    cost_s=250,
     checks={"revisions": check_revisions})
 
 

@@ -248,7 +248,7 @@ SEARCH_SWEEP = Stage(
     outputs=("cells.jsonl", "cells.json"), run=run_search_sweep, load=load_cells,
     version=3, changelog=("3: FLOPs with attention, policy and PRM apart",),
     may_lack=("prm", "implicit_prm", "dpo", "sft_lm", "verifier_choice"), reads=search_reads,
-    speed_only=("search.rows_per_call",), cost_s=780,
+    speed_only=("search.rows_per_call",), cost_s=425,
     checks={"search": check_search})
 
 CHOSEN_SEARCH = Stage(
@@ -260,4 +260,4 @@ CHOSEN_SEARCH = Stage(
     # (cells.jsonl: its resumable log when it runs a sweep of its own)
     outputs=("cells.json", "chosen.json"), run=run_chosen_search,
     load=load_chosen, may_lack=("orm", "implicit_prm", "dpo", "sft_lm"),
-    speed_only=("search.rows_per_call",), cost_s=420)
+    speed_only=("search.rows_per_call",), cost_s=285)

@@ -386,7 +386,7 @@ VERIFIER_EVAL = Stage(
                           "7: the likelihood verifier (sft_lm) scored beside them"),
     may_lack=("prm", "orm", "implicit_prm", "dpo", "sft_lm", "verifier_choice"),
     speed_only=("verifier_eval.batch_size",),
-    cost_s=175,
+    cost_s=285,
     checks={"verifier_eval": check_verifier_eval})
 
 VERIFIER_CHOICE = Stage(
@@ -399,7 +399,7 @@ VERIFIER_CHOICE = Stage(
                           "3: ensembles of a verifier and the policy's confidence (ens_*)",
                           "4: the likelihood verifier (sft_lm) and its ensemble"),
     may_lack=("orm", "implicit_prm", "dpo", "sft_lm"), speed_only=("verifier_eval.batch_size",),
-    cost_s=120,
+    cost_s=90,
     checks={"verifier_choice": check_verifier_choice})
 
 VERIFIER_ABLATION = Stage(
@@ -410,4 +410,4 @@ VERIFIER_ABLATION = Stage(
               "ablation"),
     outputs=("ablation.json",),
     run=run_verifier_ablation, load=load_json("ablation.json"),
-    cost_s=50, trains=True)  # it trains the PRM variants it has not found
+    cost_s=305, trains=True)  # it trains the PRM variants it has not found

@@ -428,21 +428,21 @@ def check_orm(c: ml_collections.ConfigDict, known: Facts) -> None:
 MC_LABELS = Stage(
     name="mc_labels", doc="policy samples on train problems, steps labelled by MC rollouts",
     inputs=("data", "policy"), sections=("seed", "sampling", "mc_labels"),
-    run=run_mc_labels, load=load_mc_labels, version=2, cost_s=680, reads_train=True,
+    run=run_mc_labels, load=load_mc_labels, version=2, cost_s=285, reads_train=True,
     checks={"mc_labels": check_mc_labels})
 
 PRM = Stage(
     name="prm", doc="process reward model: value head trained on the MC step labels",
     # data: the task's step checker for prm.labels='oracle'.
     inputs=("mc_labels", "policy", "data"), sections=("prm",), outputs=MODEL_OUTPUTS,
-    run=lambda ctx: train_verifier(ctx, "prm"), load=load_model, cost_s=260, trains=True,
+    run=lambda ctx: train_verifier(ctx, "prm"), load=load_model, cost_s=140, trains=True,
     held=trained_prm_held, checks={"prm": check_prm})
 
 VERIFIER_SAMPLES = Stage(
     name="verifier_samples", doc="policy samples on train problems labelled by their outcome "
     "(the LM-head verifiers' data)",
     inputs=("data", "policy"), sections=("seed", "sampling", "verifier_samples"),
-    run=run_verifier_samples, load=load_verifier_samples, cost_s=200, reads_train=True,
+    run=run_verifier_samples, load=load_verifier_samples, cost_s=100, reads_train=True,
     checks={"verifier_samples": check_verifier_samples})
 
 IMPLICIT_PRM = Stage(
@@ -450,7 +450,7 @@ IMPLICIT_PRM = Stage(
     "implicit reward on outcome labels (LM head)",
     inputs=("verifier_samples", "policy", "data"), sections=("sampling", "implicit_prm"),
     outputs=MODEL_OUTPUTS, run=lambda ctx: train_lm_verifier(ctx, "implicit_prm"),
-    load=load_model, cost_s=240, trains=True,
+    load=load_model, cost_s=255, trains=True,
     checks={"implicit_prm": lambda c, k: check_lm_verifier(c, k, "implicit_prm")})
 
 DPO = Stage(
@@ -458,18 +458,18 @@ DPO = Stage(
     "incorrect samples of the same train problem (LM head)",
     inputs=("verifier_samples", "policy", "data"), sections=("sampling", "dpo"),
     outputs=MODEL_OUTPUTS, run=lambda ctx: train_lm_verifier(ctx, "dpo"),
-    load=load_model, cost_s=240, trains=True,
+    load=load_model, cost_s=180, trains=True,
     checks={"dpo": lambda c, k: check_lm_verifier(c, k, "dpo")})
 
 SFT_LM = Stage(
     name="sft_lm", doc="likelihood verifier: the policy trained further on reference solutions "
     "of train problems; a solution's score is its likelihood under it (LM head)",
     inputs=("policy", "data"), sections=("sft_lm",), outputs=MODEL_OUTPUTS, run=run_sft_lm,
-    load=load_model, cost_s=200, trains=True, reads_train=True,
+    load=load_model, cost_s=190, trains=True, reads_train=True,
     checks={"sft_lm": check_sft_lm})
 
 ORM = Stage(
     name="orm", doc="outcome reward model: value head trained on final correctness",
     inputs=("mc_labels", "policy"), sections=("orm",), outputs=MODEL_OUTPUTS,
-    run=lambda ctx: train_verifier(ctx, "orm"), load=load_model, cost_s=220, trains=True,
+    run=lambda ctx: train_verifier(ctx, "orm"), load=load_model, cost_s=120, trains=True,
     checks={"orm": check_orm})
