@@ -270,7 +270,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # significantly below the best keep rate's, paired over held-out train problems
       # 1400-1599; AMD EPYC, the 0ff0837 study's policy): keep 0.3 / 0.5 / 0.7 give last
       # answer 0.405 / 0.430 / 0.415 (0.7 - 0.5: -0.015 [-0.065, +0.035]), correct ->
-      # incorrect 0.218 / 0.159 / 0.146 (first answer 0.500 / 0.485 / 0.480), so 0.7.
+      # incorrect 0.218 / 0.159 / 0.146 (first answer 0.500 / 0.485 / 0.480), so 0.7. 0.7 was
+      # the grid's edge, so 0.9 was tried by the same rule (written before its run; the 9675383
+      # study's policy): last answer 0.400 against 0.415, correct -> incorrect 0.149 against
+      # 0.146, first answer 0.460 against 0.480 (paired 0.9 - 0.7: last -0.015 [-0.065,
+      # +0.035], first -0.020 [-0.065, +0.025]): no fewer flips, so 0.7 stays.
       keep_rate=0.7,
       problems_per_shard=250,  # resumable unit of work (a shard file)
   ))
